@@ -1,0 +1,208 @@
+//! `summarize`: medians over repeated runs, read from `writes --json` lines.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::stats::median;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SummarizeArgs {
+    /// Files holding one JSON report per line (other lines are skipped); none or `-` reads stdin
+    pub files: Vec<PathBuf>,
+    /// Only print the median of this field, a JSON pointer such as /throughput or /latency/p99Ms
+    #[arg(long)]
+    pub field: Option<String>,
+    /// Only consider runs with this label
+    #[arg(long)]
+    pub label: Option<String>,
+    /// One JSON object line per label instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Column = (&'static str, fn(&Value) -> Option<f64>);
+
+fn num(v: &Value, ptr: &str) -> Option<f64> {
+    v.pointer(ptr).and_then(Value::as_f64)
+}
+
+fn sum_of(v: &Value, ptr: &str) -> Option<f64> {
+    Some(
+        v.pointer(ptr)?
+            .as_object()?
+            .values()
+            .filter_map(Value::as_f64)
+            .sum(),
+    )
+}
+
+fn pct_of_window(v: &Value, ptr: &str) -> Option<f64> {
+    Some(100.0 * num(v, ptr)? / num(v, "/durationSecs")?)
+}
+
+const COLUMNS: &[Column] = &[
+    ("teams", |v| num(v, "/teams")),
+    ("conc", |v| num(v, "/concurrency")),
+    ("rate", |v| num(v, "/targetRate")),
+    ("tasks/s", |v| num(v, "/throughput")),
+    ("fail", |v| {
+        Some(sum_of(v, "/non2xx")? + sum_of(v, "/errors")? + num(v, "/unsent")?)
+    }),
+    ("p50ms", |v| num(v, "/latency/p50Ms")),
+    ("p90ms", |v| num(v, "/latency/p90Ms")),
+    ("p99ms", |v| num(v, "/latency/p99Ms")),
+    ("p99.9ms", |v| num(v, "/latency/p999Ms")),
+    ("maxms", |v| num(v, "/latency/maxMs")),
+    ("genCPU%", |v| pct_of_window(v, "/generatorCpuSecs")),
+    ("srvCPU%", |v| pct_of_window(v, "/serverCpuSecs")),
+    ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
+];
+
+fn read_reports(args: &SummarizeArgs) -> Result<Vec<Value>> {
+    let mut readers: Vec<(String, Box<dyn Read>)> = Vec::new();
+    if args.files.is_empty() {
+        readers.push(("stdin".into(), Box::new(std::io::stdin())));
+    }
+    for f in &args.files {
+        if f.as_os_str() == "-" {
+            readers.push(("stdin".into(), Box::new(std::io::stdin())));
+        } else {
+            let file =
+                std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+            readers.push((f.display().to_string(), Box::new(file)));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, r) in readers {
+        for line in BufReader::new(r).lines() {
+            let line = line.with_context(|| format!("reading {name}"))?;
+            let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+                continue;
+            };
+            if !v.is_object() {
+                continue;
+            }
+            let label = v.get("label").and_then(Value::as_str);
+            if args.label.is_none() || args.label.as_deref() == label {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs grouped by label, in order of first appearance.
+fn group(reports: Vec<Value>) -> Vec<(String, Vec<Value>)> {
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    for r in reports {
+        let label = r
+            .get("label")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, runs)) => runs.push(r),
+            None => groups.push((label, vec![r])),
+        }
+    }
+    groups
+}
+
+fn fmt(x: Option<f64>) -> String {
+    match x {
+        None => "-".into(),
+        Some(x) if x.abs() >= 100.0 || x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+pub fn run(args: &SummarizeArgs) -> Result<()> {
+    let reports = read_reports(args)?;
+    if reports.is_empty() {
+        bail!(
+            "no JSON reports found{}",
+            args.label
+                .as_ref()
+                .map(|l| format!(" with label {l:?}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(ptr) = &args.field {
+        let values: Vec<f64> = reports.iter().filter_map(|r| num(r, ptr)).collect();
+        match median(&values) {
+            Some(m) => println!("{m}"),
+            None => bail!("no numeric field {ptr} in the reports"),
+        }
+        return Ok(());
+    }
+    let groups = group(reports);
+    if args.json {
+        for (label, runs) in &groups {
+            let mut medians = serde_json::Map::new();
+            for (name, f) in COLUMNS {
+                let vals: Vec<f64> = runs.iter().filter_map(f).collect();
+                medians.insert((*name).into(), json!(median(&vals)));
+            }
+            println!(
+                "{}",
+                json!({"label": label, "runs": runs.len(), "median": medians})
+            );
+        }
+        return Ok(());
+    }
+    let label_w = groups
+        .iter()
+        .map(|(l, _)| l.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut header = format!("{:<label_w$} {:>4}", "label", "runs");
+    for (name, _) in COLUMNS {
+        header.push_str(&format!(" {name:>9}"));
+    }
+    println!("{header}");
+    for (label, runs) in &groups {
+        let mut line = format!("{label:<label_w$} {:>4}", runs.len());
+        for (_, f) in COLUMNS {
+            let vals: Vec<f64> = runs.iter().filter_map(f).collect();
+            line.push_str(&format!(" {:>9}", fmt(median(&vals))));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(label: &str, tput: f64, p99: f64) -> Value {
+        json!({"label": label, "teams": 1, "concurrency": 32, "targetRate": null, "durationSecs": 10.0,
+               "throughput": tput, "non2xx": {"500": 1}, "errors": {}, "unsent": 0,
+               "latency": {"p50Ms": 1.0, "p90Ms": 2.0, "p99Ms": p99, "p999Ms": 4.0, "maxMs": 5.0},
+               "generatorCpuSecs": 5.0, "serverCpuSecs": null})
+    }
+
+    #[test]
+    fn groups_and_medians() {
+        let g = group(vec![
+            report("a", 10.0, 3.0),
+            report("b", 1.0, 1.0),
+            report("a", 30.0, 9.0),
+            report("a", 20.0, 6.0),
+        ]);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].0, "a");
+        let col = |name: &str| COLUMNS.iter().find(|c| c.0 == name).unwrap().1;
+        let tput: Vec<f64> = g[0].1.iter().filter_map(col("tasks/s")).collect();
+        assert_eq!(median(&tput), Some(20.0));
+        let fail: Vec<f64> = g[0].1.iter().filter_map(col("fail")).collect();
+        assert_eq!(median(&fail), Some(1.0));
+        let cpu: Vec<f64> = g[0].1.iter().filter_map(col("genCPU%")).collect();
+        assert_eq!(median(&cpu), Some(50.0));
+        assert!(g[0].1.iter().filter_map(col("srvCPU%")).next().is_none());
+    }
+}

@@ -1,0 +1,118 @@
+//! Wiring: builds the store, bus, relay, services and router from a `Config`, and serves them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::bus::{Bus, InProcessBus, Relay, RelaySettings};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::service::{Services, TokenService};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TASKFORGE_JWT_SECRET is required (or run `taskforge serve --dev` to generate one)")]
+    MissingSecret,
+    #[error("TASKFORGE_JWT_SECRET must be at least 32 bytes")]
+    WeakSecret,
+    #[error("TASKFORGE_REDIS_URL is set, but this build has only the in-process bus")]
+    RedisUnsupported,
+    #[error("could not open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("could not listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The JWT secret from the config; `--dev` generates a random one when none is given.
+fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
+    match &config.jwt_secret {
+        Some(s) if s.len() >= 32 => Ok(s.as_bytes().to_vec()),
+        Some(_) => Err(StartError::WeakSecret),
+        None if config.dev => {
+            let mut secret = vec![0u8; 32];
+            getrandom::fill(&mut secret)
+                .map_err(|e| StartError::Io(std::io::Error::other(e.to_string())))?;
+            tracing::warn!(
+                "--dev: generated a random JWT secret; tokens will not survive a restart"
+            );
+            Ok(secret)
+        }
+        None => Err(StartError::MissingSecret),
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let secret = jwt_secret(&config)?;
+    if config.redis_url.is_some() {
+        return Err(StartError::RedisUnsupported);
+    }
+    let store = store::connect(&config.database_url).await?;
+    tracing::info!(backend = store.backend(), "database ready");
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(4096));
+    let relay = Relay::start(
+        store.clone(),
+        bus.clone(),
+        RelaySettings {
+            scan_every: config.relay_scan_interval,
+            retention: config.log_retention,
+            crash_after_commit: config.crash_after_commit(),
+            ..RelaySettings::default()
+        },
+    );
+    let tokens = Arc::new(TokenService::new(
+        &secret,
+        config.access_token_ttl,
+        config.refresh_token_ttl,
+    ));
+    let services = Services {
+        store,
+        relay,
+        tokens,
+    };
+    let router = http::router(AppState { services, bus }, config.max_body_bytes);
+
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    // The one line on stdout: scripts and tests wait for it to learn the port.
+    println!("taskforge listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Applies the migrations and exits.
+pub async fn migrate(database_url: &str) -> Result<(), StartError> {
+    let store = store::connect(database_url).await?;
+    tracing::info!(backend = store.backend(), "migrations applied");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+    // Give in-flight requests a moment; axum waits for them after this future resolves.
+    tokio::time::sleep(Duration::from_millis(0)).await;
+}

@@ -1,0 +1,243 @@
+//! The outbox relay: publishes each team's committed activities in seq order and advances the
+//! team's published watermark in batches.
+//!
+//! Fast path: the service hands freshly committed entries to `Relay::committed`, so publishing
+//! needs no read. Whenever what arrives does not continue a team's published seq (commits of one
+//! team finishing out of order, or a restart), the relay reads the missing range from the log.
+//! The watermark in the store lags the in-memory one by at most `persist_every`: after a crash,
+//! the relay republishes from the stored watermark (consumers drop seqs they already have).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::Bus;
+use crate::domain::TeamId;
+use crate::domain::activity::LogEntry;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// How often to look for activities that nobody published (e.g. left by a crashed instance).
+    pub scan_every: Duration,
+    /// How often the published watermark is written back.
+    pub persist_every: Duration,
+    /// How long the log keeps published activities.
+    pub retention: Duration,
+    /// Test-only fault switch: abort the process after a commit, before publishing.
+    pub crash_after_commit: bool,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            scan_every: Duration::from_secs(1),
+            persist_every: Duration::from_millis(100),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            crash_after_commit: false,
+        }
+    }
+}
+
+/// Largest read of the log in one step.
+const READ_BATCH: i64 = 1_000;
+
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    settings: RelaySettings,
+    /// Entries committed since the relay last ran, by team.
+    pending: Mutex<HashMap<TeamId, Vec<LogEntry>>>,
+    wake: Notify,
+}
+
+impl Relay {
+    /// Starts the relay task. It first republishes whatever the log holds above the watermarks.
+    pub fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, settings: RelaySettings) -> Self {
+        let inner = Arc::new(Inner {
+            store,
+            bus,
+            settings,
+            pending: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(run(inner.clone()));
+        Self { inner }
+    }
+
+    /// Hands over entries that have just committed (any order, any teams).
+    pub fn committed(&self, entries: Vec<LogEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        if self.inner.settings.crash_after_commit {
+            tracing::error!("fault injection: aborting between commit and publish");
+            std::process::abort();
+        }
+        let mut pending = self.inner.pending.lock();
+        for e in entries {
+            pending.entry(e.team_id()).or_default().push(e);
+        }
+        drop(pending);
+        self.inner.wake.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Watermarks {
+    /// What this relay has published, per team.
+    published: HashMap<TeamId, i64>,
+    /// Teams whose watermark moved since it was last written.
+    unsaved: HashMap<TeamId, i64>,
+}
+
+async fn run(inner: Arc<Inner>) {
+    let mut marks = Watermarks::default();
+    let mut next_scan = Instant::now();
+    let mut next_persist = Instant::now();
+    let mut next_prune = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = Instant::now();
+        if now >= next_scan {
+            if let Err(e) = scan(&inner, &mut marks).await {
+                tracing::warn!(error = %e, "relay scan failed");
+            }
+            next_scan = now + inner.settings.scan_every;
+        }
+        let pending = std::mem::take(&mut *inner.pending.lock());
+        for (team, mut fresh) in pending {
+            fresh.sort_by_key(|e| e.seq);
+            if let Err(e) = publish_team(&inner, &mut marks, team, fresh).await {
+                tracing::warn!(error = %e, %team, "relay publish failed; the scan will retry");
+            }
+        }
+        if !marks.unsaved.is_empty() && Instant::now() >= next_persist {
+            if let Err(e) = persist(&inner, &mut marks).await {
+                tracing::warn!(error = %e, "saving published watermarks failed");
+            }
+            next_persist = Instant::now() + inner.settings.persist_every;
+        }
+        if Instant::now() >= next_prune {
+            prune(&inner).await;
+            next_prune = Instant::now() + Duration::from_secs(3600);
+        }
+        let wait = if marks.unsaved.is_empty() {
+            next_scan
+        } else {
+            next_scan.min(next_persist)
+        };
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(wait.into()) => {}
+        }
+    }
+}
+
+/// Publishes `fresh` (sorted) for `team`, first reading from the log whatever lies between the
+/// team's published seq and the first fresh entry.
+async fn publish_team(
+    inner: &Inner,
+    marks: &mut Watermarks,
+    team: TeamId,
+    fresh: Vec<LogEntry>,
+) -> Result<(), StoreError> {
+    let mut published = match marks.published.get(&team) {
+        Some(p) => *p,
+        None => inner.store.read().await?.published_seq(team).await?,
+    };
+    let first = fresh.first().map_or(i64::MAX, |e| e.seq);
+    while published + 1 < first {
+        let upto = if first == i64::MAX {
+            i64::MAX
+        } else {
+            first - 1
+        };
+        let missing = inner
+            .store
+            .read()
+            .await?
+            .activities(team, published, upto, READ_BATCH)
+            .await?;
+        let Some(last) = missing.last().map(|e| e.seq) else {
+            break;
+        };
+        if inner.bus.publish(&missing).await.is_err() {
+            return Ok(());
+        }
+        published = last;
+    }
+    let fresh: Vec<LogEntry> = fresh.into_iter().filter(|e| e.seq > published).collect();
+    if let Some(last) = fresh.last().map(|e| e.seq)
+        && fresh[0].seq == published + 1
+        && inner.bus.publish(&fresh).await.is_ok()
+    {
+        published = last;
+    }
+    if marks.published.get(&team) != Some(&published) {
+        marks.published.insert(team, published);
+        marks.unsaved.insert(team, published);
+    }
+    Ok(())
+}
+
+/// Finds teams with activities above their stored watermark and publishes them.
+async fn scan(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError> {
+    let behind = inner
+        .store
+        .read()
+        .await?
+        .unpublished_teams(READ_BATCH)
+        .await?;
+    for (team, stored) in behind {
+        let known = marks
+            .published
+            .get(&team)
+            .copied()
+            .unwrap_or(stored)
+            .max(stored);
+        marks.published.insert(team, known);
+        publish_team(inner, marks, team, Vec::new()).await?;
+        // What was already published still needs its watermark saved.
+        if known > stored {
+            marks.unsaved.insert(team, known);
+        }
+    }
+    Ok(())
+}
+
+async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError> {
+    let mut tx = inner.store.write().await?;
+    for (team, seq) in &marks.unsaved {
+        tx.set_published_seq(*team, *seq).await?;
+    }
+    tx.commit().await?;
+    marks.unsaved.clear();
+    Ok(())
+}
+
+async fn prune(inner: &Inner) {
+    let Ok(retention) = time::Duration::try_from(inner.settings.retention) else {
+        return;
+    };
+    let before = time::OffsetDateTime::now_utc() - retention;
+    let result = async {
+        let mut tx = inner.store.write().await?;
+        let n = tx.prune_log(before).await?;
+        tx.commit().await?;
+        Ok::<u64, StoreError>(n)
+    }
+    .await;
+    match result {
+        Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+    }
+}

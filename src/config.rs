@@ -1,0 +1,110 @@
+//! The one configuration struct, read from flags and `TASKFORGE_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed on start).
+    #[arg(long, env = "TASKFORGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// `sqlite://path` (created if missing) or `postgres://...`.
+    #[arg(
+        long,
+        env = "TASKFORGE_DATABASE_URL",
+        default_value = "sqlite://taskforge.db"
+    )]
+    pub database_url: String,
+
+    /// Redis URL for the multi-instance bus; unset means the in-process bus.
+    #[arg(long, env = "TASKFORGE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for access tokens, at least 32 bytes. Required unless `--dev`.
+    #[arg(long, env = "TASKFORGE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Development mode: generates a JWT secret when none is given (tokens die with the process).
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Access token lifetime (`900`, `90s`, `15m`, `1h`).
+    #[arg(long, env = "TASKFORGE_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Refresh token lifetime.
+    #[arg(long, env = "TASKFORGE_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+
+    /// How long the activity log keeps activities (older `since` answers `resume_unavailable`).
+    #[arg(long, env = "TASKFORGE_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub log_retention: Duration,
+
+    /// How often the relay looks for unpublished activities.
+    #[arg(long, env = "TASKFORGE_RELAY_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub relay_scan_interval: Duration,
+
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "TASKFORGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Tracing filter, e.g. `info` or `taskforge=debug,tower_http=info`.
+    #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
+    pub log: String,
+
+    #[arg(long, env = "TASKFORGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Test-only fault injection (`crash-after-commit`); honoured by debug builds only.
+    #[arg(long, env = "TASKFORGE_FAULT", hide = true)]
+    pub fault: Option<String>,
+}
+
+impl Config {
+    pub fn crash_after_commit(&self) -> bool {
+        cfg!(debug_assertions) && self.fault.as_deref() == Some("crash-after-commit")
+    }
+}
+
+/// Parses `900` (seconds), `250ms`, `90s`, `15m`, `2h` or `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "" | "s" => Ok(secs(1)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86_400)),
+        _ => Err(format!(
+            "invalid duration unit in {s:?} (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

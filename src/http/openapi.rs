@@ -1,0 +1,98 @@
+//! The OpenAPI document: assembled from the handlers' annotations, plus what every operation
+//! shares (the bearer scheme and the problem+json errors any request can get).
+
+use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+use super::error::Problem;
+use crate::domain::activity::{Activity, ActivityData, Change};
+use crate::domain::{FieldError, Role};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "TaskForge", description = "Team task tracker with a realtime activity stream. See /asyncapi.json for the socket."),
+    security(("bearer" = [])),
+    components(schemas(Problem, FieldError, Activity, ActivityData, Change, Role))
+)]
+struct Base;
+
+pub fn base() -> utoipa::openapi::OpenApi {
+    Base::openapi()
+}
+
+/// Adds the bearer scheme and the errors every operation can answer.
+pub fn finish(api: &mut utoipa::openapi::OpenApi) {
+    if let Some(components) = api.components.as_mut() {
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add_common_errors(op);
+        }
+    }
+}
+
+fn add_common_errors(op: &mut Operation) {
+    let public = op
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+    let has_body = op.request_body.is_some();
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let mut codes = vec![
+        ("400", "bad request (malformed JSON or id)"),
+        ("500", "server error"),
+    ];
+    if !public {
+        codes.push(("401", "missing, invalid or expired access token"));
+        codes.push(("404", "no such resource, or not visible to the caller"));
+        codes.push(("403", "the caller's role does not allow this"));
+    }
+    if has_body {
+        codes.push(("413", "body over the size limit"));
+        codes.push(("415", "body is not application/json"));
+        codes.push(("422", "validation failed"));
+    }
+    if has_params {
+        codes.push(("422", "validation failed"));
+    }
+    if public && has_body {
+        codes.push(("401", "invalid credentials or token"));
+        codes.push(("429", "rate limited"));
+    }
+    for (code, description) in codes {
+        if !op.responses.responses.contains_key(code) {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build();
+            op.responses
+                .responses
+                .insert(code.to_owned(), response.into());
+        }
+    }
+}

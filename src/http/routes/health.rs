@@ -1,0 +1,62 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::http::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready` or `unavailable`.
+    pub status: &'static str,
+    /// `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<&'static str>,
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        database: None,
+        bus: None,
+    })
+}
+
+/// The database and the bus are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    let db = s.services.store.ping().await.is_ok();
+    let bus = s.bus.is_up();
+    let status = if db && bus {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let label = if db && bus { "ready" } else { "unavailable" };
+    (
+        status,
+        axum::Json(Health {
+            status: label,
+            database: Some(up(db)),
+            bus: Some(up(bus)),
+        }),
+    )
+}

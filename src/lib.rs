@@ -1,0 +1,17 @@
+//! TaskForge: a team task tracker whose realtime layer never misses an event.
+//!
+//! Layers, each depending only on those listed before it:
+//! - `domain`: entities, rules, activities and routing; pure, no I/O.
+//! - `store`: durable state (SQLite or PostgreSQL) behind the `Store` trait.
+//! - `bus`: the outbox relay and the transport of committed activities between instances.
+//! - `service`: the use cases; one store transaction each, activities appended in it.
+//! - `http`: the axum edge, problem+json errors, OpenAPI.
+//! - `app`: wiring them together from a `Config`.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod service;
+pub mod store;

@@ -1,0 +1,175 @@
+//! The use cases of TaskForge: each public method is one thing a user can do. A method opens one
+//! store transaction, applies the rules of `domain`, appends the activities the change emits in
+//! that same transaction, commits, and hands the committed activities to the relay.
+//!
+//! Services know nothing of HTTP or sockets; they return `ServiceError`, which the edges map.
+
+mod activity;
+pub mod auth;
+mod tasks;
+pub mod teams;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::bus::Relay;
+use crate::domain::activity::{ActivityDraft, LogEntry};
+use crate::domain::{DomainError, Role, TeamId, UserId};
+use crate::store::{PageAfter, Store, StoreError, Tx};
+
+pub use auth::{AuthError, Claims, Session, TokenService};
+pub use teams::MemberRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// How often an optimistic write is retried after losing a race with a concurrent writer.
+const WRITE_ATTEMPTS: usize = 8;
+
+/// The services, sharing one store, relay and token service.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub relay: Relay,
+    pub tokens: Arc<TokenService>,
+}
+
+/// A page of items and the cursor of the next page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(rename = "nextCursor")]
+    pub next_cursor: Option<String>,
+}
+
+/// Data read together with the team's latest seq at that moment.
+#[derive(Debug, Clone)]
+pub struct Seqd<T> {
+    pub data: T,
+    pub seq: i64,
+}
+
+/// A list request as clients send it: `limit` (clamped to 1..=200, default 50) and `cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+impl PageRequest {
+    fn limit(&self) -> Result<i64> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if n < 1 => Err(DomainError::invalid("limit", "must be at least 1").into()),
+            Some(n) => Ok(n.min(MAX_LIMIT)),
+        }
+    }
+
+    /// The key-set page after a UUID cursor. Fetches one more than asked to know if more follow.
+    fn after_id(&self) -> Result<PageAfter<Uuid>> {
+        let after = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                decode_cursor(c)
+                    .and_then(|b| Uuid::from_slice(&b).ok())
+                    .ok_or_else(bad_cursor)?,
+            ),
+        };
+        Ok(PageAfter {
+            after,
+            limit: self.limit()? + 1,
+        })
+    }
+
+    /// The page after a seq cursor.
+    fn after_seq(&self) -> Result<(Option<i64>, i64)> {
+        let after = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                decode_cursor(c)
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map(i64::from_be_bytes)
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(bad_cursor)?,
+            ),
+        };
+        Ok((after, self.limit()?))
+    }
+}
+
+fn bad_cursor() -> ServiceError {
+    DomainError::invalid("cursor", "is not a cursor this server issued").into()
+}
+
+fn decode_cursor(c: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(c).ok()
+}
+
+/// Cuts a fetched `limit + 1` rows into a page, with the cursor of the last item kept.
+fn page_by_id<T>(mut rows: Vec<T>, page: PageAfter<Uuid>, id: impl Fn(&T) -> Uuid) -> Page<T> {
+    let more = rows.len() as i64 >= page.limit;
+    if more {
+        rows.truncate((page.limit - 1) as usize);
+    }
+    let next_cursor = if more {
+        rows.last()
+            .map(|r| URL_SAFE_NO_PAD.encode(id(r).as_bytes()))
+    } else {
+        None
+    };
+    Page {
+        items: rows,
+        next_cursor,
+    }
+}
+
+fn seq_cursor(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(seq.to_be_bytes())
+}
+
+/// The caller's role in a team; a non-member is told the team does not exist.
+async fn role_in(tx: &mut dyn Tx, team: TeamId, user: UserId) -> Result<Role> {
+    tx.role(team, user)
+        .await?
+        .ok_or_else(|| DomainError::NotFound.into())
+}
+
+/// The team's latest seq, read in the caller's snapshot.
+async fn seq_of(tx: &mut dyn Tx, team: TeamId) -> Result<i64> {
+    Ok(tx.last_seq(team).await?.unwrap_or(0))
+}
+
+fn now() -> time::OffsetDateTime {
+    crate::domain::model::timestamp::truncate(time::OffsetDateTime::now_utc())
+}
+
+impl Services {
+    /// Appends the change's activities, commits, and hands them to the relay.
+    async fn commit(
+        &self,
+        mut tx: Box<dyn Tx>,
+        team: TeamId,
+        drafts: Vec<ActivityDraft>,
+    ) -> Result<Vec<LogEntry>> {
+        let entries = tx.append(team, drafts).await?;
+        tx.commit().await?;
+        self.relay.committed(entries.clone());
+        Ok(entries)
+    }
+}

@@ -1,0 +1,303 @@
+//! Tasks and their comments.
+
+use uuid::Uuid;
+
+use super::{
+    Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in, seq_of,
+};
+use crate::domain::activity::{ActivityData, ActivityDraft};
+use crate::domain::rules::{Action, NewTask, TaskPatch, check_comment_body, if_match_allows};
+use crate::domain::*;
+use crate::store::{StoreError, TaskFilter, Tx};
+
+/// A board the task may live on: it must belong to the task's team.
+async fn check_board(tx: &mut dyn Tx, team: TeamId, board: BoardId) -> Result<()> {
+    match tx.board(board).await? {
+        Some(b) if b.team_id == team => Ok(()),
+        _ => Err(DomainError::invalid("boardId", "is not a board of this team").into()),
+    }
+}
+
+/// An assignee must be a member of the team.
+async fn check_assignee(tx: &mut dyn Tx, team: TeamId, user: UserId) -> Result<()> {
+    match tx.role(team, user).await? {
+        Some(_) => Ok(()),
+        None => Err(DomainError::invalid("assigneeUserId", "is not a member of this team").into()),
+    }
+}
+
+impl Services {
+    pub async fn create_task(&self, actor: UserId, team: TeamId, input: NewTask) -> Result<Task> {
+        input.check()?;
+        let mut tx = self.store.write().await?;
+        role_in(&mut *tx, team, actor)
+            .await?
+            .ensure(Action::WriteTasks)?;
+        let board_id = match input.board_id {
+            Some(b) => {
+                check_board(&mut *tx, team, b).await?;
+                b
+            }
+            None => {
+                tx.team(team)
+                    .await?
+                    .ok_or(DomainError::NotFound)?
+                    .default_board_id
+            }
+        };
+        if let Some(a) = input.assignee_user_id {
+            check_assignee(&mut *tx, team, a).await?;
+        }
+        let status = input.status.unwrap_or_default();
+        let position = match input.position {
+            Some(p) => p,
+            None => tx.next_position(board_id, status).await?,
+        };
+        let at = now();
+        let task = Task {
+            id: Uuid::now_v7(),
+            team_id: team,
+            board_id,
+            title: input.title,
+            description: input.description.unwrap_or_default(),
+            status,
+            priority: input.priority.unwrap_or_default(),
+            assignee_user_id: input.assignee_user_id,
+            due_date: input.due_date,
+            position,
+            created_by: actor,
+            created_at: at,
+            updated_at: at,
+            version: 1,
+        };
+        tx.insert_task(&task).await?;
+        let mut drafts = vec![ActivityDraft::new(
+            ActivityData::TaskCreated { task: task.clone() },
+            actor,
+            at,
+        )];
+        if task.assignee_user_id.is_some() {
+            let data = ActivityData::TaskAssigned {
+                task: task.clone(),
+                assignee_user_id: task.assignee_user_id,
+                previous_assignee_user_id: None,
+            };
+            drafts.push(ActivityDraft::new(data, actor, at));
+        }
+        self.commit(tx, team, drafts).await?;
+        Ok(task)
+    }
+
+    pub async fn tasks(
+        &self,
+        actor: UserId,
+        team: TeamId,
+        filter: &TaskFilter,
+        req: &PageRequest,
+    ) -> Result<Seqd<Page<Task>>> {
+        let page = req.after_id()?;
+        let mut tx = self.store.read().await?;
+        role_in(&mut *tx, team, actor).await?;
+        let seq = seq_of(&mut *tx, team).await?;
+        let rows = tx.tasks(team, filter, page).await?;
+        Ok(Seqd {
+            data: page_by_id(rows, page, |t: &Task| t.id),
+            seq,
+        })
+    }
+
+    pub async fn task(&self, actor: UserId, id: TaskId) -> Result<Seqd<Task>> {
+        let mut tx = self.store.read().await?;
+        let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
+        role_in(&mut *tx, task.team_id, actor).await?;
+        let seq = seq_of(&mut *tx, task.team_id).await?;
+        Ok(Seqd { data: task, seq })
+    }
+
+    /// Applies a patch, optionally only if the task is still at a version the caller names
+    /// (`If-Match`). A patch that changes nothing emits nothing and keeps the version.
+    pub async fn update_task(
+        &self,
+        actor: UserId,
+        id: TaskId,
+        patch: TaskPatch,
+        if_match: Option<&str>,
+    ) -> Result<Task> {
+        patch.check()?;
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut tx = self.store.write().await?;
+            let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
+            role_in(&mut *tx, task.team_id, actor)
+                .await?
+                .ensure(Action::WriteTasks)?;
+            if let Some(tag) = if_match
+                && !if_match_allows(tag, task.version)
+            {
+                return Err(DomainError::PreconditionFailed {
+                    current_version: task.version,
+                }
+                .into());
+            }
+            if let Some(b) = patch.board_id.filter(|b| *b != task.board_id) {
+                check_board(&mut *tx, task.team_id, b).await?;
+            }
+            if let Some(Some(a)) = patch
+                .assignee_user_id
+                .filter(|a| *a != task.assignee_user_id)
+            {
+                check_assignee(&mut *tx, task.team_id, a).await?;
+            }
+            let at = now();
+            let (next, changes) = patch.apply(&task, at);
+            if changes.is_empty() {
+                return Ok(task);
+            }
+            match tx.update_task(&next).await {
+                Err(StoreError::Stale) => continue,
+                other => other?,
+            }
+            let moved = |d: ActivityDraft| {
+                if next.board_id != task.board_id {
+                    d.moved_from(task.board_id)
+                } else {
+                    d
+                }
+            };
+            let assignee_changed = changes.contains_key("assigneeUserId");
+            let mut drafts = vec![moved(ActivityDraft::new(
+                ActivityData::TaskUpdated {
+                    task: next.clone(),
+                    changes,
+                },
+                actor,
+                at,
+            ))];
+            if assignee_changed {
+                let data = ActivityData::TaskAssigned {
+                    task: next.clone(),
+                    assignee_user_id: next.assignee_user_id,
+                    previous_assignee_user_id: task.assignee_user_id,
+                };
+                drafts.push(moved(ActivityDraft::new(data, actor, at)));
+            }
+            self.commit(tx, next.team_id, drafts).await?;
+            return Ok(next);
+        }
+        Err(StoreError::Stale.into())
+    }
+
+    pub async fn delete_task(&self, actor: UserId, id: TaskId) -> Result<()> {
+        let mut tx = self.store.write().await?;
+        let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
+        role_in(&mut *tx, task.team_id, actor)
+            .await?
+            .ensure(Action::WriteTasks)?;
+        if !tx.delete_task(id).await? {
+            return Err(DomainError::NotFound.into());
+        }
+        let data = ActivityData::TaskDeleted {
+            task_id: id,
+            board_id: task.board_id,
+        };
+        self.commit(
+            tx,
+            task.team_id,
+            vec![ActivityDraft::new(data, actor, now())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn create_comment(&self, actor: UserId, task: TaskId, body: &str) -> Result<Comment> {
+        check_comment_body(body)?;
+        let mut tx = self.store.write().await?;
+        let found = tx.task(task).await?.ok_or(DomainError::NotFound)?;
+        role_in(&mut *tx, found.team_id, actor)
+            .await?
+            .ensure(Action::WriteTasks)?;
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            task_id: task,
+            team_id: found.team_id,
+            author_user_id: actor,
+            body: body.to_owned(),
+            created_at: now(),
+            edited_at: None,
+        };
+        tx.insert_comment(&comment).await?;
+        let draft = ActivityDraft::new(
+            ActivityData::CommentCreated {
+                comment: comment.clone(),
+            },
+            actor,
+            comment.created_at,
+        );
+        self.commit(tx, found.team_id, vec![draft]).await?;
+        Ok(comment)
+    }
+
+    pub async fn comments(
+        &self,
+        actor: UserId,
+        task: TaskId,
+        req: &PageRequest,
+    ) -> Result<Seqd<Page<Comment>>> {
+        let page = req.after_id()?;
+        let mut tx = self.store.read().await?;
+        let found = tx.task(task).await?.ok_or(DomainError::NotFound)?;
+        role_in(&mut *tx, found.team_id, actor).await?;
+        let seq = seq_of(&mut *tx, found.team_id).await?;
+        let rows = tx.comments(task, page).await?;
+        Ok(Seqd {
+            data: page_by_id(rows, page, |c: &Comment| c.id),
+            seq,
+        })
+    }
+
+    pub async fn edit_comment(&self, actor: UserId, id: CommentId, body: &str) -> Result<Comment> {
+        check_comment_body(body)?;
+        let mut tx = self.store.write().await?;
+        let mut comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
+        role_in(&mut *tx, comment.team_id, actor).await?;
+        if comment.author_user_id != actor {
+            return Err(DomainError::Forbidden("only the author can edit a comment").into());
+        }
+        comment.body = body.to_owned();
+        comment.edited_at = Some(now());
+        if !tx.update_comment(&comment).await? {
+            return Err(DomainError::NotFound.into());
+        }
+        let draft = ActivityDraft::new(
+            ActivityData::CommentUpdated {
+                comment: comment.clone(),
+            },
+            actor,
+            now(),
+        );
+        self.commit(tx, comment.team_id, vec![draft]).await?;
+        Ok(comment)
+    }
+
+    pub async fn delete_comment(&self, actor: UserId, id: CommentId) -> Result<()> {
+        let mut tx = self.store.write().await?;
+        let comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
+        let role = role_in(&mut *tx, comment.team_id, actor).await?;
+        if comment.author_user_id != actor {
+            role.ensure(Action::ModerateComments)?;
+        }
+        if !tx.delete_comment(id).await? {
+            return Err(DomainError::NotFound.into());
+        }
+        let data = ActivityData::CommentDeleted {
+            comment_id: id,
+            task_id: comment.task_id,
+        };
+        self.commit(
+            tx,
+            comment.team_id,
+            vec![ActivityDraft::new(data, actor, now())],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! Durable state: the `Store` trait, its SQLite and PostgreSQL implementations, and migrations.
+//!
+//! The store owns SQL and nothing else: it never decides who may do what (that is `domain::rules`,
+//! applied by `service`), never publishes events (that is `bus`), and never speaks HTTP.
+//! Every change and the activities it emits are written in one transaction (`Store::write`).
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::activity::{ActivityDraft, LogEntry};
+use crate::domain::*;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A unique constraint refused the row (e.g. an email that is taken).
+    #[error("already exists")]
+    Duplicate,
+    /// An optimistic update lost a race with a concurrent writer; the caller may retry.
+    #[error("concurrent update")]
+    Stale,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("serialization failed: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported database url (expected sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A page request: items strictly after `after` (a key of the last item seen), at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct PageAfter<K> {
+    pub after: Option<K>,
+    pub limit: i64,
+}
+
+/// A stored refresh token with the state of its family.
+#[derive(Debug, Clone)]
+pub struct RefreshToken {
+    pub family_id: Uuid,
+    pub user_id: UserId,
+    pub expires_at: OffsetDateTime,
+    pub used: bool,
+    pub family_revoked: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub board_id: Option<BoardId>,
+    pub status: Option<TaskStatus>,
+    pub assignee_user_id: Option<UserId>,
+}
+
+/// What a team's log holds: `oldest_since` is the smallest `since` that can still be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    pub oldest_since: i64,
+    pub last_seq: i64,
+}
+
+/// Opens transactions. `read` gives a consistent snapshot; `write` a transaction that cannot fail
+/// for lack of a write lock once it has begun.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn read(&self) -> Result<Box<dyn Tx>>;
+    async fn write(&self) -> Result<Box<dyn Tx>>;
+    async fn ping(&self) -> Result<()>;
+    fn backend(&self) -> &'static str;
+}
+
+/// One transaction. Dropping it without `commit` rolls it back.
+#[async_trait]
+pub trait Tx: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    // users and sessions
+    async fn insert_user(&mut self, user: &User, password_hash: &str) -> Result<()>;
+    async fn user(&mut self, id: UserId) -> Result<Option<User>>;
+    async fn user_by_email(&mut self, email: &str) -> Result<Option<(User, String)>>;
+    async fn set_display_name(&mut self, id: UserId, name: &str) -> Result<Option<User>>;
+    async fn insert_refresh_family(
+        &mut self,
+        family: Uuid,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+    async fn insert_refresh_token(
+        &mut self,
+        hash: &[u8],
+        family: Uuid,
+        expires_at: OffsetDateTime,
+    ) -> Result<()>;
+    async fn refresh_token(&mut self, hash: &[u8]) -> Result<Option<RefreshToken>>;
+    /// Marks the token used; false if it already was (a concurrent refresh won).
+    async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> Result<bool>;
+    async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> Result<()>;
+
+    // teams and members
+    async fn insert_team(&mut self, team: &Team) -> Result<()>;
+    async fn team(&mut self, id: TeamId) -> Result<Option<Team>>;
+    async fn set_team_name(&mut self, id: TeamId, name: &str) -> Result<Option<Team>>;
+    async fn teams_of(
+        &mut self,
+        user: UserId,
+        page: PageAfter<TeamId>,
+    ) -> Result<Vec<(Team, Role)>>;
+    async fn role(&mut self, team: TeamId, user: UserId) -> Result<Option<Role>>;
+    async fn member(&mut self, team: TeamId, user: UserId) -> Result<Option<Member>>;
+    async fn members(&mut self, team: TeamId, page: PageAfter<UserId>) -> Result<Vec<Member>>;
+    async fn insert_member(
+        &mut self,
+        team: TeamId,
+        user: UserId,
+        role: Role,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+    /// Changes a role only if it still is `from`; false otherwise.
+    async fn set_role(&mut self, team: TeamId, user: UserId, from: Role, to: Role) -> Result<bool>;
+    async fn delete_member(&mut self, team: TeamId, user: UserId) -> Result<bool>;
+
+    // boards
+    async fn insert_board(&mut self, board: &Board) -> Result<()>;
+    async fn board(&mut self, id: BoardId) -> Result<Option<Board>>;
+    async fn boards(&mut self, team: TeamId, page: PageAfter<BoardId>) -> Result<Vec<Board>>;
+    async fn set_board_name(&mut self, id: BoardId, name: &str) -> Result<Option<Board>>;
+    async fn board_has_tasks(&mut self, id: BoardId) -> Result<bool>;
+    async fn delete_board(&mut self, id: BoardId) -> Result<bool>;
+
+    // tasks
+    async fn insert_task(&mut self, task: &Task) -> Result<()>;
+    async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;
+    async fn tasks(
+        &mut self,
+        team: TeamId,
+        filter: &TaskFilter,
+        page: PageAfter<TaskId>,
+    ) -> Result<Vec<Task>>;
+    /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
+    async fn update_task(&mut self, task: &Task) -> Result<()>;
+    async fn delete_task(&mut self, id: TaskId) -> Result<bool>;
+    /// The position after the last task of a column (board and status).
+    async fn next_position(&mut self, board: BoardId, status: TaskStatus) -> Result<f64>;
+
+    // comments
+    async fn insert_comment(&mut self, comment: &Comment) -> Result<()>;
+    async fn comment(&mut self, id: CommentId) -> Result<Option<Comment>>;
+    async fn comments(&mut self, task: TaskId, page: PageAfter<CommentId>) -> Result<Vec<Comment>>;
+    async fn update_comment(&mut self, comment: &Comment) -> Result<bool>;
+    async fn delete_comment(&mut self, id: CommentId) -> Result<bool>;
+
+    // the activity log
+    /// Appends activities at `last_seq + 1 ..`; locks the team's row, so call it last.
+    async fn append(&mut self, team: TeamId, drafts: Vec<ActivityDraft>) -> Result<Vec<LogEntry>>;
+    async fn last_seq(&mut self, team: TeamId) -> Result<Option<i64>>;
+    async fn log_bounds(&mut self, team: TeamId) -> Result<Option<LogBounds>>;
+    /// Logged activities with `after < seq <= upto`, oldest first, at most `limit`.
+    async fn activities(
+        &mut self,
+        team: TeamId,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<LogEntry>>;
+    async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
+    /// Raises the published watermark (never lowers it).
+    async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> Result<()>;
+    /// Teams whose log holds activities above the published watermark: (team, watermark).
+    async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
+    /// Deletes published activities older than `before`; returns how many.
+    async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;
+}
+
+/// Opens the store named by a `sqlite://` or `postgres://` URL and runs its migrations.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}

@@ -1,0 +1,900 @@
+//! The SQL of TaskForge, written once in the dialect SQLite and PostgreSQL share (`$n` parameters,
+//! `RETURNING`, `ON CONFLICT`), and instantiated for each driver by `impl_tx!`. A macro rather than
+//! generics: sqlx's generic executor bounds would bury every query under trait clauses.
+//! Schemas differ (UUID vs BLOB, TIMESTAMPTZ vs TEXT) but bind and decode to the same Rust types.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{RefreshToken, StoreError};
+use crate::domain::activity::{ActivityDraft, ActivityKind, LogEntry, Route};
+use crate::domain::*;
+
+pub(super) fn map_dup(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate,
+        _ => StoreError::Database(e),
+    }
+}
+
+/// Cursor keys are UUIDv7s; the nil UUID sorts before all of them and stands for "from the start".
+pub(super) fn after(key: Option<Uuid>) -> Uuid {
+    key.unwrap_or(Uuid::nil())
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct UserRow {
+    id: Uuid,
+    email: String,
+    display_name: String,
+    created_at: OffsetDateTime,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: r.id,
+            email: r.email,
+            display_name: r.display_name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct UserWithHashRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+impl From<UserWithHashRow> for (User, String) {
+    fn from(r: UserWithHashRow) -> Self {
+        (r.user.into(), r.password_hash)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RefreshRow {
+    family_id: Uuid,
+    user_id: Uuid,
+    expires_at: OffsetDateTime,
+    used_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+}
+
+impl From<RefreshRow> for RefreshToken {
+    fn from(r: RefreshRow) -> Self {
+        RefreshToken {
+            family_id: r.family_id,
+            user_id: r.user_id,
+            expires_at: r.expires_at,
+            used: r.used_at.is_some(),
+            family_revoked: r.revoked_at.is_some(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TeamRow {
+    id: Uuid,
+    name: String,
+    created_at: OffsetDateTime,
+    default_board_id: Uuid,
+}
+
+impl From<TeamRow> for Team {
+    fn from(r: TeamRow) -> Self {
+        Team {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+            default_board_id: r.default_board_id,
+        }
+    }
+}
+
+pub(super) fn role(s: &str) -> Result<Role, StoreError> {
+    Role::parse(s).ok_or_else(|| corrupt("role", s))
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TeamRoleRow {
+    #[sqlx(flatten)]
+    team: TeamRow,
+    role: String,
+}
+
+impl TryFrom<TeamRoleRow> for (Team, Role) {
+    type Error = StoreError;
+    fn try_from(r: TeamRoleRow) -> Result<Self, StoreError> {
+        Ok((r.team.into(), role(&r.role)?))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MemberRow {
+    team_id: Uuid,
+    role: String,
+    joined_at: OffsetDateTime,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+impl TryFrom<MemberRow> for Member {
+    type Error = StoreError;
+    fn try_from(r: MemberRow) -> Result<Self, StoreError> {
+        Ok(Member {
+            team_id: r.team_id,
+            role: role(&r.role)?,
+            joined_at: r.joined_at,
+            user: r.user.into(),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct BoardRow {
+    id: Uuid,
+    team_id: Uuid,
+    name: String,
+    created_at: OffsetDateTime,
+}
+
+impl From<BoardRow> for Board {
+    fn from(r: BoardRow) -> Self {
+        Board {
+            id: r.id,
+            team_id: r.team_id,
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TaskRow {
+    id: Uuid,
+    team_id: Uuid,
+    board_id: Uuid,
+    title: String,
+    description: String,
+    status: String,
+    priority: String,
+    assignee_user_id: Option<Uuid>,
+    due_date: Option<time::Date>,
+    position: f64,
+    created_by: Uuid,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    version: i64,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = StoreError;
+    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
+        Ok(Task {
+            status: TaskStatus::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
+            priority: Priority::parse(&r.priority)
+                .ok_or_else(|| corrupt("priority", &r.priority))?,
+            id: r.id,
+            team_id: r.team_id,
+            board_id: r.board_id,
+            title: r.title,
+            description: r.description,
+            assignee_user_id: r.assignee_user_id,
+            due_date: r.due_date,
+            position: r.position,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct CommentRow {
+    id: Uuid,
+    task_id: Uuid,
+    team_id: Uuid,
+    author_user_id: Uuid,
+    body: String,
+    created_at: OffsetDateTime,
+    edited_at: Option<OffsetDateTime>,
+}
+
+impl From<CommentRow> for Comment {
+    fn from(r: CommentRow) -> Self {
+        Comment {
+            id: r.id,
+            task_id: r.task_id,
+            team_id: r.team_id,
+            author_user_id: r.author_user_id,
+            body: r.body,
+            created_at: r.created_at,
+            edited_at: r.edited_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ActivityRow {
+    seq: i64,
+    kind: String,
+    board_id: Option<Uuid>,
+    prev_board_id: Option<Uuid>,
+    task_id: Option<Uuid>,
+    user_id: Option<Uuid>,
+    payload: String,
+}
+
+impl ActivityRow {
+    pub(super) fn into_entry(self, team_id: TeamId) -> Result<LogEntry, StoreError> {
+        let kind =
+            ActivityKind::parse(&self.kind).ok_or_else(|| corrupt("activity kind", &self.kind))?;
+        Ok(LogEntry {
+            seq: self.seq,
+            route: Route {
+                kind,
+                team_id,
+                board_id: self.board_id,
+                prev_board_id: self.prev_board_id,
+                task_id: self.task_id,
+                user_id: self.user_id,
+            },
+            json: Arc::from(self.payload),
+        })
+    }
+}
+
+/// Serializes the drafts at their seqs, once: the same text is stored and later sent.
+pub(super) fn entries(
+    team: TeamId,
+    first_seq: i64,
+    drafts: Vec<ActivityDraft>,
+) -> Result<Vec<(LogEntry, OffsetDateTime)>, StoreError> {
+    drafts
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let ts = d.ts;
+            let (activity, route) = d.into_activity(team, first_seq + i as i64);
+            let json = serde_json::to_string(&activity)?;
+            Ok((
+                LogEntry {
+                    seq: activity.seq,
+                    route,
+                    json: Arc::from(json),
+                },
+                ts,
+            ))
+        })
+        .collect()
+}
+
+/// Implements `Tx` for a struct `$tx { tx: sqlx::Transaction<'static, $db> }`.
+macro_rules! impl_tx {
+    ($tx:ident) => {
+        // An unnamed const gives the impl its own imports.
+        const _: () = {
+        use time::OffsetDateTime;
+        use uuid::Uuid;
+        use $crate::domain::activity::{ActivityDraft, LogEntry};
+        use $crate::domain::*;
+        use $crate::store::sql::*;
+        use $crate::store::{LogBounds, RefreshToken, StoreError};
+
+        #[async_trait::async_trait]
+        impl $crate::store::Tx for $tx {
+            async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_user(&mut self, u: &User, password_hash: &str) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, display_name, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(u.id)
+                .bind(&u.email)
+                .bind(password_hash)
+                .bind(&u.display_name)
+                .bind(u.created_at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_dup)?;
+                Ok(())
+            }
+
+            async fn user(&mut self, id: UserId) -> $crate::store::Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "SELECT id, email, display_name, created_at FROM users WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn user_by_email(&mut self, email: &str) -> $crate::store::Result<Option<(User, String)>> {
+                let row: Option<UserWithHashRow> = sqlx::query_as(
+                    "SELECT id, email, display_name, created_at, password_hash FROM users WHERE email = $1",
+                )
+                .bind(email)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn set_display_name(&mut self, id: UserId, name: &str) -> $crate::store::Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "UPDATE users SET display_name = $2 WHERE id = $1 \
+                     RETURNING id, email, display_name, created_at",
+                )
+                .bind(id)
+                .bind(name)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn insert_refresh_family(
+                &mut self,
+                family: Uuid,
+                user: UserId,
+                now: OffsetDateTime,
+            ) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO refresh_families (id, user_id, created_at) VALUES ($1, $2, $3)")
+                    .bind(family)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_refresh_token(
+                &mut self,
+                hash: &[u8],
+                family: Uuid,
+                expires_at: OffsetDateTime,
+            ) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)")
+                    .bind(hash)
+                    .bind(family)
+                    .bind(expires_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn refresh_token(&mut self, hash: &[u8]) -> $crate::store::Result<Option<RefreshToken>> {
+                let row: Option<RefreshRow> = sqlx::query_as(
+                    "SELECT t.family_id, f.user_id, t.expires_at, t.used_at, f.revoked_at \
+                     FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+                     WHERE t.token_hash = $1",
+                )
+                .bind(hash)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> $crate::store::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+                )
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> $crate::store::Result<()> {
+                sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(family)
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_team(&mut self, t: &Team) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO teams (id, name, created_at, default_board_id, last_seq) VALUES ($1, $2, $3, $4, 0)",
+                )
+                .bind(t.id)
+                .bind(&t.name)
+                .bind(t.created_at)
+                .bind(t.default_board_id)
+                .execute(&mut *self.tx)
+                .await?;
+                sqlx::query("INSERT INTO team_outbox (team_id, published_seq) VALUES ($1, 0)")
+                    .bind(t.id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn team(&mut self, id: TeamId) -> $crate::store::Result<Option<Team>> {
+                let row: Option<TeamRow> =
+                    sqlx::query_as("SELECT id, name, created_at, default_board_id FROM teams WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn set_team_name(&mut self, id: TeamId, name: &str) -> $crate::store::Result<Option<Team>> {
+                let row: Option<TeamRow> = sqlx::query_as(
+                    "UPDATE teams SET name = $2 WHERE id = $1 RETURNING id, name, created_at, default_board_id",
+                )
+                .bind(id)
+                .bind(name)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn teams_of(
+                &mut self,
+                user: UserId,
+                page: $crate::store::PageAfter<TeamId>,
+            ) -> $crate::store::Result<Vec<(Team, Role)>> {
+                let rows: Vec<TeamRoleRow> = sqlx::query_as(
+                    "SELECT t.id, t.name, t.created_at, t.default_board_id, m.role \
+                     FROM memberships m JOIN teams t ON t.id = m.team_id \
+                     WHERE m.user_id = $1 AND m.team_id > $2 ORDER BY m.team_id LIMIT $3",
+                )
+                .bind(user)
+                .bind(after(page.after))
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn role(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<Option<Role>> {
+                let r: Option<(String,)> =
+                    sqlx::query_as("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
+                        .bind(team)
+                        .bind(user)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                r.map(|(s,)| role(&s)).transpose()
+            }
+
+            async fn member(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<Option<Member>> {
+                let row: Option<MemberRow> = sqlx::query_as(
+                    "SELECT m.team_id, m.role, m.joined_at, u.id, u.email, u.display_name, u.created_at \
+                     FROM memberships m JOIN users u ON u.id = m.user_id \
+                     WHERE m.team_id = $1 AND m.user_id = $2",
+                )
+                .bind(team)
+                .bind(user)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn members(
+                &mut self,
+                team: TeamId,
+                page: $crate::store::PageAfter<UserId>,
+            ) -> $crate::store::Result<Vec<Member>> {
+                let rows: Vec<MemberRow> = sqlx::query_as(
+                    "SELECT m.team_id, m.role, m.joined_at, u.id, u.email, u.display_name, u.created_at \
+                     FROM memberships m JOIN users u ON u.id = m.user_id \
+                     WHERE m.team_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
+                )
+                .bind(team)
+                .bind(after(page.after))
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn insert_member(
+                &mut self,
+                team: TeamId,
+                user: UserId,
+                r: Role,
+                at: OffsetDateTime,
+            ) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO memberships (team_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
+                    .bind(team)
+                    .bind(user)
+                    .bind(r.as_str())
+                    .bind(at)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_dup)?;
+                Ok(())
+            }
+
+            async fn set_role(&mut self, team: TeamId, user: UserId, from: Role, to: Role) -> $crate::store::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE memberships SET role = $4 WHERE team_id = $1 AND user_id = $2 AND role = $3",
+                )
+                .bind(team)
+                .bind(user)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_member(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<bool> {
+                let done = sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
+                    .bind(team)
+                    .bind(user)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn insert_board(&mut self, b: &Board) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO boards (id, team_id, name, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(b.id)
+                    .bind(b.team_id)
+                    .bind(&b.name)
+                    .bind(b.created_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn board(&mut self, id: BoardId) -> $crate::store::Result<Option<Board>> {
+                let row: Option<BoardRow> =
+                    sqlx::query_as("SELECT id, team_id, name, created_at FROM boards WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn boards(
+                &mut self,
+                team: TeamId,
+                page: $crate::store::PageAfter<BoardId>,
+            ) -> $crate::store::Result<Vec<Board>> {
+                let rows: Vec<BoardRow> = sqlx::query_as(
+                    "SELECT id, team_id, name, created_at FROM boards \
+                     WHERE team_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(team)
+                .bind(after(page.after))
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn set_board_name(&mut self, id: BoardId, name: &str) -> $crate::store::Result<Option<Board>> {
+                let row: Option<BoardRow> = sqlx::query_as(
+                    "UPDATE boards SET name = $2 WHERE id = $1 RETURNING id, team_id, name, created_at",
+                )
+                .bind(id)
+                .bind(name)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn board_has_tasks(&mut self, id: BoardId) -> $crate::store::Result<bool> {
+                let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM tasks WHERE board_id = $1 LIMIT 1")
+                    .bind(id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                Ok(row.is_some())
+            }
+
+            async fn delete_board(&mut self, id: BoardId) -> $crate::store::Result<bool> {
+                let done = sqlx::query("DELETE FROM boards WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(t.id)
+                .bind(t.team_id)
+                .bind(t.board_id)
+                .bind(&t.title)
+                .bind(&t.description)
+                .bind(t.status.as_str())
+                .bind(t.priority.as_str())
+                .bind(t.assignee_user_id)
+                .bind(t.due_date)
+                .bind(t.position)
+                .bind(t.created_by)
+                .bind(t.created_at)
+                .bind(t.updated_at)
+                .bind(t.version)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
+                let row: Option<TaskRow> = sqlx::query_as(
+                    "SELECT id, team_id, board_id, title, description, status, priority, assignee_user_id, \
+                     due_date, position, created_by, created_at, updated_at, version FROM tasks WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn tasks(
+                &mut self,
+                team: TeamId,
+                f: &$crate::store::TaskFilter,
+                page: $crate::store::PageAfter<TaskId>,
+            ) -> $crate::store::Result<Vec<Task>> {
+                let rows: Vec<TaskRow> = sqlx::query_as(
+                    "SELECT id, team_id, board_id, title, description, status, priority, assignee_user_id, \
+                     due_date, position, created_by, created_at, updated_at, version FROM tasks \
+                     WHERE team_id = $1 AND id > $2 \
+                       AND ($3 IS NULL OR board_id = $3) \
+                       AND ($4 IS NULL OR status = $4) \
+                       AND ($5 IS NULL OR assignee_user_id = $5) \
+                     ORDER BY id LIMIT $6",
+                )
+                .bind(team)
+                .bind(after(page.after))
+                .bind(f.board_id)
+                .bind(f.status.map(TaskStatus::as_str))
+                .bind(f.assignee_user_id)
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn update_task(&mut self, t: &Task) -> $crate::store::Result<()> {
+                let done = sqlx::query(
+                    "UPDATE tasks SET board_id = $2, title = $3, description = $4, status = $5, priority = $6, \
+                     assignee_user_id = $7, due_date = $8, position = $9, updated_at = $10, version = $11 \
+                     WHERE id = $1 AND version = $12",
+                )
+                .bind(t.id)
+                .bind(t.board_id)
+                .bind(&t.title)
+                .bind(&t.description)
+                .bind(t.status.as_str())
+                .bind(t.priority.as_str())
+                .bind(t.assignee_user_id)
+                .bind(t.due_date)
+                .bind(t.position)
+                .bind(t.updated_at)
+                .bind(t.version)
+                .bind(t.version - 1)
+                .execute(&mut *self.tx)
+                .await?;
+                if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Stale) }
+            }
+
+            async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<bool> {
+                let done = sqlx::query("DELETE FROM tasks WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn next_position(&mut self, board: BoardId, status: TaskStatus) -> $crate::store::Result<f64> {
+                let (max,): (Option<f64>,) =
+                    sqlx::query_as("SELECT MAX(position) FROM tasks WHERE board_id = $1 AND status = $2")
+                        .bind(board)
+                        .bind(status.as_str())
+                        .fetch_one(&mut *self.tx)
+                        .await?;
+                Ok(max.map_or(1.0, |m| m.floor() + 1.0))
+            }
+
+            async fn insert_comment(&mut self, c: &Comment) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO comments (id, task_id, team_id, author_user_id, body, created_at, edited_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(c.id)
+                .bind(c.task_id)
+                .bind(c.team_id)
+                .bind(c.author_user_id)
+                .bind(&c.body)
+                .bind(c.created_at)
+                .bind(c.edited_at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn comment(&mut self, id: CommentId) -> $crate::store::Result<Option<Comment>> {
+                let row: Option<CommentRow> = sqlx::query_as(
+                    "SELECT id, task_id, team_id, author_user_id, body, created_at, edited_at \
+                     FROM comments WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn comments(
+                &mut self,
+                task: TaskId,
+                page: $crate::store::PageAfter<CommentId>,
+            ) -> $crate::store::Result<Vec<Comment>> {
+                let rows: Vec<CommentRow> = sqlx::query_as(
+                    "SELECT id, task_id, team_id, author_user_id, body, created_at, edited_at \
+                     FROM comments WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(task)
+                .bind(after(page.after))
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn update_comment(&mut self, c: &Comment) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE comments SET body = $2, edited_at = $3 WHERE id = $1")
+                    .bind(c.id)
+                    .bind(&c.body)
+                    .bind(c.edited_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_comment(&mut self, id: CommentId) -> $crate::store::Result<bool> {
+                let done = sqlx::query("DELETE FROM comments WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn append(&mut self, team: TeamId, drafts: Vec<ActivityDraft>) -> $crate::store::Result<Vec<LogEntry>> {
+                if drafts.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // Taking the seqs locks the team row until commit: per-team writes serialize here,
+                // as late in the transaction as possible.
+                let (last,): (i64,) =
+                    sqlx::query_as("UPDATE teams SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq")
+                        .bind(team)
+                        .bind(drafts.len() as i64)
+                        .fetch_one(&mut *self.tx)
+                        .await?;
+                let first = last - drafts.len() as i64 + 1;
+                let entries = entries(team, first, drafts)?;
+                let mut out = Vec::with_capacity(entries.len());
+                for (e, ts) in entries {
+                    sqlx::query(
+                        "INSERT INTO activities (team_id, seq, kind, board_id, prev_board_id, task_id, user_id, ts, payload) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(team)
+                    .bind(e.seq)
+                    .bind(e.route.kind.as_str())
+                    .bind(e.route.board_id)
+                    .bind(e.route.prev_board_id)
+                    .bind(e.route.task_id)
+                    .bind(e.route.user_id)
+                    .bind(ts)
+                    .bind(&*e.json)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    out.push(e);
+                }
+                Ok(out)
+            }
+
+            async fn last_seq(&mut self, team: TeamId) -> $crate::store::Result<Option<i64>> {
+                let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM teams WHERE id = $1")
+                    .bind(team)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                Ok(row.map(|(s,)| s))
+            }
+
+            async fn log_bounds(&mut self, team: TeamId) -> $crate::store::Result<Option<LogBounds>> {
+                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT t.last_seq, (SELECT MIN(seq) FROM activities a WHERE a.team_id = t.id) \
+                     FROM teams t WHERE t.id = $1",
+                )
+                .bind(team)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.map(|(last_seq, min)| LogBounds {
+                    oldest_since: min.map_or(last_seq, |m| m - 1),
+                    last_seq,
+                }))
+            }
+
+            async fn activities(
+                &mut self,
+                team: TeamId,
+                after_seq: i64,
+                upto: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<LogEntry>> {
+                let rows: Vec<ActivityRow> = sqlx::query_as(
+                    "SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload FROM activities \
+                     WHERE team_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                )
+                .bind(team)
+                .bind(after_seq)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.into_iter().map(|r| r.into_entry(team)).collect()
+            }
+
+            async fn published_seq(&mut self, team: TeamId) -> $crate::store::Result<i64> {
+                let row: Option<(i64,)> = sqlx::query_as("SELECT published_seq FROM team_outbox WHERE team_id = $1")
+                    .bind(team)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                Ok(row.map_or(0, |(s,)| s))
+            }
+
+            async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "UPDATE team_outbox SET published_seq = $2 WHERE team_id = $1 AND published_seq < $2",
+                )
+                .bind(team)
+                .bind(seq)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn unpublished_teams(&mut self, limit: i64) -> $crate::store::Result<Vec<(TeamId, i64)>> {
+                let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+                    "SELECT t.id, o.published_seq FROM teams t JOIN team_outbox o ON o.team_id = t.id \
+                     WHERE t.last_seq > o.published_seq LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn prune_log(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
+                let done = sqlx::query(
+                    "DELETE FROM activities WHERE ts < $1 AND seq <= \
+                     (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = activities.team_id)",
+                )
+                .bind(before)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected())
+            }
+        }
+        };
+    };
+}
+
+pub(super) use impl_tx;

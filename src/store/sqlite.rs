@@ -1,0 +1,75 @@
+//! SQLite, the embedded default: one file in WAL mode, one writer connection and a few readers.
+//!
+//! All writes go through the single writer connection and begin with `BEGIN IMMEDIATE`, so a write
+//! transaction holds the write lock from its first statement and can never fail with SQLITE_BUSY
+//! on a read-then-write; writers queue for that connection instead. Readers never block in WAL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{Result, Store, Tx};
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn read(&self) -> Result<Box<dyn Tx>> {
+        Ok(Box::new(SqliteTx {
+            tx: self.readers.begin().await?,
+        }))
+    }
+
+    async fn write(&self) -> Result<Box<dyn Tx>> {
+        Ok(Box::new(SqliteTx {
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        }))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+super::sql::impl_tx!(SqliteTx);
