@@ -151,6 +151,15 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Deserializes a field that may be absent but not `null`.
+pub fn non_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 fn double_option_date<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<time::Date>>, D::Error> {
@@ -201,17 +210,20 @@ impl NewTask {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskPatch {
-    #[serde(default)]
-    #[schema(min_length = 1, max_length = 200)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     pub title: Option<String>,
-    #[serde(default)]
-    #[schema(max_length = 20000)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, max_length = 20000)]
     pub description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false)]
     pub board_id: Option<Uuid>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false)]
     pub status: Option<TaskStatus>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false)]
     pub priority: Option<Priority>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<uuid::Uuid>)]
@@ -219,7 +231,8 @@ pub struct TaskPatch {
     #[serde(default, deserialize_with = "double_option_date")]
     #[schema(value_type = Option<String>, format = Date)]
     pub due_date: Option<Option<time::Date>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false)]
     pub position: Option<f64>,
 }
 

@@ -3,7 +3,7 @@
 //! Every failure becomes `{type, title, status, detail, code}` with a stable `code`. Internal
 //! causes are logged here and never shown to the client.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -128,27 +128,6 @@ impl From<ServiceError> for ApiError {
                 "the resource changed concurrently; retry",
             ),
             other => Self::internal(&other),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
-            ),
-            StatusCode::UNPROCESSABLE_ENTITY => {
-                Self::validation(vec![FieldError::new("body", r.body_text())])
-            }
-            _ => Self::bad_request(format!("the body is not valid JSON: {}", r.body_text())),
         }
     }
 }

@@ -593,7 +593,7 @@ macro_rules! impl_tx {
             }
 
             async fn board_has_tasks(&mut self, id: BoardId) -> $crate::store::Result<bool> {
-                let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM tasks WHERE board_id = $1 LIMIT 1")
+                let row: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
                     .bind(id)
                     .fetch_optional(&mut *self.tx)
                     .await?;

@@ -1,0 +1,1028 @@
+//! Black-box test harness: spawns a real `taskforge serve` process on a random port against a
+//! throwaway database (SQLite file or a fresh PostgreSQL database) and talks to it over HTTP.
+//! Every response seen through [`Api`] is checked against the server's own `/openapi.json`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const READY_PREFIX: &str = "taskforge listening on ";
+pub const API: &str = "/api/v1";
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Whether PostgreSQL-backed tests can run. Panics under `CI=true` when no database is configured.
+pub fn postgres_enabled() -> bool {
+    if std::env::var("TASKFORGE_TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty()) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but TASKFORGE_TEST_DATABASE_URL is not set: PostgreSQL tests cannot run");
+    }
+    eprintln!("skipping PostgreSQL: TASKFORGE_TEST_DATABASE_URL not set");
+    false
+}
+
+/// Generates `mod <name> { sqlite, postgres }` tests for each `async fn <name>(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if !$crate::common::postgres_enabled() {
+                        return;
+                    }
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server process
+// ---------------------------------------------------------------------------------------------
+
+pub struct TestServer {
+    pub backend: Backend,
+    pub base: String,
+    pub db_url: String,
+    pub jwt_secret: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    spec: Option<Arc<Spec>>,
+    _tmp: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, overrides: &[(&str, &str)]) -> TestServer {
+        let jwt_secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let (db_url, tmp, pg) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}/taskforge.db", dir.path().display());
+                (url, Some(dir), None)
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("TASKFORGE_TEST_DATABASE_URL")
+                    .expect("TASKFORGE_TEST_DATABASE_URL must be set for PostgreSQL tests");
+                let name = format!("tf_{}", Uuid::new_v4().simple());
+                create_pg_database(&admin, &name).await;
+                (pg_url_with_db(&admin, &name), None, Some((admin, name)))
+            }
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("TASKFORGE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("TASKFORGE_DATABASE_URL".into(), db_url.clone()),
+            ("TASKFORGE_JWT_SECRET".into(), jwt_secret.clone()),
+            ("TASKFORGE_LOG".into(), "info".into()),
+        ];
+        for (k, v) in overrides {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut srv = TestServer {
+            backend,
+            base: String::new(),
+            db_url,
+            jwt_secret,
+            env,
+            child: None,
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+            spec: None,
+            _tmp: tmp,
+            pg,
+        };
+        srv.spawn().await;
+        srv
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskforge"));
+        cmd.arg("serve");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TASKFORGE_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn taskforge binary");
+
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = self.stderr.clone();
+        let echo = std::env::var("TASKFORGE_TEST_ECHO").is_ok();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[server] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, lines.next_line()).await {
+                Err(_) => panic!(
+                    "server did not print its ready line within 30 s; stderr:\n{}",
+                    self.stderr_text()
+                ),
+                Ok(Ok(Some(line))) => {
+                    self.stdout.lock().unwrap().push(line.clone());
+                    if let Some(url) = line.strip_prefix(READY_PREFIX) {
+                        break url.trim().trim_end_matches('/').to_string();
+                    }
+                }
+                Ok(_) => {
+                    // Give the stderr drain a moment to collect the cause.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    panic!(
+                        "server exited before it was ready; stderr:\n{}",
+                        self.stderr_text()
+                    );
+                }
+            }
+        };
+        assert!(
+            base.starts_with("http://127.0.0.1:"),
+            "unexpected ready line URL {base:?}"
+        );
+        let sink = self.stdout.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        self.base = base;
+        self.child = Some(child);
+        if self.spec.is_none() {
+            self.spec = Some(Arc::new(Spec::fetch(&self.base).await));
+        }
+    }
+
+    /// Stops the server process (the database is kept).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops the server and starts it again on the same database (new random port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    pub fn client(&self) -> Api {
+        Api::new(
+            &self.base,
+            self.spec.clone().expect("spec loaded"),
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("reqwest client"),
+        )
+    }
+
+    pub fn spec(&self) -> &Value {
+        &self.spec.as_ref().expect("spec loaded").doc
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Polls the captured stderr until `pred` matches a line (bounded by `timeout`).
+    pub async fn wait_for_log(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr.lock().unwrap().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            // Best effort; a separate thread so no runtime is blocked on.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(Ok(mut conn)) = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        sqlx::PgConnection::connect(&admin),
+                    )
+                    .await
+                    {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn),
+                        )
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn create_pg_database(admin: &str, name: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("connect to TASKFORGE_TEST_DATABASE_URL ({admin}): {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+}
+
+/// `postgres://u@h:5432/test?x=y` + `tf_1` -> `postgres://u@h:5432/tf_1?x=y`
+fn pg_url_with_db(admin: &str, db: &str) -> String {
+    let (main, query) = match admin.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (admin, None),
+    };
+    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = main[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(main.len());
+    let mut url = format!("{}/{}", &main[..authority_end], db);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAPI conformance
+// ---------------------------------------------------------------------------------------------
+
+pub struct Spec {
+    pub doc: Value,
+    prefixes: Vec<String>,
+    templates: Vec<(String, Vec<String>)>,
+    validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+}
+
+impl Spec {
+    async fn fetch(base: &str) -> Spec {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .expect("GET /openapi.json");
+        assert_eq!(resp.status().as_u16(), 200, "GET /openapi.json status");
+        let doc: Value = resp.json().await.expect("/openapi.json is JSON");
+        Spec::new(doc)
+    }
+
+    pub fn new(doc: Value) -> Spec {
+        let templates = doc["paths"]
+            .as_object()
+            .expect("openapi.json has paths")
+            .keys()
+            .map(|p| (p.clone(), segments(p)))
+            .collect();
+        let prefixes = doc["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["url"].as_str())
+            .filter(|u| u.starts_with('/') && *u != "/")
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        Spec {
+            doc,
+            prefixes,
+            templates,
+            validators: Mutex::default(),
+        }
+    }
+
+    /// The best matching path template (most literal segments) for a concrete path.
+    fn match_path(&self, path: &str) -> Option<&str> {
+        let mut candidates = vec![path.to_string()];
+        for p in &self.prefixes {
+            if let Some(rest) = path.strip_prefix(p.as_str()) {
+                candidates.push(rest.to_string());
+            }
+        }
+        let mut best: Option<(&str, usize)> = None;
+        for cand in &candidates {
+            let segs = segments(cand);
+            for (tpl, tsegs) in &self.templates {
+                if tsegs.len() != segs.len() {
+                    continue;
+                }
+                let mut literal = 0;
+                let ok = tsegs.iter().zip(&segs).all(|(t, s)| {
+                    if t.starts_with('{') && t.ends_with('}') {
+                        !s.is_empty()
+                    } else if t == s {
+                        literal += 1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if ok && best.is_none_or(|(_, l)| literal > l) {
+                    best = Some((tpl, literal));
+                }
+            }
+        }
+        best.map(|(t, _)| t)
+    }
+
+    fn deref<'a>(&'a self, v: &'a Value) -> &'a Value {
+        let mut cur = v;
+        for _ in 0..8 {
+            match cur.get("$ref").and_then(Value::as_str) {
+                Some(r) if r.starts_with("#/") => match self.doc.pointer(&r[1..]) {
+                    Some(t) => cur = t,
+                    None => panic!("openapi.json: dangling $ref {r}"),
+                },
+                _ => break,
+            }
+        }
+        cur
+    }
+
+    /// Panics when the response is not documented or does not match its documented schema.
+    pub fn check(&self, method: &str, path: &str, status: u16, content_type: &str, text: &str) {
+        let path = path.split('?').next().unwrap_or(path);
+        let Some(template) = self.match_path(path) else {
+            return;
+        };
+        let Some(op) = self.doc["paths"][template].get(method.to_ascii_lowercase()) else {
+            return;
+        };
+        let responses = &op["responses"];
+        let code = status.to_string();
+        let range = format!("{}XX", status / 100);
+        let (key, resp) = [code.as_str(), range.as_str(), "default"]
+            .into_iter()
+            .find_map(|k| responses.get(k).map(|r| (k, r)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "OpenAPI: {method} {path} (operation {template}) answered undocumented status \
+                     {status}; documented: {:?}; body: {text}",
+                    responses
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default()
+                )
+            });
+        if text.trim().is_empty() {
+            return;
+        }
+        let ct = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !ct.contains("json") {
+            return;
+        }
+        let content = &self.deref(resp)["content"];
+        let media = content.get(&ct).or_else(|| {
+            content
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.contains("json")).map(|(_, v)| v))
+        });
+        let Some(schema) = media.and_then(|m| m.get("schema")) else {
+            return;
+        };
+        let cache_key = format!("{method} {template} {key} {ct}");
+        let validator = {
+            let mut cache = self.validators.lock().unwrap();
+            cache
+                .entry(cache_key)
+                .or_insert_with(|| {
+                    let root = json!({
+                        "allOf": [schema],
+                        "components": self.doc.get("components").cloned().unwrap_or(json!({})),
+                    });
+                    Arc::new(
+                        jsonschema::options()
+                            .with_draft(jsonschema::Draft::Draft202012)
+                            .build(&root)
+                            .unwrap_or_else(|e| {
+                                panic!("OpenAPI schema for {method} {template} {key}: {e}")
+                            }),
+                    )
+                })
+                .clone()
+        };
+        let body: Value = serde_json::from_str(text).unwrap_or_else(|e| {
+            panic!("{method} {path} -> {status}: content type {ct} but invalid JSON ({e}): {text}")
+        });
+        let errors: Vec<String> = validator
+            .iter_errors(&body)
+            .map(|e| format!("{e} (at {})", e.instance_path))
+            .collect();
+        if !errors.is_empty() {
+            panic!(
+                "OpenAPI: {method} {path} -> {status} does not match the schema of {template} \
+                 [{key}]:\n  {}\nbody: {text}",
+                errors.join("\n  ")
+            );
+        }
+    }
+}
+
+fn segments(p: &str) -> Vec<String> {
+    p.trim_matches('/').split('/').map(str::to_string).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `X-TaskForge-Seq` as a number (panics if absent or not a number).
+    pub fn seq(&self) -> i64 {
+        let v = self
+            .header("x-taskforge-seq")
+            .unwrap_or_else(|| panic!("{} {}: no X-TaskForge-Seq header", self.method, self.path));
+        v.parse()
+            .unwrap_or_else(|_| panic!("X-TaskForge-Seq is not a number: {v:?}"))
+    }
+
+    /// Asserts the status and returns the JSON body.
+    #[track_caller]
+    pub fn ok(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status, status,
+            "{} {}: expected {status}, got {}: {}",
+            self.method, self.path, self.status, self.text
+        );
+        &self.json
+    }
+
+    #[track_caller]
+    pub fn parse<T: DeserializeOwned>(&self, status: u16) -> T {
+        let v = self.ok(status).clone();
+        serde_json::from_value(v).unwrap_or_else(|e| {
+            panic!(
+                "{} {}: cannot parse body ({e}): {}",
+                self.method, self.path, self.text
+            )
+        })
+    }
+
+    /// Asserts an RFC 9457 problem response with the given status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> &Value {
+        let ctx = format!(
+            "{} {} -> {}: {}",
+            self.method, self.path, self.status, self.text
+        );
+        assert_eq!(self.status, status, "expected {status} {code}: {ctx}");
+        let ct = self.header("content-type").unwrap_or("");
+        assert!(
+            ct.starts_with("application/problem+json"),
+            "content-type {ct:?} is not application/problem+json: {ctx}"
+        );
+        let j = &self.json;
+        assert_eq!(j["code"], code, "problem code: {ctx}");
+        assert_eq!(j["status"], status, "problem status field: {ctx}");
+        assert!(j["type"].is_string(), "problem type: {ctx}");
+        assert!(
+            j["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "problem title: {ctx}"
+        );
+        assert!(j["detail"].is_string(), "problem detail: {ctx}");
+        j
+    }
+
+    /// Asserts a 422 `validation_failed` problem that names `field` in `errors`.
+    #[track_caller]
+    pub fn invalid(&self, field: &str) {
+        let j = self.problem(422, "validation_failed");
+        let errors = j["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("422 without errors[]: {}", self.text));
+        assert!(
+            errors
+                .iter()
+                .all(|e| e["field"].is_string() && e["message"].is_string()),
+            "errors entries must be {{field, message}}: {}",
+            self.text
+        );
+        assert!(
+            errors.iter().any(|e| e["field"]
+                .as_str()
+                .is_some_and(|f| f == field || f.ends_with(&format!(".{field}")))),
+            "422 errors do not name field {field:?}: {}",
+            self.text
+        );
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    spec: Arc<Spec>,
+}
+
+pub type Headers<'a> = &'a [(&'a str, &'a str)];
+
+impl Api {
+    pub fn new(base: &str, spec: Arc<Spec>, http: reqwest::Client) -> Api {
+        Api {
+            base: base.to_string(),
+            http,
+            spec,
+        }
+    }
+
+    /// Sends a request with an optional JSON body; validates the response against the spec.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: Headers<'_>,
+    ) -> Resp {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        let ct = body.map(|_| "application/json");
+        self.send_raw(method, path, token, bytes, ct, headers).await
+    }
+
+    /// Sends raw bytes with an explicit (or no) content type.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        content_type: Option<&str>,
+        headers: Headers<'_>,
+    ) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: request failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: reading body failed: {e}"));
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        self.spec.check(method, path, status, ct, &text);
+        Resp {
+            method: method.to_string(),
+            path: path.to_string(),
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.send("GET", path, Some(token), None, &[]).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.send("POST", path, Some(token), Some(&body), &[]).await
+    }
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.send("PATCH", path, Some(token), Some(&body), &[])
+            .await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.send("DELETE", path, Some(token), None, &[]).await
+    }
+
+    // ---- auth -------------------------------------------------------------------------------
+
+    pub async fn register_raw(&self, email: &str, password: &str, display_name: &str) -> Resp {
+        let body = json!({"email": email, "password": password, "displayName": display_name});
+        self.send("POST", "/api/v1/auth/register", None, Some(&body), &[])
+            .await
+    }
+
+    pub async fn register(&self, email: &str, password: &str, display_name: &str) -> AuthResponse {
+        self.register_raw(email, password, display_name)
+            .await
+            .parse(201)
+    }
+
+    /// Registers a fresh user with a unique email and password `PASSWORD`.
+    pub async fn new_user(&self, name: &str) -> AuthResponse {
+        self.register(&unique_email(name), PASSWORD, name).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Resp {
+        let body = json!({"email": email, "password": password});
+        self.send("POST", "/api/v1/auth/login", None, Some(&body), &[])
+            .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Resp {
+        let body = json!({"refreshToken": refresh_token});
+        self.send("POST", "/api/v1/auth/refresh", None, Some(&body), &[])
+            .await
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Resp {
+        let body = json!({"refreshToken": refresh_token});
+        self.send("POST", "/api/v1/auth/logout", None, Some(&body), &[])
+            .await
+    }
+
+    // ---- teams, members, boards -------------------------------------------------------------
+
+    pub async fn create_team(&self, token: &str, name: &str) -> Team {
+        self.post("/api/v1/teams", token, json!({"name": name}))
+            .await
+            .parse(201)
+    }
+
+    pub async fn add_member(&self, token: &str, team: Uuid, email: &str, role: &str) -> Member {
+        self.post(
+            &format!("/api/v1/teams/{team}/members"),
+            token,
+            json!({"email": email, "role": role}),
+        )
+        .await
+        .parse(201)
+    }
+
+    /// Registers a user and adds them to `team` with `role`.
+    pub async fn member(&self, owner: &str, team: Uuid, name: &str, role: &str) -> AuthResponse {
+        let u = self.new_user(name).await;
+        self.add_member(owner, team, &u.user.email, role).await;
+        u
+    }
+
+    pub async fn create_board(&self, token: &str, team: Uuid, name: &str) -> Board {
+        self.post(
+            &format!("/api/v1/teams/{team}/boards"),
+            token,
+            json!({"name": name}),
+        )
+        .await
+        .parse(201)
+    }
+
+    // ---- tasks and comments -----------------------------------------------------------------
+
+    pub async fn create_task(&self, token: &str, team: Uuid, body: Value) -> Task {
+        self.post(&format!("/api/v1/teams/{team}/tasks"), token, body)
+            .await
+            .parse(201)
+    }
+
+    pub async fn task(&self, token: &str, team: Uuid, title: &str) -> Task {
+        self.create_task(token, team, json!({"title": title})).await
+    }
+
+    pub async fn get_task(&self, token: &str, task: Uuid) -> Resp {
+        self.get(&format!("/api/v1/tasks/{task}"), token).await
+    }
+
+    pub async fn patch_task(&self, token: &str, task: Uuid, body: Value) -> Resp {
+        self.patch(&format!("/api/v1/tasks/{task}"), token, body)
+            .await
+    }
+
+    pub async fn comment(&self, token: &str, task: Uuid, body: &str) -> Comment {
+        self.post(
+            &format!("/api/v1/tasks/{task}/comments"),
+            token,
+            json!({"body": body}),
+        )
+        .await
+        .parse(201)
+    }
+
+    // ---- pagination -------------------------------------------------------------------------
+
+    /// Follows `nextCursor` from `path` (which may already have a query string) and returns
+    /// every item, asserting 200 on each page. Bounded to 10,000 pages.
+    pub async fn all_pages(&self, token: &str, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}cursor={}", urlencode(c)),
+                None => path.to_string(),
+            };
+            let r = self.get(&url, token).await;
+            let page = r.ok(200);
+            items.extend(
+                page["items"]
+                    .as_array()
+                    .expect("items array")
+                    .iter()
+                    .cloned(),
+            );
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => {
+                    assert!(page["nextCursor"].is_null(), "nextCursor: {}", r.text);
+                    return items;
+                }
+            }
+        }
+        panic!("{path}: more than 10,000 pages");
+    }
+
+    pub async fn activity(&self, token: &str, team: Uuid) -> Vec<Activity> {
+        self.all_pages(token, &format!("/api/v1/teams/{team}/activity?limit=200"))
+            .await
+            .into_iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}")))
+            .collect()
+    }
+
+    /// Activities of `team` with seq > `since`.
+    pub async fn activity_since(&self, token: &str, team: Uuid, since: i64) -> Vec<Activity> {
+        self.all_pages(
+            token,
+            &format!("/api/v1/teams/{team}/activity?limit=200&since={since}"),
+        )
+        .await
+        .into_iter()
+        .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}")))
+        .collect()
+    }
+
+    /// The team's current seq via `X-TaskForge-Seq` on GET /teams/{id}.
+    pub async fn team_seq(&self, token: &str, team: Uuid) -> i64 {
+        let r = self.get(&format!("/api/v1/teams/{team}"), token).await;
+        r.ok(200);
+        r.seq()
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn unique_email(prefix: &str) -> String {
+    let clean: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("{clean}-{}@example.com", Uuid::new_v4().simple())
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed shapes (extra fields are allowed: the contract welcomes additions)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthResponse {
+    pub user: User,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+impl AuthResponse {
+    pub fn token(&self) -> &str {
+        &self.access_token
+    }
+    pub fn id(&self) -> Uuid {
+        self.user.id
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Team {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: String,
+    pub default_board_id: Uuid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub team_id: Uuid,
+    pub user: User,
+    pub role: String,
+    pub joined_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Board {
+    pub id: Uuid,
+    pub team_id: Uuid,
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: Uuid,
+    pub team_id: Uuid,
+    pub board_id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub priority: String,
+    pub assignee_user_id: Option<Uuid>,
+    pub due_date: Option<String>,
+    pub position: f64,
+    pub created_by: Uuid,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Comment {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    pub team_id: Uuid,
+    pub author_user_id: Uuid,
+    pub body: String,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub id: Uuid,
+    pub v: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub team_id: Uuid,
+    pub actor_user_id: Uuid,
+    pub ts: String,
+    pub seq: i64,
+    #[serde(default)]
+    pub board_id: Option<Uuid>,
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    pub data: Value,
+}
+
+/// Asserts an RFC 3339 UTC timestamp with exactly millisecond precision (`...T..:..:..123Z`).
+#[track_caller]
+pub fn assert_ts_millis(ts: &str) {
+    let ok = ts.len() == 24
+        && ts.ends_with('Z')
+        && ts.as_bytes()[10] == b'T'
+        && ts.as_bytes()[19] == b'.'
+        && ts[20..23].bytes().all(|b| b.is_ascii_digit())
+        && time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok();
+    assert!(
+        ok,
+        "timestamp {ts:?} is not RFC 3339 UTC with millisecond precision"
+    );
+}

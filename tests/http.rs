@@ -1,0 +1,509 @@
+//! HTTP-level behaviour: problem+json errors, body parsing errors, limits, unknown routes,
+//! health endpoints, the OpenAPI document, process output and restart persistence.
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+both_backends!(
+    body_parsing_errors,
+    payload_too_large,
+    bad_path_ids_and_unknown_routes,
+    unauthenticated_requests_are_401,
+    health_and_readiness,
+    openapi_documents_the_contract,
+    process_output_and_secrets_not_logged,
+    data_survives_restart,
+);
+
+async fn body_parsing_errors(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("U").await;
+    let tok = Some(u.token());
+    let j = Some("application/json");
+
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/teams",
+            tok,
+            Some(b"{\"name\": ".to_vec()),
+            j,
+            &[],
+        )
+        .await;
+    r.problem(400, "bad_request");
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/teams",
+            tok,
+            Some(b"not json".to_vec()),
+            j,
+            &[],
+        )
+        .await;
+    r.problem(400, "bad_request");
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(b"{,}".to_vec()),
+            j,
+            &[],
+        )
+        .await;
+    r.problem(400, "bad_request");
+
+    let body = br#"{"name":"x"}"#.to_vec();
+    let r = api
+        .send_raw("POST", "/api/v1/teams", tok, Some(body.clone()), None, &[])
+        .await;
+    r.problem(415, "unsupported_media_type");
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/teams",
+            tok,
+            Some(body.clone()),
+            Some("text/plain"),
+            &[],
+        )
+        .await;
+    r.problem(415, "unsupported_media_type");
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(body.clone()),
+            Some("application/x-www-form-urlencoded"),
+            &[],
+        )
+        .await;
+    r.problem(415, "unsupported_media_type");
+    // A charset parameter is fine.
+    let r = api
+        .send_raw(
+            "POST",
+            "/api/v1/teams",
+            tok,
+            Some(body),
+            Some("application/json; charset=utf-8"),
+            &[],
+        )
+        .await;
+    r.ok(201);
+
+    // Well-formed JSON of the wrong shape.
+    for bad in [
+        json!({}),
+        json!([]),
+        json!("name"),
+        json!({"name": null}),
+        json!({"name": ["x"]}),
+    ] {
+        api.post("/api/v1/teams", u.token(), bad)
+            .await
+            .problem(422, "validation_failed");
+    }
+    let r = api
+        .post("/api/v1/teams", u.token(), json!({"name": ""}))
+        .await;
+    r.invalid("name");
+    // Nothing was created by the failures.
+    assert_eq!(api.all_pages(u.token(), "/api/v1/teams").await.len(), 1);
+}
+
+async fn payload_too_large(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("U").await;
+    let team = api.create_team(u.token(), "T").await;
+    let task = api.task(u.token(), team.id, "t").await;
+    let huge = "x".repeat(1024 * 1024 + 16);
+
+    let r = api
+        .post("/api/v1/teams", u.token(), json!({"name": huge}))
+        .await;
+    r.problem(413, "payload_too_large");
+    let r = api
+        .post(
+            &format!("/api/v1/tasks/{}/comments", task.id),
+            u.token(),
+            json!({"body": huge}),
+        )
+        .await;
+    r.problem(413, "payload_too_large");
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(&json!({"email": unique_email("big"), "password": huge, "displayName": "x"})),
+            &[],
+        )
+        .await;
+    r.problem(413, "payload_too_large");
+    // Just under 1 MiB is not rejected for size (it fails validation instead).
+    let almost = "y".repeat(1024 * 1024 - 64);
+    let r = api
+        .post(
+            &format!("/api/v1/teams/{}/tasks", team.id),
+            u.token(),
+            json!({"title": "ok", "description": almost}),
+        )
+        .await;
+    r.invalid("description");
+    assert_eq!(api.team_seq(u.token(), team.id).await, 1);
+}
+
+async fn bad_path_ids_and_unknown_routes(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("U").await;
+    let tok = u.token();
+    let team = api.create_team(tok, "T").await;
+    for (method, path) in [
+        ("GET", "/api/v1/teams/abc".to_string()),
+        ("PATCH", "/api/v1/teams/abc".to_string()),
+        ("GET", "/api/v1/teams/abc/tasks".to_string()),
+        ("GET", "/api/v1/teams/abc/activity".to_string()),
+        ("GET", "/api/v1/tasks/12345".to_string()),
+        ("DELETE", "/api/v1/tasks/not-a-uuid".to_string()),
+        ("GET", "/api/v1/tasks/abc/comments".to_string()),
+        ("PATCH", "/api/v1/boards/abc".to_string()),
+        ("PATCH", "/api/v1/comments/abc".to_string()),
+        (
+            "DELETE",
+            format!("/api/v1/teams/{}/members/not-a-user", team.id),
+        ),
+    ] {
+        let body = (method == "PATCH").then(|| json!({"name": "x", "title": "x", "body": "x"}));
+        let r = api.send(method, &path, Some(tok), body.as_ref(), &[]).await;
+        r.problem(400, "bad_request");
+    }
+    for path in [
+        "/api/v1/nope",
+        "/api/v1/teams/x/y/z",
+        "/api/v2/teams",
+        "/nothing-here",
+    ] {
+        let r = api.get(path, tok).await;
+        r.problem(404, "not_found");
+    }
+}
+
+async fn unauthenticated_requests_are_401(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("U").await;
+    let team = api.create_team(u.token(), "T").await;
+    let task = api.task(u.token(), team.id, "t").await;
+    let c = api.comment(u.token(), task.id, "c").await;
+    let t = team.id;
+    let cases = [
+        ("GET", "/api/v1/me".to_string()),
+        ("GET", "/api/v1/teams".to_string()),
+        ("GET", format!("/api/v1/teams/{t}")),
+        ("GET", format!("/api/v1/teams/{t}/members")),
+        ("GET", format!("/api/v1/teams/{t}/boards")),
+        ("GET", format!("/api/v1/teams/{t}/tasks")),
+        ("GET", format!("/api/v1/teams/{t}/activity")),
+        ("GET", format!("/api/v1/tasks/{}", task.id)),
+        ("DELETE", format!("/api/v1/tasks/{}", task.id)),
+        ("GET", format!("/api/v1/tasks/{}/comments", task.id)),
+        ("DELETE", format!("/api/v1/comments/{}", c.id)),
+        (
+            "DELETE",
+            format!("/api/v1/boards/{}", team.default_board_id),
+        ),
+        ("DELETE", format!("/api/v1/teams/{t}/members/{}", u.user.id)),
+    ];
+    for (method, path) in &cases {
+        for token in [None, Some("nope"), Some(u.refresh_token.as_str())] {
+            let r = api.send(method, path, token, None, &[]).await;
+            r.problem(401, "unauthorized");
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|h| h.starts_with("Bearer")),
+                "{method} {path}: WWW-Authenticate missing"
+            );
+        }
+    }
+    // Nothing was deleted.
+    api.get_task(u.token(), task.id).await.ok(200);
+}
+
+async fn health_and_readiness(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let r = api.send("GET", "/healthz", None, None, &[]).await;
+    r.ok(200);
+    let r = api.send("GET", "/readyz", None, None, &[]).await;
+    r.ok(200);
+}
+
+async fn openapi_documents_the_contract(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let r = api.send("GET", "/openapi.json", None, None, &[]).await;
+    let doc = r.ok(200).clone();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "openapi version: {}",
+        doc["openapi"]
+    );
+    assert_eq!(&doc, srv.spec());
+
+    // Every contract operation is documented (paths may be relative to a server URL).
+    let prefix = doc["servers"]
+        .as_array()
+        .and_then(|s| s.first())
+        .and_then(|s| s["url"].as_str())
+        .filter(|u| u.starts_with('/'))
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
+    let norm = |p: &str| -> String {
+        let p = p.strip_prefix(prefix.as_str()).unwrap_or(p);
+        p.split('/')
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            let np = norm(&format!("{prefix}{p}"));
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_ascii_uppercase(), np.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let required = [
+        "POST /api/v1/auth/register",
+        "POST /api/v1/auth/login",
+        "POST /api/v1/auth/refresh",
+        "POST /api/v1/auth/logout",
+        "GET /api/v1/me",
+        "PATCH /api/v1/me",
+        "POST /api/v1/teams",
+        "GET /api/v1/teams",
+        "GET /api/v1/teams/{}",
+        "PATCH /api/v1/teams/{}",
+        "GET /api/v1/teams/{}/members",
+        "POST /api/v1/teams/{}/members",
+        "PATCH /api/v1/teams/{}/members/{}",
+        "DELETE /api/v1/teams/{}/members/{}",
+        "POST /api/v1/teams/{}/boards",
+        "GET /api/v1/teams/{}/boards",
+        "PATCH /api/v1/boards/{}",
+        "DELETE /api/v1/boards/{}",
+        "POST /api/v1/teams/{}/tasks",
+        "GET /api/v1/teams/{}/tasks",
+        "GET /api/v1/tasks/{}",
+        "PATCH /api/v1/tasks/{}",
+        "DELETE /api/v1/tasks/{}",
+        "POST /api/v1/tasks/{}/comments",
+        "GET /api/v1/tasks/{}/comments",
+        "PATCH /api/v1/comments/{}",
+        "DELETE /api/v1/comments/{}",
+        "GET /api/v1/teams/{}/activity",
+    ];
+    for op in required {
+        let (m, p) = op.split_once(' ').unwrap();
+        let p = norm(p);
+        assert!(
+            documented.iter().any(|(dm, dp)| dm == m && *dp == p),
+            "{op} is not documented in /openapi.json"
+        );
+    }
+
+    // The contract's limits are stated as maxLength.
+    let mut limits: Vec<(String, u64)> = Vec::new();
+    collect_max_lengths(&doc, &mut limits);
+    for (field, max) in [
+        ("title", 200),
+        ("description", 20_000),
+        ("body", 10_000),
+        ("name", 100),
+        ("displayName", 100),
+    ] {
+        assert!(
+            limits.iter().any(|(f, m)| f == field && *m == max),
+            "/openapi.json does not state maxLength {max} for `{field}`; found {limits:?}"
+        );
+    }
+}
+
+fn collect_max_lengths(v: &Value, out: &mut Vec<(String, u64)>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Object(props)) = o.get("properties") {
+                for (name, schema) in props {
+                    let mut stack = vec![schema];
+                    while let Some(s) = stack.pop() {
+                        if let Some(m) = s.get("maxLength").and_then(Value::as_u64) {
+                            out.push((name.clone(), m));
+                        }
+                        for k in ["oneOf", "anyOf", "allOf"] {
+                            if let Some(Value::Array(a)) = s.get(k) {
+                                stack.extend(a.iter());
+                            }
+                        }
+                    }
+                }
+            }
+            for child in o.values() {
+                collect_max_lengths(child, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| collect_max_lengths(c, out)),
+        _ => {}
+    }
+}
+
+async fn process_output_and_secrets_not_logged(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    let u = api.register(&unique_email("log"), &password, "Log").await;
+    let again: AuthResponse = api.login(&u.user.email, &password).await.parse(200);
+    api.refresh(&again.refresh_token).await.ok(200);
+    api.login(&u.user.email, "wrong-password-123").await;
+    api.get("/api/v1/me", u.token()).await.ok(200);
+    api.get("/api/v1/nope", u.token()).await;
+    // Let the stderr drain catch up with whatever the requests logged.
+    srv.wait_for_log(|_| true, std::time::Duration::from_secs(2))
+        .await;
+    let logs = srv.stderr_text();
+    for (what, secret) in [
+        ("password", password.as_str()),
+        ("wrong password", "wrong-password-123"),
+        ("access token", u.access_token.as_str()),
+        ("refresh token", u.refresh_token.as_str()),
+        ("refresh token", again.refresh_token.as_str()),
+        ("JWT secret", srv.jwt_secret.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+    let out = srv.stdout_lines();
+    assert_eq!(
+        out.len(),
+        1,
+        "stdout carries exactly the ready line, logs go to stderr: {out:?}"
+    );
+    assert!(out[0].starts_with(READY_PREFIX));
+}
+
+async fn data_survives_restart(b: Backend) {
+    let mut srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("Persist").await;
+    let team = api.create_team(u.token(), "Durable").await;
+    let task = api.task(u.token(), team.id, "survive").await;
+    api.comment(u.token(), task.id, "still here").await;
+
+    srv.restart().await;
+    let api = srv.client();
+    // The access token (same secret) still works, and so do login and refresh.
+    api.get("/api/v1/me", u.token()).await.ok(200);
+    let login: AuthResponse = api.login(&u.user.email, PASSWORD).await.parse(200);
+    assert_eq!(login.user.id, u.user.id);
+    api.refresh(&u.refresh_token).await.ok(200);
+    let t: Task = api.get_task(u.token(), task.id).await.parse(200);
+    assert_eq!(t.title, "survive");
+    let acts = api.activity(u.token(), team.id).await;
+    assert_eq!(acts.len(), 2);
+    // The seq continues without a gap after the restart.
+    api.task(u.token(), team.id, "after restart").await;
+    let acts = api.activity(u.token(), team.id).await;
+    assert_eq!(acts.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    api.send("GET", "/readyz", None, None, &[]).await.ok(200);
+}
+
+fn panics(f: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+}
+
+/// The conformance checker itself must be able to fail, or the inline checks prove nothing.
+#[tokio::test]
+async fn openapi_checker_rejects_mismatches() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let u = api.new_user("Spec").await;
+    let team = api.create_team(u.token(), "S").await;
+    let spec = Spec::new(srv.spec().clone());
+    let team_path = format!("/api/v1/teams/{}", team.id);
+    let real = api.get(&team_path, u.token()).await;
+    let real_404 = api
+        .get(&format!("/api/v1/teams/{}", Uuid::new_v4()), u.token())
+        .await;
+    let json = "application/json";
+    let problem = "application/problem+json";
+
+    // Real answers pass.
+    assert!(!panics(
+        || spec.check("GET", &team_path, 200, json, &real.text)
+    ));
+    assert!(!panics(|| spec.check(
+        "GET",
+        &team_path,
+        404,
+        problem,
+        &real_404.text
+    )));
+    // Unknown routes are not checked.
+    assert!(!panics(|| spec.check(
+        "GET",
+        "/api/v1/nope",
+        200,
+        json,
+        "[]"
+    )));
+
+    // A wrong type, a missing required field, an undocumented status: all caught.
+    let mut wrong = real.json.clone();
+    wrong["id"] = serde_json::json!(5);
+    assert!(panics(|| spec.check(
+        "GET",
+        &team_path,
+        200,
+        json,
+        &wrong.to_string()
+    )));
+    let mut missing = real.json.clone();
+    missing.as_object_mut().unwrap().remove("name");
+    assert!(panics(|| spec.check(
+        "GET",
+        &team_path,
+        200,
+        json,
+        &missing.to_string()
+    )));
+    assert!(panics(|| spec.check("GET", &team_path, 418, json, "{}")));
+    assert!(panics(|| spec.check(
+        "GET",
+        "/api/v1/teams?limit=1",
+        200,
+        json,
+        r#"{"items":"nope","nextCursor":null}"#
+    )));
+    let mut bad_problem = real_404.json.clone();
+    bad_problem["status"] = serde_json::json!("404");
+    assert!(panics(|| spec.check(
+        "GET",
+        &team_path,
+        404,
+        problem,
+        &bad_problem.to_string()
+    )));
+}

@@ -1,0 +1,112 @@
+//! The outbox: an activity is durable before it is published, and a crash between commit and
+//! publish loses nothing. The server is killed by its test-only fault switch right after a commit;
+//! on restart the relay must publish what was left and advance the published watermark.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use uuid::Uuid;
+
+both_backends!(a_crash_between_commit_and_publish_is_republished_on_restart);
+
+/// (published watermark, latest seq) of a team, read straight from the database.
+async fn watermark(srv: &TestServer, team: Uuid) -> (i64, i64) {
+    const SQL: &str = "SELECT o.published_seq, t.last_seq FROM team_outbox o JOIN teams t ON t.id = o.team_id \
+                       WHERE t.id = $1";
+    match srv.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&srv.db_url)
+                .await
+                .expect("open sqlite");
+            let row: (i64, i64) = sqlx::query_as(SQL)
+                .bind(team)
+                .fetch_one(&pool)
+                .await
+                .expect("read watermark");
+            pool.close().await;
+            row
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&srv.db_url)
+                .await
+                .expect("open postgres");
+            let row: (i64, i64) = sqlx::query_as(SQL)
+                .bind(team)
+                .fetch_one(&pool)
+                .await
+                .expect("read watermark");
+            pool.close().await;
+            row
+        }
+    }
+}
+
+async fn wait_published(srv: &TestServer, team: Uuid, seq: i64) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let w = watermark(srv, team).await;
+        if w.0 >= seq || Instant::now() > deadline {
+            return w;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend) {
+    let mut srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Outbox").await;
+    let first = api.task(owner.token(), team.id, "before the crash").await;
+    assert_eq!(
+        wait_published(&srv, team.id, 1).await,
+        (1, 1),
+        "seq 1 is published normally"
+    );
+
+    // Restart with the fault switch: the next commit aborts the process before publishing.
+    srv.set_env("TASKFORGE_FAULT", Some("crash-after-commit"));
+    srv.restart().await;
+    let api = srv.client();
+    let login = api.login(&owner.user.email, PASSWORD).await;
+    let token = login.ok(200)["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let url = format!("{}/api/v1/teams/{}/tasks", srv.base, team.id);
+    let crashed = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&json!({"title": "committed, never published"}))
+        .send()
+        .await;
+    assert!(
+        crashed.is_err(),
+        "the process must die before answering: {crashed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        watermark(&srv, team.id).await,
+        (1, 2),
+        "seq 2 committed but not published"
+    );
+
+    // A normal restart republishes it.
+    srv.set_env("TASKFORGE_FAULT", None);
+    srv.restart().await;
+    assert_eq!(
+        wait_published(&srv, team.id, 2).await,
+        (2, 2),
+        "the relay republished seq 2 on start"
+    );
+
+    // And the activity is in the log, after the one before the crash.
+    let api = srv.client();
+    let log = api.activity(&token, team.id).await;
+    let seqs: Vec<i64> = log.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(log[0].task_id, Some(first.id));
+    assert_eq!(log[1].kind, "task.created");
+}
