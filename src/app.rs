@@ -1,13 +1,13 @@
 //! Wiring: builds the store, bus, relay, services and router from a `Config`, and serves them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::bus::{Bus, InProcessBus, Relay, RelaySettings};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::realtime::{self, Realtime};
 use crate::service::{Services, TokenService};
 use crate::store::{self, StoreError};
 
@@ -67,20 +67,35 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         config.access_token_ttl,
         config.refresh_token_ttl,
     ));
+    let realtime = Realtime::start(
+        store.clone(),
+        &bus,
+        tokens.clone(),
+        realtime::Settings::from_config(&config),
+    );
     let services = Services {
         store,
         relay,
         tokens,
     };
-    let router = http::router(AppState { services, bus }, config.max_body_bytes);
+    let router = http::router(
+        AppState { services, bus },
+        config.max_body_bytes,
+        realtime.router(),
+    );
 
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests wait for it to learn the port.
     println!("taskforge listening on http://{addr}");
     tracing::info!(%addr, "listening");
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open sockets would keep the server up: close them (1001) so clients resume elsewhere.
+        realtime.shutdown();
+    };
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("stopped");
     Ok(())
@@ -113,6 +128,4 @@ async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutting down");
-    // Give in-flight requests a moment; axum waits for them after this future resolves.
-    tokio::time::sleep(Duration::from_millis(0)).await;
 }

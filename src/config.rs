@@ -57,6 +57,34 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long an unauthenticated socket may take to send its `auth` message.
+    #[arg(long, env = "TASKFORGE_WS_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ws_auth_timeout: Duration,
+
+    /// Live frames a socket may have queued before it is cut as a slow consumer (4008).
+    #[arg(long, env = "TASKFORGE_WS_QUEUE_LIMIT", default_value_t = 1024)]
+    pub ws_queue_limit: usize,
+
+    /// Rooms one socket may join.
+    #[arg(long, env = "TASKFORGE_WS_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    pub ws_max_subscriptions: usize,
+
+    /// Sustained client messages per second per socket.
+    #[arg(long, env = "TASKFORGE_WS_RATE", default_value_t = 100)]
+    pub ws_rate: u32,
+
+    /// Burst of client messages per socket.
+    #[arg(long, env = "TASKFORGE_WS_BURST", default_value_t = 200)]
+    pub ws_burst: u32,
+
+    /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
+    #[arg(long, env = "TASKFORGE_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Largest inbound socket message, in bytes (larger ones close with 1009).
+    #[arg(long, env = "TASKFORGE_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_message_bytes: usize,
+
     /// Tracing filter, e.g. `info` or `taskforge=debug,tower_http=info`.
     #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
     pub log: String,

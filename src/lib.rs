@@ -6,6 +6,7 @@
 //! - `bus`: the outbox relay and the transport of committed activities between instances.
 //! - `service`: the use cases; one store transaction each, activities appended in it.
 //! - `http`: the axum edge, problem+json errors, OpenAPI.
+//! - `realtime`: the `/realtime` socket and the `Hub` that fans activities out to rooms.
 //! - `app`: wiring them together from a `Config`.
 
 pub mod app;
@@ -13,5 +14,6 @@ pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod realtime;
 pub mod service;
 pub mod store;

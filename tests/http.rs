@@ -507,3 +507,63 @@ async fn openapi_checker_rejects_mismatches() {
         &bad_problem.to_string()
     )));
 }
+
+/// SQLite: the server creates the database file itself.
+#[tokio::test]
+async fn sqlite_database_file_is_created() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let path = srv
+        .db_url
+        .strip_prefix("sqlite://")
+        .expect("sqlite URL")
+        .to_string();
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} was not created"
+    );
+    let api = srv.client();
+    api.new_user("File").await;
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+}
+
+/// PostgreSQL: /readyz stops answering 200 when the database goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readyz_fails_without_database() {
+    if !postgres_enabled() {
+        return;
+    }
+    let srv = TestServer::start(Backend::Postgres).await;
+    let api = srv.client();
+    api.send("GET", "/readyz", None, None, &[]).await.ok(200);
+    api.send("GET", "/healthz", None, None, &[]).await.ok(200);
+    let admin = std::env::var("TASKFORGE_TEST_DATABASE_URL").unwrap();
+    let db = srv
+        .db_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let r = api.send("GET", "/readyz", None, None, &[]).await;
+        if r.status != 200 || std::time::Instant::now() >= deadline {
+            break r.status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 503, "/readyz with the database gone");
+    // The process itself is still up.
+    api.send("GET", "/healthz", None, None, &[]).await.ok(200);
+}

@@ -11,8 +11,26 @@ use serde_json::{Value, json};
 
 both_backends!(
     expired_token_is_rejected_after_leeway,
-    forged_tokens_are_rejected
+    forged_tokens_are_rejected,
+    token_ttl_formats,
 );
+
+async fn token_ttl_formats(b: Backend) {
+    for (ttl, secs) in [("15m", 900), ("900", 900), ("2s", 2), ("1h", 3600)] {
+        let srv = TestServer::start_with(b, &[("TASKFORGE_ACCESS_TOKEN_TTL", ttl)]).await;
+        let api = srv.client();
+        let u = api.new_user("Ttl").await;
+        assert_eq!(u.expires_in, secs, "TASKFORGE_ACCESS_TOKEN_TTL={ttl}");
+        let c = claims_of(u.token());
+        assert_eq!(
+            c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+            secs,
+            "exp - iat for TTL {ttl}"
+        );
+        let r: AuthResponse = api.refresh(&u.refresh_token).await.parse(200);
+        assert_eq!(r.expires_in, secs);
+    }
+}
 
 fn now() -> i64 {
     std::time::SystemTime::now()

@@ -288,6 +288,13 @@ async fn remove_members(b: Backend) {
     assert_eq!(me.ok(200)["teams"], json!([]));
     let t: Task = api.get_task(owner.token(), task.id).await.parse(200);
     assert_eq!(t.assignee_user_id, Some(m2.user.id));
+    // The former member sees nothing of the team any more.
+    api.get_task(m2.token(), task.id)
+        .await
+        .problem(404, "not_found");
+    api.get(&format!("/api/v1/teams/{}/activity", team.id), m2.token())
+        .await
+        .problem(404, "not_found");
 
     // A viewer removes themself; an admin removes a member.
     api.delete(&p(viewer.user.id), viewer.token()).await.ok(204);

@@ -47,7 +47,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::health::router())
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The whole HTTP surface; `extra` (the realtime endpoint) shares the layers.
+pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
     let (router, mut api) = api_router().split_for_parts();
     openapi::finish(&mut api);
     let doc: Arc<str> = Arc::from(api.to_json().unwrap_or_else(|_| "{}".to_owned()));
@@ -64,6 +65,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
         })
         .with_state(state)
+        .merge(extra)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
             // One line per request; the span names the path only: query strings can carry tokens.

@@ -1,0 +1,490 @@
+//! One socket: authentication, the reader loop (subscribe, resume, auth renewal, rate limit,
+//! keepalive) and the writer task that drains the outbox in batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use time::OffsetDateTime;
+use tokio::time::{Instant, sleep_until};
+use uuid::Uuid;
+
+use super::Realtime;
+use super::hub::{ConnId, Join};
+use super::outbox::{CloseReason, Outbox};
+use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, parse};
+use crate::domain::TeamId;
+use crate::service::AuthError;
+use crate::service::auth::Principal;
+use crate::store::{StoreError, Tx};
+
+/// How many times a subscribe re-reads its snapshot while the team's dispatch moves under it.
+const JOIN_ATTEMPTS: usize = 64;
+/// Log entries read per step of a replay.
+const REPLAY_BATCH: i64 = 1_000;
+/// Rejected messages in a row after which a flooding socket is closed.
+const RATE_STRIKES: u32 = 50;
+
+enum SubscribeError {
+    Forbidden,
+    ResumeUnavailable,
+    TooMany,
+    Busy,
+    Store(StoreError),
+}
+
+impl From<StoreError> for SubscribeError {
+    fn from(e: StoreError) -> Self {
+        SubscribeError::Store(e)
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst`.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            at: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
+struct Conn {
+    rt: Arc<Realtime>,
+    id: ConnId,
+    user: Uuid,
+    outbox: Arc<Outbox>,
+    expires_at: OffsetDateTime,
+}
+
+pub(super) async fn run(socket: WebSocket, rt: Arc<Realtime>, principal: Option<Principal>) {
+    let (sink, mut stream) = socket.split();
+    let s = &rt.settings;
+    let outbox = Arc::new(Outbox::new(s.queue_limit, s.replay_window));
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+
+    let principal = match principal {
+        Some(p) => Some(p),
+        None => authenticate(&rt, &mut stream, &outbox).await,
+    };
+    if let Some(p) = principal {
+        serve(&rt, p, &mut stream, &outbox).await;
+    }
+    // Let the writer finish the close; a peer that does not read gets no longer than this.
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// The socket connected without a token: the first message must be `auth`, in time.
+async fn authenticate(
+    rt: &Realtime,
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &Outbox,
+) -> Option<Principal> {
+    let deadline = tokio::time::sleep(rt.settings.auth_timeout);
+    tokio::pin!(deadline);
+    let msg = tokio::select! {
+        _ = &mut deadline => None,
+        msg = stream.next() => msg,
+    };
+    let token = match msg {
+        Some(Ok(Message::Text(text))) => match parse(&text) {
+            Ok(ClientMessage::Auth { token }) => token,
+            _ => {
+                outbox.close(CloseReason::Unauthorized);
+                return None;
+            }
+        },
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+            outbox.close(CloseReason::Gone);
+            return None;
+        }
+        Some(Ok(_)) => {
+            outbox.close(CloseReason::Unauthorized);
+            return None;
+        }
+    };
+    match rt.tokens.verify(&token) {
+        Ok(p) => {
+            outbox.push(Message::Text(
+                ServerMessage::Authenticated {
+                    user_id: p.user_id,
+                    expires_at: p.expires_at,
+                }
+                .frame(),
+            ));
+            Some(p)
+        }
+        Err(AuthError::Expired) => {
+            outbox.close(CloseReason::TokenExpired);
+            None
+        }
+        Err(AuthError::Invalid) => {
+            outbox.close(CloseReason::Unauthorized);
+            None
+        }
+    }
+}
+
+async fn serve(
+    rt: &Arc<Realtime>,
+    p: Principal,
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &Arc<Outbox>,
+) {
+    let user = match async { rt.store.read().await?.user(p.user_id).await }.await {
+        Ok(Some(u)) => PresenceUser {
+            user_id: u.id,
+            display_name: u.display_name,
+        },
+        Ok(None) => {
+            outbox.close(CloseReason::Unauthorized);
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not load the socket's user");
+            outbox.close(CloseReason::GoingAway);
+            return;
+        }
+    };
+    let id = rt.hub.register(user, outbox.clone());
+    tracing::info!(conn = id, user = %p.user_id, "socket connected");
+    let mut conn = Conn {
+        rt: rt.clone(),
+        id,
+        user: p.user_id,
+        outbox: outbox.clone(),
+        expires_at: p.expires_at,
+    };
+    conn.read_loop(stream).await;
+    rt.hub.unregister(id);
+    tracing::info!(conn = id, "socket closed");
+}
+
+fn instant_of(t: OffsetDateTime) -> Instant {
+    let left = (t - OffsetDateTime::now_utc()).whole_milliseconds().max(0);
+    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
+}
+
+impl Conn {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+        let ping_every = self.rt.settings.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut last_heard = Instant::now();
+        let mut limit = RateLimit::new(self.rt.settings.rate, self.rt.settings.burst);
+        let outbox = self.outbox.clone();
+        loop {
+            let expiry = sleep_until(instant_of(self.expires_at));
+            tokio::select! {
+                _ = outbox.closed() => return,
+                _ = expiry => {
+                    outbox.close(CloseReason::TokenExpired);
+                    return;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > ping_every * 2 {
+                        tracing::info!(conn = self.id, "peer silent for two ping intervals; dropping it");
+                        outbox.close(CloseReason::Gone);
+                        return;
+                    }
+                    outbox.push(Message::Ping(Default::default()));
+                }
+                msg = stream.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        None => {
+                            outbox.close(CloseReason::Gone);
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            outbox.close(if too_big(e) { CloseReason::TooBig } else { CloseReason::Gone });
+                            return;
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            // The close is answered by the socket itself; read until it ends.
+                            outbox.close(CloseReason::Gone);
+                            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {}
+                            return;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(other)) => {
+                            if !limit.allow() {
+                                if limit.strikes >= RATE_STRIKES {
+                                    outbox.close(CloseReason::RateLimited);
+                                    return;
+                                }
+                                self.reply(ServerMessage::error("rate_limited", "slow down: too many messages"));
+                                continue;
+                            }
+                            match other {
+                                Message::Text(text) => self.on_text(&text).await,
+                                _ => self.reply(ServerMessage::error("bad_request", "binary frames are not part of the protocol")),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(&self, msg: ServerMessage) {
+        self.outbox.push(Message::Text(msg.frame()));
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let msg = match parse(text) {
+            Ok(m) => m,
+            Err(why) => return self.reply(ServerMessage::error("bad_request", why)),
+        };
+        match msg {
+            ClientMessage::Ping => self.reply(ServerMessage::Pong),
+            ClientMessage::Auth { token } => self.renew(&token),
+            ClientMessage::Subscribe(fields) => self.subscribe(&fields).await,
+            ClientMessage::Unsubscribe(fields) => match fields.scope() {
+                Ok(scope) => {
+                    self.rt.hub.leave(self.id, scope.room());
+                    self.reply(ServerMessage::Unsubscribed {
+                        scope,
+                        reason: None,
+                    });
+                }
+                Err(why) => self.reply(ServerMessage::error("bad_request", why)),
+            },
+        }
+    }
+
+    /// A fresh token for the same user keeps the socket alive past the old one's expiry.
+    fn renew(&mut self, token: &str) {
+        match self.rt.tokens.verify(token) {
+            Ok(p) if p.user_id == self.user => {
+                self.expires_at = p.expires_at;
+                self.reply(ServerMessage::Authenticated {
+                    user_id: p.user_id,
+                    expires_at: p.expires_at,
+                });
+            }
+            Ok(_) | Err(AuthError::Invalid) => self.outbox.close(CloseReason::Unauthorized),
+            Err(AuthError::Expired) => self.outbox.close(CloseReason::TokenExpired),
+        }
+    }
+
+    async fn subscribe(&self, fields: &ScopeFields) {
+        let scope = match fields.scope() {
+            Ok(s) => s,
+            Err(why) => return self.reply(ServerMessage::error("bad_request", why)),
+        };
+        if fields.since.is_some_and(|s| s < 0) {
+            return self.reply(ServerMessage::scoped_error(
+                "bad_request",
+                "since must be 0 or more",
+                scope,
+            ));
+        }
+        let (code, message) = match self.try_subscribe(scope, fields.since).await {
+            Ok(()) => return,
+            Err(SubscribeError::Forbidden) => {
+                ("forbidden", "not a member, or no such team, board or task")
+            }
+            Err(SubscribeError::ResumeUnavailable) => (
+                "resume_unavailable",
+                "since is outside the retained log; subscribe without it and refetch",
+            ),
+            Err(SubscribeError::TooMany) => {
+                ("too_many_subscriptions", "this socket is in too many rooms")
+            }
+            Err(SubscribeError::Busy) => (
+                "unavailable",
+                "the team is too busy to join right now; retry",
+            ),
+            Err(SubscribeError::Store(e)) => {
+                tracing::warn!(error = %e, "subscribe failed");
+                (
+                    "unavailable",
+                    "the server could not check this subscription; retry",
+                )
+            }
+        };
+        self.reply(ServerMessage::scoped_error(code, message, scope));
+    }
+
+    /// Checks access in a store snapshot and joins at a point of the team's dispatch that the
+    /// snapshot vouches for. With `since`, replays what the room missed up to that point first.
+    async fn try_subscribe(&self, scope: Scope, since: Option<i64>) -> Result<(), SubscribeError> {
+        let team = {
+            let mut tx = self.rt.store.read().await?;
+            team_of(&mut *tx, scope)
+                .await?
+                .ok_or(SubscribeError::Forbidden)?
+        };
+        self.rt.hub.follow(team).await?;
+        let mut replayed = since;
+        let mut checked_bounds = false;
+        for _ in 0..JOIN_ATTEMPTS {
+            let mut tx = self.rt.store.read().await?;
+            if team_of(&mut *tx, scope).await? != Some(team)
+                || tx.role(team, self.user).await?.is_none()
+            {
+                return Err(SubscribeError::Forbidden);
+            }
+            let bounds = tx
+                .log_bounds(team)
+                .await?
+                .ok_or(SubscribeError::Forbidden)?;
+            if let (Some(s), false) = (since, checked_bounds) {
+                if s < bounds.oldest_since || s > bounds.last_seq {
+                    return Err(SubscribeError::ResumeUnavailable);
+                }
+                checked_bounds = true;
+            }
+            if let Some(from) = replayed {
+                let upto = self.rt.hub.dispatched(team).unwrap_or(0);
+                if upto > bounds.last_seq {
+                    continue; // the hub is ahead of this snapshot: take a newer one
+                }
+                if !self.replay(&mut *tx, team, scope, from, upto).await? {
+                    return Ok(()); // the socket is closing
+                }
+                replayed = Some(upto.max(from));
+            }
+            drop(tx);
+            match self
+                .rt
+                .hub
+                .join(self.id, scope, team, bounds.last_seq, replayed)
+            {
+                Join::Joined(_) | Join::Gone => return Ok(()),
+                Join::TooMany => return Err(SubscribeError::TooMany),
+                Join::Stale => tokio::task::yield_now().await,
+            }
+        }
+        Err(SubscribeError::Busy)
+    }
+
+    /// Queues the activities of `(from, upto]` that reach the room; false if the socket closes.
+    async fn replay(
+        &self,
+        tx: &mut dyn Tx,
+        team: TeamId,
+        scope: Scope,
+        from: i64,
+        upto: i64,
+    ) -> Result<bool, StoreError> {
+        let room = scope.room();
+        let mut cursor = from;
+        while cursor < upto {
+            let batch = tx.activities(team, cursor, upto, REPLAY_BATCH).await?;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                break;
+            };
+            cursor = last;
+            for e in batch.iter().filter(|e| e.route.reaches(room)) {
+                if !self
+                    .outbox
+                    .push_replay(Message::Text(super::protocol::activity_frame(e)))
+                    .await
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The team a scope belongs to, if it exists.
+async fn team_of(tx: &mut dyn Tx, scope: Scope) -> Result<Option<TeamId>, StoreError> {
+    Ok(match scope {
+        Scope::Team(id) => tx.team(id).await?.map(|t| t.id),
+        Scope::Board(id) => tx.board(id).await?.map(|b| b.team_id),
+        Scope::Task(id) => tx.task(id).await?.map(|t| t.team_id),
+    })
+}
+
+fn too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+/// Drains the outbox into the socket: everything queued is fed, then flushed once.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        match outbox.next_batch(&mut batch).await {
+            None => {
+                for msg in batch.drain(..) {
+                    if sink.feed(msg).await.is_err() {
+                        outbox.close(CloseReason::Gone);
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    outbox.close(CloseReason::Gone);
+                    return;
+                }
+            }
+            Some(CloseReason::Gone) => {
+                let _ = sink.close().await;
+                return;
+            }
+            Some(reason) => {
+                if let Some(code) = reason.error_code() {
+                    let msg = ServerMessage::error(code, close_message(reason));
+                    let _ = sink.feed(Message::Text(msg.frame())).await;
+                }
+                let frame = CloseFrame {
+                    code: reason.code(),
+                    reason: close_message(reason).into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        }
+    }
+}
+
+fn close_message(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::SlowConsumer => "too many frames queued: resume with since",
+        CloseReason::RateLimited => "too many messages",
+        CloseReason::Unauthorized => "authentication required",
+        CloseReason::TokenExpired => "the access token expired",
+        CloseReason::GoingAway => "server going away: reconnect and resume with since",
+        CloseReason::TooBig => "message too large",
+        CloseReason::Gone => "",
+    }
+}

@@ -1,0 +1,137 @@
+//! The `/realtime` WebSocket endpoint: the protocol, connections, and the `Hub` that fans
+//! activities out to rooms.
+//!
+//! Realtime consumes the bus and reads the store (access checks, resume replays); it never writes
+//! the store and never holds a lock across an await or a socket write.
+
+mod connection;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::bus::{Bus, BusEvent};
+use crate::config::Config;
+use crate::http::error::ApiError;
+use crate::http::extract::bearer;
+use crate::service::{AuthError, TokenService};
+use crate::store::Store;
+use hub::Hub;
+use outbox::CloseReason;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub auth_timeout: Duration,
+    pub queue_limit: usize,
+    /// Replayed frames a socket may have unwritten before the replay waits for the writer.
+    pub replay_window: usize,
+    pub max_subscriptions: usize,
+    pub rate: u32,
+    pub burst: u32,
+    pub ping_interval: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            auth_timeout: c.ws_auth_timeout,
+            queue_limit: c.ws_queue_limit.max(1),
+            replay_window: 256,
+            max_subscriptions: c.ws_max_subscriptions,
+            rate: c.ws_rate,
+            burst: c.ws_burst.max(1),
+            ping_interval: c.ws_ping_interval.max(Duration::from_millis(100)),
+            max_message_bytes: c.ws_max_message_bytes,
+        }
+    }
+}
+
+pub struct Realtime {
+    pub hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    tokens: Arc<TokenService>,
+    settings: Settings,
+}
+
+impl Realtime {
+    /// Starts the hub and the task that dispatches what the bus delivers.
+    pub fn start(
+        store: Arc<dyn Store>,
+        bus: &Arc<dyn Bus>,
+        tokens: Arc<TokenService>,
+        settings: Settings,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Hub::new(store.clone(), settings.max_subscriptions));
+        if let Some(mut events) = bus.take_events() {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        BusEvent::Activities(entries) => hub.dispatch(entries).await,
+                    }
+                }
+            });
+        }
+        Arc::new(Self {
+            hub,
+            store,
+            tokens,
+            settings,
+        })
+    }
+
+    /// Closes every socket with 1001 (the server is going away).
+    pub fn shutdown(&self) {
+        self.hub.close_all(CloseReason::GoingAway);
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/realtime", axum::routing::get(upgrade))
+            .with_state(self.clone())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Verifies a handshake token (query or header) before upgrading; without one, the first message
+/// must be `auth`.
+async fn upgrade(
+    State(rt): State<Arc<Realtime>>,
+    Query(q): Query<TokenQuery>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = q.token.or_else(|| bearer(&parts).map(str::to_owned));
+    let principal = match token {
+        None => None,
+        Some(t) => match rt.tokens.verify(&t) {
+            Ok(p) => Some(p),
+            Err(AuthError::Expired) => {
+                return ApiError::unauthorized("the access token has expired").into_response();
+            }
+            Err(AuthError::Invalid) => {
+                return ApiError::unauthorized("the access token is invalid").into_response();
+            }
+        },
+    };
+    let max = rt.settings.max_message_bytes;
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection::run(socket, rt, principal))
+}

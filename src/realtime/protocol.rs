@@ -1,0 +1,272 @@
+//! The socket protocol: client and server messages exactly as the contract shapes them, and the
+//! frames the hub shares among recipients (serialized once).
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::Room;
+use crate::domain::activity::LogEntry;
+use crate::domain::model::timestamp;
+
+/// What a subscribe or unsubscribe names: exactly one of `teamId`, `boardId`, `taskId`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeFields {
+    pub team_id: Option<Uuid>,
+    pub board_id: Option<Uuid>,
+    pub task_id: Option<Uuid>,
+    /// Resume: replay what the room missed after this seq, before `subscribed`.
+    #[schema(minimum = 0)]
+    pub since: Option<i64>,
+}
+
+/// A room a client can subscribe to (user rooms are joined implicitly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+pub enum Scope {
+    #[serde(rename = "teamId")]
+    Team(Uuid),
+    #[serde(rename = "boardId")]
+    Board(Uuid),
+    #[serde(rename = "taskId")]
+    Task(Uuid),
+}
+
+impl Scope {
+    pub fn room(self) -> Room {
+        match self {
+            Scope::Team(id) => Room::Team(id),
+            Scope::Board(id) => Room::Board(id),
+            Scope::Task(id) => Room::Task(id),
+        }
+    }
+
+    pub fn of_room(room: Room) -> Option<Scope> {
+        match room {
+            Room::Team(id) => Some(Scope::Team(id)),
+            Room::Board(id) => Some(Scope::Board(id)),
+            Room::Task(id) => Some(Scope::Task(id)),
+            Room::User(_) => None,
+        }
+    }
+}
+
+impl ScopeFields {
+    pub fn scope(&self) -> Result<Scope, &'static str> {
+        match (self.team_id, self.board_id, self.task_id) {
+            (Some(id), None, None) => Ok(Scope::Team(id)),
+            (None, Some(id), None) => Ok(Scope::Board(id)),
+            (None, None, Some(id)) => Ok(Scope::Task(id)),
+            (None, None, None) => Err("name one of teamId, boardId or taskId"),
+            _ => Err("name only one of teamId, boardId or taskId"),
+        }
+    }
+}
+
+/// Client -> server.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Join a room; with `since`, first replay what it missed.
+    Subscribe(ScopeFields),
+    /// Leave a room.
+    Unsubscribe(ScopeFields),
+    /// Authenticate, or replace the token before it expires.
+    Auth { token: String },
+    /// Answered by `pong`.
+    Ping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceUser {
+    pub user_id: Uuid,
+    pub display_name: String,
+}
+
+/// Server -> client (activities are written by `activity_frame`, not through this type).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Subscribed {
+        #[serde(flatten)]
+        scope: Scope,
+        seq: i64,
+        /// Task rooms: who is there now, the caller included.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<Vec<PresenceUser>>,
+    },
+    Unsubscribed {
+        #[serde(flatten)]
+        scope: Scope,
+        /// `membership_revoked` when the server removed the subscription.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        scope: Option<Scope>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Authenticated {
+        user_id: Uuid,
+        #[serde(with = "timestamp")]
+        #[schema(value_type = String, format = DateTime)]
+        expires_at: OffsetDateTime,
+    },
+    Pong,
+}
+
+impl ServerMessage {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            scope: None,
+        }
+    }
+
+    pub fn scoped_error(code: &'static str, message: impl Into<String>, scope: Scope) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            scope: Some(scope),
+        }
+    }
+
+    pub fn frame(&self) -> Utf8Bytes {
+        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"unserializable message"}"#.to_owned()
+        }))
+    }
+}
+
+/// `{"type":"activity","activity":<the logged JSON>}`, built without re-serializing.
+pub fn activity_frame(entry: &LogEntry) -> Utf8Bytes {
+    let mut s = String::with_capacity(entry.json.len() + 32);
+    s.push_str(r#"{"type":"activity","activity":"#);
+    s.push_str(&entry.json);
+    s.push('}');
+    Utf8Bytes::from(s)
+}
+
+/// An ephemeral presence event (`presence.joined` / `presence.left`): no seq, not logged.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceActivity {
+    pub id: Uuid,
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub team_id: Uuid,
+    pub actor_user_id: Uuid,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub ts: OffsetDateTime,
+    pub task_id: Uuid,
+    pub data: PresenceData,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceData {
+    pub task_id: Uuid,
+    pub user_id: Uuid,
+    pub display_name: String,
+}
+
+pub fn presence_frame(joined: bool, team: Uuid, task: Uuid, user: &PresenceUser) -> Utf8Bytes {
+    let activity = PresenceActivity {
+        id: Uuid::now_v7(),
+        v: crate::domain::activity::ACTIVITY_VERSION,
+        kind: if joined {
+            "presence.joined"
+        } else {
+            "presence.left"
+        },
+        team_id: team,
+        actor_user_id: user.user_id,
+        ts: timestamp::truncate(OffsetDateTime::now_utc()),
+        task_id: task,
+        data: PresenceData {
+            task_id: task,
+            user_id: user.user_id,
+            display_name: user.display_name.clone(),
+        },
+    };
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        activity: &'a PresenceActivity,
+    }
+    Utf8Bytes::from(
+        serde_json::to_string(&Envelope {
+            kind: "activity",
+            activity: &activity,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+/// Parses a client text frame. Unknown fields are ignored; anything else malformed is `Err`.
+pub fn parse(text: &str) -> Result<ClientMessage, String> {
+    serde_json::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        msg.split(" at line ").next().unwrap_or(&msg).to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_messages_keep_their_shapes() {
+        let team = Uuid::nil();
+        let sub = ServerMessage::Subscribed {
+            scope: Scope::Team(team),
+            seq: 3,
+            presence: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&sub).unwrap(),
+            serde_json::json!({"type":"subscribed","teamId":team,"seq":3})
+        );
+        let unsub = ServerMessage::Unsubscribed {
+            scope: Scope::Task(team),
+            reason: Some("membership_revoked"),
+        };
+        assert_eq!(
+            serde_json::to_value(&unsub).unwrap(),
+            serde_json::json!({"type":"unsubscribed","taskId":team,"reason":"membership_revoked"})
+        );
+        let err = ServerMessage::error("bad_request", "nope");
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            serde_json::json!({"type":"error","code":"bad_request","message":"nope"})
+        );
+    }
+
+    #[test]
+    fn client_messages_parse() {
+        let m = parse(
+            r#"{"type":"subscribe","teamId":"00000000-0000-0000-0000-000000000001","extra":1}"#,
+        );
+        assert!(matches!(
+            m,
+            Ok(ClientMessage::Subscribe(ScopeFields {
+                team_id: Some(_),
+                ..
+            }))
+        ));
+        assert!(parse(r#"{"type":"ping"}"#).is_ok());
+        assert!(parse(r#"{"type":"subscribe","teamId":"not-a-uuid"}"#).is_err());
+        assert!(parse(r#"{"type":"launch"}"#).is_err());
+        assert!(parse("{").is_err());
+    }
+}
