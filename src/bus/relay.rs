@@ -104,7 +104,8 @@ async fn run(inner: Arc<Inner>) {
     let mut marks = Watermarks::default();
     let mut next_scan = Instant::now();
     let mut next_persist = Instant::now();
-    let mut next_prune = Instant::now() + Duration::from_secs(60);
+    let mut next_prune = Instant::now() + inner.settings.scan_every;
+    let prune_every = inner.settings.retention.min(Duration::from_secs(3600));
     loop {
         let now = Instant::now();
         if now >= next_scan {
@@ -128,7 +129,7 @@ async fn run(inner: Arc<Inner>) {
         }
         if Instant::now() >= next_prune {
             prune(&inner).await;
-            next_prune = Instant::now() + Duration::from_secs(3600);
+            next_prune = Instant::now() + prune_every;
         }
         let wait = if marks.unsaved.is_empty() {
             next_scan

@@ -4,6 +4,7 @@
 //! Realtime consumes the bus and reads the store (access checks, resume replays); it never writes
 //! the store and never holds a lock across an await or a socket write.
 
+pub mod asyncapi;
 mod connection;
 pub mod hub;
 pub mod outbox;
@@ -95,8 +96,21 @@ impl Realtime {
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
+        let doc: Arc<str> = Arc::from(asyncapi::document().to_string());
         Router::new()
             .route("/realtime", axum::routing::get(upgrade))
+            .route(
+                "/asyncapi.json",
+                axum::routing::get(move || {
+                    let doc = doc.clone();
+                    async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            doc.to_string(),
+                        )
+                    }
+                }),
+            )
             .with_state(self.clone())
     }
 }

@@ -53,6 +53,37 @@ impl Scope {
     }
 }
 
+/// The ids of a scope as optional fields: what an `error` echoes when it concerns a room.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeIds {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+}
+
+impl From<Scope> for ScopeIds {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Team(id) => ScopeIds {
+                team_id: Some(id),
+                ..Default::default()
+            },
+            Scope::Board(id) => ScopeIds {
+                board_id: Some(id),
+                ..Default::default()
+            },
+            Scope::Task(id) => ScopeIds {
+                task_id: Some(id),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 impl ScopeFields {
     pub fn scope(&self) -> Result<Scope, &'static str> {
         match (self.team_id, self.board_id, self.task_id) {
@@ -108,8 +139,9 @@ pub enum ServerMessage {
     Error {
         code: &'static str,
         message: String,
-        #[serde(flatten, skip_serializing_if = "Option::is_none")]
-        scope: Option<Scope>,
+        /// The room the error concerns, if any.
+        #[serde(flatten)]
+        scope: ScopeIds,
     },
     #[serde(rename_all = "camelCase")]
     Authenticated {
@@ -126,7 +158,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
-            scope: None,
+            scope: ScopeIds::default(),
         }
     }
 
@@ -134,7 +166,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
-            scope: Some(scope),
+            scope: scope.into(),
         }
     }
 
