@@ -121,7 +121,7 @@ start_server() {
     http://127.*) ;;
     *) log "the server is not on loopback: $SERVER_URL"; stop_server; return 1 ;;
   esac
-  log "server pid $SERVER_PID at $SERVER_URL ($2)"
+  log "server pid $SERVER_PID ($(cat "/proc/$SERVER_PID/comm" 2>/dev/null)) at $SERVER_URL ($2)"
 }
 
 # bench LABEL RESULTS_FILE ARGS...: one run; appends its JSON line to RESULTS_FILE.
@@ -181,6 +181,7 @@ run_backend() {
   if busy_compilers; then
     log "warning: compilers are running on this machine; the figures will be noisy"
   fi
+  log "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 
   local i
   for i in $(seq 1 "$RUNS"); do

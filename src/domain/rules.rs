@@ -337,6 +337,11 @@ impl TaskPatch {
     }
 }
 
+/// The position of a task placed after the last one of its column.
+pub fn position_after(last: Option<f64>) -> f64 {
+    last.map_or(1.0, |m| m.floor() + 1.0)
+}
+
 /// Parses an `If-Match` header value against the task's version: `*`, `"3"`, `W/"3"` or a list.
 pub fn if_match_allows(header: &str, version: i64) -> bool {
     header.split(',').map(str::trim).any(|tag| {

@@ -6,7 +6,9 @@ use super::{
     Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in, seq_of,
 };
 use crate::domain::activity::{ActivityData, ActivityDraft};
-use crate::domain::rules::{Action, NewTask, TaskPatch, check_comment_body, if_match_allows};
+use crate::domain::rules::{
+    Action, NewTask, TaskPatch, check_comment_body, if_match_allows, position_after,
+};
 use crate::domain::*;
 use crate::store::{StoreError, TaskFilter, Tx};
 
@@ -29,30 +31,23 @@ async fn check_assignee(tx: &mut dyn Tx, team: TeamId, user: UserId) -> Result<(
 impl Services {
     pub async fn create_task(&self, actor: UserId, team: TeamId, input: NewTask) -> Result<Task> {
         input.check()?;
+        let status = input.status.unwrap_or_default();
         let mut tx = self.store.write().await?;
-        role_in(&mut *tx, team, actor)
+        // One read for the role, the board and the column's last position: this is the hot path.
+        let slot = tx
+            .task_slot(team, actor, input.board_id, status)
             .await?
-            .ensure(Action::WriteTasks)?;
-        let board_id = match input.board_id {
-            Some(b) => {
-                check_board(&mut *tx, team, b).await?;
-                b
-            }
-            None => {
-                tx.team(team)
-                    .await?
-                    .ok_or(DomainError::NotFound)?
-                    .default_board_id
-            }
-        };
+            .ok_or(DomainError::NotFound)?;
+        slot.role.ensure(Action::WriteTasks)?;
+        let board_id = slot
+            .board_id
+            .ok_or_else(|| DomainError::invalid("boardId", "is not a board of this team"))?;
         if let Some(a) = input.assignee_user_id {
             check_assignee(&mut *tx, team, a).await?;
         }
-        let status = input.status.unwrap_or_default();
-        let position = match input.position {
-            Some(p) => p,
-            None => tx.next_position(board_id, status).await?,
-        };
+        let position = input
+            .position
+            .unwrap_or_else(|| position_after(slot.last_position));
         let at = now();
         let task = Task {
             id: Uuid::now_v7(),

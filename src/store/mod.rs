@@ -57,6 +57,15 @@ pub struct RefreshToken {
     pub family_revoked: bool,
 }
 
+/// See `Tx::task_slot`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSlot {
+    pub role: Role,
+    /// None when the board named is not one of the team's.
+    pub board_id: Option<BoardId>,
+    pub last_position: Option<f64>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub board_id: Option<BoardId>,
@@ -151,8 +160,16 @@ pub trait Tx: Send {
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
     async fn update_task(&mut self, task: &Task) -> Result<()>;
     async fn delete_task(&mut self, id: TaskId) -> Result<bool>;
-    /// The position after the last task of a column (board and status).
-    async fn next_position(&mut self, board: BoardId, status: TaskStatus) -> Result<f64>;
+    /// What creating a task needs, in one read: the caller's role, the board (`board` if it is
+    /// one of the team's, else the team's default board when `board` is None), and the last
+    /// position in that column. None if the caller is not a member.
+    async fn task_slot(
+        &mut self,
+        team: TeamId,
+        user: UserId,
+        board: Option<BoardId>,
+        status: TaskStatus,
+    ) -> Result<Option<TaskSlot>>;
 
     // comments
     async fn insert_comment(&mut self, comment: &Comment) -> Result<()>;

@@ -701,14 +701,31 @@ macro_rules! impl_tx {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn next_position(&mut self, board: BoardId, status: TaskStatus) -> $crate::store::Result<f64> {
-                let (max,): (Option<f64>,) =
-                    sqlx::query_as("SELECT MAX(position) FROM tasks WHERE board_id = $1 AND status = $2")
-                        .bind(board)
-                        .bind(status.as_str())
-                        .fetch_one(&mut *self.tx)
-                        .await?;
-                Ok(max.map_or(1.0, |m| m.floor() + 1.0))
+            async fn task_slot(
+                &mut self,
+                team: TeamId,
+                user: UserId,
+                board: Option<BoardId>,
+                status: TaskStatus,
+            ) -> $crate::store::Result<Option<$crate::store::TaskSlot>> {
+                let row: Option<(String, Option<Uuid>, Option<f64>)> = sqlx::query_as(
+                    "SELECT m.role, \
+                       (SELECT b.id FROM boards b WHERE b.id = COALESCE($3, t.default_board_id) AND b.team_id = t.id), \
+                       (SELECT MAX(k.position) FROM tasks k \
+                         WHERE k.board_id = COALESCE($3, t.default_board_id) AND k.status = $4) \
+                     FROM memberships m JOIN teams t ON t.id = m.team_id \
+                     WHERE m.team_id = $1 AND m.user_id = $2",
+                )
+                .bind(team)
+                .bind(user)
+                .bind(board)
+                .bind(status.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(|(r, board_id, last_position)| {
+                    Ok($crate::store::TaskSlot { role: role(&r)?, board_id, last_position })
+                })
+                .transpose()
             }
 
             async fn insert_comment(&mut self, c: &Comment) -> $crate::store::Result<()> {
