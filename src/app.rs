@@ -1,6 +1,7 @@
 //! Wiring: builds the store, bus, relay, services and router from a `Config`, and serves them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -89,14 +90,37 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     // The one line on stdout: scripts and tests wait for it to learn the port.
     println!("taskforge listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    let shutdown = async move {
-        shutdown_signal().await;
-        // Open sockets would keep the server up: close them (1001) so clients resume elsewhere.
-        realtime.shutdown();
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let (realtime, signalled) = (realtime.clone(), signalled.clone());
+        async move {
+            shutdown_signal().await;
+            signalled.notify_one();
+            // Sockets are not requests: close them (1001) so clients resume on another instance.
+            realtime.shutdown();
+        }
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    // Once signalled, in-flight requests and socket closes get `drain_timeout` to finish.
+    let drain = config.drain_timeout;
+    let deadline = async {
+        signalled.notified().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        _ = deadline => {
+            tracing::warn!("drain time is up; exiting with work in flight");
+            return Ok(());
+        }
+    }
+    // The HTTP side is done; let the sockets' close frames go out (bounded by the drain time).
+    let closing = async {
+        while realtime.hub.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(drain, closing).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_RELAY_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub relay_scan_interval: Duration,
 
+    /// On SIGTERM: how long in-flight requests and socket closes may take before the process exits.
+    #[arg(long, env = "TASKFORGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "TASKFORGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
