@@ -98,13 +98,18 @@ pub(super) async fn run(socket: WebSocket, rt: Arc<Realtime>, principal: Option<
     if let Some(p) = principal {
         serve(&rt, p, &mut stream, &outbox).await;
     }
-    // Let the writer finish the close; a peer that does not read gets no longer than this.
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+    // Let the writer send the close, then read until the peer answers it: closing with unread
+    // input would turn the close into a reset that discards it. A peer that does neither gets
+    // no longer than this.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    if tokio::time::timeout_at(deadline, &mut writer)
         .await
         .is_err()
     {
         writer.abort();
     }
+    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// The socket connected without a token: the first message must be `auth`, in time.
@@ -116,7 +121,10 @@ async fn authenticate(
     let deadline = tokio::time::sleep(rt.settings.auth_timeout);
     tokio::pin!(deadline);
     let msg = tokio::select! {
-        _ = &mut deadline => None,
+        _ = &mut deadline => {
+            outbox.close(CloseReason::Unauthorized);
+            return None;
+        }
         msg = stream.next() => msg,
     };
     let token = match msg {

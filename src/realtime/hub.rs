@@ -261,7 +261,11 @@ impl Hub {
             let gap = {
                 let mut s = self.state.lock();
                 match s.teams.get_mut(&team) {
-                    None => return,
+                    // Nobody here follows the team: only its members' own sockets may need it.
+                    None => {
+                        s.deliver_to_users(&entries);
+                        return;
+                    }
                     Some(TeamState::Starting { held }) => {
                         held.extend(entries);
                         return;
@@ -368,6 +372,25 @@ impl State {
             }
         }
         cut
+    }
+
+    /// Delivers to the user rooms an activity routes to (live only: user rooms have no resume).
+    fn deliver_to_users(&mut self, entries: &[LogEntry]) {
+        for e in entries {
+            let Some(user) = e.route.user_id else {
+                continue;
+            };
+            if !e.route.reaches(Room::User(user)) {
+                continue;
+            }
+            let Some(members) = self.rooms.get(&Room::User(user)) else {
+                continue;
+            };
+            let frame = Message::Text(activity_frame(e));
+            for m in members.values() {
+                m.outbox.push_live(frame.clone());
+            }
+        }
     }
 
     fn skip_to(&mut self, team: TeamId, seq: i64) {

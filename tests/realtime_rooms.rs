@@ -1,0 +1,1219 @@
+//! `/realtime` rooms: subscribe/unsubscribe replies, `forbidden`, the routing table (one test per
+//! row), exactly-once delivery across rooms, per-team seq order, presence and revocation.
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+both_backends!(
+    subscribe_and_unsubscribe_replies,
+    forbidden_for_non_members_and_unknown_ids_alike,
+    route_task_created,
+    route_task_updated,
+    route_task_deleted,
+    route_task_assigned,
+    route_comments,
+    route_members,
+    route_team_and_board_activities,
+    own_deliveries_need_no_subscription,
+    live_order_gapless_under_concurrent_writers,
+    presence_snapshot_joined_left,
+    revocation_unsubscribes_and_stops_delivery,
+    self_removal_revokes_too,
+);
+
+const T: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Subscribe / unsubscribe
+// ---------------------------------------------------------------------------------------------
+
+async fn subscribe_and_unsubscribe_replies(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Rooms").await;
+    let board = team.default_board_id;
+    let task = api.task(owner.token(), team.id, "room task").await;
+    let latest = api.team_seq(owner.token(), team.id).await;
+    assert!(latest >= 1);
+
+    let mut ws = srv.ws(owner.token()).await.labeled("owner");
+    let mut watch = srv.ws(owner.token()).await.labeled("watch");
+    for scope in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+    ] {
+        watch.subscribe(scope, None).await;
+        let s = ws.subscribe(scope, None).await;
+        assert_eq!(s.seq, latest, "subscribed.seq without since: {}", s.frame);
+        assert_eq!(s.frame["type"], "subscribed");
+        assert_eq!(s.frame[scope.key()], json!(scope.id()), "{}", s.frame);
+        for other in ["teamId", "boardId", "taskId"] {
+            if other != scope.key() {
+                assert!(s.frame.get(other).is_none(), "{}", s.frame);
+            }
+        }
+        match scope {
+            Scope::Task(_) => {
+                let p = s.frame["presence"]
+                    .as_array()
+                    .expect("task rooms carry presence");
+                assert_eq!(
+                    p,
+                    &vec![json!({"userId": owner.id(), "displayName": "Owner"})],
+                    "presence snapshot must hold the caller (once, though two of its sockets are in): {}",
+                    s.frame
+                );
+            }
+            _ => assert!(s.frame.get("presence").is_none(), "{}", s.frame),
+        }
+        // Subscribing again answers subscribed again.
+        let again = ws.subscribe(scope, None).await;
+        assert_eq!(again.seq, latest, "{}", again.frame);
+    }
+    assert!(ws.barrier().await.is_empty());
+
+    // Unsubscribe each: the reply names the room, has no reason.
+    for scope in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+    ] {
+        let u = ws.unsubscribe(scope).await;
+        assert_eq!(u["type"], "unsubscribed");
+        assert!(u.get("reason").is_none(), "{u}");
+    }
+    // A room never joined: unsubscribed as well.
+    let never = Scope::Task(Uuid::new_v4());
+    let u = ws.unsubscribe(never).await;
+    assert_eq!(u[never.key()], json!(never.id()));
+
+    // After unsubscribing, nothing of those rooms arrives (the watcher proves it was sent).
+    api.patch_task(owner.token(), task.id, json!({"title": "renamed"}))
+        .await
+        .ok(200);
+    api.task(owner.token(), team.id, "second").await;
+    api.comment(owner.token(), task.id, "hello").await;
+    let got = watch.activities(3, T).await;
+    let kinds: Vec<&str> = got.iter().map(|a| a["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["task.updated", "task.created", "comment.created"]);
+    let leaked = ws.barrier().await;
+    assert!(
+        leaked.is_empty(),
+        "frames after unsubscribing every room: {leaked:?}"
+    );
+}
+
+fn without_ids(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("teamId");
+        o.remove("boardId");
+        o.remove("taskId");
+    }
+    v
+}
+
+async fn forbidden_for_non_members_and_unknown_ids_alike(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let stranger = api.new_user("Stranger").await;
+    let team = api.create_team(owner.token(), "Private").await;
+    let task = api.task(owner.token(), team.id, "secret").await;
+    let mut ws = srv.ws(stranger.token()).await.labeled("stranger");
+    let mut first: Option<Value> = None;
+    for (real, unknown) in [
+        (Scope::Team(team.id), Scope::Team(Uuid::new_v4())),
+        (
+            Scope::Board(team.default_board_id),
+            Scope::Board(Uuid::new_v4()),
+        ),
+        (Scope::Task(task.id), Scope::Task(Uuid::new_v4())),
+    ] {
+        for since in [None, Some(0)] {
+            let e1 = ws
+                .try_subscribe(real, since)
+                .await
+                .expect_err("a non-member must not join");
+            let e2 = ws
+                .try_subscribe(unknown, since)
+                .await
+                .expect_err("an unknown id must not be joined");
+            for (e, s) in [(&e1, real), (&e2, unknown)] {
+                assert_eq!(e["type"], "error", "{e}");
+                assert_eq!(e["code"], "forbidden", "{e}");
+                assert_eq!(e[s.key()], json!(s.id()), "the error echoes the scope: {e}");
+                assert!(e["message"].is_string(), "{e}");
+            }
+            assert_eq!(
+                without_ids(&e1),
+                without_ids(&e2),
+                "forbidden for a non-member and for an unknown id must be identical"
+            );
+            if let Some(f) = &first {
+                assert_eq!(f["message"], e1["message"]);
+            }
+            first = Some(e1);
+        }
+    }
+    // Deleted task and board: the same answer as an unknown id, also for a member.
+    let gone_task = api.task(owner.token(), team.id, "to delete").await;
+    api.delete(&format!("/api/v1/tasks/{}", gone_task.id), owner.token())
+        .await
+        .ok(204);
+    let gone_board = api.create_board(owner.token(), team.id, "to delete").await;
+    api.delete(&format!("/api/v1/boards/{}", gone_board.id), owner.token())
+        .await
+        .ok(204);
+    let mut mine = srv.ws(owner.token()).await.labeled("owner");
+    for scope in [Scope::Task(gone_task.id), Scope::Board(gone_board.id)] {
+        let e = mine
+            .try_subscribe(scope, None)
+            .await
+            .expect_err("a deleted room must not be joined");
+        assert_eq!(e["code"], "forbidden", "{scope:?}: {e}");
+        assert_eq!(
+            without_ids(&e),
+            without_ids(first.as_ref().unwrap()),
+            "deleted {scope:?}: not the same answer as an unknown id"
+        );
+    }
+
+    // Still open and answering; nothing of the team leaked.
+    api.task(owner.token(), team.id, "after").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leaked = ws.barrier().await;
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing table
+// ---------------------------------------------------------------------------------------------
+
+struct Fx {
+    _srv: TestServer,
+    api: Api,
+    owner: AuthResponse,
+    watcher: AuthResponse,
+    assignee: AuthResponse,
+    newbie: AuthResponse,
+    team: Team,
+    b1: Uuid,
+    b2: Uuid,
+    x: Task,
+    y: Task,
+    socks: Vec<(&'static str, WsClient)>,
+}
+
+/// Sockets (all the watcher's unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
+/// `multi` (team + b1 + taskX), `assignee` (the assignee's, no room), `newbie` (a not-yet member's,
+/// no room), `assigneeRooms` (the assignee's, in b1 and taskX: own deliveries and rooms overlap),
+/// `otherTeam` (the watcher's, in another team's team and board rooms).
+async fn fixture(b: Backend) -> Fx {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Routing").await;
+    let watcher = api
+        .member(owner.token(), team.id, "Watcher", "member")
+        .await;
+    let assignee = api
+        .member(owner.token(), team.id, "Assignee", "member")
+        .await;
+    let newbie = api.new_user("Newbie").await;
+    let b1 = team.default_board_id;
+    let b2 = api.create_board(owner.token(), team.id, "Second").await.id;
+    let x = api
+        .create_task(owner.token(), team.id, json!({"title": "X", "boardId": b1}))
+        .await;
+    let y = api
+        .create_task(owner.token(), team.id, json!({"title": "Y", "boardId": b1}))
+        .await;
+    let other = api.create_team(owner.token(), "Other").await;
+    api.add_member(owner.token(), other.id, &watcher.user.email, "member")
+        .await;
+
+    let w = watcher.token();
+    let mut socks: Vec<(&'static str, WsClient)> = Vec::new();
+    let specs: Vec<(&'static str, &str, Vec<Scope>)> = vec![
+        ("team", w, vec![Scope::Team(team.id)]),
+        ("b1", w, vec![Scope::Board(b1)]),
+        ("b2", w, vec![Scope::Board(b2)]),
+        ("taskX", w, vec![Scope::Task(x.id)]),
+        ("taskY", w, vec![Scope::Task(y.id)]),
+        (
+            "multi",
+            w,
+            vec![Scope::Team(team.id), Scope::Board(b1), Scope::Task(x.id)],
+        ),
+        ("assignee", assignee.token(), vec![]),
+        (
+            "assigneeRooms",
+            assignee.token(),
+            vec![Scope::Board(b1), Scope::Task(x.id)],
+        ),
+        ("newbie", newbie.token(), vec![]),
+        (
+            "otherTeam",
+            w,
+            vec![Scope::Team(other.id), Scope::Board(other.default_board_id)],
+        ),
+    ];
+    for (name, token, scopes) in specs {
+        let mut ws = srv.ws(token).await.labeled(name);
+        for s in scopes {
+            ws.subscribe(s, None).await;
+        }
+        socks.push((name, ws));
+    }
+    // Settle: nothing is pending on any socket.
+    for (_, ws) in socks.iter_mut() {
+        ws.barrier().await;
+        ws.frames.clear();
+    }
+    Fx {
+        _srv: srv,
+        api,
+        owner,
+        watcher,
+        assignee,
+        newbie,
+        team,
+        b1,
+        b2,
+        x,
+        y,
+        socks,
+    }
+}
+
+impl Fx {
+    fn sock(&mut self, name: &str) -> &mut WsClient {
+        &mut self
+            .socks
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no socket {name}"))
+            .1
+    }
+
+    /// Checks that, for the last action, each socket received exactly the activity types listed
+    /// for it (each once) and nothing else. Returns what each socket received.
+    async fn expect(
+        &mut self,
+        what: &str,
+        routes: &[(&str, &[&str])],
+    ) -> HashMap<String, Vec<Value>> {
+        let mut want: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, _) in &self.socks {
+            want.insert(name, Vec::new());
+        }
+        for (kind, names) in routes {
+            for n in *names {
+                want.get_mut(n)
+                    .unwrap_or_else(|| panic!("no socket {n}"))
+                    .push(kind);
+            }
+        }
+        let mut got: HashMap<String, Vec<Value>> = HashMap::new();
+        // Receivers first (so the activities are dispatched), then a barrier on every socket.
+        for (name, ws) in self.socks.iter_mut() {
+            let n = want[name].len();
+            let mut acts = if n > 0 {
+                ws.activities(n, T).await
+            } else {
+                Vec::new()
+            };
+            got.insert(name.to_string(), std::mem::take(&mut acts));
+        }
+        for (name, ws) in self.socks.iter_mut() {
+            let extra = logged_activities(&ws.barrier().await);
+            got.get_mut(*name).unwrap().extend(extra);
+        }
+        let mut problems = Vec::new();
+        for (name, acts) in &got {
+            let mut kinds: Vec<&str> = acts.iter().map(|a| a["type"].as_str().unwrap()).collect();
+            kinds.sort();
+            let mut expected = want[name.as_str()].clone();
+            expected.sort();
+            if kinds != expected {
+                problems.push(format!(
+                    "  socket {name}: expected {expected:?}, got {kinds:?}: {acts:?}"
+                ));
+            }
+            let mut seqs: Vec<i64> = acts.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
+            let n = seqs.len();
+            seqs.dedup();
+            if seqs.len() != n {
+                problems.push(format!("  socket {name}: duplicate seq: {acts:?}"));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "routing of {what}:\n{}",
+            problems.join("\n")
+        );
+        got
+    }
+
+    /// Every socket saw its activities in strictly increasing seq per team, each once.
+    fn assert_order(&self) {
+        for (name, ws) in &self.socks {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            for a in logged_activities(&ws.frames) {
+                let team = a["teamId"].as_str().unwrap().to_string();
+                let seq = a["seq"].as_i64().unwrap();
+                let prev = last.insert(team.clone(), seq).unwrap_or(0);
+                assert!(
+                    seq > prev,
+                    "socket {name}: seq {seq} after {prev} in team {team}"
+                );
+            }
+        }
+    }
+}
+
+async fn route_task_created(b: Backend) {
+    let mut fx = fixture(b).await;
+    let t = fx
+        .api
+        .create_task(fx.owner.token(), fx.team.id, json!({"title": "on b1"}))
+        .await;
+    let got = fx
+        .expect(
+            "task.created on b1",
+            &[("task.created", &["team", "b1", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["team"][0];
+    assert_eq!(a["taskId"], json!(t.id));
+    assert_eq!(a["boardId"], json!(fx.b1));
+    assert_eq!(a["data"]["task"]["id"], json!(t.id));
+    assert_eq!(a["data"]["task"]["version"], 1);
+    fx.api
+        .create_task(
+            fx.owner.token(),
+            fx.team.id,
+            json!({"title": "on b2", "boardId": fx.b2}),
+        )
+        .await;
+    fx.expect(
+        "task.created on b2",
+        &[("task.created", &["team", "b2", "multi"])],
+    )
+    .await;
+    fx.assert_order();
+}
+
+async fn route_task_updated(b: Backend) {
+    let mut fx = fixture(b).await;
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"title": "X2"}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "task.updated",
+            &[("task.updated", &["b1", "taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["taskX"][0];
+    assert_eq!(
+        a["data"]["changes"]["title"],
+        json!({"from": "X", "to": "X2"}),
+        "{a}"
+    );
+    // A move reaches both boards; the activity names the new board.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"boardId": fx.b2}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "task.updated (move b1 -> b2)",
+            &[(
+                "task.updated",
+                &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+            )],
+        )
+        .await;
+    let a = &got["b1"][0];
+    assert_eq!(a["boardId"], json!(fx.b2), "boardId is the new board: {a}");
+    assert_eq!(
+        a["data"]["changes"]["boardId"],
+        json!({"from": fx.b1, "to": fx.b2}),
+        "{a}"
+    );
+    // Now on b2 only.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"priority": "high"}))
+        .await
+        .ok(200);
+    fx.expect(
+        "task.updated on b2",
+        &[("task.updated", &["b2", "taskX", "multi", "assigneeRooms"])],
+    )
+    .await;
+    fx.assert_order();
+}
+
+async fn route_task_deleted(b: Backend) {
+    let mut fx = fixture(b).await;
+    fx.api
+        .delete(&format!("/api/v1/tasks/{}", fx.x.id), fx.owner.token())
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "task.deleted",
+            &[(
+                "task.deleted",
+                &["team", "b1", "taskX", "multi", "assigneeRooms"],
+            )],
+        )
+        .await;
+    let a = &got["taskX"][0];
+    assert_eq!(a["taskId"], json!(fx.x.id));
+    assert_eq!(a["data"]["taskId"], json!(fx.x.id), "{a}");
+    assert_eq!(a["data"]["boardId"], json!(fx.b1), "{a}");
+    let _ = &fx.y;
+    fx.assert_order();
+}
+
+async fn route_task_assigned(b: Backend) {
+    let mut fx = fixture(b).await;
+    let owner = fx.owner.token().to_string();
+    fx.api
+        .patch_task(&owner, fx.x.id, json!({"assigneeUserId": fx.assignee.id()}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "assign X to the assignee",
+            &[
+                ("task.updated", &["b1", "taskX", "multi", "assigneeRooms"]),
+                (
+                    "task.assigned",
+                    &["b1", "taskX", "multi", "assignee", "assigneeRooms"],
+                ),
+            ],
+        )
+        .await;
+    let a = &got["assignee"][0];
+    assert_eq!(a["type"], "task.assigned");
+    assert_eq!(a["data"]["assigneeUserId"], json!(fx.assignee.id()), "{a}");
+    assert!(a["data"]["previousAssigneeUserId"].is_null(), "{a}");
+    assert_eq!(a["data"]["task"]["id"], json!(fx.x.id), "{a}");
+
+    // Reassign to the owner (no sockets) while moving to b2: both boards; not the old assignee.
+    fx.api
+        .patch_task(
+            &owner,
+            fx.x.id,
+            json!({"assigneeUserId": fx.owner.id(), "boardId": fx.b2}),
+        )
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "reassign + move",
+            &[
+                (
+                    "task.updated",
+                    &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+                ),
+                (
+                    "task.assigned",
+                    &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+                ),
+            ],
+        )
+        .await;
+    let a = got["b1"]
+        .iter()
+        .find(|a| a["type"] == "task.assigned")
+        .unwrap();
+    assert_eq!(
+        a["data"]["previousAssigneeUserId"],
+        json!(fx.assignee.id()),
+        "{a}"
+    );
+
+    // Unassign: task.assigned with null reaches the rooms only.
+    fx.api
+        .patch_task(&owner, fx.x.id, json!({"assigneeUserId": null}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "unassign",
+            &[
+                ("task.updated", &["b2", "taskX", "multi", "assigneeRooms"]),
+                ("task.assigned", &["b2", "taskX", "multi", "assigneeRooms"]),
+            ],
+        )
+        .await;
+    let a = got["b2"]
+        .iter()
+        .find(|a| a["type"] == "task.assigned")
+        .unwrap();
+    assert!(a["data"]["assigneeUserId"].is_null(), "{a}");
+
+    // Created with an assignee: task.created + task.assigned (to the assignee's own socket too).
+    fx.api
+        .create_task(
+            &owner,
+            fx.team.id,
+            json!({"title": "born assigned", "assigneeUserId": fx.assignee.id()}),
+        )
+        .await;
+    fx.expect(
+        "create with assignee",
+        &[
+            ("task.created", &["team", "b1", "multi", "assigneeRooms"]),
+            (
+                "task.assigned",
+                &["b1", "multi", "assignee", "assigneeRooms"],
+            ),
+        ],
+    )
+    .await;
+    // The watcher assigns a task to itself on b2: its own sockets are rooms-only subscribers,
+    // the assignment reaches each of them once.
+    fx.assert_order();
+}
+
+async fn route_comments(b: Backend) {
+    let mut fx = fixture(b).await;
+    let w = fx.watcher.token().to_string();
+    let c = fx.api.comment(&w, fx.x.id, "first").await;
+    let got = fx
+        .expect(
+            "comment.created",
+            &[("comment.created", &["taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["taskX"][0];
+    assert_eq!(a["taskId"], json!(fx.x.id), "{a}");
+    assert_eq!(a["data"]["comment"]["id"], json!(c.id), "{a}");
+    fx.api
+        .patch(
+            &format!("/api/v1/comments/{}", c.id),
+            &w,
+            json!({"body": "edited"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "comment.updated",
+        &[("comment.updated", &["taskX", "multi", "assigneeRooms"])],
+    )
+    .await;
+    fx.api
+        .delete(&format!("/api/v1/comments/{}", c.id), &w)
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "comment.deleted",
+            &[("comment.deleted", &["taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["multi"][0];
+    assert_eq!(a["data"]["commentId"], json!(c.id), "{a}");
+    assert_eq!(a["data"]["taskId"], json!(fx.x.id), "{a}");
+    fx.assert_order();
+}
+
+async fn route_members(b: Backend) {
+    let mut fx = fixture(b).await;
+    let owner = fx.owner.token().to_string();
+    let team = fx.team.id;
+    fx.api
+        .add_member(&owner, team, &fx.newbie.user.email, "viewer")
+        .await;
+    let got = fx
+        .expect(
+            "member.added",
+            &[("member.added", &["team", "multi", "newbie"])],
+        )
+        .await;
+    let a = &got["newbie"][0];
+    assert_eq!(
+        a["data"]["member"]["user"]["id"],
+        json!(fx.newbie.id()),
+        "{a}"
+    );
+    assert_eq!(a["data"]["member"]["role"], "viewer", "{a}");
+    // The newbie now also watches the team room: its own deliveries still arrive once.
+    fx.sock("newbie").subscribe(Scope::Team(team), None).await;
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}/members/{}", fx.newbie.id()),
+            &owner,
+            json!({"role": "admin"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "member.updated",
+        &[("member.updated", &["team", "multi", "newbie"])],
+    )
+    .await;
+    fx.api
+        .delete(
+            &format!("/api/v1/teams/{team}/members/{}", fx.newbie.id()),
+            &owner,
+        )
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "member.removed",
+            &[("member.removed", &["team", "multi", "newbie"])],
+        )
+        .await;
+    assert_eq!(got["team"][0]["data"]["userId"], json!(fx.newbie.id()));
+    fx.assert_order();
+}
+
+async fn route_team_and_board_activities(b: Backend) {
+    let mut fx = fixture(b).await;
+    let owner = fx.owner.token().to_string();
+    let team = fx.team.id;
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}"),
+            &owner,
+            json!({"name": "Renamed"}),
+        )
+        .await
+        .ok(200);
+    let got = fx
+        .expect("team.updated", &[("team.updated", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["data"]["team"]["name"], "Renamed");
+    let nb = fx.api.create_board(&owner, team, "Third").await;
+    let got = fx
+        .expect("board.created", &[("board.created", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["boardId"], json!(nb.id));
+    fx.api
+        .patch(
+            &format!("/api/v1/boards/{}", fx.b1),
+            &owner,
+            json!({"name": "B1 renamed"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "board.updated (b1)",
+        &[("board.updated", &["team", "multi"])],
+    )
+    .await;
+    fx.api
+        .delete(&format!("/api/v1/boards/{}", nb.id), &owner)
+        .await
+        .ok(204);
+    let got = fx
+        .expect("board.deleted", &[("board.deleted", &["team", "multi"])])
+        .await;
+    assert_eq!(got["multi"][0]["data"]["boardId"], json!(nb.id));
+    fx.assert_order();
+}
+
+/// The user's own deliveries (member.*, task.assigned) reach their sockets even when no socket
+/// at all is subscribed to anything of that team.
+async fn own_deliveries_need_no_subscription(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let newbie = api.new_user("Newbie").await;
+    let mut ws = srv.ws(newbie.token()).await.labeled("newbie (no rooms)");
+    ws.expect_pong().await;
+    let team = api.create_team(owner.token(), "Unwatched").await;
+    api.add_member(owner.token(), team.id, &newbie.user.email, "member")
+        .await;
+    let t = api
+        .create_task(
+            owner.token(),
+            team.id,
+            json!({"title": "for newbie", "assigneeUserId": newbie.id()}),
+        )
+        .await;
+    api.patch(
+        &format!("/api/v1/teams/{}/members/{}", team.id, newbie.id()),
+        owner.token(),
+        json!({"role": "admin"}),
+    )
+    .await
+    .ok(200);
+    api.delete(
+        &format!("/api/v1/teams/{}/members/{}", team.id, newbie.id()),
+        owner.token(),
+    )
+    .await
+    .ok(204);
+    let log = api.activity(owner.token(), team.id).await;
+    let want: Vec<(String, i64)> = log
+        .iter()
+        .filter(|a| a.kind != "task.created")
+        .map(|a| (a.kind.clone(), a.seq))
+        .collect();
+    assert_eq!(want.len(), 4, "{log:?}");
+    let deadline = std::time::Instant::now() + T;
+    let mut got: Vec<(String, i64)> = Vec::new();
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        match ws.recv_timeout(Duration::from_millis(200)).await {
+            Some(Frame::Json(v)) if is_logged_activity(&v) => {
+                let a = &v["activity"];
+                got.push((
+                    a["type"].as_str().unwrap().to_string(),
+                    a["seq"].as_i64().unwrap(),
+                ));
+            }
+            Some(f) if f.is_end() => panic!(
+                "the member's socket ended ({f:?}) after receiving {got:?}; frames: {:?}",
+                ws.frames
+            ),
+            _ => {}
+        }
+    }
+    got.extend(logged_activities(&ws.barrier().await).iter().map(|a| {
+        (
+            a["type"].as_str().unwrap().to_string(),
+            a["seq"].as_i64().unwrap(),
+        )
+    }));
+    assert_eq!(
+        got, want,
+        "the member's own socket (no subscriptions; nobody watches the team) must receive \
+         member.added, task.assigned (task {}), member.updated, member.removed",
+        t.id
+    );
+}
+
+/// Four writers at once in one team; one socket in every room of the team sees every activity
+/// exactly once, with gapless increasing seqs.
+async fn live_order_gapless_under_concurrent_writers(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Busy").await;
+    let b2 = api.create_board(owner.token(), team.id, "B2").await.id;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let board = if i % 2 == 0 {
+            team.default_board_id
+        } else {
+            b2
+        };
+        tasks.push(
+            api.create_task(
+                owner.token(),
+                team.id,
+                json!({"title": format!("t{i}"), "boardId": board}),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut ws = srv.ws(owner.token()).await.labeled("everything");
+    let start = ws.subscribe_team(team.id, None).await;
+    ws.subscribe_board(team.default_board_id, None).await;
+    ws.subscribe_board(b2, None).await;
+    for t in &tasks {
+        ws.subscribe_task(*t, None).await;
+    }
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let api = api.clone();
+        let tok = owner.token().to_string();
+        let tasks = tasks.clone();
+        let team_id = team.id;
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng::new(w + 1);
+            for i in 0..40 {
+                let t = *rng.pick(&tasks);
+                match rng.below(3) {
+                    0 => {
+                        api.patch_task(&tok, t, json!({"title": format!("w{w} {i}")}))
+                            .await
+                            .ok(200);
+                    }
+                    1 => {
+                        api.comment(&tok, t, &format!("w{w} {i}")).await;
+                    }
+                    _ => {
+                        api.task(&tok, team_id, &format!("w{w} new {i}")).await;
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let end = api.team_seq(owner.token(), team.id).await;
+    let n = usize::try_from(end - start).unwrap();
+    assert_eq!(n, 160);
+    let got = ws.activities(n, Duration::from_secs(30)).await;
+    let extra = logged_activities(&ws.barrier().await);
+    let seqs: Vec<i64> = got.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (start + 1..=end).collect::<Vec<_>>(),
+        "live activities must arrive once each, gapless, in seq order"
+    );
+    assert!(extra.is_empty(), "extra (duplicate) activities: {extra:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence
+// ---------------------------------------------------------------------------------------------
+
+fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter(|f| is_presence(f))
+        .map(|f| {
+            let a = &f["activity"];
+            (
+                a["type"].as_str().unwrap().to_string(),
+                a["data"]["userId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn check_presence_shape(f: &Value, team: Uuid, task: Uuid, user: &AuthResponse) {
+    let a = &f["activity"];
+    assert_eq!(a["v"], 1, "{f}");
+    assert_eq!(a["teamId"], json!(team), "{f}");
+    assert_eq!(a["taskId"], json!(task), "{f}");
+    assert_eq!(a["actorUserId"], json!(user.id()), "{f}");
+    assert!(a.get("seq").is_none(), "presence has no seq: {f}");
+    assert_eq!(
+        a["data"],
+        json!({"taskId": task, "userId": user.id(), "displayName": user.user.display_name}),
+        "{f}"
+    );
+    assert_ts_millis(a["ts"].as_str().unwrap());
+}
+
+async fn presence_snapshot_joined_left(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Alice").await;
+    let team = api.create_team(owner.token(), "Presence").await;
+    let bob = api.member(owner.token(), team.id, "Bob", "member").await;
+    let carol = api.member(owner.token(), team.id, "Carol", "viewer").await;
+    let task = api.task(owner.token(), team.id, "pair").await;
+    let room = Scope::Task(task.id);
+    let entry = |u: &AuthResponse| json!({"userId": u.id(), "displayName": u.user.display_name});
+    let sorted = |mut v: Vec<&AuthResponse>| {
+        v.sort_by_key(|u| u.id().to_string());
+        Value::Array(v.into_iter().map(entry).collect())
+    };
+
+    let mut a = srv.ws(owner.token()).await.labeled("alice");
+    let s = a.subscribe(room, None).await;
+    assert_eq!(s.frame["presence"], sorted(vec![&owner]), "{}", s.frame);
+
+    let mut b1 = srv.ws(bob.token()).await.labeled("bob-1");
+    let s = b1.subscribe(room, None).await;
+    assert_eq!(
+        s.frame["presence"],
+        sorted(vec![&owner, &bob]),
+        "{}",
+        s.frame
+    );
+    let (f, _) = a.wait_for("presence.joined bob", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined", "{f}");
+    check_presence_shape(&f, team.id, task.id, &bob);
+    let own = presence_of(&b1.barrier().await);
+    assert!(
+        own.is_empty(),
+        "the joiner got presence about itself/others: {own:?}"
+    );
+
+    // Bob's second socket: still one presence; Alice hears nothing.
+    let mut b2 = srv.ws(bob.token()).await.labeled("bob-2");
+    let s = b2.subscribe(room, None).await;
+    assert_eq!(
+        s.frame["presence"],
+        sorted(vec![&owner, &bob]),
+        "one entry per user: {}",
+        s.frame
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = presence_of(&a.barrier().await);
+    assert!(
+        extra.is_empty(),
+        "a second socket of Bob announced presence again: {extra:?}"
+    );
+
+    // Bob's first socket leaves: Bob is still there through the second.
+    b1.unsubscribe(room).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = presence_of(&a.barrier().await);
+    assert!(
+        extra.is_empty(),
+        "presence.left while Bob still has a socket there: {extra:?}"
+    );
+
+    // Bob's last socket disconnects: presence.left.
+    b2.close().await;
+    let (f, _) = a.wait_for("presence.left bob", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.left", "{f}");
+    check_presence_shape(&f, team.id, task.id, &bob);
+
+    // Carol joins then unsubscribes: joined then left.
+    let mut c = srv.ws(carol.token()).await.labeled("carol");
+    let s = c.subscribe(room, None).await;
+    assert_eq!(
+        s.frame["presence"],
+        sorted(vec![&owner, &carol]),
+        "{}",
+        s.frame
+    );
+    let (f, _) = a.wait_for("presence.joined carol", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined");
+    check_presence_shape(&f, team.id, task.id, &carol);
+    c.unsubscribe(room).await;
+    let (f, _) = a.wait_for("presence.left carol", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.left");
+    check_presence_shape(&f, team.id, task.id, &carol);
+    // Carol again, this time dropping the TCP connection without a close handshake.
+    let mut c2 = srv.ws(carol.token()).await.labeled("carol-2");
+    c2.subscribe(room, None).await;
+    let (f, _) = a.wait_for("presence.joined carol", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined");
+    drop(c2);
+    let (f, _) = a
+        .wait_for("presence.left carol (dropped)", T, is_presence)
+        .await;
+    assert_eq!(f["activity"]["type"], "presence.left");
+    check_presence_shape(&f, team.id, task.id, &carol);
+    // Carol, no longer in the room, hears nothing about Alice leaving.
+    a.unsubscribe(room).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = presence_of(&c.barrier().await);
+    assert!(extra.is_empty(), "{extra:?}");
+    // Nothing duplicated overall on Alice's socket: exactly these four presence events.
+    let all = presence_of(&a.frames);
+    let kinds: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "presence.joined",
+            "presence.left",
+            "presence.joined",
+            "presence.left",
+            "presence.joined",
+            "presence.left"
+        ],
+        "{all:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation
+// ---------------------------------------------------------------------------------------------
+
+async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Revoke").await;
+    let keep = api.create_team(owner.token(), "Keep").await;
+    let m = api
+        .member(owner.token(), team.id, "Mallory", "member")
+        .await;
+    api.add_member(owner.token(), keep.id, &m.user.email, "member")
+        .await;
+    let task = api.task(owner.token(), team.id, "watched").await;
+    let board = team.default_board_id;
+
+    let mut m1 = srv.ws(m.token()).await.labeled("m1");
+    for s in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+        Scope::Team(keep.id),
+    ] {
+        m1.subscribe(s, None).await;
+    }
+    let mut m2 = srv.ws_header(m.token()).await.labeled("m2");
+    m2.subscribe(Scope::Task(task.id), None).await;
+    let mut o = srv.ws(owner.token()).await.labeled("owner");
+    o.subscribe(Scope::Task(task.id), None).await;
+    o.subscribe(Scope::Team(team.id), None).await;
+    m1.barrier().await;
+    m2.barrier().await;
+    o.barrier().await;
+    let m1_start = m1.frames.len();
+    let m2_start = m2.frames.len();
+
+    api.delete(
+        &format!("/api/v1/teams/{}/members/{}", team.id, m.id()),
+        owner.token(),
+    )
+    .await
+    .ok(204);
+
+    let expected_rooms: Vec<(&str, Uuid)> =
+        vec![("teamId", team.id), ("boardId", board), ("taskId", task.id)];
+    let mut removed_seq = 0;
+    for (ws, rooms) in [
+        (&mut m1, expected_rooms.clone()),
+        (&mut m2, vec![("taskId", task.id)]),
+    ] {
+        let (removed, before) = ws
+            .wait_for("member.removed", T, |f| {
+                f["type"] == "activity" && f["activity"]["type"] == "member.removed"
+            })
+            .await;
+        assert!(
+            logged_activities(&before).is_empty(),
+            "{}: activities before member.removed: {before:?}",
+            ws.label
+        );
+        let a = &removed["activity"];
+        assert_eq!(a["data"]["userId"], json!(m.id()));
+        assert_eq!(a["teamId"], json!(team.id));
+        removed_seq = a["seq"].as_i64().unwrap();
+        // Then one unsubscribed (membership_revoked) per room of that team.
+        let mut got = Vec::new();
+        for _ in 0..rooms.len() {
+            let f = ws.next_json().await;
+            assert_eq!(
+                f["type"], "unsubscribed",
+                "{}: after member.removed expected unsubscribed frames, got {f}",
+                ws.label
+            );
+            assert_eq!(f["reason"], "membership_revoked", "{f}");
+            let (k, id) = ["teamId", "boardId", "taskId"]
+                .iter()
+                .find_map(|k| f[*k].as_str().map(|id| (*k, id.to_string())))
+                .unwrap();
+            got.push((k, id));
+        }
+        got.sort();
+        let mut want: Vec<(&str, String)> =
+            rooms.iter().map(|(k, id)| (*k, id.to_string())).collect();
+        want.sort();
+        assert_eq!(got, want, "{}: rooms revoked", ws.label);
+    }
+    // Others in the task room: presence.left for Mallory.
+    let (f, _) = o
+        .wait_for("presence.left", T, |f| {
+            is_presence(f) && f["activity"]["type"] == "presence.left"
+        })
+        .await;
+    assert_eq!(f["activity"]["data"]["userId"], json!(m.id()), "{f}");
+
+    // More activity in the team (every room kind), and in the kept team.
+    api.task(owner.token(), team.id, "after removal").await;
+    api.patch_task(owner.token(), task.id, json!({"title": "after"}))
+        .await
+        .ok(200);
+    api.comment(owner.token(), task.id, "after").await;
+    api.patch(
+        &format!("/api/v1/teams/{}", team.id),
+        owner.token(),
+        json!({"name": "R2"}),
+    )
+    .await
+    .ok(200);
+    let kt = api.task(owner.token(), keep.id, "kept team").await;
+    // The owner's team socket proves the team's activities were dispatched.
+    o.wait_for("team.updated", T, |f| {
+        f["activity"]["type"] == "team.updated"
+    })
+    .await;
+    let (f, _) = m1
+        .wait_for("the kept team's task.created", T, |f| {
+            f["activity"]["type"] == "task.created"
+        })
+        .await;
+    assert_eq!(f["activity"]["taskId"], json!(kt.id), "{f}");
+    m1.barrier().await;
+    m2.barrier().await;
+    for (ws, start) in [(&m1, m1_start), (&m2, m2_start)] {
+        for f in &ws.frames[start..] {
+            if f["type"] == "activity" && f["activity"]["teamId"] == json!(team.id) {
+                let seq = f["activity"]["seq"].as_i64();
+                assert!(
+                    seq.is_some_and(|s| s <= removed_seq),
+                    "{}: received {f} of the team after member.removed (seq {removed_seq})",
+                    ws.label
+                );
+            }
+        }
+    }
+    // Resubscribing is forbidden now.
+    for s in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+    ] {
+        let e = m1
+            .try_subscribe(s, None)
+            .await
+            .expect_err("revoked member resubscribed");
+        assert_eq!(e["code"], "forbidden", "{e}");
+        let e = m2
+            .try_subscribe(s, Some(removed_seq - 1))
+            .await
+            .expect_err("revoked member resumed");
+        assert_eq!(e["code"], "forbidden", "{e}");
+    }
+}
+
+/// A member leaving the team themself is revoked like a removal.
+async fn self_removal_revokes_too(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Leave").await;
+    let m = api.member(owner.token(), team.id, "Leaver", "member").await;
+    let task = api.task(owner.token(), team.id, "t").await;
+    let mut ws = srv.ws(m.token()).await.labeled("leaver");
+    ws.subscribe(Scope::Team(team.id), None).await;
+    ws.subscribe(Scope::Task(task.id), None).await;
+    api.delete(
+        &format!("/api/v1/teams/{}/members/{}", team.id, m.id()),
+        m.token(),
+    )
+    .await
+    .ok(204);
+    let (removed, _) = ws
+        .wait_for("member.removed", T, |f| {
+            f["activity"]["type"] == "member.removed"
+        })
+        .await;
+    let n = removed["activity"]["seq"].as_i64().unwrap();
+    let mut revoked = Vec::new();
+    for _ in 0..2 {
+        let f = ws.next_json().await;
+        assert_eq!(f["type"], "unsubscribed", "{f}");
+        assert_eq!(f["reason"], "membership_revoked", "{f}");
+        revoked.push(f);
+    }
+    api.comment(owner.token(), task.id, "after").await;
+    api.task(owner.token(), team.id, "after").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = logged_activities(&ws.barrier().await);
+    assert!(
+        later.iter().all(|a| a["seq"].as_i64().unwrap() <= n),
+        "activities after member.removed (seq {n}): {later:?}"
+    );
+}
