@@ -116,15 +116,15 @@ pub struct WritesReport {
     pub setup_secs: f64,
 }
 
-struct Target {
+pub(crate) struct Target {
     /// `host:port` to connect to
-    addr: String,
-    host_header: HeaderValue,
+    pub(crate) addr: String,
+    pub(crate) host_header: HeaderValue,
     /// Path prefix of the base URL, without a trailing slash (usually empty)
-    prefix: String,
+    pub(crate) prefix: String,
 }
 
-fn parse_url(url: &str) -> Result<Target> {
+pub(crate) fn parse_url(url: &str) -> Result<Target> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("invalid --url {url:?}"))?;
@@ -152,18 +152,18 @@ fn parse_url(url: &str) -> Result<Target> {
 type Sender = SendRequest<Full<Bytes>>;
 
 /// Status and (optionally kept) body of a response, or the kind of failure.
-type Outcome = Result<(StatusCode, Bytes), &'static str>;
+pub(crate) type Outcome = Result<(StatusCode, Bytes), &'static str>;
 
 /// One keep-alive HTTP/1.1 connection, re-opened when it breaks.
-struct Client {
+pub(crate) struct Client {
     addr: Arc<str>,
     sender: Option<Sender>,
     connects: u64,
-    reconnects: u64,
+    pub(crate) reconnects: u64,
 }
 
 impl Client {
-    fn new(addr: Arc<str>) -> Self {
+    pub(crate) fn new(addr: Arc<str>) -> Self {
         Self {
             addr,
             sender: None,
@@ -185,7 +185,7 @@ impl Client {
     }
 
     /// A sender ready for the next request, connecting (again) when needed.
-    async fn ready(&mut self) -> Result<&mut Sender, &'static str> {
+    pub(crate) async fn ready(&mut self) -> Result<&mut Sender, &'static str> {
         let alive = match self.sender.as_mut() {
             Some(s) => s.ready().await.is_ok(),
             None => false,
@@ -204,7 +204,7 @@ impl Client {
     }
 
     /// Sends one request and reads the whole response. The body is returned only with `keep_body`.
-    async fn exchange(
+    pub(crate) async fn exchange(
         &mut self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
@@ -234,7 +234,7 @@ impl Client {
     }
 }
 
-fn post_json(
+pub(crate) fn post_json(
     target: &Target,
     uri: Uri,
     token: Option<&HeaderValue>,
@@ -249,6 +249,30 @@ fn post_json(
         b = b.header(AUTHORIZATION, t.clone());
     }
     b.body(Full::new(body)).expect("request parts are valid")
+}
+
+/// POSTs `body` as JSON to `path` (below the URL's path prefix) and returns the JSON answer;
+/// anything but a 2xx JSON answer is an error.
+pub(crate) async fn post_api(
+    client: &mut Client,
+    target: &Target,
+    path: &str,
+    token: Option<&HeaderValue>,
+    body: Value,
+    timeout: Duration,
+) -> Result<Value> {
+    let uri: Uri = format!("{}{path}", target.prefix).parse()?;
+    let req = post_json(target, uri, token, Bytes::from(body.to_string()));
+    let (status, body) = client.exchange(req, timeout, true).await.map_err(|e| {
+        anyhow!(
+            "POST {path}: {e} error (is the server at {} up?)",
+            target.addr
+        )
+    })?;
+    let text = String::from_utf8_lossy(&body);
+    ensure!(status.is_success(), "POST {path}: HTTP {status}: {text}");
+    serde_json::from_slice(&body)
+        .with_context(|| format!("POST {path}: response is not JSON: {text}"))
 }
 
 /// Registers a fresh user and creates `teams` teams; returns the bearer header and the team ids.
@@ -267,18 +291,7 @@ async fn setup(
         std::process::id()
     );
     let mut call = async |path: &str, token: Option<&HeaderValue>, body: Value| -> Result<Value> {
-        let uri: Uri = format!("{}{path}", target.prefix).parse()?;
-        let req = post_json(target, uri, token, Bytes::from(body.to_string()));
-        let (status, body) = client.exchange(req, timeout, true).await.map_err(|e| {
-            anyhow!(
-                "POST {path}: {e} error (is the server at {} up?)",
-                target.addr
-            )
-        })?;
-        let text = String::from_utf8_lossy(&body);
-        ensure!(status.is_success(), "POST {path}: HTTP {status}: {text}");
-        serde_json::from_slice(&body)
-            .with_context(|| format!("POST {path}: response is not JSON: {text}"))
+        post_api(&mut client, target, path, token, body, timeout).await
     };
 
     let auth = call(

@@ -2,10 +2,12 @@
 //!
 //! Subcommands:
 //! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks` (see `http_writes`).
-//! - `summarize`: medians over repeated runs of `writes --json` output.
+//! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`).
+//! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
 //!
-//! See `bench/README.md` and `bench/http-writes.sh`.
+//! See `bench/README.md`, `bench/http-writes.sh` and `bench/fanout.sh`.
 
+mod fanout;
 mod http_writes;
 mod procfs;
 mod stats;
@@ -34,12 +36,29 @@ struct Cli {
 enum Command {
     /// Throughput and latency of POST /api/v1/teams/{teamId}/tasks
     Writes(http_writes::WritesArgs),
-    /// Medians over repeated runs, from `writes --json` lines
+    /// Delivery of task.created activities to many WebSocket subscribers of one team
+    Fanout(fanout::FanoutArgs),
+    /// Medians over repeated runs, from `writes --json` / `fanout --json` lines
     Summarize(summary::SummarizeArgs),
 }
 
-/// Exit status of a `writes` run that finished but created no task at all.
+/// Exit status of a run that finished but created no task at all.
 const EXIT_NO_SUCCESS: u8 = 3;
+/// Exit status of a `fanout` run with lost, duplicate or unexpected deliveries, or cut sockets.
+const EXIT_DELIVERY_PROBLEMS: u8 = 4;
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,17 +72,7 @@ fn main() -> ExitCode {
         },
         Command::Writes(args) => {
             let threads = cli.threads.max(1);
-            let runtime = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()
-            };
-            let runtime = match runtime {
+            let runtime = match runtime(threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("taskforge-bench: cannot start the async runtime: {e}");
@@ -88,6 +97,48 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("taskforge-bench writes: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Fanout(args) => {
+            let threads = cli.threads.max(1);
+            if let Err(e) = fanout::raise_nofile_limit() {
+                eprintln!("taskforge-bench: cannot raise the open files limit: {e}");
+            }
+            let runtime = match runtime(threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("taskforge-bench: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(fanout::run(args, threads)) {
+                Ok(report) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&report).expect("report serializes")
+                        );
+                    } else {
+                        fanout::print_human(&report);
+                    }
+                    // Dropping the runtime closes every socket without waiting for the server.
+                    runtime.shutdown_background();
+                    if report.created == 0 {
+                        eprintln!("taskforge-bench fanout: no task was created");
+                        return ExitCode::from(EXIT_NO_SUCCESS);
+                    }
+                    if report.delivery_problems() {
+                        eprintln!(
+                            "taskforge-bench fanout: deliveries went wrong (lost, duplicate, unexpected or cut sockets)"
+                        );
+                        return ExitCode::from(EXIT_DELIVERY_PROBLEMS);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskforge-bench fanout: {e:#}");
                     ExitCode::FAILURE
                 }
             }

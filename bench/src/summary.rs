@@ -1,4 +1,4 @@
-//! `summarize`: medians over repeated runs, read from `writes --json` lines.
+//! `summarize`: medians over repeated runs, read from `writes --json` and `fanout --json` lines.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ fn pct_of_window(v: &Value, ptr: &str) -> Option<f64> {
     Some(100.0 * num(v, ptr)? / num(v, "/durationSecs")?)
 }
 
-const COLUMNS: &[Column] = &[
+static COLUMNS: &[Column] = &[
     ("teams", |v| num(v, "/teams")),
     ("conc", |v| num(v, "/concurrency")),
     ("rate", |v| num(v, "/targetRate")),
@@ -60,6 +60,46 @@ const COLUMNS: &[Column] = &[
     ("srvCPU%", |v| pct_of_window(v, "/serverCpuSecs")),
     ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
 ];
+
+/// Columns for `fanout` reports (`"scenario": "ws_fanout"`).
+static FANOUT_COLUMNS: &[Column] = &[
+    ("sockets", |v| num(v, "/sockets")),
+    ("events", |v| num(v, "/created")),
+    ("rate", |v| num(v, "/targetRate")),
+    ("deliv/s", |v| num(v, "/deliveriesPerSec")),
+    ("lost", |v| num(v, "/lost")),
+    ("dup", |v| num(v, "/duplicates")),
+    ("other", |v| {
+        Some(
+            num(v, "/outOfOrder")?
+                + num(v, "/unexpected")?
+                + sum_of(v, "/socketsClosed")?
+                + sum_of(v, "/errorFrames")?,
+        )
+    }),
+    ("p50ms", |v| num(v, "/latency/p50Ms")),
+    ("p90ms", |v| num(v, "/latency/p90Ms")),
+    ("p99ms", |v| num(v, "/latency/p99Ms")),
+    ("p99.9ms", |v| num(v, "/latency/p999Ms")),
+    ("maxms", |v| num(v, "/latency/maxMs")),
+    ("genCPUs", |v| num(v, "/generatorCpuSecs")),
+    ("srvCPUs", |v| num(v, "/serverCpuSecs")),
+    ("srvµs/dl", |v| num(v, "/serverCpuUsPerDelivery")),
+    ("KiB/sock", |v| num(v, "/serverRssPerSocketKib")),
+    ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
+];
+
+/// The columns for a group of runs, by the scenario of its first report.
+fn columns_of(runs: &[Value]) -> &'static [Column] {
+    match runs
+        .first()
+        .and_then(|r| r.get("scenario"))
+        .and_then(Value::as_str)
+    {
+        Some("ws_fanout") => FANOUT_COLUMNS,
+        _ => COLUMNS,
+    }
+}
 
 fn read_reports(args: &SummarizeArgs) -> Result<Vec<Value>> {
     let mut readers: Vec<(String, Box<dyn Read>)> = Vec::new();
@@ -142,7 +182,7 @@ pub fn run(args: &SummarizeArgs) -> Result<()> {
     if args.json {
         for (label, runs) in &groups {
             let mut medians = serde_json::Map::new();
-            for (name, f) in COLUMNS {
+            for (name, f) in columns_of(runs) {
                 let vals: Vec<f64> = runs.iter().filter_map(f).collect();
                 medians.insert((*name).into(), json!(median(&vals)));
             }
@@ -159,18 +199,34 @@ pub fn run(args: &SummarizeArgs) -> Result<()> {
         .max()
         .unwrap_or(5)
         .max(5);
-    let mut header = format!("{:<label_w$} {:>4}", "label", "runs");
-    for (name, _) in COLUMNS {
-        header.push_str(&format!(" {name:>9}"));
-    }
-    println!("{header}");
-    for (label, runs) in &groups {
-        let mut line = format!("{label:<label_w$} {:>4}", runs.len());
-        for (_, f) in COLUMNS {
-            let vals: Vec<f64> = runs.iter().filter_map(f).collect();
-            line.push_str(&format!(" {:>9}", fmt(median(&vals))));
+    // One table per kind of scenario, in order of first appearance.
+    let mut kinds: Vec<&'static [Column]> = Vec::new();
+    for (_, runs) in &groups {
+        let cols = columns_of(runs);
+        if !kinds.iter().any(|k| std::ptr::eq(*k, cols)) {
+            kinds.push(cols);
         }
-        println!("{line}");
+    }
+    for (n, cols) in kinds.into_iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        let mut header = format!("{:<label_w$} {:>4}", "label", "runs");
+        for (name, _) in cols {
+            header.push_str(&format!(" {name:>9}"));
+        }
+        println!("{header}");
+        for (label, runs) in groups
+            .iter()
+            .filter(|(_, runs)| std::ptr::eq(columns_of(runs), cols))
+        {
+            let mut line = format!("{label:<label_w$} {:>4}", runs.len());
+            for (_, f) in cols {
+                let vals: Vec<f64> = runs.iter().filter_map(f).collect();
+                line.push_str(&format!(" {:>9}", fmt(median(&vals))));
+            }
+            println!("{line}");
+        }
     }
     Ok(())
 }
@@ -204,5 +260,21 @@ mod tests {
         let cpu: Vec<f64> = g[0].1.iter().filter_map(col("genCPU%")).collect();
         assert_eq!(median(&cpu), Some(50.0));
         assert!(g[0].1.iter().filter_map(col("srvCPU%")).next().is_none());
+    }
+
+    #[test]
+    fn fanout_reports_get_their_columns() {
+        let r = json!({"scenario": "ws_fanout", "label": "f", "sockets": 10, "created": 5,
+               "targetRate": null, "deliveriesPerSec": 1000.0, "lost": 0, "duplicates": 1,
+               "outOfOrder": 0, "unexpected": 0, "socketsClosed": {"close 4008": 2}, "errorFrames": {},
+               "latency": {"p50Ms": 1.0}, "serverCpuUsPerDelivery": 3.5});
+        let runs = vec![r];
+        let cols = columns_of(&runs);
+        assert!(std::ptr::eq(cols, FANOUT_COLUMNS));
+        let col = |name: &str| cols.iter().find(|c| c.0 == name).unwrap().1;
+        assert_eq!(col("other")(&runs[0]), Some(2.0));
+        assert_eq!(col("dup")(&runs[0]), Some(1.0));
+        assert_eq!(col("srvµs/dl")(&runs[0]), Some(3.5));
+        assert!(std::ptr::eq(columns_of(&[json!({"label": "w"})]), COLUMNS));
     }
 }

@@ -1,0 +1,1114 @@
+//! Scenario `fanout`: delivery of `task.created` activities to many WebSocket subscribers.
+//!
+//! Setup (not measured): register one owner and `--users` users, create one team, add the users as
+//! members; open `--sockets` WebSocket connections to `/realtime?token=...`, spread round-robin over
+//! the users and over local source addresses 127.0.0.1 ..= 127.0.0.K (so that more than one
+//! address's ephemeral ports are available), each subscribing to the team and waiting for its
+//! `subscribed` reply.
+//!
+//! Load: `--writers` keep-alive HTTP/1.1 connections create `--events` tasks titled `b<i>`, as fast
+//! as they go or paced (`--rate`: task `i` is sent at `start + i / rate`, open loop); the instant
+//! of each send is recorded. A few driver tasks (`--drivers`, default one per generator thread)
+//! each own a share of the sockets and read them; per frame they only scan the text for `"seq":`
+//! and `"title":"b` (no JSON parse), mark the seq in the socket's bitset (lost, duplicates,
+//! order) and record receipt minus send instant of task `i` in the driver's own histogram.
+//!
+//! End: when every socket has every created task's activity, or `--timeout` after the last send.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::Bytes;
+use futures_util::stream::{SelectAll, Stream};
+use futures_util::{SinkExt, StreamExt};
+use hyper::Uri;
+use hyper::header::HeaderValue;
+use memchr::memmem;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::http_writes::{Client, Target, parse_url, post_api, post_json};
+use crate::procfs::{self, Proc};
+use crate::stats::{LatencyHistogram, LatencySummary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Base URL of the server, plain HTTP (e.g. http://127.0.0.1:8080)
+    #[arg(long)]
+    pub url: String,
+    /// WebSocket connections, all subscribed to the one team
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+    /// Tasks to create; each one's task.created activity goes to every socket
+    #[arg(long, default_value_t = 1000)]
+    pub events: usize,
+    /// Task creations per second, paced on a fixed timetable (open loop); without it, as fast as
+    /// the writers go
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Concurrent HTTP writers, each with its own keep-alive HTTP/1.1 connection
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+    /// Users the sockets are spread over round-robin (the owner, who writes, has no socket)
+    #[arg(long, default_value_t = 20)]
+    pub users: usize,
+    /// Local source addresses 127.0.0.1 ..= 127.0.0.K the sockets are spread over (loopback servers)
+    #[arg(long, default_value_t = 8)]
+    pub source_addrs: u8,
+    /// Sockets being opened at the same time during setup
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Tasks reading the sockets, each owning a share of them (default: one per generator thread)
+    #[arg(long)]
+    pub drivers: Option<usize>,
+    /// Read buffer of each socket, in bytes
+    #[arg(long, default_value_t = 8192)]
+    pub read_buffer: usize,
+    /// Seconds to wait for outstanding deliveries after the last send
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Timeout of each setup step and of each task creation, in seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub request_timeout: f64,
+    /// PID of the server process, to report its CPU time and memory
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Free-form label copied into the report (used by `summarize` to group runs)
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print one JSON object line instead of the human-readable report
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The result of one `fanout` run (the `--json` line).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct FanoutReport {
+    pub scenario: String,
+    pub label: Option<String>,
+    pub url: String,
+    pub sockets: usize,
+    pub users: usize,
+    /// `--events`: tasks the writers were asked to create
+    pub events: usize,
+    /// `--rate`, or null for max rate
+    pub target_rate: Option<f64>,
+    pub writers: usize,
+    pub threads: usize,
+    pub drivers: usize,
+    pub source_addrs: usize,
+    /// Tasks created (2xx answers)
+    pub created: u64,
+    /// Task creations that failed, by HTTP status or error kind
+    pub write_failures: BTreeMap<String, u64>,
+    /// Latency of the task creations (HTTP request to response)
+    pub write_latency: LatencySummary,
+    /// Paced runs: the largest delay of an actual send behind its scheduled time, ms
+    pub max_send_lag_ms: Option<f64>,
+    /// From the first send to the last send, seconds
+    pub send_secs: f64,
+    /// sockets x created
+    pub deliveries_expected: u64,
+    /// `activity` frames received (duplicates and unexpected ones included)
+    pub deliveries_received: u64,
+    /// Expected deliveries that did not arrive before the end
+    pub lost: u64,
+    /// Activities a socket received more than once (same seq)
+    pub duplicates: u64,
+    /// Activities received with a seq not above the socket's previous one
+    pub out_of_order: u64,
+    /// Activities with a seq outside (subscribed.seq, subscribed.seq + events]
+    pub unexpected: u64,
+    /// Activities without a `"title":"b<i>"` of this run (no latency recorded)
+    pub untitled: u64,
+    /// Sockets that got every created task's activity
+    pub sockets_complete: u64,
+    /// Sockets that the server closed or that failed during the load, by close code / error
+    pub sockets_closed: BTreeMap<String, u64>,
+    /// `error` frames received during the load, by code
+    pub error_frames: BTreeMap<String, u64>,
+    /// Other non-activity frames received during the load, by type
+    pub other_frames: BTreeMap<String, u64>,
+    /// The run ended on `--timeout` rather than with every delivery in
+    pub timed_out: bool,
+    /// From the first send to the last receipt, seconds
+    pub window_secs: f64,
+    /// From the last send to the last receipt, ms
+    pub drain_ms: f64,
+    /// deliveries received / window
+    pub deliveries_per_sec: f64,
+    /// Receipt minus send instant of the task creation, for each first delivery
+    pub latency: LatencySummary,
+    /// CPU seconds (user + system) of this generator from the first send to the end
+    pub generator_cpu_secs: f64,
+    /// CPU seconds of the server from the first send to the end (with --server-pid)
+    pub server_cpu_secs: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// Server RSS after the team setup, before any socket, KiB
+    pub server_rss_baseline_kib: Option<u64>,
+    /// Server RSS with every socket subscribed, before the load, KiB
+    pub server_rss_connected_kib: Option<u64>,
+    /// (connected - baseline) / sockets, KiB
+    pub server_rss_per_socket_kib: Option<f64>,
+    /// Server RSS at the end, KiB
+    pub server_rss_end_kib: Option<u64>,
+    /// Server peak RSS (VmHWM) at the end, KiB
+    pub server_peak_rss_kib: Option<u64>,
+    /// Registering the users and making the team, seconds
+    pub setup_secs: f64,
+    /// Opening and subscribing every socket, seconds
+    pub connect_secs: f64,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// What the drivers and writers share during the load.
+struct Load {
+    /// Reference instant of `sent_ns`.
+    base: Instant,
+    /// Nanoseconds after `base` (+1) at which task `i` was sent; 0 = not yet sent.
+    sent_ns: Vec<AtomicU64>,
+    events: usize,
+}
+
+// ---------------------------------------------------------------- frame scanning (hot path)
+
+const ACTIVITY_PREFIX: &[u8] = br#"{"type":"activity""#;
+const SEQ_MARKER: &[u8] = br#""seq":"#;
+const TITLE_MARKER: &[u8] = br#""title":"b"#;
+
+struct Scanner {
+    seq: memmem::FinderRev<'static>,
+    title: memmem::Finder<'static>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// An `activity` frame: its seq and the `i` of its `"title":"b<i>"`, when found.
+    Activity {
+        seq: Option<u64>,
+        title: Option<u64>,
+    },
+    Other,
+}
+
+/// The decimal number at the start of `b`, and how many bytes it took.
+fn leading_number(b: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    let mut len = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        len += 1;
+    }
+    (len > 0).then_some((n, len))
+}
+
+impl Scanner {
+    fn new() -> Self {
+        Self {
+            seq: memmem::FinderRev::new(SEQ_MARKER),
+            title: memmem::Finder::new(TITLE_MARKER),
+        }
+    }
+
+    /// The server writes the activity's fields in no promised order (today `data` comes before
+    /// `seq`); the task inside has no `seq` field, so the last `"seq":` is the activity's (searched
+    /// from the end, where it is), and the first `"title":"b` is the task's.
+    fn scan(&self, b: &[u8]) -> Scan {
+        if !b.starts_with(ACTIVITY_PREFIX) {
+            return Scan::Other;
+        }
+        let body = &b[ACTIVITY_PREFIX.len()..];
+        let seq = self
+            .seq
+            .rfind(body)
+            .and_then(|p| leading_number(&body[p + SEQ_MARKER.len()..]))
+            .map(|(n, _)| n);
+        let title = self.title.find(body).and_then(|p| {
+            let start = p + TITLE_MARKER.len();
+            let (n, len) = leading_number(&body[start..])?;
+            (body.get(start + len) == Some(&b'"')).then_some(n)
+        });
+        Scan::Activity { seq, title }
+    }
+}
+
+// ---------------------------------------------------------------- drivers
+
+/// One socket in a driver's `SelectAll`: yields `(k, Some(item))` and, once, `(k, None)` at its end.
+struct Tagged {
+    k: usize,
+    ws: Option<Ws>,
+}
+
+type TaggedItem = (
+    usize,
+    Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+);
+
+impl Stream for Tagged {
+    type Item = TaggedItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let k = self.k;
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ws.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(m))) => Poll::Ready(Some((k, Some(Ok(m))))),
+            Poll::Ready(Some(Err(e))) => {
+                self.ws = None;
+                Poll::Ready(Some((k, Some(Err(e)))))
+            }
+            Poll::Ready(None) => {
+                self.ws = None;
+                Poll::Ready(Some((k, None)))
+            }
+        }
+    }
+}
+
+/// Per-socket bookkeeping of a driver.
+struct SockState {
+    sub_seq: u64,
+    /// Bit `seq - sub_seq - 1` is set once that seq arrived.
+    seen: Vec<u64>,
+    distinct: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    unexpected: u64,
+    last_seq: u64,
+    /// Set when the server closed the socket or it failed.
+    closed: Option<String>,
+}
+
+#[derive(Default)]
+struct DriverOut {
+    latency: LatencyHistogram,
+    socks: Vec<SockState>,
+    received: u64,
+    untitled: u64,
+    last_receipt: Option<Instant>,
+    error_frames: BTreeMap<String, u64>,
+    other_frames: BTreeMap<String, u64>,
+}
+
+fn bump(m: &mut BTreeMap<String, u64>, key: impl Into<String>) {
+    *m.entry(key.into()).or_default() += 1;
+}
+
+/// `type` (and `code` of errors) of a non-activity frame; off the hot path, so a full parse.
+fn classify(text: &str) -> (bool, String) {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            let ty = v["type"].as_str().unwrap_or("?").to_string();
+            if ty == "error" {
+                (true, v["code"].as_str().unwrap_or("?").to_string())
+            } else {
+                (false, ty)
+            }
+        }
+        Err(_) => (false, "invalid-json".into()),
+    }
+}
+
+async fn drive(
+    sockets: Vec<(Ws, u64)>,
+    load: Arc<Load>,
+    progress: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> DriverOut {
+    let words = load.events.div_ceil(64);
+    let mut out = DriverOut::default();
+    let mut socks = Vec::with_capacity(sockets.len());
+    let mut sel = SelectAll::new();
+    for (k, (ws, sub_seq)) in sockets.into_iter().enumerate() {
+        socks.push(SockState {
+            sub_seq,
+            seen: vec![0; words],
+            distinct: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            unexpected: 0,
+            last_seq: sub_seq,
+            closed: None,
+        });
+        sel.push(Tagged { k, ws: Some(ws) });
+    }
+    let scanner = Scanner::new();
+    let events = load.events as u64;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            item = sel.next() => item,
+        };
+        let Some((k, item)) = item else {
+            // Every socket has ended: nothing more to read.
+            let _ = stop.changed().await;
+            break;
+        };
+        let st: &mut SockState = &mut socks[k];
+        match item {
+            Some(Ok(Message::Text(text))) => {
+                let now = Instant::now();
+                match scanner.scan(text.as_bytes()) {
+                    Scan::Activity { seq, title } => {
+                        out.received += 1;
+                        out.last_receipt = Some(now);
+                        let Some(seq) = seq else {
+                            st.unexpected += 1;
+                            continue;
+                        };
+                        if seq <= st.last_seq {
+                            st.out_of_order += 1;
+                        } else {
+                            st.last_seq = seq;
+                        }
+                        let off = seq.wrapping_sub(st.sub_seq + 1);
+                        if seq <= st.sub_seq || off >= events {
+                            st.unexpected += 1;
+                            continue;
+                        }
+                        let (w, bit) = ((off / 64) as usize, 1u64 << (off % 64));
+                        if st.seen[w] & bit != 0 {
+                            st.duplicates += 1;
+                            continue;
+                        }
+                        st.seen[w] |= bit;
+                        st.distinct += 1;
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        let sent = title
+                            .and_then(|i| load.sent_ns.get(i as usize))
+                            .map_or(0, |s| s.load(Ordering::Acquire));
+                        if sent == 0 {
+                            out.untitled += 1;
+                        } else {
+                            let at = now.duration_since(load.base).as_nanos() as u64;
+                            out.latency
+                                .record(Duration::from_nanos(at.saturating_sub(sent - 1)));
+                        }
+                    }
+                    Scan::Other => {
+                        let (is_error, kind) = classify(text.as_str());
+                        bump(
+                            if is_error {
+                                &mut out.error_frames
+                            } else {
+                                &mut out.other_frames
+                            },
+                            kind,
+                        );
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                st.closed =
+                    Some(frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code))));
+            }
+            Some(Ok(Message::Binary(_))) => bump(&mut out.other_frames, "binary"),
+            Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+            Some(Err(e)) => {
+                if st.closed.is_none() {
+                    st.closed = Some(format!("error: {e}"));
+                }
+            }
+            None => {
+                if st.closed.is_none() {
+                    st.closed = Some("eof".into());
+                }
+            }
+        }
+    }
+    out.socks = socks;
+    out
+}
+
+// ---------------------------------------------------------------- writers
+
+#[derive(Default)]
+struct WriterOut {
+    latency: LatencyHistogram,
+    ok: u64,
+    failures: BTreeMap<String, u64>,
+    first_send: Option<Instant>,
+    last_send: Option<Instant>,
+    max_lag: Duration,
+    reconnects: u64,
+}
+
+struct WriteJob {
+    load: Arc<Load>,
+    target: Arc<Target>,
+    bearer: HeaderValue,
+    uri: Uri,
+    next: AtomicU64,
+    rate: Option<f64>,
+    start: Instant,
+    timeout: Duration,
+}
+
+async fn writer(job: Arc<WriteJob>, mut client: Client) -> WriterOut {
+    let mut out = WriterOut::default();
+    loop {
+        let i = job.next.fetch_add(1, Ordering::Relaxed) as usize;
+        if i >= job.load.events {
+            break;
+        }
+        if let Some(rate) = job.rate {
+            let due = job.start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            out.max_lag = out
+                .max_lag
+                .max(Instant::now().saturating_duration_since(due));
+        }
+        let body = Bytes::from(format!("{{\"title\":\"b{i}\"}}"));
+        let req = post_json(&job.target, job.uri.clone(), Some(&job.bearer), body);
+        let sent = Instant::now();
+        let ns = sent.duration_since(job.load.base).as_nanos() as u64 + 1;
+        job.load.sent_ns[i].store(ns, Ordering::Release);
+        out.first_send.get_or_insert(sent);
+        out.last_send = Some(sent);
+        let outcome = client.exchange(req, job.timeout, false).await;
+        out.latency.record(sent.elapsed());
+        match outcome {
+            Ok((s, _)) if s.is_success() => out.ok += 1,
+            Ok((s, _)) => bump(&mut out.failures, s.as_u16().to_string()),
+            Err(e) => bump(&mut out.failures, e),
+        }
+    }
+    out.reconnects = client.reconnects;
+    out
+}
+
+// ---------------------------------------------------------------- setup
+
+struct Team {
+    owner_bearer: HeaderValue,
+    team_id: String,
+    /// Access tokens of the users whose sockets subscribe
+    tokens: Vec<String>,
+}
+
+async fn setup_team(target: &Target, users: usize, timeout: Duration) -> Result<Team> {
+    let mut client = Client::new(target.addr.as_str().into());
+    let unique = format!(
+        "{}-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let mut register = async |who: &str| -> Result<(String, String)> {
+        let email = format!("fanout-{unique}-{who}@example.com");
+        let body = json!({"email": email, "password": "bench-password-1", "displayName": format!("Fanout {who}")});
+        let auth = post_api(
+            &mut client,
+            target,
+            "/api/v1/auth/register",
+            None,
+            body,
+            timeout,
+        )
+        .await?;
+        let token = auth["accessToken"]
+            .as_str()
+            .ok_or_else(|| anyhow!("register response has no accessToken: {auth}"))?;
+        Ok((email, token.to_string()))
+    };
+    let (_, owner_token) = register("owner").await?;
+    let mut members = Vec::with_capacity(users);
+    for u in 0..users {
+        members.push(register(&format!("u{u}")).await?);
+    }
+    let owner_bearer = HeaderValue::from_str(&format!("Bearer {owner_token}"))?;
+    let team = post_api(
+        &mut client,
+        target,
+        "/api/v1/teams",
+        Some(&owner_bearer),
+        json!({"name": format!("fanout {unique}")}),
+        timeout,
+    )
+    .await?;
+    let team_id = team["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("team response has no id: {team}"))?
+        .to_string();
+    let path = format!("/api/v1/teams/{team_id}/members");
+    for (email, _) in &members {
+        post_api(
+            &mut client,
+            target,
+            &path,
+            Some(&owner_bearer),
+            json!({"email": email, "role": "member"}),
+            timeout,
+        )
+        .await?;
+    }
+    Ok(Team {
+        owner_bearer,
+        team_id,
+        tokens: members.into_iter().map(|(_, t)| t).collect(),
+    })
+}
+
+/// Opens one socket from `source` (if any), subscribes it to the team and waits for `subscribed`.
+async fn open_socket(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    url: String,
+    subscribe: &str,
+    config: WebSocketConfig,
+) -> Result<(Ws, u64)> {
+    let sock = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}:0"))?;
+    }
+    let stream = sock.connect(server).await.context("connect")?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    ws.send(Message::text(subscribe))
+        .await
+        .context("subscribe")?;
+    while let Some(msg) = ws.next().await {
+        match msg.context("reading the subscribe answer")? {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str())
+                    .with_context(|| format!("frame is not JSON: {}", t.as_str()))?;
+                match v["type"].as_str() {
+                    Some("subscribed") => {
+                        let seq = v["seq"]
+                            .as_u64()
+                            .ok_or_else(|| anyhow!("subscribed without a seq: {v}"))?;
+                        return Ok((ws, seq));
+                    }
+                    Some("error") => bail!("subscribe answered {v}"),
+                    _ => {}
+                }
+            }
+            Message::Close(f) => bail!("closed by the server during setup: {f:?}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended before `subscribed`")
+}
+
+/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> std::io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+fn rss(pid: Option<u32>) -> Option<(u64, u64)> {
+    pid.and_then(|p| procfs::rss_kib(Proc::Pid(p)).ok())
+}
+
+fn server_cpu(pid: Option<u32>) -> Option<f64> {
+    pid.and_then(|p| procfs::cpu_seconds(Proc::Pid(p)).ok())
+}
+
+pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
+    ensure!(args.sockets >= 1, "--sockets must be at least 1");
+    ensure!(args.events >= 1, "--events must be at least 1");
+    ensure!(args.writers >= 1, "--writers must be at least 1");
+    ensure!(args.users >= 1, "--users must be at least 1");
+    ensure!(
+        args.connect_concurrency >= 1,
+        "--connect-concurrency must be at least 1"
+    );
+    ensure!(
+        args.timeout >= 0.0 && args.timeout.is_finite(),
+        "--timeout must not be negative"
+    );
+    ensure!(
+        args.request_timeout > 0.0 && args.request_timeout.is_finite(),
+        "--request-timeout must be positive"
+    );
+    if let Some(r) = args.rate {
+        ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+    }
+    let drivers = args.drivers.unwrap_or(threads).clamp(1, args.sockets);
+    let target = Arc::new(parse_url(&args.url)?);
+    let request_timeout = Duration::from_secs_f64(args.request_timeout);
+    let server: SocketAddr = tokio::net::lookup_host(target.addr.as_str())
+        .await
+        .with_context(|| format!("resolving {}", target.addr))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", target.addr))?;
+    // Several loopback source addresses only make sense towards a loopback IPv4 server.
+    let sources: Vec<Option<IpAddr>> = match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && args.source_addrs > 0 => (1..=args.source_addrs)
+            .map(|k| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))))
+            .collect(),
+        _ => vec![None],
+    };
+
+    // Setup: users, team, members.
+    let setup_start = Instant::now();
+    eprintln!(
+        "fanout: registering {} users and making the team",
+        args.users + 1
+    );
+    let team = setup_team(&target, args.users, request_timeout)
+        .await
+        .context("setup failed")?;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    let rss_baseline = rss(args.server_pid);
+
+    // Sockets.
+    eprintln!(
+        "fanout: opening {} sockets from {} source address(es)",
+        args.sockets,
+        sources.len()
+    );
+    let connect_start = Instant::now();
+    let config = WebSocketConfig::default().read_buffer_size(args.read_buffer);
+    let subscribe = format!(r#"{{"type":"subscribe","teamId":"{}"}}"#, team.team_id);
+    let ws_base = format!("ws://{}{}/realtime?token=", target.addr, target.prefix);
+    let opened: Vec<(usize, Result<(Ws, u64)>)> = futures_util::stream::iter(0..args.sockets)
+        .map(|i| {
+            let url = format!("{ws_base}{}", team.tokens[i % team.tokens.len()]);
+            let source = sources[i % sources.len()];
+            let subscribe = subscribe.as_str();
+            async move {
+                let r = tokio::time::timeout(
+                    request_timeout,
+                    open_socket(server, source, url, subscribe, config),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("timed out")));
+                (i, r)
+            }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let mut per_driver: Vec<Vec<(Ws, u64)>> = (0..drivers).map(|_| Vec::new()).collect();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sub_seqs = (u64::MAX, 0u64);
+    for (i, r) in opened {
+        match r {
+            Ok((ws, seq)) => {
+                sub_seqs = (sub_seqs.0.min(seq), sub_seqs.1.max(seq));
+                per_driver[i % drivers].push((ws, seq));
+            }
+            Err(e) => bump(&mut failures, format!("{e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        let n: u64 = failures.values().sum();
+        let mut why: Vec<String> = failures.iter().map(|(e, c)| format!("{c} x {e}")).collect();
+        why.truncate(5);
+        bail!(
+            "{n} of {} sockets could not be opened and subscribed: {}",
+            args.sockets,
+            why.join("; ")
+        );
+    }
+    if sub_seqs.0 != sub_seqs.1 {
+        eprintln!(
+            "fanout: warning: the sockets were subscribed at different seqs ({}..{}) although the team was quiet",
+            sub_seqs.0, sub_seqs.1
+        );
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let rss_connected = rss(args.server_pid);
+
+    // Writers' connections, opened before the load.
+    let addr: Arc<str> = target.addr.as_str().into();
+    let mut clients = Vec::with_capacity(args.writers);
+    for _ in 0..args.writers {
+        let mut c = Client::new(addr.clone());
+        c.ready()
+            .await
+            .map_err(|e| anyhow!("opening connection to {addr}: {e} error"))?;
+        clients.push(c);
+    }
+
+    // Drivers.
+    let load = Arc::new(Load {
+        base: Instant::now(),
+        sent_ns: (0..args.events).map(|_| AtomicU64::new(0)).collect(),
+        events: args.events,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut progress = Vec::with_capacity(drivers);
+    let mut driver_tasks = Vec::with_capacity(drivers);
+    for socks in per_driver {
+        let p = Arc::new(AtomicU64::new(0));
+        progress.push(p.clone());
+        driver_tasks.push(tokio::spawn(drive(socks, load.clone(), p, stop_rx.clone())));
+    }
+    // Let the drivers start polling their sockets before the first send.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Load.
+    eprintln!(
+        "fanout: creating {} tasks with {} writer(s){}",
+        args.events,
+        args.writers,
+        args.rate
+            .map_or(String::new(), |r| format!(" at {r} per second"))
+    );
+    let gen_cpu0 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0);
+    let srv_cpu0 = server_cpu(args.server_pid);
+    let job = Arc::new(WriteJob {
+        load: load.clone(),
+        target: target.clone(),
+        bearer: team.owner_bearer.clone(),
+        uri: format!("{}/api/v1/teams/{}/tasks", target.prefix, team.team_id).parse()?,
+        next: AtomicU64::new(0),
+        rate: args.rate,
+        start: Instant::now(),
+        timeout: request_timeout,
+    });
+    let writer_tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(writer(job.clone(), c)))
+        .collect();
+    let mut w = WriterOut::default();
+    for t in writer_tasks {
+        let o = t.await.context("writer panicked")?;
+        w.latency.merge(&o.latency);
+        w.ok += o.ok;
+        for (k, v) in o.failures {
+            *w.failures.entry(k).or_default() += v;
+        }
+        w.first_send = match (w.first_send, o.first_send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        w.last_send = w.last_send.max(o.last_send);
+        w.max_lag = w.max_lag.max(o.max_lag);
+        w.reconnects += o.reconnects;
+    }
+    let first_send = w.first_send.unwrap_or(job.start);
+    let last_send = w.last_send.unwrap_or(job.start);
+
+    // Wait for the deliveries.
+    let expected = args.sockets as u64 * w.ok;
+    let deadline = last_send + Duration::from_secs_f64(args.timeout);
+    let mut timed_out = false;
+    loop {
+        let got: u64 = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+        if got >= expected {
+            break;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let gen_cpu = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0) - gen_cpu0;
+    let srv_cpu = srv_cpu0
+        .zip(server_cpu(args.server_pid))
+        .map(|(a, b)| b - a);
+    let rss_end = rss(args.server_pid);
+    let _ = stop_tx.send(true);
+
+    let mut latency = LatencyHistogram::new();
+    let mut received = 0;
+    let mut untitled = 0;
+    let mut last_receipt: Option<Instant> = None;
+    let (mut lost, mut duplicates, mut out_of_order, mut unexpected, mut complete) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut closed = BTreeMap::new();
+    let mut error_frames = BTreeMap::new();
+    let mut other_frames = BTreeMap::new();
+    for t in driver_tasks {
+        let d = t.await.context("driver panicked")?;
+        latency.merge(&d.latency);
+        received += d.received;
+        untitled += d.untitled;
+        last_receipt = last_receipt.max(d.last_receipt);
+        for s in &d.socks {
+            lost += w.ok.saturating_sub(s.distinct);
+            complete += u64::from(s.distinct >= w.ok);
+            duplicates += s.duplicates;
+            out_of_order += s.out_of_order;
+            unexpected += s.unexpected;
+            if let Some(c) = &s.closed {
+                bump(&mut closed, c.clone());
+            }
+        }
+        for (k, v) in d.error_frames {
+            *error_frames.entry(k).or_default() += v;
+        }
+        for (k, v) in d.other_frames {
+            *other_frames.entry(k).or_default() += v;
+        }
+    }
+    let end = last_receipt.unwrap_or(last_send).max(first_send);
+    let window = end.duration_since(first_send).as_secs_f64();
+    let mut write_failures = w.failures;
+    if w.reconnects > 0 {
+        write_failures.insert("reconnects".into(), w.reconnects);
+    }
+    Ok(FanoutReport {
+        scenario: "ws_fanout".into(),
+        label: args.label.clone(),
+        url: args.url.clone(),
+        sockets: args.sockets,
+        users: args.users,
+        events: args.events,
+        target_rate: args.rate,
+        writers: args.writers,
+        threads,
+        drivers,
+        source_addrs: sources.len(),
+        created: w.ok,
+        write_failures,
+        write_latency: w.latency.summary(),
+        max_send_lag_ms: args.rate.map(|_| w.max_lag.as_secs_f64() * 1000.0),
+        send_secs: last_send.duration_since(first_send).as_secs_f64(),
+        deliveries_expected: expected,
+        deliveries_received: received,
+        lost,
+        duplicates,
+        out_of_order,
+        unexpected,
+        untitled,
+        sockets_complete: complete,
+        sockets_closed: closed,
+        error_frames,
+        other_frames,
+        timed_out,
+        window_secs: window,
+        drain_ms: end.saturating_duration_since(last_send).as_secs_f64() * 1000.0,
+        deliveries_per_sec: if window > 0.0 {
+            received as f64 / window
+        } else {
+            0.0
+        },
+        latency: latency.summary(),
+        generator_cpu_secs: gen_cpu,
+        server_cpu_secs: srv_cpu,
+        server_cpu_us_per_delivery: srv_cpu
+            .filter(|_| received > 0)
+            .map(|s| s * 1e6 / received as f64),
+        server_rss_baseline_kib: rss_baseline.map(|r| r.0),
+        server_rss_connected_kib: rss_connected.map(|r| r.0),
+        server_rss_per_socket_kib: rss_baseline
+            .zip(rss_connected)
+            .map(|(b, c)| (c.0 as f64 - b.0 as f64) / args.sockets as f64),
+        server_rss_end_kib: rss_end.map(|r| r.0),
+        server_peak_rss_kib: rss_end.map(|r| r.1),
+        setup_secs,
+        connect_secs,
+    })
+}
+
+impl FanoutReport {
+    /// Anything that breaks "every socket sees every task.created exactly once".
+    pub fn delivery_problems(&self) -> bool {
+        self.lost > 0
+            || self.duplicates > 0
+            || self.out_of_order > 0
+            || self.unexpected > 0
+            || !self.sockets_closed.is_empty()
+            || !self.error_frames.is_empty()
+    }
+}
+
+fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn print_human(r: &FanoutReport) {
+    let rate = r
+        .target_rate
+        .map_or("max".to_string(), |x| format!("{x} events/s (open loop)"));
+    println!("WebSocket fanout  {}", r.label.as_deref().unwrap_or(""));
+    println!("  server            {}", r.url);
+    println!(
+        "  sockets           {} over {} users and {} source address(es); {} generator thread(s), {} driver(s)",
+        r.sockets, r.users, r.source_addrs, r.threads, r.drivers
+    );
+    println!(
+        "  setup             {:.2} s users/team, {:.2} s sockets",
+        r.setup_secs, r.connect_secs
+    );
+    println!(
+        "  events            {} asked, {} created by {} writer(s) at {rate} in {:.2} s",
+        r.events, r.created, r.writers, r.send_secs
+    );
+    if !r.write_failures.is_empty() {
+        println!("  write failures    {}", counts(&r.write_failures));
+    }
+    println!("  write latency ms  {}", r.write_latency.one_line());
+    if let Some(lag) = r.max_send_lag_ms {
+        println!("  max send lag      {lag:.2} ms behind the timetable");
+    }
+    println!(
+        "  deliveries        expected {}, received {}, lost {}, duplicates {}, out of order {}, unexpected {}",
+        r.deliveries_expected,
+        r.deliveries_received,
+        r.lost,
+        r.duplicates,
+        r.out_of_order,
+        r.unexpected
+    );
+    println!(
+        "  sockets complete  {} of {}{}",
+        r.sockets_complete,
+        r.sockets,
+        if r.timed_out { " (timed out)" } else { "" }
+    );
+    if !r.sockets_closed.is_empty() {
+        println!("  sockets closed    {}", counts(&r.sockets_closed));
+    }
+    if !r.error_frames.is_empty() {
+        println!("  error frames      {}", counts(&r.error_frames));
+    }
+    if !r.other_frames.is_empty() {
+        println!("  other frames      {}", counts(&r.other_frames));
+    }
+    println!(
+        "  throughput        {:.0} deliveries/s over {:.2} s (first send to last receipt; drain {:.0} ms after the last send)",
+        r.deliveries_per_sec, r.window_secs, r.drain_ms
+    );
+    println!("  latency ms        {}", r.latency.one_line());
+    let pct = |s: f64| {
+        if r.window_secs > 0.0 {
+            100.0 * s / r.window_secs
+        } else {
+            0.0
+        }
+    };
+    println!(
+        "  generator CPU     {:.2} s ({:.0}% of one core)",
+        r.generator_cpu_secs,
+        pct(r.generator_cpu_secs)
+    );
+    if let Some(s) = r.server_cpu_secs {
+        println!(
+            "  server CPU        {s:.2} s ({:.0}% of one core), {:.2} µs per delivery",
+            pct(s),
+            r.server_cpu_us_per_delivery.unwrap_or(0.0)
+        );
+    }
+    if let (Some(b), Some(c)) = (r.server_rss_baseline_kib, r.server_rss_connected_kib) {
+        println!(
+            "  server RSS        {:.1} MiB before the sockets, {:.1} MiB with them: {:.1} KiB per socket",
+            b as f64 / 1024.0,
+            c as f64 / 1024.0,
+            r.server_rss_per_socket_kib.unwrap_or(0.0)
+        );
+    }
+    if let (Some(e), Some(p)) = (r.server_rss_end_kib, r.server_peak_rss_kib) {
+        println!(
+            "                    {:.1} MiB at the end (peak {:.1} MiB)",
+            e as f64 / 1024.0,
+            p as f64 / 1024.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_activity_frames() {
+        let s = Scanner::new();
+        let frame = br#"{"type":"activity","activity":{"id":"x","v":1,"type":"task.created","teamId":"t","seq":42,"boardId":"b","data":{"task":{"id":"y","title":"b17","description":"","version":1}}}}"#;
+        assert_eq!(
+            s.scan(frame),
+            Scan::Activity {
+                seq: Some(42),
+                title: Some(17)
+            }
+        );
+        let real = br#"{"type":"activity","activity":{"id":"01a2","v":1,"type":"task.created","data":{"task":{"id":"01a3","title":"b3","description":"","version":1}},"teamId":"t","ts":"2026-11-26T03:00:07.772Z","seq":1,"boardId":"b","taskId":"01a3"}}"#;
+        assert_eq!(
+            s.scan(real),
+            Scan::Activity {
+                seq: Some(1),
+                title: Some(3)
+            }
+        );
+        let other_title =
+            br#"{"type":"activity","activity":{"seq":7,"data":{"task":{"title":"b17x"}}}}"#;
+        assert_eq!(
+            s.scan(other_title),
+            Scan::Activity {
+                seq: Some(7),
+                title: None
+            }
+        );
+        assert_eq!(
+            s.scan(br#"{"type":"subscribed","teamId":"t","seq":3}"#),
+            Scan::Other
+        );
+        assert_eq!(
+            s.scan(br#"{"type":"error","code":"slow_consumer"}"#),
+            Scan::Other
+        );
+    }
+
+    #[test]
+    fn leading_numbers() {
+        assert_eq!(leading_number(b"123,"), Some((123, 3)));
+        assert_eq!(leading_number(b"x"), None);
+        assert_eq!(leading_number(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn classifies_other_frames() {
+        assert_eq!(
+            classify(r#"{"type":"error","code":"slow_consumer","message":"m"}"#),
+            (true, "slow_consumer".to_string())
+        );
+        assert_eq!(classify(r#"{"type":"pong"}"#), (false, "pong".to_string()));
+        assert_eq!(classify("nope"), (false, "invalid-json".to_string()));
+    }
+}
