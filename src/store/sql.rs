@@ -711,8 +711,9 @@ macro_rules! impl_tx {
                 let row: Option<(String, Option<Uuid>, Option<f64>)> = sqlx::query_as(
                     "SELECT m.role, \
                        (SELECT b.id FROM boards b WHERE b.id = COALESCE($3, t.default_board_id) AND b.team_id = t.id), \
-                       (SELECT MAX(k.position) FROM tasks k \
-                         WHERE k.board_id = COALESCE($3, t.default_board_id) AND k.status = $4) \
+                       (SELECT k.position FROM tasks k \
+                         WHERE k.board_id = COALESCE($3, t.default_board_id) AND k.status = $4 \
+                         ORDER BY k.position DESC LIMIT 1) \
                      FROM memberships m JOIN teams t ON t.id = m.team_id \
                      WHERE m.team_id = $1 AND m.user_id = $2",
                 )
