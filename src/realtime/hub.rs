@@ -168,10 +168,15 @@ impl Hub {
                     Some(TeamState::Starting { held }) => held,
                     _ => Vec::new(),
                 };
-                // Nobody has joined yet: what was held only moves the dispatched seq.
+                // Nobody has joined the team's rooms yet. What was held up to `seq` is older than
+                // the start and is only owed to its users' own sockets; what is newer is
+                // dispatched as usual.
                 let mut held = held;
                 held.sort_by_key(|e| e.seq);
-                let _ = s.deliver(team, &held);
+                let (old, new): (Vec<LogEntry>, Vec<LogEntry>) =
+                    held.into_iter().partition(|e| e.seq <= seq);
+                s.deliver_to_users(&old);
+                s.deliver(team, &new);
                 Ok(())
             }
             Err(e) => {
@@ -338,12 +343,12 @@ impl Hub {
 }
 
 impl State {
-    /// Delivers entries (sorted) that continue the team's dispatched seq. Caller checked order.
-    fn deliver(&mut self, team: TeamId, entries: &[LogEntry]) -> Vec<ConnId> {
-        let mut cut = Vec::new();
+    /// Delivers entries (sorted) that continue the team's dispatched seq. A connection whose
+    /// outbox overflows is closed by it (slow consumer); its task then unregisters it.
+    fn deliver(&mut self, team: TeamId, entries: &[LogEntry]) {
         for e in entries {
             let Some(TeamState::Ready { dispatched }) = self.teams.get_mut(&team) else {
-                return cut;
+                return;
             };
             if e.seq <= *dispatched {
                 continue;
@@ -359,11 +364,9 @@ impl State {
                 let Some(members) = self.rooms.get(&room) else {
                     continue;
                 };
-                for (id, m) in members {
-                    if m.stamp.swap(stamp, Ordering::Relaxed) != stamp
-                        && !m.outbox.push_live(frame.clone())
-                    {
-                        cut.push(*id);
+                for m in members.values() {
+                    if m.stamp.swap(stamp, Ordering::Relaxed) != stamp {
+                        m.outbox.push_live(frame.clone());
                     }
                 }
             }
@@ -371,7 +374,6 @@ impl State {
                 self.revoke(team, user);
             }
         }
-        cut
     }
 
     /// Delivers to the user rooms an activity routes to (live only: user rooms have no resume).
