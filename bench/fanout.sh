@@ -40,20 +40,9 @@ log() { printf '[fanout] %s\n' "$*" >&2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskforge-fanout.XXXXXX")
 SERVER_PID=""
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 BENCH_PID=""
-
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
@@ -75,41 +64,6 @@ trap 'exit 130' INT TERM
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -Sn)
 
-# start_server NAME: a fresh server on a fresh SQLite file and a free loopback port;
-# sets SERVER_PID, SERVER_URL, SERVER_ERR.
-start_server() {
-  local out="$WORK/$1.stdout"
-  SERVER_ERR="$WORK/$1.stderr"
-  TASKFORGE_LISTEN=127.0.0.1:0 \
-    TASKFORGE_DATABASE_URL="sqlite://$WORK/$1.db" \
-    TASKFORGE_JWT_SECRET="bench-jwt-secret-$RANDOM$RANDOM-0123456789abcdefghijklmnop" \
-    TASKFORGE_WS_QUEUE_LIMIT="$WS_QUEUE_LIMIT" \
-    "$TASKFORGE_BIN" serve >"$out" 2>"$SERVER_ERR" &
-  SERVER_PID=$!
-  SERVER_URL=""
-  for _ in $(seq 1 300); do # 30 s
-    SERVER_URL=$(sed -n 's#^taskforge listening on \(http://[^ ]*\).*#\1#p' "$out" | head -n 1)
-    [[ -n "$SERVER_URL" ]] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "the server exited before it was ready; its stderr:"
-      tail -n 30 "$SERVER_ERR" >&2
-      SERVER_PID=""
-      return 1
-    fi
-    sleep 0.1
-  done
-  if [[ -z "$SERVER_URL" ]]; then
-    log "the server printed no ready line within 30 s; its stderr:"
-    tail -n 30 "$SERVER_ERR" >&2
-    stop_server
-    return 1
-  fi
-  case "$SERVER_URL" in
-    http://127.*) ;;
-    *) log "the server is not on loopback: $SERVER_URL"; stop_server; return 1 ;;
-  esac
-}
-
 # scenario_args NAME: the generator's arguments for a scenario.
 scenario_args() {
   case "$1" in
@@ -125,7 +79,7 @@ scenario_args() {
 run_one() {
   local name=$1 run=$2 results=$3 args line rc=0
   args=$(scenario_args "$name") || { log "unknown scenario $name"; return 1; }
-  start_server "$name-$run" || return 1
+  start_server "sqlite://$WORK/$name-$run.db" "$name-$run" TASKFORGE_WS_QUEUE_LIMIT="$WS_QUEUE_LIMIT" || return 1
   log "$name run $run/$RUNS: $args (server pid $SERVER_PID at $SERVER_URL; load average $(cut -d' ' -f1-3 /proc/loadavg))"
   # In the background, so that a signal to this script is handled at once (see cleanup).
   # shellcheck disable=SC2086  # $args is a list of options
@@ -158,10 +112,6 @@ run_one() {
     return 1
   fi
   stop_server
-}
-
-busy_compilers() {
-  pgrep -x rustc >/dev/null 2>&1 || pgrep -x cc1 >/dev/null 2>&1 || pgrep -x cc1plus >/dev/null 2>&1
 }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then

@@ -46,21 +46,10 @@ log() { printf '[http-writes] %s\n' "$*" >&2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskforge-bench.XXXXXX")
 SERVER_PID=""
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 BENCH_PID=""
 PG_DB=""
-
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
 
 psql_admin() {
   PGCONNECT_TIMEOUT=5 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
@@ -91,39 +80,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_server DATABASE_URL NAME: starts the server on a free loopback port; sets SERVER_PID, SERVER_URL.
-start_server() {
-  local out="$WORK/$2.stdout" err="$WORK/$2.stderr"
-  TASKFORGE_LISTEN=127.0.0.1:0 \
-    TASKFORGE_DATABASE_URL="$1" \
-    TASKFORGE_JWT_SECRET="bench-jwt-secret-$RANDOM$RANDOM-0123456789abcdefghijklmnop" \
-    "$TASKFORGE_BIN" serve >"$out" 2>"$err" &
-  SERVER_PID=$!
-  SERVER_URL=""
-  for _ in $(seq 1 300); do # 30 s
-    SERVER_URL=$(sed -n 's#^taskforge listening on \(http://[^ ]*\).*#\1#p' "$out" | head -n 1)
-    [[ -n "$SERVER_URL" ]] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "the server exited before it was ready; its stderr:"
-      tail -n 30 "$err" >&2
-      SERVER_PID=""
-      return 1
-    fi
-    sleep 0.1
-  done
-  if [[ -z "$SERVER_URL" ]]; then
-    log "the server printed no ready line within 30 s; its stderr:"
-    tail -n 30 "$err" >&2
-    stop_server
-    return 1
-  fi
-  case "$SERVER_URL" in
-    http://127.*) ;;
-    *) log "the server is not on loopback: $SERVER_URL"; stop_server; return 1 ;;
-  esac
-  log "server pid $SERVER_PID ($(cat "/proc/$SERVER_PID/comm" 2>/dev/null)) at $SERVER_URL ($2)"
-}
-
 # bench LABEL RESULTS_FILE ARGS...: one run; appends its JSON line to RESULTS_FILE.
 bench() {
   local label=$1 results=$2
@@ -151,10 +107,6 @@ bench() {
   fi
 }
 
-busy_compilers() {
-  pgrep -x rustc >/dev/null 2>&1 || pgrep -x cc1 >/dev/null 2>&1 || pgrep -x cc1plus >/dev/null 2>&1
-}
-
 run_backend() {
   local backend=$1 db_url
   local results="$OUT_DIR/$backend.jsonl"
@@ -178,6 +130,7 @@ run_backend() {
   esac
 
   start_server "$db_url" "$backend" || return 1
+  log "server pid $SERVER_PID at $SERVER_URL ($backend)"
   if busy_compilers; then
     log "warning: compilers are running on this machine; the figures will be noisy"
   fi
