@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Result, ServiceError, Services, now, role_in};
+use super::{Result, ServiceError, Services, now};
 use crate::domain::rules::{check_display_name, check_registration, normalize_email};
 use crate::domain::{DomainError, Role, Team, User, UserId};
 use crate::store::{PageAfter, StoreError};
@@ -292,11 +292,6 @@ impl Services {
             .ok_or_else(unauthorized)?;
         tx.commit().await?;
         Ok(updated)
-    }
-
-    /// The caller's role in a team (`NotFound` for non-members), for edges that check access.
-    pub async fn role(&self, team: crate::domain::TeamId, user: UserId) -> Result<Role> {
-        role_in(&mut *self.store.read().await?, team, user).await
     }
 
     async fn new_family(&self, tx: &mut dyn crate::store::Tx, user: UserId) -> Result<String> {
