@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::bus::{Bus, InProcessBus, Relay, RelaySettings};
+use crate::bus::{Bus, BusError, InProcessBus, RedisBus, RedisSettings, Relay, RelaySettings};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::realtime::{self, Realtime};
@@ -18,8 +18,8 @@ pub enum StartError {
     MissingSecret,
     #[error("TASKFORGE_JWT_SECRET must be at least 32 bytes")]
     WeakSecret,
-    #[error("TASKFORGE_REDIS_URL is set, but this build has only the in-process bus")]
-    RedisUnsupported,
+    #[error("TASKFORGE_REDIS_URL: {0}")]
+    Redis(#[from] BusError),
     #[error("could not open the database: {0}")]
     Store(#[from] StoreError),
     #[error("could not listen: {0}")]
@@ -47,12 +47,17 @@ fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let secret = jwt_secret(&config)?;
-    if config.redis_url.is_some() {
-        return Err(StartError::RedisUnsupported);
-    }
     let store = store::connect(&config.database_url).await?;
     tracing::info!(backend = store.backend(), "database ready");
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(4096));
+    let bus: Arc<dyn Bus> = match &config.redis_url {
+        None => Arc::new(InProcessBus::new(4096)),
+        Some(url) => RedisBus::start(RedisSettings {
+            url: url.clone(),
+            check_every: config.bus_check_interval,
+            presence_ttl: config.presence_ttl,
+            queue: 65_536,
+        })?,
+    };
     let relay = Relay::start(
         store.clone(),
         bus.clone(),
@@ -121,6 +126,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         }
     };
     let _ = tokio::time::timeout(drain, closing).await;
+    let _ = tokio::time::timeout(drain, realtime.retire()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -53,6 +53,18 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_RELAY_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub relay_scan_interval: Duration,
 
+    /// How often each followed team is compared with the log (repairs what the bus lost).
+    #[arg(long, env = "TASKFORGE_BUS_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub bus_check_interval: Duration,
+
+    /// Scaled deployment: how long an instance's presence outlives its last heartbeat.
+    #[arg(long, env = "TASKFORGE_PRESENCE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
+    /// Scaled deployment: how often live instances sweep the presence of dead ones.
+    #[arg(long, env = "TASKFORGE_PRESENCE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub presence_sweep_interval: Duration,
+
     /// On SIGTERM: how long in-flight requests and socket closes may take before the process exits.
     #[arg(long, env = "TASKFORGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

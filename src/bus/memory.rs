@@ -2,11 +2,14 @@
 //! instance's own consumer through a bounded queue (the publisher waits when it is full, so nothing
 //! is dropped; the relay is the only publisher and is not on any request's path).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusEvent};
+use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
+use crate::domain::TeamId;
 use crate::domain::activity::LogEntry;
 
 pub struct InProcessBus {
@@ -26,17 +29,29 @@ impl InProcessBus {
 
 #[async_trait]
 impl Bus for InProcessBus {
-    async fn publish(&self, entries: &[LogEntry]) -> Result<(), BusError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
+    async fn publish(
+        &self,
+        _team: TeamId,
+        published: i64,
+        entries: &[LogEntry],
+    ) -> Result<i64, BusError> {
+        // The relay is this instance's only publisher: it publishes in order, nothing to skip.
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok(published);
+        };
         // Nobody listening (the receiver not taken yet, or gone) is not an error: the log is the
         // source of truth and a later subscriber resumes from it.
         if self.tx.is_closed() || self.rx.lock().is_some() {
-            return Ok(());
+            return Ok(last);
         }
+        // The same two channels as Redis: the team's, and the user's for their own sockets.
         let _ = self.tx.send(BusEvent::Activities(entries.to_vec())).await;
-        Ok(())
+        for e in entries {
+            if e.route.recipient().is_some() {
+                let _ = self.tx.send(BusEvent::UserActivity(e.clone())).await;
+            }
+        }
+        Ok(last)
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
@@ -45,5 +60,15 @@ impl Bus for InProcessBus {
 
     fn is_up(&self) -> bool {
         true
+    }
+
+    async fn watch(&self, _topic: Topic) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn unwatch(&self, _topic: Topic) {}
+
+    fn shared_presence(&self) -> Option<Arc<dyn SharedPresence>> {
+        None
     }
 }

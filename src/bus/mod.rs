@@ -1,39 +1,134 @@
-//! Moving committed activities to every interested instance.
+//! Moving committed activities (and presence changes) to every interested instance.
 //!
-//! `Bus` is the transport (in-process here; Redis pub/sub for many instances). `Relay` is the
-//! outbox reader: after commit it hands each team's activities to the bus in seq order and
-//! advances the team's published watermark, and on start it republishes what a crash left behind.
-//! The bus never decides routing and never touches sockets: that is `realtime`.
+//! `Bus` is the transport: in-process for the embedded deployment, Redis pub/sub for many
+//! instances. `Relay` is the outbox reader: after commit it hands each team's activities to the bus
+//! in seq order and advances the team's published watermark, and it republishes what a crash left
+//! behind. The bus is allowed to lose messages (Redis pub/sub is at most once): the hub repairs
+//! from the log, so the bus never decides routing, never touches sockets and is never the source
+//! of truth.
 
 mod memory;
+mod redis;
 mod relay;
+pub mod wire;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::domain::activity::LogEntry;
+use crate::domain::activity::{LogEntry, PresenceUser};
+use crate::domain::{TaskId, TeamId, UserId};
 
 pub use memory::InProcessBus;
+pub use redis::{RedisBus, RedisSettings};
 pub use relay::{Relay, RelaySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("the bus is closed")]
     Closed,
+    #[error("the bus is unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// A channel of the bus: a team's activities and presence, or what reaches a user's own sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Team(TeamId),
+    User(UserId),
+}
+
+impl Topic {
+    /// The pub/sub channel name (`team:{id}`, `user:{id}`).
+    pub fn channel(self) -> String {
+        match self {
+            Topic::Team(id) => format!("team:{id}"),
+            Topic::User(id) => format!("user:{id}"),
+        }
+    }
+}
+
+/// Someone started or stopped viewing a task, on any instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    pub joined: bool,
+    pub team_id: TeamId,
+    pub task_id: TaskId,
+    pub user: PresenceUser,
 }
 
 /// What an instance receives from the bus.
 #[derive(Debug, Clone)]
 pub enum BusEvent {
-    /// Activities of one team, in seq order.
+    /// Activities of one team, in seq order, from the team's channel.
     Activities(Vec<LogEntry>),
+    /// An activity from a user's channel: for that user's own sockets on an instance that does
+    /// not follow the team (live only, no repair).
+    UserActivity(LogEntry),
+    /// A presence change published by some instance (scaled deployment).
+    Presence(PresenceEvent),
+    /// Messages may have been lost (the bus reconnected, or its queue overflowed): every followed
+    /// team must be checked against the log.
+    Resync,
 }
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes activities of one team, in seq order.
-    async fn publish(&self, entries: &[LogEntry]) -> Result<(), BusError>;
+    /// Publishes activities of one team (ascending, contiguous seqs) on its channel, and each one
+    /// that reaches a user's own sockets also on that user's channel. `published` is the team's
+    /// published seq as far as the caller knows. Entries another publisher already published are
+    /// skipped. Returns the team's published seq afterwards: when it is below
+    /// `entries[0].seq - 1`, nothing was published and the caller must publish the gap first.
+    async fn publish(
+        &self,
+        team: TeamId,
+        published: i64,
+        entries: &[LogEntry],
+    ) -> Result<i64, BusError>;
+
     /// The stream of events for this instance; there is one, taken by the realtime hub.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;
+
+    /// Whether the bus is connected (the log keeps working either way).
     fn is_up(&self) -> bool;
+
+    /// Starts receiving a topic. Returns once the bus confirmed the subscription, so that a store
+    /// read made afterwards misses nothing published later. Counted: one `unwatch` per `watch`.
+    /// On error the topic is still wanted and is subscribed when the bus is back.
+    async fn watch(&self, topic: Topic) -> Result<(), BusError>;
+
+    /// Releases one `watch`; the last one unsubscribes.
+    fn unwatch(&self, topic: Topic);
+
+    /// Presence shared between instances; `None` where this instance's hub is the only one.
+    fn shared_presence(&self) -> Option<Arc<dyn SharedPresence>>;
+}
+
+/// Presence kept where every instance sees it. Each instance states, per task, who views it
+/// locally; the registry decides who joined or left across all instances and publishes that.
+#[async_trait]
+pub trait SharedPresence: Send + Sync + 'static {
+    /// Records that `viewers` are this instance's viewers of `task` now. With `announce`,
+    /// publishes `presence.joined` / `presence.left` for users present nowhere else.
+    async fn sync(
+        &self,
+        team: TeamId,
+        task: TaskId,
+        viewers: &[PresenceUser],
+        announce: bool,
+    ) -> Result<(), BusError>;
+
+    /// Everyone viewing `task`, on any live instance.
+    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceUser>, BusError>;
+
+    /// Renews this instance's heartbeat.
+    async fn heartbeat(&self) -> Result<(), BusError>;
+
+    /// Removes the viewers of instances whose heartbeat expired, publishing their
+    /// `presence.left`; returns how many instances were swept.
+    async fn sweep(&self) -> Result<usize, BusError>;
+
+    /// Removes this instance's viewers (publishing their `presence.left`) at shutdown.
+    async fn retire(&self) -> Result<(), BusError>;
 }

@@ -44,6 +44,8 @@ impl Default for RelaySettings {
 
 /// Largest read of the log in one step.
 const READ_BATCH: i64 = 1_000;
+/// Publish steps per team per run (a backlog larger than this continues at the next scan).
+const PUBLISH_STEPS: usize = 16;
 
 #[derive(Clone)]
 pub struct Relay {
@@ -144,7 +146,9 @@ async fn run(inner: Arc<Inner>) {
 }
 
 /// Publishes `fresh` (sorted) for `team`, first reading from the log whatever lies between the
-/// team's published seq and the first fresh entry.
+/// team's published seq and the first fresh entry. Without fresh entries (a scan), publishes what
+/// the log holds above the published seq. Another instance may have published some of it: the
+/// bus skips those and says how far the team is published.
 async fn publish_team(
     inner: &Inner,
     marks: &mut Watermarks,
@@ -155,33 +159,34 @@ async fn publish_team(
         Some(p) => *p,
         None => inner.store.read().await?.published_seq(team).await?,
     };
-    let first = fresh.first().map_or(i64::MAX, |e| e.seq);
-    while published + 1 < first {
-        let upto = if first == i64::MAX {
-            i64::MAX
-        } else {
-            first - 1
-        };
-        let missing = inner
-            .store
-            .read()
-            .await?
-            .activities(team, published, upto, READ_BATCH)
-            .await?;
-        let Some(last) = missing.last().map(|e| e.seq) else {
+    let target = fresh.last().map_or(i64::MAX, |e| e.seq);
+    let mut pending = fresh;
+    for _ in 0..PUBLISH_STEPS {
+        pending.retain(|e| e.seq > published);
+        if published >= target {
             break;
-        };
-        if inner.bus.publish(&missing).await.is_err() {
-            return Ok(());
         }
-        published = last;
-    }
-    let fresh: Vec<LogEntry> = fresh.into_iter().filter(|e| e.seq > published).collect();
-    if let Some(last) = fresh.last().map(|e| e.seq)
-        && fresh[0].seq == published + 1
-        && inner.bus.publish(&fresh).await.is_ok()
-    {
-        published = last;
+        if pending.first().is_none_or(|e| e.seq != published + 1) {
+            let upto = pending.first().map_or(target, |e| e.seq - 1);
+            let mut missing = inner
+                .store
+                .read()
+                .await?
+                .activities(team, published, upto, READ_BATCH)
+                .await?;
+            if missing.is_empty() {
+                break;
+            }
+            missing.append(&mut pending);
+            pending = missing;
+        }
+        match inner.bus.publish(team, published, &pending).await {
+            Ok(p) => published = published.max(p),
+            Err(e) => {
+                tracing::debug!(error = %e, %team, "publish failed; the scan retries");
+                break;
+            }
+        }
     }
     if marks.published.get(&team) != Some(&published) {
         marks.published.insert(team, published);

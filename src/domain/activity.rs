@@ -246,6 +246,11 @@ impl Route {
     pub fn reaches(&self, room: Room) -> bool {
         self.rooms().contains(&room)
     }
+
+    /// The user whose own sockets receive this activity, if any.
+    pub fn recipient(&self) -> Option<UserId> {
+        self.user_id.filter(|u| self.reaches(Room::User(*u)))
+    }
 }
 
 /// What a change asks to append to its team's log; the store assigns `seq` at commit.
@@ -317,6 +322,14 @@ impl ActivityDraft {
         };
         (activity, route)
     }
+}
+
+/// Someone viewing a task (presence is ephemeral: no seq, no log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceUser {
+    pub user_id: Uuid,
+    pub display_name: String,
 }
 
 /// An activity as it sits in a team's log: serialized once, shared by every consumer.

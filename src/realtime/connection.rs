@@ -15,6 +15,7 @@ use super::Realtime;
 use super::hub::{ConnId, Join};
 use super::outbox::{CloseReason, Outbox};
 use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, parse};
+use crate::bus::Topic;
 use crate::domain::TeamId;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
@@ -188,6 +189,11 @@ async fn serve(
         }
     };
     let id = rt.hub.register(user, outbox.clone());
+    // Live only (no resume for user rooms): no need to wait for the bus to confirm.
+    let user_topic = Topic::User(p.user_id);
+    if let Err(e) = rt.bus.watch(user_topic).await {
+        tracing::debug!(error = %e, "watching the user's channel without the bus");
+    }
     tracing::info!(conn = id, user = %p.user_id, "socket connected");
     let mut conn = Conn {
         rt: rt.clone(),
@@ -198,6 +204,7 @@ async fn serve(
     };
     conn.read_loop(stream).await;
     rt.hub.unregister(id);
+    rt.bus.unwatch(user_topic);
     tracing::info!(conn = id, "socket closed");
 }
 
@@ -356,7 +363,15 @@ impl Conn {
                 .await?
                 .ok_or(SubscribeError::Forbidden)?
         };
-        self.rt.hub.follow(team).await?;
+        // Keeps the team followed until the join (or failure) below.
+        let _pin = self.rt.hub.follow(team).await?;
+        let elsewhere = match (scope, self.rt.bus.shared_presence()) {
+            (Scope::Task(task), Some(shared)) => shared.viewers(task).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "presence snapshot without other instances");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         let mut replayed = since;
         let mut checked_bounds = false;
         for _ in 0..JOIN_ATTEMPTS {
@@ -390,7 +405,7 @@ impl Conn {
             match self
                 .rt
                 .hub
-                .join(self.id, scope, team, bounds.last_seq, replayed)
+                .join(self.id, scope, team, bounds.last_seq, replayed, &elsewhere)
             {
                 Join::Joined(_) | Join::Gone => return Ok(()),
                 Join::TooMany => return Err(SubscribeError::TooMany),

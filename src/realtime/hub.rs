@@ -6,10 +6,15 @@
 //! dispatched in seq order exactly once per instance (`dispatched` per team); a join happens at a
 //! precise point of that order, which is what makes `subscribed.seq` exact and keeps a subscribe
 //! from slipping in after a revocation.
+//!
+//! The hub follows a team (listens to its bus channel) only while a local socket is in one of its
+//! rooms or is subscribing to one. The bus may lose messages: a seq that skips ahead, a bus
+//! `Resync` and the periodic `check` all repair from the log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
 use parking_lot::Mutex;
@@ -17,6 +22,7 @@ use tokio::sync::Notify;
 
 use super::outbox::{CloseReason, Outbox};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
+use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
 use crate::domain::{Room, TaskId, TeamId, UserId};
 use crate::store::{Store, StoreError};
@@ -25,6 +31,9 @@ pub type ConnId = u64;
 
 /// Most activities read from the log in one repair step.
 const REPAIR_BATCH: i64 = 1_000;
+/// How long the hub remembers how far it dispatched a team it stopped following (a user-channel
+/// copy of an activity it already delivered may still be on its way).
+const FORGET_AFTER: Duration = Duration::from_secs(30);
 
 /// What the hub keeps of a connection in its rooms.
 struct Member {
@@ -41,19 +50,32 @@ struct Conn {
     subs: HashMap<Room, TeamId>,
 }
 
-enum TeamState {
+enum Phase {
     /// Listening has started but the starting seq is not known yet: hold what arrives.
     Starting {
-        held: Vec<LogEntry>,
+        held: Vec<Held>,
     },
     Ready {
         dispatched: i64,
     },
 }
 
-#[derive(Default)]
+struct Held {
+    entry: LogEntry,
+    /// Arrived on the user's channel (not the team's).
+    user_copy: bool,
+}
+
+struct TeamState {
+    phase: Phase,
+    /// Rooms joined by local connections, plus subscribes in progress: the team is followed
+    /// while this is above zero.
+    refs: usize,
+}
+
 struct TaskPresence {
-    /// Per user: how many of their sockets are in the room, and who they are.
+    team: TeamId,
+    /// Per user: how many of their local sockets are in the room, and who they are.
     users: HashMap<UserId, (usize, PresenceUser)>,
 }
 
@@ -62,8 +84,24 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<Room, HashMap<ConnId, Arc<Member>>>,
     teams: HashMap<TeamId, TeamState>,
+    /// Teams no longer followed: how far they were dispatched, and since when.
+    left: HashMap<TeamId, (i64, Instant)>,
+    /// Teams whose bus channel is to be released once the lock is dropped.
+    unwatch: Vec<TeamId>,
     presence: HashMap<TaskId, TaskPresence>,
+    /// With shared presence: tasks whose local viewers changed, their team, and whether to
+    /// announce the change.
+    presence_dirty: HashMap<TaskId, (TeamId, bool)>,
+    shared_presence: bool,
     next_stamp: u64,
+}
+
+/// A task's local viewers, to be recorded in the shared presence.
+pub(super) struct PresenceChange {
+    pub team: TeamId,
+    pub task: TaskId,
+    pub viewers: Vec<PresenceUser>,
+    pub announce: bool,
 }
 
 /// How a join ended.
@@ -81,20 +119,58 @@ pub enum Join {
 pub struct Hub {
     state: Mutex<State>,
     store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
     team_started: Notify,
+    /// Wakes the presence worker (shared presence only).
+    pub(super) presence_changed: Notify,
     next_conn: AtomicU64,
     max_rooms: usize,
 }
 
+/// Keeps a team followed while a subscribe is in progress; dropping it releases the team.
+pub struct TeamPin<'a> {
+    hub: &'a Hub,
+    team: TeamId,
+}
+
+impl Drop for TeamPin<'_> {
+    fn drop(&mut self) {
+        self.hub.with_state(|s| s.release_team(self.team));
+    }
+}
+
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, max_rooms: usize) -> Self {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, max_rooms: usize) -> Self {
+        let state = State {
+            shared_presence: bus.shared_presence().is_some(),
+            ..State::default()
+        };
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             store,
+            bus,
             team_started: Notify::new(),
+            presence_changed: Notify::new(),
             next_conn: AtomicU64::new(1),
             max_rooms,
         }
+    }
+
+    /// Runs `f` on the state, then (lock released) releases the bus channels of teams it stopped
+    /// following and wakes the presence worker if presence changed.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut s = self.state.lock();
+        let r = f(&mut s);
+        let unwatch = std::mem::take(&mut s.unwatch);
+        let presence_changed = !s.presence_dirty.is_empty();
+        drop(s);
+        for team in unwatch {
+            self.bus.unwatch(Topic::Team(team));
+        }
+        if presence_changed {
+            self.presence_changed.notify_one();
+        }
+        r
     }
 
     /// Adds a connection and joins it to its user's own room.
@@ -122,76 +198,196 @@ impl Hub {
 
     /// Removes a connection from every room (its task rooms see it leave).
     pub fn unregister(&self, id: ConnId) {
-        let mut s = self.state.lock();
-        let Some(conn) = s.conns.remove(&id) else {
-            return;
-        };
-        for (room, team) in &conn.subs {
-            s.leave_room(id, *room, *team, &conn.user);
-        }
-        s.remove_from_room(Room::User(conn.user.user_id), id);
+        self.with_state(|s| {
+            let Some(conn) = s.conns.remove(&id) else {
+                return;
+            };
+            for (room, team) in &conn.subs {
+                s.leave_room(id, *room, *team, &conn.user);
+            }
+            s.remove_from_room(Room::User(conn.user.user_id), id);
+        });
     }
 
-    /// The seq up to which `team` has been dispatched here, if the hub listens to it.
+    /// The seq up to which `team` has been dispatched here, if the hub follows it.
     pub fn dispatched(&self, team: TeamId) -> Option<i64> {
         match self.state.lock().teams.get(&team) {
-            Some(TeamState::Ready { dispatched }) => Some(*dispatched),
+            Some(TeamState {
+                phase: Phase::Ready { dispatched },
+                ..
+            }) => Some(*dispatched),
             _ => None,
         }
     }
 
-    /// Makes sure the hub follows `team`: the first caller reads the team's seq (after the bus
-    /// listens) and releases what arrived meanwhile; others wait for it.
-    pub async fn follow(&self, team: TeamId) -> Result<(), StoreError> {
+    /// Makes sure the hub follows `team` while the returned pin lives: the first caller
+    /// subscribes to the team's channel, reads the team's seq once the bus confirmed it, and
+    /// releases what arrived meanwhile; others wait for it.
+    pub async fn follow(&self, team: TeamId) -> Result<TeamPin<'_>, StoreError> {
         loop {
             let started = self.team_started.notified();
             {
                 let mut s = self.state.lock();
-                match s.teams.get(&team) {
-                    Some(TeamState::Ready { .. }) => return Ok(()),
-                    Some(TeamState::Starting { .. }) => {}
+                match s.teams.get_mut(&team) {
+                    Some(t) if matches!(t.phase, Phase::Ready { .. }) => {
+                        t.refs += 1;
+                        return Ok(TeamPin { hub: self, team });
+                    }
+                    Some(_) => {}
                     None => {
-                        s.teams
-                            .insert(team, TeamState::Starting { held: Vec::new() });
+                        s.teams.insert(
+                            team,
+                            TeamState {
+                                phase: Phase::Starting { held: Vec::new() },
+                                refs: 1,
+                            },
+                        );
+                        s.left.remove(&team);
                         break;
                     }
                 }
             }
             started.await;
         }
+        if let Err(e) = self.bus.watch(Topic::Team(team)).await {
+            // Still wanted: subscribed when the bus is back; until then `check` delivers.
+            tracing::debug!(error = %e, %team, "following a team without the bus");
+        }
         let seq = async { self.store.read().await?.last_seq(team).await }.await;
-        let mut s = self.state.lock();
-        let result = match seq {
+        let result = self.with_state(|s| match seq {
             Ok(seq) => {
-                let seq = seq.unwrap_or(0);
-                let held = match s.teams.insert(team, TeamState::Ready { dispatched: seq }) {
-                    Some(TeamState::Starting { held }) => held,
-                    _ => Vec::new(),
-                };
-                // Nobody has joined the team's rooms yet. What was held up to `seq` is older than
-                // the start and is only owed to its users' own sockets; what is newer is
-                // dispatched as usual.
-                let mut held = held;
-                held.sort_by_key(|e| e.seq);
-                let (old, new): (Vec<LogEntry>, Vec<LogEntry>) =
-                    held.into_iter().partition(|e| e.seq <= seq);
-                s.deliver_to_users(&old);
-                s.deliver(team, &new);
+                s.start(team, seq.unwrap_or(0));
                 Ok(())
             }
             Err(e) => {
                 s.teams.remove(&team);
+                s.unwatch.push(team);
                 Err(e)
             }
-        };
-        drop(s);
+        });
         self.team_started.notify_waiters();
-        result
+        result.map(|()| TeamPin { hub: self, team })
+    }
+
+    /// Every followed team and how far it was dispatched.
+    fn followed(&self) -> Vec<(TeamId, i64)> {
+        let mut s = self.state.lock();
+        s.left.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        s.teams
+            .iter()
+            .filter_map(|(id, t)| match t.phase {
+                Phase::Ready { dispatched } => Some((*id, dispatched)),
+                Phase::Starting { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Compares every followed team with the log and delivers what the bus did not bring. Run
+    /// periodically (the last activity before a quiet spell is never stranded) and on a bus
+    /// resync.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let followed = self.followed();
+        if followed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<TeamId> = followed.iter().map(|(t, _)| *t).collect();
+        let latest: HashMap<TeamId, i64> = self
+            .store
+            .read()
+            .await?
+            .last_seqs(&ids)
+            .await?
+            .into_iter()
+            .collect();
+        for (team, dispatched) in followed {
+            let Some(&last) = latest.get(&team) else {
+                continue;
+            };
+            if last > dispatched {
+                tracing::debug!(%team, dispatched, last, "catching up from the log");
+                let missing = self.read_log(team, dispatched, last).await?;
+                self.dispatch(missing).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// An activity from a user's channel: for the user's own sockets, unless the team's channel
+    /// brings (or brought) it.
+    pub fn deliver_user_copy(&self, entry: LogEntry) {
+        self.with_state(|s| {
+            let team = entry.team_id();
+            match s.teams.get_mut(&team).map(|t| &mut t.phase) {
+                Some(Phase::Starting { held }) => held.push(Held {
+                    entry,
+                    user_copy: true,
+                }),
+                Some(Phase::Ready { .. }) => {}
+                None => {
+                    if s.left.get(&team).is_some_and(|(d, _)| entry.seq <= *d) {
+                        return;
+                    }
+                    s.deliver_to_users(std::slice::from_ref(&entry));
+                }
+            }
+        });
+    }
+
+    /// A presence change from the bus (shared presence): the task's local sockets hear of it,
+    /// except the user's own.
+    pub fn on_presence(&self, ev: &PresenceEvent) {
+        let s = self.state.lock();
+        let Some(members) = s.rooms.get(&Room::Task(ev.task_id)) else {
+            return;
+        };
+        let frame = Message::Text(presence_frame(ev.joined, ev.team_id, ev.task_id, &ev.user));
+        for (id, m) in members {
+            let own = s
+                .conns
+                .get(id)
+                .is_some_and(|c| c.user.user_id == ev.user.user_id);
+            if !own {
+                m.outbox.push_live(frame.clone());
+            }
+        }
+    }
+
+    /// Tasks whose local viewers changed since the last call, with those viewers, their team and
+    /// whether to announce the change (shared presence).
+    pub(super) fn take_presence_changes(&self) -> Vec<PresenceChange> {
+        let mut s = self.state.lock();
+        let dirty = std::mem::take(&mut s.presence_dirty);
+        dirty
+            .into_iter()
+            .map(|(task, (team, announce))| PresenceChange {
+                team,
+                task,
+                viewers: s
+                    .presence
+                    .get(&task)
+                    .map(|p| p.users.values().map(|(_, u)| u.clone()).collect())
+                    .unwrap_or_default(),
+                announce,
+            })
+            .collect()
+    }
+
+    /// Marks every task with local viewers for a quiet re-registration (after the bus came back:
+    /// Redis may have restarted empty).
+    pub(super) fn presence_resync(&self) {
+        self.with_state(|s| {
+            let tasks: Vec<(TaskId, TeamId)> =
+                s.presence.iter().map(|(k, p)| (*k, p.team)).collect();
+            for (task, team) in tasks {
+                s.presence_dirty.entry(task).or_insert((team, false));
+            }
+        });
     }
 
     /// Joins `room` (of `team`) at the current point of the team's dispatch, if that point is not
     /// past `snapshot_seq` (the seq of the store snapshot the access check was read in) and, for a
-    /// resume, equals `replayed` (what the caller replayed up to). Queues `subscribed`.
+    /// resume, equals `replayed` (what the caller replayed up to). Queues `subscribed`; for a task
+    /// room its presence lists the local viewers and `elsewhere` (other instances' viewers).
     pub fn join(
         &self,
         id: ConnId,
@@ -199,94 +395,103 @@ impl Hub {
         team: TeamId,
         snapshot_seq: i64,
         replayed: Option<i64>,
+        elsewhere: &[PresenceUser],
     ) -> Join {
-        let room = scope.room();
-        let mut guard = self.state.lock();
-        let s = &mut *guard;
-        let Some(TeamState::Ready { dispatched }) = s.teams.get(&team) else {
-            return Join::Stale;
-        };
-        let dispatched = *dispatched;
-        if dispatched > snapshot_seq || replayed.is_some_and(|r| r != dispatched) {
-            return Join::Stale;
-        }
-        let Some(conn) = s.conns.get_mut(&id) else {
-            return Join::Gone;
-        };
-        let fresh = !conn.subs.contains_key(&room);
-        if fresh && conn.subs.len() >= self.max_rooms {
-            return Join::TooMany;
-        }
-        conn.subs.insert(room, team);
-        let member = conn.member.clone();
-        let user = conn.user.clone();
-        s.rooms.entry(room).or_default().insert(id, member.clone());
-        let presence = match scope {
-            Scope::Task(task) => {
-                if fresh {
-                    s.enter_presence(id, team, task, &user);
+        self.with_state(|s| {
+            let room = scope.room();
+            let Some(TeamState {
+                phase: Phase::Ready { dispatched },
+                ..
+            }) = s.teams.get(&team)
+            else {
+                return Join::Stale;
+            };
+            let dispatched = *dispatched;
+            if dispatched > snapshot_seq || replayed.is_some_and(|r| r != dispatched) {
+                return Join::Stale;
+            }
+            let Some(conn) = s.conns.get_mut(&id) else {
+                return Join::Gone;
+            };
+            let fresh = !conn.subs.contains_key(&room);
+            if fresh && conn.subs.len() >= self.max_rooms {
+                return Join::TooMany;
+            }
+            conn.subs.insert(room, team);
+            let member = conn.member.clone();
+            let user = conn.user.clone();
+            s.rooms.entry(room).or_default().insert(id, member.clone());
+            if fresh && let Some(t) = s.teams.get_mut(&team) {
+                t.refs += 1;
+            }
+            let presence = match scope {
+                Scope::Task(task) => {
+                    if fresh {
+                        s.enter_presence(id, team, task, &user);
+                    }
+                    Some(s.presence_snapshot(task, elsewhere))
                 }
-                Some(s.presence_snapshot(task))
-            }
-            _ => None,
-        };
-        member.outbox.push(Message::Text(
-            ServerMessage::Subscribed {
-                scope,
-                seq: dispatched,
-                presence,
-            }
-            .frame(),
-        ));
-        Join::Joined(dispatched)
+                _ => None,
+            };
+            member.outbox.push(Message::Text(
+                ServerMessage::Subscribed {
+                    scope,
+                    seq: dispatched,
+                    presence,
+                }
+                .frame(),
+            ));
+            Join::Joined(dispatched)
+        })
     }
 
     /// Leaves a room; false if the connection was not in it.
     pub fn leave(&self, id: ConnId, room: Room) -> bool {
-        let mut s = self.state.lock();
-        let Some(conn) = s.conns.get_mut(&id) else {
-            return false;
-        };
-        let Some(team) = conn.subs.remove(&room) else {
-            return false;
-        };
-        let user = conn.user.clone();
-        s.leave_room(id, room, team, &user);
-        true
+        self.with_state(|s| {
+            let Some(conn) = s.conns.get_mut(&id) else {
+                return false;
+            };
+            let Some(team) = conn.subs.remove(&room) else {
+                return false;
+            };
+            let user = conn.user.clone();
+            s.leave_room(id, room, team, &user);
+            true
+        })
     }
 
     /// Dispatches activities of one team (in seq order), repairing from the log first when they
-    /// skip ahead of what was dispatched.
+    /// skip ahead of what was dispatched. Activities of a team the hub does not follow are not
+    /// for this instance (a user's own sockets get theirs through `deliver_user_copy`).
     pub async fn dispatch(&self, mut entries: Vec<LogEntry>) {
         let Some(team) = entries.first().map(LogEntry::team_id) else {
             return;
         };
         entries.sort_by_key(|e| e.seq);
         for _ in 0..64 {
-            let gap = {
-                let mut s = self.state.lock();
-                match s.teams.get_mut(&team) {
-                    // Nobody here follows the team: only its members' own sockets may need it.
-                    None => {
-                        s.deliver_to_users(&entries);
-                        return;
+            let gap = self.with_state(|s| {
+                let t = s.teams.get_mut(&team)?;
+                let dispatched = match &mut t.phase {
+                    Phase::Starting { held } => {
+                        held.extend(entries.drain(..).map(|entry| Held {
+                            entry,
+                            user_copy: false,
+                        }));
+                        return None;
                     }
-                    Some(TeamState::Starting { held }) => {
-                        held.extend(entries);
-                        return;
+                    Phase::Ready { dispatched } => *dispatched,
+                };
+                match entries.iter().find(|e| e.seq > dispatched) {
+                    None => None,
+                    Some(first) if first.seq == dispatched + 1 => {
+                        s.deliver(team, &entries);
+                        None
                     }
-                    Some(TeamState::Ready { dispatched }) => {
-                        let dispatched = *dispatched;
-                        match entries.iter().find(|e| e.seq > dispatched) {
-                            None => return,
-                            Some(first) if first.seq == dispatched + 1 => {
-                                s.deliver(team, &entries);
-                                return;
-                            }
-                            Some(first) => (dispatched, first.seq - 1),
-                        }
-                    }
+                    Some(first) => Some((dispatched, first.seq - 1)),
                 }
+            });
+            let Some(gap) = gap else {
+                return;
             };
             // Something was lost on the way: read it from the log, then deliver in order.
             match self.read_log(team, gap.0, gap.1).await {
@@ -298,11 +503,10 @@ impl Hub {
                 }
                 Ok(_) => {
                     tracing::warn!(%team, from = gap.0, to = gap.1, "gap not in the log; skipping ahead");
-                    let mut s = self.state.lock();
-                    s.skip_to(team, gap.1);
+                    self.with_state(|s| s.skip_to(team, gap.1));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, %team, "could not repair a gap; waiting for the next activity");
+                    tracing::warn!(error = %e, %team, "could not repair a gap; the periodic check retries");
                     return;
                 }
             }
@@ -343,11 +547,60 @@ impl Hub {
 }
 
 impl State {
+    /// A followed team's starting seq is known: release what was held meanwhile. Nobody has
+    /// joined the team's rooms yet, so what is not newer than `seq` is only owed to its users'
+    /// own sockets, and only if it came on their channel; what is newer is dispatched as usual.
+    fn start(&mut self, team: TeamId, seq: i64) {
+        let Some(t) = self.teams.get_mut(&team) else {
+            return;
+        };
+        let Phase::Starting { held } =
+            std::mem::replace(&mut t.phase, Phase::Ready { dispatched: seq })
+        else {
+            return;
+        };
+        let mut held = held;
+        held.sort_by_key(|h| (h.entry.seq, !h.user_copy));
+        held.dedup_by_key(|h| h.entry.seq);
+        let (old, new): (Vec<Held>, Vec<Held>) = held.into_iter().partition(|h| h.entry.seq <= seq);
+        let old: Vec<LogEntry> = old
+            .into_iter()
+            .filter(|h| h.user_copy)
+            .map(|h| h.entry)
+            .collect();
+        let new: Vec<LogEntry> = new.into_iter().map(|h| h.entry).collect();
+        self.deliver_to_users(&old);
+        self.deliver(team, &new);
+    }
+
+    /// Drops one reference to a followed team; the last one stops following it.
+    fn release_team(&mut self, team: TeamId) {
+        let Some(t) = self.teams.get_mut(&team) else {
+            return;
+        };
+        t.refs = t.refs.saturating_sub(1);
+        if t.refs > 0 {
+            return;
+        }
+        if let Some(TeamState {
+            phase: Phase::Ready { dispatched },
+            ..
+        }) = self.teams.remove(&team)
+        {
+            self.left.insert(team, (dispatched, Instant::now()));
+        }
+        self.unwatch.push(team);
+    }
+
     /// Delivers entries (sorted) that continue the team's dispatched seq. A connection whose
     /// outbox overflows is closed by it (slow consumer); its task then unregisters it.
     fn deliver(&mut self, team: TeamId, entries: &[LogEntry]) {
         for e in entries {
-            let Some(TeamState::Ready { dispatched }) = self.teams.get_mut(&team) else {
+            let Some(TeamState {
+                phase: Phase::Ready { dispatched },
+                ..
+            }) = self.teams.get_mut(&team)
+            else {
                 return;
             };
             if e.seq <= *dispatched {
@@ -396,7 +649,11 @@ impl State {
     }
 
     fn skip_to(&mut self, team: TeamId, seq: i64) {
-        if let Some(TeamState::Ready { dispatched }) = self.teams.get_mut(&team) {
+        if let Some(TeamState {
+            phase: Phase::Ready { dispatched },
+            ..
+        }) = self.teams.get_mut(&team)
+        {
             *dispatched = (*dispatched).max(seq);
         }
     }
@@ -451,17 +708,38 @@ impl State {
         if let Room::Task(task) = room {
             self.leave_presence(team, task, user);
         }
+        self.release_team(team);
     }
 
     fn enter_presence(&mut self, id: ConnId, team: TeamId, task: TaskId, user: &PresenceUser) {
-        let p = self.presence.entry(task).or_default();
+        let p = self.presence.entry(task).or_insert_with(|| TaskPresence {
+            team,
+            users: HashMap::new(),
+        });
         let entry = p
             .users
             .entry(user.user_id)
             .or_insert_with(|| (0, user.clone()));
         entry.0 += 1;
         if entry.0 == 1 {
-            let frame = Message::Text(presence_frame(true, team, task, user));
+            self.presence_changed(id, team, task, user, true);
+        }
+    }
+
+    /// A user's first local socket entered a task room, or their last one left. Alone, the hub
+    /// tells the room; with shared presence, the registry decides and the bus brings the event.
+    fn presence_changed(
+        &mut self,
+        id: ConnId,
+        team: TeamId,
+        task: TaskId,
+        user: &PresenceUser,
+        joined: bool,
+    ) {
+        if self.shared_presence {
+            self.presence_dirty.insert(task, (team, true));
+        } else {
+            let frame = Message::Text(presence_frame(joined, team, task, user));
             self.broadcast(Room::Task(task), &frame, Some(id));
         }
     }
@@ -481,16 +759,20 @@ impl State {
         if p.users.is_empty() {
             self.presence.remove(&task);
         }
-        let frame = Message::Text(presence_frame(false, team, task, user));
-        self.broadcast(Room::Task(task), &frame, None);
+        // The leaving socket is out of the room already: nobody to leave out.
+        self.presence_changed(ConnId::MAX, team, task, user, false);
     }
 
-    fn presence_snapshot(&self, task: TaskId) -> Vec<PresenceUser> {
-        let mut users: Vec<PresenceUser> = self
-            .presence
-            .get(&task)
-            .map(|p| p.users.values().map(|(_, u)| u.clone()).collect())
-            .unwrap_or_default();
+    /// Who views `task`: the local viewers and those `elsewhere`, each once, by user id.
+    fn presence_snapshot(&self, task: TaskId, elsewhere: &[PresenceUser]) -> Vec<PresenceUser> {
+        let mut users: HashMap<UserId, PresenceUser> =
+            elsewhere.iter().map(|u| (u.user_id, u.clone())).collect();
+        if let Some(p) = self.presence.get(&task) {
+            for (_, u) in p.users.values() {
+                users.insert(u.user_id, u.clone());
+            }
+        }
+        let mut users: Vec<PresenceUser> = users.into_values().collect();
         users.sort_by_key(|u| u.user_id);
         users
     }

@@ -8,6 +8,7 @@ pub mod asyncapi;
 mod connection;
 pub mod hub;
 pub mod outbox;
+mod presence;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -39,6 +40,11 @@ pub struct Settings {
     pub burst: u32,
     pub ping_interval: Duration,
     pub max_message_bytes: usize,
+    /// How often every followed team is compared with the log.
+    pub check_interval: Duration,
+    /// Shared presence: heartbeat every `ttl / 3`, sweep dead instances every `sweep_interval`.
+    pub presence_ttl: Duration,
+    pub presence_sweep_interval: Duration,
 }
 
 impl Settings {
@@ -52,6 +58,9 @@ impl Settings {
             burst: c.ws_burst.max(1),
             ping_interval: c.ws_ping_interval.max(Duration::from_millis(100)),
             max_message_bytes: c.ws_max_message_bytes,
+            check_interval: c.bus_check_interval.max(Duration::from_millis(10)),
+            presence_ttl: c.presence_ttl.max(Duration::from_millis(300)),
+            presence_sweep_interval: c.presence_sweep_interval.max(Duration::from_millis(100)),
         }
     }
 }
@@ -59,32 +68,51 @@ impl Settings {
 pub struct Realtime {
     pub hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
     tokens: Arc<TokenService>,
     settings: Settings,
 }
 
 impl Realtime {
-    /// Starts the hub and the task that dispatches what the bus delivers.
+    /// Starts the hub, the task that dispatches what the bus delivers, the periodic check of
+    /// followed teams against the log and, with shared presence, the presence worker.
     pub fn start(
         store: Arc<dyn Store>,
         bus: &Arc<dyn Bus>,
         tokens: Arc<TokenService>,
         settings: Settings,
     ) -> Arc<Self> {
-        let hub = Arc::new(Hub::new(store.clone(), settings.max_subscriptions));
+        let hub = Arc::new(Hub::new(
+            store.clone(),
+            bus.clone(),
+            settings.max_subscriptions,
+        ));
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
                     match event {
                         BusEvent::Activities(entries) => hub.dispatch(entries).await,
+                        BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
+                        BusEvent::Presence(ev) => hub.on_presence(&ev),
+                        BusEvent::Resync => {
+                            hub.presence_resync();
+                            if let Err(e) = hub.check().await {
+                                tracing::warn!(error = %e, "resync from the log failed; the periodic check retries");
+                            }
+                        }
                     }
                 }
             });
         }
+        tokio::spawn(run_checks(hub.clone(), settings.check_interval));
+        if let Some(shared) = bus.shared_presence() {
+            tokio::spawn(presence::run(hub.clone(), shared, settings.clone()));
+        }
         Arc::new(Self {
             hub,
             store,
+            bus: bus.clone(),
             tokens,
             settings,
         })
@@ -93,6 +121,15 @@ impl Realtime {
     /// Closes every socket with 1001 (the server is going away).
     pub fn shutdown(&self) {
         self.hub.close_all(CloseReason::GoingAway);
+    }
+
+    /// After the sockets are closed: takes this instance's viewers out of the shared presence.
+    pub async fn retire(&self) {
+        if let Some(shared) = self.bus.shared_presence()
+            && let Err(e) = shared.retire().await
+        {
+            tracing::warn!(error = %e, "could not remove this instance's presence; the others sweep it");
+        }
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -112,6 +149,19 @@ impl Realtime {
                 }),
             )
             .with_state(self.clone())
+    }
+}
+
+/// Compares the followed teams with the log every `every`: what the bus lost, and the last
+/// activity before a quiet spell, reach the sockets within that time.
+async fn run_checks(hub: Arc<Hub>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = hub.check().await {
+            tracing::warn!(error = %e, "checking followed teams against the log failed");
+        }
     }
 }
 

@@ -110,12 +110,7 @@ pub enum ClientMessage {
     Ping,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PresenceUser {
-    pub user_id: Uuid,
-    pub display_name: String,
-}
+pub use crate::domain::activity::PresenceUser;
 
 /// Server -> client (activities are written by `activity_frame`, not through this type).
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -182,6 +182,8 @@ pub trait Tx: Send {
     /// Appends activities at `last_seq + 1 ..`; locks the team's row, so call it last.
     async fn append(&mut self, team: TeamId, drafts: Vec<ActivityDraft>) -> Result<Vec<LogEntry>>;
     async fn last_seq(&mut self, team: TeamId) -> Result<Option<i64>>;
+    /// The latest seq of each of `teams` that exists.
+    async fn last_seqs(&mut self, teams: &[TeamId]) -> Result<Vec<(TeamId, i64)>>;
     async fn log_bounds(&mut self, team: TeamId) -> Result<Option<LogBounds>>;
     /// Logged activities with `after < seq <= upto`, oldest first, at most `limit`.
     async fn activities(

@@ -19,6 +19,17 @@ pub(super) fn map_dup(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Ids per `IN (...)` list: well under both drivers' bound-parameter limits.
+pub(super) const IN_LIST_CHUNK: usize = 500;
+
+/// `$1, $2, ..., $n`: only placeholders go into the SQL text, the values are bound.
+pub(super) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Cursor keys are UUIDv7s; the nil UUID sorts before all of them and stands for "from the start".
 pub(super) fn after(key: Option<Uuid>) -> Uuid {
     key.unwrap_or(Uuid::nil())
@@ -834,6 +845,22 @@ macro_rules! impl_tx {
                     .fetch_optional(&mut *self.tx)
                     .await?;
                 Ok(row.map(|(s,)| s))
+            }
+
+            async fn last_seqs(&mut self, teams: &[TeamId]) -> $crate::store::Result<Vec<(TeamId, i64)>> {
+                let mut out = Vec::with_capacity(teams.len());
+                for chunk in teams.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "SELECT id, last_seq FROM teams WHERE id IN ({})",
+                        $crate::store::sql::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (Uuid, i64)>(sqlx::AssertSqlSafe(sql));
+                    for team in chunk {
+                        query = query.bind(*team);
+                    }
+                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                }
+                Ok(out)
             }
 
             async fn log_bounds(&mut self, team: TeamId) -> $crate::store::Result<Option<LogBounds>> {

@@ -1,0 +1,632 @@
+//! The Redis bus of the scaled deployment: pub/sub on `team:{id}` and `user:{id}` channels, and
+//! presence shared between instances.
+//!
+//! - Publishing goes through one script per batch that keeps the team's published seq in Redis:
+//!   whichever instance's relay gets there first publishes an activity, exactly once and in seq
+//!   order; the others skip it. A batch that does not continue the published seq publishes nothing
+//!   and the relay first publishes the gap from the log.
+//! - Subscriptions are counted and applied in order by one task, so a quick unwatch/watch of the
+//!   same channel cannot end unsubscribed. `watch` returns once Redis confirmed the SUBSCRIBE.
+//! - Received messages go through a bounded queue. Nothing here blocks the Redis connection: when
+//!   the queue is full a message is dropped and a `Resync` is sent once there is room, and the hub
+//!   repairs from the log, as it does after a reconnect.
+//! - Connecting never blocks the start: until Redis answers, the bus is down, publishing fails
+//!   (the relay's scan publishes later) and the hub's periodic check delivers from the log.
+//!
+//! Keys live under `taskforge:`; the scripts touch keys they compute, so this needs a standalone
+//! Redis (or one primary), not Redis Cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Script, Value};
+use tokio::sync::{OnceCell, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::wire::{self, Viewer};
+use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
+use crate::domain::activity::{LogEntry, PresenceUser};
+use crate::domain::{TaskId, TeamId};
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// How often the connection is checked (and re-established).
+    pub check_every: Duration,
+    /// How long an instance's presence outlives its last heartbeat.
+    pub presence_ttl: Duration,
+    /// Received messages waiting for the hub.
+    pub queue: usize,
+}
+
+const KEYS: &str = "taskforge:";
+/// A team's published seq is kept this long after its last publish (then the store's watermark
+/// is the floor again).
+const PUBLISHED_KEY_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Channels per SUBSCRIBE when resubscribing everything.
+const RESUBSCRIBE_CHUNK: usize = 500;
+
+/// KEYS: the team's published seq. ARGV: the caller's published seq (a floor: it is known to be
+/// published), the team channel, the key's TTL, then (seq, user channel or '', message) triples.
+const PUBLISH_LUA: &str = r"
+local p = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if floor > p then p = floor end
+local i = 4
+while i <= #ARGV do
+  local seq = tonumber(ARGV[i])
+  if seq > p + 1 then break end
+  if seq == p + 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[i + 2])
+    if ARGV[i + 1] ~= '' then redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2]) end
+    p = seq
+  end
+  i = i + 3
+end
+redis.call('SET', KEYS[1], p, 'EX', ARGV[3])
+return p
+";
+
+/// Shared by the presence scripts: whether `user` has a field of another instance in `key`.
+const ELSEWHERE_LUA: &str = r"
+local function elsewhere(key, user, prefix)
+  local tail = '|' .. user
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(f, -#tail) == tail and string.sub(f, 1, #prefix) ~= prefix then return true end
+  end
+  return false
+end
+";
+
+/// KEYS: presence hash, the instance's task index, the instance set.
+/// ARGV: instance, team channel, announce ('1'/'0'), index member, then (user, viewer) pairs.
+const SYNC_LUA: &str = r"
+local prefix = ARGV[1] .. '|'
+local want, have = {}, {}
+for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, #prefix) == prefix then have[string.sub(flat[i], #prefix + 1)] = flat[i + 1] end
+end
+for user, v in pairs(have) do
+  if not want[user] then
+    redis.call('HDEL', KEYS[1], prefix .. user)
+    if ARGV[3] == '1' and not elsewhere(KEYS[1], user, prefix) then redis.call('PUBLISH', ARGV[2], 'P-' .. v) end
+  end
+end
+for user, v in pairs(want) do
+  if not have[user] then
+    local announce = ARGV[3] == '1' and not elsewhere(KEYS[1], user, prefix)
+    redis.call('HSET', KEYS[1], prefix .. user, v)
+    if announce then redis.call('PUBLISH', ARGV[2], 'P+' .. v) end
+  end
+end
+if next(want) then redis.call('SADD', KEYS[2], ARGV[4]) else redis.call('SREM', KEYS[2], ARGV[4]) end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 0
+";
+
+/// Removes a dead (or retiring) instance's viewers, publishing `presence.left` for users that
+/// are present nowhere else. Atomic, so of several sweepers only one finds anything to remove.
+/// KEYS: the instance set. ARGV: instance, its heartbeat key, the key prefix.
+const SWEEP_LUA: &str = r"
+if redis.call('EXISTS', ARGV[2]) == 1 then return 0 end
+local prefix = ARGV[1] .. '|'
+local index = ARGV[3] .. 'instance:' .. ARGV[1] .. ':tasks'
+for _, m in ipairs(redis.call('SMEMBERS', index)) do
+  local sep = string.find(m, ':', 1, true)
+  local team, task = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  local key = ARGV[3] .. 'presence:' .. task
+  local flat = redis.call('HGETALL', key)
+  local gone = {}
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, #prefix) == prefix then
+      gone[string.sub(flat[i], #prefix + 1)] = flat[i + 1]
+      redis.call('HDEL', key, flat[i])
+    end
+  end
+  for user, v in pairs(gone) do
+    if not elsewhere(key, user, prefix) then redis.call('PUBLISH', 'team:' .. team, 'P-' .. v) end
+  end
+end
+redis.call('DEL', index)
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
+";
+
+fn unreachable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unreachable(e.to_string())
+}
+
+/// What both connections share with the push handler and the background tasks.
+struct Link {
+    up: AtomicBool,
+    /// A received message was dropped (queue full): a `Resync` is owed.
+    lost: AtomicBool,
+    events: mpsc::Sender<BusEvent>,
+}
+
+struct Conns {
+    /// Publishing, scripts, presence.
+    commands: ConnectionManager,
+    /// Subscriptions only: its pushes carry the messages.
+    subscriber: ConnectionManager,
+}
+
+enum SubCommand {
+    Watch(String, oneshot::Sender<Result<(), BusError>>),
+    Unwatch(String),
+    /// The connection came back: subscribe every wanted channel again.
+    Resubscribe,
+}
+
+pub struct RedisBus {
+    settings: RedisSettings,
+    link: Arc<Link>,
+    conns: Arc<OnceCell<Conns>>,
+    rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+    subs: mpsc::Sender<SubCommand>,
+    publish: Script,
+    presence: Arc<RedisPresence>,
+}
+
+impl RedisBus {
+    /// Starts connecting in the background and returns at once.
+    pub fn start(settings: RedisSettings) -> Result<Arc<Self>, BusError> {
+        let client = client(&settings.url)?;
+        let (tx, rx) = mpsc::channel(settings.queue.max(16));
+        let link = Arc::new(Link {
+            up: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            events: tx,
+        });
+        let conns = Arc::new(OnceCell::new());
+        let (subs, sub_rx) = mpsc::channel(1024);
+        let instance = Uuid::now_v7().to_string();
+        tracing::info!(%instance, "redis bus starting");
+        let presence = Arc::new(RedisPresence {
+            instance,
+            ttl: settings.presence_ttl,
+            conns: conns.clone(),
+            sync: Script::new(&format!("{ELSEWHERE_LUA}{SYNC_LUA}")),
+            sweep: Script::new(&format!("{ELSEWHERE_LUA}{SWEEP_LUA}")),
+        });
+        let bus = Arc::new(Self {
+            settings: settings.clone(),
+            link: link.clone(),
+            conns: conns.clone(),
+            rx: Mutex::new(Some(rx)),
+            subs: subs.clone(),
+            publish: Script::new(PUBLISH_LUA),
+            presence,
+        });
+        tokio::spawn(run_subscriptions(
+            conns.clone(),
+            link.clone(),
+            sub_rx,
+            settings.check_every,
+        ));
+        tokio::spawn(run_health(client, conns, link, subs, settings.check_every));
+        Ok(bus)
+    }
+
+    fn commands(&self) -> Result<ConnectionManager, BusError> {
+        self.conns
+            .get()
+            .map(|c| c.commands.clone())
+            .ok_or_else(|| BusError::Unreachable("not connected yet".into()))
+    }
+}
+
+fn client(url: &str) -> Result<redis::Client, BusError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(unreachable)?;
+    // Pushes (the pub/sub messages on a normal connection) need RESP3.
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(redis_settings)).map_err(unreachable)
+}
+
+fn manager_config(check_every: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(check_every.max(Duration::from_millis(200))))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(3)
+}
+
+async fn connect(
+    client: &redis::Client,
+    link: &Arc<Link>,
+    check_every: Duration,
+) -> redis::RedisResult<Conns> {
+    let commands = client
+        .get_connection_manager_with_config(manager_config(check_every))
+        .await?;
+    let pushes = link.clone();
+    // The push handler runs on the connection's own task: it must not block and must not fail
+    // (a failing sender would stop redis-rs from reconnecting).
+    let on_push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+        on_push(&pushes, info);
+        Ok(())
+    };
+    let subscriber = client
+        .get_connection_manager_with_config(
+            manager_config(check_every)
+                .set_push_sender(on_push)
+                .set_automatic_resubscription(),
+        )
+        .await?;
+    Ok(Conns {
+        commands,
+        subscriber,
+    })
+}
+
+fn on_push(link: &Link, info: PushInfo) {
+    match info.kind {
+        PushKind::Disconnection if link.up.swap(false, Ordering::SeqCst) => {
+            tracing::warn!("redis connection lost; delivering from the log until it is back");
+        }
+        PushKind::Message => {
+            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                (info.data.first(), info.data.get(1))
+            else {
+                return;
+            };
+            let Some(event) = event_of(channel, payload) else {
+                return;
+            };
+            if link.events.try_send(event).is_err() {
+                link.lost.store(true, Ordering::SeqCst);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn event_of(channel: &[u8], payload: &[u8]) -> Option<BusEvent> {
+    let message = match wire::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a malformed bus message");
+            return None;
+        }
+    };
+    match (channel.starts_with(b"user:"), message) {
+        (false, wire::Message::Activity(e)) => Some(BusEvent::Activities(vec![e])),
+        (true, wire::Message::Activity(e)) => Some(BusEvent::UserActivity(e)),
+        (false, wire::Message::Presence(p)) => Some(BusEvent::Presence(p)),
+        (true, wire::Message::Presence(_)) => None,
+    }
+}
+
+/// Connects, then checks the connection every `check_every`: when it comes back, every wanted
+/// channel is subscribed again and the hub is told to resync.
+async fn run_health(
+    client: redis::Client,
+    conns: Arc<OnceCell<Conns>>,
+    link: Arc<Link>,
+    subs: mpsc::Sender<SubCommand>,
+    check_every: Duration,
+) {
+    let mut tick = tokio::time::interval(check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = conns.get() else {
+            match connect(&client, &link, check_every).await {
+                Ok(c) => {
+                    let _ = conns.set(c);
+                    tracing::info!("redis bus connected");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis is unreachable; retrying");
+                    continue;
+                }
+            }
+            continue;
+        };
+        let mut subscriber = c.subscriber.clone();
+        let ping = tokio::time::timeout(
+            check_every.max(Duration::from_millis(200)),
+            redis::cmd("PING").query_async::<String>(&mut subscriber),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                if !link.up.swap(true, Ordering::SeqCst) {
+                    tracing::info!("redis bus is up");
+                    let _ = subs.send(SubCommand::Resubscribe).await;
+                    let _ = link.events.send(BusEvent::Resync).await;
+                    link.lost.store(false, Ordering::SeqCst);
+                }
+            }
+            _ => {
+                if link.up.swap(false, Ordering::SeqCst) {
+                    tracing::warn!("redis does not answer; delivering from the log");
+                }
+            }
+        }
+        if link.lost.swap(false, Ordering::SeqCst) {
+            tracing::warn!("the bus queue overflowed; resyncing from the log");
+            let _ = link.events.send(BusEvent::Resync).await;
+        }
+    }
+}
+
+/// Applies watches and unwatches in order, counting them per channel.
+async fn run_subscriptions(
+    conns: Arc<OnceCell<Conns>>,
+    link: Arc<Link>,
+    mut commands: mpsc::Receiver<SubCommand>,
+    check_every: Duration,
+) {
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    let timeout = check_every.max(Duration::from_secs(1));
+    while let Some(cmd) = commands.recv().await {
+        let subscriber = conns.get().map(|c| c.subscriber.clone());
+        match cmd {
+            SubCommand::Watch(channel, reply) => {
+                let n = wanted.entry(channel.clone()).or_insert(0);
+                *n += 1;
+                let result = match subscriber {
+                    _ if !link.up.load(Ordering::SeqCst) => {
+                        Err(BusError::Unreachable("redis is down".into()))
+                    }
+                    None => Err(BusError::Unreachable("not connected yet".into())),
+                    // Already subscribed for an earlier watcher.
+                    Some(_) if *n > 1 => Ok(()),
+                    Some(mut s) => {
+                        match tokio::time::timeout(timeout, s.subscribe(&channel)).await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(unreachable(e)),
+                            Err(_) => Err(BusError::Unreachable("SUBSCRIBE timed out".into())),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            SubCommand::Unwatch(channel) => {
+                let Some(n) = wanted.get_mut(&channel) else {
+                    continue;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    wanted.remove(&channel);
+                    if let Some(mut s) = subscriber {
+                        let _ = tokio::time::timeout(timeout, s.unsubscribe(&channel)).await;
+                    }
+                }
+            }
+            SubCommand::Resubscribe => {
+                let Some(mut s) = subscriber else { continue };
+                let all: Vec<&String> = wanted.keys().collect();
+                for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
+                    if let Err(e) = s.subscribe(chunk).await {
+                        tracing::warn!(error = %e, "resubscribing failed; the next reconnect retries");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(
+        &self,
+        team: TeamId,
+        published: i64,
+        entries: &[LogEntry],
+    ) -> Result<i64, BusError> {
+        if entries.is_empty() {
+            return Ok(published);
+        }
+        let mut con = self.commands()?;
+        let mut call = self.publish.key(format!("{KEYS}published:{team}"));
+        call.arg(published)
+            .arg(Topic::Team(team).channel())
+            .arg(PUBLISHED_KEY_TTL_SECS);
+        for e in entries {
+            call.arg(e.seq)
+                .arg(
+                    e.route
+                        .recipient()
+                        .map(|u| Topic::User(u).channel())
+                        .unwrap_or_default(),
+                )
+                .arg(wire::encode_activity(e));
+        }
+        call.invoke_async::<i64>(&mut con)
+            .await
+            .map_err(unreachable)
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        self.rx.lock().take()
+    }
+
+    fn is_up(&self) -> bool {
+        self.link.up.load(Ordering::SeqCst)
+    }
+
+    async fn watch(&self, topic: Topic) -> Result<(), BusError> {
+        let (tx, rx) = oneshot::channel();
+        self.subs
+            .send(SubCommand::Watch(topic.channel(), tx))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+
+    fn unwatch(&self, topic: Topic) {
+        let cmd = SubCommand::Unwatch(topic.channel());
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.subs.try_send(cmd) {
+            let subs = self.subs.clone();
+            tokio::spawn(async move {
+                let _ = subs.send(cmd).await;
+            });
+        }
+    }
+
+    fn shared_presence(&self) -> Option<Arc<dyn SharedPresence>> {
+        Some(self.presence.clone())
+    }
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("check_every", &self.settings.check_every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Presence in Redis: per task a hash of `{instance}|{user}` -> viewer, per instance the set of
+/// its tasks and a heartbeat key.
+struct RedisPresence {
+    instance: String,
+    ttl: Duration,
+    conns: Arc<OnceCell<Conns>>,
+    sync: Script,
+    sweep: Script,
+}
+
+impl RedisPresence {
+    fn commands(&self) -> Result<ConnectionManager, BusError> {
+        self.conns
+            .get()
+            .map(|c| c.commands.clone())
+            .ok_or_else(|| BusError::Unreachable("not connected yet".into()))
+    }
+
+    fn alive_key(instance: &str) -> String {
+        format!("{KEYS}alive:{instance}")
+    }
+
+    async fn sweep_instance(&self, instance: &str) -> Result<bool, BusError> {
+        let mut con = self.commands()?;
+        let swept: i64 = self
+            .sweep
+            .key(format!("{KEYS}instances"))
+            .arg(instance)
+            .arg(Self::alive_key(instance))
+            .arg(KEYS)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unreachable)?;
+        Ok(swept == 1)
+    }
+}
+
+#[async_trait]
+impl SharedPresence for RedisPresence {
+    async fn sync(
+        &self,
+        team: TeamId,
+        task: TaskId,
+        viewers: &[PresenceUser],
+        announce: bool,
+    ) -> Result<(), BusError> {
+        let mut con = self.commands()?;
+        let mut call = self.sync.key(format!("{KEYS}presence:{task}"));
+        call.key(format!("{KEYS}instance:{}:tasks", self.instance))
+            .key(format!("{KEYS}instances"))
+            .arg(&self.instance)
+            .arg(Topic::Team(team).channel())
+            .arg(if announce { "1" } else { "0" })
+            .arg(format!("{team}:{task}"));
+        for u in viewers {
+            let v = Viewer {
+                team_id: team,
+                task_id: task,
+                user_id: u.user_id,
+                display_name: u.display_name.clone(),
+            };
+            call.arg(u.user_id.to_string()).arg(v.encode());
+        }
+        call.invoke_async::<i64>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(unreachable)
+    }
+
+    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceUser>, BusError> {
+        let mut con = self.commands()?;
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{KEYS}presence:{task}"))
+            .query_async(&mut con)
+            .await
+            .map_err(unreachable)?;
+        let mut users: HashMap<Uuid, PresenceUser> = HashMap::new();
+        for v in all.values() {
+            if let Ok(v) = serde_json::from_str::<Viewer>(v) {
+                users.insert(v.user_id, v.user());
+            }
+        }
+        Ok(users.into_values().collect())
+    }
+
+    async fn heartbeat(&self) -> Result<(), BusError> {
+        let mut con = self.commands()?;
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        redis::pipe()
+            .cmd("SET")
+            .arg(Self::alive_key(&self.instance))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(format!("{KEYS}instances"))
+            .arg(&self.instance)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)
+    }
+
+    async fn sweep(&self) -> Result<usize, BusError> {
+        let mut con = self.commands()?;
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{KEYS}instances"))
+            .query_async(&mut con)
+            .await
+            .map_err(unreachable)?;
+        let mut swept = 0;
+        for other in instances.iter().filter(|i| **i != self.instance) {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(Self::alive_key(other))
+                .query_async(&mut con)
+                .await
+                .map_err(unreachable)?;
+            if !alive && self.sweep_instance(other).await? {
+                tracing::info!(instance = %other, "swept the presence of a dead instance");
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    async fn retire(&self) -> Result<(), BusError> {
+        let mut con = self.commands()?;
+        redis::cmd("DEL")
+            .arg(Self::alive_key(&self.instance))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)?;
+        self.sweep_instance(&self.instance).await.map(|_| ())
+    }
+}

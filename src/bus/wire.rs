@@ -1,0 +1,197 @@
+//! The bytes of a bus message. An activity travels as its routing header and the exact JSON
+//! clients receive (serialized once, at commit); a presence change as a small JSON record.
+//!
+//! ```text
+//! A<seq>|<kind>|<team>|<board>|<prev board>|<task>|<user>\n<activity json>
+//! P+<viewer json>      (joined)
+//! P-<viewer json>      (left)
+//! ```
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::PresenceEvent;
+use crate::domain::activity::{ActivityKind, LogEntry, PresenceUser, Route};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed bus message: {0}")]
+pub struct WireError(&'static str);
+
+/// A decoded message.
+#[derive(Debug)]
+pub enum Message {
+    Activity(LogEntry),
+    Presence(PresenceEvent),
+}
+
+pub fn encode_activity(e: &LogEntry) -> Vec<u8> {
+    fn opt(id: Option<Uuid>) -> String {
+        id.map(|u| u.to_string()).unwrap_or_default()
+    }
+    let r = &e.route;
+    let header = format!(
+        "A{}|{}|{}|{}|{}|{}|{}\n",
+        e.seq,
+        r.kind.as_str(),
+        r.team_id,
+        opt(r.board_id),
+        opt(r.prev_board_id),
+        opt(r.task_id),
+        opt(r.user_id)
+    );
+    let mut out = Vec::with_capacity(header.len() + e.json.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(e.json.as_bytes());
+    out
+}
+
+/// A viewer as the presence registry stores it; a published presence message carries it as is.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Viewer {
+    pub team_id: Uuid,
+    pub task_id: Uuid,
+    pub user_id: Uuid,
+    pub display_name: String,
+}
+
+impl Viewer {
+    pub fn encode(&self) -> String {
+        // A struct of strings and uuids always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn user(&self) -> PresenceUser {
+        PresenceUser {
+            user_id: self.user_id,
+            display_name: self.display_name.clone(),
+        }
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+    match bytes.first() {
+        Some(b'A') => decode_activity(&bytes[1..]).map(Message::Activity),
+        Some(b'P') => {
+            let joined = match bytes.get(1) {
+                Some(b'+') => true,
+                Some(b'-') => false,
+                _ => return Err(WireError("presence sign")),
+            };
+            let v: Viewer =
+                serde_json::from_slice(&bytes[2..]).map_err(|_| WireError("presence record"))?;
+            Ok(Message::Presence(PresenceEvent {
+                joined,
+                team_id: v.team_id,
+                task_id: v.task_id,
+                user: v.user(),
+            }))
+        }
+        _ => Err(WireError("unknown kind")),
+    }
+}
+
+fn decode_activity(bytes: &[u8]) -> Result<LogEntry, WireError> {
+    let nl = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or(WireError("no header"))?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| WireError("header"))?;
+    let json = std::str::from_utf8(&bytes[nl + 1..]).map_err(|_| WireError("body"))?;
+    let mut f = header.split('|');
+    let mut next = || f.next().ok_or(WireError("short header"));
+    let seq: i64 = next()?.parse().map_err(|_| WireError("seq"))?;
+    let kind = ActivityKind::parse(next()?).ok_or(WireError("kind"))?;
+    let id = |s: &str| Uuid::parse_str(s).map_err(|_| WireError("id"));
+    let opt = |s: &str| {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            id(s).map(Some)
+        }
+    };
+    let team_id = id(next()?)?;
+    let board_id = opt(next()?)?;
+    let prev_board_id = opt(next()?)?;
+    let task_id = opt(next()?)?;
+    let user_id = opt(next()?)?;
+    Ok(LogEntry {
+        seq,
+        route: Route {
+            kind,
+            team_id,
+            board_id,
+            prev_board_id,
+            task_id,
+            user_id,
+        },
+        json: Arc::from(json),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: Option<Uuid>) -> LogEntry {
+        LogEntry {
+            seq: 42,
+            route: Route {
+                kind: ActivityKind::TaskAssigned,
+                team_id: Uuid::now_v7(),
+                board_id: Some(Uuid::now_v7()),
+                prev_board_id: None,
+                task_id: Some(Uuid::now_v7()),
+                user_id: user,
+            },
+            json: Arc::from(r#"{"type":"task.assigned","x":"a|b\nc"}"#),
+        }
+    }
+
+    #[test]
+    fn activities_round_trip() {
+        for user in [None, Some(Uuid::now_v7())] {
+            let e = entry(user);
+            let Ok(Message::Activity(back)) = decode(&encode_activity(&e)) else {
+                panic!("did not decode");
+            };
+            assert_eq!(back.seq, e.seq);
+            assert_eq!(back.route, e.route);
+            assert_eq!(back.json, e.json);
+        }
+    }
+
+    #[test]
+    fn presence_round_trips() {
+        let v = Viewer {
+            team_id: Uuid::now_v7(),
+            task_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            display_name: "Ann \"the | one\"".into(),
+        };
+        let msg = format!("P-{}", v.encode());
+        let Ok(Message::Presence(ev)) = decode(msg.as_bytes()) else {
+            panic!("did not decode");
+        };
+        assert!(!ev.joined);
+        assert_eq!(ev.task_id, v.task_id);
+        assert_eq!(ev.user.display_name, v.display_name);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"A",
+            b"A1|task.created",
+            b"Ax|task.created|a|||||\n{}",
+            b"P*{}",
+            b"P+{",
+            b"Z",
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
