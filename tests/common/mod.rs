@@ -205,7 +205,38 @@ impl TestServer {
         }
     }
 
-    /// Stops the server process (the database is kept).
+    /// Another server process on the same database with the same JWT secret (a peer in a
+    /// cluster); it does not own the database.
+    pub async fn start_peer(&self, overrides: &[(&str, &str)]) -> TestServer {
+        let mut env = self.env.clone();
+        for (k, v) in overrides {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut srv = TestServer {
+            backend: self.backend,
+            base: String::new(),
+            db_url: self.db_url.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            env,
+            child: None,
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+            spec: self.spec.clone(),
+            frame_schema: Arc::default(),
+            _tmp: None,
+            pg: None,
+        };
+        srv.spawn().await;
+        srv
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Kills the server process (SIGKILL: no shutdown runs, as in a crash); the database is kept.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
@@ -334,6 +365,131 @@ fn pg_url_with_db(admin: &str, db: &str) -> String {
         url.push_str(q);
     }
     url
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis of the test's own, and clusters of server processes
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` started by the test on a free loopback port, so the test can restart it.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    /// `None` (with a visible message) when `redis-server` is not installed, except under
+    /// `CI=true`, where that is a failure.
+    pub async fn start() -> Option<TestRedis> {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!(
+                    "CI=true but redis-server is not installed: multi-instance tests cannot run"
+                );
+            }
+            eprintln!("skipping: redis-server is not installed");
+            return None;
+        }
+        let port = free_port();
+        let mut redis = TestRedis { port, child: None };
+        redis.spawn().await;
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not listen on {} within 10 s", self.port);
+    }
+
+    /// Kills Redis (everything it held is gone: it keeps nothing on disk).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Server processes on one PostgreSQL database and one Redis of the test's own: the scaled
+/// deployment.
+pub struct Cluster {
+    pub nodes: Vec<TestServer>,
+    pub redis: TestRedis,
+}
+
+impl Cluster {
+    /// `None` (skipped, with a message) without PostgreSQL or redis-server outside CI.
+    pub async fn start(n: usize, overrides: &[(&str, &str)]) -> Option<Cluster> {
+        if !postgres_enabled() {
+            return None;
+        }
+        let redis = TestRedis::start().await?;
+        let url = redis.url();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("TASKFORGE_REDIS_URL", url.as_str()),
+            ("TASKFORGE_BUS_CHECK_INTERVAL", "200ms"),
+            ("TASKFORGE_PRESENCE_TTL", "2s"),
+            ("TASKFORGE_PRESENCE_SWEEP_INTERVAL", "500ms"),
+        ];
+        env.extend_from_slice(overrides);
+        let first = TestServer::start_with(Backend::Postgres, &env).await;
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 1..n {
+            nodes.push(first.start_peer(&[]).await);
+        }
+        nodes.insert(0, first);
+        Some(Cluster { nodes, redis })
+    }
+
+    pub fn node(&self, i: usize) -> &TestServer {
+        &self.nodes[i % self.nodes.len()]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Peers first: the first node drops the database.
+        while self.nodes.len() > 1 {
+            self.nodes.pop();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
