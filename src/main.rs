@@ -1,6 +1,8 @@
-//! The `taskforge` command: `serve` and `migrate`.
+//! The `taskforge` command: `serve` and `migrate`, and the client commands `login` and `tail`.
 
-use std::io::IsTerminal;
+mod cli;
+
+use std::io::{BufRead, IsTerminal};
 
 use clap::{Parser, Subcommand};
 use taskforge::config::{Config, LogFormat};
@@ -32,6 +34,18 @@ enum Command {
         #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
         log: String,
     },
+    /// Log in to a server and keep the session (in the user's config dir, mode 0600) for `tail`.
+    /// The password is prompted for, or read from the first line of standard input.
+    Login {
+        /// The server's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "TASKFORGE_URL")]
+        url: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Stream a team's activities (or a board's, or a task's) to the terminal, resuming after
+    /// disconnects.
+    Tail(cli::tail::TailArgs),
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -57,6 +71,32 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&log, LogFormat::Text);
             taskforge::app::migrate(&database_url).await?;
         }
+        Command::Login { url, email } => {
+            let password = read_password()?;
+            let auth = cli::login(&url, &email, &password).await?;
+            let path = cli::credentials::store(
+                &url,
+                cli::credentials::Session {
+                    email: email.clone(),
+                    access_token: auth.access_token,
+                    refresh_token: auth.refresh_token,
+                },
+            )?;
+            eprintln!(
+                "logged in to {url} as {email}; session saved in {}",
+                path.display()
+            );
+        }
+        Command::Tail(args) => cli::tail::run(args).await?,
     }
     Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password("Password: ")?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

@@ -1,0 +1,102 @@
+//! Where `taskforge login` keeps the session: `$XDG_CONFIG_HOME/taskforge/credentials.json` (else
+//! `~/.config/...`), one entry per server URL, readable by the user only (0600, in a 0700 dir).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    /// Server base URL -> session.
+    sessions: BTreeMap<String, Session>,
+}
+
+pub fn path() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))?,
+        )
+        .join(".config"),
+    };
+    Ok(base.join("taskforge").join("credentials.json"))
+}
+
+pub fn key(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+fn read() -> anyhow::Result<File> {
+    let p = path()?;
+    match std::fs::read(&p) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+pub fn load(url: &str) -> anyhow::Result<Option<Session>> {
+    Ok(read()?.sessions.remove(&key(url)))
+}
+
+/// Writes the session for `url`, creating the file with mode 0600 (replaced atomically).
+pub fn store(url: &str, session: Session) -> anyhow::Result<PathBuf> {
+    let p = path()?;
+    let dir = p.parent().ok_or_else(|| anyhow!("no parent directory"))?;
+    create_private_dir(dir)?;
+    let mut file = read().unwrap_or_default();
+    file.sessions.insert(key(url), session);
+    let tmp = dir.join("credentials.json.tmp");
+    write_private(&tmp, &serde_json::to_vec_pretty(&file)?)?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
