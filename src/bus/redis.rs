@@ -16,7 +16,7 @@
 //! Keys live under `taskforge:`; the scripts touch keys they compute, so this needs a standalone
 //! Redis (or one primary), not Redis Cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -371,23 +371,27 @@ async fn run_subscriptions(
     check_every: Duration,
 ) {
     let mut wanted: HashMap<String, usize> = HashMap::new();
+    // Channels Redis confirmed on the current connection (redis-rs resubscribes them after a
+    // reconnect; `Resubscribe` confirms them again).
+    let mut confirmed: HashSet<String> = HashSet::new();
     let timeout = check_every.max(Duration::from_secs(1));
     while let Some(cmd) = commands.recv().await {
         let subscriber = conns.get().map(|c| c.subscriber.clone());
         match cmd {
             SubCommand::Watch(channel, reply) => {
-                let n = wanted.entry(channel.clone()).or_insert(0);
-                *n += 1;
+                *wanted.entry(channel.clone()).or_insert(0) += 1;
                 let result = match subscriber {
                     _ if !link.up.load(Ordering::SeqCst) => {
                         Err(BusError::Unreachable("redis is down".into()))
                     }
                     None => Err(BusError::Unreachable("not connected yet".into())),
-                    // Already subscribed for an earlier watcher.
-                    Some(_) if *n > 1 => Ok(()),
+                    Some(_) if confirmed.contains(&channel) => Ok(()),
                     Some(mut s) => {
                         match tokio::time::timeout(timeout, s.subscribe(&channel)).await {
-                            Ok(Ok(())) => Ok(()),
+                            Ok(Ok(())) => {
+                                confirmed.insert(channel);
+                                Ok(())
+                            }
                             Ok(Err(e)) => Err(unreachable(e)),
                             Err(_) => Err(BusError::Unreachable("SUBSCRIBE timed out".into())),
                         }
@@ -402,6 +406,7 @@ async fn run_subscriptions(
                 *n -= 1;
                 if *n == 0 {
                     wanted.remove(&channel);
+                    confirmed.remove(&channel);
                     if let Some(mut s) = subscriber {
                         let _ = tokio::time::timeout(timeout, s.unsubscribe(&channel)).await;
                     }
@@ -409,12 +414,14 @@ async fn run_subscriptions(
             }
             SubCommand::Resubscribe => {
                 let Some(mut s) = subscriber else { continue };
-                let all: Vec<&String> = wanted.keys().collect();
+                confirmed.clear();
+                let all: Vec<String> = wanted.keys().cloned().collect();
                 for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
                     if let Err(e) = s.subscribe(chunk).await {
                         tracing::warn!(error = %e, "resubscribing failed; the next reconnect retries");
                         break;
                     }
+                    confirmed.extend(chunk.iter().cloned());
                 }
             }
         }
