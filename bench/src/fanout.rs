@@ -6,6 +6,12 @@
 //! address's ephemeral ports are available), each subscribing to the team and waiting for its
 //! `subscribed` reply.
 //!
+//! Several instances of one deployment (`--url` given more than once): the setup goes through the
+//! first; socket `i` and writer `w` go to instance `i mod n` / `w mod n`; the CPU and RSS of the
+//! `--server-pid`s are summed and reported per instance. With `--redis`, a PSUBSCRIBE tap counts
+//! the messages published on `team:*` / `user:*` during the window, and INFO the commands and CPU
+//! of Redis (see `redis_tap`).
+//!
 //! Load: `--writers` keep-alive HTTP/1.1 connections create `--events` tasks titled `b<i>`, as fast
 //! as they go or paced (`--rate`: task `i` is sent at `start + i / rate`, open loop); the instant
 //! of each send is recorded. A few driver tasks (`--drivers`, default one per generator thread)
@@ -40,13 +46,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::http_writes::{Client, Target, parse_url, post_api, post_json};
 use crate::procfs::{self, Proc};
+use crate::redis_tap::{Commands, InfoSnapshot, Tap, TapCounts, calls_between, parse_redis_addr};
 use crate::stats::{LatencyHistogram, LatencySummary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
-    /// Base URL of the server, plain HTTP (e.g. http://127.0.0.1:8080)
-    #[arg(long)]
-    pub url: String,
+    /// Base URL of the server, plain HTTP (e.g. http://127.0.0.1:8080). Several instances of one
+    /// deployment: repeat it or separate the URLs with commas; the setup goes through the first,
+    /// sockets and writers are spread over them round-robin
+    #[arg(long = "url", required = true, value_delimiter = ',')]
+    pub urls: Vec<String>,
     /// WebSocket connections, all subscribed to the one team
     #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
@@ -81,9 +90,18 @@ pub struct FanoutArgs {
     /// Timeout of each setup step and of each task creation, in seconds
     #[arg(long, default_value_t = 10.0)]
     pub request_timeout: f64,
-    /// PID of the server process, to report its CPU time and memory
+    /// PID of the server process, to report its CPU time and memory. Several instances: repeat it
+    /// or separate the PIDs with commas, in the order of the URLs; their CPU and RSS are summed and
+    /// reported per instance too
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+    /// Redis of a scaled deployment (redis://HOST:PORT): during the load, count the messages
+    /// published on `team:*` and `user:*` (a PSUBSCRIBE tap) and the commands Redis ran (INFO)
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub redis: Option<String>,
+    /// PID of redis-server, for its CPU time from /proc besides INFO's, and its memory
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
     /// Free-form label copied into the report (used by `summarize` to group runs)
     #[arg(long)]
     pub label: Option<String>,
@@ -98,7 +116,11 @@ pub struct FanoutArgs {
 pub struct FanoutReport {
     pub scenario: String,
     pub label: Option<String>,
+    /// The first `--url` (the one of the setup)
     pub url: String,
+    /// Every `--url`, in order
+    #[serde(default)]
+    pub urls: Vec<String>,
     pub sockets: usize,
     pub users: usize,
     /// `--events`: tasks the writers were asked to create
@@ -153,10 +175,12 @@ pub struct FanoutReport {
     pub latency: LatencySummary,
     /// CPU seconds (user + system) of this generator from the first send to the end
     pub generator_cpu_secs: f64,
-    /// CPU seconds of the server from the first send to the end (with --server-pid)
+    /// CPU seconds of the server from the first send to the end (with --server-pid; several
+    /// instances: summed)
     pub server_cpu_secs: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
-    /// Server RSS after the team setup, before any socket, KiB
+    /// Server RSS after the team setup, before any socket, KiB (several instances: summed, as the
+    /// other RSS figures)
     pub server_rss_baseline_kib: Option<u64>,
     /// Server RSS with every socket subscribed, before the load, KiB
     pub server_rss_connected_kib: Option<u64>,
@@ -164,12 +188,79 @@ pub struct FanoutReport {
     pub server_rss_per_socket_kib: Option<f64>,
     /// Server RSS at the end, KiB
     pub server_rss_end_kib: Option<u64>,
-    /// Server peak RSS (VmHWM) at the end, KiB
+    /// Server peak RSS (VmHWM) at the end, KiB (several instances: the sum of their peaks)
     pub server_peak_rss_kib: Option<u64>,
+    /// Per instance: each `--url` with the `--server-pid` at the same position
+    #[serde(default)]
+    pub instances: Vec<InstanceReport>,
+    /// With `--redis`: messages and commands of Redis during the window (first send to the end)
+    #[serde(default)]
+    pub redis: Option<RedisReport>,
     /// Registering the users and making the team, seconds
     pub setup_secs: f64,
     /// Opening and subscribing every socket, seconds
     pub connect_secs: f64,
+}
+
+/// One server instance of a `fanout` run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    pub url: Option<String>,
+    pub pid: Option<u32>,
+    /// Sockets opened on this instance
+    pub sockets: usize,
+    /// Writers sending to this instance
+    pub writers: usize,
+    /// Tasks created through this instance
+    pub created: u64,
+    /// Deliveries lost on this instance's sockets
+    pub lost: u64,
+    pub sockets_complete: u64,
+    /// CPU seconds from the first send to the end
+    pub cpu_secs: Option<f64>,
+    pub cpu_us_per_delivery: Option<f64>,
+    pub rss_baseline_kib: Option<u64>,
+    pub rss_connected_kib: Option<u64>,
+    pub rss_end_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Redis during the window of a `fanout` run (`--redis`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisReport {
+    /// `host:port`
+    pub addr: String,
+    /// Messages published on `team:{id}` channels, as seen by the PSUBSCRIBE tap
+    pub team_messages: Option<u64>,
+    /// Messages published on `user:{id}` channels
+    pub user_messages: Option<u64>,
+    pub team_bytes: Option<u64>,
+    pub user_bytes: Option<u64>,
+    /// Messages carrying an activity (`A...`) / a presence change (`P...`), both channel kinds
+    pub activity_messages: Option<u64>,
+    pub presence_messages: Option<u64>,
+    /// Messages per task created
+    pub team_messages_per_activity: Option<f64>,
+    pub user_messages_per_activity: Option<f64>,
+    /// Why the tap's figures are missing
+    pub tap_error: Option<String>,
+    /// Calls per command during the window (INFO commandstats; this generator's INFO and PING
+    /// excluded; commands run by scripts included)
+    pub commands: BTreeMap<String, u64>,
+    /// Sum of `commands` per task created
+    pub commands_per_activity: Option<f64>,
+    /// CPU seconds of redis-server (all its threads) during the window: `used_cpu_user +
+    /// used_cpu_sys` of INFO (getrusage, µs resolution), else from /proc of `--redis-pid`
+    pub cpu_secs: Option<f64>,
+    /// `info` or `proc`
+    pub cpu_source: Option<String>,
+    /// The same from /proc/PID/stat of `--redis-pid` (clock ticks: 10 ms resolution)
+    pub proc_cpu_secs: Option<f64>,
+    pub cpu_us_per_activity: Option<f64>,
+    /// Resident memory of redis-server at the end, KiB (with --redis-pid)
+    pub rss_end_kib: Option<u64>,
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -286,6 +377,8 @@ impl Stream for Tagged {
 
 /// Per-socket bookkeeping of a driver.
 struct SockState {
+    /// Index of the instance (`--url`) the socket is on (read at the end only)
+    inst: usize,
     sub_seq: u64,
     /// Bit `seq - sub_seq - 1` is set once that seq arrived.
     seen: Vec<u64>,
@@ -328,8 +421,11 @@ fn classify(text: &str) -> (bool, String) {
     }
 }
 
+/// A subscribed socket: the stream, its `subscribed` seq and its instance.
+type Opened = (Ws, u64, usize);
+
 async fn drive(
-    sockets: Vec<(Ws, u64)>,
+    sockets: Vec<Opened>,
     load: Arc<Load>,
     progress: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
@@ -338,8 +434,9 @@ async fn drive(
     let mut out = DriverOut::default();
     let mut socks = Vec::with_capacity(sockets.len());
     let mut sel = SelectAll::new();
-    for (k, (ws, sub_seq)) in sockets.into_iter().enumerate() {
+    for (k, (ws, sub_seq, inst)) in sockets.into_iter().enumerate() {
         socks.push(SockState {
+            inst,
             sub_seq,
             seen: vec![0; words],
             distinct: 0,
@@ -455,16 +552,20 @@ struct WriterOut {
 
 struct WriteJob {
     load: Arc<Load>,
-    target: Arc<Target>,
     bearer: HeaderValue,
-    uri: Uri,
     next: AtomicU64,
     rate: Option<f64>,
     start: Instant,
     timeout: Duration,
 }
 
-async fn writer(job: Arc<WriteJob>, mut client: Client) -> WriterOut {
+/// One writer: its connection to one instance, and that instance's task creation URI.
+async fn writer(
+    job: Arc<WriteJob>,
+    target: Arc<Target>,
+    uri: Uri,
+    mut client: Client,
+) -> WriterOut {
     let mut out = WriterOut::default();
     loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -479,7 +580,7 @@ async fn writer(job: Arc<WriteJob>, mut client: Client) -> WriterOut {
                 .max(Instant::now().saturating_duration_since(due));
         }
         let body = Bytes::from(format!("{{\"title\":\"b{i}\"}}"));
-        let req = post_json(&job.target, job.uri.clone(), Some(&job.bearer), body);
+        let req = post_json(&target, uri.clone(), Some(&job.bearer), body);
         let sent = Instant::now();
         let ns = sent.duration_since(job.load.base).as_nanos() as u64 + 1;
         job.load.sent_ns[i].store(ns, Ordering::Release);
@@ -641,15 +742,145 @@ pub fn raise_nofile_limit() -> std::io::Result<libc::rlim_t> {
     Ok(lim.rlim_cur)
 }
 
-fn rss(pid: Option<u32>) -> Option<(u64, u64)> {
-    pid.and_then(|p| procfs::rss_kib(Proc::Pid(p)).ok())
+/// RSS and peak RSS of each pid, KiB.
+fn rss_of(pids: &[u32]) -> Vec<Option<(u64, u64)>> {
+    pids.iter()
+        .map(|&p| procfs::rss_kib(Proc::Pid(p)).ok())
+        .collect()
 }
 
-fn server_cpu(pid: Option<u32>) -> Option<f64> {
-    pid.and_then(|p| procfs::cpu_seconds(Proc::Pid(p)).ok())
+/// CPU seconds of each pid.
+fn cpu_of(pids: &[u32]) -> Vec<Option<f64>> {
+    pids.iter()
+        .map(|&p| procfs::cpu_seconds(Proc::Pid(p)).ok())
+        .collect()
+}
+
+/// The sum over every instance, or None when there is none or one of them is unknown.
+fn sum_all<T: std::iter::Sum<T> + Copy>(xs: impl IntoIterator<Item = Option<T>>) -> Option<T> {
+    let v: Option<Vec<T>> = xs.into_iter().collect();
+    v.filter(|v| !v.is_empty()).map(|v| v.into_iter().sum())
+}
+
+/// Per-pid CPU seconds between two snapshots.
+fn cpu_between(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<Option<f64>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(a, b)| a.zip(*b).map(|(a, b)| b - a))
+        .collect()
+}
+
+fn per_activity(n: Option<u64>, created: u64) -> Option<f64> {
+    n.filter(|_| created > 0).map(|n| n as f64 / created as f64)
+}
+
+/// Redis's counters at one instant of the run.
+struct RedisMark {
+    tap: Result<TapCounts, String>,
+    info: Result<InfoSnapshot, String>,
+    proc_cpu: Option<f64>,
+}
+
+/// The Redis side of a run: the tap and a command connection.
+struct RedisProbe {
+    addr: String,
+    pid: Option<u32>,
+    tap: Tap,
+    commands: Commands,
+    timeout: Duration,
+}
+
+impl RedisProbe {
+    async fn start(url: &str, pid: Option<u32>, timeout: Duration) -> Result<RedisProbe> {
+        let addr = parse_redis_addr(url)?;
+        let tap = Tap::start(&addr, timeout).await?;
+        let commands = Commands::connect(&addr, timeout).await?;
+        Ok(RedisProbe {
+            addr,
+            pid,
+            tap,
+            commands,
+            timeout,
+        })
+    }
+
+    /// The tap's PING first, then INFO (see `calls_between`).
+    async fn mark(&mut self) -> RedisMark {
+        let tap = self
+            .tap
+            .snapshot(self.timeout)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        let info = self.commands.info().await.map_err(|e| format!("{e:#}"));
+        let proc_cpu = self
+            .pid
+            .and_then(|p| procfs::cpu_seconds(Proc::Pid(p)).ok());
+        RedisMark {
+            tap,
+            info,
+            proc_cpu,
+        }
+    }
+
+    fn report(&self, before: &RedisMark, after: &RedisMark, created: u64) -> RedisReport {
+        let tap = match (&before.tap, &after.tap) {
+            (Ok(b), Ok(a)) => Ok(a.since(*b)),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
+        let t = tap.as_ref().ok();
+        let (commands, info_cpu) = match (&before.info, &after.info) {
+            (Ok(b), Ok(a)) => (
+                calls_between(b, a),
+                b.cpu_secs.zip(a.cpu_secs).map(|(b, a)| a - b),
+            ),
+            _ => (BTreeMap::new(), None),
+        };
+        let commands_total =
+            (before.info.is_ok() && after.info.is_ok()).then(|| commands.values().sum::<u64>());
+        let proc_cpu = before.proc_cpu.zip(after.proc_cpu).map(|(b, a)| a - b);
+        let (cpu_secs, cpu_source) = match (info_cpu, proc_cpu) {
+            (Some(c), _) => (Some(c), Some("info".to_string())),
+            (None, Some(c)) => (Some(c), Some("proc".to_string())),
+            (None, None) => (None, None),
+        };
+        RedisReport {
+            addr: self.addr.clone(),
+            team_messages: t.map(|t| t.team),
+            user_messages: t.map(|t| t.user),
+            team_bytes: t.map(|t| t.team_bytes),
+            user_bytes: t.map(|t| t.user_bytes),
+            activity_messages: t.map(|t| t.activities),
+            presence_messages: t.map(|t| t.presence),
+            team_messages_per_activity: per_activity(t.map(|t| t.team), created),
+            user_messages_per_activity: per_activity(t.map(|t| t.user), created),
+            tap_error: tap.err(),
+            commands,
+            commands_per_activity: per_activity(commands_total, created),
+            cpu_secs,
+            cpu_source,
+            proc_cpu_secs: proc_cpu,
+            cpu_us_per_activity: cpu_secs
+                .filter(|_| created > 0)
+                .map(|c| c * 1e6 / created as f64),
+            rss_end_kib: self
+                .pid
+                .and_then(|p| procfs::rss_kib(Proc::Pid(p)).ok())
+                .map(|r| r.0),
+        }
+    }
+}
+
+/// One `--url`: where its sockets connect and its writers send.
+struct Instance {
+    target: Arc<Target>,
+    server: SocketAddr,
+    ws_base: String,
+    task_uri: Uri,
 }
 
 pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
+    ensure!(!args.urls.is_empty(), "--url is required");
     ensure!(args.sockets >= 1, "--sockets must be at least 1");
     ensure!(args.events >= 1, "--events must be at least 1");
     ensure!(args.writers >= 1, "--writers must be at least 1");
@@ -670,69 +901,106 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
     }
     let drivers = args.drivers.unwrap_or(threads).clamp(1, args.sockets);
-    let target = Arc::new(parse_url(&args.url)?);
     let request_timeout = Duration::from_secs_f64(args.request_timeout);
-    let server: SocketAddr = tokio::net::lookup_host(target.addr.as_str())
-        .await
-        .with_context(|| format!("resolving {}", target.addr))?
-        .next()
-        .ok_or_else(|| anyhow!("{} resolves to no address", target.addr))?;
-    // Several loopback source addresses only make sense towards a loopback IPv4 server.
-    let sources: Vec<Option<IpAddr>> = match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() && args.source_addrs > 0 => (1..=args.source_addrs)
+    let pids = args.server_pids.as_slice();
+    let mut targets = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        let target = Arc::new(parse_url(url)?);
+        let server: SocketAddr = tokio::net::lookup_host(target.addr.as_str())
+            .await
+            .with_context(|| format!("resolving {}", target.addr))?
+            .next()
+            .ok_or_else(|| anyhow!("{} resolves to no address", target.addr))?;
+        targets.push(Instance {
+            ws_base: format!("ws://{}{}/realtime?token=", target.addr, target.prefix),
+            task_uri: Uri::default(), // set once the team exists
+            target,
+            server,
+        });
+    }
+    let n_inst = targets.len();
+    // Several loopback source addresses only make sense towards loopback IPv4 servers.
+    let all_loopback_v4 = targets
+        .iter()
+        .all(|t| matches!(t.server.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    let sources: Vec<Option<IpAddr>> = if all_loopback_v4 && args.source_addrs > 0 {
+        (1..=args.source_addrs)
             .map(|k| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))))
-            .collect(),
-        _ => vec![None],
+            .collect()
+    } else {
+        vec![None]
+    };
+    let mut redis = match &args.redis {
+        Some(url) => Some(
+            RedisProbe::start(url, args.redis_pid, request_timeout)
+                .await
+                .context("connecting to Redis")?,
+        ),
+        None => None,
     };
 
-    // Setup: users, team, members.
+    // Setup: users, team, members, through the first instance.
     let setup_start = Instant::now();
     eprintln!(
         "fanout: registering {} users and making the team",
         args.users + 1
     );
-    let team = setup_team(&target, args.users, request_timeout)
+    let team = setup_team(&targets[0].target, args.users, request_timeout)
         .await
         .context("setup failed")?;
+    for t in &mut targets {
+        t.task_uri = format!("{}/api/v1/teams/{}/tasks", t.target.prefix, team.team_id).parse()?;
+    }
     let setup_secs = setup_start.elapsed().as_secs_f64();
-    let rss_baseline = rss(args.server_pid);
+    let rss_baseline = rss_of(pids);
 
-    // Sockets.
+    // Sockets: socket i on instance i mod instances.
     eprintln!(
-        "fanout: opening {} sockets from {} source address(es)",
+        "fanout: opening {} sockets on {} instance(s) from {} source address(es)",
         args.sockets,
+        n_inst,
         sources.len()
     );
     let connect_start = Instant::now();
     let config = WebSocketConfig::default().read_buffer_size(args.read_buffer);
     let subscribe = format!(r#"{{"type":"subscribe","teamId":"{}"}}"#, team.team_id);
-    let ws_base = format!("ws://{}{}/realtime?token=", target.addr, target.prefix);
-    let opened: Vec<(usize, Result<(Ws, u64)>)> = futures_util::stream::iter(0..args.sockets)
+    let opened: Vec<(usize, Result<Opened>)> = futures_util::stream::iter(0..args.sockets)
         .map(|i| {
-            let url = format!("{ws_base}{}", team.tokens[i % team.tokens.len()]);
+            let inst = i % n_inst;
+            let t = &targets[inst];
+            let url = format!("{}{}", t.ws_base, team.tokens[i % team.tokens.len()]);
             let source = sources[i % sources.len()];
             let subscribe = subscribe.as_str();
+            let server = t.server;
             async move {
                 let r = tokio::time::timeout(
                     request_timeout,
                     open_socket(server, source, url, subscribe, config),
                 )
                 .await
-                .unwrap_or_else(|_| Err(anyhow!("timed out")));
+                .unwrap_or_else(|_| Err(anyhow!("timed out")))
+                .map(|(ws, seq)| (ws, seq, inst))
+                .map_err(|e| {
+                    if n_inst > 1 {
+                        e.context(format!("instance {inst}"))
+                    } else {
+                        e
+                    }
+                });
                 (i, r)
             }
         })
         .buffer_unordered(args.connect_concurrency)
         .collect()
         .await;
-    let mut per_driver: Vec<Vec<(Ws, u64)>> = (0..drivers).map(|_| Vec::new()).collect();
+    let mut per_driver: Vec<Vec<Opened>> = (0..drivers).map(|_| Vec::new()).collect();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut sub_seqs = (u64::MAX, 0u64);
     for (i, r) in opened {
         match r {
-            Ok((ws, seq)) => {
-                sub_seqs = (sub_seqs.0.min(seq), sub_seqs.1.max(seq));
-                per_driver[i % drivers].push((ws, seq));
+            Ok(o) => {
+                sub_seqs = (sub_seqs.0.min(o.1), sub_seqs.1.max(o.1));
+                per_driver[i % drivers].push(o);
             }
             Err(e) => bump(&mut failures, format!("{e:#}")),
         }
@@ -754,12 +1022,13 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         );
     }
     let connect_secs = connect_start.elapsed().as_secs_f64();
-    let rss_connected = rss(args.server_pid);
+    let rss_connected = rss_of(pids);
 
-    // Writers' connections, opened before the load.
-    let addr: Arc<str> = target.addr.as_str().into();
+    // Writers' connections, opened before the load: writer w on instance w mod instances.
     let mut clients = Vec::with_capacity(args.writers);
-    for _ in 0..args.writers {
+    for w in 0..args.writers {
+        let t = &targets[w % n_inst];
+        let addr: Arc<str> = t.target.addr.as_str().into();
         let mut c = Client::new(addr.clone());
         c.ready()
             .await
@@ -792,13 +1061,15 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         args.rate
             .map_or(String::new(), |r| format!(" at {r} per second"))
     );
+    let redis_before = match redis.as_mut() {
+        Some(r) => Some(r.mark().await),
+        None => None,
+    };
     let gen_cpu0 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0);
-    let srv_cpu0 = server_cpu(args.server_pid);
+    let srv_cpu0 = cpu_of(pids);
     let job = Arc::new(WriteJob {
         load: load.clone(),
-        target: target.clone(),
         bearer: team.owner_bearer.clone(),
-        uri: format!("{}/api/v1/teams/{}/tasks", target.prefix, team.team_id).parse()?,
         next: AtomicU64::new(0),
         rate: args.rate,
         start: Instant::now(),
@@ -806,11 +1077,17 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     });
     let writer_tasks: Vec<_> = clients
         .into_iter()
-        .map(|c| tokio::spawn(writer(job.clone(), c)))
+        .enumerate()
+        .map(|(w, c)| {
+            let t = &targets[w % n_inst];
+            tokio::spawn(writer(job.clone(), t.target.clone(), t.task_uri.clone(), c))
+        })
         .collect();
     let mut w = WriterOut::default();
-    for t in writer_tasks {
+    let mut created_per_inst = vec![0u64; n_inst];
+    for (k, t) in writer_tasks.into_iter().enumerate() {
         let o = t.await.context("writer panicked")?;
+        created_per_inst[k % n_inst] += o.ok;
         w.latency.merge(&o.latency);
         w.ok += o.ok;
         for (k, v) in o.failures {
@@ -843,10 +1120,13 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let gen_cpu = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0) - gen_cpu0;
-    let srv_cpu = srv_cpu0
-        .zip(server_cpu(args.server_pid))
-        .map(|(a, b)| b - a);
-    let rss_end = rss(args.server_pid);
+    let srv_cpu_each = cpu_between(&srv_cpu0, &cpu_of(pids));
+    let srv_cpu = sum_all(srv_cpu_each.iter().copied());
+    let rss_end = rss_of(pids);
+    let redis_after = match redis.as_mut() {
+        Some(r) => Some(r.mark().await),
+        None => None,
+    };
     let _ = stop_tx.send(true);
 
     let mut latency = LatencyHistogram::new();
@@ -855,6 +1135,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     let mut last_receipt: Option<Instant> = None;
     let (mut lost, mut duplicates, mut out_of_order, mut unexpected, mut complete) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut inst_lost = vec![0u64; n_inst];
+    let mut inst_complete = vec![0u64; n_inst];
     let mut closed = BTreeMap::new();
     let mut error_frames = BTreeMap::new();
     let mut other_frames = BTreeMap::new();
@@ -865,8 +1147,11 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         untitled += d.untitled;
         last_receipt = last_receipt.max(d.last_receipt);
         for s in &d.socks {
-            lost += w.ok.saturating_sub(s.distinct);
+            let l = w.ok.saturating_sub(s.distinct);
+            lost += l;
+            inst_lost[s.inst] += l;
             complete += u64::from(s.distinct >= w.ok);
+            inst_complete[s.inst] += u64::from(s.distinct >= w.ok);
             duplicates += s.duplicates;
             out_of_order += s.out_of_order;
             unexpected += s.unexpected;
@@ -887,10 +1172,52 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     if w.reconnects > 0 {
         write_failures.insert("reconnects".into(), w.reconnects);
     }
+    let per_delivery = |cpu: Option<f64>, deliveries: u64| {
+        cpu.filter(|_| deliveries > 0)
+            .map(|s| s * 1e6 / deliveries as f64)
+    };
+    let instances: Vec<InstanceReport> = (0..n_inst.max(pids.len()))
+        .map(|k| {
+            let on_url = k < n_inst;
+            let sockets = if on_url {
+                (args.sockets + n_inst - 1 - k) / n_inst
+            } else {
+                0
+            };
+            let cpu = srv_cpu_each.get(k).copied().flatten();
+            InstanceReport {
+                url: args.urls.get(k).cloned(),
+                pid: pids.get(k).copied(),
+                sockets,
+                writers: if on_url {
+                    (args.writers + n_inst - 1 - k) / n_inst
+                } else {
+                    0
+                },
+                created: created_per_inst.get(k).copied().unwrap_or(0),
+                lost: inst_lost.get(k).copied().unwrap_or(0),
+                sockets_complete: inst_complete.get(k).copied().unwrap_or(0),
+                cpu_secs: cpu,
+                // Each instance's CPU per delivery made on its own sockets.
+                cpu_us_per_delivery: per_delivery(cpu, sockets as u64 * w.ok),
+                rss_baseline_kib: rss_baseline.get(k).copied().flatten().map(|r| r.0),
+                rss_connected_kib: rss_connected.get(k).copied().flatten().map(|r| r.0),
+                rss_end_kib: rss_end.get(k).copied().flatten().map(|r| r.0),
+                peak_rss_kib: rss_end.get(k).copied().flatten().map(|r| r.1),
+            }
+        })
+        .collect();
+    let rss_baseline_sum = sum_all(rss_baseline.iter().map(|r| r.map(|r| r.0)));
+    let rss_connected_sum = sum_all(rss_connected.iter().map(|r| r.map(|r| r.0)));
+    let redis_report = match (&redis, &redis_before, &redis_after) {
+        (Some(r), Some(b), Some(a)) => Some(r.report(b, a, w.ok)),
+        _ => None,
+    };
     Ok(FanoutReport {
         scenario: "ws_fanout".into(),
         label: args.label.clone(),
-        url: args.url.clone(),
+        url: args.urls[0].clone(),
+        urls: args.urls.clone(),
         sockets: args.sockets,
         users: args.users,
         events: args.events,
@@ -926,16 +1253,16 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         latency: latency.summary(),
         generator_cpu_secs: gen_cpu,
         server_cpu_secs: srv_cpu,
-        server_cpu_us_per_delivery: srv_cpu
-            .filter(|_| received > 0)
-            .map(|s| s * 1e6 / received as f64),
-        server_rss_baseline_kib: rss_baseline.map(|r| r.0),
-        server_rss_connected_kib: rss_connected.map(|r| r.0),
-        server_rss_per_socket_kib: rss_baseline
-            .zip(rss_connected)
-            .map(|(b, c)| (c.0 as f64 - b.0 as f64) / args.sockets as f64),
-        server_rss_end_kib: rss_end.map(|r| r.0),
-        server_peak_rss_kib: rss_end.map(|r| r.1),
+        server_cpu_us_per_delivery: per_delivery(srv_cpu, received),
+        server_rss_baseline_kib: rss_baseline_sum,
+        server_rss_connected_kib: rss_connected_sum,
+        server_rss_per_socket_kib: rss_baseline_sum
+            .zip(rss_connected_sum)
+            .map(|(b, c)| (c as f64 - b as f64) / args.sockets as f64),
+        server_rss_end_kib: sum_all(rss_end.iter().map(|r| r.map(|r| r.0))),
+        server_peak_rss_kib: sum_all(rss_end.iter().map(|r| r.map(|r| r.1))),
+        instances,
+        redis: redis_report,
         setup_secs,
         connect_secs,
     })
@@ -968,7 +1295,14 @@ pub fn print_human(r: &FanoutReport) {
         .target_rate
         .map_or("max".to_string(), |x| format!("{x} events/s (open loop)"));
     println!("WebSocket fanout  {}", r.label.as_deref().unwrap_or(""));
-    println!("  server            {}", r.url);
+    if r.urls.len() > 1 {
+        println!(
+            "  servers           {} (setup through the first)",
+            r.urls.join(", ")
+        );
+    } else {
+        println!("  server            {}", r.url);
+    }
     println!(
         "  sockets           {} over {} users and {} source address(es); {} generator thread(s), {} driver(s)",
         r.sockets, r.users, r.source_addrs, r.threads, r.drivers
@@ -1049,6 +1383,60 @@ pub fn print_human(r: &FanoutReport) {
             "                    {:.1} MiB at the end (peak {:.1} MiB)",
             e as f64 / 1024.0,
             p as f64 / 1024.0
+        );
+    }
+    if r.instances.len() > 1 {
+        for (k, i) in r.instances.iter().enumerate() {
+            let mib =
+                |x: Option<u64>| x.map_or("-".into(), |x| format!("{:.1}", x as f64 / 1024.0));
+            println!(
+                "  instance {k}        {} pid {}: {} sockets ({} complete, {} lost), {} writer(s), {} created; CPU {} s ({} µs per delivery on its sockets); RSS MiB {} / {} / {} (peak {})",
+                i.url.as_deref().unwrap_or("-"),
+                i.pid.map_or("-".into(), |p| p.to_string()),
+                i.sockets,
+                i.sockets_complete,
+                i.lost,
+                i.writers,
+                i.created,
+                i.cpu_secs.map_or("-".into(), |c| format!("{c:.2}")),
+                i.cpu_us_per_delivery
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+                mib(i.rss_baseline_kib),
+                mib(i.rss_connected_kib),
+                mib(i.rss_end_kib),
+                mib(i.peak_rss_kib),
+            );
+        }
+    }
+    if let Some(x) = &r.redis {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        println!(
+            "  redis             {}: team: {} messages ({} per activity, {} bytes), user: {} ({} per activity, {} bytes); {} activity / {} presence payloads",
+            x.addr,
+            n(x.team_messages),
+            f(x.team_messages_per_activity),
+            n(x.team_bytes),
+            n(x.user_messages),
+            f(x.user_messages_per_activity),
+            n(x.user_bytes),
+            n(x.activity_messages),
+            n(x.presence_messages),
+        );
+        if let Some(e) = &x.tap_error {
+            println!("  redis tap failed  {e}");
+        }
+        println!(
+            "  redis commands    {} per activity: {}",
+            f(x.commands_per_activity),
+            counts(&x.commands)
+        );
+        println!(
+            "  redis CPU         {} s ({}; /proc: {} s), {} µs per activity",
+            f(x.cpu_secs),
+            x.cpu_source.as_deref().unwrap_or("-"),
+            f(x.proc_cpu_secs),
+            f(x.cpu_us_per_activity)
         );
     }
 }

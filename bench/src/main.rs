@@ -5,11 +5,12 @@
 //! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
 //!
-//! See `bench/README.md`, `bench/http-writes.sh` and `bench/fanout.sh`.
+//! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh` and `bench/cluster-fanout.sh`.
 
 mod fanout;
 mod http_writes;
 mod procfs;
+mod redis_tap;
 mod stats;
 mod summary;
 
@@ -143,5 +144,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_takes_several_urls_and_pids() {
+        let cli = Cli::try_parse_from([
+            "taskforge-bench",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--url",
+            "http://127.0.0.1:3",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+        ])
+        .unwrap();
+        let Command::Fanout(a) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(a.urls.len(), 3);
+        assert_eq!(a.urls[2], "http://127.0.0.1:3");
+        assert_eq!(a.server_pids, vec![10, 11, 12]);
+        let cli =
+            Cli::try_parse_from(["taskforge-bench", "fanout", "--url", "http://h:8080"]).unwrap();
+        let Command::Fanout(a) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(a.urls, vec!["http://h:8080".to_string()]);
+        assert!(a.server_pids.is_empty() && a.redis.is_none());
+        assert!(Cli::try_parse_from(["taskforge-bench", "fanout"]).is_err());
     }
 }

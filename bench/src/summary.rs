@@ -61,6 +61,16 @@ static COLUMNS: &[Column] = &[
     ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
 ];
 
+/// Out of order + unexpected seqs + sockets cut + error frames of a `fanout` report.
+fn other_problems(v: &Value) -> Option<f64> {
+    Some(
+        num(v, "/outOfOrder")?
+            + num(v, "/unexpected")?
+            + sum_of(v, "/socketsClosed")?
+            + sum_of(v, "/errorFrames")?,
+    )
+}
+
 /// Columns for `fanout` reports (`"scenario": "ws_fanout"`).
 static FANOUT_COLUMNS: &[Column] = &[
     ("sockets", |v| num(v, "/sockets")),
@@ -69,14 +79,7 @@ static FANOUT_COLUMNS: &[Column] = &[
     ("deliv/s", |v| num(v, "/deliveriesPerSec")),
     ("lost", |v| num(v, "/lost")),
     ("dup", |v| num(v, "/duplicates")),
-    ("other", |v| {
-        Some(
-            num(v, "/outOfOrder")?
-                + num(v, "/unexpected")?
-                + sum_of(v, "/socketsClosed")?
-                + sum_of(v, "/errorFrames")?,
-        )
-    }),
+    ("other", other_problems),
     ("p50ms", |v| num(v, "/latency/p50Ms")),
     ("p90ms", |v| num(v, "/latency/p90Ms")),
     ("p99ms", |v| num(v, "/latency/p99Ms")),
@@ -89,14 +92,49 @@ static FANOUT_COLUMNS: &[Column] = &[
     ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
 ];
 
+/// Columns for `fanout` reports of several instances or with `--redis` (the scaled deployment).
+static CLUSTER_COLUMNS: &[Column] = &[
+    ("sockets", |v| num(v, "/sockets")),
+    ("inst", |v| Some(v.get("urls")?.as_array()?.len() as f64)),
+    ("events", |v| num(v, "/created")),
+    ("rate", |v| num(v, "/targetRate")),
+    ("deliv/s", |v| num(v, "/deliveriesPerSec")),
+    ("lost", |v| num(v, "/lost")),
+    ("dup", |v| num(v, "/duplicates")),
+    ("other", other_problems),
+    ("p50ms", |v| num(v, "/latency/p50Ms")),
+    ("p99ms", |v| num(v, "/latency/p99Ms")),
+    ("p99.9ms", |v| num(v, "/latency/p999Ms")),
+    ("maxms", |v| num(v, "/latency/maxMs")),
+    ("genCPUs", |v| num(v, "/generatorCpuSecs")),
+    ("srvCPUs", |v| num(v, "/serverCpuSecs")),
+    ("srvµs/dl", |v| num(v, "/serverCpuUsPerDelivery")),
+    ("team/act", |v| num(v, "/redis/teamMessagesPerActivity")),
+    ("user/act", |v| num(v, "/redis/userMessagesPerActivity")),
+    ("rcmd/act", |v| num(v, "/redis/commandsPerActivity")),
+    ("rµs/act", |v| num(v, "/redis/cpuUsPerActivity")),
+    ("KiB/sock", |v| num(v, "/serverRssPerSocketKib")),
+    ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
+];
+
 /// The columns for a group of runs, by the scenario of its first report.
 fn columns_of(runs: &[Value]) -> &'static [Column] {
-    match runs
-        .first()
-        .and_then(|r| r.get("scenario"))
-        .and_then(Value::as_str)
-    {
-        Some("ws_fanout") => FANOUT_COLUMNS,
+    let Some(first) = runs.first() else {
+        return COLUMNS;
+    };
+    match first.get("scenario").and_then(Value::as_str) {
+        Some("ws_fanout") => {
+            let instances = first
+                .get("urls")
+                .and_then(Value::as_array)
+                .map_or(1, Vec::len);
+            let redis = first.get("redis").is_some_and(|r| !r.is_null());
+            if instances > 1 || redis {
+                CLUSTER_COLUMNS
+            } else {
+                FANOUT_COLUMNS
+            }
+        }
         _ => COLUMNS,
     }
 }
@@ -276,5 +314,25 @@ mod tests {
         assert_eq!(col("dup")(&runs[0]), Some(1.0));
         assert_eq!(col("srvµs/dl")(&runs[0]), Some(3.5));
         assert!(std::ptr::eq(columns_of(&[json!({"label": "w"})]), COLUMNS));
+    }
+
+    #[test]
+    fn cluster_reports_get_their_columns() {
+        let r = json!({"scenario": "ws_fanout", "label": "c", "sockets": 30, "created": 10,
+               "urls": ["http://a", "http://b", "http://c"], "outOfOrder": 0, "unexpected": 0,
+               "socketsClosed": {}, "errorFrames": {"x": 1},
+               "redis": {"teamMessagesPerActivity": 1.0, "userMessagesPerActivity": 0.0,
+                         "commandsPerActivity": 4.5, "cpuUsPerActivity": 120.0}});
+        let runs = vec![r];
+        let cols = columns_of(&runs);
+        assert!(std::ptr::eq(cols, CLUSTER_COLUMNS));
+        let col = |name: &str| cols.iter().find(|c| c.0 == name).unwrap().1;
+        assert_eq!(col("inst")(&runs[0]), Some(3.0));
+        assert_eq!(col("other")(&runs[0]), Some(1.0));
+        assert_eq!(col("team/act")(&runs[0]), Some(1.0));
+        assert_eq!(col("rcmd/act")(&runs[0]), Some(4.5));
+        assert_eq!(col("rµs/act")(&runs[0]), Some(120.0));
+        let single = json!({"scenario": "ws_fanout", "urls": ["http://a"], "redis": null});
+        assert!(std::ptr::eq(columns_of(&[single]), FANOUT_COLUMNS));
     }
 }
