@@ -51,12 +51,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     tracing::info!(backend = store.backend(), "database ready");
     let bus: Arc<dyn Bus> = match &config.redis_url {
         None => Arc::new(InProcessBus::new(4096)),
-        Some(url) => RedisBus::start(RedisSettings {
-            url: url.clone(),
-            check_every: config.bus_check_interval,
-            presence_ttl: config.presence_ttl,
-            queue: 65_536,
-        })?,
+        Some(url) => {
+            let bus = RedisBus::start(RedisSettings {
+                url: url.clone(),
+                check_every: config.bus_check_interval,
+                presence_ttl: config.presence_ttl,
+                queue: 65_536,
+            })?;
+            bus.wait_up(Duration::from_secs(5)).await;
+            bus
+        }
     };
     let relay = Relay::start(
         store.clone(),

@@ -215,6 +215,20 @@ impl RedisBus {
         Ok(bus)
     }
 
+    /// Waits (at most `limit`) for the first connection, so that a normal start serves with the
+    /// bus up; after that the instance starts anyway and the bus comes up when Redis does.
+    pub async fn wait_up(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_up() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("redis is not reachable yet; serving from the log until it is");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn commands(&self) -> Result<ConnectionManager, BusError> {
         self.conns
             .get()
@@ -322,7 +336,7 @@ async fn run_health(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(c) = conns.get() else {
+        if conns.get().is_none() {
             match connect(&client, &link, check_every).await {
                 Ok(c) => {
                     let _ = conns.set(c);
@@ -333,6 +347,8 @@ async fn run_health(
                     continue;
                 }
             }
+        }
+        let Some(c) = conns.get() else {
             continue;
         };
         let mut subscriber = c.subscriber.clone();

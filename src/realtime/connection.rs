@@ -407,12 +407,47 @@ impl Conn {
                 .hub
                 .join(self.id, scope, team, bounds.last_seq, replayed, &elsewhere)
             {
-                Join::Joined(_) | Join::Gone => return Ok(()),
+                Join::Joined(_) => {
+                    if let Scope::Task(task) = scope {
+                        self.presence_joined_meanwhile(team, task, &elsewhere).await;
+                    }
+                    return Ok(());
+                }
+                Join::Gone => return Ok(()),
                 Join::TooMany => return Err(SubscribeError::TooMany),
                 Join::Stale => tokio::task::yield_now().await,
+                Join::Behind => self.rt.hub.catch_up(team, bounds.last_seq).await?,
             }
         }
         Err(SubscribeError::Busy)
+    }
+
+    /// Shared presence: a viewer who joined on another instance between the snapshot read and the
+    /// join was announced before this socket was in the room. Read again and tell this socket.
+    async fn presence_joined_meanwhile(
+        &self,
+        team: TeamId,
+        task: crate::domain::TaskId,
+        snapshot: &[PresenceUser],
+    ) {
+        let Some(shared) = self.rt.bus.shared_presence() else {
+            return;
+        };
+        let Ok(now) = shared.viewers(task).await else {
+            return;
+        };
+        let local = self.rt.hub.local_viewers(task);
+        for user in now {
+            let known = user.user_id == self.user
+                || local.contains(&user.user_id)
+                || snapshot.iter().any(|u| u.user_id == user.user_id);
+            if !known {
+                self.outbox
+                    .push(Message::Text(super::protocol::presence_frame(
+                        true, team, task, &user,
+                    )));
+            }
+        }
     }
 
     /// Queues the activities of `(from, upto]` that reach the room; false if the socket closes.

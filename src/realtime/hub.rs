@@ -68,6 +68,11 @@ struct Held {
 
 struct TeamState {
     phase: Phase,
+    /// The team's seq when the hub started following it: the team's channel brings only what
+    /// comes after it, so a user-channel copy at or below it is still owed to its user.
+    started_at: i64,
+    /// How far an earlier following of the team dispatched (its user copies are delivered).
+    dispatched_before: i64,
     /// Rooms joined by local connections, plus subscribes in progress: the team is followed
     /// while this is above zero.
     refs: usize,
@@ -111,6 +116,8 @@ pub enum Join {
     Joined(i64),
     /// The team's dispatch moved past the caller's snapshot: check again with a fresh one.
     Stale,
+    /// The team's dispatch is behind the caller's snapshot: `catch_up`, then check again.
+    Behind,
     TooMany,
     /// The connection is gone.
     Gone,
@@ -235,14 +242,16 @@ impl Hub {
                     }
                     Some(_) => {}
                     None => {
+                        let dispatched_before = s.left.remove(&team).map_or(0, |(d, _)| d);
                         s.teams.insert(
                             team,
                             TeamState {
                                 phase: Phase::Starting { held: Vec::new() },
+                                started_at: 0,
+                                dispatched_before,
                                 refs: 1,
                             },
                         );
-                        s.left.remove(&team);
                         break;
                     }
                 }
@@ -312,23 +321,50 @@ impl Hub {
         Ok(())
     }
 
+    /// The users with a local socket in `task`'s room.
+    pub fn local_viewers(&self, task: TaskId) -> Vec<UserId> {
+        self.state
+            .lock()
+            .presence
+            .get(&task)
+            .map(|p| p.users.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Dispatches `team` from the log up to `upto` (a seq the caller saw committed).
+    pub async fn catch_up(&self, team: TeamId, upto: i64) -> Result<(), StoreError> {
+        let Some(dispatched) = self.dispatched(team) else {
+            return Ok(());
+        };
+        if dispatched < upto {
+            let missing = self.read_log(team, dispatched, upto).await?;
+            self.dispatch(missing).await;
+        }
+        Ok(())
+    }
+
     /// An activity from a user's channel: for the user's own sockets, unless the team's channel
     /// brings (or brought) it.
     pub fn deliver_user_copy(&self, entry: LogEntry) {
         self.with_state(|s| {
             let team = entry.team_id();
-            match s.teams.get_mut(&team).map(|t| &mut t.phase) {
-                Some(Phase::Starting { held }) => held.push(Held {
-                    entry,
-                    user_copy: true,
-                }),
-                Some(Phase::Ready { .. }) => {}
-                None => {
-                    if s.left.get(&team).is_some_and(|(d, _)| entry.seq <= *d) {
-                        return;
-                    }
-                    s.deliver_to_users(std::slice::from_ref(&entry));
+            let owed = match s.teams.get_mut(&team) {
+                Some(TeamState {
+                    phase: Phase::Starting { held },
+                    ..
+                }) => {
+                    held.push(Held {
+                        entry,
+                        user_copy: true,
+                    });
+                    return;
                 }
+                // The team's channel brings what is newer than the start.
+                Some(t) => entry.seq <= t.started_at && entry.seq > t.dispatched_before,
+                None => s.left.get(&team).is_none_or(|(d, _)| entry.seq > *d),
+            };
+            if owed {
+                s.deliver_to_users(std::slice::from_ref(&entry));
             }
         });
     }
@@ -409,6 +445,11 @@ impl Hub {
             let dispatched = *dispatched;
             if dispatched > snapshot_seq || replayed.is_some_and(|r| r != dispatched) {
                 return Join::Stale;
+            }
+            // Joining below the snapshot would let an older activity (a removal the snapshot
+            // already saw undone) act on this subscription: catch up first.
+            if dispatched < snapshot_seq {
+                return Join::Behind;
             }
             let Some(conn) = s.conns.get_mut(&id) else {
                 return Join::Gone;
@@ -554,6 +595,8 @@ impl State {
         let Some(t) = self.teams.get_mut(&team) else {
             return;
         };
+        t.started_at = seq;
+        let before = t.dispatched_before;
         let Phase::Starting { held } =
             std::mem::replace(&mut t.phase, Phase::Ready { dispatched: seq })
         else {
@@ -565,7 +608,7 @@ impl State {
         let (old, new): (Vec<Held>, Vec<Held>) = held.into_iter().partition(|h| h.entry.seq <= seq);
         let old: Vec<LogEntry> = old
             .into_iter()
-            .filter(|h| h.user_copy)
+            .filter(|h| h.user_copy && h.entry.seq > before)
             .map(|h| h.entry)
             .collect();
         let new: Vec<LogEntry> = new.into_iter().map(|h| h.entry).collect();

@@ -1,0 +1,2670 @@
+//! The scaled deployment, black-box: three `taskforge` instances (A, B, C) on one PostgreSQL
+//! database and one Redis of the test's own (see `Cluster` in `common`).
+//!
+//! - the routing table across instances: writes over HTTP on A, observing sockets on B and C
+//!   (one test per group of rows, as `realtime_rooms.rs` does on one instance);
+//! - the user's own deliveries on instances that follow nothing of the team (the user channel),
+//!   and while the instance starts following the team;
+//! - the randomized no-leakage test with sockets spread over the three instances and writes
+//!   through random instances (seeded: `TASKFORGE_TEST_SEED` replays);
+//! - presence across instances: snapshots, joins at the same moment on two instances, an
+//!   instance that dies (SIGKILL), a user still present on another instance;
+//! - revocation (also of a member removed and added back) and token expiry, with the writer /
+//!   issuer on another instance than the socket;
+//! - Redis down and back: readiness, writes, delivery from the log, no loss and no duplicate;
+//!   afterwards live delivery over the bus, the user channels and the shared presence again.
+//!
+//! Skipped (with a message) without PostgreSQL or `redis-server`, except under `CI=true`.
+#![allow(clippy::needless_range_loop)]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const T: Duration = Duration::from_secs(10);
+const NODE: [&str; 3] = ["A", "B", "C"];
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+fn uuid_at(v: &Value) -> Option<Uuid> {
+    v.as_str().and_then(|s| s.parse().ok())
+}
+
+fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter(|f| is_presence(f))
+        .map(|f| {
+            let a = &f["activity"];
+            (
+                a["type"].as_str().unwrap().to_string(),
+                a["data"]["userId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn check_presence_shape(f: &Value, team: Uuid, task: Uuid, user: &AuthResponse) {
+    let a = &f["activity"];
+    assert_eq!(a["v"], 1, "{f}");
+    assert_eq!(a["teamId"], json!(team), "{f}");
+    assert_eq!(a["taskId"], json!(task), "{f}");
+    assert_eq!(a["actorUserId"], json!(user.id()), "{f}");
+    assert!(a.get("seq").is_none(), "presence has no seq: {f}");
+    assert_eq!(
+        a["data"],
+        json!({"taskId": task, "userId": user.id(), "displayName": user.user.display_name}),
+        "{f}"
+    );
+    assert_ts_millis(a["ts"].as_str().unwrap());
+}
+
+/// The presence list of a `subscribed` frame as the contract spells it, sorted by user id.
+fn presence_list(users: &[&AuthResponse]) -> Value {
+    let mut v: Vec<&AuthResponse> = users.to_vec();
+    v.sort_by_key(|u| u.id().to_string());
+    Value::Array(
+        v.into_iter()
+            .map(|u| json!({"userId": u.id(), "displayName": u.user.display_name}))
+            .collect(),
+    )
+}
+
+/// The same list, order-insensitive (the contract does not fix the order of `presence`).
+fn sorted_presence(v: &Value) -> Value {
+    let mut items = v
+        .as_array()
+        .unwrap_or_else(|| panic!("presence is not an array: {v}"))
+        .clone();
+    items.sort_by_key(|e| e["userId"].as_str().unwrap_or("").to_string());
+    Value::Array(items)
+}
+
+fn compact(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn seqs_of(acts: &[Value]) -> Vec<i64> {
+    acts.iter().map(|a| a["seq"].as_i64().unwrap()).collect()
+}
+
+async fn readyz(api: &Api) -> Resp {
+    api.send("GET", "/readyz", None, None, &[]).await
+}
+
+/// Polls `/readyz` until its bus field is `bus` (bounded); returns how long it took and the
+/// last answer.
+async fn wait_bus(api: &Api, bus: &str, timeout: Duration) -> (Duration, Resp) {
+    let t0 = Instant::now();
+    loop {
+        let r = readyz(api).await;
+        if r.json["bus"] == bus {
+            return (t0.elapsed(), r);
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{}: /readyz did not report bus {bus:?} within {timeout:?}; last answer {} {}",
+            api.base,
+            r.status,
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads until every socket holds the activities `want` (team, seq) or `timeout` passes.
+async fn wait_all(socks: &mut [WsClient], want: &[BTreeSet<(Uuid, i64)>], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut complete = true;
+        for (i, ws) in socks.iter_mut().enumerate() {
+            ws.pump().await;
+            let have: HashSet<(Uuid, i64)> = logged_activities(&ws.frames)
+                .iter()
+                .map(|a| (uuid_at(&a["teamId"]).unwrap(), a["seq"].as_i64().unwrap()))
+                .collect();
+            complete &= want[i].iter().all(|k| have.contains(k));
+        }
+        if complete || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The routing table across instances
+// ---------------------------------------------------------------------------------------------
+
+struct Fx {
+    cluster: Cluster,
+    /// HTTP on instance A: every write of the routing tests goes there.
+    api: Api,
+    owner: AuthResponse,
+    watcher: AuthResponse,
+    assignee: AuthResponse,
+    newbie: AuthResponse,
+    team: Team,
+    b1: Uuid,
+    b2: Uuid,
+    x: Task,
+    /// (role, socket): each role has one socket on B and one on C.
+    socks: Vec<(&'static str, WsClient)>,
+}
+
+/// Roles (all the watcher's sockets unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
+/// `multi` (team + b1 + taskX), `assignee` (the assignee's, no room), `assigneeRooms` (the
+/// assignee's, in b1 and taskX), `newbie` (a not-yet member's, no room), `otherTeam` (the
+/// watcher's, in another team's team and board rooms). Each role has a socket on B and one on C;
+/// the data is written over HTTP on A.
+async fn fixture() -> Option<Fx> {
+    let cluster = Cluster::start(3, &[]).await?;
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Routing").await;
+    let watcher = api
+        .member(owner.token(), team.id, "Watcher", "member")
+        .await;
+    let assignee = api
+        .member(owner.token(), team.id, "Assignee", "member")
+        .await;
+    let newbie = api.new_user("Newbie").await;
+    let b1 = team.default_board_id;
+    let b2 = api.create_board(owner.token(), team.id, "Second").await.id;
+    let x = api
+        .create_task(owner.token(), team.id, json!({"title": "X", "boardId": b1}))
+        .await;
+    let y = api
+        .create_task(owner.token(), team.id, json!({"title": "Y", "boardId": b1}))
+        .await;
+    let other = api.create_team(owner.token(), "Other").await;
+    api.add_member(owner.token(), other.id, &watcher.user.email, "member")
+        .await;
+    let latest: HashMap<Uuid, i64> = HashMap::from([
+        (team.id, api.team_seq(owner.token(), team.id).await),
+        (other.id, api.team_seq(owner.token(), other.id).await),
+    ]);
+
+    let w = watcher.token();
+    // (role, token, [(room, its team)])
+    type Spec<'a> = (&'static str, &'a str, Vec<(Scope, Uuid)>);
+    let specs: Vec<Spec> = vec![
+        ("team", w, vec![(Scope::Team(team.id), team.id)]),
+        ("b1", w, vec![(Scope::Board(b1), team.id)]),
+        ("b2", w, vec![(Scope::Board(b2), team.id)]),
+        ("taskX", w, vec![(Scope::Task(x.id), team.id)]),
+        ("taskY", w, vec![(Scope::Task(y.id), team.id)]),
+        (
+            "multi",
+            w,
+            vec![
+                (Scope::Team(team.id), team.id),
+                (Scope::Board(b1), team.id),
+                (Scope::Task(x.id), team.id),
+            ],
+        ),
+        ("assignee", assignee.token(), vec![]),
+        (
+            "assigneeRooms",
+            assignee.token(),
+            vec![(Scope::Board(b1), team.id), (Scope::Task(x.id), team.id)],
+        ),
+        ("newbie", newbie.token(), vec![]),
+        (
+            "otherTeam",
+            w,
+            vec![
+                (Scope::Team(other.id), other.id),
+                (Scope::Board(other.default_board_id), other.id),
+            ],
+        ),
+    ];
+    let mut socks: Vec<(&'static str, WsClient)> = Vec::new();
+    for (name, token, scopes) in specs {
+        for node in [1, 2] {
+            let mut ws = cluster
+                .node(node)
+                .ws(token)
+                .await
+                .labeled(&format!("{name}@{}", NODE[node]));
+            for (s, t) in &scopes {
+                let sub = ws.subscribe(*s, None).await;
+                assert_eq!(
+                    sub.seq, latest[t],
+                    "{}: subscribed.seq without since must be the team's latest seq (written on \
+                     A): {}",
+                    ws.label, sub.frame
+                );
+            }
+            socks.push((name, ws));
+        }
+    }
+    for (_, ws) in socks.iter_mut() {
+        ws.barrier().await;
+        ws.frames.clear();
+    }
+    Some(Fx {
+        cluster,
+        api,
+        owner,
+        watcher,
+        assignee,
+        newbie,
+        team,
+        b1,
+        b2,
+        x,
+        socks,
+    })
+}
+
+impl Fx {
+    fn sockets(&mut self, role: &str) -> impl Iterator<Item = &mut WsClient> {
+        self.socks
+            .iter_mut()
+            .filter(move |(r, _)| *r == role)
+            .map(|(_, ws)| ws)
+    }
+
+    /// For the last action, each socket (on B and on C) received exactly the activity types
+    /// listed for its role (each once) and nothing else. Returns what each role's socket on B got.
+    async fn expect(
+        &mut self,
+        what: &str,
+        routes: &[(&str, &[&str])],
+    ) -> HashMap<String, Vec<Value>> {
+        let mut want: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (role, _) in &self.socks {
+            want.insert(role, Vec::new());
+        }
+        for (kind, roles) in routes {
+            for r in *roles {
+                want.get_mut(r)
+                    .unwrap_or_else(|| panic!("no role {r}"))
+                    .push(kind);
+            }
+        }
+        let mut got: Vec<Vec<Value>> = Vec::new();
+        // Receivers first (so the activities are dispatched), then a barrier on every socket.
+        for (role, ws) in self.socks.iter_mut() {
+            let n = want[role].len();
+            got.push(if n > 0 {
+                ws.activities(n, T).await
+            } else {
+                Vec::new()
+            });
+        }
+        // The routing must not depend on timing: give a stray activity time to show up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (i, (_, ws)) in self.socks.iter_mut().enumerate() {
+            got[i].extend(logged_activities(&ws.barrier().await));
+        }
+        let mut problems = Vec::new();
+        let mut by_role = HashMap::new();
+        for (i, (role, ws)) in self.socks.iter().enumerate() {
+            let acts = &got[i];
+            let mut kinds: Vec<&str> = acts.iter().map(|a| a["type"].as_str().unwrap()).collect();
+            kinds.sort();
+            let mut expected = want[role].clone();
+            expected.sort();
+            if kinds != expected {
+                problems.push(format!(
+                    "  socket {}: expected {expected:?}, got {kinds:?}: {acts:?}",
+                    ws.label
+                ));
+            }
+            let mut seqs = seqs_of(acts);
+            let n = seqs.len();
+            seqs.dedup();
+            if seqs.len() != n {
+                problems.push(format!("  socket {}: duplicate seq: {acts:?}", ws.label));
+            }
+            by_role.entry(role.to_string()).or_insert(acts.clone());
+        }
+        assert!(
+            problems.is_empty(),
+            "routing of {what} (written on A, sockets on B and C):\n{}",
+            problems.join("\n")
+        );
+        by_role
+    }
+
+    /// Every socket saw its activities in strictly increasing seq per team, each once.
+    fn assert_order(&self) {
+        for (_, ws) in &self.socks {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            for a in logged_activities(&ws.frames) {
+                let team = a["teamId"].as_str().unwrap().to_string();
+                let seq = a["seq"].as_i64().unwrap();
+                let prev = last.insert(team.clone(), seq).unwrap_or(0);
+                assert!(
+                    seq > prev,
+                    "socket {}: seq {seq} after {prev} in team {team}",
+                    ws.label
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_task_created_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    let t = fx
+        .api
+        .create_task(fx.owner.token(), fx.team.id, json!({"title": "on b1"}))
+        .await;
+    let got = fx
+        .expect(
+            "task.created on b1",
+            &[("task.created", &["team", "b1", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["team"][0];
+    assert_eq!(a["taskId"], json!(t.id));
+    assert_eq!(a["boardId"], json!(fx.b1));
+    assert_eq!(a["data"]["task"]["id"], json!(t.id));
+    assert_eq!(a["data"]["task"]["version"], 1);
+    fx.api
+        .create_task(
+            fx.owner.token(),
+            fx.team.id,
+            json!({"title": "on b2", "boardId": fx.b2}),
+        )
+        .await;
+    fx.expect(
+        "task.created on b2",
+        &[("task.created", &["team", "b2", "multi"])],
+    )
+    .await;
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_task_updated_and_moved_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"title": "X2"}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "task.updated",
+            &[("task.updated", &["b1", "taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    assert_eq!(
+        got["taskX"][0]["data"]["changes"]["title"],
+        json!({"from": "X", "to": "X2"}),
+    );
+    // A move reaches both boards; the activity names the new board.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"boardId": fx.b2}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "task.updated (move b1 -> b2)",
+            &[(
+                "task.updated",
+                &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+            )],
+        )
+        .await;
+    let a = &got["b1"][0];
+    assert_eq!(a["boardId"], json!(fx.b2), "boardId is the new board: {a}");
+    assert_eq!(
+        a["data"]["changes"]["boardId"],
+        json!({"from": fx.b1, "to": fx.b2}),
+        "{a}"
+    );
+    // Now on b2 only.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"priority": "high"}))
+        .await
+        .ok(200);
+    fx.expect(
+        "task.updated on b2",
+        &[("task.updated", &["b2", "taskX", "multi", "assigneeRooms"])],
+    )
+    .await;
+    // And back to b1.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"boardId": fx.b1}))
+        .await
+        .ok(200);
+    fx.expect(
+        "task.updated (move b2 -> b1)",
+        &[(
+            "task.updated",
+            &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+        )],
+    )
+    .await;
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_task_deleted_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    fx.api
+        .delete(&format!("/api/v1/tasks/{}", fx.x.id), fx.owner.token())
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "task.deleted",
+            &[(
+                "task.deleted",
+                &["team", "b1", "taskX", "multi", "assigneeRooms"],
+            )],
+        )
+        .await;
+    let a = &got["taskX"][0];
+    assert_eq!(a["taskId"], json!(fx.x.id));
+    assert_eq!(a["data"]["taskId"], json!(fx.x.id), "{a}");
+    assert_eq!(a["data"]["boardId"], json!(fx.b1), "{a}");
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_task_assigned_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    let owner = fx.owner.token().to_string();
+    fx.api
+        .patch_task(&owner, fx.x.id, json!({"assigneeUserId": fx.assignee.id()}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "assign X to the assignee",
+            &[
+                ("task.updated", &["b1", "taskX", "multi", "assigneeRooms"]),
+                (
+                    "task.assigned",
+                    &["b1", "taskX", "multi", "assignee", "assigneeRooms"],
+                ),
+            ],
+        )
+        .await;
+    let a = &got["assignee"][0];
+    assert_eq!(a["type"], "task.assigned");
+    assert_eq!(a["data"]["assigneeUserId"], json!(fx.assignee.id()), "{a}");
+    assert!(a["data"]["previousAssigneeUserId"].is_null(), "{a}");
+    assert_eq!(a["data"]["task"]["id"], json!(fx.x.id), "{a}");
+
+    // Reassign to the owner (no sockets) while moving to b2: both boards; not the old assignee.
+    fx.api
+        .patch_task(
+            &owner,
+            fx.x.id,
+            json!({"assigneeUserId": fx.owner.id(), "boardId": fx.b2}),
+        )
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "reassign + move",
+            &[
+                (
+                    "task.updated",
+                    &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+                ),
+                (
+                    "task.assigned",
+                    &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+                ),
+            ],
+        )
+        .await;
+    let a = got["b1"]
+        .iter()
+        .find(|a| a["type"] == "task.assigned")
+        .unwrap();
+    assert_eq!(
+        a["data"]["previousAssigneeUserId"],
+        json!(fx.assignee.id()),
+        "{a}"
+    );
+    assert_eq!(a["boardId"], json!(fx.b2), "{a}");
+
+    // Unassign: task.assigned with null reaches the rooms only.
+    fx.api
+        .patch_task(&owner, fx.x.id, json!({"assigneeUserId": null}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "unassign",
+            &[
+                ("task.updated", &["b2", "taskX", "multi", "assigneeRooms"]),
+                ("task.assigned", &["b2", "taskX", "multi", "assigneeRooms"]),
+            ],
+        )
+        .await;
+    let a = got["b2"]
+        .iter()
+        .find(|a| a["type"] == "task.assigned")
+        .unwrap();
+    assert!(a["data"]["assigneeUserId"].is_null(), "{a}");
+
+    // Created with an assignee: task.created + task.assigned (to the assignee's own sockets too).
+    fx.api
+        .create_task(
+            &owner,
+            fx.team.id,
+            json!({"title": "born assigned", "assigneeUserId": fx.assignee.id()}),
+        )
+        .await;
+    fx.expect(
+        "create with assignee",
+        &[
+            ("task.created", &["team", "b1", "multi", "assigneeRooms"]),
+            (
+                "task.assigned",
+                &["b1", "multi", "assignee", "assigneeRooms"],
+            ),
+        ],
+    )
+    .await;
+    // The watcher (sockets in rooms, none in b2's task) is assigned a task on b2.
+    fx.api
+        .create_task(
+            &owner,
+            fx.team.id,
+            json!({"title": "for the watcher", "boardId": fx.b2,
+                   "assigneeUserId": fx.watcher.id()}),
+        )
+        .await;
+    fx.expect(
+        "create on b2 assigned to the watcher",
+        &[
+            ("task.created", &["team", "b2", "multi"]),
+            (
+                "task.assigned",
+                // Every socket of the watcher: the ones in b2 by room, the others as its own.
+                &["b2", "team", "b1", "taskX", "taskY", "multi", "otherTeam"],
+            ),
+        ],
+    )
+    .await;
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_comments_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    let w = fx.watcher.token().to_string();
+    let c = fx.api.comment(&w, fx.x.id, "first").await;
+    let got = fx
+        .expect(
+            "comment.created",
+            &[("comment.created", &["taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["taskX"][0];
+    assert_eq!(a["taskId"], json!(fx.x.id), "{a}");
+    assert_eq!(a["data"]["comment"]["id"], json!(c.id), "{a}");
+    fx.api
+        .patch(
+            &format!("/api/v1/comments/{}", c.id),
+            &w,
+            json!({"body": "edited"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "comment.updated",
+        &[("comment.updated", &["taskX", "multi", "assigneeRooms"])],
+    )
+    .await;
+    fx.api
+        .delete(&format!("/api/v1/comments/{}", c.id), &w)
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "comment.deleted",
+            &[("comment.deleted", &["taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["multi"][0];
+    assert_eq!(a["data"]["commentId"], json!(c.id), "{a}");
+    assert_eq!(a["data"]["taskId"], json!(fx.x.id), "{a}");
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_members_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    let owner = fx.owner.token().to_string();
+    let team = fx.team.id;
+    fx.api
+        .add_member(&owner, team, &fx.newbie.user.email, "viewer")
+        .await;
+    let got = fx
+        .expect(
+            "member.added",
+            &[("member.added", &["team", "multi", "newbie"])],
+        )
+        .await;
+    let a = &got["newbie"][0];
+    assert_eq!(
+        a["data"]["member"]["user"]["id"],
+        json!(fx.newbie.id()),
+        "{a}"
+    );
+    assert_eq!(a["data"]["member"]["role"], "viewer", "{a}");
+    // The newbie now also watches the team room (on B and C): its own deliveries arrive once.
+    for ws in fx.sockets("newbie") {
+        ws.subscribe(Scope::Team(team), None).await;
+    }
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}/members/{}", fx.newbie.id()),
+            &owner,
+            json!({"role": "admin"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "member.updated",
+        &[("member.updated", &["team", "multi", "newbie"])],
+    )
+    .await;
+    fx.api
+        .delete(
+            &format!("/api/v1/teams/{team}/members/{}", fx.newbie.id()),
+            &owner,
+        )
+        .await
+        .ok(204);
+    let got = fx
+        .expect(
+            "member.removed",
+            &[("member.removed", &["team", "multi", "newbie"])],
+        )
+        .await;
+    assert_eq!(got["team"][0]["data"]["userId"], json!(fx.newbie.id()));
+    // The newbie's team room was revoked on both instances.
+    for ws in fx.sockets("newbie") {
+        let revoked: Vec<&Value> = ws
+            .frames
+            .iter()
+            .filter(|f| f["type"] == "unsubscribed")
+            .collect();
+        assert_eq!(revoked.len(), 1, "{}: {revoked:?}", ws.label);
+        assert_eq!(revoked[0]["teamId"], json!(team), "{}", revoked[0]);
+        assert_eq!(revoked[0]["reason"], "membership_revoked", "{}", revoked[0]);
+    }
+    // Adding the assignee's role change: member.updated reaches its own sockets (B and C).
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}/members/{}", fx.assignee.id()),
+            &owner,
+            json!({"role": "viewer"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "member.updated (assignee)",
+        &[(
+            "member.updated",
+            &["team", "multi", "assignee", "assigneeRooms"],
+        )],
+    )
+    .await;
+    fx.assert_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_team_and_board_activities_across_instances() {
+    let Some(mut fx) = fixture().await else {
+        return;
+    };
+    let owner = fx.owner.token().to_string();
+    let team = fx.team.id;
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}"),
+            &owner,
+            json!({"name": "Renamed"}),
+        )
+        .await
+        .ok(200);
+    let got = fx
+        .expect("team.updated", &[("team.updated", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["data"]["team"]["name"], "Renamed");
+    let nb = fx.api.create_board(&owner, team, "Third").await;
+    let got = fx
+        .expect("board.created", &[("board.created", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["boardId"], json!(nb.id));
+    fx.api
+        .patch(
+            &format!("/api/v1/boards/{}", fx.b1),
+            &owner,
+            json!({"name": "B1 renamed"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "board.updated (b1)",
+        &[("board.updated", &["team", "multi"])],
+    )
+    .await;
+    fx.api
+        .delete(&format!("/api/v1/boards/{}", nb.id), &owner)
+        .await
+        .ok(204);
+    let got = fx
+        .expect("board.deleted", &[("board.deleted", &["team", "multi"])])
+        .await;
+    assert_eq!(got["multi"][0]["data"]["boardId"], json!(nb.id));
+    fx.assert_order();
+    // The cluster is still whole (every instance answers readiness).
+    for i in 0..3 {
+        readyz(&fx.cluster.node(i).client()).await.ok(200);
+    }
+}
+
+/// The user's own deliveries (member.*, task.assigned) reach their sockets on B and on C when
+/// neither instance follows anything of the team (they come through the user's channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_deliveries_across_instances_without_any_subscription() {
+    let Some(cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let newbie = api.new_user("Newbie").await;
+    let bystander = api.new_user("Bystander").await;
+    let mut socks = Vec::new();
+    for node in [1, 2] {
+        let mut ws = cluster
+            .node(node)
+            .ws(newbie.token())
+            .await
+            .labeled(&format!("newbie@{}", NODE[node]));
+        ws.expect_pong().await;
+        socks.push(ws);
+    }
+    let mut by = cluster
+        .node(1)
+        .ws(bystander.token())
+        .await
+        .labeled("bystander@B");
+    by.expect_pong().await;
+    let team = api.create_team(owner.token(), "Unwatched").await;
+    api.add_member(owner.token(), team.id, &newbie.user.email, "member")
+        .await;
+    let t = api
+        .create_task(
+            owner.token(),
+            team.id,
+            json!({"title": "for newbie", "assigneeUserId": newbie.id()}),
+        )
+        .await;
+    api.patch(
+        &format!("/api/v1/teams/{}/members/{}", team.id, newbie.id()),
+        owner.token(),
+        json!({"role": "admin"}),
+    )
+    .await
+    .ok(200);
+    api.delete(
+        &format!("/api/v1/teams/{}/members/{}", team.id, newbie.id()),
+        owner.token(),
+    )
+    .await
+    .ok(204);
+    let log = api.activity(owner.token(), team.id).await;
+    let want: Vec<(String, i64)> = log
+        .iter()
+        .filter(|a| a.kind != "task.created")
+        .map(|a| (a.kind.clone(), a.seq))
+        .collect();
+    assert_eq!(want.len(), 4, "{log:?}");
+    for ws in socks.iter_mut() {
+        let deadline = Instant::now() + T;
+        let mut got: Vec<(String, i64)> = Vec::new();
+        while got.len() < want.len() && Instant::now() < deadline {
+            match ws.recv_timeout(Duration::from_millis(200)).await {
+                Some(Frame::Json(v)) if is_logged_activity(&v) => {
+                    let a = &v["activity"];
+                    got.push((
+                        a["type"].as_str().unwrap().to_string(),
+                        a["seq"].as_i64().unwrap(),
+                    ));
+                }
+                Some(f) if f.is_end() => panic!(
+                    "{}: the socket ended ({f:?}) after receiving {got:?}",
+                    ws.label
+                ),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        got.extend(logged_activities(&ws.barrier().await).iter().map(|a| {
+            (
+                a["type"].as_str().unwrap().to_string(),
+                a["seq"].as_i64().unwrap(),
+            )
+        }));
+        assert_eq!(
+            got, want,
+            "{}: the member's own socket (no subscriptions; no instance follows the team; \
+             written on A) must receive member.added, task.assigned (task {}), member.updated, \
+             member.removed, once each, in order",
+            ws.label, t.id
+        );
+    }
+    let leaked = by.barrier().await;
+    assert!(leaked.is_empty(), "bystander got {leaked:?}");
+}
+
+/// A user's own delivery must not be lost when the instance holding the user's socket starts
+/// following the team just after the activity committed (here: another socket on that instance
+/// subscribes to the team right after the write returned). Repeated, as it is a race between the
+/// user channel's copy and the instance's start of following the team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_delivery_survives_the_instance_starting_to_follow_the_team() {
+    let Some(cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    const ROUNDS: usize = 30;
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let u = api.new_user("Joiner").await;
+    // The joiner's socket on B is in no room: member.added reaches it as its own delivery.
+    let mut own = cluster.node(1).ws(u.token()).await.labeled("joiner@B");
+    own.expect_pong().await;
+    // The owner's socket on B subscribes to each new team right after the member was added.
+    let mut watcher = cluster.node(1).ws(owner.token()).await.labeled("owner@B");
+    let mut want = Vec::new();
+    for i in 0..ROUNDS {
+        let team = api.create_team(owner.token(), &format!("join {i}")).await;
+        api.add_member(owner.token(), team.id, &u.user.email, "member")
+            .await;
+        watcher.subscribe_team(team.id, None).await;
+        want.push(team.id);
+    }
+    let mut got: Vec<Uuid> = Vec::new();
+    let deadline = Instant::now() + T;
+    while got.len() < ROUNDS && Instant::now() < deadline {
+        if let Some(Frame::Json(v)) = own.recv_timeout(Duration::from_millis(200)).await
+            && v["type"] == "activity"
+            && v["activity"]["type"] == "member.added"
+        {
+            got.push(uuid_at(&v["activity"]["teamId"]).unwrap());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for a in logged_activities(&own.barrier().await) {
+        got.push(uuid_at(&a["teamId"]).unwrap());
+    }
+    let lost: Vec<usize> = (0..ROUNDS).filter(|i| !got.contains(&want[*i])).collect();
+    let mut dup = got.clone();
+    dup.sort();
+    dup.dedup();
+    assert_eq!(
+        dup.len(),
+        got.len(),
+        "member.added delivered twice to the joiner's socket"
+    );
+    assert!(
+        lost.is_empty(),
+        "the joiner's own socket on B (no rooms) lost member.added in {} of {ROUNDS} rounds \
+         (rounds {lost:?}): each time, another socket on B subscribed to the new team right \
+         after the member was added on A",
+        lost.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Randomized no-leakage, sockets spread over the three instances
+// ---------------------------------------------------------------------------------------------
+
+const R_USERS: usize = 8;
+const R_TEAMS: usize = 3;
+const R_ACTIONS: usize = 300;
+/// Sockets per user, on consecutive instances.
+const R_SOCKS: usize = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+enum Room {
+    Team(Uuid),
+    Board(Uuid),
+    Task(Uuid),
+    User(Uuid),
+}
+
+fn room_of(s: Scope) -> Room {
+    match s {
+        Scope::Team(id) => Room::Team(id),
+        Scope::Board(id) => Room::Board(id),
+        Scope::Task(id) => Room::Task(id),
+    }
+}
+
+/// One subscription of a socket: activities of `team` with `from < seq` (up to the revoking
+/// `member.removed` when there is one).
+#[derive(Debug, Clone)]
+struct Sub {
+    sock: usize,
+    team: usize,
+    room: Room,
+    from: i64,
+    /// Set when the user is removed from the team: the index of that removal among the user's
+    /// removals from that team (resolved to the `member.removed` seq afterwards).
+    revoked_by: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct TaskState {
+    team: usize,
+    board: Uuid,
+    assignee: Option<Uuid>,
+    comments: Vec<(Uuid, usize)>, // (comment, author)
+}
+
+struct TeamState {
+    id: Uuid,
+    owner: usize,
+    default_board: Uuid,
+    boards: Vec<Uuid>,
+    members: BTreeMap<usize, String>, // user -> role
+}
+
+struct World {
+    /// One HTTP client per instance.
+    apis: Vec<Api>,
+    users: Vec<AuthResponse>,
+    teams: Vec<TeamState>,
+    tasks: BTreeMap<Uuid, TaskState>,
+    socks: Vec<WsClient>,
+    /// Per socket: its user and its instance.
+    sock_user: Vec<usize>,
+    sock_node: Vec<usize>,
+    subs: Vec<Sub>,
+    removals: HashMap<(usize, usize), usize>, // (user, team) -> removals so far
+    /// Patches that moved a task: (task, resulting version) -> old board.
+    moves: HashMap<(Uuid, i64), Uuid>,
+    task_rooms: Vec<HashSet<Uuid>>, // per socket: task rooms ever joined
+    rng: Rng,
+    counts: BTreeMap<&'static str, usize>,
+    writes_per_node: [usize; 3],
+}
+
+impl World {
+    fn tok(&self, u: usize) -> String {
+        self.users[u].access_token.clone()
+    }
+
+    /// The HTTP client of a random instance.
+    fn api(&mut self) -> Api {
+        let n = self.rng.below(self.apis.len());
+        self.writes_per_node[n] += 1;
+        self.apis[n].clone()
+    }
+
+    fn writers(&self, t: usize) -> Vec<usize> {
+        self.teams[t]
+            .members
+            .iter()
+            .filter(|(_, r)| r.as_str() != "viewer")
+            .map(|(u, _)| *u)
+            .collect()
+    }
+
+    fn socks_of(&self, u: usize) -> Vec<usize> {
+        (0..self.socks.len())
+            .filter(|i| self.sock_user[*i] == u)
+            .collect()
+    }
+
+    async fn subscribe_sock(&mut self, s: usize, t: usize, scope: Scope) {
+        let sub = self.socks[s].subscribe(scope, None).await;
+        if let Scope::Task(id) = scope {
+            self.task_rooms[s].insert(id);
+        }
+        self.subs.push(Sub {
+            sock: s,
+            team: t,
+            room: room_of(scope),
+            from: sub.seq,
+            revoked_by: None,
+        });
+    }
+
+    /// Some of the user's sockets (on different instances) join the room.
+    async fn subscribe(&mut self, u: usize, t: usize, scope: Scope, percent: u64) {
+        for s in self.socks_of(u) {
+            if self.rng.chance(percent) {
+                self.subscribe_sock(s, t, scope).await;
+            }
+        }
+    }
+
+    /// Subscribes a (new) member's sockets to the team, its boards, and some of its tasks.
+    async fn join_everything(&mut self, u: usize, t: usize) {
+        self.subscribe(u, t, Scope::Team(self.teams[t].id), 70)
+            .await;
+        for b in self.teams[t].boards.clone() {
+            self.subscribe(u, t, Scope::Board(b), 70).await;
+        }
+        for id in self.team_tasks(t) {
+            self.subscribe(u, t, Scope::Task(id), 30).await;
+        }
+    }
+
+    fn bump(&mut self, what: &'static str) {
+        *self.counts.entry(what).or_default() += 1;
+    }
+
+    fn team_tasks(&self, t: usize) -> Vec<Uuid> {
+        self.tasks
+            .iter()
+            .filter(|(_, s)| s.team == t)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn random_assignee(&mut self, t: usize) -> Option<Uuid> {
+        let members: Vec<usize> = self.teams[t].members.keys().copied().collect();
+        if self.rng.chance(30) {
+            None
+        } else {
+            Some(self.users[*self.rng.pick(&members)].id())
+        }
+    }
+
+    async fn act(&mut self, i: usize) {
+        let t = self.rng.below(R_TEAMS);
+        let team_id = self.teams[t].id;
+        let owner = self.teams[t].owner;
+        let writers = self.writers(t);
+        let actor = *self.rng.pick(&writers);
+        let tok = self.tok(actor);
+        let tasks = self.team_tasks(t);
+        let api = self.api();
+        let roll = self.rng.below(100);
+        match roll {
+            // create a task (maybe assigned); some members' sockets join its room
+            0..=19 => {
+                let board = *self.rng.pick(&self.teams[t].boards.clone());
+                let assignee = self.random_assignee(t);
+                let task = api
+                    .create_task(
+                        &tok,
+                        team_id,
+                        json!({"title": format!("task {i}"), "boardId": board, "assigneeUserId": assignee}),
+                    )
+                    .await;
+                self.tasks.insert(
+                    task.id,
+                    TaskState {
+                        team: t,
+                        board,
+                        assignee,
+                        comments: Vec::new(),
+                    },
+                );
+                let members: Vec<usize> = self.teams[t].members.keys().copied().collect();
+                for m in members {
+                    self.subscribe(m, t, Scope::Task(task.id), 30).await;
+                }
+                self.bump("task create");
+            }
+            // update fields
+            20..=31 if !tasks.is_empty() => {
+                let id = *self.rng.pick(&tasks);
+                let status = *self.rng.pick(&["todo", "in_progress", "done", "canceled"]);
+                api.patch_task(
+                    &tok,
+                    id,
+                    json!({"title": format!("upd {i}"), "status": status}),
+                )
+                .await
+                .ok(200);
+                self.bump("task update");
+            }
+            // move (sometimes with an assignment change)
+            32..=41 if !tasks.is_empty() => {
+                let id = *self.rng.pick(&tasks);
+                let old = self.tasks[&id].board;
+                let others: Vec<Uuid> = self.teams[t]
+                    .boards
+                    .iter()
+                    .copied()
+                    .filter(|b| *b != old)
+                    .collect();
+                if others.is_empty() {
+                    return;
+                }
+                let new = *self.rng.pick(&others);
+                let mut body = json!({"boardId": new});
+                let mut assignee = self.tasks[&id].assignee;
+                if self.rng.chance(40) {
+                    assignee = self.random_assignee(t);
+                    body["assigneeUserId"] = json!(assignee);
+                }
+                let task: Task = api.patch_task(&tok, id, body).await.parse(200);
+                self.moves.insert((id, task.version), old);
+                let st = self.tasks.get_mut(&id).unwrap();
+                st.board = new;
+                st.assignee = assignee;
+                self.bump("task move");
+            }
+            // assign / unassign
+            42..=51 if !tasks.is_empty() => {
+                let id = *self.rng.pick(&tasks);
+                let assignee = self.random_assignee(t);
+                api.patch_task(&tok, id, json!({"assigneeUserId": assignee}))
+                    .await
+                    .ok(200);
+                self.tasks.get_mut(&id).unwrap().assignee = assignee;
+                self.bump("task assign");
+            }
+            // delete a task
+            52..=56 if !tasks.is_empty() => {
+                let id = *self.rng.pick(&tasks);
+                api.delete(&format!("/api/v1/tasks/{id}"), &tok)
+                    .await
+                    .ok(204);
+                self.tasks.remove(&id);
+                self.bump("task delete");
+            }
+            // comments
+            57..=69 if !tasks.is_empty() => {
+                let id = *self.rng.pick(&tasks);
+                let editable: Vec<(Uuid, usize)> = self.tasks[&id]
+                    .comments
+                    .iter()
+                    .copied()
+                    .filter(|(_, a)| writers.contains(a))
+                    .collect();
+                if editable.is_empty() || self.rng.chance(50) {
+                    let c = api.comment(&tok, id, &format!("comment {i}")).await;
+                    self.tasks
+                        .get_mut(&id)
+                        .unwrap()
+                        .comments
+                        .push((c.id, actor));
+                    self.bump("comment create");
+                } else if self.rng.chance(50) {
+                    let (cid, author) = *self.rng.pick(&editable);
+                    api.patch(
+                        &format!("/api/v1/comments/{cid}"),
+                        &self.tok(author),
+                        json!({"body": format!("edit {i}")}),
+                    )
+                    .await
+                    .ok(200);
+                    self.bump("comment update");
+                } else {
+                    let (cid, _) = *self.rng.pick(&editable);
+                    api.delete(&format!("/api/v1/comments/{cid}"), &self.tok(owner))
+                        .await
+                        .ok(204);
+                    self.tasks
+                        .get_mut(&id)
+                        .unwrap()
+                        .comments
+                        .retain(|(c, _)| *c != cid);
+                    self.bump("comment delete");
+                }
+            }
+            // boards
+            70..=77 => {
+                let r = self.rng.below(3);
+                if r == 0 || self.teams[t].boards.len() < 2 {
+                    let b = api.create_board(&tok, team_id, &format!("board {i}")).await;
+                    self.teams[t].boards.push(b.id);
+                    let members: Vec<usize> = self.teams[t].members.keys().copied().collect();
+                    for m in members {
+                        self.subscribe(m, t, Scope::Board(b.id), 70).await;
+                    }
+                    self.bump("board create");
+                } else if r == 1 {
+                    let b = *self.rng.pick(&self.teams[t].boards.clone());
+                    api.patch(
+                        &format!("/api/v1/boards/{b}"),
+                        &tok,
+                        json!({"name": format!("renamed {i}")}),
+                    )
+                    .await
+                    .ok(200);
+                    self.bump("board rename");
+                } else {
+                    let empty: Vec<Uuid> = self.teams[t]
+                        .boards
+                        .iter()
+                        .copied()
+                        .filter(|b| {
+                            *b != self.teams[t].default_board
+                                && !self.tasks.values().any(|s| s.board == *b)
+                        })
+                        .collect();
+                    if let Some(b) = empty.first() {
+                        api.delete(&format!("/api/v1/boards/{b}"), &self.tok(owner))
+                            .await
+                            .ok(204);
+                        self.teams[t].boards.retain(|x| x != b);
+                        self.bump("board delete");
+                    }
+                }
+            }
+            // add a member (whose sockets join rooms)
+            78..=85 => {
+                let outside: Vec<usize> = (0..R_USERS)
+                    .filter(|u| !self.teams[t].members.contains_key(u))
+                    .collect();
+                if outside.is_empty() {
+                    return;
+                }
+                let u = *self.rng.pick(&outside);
+                let role = *self.rng.pick(&["admin", "member", "viewer"]);
+                api.add_member(&self.tok(owner), team_id, &self.users[u].user.email, role)
+                    .await;
+                self.teams[t].members.insert(u, role.to_string());
+                self.join_everything(u, t).await;
+                self.bump("member add");
+            }
+            // remove a member
+            86..=92 => {
+                let removable: Vec<usize> = self.teams[t]
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|u| *u != owner)
+                    .collect();
+                if removable.is_empty() {
+                    return;
+                }
+                let u = *self.rng.pick(&removable);
+                let uid = self.users[u].id();
+                api.delete(
+                    &format!("/api/v1/teams/{team_id}/members/{uid}"),
+                    &self.tok(owner),
+                )
+                .await
+                .ok(204);
+                self.teams[t].members.remove(&u);
+                let k = self.removals.entry((u, t)).or_default();
+                let idx = *k;
+                *k += 1;
+                let mine = self.socks_of(u);
+                for s in self.subs.iter_mut() {
+                    if mine.contains(&s.sock) && s.team == t && s.revoked_by.is_none() {
+                        s.revoked_by = Some(idx);
+                    }
+                }
+                self.bump("member remove");
+            }
+            // role change
+            93..=96 => {
+                let changeable: Vec<usize> = self.teams[t]
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|u| *u != owner)
+                    .collect();
+                if changeable.is_empty() {
+                    return;
+                }
+                let u = *self.rng.pick(&changeable);
+                let role = *self.rng.pick(&["admin", "member", "viewer"]);
+                let uid = self.users[u].id();
+                api.patch(
+                    &format!("/api/v1/teams/{team_id}/members/{uid}"),
+                    &self.tok(owner),
+                    json!({"role": role}),
+                )
+                .await
+                .ok(200);
+                self.teams[t].members.insert(u, role.to_string());
+                self.bump("member role");
+            }
+            // rename the team
+            _ => {
+                api.patch(
+                    &format!("/api/v1/teams/{team_id}"),
+                    &self.tok(owner),
+                    json!({"name": format!("team {i}")}),
+                )
+                .await
+                .ok(200);
+                self.bump("team rename");
+            }
+        }
+    }
+}
+
+/// The rooms an activity is routed to, per the contract's table.
+fn routes(a: &Value, moves: &HashMap<(Uuid, i64), Uuid>) -> BTreeSet<Room> {
+    let mut r = BTreeSet::new();
+    let team = uuid_at(&a["teamId"]).unwrap();
+    let board = uuid_at(&a["boardId"]);
+    let task = uuid_at(&a["taskId"]);
+    let kind = a["type"].as_str().unwrap();
+    let d = &a["data"];
+    match kind {
+        "task.created" => {
+            r.insert(Room::Team(team));
+            r.insert(Room::Board(board.unwrap()));
+        }
+        "task.updated" => {
+            r.insert(Room::Board(board.unwrap()));
+            r.insert(Room::Task(task.unwrap()));
+            if let Some(from) = uuid_at(&d["changes"]["boardId"]["from"]) {
+                r.insert(Room::Board(from));
+            }
+        }
+        "task.deleted" => {
+            r.insert(Room::Team(team));
+            r.insert(Room::Board(uuid_at(&d["boardId"]).or(board).unwrap()));
+            r.insert(Room::Task(task.unwrap()));
+        }
+        "task.assigned" => {
+            r.insert(Room::Board(board.unwrap()));
+            r.insert(Room::Task(task.unwrap()));
+            let version = d["task"]["version"].as_i64().unwrap();
+            if let Some(old) = moves.get(&(task.unwrap(), version)) {
+                r.insert(Room::Board(*old));
+            }
+            if let Some(u) = uuid_at(&d["assigneeUserId"]) {
+                r.insert(Room::User(u));
+            }
+        }
+        "comment.created" | "comment.updated" | "comment.deleted" => {
+            r.insert(Room::Task(task.or(uuid_at(&d["taskId"])).unwrap()));
+        }
+        "member.added" | "member.updated" => {
+            r.insert(Room::Team(team));
+            r.insert(Room::User(uuid_at(&d["member"]["user"]["id"]).unwrap()));
+        }
+        "member.removed" => {
+            r.insert(Room::Team(team));
+            r.insert(Room::User(uuid_at(&d["userId"]).unwrap()));
+        }
+        "team.updated" | "board.created" | "board.updated" | "board.deleted" => {
+            r.insert(Room::Team(team));
+        }
+        other => panic!("unknown activity type {other}: {a}"),
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_actions_no_leakage_across_instances() {
+    let seed = Rng::seed_from_env();
+    eprintln!(
+        "random_actions_no_leakage_across_instances seed = {seed} \
+         (set TASKFORGE_TEST_SEED={seed} to replay)"
+    );
+    let Some(cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let apis: Vec<Api> = (0..3).map(|i| cluster.node(i).client()).collect();
+    let mut rng = Rng::new(seed);
+
+    let mut users = Vec::new();
+    for i in 0..R_USERS {
+        users.push(apis[i % 3].new_user(&format!("User{i}")).await);
+    }
+    // R_SOCKS sockets per user on consecutive instances, connected before any membership.
+    let (mut socks, mut sock_user, mut sock_node) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, u) in users.iter().enumerate() {
+        for k in 0..R_SOCKS {
+            let node = (i + k) % 3;
+            let ws = cluster
+                .node(node)
+                .ws(u.token())
+                .await
+                .labeled(&format!("user{i}@{}", NODE[node]));
+            socks.push(ws);
+            sock_user.push(i);
+            sock_node.push(node);
+        }
+    }
+    let mut teams = Vec::new();
+    for t in 0..R_TEAMS {
+        let team = apis[t % 3]
+            .create_team(users[t].token(), &format!("Team {t}"))
+            .await;
+        let mut members = BTreeMap::new();
+        members.insert(t, "owner".to_string());
+        teams.push(TeamState {
+            id: team.id,
+            owner: t,
+            default_board: team.default_board_id,
+            boards: vec![team.default_board_id],
+            members,
+        });
+    }
+    let n_socks = socks.len();
+    let mut w = World {
+        apis: apis.clone(),
+        users,
+        teams,
+        tasks: BTreeMap::new(),
+        socks,
+        sock_user,
+        sock_node,
+        subs: Vec::new(),
+        removals: HashMap::new(),
+        moves: HashMap::new(),
+        task_rooms: vec![HashSet::new(); n_socks],
+        rng: Rng::new(rng.next_u64()),
+        counts: BTreeMap::new(),
+        writes_per_node: [0; 3],
+    };
+    // Overlapping initial memberships.
+    for t in 0..R_TEAMS {
+        for u in 0..R_USERS {
+            if u != t && rng.chance(50) {
+                let role = *rng.pick(&["admin", "member", "member", "viewer"]);
+                let owner_tok = w.tok(t);
+                apis[u % 3]
+                    .add_member(&owner_tok, w.teams[t].id, &w.users[u].user.email, role)
+                    .await;
+                w.teams[t].members.insert(u, role.to_string());
+            }
+        }
+    }
+    for t in 0..R_TEAMS {
+        let members: Vec<usize> = w.teams[t].members.keys().copied().collect();
+        for u in members {
+            w.join_everything(u, t).await;
+        }
+    }
+
+    let started = Instant::now();
+    for i in 0..R_ACTIONS {
+        w.act(i).await;
+        if i % 20 == 19 {
+            for s in w.socks.iter_mut() {
+                s.pump().await;
+            }
+        }
+    }
+    eprintln!(
+        "{R_ACTIONS} actions in {:?} (writes per instance A/B/C: {:?}): {:?}",
+        started.elapsed(),
+        w.writes_per_node,
+        w.counts
+    );
+
+    // The authoritative log of every team (read by its owner, who is never removed).
+    let mut log: Vec<Value> = Vec::new();
+    let mut team_index: HashMap<Uuid, usize> = HashMap::new();
+    for (t, team) in w.teams.iter().enumerate() {
+        team_index.insert(team.id, t);
+        let acts = apis[(t + 1) % 3]
+            .all_pages(
+                w.users[team.owner].token(),
+                &format!("/api/v1/teams/{}/activity?limit=200", team.id),
+            )
+            .await;
+        log.extend(acts);
+    }
+    let mut removed_seqs: HashMap<(usize, usize), Vec<i64>> = HashMap::new();
+    let user_index: HashMap<Uuid, usize> = w
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.id(), i))
+        .collect();
+    for a in &log {
+        if a["type"] == "member.removed" {
+            let u = user_index[&uuid_at(&a["data"]["userId"]).unwrap()];
+            let t = team_index[&uuid_at(&a["teamId"]).unwrap()];
+            removed_seqs
+                .entry((u, t))
+                .or_default()
+                .push(a["seq"].as_i64().unwrap());
+        }
+    }
+    for v in removed_seqs.values_mut() {
+        v.sort();
+    }
+    // Expected per socket: (teamId, seq).
+    let mut expected: Vec<BTreeSet<(Uuid, i64)>> = vec![BTreeSet::new(); n_socks];
+    for a in &log {
+        let team = uuid_at(&a["teamId"]).unwrap();
+        let t = team_index[&team];
+        let seq = a["seq"].as_i64().unwrap();
+        let rooms = routes(a, &w.moves);
+        for (s, exp) in expected.iter_mut().enumerate() {
+            let u = w.sock_user[s];
+            let own = rooms.contains(&Room::User(w.users[u].id()));
+            let via_room = w.subs.iter().any(|sub| {
+                sub.sock == s
+                    && sub.team == t
+                    && rooms.contains(&sub.room)
+                    && seq > sub.from
+                    && sub.revoked_by.is_none_or(|k| {
+                        let n = removed_seqs
+                            .get(&(u, t))
+                            .and_then(|v| v.get(k))
+                            .copied()
+                            .unwrap_or_else(|| {
+                                panic!("no member.removed #{k} of user{u} in team {t}")
+                            });
+                        seq <= n
+                    })
+            });
+            if own || via_room {
+                exp.insert((team, seq));
+            }
+        }
+    }
+
+    let ever_teams: Vec<HashSet<Uuid>> = (0..n_socks)
+        .map(|s| {
+            let u = w.sock_user[s];
+            // Teams the user was ever a member of: through subscriptions, or own deliveries.
+            let mut set: HashSet<Uuid> = w
+                .subs
+                .iter()
+                .filter(|sub| sub.sock == s)
+                .map(|sub| w.teams[sub.team].id)
+                .collect();
+            for a in &log {
+                if routes(a, &w.moves).contains(&Room::User(w.users[u].id())) {
+                    set.insert(uuid_at(&a["teamId"]).unwrap());
+                }
+            }
+            set
+        })
+        .collect();
+    // Let every socket catch up (bounded), then a barrier to catch extras.
+    wait_all(&mut w.socks, &expected, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut problems = Vec::new();
+    let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let mut per_node = [0usize; 3];
+    for s in 0..n_socks {
+        let want = &expected[s];
+        let label = w.socks[s].label.clone();
+        if let Some(end) = &w.socks[s].ended {
+            problems.push(format!("{label}: the socket ended: {end:?}"));
+        } else {
+            w.socks[s].barrier().await;
+        }
+        let acts = logged_activities(&w.socks[s].frames);
+        per_node[w.sock_node[s]] += acts.len();
+        let mut counts: BTreeMap<(Uuid, i64), usize> = BTreeMap::new();
+        let mut last: HashMap<Uuid, i64> = HashMap::new();
+        let mut out_of_order = 0;
+        for a in &acts {
+            let key = (uuid_at(&a["teamId"]).unwrap(), a["seq"].as_i64().unwrap());
+            *counts.entry(key).or_default() += 1;
+            let prev = last.insert(key.0, key.1).unwrap_or(0);
+            if key.1 <= prev {
+                out_of_order += 1;
+            }
+        }
+        let dup: Vec<_> = counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, _)| *k)
+            .collect();
+        let lost: Vec<_> = want
+            .iter()
+            .filter(|k| !counts.contains_key(k))
+            .copied()
+            .collect();
+        let extra: Vec<_> = counts
+            .keys()
+            .filter(|k| !want.contains(k))
+            .copied()
+            .collect();
+        let foreign: Vec<_> = extra
+            .iter()
+            .filter(|(team, _)| !ever_teams[s].contains(team))
+            .copied()
+            .collect();
+        // Presence frames only for task rooms this socket joined, of teams it was in.
+        let bad_presence: Vec<Value> = w.socks[s]
+            .frames
+            .iter()
+            .filter(|f| is_presence(f))
+            .filter(|f| {
+                let a = &f["activity"];
+                !uuid_at(&a["taskId"]).is_some_and(|id| w.task_rooms[s].contains(&id))
+                    || !uuid_at(&a["teamId"]).is_some_and(|id| ever_teams[s].contains(&id))
+            })
+            .cloned()
+            .collect();
+        totals.0 += acts.len();
+        totals.1 += lost.len();
+        totals.2 += dup.len();
+        totals.3 += extra.len();
+        totals.4 += out_of_order;
+        if !(lost.is_empty()
+            && dup.is_empty()
+            && extra.is_empty()
+            && out_of_order == 0
+            && bad_presence.is_empty())
+        {
+            let describe = |keys: &[(Uuid, i64)]| -> Vec<String> {
+                keys.iter()
+                    .take(8)
+                    .map(|(team, seq)| {
+                        let a = log
+                            .iter()
+                            .find(|a| a["teamId"] == json!(team) && a["seq"] == json!(seq));
+                        format!(
+                            "team{}#{seq} {}",
+                            team_index[team],
+                            a.map(|a| format!("{} {}", a["type"], a["data"]))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            };
+            problems.push(format!(
+                "{label}: received {}, expected {}; lost {} {:?}; duplicated {} {:?}; \
+                 unexpected {} (other teams: {}) {:?}; out of order {out_of_order}; \
+                 bad presence {:?}",
+                acts.len(),
+                want.len(),
+                lost.len(),
+                describe(&lost),
+                dup.len(),
+                describe(&dup),
+                extra.len(),
+                foreign.len(),
+                describe(&extra),
+                bad_presence.iter().take(3).collect::<Vec<_>>()
+            ));
+        }
+    }
+    eprintln!(
+        "seed {seed}: {} activities received over {n_socks} sockets (on A/B/C: {per_node:?}); \
+         lost {}, duplicated {}, unexpected {}, out of order {}",
+        totals.0, totals.1, totals.2, totals.3, totals.4
+    );
+    assert!(
+        totals.0 > R_ACTIONS,
+        "suspiciously few activities received ({}): is the scenario doing anything?",
+        totals.0
+    );
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "every instance must have delivered something: {per_node:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: sockets did not receive exactly their activities:\n{}",
+        problems.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Presence across instances
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_instances_and_left_when_an_instance_dies() {
+    let Some(mut cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    // HTTP through C: it survives.
+    let api = cluster.node(2).client();
+    let x = api.new_user("Xavier").await;
+    let team = api.create_team(x.token(), "Presence").await;
+    let y = api.member(x.token(), team.id, "Yvonne", "member").await;
+    let z = api.member(x.token(), team.id, "Zed", "viewer").await;
+    let task = api.task(x.token(), team.id, "viewed together").await;
+    let room = Scope::Task(task.id);
+
+    let mut wx = cluster.node(0).ws(x.token()).await.labeled("X@A");
+    let s = wx.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x]),
+        "{}",
+        s.frame
+    );
+    let mut wy = cluster.node(1).ws(y.token()).await.labeled("Y@B");
+    let s = wy.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x, &y]),
+        "the snapshot on B must list X (viewing the task on A) and Y: {}",
+        s.frame
+    );
+    let (f, before) = wx.wait_for("presence.joined Y", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined", "{f}");
+    check_presence_shape(&f, team.id, task.id, &y);
+    assert!(before.is_empty(), "{before:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let extra = presence_of(&wx.barrier().await);
+    assert!(extra.is_empty(), "X: presence announced twice: {extra:?}");
+    let own = presence_of(&wy.barrier().await);
+    assert!(
+        own.iter().all(|(_, u)| *u != y.id().to_string()),
+        "Y got presence about itself: {own:?}"
+    );
+
+    // Instance A dies (SIGKILL: no shutdown, no retire): Y hears X leave.
+    let pid = cluster.nodes[0].pid();
+    cluster.nodes[0].stop().await;
+    let t0 = Instant::now();
+    let (f, _) = wy
+        .wait_for(
+            "presence.left X after instance A died",
+            Duration::from_secs(30),
+            |f| is_presence(f) && f["activity"]["type"] == "presence.left",
+        )
+        .await;
+    let took = t0.elapsed();
+    eprintln!(
+        "presence.left for X reached Y (on B) {took:?} after instance A (pid {pid:?}) was killed \
+         (TASKFORGE_PRESENCE_TTL=2s, sweep 500ms)"
+    );
+    check_presence_shape(&f, team.id, task.id, &x);
+    assert!(took <= Duration::from_secs(30), "took {took:?}");
+    let swept = cluster.node(1).stderr_text().contains("swept the presence")
+        || cluster.node(2).stderr_text().contains("swept the presence");
+    eprintln!("a survivor logged the sweep: {swept}");
+
+    // Once only (B and C both sweep).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let extra = presence_of(&wy.barrier().await);
+    assert!(
+        extra.is_empty(),
+        "Y: more presence after the left: {extra:?}"
+    );
+
+    // A newcomer on C sees Y (and itself), not the dead instance's X; Y hears it join.
+    let mut wz = cluster.node(2).ws(z.token()).await.labeled("Z@C");
+    let s = wz.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&y, &z]),
+        "after A died and was swept: {}",
+        s.frame
+    );
+    let (f, _) = wy.wait_for("presence.joined Z", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined", "{f}");
+    check_presence_shape(&f, team.id, task.id, &z);
+    // And the surviving instances still deliver activities to the room.
+    let c = api.comment(y.token(), task.id, "still here").await;
+    for ws in [&mut wy, &mut wz] {
+        let got = ws.activities(1, T).await;
+        assert_eq!(got[0]["data"]["comment"]["id"], json!(c.id), "{}", ws.label);
+    }
+}
+
+/// Whether `ws` learns (within `timeout`) that `other` views `task`: from its `subscribed`
+/// snapshot for the task (already received or arriving) or from a `presence.joined`.
+async fn learns(ws: &mut WsClient, task: Uuid, other: Uuid, timeout: Duration) -> bool {
+    let knows = |f: &Value| {
+        (f["type"] == "subscribed"
+            && f["taskId"] == json!(task)
+            && f["presence"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|e| e["userId"] == json!(other))))
+            || (is_presence(f)
+                && f["activity"]["type"] == "presence.joined"
+                && f["activity"]["taskId"] == json!(task)
+                && f["activity"]["data"]["userId"] == json!(other))
+    };
+    if ws.frames.iter().any(knows) {
+        return true;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match ws.recv_timeout(left).await {
+            Some(Frame::Json(v)) if knows(&v) => return true,
+            Some(f) if f.is_end() => return false,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+}
+
+/// Two users open the same task at the same moment on two instances: each must end up knowing
+/// the other is there (in its `subscribed` snapshot, or through `presence.joined`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_concurrent_joins_on_two_instances_see_each_other() {
+    const ROUNDS: usize = 20;
+    let Some(cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let api = cluster.node(2).client();
+    let x = api.new_user("Xavier").await;
+    let team = api.create_team(x.token(), "Together").await;
+    let y = api.member(x.token(), team.id, "Yvonne", "member").await;
+    let mut wx = cluster.node(0).ws(x.token()).await.labeled("X@A");
+    let mut wy = cluster.node(1).ws(y.token()).await.labeled("Y@B");
+    let mut bad = Vec::new();
+    for i in 0..ROUNDS {
+        let task = api
+            .task(x.token(), team.id, &format!("opened together {i}"))
+            .await;
+        wx.frames.clear();
+        wy.frames.clear();
+        let msg = json!({"type": "subscribe", "taskId": task.id});
+        tokio::join!(wx.send_json(msg.clone()), wy.send_json(msg.clone()));
+        for ws in [&mut wx, &mut wy] {
+            ws.wait_for("subscribed", T, |f| {
+                f["type"] == "subscribed" && f["taskId"] == json!(task.id)
+            })
+            .await;
+        }
+        let x_knows_y = learns(&mut wx, task.id, y.id(), Duration::from_secs(1)).await;
+        let y_knows_x = learns(&mut wy, task.id, x.id(), Duration::from_secs(1)).await;
+        if !(x_knows_y && y_knows_x) {
+            bad.push(format!(
+                "  round {i} (task {}): X@A knows Y: {x_knows_y}, Y@B knows X: {y_knows_x}; \
+                 X@A frames [{}]; Y@B frames [{}]",
+                task.id,
+                compact(&wx.frames),
+                compact(&wy.frames)
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "in {} of {ROUNDS} rounds a viewer never learned that the other one is viewing the task \
+         (no entry in its subscribed.presence and no presence.joined within 1 s):\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// Presence is per user across instances: a user still viewing the task on another instance
+/// does not leave when one of its instances dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_instance_death_while_user_views_elsewhere() {
+    let Some(mut cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let api = cluster.node(1).client();
+    let x = api.new_user("Xavier").await;
+    let team = api.create_team(x.token(), "Presence2").await;
+    let y = api.member(x.token(), team.id, "Yvonne", "member").await;
+    let task = api.task(x.token(), team.id, "viewed twice").await;
+    let room = Scope::Task(task.id);
+
+    let mut wy = cluster.node(1).ws(y.token()).await.labeled("Y@B");
+    wy.subscribe(room, None).await;
+    let mut xa = cluster.node(0).ws(x.token()).await.labeled("X@A");
+    let s = xa.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x, &y]),
+        "{}",
+        s.frame
+    );
+    let (f, _) = wy.wait_for("presence.joined X", T, is_presence).await;
+    assert_eq!(f["activity"]["type"], "presence.joined", "{f}");
+    check_presence_shape(&f, team.id, task.id, &x);
+    let mut xc = cluster.node(2).ws(x.token()).await.labeled("X@C");
+    let s = xc.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x, &y]),
+        "one entry per user across instances: {}",
+        s.frame
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let extra = presence_of(&wy.barrier().await);
+    assert!(
+        extra.is_empty(),
+        "X's second socket (on C) announced X again: {extra:?}"
+    );
+
+    cluster.nodes[0].stop().await;
+    let t0 = Instant::now();
+    let swept = cluster
+        .node(1)
+        .wait_for_log(
+            |l| l.contains("swept the presence"),
+            Duration::from_secs(30),
+        )
+        .await
+        || cluster.node(2).stderr_text().contains("swept the presence");
+    eprintln!(
+        "dead instance A swept after {:?} (logged: {swept})",
+        t0.elapsed()
+    );
+    // Whether or not the sweep is logged: past TTL + several sweeps, X must still be present.
+    let until = t0 + Duration::from_secs(5);
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    let extra = presence_of(&wy.barrier().await);
+    assert!(
+        extra.is_empty(),
+        "X still views the task on C, yet Y got {extra:?} when A died"
+    );
+    // A new viewer's snapshot still lists X.
+    let z = api.member(x.token(), team.id, "Zed", "member").await;
+    let mut wz = cluster.node(1).ws(z.token()).await.labeled("Z@B");
+    let s = wz.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x, &y, &z]),
+        "{}",
+        s.frame
+    );
+    // X's last socket leaves: now Y (and Z) hear it.
+    xc.close().await;
+    for ws in [&mut wy, &mut wz] {
+        let (f, _) = ws
+            .wait_for("presence.left X", T, |f| {
+                is_presence(f) && f["activity"]["type"] == "presence.left"
+            })
+            .await;
+        check_presence_shape(&f, team.id, task.id, &x);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Revocation across instances
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_across_instances() {
+    let Some(cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Revoke").await;
+    let keep = api.create_team(owner.token(), "Keep").await;
+    let m = api
+        .member(owner.token(), team.id, "Mallory", "member")
+        .await;
+    api.add_member(owner.token(), keep.id, &m.user.email, "member")
+        .await;
+    let task = api.task(owner.token(), team.id, "watched").await;
+    let board = team.default_board_id;
+
+    // Mallory on B: team, board, task of the team, and the kept team.
+    let mut mb = cluster.node(1).ws(m.token()).await.labeled("M@B");
+    for s in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+        Scope::Team(keep.id),
+    ] {
+        mb.subscribe(s, None).await;
+    }
+    // The owner watches from C (task and team rooms).
+    let mut oc = cluster.node(2).ws(owner.token()).await.labeled("owner@C");
+    oc.subscribe(Scope::Task(task.id), None).await;
+    oc.subscribe(Scope::Team(team.id), None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mb.barrier().await;
+    oc.barrier().await;
+    let start = mb.frames.len();
+
+    api.delete(
+        &format!("/api/v1/teams/{}/members/{}", team.id, m.id()),
+        owner.token(),
+    )
+    .await
+    .ok(204);
+
+    let (removed, before) = mb
+        .wait_for("member.removed", T, |f| {
+            f["type"] == "activity" && f["activity"]["type"] == "member.removed"
+        })
+        .await;
+    assert!(
+        logged_activities(&before).is_empty(),
+        "activities before member.removed: {before:?}"
+    );
+    let a = &removed["activity"];
+    assert_eq!(a["data"]["userId"], json!(m.id()));
+    assert_eq!(a["teamId"], json!(team.id));
+    let removed_seq = a["seq"].as_i64().unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let f = mb.next_json().await;
+        assert_eq!(
+            f["type"], "unsubscribed",
+            "after member.removed expected unsubscribed frames, got {f}"
+        );
+        assert_eq!(f["reason"], "membership_revoked", "{f}");
+        let (k, id) = ["teamId", "boardId", "taskId"]
+            .iter()
+            .find_map(|k| f[*k].as_str().map(|id| (*k, id.to_string())))
+            .unwrap();
+        got.push((k, id));
+    }
+    got.sort();
+    let mut want = vec![
+        ("boardId", board.to_string()),
+        ("taskId", task.id.to_string()),
+        ("teamId", team.id.to_string()),
+    ];
+    want.sort();
+    assert_eq!(got, want, "rooms revoked on B");
+    // The owner (on C, in the task room) hears Mallory leave.
+    let (f, _) = oc
+        .wait_for("presence.left M", T, |f| {
+            is_presence(f) && f["activity"]["type"] == "presence.left"
+        })
+        .await;
+    check_presence_shape(&f, team.id, task.id, &m);
+
+    // More activity in the team (every room kind), written on A and on C, and in the kept team.
+    let api_c = cluster.node(2).client();
+    api.task(owner.token(), team.id, "after removal").await;
+    api_c
+        .patch_task(owner.token(), task.id, json!({"title": "after"}))
+        .await
+        .ok(200);
+    api.comment(owner.token(), task.id, "after").await;
+    api_c
+        .patch(
+            &format!("/api/v1/teams/{}", team.id),
+            owner.token(),
+            json!({"name": "R2"}),
+        )
+        .await
+        .ok(200);
+    let kt = api.task(owner.token(), keep.id, "kept team").await;
+    oc.wait_for("team.updated", T, |f| {
+        f["activity"]["type"] == "team.updated"
+    })
+    .await;
+    let (f, _) = mb
+        .wait_for("the kept team's task.created", T, |f| {
+            f["activity"]["type"] == "task.created"
+        })
+        .await;
+    assert_eq!(f["activity"]["taskId"], json!(kt.id), "{f}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mb.barrier().await;
+    for f in &mb.frames[start..] {
+        if f["type"] == "activity" && f["activity"]["teamId"] == json!(team.id) {
+            let seq = f["activity"]["seq"].as_i64();
+            assert!(
+                seq.is_some_and(|s| s <= removed_seq),
+                "M@B: received {f} of the team after member.removed (seq {removed_seq})"
+            );
+        }
+    }
+    // Resubscribing is forbidden: on B, and on a fresh socket on C; with and without since.
+    let mut mc = cluster.node(2).ws(m.token()).await.labeled("M@C");
+    for s in [
+        Scope::Team(team.id),
+        Scope::Board(board),
+        Scope::Task(task.id),
+    ] {
+        for ws in [&mut mb, &mut mc] {
+            let e = ws
+                .try_subscribe(s, None)
+                .await
+                .expect_err("revoked member resubscribed");
+            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
+            let e = ws
+                .try_subscribe(s, Some(removed_seq - 1))
+                .await
+                .expect_err("revoked member resumed");
+            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
+        }
+    }
+    api.task(owner.token(), team.id, "after the refusals").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ws in [&mut mb, &mut mc] {
+        let late: Vec<Value> = logged_activities(&ws.barrier().await)
+            .into_iter()
+            .filter(|a| a["teamId"] == json!(team.id))
+            .collect();
+        assert!(late.is_empty(), "{}: {late:?}", ws.label);
+    }
+}
+
+/// A member removed and added back at once, who subscribes right after the re-add, is a member:
+/// the old removal must not revoke the new subscription. The instance holding the socket is made
+/// to lag behind the log (Redis down, periodic check every 1 s), as a busy instance lags behind
+/// the bus (the randomized test hits the same case with Redis up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readded_member_subscription_is_not_revoked_by_the_old_removal() {
+    let Some(mut cluster) = Cluster::start(3, &[("TASKFORGE_BUS_CHECK_INTERVAL", "1s")]).await
+    else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Comeback").await;
+    let m = api.member(owner.token(), team.id, "Mia", "member").await;
+    // B follows the team through the owner's socket.
+    let mut ob = cluster.node(1).ws(owner.token()).await.labeled("owner@B");
+    ob.subscribe_team(team.id, None).await;
+    cluster.redis.stop().await;
+    for i in 0..3 {
+        wait_bus(&cluster.node(i).client(), "down", Duration::from_secs(10)).await;
+    }
+    let url = format!("/api/v1/teams/{}/members/{}", team.id, m.id());
+    api.delete(&url, owner.token()).await.ok(204);
+    api.add_member(owner.token(), team.id, &m.user.email, "member")
+        .await;
+    let readded_at = api.team_seq(owner.token(), team.id).await;
+    // Mia, a member again, opens a socket on B and subscribes to the team.
+    let mut mb = cluster.node(1).ws(m.token()).await.labeled("M@B");
+    let s = mb.subscribe(Scope::Team(team.id), None).await;
+    eprintln!(
+        "M@B subscribed at seq {} (the removal is seq {}, the re-add seq {readded_at})",
+        s.seq,
+        readded_at - 1
+    );
+    let t = api.task(owner.token(), team.id, "for the members").await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut created = false;
+    while !created && Instant::now() < deadline {
+        match mb.recv_timeout(Duration::from_millis(100)).await {
+            Some(Frame::Json(v)) => {
+                created = v["type"] == "activity" && v["activity"]["taskId"] == json!(t.id);
+            }
+            Some(f) if f.is_end() => panic!("M@B ended: {f:?}"),
+            _ => {}
+        }
+    }
+    let revoked: Vec<&Value> = mb
+        .frames
+        .iter()
+        .filter(|f| f["type"] == "unsubscribed")
+        .collect();
+    assert!(
+        revoked.is_empty() && created,
+        "M@B subscribed to the team after being added back (seq {readded_at}), yet it was revoked \
+         ({} unsubscribed frames) and got task.created of seq {}: {created}; its frames: {}",
+        revoked.len(),
+        readded_at + 1,
+        compact(&mb.frames)
+    );
+    ob.barrier().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Token expiry across instances
+// ---------------------------------------------------------------------------------------------
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn rfc3339_secs(ts: &str) -> i64 {
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{ts:?}: {e}"))
+        .unix_timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_and_renewal_across_instances() {
+    // 6 s, and the renewal 2 s before it expires: exps are whole seconds, this leaves the renewed
+    // socket alive ~3 s past the first expiry whatever the rounding.
+    let Some(cluster) = Cluster::start(3, &[("TASKFORGE_ACCESS_TOKEN_TTL", "6s")]).await else {
+        return;
+    };
+    let (api_a, api_c) = (cluster.node(0).client(), cluster.node(2).client());
+    let u = api_a.new_user("Expiring").await;
+    let team = api_a.create_team(u.token(), "Short lived").await;
+    // Issued by A.
+    let login: AuthResponse = api_a.login(&u.user.email, PASSWORD).await.parse(200);
+    assert_eq!(login.expires_in, 6, "expiresIn with a 6 s TTL");
+    let old_exp = claims_of(login.token())["exp"].as_i64().unwrap();
+    // Two sockets on B with A's token: one is renewed, the other is not.
+    let mut renewed = cluster.node(1).ws(login.token()).await.labeled("renewed@B");
+    renewed.subscribe(Scope::Team(team.id), None).await;
+    let mut plain = cluster.node(1).ws(login.token()).await.labeled("plain@B");
+    plain.subscribe(Scope::Team(team.id), None).await;
+
+    // 2 s before the first expiry: a fresh token from C (a new login there).
+    let wait = (old_exp * 1000 - 2000) - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    let fresh: AuthResponse = api_c.login(&u.user.email, PASSWORD).await.parse(200);
+    let new_exp = claims_of(fresh.token())["exp"].as_i64().unwrap();
+    assert!(new_exp > old_exp, "the later login must expire later");
+    let reply = renewed.auth(fresh.token()).await;
+    assert_eq!(reply["type"], "authenticated", "{reply}");
+    assert_eq!(reply["userId"], json!(u.id()), "{reply}");
+    assert_eq!(
+        rfc3339_secs(reply["expiresAt"].as_str().expect("expiresAt")),
+        new_exp,
+        "expiresAt must be the new token's exp: {reply}"
+    );
+
+    // The plain socket expires at the old exp: token_expired, then 4001.
+    let seen = plain.expect_close(4001, Duration::from_secs(8)).await;
+    let closed_at = now_ms();
+    assert!(
+        closed_at >= old_exp * 1000 - 1000,
+        "closed at {closed_at} ms, before exp {old_exp} s"
+    );
+    assert!(
+        closed_at <= old_exp * 1000 + 3000,
+        "closed at {closed_at} ms, long after exp {old_exp} s"
+    );
+    let errors: Vec<&Value> = seen.iter().filter(|f| f["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "expected one error before 4001: {seen:?}");
+    assert_eq!(errors[0]["code"], "token_expired", "{seen:?}");
+
+    // Past the old expiry (+0.7 s), the renewed socket is alive, in its room, and gets what A
+    // writes.
+    let wait = (old_exp * 1000 + 700) - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    renewed.expect_pong().await;
+    let t = api_a.task(fresh.token(), team.id, "after old expiry").await;
+    let got = renewed.activities(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["type"], "task.created");
+    assert_eq!(got[0]["taskId"], json!(t.id));
+
+    // At the new expiry: token_expired then 4001.
+    let seen = renewed.expect_close(4001, Duration::from_secs(8)).await;
+    let closed_at = now_ms();
+    assert!(
+        closed_at >= new_exp * 1000 - 1000,
+        "closed at {closed_at} ms, well before the new exp {new_exp} s"
+    );
+    let errors: Vec<&Value> = seen.iter().filter(|f| f["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "expected one error before 4001: {seen:?}");
+    assert_eq!(errors[0]["code"], "token_expired", "{seen:?}");
+
+    // A's (now expired) token is refused at the handshake on C.
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from((old_exp + 6) * 1000 - now_ms()).unwrap_or(0),
+    ))
+    .await;
+    match cluster
+        .node(2)
+        .ws_connect(WsAuth::Query(login.token()), None)
+        .await
+    {
+        Err((status, _)) => assert_eq!(status, 401, "expired token at the handshake"),
+        Ok(_) => panic!("an expired token (past the leeway) was upgraded on C"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Redis down, and back
+// ---------------------------------------------------------------------------------------------
+
+/// One write (task created / updated / commented, by `i / 3 % 3`) through instance `i % 3`;
+/// returns how long the HTTP call took.
+async fn write(apis: &[Api], tok: &str, team: Uuid, task: Uuid, i: usize) -> Duration {
+    let api = &apis[i % apis.len()];
+    let t0 = Instant::now();
+    match i / 3 % 3 {
+        0 => {
+            api.task(tok, team, &format!("t{i}")).await;
+        }
+        1 => {
+            api.patch_task(tok, task, json!({"title": format!("u{i}")}))
+                .await
+                .ok(200);
+        }
+        _ => {
+            api.comment(tok, task, &format!("c{i}")).await;
+        }
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_then_back() {
+    let Some(mut cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let apis: Vec<Api> = (0..3).map(|i| cluster.node(i).client()).collect();
+    let owner = apis[0].new_user("Owner").await;
+    let team = apis[0].create_team(owner.token(), "Outage").await;
+    let task = apis[0].task(owner.token(), team.id, "base").await;
+    // The bus connects in the background after the start: ready once it is up.
+    for api in &apis {
+        let (_, r) = wait_bus(api, "up", Duration::from_secs(10)).await;
+        r.ok(200);
+        assert_eq!(
+            r.json,
+            json!({"status": "ready", "database": "up", "bus": "up"}),
+            "{}",
+            api.base
+        );
+    }
+    let start = apis[0].team_seq(owner.token(), team.id).await;
+    // Sockets in every room of the team on each instance: each must get every activity.
+    let mut socks = Vec::new();
+    for node in 0..3 {
+        let mut ws = cluster
+            .node(node)
+            .ws(owner.token())
+            .await
+            .labeled(&format!("all@{}", NODE[node]));
+        for s in [
+            Scope::Team(team.id),
+            Scope::Board(team.default_board_id),
+            Scope::Task(task.id),
+        ] {
+            assert_eq!(ws.subscribe(s, None).await.seq, start, "{}", ws.label);
+        }
+        socks.push(ws);
+    }
+    let mut froms = vec![start; 3];
+    let mut writes = 0usize;
+    // Rooms per socket: every room of the team (each write reaches at least one of them).
+    let all_rooms: BTreeSet<Room> = [
+        Room::Team(team.id),
+        Room::Board(team.default_board_id),
+        Room::Task(task.id),
+    ]
+    .into();
+    let mut rooms = vec![all_rooms.clone(); 3];
+    // What each socket must hold: the logged activities above its `from` routed to its rooms.
+    let expected = |log: &[Value], froms: &[i64], rooms: &[BTreeSet<Room>]| {
+        froms
+            .iter()
+            .zip(rooms)
+            .map(|(from, rooms)| {
+                log.iter()
+                    .filter(|a| a["seq"].as_i64().unwrap() > *from)
+                    .filter(|a| !routes(a, &HashMap::new()).is_disjoint(rooms))
+                    .map(|a| (team.id, a["seq"].as_i64().unwrap()))
+                    .collect::<BTreeSet<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Phase 1: the bus is up.
+    for _ in 0..6 {
+        write(&apis, owner.token(), team.id, task.id, writes).await;
+        writes += 1;
+    }
+    let log = apis[1]
+        .all_pages(
+            owner.token(),
+            &format!("/api/v1/teams/{}/activity", team.id),
+        )
+        .await;
+    let end1 = log.last().unwrap()["seq"].as_i64().unwrap();
+    wait_all(&mut socks, &expected(&log, &froms, &rooms), T).await;
+
+    // Phase 2: Redis is gone.
+    cluster.redis.stop().await;
+    let t_down = Instant::now();
+    for api in &apis {
+        let (took, r) = wait_bus(api, "down", Duration::from_secs(10)).await;
+        eprintln!("{}: /readyz reports the bus down after {took:?}", api.base);
+        assert_eq!(
+            r.status, 503,
+            "{}: /readyz with Redis down: {}",
+            api.base, r.text
+        );
+        assert_eq!(
+            r.json,
+            json!({"status": "unavailable", "database": "up", "bus": "down"}),
+            "{}",
+            api.base
+        );
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..9 {
+        latencies.push(write(&apis, owner.token(), team.id, task.id, writes).await);
+        writes += 1;
+    }
+    eprintln!("HTTP writes while Redis is down took {latencies:?}");
+    // A socket that subscribes (to the team room only) while the bus is down still joins and
+    // gets what follows.
+    let mut late = cluster
+        .node(2)
+        .ws(owner.token())
+        .await
+        .labeled("late@C (team room, joined during the outage)");
+    let late_from = late.subscribe_team(team.id, None).await;
+    socks.push(late);
+    froms.push(late_from);
+    rooms.push([Room::Team(team.id)].into());
+    for _ in 0..6 {
+        latencies.push(write(&apis, owner.token(), team.id, task.id, writes).await);
+        writes += 1;
+    }
+    let log = apis[2]
+        .all_pages(
+            owner.token(),
+            &format!("/api/v1/teams/{}/activity", team.id),
+        )
+        .await;
+    let end2 = log.last().unwrap()["seq"].as_i64().unwrap();
+    let t_wait = Instant::now();
+    let want = expected(&log, &froms, &rooms);
+    wait_all(&mut socks, &want, T).await;
+    eprintln!(
+        "delivered from the log during the outage within {:?} of the last write \
+         (the late socket joined at seq {late_from})",
+        t_wait.elapsed()
+    );
+    for (i, ws) in socks.iter().enumerate() {
+        let have: BTreeSet<i64> = seqs_of(&logged_activities(&ws.frames))
+            .into_iter()
+            .collect();
+        let missing: Vec<i64> = want[i]
+            .iter()
+            .map(|(_, s)| *s)
+            .filter(|s| !have.contains(s))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: with Redis down, seqs {missing:?} were not delivered (the periodic check \
+             should deliver them from the log); last frames: {}",
+            ws.label,
+            ws.tail()
+        );
+    }
+
+    // Phase 3: Redis is back (empty), after a longer outage (several health checks failed).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eprintln!("Redis was down for {:?}", t_down.elapsed());
+    cluster.redis.start_again().await;
+    for api in &apis {
+        let (took, r) = wait_bus(api, "up", Duration::from_secs(10)).await;
+        eprintln!("{}: /readyz reports the bus up after {took:?}", api.base);
+        r.ok(200);
+        assert_eq!(
+            r.json,
+            json!({"status": "ready", "database": "up", "bus": "up"}),
+            "{}",
+            api.base
+        );
+    }
+    for _ in 0..9 {
+        write(&apis, owner.token(), team.id, task.id, writes).await;
+        writes += 1;
+    }
+    let log = apis[0]
+        .all_pages(
+            owner.token(),
+            &format!("/api/v1/teams/{}/activity", team.id),
+        )
+        .await;
+    let end3 = log.last().unwrap()["seq"].as_i64().unwrap();
+    assert_eq!(
+        end3 - start,
+        writes as i64,
+        "one activity per write (gapless seq)"
+    );
+    let want = expected(&log, &froms, &rooms);
+    wait_all(&mut socks, &want, T).await;
+    // Let any late duplicate (e.g. republished after the reconnect) arrive, then check exactly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, ws) in socks.iter_mut().enumerate() {
+        ws.barrier().await;
+        let got = seqs_of(&logged_activities(&ws.frames));
+        assert_eq!(
+            got,
+            want[i].iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            "{}: every activity exactly once, in seq order, across the Redis outage \
+             (phase ends: up to {end1}, down to {end2}, back to {end3})",
+            ws.label
+        );
+    }
+}
+
+/// After Redis restarts (empty), live delivery goes over the bus again (not only through the
+/// periodic check of the log, here every 3 s), the user channels are subscribed again (they have
+/// no repair from the log), and the shared presence is rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_delivery_and_presence_resume_after_redis_restart() {
+    const CHECK: Duration = Duration::from_secs(3);
+    let Some(mut cluster) = Cluster::start(3, &[("TASKFORGE_BUS_CHECK_INTERVAL", "3s")]).await
+    else {
+        return;
+    };
+    let apis: Vec<Api> = (0..3).map(|i| cluster.node(i).client()).collect();
+    for api in &apis {
+        wait_bus(api, "up", Duration::from_secs(15)).await.1.ok(200);
+    }
+    let x = apis[0].new_user("Xavier").await;
+    let team = apis[0].create_team(x.token(), "Restart").await;
+    let y = apis[0].member(x.token(), team.id, "Yvonne", "member").await;
+    let z = apis[0].member(x.token(), team.id, "Zed", "member").await;
+    let w = apis[0].new_user("Wanda").await;
+    let task = apis[0].task(x.token(), team.id, "viewed").await;
+    let room = Scope::Task(task.id);
+    let mut wx = cluster.node(0).ws(x.token()).await.labeled("X@A");
+    wx.subscribe(room, None).await;
+    let mut wy = cluster.node(1).ws(y.token()).await.labeled("Y@B");
+    wy.subscribe(Scope::Team(team.id), None).await;
+    wy.subscribe(room, None).await;
+    wx.wait_for("presence.joined Y", T, is_presence).await;
+    // Wanda's socket on C is in no room: her own deliveries come through her user channel only.
+    let mut ww = cluster.node(2).ws(w.token()).await.labeled("W@C");
+    ww.expect_pong().await;
+
+    // Writes on A, received on B: how long each took.
+    async fn latencies(
+        api: &Api,
+        tok: &str,
+        team: Uuid,
+        ws: &mut WsClient,
+        n: usize,
+    ) -> Vec<Duration> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let t0 = Instant::now();
+            let t = api.task(tok, team, &format!("latency {i}")).await;
+            let got = ws.activities(1, Duration::from_secs(10)).await;
+            assert_eq!(got[0]["taskId"], json!(t.id), "{}", ws.label);
+            out.push(t0.elapsed());
+        }
+        out
+    }
+    let before = latencies(&apis[0], x.token(), team.id, &mut wy, 5).await;
+    eprintln!("delivery A -> B before the Redis restart: {before:?}");
+    assert!(
+        before.iter().all(|d| *d < CHECK / 3),
+        "with the bus up, delivery must not wait for the 3 s check: {before:?}"
+    );
+
+    cluster.redis.stop().await;
+    for api in &apis {
+        wait_bus(api, "down", Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.redis.start_again().await;
+    let t0 = Instant::now();
+    for api in &apis {
+        let (took, r) = wait_bus(api, "up", Duration::from_secs(15)).await;
+        r.ok(200);
+        eprintln!("{}: bus up {took:?} after Redis started again", api.base);
+    }
+    eprintln!(
+        "all instances ready {:?} after Redis started again",
+        t0.elapsed()
+    );
+    // Resubscribing follows the reconnect: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let after = latencies(&apis[0], x.token(), team.id, &mut wy, 5).await;
+    eprintln!("delivery A -> B after the Redis restart: {after:?}");
+    assert!(
+        after.iter().all(|d| *d < CHECK / 3),
+        "after Redis came back, delivery still waits for the periodic check (every {CHECK:?}): \
+         the team channels were not subscribed again: {after:?}"
+    );
+
+    // The user channel: member.added for Wanda (team2, followed by no instance) reaches C.
+    let team2 = apis[0].create_team(x.token(), "Second").await;
+    apis[0]
+        .add_member(x.token(), team2.id, &w.user.email, "member")
+        .await;
+    let got = ww.activities(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0]["type"], "member.added", "{}", got[0]);
+    assert_eq!(got[0]["teamId"], json!(team2.id), "{}", got[0]);
+
+    // Presence was rebuilt: a newcomer on C sees X (on A) and Y (on B); both hear it join.
+    let mut wz = cluster.node(2).ws(z.token()).await.labeled("Z@C");
+    let s = wz.subscribe(room, None).await;
+    assert_eq!(
+        sorted_presence(&s.frame["presence"]),
+        presence_list(&[&x, &y, &z]),
+        "presence snapshot after Redis restarted empty: {}",
+        s.frame
+    );
+    for ws in [&mut wx, &mut wy] {
+        let (f, _) = ws
+            .wait_for("presence.joined Z", T, |f| {
+                is_presence(f) && f["activity"]["data"]["userId"] == json!(z.id())
+            })
+            .await;
+        assert_eq!(
+            f["activity"]["type"], "presence.joined",
+            "{}: {f}",
+            ws.label
+        );
+    }
+    // And nobody was announced as leaving or joining again by the rebuild.
+    for ws in [&mut wx, &mut wy] {
+        let p: Vec<(String, String)> = presence_of(&ws.frames)
+            .into_iter()
+            .filter(|(_, u)| *u != z.id().to_string())
+            .collect();
+        let want: Vec<(String, String)> = if ws.label == "X@A" {
+            vec![("presence.joined".into(), y.id().to_string())]
+        } else {
+            vec![]
+        };
+        assert_eq!(p, want, "{}: presence frames", ws.label);
+    }
+}
