@@ -11,13 +11,16 @@
 # measured window by channel kind (a PSUBSCRIBE team:* user:* tap) and the commands Redis ran.
 #
 # Scenarios, each repeated RUNS times (medians printed); names are c<instances>-n<sockets>-<load>:
-#   c3-n15000-max     15000 sockets over 3 instances, EVENTS_MAX (200) tasks as fast as the writers go
+#   c3-n15000-max     15000 sockets over 3 instances, EVENTS_MAX (200) tasks as fast as the
+#                     deployment delivers them: closed loop, at most MAX_WINDOW (8) created tasks
+#                     short of a socket at once (an open loop only grows a backlog in the generator
+#                     until the servers drop its sockets for not answering pings)
 #   c3-n15000-paced   15000 sockets over 3 instances, PACED_RATE (4) tasks/s for PACED_SECS (15) s
 # Any other cK-nN-max / cK-nN-paced works too (e.g. SCENARIOS=c3-n300-max EVENTS_MAX=100 for a
 # quick check).
 #
 # Environment (all optional):
-#   RUNS=3  EVENTS_MAX=200  PACED_RATE=4  PACED_SECS=15  GEN_THREADS=1  WRITERS=6  USERS=20
+#   RUNS=3  EVENTS_MAX=200  MAX_WINDOW=8  PACED_RATE=4  PACED_SECS=15  GEN_THREADS=1  WRITERS=6  USERS=20
 #   DELIVERY_TIMEOUT=90   seconds the generator waits for deliveries after its last send
 #   SCENARIOS="c3-n15000-max c3-n15000-paced"
 #   WS_QUEUE_LIMIT=4096   the servers' TASKFORGE_WS_QUEUE_LIMIT
@@ -33,6 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=${RUNS:-3}
 EVENTS_MAX=${EVENTS_MAX:-200}
+MAX_WINDOW=${MAX_WINDOW:-8}
 PACED_RATE=${PACED_RATE:-4}
 PACED_SECS=${PACED_SECS:-15}
 GEN_THREADS=${GEN_THREADS:-1}
@@ -204,7 +208,7 @@ scenario_args() {
   local inst=${BASH_REMATCH[1]} sockets=${BASH_REMATCH[2]} load=${BASH_REMATCH[3]}
   ((inst >= 1 && sockets >= 1)) || return 1
   case "$load" in
-    max) echo "$inst --sockets $sockets --events $EVENTS_MAX" ;;
+    max) echo "$inst --sockets $sockets --events $EVENTS_MAX --window $MAX_WINDOW" ;;
     paced)
       echo "$inst --sockets $sockets --rate $PACED_RATE --events $(awk -v r="$PACED_RATE" -v s="$PACED_SECS" 'BEGIN { n = int(r * s); print (n > 0 ? n : 1) }')"
       ;;

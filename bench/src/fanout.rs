@@ -13,8 +13,9 @@
 //! of Redis (see `redis_tap`).
 //!
 //! Load: `--writers` keep-alive HTTP/1.1 connections create `--events` tasks titled `b<i>`, as fast
-//! as they go or paced (`--rate`: task `i` is sent at `start + i / rate`, open loop); the instant
-//! of each send is recorded. A few driver tasks (`--drivers`, default one per generator thread)
+//! as they go, paced (`--rate`: task `i` is sent at `start + i / rate`, open loop) or closed loop
+//! (`--window W`: a task is sent only while fewer than W created tasks are still short of a
+//! socket); the instant of each send is recorded. A few driver tasks (`--drivers`, default one per generator thread)
 //! each own a share of the sockets and read them; per frame they only scan the text for `"seq":`
 //! and `"title":"b` (no JSON parse), mark the seq in the socket's bitset (lost, duplicates,
 //! order) and record receipt minus send instant of task `i` in the driver's own histogram.
@@ -66,6 +67,12 @@ pub struct FanoutArgs {
     /// the writers go
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Closed loop: a writer sends its next task only while fewer than this many created tasks
+    /// are still short of a socket (at most WINDOW x sockets deliveries in flight). Bounds the
+    /// backlog of a max-rate run, so that it measures a rate the deployment and this generator
+    /// sustain instead of a queue that grows until sockets time out. Not with --rate
+    #[arg(long, conflicts_with = "rate")]
+    pub window: Option<u64>,
     /// Concurrent HTTP writers, each with its own keep-alive HTTP/1.1 connection
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
@@ -127,6 +134,12 @@ pub struct FanoutReport {
     pub events: usize,
     /// `--rate`, or null for max rate
     pub target_rate: Option<f64>,
+    /// `--window`: tasks allowed short of a socket at once (closed loop), or null
+    #[serde(default)]
+    pub window: Option<u64>,
+    /// Closed loop: total time writers waited for the window to open, seconds
+    #[serde(default)]
+    pub window_wait_secs: Option<f64>,
     pub writers: usize,
     pub threads: usize,
     pub drivers: usize,
@@ -548,6 +561,29 @@ struct WriterOut {
     last_send: Option<Instant>,
     max_lag: Duration,
     reconnects: u64,
+    window_wait: Duration,
+}
+
+/// The closed loop of `--window`: created tasks against deliveries made, over every driver.
+struct Window {
+    size: u64,
+    sockets: u64,
+    created: AtomicU64,
+    delivered: Vec<Arc<AtomicU64>>,
+    /// Longest wait for the window before a writer gives up (sockets gone, server stuck)
+    stall: Duration,
+}
+
+impl Window {
+    fn open(&self) -> bool {
+        let delivered: u64 = self
+            .delivered
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .sum();
+        let created = self.created.load(Ordering::Relaxed);
+        delivered + self.size * self.sockets >= created.saturating_add(1) * self.sockets
+    }
 }
 
 struct WriteJob {
@@ -555,6 +591,7 @@ struct WriteJob {
     bearer: HeaderValue,
     next: AtomicU64,
     rate: Option<f64>,
+    window: Option<Window>,
     start: Instant,
     timeout: Duration,
 }
@@ -579,6 +616,18 @@ async fn writer(
                 .max_lag
                 .max(Instant::now().saturating_duration_since(due));
         }
+        if let Some(win) = &job.window {
+            let waited = Instant::now();
+            while !win.open() {
+                if waited.elapsed() > win.stall {
+                    bump(&mut out.failures, "window stalled");
+                    out.reconnects = client.reconnects;
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            out.window_wait += waited.elapsed();
+        }
         let body = Bytes::from(format!("{{\"title\":\"b{i}\"}}"));
         let req = post_json(&target, uri.clone(), Some(&job.bearer), body);
         let sent = Instant::now();
@@ -589,7 +638,12 @@ async fn writer(
         let outcome = client.exchange(req, job.timeout, false).await;
         out.latency.record(sent.elapsed());
         match outcome {
-            Ok((s, _)) if s.is_success() => out.ok += 1,
+            Ok((s, _)) if s.is_success() => {
+                out.ok += 1;
+                if let Some(win) = &job.window {
+                    win.created.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok((s, _)) => bump(&mut out.failures, s.as_u16().to_string()),
             Err(e) => bump(&mut out.failures, e),
         }
@@ -897,6 +951,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         args.request_timeout > 0.0 && args.request_timeout.is_finite(),
         "--request-timeout must be positive"
     );
+    ensure!(args.window != Some(0), "--window must be at least 1");
     if let Some(r) = args.rate {
         ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
     }
@@ -1072,6 +1127,13 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         bearer: team.owner_bearer.clone(),
         next: AtomicU64::new(0),
         rate: args.rate,
+        window: args.window.map(|size| Window {
+            size,
+            sockets: args.sockets as u64,
+            created: AtomicU64::new(0),
+            delivered: progress.clone(),
+            stall: Duration::from_secs_f64(args.timeout),
+        }),
         start: Instant::now(),
         timeout: request_timeout,
     });
@@ -1100,6 +1162,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         w.last_send = w.last_send.max(o.last_send);
         w.max_lag = w.max_lag.max(o.max_lag);
         w.reconnects += o.reconnects;
+        w.window_wait += o.window_wait;
     }
     let first_send = w.first_send.unwrap_or(job.start);
     let last_send = w.last_send.unwrap_or(job.start);
@@ -1222,6 +1285,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         users: args.users,
         events: args.events,
         target_rate: args.rate,
+        window: args.window,
+        window_wait_secs: args.window.map(|_| w.window_wait.as_secs_f64()),
         writers: args.writers,
         threads,
         drivers,
@@ -1291,9 +1356,14 @@ fn counts(m: &BTreeMap<String, u64>) -> String {
 }
 
 pub fn print_human(r: &FanoutReport) {
-    let rate = r
-        .target_rate
-        .map_or("max".to_string(), |x| format!("{x} events/s (open loop)"));
+    let rate = match (r.target_rate, r.window) {
+        (Some(x), _) => format!("{x} events/s (open loop)"),
+        (None, Some(w)) => format!(
+            "max with a window of {w} (closed loop, writers waited {:.2} s)",
+            r.window_wait_secs.unwrap_or(0.0)
+        ),
+        (None, None) => "max".to_string(),
+    };
     println!("WebSocket fanout  {}", r.label.as_deref().unwrap_or(""));
     if r.urls.len() > 1 {
         println!(
