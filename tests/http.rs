@@ -15,6 +15,7 @@ both_backends!(
     openapi_documents_the_contract,
     process_output_and_secrets_not_logged,
     data_survives_restart,
+    live_board_is_served,
 );
 
 async fn body_parsing_errors(b: Backend) {
@@ -566,4 +567,97 @@ async fn postgres_readyz_fails_without_database() {
     assert_eq!(status, 503, "/readyz with the database gone");
     // The process itself is still up.
     api.send("GET", "/healthz", None, None, &[]).await.ok(200);
+}
+
+/// The board's page at `/`, with every module it imports (followed through relative `from` paths),
+/// strict headers and ETag revalidation; files are GET-only and unknown ones are the API's 404.
+async fn live_board_is_served(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let page = api.send_raw("GET", "/", None, None, None, &[]).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(
+        page.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/html")
+    );
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert!(page.text.contains(r#"src="/assets/board/board.js""#));
+
+    let etag = page.header("etag").expect("an ETag").to_owned();
+    let again = api
+        .send_raw(
+            "GET",
+            "/",
+            None,
+            None,
+            None,
+            &[("if-none-match", etag.as_str())],
+        )
+        .await;
+    assert_eq!(again.status, 304);
+
+    // Walk the module graph from the entry point: every import must be embedded.
+    let mut todo = vec!["/assets/board/board.js".to_owned(), "/board.css".to_owned()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(path) = todo.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let r = api.send_raw("GET", &path, None, None, None, &[]).await;
+        assert_eq!(r.status, 200, "GET {path}");
+        let ct = r.header("content-type").unwrap_or("");
+        if path.ends_with(".js") {
+            assert!(ct.starts_with("text/javascript"), "{path}: {ct}");
+            let dir = &path[..path.rfind('/').unwrap_or(0)];
+            for part in r
+                .text
+                .split(" from '")
+                .skip(1)
+                .chain(r.text.split(" from \"").skip(1))
+            {
+                let Some(spec) = part.split(['\'', '"']).next() else {
+                    continue;
+                };
+                assert!(
+                    spec.starts_with('.'),
+                    "{path} imports a bare module {spec:?}"
+                );
+                let mut segs: Vec<&str> = dir.split('/').collect();
+                for s in spec.split('/') {
+                    match s {
+                        "." => {}
+                        ".." => {
+                            segs.pop();
+                        }
+                        s => segs.push(s),
+                    }
+                }
+                todo.push(segs.join("/"));
+            }
+        }
+    }
+    assert!(
+        seen.len() >= 5,
+        "the board and the client modules: {seen:?}"
+    );
+
+    api.send_raw("GET", "/assets/nope.js", None, None, None, &[])
+        .await
+        .problem(404, "not_found");
+    api.send_raw(
+        "POST",
+        "/",
+        None,
+        Some(b"x".to_vec()),
+        Some("text/plain"),
+        &[],
+    )
+    .await
+    .problem(405, "method_not_allowed");
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 mod openapi;
 pub mod routes;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,7 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
                 async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], doc.to_string()) }
             }),
         )
+        .merge(web::router())
         .fallback(|| async { ApiError::not_found().into_response() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")

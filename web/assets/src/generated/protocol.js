@@ -1,0 +1,33 @@
+export const ACTIVITY_TYPES = [
+    "task.created",
+    "task.updated",
+    "task.deleted",
+    "task.assigned",
+    "comment.created",
+    "comment.updated",
+    "comment.deleted",
+    "member.added",
+    "member.updated",
+    "member.removed",
+    "team.updated",
+    "board.created",
+    "board.updated",
+    "board.deleted",
+];
+export const ACTIVITY_DATA_REQUIRED = {
+    "task.created": ["task"],
+    "task.updated": ["task", "changes"],
+    "task.deleted": ["taskId", "boardId"],
+    "task.assigned": ["task"],
+    "comment.created": ["comment"],
+    "comment.updated": ["comment"],
+    "comment.deleted": ["commentId", "taskId"],
+    "member.added": ["member"],
+    "member.updated": ["member"],
+    "member.removed": ["userId"],
+    "team.updated": ["team"],
+    "board.created": ["board"],
+    "board.updated": ["board"],
+    "board.deleted": ["boardId"],
+};
+export const PRESENCE_TYPES = ["presence.joined", "presence.left"];
