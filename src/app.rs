@@ -7,10 +7,12 @@ use tokio::net::TcpListener;
 
 use crate::bus::{Bus, BusError, InProcessBus, RedisBus, RedisSettings, Relay, RelaySettings};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, AuthLimits};
+use crate::limits::KeyedLimiter;
 use crate::realtime::{self, Realtime};
 use crate::service::{Services, TokenService};
 use crate::store::{self, StoreError};
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,6 +26,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("could not listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("could not set up metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// The JWT secret from the config; `--dev` generates a random one when none is given.
@@ -88,8 +92,20 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         relay,
         tokens,
     };
+    let hub = realtime.hub.clone();
+    let telemetry = Telemetry::install()?.with_scrape_hook(Arc::new(move || hub.record_gauges()));
+    telemetry.spawn_upkeep();
     let router = http::router(
-        AppState { services, bus },
+        AppState {
+            services,
+            bus,
+            telemetry,
+            auth_limits: Arc::new(AuthLimits {
+                per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
+                per_email: KeyedLimiter::per_minute(config.auth_limit_per_email),
+                trust_forwarded: config.trust_forwarded_for,
+            }),
+        },
         config.max_body_bytes,
         realtime.router(),
     );
@@ -109,7 +125,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             realtime.shutdown();
         }
     };
-    let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    // The peer address feeds the per-address limits (`limits::client_ip`).
+    let serve = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown);
     // Once signalled, in-flight requests and socket closes get `drain_timeout` to finish.
     let drain = config.drain_timeout;
     let deadline = async {

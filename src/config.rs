@@ -101,6 +101,24 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
 
+    /// Sign-up and log-in attempts per minute from one client address, in bursts of as many
+    /// (0: no limit).
+    #[arg(long, env = "TASKFORGE_AUTH_LIMIT_PER_IP", default_value_t = 60)]
+    pub auth_limit_per_ip: u32,
+
+    /// Sign-up and log-in attempts per minute for one email address (0: no limit).
+    #[arg(long, env = "TASKFORGE_AUTH_LIMIT_PER_EMAIL", default_value_t = 10)]
+    pub auth_limit_per_email: u32,
+
+    /// WebSocket connection attempts per minute from one client address (0: no limit).
+    #[arg(long, env = "TASKFORGE_CONNECT_LIMIT_PER_IP", default_value_t = 600)]
+    pub connect_limit_per_ip: u32,
+
+    /// Take the client address for these limits from the last `X-Forwarded-For` entry: only
+    /// behind a load balancer that appends it (`true` or `false`).
+    #[arg(long, env = "TASKFORGE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
     /// Tracing filter, e.g. `info` or `taskforge=debug,tower_http=info`.
     #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
     pub log: String,

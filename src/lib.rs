@@ -8,12 +8,17 @@
 //! - `http`: the axum edge, problem+json errors, OpenAPI.
 //! - `realtime`: the `/realtime` socket and the `Hub` that fans activities out to rooms.
 //! - `app`: wiring them together from a `Config`.
+//!
+//! `telemetry` (metric names and the Prometheus recorder) is a leaf every layer may record to;
+//! `limits` (per-key rate limits) one the edges use.
 
 pub mod app;
 pub mod bus;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod limits;
 pub mod realtime;
 pub mod service;
 pub mod store;
+pub mod telemetry;

@@ -2539,6 +2539,22 @@ async fn redis_down_then_back() {
             ws.label
         );
     }
+    // The outage shows in the metrics: every instance reconnected, and what the bus lost was
+    // read from the log.
+    let mut repairs = 0.0;
+    for api in &apis {
+        let m = api.metrics().await;
+        assert!(
+            m.get("taskforge_bus_reconnects_total", &[]) >= 1.0,
+            "{}",
+            api.base
+        );
+        repairs += m.get("taskforge_gap_repaired_activities_total", &[]);
+    }
+    assert!(
+        repairs >= 1.0,
+        "activities repaired from the log during the outage: {repairs}"
+    );
 }
 
 /// After Redis restarts (empty), live delivery goes over the bus again (not only through the

@@ -16,6 +16,7 @@ both_backends!(
     process_output_and_secrets_not_logged,
     data_survives_restart,
     live_board_is_served,
+    json_logs_carry_ids_and_never_secrets,
 );
 
 async fn body_parsing_errors(b: Backend) {
@@ -660,4 +661,90 @@ async fn live_board_is_served(b: Backend) {
     )
     .await
     .problem(405, "method_not_allowed");
+}
+
+/// With `TASKFORGE_LOG_FORMAT=json` at debug level: every line is a JSON object, each HTTP request
+/// has a line with its request id, each socket's connect and close share a connection id, and no
+/// password, access or refresh token, or JWT secret appears anywhere, although tokens went over
+/// `?token=`, `Authorization` and the `auth` message.
+async fn json_logs_carry_ids_and_never_secrets(b: Backend) {
+    let srv = TestServer::start_with(
+        b,
+        &[("TASKFORGE_LOG_FORMAT", "json"), ("TASKFORGE_LOG", "debug")],
+    )
+    .await;
+    let api = srv.client();
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    let u = api.register(&unique_email("json"), &password, "Json").await;
+    let again: AuthResponse = api.login(&u.user.email, &password).await.parse(200);
+    let third: AuthResponse = api.refresh(&again.refresh_token).await.parse(200);
+    api.login(&u.user.email, "wrong-password-123").await;
+    let team = api.create_team(u.token(), "Logs").await;
+    let mut by_query = srv.ws(u.token()).await;
+    by_query.subscribe_team(team.id, None).await;
+    let mut by_header = srv.ws_header(again.token()).await;
+    assert_eq!(by_header.auth(third.token()).await["type"], "authenticated");
+    api.task(u.token(), team.id, "logged").await;
+    by_query.expect_type("activity").await;
+    drop(by_query);
+    drop(by_header);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while srv.stderr_text().matches("socket closed").count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let logs = srv.stderr_text();
+    for (what, secret) in [
+        ("password", password.as_str()),
+        ("wrong password", "wrong-password-123"),
+        ("access token (query)", u.access_token.as_str()),
+        ("access token (header)", again.access_token.as_str()),
+        ("access token (auth message)", third.access_token.as_str()),
+        ("refresh token", u.refresh_token.as_str()),
+        ("refresh token", again.refresh_token.as_str()),
+        ("refresh token", third.refresh_token.as_str()),
+        ("JWT secret", srv.jwt_secret.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+    assert!(!logs.contains("token="), "a query string was logged");
+
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let message = |l: &Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    // One line per request, inside the `http` span that carries its id.
+    let login_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["path"] == "/api/v1/auth/login" && message(l).contains("finished"))
+        .collect();
+    assert_eq!(
+        login_lines.len(),
+        2,
+        "one line per login request: {login_lines:?}"
+    );
+    for l in &login_lines {
+        let id = l["span"]["request_id"].as_str().unwrap_or("");
+        assert!(Uuid::parse_str(id).is_ok(), "a request id: {l}");
+    }
+    // Socket lifecycle: connected and closed, with the same connection id.
+    let conns = |msg: &str| -> Vec<i64> {
+        let mut ids: Vec<i64> = lines
+            .iter()
+            .filter(|l| message(l) == msg)
+            .map(|l| {
+                l["fields"]["conn"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("no conn id: {l}"))
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let connected = conns("socket connected");
+    assert_eq!(connected.len(), 2, "{logs}");
+    assert_eq!(connected, conns("socket closed"));
 }

@@ -334,6 +334,8 @@ async fn run_health(
 ) {
     let mut tick = tokio::time::interval(check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Coming up the first time is not a reconnect.
+    let mut was_up = false;
     loop {
         tick.tick().await;
         if conns.get().is_none() {
@@ -361,6 +363,10 @@ async fn run_health(
             Ok(Ok(_)) => {
                 if !link.up.swap(true, Ordering::SeqCst) {
                     tracing::info!("redis bus is up");
+                    if was_up {
+                        metrics::counter!(crate::telemetry::BUS_RECONNECTS).increment(1);
+                    }
+                    was_up = true;
                     let _ = subs.send(SubCommand::Resubscribe).await;
                     let _ = link.events.send(BusEvent::Resync).await;
                     link.lost.store(false, Ordering::SeqCst);

@@ -181,7 +181,13 @@ async fn publish_team(
             pending = missing;
         }
         match inner.bus.publish(team, published, &pending).await {
-            Ok(p) => published = published.max(p),
+            Ok(p) => {
+                if p > published {
+                    metrics::counter!(crate::telemetry::ACTIVITIES_PUBLISHED)
+                        .increment((p - published) as u64);
+                }
+                published = published.max(p);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, %team, "publish failed; the scan retries");
                 break;

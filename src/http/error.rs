@@ -36,6 +36,8 @@ pub struct Problem {
 pub struct ApiError {
     pub status: StatusCode,
     pub problem: Problem,
+    /// With `rate_limited`: whole seconds until a retry can succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -52,7 +54,15 @@ impl ApiError {
                 errors: None,
                 current_version: None,
             },
+            retry_after: None,
         }
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` rounded up to whole seconds.
+    pub fn rate_limited(wait: std::time::Duration, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
+        e.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        e
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -155,6 +165,9 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let Some(v) = self.problem.current_version
             && let Ok(etag) = HeaderValue::from_str(&format!("\"{v}\""))

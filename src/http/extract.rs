@@ -134,3 +134,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         Ok(Query(v))
     }
 }
+
+/// The client's address (see `limits::client_ip`); `None` when the server runs without connection
+/// info (then no per-address limit applies).
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        Ok(ClientIp(crate::limits::client_ip(
+            peer,
+            &parts.headers,
+            state.auth_limits.trust_forwarded,
+        )))
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Request, header};
+use axum::http::{HeaderValue, Method, Request, header};
 use axum::response::IntoResponse;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -23,13 +23,57 @@ use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::bus::Bus;
+use crate::limits::KeyedLimiter;
 use crate::service::Services;
+use crate::telemetry::{self, Telemetry};
 use error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
     pub bus: Arc<dyn Bus>,
+    pub telemetry: Telemetry,
+    pub auth_limits: Arc<AuthLimits>,
+}
+
+/// Sign-up and log-in attempts allowed per client address and per email.
+pub struct AuthLimits {
+    pub per_ip: Option<KeyedLimiter>,
+    pub per_email: Option<KeyedLimiter>,
+    /// Whether the client address comes from `X-Forwarded-For` (see `limits::client_ip`).
+    pub trust_forwarded: bool,
+}
+
+impl AuthLimits {
+    /// Charges one attempt to the address and to the email (case-insensitive).
+    pub fn check(&self, ip: Option<std::net::IpAddr>, email: &str) -> Result<(), RateLimited> {
+        if let (Some(l), Some(ip)) = (&self.per_ip, ip) {
+            l.check(&ip.to_string()).map_err(|wait| RateLimited {
+                wait,
+                detail: "too many attempts from this address; retry later",
+            })?;
+        }
+        if let Some(l) = &self.per_email {
+            l.check(&email.trim().to_lowercase()).map_err(|wait| RateLimited {
+                wait,
+                detail: "too many attempts for this account; retry later",
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An attempt over a limit: 429 `rate_limited` with `Retry-After`.
+#[derive(Debug)]
+pub struct RateLimited {
+    pub wait: Duration,
+    pub detail: &'static str,
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(r: RateLimited) -> Self {
+        ApiError::rate_limited(r.wait, r.detail)
+    }
 }
 
 /// The OpenAPI document of every route, as built from the handlers' annotations.
@@ -69,6 +113,7 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
         .with_state(state)
         .merge(extra)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(
             // One line per request; the span names the path only: query strings can carry tokens.
             TraceLayer::new_for_http()
@@ -85,4 +130,34 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+}
+
+/// Counts every request by method, route template (not the path: ids would make every task its
+/// own series) and status, and times it.
+async fn count_request(
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method: &'static str = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(telemetry::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(telemetry::HTTP_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
 }

@@ -475,6 +475,7 @@ impl Conn {
                 {
                     return Ok(false);
                 }
+                metrics::counter!(crate::telemetry::REPLAYED).increment(1);
             }
         }
         Ok(true)

@@ -26,6 +26,7 @@ use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
 use crate::domain::{Room, TaskId, TeamId, UserId};
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 pub type ConnId = u64;
 
@@ -571,6 +572,10 @@ impl Hub {
             from = last;
             out.extend(batch);
         }
+        if !out.is_empty() {
+            metrics::counter!(telemetry::GAP_REPAIRS).increment(1);
+            metrics::counter!(telemetry::GAP_REPAIRED_ACTIVITIES).increment(out.len() as u64);
+        }
         Ok(out)
     }
 
@@ -584,6 +589,28 @@ impl Hub {
 
     pub fn connections(&self) -> usize {
         self.state.lock().conns.len()
+    }
+
+    /// Sets the connection and subscription gauges from the live state (at a scrape).
+    pub fn record_gauges(&self) {
+        let (conns, per_kind) = {
+            let s = self.state.lock();
+            let mut per_kind = [0usize; 3];
+            for (room, members) in &s.rooms {
+                let k = match room {
+                    Room::Team(_) => 0,
+                    Room::Board(_) => 1,
+                    Room::Task(_) => 2,
+                    Room::User(_) => continue,
+                };
+                per_kind[k] += members.len();
+            }
+            (s.conns.len(), per_kind)
+        };
+        metrics::gauge!(telemetry::WS_CONNECTIONS).set(conns as f64);
+        for (k, scope) in ["team", "board", "task"].into_iter().enumerate() {
+            metrics::gauge!(telemetry::WS_SUBSCRIPTIONS, "scope" => scope).set(per_kind[k] as f64);
+        }
     }
 }
 
@@ -656,15 +683,23 @@ impl State {
             self.next_stamp += 1;
             let stamp = self.next_stamp;
             let frame = Message::Text(activity_frame(e));
+            let mut queued = 0u64;
             for room in e.route.rooms() {
                 let Some(members) = self.rooms.get(&room) else {
                     continue;
                 };
                 for m in members.values() {
                     if m.stamp.swap(stamp, Ordering::Relaxed) != stamp {
-                        m.outbox.push_live(frame.clone());
+                        queued += u64::from(m.outbox.push_live(frame.clone()));
                     }
                 }
+            }
+            metrics::counter!(telemetry::ACTIVITIES_DISPATCHED).increment(1);
+            metrics::counter!(telemetry::DELIVERIES).increment(queued);
+            if queued > 0
+                && let Some(age) = telemetry::since_commit(&e.json)
+            {
+                metrics::histogram!(telemetry::DELIVERY_LATENCY).record(age);
             }
             if let (ActivityKind::MemberRemoved, Some(user)) = (e.route.kind, e.route.user_id) {
                 self.revoke(team, user);
@@ -685,9 +720,11 @@ impl State {
                 continue;
             };
             let frame = Message::Text(activity_frame(e));
+            let mut queued = 0u64;
             for m in members.values() {
-                m.outbox.push_live(frame.clone());
+                queued += u64::from(m.outbox.push_live(frame.clone()));
             }
+            metrics::counter!(telemetry::DELIVERIES).increment(queued);
         }
     }
 

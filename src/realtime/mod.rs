@@ -24,6 +24,7 @@ use crate::bus::{Bus, BusEvent};
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer;
+use crate::limits::{KeyedLimiter, client_ip};
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use hub::Hub;
@@ -45,6 +46,10 @@ pub struct Settings {
     /// Shared presence: heartbeat every `ttl / 3`, sweep dead instances every `sweep_interval`.
     pub presence_ttl: Duration,
     pub presence_sweep_interval: Duration,
+    /// Connection attempts per minute from one client address (0: no limit).
+    pub connect_per_minute: u32,
+    /// Whether the client address comes from `X-Forwarded-For` (see `limits::client_ip`).
+    pub trust_forwarded: bool,
 }
 
 impl Settings {
@@ -61,6 +66,8 @@ impl Settings {
             check_interval: c.bus_check_interval.max(Duration::from_millis(10)),
             presence_ttl: c.presence_ttl.max(Duration::from_millis(300)),
             presence_sweep_interval: c.presence_sweep_interval.max(Duration::from_millis(100)),
+            connect_per_minute: c.connect_limit_per_ip,
+            trust_forwarded: c.trust_forwarded_for,
         }
     }
 }
@@ -71,6 +78,7 @@ pub struct Realtime {
     bus: Arc<dyn Bus>,
     tokens: Arc<TokenService>,
     settings: Settings,
+    connect_limit: Option<KeyedLimiter>,
 }
 
 impl Realtime {
@@ -114,6 +122,7 @@ impl Realtime {
             store,
             bus: bus.clone(),
             tokens,
+            connect_limit: KeyedLimiter::per_minute(settings.connect_per_minute),
             settings,
         })
     }
@@ -178,6 +187,18 @@ async fn upgrade(
     parts: Parts,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if let Some(limit) = &rt.connect_limit {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        if let Some(ip) = client_ip(peer, &parts.headers, rt.settings.trust_forwarded)
+            && let Err(wait) = limit.check(&ip.to_string())
+        {
+            return ApiError::rate_limited(wait, "too many connection attempts from this address")
+                .into_response();
+        }
+    }
     let token = q.token.or_else(|| bearer(&parts).map(str::to_owned));
     let principal = match token {
         None => None,

@@ -90,6 +90,9 @@ impl Outbox {
         }
         if s.live >= self.live_limit {
             s.closed = Some(CloseReason::SlowConsumer);
+            metrics::counter!(crate::telemetry::SLOW_CONSUMER_CUTS).increment(1);
+            metrics::counter!(crate::telemetry::FRAMES_DROPPED)
+                .increment(s.frames.len() as u64 + 1);
             s.frames.clear();
             drop(s);
             self.ready.notify_one();

@@ -169,6 +169,7 @@ impl Services {
     ) -> Result<Vec<LogEntry>> {
         let entries = tx.append(team, drafts).await?;
         tx.commit().await?;
+        metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED).increment(entries.len() as u64);
         self.relay.committed(entries.clone());
         Ok(entries)
     }

@@ -108,6 +108,11 @@ impl TestServer {
             ("TASKFORGE_DATABASE_URL".into(), db_url.clone()),
             ("TASKFORGE_JWT_SECRET".into(), jwt_secret.clone()),
             ("TASKFORGE_LOG".into(), "info".into()),
+            // Tests register users and open sockets by the hundred from one address: the
+            // per-address and per-email limits are off unless a test (tests/limits.rs) sets them.
+            ("TASKFORGE_AUTH_LIMIT_PER_IP".into(), "0".into()),
+            ("TASKFORGE_AUTH_LIMIT_PER_EMAIL".into(), "0".into()),
+            ("TASKFORGE_CONNECT_LIMIT_PER_IP".into(), "0".into()),
         ];
         for (k, v) in overrides {
             env.retain(|(ek, _)| ek != k);
@@ -681,6 +686,43 @@ fn segments(p: &str) -> Vec<String> {
 // HTTP client
 // ---------------------------------------------------------------------------------------------
 
+/// A `/metrics` scrape: `name{labels} value` lines keyed by `name{labels}` as printed.
+pub struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_owned(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of the one series of `name` whose labels contain every `label="value"` given
+    /// (0 when there is none; panics when several match).
+    #[track_caller]
+    pub fn get(&self, name: &str, labels: &[&str]) -> f64 {
+        let hits: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(k, _)| {
+                let (n, l) = k.split_once('{').unwrap_or((k.as_str(), ""));
+                n == name && labels.iter().all(|want| l.contains(want))
+            })
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            hits.len() <= 1,
+            "{name} {labels:?} matches several series: {hits:?}"
+        );
+        hits.first().copied().unwrap_or(0.0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Resp {
     pub method: String,
@@ -806,6 +848,15 @@ impl Api {
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
         let ct = body.map(|_| "application/json");
         self.send_raw(method, path, token, bytes, ct, headers).await
+    }
+
+    /// Scrapes `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        let r = self
+            .send_raw("GET", "/metrics", None, None, None, &[])
+            .await;
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text);
+        Metrics::parse(&r.text)
     }
 
     /// Sends raw bytes with an explicit (or no) content type.
@@ -1535,6 +1586,13 @@ impl WsClient {
             .send(WsMessage::binary(bytes.to_vec()))
             .await
             .unwrap_or_else(|e| panic!("{}: send failed: {e}", self.label));
+    }
+
+    /// Sends any message, raw frames (`WsMessage::Frame`: invalid UTF-8 in a text frame,
+    /// fragments, reserved opcodes...) included; `Err` when the send failed (e.g. the server
+    /// already closed the socket).
+    pub async fn try_send_message(&mut self, msg: WsMessage) -> Result<(), String> {
+        self.ws.send(msg).await.map_err(|e| e.to_string())
     }
 
     /// Sends a close frame (normal closure) and waits briefly for the server's answer.

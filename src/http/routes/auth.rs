@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::domain::User;
 use crate::http::AppState;
 use crate::http::error::ApiResult;
-use crate::http::extract::{Caller, Json};
+use crate::http::extract::{Caller, ClientIp, Json};
 use crate::service::Session;
 use crate::service::auth::Me;
 
@@ -54,11 +54,14 @@ pub struct PatchMeBody {
 
 /// Creates an account and signs it in.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", security(()), request_body = RegisterBody,
-    responses((status = 201, body = Session), (status = 409, description = "email taken", body = crate::http::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = Session), (status = 409, description = "email taken", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too many attempts from this address or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn register(
     State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(b): Json<RegisterBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Session>)> {
+    s.auth_limits.check(ip, &b.email)?;
     let session = s
         .services
         .register(&b.email, &b.password, &b.display_name)
@@ -68,11 +71,14 @@ async fn register(
 
 /// Signs in; a wrong email and a wrong password get the same answer.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body = LoginBody,
-    responses((status = 200, body = Session)))]
+    responses((status = 200, body = Session),
+        (status = 429, description = "too many attempts from this address or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn login(
     State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(b): Json<LoginBody>,
 ) -> ApiResult<axum::Json<Session>> {
+    s.auth_limits.check(ip, &b.email)?;
     Ok(axum::Json(s.services.login(&b.email, &b.password).await?))
 }
 

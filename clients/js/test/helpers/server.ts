@@ -85,6 +85,10 @@ export class TestServer {
       TASKFORGE_JWT_SECRET: this.secret,
       TASKFORGE_DRAIN_TIMEOUT: '2s',
       TASKFORGE_LOG: 'warn',
+      // Every test registers users and opens sockets from 127.0.0.1: no per-address limits.
+      TASKFORGE_AUTH_LIMIT_PER_IP: '0',
+      TASKFORGE_AUTH_LIMIT_PER_EMAIL: '0',
+      TASKFORGE_CONNECT_LIMIT_PER_IP: '0',
       ...this.env,
     };
   }

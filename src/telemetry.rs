@@ -1,0 +1,200 @@
+//! Metrics: the process-wide Prometheus recorder, the name and meaning of every metric, and the
+//! text `/metrics` serves.
+//!
+//! Layers record through the `metrics` macros with the names below (counters are atomics: cheap
+//! enough to bump once per activity, never once per recipient). Gauges of live state (connections,
+//! subscriptions) are read when scraped, through the hook `app` registers, so that no code path
+//! has to keep them in step. This module must never do I/O or block, and nothing in it may fail a
+//! request: without a recorder the macros do nothing.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open WebSocket connections (gauge).
+pub const WS_CONNECTIONS: &str = "taskforge_ws_connections";
+/// Room subscriptions by `scope` (`team`, `board`, `task`) (gauge).
+pub const WS_SUBSCRIPTIONS: &str = "taskforge_ws_subscriptions";
+/// Activities committed by this instance.
+pub const ACTIVITIES_COMMITTED: &str = "taskforge_activities_committed_total";
+/// Activities this instance's relay published on the bus (what another instance had already
+/// published is not counted again).
+pub const ACTIVITIES_PUBLISHED: &str = "taskforge_activities_published_total";
+/// Activities dispatched to this instance's rooms, in seq order (once each per followed team).
+pub const ACTIVITIES_DISPATCHED: &str = "taskforge_activities_dispatched_total";
+/// Live activity frames queued on sockets (one per recipient socket).
+pub const DELIVERIES: &str = "taskforge_deliveries_total";
+/// Activity frames sent by resume replays.
+pub const REPLAYED: &str = "taskforge_replayed_activities_total";
+/// Sockets cut because their outgoing queue was full.
+pub const SLOW_CONSUMER_CUTS: &str = "taskforge_slow_consumer_disconnects_total";
+/// Frames discarded with those sockets (queued and not yet written, plus the one refused).
+pub const FRAMES_DROPPED: &str = "taskforge_frames_dropped_total";
+/// Times the bus came back after being down (Redis reconnects).
+pub const BUS_RECONNECTS: &str = "taskforge_bus_reconnects_total";
+/// Reads of missed activities from the log (a seq skipped ahead, a periodic check, a join behind).
+pub const GAP_REPAIRS: &str = "taskforge_gap_repairs_total";
+/// Activities those reads brought back.
+pub const GAP_REPAIRED_ACTIVITIES: &str = "taskforge_gap_repaired_activities_total";
+/// HTTP requests by `method`, `route` (the route template) and `status`.
+pub const HTTP_REQUESTS: &str = "taskforge_http_requests_total";
+/// HTTP request durations by `method` and `route`, seconds.
+pub const HTTP_DURATION: &str = "taskforge_http_request_duration_seconds";
+/// From an activity's commit (its `ts`) to its frames being queued on this instance's sockets,
+/// seconds. Across hosts this includes their clock difference.
+pub const DELIVERY_LATENCY: &str = "taskforge_activity_delivery_latency_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Reads live state into gauges just before a scrape.
+pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
+
+/// What `/metrics` needs: the recorder's handle and the hook that refreshes the gauges.
+#[derive(Clone)]
+pub struct Telemetry {
+    handle: PrometheusHandle,
+    before_scrape: Option<ScrapeHook>,
+}
+
+impl Telemetry {
+    /// Installs the process-wide recorder (once; later calls share it) and describes every metric.
+    pub fn install() -> Result<Telemetry, BuildError> {
+        let handle = match HANDLE.get() {
+            Some(h) => h.clone(),
+            None => {
+                let h = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+                    .install_recorder()?;
+                describe();
+                HANDLE.get_or_init(|| h).clone()
+            }
+        };
+        Ok(Telemetry {
+            handle,
+            before_scrape: None,
+        })
+    }
+
+    pub fn with_scrape_hook(mut self, hook: ScrapeHook) -> Self {
+        self.before_scrape = Some(hook);
+        self
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        if let Some(hook) = &self.before_scrape {
+            hook();
+        }
+        self.handle.render()
+    }
+
+    /// Drains the histograms' buffers now and then: without a scrape they would only grow.
+    pub fn spawn_upkeep(&self) {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+}
+
+fn describe() {
+    describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(WS_SUBSCRIPTIONS, "Room subscriptions by scope kind");
+    describe_counter!(
+        ACTIVITIES_COMMITTED,
+        "Activities committed by this instance"
+    );
+    describe_counter!(
+        ACTIVITIES_PUBLISHED,
+        "Activities this instance published on the bus"
+    );
+    describe_counter!(
+        ACTIVITIES_DISPATCHED,
+        "Activities dispatched to this instance's rooms"
+    );
+    describe_counter!(DELIVERIES, "Live activity frames queued on sockets");
+    describe_counter!(REPLAYED, "Activity frames sent by resume replays");
+    describe_counter!(
+        SLOW_CONSUMER_CUTS,
+        "Sockets cut because their outgoing queue was full"
+    );
+    describe_counter!(
+        FRAMES_DROPPED,
+        "Frames discarded with sockets cut as slow consumers"
+    );
+    describe_counter!(BUS_RECONNECTS, "Times the bus came back after being down");
+    describe_counter!(GAP_REPAIRS, "Reads of missed activities from the log");
+    describe_counter!(
+        GAP_REPAIRED_ACTIVITIES,
+        "Activities brought back by gap repairs"
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request durations by method and route"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From an activity's commit to its frames queued on this instance's sockets"
+    );
+    // Present from the start at 0, so that a dashboard tells "none yet" from "not exported".
+    for counter in [
+        ACTIVITIES_COMMITTED,
+        ACTIVITIES_PUBLISHED,
+        ACTIVITIES_DISPATCHED,
+        DELIVERIES,
+        REPLAYED,
+        SLOW_CONSUMER_CUTS,
+        FRAMES_DROPPED,
+        BUS_RECONNECTS,
+        GAP_REPAIRS,
+        GAP_REPAIRED_ACTIVITIES,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+}
+
+/// Seconds since an activity's commit, from the `"ts":"..."` of its JSON (no full parse).
+pub fn since_commit(activity_json: &str) -> Option<f64> {
+    const KEY: &str = "\"ts\":\"";
+    let start = activity_json.find(KEY)? + KEY.len();
+    let end = start + activity_json[start..].find('"')?;
+    let ts = time::OffsetDateTime::parse(
+        &activity_json[start..end],
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    let age = time::OffsetDateTime::now_utc() - ts;
+    Some(age.as_seconds_f64().max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_commit_time_of_an_activity() {
+        let now = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(1500);
+        let ts = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format");
+        let json = format!(r#"{{"id":"x","v":1,"type":"task.created","ts":"{ts}","seq":3}}"#);
+        let age = since_commit(&json).expect("a ts");
+        assert!((1.4..5.0).contains(&age), "{age}");
+        assert_eq!(since_commit(r#"{"seq":3}"#), None);
+        assert_eq!(since_commit(r#"{"ts":"yesterday"}"#), None);
+        assert_eq!(since_commit(r#"{"ts":"2026"#), None);
+    }
+}
