@@ -1,4 +1,5 @@
-//! Access-token validation: expiry with leeway, forged and tampered tokens.
+//! Access-token validation: expiry with leeway, forged and tampered tokens, not-yet-valid tokens
+//! and algorithm confusion, over HTTP and on a live socket.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ both_backends!(
     expired_token_is_rejected_after_leeway,
     forged_tokens_are_rejected,
     token_ttl_formats,
+    not_yet_valid_and_algorithm_confusion_are_rejected,
 );
 
 async fn token_ttl_formats(b: Backend) {
@@ -169,4 +171,93 @@ async fn forged_tokens_are_rejected(b: Backend) {
 
     // The server's own token keeps working.
     api.get("/api/v1/me", u.token()).await.ok(200);
+}
+
+/// HMAC-SHA256 (RFC 2104), to forge what an attacker would: a token whose header names another
+/// algorithm but whose signature is an HMAC with the server's secret (HS/RS confusion).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+fn hmac_signed(header: &Value, claims: &Value, secret: &str) -> String {
+    let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap());
+    let p = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+    let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(
+        secret.as_bytes(),
+        format!("{h}.{p}").as_bytes(),
+    ));
+    format!("{h}.{p}.{sig}")
+}
+
+async fn not_yet_valid_and_algorithm_confusion_are_rejected(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("Confused").await;
+    let secret = srv.jwt_secret.clone();
+    let mut fresh = claims_of(u.token());
+    fresh["iat"] = json!(now());
+    fresh["exp"] = json!(now() + 600);
+
+    // Positive control: the hand-made HMAC equals jsonwebtoken's, so the header is the only change.
+    let control = hmac_signed(&json!({"alg": "HS256", "typ": "JWT"}), &fresh, &secret);
+    api.get("/api/v1/me", &control).await.ok(200);
+
+    let mut early = fresh.clone();
+    early["nbf"] = json!(now() + 120);
+    let not_yet = sign(Algorithm::HS256, &early, &secret);
+    assert_401(
+        &api.get("/api/v1/me", &not_yet).await,
+        "nbf two minutes ahead",
+    );
+    // Within the 5 s leeway a future nbf is accepted (clock skew), as with exp.
+    let mut skewed = fresh.clone();
+    skewed["nbf"] = json!(now() + 2);
+    api.get("/api/v1/me", &sign(Algorithm::HS256, &skewed, &secret))
+        .await
+        .ok(200);
+
+    let mut forged = Vec::new();
+    for alg in ["RS256", "ES256", "PS256", "EdDSA", "HS384", "none", "hs256"] {
+        let t = hmac_signed(&json!({"alg": alg, "typ": "JWT"}), &fresh, &secret);
+        assert_401(
+            &api.get("/api/v1/me", &t).await,
+            &format!("header alg {alg}, HMAC signature"),
+        );
+        forged.push((alg, t));
+    }
+
+    // The same tokens on the socket: at the handshake (HTTP 401), and as a replacement token on
+    // a live socket (error `unauthorized`, close 4001).
+    for (alg, t) in forged
+        .iter()
+        .take(2)
+        .chain([("nbf ahead", not_yet.clone())].iter())
+    {
+        match srv.ws_connect(WsAuth::Query(t), None).await {
+            Ok(_) => panic!("{alg}: the handshake was accepted"),
+            Err((status, _)) => assert_eq!(status, 401, "{alg}"),
+        }
+        let mut ws = srv.ws(u.token()).await;
+        ws.expect_pong().await;
+        ws.send_json(json!({"type": "auth", "token": t})).await;
+        let seen = ws.expect_close(4001, Duration::from_secs(5)).await;
+        assert_eq!(seen.len(), 1, "{alg}: {seen:?}");
+        assert_eq!(seen[0]["code"], "unauthorized", "{alg}: {seen:?}");
+    }
 }
