@@ -54,10 +54,11 @@ impl AuthLimits {
             })?;
         }
         if let Some(l) = &self.per_email {
-            l.check(&email.trim().to_lowercase()).map_err(|wait| RateLimited {
-                wait,
-                detail: "too many attempts for this account; retry later",
-            })?;
+            l.check(&email.trim().to_lowercase())
+                .map_err(|wait| RateLimited {
+                    wait,
+                    detail: "too many attempts for this account; retry later",
+                })?;
         }
         Ok(())
     }
