@@ -69,6 +69,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskforge-cluster.XXXXXX")
 SERVER_PID=""
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
+# shellcheck source=bench/cluster-lib.sh
+source "$(dirname "$0")/cluster-lib.sh"
 BENCH_PID=""
 PG_DB=""
 REDIS_PID=""
@@ -76,60 +78,9 @@ REDIS_PORT=""
 INSTANCE_PIDS=()
 INSTANCE_URLS=()
 INSTANCE_ERRS=()
+INSTANCE_ENV=()
 # The same secret on every instance (tokens made by one are accepted by the others).
 JWT_SECRET="bench-cluster-secret-$RANDOM$RANDOM$RANDOM-0123456789abcdefghijklmnop"
-
-psql_admin() {
-  PGCONNECT_TIMEOUT=5 timeout 60 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
-    -v ON_ERROR_STOP=1 -Atqc "$1"
-}
-
-rcli() { timeout 5 "$REDIS_CLI" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
-
-# stop_instances: SIGTERM to all, SIGKILL to those still there after 15 s.
-stop_instances() {
-  local pid alive
-  for pid in "${INSTANCE_PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for _ in $(seq 1 150); do
-    alive=0
-    for pid in "${INSTANCE_PIDS[@]}"; do
-      kill -0 "$pid" 2>/dev/null && alive=1
-    done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "${INSTANCE_PIDS[@]}"; do
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  INSTANCE_PIDS=()
-  INSTANCE_URLS=()
-  INSTANCE_ERRS=()
-}
-
-stop_redis() {
-  if [[ -n "$REDIS_PID" ]]; then
-    kill -TERM "$REDIS_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$REDIS_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-  fi
-  REDIS_PID=""
-}
-
-drop_pg_db() {
-  if [[ -n "$PG_DB" && "${KEEP_DB:-0}" != 1 ]]; then
-    psql_admin "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  elif [[ -n "$PG_DB" ]]; then
-    log "kept database $PG_DB"
-  fi
-  PG_DB=""
-}
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
@@ -153,54 +104,6 @@ trap 'exit 130' INT TERM
 # Every instance and the generator hold one file descriptor per socket.
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -Sn)
-
-# start_redis: redis-server on a free loopback port, without persistence; sets REDIS_PID/PORT.
-start_redis() {
-  local attempt port
-  for attempt in $(seq 1 10); do
-    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-    # Taken if something answers there.
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      continue
-    fi
-    "$REDIS_SERVER" --bind 127.0.0.1 --port "$port" --protected-mode yes --save "" \
-      --appendonly no --daemonize no --dir "$WORK" --logfile "$WORK/redis.log" \
-      >/dev/null 2>&1 &
-    REDIS_PID=$!
-    REDIS_PORT=$port
-    for _ in $(seq 1 50); do # 5 s
-      if ! kill -0 "$REDIS_PID" 2>/dev/null; then
-        break
-      fi
-      if [[ "$(rcli ping 2>/dev/null)" == PONG ]]; then
-        return 0
-      fi
-      sleep 0.1
-    done
-    log "redis-server did not come up on port $port (attempt $attempt); its log:"
-    tail -n 5 "$WORK/redis.log" >&2 2>/dev/null || true
-    stop_redis
-  done
-  return 1
-}
-
-# start_instances N NAME: N instances on the database and Redis, the first alone first (it
-# applies the migrations); sets INSTANCE_PIDS/URLS/ERRS.
-start_instances() {
-  local n=$1 name=$2 k
-  for k in $(seq 0 $((n - 1))); do
-    if ! start_server "$DB_URL" "$name-i$k" TASKFORGE_JWT_SECRET="$JWT_SECRET" \
-      TASKFORGE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-      TASKFORGE_WS_QUEUE_LIMIT="$WS_QUEUE_LIMIT"; then
-      log "instance $k of $name did not start"
-      return 1
-    fi
-    INSTANCE_PIDS+=("$SERVER_PID")
-    INSTANCE_URLS+=("$SERVER_URL")
-    INSTANCE_ERRS+=("$SERVER_ERR")
-    SERVER_PID="" # stopped by stop_instances
-  done
-}
 
 # scenario_args NAME: the number of instances, then the generator's arguments.
 scenario_args() {

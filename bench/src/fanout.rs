@@ -276,7 +276,7 @@ pub struct RedisReport {
     pub rss_end_kib: Option<u64>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// What the drivers and writers share during the load.
 struct Load {
@@ -293,13 +293,13 @@ const ACTIVITY_PREFIX: &[u8] = br#"{"type":"activity""#;
 const SEQ_MARKER: &[u8] = br#""seq":"#;
 const TITLE_MARKER: &[u8] = br#""title":"b"#;
 
-struct Scanner {
+pub(crate) struct Scanner {
     seq: memmem::FinderRev<'static>,
     title: memmem::Finder<'static>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Scan {
+pub(crate) enum Scan {
     /// An `activity` frame: its seq and the `i` of its `"title":"b<i>"`, when found.
     Activity {
         seq: Option<u64>,
@@ -323,7 +323,7 @@ fn leading_number(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 impl Scanner {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             seq: memmem::FinderRev::new(SEQ_MARKER),
             title: memmem::Finder::new(TITLE_MARKER),
@@ -333,7 +333,7 @@ impl Scanner {
     /// The server writes the activity's fields in no promised order (today `data` comes before
     /// `seq`); the task inside has no `seq` field, so the last `"seq":` is the activity's (searched
     /// from the end, where it is), and the first `"title":"b` is the task's.
-    fn scan(&self, b: &[u8]) -> Scan {
+    pub(crate) fn scan(&self, b: &[u8]) -> Scan {
         if !b.starts_with(ACTIVITY_PREFIX) {
             return Scan::Other;
         }
@@ -654,14 +654,14 @@ async fn writer(
 
 // ---------------------------------------------------------------- setup
 
-struct Team {
-    owner_bearer: HeaderValue,
-    team_id: String,
+pub(crate) struct Team {
+    pub(crate) owner_bearer: HeaderValue,
+    pub(crate) team_id: String,
     /// Access tokens of the users whose sockets subscribe
-    tokens: Vec<String>,
+    pub(crate) tokens: Vec<String>,
 }
 
-async fn setup_team(target: &Target, users: usize, timeout: Duration) -> Result<Team> {
+pub(crate) async fn setup_team(target: &Target, users: usize, timeout: Duration) -> Result<Team> {
     let mut client = Client::new(target.addr.as_str().into());
     let unique = format!(
         "{}-{}",

@@ -3,6 +3,7 @@
 //! Subcommands:
 //! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks` (see `http_writes`).
 //! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`).
+//! - `soak`: many sockets held under steady activity with churn, RSS sampled (see `soak`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
 //!
 //! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh` and `bench/cluster-fanout.sh`.
@@ -11,6 +12,7 @@ mod fanout;
 mod http_writes;
 mod procfs;
 mod redis_tap;
+mod soak;
 mod stats;
 mod summary;
 
@@ -41,6 +43,9 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// Medians over repeated runs, from `writes --json` / `fanout --json` lines
     Summarize(summary::SummarizeArgs),
+    /// Sockets of one team held for minutes under steady activity and churn (resume); checks
+    /// every socket's stream and samples the servers' RSS every minute (prints a JSON line)
+    Soak(soak::SoakArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -98,6 +103,40 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("taskforge-bench writes: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Soak(args) => {
+            if let Err(e) = fanout::raise_nofile_limit() {
+                eprintln!("taskforge-bench: cannot raise the open files limit: {e}");
+            }
+            let runtime = match runtime(cli.threads.max(1)) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("taskforge-bench: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(soak::run(args)) {
+                Ok(None) => ExitCode::SUCCESS,
+                Ok(Some(report)) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).expect("report serializes")
+                    );
+                    runtime.shutdown_background();
+                    if report.lost > 0 || report.duplicates > 0 {
+                        eprintln!(
+                            "taskforge-bench soak: {} lost, {} duplicated",
+                            report.lost, report.duplicates
+                        );
+                        return ExitCode::from(EXIT_DELIVERY_PROBLEMS);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskforge-bench soak: {e:#}");
                     ExitCode::FAILURE
                 }
             }
