@@ -51,7 +51,7 @@ fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let secret = jwt_secret(&config)?;
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect(&config.database_url, config.database_pool_size).await?;
     tracing::info!(backend = store.backend(), "database ready");
     let bus: Arc<dyn Bus> = match &config.redis_url {
         None => Arc::new(InProcessBus::new(4096)),
@@ -158,7 +158,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
 /// Applies the migrations and exits.
 pub async fn migrate(database_url: &str) -> Result<(), StartError> {
-    let store = store::connect(database_url).await?;
+    // Migrating needs one connection at a time.
+    let store = store::connect(database_url, 2).await?;
     tracing::info!(backend = store.backend(), "migrations applied");
     Ok(())
 }

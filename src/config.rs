@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// PostgreSQL: connections of this instance's pool (N instances hold up to N times this;
+    /// keep it under the server's `max_connections`).
+    #[arg(long, env = "TASKFORGE_DATABASE_POOL_SIZE", default_value_t = 32)]
+    pub database_pool_size: u32,
+
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "TASKFORGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -431,6 +431,10 @@ async fn slow_consumer_is_cut_others_get_everything(b: Backend) {
         Frame::Dropped(_) => {}
         other => panic!("unexpected end {other:?}"),
     }
+    // The cut shows in the metrics, with the frames it discarded.
+    let m = srv.client().metrics().await;
+    assert_eq!(m.get("taskforge_slow_consumer_disconnects_total", &[]), 1.0);
+    assert!(m.get("taskforge_frames_dropped_total", &[]) >= 1.0);
     let _ = Uuid::nil();
 }
 

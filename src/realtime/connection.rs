@@ -136,7 +136,16 @@ async fn authenticate(
                 return None;
             }
         },
-        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+        // An oversized first frame gets 1009 like any other, not a bare close.
+        Some(Err(e)) => {
+            outbox.close(if too_big(e) {
+                CloseReason::TooBig
+            } else {
+                CloseReason::Gone
+            });
+            return None;
+        }
+        Some(Ok(Message::Close(_))) | None => {
             outbox.close(CloseReason::Gone);
             return None;
         }

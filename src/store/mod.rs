@@ -203,11 +203,11 @@ pub trait Tx: Send {
 }
 
 /// Opens the store named by a `sqlite://` or `postgres://` URL and runs its migrations.
-pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+pub async fn connect(url: &str, pg_pool_size: u32) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(std::sync::Arc::new(PgStore::open(url).await?))
+        Ok(std::sync::Arc::new(PgStore::open(url, pg_pool_size).await?))
     } else {
         Err(StoreError::UnsupportedUrl)
     }

@@ -21,9 +21,9 @@ pub struct PgTx {
 }
 
 impl PgStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, pool_size: u32) -> Result<Self> {
         let pool = PgPoolOptions::new()
-            .max_connections(32)
+            .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await?;

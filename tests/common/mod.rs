@@ -113,6 +113,8 @@ impl TestServer {
             ("TASKFORGE_AUTH_LIMIT_PER_IP".into(), "0".into()),
             ("TASKFORGE_AUTH_LIMIT_PER_EMAIL".into(), "0".into()),
             ("TASKFORGE_CONNECT_LIMIT_PER_IP".into(), "0".into()),
+            // Tests run side by side (and clusters of three) on one PostgreSQL server.
+            ("TASKFORGE_DATABASE_POOL_SIZE".into(), "10".into()),
         ];
         for (k, v) in overrides {
             env.retain(|(ek, _)| ek != k);
