@@ -116,8 +116,52 @@ async fn body_parsing_errors(b: Backend) {
         .post("/api/v1/teams", u.token(), json!({"name": ""}))
         .await;
     r.invalid("name");
+    // A struct's fields given as an array are not an object: refused, not read in order.
+    api.post(
+        "/api/v1/auth/register",
+        "",
+        json!(["array@example.com", "correct horse battery", "Arr"]),
+    )
+    .await
+    .invalid("body");
+    // A number, boolean or null where an enum's string belongs is a wrong shape (422 naming the
+    // field), although serde_json calls it a syntax error.
+    let team = api.create_team(u.token(), "Enums").await;
+    for bad in [json!(3.5), json!(true), json!(["todo"])] {
+        api.post(
+            &format!("/api/v1/teams/{}/tasks", team.id),
+            u.token(),
+            json!({"title": "t", "status": bad}),
+        )
+        .await
+        .invalid("status");
+    }
+    api.post(
+        &format!("/api/v1/teams/{}/members", team.id),
+        u.token(),
+        json!({"email": "nobody@example.com", "role": 1}),
+    )
+    .await
+    .invalid("role");
+    // On a PATCH, a null status (not a clearable field) is a wrong shape too.
+    let t = api.task(u.token(), team.id, "patched").await;
+    api.patch(
+        &format!("/api/v1/tasks/{}", t.id),
+        u.token(),
+        json!({"status": null}),
+    )
+    .await
+    .invalid("status");
+    api.delete(&format!("/api/v1/tasks/{}", t.id), u.token())
+        .await
+        .ok(204);
     // Nothing was created by the failures.
-    assert_eq!(api.all_pages(u.token(), "/api/v1/teams").await.len(), 1);
+    assert_eq!(api.all_pages(u.token(), "/api/v1/teams").await.len(), 2);
+    assert!(
+        api.all_pages(u.token(), &format!("/api/v1/teams/{}/tasks", team.id))
+            .await
+            .is_empty()
+    );
 }
 
 async fn payload_too_large(b: Backend) {

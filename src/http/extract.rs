@@ -73,21 +73,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 ApiError::bad_request("the request body could not be read")
             }
         })?;
+        // Syntax first, on its own: serde_json reports some shape errors (a number where an enum's
+        // string belongs) as syntax errors, and those must be 422 like any other wrong shape.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+        // Every body of the API is an object; serde would also read a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "body",
+                "must be a JSON object",
+            )]));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))?;
-        de.end()
-            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
         Ok(Json(value))
     }
 }
 
-/// Syntax errors are 400 `bad_request`; well-formed JSON of the wrong shape is 422 naming the field.
+/// Well-formed JSON of the wrong shape (the syntax was checked before): 422 naming the field.
 fn body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = e.inner();
-    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-        return ApiError::bad_request(format!("the body is not valid JSON: {inner}"));
-    }
-    let message = inner.to_string();
+    let message = if inner.is_syntax() {
+        // e.g. "expected value" for a number where an enum's string belongs
+        format!("has the wrong type ({inner})")
+    } else {
+        inner.to_string()
+    };
     let path = e.path().to_string();
     let field = if path.is_empty() || path == "." {
         // `missing field `title`` has no path: the name is in the message.
