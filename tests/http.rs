@@ -116,6 +116,17 @@ async fn body_parsing_errors(b: Backend) {
         .post("/api/v1/teams", u.token(), json!({"name": ""}))
         .await;
     r.invalid("name");
+    // Invalid UTF-8, even inside a field the server would ignore, is not JSON.
+    api.send_raw(
+        "POST",
+        "/api/v1/teams",
+        tok,
+        Some(b"{\"name\":\"ok\",\"x\":\"S\x9d2\"}".to_vec()),
+        j,
+        &[],
+    )
+    .await
+    .problem(400, "bad_request");
     // A struct's fields given as an array are not an object: refused, not read in order.
     api.post(
         "/api/v1/auth/register",

@@ -75,7 +75,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         })?;
         // Syntax first, on its own: serde_json reports some shape errors (a number where an enum's
         // string belongs) as syntax errors, and those must be 422 like any other wrong shape.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        // JSON text is UTF-8 (RFC 8259); serde_json checks it only in the strings it keeps.
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
         // Every body of the API is an object; serde would also read a struct from an array.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
