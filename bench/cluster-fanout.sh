@@ -58,11 +58,6 @@ OUT_DIR=${OUT_DIR:-$TARGET_DIR/bench/cluster-fanout-$(date -u +%Y%m%dT%H%M%SZ)}
 # Hard cap for one generator run: setup + sockets + load + drain timeout + slack.
 RUN_CAP=$((PACED_SECS + DELIVERY_TIMEOUT + 300))
 
-case "$PG_HOST" in
-  127.* | localhost | ::1) ;;
-  *) echo "PG_HOST must be a loopback address (got $PG_HOST)" >&2; exit 2 ;;
-esac
-
 log() { printf '[cluster-fanout] %s\n' "$*" >&2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskforge-cluster.XXXXXX")
@@ -72,13 +67,6 @@ source "$(dirname "$0")/lib.sh"
 # shellcheck source=bench/cluster-lib.sh
 source "$(dirname "$0")/cluster-lib.sh"
 BENCH_PID=""
-PG_DB=""
-REDIS_PID=""
-REDIS_PORT=""
-INSTANCE_PIDS=()
-INSTANCE_URLS=()
-INSTANCE_ERRS=()
-INSTANCE_ENV=()
 # The same secret on every instance (tokens made by one are accepted by the others).
 JWT_SECRET="bench-cluster-secret-$RANDOM$RANDOM$RANDOM-0123456789abcdefghijklmnop"
 

@@ -2,9 +2,22 @@
 # Shared by the scripts that run several instances on one PostgreSQL database and one Redis
 # (cluster-fanout.sh, soak.sh); sourced after lib.sh. The caller defines `log`, `WORK`,
 # `PG_HOST`/`PG_PORT`/`PG_USER`/`PG_ADMIN_DB`, `REDIS_SERVER`/`REDIS_CLI`, `JWT_SECRET`,
-# `WS_QUEUE_LIMIT` and `DB_URL`, and sets `PG_DB=""`, `REDIS_PID=""`, `REDIS_PORT=""` and
-# `INSTANCE_PIDS=()`, `INSTANCE_URLS=()`, `INSTANCE_ERRS=()` first. Extra environment for the
-# instances: `INSTANCE_ENV` (an array of ENV=VALUE).
+# `WS_QUEUE_LIMIT` and `DB_URL`. Extra environment for the instances: `INSTANCE_ENV` (an array of
+# ENV=VALUE, set after sourcing).
+
+case "$PG_HOST" in
+  127.* | localhost | ::1) ;;
+  *) echo "PG_HOST must be a loopback address (got $PG_HOST)" >&2; exit 2 ;;
+esac
+
+# What this file starts, for the caller's cleanup.
+PG_DB=""
+REDIS_PID=""
+REDIS_PORT=""
+INSTANCE_PIDS=()
+INSTANCE_URLS=()
+INSTANCE_ERRS=()
+INSTANCE_ENV=()
 
 psql_admin() {
   PGCONNECT_TIMEOUT=5 timeout 60 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
@@ -37,15 +50,7 @@ stop_instances() {
 }
 
 stop_redis() {
-  if [[ -n "$REDIS_PID" ]]; then
-    kill -TERM "$REDIS_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$REDIS_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-  fi
+  stop_pid "$REDIS_PID"
   REDIS_PID=""
 }
 

@@ -2,17 +2,22 @@
 # Shared by the bench scripts (sourced, not run). The caller defines `log`, `WORK` and
 # `TASKFORGE_BIN`, and sets `SERVER_PID=""` before the first start.
 
-# stop_server: SIGTERM, then SIGKILL after 5 s.
-stop_server() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
+# stop_pid PID: SIGTERM, then SIGKILL after 5 s (nothing for an empty PID).
+stop_pid() {
+  [[ -n "$1" ]] || return 0
+  if kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
     for _ in $(seq 1 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
+      kill -0 "$1" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    kill -KILL "$1" 2>/dev/null || true
   fi
+  wait "$1" 2>/dev/null || true
+}
+
+stop_server() {
+  stop_pid "$SERVER_PID"
   SERVER_PID=""
 }
 

@@ -39,10 +39,6 @@ OUT_DIR=${OUT_DIR:-$TARGET_DIR/bench/soak-$(date -u +%Y%m%dT%H%M%SZ)}
 # Hard cap of the generators: the load, opening the sockets, the drain, and slack.
 RUN_CAP=$(awk -v m="$MINUTES" -v d="$DRAIN_TIMEOUT" 'BEGIN { print int(m * 60 + d + 600) }')
 
-case "$PG_HOST" in
-  127.* | localhost | ::1) ;;
-  *) echo "PG_HOST must be a loopback address (got $PG_HOST)" >&2; exit 2 ;;
-esac
 ((GENERATORS >= 1 && GENERATORS <= 15)) || { echo "GENERATORS must be 1..15" >&2; exit 2; }
 
 log() { printf '[soak] %s\n' "$*" >&2; }
@@ -53,12 +49,6 @@ SERVER_PID=""
 source "$(dirname "$0")/lib.sh"
 # shellcheck source=bench/cluster-lib.sh
 source "$(dirname "$0")/cluster-lib.sh"
-PG_DB=""
-REDIS_PID=""
-REDIS_PORT=""
-INSTANCE_PIDS=()
-INSTANCE_URLS=()
-INSTANCE_ERRS=()
 # Tokens must outlive the run: a socket is cut when its token expires.
 INSTANCE_ENV=(TASKFORGE_ACCESS_TOKEN_TTL=6h TASKFORGE_DATABASE_POOL_SIZE="${DATABASE_POOL_SIZE:-16}")
 GEN_PIDS=()

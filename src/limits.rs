@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use parking_lot::Mutex;
 
 /// Keys kept at most; past that, refilled buckets are dropped, and if all are busy, all are.
@@ -69,13 +71,18 @@ impl KeyedLimiter {
     }
 }
 
-/// The client's address: the peer of the TCP connection, or, behind a proxy we trust, the
-/// address that proxy appended last to `X-Forwarded-For` (earlier entries are the client's word).
-pub fn client_ip(
-    peer: Option<SocketAddr>,
-    headers: &HeaderMap,
-    trust_forwarded: bool,
-) -> Option<IpAddr> {
+/// The client's address of a request: the peer of its TCP connection (`ConnectInfo`, absent when
+/// the server runs without it), or, behind a proxy we trust, the address that proxy appended last
+/// to `X-Forwarded-For` (earlier entries are the client's word).
+pub fn client_ip(parts: &Parts, trust_forwarded: bool) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    ip_of(peer, &parts.headers, trust_forwarded)
+}
+
+fn ip_of(peer: Option<SocketAddr>, headers: &HeaderMap, trust_forwarded: bool) -> Option<IpAddr> {
     if trust_forwarded
         && let Some(ip) = headers
             .get_all("x-forwarded-for")
@@ -118,11 +125,8 @@ mod tests {
             "x-forwarded-for",
             "1.2.3.4, 5.6.7.8".parse().expect("value"),
         );
-        assert_eq!(client_ip(Some(peer), &h, false), Some(peer.ip()));
-        assert_eq!(client_ip(Some(peer), &h, true), "5.6.7.8".parse().ok());
-        assert_eq!(
-            client_ip(Some(peer), &HeaderMap::new(), true),
-            Some(peer.ip())
-        );
+        assert_eq!(ip_of(Some(peer), &h, false), Some(peer.ip()));
+        assert_eq!(ip_of(Some(peer), &h, true), "5.6.7.8".parse().ok());
+        assert_eq!(ip_of(Some(peer), &HeaderMap::new(), true), Some(peer.ip()));
     }
 }

@@ -160,13 +160,8 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0);
         Ok(ClientIp(crate::limits::client_ip(
-            peer,
-            &parts.headers,
+            parts,
             state.auth_limits.trust_forwarded,
         )))
     }

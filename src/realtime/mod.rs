@@ -187,17 +187,12 @@ async fn upgrade(
     parts: Parts,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(limit) = &rt.connect_limit {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0);
-        if let Some(ip) = client_ip(peer, &parts.headers, rt.settings.trust_forwarded)
-            && let Err(wait) = limit.check(&ip.to_string())
-        {
-            return ApiError::rate_limited(wait, "too many connection attempts from this address")
-                .into_response();
-        }
+    if let Some(limit) = &rt.connect_limit
+        && let Some(ip) = client_ip(&parts, rt.settings.trust_forwarded)
+        && let Err(wait) = limit.check(&ip.to_string())
+    {
+        return ApiError::rate_limited(wait, "too many connection attempts from this address")
+            .into_response();
     }
     let token = q.token.or_else(|| bearer(&parts).map(str::to_owned));
     let principal = match token {
