@@ -19,10 +19,14 @@
 # Any other cK-nN-max / cK-nN-paced works too (e.g. SCENARIOS=c3-n300-max EVENTS_MAX=100 for a
 # quick check).
 #
+# KINDS="taskforge socketio" runs each scenario, in each round, also against K instances of the
+# Socket.IO peer (bench/socketio-peer) with @socket.io/redis-adapter on the same Redis (its
+# defaults), and prints the side-by-side table of `taskforge-bench compare` as well.
+#
 # Environment (all optional):
 #   RUNS=3  EVENTS_MAX=200  MAX_WINDOW=8  PACED_RATE=4  PACED_SECS=15  GEN_THREADS=1  WRITERS=6  USERS=20
 #   DELIVERY_TIMEOUT=90   seconds the generator waits for deliveries after its last send
-#   SCENARIOS="c3-n15000-max c3-n15000-paced"
+#   SCENARIOS="c3-n15000-max c3-n15000-paced"   KINDS=taskforge
 #   WS_QUEUE_LIMIT=4096   the servers' TASKFORGE_WS_QUEUE_LIMIT
 #   PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_ADMIN_DB=test   (where to CREATE DATABASE)
 #   REDIS_SERVER=redis-server  REDIS_CLI=redis-cli
@@ -44,6 +48,7 @@ WRITERS=${WRITERS:-6}
 USERS=${USERS:-20}
 DELIVERY_TIMEOUT=${DELIVERY_TIMEOUT:-90}
 SCENARIOS=${SCENARIOS:-c3-n15000-max c3-n15000-paced}
+KINDS=${KINDS:-taskforge}
 WS_QUEUE_LIMIT=${WS_QUEUE_LIMIT:-4096}
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
@@ -112,19 +117,24 @@ join_by() {
   echo "$*"
 }
 
-# run_one NAME RUN RESULTS_FILE: one run on fresh instances; appends its JSON line to RESULTS_FILE.
+# run_one NAME KIND RUN RESULTS_FILE: one run on fresh instances; appends its JSON line to
+# RESULTS_FILE.
 run_one() {
-  local name=$1 run=$2 results=$3 spec inst args line rc=0 k problems status=0
+  local name=$1 kind=$2 run=$3 results=$4 spec inst args line rc=0 k problems status=0
   spec=$(scenario_args "$name") || { log "unknown scenario $name (expected cK-nN-max or cK-nN-paced)"; return 1; }
   inst=${spec%% *}
   args=${spec#* }
   rcli flushall >/dev/null || { log "Redis does not answer"; return 1; }
-  start_instances "$inst" "$name-$run" || { stop_instances; return 1; }
-  log "$name run $run/$RUNS: $inst instances (pids ${INSTANCE_PIDS[*]}), $args (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  case "$kind" in
+    taskforge) start_instances "$inst" "$name-$run" || { stop_instances; return 1; } ;;
+    socketio) start_peers "$inst" "$name-$run" || { stop_instances; return 1; } ;;
+    *) log "unknown kind $kind"; return 1 ;;
+  esac
+  log "$name/$kind run $run/$RUNS: $inst instances (pids ${INSTANCE_PIDS[*]}), $args (load average $(cut -d' ' -f1-3 /proc/loadavg))"
   # In the background, so that a signal to this script is handled at once (see cleanup).
   # shellcheck disable=SC2086  # $args is a list of options
-  timeout --signal=TERM --kill-after=5 "$RUN_CAP" \
-    "$BENCH_BIN" --threads "$GEN_THREADS" fanout \
+  TASKFORGE_BENCH_JWT_SECRET="$JWT_SECRET" timeout --signal=TERM --kill-after=5 "$RUN_CAP" \
+    "$BENCH_BIN" --threads "$GEN_THREADS" fanout --server-kind "$kind" \
     --url "$(join_by , "${INSTANCE_URLS[@]}")" --server-pid "$(join_by , "${INSTANCE_PIDS[@]}")" \
     --redis "redis://127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID" \
     --writers "$WRITERS" --users "$USERS" --timeout "$DELIVERY_TIMEOUT" \
@@ -170,6 +180,9 @@ fi
 for bin in "$TASKFORGE_BIN" "$BENCH_BIN"; do
   [[ -x "$bin" ]] || { log "missing binary $bin"; exit 1; }
 done
+if [[ " $KINDS " == *" socketio "* ]]; then
+  install_peer
+fi
 for tool in psql "$REDIS_SERVER" "$REDIS_CLI"; do
   command -v "$tool" >/dev/null || { log "missing $tool"; exit 1; }
 done
@@ -205,13 +218,15 @@ log "load average before the runs: $LOAD_BEFORE"
 status=0
 for i in $(seq 1 "$RUNS"); do
   for name in $SCENARIOS; do
-    rc=0
-    run_one "$name" "$i" "$results" || rc=$?
-    if ((rc == 2)); then
-      status=1
-      break 2
-    fi
-    ((rc == 0)) || status=1
+    for kind in $KINDS; do
+      rc=0
+      run_one "$name" "$kind" "$i" "$results" || rc=$?
+      if ((rc == 2)); then
+        status=1
+        break 3
+      fi
+      ((rc == 0)) || status=1
+    done
   done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -229,6 +244,10 @@ echo "         rµs/act = redis-server CPU per task created; KiB/sock = instance
 echo
 if [[ -s "$results" ]]; then
   "$BENCH_BIN" summarize "$results"
+  if [[ "$KINDS" != taskforge ]]; then
+    echo
+    "$BENCH_BIN" compare "$results"
+  fi
 else
   echo "no run produced a report"
 fi

@@ -110,3 +110,19 @@ start_instances() {
     SERVER_PID="" # stopped by stop_instances
   done
 }
+
+# start_peers N NAME: N instances of the Socket.IO peer with the Redis adapter on this Redis and
+# the same JWT secret; sets INSTANCE_PIDS/URLS/ERRS like start_instances.
+start_peers() {
+  local n=$1 name=$2 k
+  for k in $(seq 0 $((n - 1))); do
+    if ! start_peer "$name-p$k" "$JWT_SECRET" REDIS_URL="redis://127.0.0.1:$REDIS_PORT"; then
+      log "peer $k of $name did not start"
+      return 1
+    fi
+    INSTANCE_PIDS+=("$SERVER_PID")
+    INSTANCE_URLS+=("$SERVER_URL")
+    INSTANCE_ERRS+=("$SERVER_ERR")
+    SERVER_PID="" # stopped by stop_instances
+  done
+}

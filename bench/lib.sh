@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # Shared by the bench scripts (sourced, not run). The caller defines `log`, `WORK` and
-# `TASKFORGE_BIN`, and sets `SERVER_PID=""` before the first start.
+# `TASKFORGE_BIN` (and `BENCH_BIN` for the floor), and sets `SERVER_PID=""` before the first start.
+
+PEER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/socketio-peer
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s (nothing for an empty PID).
 stop_pid() {
@@ -21,25 +23,20 @@ stop_server() {
   SERVER_PID=""
 }
 
-# start_server DATABASE_URL NAME [ENV=VALUE ...]: starts the server on a free loopback port with
-# the given extra environment; sets SERVER_PID, SERVER_URL and SERVER_ERR (its stderr file).
-start_server() {
-  local out="$WORK/$2.stdout"
-  SERVER_ERR="$WORK/$2.stderr"
-  # The load comes from a few loopback addresses: the per-address and per-email limits are off.
-  env TASKFORGE_LISTEN=127.0.0.1:0 \
-    TASKFORGE_AUTH_LIMIT_PER_IP=0 TASKFORGE_AUTH_LIMIT_PER_EMAIL=0 TASKFORGE_CONNECT_LIMIT_PER_IP=0 \
-    TASKFORGE_DATABASE_URL="$1" \
-    TASKFORGE_JWT_SECRET="bench-jwt-secret-$RANDOM$RANDOM-0123456789abcdefghijklmnop" \
-    "${@:3}" \
-    "$TASKFORGE_BIN" serve >"$out" 2>"$SERVER_ERR" &
+# start_listener NAME CMD...: starts a server command that prints `... listening on http://...`
+# on stdout once it serves (TaskForge, the Socket.IO peer, the floor); sets SERVER_PID,
+# SERVER_URL and SERVER_ERR (its stderr file). Fails unless it is ready on loopback within 30 s.
+start_listener() {
+  local out="$WORK/$1.stdout"
+  SERVER_ERR="$WORK/$1.stderr"
+  "${@:2}" >"$out" 2>"$SERVER_ERR" &
   SERVER_PID=$!
   SERVER_URL=""
   for _ in $(seq 1 300); do # 30 s
-    SERVER_URL=$(sed -n 's#^taskforge listening on \(http://[^ ]*\).*#\1#p' "$out" | head -n 1)
+    SERVER_URL=$(sed -n 's#^.*listening on \(http://[^ ]*\).*#\1#p' "$out" | head -n 1)
     [[ -n "$SERVER_URL" ]] && break
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "the server exited before it was ready; its stderr:"
+      log "$1 exited before it was ready; its stderr:"
       tail -n 30 "$SERVER_ERR" >&2
       SERVER_PID=""
       return 1
@@ -47,15 +44,48 @@ start_server() {
     sleep 0.1
   done
   if [[ -z "$SERVER_URL" ]]; then
-    log "the server printed no ready line within 30 s; its stderr:"
+    log "$1 printed no ready line within 30 s; its stderr:"
     tail -n 30 "$SERVER_ERR" >&2
     stop_server
     return 1
   fi
   case "$SERVER_URL" in
     http://127.*) ;;
-    *) log "the server is not on loopback: $SERVER_URL"; stop_server; return 1 ;;
+    *) log "$1 is not on loopback: $SERVER_URL"; stop_server; return 1 ;;
   esac
+}
+
+# start_server DATABASE_URL NAME [ENV=VALUE ...]: starts TaskForge on a free loopback port with
+# the given extra environment (see start_listener).
+start_server() {
+  # The load comes from a few loopback addresses: the per-address and per-email limits are off.
+  start_listener "$2" env TASKFORGE_LISTEN=127.0.0.1:0 \
+    TASKFORGE_AUTH_LIMIT_PER_IP=0 TASKFORGE_AUTH_LIMIT_PER_EMAIL=0 TASKFORGE_CONNECT_LIMIT_PER_IP=0 \
+    TASKFORGE_DATABASE_URL="$1" \
+    TASKFORGE_JWT_SECRET="bench-jwt-secret-$RANDOM$RANDOM-0123456789abcdefghijklmnop" \
+    "${@:3}" \
+    "$TASKFORGE_BIN" serve
+}
+
+# start_peer NAME SECRET [ENV=VALUE ...]: the Socket.IO peer (bench/socketio-peer) with that JWT
+# secret (see start_listener). Its npm dependencies must be installed (install_peer).
+start_peer() {
+  start_listener "$1" env PORT=0 HOST=127.0.0.1 JWT_SECRET="$2" "${@:3}" \
+    node "$PEER_DIR/server.js"
+}
+
+# start_floor NAME: the bare-write floor (`taskforge-bench floor`; see start_listener).
+start_floor() {
+  start_listener "$1" "$BENCH_BIN" floor --listen 127.0.0.1:0
+}
+
+# install_peer: the peer's npm dependencies, exactly as locked, once.
+install_peer() {
+  command -v node >/dev/null || { log "node is needed for the Socket.IO peer"; return 1; }
+  if [[ ! -d "$PEER_DIR/node_modules" ]]; then
+    log "installing the Socket.IO peer's dependencies (npm ci)"
+    (cd "$PEER_DIR" && npm ci --no-audit --no-fund >&2)
+  fi
 }
 
 # busy_compilers: true while a compiler runs (figures taken then are noisy).

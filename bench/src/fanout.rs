@@ -60,9 +60,14 @@ pub struct FanoutArgs {
     /// WebSocket connections, all subscribed to the one team
     #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
-    /// Tasks to create; each one's task.created activity goes to every socket
+    /// Tasks to create; each one's task.created activity goes to every socket. 0: only open the
+    /// sockets and hold them (`--hold`), for the server's memory per idle socket
     #[arg(long, default_value_t = 1000)]
     pub events: usize,
+    /// Seconds to hold the subscribed sockets idle before the server's RSS is read (lets
+    /// connection-time buffers be freed and the allocator settle)
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
     /// Task creations per second, paced on a fixed timetable (open loop); without it, as fast as
     /// the writers go
     #[arg(long)]
@@ -73,6 +78,11 @@ pub struct FanoutArgs {
     /// sustain instead of a queue that grows until sockets time out. Not with --rate
     #[arg(long, conflicts_with = "rate")]
     pub window: Option<u64>,
+    /// Teams (scenario `rooms`): socket i subscribes to team i mod TEAMS, and each task goes to a
+    /// team drawn at random (seeded: the same draw in every run), so a task reaches only its
+    /// team's sockets. Needs --rate; not with the floor, which has one team
+    #[arg(long, default_value_t = 1)]
+    pub teams: usize,
     /// Concurrent HTTP writers, each with its own keep-alive HTTP/1.1 connection
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
@@ -115,6 +125,28 @@ pub struct FanoutArgs {
     /// Print one JSON object line instead of the human-readable report
     #[arg(long)]
     pub json: bool,
+    /// What the `--url`s are: TaskForge itself, the Socket.IO peer (bench/socketio-peer) or the
+    /// bare-write floor (`taskforge-bench floor`)
+    #[arg(long, value_enum, default_value_t = ServerKind::Taskforge)]
+    pub server_kind: ServerKind,
+    /// The peer's JWT secret (`socketio`): the generator mints the users' tokens itself, since the
+    /// peer has no sign-up
+    #[arg(long, env = "TASKFORGE_BENCH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// The server a run measures. All three get the same task creations and send the same
+/// `task.created` activity to every subscribed socket; only the framing differs.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// TaskForge: `/realtime`, the contract's JSON frames
+    #[default]
+    Taskforge,
+    /// The Node.js Socket.IO 4.8 peer: Engine.IO v4 / Socket.IO v5 framing over a WebSocket
+    Socketio,
+    /// The bare-write floor: TaskForge's frames, one write per frame and socket, nothing else
+    Floor,
 }
 
 /// The result of one `fanout` run (the `--json` line).
@@ -122,6 +154,9 @@ pub struct FanoutArgs {
 #[serde(rename_all = "camelCase")]
 pub struct FanoutReport {
     pub scenario: String,
+    /// `--server-kind`
+    #[serde(default)]
+    pub server_kind: ServerKind,
     pub label: Option<String>,
     /// The first `--url` (the one of the setup)
     pub url: String,
@@ -130,6 +165,9 @@ pub struct FanoutReport {
     pub urls: Vec<String>,
     pub sockets: usize,
     pub users: usize,
+    /// `--teams`
+    #[serde(default = "one")]
+    pub teams: usize,
     /// `--events`: tasks the writers were asked to create
     pub events: usize,
     /// `--rate`, or null for max rate
@@ -213,6 +251,26 @@ pub struct FanoutReport {
     pub setup_secs: f64,
     /// Opening and subscribing every socket, seconds
     pub connect_secs: f64,
+    /// Server CPU while the sockets were opened and subscribed, per socket, µs (several instances:
+    /// summed)
+    #[serde(default)]
+    pub connect_cpu_us_per_socket: Option<f64>,
+    /// `--hold`, seconds
+    #[serde(default)]
+    pub hold_secs: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The team of task `i` among `teams`: a fixed pseudo-random draw (splitmix64), the same in
+/// every run and for every server kind.
+fn team_of_task(i: usize, teams: usize) -> usize {
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % teams as u64) as usize
 }
 
 /// One server instance of a `fanout` run.
@@ -290,10 +348,13 @@ struct Load {
 // ---------------------------------------------------------------- frame scanning (hot path)
 
 const ACTIVITY_PREFIX: &[u8] = br#"{"type":"activity""#;
+/// A Socket.IO `activity` event: Engine.IO message (4), Socket.IO event (2), then the array.
+const SOCKETIO_ACTIVITY_PREFIX: &[u8] = br#"42["activity","#;
 const SEQ_MARKER: &[u8] = br#""seq":"#;
 const TITLE_MARKER: &[u8] = br#""title":"b"#;
 
 pub(crate) struct Scanner {
+    prefix: &'static [u8],
     seq: memmem::FinderRev<'static>,
     title: memmem::Finder<'static>,
 }
@@ -324,7 +385,15 @@ fn leading_number(b: &[u8]) -> Option<(u64, usize)> {
 
 impl Scanner {
     pub(crate) fn new() -> Self {
+        Self::for_kind(ServerKind::Taskforge)
+    }
+
+    pub(crate) fn for_kind(kind: ServerKind) -> Self {
         Self {
+            prefix: match kind {
+                ServerKind::Taskforge | ServerKind::Floor => ACTIVITY_PREFIX,
+                ServerKind::Socketio => SOCKETIO_ACTIVITY_PREFIX,
+            },
             seq: memmem::FinderRev::new(SEQ_MARKER),
             title: memmem::Finder::new(TITLE_MARKER),
         }
@@ -334,10 +403,9 @@ impl Scanner {
     /// `seq`); the task inside has no `seq` field, so the last `"seq":` is the activity's (searched
     /// from the end, where it is), and the first `"title":"b` is the task's.
     pub(crate) fn scan(&self, b: &[u8]) -> Scan {
-        if !b.starts_with(ACTIVITY_PREFIX) {
+        let Some(body) = b.strip_prefix(self.prefix) else {
             return Scan::Other;
-        }
-        let body = &b[ACTIVITY_PREFIX.len()..];
+        };
         let seq = self
             .seq
             .rfind(body)
@@ -355,9 +423,34 @@ impl Scanner {
 // ---------------------------------------------------------------- drivers
 
 /// One socket in a driver's `SelectAll`: yields `(k, Some(item))` and, once, `(k, None)` at its end.
+/// On an Engine.IO socket it answers the server's pings (`2`) with a pong (`3`) itself.
 struct Tagged {
     k: usize,
     ws: Option<Ws>,
+    engine_io: bool,
+    pong_due: bool,
+}
+
+impl Tagged {
+    /// Sends a due pong as far as the socket lets it now; false when the socket failed.
+    fn send_pong(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(ws) = self.ws.as_mut() else {
+            return true;
+        };
+        if self.pong_due {
+            match ws.poll_ready_unpin(cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(())) => {
+                    if ws.start_send_unpin(Message::text("3")).is_err() {
+                        return false;
+                    }
+                    self.pong_due = false;
+                }
+            }
+        }
+        !matches!(ws.poll_flush_unpin(cx), Poll::Ready(Err(_)))
+    }
 }
 
 type TaggedItem = (
@@ -370,11 +463,21 @@ impl Stream for Tagged {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let k = self.k;
+        if self.engine_io && !self.send_pong(cx) {
+            self.pong_due = false;
+        }
         let Some(ws) = self.ws.as_mut() else {
             return Poll::Ready(None);
         };
         match ws.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(Message::Text(t)))) if self.engine_io && t.as_str() == "2" => {
+                self.pong_due = true;
+                self.send_pong(cx);
+                // Not an item: poll again soon for what follows the ping.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(m))) => Poll::Ready(Some((k, Some(Ok(m))))),
             Poll::Ready(Some(Err(e))) => {
                 self.ws = None;
@@ -392,6 +495,8 @@ impl Stream for Tagged {
 struct SockState {
     /// Index of the instance (`--url`) the socket is on (read at the end only)
     inst: usize,
+    /// Index of its team (`--teams`)
+    team: usize,
     sub_seq: u64,
     /// Bit `seq - sub_seq - 1` is set once that seq arrived.
     seen: Vec<u64>,
@@ -420,7 +525,22 @@ fn bump(m: &mut BTreeMap<String, u64>, key: impl Into<String>) {
 }
 
 /// `type` (and `code` of errors) of a non-activity frame; off the hot path, so a full parse.
+/// Socket.IO frames: the event name of an event, else the Engine.IO/Socket.IO packet type.
 fn classify(text: &str) -> (bool, String) {
+    if let Some(event) = text.strip_prefix("42") {
+        let name = serde_json::from_str::<Value>(event)
+            .ok()
+            .and_then(|v| v[0].as_str().map(str::to_owned));
+        return match name {
+            Some(n) if n == "failed" => (true, n),
+            Some(n) => (false, n),
+            None => (false, "invalid-socketio-event".into()),
+        };
+    }
+    if text.starts_with(|c: char| c.is_ascii_digit()) {
+        let packet: String = text.chars().take(2).collect();
+        return (false, format!("engine.io {packet}"));
+    }
     match serde_json::from_str::<Value>(text) {
         Ok(v) => {
             let ty = v["type"].as_str().unwrap_or("?").to_string();
@@ -434,10 +554,11 @@ fn classify(text: &str) -> (bool, String) {
     }
 }
 
-/// A subscribed socket: the stream, its `subscribed` seq and its instance.
-type Opened = (Ws, u64, usize);
+/// A subscribed socket: the stream, its `subscribed` seq, its instance and its team.
+type Opened = (Ws, u64, usize, usize);
 
 async fn drive(
+    kind: ServerKind,
     sockets: Vec<Opened>,
     load: Arc<Load>,
     progress: Arc<AtomicU64>,
@@ -447,9 +568,10 @@ async fn drive(
     let mut out = DriverOut::default();
     let mut socks = Vec::with_capacity(sockets.len());
     let mut sel = SelectAll::new();
-    for (k, (ws, sub_seq, inst)) in sockets.into_iter().enumerate() {
+    for (k, (ws, sub_seq, inst, team)) in sockets.into_iter().enumerate() {
         socks.push(SockState {
             inst,
+            team,
             sub_seq,
             seen: vec![0; words],
             distinct: 0,
@@ -459,9 +581,14 @@ async fn drive(
             last_seq: sub_seq,
             closed: None,
         });
-        sel.push(Tagged { k, ws: Some(ws) });
+        sel.push(Tagged {
+            k,
+            ws: Some(ws),
+            engine_io: kind == ServerKind::Socketio,
+            pong_due: false,
+        });
     }
-    let scanner = Scanner::new();
+    let scanner = Scanner::for_kind(kind);
     let events = load.events as u64;
     loop {
         let item = tokio::select! {
@@ -556,6 +683,8 @@ async fn drive(
 struct WriterOut {
     latency: LatencyHistogram,
     ok: u64,
+    /// Tasks created per team
+    ok_per_team: Vec<u64>,
     failures: BTreeMap<String, u64>,
     first_send: Option<Instant>,
     last_send: Option<Instant>,
@@ -588,7 +717,8 @@ impl Window {
 
 struct WriteJob {
     load: Arc<Load>,
-    bearer: HeaderValue,
+    /// Per team: its owner's `Authorization`
+    bearers: Vec<HeaderValue>,
     next: AtomicU64,
     rate: Option<f64>,
     window: Option<Window>,
@@ -596,14 +726,17 @@ struct WriteJob {
     timeout: Duration,
 }
 
-/// One writer: its connection to one instance, and that instance's task creation URI.
+/// One writer: its connection to one instance, and that instance's task creation URI per team.
 async fn writer(
     job: Arc<WriteJob>,
     target: Arc<Target>,
-    uri: Uri,
+    uris: Vec<Uri>,
     mut client: Client,
 ) -> WriterOut {
-    let mut out = WriterOut::default();
+    let mut out = WriterOut {
+        ok_per_team: vec![0; uris.len()],
+        ..WriterOut::default()
+    };
     loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed) as usize;
         if i >= job.load.events {
@@ -629,7 +762,8 @@ async fn writer(
             out.window_wait += waited.elapsed();
         }
         let body = Bytes::from(format!("{{\"title\":\"b{i}\"}}"));
-        let req = post_json(&target, uri.clone(), Some(&job.bearer), body);
+        let team = team_of_task(i, uris.len());
+        let req = post_json(&target, uris[team].clone(), Some(&job.bearers[team]), body);
         let sent = Instant::now();
         let ns = sent.duration_since(job.load.base).as_nanos() as u64 + 1;
         job.load.sent_ns[i].store(ns, Ordering::Release);
@@ -640,6 +774,7 @@ async fn writer(
         match outcome {
             Ok((s, _)) if s.is_success() => {
                 out.ok += 1;
+                out.ok_per_team[team] += 1;
                 if let Some(win) = &job.window {
                     win.created.fetch_add(1, Ordering::Relaxed);
                 }
@@ -726,14 +861,8 @@ pub(crate) async fn setup_team(target: &Target, users: usize, timeout: Duration)
     })
 }
 
-/// Opens one socket from `source` (if any), subscribes it to the team and waits for `subscribed`.
-async fn open_socket(
-    server: SocketAddr,
-    source: Option<IpAddr>,
-    url: String,
-    subscribe: &str,
-    config: WebSocketConfig,
-) -> Result<(Ws, u64)> {
+/// A TCP connection to `server` from `source` (if any), without Nagle.
+async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
     let sock = if server.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -746,6 +875,18 @@ async fn open_socket(
     }
     let stream = sock.connect(server).await.context("connect")?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens one socket from `source` (if any), subscribes it to the team and waits for `subscribed`.
+async fn open_socket(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    url: String,
+    subscribe: &str,
+    config: WebSocketConfig,
+) -> Result<(Ws, u64)> {
+    let stream = connect_tcp(server, source).await?;
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .context("WebSocket handshake")?;
@@ -773,6 +914,98 @@ async fn open_socket(
         }
     }
     bail!("connection ended before `subscribed`")
+}
+
+/// Opens one Socket.IO socket (Engine.IO v4 over a WebSocket, no polling): reads the open packet,
+/// connects to the main namespace with the token, emits `subscribe` and waits for `subscribed`.
+async fn open_socketio(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    url: String,
+    token: &str,
+    team_id: &str,
+    config: WebSocketConfig,
+) -> Result<(Ws, u64)> {
+    let stream = connect_tcp(server, source).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    #[derive(PartialEq)]
+    enum Step {
+        Open,
+        Connect,
+        Subscribe,
+    }
+    let mut step = Step::Open;
+    while let Some(msg) = ws.next().await {
+        let t = match msg.context("reading the Socket.IO handshake")? {
+            Message::Text(t) => t,
+            Message::Close(f) => bail!("closed by the server during setup: {f:?}"),
+            _ => continue,
+        };
+        let t = t.as_str();
+        if t == "2" {
+            ws.send(Message::text("3")).await.context("pong")?;
+            continue;
+        }
+        match step {
+            Step::Open if t.starts_with('0') => {
+                let connect = json!({ "token": token });
+                ws.send(Message::text(format!("40{connect}")))
+                    .await
+                    .context("connect")?;
+                step = Step::Connect;
+            }
+            Step::Connect if t.starts_with("40") => {
+                let subscribe = json!(["subscribe", { "teamId": team_id }]);
+                ws.send(Message::text(format!("42{subscribe}")))
+                    .await
+                    .context("subscribe")?;
+                step = Step::Subscribe;
+            }
+            Step::Connect if t.starts_with("44") => bail!("connection refused: {t}"),
+            Step::Subscribe if t.starts_with(r#"42["subscribed","#) => {
+                let v: Value = serde_json::from_str(&t[2..])
+                    .with_context(|| format!("event is not JSON: {t}"))?;
+                let seq = v[1]["seq"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("subscribed without a seq: {t}"))?;
+                return Ok((ws, seq));
+            }
+            Step::Subscribe if t.starts_with(r#"42["failed","#) => bail!("subscribe answered {t}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended before `subscribed`")
+}
+
+/// A team of a server without sign-up (the Socket.IO peer, the floor): a fresh team id and tokens
+/// minted with the peer's secret for fresh user ids. The floor reads no token; it gets
+/// placeholders when no secret is given.
+fn minted_team(users: usize, secret: Option<&str>) -> Result<Team> {
+    let mint = |user: uuid::Uuid| -> Result<String> {
+        let Some(secret) = secret else {
+            return Ok(format!("unsigned-{user}"));
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+        let claims = json!({
+            "sub": user.to_string(), "iss": "taskforge", "iat": now, "nbf": now, "exp": now + 6 * 3600,
+        });
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )?)
+    };
+    let owner = mint(uuid::Uuid::new_v4())?;
+    let tokens = (0..users)
+        .map(|_| mint(uuid::Uuid::new_v4()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Team {
+        owner_bearer: HeaderValue::from_str(&format!("Bearer {owner}"))?,
+        team_id: uuid::Uuid::new_v4().to_string(),
+        tokens,
+    })
 }
 
 /// Raises the soft limit of open files to the hard limit; returns the new soft limit.
@@ -930,15 +1163,32 @@ struct Instance {
     target: Arc<Target>,
     server: SocketAddr,
     ws_base: String,
-    task_uri: Uri,
+    /// Task creation URI per team
+    task_uris: Vec<Uri>,
 }
 
 pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     ensure!(!args.urls.is_empty(), "--url is required");
     ensure!(args.sockets >= 1, "--sockets must be at least 1");
-    ensure!(args.events >= 1, "--events must be at least 1");
+    ensure!(
+        args.hold >= 0.0 && args.hold.is_finite(),
+        "--hold must not be negative"
+    );
     ensure!(args.writers >= 1, "--writers must be at least 1");
     ensure!(args.users >= 1, "--users must be at least 1");
+    ensure!(args.teams >= 1, "--teams must be at least 1");
+    ensure!(
+        args.teams == 1 || args.rate.is_some(),
+        "--teams above 1 needs --rate (the closed loop counts deliveries to every socket)"
+    );
+    ensure!(
+        args.teams == 1 || args.server_kind != ServerKind::Floor,
+        "the floor has one team"
+    );
+    ensure!(
+        args.sockets >= args.teams,
+        "--sockets must be at least --teams"
+    );
     ensure!(
         args.connect_concurrency >= 1,
         "--connect-concurrency must be at least 1"
@@ -966,9 +1216,18 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
             .with_context(|| format!("resolving {}", target.addr))?
             .next()
             .ok_or_else(|| anyhow!("{} resolves to no address", target.addr))?;
+        let ws_base = match args.server_kind {
+            ServerKind::Socketio => format!(
+                "ws://{}{}/socket.io/?EIO=4&transport=websocket",
+                target.addr, target.prefix
+            ),
+            ServerKind::Taskforge | ServerKind::Floor => {
+                format!("ws://{}{}/realtime?token=", target.addr, target.prefix)
+            }
+        };
         targets.push(Instance {
-            ws_base: format!("ws://{}{}/realtime?token=", target.addr, target.prefix),
-            task_uri: Uri::default(), // set once the team exists
+            ws_base,
+            task_uris: Vec::new(), // set once the teams exist
             target,
             server,
         });
@@ -997,14 +1256,35 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     // Setup: users, team, members, through the first instance.
     let setup_start = Instant::now();
     eprintln!(
-        "fanout: registering {} users and making the team",
-        args.users + 1
+        "fanout: {} {} users in {} team(s)",
+        if args.server_kind == ServerKind::Taskforge {
+            "registering"
+        } else {
+            "minting tokens for"
+        },
+        (args.users + 1) * args.teams,
+        args.teams
     );
-    let team = setup_team(&targets[0].target, args.users, request_timeout)
-        .await
-        .context("setup failed")?;
+    let mut teams = Vec::with_capacity(args.teams);
+    for _ in 0..args.teams {
+        teams.push(match args.server_kind {
+            ServerKind::Taskforge => setup_team(&targets[0].target, args.users, request_timeout)
+                .await
+                .context("setup failed")?,
+            ServerKind::Socketio => {
+                let secret = args.jwt_secret.as_deref().ok_or_else(|| {
+                    anyhow!("--server-kind socketio needs --jwt-secret (the peer's JWT_SECRET)")
+                })?;
+                minted_team(args.users, Some(secret))?
+            }
+            ServerKind::Floor => minted_team(args.users, None)?,
+        });
+    }
     for t in &mut targets {
-        t.task_uri = format!("{}/api/v1/teams/{}/tasks", t.target.prefix, team.team_id).parse()?;
+        t.task_uris = teams
+            .iter()
+            .map(|team| format!("{}/api/v1/teams/{}/tasks", t.target.prefix, team.team_id).parse())
+            .collect::<Result<_, _>>()?;
     }
     let setup_secs = setup_start.elapsed().as_secs_f64();
     let rss_baseline = rss_of(pids);
@@ -1017,31 +1297,48 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         sources.len()
     );
     let connect_start = Instant::now();
+    let connect_cpu0 = cpu_of(pids);
     let config = WebSocketConfig::default().read_buffer_size(args.read_buffer);
-    let subscribe = format!(r#"{{"type":"subscribe","teamId":"{}"}}"#, team.team_id);
+    let subscribes: Vec<String> = teams
+        .iter()
+        .map(|team| format!(r#"{{"type":"subscribe","teamId":"{}"}}"#, team.team_id))
+        .collect();
     let opened: Vec<(usize, Result<Opened>)> = futures_util::stream::iter(0..args.sockets)
         .map(|i| {
             let inst = i % n_inst;
             let t = &targets[inst];
-            let url = format!("{}{}", t.ws_base, team.tokens[i % team.tokens.len()]);
+            let team_k = i % teams.len();
+            let team = &teams[team_k];
+            let token = team.tokens[(i / teams.len()) % team.tokens.len()].as_str();
             let source = sources[i % sources.len()];
-            let subscribe = subscribe.as_str();
+            let subscribe = subscribes[team_k].as_str();
             let server = t.server;
+            let ws_base = t.ws_base.as_str();
+            let team_id = team.team_id.as_str();
             async move {
-                let r = tokio::time::timeout(
-                    request_timeout,
-                    open_socket(server, source, url, subscribe, config),
-                )
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("timed out")))
-                .map(|(ws, seq)| (ws, seq, inst))
-                .map_err(|e| {
-                    if n_inst > 1 {
-                        e.context(format!("instance {inst}"))
-                    } else {
-                        e
+                let open = async {
+                    match args.server_kind {
+                        ServerKind::Socketio => {
+                            let url = ws_base.to_string();
+                            open_socketio(server, source, url, token, team_id, config).await
+                        }
+                        ServerKind::Taskforge | ServerKind::Floor => {
+                            let url = format!("{ws_base}{token}");
+                            open_socket(server, source, url, subscribe, config).await
+                        }
                     }
-                });
+                };
+                let r = tokio::time::timeout(request_timeout, open)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("timed out")))
+                    .map(|(ws, seq)| (ws, seq, inst, team_k))
+                    .map_err(|e| {
+                        if n_inst > 1 {
+                            e.context(format!("instance {inst}"))
+                        } else {
+                            e
+                        }
+                    });
                 (i, r)
             }
         })
@@ -1077,6 +1374,11 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         );
     }
     let connect_secs = connect_start.elapsed().as_secs_f64();
+    let connect_cpu = sum_all(cpu_between(&connect_cpu0, &cpu_of(pids)));
+    if args.hold > 0.0 {
+        eprintln!("fanout: holding the sockets idle for {} s", args.hold);
+        tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    }
     let rss_connected = rss_of(pids);
 
     // Writers' connections, opened before the load: writer w on instance w mod instances.
@@ -1103,7 +1405,13 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     for socks in per_driver {
         let p = Arc::new(AtomicU64::new(0));
         progress.push(p.clone());
-        driver_tasks.push(tokio::spawn(drive(socks, load.clone(), p, stop_rx.clone())));
+        driver_tasks.push(tokio::spawn(drive(
+            args.server_kind,
+            socks,
+            load.clone(),
+            p,
+            stop_rx.clone(),
+        )));
     }
     // Let the drivers start polling their sockets before the first send.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1124,7 +1432,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     let srv_cpu0 = cpu_of(pids);
     let job = Arc::new(WriteJob {
         load: load.clone(),
-        bearer: team.owner_bearer.clone(),
+        bearers: teams.iter().map(|t| t.owner_bearer.clone()).collect(),
         next: AtomicU64::new(0),
         rate: args.rate,
         window: args.window.map(|size| Window {
@@ -1142,16 +1450,27 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         .enumerate()
         .map(|(w, c)| {
             let t = &targets[w % n_inst];
-            tokio::spawn(writer(job.clone(), t.target.clone(), t.task_uri.clone(), c))
+            tokio::spawn(writer(
+                job.clone(),
+                t.target.clone(),
+                t.task_uris.clone(),
+                c,
+            ))
         })
         .collect();
-    let mut w = WriterOut::default();
+    let mut w = WriterOut {
+        ok_per_team: vec![0; teams.len()],
+        ..WriterOut::default()
+    };
     let mut created_per_inst = vec![0u64; n_inst];
     for (k, t) in writer_tasks.into_iter().enumerate() {
         let o = t.await.context("writer panicked")?;
         created_per_inst[k % n_inst] += o.ok;
         w.latency.merge(&o.latency);
         w.ok += o.ok;
+        for (team, n) in o.ok_per_team.iter().enumerate() {
+            w.ok_per_team[team] += n;
+        }
         for (k, v) in o.failures {
             *w.failures.entry(k).or_default() += v;
         }
@@ -1168,7 +1487,11 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     let last_send = w.last_send.unwrap_or(job.start);
 
     // Wait for the deliveries.
-    let expected = args.sockets as u64 * w.ok;
+    // Socket i is in team i mod teams.
+    let sockets_in_team = |k: usize| (args.sockets + teams.len() - 1 - k) / teams.len();
+    let expected: u64 = (0..teams.len())
+        .map(|k| sockets_in_team(k) as u64 * w.ok_per_team[k])
+        .sum();
     let deadline = last_send + Duration::from_secs_f64(args.timeout);
     let mut timed_out = false;
     loop {
@@ -1199,6 +1522,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     let (mut lost, mut duplicates, mut out_of_order, mut unexpected, mut complete) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut inst_lost = vec![0u64; n_inst];
+    let mut inst_expected = vec![0u64; n_inst];
     let mut inst_complete = vec![0u64; n_inst];
     let mut closed = BTreeMap::new();
     let mut error_frames = BTreeMap::new();
@@ -1210,11 +1534,13 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         untitled += d.untitled;
         last_receipt = last_receipt.max(d.last_receipt);
         for s in &d.socks {
-            let l = w.ok.saturating_sub(s.distinct);
+            let due = w.ok_per_team[s.team];
+            let l = due.saturating_sub(s.distinct);
             lost += l;
             inst_lost[s.inst] += l;
-            complete += u64::from(s.distinct >= w.ok);
-            inst_complete[s.inst] += u64::from(s.distinct >= w.ok);
+            inst_expected[s.inst] += due;
+            complete += u64::from(s.distinct >= due);
+            inst_complete[s.inst] += u64::from(s.distinct >= due);
             duplicates += s.duplicates;
             out_of_order += s.out_of_order;
             unexpected += s.unexpected;
@@ -1262,7 +1588,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
                 sockets_complete: inst_complete.get(k).copied().unwrap_or(0),
                 cpu_secs: cpu,
                 // Each instance's CPU per delivery made on its own sockets.
-                cpu_us_per_delivery: per_delivery(cpu, sockets as u64 * w.ok),
+                cpu_us_per_delivery: per_delivery(cpu, inst_expected.get(k).copied().unwrap_or(0)),
                 rss_baseline_kib: rss_baseline.get(k).copied().flatten().map(|r| r.0),
                 rss_connected_kib: rss_connected.get(k).copied().flatten().map(|r| r.0),
                 rss_end_kib: rss_end.get(k).copied().flatten().map(|r| r.0),
@@ -1277,12 +1603,18 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         _ => None,
     };
     Ok(FanoutReport {
-        scenario: "ws_fanout".into(),
+        scenario: if args.events == 0 {
+            "ws_connect".into()
+        } else {
+            "ws_fanout".into()
+        },
+        server_kind: args.server_kind,
         label: args.label.clone(),
         url: args.urls[0].clone(),
         urls: args.urls.clone(),
         sockets: args.sockets,
         users: args.users,
+        teams: args.teams,
         events: args.events,
         target_rate: args.rate,
         window: args.window,
@@ -1330,6 +1662,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         redis: redis_report,
         setup_secs,
         connect_secs,
+        connect_cpu_us_per_socket: connect_cpu.map(|c| c * 1e6 / args.sockets as f64),
+        hold_secs: args.hold,
     })
 }
 
@@ -1364,7 +1698,12 @@ pub fn print_human(r: &FanoutReport) {
         ),
         (None, None) => "max".to_string(),
     };
-    println!("WebSocket fanout  {}", r.label.as_deref().unwrap_or(""));
+    println!(
+        "WebSocket {}  {} ({:?})",
+        if r.events == 0 { "connect" } else { "fanout" },
+        r.label.as_deref().unwrap_or(""),
+        r.server_kind
+    );
     if r.urls.len() > 1 {
         println!(
             "  servers           {} (setup through the first)",
@@ -1378,8 +1717,12 @@ pub fn print_human(r: &FanoutReport) {
         r.sockets, r.users, r.source_addrs, r.threads, r.drivers
     );
     println!(
-        "  setup             {:.2} s users/team, {:.2} s sockets",
-        r.setup_secs, r.connect_secs
+        "  setup             {:.2} s users/team, {:.2} s sockets ({} µs server CPU per socket), held {} s",
+        r.setup_secs,
+        r.connect_secs,
+        r.connect_cpu_us_per_socket
+            .map_or("-".into(), |c| format!("{c:.0}")),
+        r.hold_secs
     );
     println!(
         "  events            {} asked, {} created by {} writer(s) at {rate} in {:.2} s",

@@ -2,16 +2,23 @@
 //!
 //! Subcommands:
 //! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks` (see `http_writes`).
-//! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`).
+//! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`);
+//!   `--server-kind` runs the same load against the Socket.IO peer or the bare-write floor.
+//! - `connect`: many subscribed sockets held idle: connect cost and memory per socket.
+//! - `compare`: TaskForge, the Socket.IO peer and the floor side by side (see `compare`).
 //! - `soak`: many sockets held under steady activity with churn, RSS sampled (see `soak`).
+//! - `resume`: one socket replaying the activities it missed (`since`) (see `resume`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
 //!
 //! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh` and `bench/cluster-fanout.sh`.
 
+mod compare;
 mod fanout;
+mod floor;
 mod http_writes;
 mod procfs;
 mod redis_tap;
+mod resume;
 mod soak;
 mod stats;
 mod summary;
@@ -41,11 +48,23 @@ enum Command {
     Writes(http_writes::WritesArgs),
     /// Delivery of task.created activities to many WebSocket subscribers of one team
     Fanout(fanout::FanoutArgs),
+    /// Opens and subscribes many sockets and holds them idle (`--hold`): connect time, server CPU
+    /// per connect and RSS per idle socket. The options of `fanout`; no task is created
+    Connect(fanout::FanoutArgs),
     /// Medians over repeated runs, from `writes --json` / `fanout --json` lines
     Summarize(summary::SummarizeArgs),
+    /// TaskForge, the Socket.IO peer and the floor side by side (the `fanout --json` lines of
+    /// bench/compare.sh): medians, ratios and the targets
+    Compare(compare::CompareArgs),
     /// Sockets of one team held for minutes under steady activity and churn (resume); checks
     /// every socket's stream and samples the servers' RSS every minute (prints a JSON line)
     Soak(soak::SoakArgs),
+    /// One socket resuming with `since` after missing many activities: replay time, order and
+    /// completeness checks, server CPU per replayed activity
+    Resume(resume::ResumeArgs),
+    /// A bare server writing TaskForge's frames to its WebSocket subscribers, one write() per
+    /// frame per socket: the kernel's own cost, to read the benchmark figures against
+    Floor(floor::FloorArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -76,6 +95,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Floor(args) => {
+            if let Err(e) = fanout::raise_nofile_limit() {
+                eprintln!("taskforge-bench: cannot raise the open files limit: {e}");
+            }
+            match floor::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("taskforge-bench floor: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Compare(args) => match compare::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskforge-bench compare: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Writes(args) => {
             let threads = cli.threads.max(1);
             let runtime = match runtime(threads) {
@@ -103,6 +141,37 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("taskforge-bench writes: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Resume(args) => {
+            let threads = cli.threads.max(1);
+            let runtime = match runtime(threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("taskforge-bench: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(resume::run(args, threads)) {
+                Ok(report) => {
+                    runtime.shutdown_background();
+                    if let Err(e) = resume::output(args, &report) {
+                        eprintln!("taskforge-bench resume: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                    if report.delivery_problems() {
+                        eprintln!(
+                            "taskforge-bench resume: {} of {} run(s) went wrong (lost, duplicate, misordered or late activities, errors, cut socket or timeout)",
+                            report.failed_runs, report.runs
+                        );
+                        return ExitCode::from(EXIT_DELIVERY_PROBLEMS);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskforge-bench resume: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -141,7 +210,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Fanout(args) => {
+        Command::Fanout(args) | Command::Connect(args) => {
+            let connect_only = matches!(cli.command, Command::Connect(_));
+            let args = &fanout::FanoutArgs {
+                events: if connect_only { 0 } else { args.events },
+                ..args.clone()
+            };
             let threads = cli.threads.max(1);
             if let Err(e) = fanout::raise_nofile_limit() {
                 eprintln!("taskforge-bench: cannot raise the open files limit: {e}");
@@ -165,7 +239,7 @@ fn main() -> ExitCode {
                     }
                     // Dropping the runtime closes every socket without waiting for the server.
                     runtime.shutdown_background();
-                    if report.created == 0 {
+                    if args.events > 0 && report.created == 0 {
                         eprintln!("taskforge-bench fanout: no task was created");
                         return ExitCode::from(EXIT_NO_SUCCESS);
                     }

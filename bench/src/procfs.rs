@@ -68,6 +68,38 @@ pub fn rss_kib(p: Proc) -> io::Result<(u64, u64)> {
     }
 }
 
+/// Fields of `/proc/PID/status` that explain a change of RSS: `RssAnon` and `RssFile` (KiB) and
+/// `Threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryParts {
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+    pub threads: u64,
+}
+
+pub fn memory_parts(p: Proc) -> io::Result<MemoryParts> {
+    let status = fs::read_to_string(format!("{}/status", p.dir()))?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    match (field("RssAnon:"), field("RssFile:"), field("Threads:")) {
+        (Some(rss_anon_kib), Some(rss_file_kib), Some(threads)) => Ok(MemoryParts {
+            rss_anon_kib,
+            rss_file_kib,
+            threads,
+        }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no RssAnon/RssFile/Threads in /proc/PID/status",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +116,7 @@ mod tests {
         assert!(cpu_seconds(Proc::Current).unwrap() >= 0.0);
         let (rss, hwm) = rss_kib(Proc::Current).unwrap();
         assert!(rss > 0 && hwm >= rss);
+        let parts = memory_parts(Proc::Current).unwrap();
+        assert!(parts.rss_anon_kib > 0 && parts.threads >= 1);
     }
 }

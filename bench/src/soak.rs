@@ -107,6 +107,9 @@ pub struct MinuteSample {
     pub rss_kib: Vec<Option<u64>>,
     /// CPU seconds of each instance during the minute
     pub cpu_secs: Vec<Option<f64>>,
+    /// Anonymous and file-backed RSS and threads of each instance
+    #[serde(default)]
+    pub memory: Vec<Option<procfs::MemoryParts>>,
     pub deliveries: u64,
     pub reconnects: u64,
     pub connected: u64,
@@ -569,17 +572,26 @@ pub async fn run(args: &SoakArgs) -> Result<Option<SoakReport>> {
                 .zip(&cpu_before)
                 .map(|(a, b)| Some((*a)? - (*b)?))
                 .collect(),
+            memory: pids
+                .iter()
+                .map(|p| procfs::memory_parts(Proc::Pid(*p)).ok())
+                .collect(),
             deliveries: deliveries - deliveries_before,
             reconnects: reconnects - reconnects_before,
             connected: shared.connected.load(Ordering::Relaxed),
             created: created.load(Ordering::Relaxed),
         };
         eprintln!(
-            "soak: minute {minute}: rss MiB {:?}, cpu s {:?}, {} deliveries, {} reconnects, {} connected, lost {}, dup {}",
+            "soak: minute {minute}: rss MiB {:?} (anon/file MiB, threads {:?}), cpu s {:?}, {} deliveries, {} reconnects, {} connected, lost {}, dup {}",
             sample
                 .rss_kib
                 .iter()
                 .map(|r| r.map(|k| k / 1024))
+                .collect::<Vec<_>>(),
+            sample
+                .memory
+                .iter()
+                .map(|m| m.map(|m| (m.rss_anon_kib / 1024, m.rss_file_kib / 1024, m.threads)))
                 .collect::<Vec<_>>(),
             sample
                 .cpu_secs

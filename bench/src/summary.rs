@@ -25,7 +25,7 @@ pub struct SummarizeArgs {
 
 type Column = (&'static str, fn(&Value) -> Option<f64>);
 
-fn num(v: &Value, ptr: &str) -> Option<f64> {
+pub(crate) fn num(v: &Value, ptr: &str) -> Option<f64> {
     v.pointer(ptr).and_then(Value::as_f64)
 }
 
@@ -123,7 +123,7 @@ fn columns_of(runs: &[Value]) -> &'static [Column] {
         return COLUMNS;
     };
     match first.get("scenario").and_then(Value::as_str) {
-        Some("ws_fanout") => {
+        Some("ws_fanout" | "ws_connect") => {
             let instances = first
                 .get("urls")
                 .and_then(Value::as_array)
@@ -139,12 +139,13 @@ fn columns_of(runs: &[Value]) -> &'static [Column] {
     }
 }
 
-fn read_reports(args: &SummarizeArgs) -> Result<Vec<Value>> {
+/// The JSON report lines of `files` (stdin when empty or `-`), only those labelled `label` if given.
+pub(crate) fn read_report_files(files: &[PathBuf], label: Option<&str>) -> Result<Vec<Value>> {
     let mut readers: Vec<(String, Box<dyn Read>)> = Vec::new();
-    if args.files.is_empty() {
+    if files.is_empty() {
         readers.push(("stdin".into(), Box::new(std::io::stdin())));
     }
-    for f in &args.files {
+    for f in files {
         if f.as_os_str() == "-" {
             readers.push(("stdin".into(), Box::new(std::io::stdin())));
         } else {
@@ -163,8 +164,7 @@ fn read_reports(args: &SummarizeArgs) -> Result<Vec<Value>> {
             if !v.is_object() {
                 continue;
             }
-            let label = v.get("label").and_then(Value::as_str);
-            if args.label.is_none() || args.label.as_deref() == label {
+            if label.is_none() || label == v.get("label").and_then(Value::as_str) {
                 out.push(v);
             }
         }
@@ -173,7 +173,7 @@ fn read_reports(args: &SummarizeArgs) -> Result<Vec<Value>> {
 }
 
 /// Runs grouped by label, in order of first appearance.
-fn group(reports: Vec<Value>) -> Vec<(String, Vec<Value>)> {
+pub(crate) fn group(reports: Vec<Value>) -> Vec<(String, Vec<Value>)> {
     let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
     for r in reports {
         let label = r
@@ -189,7 +189,7 @@ fn group(reports: Vec<Value>) -> Vec<(String, Vec<Value>)> {
     groups
 }
 
-fn fmt(x: Option<f64>) -> String {
+pub(crate) fn fmt(x: Option<f64>) -> String {
     match x {
         None => "-".into(),
         Some(x) if x.abs() >= 100.0 || x.fract() == 0.0 => format!("{x:.0}"),
@@ -198,7 +198,7 @@ fn fmt(x: Option<f64>) -> String {
 }
 
 pub fn run(args: &SummarizeArgs) -> Result<()> {
-    let reports = read_reports(args)?;
+    let reports = read_report_files(&args.files, args.label.as_deref())?;
     if reports.is_empty() {
         bail!(
             "no JSON reports found{}",

@@ -53,6 +53,9 @@ impl CloseReason {
     }
 }
 
+/// Queue slots an outbox (and a writer's batch) keeps between bursts.
+pub const RETAINED_FRAMES: usize = 8;
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<Message>,
@@ -175,6 +178,11 @@ impl Outbox {
                 let mut s = self.state.lock();
                 if !s.frames.is_empty() {
                     batch.extend(s.frames.drain(..));
+                    // A burst (a replay, a backlog) must not leave an idle socket holding its
+                    // high-water mark: memory per idle socket is what a server has most of.
+                    if s.frames.capacity() > RETAINED_FRAMES {
+                        s.frames.shrink_to(RETAINED_FRAMES);
+                    }
                     s.live = 0;
                     s.replay = 0;
                     drop(s);
