@@ -216,6 +216,26 @@ pub fn run(args: &SummarizeArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // Runs against the Socket.IO peer or the floor get groups of their own.
+    let reports = reports
+        .into_iter()
+        .map(|mut r| {
+            let kind = r
+                .get("serverKind")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if let (Some(kind), Some(obj)) = (kind.filter(|k| k != "taskforge"), r.as_object_mut())
+            {
+                let label = obj
+                    .get("label")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned();
+                obj.insert("label".into(), json!(format!("{label}/{kind}")));
+            }
+            r
+        })
+        .collect();
     let groups = group(reports);
     if args.json {
         for (label, runs) in &groups {
