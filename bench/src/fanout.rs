@@ -520,7 +520,7 @@ struct DriverOut {
     other_frames: BTreeMap<String, u64>,
 }
 
-fn bump(m: &mut BTreeMap<String, u64>, key: impl Into<String>) {
+pub(crate) fn bump(m: &mut BTreeMap<String, u64>, key: impl Into<String>) {
     *m.entry(key.into()).or_default() += 1;
 }
 

@@ -27,13 +27,12 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::Uri;
 use hyper::header::HeaderValue;
-use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fanout::{Ws, setup_team};
+use crate::fanout::{Scan, Scanner, Ws, bump, setup_team};
 use crate::http_writes::{Client, Target, parse_url, post_json};
 use crate::procfs::{self, Proc};
 use crate::stats::{LatencyHistogram, LatencySummary, median};
@@ -191,14 +190,6 @@ impl ResumeReport {
 
 // ---------------------------------------------------------------- frame scanning (hot path)
 
-const ACTIVITY_PREFIX: &[u8] = br#"{"type":"activity""#;
-const SEQ_MARKER: &[u8] = br#""seq":"#;
-
-/// Finds the seq of an `activity` frame without parsing it.
-pub(crate) struct SeqScanner {
-    seq: memmem::FinderRev<'static>,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Frame {
     /// An `activity` frame and its seq, when one was found.
@@ -206,25 +197,11 @@ pub(crate) enum Frame {
     Other,
 }
 
-impl SeqScanner {
-    pub(crate) fn new() -> Self {
-        Self {
-            seq: memmem::FinderRev::new(SEQ_MARKER),
-        }
-    }
-
-    /// The activity's fields come in no promised order and the task inside it has no `seq`, so
-    /// the last `"seq":` of the frame is the activity's (searched from the end, where it is today).
-    pub(crate) fn scan(&self, b: &[u8]) -> Frame {
-        let Some(body) = b.strip_prefix(ACTIVITY_PREFIX) else {
-            return Frame::Other;
-        };
-        let seq = self.seq.rfind(body).and_then(|p| {
-            let digits = &body[p + SEQ_MARKER.len()..];
-            let n = digits.iter().take_while(|c| c.is_ascii_digit()).count();
-            std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
-        });
-        Frame::Activity(seq)
+/// The seq of an `activity` frame, found without parsing it (by fanout's scanner).
+pub(crate) fn scan(scanner: &Scanner, b: &[u8]) -> Frame {
+    match scanner.scan(b) {
+        Scan::Activity { seq, .. } => Frame::Activity(seq),
+        Scan::Other => Frame::Other,
     }
 }
 
@@ -297,10 +274,6 @@ impl SeqCheck {
 
 // ---------------------------------------------------------------- sockets
 
-fn bump(m: &mut BTreeMap<String, u64>, key: impl Into<String>) {
-    *m.entry(key.into()).or_default() += 1;
-}
-
 async fn connect(server: SocketAddr, url: &str) -> Result<Ws> {
     let stream = TcpStream::connect(server).await.context("connect")?;
     stream.set_nodelay(true)?;
@@ -366,7 +339,7 @@ async fn one_run(
         connect_ms: t.elapsed().as_secs_f64() * 1000.0,
         ..ResumeRun::default()
     };
-    let scanner = SeqScanner::new();
+    let scanner = Scanner::new();
     let mut check = SeqCheck::new(since, k);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let gen_cpu0 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0);
@@ -396,7 +369,7 @@ async fn one_run(
             Some(Ok(Message::Text(text))) => {
                 run.frames += 1;
                 run.bytes += text.len() as u64;
-                match scanner.scan(text.as_bytes()) {
+                match scan(&scanner, text.as_bytes()) {
                     Frame::Activity(seq) => {
                         run.activities += 1;
                         if run.first_activity_ms.is_none() {
@@ -882,23 +855,26 @@ mod tests {
 
     #[test]
     fn scans_only_the_seq_of_activity_frames() {
-        let s = SeqScanner::new();
+        let s = Scanner::new();
         let real = br#"{"type":"activity","activity":{"id":"01a2","v":1,"type":"task.created","data":{"task":{"id":"01a3","title":"r3","description":"","version":1}},"teamId":"t","ts":"2026-11-26T03:00:07.772Z","seq":10002,"boardId":"b","taskId":"01a3"}}"#;
-        assert_eq!(s.scan(real), Frame::Activity(Some(10002)));
+        assert_eq!(scan(&s, real), Frame::Activity(Some(10002)));
         // A "seq": inside the data (a title) does not win over the activity's own, which is last.
         let tricky =
             br#"{"type":"activity","activity":{"data":{"task":{"title":"\"seq\":9"}},"seq":7}}"#;
-        assert_eq!(s.scan(tricky), Frame::Activity(Some(7)));
+        assert_eq!(scan(&s, tricky), Frame::Activity(Some(7)));
         assert_eq!(
-            s.scan(br#"{"type":"activity","activity":{"seq":"x"}}"#),
+            scan(&s, br#"{"type":"activity","activity":{"seq":"x"}}"#),
             Frame::Activity(None)
         );
         assert_eq!(
-            s.scan(br#"{"type":"activity","activity":{"seq":99999999999999999999999}}"#),
+            scan(
+                &s,
+                br#"{"type":"activity","activity":{"seq":99999999999999999999999}}"#
+            ),
             Frame::Activity(None)
         );
         assert_eq!(
-            s.scan(br#"{"type":"subscribed","teamId":"t","seq":3}"#),
+            scan(&s, br#"{"type":"subscribed","teamId":"t","seq":3}"#),
             Frame::Other
         );
     }
