@@ -52,11 +52,13 @@ source "$(dirname "$0")/cluster-lib.sh"
 # Tokens must outlive the run: a socket is cut when its token expires.
 INSTANCE_ENV=(TASKFORGE_ACCESS_TOKEN_TTL=6h TASKFORGE_DATABASE_POOL_SIZE="${DATABASE_POOL_SIZE:-16}")
 GEN_PIDS=()
+SAMPLER_PID=""
 JWT_SECRET="bench-soak-secret-$RANDOM$RANDOM$RANDOM-0123456789abcdefghijklmnop"
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   local pid
+  [[ -n "$SAMPLER_PID" ]] && { kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; }
   for pid in "${GEN_PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -103,11 +105,28 @@ for g in $(seq 0 $((GENERATORS - 1))); do
     >"$OUT_DIR/gen$g.json" 2>"$OUT_DIR/gen$g.stderr" &
   GEN_PIDS+=("$!")
 done
+# Each minute, every instance's heap as its allocator counts it (/metrics), beside the RSS the
+# generator samples: growth of the live heap is a leak, growth of the rest is fragmentation.
+sample_allocator() {
+  local minute=0 k
+  while sleep 60; do
+    minute=$((minute + 1))
+    for k in "${!INSTANCE_URLS[@]}"; do
+      curl -fsS --max-time 5 "${INSTANCE_URLS[$k]}/metrics" 2>/dev/null |
+        awk -v m="$minute" -v k="$k" -F'[{}" ]+' '/^taskforge_allocator_bytes\{/ { print m, k, $3, $4 }' || true
+    done
+  done
+}
+sample_allocator >"$OUT_DIR/allocator.txt" &
+SAMPLER_PID=$!
 status=0
 for k in "${!GEN_PIDS[@]}"; do
   wait "${GEN_PIDS[$k]}" || { log "generator $k exited with status $?; its stderr:"; tail -n 20 "$OUT_DIR/gen$k.stderr" >&2; status=1; }
 done
 GEN_PIDS=()
+kill "$SAMPLER_PID" 2>/dev/null || true
+wait "$SAMPLER_PID" 2>/dev/null || true
+SAMPLER_PID=""
 for k in "${!INSTANCE_PIDS[@]}"; do
   kill -0 "${INSTANCE_PIDS[$k]}" 2>/dev/null || { log "instance $k died; its stderr:"; tail -n 20 "${INSTANCE_ERRS[$k]}" >&2; status=1; }
   problems=$(grep -cE ' (WARN|ERROR) ' "${INSTANCE_ERRS[$k]}" || true)
@@ -117,6 +136,22 @@ log "per-minute progress of generator 0:"
 grep '^soak: minute' "$OUT_DIR/gen0.stderr" >&2 || true
 cat "$OUT_DIR"/gen*.json >"$OUT_DIR/soak.jsonl"
 log "reports (JSON lines) in $OUT_DIR/soak.jsonl"
+python3 - "$OUT_DIR/allocator.txt" <<'EOF' >&2 || true
+import collections, sys
+rows = collections.defaultdict(dict)  # (minute, instance) -> kind -> bytes
+for line in open(sys.argv[1]):
+    minute, inst, kind, value = line.split()
+    rows[(int(minute), int(inst))][kind] = float(value)
+if rows:
+    insts = sorted({i for _, i in rows})
+    print("minute  " + "  ".join(f"inst{i} allocated/active/resident MiB" for i in insts))
+    for minute in sorted({m for m, _ in rows}):
+        cells = []
+        for i in insts:
+            r = rows.get((minute, i), {})
+            cells.append("/".join(f"{r.get(k, 0) / 2**20:.1f}" for k in ("allocated", "active", "resident")).rjust(33))
+        print(f"{minute:6d}  " + "  ".join(cells))
+EOF
 python3 - "$OUT_DIR/soak.jsonl" <<'EOF' || status=1
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
 
 use crate::bus::{Bus, BusError, InProcessBus, RedisBus, RedisSettings, Relay, RelaySettings};
@@ -110,7 +111,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         realtime.router(),
     );
 
-    let listener = TcpListener::bind(config.listen).await?;
+    // No Nagle delay: a socket's frames are small writes, and one written while the previous
+    // one waits for its (delayed) ACK would otherwise wait too.
+    let listener = TcpListener::bind(config.listen).await?.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests wait for it to learn the port.
     println!("taskforge listening on http://{addr}");

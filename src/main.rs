@@ -78,7 +78,30 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static _rjem_malloc_conf: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+/// jemalloc's own accounting for `/metrics` (see `telemetry::ALLOCATOR_BYTES`). Its statistics
+/// are a snapshot that advancing the epoch refreshes.
+#[cfg(not(target_env = "msvc"))]
+fn jemalloc_figures() -> Vec<(&'static str, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return Vec::new();
+    }
+    type Read = fn() -> tikv_jemalloc_ctl::Result<usize>;
+    let reads: [(&'static str, Read); 4] = [
+        ("allocated", stats::allocated::read),
+        ("active", stats::active::read),
+        ("resident", stats::resident::read),
+        ("retained", stats::retained::read),
+    ];
+    reads
+        .into_iter()
+        .filter_map(|(kind, read)| read().ok().map(|bytes| (kind, bytes as u64)))
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
+    #[cfg(not(target_env = "msvc"))]
+    taskforge::telemetry::register_allocator_probe(jemalloc_figures);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

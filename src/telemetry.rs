@@ -46,11 +46,28 @@ pub const HTTP_DURATION: &str = "taskforge_http_request_duration_seconds";
 /// seconds. Across hosts this includes their clock difference.
 pub const DELIVERY_LATENCY: &str = "taskforge_activity_delivery_latency_seconds";
 
+/// Heap bytes by `kind`, as the allocator counts them: `allocated` (live), `active` (pages holding
+/// live data), `resident` (in memory, metadata included), `retained` (unmapped from RSS, kept for
+/// reuse). Present when the binary registered its allocator's figures
+/// ([`register_allocator_probe`]); they tell a leak (allocated grows) from fragmentation.
+pub const ALLOCATOR_BYTES: &str = "taskforge_allocator_bytes";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Reads the allocator's figures as `(kind, bytes)` pairs; see [`ALLOCATOR_BYTES`].
+pub type AllocatorProbe = fn() -> Vec<(&'static str, u64)>;
+
+static ALLOCATOR_PROBE: OnceLock<AllocatorProbe> = OnceLock::new();
+
+/// Makes every scrape export the allocator's figures. The binary registers it, since only the
+/// binary chooses the global allocator; the first registration wins.
+pub fn register_allocator_probe(probe: AllocatorProbe) {
+    let _ = ALLOCATOR_PROBE.set(probe);
+}
 
 /// Reads live state into gauges just before a scrape.
 pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
@@ -91,6 +108,11 @@ impl Telemetry {
         if let Some(hook) = &self.before_scrape {
             hook();
         }
+        if let Some(probe) = ALLOCATOR_PROBE.get() {
+            for (kind, bytes) in probe() {
+                metrics::gauge!(ALLOCATOR_BYTES, "kind" => kind).set(bytes as f64);
+            }
+        }
         self.handle.render()
     }
 
@@ -110,6 +132,11 @@ impl Telemetry {
 fn describe() {
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_gauge!(WS_SUBSCRIPTIONS, "Room subscriptions by scope kind");
+    describe_gauge!(
+        ALLOCATOR_BYTES,
+        Unit::Bytes,
+        "Heap bytes by kind, as the allocator counts them"
+    );
     describe_counter!(
         ACTIVITIES_COMMITTED,
         "Activities committed by this instance"

@@ -99,6 +99,14 @@ async fn metrics_follow_the_traffic(b: Backend) {
             &["method=\"POST\"", "route=\"/api/v1/teams/{teamId}/tasks\""]
         ) >= 3.0
     );
+    // The binary's allocator reports its heap: some live bytes, all of them in active pages.
+    let allocated = s1.get("taskforge_allocator_bytes", &["kind=\"allocated\""]);
+    let active = s1.get("taskforge_allocator_bytes", &["kind=\"active\""]);
+    assert!(allocated > 0.0, "{}", after.text);
+    assert!(
+        active >= allocated,
+        "active {active} < allocated {allocated}"
+    );
     // No id of any kind in a label: routes are templates.
     assert!(!after.text.contains(&team.id.to_string()));
 
