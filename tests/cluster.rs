@@ -1441,11 +1441,14 @@ async fn random_actions_no_leakage_across_instances() {
     for (i, u) in users.iter().enumerate() {
         for k in 0..R_SOCKS {
             let node = (i + k) % 3;
-            let ws = cluster
+            let mut ws = cluster
                 .node(node)
                 .ws(u.token())
                 .await
                 .labeled(&format!("user{i}@{}", NODE[node]));
+            // The socket joins its user's room after the upgrade, and user rooms are live only:
+            // the pong says it is in, before the first membership of the user is added.
+            ws.expect_pong().await;
             socks.push(ws);
             sock_user.push(i);
             sock_node.push(node);
