@@ -1025,7 +1025,7 @@ impl Worker {
                     }
                     seen.push(v);
                 }
-                Some(Frame::Ping(_) | Frame::Pong) => {}
+                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
                 Some(Frame::Text(t)) => {
                     return Answer::Malformed(format!("a text frame that is not JSON: {t:?}"));
                 }

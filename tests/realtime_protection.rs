@@ -18,6 +18,7 @@ both_backends!(
     rate_limit_flood_without_reading_still_sees_4008,
     keepalive_pings_and_silent_peer_dropped,
     slow_consumer_is_cut_others_get_everything,
+    the_wire_answers_pings_closes_and_plain_requests,
 );
 
 const T: Duration = Duration::from_secs(10);
@@ -469,4 +470,95 @@ async fn rate_limit_flood_without_reading_still_sees_4008(b: Backend) {
         "sent {sent} pings without reading; then read {pongs} pongs and {limited} rate_limited \
          errors and the connection ended with {end:?} instead of close 4008"
     );
+}
+
+/// What the socket layer answers by itself: a WebSocket ping gets its payload back, a client's
+/// close gets a close, and a request that is not an upgrade gets problem+json.
+async fn the_wire_answers_pings_closes_and_plain_requests(b: Backend) {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let u = api.new_user("Wire").await;
+    let mut ws = srv.ws(u.token()).await;
+    ws.expect_pong().await;
+    for payload in [&b"are you there"[..], b"", &[0xff; 125]] {
+        ws.try_send_message(WsMessage::Ping(payload.to_vec().into()))
+            .await
+            .expect("ping sent");
+        match ws.recv_timeout(T).await {
+            Some(Frame::Pong(back)) => {
+                assert_eq!(back, payload, "the pong carries the ping's payload")
+            }
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    // Frames still flow after the pongs, and the close is answered.
+    ws.expect_pong().await;
+    ws.try_send_message(WsMessage::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("close sent");
+    let (_, end) = ws.expect_end(T).await;
+    assert!(
+        matches!(end, Frame::Close(1000, _)),
+        "the close was answered with {end:?}"
+    );
+
+    // Protocol violations fail the connection as RFC 6455 says: 1007 for a text frame that is
+    // not UTF-8, 1002 for a reserved opcode.
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    for (opcode, payload, code) in [
+        (OpCode::Data(Data::Text), &b"{\"type\":\xff}"[..], 1007),
+        (OpCode::Data(Data::Reserved(3)), b"{}", 1002),
+    ] {
+        let mut ws = srv.ws(u.token()).await;
+        ws.expect_pong().await;
+        let frame = RawFrame::message(payload.to_vec(), opcode, true);
+        ws.try_send_message(WsMessage::Frame(frame))
+            .await
+            .expect("frame sent");
+        ws.expect_close(code, T).await;
+    }
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/realtime", srv.base);
+    for (method, status) in [(reqwest::Method::GET, 426), (reqwest::Method::POST, 405)] {
+        let r = http
+            .request(method.clone(), &url)
+            .header("Connection", "Upgrade")
+            .header(
+                "Upgrade",
+                if method == reqwest::Method::GET {
+                    "h2c"
+                } else {
+                    "websocket"
+                },
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), status, "{method} /realtime");
+        let ct = r.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/problem+json"), "{method}: {ct}");
+        let body: Value = r.json().await.expect("problem body");
+        assert_eq!(body["status"], json!(status), "{body}");
+    }
+    // A well-formed upgrade without a key is refused, and nothing is upgraded.
+    let r = http
+        .get(&url)
+        .header("Connection", "keep-alive, Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
 }

@@ -107,12 +107,13 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
             }),
         )
         .merge(web::router())
+        .with_state(state)
+        .merge(extra)
+        // After the merge: the fallback for a wrong method applies to the routes registered so far.
         .fallback(|| async { ApiError::not_found().into_response() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
         })
-        .with_state(state)
-        .merge(extra)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(count_request))
         .layer(

@@ -60,7 +60,8 @@ pub fn document() -> Value {
             "description": "JSON text frames over a WebSocket. Authenticate with ?token=, an \
                 Authorization: Bearer header, or a first `auth` message. Subscribe to team, board and \
                 task rooms; resume with `since`. Close codes: 4001 unauthorized or token expired, \
-                4008 slow consumer or rate limit, 1001 server going away, 1009 frame too large."
+                4008 slow consumer or rate limit, 1001 server going away, 1009 frame too large, \
+                1007 text frame not UTF-8, 1002 other WebSocket protocol errors."
         },
         "defaultContentType": "application/json",
         "channels": {

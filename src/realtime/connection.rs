@@ -4,22 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use super::Realtime;
 use super::hub::{ConnId, Join};
-use super::outbox::{CloseReason, Outbox, RETAINED_FRAMES};
+use super::outbox::{CloseReason, Frame, Outbox, RETAINED_FRAMES};
 use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, parse};
+use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
 use crate::domain::TeamId;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
 use crate::store::{StoreError, Tx};
+use tungstenite::Message;
 
 /// How many times a subscribe re-reads its snapshot while the team's dispatch moves under it.
 const JOIN_ATTEMPTS: usize = 64;
@@ -86,11 +86,14 @@ struct Conn {
     expires_at: OffsetDateTime,
 }
 
-pub(super) async fn run(socket: WebSocket, rt: Arc<Realtime>, principal: Option<Principal>) {
-    let (sink, mut stream) = socket.split();
-    let s = &rt.settings;
-    let outbox = Arc::new(Outbox::new(s.queue_limit, s.replay_window));
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+pub(super) async fn run(
+    mut stream: Inbound,
+    outbound: Outbound,
+    outbox: Arc<Outbox>,
+    rt: Arc<Realtime>,
+    principal: Option<Principal>,
+) {
+    let mut writer = tokio::spawn(write_loop(outbound, outbox.clone()));
 
     let principal = match principal {
         Some(p) => Some(p),
@@ -114,11 +117,7 @@ pub(super) async fn run(socket: WebSocket, rt: Arc<Realtime>, principal: Option<
 }
 
 /// The socket connected without a token: the first message must be `auth`, in time.
-async fn authenticate(
-    rt: &Realtime,
-    stream: &mut SplitStream<WebSocket>,
-    outbox: &Outbox,
-) -> Option<Principal> {
+async fn authenticate(rt: &Realtime, stream: &mut Inbound, outbox: &Outbox) -> Option<Principal> {
     let deadline = tokio::time::sleep(rt.settings.auth_timeout);
     tokio::pin!(deadline);
     let msg = tokio::select! {
@@ -138,14 +137,14 @@ async fn authenticate(
         },
         // An oversized first frame gets 1009 like any other, not a bare close.
         Some(Err(e)) => {
-            outbox.close(if too_big(e) {
-                CloseReason::TooBig
-            } else {
-                CloseReason::Gone
-            });
+            outbox.close(close_for(e));
             return None;
         }
-        Some(Ok(Message::Close(_))) | None => {
+        Some(Ok(Message::Close(frame))) => {
+            outbox.close(CloseReason::PeerClosed(frame.map(|f| f.code.into())));
+            return None;
+        }
+        None => {
             outbox.close(CloseReason::Gone);
             return None;
         }
@@ -156,7 +155,7 @@ async fn authenticate(
     };
     match rt.tokens.verify(&token) {
         Ok(p) => {
-            outbox.push(Message::Text(
+            outbox.push(Frame::Text(
                 ServerMessage::Authenticated {
                     user_id: p.user_id,
                     expires_at: p.expires_at,
@@ -176,12 +175,7 @@ async fn authenticate(
     }
 }
 
-async fn serve(
-    rt: &Arc<Realtime>,
-    p: Principal,
-    stream: &mut SplitStream<WebSocket>,
-    outbox: &Arc<Outbox>,
-) {
+async fn serve(rt: &Arc<Realtime>, p: Principal, stream: &mut Inbound, outbox: &Arc<Outbox>) {
     // Boxed, as every rare path of a connection: a task's future is as large as its largest
     // state, and every socket holds it for its whole life.
     let user = match Box::pin(async { rt.store.read().await?.user(p.user_id).await }).await {
@@ -225,7 +219,7 @@ fn instant_of(t: OffsetDateTime) -> Instant {
 }
 
 impl Conn {
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, stream: &mut Inbound) {
         let ping_every = self.rt.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
@@ -245,7 +239,7 @@ impl Conn {
                         outbox.close(CloseReason::Gone);
                         return;
                     }
-                    outbox.push(Message::Ping(Default::default()));
+                    outbox.push(Frame::Ping);
                 }
                 msg = stream.next() => {
                     last_heard = Instant::now();
@@ -255,12 +249,12 @@ impl Conn {
                             return;
                         }
                         Some(Err(e)) => {
-                            outbox.close(if too_big(e) { CloseReason::TooBig } else { CloseReason::Gone });
+                            outbox.close(close_for(e));
                             return;
                         }
-                        Some(Ok(Message::Close(_))) => {
-                            // The close is answered by the socket itself; read until it ends.
-                            outbox.close(CloseReason::Gone);
+                        Some(Ok(Message::Close(frame))) => {
+                            // The writer answers the close; read until the socket ends.
+                            outbox.close(CloseReason::PeerClosed(frame.map(|f| f.code.into())));
                             while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {}
                             return;
                         }
@@ -286,7 +280,7 @@ impl Conn {
     }
 
     fn reply(&self, msg: ServerMessage) {
-        self.outbox.push(Message::Text(msg.frame()));
+        self.outbox.push(Frame::Text(msg.frame()));
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -454,7 +448,7 @@ impl Conn {
                 || snapshot.iter().any(|u| u.user_id == user.user_id);
             if !known {
                 self.outbox
-                    .push(Message::Text(super::protocol::presence_frame(
+                    .push(Frame::Text(super::protocol::presence_frame(
                         true, team, task, &user,
                     )));
             }
@@ -481,7 +475,7 @@ impl Conn {
             for e in batch.iter().filter(|e| e.route.reaches(room)) {
                 if !self
                     .outbox
-                    .push_replay(Message::Text(super::protocol::activity_frame(e)))
+                    .push_replay(Frame::Text(super::protocol::activity_frame(e)))
                     .await
                 {
                     return Ok(false);
@@ -502,46 +496,36 @@ async fn team_of(tx: &mut dyn Tx, scope: Scope) -> Result<Option<TeamId>, StoreE
     })
 }
 
-fn too_big(e: axum::Error) -> bool {
-    let inner = e.into_inner();
-    matches!(
-        inner.downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+/// How a socket whose input failed is closed (RFC 6455, 7.4.1).
+fn close_for(e: tungstenite::Error) -> CloseReason {
+    match e {
+        tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+        tungstenite::Error::Utf8(_) => CloseReason::InvalidData,
+        tungstenite::Error::Protocol(_) => CloseReason::ProtocolError,
+        _ => CloseReason::Gone,
+    }
 }
 
-/// Drains the outbox into the socket: everything queued is fed, then flushed once.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+/// Drains the outbox into the socket: everything queued goes out in one vectored write.
+async fn write_loop(mut out: Outbound, outbox: Arc<Outbox>) {
     let mut batch = Vec::new();
     loop {
         match outbox.next_batch(&mut batch).await {
             None => {
-                for msg in batch.drain(..) {
-                    if sink.feed(msg).await.is_err() {
-                        outbox.close(CloseReason::Gone);
-                        return;
-                    }
-                }
+                let written = out.write_batch(&batch).await;
+                batch.clear();
                 batch.shrink_to(RETAINED_FRAMES);
-                if sink.flush().await.is_err() {
+                if written.is_err() {
                     outbox.close(CloseReason::Gone);
                     return;
                 }
             }
-            Some(CloseReason::Gone) => {
-                let _ = sink.close().await;
-                return;
-            }
             Some(reason) => {
                 if let Some(code) = reason.error_code() {
                     let msg = ServerMessage::error(code, close_message(reason));
-                    let _ = sink.feed(Message::Text(msg.frame())).await;
+                    let _ = out.write_batch(&[Frame::Text(msg.frame())]).await;
                 }
-                let frame = CloseFrame {
-                    code: reason.code(),
-                    reason: close_message(reason).into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
+                let _ = out.close(reason.code(), close_message(reason)).await;
                 return;
             }
         }
@@ -556,7 +540,9 @@ fn close_message(reason: CloseReason) -> &'static str {
         CloseReason::TokenExpired => "the access token expired",
         CloseReason::GoingAway => "server going away: reconnect and resume with since",
         CloseReason::TooBig => "message too large",
-        CloseReason::Gone => "",
+        CloseReason::ProtocolError => "WebSocket protocol error",
+        CloseReason::InvalidData => "a text frame must be UTF-8",
+        CloseReason::PeerClosed(_) | CloseReason::Gone => "",
     }
 }
 
@@ -564,7 +550,7 @@ fn close_message(reason: CloseReason) -> &'static str {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -574,7 +560,7 @@ mod tests {
     #[test]
     fn connection_tasks_stay_small() {
         let reader = future_size(run);
-        let writer = future_size(|a, b, ()| write_loop(a, b));
+        let writer = future_size(|a, b, (), (), ()| write_loop(a, b));
         eprintln!("reader task {reader} bytes, writer task {writer} bytes");
         // 1,168 and 312 bytes with Rust 1.95, in release.
         assert!(reader <= 1536, "the reader task takes {reader} bytes");

@@ -16,11 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Message;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::outbox::{CloseReason, Outbox};
+use super::outbox::{CloseReason, Frame, Outbox};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
 use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
@@ -377,7 +376,7 @@ impl Hub {
         let Some(members) = s.rooms.get(&Room::Task(ev.task_id)) else {
             return;
         };
-        let frame = Message::Text(presence_frame(ev.joined, ev.team_id, ev.task_id, &ev.user));
+        let frame = Frame::Text(presence_frame(ev.joined, ev.team_id, ev.task_id, &ev.user));
         for (id, m) in members {
             let own = s
                 .conns
@@ -475,7 +474,7 @@ impl Hub {
                 }
                 _ => None,
             };
-            member.outbox.push(Message::Text(
+            member.outbox.push(Frame::Text(
                 ServerMessage::Subscribed {
                     scope,
                     seq: dispatched,
@@ -682,7 +681,7 @@ impl State {
             *dispatched = e.seq;
             self.next_stamp += 1;
             let stamp = self.next_stamp;
-            let frame = Message::Text(activity_frame(e));
+            let frame = Frame::Text(activity_frame(e));
             let mut queued = 0u64;
             for room in e.route.rooms() {
                 let Some(members) = self.rooms.get(&room) else {
@@ -719,7 +718,7 @@ impl State {
             let Some(members) = self.rooms.get(&Room::User(user)) else {
                 continue;
             };
-            let frame = Message::Text(activity_frame(e));
+            let frame = Frame::Text(activity_frame(e));
             let mut queued = 0u64;
             for m in members.values() {
                 queued += u64::from(m.outbox.push_live(frame.clone()));
@@ -767,7 +766,7 @@ impl State {
                         scope,
                         reason: Some("membership_revoked"),
                     };
-                    outbox.push(Message::Text(msg.frame()));
+                    outbox.push(Frame::Text(msg.frame()));
                 }
             }
         }
@@ -819,7 +818,7 @@ impl State {
         if self.shared_presence {
             self.presence_dirty.insert(task, (team, true));
         } else {
-            let frame = Message::Text(presence_frame(joined, team, task, user));
+            let frame = Frame::Text(presence_frame(joined, team, task, user));
             self.broadcast(Room::Task(task), &frame, Some(id));
         }
     }
@@ -857,7 +856,7 @@ impl State {
         users
     }
 
-    fn broadcast(&self, room: Room, frame: &Message, except: Option<ConnId>) {
+    fn broadcast(&self, room: Room, frame: &Frame, except: Option<ConnId>) {
         let Some(members) = self.rooms.get(&room) else {
             return;
         };

@@ -10,12 +10,13 @@ pub mod hub;
 pub mod outbox;
 mod presence;
 pub mod protocol;
+mod socket;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -28,7 +29,8 @@ use crate::limits::{KeyedLimiter, client_ip};
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use hub::Hub;
-use outbox::CloseReason;
+use outbox::{CloseReason, Outbox};
+use socket::Upgrade;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -185,7 +187,7 @@ async fn upgrade(
     State(rt): State<Arc<Realtime>>,
     Query(q): Query<TokenQuery>,
     parts: Parts,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     if let Some(limit) = &rt.connect_limit
         && let Some(ip) = client_ip(&parts, rt.settings.trust_forwarded)
@@ -210,12 +212,18 @@ async fn upgrade(
     let max = rt.settings.max_message_bytes;
     // Every socket keeps its read buffer for life, and a client sends only small messages: 512
     // bytes hold a subscribe or an auth with its token (a larger frame grows the buffer while it
-    // is read). 4 KiB cost 3.5 KiB more per idle socket. Writes are batched up to 8 KiB per
-    // syscall; the write buffer keeps what a burst grew it to.
-    ws.read_buffer_size(512)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(socket, rt, principal))
+    // is read). 4 KiB cost 3.5 KiB more per idle socket. The decoder writes only its own short
+    // replies, straight into the outbox.
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let outbox = Arc::new(Outbox::new(
+        rt.settings.queue_limit,
+        rt.settings.replay_window,
+    ));
+    ws.on_upgrade(config, outbox.clone(), move |inbound, outbound| {
+        connection::run(inbound, outbound, outbox, rt, principal)
+    })
 }

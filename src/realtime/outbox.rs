@@ -7,9 +7,10 @@
 
 use std::collections::VecDeque;
 
-use axum::extract::ws::Message;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
 
 /// Why the server closes a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,18 +27,28 @@ pub enum CloseReason {
     GoingAway,
     /// 1009: an inbound frame was too large.
     TooBig,
-    /// The peer closed, or the socket failed.
+    /// 1002: the client broke the WebSocket protocol (a reserved opcode, a stray continuation).
+    ProtocolError,
+    /// 1007: a text frame that is not UTF-8.
+    InvalidData,
+    /// The client closed: its close is answered with its own code.
+    PeerClosed(Option<u16>),
+    /// The socket failed or the peer vanished: a close without a status, if it gets through.
     Gone,
 }
 
 impl CloseReason {
-    pub fn code(self) -> u16 {
+    /// The close frame's status code; `None` for a close without one.
+    pub fn code(self) -> Option<u16> {
         match self {
-            Self::SlowConsumer | Self::RateLimited => 4008,
-            Self::Unauthorized | Self::TokenExpired => 4001,
-            Self::GoingAway => 1001,
-            Self::TooBig => 1009,
-            Self::Gone => 1000,
+            Self::SlowConsumer | Self::RateLimited => Some(4008),
+            Self::Unauthorized | Self::TokenExpired => Some(4001),
+            Self::GoingAway => Some(1001),
+            Self::TooBig => Some(1009),
+            Self::ProtocolError => Some(1002),
+            Self::InvalidData => Some(1007),
+            Self::PeerClosed(code) => code,
+            Self::Gone => None,
         }
     }
 
@@ -53,12 +64,21 @@ impl CloseReason {
     }
 }
 
+/// A frame waiting to be written.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Text(Utf8Bytes),
+    Ping,
+    /// Bytes already framed: the decoder's own replies (pongs).
+    Raw(Bytes),
+}
+
 /// Queue slots an outbox (and a writer's batch) keeps between bursts.
 pub const RETAINED_FRAMES: usize = 8;
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Frame>,
     live: usize,
     replay: usize,
     closed: Option<CloseReason>,
@@ -86,7 +106,7 @@ impl Outbox {
     }
 
     /// Queues a live frame; over the limit the connection is cut (returns false).
-    pub fn push_live(&self, frame: Message) -> bool {
+    pub fn push_live(&self, frame: Frame) -> bool {
         let mut s = self.state.lock();
         if s.closed.is_some() {
             return false;
@@ -111,7 +131,7 @@ impl Outbox {
     }
 
     /// Queues a reply to the client's own message.
-    pub fn push(&self, frame: Message) {
+    pub fn push(&self, frame: Frame) {
         let mut s = self.state.lock();
         if s.closed.is_none() {
             s.frames.push_back(frame);
@@ -122,7 +142,7 @@ impl Outbox {
 
     /// Queues a replayed frame, waiting while `replay_window` of them are still unwritten.
     /// False once the connection is closing.
-    pub async fn push_replay(&self, frame: Message) -> bool {
+    pub async fn push_replay(&self, frame: Frame) -> bool {
         loop {
             let drained = self.drained.notified();
             {
@@ -171,7 +191,7 @@ impl Outbox {
 
     /// Waits for frames; moves all queued ones into `batch`. Returns the close reason once the
     /// queue is empty and the connection is closing.
-    pub async fn next_batch(&self, batch: &mut Vec<Message>) -> Option<CloseReason> {
+    pub async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
         loop {
             let ready = self.ready.notified();
             {
@@ -205,17 +225,17 @@ mod tests {
     #[test]
     fn a_full_live_queue_cuts_the_connection() {
         let o = Outbox::new(2, 8);
-        assert!(o.push_live(Message::Text("a".into())));
-        assert!(o.push_live(Message::Text("b".into())));
-        assert!(!o.push_live(Message::Text("c".into())));
+        assert!(o.push_live(Frame::Text("a".into())));
+        assert!(o.push_live(Frame::Text("b".into())));
+        assert!(!o.push_live(Frame::Text("c".into())));
         assert!(o.is_closed());
     }
 
     #[tokio::test]
     async fn the_writer_takes_everything_queued_at_once() {
         let o = Outbox::new(8, 8);
-        o.push_live(Message::Text("a".into()));
-        o.push(Message::Text("b".into()));
+        o.push_live(Frame::Text("a".into()));
+        o.push(Frame::Text("b".into()));
         let mut batch = Vec::new();
         assert_eq!(o.next_batch(&mut batch).await, None);
         assert_eq!(batch.len(), 2);

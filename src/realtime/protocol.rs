@@ -1,9 +1,9 @@
 //! The socket protocol: client and server messages exactly as the contract shapes them, and the
 //! frames the hub shares among recipients (serialized once).
 
-use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tungstenite::Utf8Bytes;
 use utoipa::ToSchema;
 use uuid::Uuid;
 

@@ -1344,7 +1344,7 @@ pub enum Frame {
     Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
-    Pong,
+    Pong(Vec<u8>),
     /// A close frame: code (1005 when the frame had none) and reason.
     Close(u16, String),
     /// The stream ended (or failed) without a close frame: the description.
@@ -1633,7 +1633,7 @@ impl WsClient {
                     self.pings += 1;
                     Frame::Ping(p.to_vec())
                 }
-                Some(Ok(WsMessage::Pong(_))) => Frame::Pong,
+                Some(Ok(WsMessage::Pong(p))) => Frame::Pong(p.to_vec()),
                 Some(Ok(WsMessage::Close(cf))) => match cf {
                     Some(cf) => Frame::Close(u16::from(cf.code), cf.reason.as_str().to_string()),
                     None => Frame::Close(1005, String::new()),
@@ -1680,7 +1680,7 @@ impl WsClient {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv_timeout(left).await {
                 Some(Frame::Json(v)) => return v,
-                Some(Frame::Ping(_) | Frame::Pong) => continue,
+                Some(Frame::Ping(_) | Frame::Pong(_)) => continue,
                 Some(other) => panic!(
                     "{}: expected a JSON frame, got {other:?}; last frames: {}",
                     self.label,
@@ -1809,7 +1809,7 @@ impl WsClient {
             match self.recv_timeout(left).await {
                 Some(Frame::Json(v)) if pred(&v) => return (v, before),
                 Some(Frame::Json(v)) => before.push(v),
-                Some(Frame::Ping(_) | Frame::Pong) => {}
+                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
                 Some(other) => panic!(
                     "{}: waiting for {what}, got {other:?}; frames before: {before:?}",
                     self.label
@@ -1835,7 +1835,7 @@ impl WsClient {
                         out.push(v["activity"].clone());
                     }
                 }
-                Some(Frame::Ping(_) | Frame::Pong) => {}
+                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
                 Some(other) => panic!(
                     "{}: waiting for {n} activities, got {other:?} after {out:?}",
                     self.label
