@@ -7,6 +7,8 @@
 # In each round, every scenario runs against each kind in turn, on a fresh server:
 #   n1000-max      1000 sockets, 2000 events, closed loop (window of WINDOW events in flight)
 #   n10000-max    10000 sockets,  500 events, closed loop
+#                 (both without arrival stamps: at max rate latency is queueing, and stamping
+#                 puts a clock read on every packet the server sends)
 #   n1000-paced    1000 sockets, 20 events/s for PACED_SECS s (open loop)
 #   n10000-paced  10000 sockets,  4 events/s for PACED_SECS s (open loop)
 #   n15000-idle   15000 subscribed sockets held idle HOLD_SECS s: RSS per socket (no floor run:
@@ -63,8 +65,8 @@ ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 # scenario_args NAME: the generator's subcommand and arguments for a scenario.
 scenario_args() {
   case "$1" in
-    n1000-max) echo "fanout --sockets 1000 --events 2000 --window $WINDOW" ;;
-    n10000-max) echo "fanout --sockets 10000 --events 500 --window $WINDOW" ;;
+    n1000-max) echo "fanout --sockets 1000 --events 2000 --window $WINDOW --no-arrival" ;;
+    n10000-max) echo "fanout --sockets 10000 --events 500 --window $WINDOW --no-arrival" ;;
     n1000-paced) echo "fanout --sockets 1000 --rate 20 --events $((20 * PACED_SECS))" ;;
     n10000-paced) echo "fanout --sockets 10000 --rate 4 --events $((4 * PACED_SECS))" ;;
     n15000-idle) echo "connect --sockets 15000 --hold $HOLD_SECS" ;;

@@ -48,6 +48,9 @@ fn figures_of(scenario: &str) -> Vec<Figure> {
     let rate = fig("deliveries/s", "/deliveriesPerSec");
     let p50 = fig("latency p50 ms", "/latency/p50Ms");
     let p99 = fig("latency p99 ms", P99);
+    // The same deliveries stamped by the kernel on arrival, without the generator's read queue.
+    let a50 = fig("arrival p50 ms", "/arrival/p50Ms");
+    let a99 = fig("arrival p99 ms", "/arrival/p99Ms");
     let cpu = fig("server CPU µs/delivery", CPU);
     match scenario {
         "n1000-max" | "n10000-max" => vec![
@@ -66,7 +69,12 @@ fn figures_of(scenario: &str) -> Vec<Figure> {
                 vs_peer: Some(1.0 / 3.0),
                 ..p99
             },
+            Figure {
+                vs_peer: Some(1.0 / 3.0),
+                ..a99
+            },
             p50,
+            a50,
             cpu,
             lost,
         ],
@@ -75,7 +83,12 @@ fn figures_of(scenario: &str) -> Vec<Figure> {
                 vs_peer: Some(1.0 / 8.0),
                 ..p99
             },
+            Figure {
+                vs_peer: Some(1.0 / 8.0),
+                ..a99
+            },
             p50,
+            a50,
             cpu,
             lost,
         ],

@@ -45,6 +45,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::arrival::StampedTcp;
 use crate::http_writes::{Client, Target, parse_url, post_api, post_json};
 use crate::procfs::{self, Proc};
 use crate::redis_tap::{Commands, InfoSnapshot, Tap, TapCounts, calls_between, parse_redis_addr};
@@ -101,6 +102,10 @@ pub struct FanoutArgs {
     /// Read buffer of each socket, in bytes
     #[arg(long, default_value_t = 8192)]
     pub read_buffer: usize,
+    /// Do not ask the kernel for arrival stamps (no `arrival` figures). Once any socket asks,
+    /// the kernel stamps every packet on the machine, the server's included
+    #[arg(long)]
+    pub no_arrival: bool,
     /// Seconds to wait for outstanding deliveries after the last send
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -222,8 +227,16 @@ pub struct FanoutReport {
     pub drain_ms: f64,
     /// deliveries received / window
     pub deliveries_per_sec: f64,
-    /// Receipt minus send instant of the task creation, for each first delivery
+    /// Receipt (the generator's read) minus send instant of the task creation, for each first
+    /// delivery
     pub latency: LatencySummary,
+    /// Arrival (the kernel's receive stamp on the client socket) minus send instant, for each
+    /// first delivery: the same deliveries without the generator's own read queue
+    #[serde(default)]
+    pub arrival: LatencySummary,
+    /// First deliveries without a usable arrival stamp (not in `arrival`)
+    #[serde(default)]
+    pub unstamped: u64,
     /// CPU seconds (user + system) of this generator from the first send to the end
     pub generator_cpu_secs: f64,
     /// CPU seconds of the server from the first send to the end (with --server-pid; several
@@ -335,6 +348,8 @@ pub struct RedisReport {
 }
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A measured socket: its reads keep the kernel's arrival stamp (see `arrival`).
+type Sock = WebSocketStream<StampedTcp>;
 
 /// What the drivers and writers share during the load.
 struct Load {
@@ -426,7 +441,7 @@ impl Scanner {
 /// On an Engine.IO socket it answers the server's pings (`2`) with a pong (`3`) itself.
 struct Tagged {
     k: usize,
-    ws: Option<Ws>,
+    ws: Option<Sock>,
     engine_io: bool,
     pong_due: bool,
 }
@@ -453,17 +468,19 @@ impl Tagged {
     }
 }
 
+/// The socket's index, what it yielded, and when a yielded message's bytes arrived (kernel stamp).
 type TaggedItem = (
     usize,
     Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    Option<Instant>,
 );
 
 impl Stream for Tagged {
     type Item = TaggedItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let k = self.k;
-        if self.engine_io && !self.send_pong(cx) {
+        let (k, engine_io) = (self.k, self.engine_io);
+        if engine_io && !self.send_pong(cx) {
             self.pong_due = false;
         }
         let Some(ws) = self.ws.as_mut() else {
@@ -471,21 +488,24 @@ impl Stream for Tagged {
         };
         match ws.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(Message::Text(t)))) if self.engine_io && t.as_str() == "2" => {
+            Poll::Ready(Some(Ok(Message::Text(t)))) if engine_io && t.as_str() == "2" => {
                 self.pong_due = true;
                 self.send_pong(cx);
                 // Not an item: poll again soon for what follows the ping.
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
-            Poll::Ready(Some(Ok(m))) => Poll::Ready(Some((k, Some(Ok(m))))),
+            Poll::Ready(Some(Ok(m))) => {
+                let arrived = ws.get_ref().arrived_at(Instant::now());
+                Poll::Ready(Some((k, Some(Ok(m)), arrived)))
+            }
             Poll::Ready(Some(Err(e))) => {
                 self.ws = None;
-                Poll::Ready(Some((k, Some(Err(e)))))
+                Poll::Ready(Some((k, Some(Err(e)), None)))
             }
             Poll::Ready(None) => {
                 self.ws = None;
-                Poll::Ready(Some((k, None)))
+                Poll::Ready(Some((k, None, None)))
             }
         }
     }
@@ -512,6 +532,9 @@ struct SockState {
 #[derive(Default)]
 struct DriverOut {
     latency: LatencyHistogram,
+    arrival: LatencyHistogram,
+    /// Activities read without a usable kernel arrival stamp
+    unstamped: u64,
     socks: Vec<SockState>,
     received: u64,
     untitled: u64,
@@ -554,8 +577,11 @@ fn classify(text: &str) -> (bool, String) {
     }
 }
 
+/// Frames a driver reads before it lets the other tasks of its thread run.
+const DRIVER_ITEMS_PER_YIELD: u32 = 256;
+
 /// A subscribed socket: the stream, its `subscribed` seq, its instance and its team.
-type Opened = (Ws, u64, usize, usize);
+type Opened = (Sock, u64, usize, usize);
 
 async fn drive(
     kind: ServerKind,
@@ -590,13 +616,20 @@ async fn drive(
     }
     let scanner = Scanner::for_kind(kind);
     let events = load.events as u64;
+    let mut since_yield = 0u32;
     loop {
+        // Unconstrained (see `run`): give the writers and the timers their turn now and then.
+        since_yield += 1;
+        if since_yield == DRIVER_ITEMS_PER_YIELD {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let item = tokio::select! {
             biased;
             _ = stop.changed() => break,
             item = sel.next() => item,
         };
-        let Some((k, item)) = item else {
+        let Some((k, item, arrived)) = item else {
             // Every socket has ended: nothing more to read.
             let _ = stop.changed().await;
             break;
@@ -637,9 +670,17 @@ async fn drive(
                         if sent == 0 {
                             out.untitled += 1;
                         } else {
-                            let at = now.duration_since(load.base).as_nanos() as u64;
+                            let since_base =
+                                |t: Instant| t.duration_since(load.base).as_nanos() as u64;
+                            let sent = sent - 1;
                             out.latency
-                                .record(Duration::from_nanos(at.saturating_sub(sent - 1)));
+                                .record(Duration::from_nanos(since_base(now).saturating_sub(sent)));
+                            match arrived {
+                                Some(a) => out.arrival.record(Duration::from_nanos(
+                                    since_base(a).saturating_sub(sent),
+                                )),
+                                None => out.unstamped += 1,
+                            }
                         }
                     }
                     Scan::Other => {
@@ -885,8 +926,9 @@ async fn open_socket(
     url: String,
     subscribe: &str,
     config: WebSocketConfig,
-) -> Result<(Ws, u64)> {
-    let stream = connect_tcp(server, source).await?;
+    stamps: bool,
+) -> Result<(Sock, u64)> {
+    let stream = StampedTcp::new(connect_tcp(server, source).await?, stamps)?;
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .context("WebSocket handshake")?;
@@ -925,8 +967,9 @@ async fn open_socketio(
     token: &str,
     team_id: &str,
     config: WebSocketConfig,
-) -> Result<(Ws, u64)> {
-    let stream = connect_tcp(server, source).await?;
+    stamps: bool,
+) -> Result<(Sock, u64)> {
+    let stream = StampedTcp::new(connect_tcp(server, source).await?, stamps)?;
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .context("WebSocket handshake")?;
@@ -1315,16 +1358,17 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
             let server = t.server;
             let ws_base = t.ws_base.as_str();
             let team_id = team.team_id.as_str();
+            let stamps = !args.no_arrival;
             async move {
                 let open = async {
                     match args.server_kind {
                         ServerKind::Socketio => {
                             let url = ws_base.to_string();
-                            open_socketio(server, source, url, token, team_id, config).await
+                            open_socketio(server, source, url, token, team_id, config, stamps).await
                         }
                         ServerKind::Taskforge | ServerKind::Floor => {
                             let url = format!("{ws_base}{token}");
-                            open_socket(server, source, url, subscribe, config).await
+                            open_socket(server, source, url, subscribe, config, stamps).await
                         }
                     }
                 };
@@ -1405,13 +1449,16 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     for socks in per_driver {
         let p = Arc::new(AtomicU64::new(0));
         progress.push(p.clone());
-        driver_tasks.push(tokio::spawn(drive(
+        // Outside tokio's cooperative budget: with it, once a poll's budget is spent every other
+        // ready socket of the `SelectAll` is polled for nothing and re-woken, on each of the
+        // following polls too, which made the reading cost grow with N². `drive` yields itself.
+        driver_tasks.push(tokio::spawn(tokio::task::unconstrained(drive(
             args.server_kind,
             socks,
             load.clone(),
             p,
             stop_rx.clone(),
-        )));
+        ))));
     }
     // Let the drivers start polling their sockets before the first send.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1516,6 +1563,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     let _ = stop_tx.send(true);
 
     let mut latency = LatencyHistogram::new();
+    let mut arrival = LatencyHistogram::new();
+    let mut unstamped = 0;
     let mut received = 0;
     let mut untitled = 0;
     let mut last_receipt: Option<Instant> = None;
@@ -1530,6 +1579,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
     for t in driver_tasks {
         let d = t.await.context("driver panicked")?;
         latency.merge(&d.latency);
+        arrival.merge(&d.arrival);
+        unstamped += d.unstamped;
         received += d.received;
         untitled += d.untitled;
         last_receipt = last_receipt.max(d.last_receipt);
@@ -1648,6 +1699,8 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
             0.0
         },
         latency: latency.summary(),
+        arrival: arrival.summary(),
+        unstamped,
         generator_cpu_secs: gen_cpu,
         server_cpu_secs: srv_cpu,
         server_cpu_us_per_delivery: per_delivery(srv_cpu, received),
@@ -1764,6 +1817,15 @@ pub fn print_human(r: &FanoutReport) {
         r.deliveries_per_sec, r.window_secs, r.drain_ms
     );
     println!("  latency ms        {}", r.latency.one_line());
+    println!(
+        "  arrival ms        {}{}",
+        r.arrival.one_line(),
+        if r.unstamped > 0 {
+            format!(" ({} without a kernel stamp)", r.unstamped)
+        } else {
+            String::new()
+        }
+    );
     let pct = |s: f64| {
         if r.window_secs > 0.0 {
             100.0 * s / r.window_secs

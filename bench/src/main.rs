@@ -12,6 +12,7 @@
 //!
 //! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh` and `bench/cluster-fanout.sh`.
 
+mod arrival;
 mod compare;
 mod fanout;
 mod floor;

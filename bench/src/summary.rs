@@ -85,6 +85,7 @@ static FANOUT_COLUMNS: &[Column] = &[
     ("p99ms", |v| num(v, "/latency/p99Ms")),
     ("p99.9ms", |v| num(v, "/latency/p999Ms")),
     ("maxms", |v| num(v, "/latency/maxMs")),
+    ("arr99ms", |v| num(v, "/arrival/p99Ms")),
     ("genCPUs", |v| num(v, "/generatorCpuSecs")),
     ("srvCPUs", |v| num(v, "/serverCpuSecs")),
     ("srvµs/dl", |v| num(v, "/serverCpuUsPerDelivery")),
@@ -325,7 +326,7 @@ mod tests {
         let r = json!({"scenario": "ws_fanout", "label": "f", "sockets": 10, "created": 5,
                "targetRate": null, "deliveriesPerSec": 1000.0, "lost": 0, "duplicates": 1,
                "outOfOrder": 0, "unexpected": 0, "socketsClosed": {"close 4008": 2}, "errorFrames": {},
-               "latency": {"p50Ms": 1.0}, "serverCpuUsPerDelivery": 3.5});
+               "latency": {"p50Ms": 1.0}, "arrival": {"p99Ms": 0.5}, "serverCpuUsPerDelivery": 3.5});
         let runs = vec![r];
         let cols = columns_of(&runs);
         assert!(std::ptr::eq(cols, FANOUT_COLUMNS));
@@ -333,6 +334,7 @@ mod tests {
         assert_eq!(col("other")(&runs[0]), Some(2.0));
         assert_eq!(col("dup")(&runs[0]), Some(1.0));
         assert_eq!(col("srvµs/dl")(&runs[0]), Some(3.5));
+        assert_eq!(col("arr99ms")(&runs[0]), Some(0.5));
         assert!(std::ptr::eq(columns_of(&[json!({"label": "w"})]), COLUMNS));
     }
 
