@@ -231,9 +231,10 @@ pub struct FanoutReport {
     /// delivery
     pub latency: LatencySummary,
     /// Arrival (the kernel's receive stamp on the client socket) minus send instant, for each
-    /// first delivery: the same deliveries without the generator's own read queue
+    /// first delivery: the same deliveries without the generator's own read queue (null with
+    /// `--no-arrival`)
     #[serde(default)]
-    pub arrival: LatencySummary,
+    pub arrival: Option<LatencySummary>,
     /// First deliveries without a usable arrival stamp (not in `arrival`)
     #[serde(default)]
     pub unstamped: u64,
@@ -358,6 +359,8 @@ struct Load {
     /// Nanoseconds after `base` (+1) at which task `i` was sent; 0 = not yet sent.
     sent_ns: Vec<AtomicU64>,
     events: usize,
+    /// The sockets asked for arrival stamps (not `--no-arrival`)
+    stamps: bool,
 }
 
 // ---------------------------------------------------------------- frame scanning (hot path)
@@ -679,7 +682,8 @@ async fn drive(
                                 Some(a) => out.arrival.record(Duration::from_nanos(
                                     since_base(a).saturating_sub(sent),
                                 )),
-                                None => out.unstamped += 1,
+                                None if load.stamps => out.unstamped += 1,
+                                None => {}
                             }
                         }
                     }
@@ -1442,6 +1446,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         base: Instant::now(),
         sent_ns: (0..args.events).map(|_| AtomicU64::new(0)).collect(),
         events: args.events,
+        stamps: !args.no_arrival,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut progress = Vec::with_capacity(drivers);
@@ -1699,7 +1704,7 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
             0.0
         },
         latency: latency.summary(),
-        arrival: arrival.summary(),
+        arrival: (!args.no_arrival).then(|| arrival.summary()),
         unstamped,
         generator_cpu_secs: gen_cpu,
         server_cpu_secs: srv_cpu,
@@ -1817,15 +1822,17 @@ pub fn print_human(r: &FanoutReport) {
         r.deliveries_per_sec, r.window_secs, r.drain_ms
     );
     println!("  latency ms        {}", r.latency.one_line());
-    println!(
-        "  arrival ms        {}{}",
-        r.arrival.one_line(),
-        if r.unstamped > 0 {
-            format!(" ({} without a kernel stamp)", r.unstamped)
-        } else {
-            String::new()
-        }
-    );
+    if let Some(arrival) = &r.arrival {
+        println!(
+            "  arrival ms        {}{}",
+            arrival.one_line(),
+            if r.unstamped > 0 {
+                format!(" ({} without a kernel stamp)", r.unstamped)
+            } else {
+                String::new()
+            }
+        );
+    }
     let pct = |s: f64| {
         if r.window_secs > 0.0 {
             100.0 * s / r.window_secs
