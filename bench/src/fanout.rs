@@ -471,11 +471,12 @@ impl Tagged {
     }
 }
 
-/// The socket's index, what it yielded, and when a yielded message's bytes arrived (kernel stamp).
+/// The socket's index, what it yielded, and for a message: when it was read, and when its bytes
+/// arrived (kernel stamp).
 type TaggedItem = (
     usize,
     Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    Option<Instant>,
+    Option<(Instant, Option<Instant>)>,
 );
 
 impl Stream for Tagged {
@@ -499,8 +500,9 @@ impl Stream for Tagged {
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(m))) => {
-                let arrived = ws.get_ref().arrived_at(Instant::now());
-                Poll::Ready(Some((k, Some(Ok(m)), arrived)))
+                let read = Instant::now();
+                let arrived = ws.get_ref().arrived_at(read);
+                Poll::Ready(Some((k, Some(Ok(m)), Some((read, arrived)))))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.ws = None;
@@ -632,7 +634,7 @@ async fn drive(
             _ = stop.changed() => break,
             item = sel.next() => item,
         };
-        let Some((k, item, arrived)) = item else {
+        let Some((k, item, receipt)) = item else {
             // Every socket has ended: nothing more to read.
             let _ = stop.changed().await;
             break;
@@ -640,7 +642,7 @@ async fn drive(
         let st: &mut SockState = &mut socks[k];
         match item {
             Some(Ok(Message::Text(text))) => {
-                let now = Instant::now();
+                let (now, arrived) = receipt.unwrap_or_else(|| (Instant::now(), None));
                 match scanner.scan(text.as_bytes()) {
                     Scan::Activity { seq, title } => {
                         out.received += 1;
