@@ -31,7 +31,9 @@ impl Services {
         )
         .await?;
         let next_cursor = match entries.last() {
-            Some(last) if entries.len() as i64 == limit && last.seq < seq => {
+            // The log is gapless: anything below the latest seq is more to read (a page may
+            // stop short of `limit` when its activities are large).
+            Some(last) if last.seq < seq => {
                 Some(seq_cursor(last.seq))
             }
             _ => None,

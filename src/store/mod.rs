@@ -38,6 +38,10 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
+/// The most payload characters one read of the log returns (past its first row): a replay, a
+/// repair or a page of the log never holds more than this at once, however large activities are.
+pub const READ_BATCH_CHARS: i64 = 256 * 1024;
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A page request: items strictly after `after` (a key of the last item seen), at most `limit`.
@@ -185,7 +189,8 @@ pub trait Tx: Send {
     /// The latest seq of each of `teams` that exists.
     async fn last_seqs(&mut self, teams: &[TeamId]) -> Result<Vec<(TeamId, i64)>>;
     async fn log_bounds(&mut self, team: TeamId) -> Result<Option<LogBounds>>;
-    /// Logged activities with `after < seq <= upto`, oldest first, at most `limit`.
+    /// Logged activities with `after < seq <= upto`, oldest first: at most `limit`, and no more
+    /// than fit in `READ_BATCH_CHARS` (but always the first). Callers loop on the last seq.
     async fn activities(
         &mut self,
         team: TeamId,

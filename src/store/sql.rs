@@ -884,14 +884,21 @@ macro_rules! impl_tx {
                 upto: i64,
                 limit: i64,
             ) -> $crate::store::Result<Vec<LogEntry>> {
+                // Bounded in size as well as rows: the first row always, then rows while the
+                // payloads before them stay under the budget (counted in characters, which both
+                // dialects' LENGTH agree on; a character is at most 4 bytes).
                 let rows: Vec<ActivityRow> = sqlx::query_as(
-                    "SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload FROM activities \
-                     WHERE team_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                    "SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload FROM ( \
+                       SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload, \
+                              SUM(LENGTH(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - LENGTH(payload) AS before_chars \
+                       FROM activities WHERE team_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4 \
+                     ) page WHERE before_chars < $5 ORDER BY seq",
                 )
                 .bind(team)
                 .bind(after_seq)
                 .bind(upto)
                 .bind(limit)
+                .bind($crate::store::READ_BATCH_CHARS)
                 .fetch_all(&mut *self.tx)
                 .await?;
                 rows.into_iter().map(|r| r.into_entry(team)).collect()
