@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError, InProcessBus, RedisBus, RedisSettings, Relay, RelaySettings};
 use crate::config::Config;
-use crate::http::{self, AppState, AuthLimits};
-use crate::limits::KeyedLimiter;
+use crate::http::serve::ServeSettings;
+use crate::http::{self, AppState, EdgeLimits};
+use crate::limits::{AuthLimits, KeyedLimiter};
 use crate::realtime::{self, Realtime};
 use crate::service::{Services, TokenService};
 use crate::store::{self, StoreError};
@@ -101,9 +102,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             services,
             bus,
             telemetry,
-            auth_limits: Arc::new(AuthLimits {
-                per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
-                per_email: KeyedLimiter::per_minute(config.auth_limit_per_email),
+            limits: Arc::new(EdgeLimits {
+                auth: AuthLimits {
+                    per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
+                    per_email_at_ip: KeyedLimiter::per_minute(config.auth_limit_per_email),
+                    per_email: KeyedLimiter::per_minute(config.auth_limit_per_account),
+                },
+                member_by_email: KeyedLimiter::per_minute(config.member_email_limit_per_user),
                 trust_forwarded: config.trust_forwarded_for,
             }),
         },
@@ -111,55 +116,39 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         realtime.router(),
     );
 
-    // No Nagle delay: a socket's frames are small writes, and one written while the previous
-    // one waits for its (delayed) ACK would otherwise wait too.
-    let listener = TcpListener::bind(config.listen).await?.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
+    let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests wait for it to learn the port.
     println!("taskforge listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let shutdown = {
-        let (realtime, signalled) = (realtime.clone(), signalled.clone());
-        async move {
-            shutdown_signal().await;
-            signalled.notify_one();
-            // Sockets are not requests: close them (1001) so clients resume on another instance.
-            realtime.shutdown();
-        }
-    };
-    // The peer address feeds the per-address limits (`limits::client_ip`).
-    let serve = axum::serve(
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(http::serve::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown);
-    // Once signalled, in-flight requests and socket closes get `drain_timeout` to finish.
-    let drain = config.drain_timeout;
-    let deadline = async {
-        signalled.notified().await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        result = serve => result?,
-        _ = deadline => {
-            tracing::warn!("drain time is up; exiting with work in flight");
-            return Ok(());
+        router,
+        ServeSettings {
+            header_timeout: config.header_timeout,
+        },
+        stop.clone(),
+    ));
+    shutdown_signal().await;
+    // One deadline for everything that follows: in-flight requests, socket closes, presence.
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    // Sockets are not requests: close them (1001) so clients resume on another instance, and
+    // refuse new upgrades from now on.
+    realtime.shutdown();
+    stop.cancel();
+    let drained = async {
+        if let Err(e) = serving.await {
+            tracing::warn!(error = %e, "the HTTP server task failed");
         }
+        realtime.closed().await;
+        realtime.retire().await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
+        tracing::warn!("drain time is up; exiting with work in flight");
+    } else {
+        tracing::info!("stopped");
     }
-    // The HTTP side is done; let the sockets' close frames go out (bounded by the drain time).
-    let closing = async {
-        while realtime.hub.connections() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let _ = tokio::time::timeout(drain, closing).await;
-    let _ = tokio::time::timeout(drain, realtime.retire()).await;
-    tracing::info!("stopped");
     Ok(())
 }
 

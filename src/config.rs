@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_PRESENCE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub presence_sweep_interval: Duration,
 
+    /// A request head must arrive within this after a connection opens (or after the previous
+    /// response on a kept-alive connection); slower connections are closed.
+    #[arg(long, env = "TASKFORGE_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
     /// On SIGTERM: how long in-flight requests and socket closes may take before the process exits.
     #[arg(long, env = "TASKFORGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -85,6 +90,15 @@ pub struct Config {
     /// Live frames a socket may have queued before it is cut as a slow consumer (4008).
     #[arg(long, env = "TASKFORGE_WS_QUEUE_LIMIT", default_value_t = 1024)]
     pub ws_queue_limit: usize,
+
+    /// Bytes one socket may have queued unwritten, replies and errors included (one frame more
+    /// cuts it as a slow consumer, like `TASKFORGE_WS_QUEUE_LIMIT`).
+    #[arg(long, env = "TASKFORGE_WS_QUEUE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub ws_queue_bytes: usize,
+
+    /// A socket whose writes (or replay) make no progress this long is cut as a slow consumer.
+    #[arg(long, env = "TASKFORGE_WS_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub ws_write_timeout: Duration,
 
     /// Rooms one socket may join.
     #[arg(long, env = "TASKFORGE_WS_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
@@ -111,9 +125,25 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_AUTH_LIMIT_PER_IP", default_value_t = 60)]
     pub auth_limit_per_ip: u32,
 
-    /// Sign-up and log-in attempts per minute for one email address (0: no limit).
+    /// Sign-up and log-in attempts per minute for one email address from one client address
+    /// (0: no limit).
     #[arg(long, env = "TASKFORGE_AUTH_LIMIT_PER_EMAIL", default_value_t = 10)]
     pub auth_limit_per_email: u32,
+
+    /// Sign-up and log-in attempts per minute for one email address from all addresses together:
+    /// a ceiling well above what one address may spend, so that guesses from elsewhere cannot
+    /// lock the owner out (0: no limit).
+    #[arg(long, env = "TASKFORGE_AUTH_LIMIT_PER_ACCOUNT", default_value_t = 100)]
+    pub auth_limit_per_account: u32,
+
+    /// Members added by email per minute by one user (each answers whether the address has an
+    /// account; 0: no limit).
+    #[arg(
+        long,
+        env = "TASKFORGE_MEMBER_EMAIL_LIMIT_PER_USER",
+        default_value_t = 30
+    )]
+    pub member_email_limit_per_user: u32,
 
     /// WebSocket connection attempts per minute from one client address (0: no limit).
     #[arg(long, env = "TASKFORGE_CONNECT_LIMIT_PER_IP", default_value_t = 600)]

@@ -95,6 +95,23 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// The sizes any credential must respect, checked before anything costly (a look-up, a hash, a
+/// rate-limit key) is done with it.
+pub fn check_credential_sizes(email: &str, password: &str) -> Result<(), DomainError> {
+    let mut c = Checks::default();
+    c.check(
+        chars(email) <= EMAIL_MAX,
+        "email",
+        "must be at most 254 characters",
+    );
+    c.check(
+        chars(password) <= PASSWORD_MAX,
+        "password",
+        "must be at most 1024 characters",
+    );
+    c.finish()
+}
+
 pub fn check_registration(
     email: &str,
     password: &str,

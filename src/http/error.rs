@@ -137,6 +137,11 @@ impl From<ServiceError> for ApiError {
                 "conflict",
                 "the resource changed concurrently; retry",
             ),
+            ServiceError::Busy(why, retry) => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+                e.retry_after = Some(retry.as_secs().max(1));
+                e
+            }
             other => Self::internal(&other),
         }
     }

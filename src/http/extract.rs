@@ -162,7 +162,7 @@ impl FromRequestParts<AppState> for ClientIp {
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(crate::limits::client_ip(
             parts,
-            state.auth_limits.trust_forwarded,
+            state.limits.trust_forwarded,
         )))
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod web;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::bus::Bus;
-use crate::limits::KeyedLimiter;
+use crate::limits::{AuthLimits, Key, KeyedLimiter, RateLimited};
 use crate::service::Services;
 use crate::telemetry::{self, Telemetry};
 use error::ApiError;
@@ -33,42 +34,41 @@ pub struct AppState {
     pub services: Services,
     pub bus: Arc<dyn Bus>,
     pub telemetry: Telemetry,
-    pub auth_limits: Arc<AuthLimits>,
+    pub limits: Arc<EdgeLimits>,
 }
 
-/// Sign-up and log-in attempts allowed per client address and per email.
-pub struct AuthLimits {
-    pub per_ip: Option<KeyedLimiter>,
-    pub per_email: Option<KeyedLimiter>,
+/// The rate limits the HTTP edge applies (the counting is `limits`'s).
+pub struct EdgeLimits {
+    pub auth: AuthLimits,
+    /// Adding a member by email answers whether the address has an account: charged per caller.
+    pub member_by_email: Option<KeyedLimiter>,
     /// Whether the client address comes from `X-Forwarded-For` (see `limits::client_ip`).
     pub trust_forwarded: bool,
 }
 
-impl AuthLimits {
-    /// Charges one attempt to the address and to the email (case-insensitive).
-    pub fn check(&self, ip: Option<std::net::IpAddr>, email: &str) -> Result<(), RateLimited> {
-        if let (Some(l), Some(ip)) = (&self.per_ip, ip) {
-            l.check(&ip.to_string()).map_err(|wait| RateLimited {
+impl EdgeLimits {
+    /// One look-up of an account by email on behalf of `user`, from `ip`: charged to the user and
+    /// to the address's sign-up/log-in allowance.
+    pub fn check_member_by_email(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        user: crate::domain::UserId,
+    ) -> Result<(), RateLimited> {
+        if let (Some(l), Some(ip)) = (&self.auth.per_ip, ip) {
+            l.check(Key::ip(ip)).map_err(|wait| RateLimited {
                 wait,
                 detail: "too many attempts from this address; retry later",
             })?;
         }
-        if let Some(l) = &self.per_email {
-            l.check(&email.trim().to_lowercase())
+        if let Some(l) = &self.member_by_email {
+            l.check(Key::of(user.as_bytes()))
                 .map_err(|wait| RateLimited {
                     wait,
-                    detail: "too many attempts for this account; retry later",
+                    detail: "too many members added by email; retry later, or add them by userId",
                 })?;
         }
         Ok(())
     }
-}
-
-/// An attempt over a limit: 429 `rate_limited` with `Retry-After`.
-#[derive(Debug)]
-pub struct RateLimited {
-    pub wait: Duration,
-    pub detail: &'static str,
 }
 
 impl From<RateLimited> for ApiError {

@@ -1,12 +1,19 @@
 //! One socket: authentication, the reader loop (subscribe, resume, auth renewal, rate limit,
 //! keepalive) and the writer task that drains the outbox in batches.
+//!
+//! A subscribe runs beside the reader loop, not inside it: a long replay to a client that reads
+//! slowly must not stop the loop's timers (token expiry, the ping timeout). While one runs, the
+//! loop holds at most one more message and reads no further (a client cannot queue work).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::Realtime;
@@ -16,6 +23,7 @@ use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMes
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
 use crate::domain::TeamId;
+use crate::limits::MessageLimit;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
 use crate::store::{StoreError, Tx};
@@ -23,7 +31,7 @@ use tungstenite::Message;
 
 /// How many times a subscribe re-reads its snapshot while the team's dispatch moves under it.
 const JOIN_ATTEMPTS: usize = 64;
-/// Log entries read per step of a replay.
+/// Log entries read per step of a replay (the store also bounds a step's size).
 const REPLAY_BATCH: i64 = 1_000;
 /// Rejected messages in a row after which a flooding socket is closed.
 const RATE_STRIKES: u32 = 50;
@@ -42,47 +50,20 @@ impl From<StoreError> for SubscribeError {
     }
 }
 
-/// A token bucket: `rate` per second, up to `burst`.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-    strikes: u32,
-}
+/// A subscribe in progress, owned by the reader loop.
+type Subscribing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            at: Instant::now(),
-            strikes: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
-}
-
-struct Conn {
+/// What a subscribe needs of its connection; shared with the subscribe while it runs.
+#[derive(Clone)]
+struct Session {
     rt: Arc<Realtime>,
     id: ConnId,
     user: Uuid,
     outbox: Arc<Outbox>,
+}
+
+struct Conn {
+    session: Session,
     expires_at: OffsetDateTime,
 }
 
@@ -123,6 +104,10 @@ async fn authenticate(rt: &Realtime, stream: &mut Inbound, outbox: &Outbox) -> O
     let msg = tokio::select! {
         _ = &mut deadline => {
             outbox.close(CloseReason::Unauthorized);
+            return None;
+        }
+        () = rt.draining.cancelled() => {
+            outbox.close(CloseReason::GoingAway);
             return None;
         }
         msg = stream.next() => msg,
@@ -201,10 +186,12 @@ async fn serve(rt: &Arc<Realtime>, p: Principal, stream: &mut Inbound, outbox: &
     }
     tracing::info!(conn = id, user = %p.user_id, "socket connected");
     let mut conn = Conn {
-        rt: rt.clone(),
-        id,
-        user: p.user_id,
-        outbox: outbox.clone(),
+        session: Session {
+            rt: rt.clone(),
+            id,
+            user: p.user_id,
+            outbox: outbox.clone(),
+        },
         expires_at: p.expires_at,
     };
     conn.read_loop(stream).await;
@@ -220,12 +207,22 @@ fn instant_of(t: OffsetDateTime) -> Instant {
 
 impl Conn {
     async fn read_loop(&mut self, stream: &mut Inbound) {
-        let ping_every = self.rt.settings.ping_interval;
+        let rt = self.session.rt.clone();
+        let ping_every = rt.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
-        let mut limit = RateLimit::new(self.rt.settings.rate, self.rt.settings.burst);
-        let outbox = self.outbox.clone();
+        let mut limit = MessageLimit::new(rt.settings.rate, rt.settings.burst);
+        let outbox = self.session.outbox.clone();
+        let mut subscribing: Option<Subscribing> = None;
+        // A message read while a subscribe runs: handled once it is done.
+        let mut held: Option<Utf8Bytes> = None;
         loop {
+            if subscribing.is_none()
+                && let Some(text) = held.take()
+            {
+                subscribing = self.on_text(&text);
+                continue;
+            }
             let expiry = sleep_until(instant_of(self.expires_at));
             tokio::select! {
                 _ = outbox.closed() => return,
@@ -234,14 +231,20 @@ impl Conn {
                     return;
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > ping_every * 2 {
-                        tracing::info!(conn = self.id, "peer silent for two ping intervals; dropping it");
+                    // A peer with a message held is not silent: it is waiting for its subscribe.
+                    if held.is_none() && last_heard.elapsed() > ping_every * 2 {
+                        tracing::info!(conn = self.session.id, "peer silent for two ping intervals; dropping it");
                         outbox.close(CloseReason::Gone);
                         return;
                     }
                     outbox.push(Frame::Ping);
                 }
-                msg = stream.next() => {
+                () = async {
+                    if let Some(s) = subscribing.as_mut() {
+                        s.await;
+                    }
+                }, if subscribing.is_some() => subscribing = None,
+                msg = stream.next(), if held.is_none() => {
                     last_heard = Instant::now();
                     match msg {
                         None => {
@@ -261,16 +264,17 @@ impl Conn {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(other)) => {
                             if !limit.allow() {
-                                if limit.strikes >= RATE_STRIKES {
+                                if limit.refused_in_a_row >= RATE_STRIKES {
                                     outbox.close(CloseReason::RateLimited);
                                     return;
                                 }
-                                self.reply(ServerMessage::error("rate_limited", "slow down: too many messages"));
+                                self.session.reply(ServerMessage::error("rate_limited", "slow down: too many messages"));
                                 continue;
                             }
                             match other {
-                                Message::Text(text) => Box::pin(self.on_text(&text)).await,
-                                _ => self.reply(ServerMessage::error("bad_request", "binary frames are not part of the protocol")),
+                                Message::Text(text) if subscribing.is_some() => held = Some(text),
+                                Message::Text(text) => subscribing = self.on_text(&text),
+                                _ => self.session.reply(ServerMessage::error("bad_request", "binary frames are not part of the protocol")),
                             }
                         }
                     }
@@ -279,45 +283,56 @@ impl Conn {
         }
     }
 
-    fn reply(&self, msg: ServerMessage) {
-        self.outbox.push(Frame::Text(msg.frame()));
-    }
-
-    async fn on_text(&mut self, text: &str) {
+    /// Handles a client message; a subscribe is returned to run beside the reader loop.
+    fn on_text(&mut self, text: &str) -> Option<Subscribing> {
         let msg = match parse(text) {
             Ok(m) => m,
-            Err(why) => return self.reply(ServerMessage::error("bad_request", why)),
+            Err(why) => {
+                self.session.reply(ServerMessage::error("bad_request", why));
+                return None;
+            }
         };
         match msg {
-            ClientMessage::Ping => self.reply(ServerMessage::Pong),
+            ClientMessage::Ping => self.session.reply(ServerMessage::Pong),
             ClientMessage::Auth { token } => self.renew(&token),
-            ClientMessage::Subscribe(fields) => self.subscribe(&fields).await,
+            ClientMessage::Subscribe(fields) => {
+                let session = self.session.clone();
+                return Some(Box::pin(async move { session.subscribe(&fields).await }));
+            }
             ClientMessage::Unsubscribe(fields) => match fields.scope() {
                 Ok(scope) => {
-                    self.rt.hub.leave(self.id, scope.room());
-                    self.reply(ServerMessage::Unsubscribed {
+                    self.session.rt.hub.leave(self.session.id, scope.room());
+                    self.session.reply(ServerMessage::Unsubscribed {
                         scope,
                         reason: None,
                     });
                 }
-                Err(why) => self.reply(ServerMessage::error("bad_request", why)),
+                Err(why) => self.session.reply(ServerMessage::error("bad_request", why)),
             },
         }
+        None
     }
 
     /// A fresh token for the same user keeps the socket alive past the old one's expiry.
     fn renew(&mut self, token: &str) {
-        match self.rt.tokens.verify(token) {
-            Ok(p) if p.user_id == self.user => {
+        let session = &self.session;
+        match session.rt.tokens.verify(token) {
+            Ok(p) if p.user_id == session.user => {
                 self.expires_at = p.expires_at;
-                self.reply(ServerMessage::Authenticated {
+                session.reply(ServerMessage::Authenticated {
                     user_id: p.user_id,
                     expires_at: p.expires_at,
                 });
             }
-            Ok(_) | Err(AuthError::Invalid) => self.outbox.close(CloseReason::Unauthorized),
-            Err(AuthError::Expired) => self.outbox.close(CloseReason::TokenExpired),
+            Ok(_) | Err(AuthError::Invalid) => session.outbox.close(CloseReason::Unauthorized),
+            Err(AuthError::Expired) => session.outbox.close(CloseReason::TokenExpired),
         }
+    }
+}
+
+impl Session {
+    fn reply(&self, msg: ServerMessage) {
+        self.outbox.push(Frame::Text(msg.frame()));
     }
 
     async fn subscribe(&self, fields: &ScopeFields) {
@@ -396,17 +411,19 @@ impl Conn {
                 }
                 checked_bounds = true;
             }
+            // The snapshot is not held while the replay waits on the socket: a client that
+            // stops reading must not hold a database connection.
+            drop(tx);
             if let Some(from) = replayed {
                 let upto = self.rt.hub.dispatched(team).unwrap_or(0);
                 if upto > bounds.last_seq {
                     continue; // the hub is ahead of this snapshot: take a newer one
                 }
-                if !self.replay(&mut *tx, team, scope, from, upto).await? {
+                if !self.replay(team, scope, from, upto).await? {
                     return Ok(()); // the socket is closing
                 }
                 replayed = Some(upto.max(from));
             }
-            drop(tx);
             match self
                 .rt
                 .hub
@@ -456,18 +473,26 @@ impl Conn {
     }
 
     /// Queues the activities of `(from, upto]` that reach the room; false if the socket closes.
+    /// Each step reads in its own short transaction, released before the frames wait for the
+    /// writer; the outbox cuts a socket that takes nothing for its stall time.
     async fn replay(
         &self,
-        tx: &mut dyn Tx,
         team: TeamId,
         scope: Scope,
         from: i64,
         upto: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, SubscribeError> {
         let room = scope.room();
         let mut cursor = from;
         while cursor < upto {
-            let batch = tx.activities(team, cursor, upto, REPLAY_BATCH).await?;
+            let batch = {
+                let mut tx = self.rt.store.read().await?;
+                tx.activities(team, cursor, upto, REPLAY_BATCH).await?
+            };
+            // Pruned between two steps: the rest cannot be replayed faithfully.
+            if batch.first().is_none_or(|e| e.seq != cursor + 1) {
+                return Err(SubscribeError::ResumeUnavailable);
+            }
             let Some(last) = batch.last().map(|e| e.seq) else {
                 break;
             };
@@ -512,18 +537,30 @@ async fn write_loop(mut out: Outbound, outbox: Arc<Outbox>) {
     loop {
         match outbox.next_batch(&mut batch).await {
             None => {
-                let written = out.write_batch(&batch).await;
+                let written = out.write_batch(&batch, outbox.stall()).await;
                 batch.clear();
                 batch.shrink_to(RETAINED_FRAMES);
-                if written.is_err() {
-                    outbox.close(CloseReason::Gone);
-                    return;
+                match written {
+                    Ok(()) => {}
+                    // The peer stopped reading: cut it as a slow consumer (it may resume). The
+                    // socket cannot take a close frame either, so none is tried.
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        tracing::info!("a write made no progress; cutting the socket");
+                        outbox.cut();
+                        return;
+                    }
+                    Err(_) => {
+                        outbox.close(CloseReason::Gone);
+                        return;
+                    }
                 }
             }
             Some(reason) => {
                 if let Some(code) = reason.error_code() {
                     let msg = ServerMessage::error(code, close_message(reason));
-                    let _ = out.write_batch(&[Frame::Text(msg.frame())]).await;
+                    let _ = out
+                        .write_batch(&[Frame::Text(msg.frame())], outbox.stall())
+                        .await;
                 }
                 let _ = out.close(reason.code(), close_message(reason)).await;
                 return;

@@ -99,6 +99,21 @@ struct State {
     presence_dirty: HashMap<TaskId, (TeamId, bool)>,
     shared_presence: bool,
     next_stamp: u64,
+    /// Subscriptions by scope (team, board, task), kept as they change so that a metrics scrape
+    /// reads three numbers instead of walking every room under the lock.
+    subscriptions: [usize; 3],
+    /// Set by `close_all`: a connection registered after it is closed at once.
+    closing: Option<CloseReason>,
+}
+
+/// The `subscriptions` slot of a room's scope; user rooms are not subscriptions.
+fn scope_slot(room: Room) -> Option<usize> {
+    match room {
+        Room::Team(_) => Some(0),
+        Room::Board(_) => Some(1),
+        Room::Task(_) => Some(2),
+        Room::User(_) => None,
+    }
 }
 
 /// A task's local viewers, to be recorded in the shared presence.
@@ -188,6 +203,10 @@ impl Hub {
             stamp: AtomicU64::new(0),
         });
         let mut s = self.state.lock();
+        if let Some(reason) = s.closing {
+            // Upgraded while the server was shutting down: close it like the others.
+            member.outbox.close(reason);
+        }
         s.rooms
             .entry(Room::User(user.user_id))
             .or_default()
@@ -462,8 +481,13 @@ impl Hub {
             let member = conn.member.clone();
             let user = conn.user.clone();
             s.rooms.entry(room).or_default().insert(id, member.clone());
-            if fresh && let Some(t) = s.teams.get_mut(&team) {
-                t.refs += 1;
+            if fresh {
+                if let Some(t) = s.teams.get_mut(&team) {
+                    t.refs += 1;
+                }
+                if let Some(k) = scope_slot(room) {
+                    s.subscriptions[k] += 1;
+                }
             }
             let presence = match scope {
                 Scope::Task(task) => {
@@ -578,9 +602,10 @@ impl Hub {
         Ok(out)
     }
 
-    /// Closes every connection (server shutdown).
+    /// Closes every connection, and every one registered from now on (server shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        let s = self.state.lock();
+        let mut s = self.state.lock();
+        s.closing = Some(reason);
         for conn in s.conns.values() {
             conn.member.outbox.close(reason);
         }
@@ -590,26 +615,31 @@ impl Hub {
         self.state.lock().conns.len()
     }
 
-    /// Sets the connection and subscription gauges from the live state (at a scrape).
+    /// Sets the connection and subscription gauges from the live state (at a scrape): a few
+    /// numbers read under the lock, whatever the number of rooms.
     pub fn record_gauges(&self) {
         let (conns, per_kind) = {
             let s = self.state.lock();
-            let mut per_kind = [0usize; 3];
-            for (room, members) in &s.rooms {
-                let k = match room {
-                    Room::Team(_) => 0,
-                    Room::Board(_) => 1,
-                    Room::Task(_) => 2,
-                    Room::User(_) => continue,
-                };
-                per_kind[k] += members.len();
-            }
-            (s.conns.len(), per_kind)
+            (s.conns.len(), s.subscriptions)
         };
         metrics::gauge!(telemetry::WS_CONNECTIONS).set(conns as f64);
         for (k, scope) in ["team", "board", "task"].into_iter().enumerate() {
             metrics::gauge!(telemetry::WS_SUBSCRIPTIONS, "scope" => scope).set(per_kind[k] as f64);
         }
+    }
+
+    /// Subscriptions by scope, counted by walking the rooms (tests compare it with the kept
+    /// counts).
+    #[cfg(test)]
+    fn counted_subscriptions(&self) -> [usize; 3] {
+        let s = self.state.lock();
+        let mut per_kind = [0usize; 3];
+        for (room, members) in &s.rooms {
+            if let Some(k) = scope_slot(*room) {
+                per_kind[k] += members.len();
+            }
+        }
+        per_kind
     }
 }
 
@@ -784,6 +814,9 @@ impl State {
     /// Takes a connection out of a room it was subscribed to (subs already updated by the caller).
     fn leave_room(&mut self, id: ConnId, room: Room, team: TeamId, user: &PresenceUser) {
         self.remove_from_room(room, id);
+        if let Some(k) = scope_slot(room) {
+            self.subscriptions[k] = self.subscriptions[k].saturating_sub(1);
+        }
         if let Room::Task(task) = room {
             self.leave_presence(team, task, user);
         }
@@ -865,5 +898,91 @@ impl State {
                 m.outbox.push_live(frame.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::InProcessBus;
+    use crate::realtime::outbox::Limits;
+    use uuid::Uuid;
+
+    async fn hub() -> (Hub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::connect(&url, 2).await.expect("a store");
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(64));
+        (Hub::new(store, bus, 10), dir)
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(Limits {
+            frames: 64,
+            bytes: 1 << 20,
+            replay_frames: 8,
+            replay_bytes: 1 << 20,
+            stall: Duration::from_secs(5),
+        }))
+    }
+
+    fn user() -> PresenceUser {
+        PresenceUser {
+            user_id: Uuid::now_v7(),
+            display_name: "Ann".to_owned(),
+        }
+    }
+
+    /// The subscription gauges come from counts kept on join and leave; they must always agree
+    /// with a walk over the rooms, through joins, leaves, repeats and unregisters.
+    #[tokio::test]
+    async fn kept_subscription_counts_match_the_rooms() {
+        let (hub, _dir) = hub().await;
+        let team = Uuid::now_v7();
+        let pin = hub.follow(team).await.expect("followed");
+        let a = hub.register(user(), outbox());
+        let b = hub.register(user(), outbox());
+        let task = Uuid::now_v7();
+        let scopes = [
+            Scope::Team(team),
+            Scope::Board(Uuid::now_v7()),
+            Scope::Task(task),
+        ];
+        for id in [a, b] {
+            for scope in scopes {
+                assert_eq!(hub.join(id, scope, team, 0, None, &[]), Join::Joined(0));
+            }
+        }
+        // Joining a room twice is one subscription.
+        assert_eq!(hub.join(a, scopes[0], team, 0, None, &[]), Join::Joined(0));
+        assert_eq!(hub.state.lock().subscriptions, [2, 2, 2]);
+        assert_eq!(hub.counted_subscriptions(), [2, 2, 2]);
+        assert!(hub.leave(a, Room::Task(task)));
+        assert!(!hub.leave(a, Room::Task(task)));
+        let kept = hub.state.lock().subscriptions;
+        assert_eq!(kept, hub.counted_subscriptions());
+        hub.unregister(b);
+        assert_eq!(hub.state.lock().subscriptions, [1, 1, 0]);
+        assert_eq!(hub.counted_subscriptions(), [1, 1, 0]);
+        drop(pin);
+    }
+
+    /// A connection that registers after the shutdown began is closed at once with the same
+    /// reason, instead of being left open while the process exits.
+    #[tokio::test]
+    async fn a_connection_registered_after_close_all_is_closed() {
+        let (hub, _dir) = hub().await;
+        let early = outbox();
+        hub.register(user(), early.clone());
+        hub.close_all(CloseReason::GoingAway);
+        assert!(early.is_closed());
+        let late = outbox();
+        hub.register(user(), late.clone());
+        assert!(late.is_closed());
+        let mut batch = Vec::new();
+        assert_eq!(
+            late.next_batch(&mut batch).await,
+            Some(CloseReason::GoingAway)
+        );
     }
 }

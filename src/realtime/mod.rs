@@ -20,12 +20,14 @@ use axum::extract::{Query, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusEvent};
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer;
-use crate::limits::{KeyedLimiter, client_ip};
+use crate::limits::{Key, KeyedLimiter, client_ip};
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use hub::Hub;
@@ -35,9 +37,8 @@ use socket::Upgrade;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub auth_timeout: Duration,
-    pub queue_limit: usize,
-    /// Replayed frames a socket may have unwritten before the replay waits for the writer.
-    pub replay_window: usize,
+    /// What one socket may make the server hold for it (frames, bytes, replay window, stall).
+    pub outbox: outbox::Limits,
     pub max_subscriptions: usize,
     pub rate: u32,
     pub burst: u32,
@@ -58,8 +59,13 @@ impl Settings {
     pub fn from_config(c: &Config) -> Self {
         Self {
             auth_timeout: c.ws_auth_timeout,
-            queue_limit: c.ws_queue_limit.max(1),
-            replay_window: 256,
+            outbox: outbox::Limits {
+                frames: c.ws_queue_limit.max(1),
+                bytes: c.ws_queue_bytes.max(64 * 1024),
+                replay_frames: 256,
+                replay_bytes: 256 * 1024,
+                stall: c.ws_write_timeout.max(Duration::from_millis(100)),
+            },
             max_subscriptions: c.ws_max_subscriptions,
             rate: c.ws_rate,
             burst: c.ws_burst.max(1),
@@ -81,6 +87,10 @@ pub struct Realtime {
     tokens: Arc<TokenService>,
     settings: Settings,
     connect_limit: Option<KeyedLimiter>,
+    /// Cancelled when the server starts shutting down: no new sockets from then on.
+    draining: CancellationToken,
+    /// Every socket's task, from the upgrade on: shutdown waits for them to close.
+    sockets: TaskTracker,
 }
 
 impl Realtime {
@@ -126,12 +136,22 @@ impl Realtime {
             tokens,
             connect_limit: KeyedLimiter::per_minute(settings.connect_per_minute),
             settings,
+            draining: CancellationToken::new(),
+            sockets: TaskTracker::new(),
         })
     }
 
-    /// Closes every socket with 1001 (the server is going away).
+    /// Closes every socket with 1001 (the server is going away), including those upgraded but not
+    /// yet authenticated, and refuses new upgrades (503).
     pub fn shutdown(&self) {
+        self.draining.cancel();
         self.hub.close_all(CloseReason::GoingAway);
+        self.sockets.close();
+    }
+
+    /// Resolves once every socket's task has ended (after `shutdown`).
+    pub async fn closed(&self) {
+        self.sockets.wait().await;
     }
 
     /// After the sockets are closed: takes this instance's viewers out of the shared presence.
@@ -189,9 +209,18 @@ async fn upgrade(
     parts: Parts,
     ws: Upgrade,
 ) -> Response {
+    if rt.draining.is_cancelled() {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this instance is shutting down; reconnect (to another instance) and resume",
+        );
+        e.retry_after = Some(1);
+        return e.into_response();
+    }
     if let Some(limit) = &rt.connect_limit
         && let Some(ip) = client_ip(&parts, rt.settings.trust_forwarded)
-        && let Err(wait) = limit.check(&ip.to_string())
+        && let Err(wait) = limit.check(Key::ip(ip))
     {
         return ApiError::rate_limited(wait, "too many connection attempts from this address")
             .into_response();
@@ -219,11 +248,12 @@ async fn upgrade(
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let outbox = Arc::new(Outbox::new(
-        rt.settings.queue_limit,
-        rt.settings.replay_window,
-    ));
-    ws.on_upgrade(config, outbox.clone(), move |inbound, outbound| {
-        connection::run(inbound, outbound, outbox, rt, principal)
-    })
+    let outbox = Arc::new(Outbox::new(rt.settings.outbox));
+    let sockets = rt.sockets.clone();
+    ws.on_upgrade(
+        &sockets,
+        config,
+        outbox.clone(),
+        move |inbound, outbound| connection::run(inbound, outbound, outbox, rt, principal),
+    )
 }

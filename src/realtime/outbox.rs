@@ -6,6 +6,7 @@
 //! everything queued at once and writes it as one batch.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -76,11 +77,44 @@ pub enum Frame {
 /// Queue slots an outbox (and a writer's batch) keeps between bursts.
 pub const RETAINED_FRAMES: usize = 8;
 
+impl Frame {
+    /// The bytes this frame holds in a queue: its payload, plus a slot's worth so that a flood of
+    /// empty frames counts too.
+    fn cost(&self) -> usize {
+        const SLOT: usize = 32;
+        SLOT + match self {
+            Frame::Text(t) => t.len(),
+            Frame::Ping => 0,
+            Frame::Raw(b) => b.len(),
+        }
+    }
+}
+
+/// What one socket may make the server hold for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Frames queued unwritten (live frames and replies); one more cuts the socket.
+    pub frames: usize,
+    /// Bytes queued unwritten, every kind of frame counted; one more frame past it cuts the socket.
+    pub bytes: usize,
+    /// Replayed frames unwritten before the replay waits for the writer.
+    pub replay_frames: usize,
+    /// Replayed bytes unwritten before the replay waits for the writer.
+    pub replay_bytes: usize,
+    /// A replay that waits this long without the writer taking anything cuts the socket.
+    pub stall: Duration,
+}
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<Frame>,
-    live: usize,
+    /// Live frames and replies queued.
+    queued: usize,
+    /// Bytes of everything queued.
+    bytes: usize,
+    /// Replayed frames queued, and their bytes.
     replay: usize,
+    replay_bytes: usize,
     closed: Option<CloseReason>,
 }
 
@@ -89,60 +123,76 @@ pub struct Outbox {
     ready: Notify,
     closing: Notify,
     drained: Notify,
-    live_limit: usize,
-    replay_window: usize,
+    limits: Limits,
 }
 
 impl Outbox {
-    pub fn new(live_limit: usize, replay_window: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             closing: Notify::new(),
             drained: Notify::new(),
-            live_limit,
-            replay_window,
+            limits,
         }
     }
 
-    /// Queues a live frame; over the limit the connection is cut (returns false).
+    /// Queues a live frame; over the limits the connection is cut (returns false).
     pub fn push_live(&self, frame: Frame) -> bool {
+        self.push_counted(frame)
+    }
+
+    /// Queues a reply to the client's own message. Replies count against the same limits as live
+    /// frames: a client that sends without reading is cut like one that does not keep up.
+    pub fn push(&self, frame: Frame) {
+        self.push_counted(frame);
+    }
+
+    fn push_counted(&self, frame: Frame) -> bool {
+        let cost = frame.cost();
         let mut s = self.state.lock();
         if s.closed.is_some() {
             return false;
         }
-        if s.live >= self.live_limit {
-            s.closed = Some(CloseReason::SlowConsumer);
-            metrics::counter!(crate::telemetry::SLOW_CONSUMER_CUTS).increment(1);
-            metrics::counter!(crate::telemetry::FRAMES_DROPPED)
-                .increment(s.frames.len() as u64 + 1);
-            s.frames.clear();
+        if s.queued >= self.limits.frames || s.bytes + cost > self.limits.bytes {
             drop(s);
-            self.ready.notify_one();
-            self.drained.notify_waiters();
-            self.closing.notify_waiters();
+            self.cut();
             return false;
         }
-        s.live += 1;
+        s.queued += 1;
+        s.bytes += cost;
         s.frames.push_back(frame);
         drop(s);
         self.ready.notify_one();
         true
     }
 
-    /// Queues a reply to the client's own message.
-    pub fn push(&self, frame: Frame) {
+    /// Cuts the connection as a slow consumer: what is queued is dropped, the writer closes 4008.
+    pub fn cut(&self) {
         let mut s = self.state.lock();
-        if s.closed.is_none() {
-            s.frames.push_back(frame);
-            drop(s);
-            self.ready.notify_one();
+        if s.closed.is_some() {
+            return;
         }
+        s.closed = Some(CloseReason::SlowConsumer);
+        metrics::counter!(crate::telemetry::SLOW_CONSUMER_CUTS).increment(1);
+        metrics::counter!(crate::telemetry::FRAMES_DROPPED).increment(s.frames.len() as u64);
+        s.frames.clear();
+        s.frames.shrink_to(RETAINED_FRAMES);
+        s.queued = 0;
+        s.bytes = 0;
+        s.replay = 0;
+        s.replay_bytes = 0;
+        drop(s);
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+        self.closing.notify_waiters();
     }
 
-    /// Queues a replayed frame, waiting while `replay_window` of them are still unwritten.
-    /// False once the connection is closing.
+    /// Queues a replayed frame, waiting while the replay window (frames or bytes) is full; a
+    /// frame larger than the window goes alone. False once the connection is closing; a wait of
+    /// `stall` without the writer taking anything cuts it.
     pub async fn push_replay(&self, frame: Frame) -> bool {
+        let cost = frame.cost();
         loop {
             let drained = self.drained.notified();
             {
@@ -150,15 +200,26 @@ impl Outbox {
                 if s.closed.is_some() {
                     return false;
                 }
-                if s.replay < self.replay_window {
+                let fits = s.replay < self.limits.replay_frames
+                    && s.replay_bytes + cost <= self.limits.replay_bytes;
+                if fits || s.replay == 0 {
                     s.replay += 1;
+                    s.replay_bytes += cost;
+                    s.bytes += cost;
                     s.frames.push_back(frame);
                     drop(s);
                     self.ready.notify_one();
                     return true;
                 }
             }
-            drained.await;
+            if tokio::time::timeout(self.limits.stall, drained)
+                .await
+                .is_err()
+            {
+                tracing::info!("replay made no progress; cutting the socket");
+                self.cut();
+                return false;
+            }
         }
     }
 
@@ -189,6 +250,11 @@ impl Outbox {
         self.state.lock().closed.is_some()
     }
 
+    /// The writer's stall limit (see `Limits::stall`).
+    pub fn stall(&self) -> Duration {
+        self.limits.stall
+    }
+
     /// Waits for frames; moves all queued ones into `batch`. Returns the close reason once the
     /// queue is empty and the connection is closing.
     pub async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<CloseReason> {
@@ -203,8 +269,10 @@ impl Outbox {
                     if s.frames.capacity() > RETAINED_FRAMES {
                         s.frames.shrink_to(RETAINED_FRAMES);
                     }
-                    s.live = 0;
+                    s.queued = 0;
+                    s.bytes = 0;
                     s.replay = 0;
+                    s.replay_bytes = 0;
                     drop(s);
                     self.drained.notify_waiters();
                     return None;
@@ -222,18 +290,47 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn limits(frames: usize, bytes: usize) -> Limits {
+        Limits {
+            frames,
+            bytes,
+            replay_frames: 2,
+            replay_bytes: 1 << 20,
+            stall: Duration::from_secs(5),
+        }
+    }
+
     #[test]
     fn a_full_live_queue_cuts_the_connection() {
-        let o = Outbox::new(2, 8);
+        let o = Outbox::new(limits(2, 1 << 20));
         assert!(o.push_live(Frame::Text("a".into())));
         assert!(o.push_live(Frame::Text("b".into())));
         assert!(!o.push_live(Frame::Text("c".into())));
         assert!(o.is_closed());
     }
 
+    /// Replies count too, and in bytes: a client that sends without reading is cut.
+    #[tokio::test]
+    async fn replies_count_in_bytes() {
+        let o = Outbox::new(limits(1000, 1000));
+        let big: String = "x".repeat(400);
+        o.push(Frame::Text(big.clone().into()));
+        o.push(Frame::Text(big.clone().into()));
+        assert!(!o.is_closed());
+        o.push(Frame::Text(big.into()));
+        assert!(o.is_closed(), "the third reply is past 1,000 bytes");
+        let mut batch = Vec::new();
+        assert_eq!(
+            o.next_batch(&mut batch).await,
+            Some(CloseReason::SlowConsumer),
+            "what was queued is dropped with the cut"
+        );
+        assert!(batch.is_empty());
+    }
+
     #[tokio::test]
     async fn the_writer_takes_everything_queued_at_once() {
-        let o = Outbox::new(8, 8);
+        let o = Outbox::new(limits(8, 1 << 20));
         o.push_live(Frame::Text("a".into()));
         o.push(Frame::Text("b".into()));
         let mut batch = Vec::new();
@@ -241,5 +338,46 @@ mod tests {
         assert_eq!(batch.len(), 2);
         o.close(CloseReason::GoingAway);
         assert_eq!(o.next_batch(&mut batch).await, Some(CloseReason::GoingAway));
+    }
+
+    /// A replay waits for the writer while its window is full, and gives up (cutting the socket)
+    /// when the writer takes nothing for the stall time.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_that_makes_no_progress_cuts_the_socket() {
+        let o = Outbox::new(limits(8, 1 << 20));
+        assert!(o.push_replay(Frame::Text("1".into())).await);
+        assert!(o.push_replay(Frame::Text("2".into())).await);
+        let started = tokio::time::Instant::now();
+        assert!(!o.push_replay(Frame::Text("3".into())).await);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        assert!(o.is_closed());
+        let mut batch = Vec::new();
+        assert_eq!(
+            o.next_batch(&mut batch).await,
+            Some(CloseReason::SlowConsumer)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_goes_on_while_the_writer_drains() {
+        let o = std::sync::Arc::new(Outbox::new(limits(8, 1 << 20)));
+        let writer = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut batch = Vec::new();
+                while o.next_batch(&mut batch).await.is_none() {
+                    n += batch.len();
+                    batch.clear();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                n
+            })
+        };
+        for i in 0..10 {
+            assert!(o.push_replay(Frame::Text(i.to_string().into())).await);
+        }
+        o.close(CloseReason::GoingAway);
+        assert_eq!(writer.await.expect("the writer"), 10);
     }
 }

@@ -244,9 +244,18 @@ pub fn presence_frame(joined: bool, team: Uuid, task: Uuid, user: &PresenceUser)
 pub fn parse(text: &str) -> Result<ClientMessage, String> {
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
-        msg.split(" at line ").next().unwrap_or(&msg).to_owned()
+        let msg = msg.split(" at line ").next().unwrap_or(&msg);
+        // serde quotes what it did not expect (an unknown type, a bad id): never echo more than
+        // a short prefix of the client's input.
+        match msg.char_indices().nth(MAX_ECHO) {
+            Some((end, _)) => format!("{}…", &msg[..end]),
+            None => msg.to_owned(),
+        }
     })
 }
+
+/// The most characters of an error message derived from client input.
+const MAX_ECHO: usize = 160;
 
 #[cfg(test)]
 mod tests {
@@ -295,5 +304,19 @@ mod tests {
         assert!(parse(r#"{"type":"subscribe","teamId":"not-a-uuid"}"#).is_err());
         assert!(parse(r#"{"type":"launch"}"#).is_err());
         assert!(parse("{").is_err());
+    }
+
+    /// An error about the client's input quotes at most a short prefix of it.
+    #[test]
+    fn errors_do_not_echo_long_input() {
+        let long = "x".repeat(60_000);
+        for text in [
+            format!(r#"{{"type":"{long}"}}"#),
+            format!(r#"{{"type":"subscribe","teamId":"{long}"}}"#),
+            format!(r#"{{"type":"auth","token":{long}}}"#),
+        ] {
+            let why = parse(&text).expect_err("invalid");
+            assert!(why.chars().count() <= MAX_ECHO + 1, "{} chars", why.len());
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -24,6 +25,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::outbox::{Frame, Outbox};
@@ -98,6 +100,7 @@ impl Upgrade {
     /// Replies that tungstenite makes on its own (pongs) go through `outbox`.
     pub fn on_upgrade<F, Fut>(
         self,
+        tasks: &TaskTracker,
         config: WebSocketConfig,
         outbox: Arc<Outbox>,
         serve: F,
@@ -108,7 +111,7 @@ impl Upgrade {
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
@@ -229,10 +232,27 @@ pub struct Outbound<W = WriteHalf<Io>> {
 }
 
 impl<W: AsyncWrite + Unpin> Outbound<W> {
-    /// Writes every frame of `batch`, in order, with as few syscalls as the kernel allows.
-    pub async fn write_batch(&mut self, batch: &[Frame]) -> io::Result<()> {
+    /// Writes every frame of `batch`, in order, with as few syscalls as the kernel allows. A
+    /// write that makes no progress for `stall` fails with `TimedOut`: a peer that stopped
+    /// reading must not hold the writer (and what it holds) for ever.
+    pub async fn write_batch(&mut self, batch: &[Frame], stall: Duration) -> io::Result<()> {
         let mut at = Position::default();
-        std::future::poll_fn(|cx| self.poll_write_from(cx, batch, &mut at)).await
+        let deadline = tokio::time::sleep(stall);
+        tokio::pin!(deadline);
+        std::future::poll_fn(|cx| {
+            let before = (at.frame, at.offset);
+            if let Poll::Ready(done) = self.poll_write_from(cx, batch, &mut at) {
+                return Poll::Ready(done);
+            }
+            if (at.frame, at.offset) != before {
+                deadline.as_mut().reset(tokio::time::Instant::now() + stall);
+            }
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Writes a close frame with `code` and `reason` (or neither), then ends the TCP stream's
@@ -357,6 +377,19 @@ mod tests {
         assert!(!has_token(&h, header::UPGRADE, "websocket"));
     }
 
+    /// A peer that reads nothing: the write gives up after the stall time instead of waiting for
+    /// ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_times_out() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut out = Outbound { write: server };
+        let err = out
+            .write_batch(&[text(10_000)], Duration::from_secs(3))
+            .await
+            .expect_err("nobody reads");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
     /// Through a pipe that takes a few bytes at a time, a batch larger than one vectored write,
     /// with every length form, arrives whole and in order, and so does the close.
     #[tokio::test]
@@ -374,7 +407,9 @@ mod tests {
 
         let write = async move {
             let mut out = Outbound { write: server };
-            out.write_batch(&batch).await.expect("batch written");
+            out.write_batch(&batch, Duration::from_secs(30))
+                .await
+                .expect("batch written");
             out.close(Some(4008), "too many frames queued")
                 .await
                 .expect("closed");

@@ -33,9 +33,7 @@ impl Services {
         let next_cursor = match entries.last() {
             // The log is gapless: anything below the latest seq is more to read (a page may
             // stop short of `limit` when its activities are large).
-            Some(last) if last.seq < seq => {
-                Some(seq_cursor(last.seq))
-            }
+            Some(last) if last.seq < seq => Some(seq_cursor(last.seq)),
             _ => None,
         };
         Ok(Seqd {

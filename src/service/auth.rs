@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Result, ServiceError, Services, now};
-use crate::domain::rules::{check_display_name, check_registration, normalize_email};
+use crate::domain::rules::{
+    check_credential_sizes, check_display_name, check_registration, normalize_email,
+};
 use crate::domain::{DomainError, Role, Team, User, UserId};
 use crate::store::{PageAfter, StoreError};
 
@@ -139,16 +141,42 @@ fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Argon2id runs on the blocking pool: it takes tens of milliseconds by design.
+/// Argon2id costs tens of milliseconds and 19 MiB by design: at most one hash per core runs at
+/// once, on the blocking pool, and the rest wait their turn up to `HASH_QUEUE_DEADLINE` (then 503
+/// `unavailable` with `Retry-After`). A log-in storm costs time, not gigabytes.
+static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    tokio::sync::Semaphore::new(cores)
+});
+
+/// The longest a password hash waits for a core.
+const HASH_QUEUE_DEADLINE: Duration = Duration::from_secs(10);
+
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let permit = tokio::time::timeout(HASH_QUEUE_DEADLINE, HASHING.acquire())
+        .await
+        .map_err(|_| {
+            ServiceError::Busy(
+                "too many sign-ups and log-ins at once; retry shortly",
+                Duration::from_secs(2),
+            )
+        })?
+        .map_err(|e| ServiceError::Internal(format!("hashing queue closed: {e}")))?;
+    let out = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")));
+    drop(permit);
+    out
+}
+
 async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
             .map_err(|e| ServiceError::Internal(format!("hashing failed: {e}")))
     })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")))?
+    .await?
 }
 
 /// Verifies against `hash`, or against a throwaway hash when the account is unknown, so that both
@@ -160,15 +188,13 @@ async fn verify_password(password: String, hash: Option<String>) -> Result<bool>
             .map(|h| h.to_string())
             .unwrap_or_default()
     });
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let hash = hash.as_deref().unwrap_or(DUMMY_HASH.as_str());
-
         Argon2::default()
             .verify_password(password.as_bytes(), hash)
             .is_ok()
     })
     .await
-    .map_err(|e| ServiceError::Internal(format!("verifying task failed: {e}")))
 }
 
 fn unauthorized() -> ServiceError {
@@ -205,6 +231,8 @@ impl Services {
 
     pub async fn login(&self, email: &str, password: &str) -> Result<Session> {
         let email = normalize_email(email);
+        // Nothing longer than an account can have is looked up or hashed.
+        check_credential_sizes(&email, password)?;
         let found = self.store.read().await?.user_by_email(&email).await?;
         let (user, hash) = found.map_or((None, None), |(u, h)| (Some(u), Some(h)));
         let ok = verify_password(password.to_owned(), hash).await?;

@@ -32,6 +32,9 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The server is at capacity for this kind of work: retry after the given time.
+    #[error("busy: {0}")]
+    Busy(&'static str, std::time::Duration),
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;

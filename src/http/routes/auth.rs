@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::domain::User;
+use crate::domain::rules::{check_credential_sizes, normalize_email};
 use crate::http::AppState;
 use crate::http::error::ApiResult;
 use crate::http::extract::{Caller, ClientIp, Json};
@@ -55,13 +56,16 @@ pub struct PatchMeBody {
 /// Creates an account and signs it in.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", security(()), request_body = RegisterBody,
     responses((status = 201, body = Session), (status = 409, description = "email taken", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "too many attempts from this address or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
+        (status = 429, description = "too many attempts from this address, for this email from this address, or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many password hashes queued (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn register(
     State(s): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(b): Json<RegisterBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Session>)> {
-    s.auth_limits.check(ip, &b.email)?;
+    let email = normalize_email(&b.email);
+    check_credential_sizes(&email, &b.password)?;
+    s.limits.auth.check(ip, &email)?;
     let session = s
         .services
         .register(&b.email, &b.password, &b.display_name)
@@ -72,14 +76,18 @@ async fn register(
 /// Signs in; a wrong email and a wrong password get the same answer.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body = LoginBody,
     responses((status = 200, body = Session),
-        (status = 429, description = "too many attempts from this address or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "an email or password longer than any account can have", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too many attempts from this address, for this email from this address, or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many password hashes queued (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn login(
     State(s): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(b): Json<LoginBody>,
 ) -> ApiResult<axum::Json<Session>> {
-    s.auth_limits.check(ip, &b.email)?;
-    Ok(axum::Json(s.services.login(&b.email, &b.password).await?))
+    let email = normalize_email(&b.email);
+    check_credential_sizes(&email, &b.password)?;
+    s.limits.auth.check(ip, &email)?;
+    Ok(axum::Json(s.services.login(&email, &b.password).await?))
 }
 
 /// Rotates a refresh token. Reusing a rotated one revokes its whole family.

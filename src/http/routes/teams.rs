@@ -11,7 +11,7 @@ use super::{PageOf, PageQuery, WithSeq};
 use crate::domain::{Board, FieldError, Member, Role, Team};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::{Caller, Json, Path, Query};
+use crate::http::extract::{Caller, ClientIp, Json, Path, Query};
 use crate::service::MemberRef;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -108,15 +108,22 @@ async fn list_members(
 
 /// Adds a member (owner/admin); emits `member.added`.
 #[utoipa::path(post, path = "/teams/{teamId}/members", tag = "teams", params(("teamId" = Uuid, Path)), request_body = AddMemberBody,
-    responses((status = 201, body = Member), (status = 409, description = "already a member", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = Member), (status = 409, description = "already a member", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "by email: too many look-ups by this caller or from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json")))]
 async fn add_member(
     State(s): State<AppState>,
     Caller(user): Caller,
+    ClientIp(ip): ClientIp,
     Path(team): Path<Uuid>,
     Json(b): Json<AddMemberBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Member>)> {
     let who = match (b.email, b.user_id) {
-        (Some(email), None) => MemberRef::Email(email),
+        // Whether an email has an account is what log-in protects: looking one up is charged
+        // like a log-in attempt.
+        (Some(email), None) => {
+            s.limits.check_member_by_email(ip, user)?;
+            MemberRef::Email(email)
+        }
         (None, Some(id)) => MemberRef::Id(id),
         _ => {
             return Err(ApiError::validation(vec![FieldError::new(
