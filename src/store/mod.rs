@@ -163,7 +163,10 @@ pub trait Tx: Send {
     ) -> Result<Vec<Task>>;
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
     async fn update_task(&mut self, task: &Task) -> Result<()>;
-    async fn delete_task(&mut self, id: TaskId) -> Result<bool>;
+    /// Deletes a task and returns it as it was when deleted (None if it was gone): callers must
+    /// describe the delete from this row, not from an earlier read a concurrent update may have
+    /// outdated (PostgreSQL, READ COMMITTED).
+    async fn delete_task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// What creating a task needs, in one read: the caller's role, the board (`board` if it is
     /// one of the team's, else the team's default board when `board` is None), and the last
     /// position in that column. None if the caller is not a member.

@@ -704,12 +704,18 @@ macro_rules! impl_tx {
                 if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Stale) }
             }
 
-            async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM tasks WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(done.rows_affected() == 1)
+            async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
+                // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
+                // the DELETE waited for is the version deleted, not the one read before.
+                let row: Option<TaskRow> = sqlx::query_as(
+                    "DELETE FROM tasks WHERE id = $1 \
+                     RETURNING id, team_id, board_id, title, description, status, priority, assignee_user_id, \
+                     due_date, position, created_by, created_at, updated_at, version",
+                )
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(TryInto::try_into).transpose()
             }
 
             async fn task_slot(
