@@ -1,4 +1,5 @@
-//! Store correctness: a delete racing a move names the board the task was last on.
+//! Store correctness: a delete racing a move names the board the task was last on, and log
+//! pruning removes only a prefix of each team's seqs.
 mod common;
 
 use std::collections::HashMap;
@@ -7,9 +8,92 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::future::join_all;
 use serde_json::json;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-both_backends!(a_delete_racing_a_move_names_the_board_the_task_was_on,);
+both_backends!(
+    a_delete_racing_a_move_names_the_board_the_task_was_on,
+    pruning_keeps_the_log_gapless_when_timestamps_run_backwards,
+);
+
+/// A connection to the server's database, for what the API does not show.
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs `$body` with `$p` bound to whichever pool `$db` holds (each arm type-checks on its own).
+macro_rules! on_pool {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
+async fn db(srv: &TestServer) -> Db {
+    match srv.backend {
+        Backend::Sqlite => Db::Sqlite(
+            sqlx::SqlitePool::connect(&srv.db_url)
+                .await
+                .expect("open sqlite"),
+        ),
+        Backend::Postgres => Db::Postgres(
+            sqlx::PgPool::connect(&srv.db_url)
+                .await
+                .expect("open postgres"),
+        ),
+    }
+}
+
+impl Db {
+    /// The seqs a team's log holds, ascending.
+    async fn seqs(&self, team: Uuid) -> Vec<i64> {
+        const SQL: &str = "SELECT seq FROM activities WHERE team_id = $1 ORDER BY seq";
+        let rows: Vec<(i64,)> =
+            on_pool!(self, p => sqlx::query_as(SQL).bind(team).fetch_all(p).await)
+                .expect("read seqs");
+        rows.into_iter().map(|(s,)| s).collect()
+    }
+
+    /// (published watermark, latest seq) of a team.
+    async fn watermark(&self, team: Uuid) -> (i64, i64) {
+        const SQL: &str = "SELECT o.published_seq, t.last_seq FROM team_outbox o \
+                           JOIN teams t ON t.id = o.team_id WHERE t.id = $1";
+        on_pool!(self, p => sqlx::query_as(SQL).bind(team).fetch_one(p).await)
+            .expect("read watermark")
+    }
+
+    async fn set_ts(&self, team: Uuid, seq: i64, ts: OffsetDateTime) {
+        const SQL: &str = "UPDATE activities SET ts = $3 WHERE team_id = $1 AND seq = $2";
+        let done = on_pool!(self, p => sqlx::query(SQL).bind(team).bind(seq).bind(ts).execute(p).await.map(|d| d.rows_affected()))
+            .expect("set ts");
+        assert_eq!(done, 1, "activity {seq} exists");
+    }
+
+    async fn close(self) {
+        on_pool!(self, p => p.close().await)
+    }
+}
+
+/// Polls `probe` until it returns true, at most `limit`; returns its last answer.
+async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 1. A DELETE racing a move of the same task
@@ -104,4 +188,70 @@ async fn a_delete_racing_a_move_names_the_board_the_task_was_on(b: Backend) {
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Pruning by timestamp
+// ---------------------------------------------------------------------------------------------
+
+/// Timestamps come from each instance's clock, so a later seq can carry an earlier `ts`. Seqs 1-3
+/// and 5 are made older than the retention, 4 is recent: pruning may remove 1-3 only, and the log
+/// stays gapless from its oldest seq, which is where resuming stops being possible.
+async fn pruning_keeps_the_log_gapless_when_timestamps_run_backwards(b: Backend) {
+    let mut srv = TestServer::start_with(b, &[("TASKFORGE_LOG_RETENTION", "1h")]).await;
+    let api = srv.client();
+    let owner = api.new_user("Pruner").await;
+    let team = api.create_team(owner.token(), "Prune").await;
+    for i in 0..8 {
+        api.task(owner.token(), team.id, &format!("t{i}")).await;
+    }
+    let last = api.team_seq(owner.token(), team.id).await;
+    assert!(last >= 8, "at least 8 activities: {last}");
+
+    let db = db(&srv).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            db.watermark(team.id).await.0 == last
+        })
+        .await,
+        "the relay publishes the log (pruning only touches published activities)"
+    );
+    let old = OffsetDateTime::now_utc() - time::Duration::hours(2);
+    for seq in [1, 2, 3, 5] {
+        db.set_ts(team.id, seq, old).await;
+    }
+    // The log is pruned shortly after start (and then every prune interval).
+    srv.restart().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            db.seqs(team.id).await.first() != Some(&1)
+        })
+        .await,
+        "the log was pruned"
+    );
+    let seqs = db.seqs(team.id).await;
+    assert_eq!(
+        seqs,
+        (4..=last).collect::<Vec<_>>(),
+        "only the prefix below the first recent seq (4) is pruned; the log stays gapless"
+    );
+    db.close().await;
+
+    let api = srv.client();
+    let login: AuthResponse = api.login(&owner.user.email, PASSWORD).await.parse(200);
+    let tok = login.token();
+    let resumed = api.activity_since(tok, team.id, 3).await;
+    assert_eq!(
+        resumed.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        (4..=last).collect::<Vec<_>>(),
+        "since = oldest kept - 1 is served in full"
+    );
+    let path = format!("/api/v1/teams/{}/activity?since=", team.id);
+    api.get(&format!("{path}4"), tok).await.ok(200);
+    api.get(&format!("{path}2"), tok)
+        .await
+        .problem(410, "resume_unavailable");
+    api.get(&format!("{path}0"), tok)
+        .await
+        .problem(410, "resume_unavailable");
 }

@@ -206,7 +206,8 @@ pub trait Tx: Send {
     async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> Result<()>;
     /// Teams whose log holds activities above the published watermark: (team, watermark).
     async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
-    /// Deletes published activities older than `before`; returns how many.
+    /// Deletes, per team, the published activities older than `before` that lie below every
+    /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.
     async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;
 }
 

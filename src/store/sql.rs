@@ -941,9 +941,23 @@ macro_rules! impl_tx {
             }
 
             async fn prune_log(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
+                // Only a prefix of each team's seqs may go, or resuming would skip what is kept
+                // above a hole; and `ts` comes from each writer's clock, so it is not monotonic in
+                // seq. The candidates (old and published) are numbered per team in seq order: a
+                // candidate is in the prefix when it and every seq below it, down to the team's
+                // oldest, are candidates, i.e. when `seq - its number` is still `oldest - 1`.
+                // One statement, and the subquery is not correlated with the rows deleted, so each
+                // engine evaluates it once.
                 let done = sqlx::query(
-                    "DELETE FROM activities WHERE ts < $1 AND seq <= \
-                     (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = activities.team_id)",
+                    "DELETE FROM activities WHERE (team_id, seq) IN ( \
+                       SELECT c.team_id, c.seq FROM ( \
+                         SELECT a.team_id, a.seq, \
+                                a.seq - ROW_NUMBER() OVER (PARTITION BY a.team_id ORDER BY a.seq) AS run \
+                         FROM activities a JOIN team_outbox o ON o.team_id = a.team_id \
+                         WHERE a.ts < $1 AND a.seq <= o.published_seq \
+                       ) c \
+                       WHERE c.run = (SELECT MIN(f.seq) - 1 FROM activities f WHERE f.team_id = c.team_id) \
+                     )",
                 )
                 .bind(before)
                 .execute(&mut *self.tx)
