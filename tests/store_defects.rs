@@ -1,5 +1,6 @@
-//! Store correctness: a delete racing a move names the board the task was last on, and log
-//! pruning removes only a prefix of each team's seqs.
+//! Store correctness: a delete racing a move names the board the task was last on, log pruning
+//! removes only a prefix of each team's seqs, and refresh / logout of tokens that cannot succeed
+//! never wait for SQLite's single writer.
 mod common;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 both_backends!(
     a_delete_racing_a_move_names_the_board_the_task_was_on,
     pruning_keeps_the_log_gapless_when_timestamps_run_backwards,
+    unknown_tokens_and_reuse_detection,
 );
 
 /// A connection to the server's database, for what the API does not show.
@@ -254,4 +256,105 @@ async fn pruning_keeps_the_log_gapless_when_timestamps_run_backwards(b: Backend)
     api.get(&format!("{path}0"), tok)
         .await
         .problem(410, "resume_unavailable");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Refresh and logout of tokens that cannot succeed
+// ---------------------------------------------------------------------------------------------
+
+/// Unknown tokens answer 401 / 204, and a rotated token presented again still revokes its family.
+async fn unknown_tokens_and_reuse_detection(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    api.refresh("never-issued")
+        .await
+        .problem(401, "unauthorized");
+    api.logout("never-issued").await.ok(204);
+
+    let u = api.new_user("Reuse").await;
+    let second: AuthResponse = api.refresh(&u.refresh_token).await.parse(200);
+    api.refresh(&u.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.refresh(&second.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+}
+
+/// Holds SQLite's write lock from outside the server (`BEGIN IMMEDIATE` on the database file).
+struct WriteLock(sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::SqlitePool);
+
+impl WriteLock {
+    async fn take(srv: &TestServer) -> WriteLock {
+        let pool = sqlx::SqlitePool::connect(&srv.db_url)
+            .await
+            .expect("open sqlite");
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .expect("take the write lock");
+        WriteLock(conn, pool)
+    }
+
+    async fn release(mut self) {
+        sqlx::query("ROLLBACK")
+            .execute(&mut *self.0)
+            .await
+            .expect("release the write lock");
+        drop(self.0);
+        self.1.close().await;
+    }
+}
+
+/// While another connection holds SQLite's write lock, refresh and logout of unknown and revoked
+/// tokens still answer 401 / 204: they are decided from a read snapshot. (Before, they waited for
+/// the writer until its busy timeout and failed with 500.) Reuse detection still writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_tokens_do_not_wait_for_the_sqlite_writer() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let u = api.new_user("Busy").await;
+    let rotated: AuthResponse = api.refresh(&u.refresh_token).await.parse(200);
+    let out: AuthResponse = api.login(&u.user.email, PASSWORD).await.parse(200);
+    api.logout(&out.refresh_token).await.ok(204);
+
+    let lock = WriteLock::take(&srv).await;
+    api.refresh("never-issued")
+        .await
+        .problem(401, "unauthorized");
+    api.logout("never-issued").await.ok(204);
+    api.refresh(&out.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.logout(&out.refresh_token).await.ok(204);
+    lock.release().await;
+
+    // A rotated token presented again revokes its family, the token it was rotated into too.
+    api.refresh(&u.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.refresh(&rotated.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+}
+
+/// The same for an expired token (one-second lifetime): refused from the read snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_do_not_wait_for_the_sqlite_writer() {
+    let srv =
+        TestServer::start_with(Backend::Sqlite, &[("TASKFORGE_REFRESH_TOKEN_TTL", "1s")]).await;
+    let api = srv.client();
+    let u = api.new_user("Late").await;
+    // Expiry is absolute: after two seconds the token is past it, however slow the machine.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lock = WriteLock::take(&srv).await;
+    api.refresh(&u.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.logout(&u.refresh_token).await.ok(204);
+    lock.release().await;
+    api.refresh(&u.refresh_token)
+        .await
+        .problem(401, "unauthorized");
 }
