@@ -1,6 +1,7 @@
-//! Store correctness: a delete racing a move names the board the task was last on, log pruning
-//! removes only a prefix of each team's seqs, and refresh / logout of tokens that cannot succeed
-//! never wait for SQLite's single writer.
+//! Store and relay correctness: a delete racing a move names the board the task was last on, log
+//! pruning removes only a prefix of each team's seqs, the relay's record of unpublished teams
+//! empties once they are published, and refresh / logout of tokens that cannot succeed never wait
+//! for SQLite's single writer.
 mod common;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 both_backends!(
     a_delete_racing_a_move_names_the_board_the_task_was_on,
     pruning_keeps_the_log_gapless_when_timestamps_run_backwards,
+    unpublished_team_rows_go_away_once_published,
     unknown_tokens_and_reuse_detection,
 );
 
@@ -50,6 +52,14 @@ async fn db(srv: &TestServer) -> Db {
 }
 
 impl Db {
+    /// `SELECT COUNT(*) ... WHERE <column> = $1`-style counts with one id bound.
+    async fn count(&self, sql: &str, id: Uuid) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let (n,): (i64,) = on_pool!(self, p => sqlx::query_as(sql).bind(id).fetch_one(p).await)
+            .unwrap_or_else(|e| panic!("count failed: {e}"));
+        n
+    }
+
     /// The seqs a team's log holds, ascending.
     async fn seqs(&self, team: Uuid) -> Vec<i64> {
         const SQL: &str = "SELECT seq FROM activities WHERE team_id = $1 ORDER BY seq";
@@ -256,6 +266,52 @@ async fn pruning_keeps_the_log_gapless_when_timestamps_run_backwards(b: Backend)
     api.get(&format!("{path}0"), tok)
         .await
         .problem(410, "resume_unavailable");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The relay's record of teams with unpublished activities
+// ---------------------------------------------------------------------------------------------
+
+/// The relay's scan reads only teams that have a row in `team_unpublished` (written by the same
+/// transaction as the activities); once a team is published the row must go, or the scan
+/// degrades back into a read of every team.
+async fn unpublished_team_rows_go_away_once_published(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Pub").await;
+    let mut teams = Vec::new();
+    for i in 0..3 {
+        let team = api.create_team(owner.token(), &format!("Pub {i}")).await;
+        for j in 0..4 {
+            api.task(owner.token(), team.id, &format!("t{j}")).await;
+        }
+        teams.push((team.id, api.team_seq(owner.token(), team.id).await));
+    }
+    let db = db(&srv).await;
+    for (team, last) in teams {
+        let done = eventually(Duration::from_secs(15), || async {
+            db.watermark(team).await.0 == last
+                && db
+                    .count(
+                        "SELECT COUNT(*) FROM team_unpublished WHERE team_id = $1",
+                        team,
+                    )
+                    .await
+                    == 0
+        })
+        .await;
+        assert!(
+            done,
+            "team {team}: watermark {:?} (want {last}) and no unpublished row left ({} left)",
+            db.watermark(team).await,
+            db.count(
+                "SELECT COUNT(*) FROM team_unpublished WHERE team_id = $1",
+                team
+            )
+            .await
+        );
+    }
+    db.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -186,7 +186,8 @@ pub trait Tx: Send {
     async fn delete_comment(&mut self, id: CommentId) -> Result<bool>;
 
     // the activity log
-    /// Appends activities at `last_seq + 1 ..`; locks the team's row, so call it last.
+    /// Appends activities at `last_seq + 1 ..` and records the team as unpublished up to the last
+    /// one; locks the team's row, so call it last.
     async fn append(&mut self, team: TeamId, drafts: Vec<ActivityDraft>) -> Result<Vec<LogEntry>>;
     async fn last_seq(&mut self, team: TeamId) -> Result<Option<i64>>;
     /// The latest seq of each of `teams` that exists.
@@ -204,7 +205,11 @@ pub trait Tx: Send {
     async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
     /// Raises the published watermark (never lowers it).
     async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> Result<()>;
-    /// Teams whose log holds activities above the published watermark: (team, watermark).
+    /// Drops the unpublished records of `teams` that their stored watermark has reached (a record
+    /// an append raised beyond it stays). Call it last in the transaction.
+    async fn clear_unpublished(&mut self, teams: &[TeamId]) -> Result<()>;
+    /// Teams recorded as unpublished whose record is above the published watermark:
+    /// (team, watermark). Reads only those records, never every team.
     async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
     /// Deletes, per team, the published activities older than `before` that lie below every
     /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.

@@ -842,6 +842,16 @@ macro_rules! impl_tx {
                     .await?;
                     out.push(e);
                 }
+                // Marks the team as having unpublished activities (the relay's scan reads only
+                // these rows). The team row lock taken above orders these upserts per team.
+                sqlx::query(
+                    "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
+                     ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq",
+                )
+                .bind(team)
+                .bind(last)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(out)
             }
 
@@ -929,10 +939,31 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            async fn clear_unpublished(&mut self, teams: &[TeamId]) -> $crate::store::Result<()> {
+                // One statement per chunk, meant to run last before COMMIT: the rows it deletes
+                // are the ones `append` upserts, so they stay locked only briefly. A row an append
+                // raised above the watermark is not deleted (on PostgreSQL the condition is
+                // checked again on the row version the DELETE waited for).
+                for chunk in teams.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "DELETE FROM team_unpublished WHERE team_id IN ({}) AND upto_seq <= \
+                         (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = team_unpublished.team_id)",
+                        $crate::store::sql::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for team in chunk {
+                        query = query.bind(*team);
+                    }
+                    query.execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
             async fn unpublished_teams(&mut self, limit: i64) -> $crate::store::Result<Vec<(TeamId, i64)>> {
                 let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-                    "SELECT t.id, o.published_seq FROM teams t JOIN team_outbox o ON o.team_id = t.id \
-                     WHERE t.last_seq > o.published_seq LIMIT $1",
+                    "SELECT u.team_id, o.published_seq FROM team_unpublished u \
+                     JOIN team_outbox o ON o.team_id = u.team_id \
+                     WHERE u.upto_seq > o.published_seq LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&mut *self.tx)
