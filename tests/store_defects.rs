@@ -1,7 +1,7 @@
 //! Store and relay correctness: a delete racing a move names the board the task was last on, log
 //! pruning removes only a prefix of each team's seqs, the relay's record of unpublished teams
-//! empties once they are published, and refresh / logout of tokens that cannot succeed never wait
-//! for SQLite's single writer.
+//! empties once they are published, expired refresh sessions are purged, and refresh / logout of
+//! tokens that cannot succeed never wait for SQLite's single writer.
 mod common;
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ both_backends!(
     a_delete_racing_a_move_names_the_board_the_task_was_on,
     pruning_keeps_the_log_gapless_when_timestamps_run_backwards,
     unpublished_team_rows_go_away_once_published,
+    expired_refresh_sessions_are_purged,
     unknown_tokens_and_reuse_detection,
 );
 
@@ -312,6 +313,86 @@ async fn unpublished_team_rows_go_away_once_published(b: Backend) {
         );
     }
     db.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Purging expired refresh tokens and families
+// ---------------------------------------------------------------------------------------------
+
+/// With a one-second refresh lifetime, a user's tokens and families disappear from the database
+/// (expired, or revoked by a logout), a session that is still valid stays, and the old token is
+/// refused like any unknown one.
+async fn expired_refresh_sessions_are_purged(b: Backend) {
+    let srv = TestServer::start_with(
+        b,
+        &[
+            ("TASKFORGE_REFRESH_TOKEN_TTL", "1s"),
+            ("TASKFORGE_PRUNE_INTERVAL", "200ms"),
+        ],
+    )
+    .await;
+    let api = srv.client();
+    let u = api.new_user("Purge").await;
+    let other: AuthResponse = api.login(&u.user.email, PASSWORD).await.parse(200);
+    api.logout(&other.refresh_token).await.ok(204);
+
+    // A session that is still valid (written directly: every session the server issues lives
+    // for one second here) must survive the purge.
+    let db = db(&srv).await;
+    let keep = Uuid::now_v7();
+    let far = OffsetDateTime::now_utc() + time::Duration::days(1);
+    on_pool!(&db, p => {
+        sqlx::query("INSERT INTO refresh_families (id, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(keep)
+            .bind(u.user.id)
+            .bind(OffsetDateTime::now_utc())
+            .execute(p)
+            .await
+            .expect("insert family");
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(keep.as_bytes().to_vec())
+            .bind(keep)
+            .bind(far)
+            .execute(p)
+            .await
+            .expect("insert token");
+    });
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM refresh_families WHERE user_id = $1",
+            u.user.id
+        )
+        .await,
+        3
+    );
+
+    let tokens = "SELECT COUNT(*) FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+                  WHERE f.user_id = $1";
+    let families = "SELECT COUNT(*) FROM refresh_families WHERE user_id = $1";
+    let purged = eventually(Duration::from_secs(20), || async {
+        db.count(tokens, u.user.id).await == 1 && db.count(families, u.user.id).await == 1
+    })
+    .await;
+    assert!(
+        purged,
+        "expired and revoked sessions are purged: {} tokens, {} families left (want 1 and 1)",
+        db.count(tokens, u.user.id).await,
+        db.count(families, u.user.id).await
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM refresh_families WHERE id = $1", keep)
+            .await,
+        1,
+        "the valid session is kept"
+    );
+    db.close().await;
+    api.refresh(&u.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.refresh(&other.refresh_token)
+        .await
+        .problem(401, "unauthorized");
+    api.logout(&u.refresh_token).await.ok(204);
 }
 
 // ---------------------------------------------------------------------------------------------

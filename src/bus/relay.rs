@@ -27,6 +27,10 @@ pub struct RelaySettings {
     pub persist_every: Duration,
     /// How long the log keeps published activities.
     pub retention: Duration,
+    /// How often the log is pruned and expired sessions are purged (at most `retention`).
+    pub prune_every: Duration,
+    /// How long a refresh token lives: sessions expired or revoked longer ago are purged.
+    pub refresh_ttl: Duration,
     /// Test-only fault switch: abort the process after a commit, before publishing.
     pub crash_after_commit: bool,
 }
@@ -37,6 +41,8 @@ impl Default for RelaySettings {
             scan_every: Duration::from_secs(1),
             persist_every: Duration::from_millis(100),
             retention: Duration::from_secs(30 * 24 * 3600),
+            prune_every: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             crash_after_commit: false,
         }
     }
@@ -50,6 +56,8 @@ const PUBLISH_STEPS: usize = 16;
 /// watermark is re-read from the store if it writes again), so the map holds the teams in use,
 /// not every team ever written.
 const IDLE_EVICT: Duration = Duration::from_secs(300);
+/// The shortest housekeeping interval: it runs in the relay's loop, which must not spin.
+const MIN_PRUNE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -140,7 +148,11 @@ async fn run(inner: Arc<Inner>) {
     let mut next_scan = Instant::now();
     let mut next_persist = Instant::now();
     let mut next_prune = Instant::now() + inner.settings.scan_every;
-    let prune_every = inner.settings.retention.min(Duration::from_secs(3600));
+    let prune_every = inner
+        .settings
+        .prune_every
+        .min(inner.settings.retention)
+        .max(MIN_PRUNE_EVERY);
     loop {
         let now = Instant::now();
         if now >= next_scan {
@@ -164,13 +176,13 @@ async fn run(inner: Arc<Inner>) {
             next_persist = Instant::now() + inner.settings.persist_every;
         }
         if Instant::now() >= next_prune {
-            prune(&inner).await;
+            housekeeping(&inner).await;
             next_prune = Instant::now() + prune_every;
         }
         let wait = if marks.unsaved.is_empty() {
-            next_scan
+            next_scan.min(next_prune)
         } else {
-            next_scan.min(next_persist)
+            next_scan.min(next_prune).min(next_persist)
         };
         tokio::select! {
             _ = inner.wake.notified() => {}
@@ -272,22 +284,40 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
     Ok(())
 }
 
-async fn prune(inner: &Inner) {
-    let Ok(retention) = time::Duration::try_from(inner.settings.retention) else {
-        return;
-    };
-    let before = time::OffsetDateTime::now_utc() - retention;
-    let result = async {
-        let mut tx = inner.store.write().await?;
-        let n = tx.prune_log(before).await?;
-        tx.commit().await?;
-        Ok::<u64, StoreError>(n)
+/// The store's periodic cleanup, all in one place: the activity log beyond its retention, and
+/// refresh sessions that can no longer be used. Each in its own transaction, so one failing does
+/// not undo the other.
+async fn housekeeping(inner: &Inner) {
+    let now = time::OffsetDateTime::now_utc();
+    // A duration too large for `time` means nothing is old enough to go.
+    if let Ok(retention) = time::Duration::try_from(inner.settings.retention) {
+        let before = now - retention;
+        let result = async {
+            let mut tx = inner.store.write().await?;
+            let n = tx.prune_log(before).await?;
+            tx.commit().await?;
+            Ok::<u64, StoreError>(n)
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+        }
     }
-    .await;
-    match result {
-        Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+    if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {
+        let result = async {
+            let mut tx = inner.store.write().await?;
+            let n = tx.purge_sessions(now, now - ttl).await?;
+            tx.commit().await?;
+            Ok::<u64, StoreError>(n)
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "purged expired refresh sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired refresh sessions failed"),
+        }
     }
 }
 

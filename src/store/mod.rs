@@ -120,6 +120,13 @@ pub trait Tx: Send {
     /// Marks the token used; false if it already was (a concurrent refresh won).
     async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> Result<bool>;
     async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> Result<()>;
+    /// Deletes refresh tokens expired at `now`, families left with no token that is not, and
+    /// families revoked before `revoked_before`; returns how many rows it deleted.
+    async fn purge_sessions(
+        &mut self,
+        now: OffsetDateTime,
+        revoked_before: OffsetDateTime,
+    ) -> Result<u64>;
 
     // teams and members
     async fn insert_team(&mut self, team: &Team) -> Result<()>;

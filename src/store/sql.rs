@@ -419,6 +419,36 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            async fn purge_sessions(
+                &mut self,
+                now: OffsetDateTime,
+                revoked_before: OffsetDateTime,
+            ) -> $crate::store::Result<u64> {
+                // Families all of whose tokens have expired, found through the tokens that have
+                // (indexed by expiry); their tokens go with them (ON DELETE CASCADE).
+                let families = sqlx::query(
+                    "DELETE FROM refresh_families WHERE id IN \
+                       (SELECT t.family_id FROM refresh_tokens t WHERE t.expires_at <= $1) \
+                     AND NOT EXISTS (SELECT 1 FROM refresh_tokens k \
+                                     WHERE k.family_id = refresh_families.id AND k.expires_at > $1)",
+                )
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                // Expired tokens of families that still have a valid one (rotated-away tokens).
+                let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                let revoked = sqlx::query(
+                    "DELETE FROM refresh_families WHERE revoked_at IS NOT NULL AND revoked_at < $1",
+                )
+                .bind(revoked_before)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(families.rows_affected() + tokens.rows_affected() + revoked.rows_affected())
+            }
+
             async fn insert_team(&mut self, t: &Team) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO teams (id, name, created_at, default_board_id, last_seq) VALUES ($1, $2, $3, $4, 0)",
