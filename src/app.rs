@@ -74,6 +74,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         RelaySettings {
             scan_every: config.relay_scan_interval,
             retention: config.log_retention,
+            prune_every: config.prune_interval,
+            refresh_ttl: config.refresh_token_ttl,
             crash_after_commit: config.crash_after_commit(),
             ..RelaySettings::default()
         },

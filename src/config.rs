@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_LOG_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub log_retention: Duration,
 
+    /// How often the activity log is pruned and expired refresh sessions are purged (and at least
+    /// once per log retention).
+    #[arg(long, env = "TASKFORGE_PRUNE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
     /// How often the relay looks for unpublished activities.
     #[arg(long, env = "TASKFORGE_RELAY_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub relay_scan_interval: Duration,

@@ -43,6 +43,42 @@ async fn watermark(srv: &TestServer, team: Uuid) -> (i64, i64) {
     }
 }
 
+/// The seq up to which the team is recorded as unpublished (the relay's scan reads only these).
+async fn unpublished_upto(srv: &TestServer, team: Uuid) -> Option<i64> {
+    const SQL: &str = "SELECT upto_seq FROM team_unpublished WHERE team_id = $1";
+    let row: Option<(i64,)> = match srv.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&srv.db_url)
+                .await
+                .expect("open sqlite");
+            let row = sqlx::query_as(SQL).bind(team).fetch_optional(&pool).await;
+            pool.close().await;
+            row
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&srv.db_url)
+                .await
+                .expect("open postgres");
+            let row = sqlx::query_as(SQL).bind(team).fetch_optional(&pool).await;
+            pool.close().await;
+            row
+        }
+    }
+    .expect("read team_unpublished");
+    row.map(|(s,)| s)
+}
+
+async fn wait_unpublished_gone(srv: &TestServer, team: Uuid) -> Option<i64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let upto = unpublished_upto(srv, team).await;
+        if upto.is_none() || Instant::now() > deadline {
+            return upto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_published(srv: &TestServer, team: Uuid, seq: i64) -> (i64, i64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -64,6 +100,11 @@ async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend
         wait_published(&srv, team.id, 1).await,
         (1, 1),
         "seq 1 is published normally"
+    );
+    assert_eq!(
+        wait_unpublished_gone(&srv, team.id).await,
+        None,
+        "a published team leaves the relay's list of unpublished teams"
     );
 
     // Restart with the fault switch: the next commit aborts the process before publishing.
@@ -92,6 +133,11 @@ async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend
         (1, 2),
         "seq 2 committed but not published"
     );
+    assert_eq!(
+        unpublished_upto(&srv, team.id).await,
+        Some(2),
+        "the commit recorded the team as unpublished up to seq 2"
+    );
 
     // A normal restart republishes it.
     srv.set_env("TASKFORGE_FAULT", None);
@@ -100,6 +146,11 @@ async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend
         wait_published(&srv, team.id, 2).await,
         (2, 2),
         "the relay republished seq 2 on start"
+    );
+    assert_eq!(
+        wait_unpublished_gone(&srv, team.id).await,
+        None,
+        "republished, the team leaves the list"
     );
 
     // And the activity is in the log, after the one before the crash.

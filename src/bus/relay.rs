@@ -27,6 +27,10 @@ pub struct RelaySettings {
     pub persist_every: Duration,
     /// How long the log keeps published activities.
     pub retention: Duration,
+    /// How often the log is pruned and expired sessions are purged (at most `retention`).
+    pub prune_every: Duration,
+    /// How long a refresh token lives: sessions expired or revoked longer ago are purged.
+    pub refresh_ttl: Duration,
     /// Test-only fault switch: abort the process after a commit, before publishing.
     pub crash_after_commit: bool,
 }
@@ -37,6 +41,8 @@ impl Default for RelaySettings {
             scan_every: Duration::from_secs(1),
             persist_every: Duration::from_millis(100),
             retention: Duration::from_secs(30 * 24 * 3600),
+            prune_every: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             crash_after_commit: false,
         }
     }
@@ -46,6 +52,12 @@ impl Default for RelaySettings {
 const READ_BATCH: i64 = 1_000;
 /// Publish steps per team per run (a backlog larger than this continues at the next scan).
 const PUBLISH_STEPS: usize = 16;
+/// A team published and saved, and not touched for this long, leaves the relay's memory (its
+/// watermark is re-read from the store if it writes again), so the map holds the teams in use,
+/// not every team ever written.
+const IDLE_EVICT: Duration = Duration::from_secs(300);
+/// The shortest housekeeping interval: it runs in the relay's loop, which must not spin.
+const MIN_PRUNE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -96,10 +108,39 @@ impl Relay {
 
 #[derive(Default)]
 struct Watermarks {
-    /// What this relay has published, per team.
-    published: HashMap<TeamId, i64>,
+    /// What this relay has published, per team, and when the team was last touched.
+    published: HashMap<TeamId, Mark>,
     /// Teams whose watermark moved since it was last written.
     unsaved: HashMap<TeamId, i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    seq: i64,
+    touched: Instant,
+}
+
+impl Watermarks {
+    fn get(&self, team: &TeamId) -> Option<i64> {
+        self.published.get(team).map(|m| m.seq)
+    }
+
+    /// Records that `team` is published up to `seq` (as far as this relay knows), touching it.
+    /// `save`: the store's watermark may be below `seq`, so write it back.
+    fn set(&mut self, team: TeamId, seq: i64, save: bool, now: Instant) {
+        self.published.insert(team, Mark { seq, touched: now });
+        if save {
+            self.unsaved.insert(team, seq);
+        }
+    }
+
+    /// Forgets teams whose watermark is saved and that nothing touched for `idle`.
+    fn evict_idle(&mut self, now: Instant, idle: Duration) {
+        let unsaved = &self.unsaved;
+        self.published.retain(|team, m| {
+            unsaved.contains_key(team) || now.saturating_duration_since(m.touched) < idle
+        });
+    }
 }
 
 async fn run(inner: Arc<Inner>) {
@@ -107,13 +148,18 @@ async fn run(inner: Arc<Inner>) {
     let mut next_scan = Instant::now();
     let mut next_persist = Instant::now();
     let mut next_prune = Instant::now() + inner.settings.scan_every;
-    let prune_every = inner.settings.retention.min(Duration::from_secs(3600));
+    let prune_every = inner
+        .settings
+        .prune_every
+        .min(inner.settings.retention)
+        .max(MIN_PRUNE_EVERY);
     loop {
         let now = Instant::now();
         if now >= next_scan {
             if let Err(e) = scan(&inner, &mut marks).await {
                 tracing::warn!(error = %e, "relay scan failed");
             }
+            marks.evict_idle(Instant::now(), IDLE_EVICT);
             next_scan = now + inner.settings.scan_every;
         }
         let pending = std::mem::take(&mut *inner.pending.lock());
@@ -130,13 +176,13 @@ async fn run(inner: Arc<Inner>) {
             next_persist = Instant::now() + inner.settings.persist_every;
         }
         if Instant::now() >= next_prune {
-            prune(&inner).await;
+            housekeeping(&inner).await;
             next_prune = Instant::now() + prune_every;
         }
         let wait = if marks.unsaved.is_empty() {
-            next_scan
+            next_scan.min(next_prune)
         } else {
-            next_scan.min(next_persist)
+            next_scan.min(next_prune).min(next_persist)
         };
         tokio::select! {
             _ = inner.wake.notified() => {}
@@ -155,8 +201,9 @@ async fn publish_team(
     team: TeamId,
     fresh: Vec<LogEntry>,
 ) -> Result<(), StoreError> {
-    let mut published = match marks.published.get(&team) {
-        Some(p) => *p,
+    let known = marks.get(&team);
+    let mut published = match known {
+        Some(p) => p,
         None => inner.store.read().await?.published_seq(team).await?,
     };
     let target = fresh.last().map_or(i64::MAX, |e| e.seq);
@@ -194,10 +241,7 @@ async fn publish_team(
             }
         }
     }
-    if marks.published.get(&team) != Some(&published) {
-        marks.published.insert(team, published);
-        marks.unsaved.insert(team, published);
-    }
+    marks.set(team, published, known != Some(published), Instant::now());
     Ok(())
 }
 
@@ -210,47 +254,110 @@ async fn scan(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError> {
         .unpublished_teams(READ_BATCH)
         .await?;
     for (team, stored) in behind {
-        let known = marks
-            .published
-            .get(&team)
-            .copied()
-            .unwrap_or(stored)
-            .max(stored);
-        marks.published.insert(team, known);
+        let known = marks.get(&team).unwrap_or(stored).max(stored);
+        marks.set(team, known, false, Instant::now());
         publish_team(inner, marks, team, Vec::new()).await?;
-        // What was already published still needs its watermark saved.
-        if known > stored {
-            marks.unsaved.insert(team, known);
+        // What was already published still needs its watermark saved (which also clears the
+        // team's unpublished record).
+        if known > stored && !marks.unsaved.contains_key(&team) {
+            marks
+                .unsaved
+                .insert(team, marks.get(&team).unwrap_or(known));
         }
     }
     Ok(())
 }
 
 async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError> {
+    // In team order: relays of several instances then lock the same rows in the same order.
+    let mut batch: Vec<(TeamId, i64)> = marks.unsaved.iter().map(|(t, s)| (*t, *s)).collect();
+    batch.sort_unstable();
+    let teams: Vec<TeamId> = batch.iter().map(|(t, _)| *t).collect();
     let mut tx = inner.store.write().await?;
-    for (team, seq) in &marks.unsaved {
-        tx.set_published_seq(*team, *seq).await?;
+    for (team, seq) in batch {
+        tx.set_published_seq(team, seq).await?;
     }
+    // Last: appends to these teams upsert the same rows.
+    tx.clear_unpublished(&teams).await?;
     tx.commit().await?;
     marks.unsaved.clear();
     Ok(())
 }
 
-async fn prune(inner: &Inner) {
-    let Ok(retention) = time::Duration::try_from(inner.settings.retention) else {
-        return;
-    };
-    let before = time::OffsetDateTime::now_utc() - retention;
-    let result = async {
-        let mut tx = inner.store.write().await?;
-        let n = tx.prune_log(before).await?;
-        tx.commit().await?;
-        Ok::<u64, StoreError>(n)
+/// The store's periodic cleanup, all in one place: the activity log beyond its retention, and
+/// refresh sessions that can no longer be used. Each in its own transaction, so one failing does
+/// not undo the other.
+async fn housekeeping(inner: &Inner) {
+    let now = time::OffsetDateTime::now_utc();
+    // A duration too large for `time` means nothing is old enough to go.
+    if let Ok(retention) = time::Duration::try_from(inner.settings.retention) {
+        let before = now - retention;
+        let result = async {
+            let mut tx = inner.store.write().await?;
+            let n = tx.prune_log(before).await?;
+            tx.commit().await?;
+            Ok::<u64, StoreError>(n)
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+        }
     }
-    .await;
-    match result {
-        Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+    if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {
+        let result = async {
+            let mut tx = inner.store.write().await?;
+            let n = tx.purge_sessions(now, now - ttl).await?;
+            tx.commit().await?;
+            Ok::<u64, StoreError>(n)
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "purged expired refresh sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired refresh sessions failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Teams come and go in waves; the map keeps only those touched within `IDLE_EVICT` or not
+    /// yet saved, however many teams were ever written.
+    #[test]
+    fn the_watermark_map_holds_only_teams_in_use() {
+        const WAVE: usize = 1_000;
+        let mut marks = Watermarks::default();
+        let start = Instant::now();
+        for wave in 0..20u32 {
+            let at = start + IDLE_EVICT * wave;
+            for seq in 1..=WAVE as i64 {
+                marks.set(uuid::Uuid::now_v7(), seq, true, at);
+            }
+            // Unsaved watermarks are never forgotten, however old.
+            marks.evict_idle(at + IDLE_EVICT * 2, IDLE_EVICT);
+            assert_eq!(marks.published.len(), marks.unsaved.len());
+            // Saved: what the last eviction pass kept is at most the wave touched just now.
+            marks.unsaved.clear();
+            marks.evict_idle(at + IDLE_EVICT / 2, IDLE_EVICT);
+            assert!(
+                marks.published.len() <= WAVE,
+                "wave {wave}: {} teams held",
+                marks.published.len()
+            );
+        }
+        // A team touched recently stays; an idle one goes.
+        let busy = uuid::Uuid::now_v7();
+        let idle = uuid::Uuid::now_v7();
+        let later = start + IDLE_EVICT * 40;
+        marks.set(idle, 3, false, later);
+        marks.set(busy, 5, false, later + IDLE_EVICT);
+        marks.evict_idle(later + IDLE_EVICT + IDLE_EVICT / 2, IDLE_EVICT);
+        assert_eq!(marks.get(&busy), Some(5));
+        assert_eq!(marks.get(&idle), None);
+        assert_eq!(marks.published.len(), 1);
     }
 }

@@ -250,6 +250,16 @@ impl Services {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
         let hash = token_hash(refresh_token);
         let at = now();
+        // Tokens that cannot succeed and need nothing written are refused from a read snapshot,
+        // so guessing never queues for SQLite's single writer. A used token goes on: presenting
+        // it again revokes its family, which is a write.
+        match self.store.read().await?.refresh_token(&hash).await? {
+            None => return Err(unauthorized()),
+            Some(t) if t.family_revoked || (!t.used && t.expires_at <= at) => {
+                return Err(unauthorized());
+            }
+            Some(_) => {}
+        }
         let mut tx = self.store.write().await?;
         let Some(stored) = tx.refresh_token(&hash).await? else {
             return Err(unauthorized());
@@ -283,6 +293,13 @@ impl Services {
     /// Revokes the family of a refresh token. Unknown tokens are ignored (nothing to revoke).
     pub async fn logout(&self, refresh_token: &str) -> Result<()> {
         let hash = token_hash(refresh_token);
+        // Nothing to revoke for an unknown token, a revoked family, or an expired token nobody
+        // rotated (its family has no valid token left): decided without the writer.
+        match self.store.read().await?.refresh_token(&hash).await? {
+            None => return Ok(()),
+            Some(t) if t.family_revoked || (!t.used && t.expires_at <= now()) => return Ok(()),
+            Some(_) => {}
+        }
         let mut tx = self.store.write().await?;
         if let Some(stored) = tx.refresh_token(&hash).await? {
             tx.revoke_refresh_family(stored.family_id, now()).await?;

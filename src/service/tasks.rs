@@ -187,16 +187,16 @@ impl Services {
         role_in(&mut *tx, task.team_id, actor)
             .await?
             .ensure(Action::WriteTasks)?;
-        if !tx.delete_task(id).await? {
-            return Err(DomainError::NotFound.into());
-        }
+        // The activity names the board of the row deleted: a move that committed after the read
+        // above (the DELETE waited for its row lock) left the task on another board.
+        let deleted = tx.delete_task(id).await?.ok_or(DomainError::NotFound)?;
         let data = ActivityData::TaskDeleted {
             task_id: id,
-            board_id: task.board_id,
+            board_id: deleted.board_id,
         };
         self.commit(
             tx,
-            task.team_id,
+            deleted.team_id,
             vec![ActivityDraft::new(data, actor, now())],
         )
         .await?;

@@ -120,6 +120,13 @@ pub trait Tx: Send {
     /// Marks the token used; false if it already was (a concurrent refresh won).
     async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> Result<bool>;
     async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> Result<()>;
+    /// Deletes refresh tokens expired at `now`, families left with no token that is not, and
+    /// families revoked before `revoked_before`; returns how many rows it deleted.
+    async fn purge_sessions(
+        &mut self,
+        now: OffsetDateTime,
+        revoked_before: OffsetDateTime,
+    ) -> Result<u64>;
 
     // teams and members
     async fn insert_team(&mut self, team: &Team) -> Result<()>;
@@ -163,7 +170,10 @@ pub trait Tx: Send {
     ) -> Result<Vec<Task>>;
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
     async fn update_task(&mut self, task: &Task) -> Result<()>;
-    async fn delete_task(&mut self, id: TaskId) -> Result<bool>;
+    /// Deletes a task and returns it as it was when deleted (None if it was gone): callers must
+    /// describe the delete from this row, not from an earlier read a concurrent update may have
+    /// outdated (PostgreSQL, READ COMMITTED).
+    async fn delete_task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// What creating a task needs, in one read: the caller's role, the board (`board` if it is
     /// one of the team's, else the team's default board when `board` is None), and the last
     /// position in that column. None if the caller is not a member.
@@ -183,7 +193,8 @@ pub trait Tx: Send {
     async fn delete_comment(&mut self, id: CommentId) -> Result<bool>;
 
     // the activity log
-    /// Appends activities at `last_seq + 1 ..`; locks the team's row, so call it last.
+    /// Appends activities at `last_seq + 1 ..` and records the team as unpublished up to the last
+    /// one; locks the team's row, so call it last.
     async fn append(&mut self, team: TeamId, drafts: Vec<ActivityDraft>) -> Result<Vec<LogEntry>>;
     async fn last_seq(&mut self, team: TeamId) -> Result<Option<i64>>;
     /// The latest seq of each of `teams` that exists.
@@ -201,9 +212,14 @@ pub trait Tx: Send {
     async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
     /// Raises the published watermark (never lowers it).
     async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> Result<()>;
-    /// Teams whose log holds activities above the published watermark: (team, watermark).
+    /// Drops the unpublished records of `teams` that their stored watermark has reached (a record
+    /// an append raised beyond it stays). Call it last in the transaction.
+    async fn clear_unpublished(&mut self, teams: &[TeamId]) -> Result<()>;
+    /// Teams recorded as unpublished whose record is above the published watermark:
+    /// (team, watermark). Reads only those records, never every team.
     async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
-    /// Deletes published activities older than `before`; returns how many.
+    /// Deletes, per team, the published activities older than `before` that lie below every
+    /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.
     async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;
 }
 

@@ -419,6 +419,36 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            async fn purge_sessions(
+                &mut self,
+                now: OffsetDateTime,
+                revoked_before: OffsetDateTime,
+            ) -> $crate::store::Result<u64> {
+                // Families all of whose tokens have expired, found through the tokens that have
+                // (indexed by expiry); their tokens go with them (ON DELETE CASCADE).
+                let families = sqlx::query(
+                    "DELETE FROM refresh_families WHERE id IN \
+                       (SELECT t.family_id FROM refresh_tokens t WHERE t.expires_at <= $1) \
+                     AND NOT EXISTS (SELECT 1 FROM refresh_tokens k \
+                                     WHERE k.family_id = refresh_families.id AND k.expires_at > $1)",
+                )
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                // Expired tokens of families that still have a valid one (rotated-away tokens).
+                let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                let revoked = sqlx::query(
+                    "DELETE FROM refresh_families WHERE revoked_at IS NOT NULL AND revoked_at < $1",
+                )
+                .bind(revoked_before)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(families.rows_affected() + tokens.rows_affected() + revoked.rows_affected())
+            }
+
             async fn insert_team(&mut self, t: &Team) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO teams (id, name, created_at, default_board_id, last_seq) VALUES ($1, $2, $3, $4, 0)",
@@ -704,12 +734,18 @@ macro_rules! impl_tx {
                 if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Stale) }
             }
 
-            async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM tasks WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(done.rows_affected() == 1)
+            async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
+                // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
+                // the DELETE waited for is the version deleted, not the one read before.
+                let row: Option<TaskRow> = sqlx::query_as(
+                    "DELETE FROM tasks WHERE id = $1 \
+                     RETURNING id, team_id, board_id, title, description, status, priority, assignee_user_id, \
+                     due_date, position, created_by, created_at, updated_at, version",
+                )
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(TryInto::try_into).transpose()
             }
 
             async fn task_slot(
@@ -836,6 +872,16 @@ macro_rules! impl_tx {
                     .await?;
                     out.push(e);
                 }
+                // Marks the team as having unpublished activities (the relay's scan reads only
+                // these rows). The team row lock taken above orders these upserts per team.
+                sqlx::query(
+                    "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
+                     ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq",
+                )
+                .bind(team)
+                .bind(last)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(out)
             }
 
@@ -923,10 +969,31 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            async fn clear_unpublished(&mut self, teams: &[TeamId]) -> $crate::store::Result<()> {
+                // One statement per chunk, meant to run last before COMMIT: the rows it deletes
+                // are the ones `append` upserts, so they stay locked only briefly. A row an append
+                // raised above the watermark is not deleted (on PostgreSQL the condition is
+                // checked again on the row version the DELETE waited for).
+                for chunk in teams.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "DELETE FROM team_unpublished WHERE team_id IN ({}) AND upto_seq <= \
+                         (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = team_unpublished.team_id)",
+                        $crate::store::sql::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for team in chunk {
+                        query = query.bind(*team);
+                    }
+                    query.execute(&mut *self.tx).await?;
+                }
+                Ok(())
+            }
+
             async fn unpublished_teams(&mut self, limit: i64) -> $crate::store::Result<Vec<(TeamId, i64)>> {
                 let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-                    "SELECT t.id, o.published_seq FROM teams t JOIN team_outbox o ON o.team_id = t.id \
-                     WHERE t.last_seq > o.published_seq LIMIT $1",
+                    "SELECT u.team_id, o.published_seq FROM team_unpublished u \
+                     JOIN team_outbox o ON o.team_id = u.team_id \
+                     WHERE u.upto_seq > o.published_seq LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&mut *self.tx)
@@ -935,9 +1002,23 @@ macro_rules! impl_tx {
             }
 
             async fn prune_log(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
+                // Only a prefix of each team's seqs may go, or resuming would skip what is kept
+                // above a hole; and `ts` comes from each writer's clock, so it is not monotonic in
+                // seq. The candidates (old and published) are numbered per team in seq order: a
+                // candidate is in the prefix when it and every seq below it, down to the team's
+                // oldest, are candidates, i.e. when `seq - its number` is still `oldest - 1`.
+                // One statement, and the subquery is not correlated with the rows deleted, so each
+                // engine evaluates it once.
                 let done = sqlx::query(
-                    "DELETE FROM activities WHERE ts < $1 AND seq <= \
-                     (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = activities.team_id)",
+                    "DELETE FROM activities WHERE (team_id, seq) IN ( \
+                       SELECT c.team_id, c.seq FROM ( \
+                         SELECT a.team_id, a.seq, \
+                                a.seq - ROW_NUMBER() OVER (PARTITION BY a.team_id ORDER BY a.seq) AS run \
+                         FROM activities a JOIN team_outbox o ON o.team_id = a.team_id \
+                         WHERE a.ts < $1 AND a.seq <= o.published_seq \
+                       ) c \
+                       WHERE c.run = (SELECT MIN(f.seq) - 1 FROM activities f WHERE f.team_id = c.team_id) \
+                     )",
                 )
                 .bind(before)
                 .execute(&mut *self.tx)
