@@ -23,11 +23,18 @@ fn client_command(config_home: &std::path::Path) -> Command {
 }
 
 async fn login(config_home: &std::path::Path, url: &str, email: &str, password: &str) -> bool {
-    let mut child = client_command(config_home)
+    login_with(client_command(config_home), url, email, password)
+        .await
+        .0
+}
+
+/// Runs `taskforge login` with the password on stdin: whether it succeeded, and its stderr.
+async fn login_with(mut cmd: Command, url: &str, email: &str, password: &str) -> (bool, String) {
+    let mut child = cmd
         .args(["login", "--url", url, "--email", email])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn taskforge login");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -36,11 +43,14 @@ async fn login(config_home: &std::path::Path, url: &str, email: &str, password: 
         .await
         .expect("write password");
     drop(stdin);
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("login finishes")
-        .expect("login status")
-        .success()
+        .expect("login status");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -74,6 +84,55 @@ async fn login_keeps_a_private_session_and_refuses_a_wrong_password() {
         session["refreshToken"]
             .as_str()
             .is_some_and(|t| !t.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn login_refuses_to_replace_a_credentials_file_it_cannot_read() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("cli");
+    api.register(&email, "correct horse battery", "Cli").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("taskforge/credentials.json");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("config dir");
+    // Two sessions of other servers, cut off before the end (say, a disk that filled up).
+    let corrupt = br#"{
+  "sessions": {
+    "https://a.example": {"email": "a@example.com", "accessToken": "a1", "refreshToken": "a2"},
+    "https://b.example": {"email": "b@example.com", "accessToken": "b1", "refreshToken": "b2"}
+"#;
+    std::fs::write(&file, corrupt).expect("write credentials");
+
+    let (ok, stderr) = login_with(
+        client_command(home.path()),
+        &srv.base,
+        &email,
+        "correct horse battery",
+    )
+    .await;
+    assert!(!ok, "login must fail; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "the message names the file; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("could not be read"),
+        "the message says why; stderr:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read credentials"),
+        corrupt.as_slice(),
+        "the file is left byte for byte as it was"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("list config dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec!["credentials.json"],
+        "no temporary file left"
     );
 }
 

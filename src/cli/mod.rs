@@ -46,6 +46,8 @@ async fn auth_call(
 }
 
 pub async fn login(base: &str, email: &str, password: &str) -> anyhow::Result<AuthResponse> {
+    // A credentials file that cannot take the session fails the login before the server opens one.
+    credentials::check()?;
     auth_call(
         base,
         "login",
