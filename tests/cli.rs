@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -239,4 +240,109 @@ async fn tail_json_streams_every_activity_once_across_a_server_restart() {
         got.iter()
             .all(|a| a["teamId"] == team.id.to_string().as_str())
     );
+}
+
+/// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (plain HTTP), with a self-signed
+/// certificate for 127.0.0.1 and localhost; returns its port and the certificate's PEM.
+async fn tls_proxy(upstream: String) -> (u16, String) {
+    use tokio_rustls::rustls;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream.as_str()).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, cert.pem())
+}
+
+#[tokio::test]
+async fn login_and_tail_work_over_https_with_a_certificate_trusted_through_ssl_cert_file() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("tls");
+    let me = api.register(&email, "correct horse battery", "Tls").await;
+    let team = api.create_team(me.token(), "over tls").await;
+    let upstream = srv
+        .base
+        .strip_prefix("http://")
+        .expect("an http base")
+        .to_owned();
+    let (port, pem) = tls_proxy(upstream).await;
+    let url = format!("https://127.0.0.1:{port}");
+    let home = tempfile::tempdir().expect("tempdir");
+    let ca = home.path().join("proxy-cert.pem");
+    std::fs::write(&ca, pem).expect("write the certificate");
+    // Trust exactly the proxy's certificate, the way a private CA is added in practice.
+    let command = || {
+        let mut cmd = client_command(home.path());
+        cmd.env("SSL_CERT_FILE", &ca).env_remove("SSL_CERT_DIR");
+        cmd
+    };
+
+    // Not trusted without it: the certificate really is what SSL_CERT_FILE adds.
+    let (ok, stderr) = login_with(
+        client_command(home.path()),
+        &url,
+        &email,
+        "correct horse battery",
+    )
+    .await;
+    assert!(!ok, "an unknown certificate is refused");
+    assert!(stderr.contains("certificate"), "stderr:\n{stderr}");
+
+    let (ok, stderr) = login_with(command(), &url, &email, "correct horse battery").await;
+    assert!(ok, "login over https; stderr:\n{stderr}");
+
+    let mut tail = command()
+        .args(["tail", "--url", &url, "--team", &team.id.to_string()])
+        .args(["--since", "0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn taskforge tail");
+    let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    let mut err_lines = BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    let task = api.task(me.token(), team.id, "seen through tls").await;
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    let _ = tail.kill().await;
+    let Ok(Ok(Some(line))) = line else {
+        let mut err = String::new();
+        while let Ok(Ok(Some(l))) =
+            tokio::time::timeout(Duration::from_millis(200), err_lines.next_line()).await
+        {
+            err.push_str(&l);
+            err.push('\n');
+        }
+        panic!("no activity from tail over https within 20 s; its stderr:\n{err}");
+    };
+    let activity: Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(activity["type"], "task.created");
+    assert_eq!(activity["taskId"], task.id.to_string().as_str());
+    assert_eq!(activity["teamId"], team.id.to_string().as_str());
 }
