@@ -31,6 +31,8 @@ pub type ConnId = u64;
 
 /// Most activities read from the log in one repair step.
 const REPAIR_BATCH: i64 = 1_000;
+/// Most gap repairs one dispatch makes; what is left after them waits for the periodic check.
+const REPAIR_ROUNDS: usize = 64;
 /// How long the hub remembers how far it dispatched a team it stopped following (a user-channel
 /// copy of an activity it already delivered may still be on its way).
 const FORGET_AFTER: Duration = Duration::from_secs(30);
@@ -504,12 +506,17 @@ impl Hub {
     /// Dispatches activities of one team (in seq order), repairing from the log first when they
     /// skip ahead of what was dispatched. Activities of a team the hub does not follow are not
     /// for this instance (a user's own sockets get theirs through `deliver_user_copy`).
-    pub async fn dispatch(&self, mut entries: Vec<LogEntry>) {
+    pub async fn dispatch(&self, entries: Vec<LogEntry>) {
+        self.dispatch_within(entries, REPAIR_ROUNDS).await;
+    }
+
+    /// `dispatch` with at most `rounds` gap repairs.
+    async fn dispatch_within(&self, mut entries: Vec<LogEntry>, rounds: usize) {
         let Some(team) = entries.first().map(LogEntry::team_id) else {
             return;
         };
         entries.sort_by_key(|e| e.seq);
-        for _ in 0..64 {
+        for _ in 0..rounds {
             let gap = self.with_state(|s| {
                 let t = s.teams.get_mut(&team)?;
                 let dispatched = match &mut t.phase {
@@ -552,6 +559,12 @@ impl Hub {
                 }
             }
         }
+        // Every round found another gap (the log changed under the repair, or answered out of
+        // order). The entries are dropped, not lost: the periodic check compares the team with
+        // the log again and delivers from it.
+        let dispatched = self.dispatched(team);
+        tracing::warn!(%team, rounds, ?dispatched, "gap repair gave up; the periodic check continues it");
+        metrics::counter!(telemetry::GAP_REPAIRS_ABANDONED).increment(1);
     }
 
     async fn read_log(
@@ -865,5 +878,100 @@ impl State {
                 m.outbox.push_live(frame.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{InProcessBus, Relay, RelaySettings};
+    use crate::service::{Services, TokenService};
+
+    fn counter(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A dispatch that runs out of repair rounds says so (a warning and a counter) and leaves the
+    /// team where it was; the periodic check then delivers everything from the log, in order.
+    #[tokio::test]
+    async fn a_gap_left_after_the_last_repair_round_is_counted_and_the_check_repairs_it() {
+        let telemetry = telemetry::Telemetry::install().expect("metrics recorder");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::connect(&url, 1).await.expect("sqlite store");
+        // Nobody takes the bus's events: only what the test dispatches reaches the hub.
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(16));
+        let services = Services {
+            store: store.clone(),
+            relay: Relay::start(store.clone(), bus.clone(), RelaySettings::default()),
+            tokens: Arc::new(TokenService::new(
+                b"0123456789abcdef0123456789abcdef",
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            )),
+        };
+        let me = services
+            .register("hub@example.com", "correct horse battery", "Hub")
+            .await
+            .expect("register");
+        let team = services
+            .create_team(me.user.id, "gaps")
+            .await
+            .expect("team")
+            .id;
+
+        let hub = Hub::new(store.clone(), bus, 16);
+        let _pin = hub.follow(team).await.expect("follow");
+        let start = hub.dispatched(team).expect("followed");
+        let user = PresenceUser {
+            user_id: me.user.id,
+            display_name: "Hub".into(),
+        };
+        let outbox = Arc::new(Outbox::new(64, 64));
+        let conn = hub.register(user, outbox.clone());
+        let joined = hub.join(conn, Scope::Team(team), team, start, None, &[]);
+        assert_eq!(joined, Join::Joined(start));
+
+        for i in 0..5 {
+            let input = serde_json::from_value(serde_json::json!({ "title": format!("t{i}") }))
+                .expect("new task");
+            services
+                .create_task(me.user.id, team, input)
+                .await
+                .expect("task");
+        }
+        let last = start + 5;
+        let mut tx = store.read().await.expect("read");
+        let newest = tx.activities(team, last - 1, last, 10).await.expect("log");
+        drop(tx);
+        assert_eq!(newest.len(), 1);
+
+        // Only the newest arrives: one round reads the four before it, and there are no more.
+        let before = counter(&telemetry.render(), telemetry::GAP_REPAIRS_ABANDONED);
+        hub.dispatch_within(newest, 1).await;
+        assert_eq!(hub.dispatched(team), Some(start), "nothing delivered yet");
+        let after = counter(&telemetry.render(), telemetry::GAP_REPAIRS_ABANDONED);
+        assert_eq!(after, before + 1, "the abandoned repair is counted");
+
+        hub.check().await.expect("check");
+        assert_eq!(
+            hub.dispatched(team),
+            Some(last),
+            "the check delivered the rest"
+        );
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        let seqs: Vec<i64> = batch
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Text(t) => serde_json::from_str::<serde_json::Value>(t).ok(),
+                _ => None,
+            })
+            .filter(|v| v["type"] == "activity")
+            .filter_map(|v| v["activity"]["seq"].as_i64())
+            .collect();
+        assert_eq!(seqs, (start + 1..=last).collect::<Vec<i64>>());
     }
 }
