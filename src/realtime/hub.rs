@@ -410,6 +410,20 @@ impl Hub {
             .collect()
     }
 
+    /// Puts back changes the presence worker could not record (Redis unreachable) so that it
+    /// records them later. The viewers are read again when they are taken, so a task marked
+    /// again meanwhile loses nothing by the merge; an announced mark stays announced, so a join or
+    /// a leave not yet published still is. Does not wake the worker: it retries on its heartbeat.
+    pub(super) fn requeue_presence_changes(&self, changes: Vec<PresenceChange>) {
+        let mut s = self.state.lock();
+        for c in changes {
+            s.presence_dirty
+                .entry(c.task)
+                .and_modify(|(_, announce)| *announce |= c.announce)
+                .or_insert((c.team, c.announce));
+        }
+    }
+
     /// Marks every task with local viewers for a quiet re-registration (after the bus came back:
     /// Redis may have restarted empty).
     pub(super) fn presence_resync(&self) {
@@ -891,6 +905,38 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Changes put back after a failed write merge with marks made meanwhile; announcing wins.
+    #[tokio::test]
+    async fn requeued_presence_changes_merge_with_newer_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::connect(&url, 1).await.expect("sqlite store");
+        let hub = Hub::new(store, Arc::new(InProcessBus::new(16)), 16);
+        let team = uuid::Uuid::now_v7();
+        let (left, quiet) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let change = |task, announce| PresenceChange {
+            team,
+            task,
+            viewers: Vec::new(),
+            announce,
+        };
+        // Marked again meanwhile, quietly (a re-registration after the bus came back).
+        hub.state.lock().presence_dirty.insert(left, (team, false));
+        hub.requeue_presence_changes(vec![change(left, true), change(quiet, false)]);
+        // A failed quiet change does not silence an announced mark.
+        hub.requeue_presence_changes(vec![change(left, false)]);
+        let mut taken: Vec<(TaskId, bool)> = hub
+            .take_presence_changes()
+            .into_iter()
+            .map(|c| (c.task, c.announce))
+            .collect();
+        taken.sort();
+        let mut want = vec![(left, true), (quiet, false)];
+        want.sort();
+        assert_eq!(taken, want);
+        assert!(hub.take_presence_changes().is_empty());
     }
 
     /// A dispatch that runs out of repair rounds says so (a warning and a counter) and leaves the
