@@ -63,6 +63,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 check_every: config.bus_check_interval,
                 presence_ttl: config.presence_ttl,
                 queue: 65_536,
+                queue_bytes: 64 << 20,
             })?;
             bus.wait_up(Duration::from_secs(5)).await;
             bus

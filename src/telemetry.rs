@@ -38,6 +38,9 @@ pub const BUS_RECONNECTS: &str = "taskforge_bus_reconnects_total";
 pub const GAP_REPAIRS: &str = "taskforge_gap_repairs_total";
 /// Activities those reads brought back.
 pub const GAP_REPAIRED_ACTIVITIES: &str = "taskforge_gap_repaired_activities_total";
+/// Dispatches that stopped repairing after 64 gaps in a row and left the rest to the periodic
+/// check (which carries on from the log). Any rise means the log answered in an unexpected way.
+pub const GAP_REPAIRS_ABANDONED: &str = "taskforge_gap_repairs_abandoned_total";
 /// HTTP requests by `method`, `route` (the route template) and `status`.
 pub const HTTP_REQUESTS: &str = "taskforge_http_requests_total";
 /// HTTP request durations by `method` and `route`, seconds.
@@ -165,6 +168,10 @@ fn describe() {
         GAP_REPAIRED_ACTIVITIES,
         "Activities brought back by gap repairs"
     );
+    describe_counter!(
+        GAP_REPAIRS_ABANDONED,
+        "Dispatches that left a gap to the periodic check after too many repairs"
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     describe_histogram!(
         HTTP_DURATION,
@@ -188,6 +195,7 @@ fn describe() {
         BUS_RECONNECTS,
         GAP_REPAIRS,
         GAP_REPAIRED_ACTIVITIES,
+        GAP_REPAIRS_ABANDONED,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,11 +24,18 @@ fn client_command(config_home: &std::path::Path) -> Command {
 }
 
 async fn login(config_home: &std::path::Path, url: &str, email: &str, password: &str) -> bool {
-    let mut child = client_command(config_home)
+    login_with(client_command(config_home), url, email, password)
+        .await
+        .0
+}
+
+/// Runs `taskforge login` with the password on stdin: whether it succeeded, and its stderr.
+async fn login_with(mut cmd: Command, url: &str, email: &str, password: &str) -> (bool, String) {
+    let mut child = cmd
         .args(["login", "--url", url, "--email", email])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn taskforge login");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -36,11 +44,14 @@ async fn login(config_home: &std::path::Path, url: &str, email: &str, password: 
         .await
         .expect("write password");
     drop(stdin);
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("login finishes")
-        .expect("login status")
-        .success()
+        .expect("login status");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -74,6 +85,55 @@ async fn login_keeps_a_private_session_and_refuses_a_wrong_password() {
         session["refreshToken"]
             .as_str()
             .is_some_and(|t| !t.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn login_refuses_to_replace_a_credentials_file_it_cannot_read() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("cli");
+    api.register(&email, "correct horse battery", "Cli").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("taskforge/credentials.json");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("config dir");
+    // Two sessions of other servers, cut off before the end (say, a disk that filled up).
+    let corrupt = br#"{
+  "sessions": {
+    "https://a.example": {"email": "a@example.com", "accessToken": "a1", "refreshToken": "a2"},
+    "https://b.example": {"email": "b@example.com", "accessToken": "b1", "refreshToken": "b2"}
+"#;
+    std::fs::write(&file, corrupt).expect("write credentials");
+
+    let (ok, stderr) = login_with(
+        client_command(home.path()),
+        &srv.base,
+        &email,
+        "correct horse battery",
+    )
+    .await;
+    assert!(!ok, "login must fail; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "the message names the file; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("could not be read"),
+        "the message says why; stderr:\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read credentials"),
+        corrupt.as_slice(),
+        "the file is left byte for byte as it was"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("list config dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec!["credentials.json"],
+        "no temporary file left"
     );
 }
 
@@ -180,4 +240,109 @@ async fn tail_json_streams_every_activity_once_across_a_server_restart() {
         got.iter()
             .all(|a| a["teamId"] == team.id.to_string().as_str())
     );
+}
+
+/// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (plain HTTP), with a self-signed
+/// certificate for 127.0.0.1 and localhost; returns its port and the certificate's PEM.
+async fn tls_proxy(upstream: String) -> (u16, String) {
+    use tokio_rustls::rustls;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream.as_str()).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, cert.pem())
+}
+
+#[tokio::test]
+async fn login_and_tail_work_over_https_with_a_certificate_trusted_through_ssl_cert_file() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("tls");
+    let me = api.register(&email, "correct horse battery", "Tls").await;
+    let team = api.create_team(me.token(), "over tls").await;
+    let upstream = srv
+        .base
+        .strip_prefix("http://")
+        .expect("an http base")
+        .to_owned();
+    let (port, pem) = tls_proxy(upstream).await;
+    let url = format!("https://127.0.0.1:{port}");
+    let home = tempfile::tempdir().expect("tempdir");
+    let ca = home.path().join("proxy-cert.pem");
+    std::fs::write(&ca, pem).expect("write the certificate");
+    // Trust exactly the proxy's certificate, the way a private CA is added in practice.
+    let command = || {
+        let mut cmd = client_command(home.path());
+        cmd.env("SSL_CERT_FILE", &ca).env_remove("SSL_CERT_DIR");
+        cmd
+    };
+
+    // Not trusted without it: the certificate really is what SSL_CERT_FILE adds.
+    let (ok, stderr) = login_with(
+        client_command(home.path()),
+        &url,
+        &email,
+        "correct horse battery",
+    )
+    .await;
+    assert!(!ok, "an unknown certificate is refused");
+    assert!(stderr.contains("certificate"), "stderr:\n{stderr}");
+
+    let (ok, stderr) = login_with(command(), &url, &email, "correct horse battery").await;
+    assert!(ok, "login over https; stderr:\n{stderr}");
+
+    let mut tail = command()
+        .args(["tail", "--url", &url, "--team", &team.id.to_string()])
+        .args(["--since", "0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn taskforge tail");
+    let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    let mut err_lines = BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    let task = api.task(me.token(), team.id, "seen through tls").await;
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    let _ = tail.kill().await;
+    let Ok(Ok(Some(line))) = line else {
+        let mut err = String::new();
+        while let Ok(Ok(Some(l))) =
+            tokio::time::timeout(Duration::from_millis(200), err_lines.next_line()).await
+        {
+            err.push_str(&l);
+            err.push('\n');
+        }
+        panic!("no activity from tail over https within 20 s; its stderr:\n{err}");
+    };
+    let activity: Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(activity["type"], "task.created");
+    assert_eq!(activity["taskId"], task.id.to_string().as_str());
+    assert_eq!(activity["teamId"], team.id.to_string().as_str());
 }

@@ -7,16 +7,16 @@
 //!   and the relay first publishes the gap from the log.
 //! - Subscriptions are counted and applied in order by one task, so a quick unwatch/watch of the
 //!   same channel cannot end unsubscribed. `watch` returns once Redis confirmed the SUBSCRIBE.
-//! - Received messages go through a bounded queue. Nothing here blocks the Redis connection: when
-//!   the queue is full a message is dropped and a `Resync` is sent once there is room, and the hub
-//!   repairs from the log, as it does after a reconnect.
+//! - Received messages go through a queue bounded in messages and in bytes (activities can be
+//!   large). Nothing here blocks the Redis connection: when the queue is full a message is dropped
+//!   and a `Resync` follows, and the hub repairs from the log, as it does after a reconnect.
 //! - Connecting never blocks the start: until Redis answers, the bus is down, publishing fails
 //!   (the relay's scan publishes later) and the hub's periodic check delivers from the log.
 //!
 //! Keys live under `taskforge:`; the scripts touch keys they compute, so this needs a standalone
 //! Redis (or one primary), not Redis Cluster.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Script, Value};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::wire::{self, Viewer};
@@ -42,6 +42,8 @@ pub struct RedisSettings {
     pub presence_ttl: Duration,
     /// Received messages waiting for the hub.
     pub queue: usize,
+    /// Their payload bytes (a single message larger than this is let through alone).
+    pub queue_bytes: usize,
 }
 
 const KEYS: &str = "taskforge:";
@@ -148,7 +150,87 @@ struct Link {
     up: AtomicBool,
     /// A received message was dropped (queue full): a `Resync` is owed.
     lost: AtomicBool,
-    events: mpsc::Sender<BusEvent>,
+    inbox: Inbox,
+}
+
+/// Received events on their way to the hub, bounded in count and in payload bytes. `forward`
+/// moves them into the hub's channel, which holds one: an event's bytes are released once the
+/// hub has taken the event before it, so at most the budget plus that one event wait.
+struct Inbox {
+    queued: Mutex<Queued>,
+    /// Wakes `forward` (one stored permit: a push between its check and its wait is not missed).
+    ready: Notify,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Queued {
+    events: VecDeque<(BusEvent, usize)>,
+    bytes: usize,
+    /// A `Resync` is among `events` (one is enough; it is outside the bounds so it always fits).
+    resync: bool,
+}
+
+impl Inbox {
+    fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            queued: Mutex::new(Queued::default()),
+            ready: Notify::new(),
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// Queues a received event of `bytes`; false (not queued) when it would break a bound.
+    fn push(&self, event: BusEvent, bytes: usize) -> bool {
+        let mut q = self.queued.lock();
+        let over = q.bytes > 0 && q.bytes.saturating_add(bytes) > self.max_bytes;
+        if over || q.events.len() >= self.max_events {
+            return false;
+        }
+        q.bytes += bytes;
+        q.events.push_back((event, bytes));
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues a `Resync` behind what is queued, unless one is waiting already.
+    fn push_resync(&self) {
+        let mut q = self.queued.lock();
+        if q.resync {
+            return;
+        }
+        q.resync = true;
+        q.events.push_back((BusEvent::Resync, 0));
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<BusEvent> {
+        let mut q = self.queued.lock();
+        let (event, bytes) = q.events.pop_front()?;
+        q.bytes -= bytes;
+        if matches!(event, BusEvent::Resync) {
+            q.resync = false;
+        }
+        Some(event)
+    }
+}
+
+/// Moves received events to the hub in order, one at a time; ends when the hub is gone.
+async fn forward(link: Arc<Link>, hub: mpsc::Sender<BusEvent>) {
+    // Room first: an event leaves the byte count only when the hub's channel can take it.
+    while let Ok(permit) = hub.reserve().await {
+        let event = loop {
+            if let Some(e) = link.inbox.pop() {
+                break e;
+            }
+            link.inbox.ready.notified().await;
+        };
+        permit.send(event);
+    }
 }
 
 struct Conns {
@@ -179,12 +261,14 @@ impl RedisBus {
     /// Starts connecting in the background and returns at once.
     pub fn start(settings: RedisSettings) -> Result<Arc<Self>, BusError> {
         let client = client(&settings.url)?;
-        let (tx, rx) = mpsc::channel(settings.queue.max(16));
+        // The bounds are the inbox's; this channel only hands the hub its next event.
+        let (tx, rx) = mpsc::channel(1);
         let link = Arc::new(Link {
             up: AtomicBool::new(false),
             lost: AtomicBool::new(false),
-            events: tx,
+            inbox: Inbox::new(settings.queue.max(16), settings.queue_bytes.max(1)),
         });
+        tokio::spawn(forward(link.clone(), tx));
         let conns = Arc::new(OnceCell::new());
         let (subs, sub_rx) = mpsc::channel(1024);
         let instance = Uuid::now_v7().to_string();
@@ -299,7 +383,7 @@ fn on_push(link: &Link, info: PushInfo) {
             let Some(event) = event_of(channel, payload) else {
                 return;
             };
-            if link.events.try_send(event).is_err() {
+            if !link.inbox.push(event, payload.len()) {
                 link.lost.store(true, Ordering::SeqCst);
             }
         }
@@ -368,7 +452,7 @@ async fn run_health(
                     }
                     was_up = true;
                     let _ = subs.send(SubCommand::Resubscribe).await;
-                    let _ = link.events.send(BusEvent::Resync).await;
+                    link.inbox.push_resync();
                     link.lost.store(false, Ordering::SeqCst);
                 }
             }
@@ -380,7 +464,7 @@ async fn run_health(
         }
         if link.lost.swap(false, Ordering::SeqCst) {
             tracing::warn!("the bus queue overflowed; resyncing from the log");
-            let _ = link.events.send(BusEvent::Resync).await;
+            link.inbox.push_resync();
         }
     }
 }
@@ -657,5 +741,164 @@ impl SharedPresence for RedisPresence {
             .await
             .map_err(unreachable)?;
         self.sweep_instance(&self.instance).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::activity::{ActivityKind, Route};
+
+    /// The Redis of the tests (`TASKFORGE_TEST_REDIS_URL`); `None` (with a message) when unset,
+    /// except under `CI=true`.
+    fn redis_url() -> Option<String> {
+        match std::env::var("TASKFORGE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but TASKFORGE_TEST_REDIS_URL is not set")
+            }
+            _ => {
+                eprintln!("skipping Redis: TASKFORGE_TEST_REDIS_URL not set");
+                None
+            }
+        }
+    }
+
+    fn activity(team: TeamId, seq: i64, body_bytes: usize) -> LogEntry {
+        let body = "x".repeat(body_bytes);
+        LogEntry {
+            seq,
+            route: Route {
+                kind: ActivityKind::TaskCreated,
+                team_id: team,
+                board_id: None,
+                prev_board_id: None,
+                task_id: Some(Uuid::now_v7()),
+                user_id: None,
+            },
+            json: Arc::from(format!(
+                r#"{{"type":"task.created","seq":{seq},"body":"{body}"}}"#
+            )),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_larger_than_the_byte_budget_is_dropped_and_ends_in_a_resync() {
+        let Some(url) = redis_url() else { return };
+        const BUDGET: usize = 256 * 1024;
+        const BODY: usize = 56 * 1024; // four and a half to the budget
+        const BURST: i64 = 16; // four times the budget, far below the message bound
+        let bus = RedisBus::start(RedisSettings {
+            url,
+            check_every: Duration::from_millis(100),
+            presence_ttl: Duration::from_secs(10),
+            queue: 65_536,
+            queue_bytes: BUDGET,
+        })
+        .expect("start the bus");
+        assert!(bus.wait_up(Duration::from_secs(10)).await, "redis is up");
+        // The hub's side, taken but not read during the burst. The bus resyncs on coming up.
+        let mut events = bus.take_events().expect("the events");
+        let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        assert!(matches!(first, Ok(Some(BusEvent::Resync))), "{first:?}");
+        let team = Uuid::now_v7();
+        bus.watch(Topic::Team(team)).await.expect("watch the team");
+
+        let entries: Vec<LogEntry> = (1..=BURST).map(|s| activity(team, s, BODY)).collect();
+        let published = bus.publish(team, 0, &entries).await.expect("publish");
+        assert_eq!(published, BURST);
+        // Then a small message on the same channel: once it is queued, the push handler has
+        // seen the whole burst (it fits in what the budget has left).
+        let viewer = Viewer {
+            team_id: team,
+            task_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            display_name: "end of the burst".into(),
+        };
+        let mut con = bus.commands().expect("commands");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(Topic::Team(team).channel())
+            .arg(format!("P+{}", viewer.encode()))
+            .query_async(&mut con)
+            .await
+            .expect("publish the end marker");
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{KEYS}published:{team}"))
+            .query_async(&mut con)
+            .await
+            .expect("clean up");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let queued = loop {
+            {
+                let q = bus.link.inbox.queued.lock();
+                if q.events
+                    .iter()
+                    .any(|(e, _)| matches!(e, BusEvent::Presence(_)))
+                {
+                    break q.bytes;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the end marker was not queued within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            queued <= BUDGET,
+            "{queued} bytes queued, the budget is {BUDGET}"
+        );
+
+        // The hub takes everything: the start of the burst, the marker, and a Resync (in either
+        // order: the Resync follows the first dropped message at the next check).
+        let mut seqs = Vec::new();
+        let (mut marker, mut resynced) = (false, false);
+        while !(marker && resynced) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(BusEvent::Activities(got))) => seqs.extend(got.iter().map(|e| e.seq)),
+                Ok(Some(BusEvent::Presence(_))) => marker = true,
+                Ok(Some(BusEvent::Resync)) => resynced = true,
+                Ok(Some(BusEvent::UserActivity(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert!(
+            resynced,
+            "a Resync follows the dropped messages (got seqs {seqs:?})"
+        );
+        assert!(marker, "the end marker arrives");
+        // Kept: what fit in the budget, plus the one event the hub's channel held.
+        assert!(
+            !seqs.is_empty() && seqs.len() <= BUDGET / BODY + 1,
+            "{seqs:?}"
+        );
+        let prefix: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(
+            seqs, prefix,
+            "what was kept is the start of the burst, in order"
+        );
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_in_bytes_and_in_events_and_keeps_one_resync() {
+        let inbox = Inbox::new(3, 100);
+        assert!(inbox.push(BusEvent::Resync, 60));
+        assert!(!inbox.push(BusEvent::Resync, 50), "over the byte budget");
+        assert!(inbox.push(BusEvent::Resync, 40));
+        assert!(inbox.push(BusEvent::Resync, 0));
+        assert!(!inbox.push(BusEvent::Resync, 0), "over the event bound");
+        inbox.push_resync();
+        inbox.push_resync();
+        let mut n = 0;
+        while inbox.pop().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4, "three events and one resync");
+        assert_eq!(inbox.queued.lock().bytes, 0);
+        assert!(
+            inbox.push(BusEvent::Resync, 500),
+            "alone, a large message fits"
+        );
+        assert!(!inbox.push(BusEvent::Resync, 1), "but nothing beside it");
     }
 }

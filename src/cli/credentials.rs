@@ -39,13 +39,26 @@ pub fn key(url: &str) -> String {
 
 fn read() -> anyhow::Result<File> {
     let p = path()?;
+    // The file holds the sessions of every server: one we cannot read is reported and left
+    // alone, never replaced by a file with only the new session.
+    let unreadable = || {
+        format!(
+            "{} could not be read, so it was left as it is (it may hold other sessions); \
+             repair or remove it, then try again",
+            p.display()
+        )
+    };
     match std::fs::read(&p) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(unreadable),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        Err(e) => Err(e).with_context(unreadable),
     }
+}
+
+/// Fails as `store` would if the credentials file exists but cannot be read: checked before
+/// logging in, so that a session the file could not keep is not opened on the server.
+pub fn check() -> anyhow::Result<()> {
+    read().map(drop)
 }
 
 pub fn load(url: &str) -> anyhow::Result<Option<Session>> {
@@ -57,7 +70,7 @@ pub fn store(url: &str, session: Session) -> anyhow::Result<PathBuf> {
     let p = path()?;
     let dir = p.parent().ok_or_else(|| anyhow!("no parent directory"))?;
     create_private_dir(dir)?;
-    let mut file = read().unwrap_or_default();
+    let mut file = read()?;
     file.sessions.insert(key(url), session);
     let tmp = dir.join("credentials.json.tmp");
     write_private(&tmp, &serde_json::to_vec_pretty(&file)?)?;

@@ -16,6 +16,15 @@ pub struct AuthResponse {
     pub refresh_token: String,
 }
 
+/// Makes ring the process's rustls provider. tokio-tungstenite's wss:// connector uses the process
+/// default, which rustls picks by itself only while exactly one provider is compiled in; set it
+/// here so that another crate enabling a second one cannot make `tail` panic. (reqwest names its
+/// provider itself.)
+pub fn install_tls_provider() {
+    // Err only means a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
@@ -46,6 +55,8 @@ async fn auth_call(
 }
 
 pub async fn login(base: &str, email: &str, password: &str) -> anyhow::Result<AuthResponse> {
+    // A credentials file that cannot take the session fails the login before the server opens one.
+    credentials::check()?;
     auth_call(
         base,
         "login",

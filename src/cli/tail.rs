@@ -47,6 +47,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    super::install_tls_provider();
     let mut session = credentials::load(&args.url)?.with_context(|| {
         format!(
             "not logged in to {}: run `taskforge login --url {} --email ...` first",

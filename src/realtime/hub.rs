@@ -31,6 +31,8 @@ pub type ConnId = u64;
 
 /// Most activities read from the log in one repair step.
 const REPAIR_BATCH: i64 = 1_000;
+/// Most gap repairs one dispatch makes; what is left after them waits for the periodic check.
+const REPAIR_ROUNDS: usize = 64;
 /// How long the hub remembers how far it dispatched a team it stopped following (a user-channel
 /// copy of an activity it already delivered may still be on its way).
 const FORGET_AFTER: Duration = Duration::from_secs(30);
@@ -427,6 +429,20 @@ impl Hub {
             .collect()
     }
 
+    /// Puts back changes the presence worker could not record (Redis unreachable) so that it
+    /// records them later. The viewers are read again when they are taken, so a task marked
+    /// again meanwhile loses nothing by the merge; an announced mark stays announced, so a join or
+    /// a leave not yet published still is. Does not wake the worker: it retries on its heartbeat.
+    pub(super) fn requeue_presence_changes(&self, changes: Vec<PresenceChange>) {
+        let mut s = self.state.lock();
+        for c in changes {
+            s.presence_dirty
+                .entry(c.task)
+                .and_modify(|(_, announce)| *announce |= c.announce)
+                .or_insert((c.team, c.announce));
+        }
+    }
+
     /// Marks every task with local viewers for a quiet re-registration (after the bus came back:
     /// Redis may have restarted empty).
     pub(super) fn presence_resync(&self) {
@@ -528,12 +544,17 @@ impl Hub {
     /// Dispatches activities of one team (in seq order), repairing from the log first when they
     /// skip ahead of what was dispatched. Activities of a team the hub does not follow are not
     /// for this instance (a user's own sockets get theirs through `deliver_user_copy`).
-    pub async fn dispatch(&self, mut entries: Vec<LogEntry>) {
+    pub async fn dispatch(&self, entries: Vec<LogEntry>) {
+        self.dispatch_within(entries, REPAIR_ROUNDS).await;
+    }
+
+    /// `dispatch` with at most `rounds` gap repairs.
+    async fn dispatch_within(&self, mut entries: Vec<LogEntry>, rounds: usize) {
         let Some(team) = entries.first().map(LogEntry::team_id) else {
             return;
         };
         entries.sort_by_key(|e| e.seq);
-        for _ in 0..64 {
+        for _ in 0..rounds {
             let gap = self.with_state(|s| {
                 let t = s.teams.get_mut(&team)?;
                 let dispatched = match &mut t.phase {
@@ -576,6 +597,12 @@ impl Hub {
                 }
             }
         }
+        // Every round found another gap (the log changed under the repair, or answered out of
+        // order). The entries are dropped, not lost: the periodic check compares the team with
+        // the log again and delivers from it.
+        let dispatched = self.dispatched(team);
+        tracing::warn!(%team, rounds, ?dispatched, "gap repair gave up; the periodic check continues it");
+        metrics::counter!(telemetry::GAP_REPAIRS_ABANDONED).increment(1);
     }
 
     async fn read_log(
@@ -904,7 +931,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::InProcessBus;
+    use crate::bus::{InProcessBus, Relay, RelaySettings};
+    use crate::service::{Services, TokenService};
     use crate::realtime::outbox::Limits;
     use uuid::Uuid;
 
@@ -984,5 +1012,125 @@ mod tests {
             late.next_batch(&mut batch).await,
             Some(CloseReason::GoingAway)
         );
+    }
+
+    fn counter(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Changes put back after a failed write merge with marks made meanwhile; announcing wins.
+    #[tokio::test]
+    async fn requeued_presence_changes_merge_with_newer_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::connect(&url, 1).await.expect("sqlite store");
+        let hub = Hub::new(store, Arc::new(InProcessBus::new(16)), 16);
+        let team = uuid::Uuid::now_v7();
+        let (left, quiet) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let change = |task, announce| PresenceChange {
+            team,
+            task,
+            viewers: Vec::new(),
+            announce,
+        };
+        // Marked again meanwhile, quietly (a re-registration after the bus came back).
+        hub.state.lock().presence_dirty.insert(left, (team, false));
+        hub.requeue_presence_changes(vec![change(left, true), change(quiet, false)]);
+        // A failed quiet change does not silence an announced mark.
+        hub.requeue_presence_changes(vec![change(left, false)]);
+        let mut taken: Vec<(TaskId, bool)> = hub
+            .take_presence_changes()
+            .into_iter()
+            .map(|c| (c.task, c.announce))
+            .collect();
+        taken.sort();
+        let mut want = vec![(left, true), (quiet, false)];
+        want.sort();
+        assert_eq!(taken, want);
+        assert!(hub.take_presence_changes().is_empty());
+    }
+
+    /// A dispatch that runs out of repair rounds says so (a warning and a counter) and leaves the
+    /// team where it was; the periodic check then delivers everything from the log, in order.
+    #[tokio::test]
+    async fn a_gap_left_after_the_last_repair_round_is_counted_and_the_check_repairs_it() {
+        let telemetry = telemetry::Telemetry::install().expect("metrics recorder");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::connect(&url, 1).await.expect("sqlite store");
+        // Nobody takes the bus's events: only what the test dispatches reaches the hub.
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(16));
+        let services = Services {
+            store: store.clone(),
+            relay: Relay::start(store.clone(), bus.clone(), RelaySettings::default()),
+            tokens: Arc::new(TokenService::new(
+                b"0123456789abcdef0123456789abcdef",
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            )),
+        };
+        let me = services
+            .register("hub@example.com", "correct horse battery", "Hub")
+            .await
+            .expect("register");
+        let team = services
+            .create_team(me.user.id, "gaps")
+            .await
+            .expect("team")
+            .id;
+
+        let hub = Hub::new(store.clone(), bus, 16);
+        let _pin = hub.follow(team).await.expect("follow");
+        let start = hub.dispatched(team).expect("followed");
+        let user = PresenceUser {
+            user_id: me.user.id,
+            display_name: "Hub".into(),
+        };
+        let outbox = outbox();
+        let conn = hub.register(user, outbox.clone());
+        let joined = hub.join(conn, Scope::Team(team), team, start, None, &[]);
+        assert_eq!(joined, Join::Joined(start));
+
+        for i in 0..5 {
+            let input = serde_json::from_value(serde_json::json!({ "title": format!("t{i}") }))
+                .expect("new task");
+            services
+                .create_task(me.user.id, team, input)
+                .await
+                .expect("task");
+        }
+        let last = start + 5;
+        let mut tx = store.read().await.expect("read");
+        let newest = tx.activities(team, last - 1, last, 10).await.expect("log");
+        drop(tx);
+        assert_eq!(newest.len(), 1);
+
+        // Only the newest arrives: one round reads the four before it, and there are no more.
+        let before = counter(&telemetry.render(), telemetry::GAP_REPAIRS_ABANDONED);
+        hub.dispatch_within(newest, 1).await;
+        assert_eq!(hub.dispatched(team), Some(start), "nothing delivered yet");
+        let after = counter(&telemetry.render(), telemetry::GAP_REPAIRS_ABANDONED);
+        assert_eq!(after, before + 1, "the abandoned repair is counted");
+
+        hub.check().await.expect("check");
+        assert_eq!(
+            hub.dispatched(team),
+            Some(last),
+            "the check delivered the rest"
+        );
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        let seqs: Vec<i64> = batch
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Text(t) => serde_json::from_str::<serde_json::Value>(t).ok(),
+                _ => None,
+            })
+            .filter(|v| v["type"] == "activity")
+            .filter_map(|v| v["activity"]["seq"].as_i64())
+            .collect();
+        assert_eq!(seqs, (start + 1..=last).collect::<Vec<i64>>());
     }
 }

@@ -1,12 +1,15 @@
 //! The presence worker of the scaled deployment: records this instance's viewers in the shared
 //! presence as they change, keeps the instance's heartbeat alive, and sweeps instances that died.
 //! The hub only marks tasks as changed; all Redis I/O happens here, off the hub's lock.
+//!
+//! A change that cannot be recorded (Redis unreachable) goes back to the hub and is retried at
+//! each heartbeat until it is: dropping it would leave a viewer who left "present" for good.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Settings;
-use super::hub::Hub;
+use super::hub::{Hub, PresenceChange};
 use crate::bus::SharedPresence;
 
 pub(super) async fn run(hub: Arc<Hub>, shared: Arc<dyn SharedPresence>, settings: Settings) {
@@ -15,36 +18,52 @@ pub(super) async fn run(hub: Arc<Hub>, shared: Arc<dyn SharedPresence>, settings
     let mut sweep = tokio::time::interval(settings.presence_sweep_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set while changes wait for Redis: they are retried at the heartbeat, not at every new
+    // change (which would only fail again, as often as viewers come and go).
+    let mut failing = false;
     loop {
-        tokio::select! {
-            _ = hub.presence_changed.notified() => {}
-            _ = heartbeat.tick() => {
-                if let Err(e) = shared.heartbeat().await {
-                    tracing::debug!(error = %e, "presence heartbeat failed");
-                }
-                continue;
-            }
+        let tick = tokio::select! {
+            _ = hub.presence_changed.notified() => false,
+            _ = heartbeat.tick() => true,
             _ = sweep.tick() => {
                 if let Err(e) = shared.sweep().await {
                     tracing::debug!(error = %e, "presence sweep failed");
                 }
                 continue;
             }
+        };
+        if failing && !tick {
+            continue;
         }
         let changes = hub.take_presence_changes();
         if changes.is_empty() {
-            continue;
-        }
-        // Records are only kept for instances with a live heartbeat: renew it first (after a
-        // Redis restart it is gone).
-        if let Err(e) = shared.heartbeat().await {
-            tracing::debug!(error = %e, "presence heartbeat failed; re-registered when the bus is back");
-            continue;
-        }
-        for c in changes {
-            if let Err(e) = shared.sync(c.team, c.task, &c.viewers, c.announce).await {
-                tracing::debug!(error = %e, task = %c.task, "presence sync failed; re-registered when the bus is back");
+            if tick && let Err(e) = shared.heartbeat().await {
+                tracing::debug!(error = %e, "presence heartbeat failed");
             }
+            continue;
+        }
+        failing = !record(&hub, shared.as_ref(), changes).await;
+    }
+}
+
+/// Renews the heartbeat and records `changes`; what could not be recorded goes back to the hub.
+/// Returns whether everything was recorded.
+async fn record(hub: &Hub, shared: &dyn SharedPresence, changes: Vec<PresenceChange>) -> bool {
+    // Records are only kept for instances with a live heartbeat: renew it first (after a Redis
+    // restart it is gone).
+    if let Err(e) = shared.heartbeat().await {
+        tracing::debug!(error = %e, n = changes.len(), "presence heartbeat failed; the changes are kept and retried at the next heartbeat");
+        hub.requeue_presence_changes(changes);
+        return false;
+    }
+    let mut changes = changes.into_iter();
+    while let Some(c) = changes.next() {
+        if let Err(e) = shared.sync(c.team, c.task, &c.viewers, c.announce).await {
+            tracing::debug!(error = %e, task = %c.task, "presence sync failed; it and the changes after it are retried at the next heartbeat");
+            // Redis is unlikely to take the rest now: keep them too instead of waiting on each.
+            hub.requeue_presence_changes(std::iter::once(c).chain(changes).collect());
+            return false;
         }
     }
+    true
 }
