@@ -932,8 +932,8 @@ impl State {
 mod tests {
     use super::*;
     use crate::bus::{InProcessBus, Relay, RelaySettings};
-    use crate::service::{Services, TokenService};
     use crate::realtime::outbox::Limits;
+    use crate::service::{Services, TokenService};
     use uuid::Uuid;
 
     async fn hub() -> (Hub, tempfile::TempDir) {
