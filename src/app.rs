@@ -14,6 +14,7 @@ use crate::limits::{AuthLimits, KeyedLimiter};
 use crate::realtime::{self, Realtime};
 use crate::service::{Services, TokenService};
 use crate::store::{self, StoreError};
+use crate::supervisor::Supervisor;
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,21 +51,37 @@ fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
     }
 }
 
-/// Runs the server until SIGTERM or Ctrl-C.
+/// Runs the server on `config.listen` until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then drains within
+/// `config.drain_timeout`: one deadline for in-flight requests, socket closes, presence and the
+/// background tasks.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let secret = jwt_secret(&config)?;
+    let tasks = Supervisor::new();
     let store = store::connect(&config.database_url, config.database_pool_size).await?;
     tracing::info!(backend = store.backend(), "database ready");
     let bus: Arc<dyn Bus> = match &config.redis_url {
         None => Arc::new(InProcessBus::new(4096)),
         Some(url) => {
-            let bus = RedisBus::start(RedisSettings {
-                url: url.clone(),
-                check_every: config.bus_check_interval,
-                presence_ttl: config.presence_ttl,
-                queue: 65_536,
-                queue_bytes: 64 << 20,
-            })?;
+            let bus = RedisBus::start(
+                RedisSettings {
+                    url: url.clone(),
+                    check_every: config.bus_check_interval,
+                    presence_ttl: config.presence_ttl,
+                    queue: 65_536,
+                    queue_bytes: 64 << 20,
+                },
+                &tasks,
+            )?;
             bus.wait_up(Duration::from_secs(5)).await;
             bus
         }
@@ -80,6 +97,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             crash_after_commit: config.crash_after_commit(),
             ..RelaySettings::default()
         },
+        &tasks,
     );
     let tokens = Arc::new(TokenService::new(
         &secret,
@@ -91,6 +109,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         &bus,
         tokens.clone(),
         realtime::Settings::from_config(&config),
+        &tasks,
     );
     let services = Services {
         store,
@@ -99,12 +118,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     };
     let hub = realtime.hub.clone();
     let telemetry = Telemetry::install()?.with_scrape_hook(Arc::new(move || hub.record_gauges()));
-    telemetry.spawn_upkeep();
+    telemetry.spawn_upkeep(&tasks);
+    if config.fault_background_panic() {
+        tasks.spawn("fault injection", async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            panic!("fault injection: a background task dies");
+        });
+    }
     let router = http::router(
         AppState {
             services,
             bus,
             telemetry,
+            tasks: tasks.clone(),
             limits: Arc::new(EdgeLimits {
                 auth: AuthLimits {
                     per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
@@ -119,7 +145,6 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         realtime.router(),
     );
 
-    let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests wait for it to learn the port.
     println!("taskforge listening on http://{addr}");
@@ -133,8 +158,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         },
         stop.clone(),
     ));
-    shutdown_signal().await;
-    // One deadline for everything that follows: in-flight requests, socket closes, presence.
+    shutdown.await;
+    tracing::info!("shutting down");
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     // Sockets are not requests: close them (1001) so clients resume on another instance, and
     // refuse new upgrades from now on.
@@ -146,6 +171,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         }
         realtime.closed().await;
         realtime.retire().await;
+        tasks.shutdown().await;
     };
     if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!("drain time is up; exiting with work in flight");
@@ -182,5 +208,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutting down");
 }

@@ -166,7 +166,8 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Test-only fault injection (`crash-after-commit`); honoured by debug builds only.
+    /// Test-only fault injection (`crash-after-commit`, `background-task-panic`); honoured by
+    /// debug builds only.
     #[arg(long, env = "TASKFORGE_FAULT", hide = true)]
     pub fault: Option<String>,
 }
@@ -174,6 +175,11 @@ pub struct Config {
 impl Config {
     pub fn crash_after_commit(&self) -> bool {
         cfg!(debug_assertions) && self.fault.as_deref() == Some("crash-after-commit")
+    }
+
+    /// A supervised background task that panics shortly after start (readiness must fail).
+    pub fn fault_background_panic(&self) -> bool {
+        cfg!(debug_assertions) && self.fault.as_deref() == Some("background-task-panic")
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `app`: wiring them together from a `Config`.
 //!
 //! `telemetry` (metric names and the Prometheus recorder) is a leaf every layer may record to;
-//! `limits` (per-key rate limits) one the edges use.
+//! `limits` (per-key rate limits) one the edges use; `supervisor` (the background tasks' owner)
+//! one the layers that run loops (bus, realtime, telemetry) spawn through.
 
 pub mod app;
 pub mod bus;
@@ -21,4 +22,5 @@ pub mod limits;
 pub mod realtime;
 pub mod service;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

@@ -41,6 +41,14 @@ pub const GAP_REPAIRED_ACTIVITIES: &str = "taskforge_gap_repaired_activities_tot
 /// Dispatches that stopped repairing after 64 gaps in a row and left the rest to the periodic
 /// check (which carries on from the log). Any rise means the log answered in an unexpected way.
 pub const GAP_REPAIRS_ABANDONED: &str = "taskforge_gap_repairs_abandoned_total";
+/// Background tasks (by `task`) that ended before shutdown, by returning or panicking; any rise
+/// also makes `/readyz` answer 503.
+pub const BACKGROUND_TASK_FAILURES: &str = "taskforge_background_task_failures_total";
+/// Sockets cut because a write or a replay made no progress for `TASKFORGE_WS_WRITE_TIMEOUT`
+/// (also counted in the slow-consumer cuts).
+pub const STALLED_SOCKETS: &str = "taskforge_stalled_socket_cuts_total";
+/// Password hashes that gave up waiting for a core (answered 503 `unavailable`).
+pub const HASHES_REFUSED: &str = "taskforge_password_hashes_refused_total";
 /// HTTP requests by `method`, `route` (the route template) and `status`.
 pub const HTTP_REQUESTS: &str = "taskforge_http_requests_total";
 /// HTTP request durations by `method` and `route`, seconds.
@@ -120,9 +128,9 @@ impl Telemetry {
     }
 
     /// Drains the histograms' buffers now and then: without a scrape they would only grow.
-    pub fn spawn_upkeep(&self) {
+    pub fn spawn_upkeep(&self, tasks: &crate::supervisor::Supervisor) {
         let handle = self.handle.clone();
-        tokio::spawn(async move {
+        tasks.spawn("metrics upkeep", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
@@ -172,6 +180,18 @@ fn describe() {
         GAP_REPAIRS_ABANDONED,
         "Dispatches that left a gap to the periodic check after too many repairs"
     );
+    describe_counter!(
+        BACKGROUND_TASK_FAILURES,
+        "Background tasks that ended before shutdown, by task"
+    );
+    describe_counter!(
+        STALLED_SOCKETS,
+        "Sockets cut because a write or a replay made no progress"
+    );
+    describe_counter!(
+        HASHES_REFUSED,
+        "Password hashes refused after waiting too long for a core"
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     describe_histogram!(
         HTTP_DURATION,
@@ -196,6 +216,8 @@ fn describe() {
         GAP_REPAIRS,
         GAP_REPAIRED_ACTIVITIES,
         GAP_REPAIRS_ABANDONED,
+        STALLED_SOCKETS,
+        HASHES_REFUSED,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -133,3 +133,38 @@ async fn team_seq_before_tasks(api: &Api, token: &str, team: uuid::Uuid) -> i64 
         .expect("a task.created in the log");
     first.seq - 1
 }
+
+/// A background task that dies is not silent: `/readyz` answers 503 naming it, `/metrics` counts
+/// it, and the rest of the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_background_task_fails_readiness() {
+    let srv = TestServer::start_with(
+        Backend::Sqlite,
+        &[("TASKFORGE_FAULT", "background-task-panic")],
+    )
+    .await;
+    let api = srv.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ready = loop {
+        let r = api.send("GET", "/readyz", None, None, &[]).await;
+        if r.status == 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    let body: serde_json::Value = serde_json::from_str(&ready.text).expect("json");
+    assert_eq!(body["tasks"], "down");
+    assert_eq!(body["failedTasks"], json!(["fault injection"]));
+    let m = api.metrics().await;
+    assert_eq!(
+        m.get(
+            "taskforge_background_task_failures_total",
+            &["task=\"fault injection\""]
+        ),
+        1.0
+    );
+    // Everything else still works.
+    let u = api.new_user("Still").await;
+    api.create_team(u.token(), "T").await;
+}

@@ -32,6 +32,7 @@ use super::wire::{self, Viewer};
 use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
 use crate::domain::activity::{LogEntry, PresenceUser};
 use crate::domain::{TaskId, TeamId};
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -259,7 +260,7 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Starts connecting in the background and returns at once.
-    pub fn start(settings: RedisSettings) -> Result<Arc<Self>, BusError> {
+    pub fn start(settings: RedisSettings, tasks: &Supervisor) -> Result<Arc<Self>, BusError> {
         let client = client(&settings.url)?;
         // The bounds are the inbox's; this channel only hands the hub its next event.
         let (tx, rx) = mpsc::channel(1);
@@ -268,7 +269,7 @@ impl RedisBus {
             lost: AtomicBool::new(false),
             inbox: Inbox::new(settings.queue.max(16), settings.queue_bytes.max(1)),
         });
-        tokio::spawn(forward(link.clone(), tx));
+        tasks.spawn("redis inbox", forward(link.clone(), tx));
         let conns = Arc::new(OnceCell::new());
         let (subs, sub_rx) = mpsc::channel(1024);
         let instance = Uuid::now_v7().to_string();
@@ -289,13 +290,14 @@ impl RedisBus {
             publish: Script::new(PUBLISH_LUA),
             presence,
         });
-        tokio::spawn(run_subscriptions(
-            conns.clone(),
-            link.clone(),
-            sub_rx,
-            settings.check_every,
-        ));
-        tokio::spawn(run_health(client, conns, link, subs, settings.check_every));
+        tasks.spawn(
+            "redis subscriptions",
+            run_subscriptions(conns.clone(), link.clone(), sub_rx, settings.check_every),
+        );
+        tasks.spawn(
+            "redis health",
+            run_health(client, conns, link, subs, settings.check_every),
+        );
         Ok(bus)
     }
 
@@ -788,13 +790,16 @@ mod tests {
         const BUDGET: usize = 256 * 1024;
         const BODY: usize = 56 * 1024; // four and a half to the budget
         const BURST: i64 = 16; // four times the budget, far below the message bound
-        let bus = RedisBus::start(RedisSettings {
-            url,
-            check_every: Duration::from_millis(100),
-            presence_ttl: Duration::from_secs(10),
-            queue: 65_536,
-            queue_bytes: BUDGET,
-        })
+        let bus = RedisBus::start(
+            RedisSettings {
+                url,
+                check_every: Duration::from_millis(100),
+                presence_ttl: Duration::from_secs(10),
+                queue: 65_536,
+                queue_bytes: BUDGET,
+            },
+            &Supervisor::new(),
+        )
         .expect("start the bus");
         assert!(bus.wait_up(Duration::from_secs(10)).await, "redis is up");
         // The hub's side, taken but not read during the burst. The bus resyncs on coming up.

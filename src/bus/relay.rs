@@ -18,6 +18,7 @@ use super::Bus;
 use crate::domain::TeamId;
 use crate::domain::activity::LogEntry;
 use crate::store::{Store, StoreError};
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -75,7 +76,12 @@ struct Inner {
 
 impl Relay {
     /// Starts the relay task. It first republishes whatever the log holds above the watermarks.
-    pub fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, settings: RelaySettings) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        settings: RelaySettings,
+        tasks: &Supervisor,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             bus,
@@ -83,7 +89,7 @@ impl Relay {
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         });
-        tokio::spawn(run(inner.clone()));
+        tasks.spawn("relay", run(inner.clone()));
         Self { inner }
     }
 

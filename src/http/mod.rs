@@ -35,6 +35,8 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     pub telemetry: Telemetry,
     pub limits: Arc<EdgeLimits>,
+    /// The background tasks: readiness fails when one died.
+    pub tasks: crate::supervisor::Supervisor,
 }
 
 /// The rate limits the HTTP edge applies (the counting is `limits`'s).

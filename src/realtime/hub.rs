@@ -1064,7 +1064,12 @@ mod tests {
         let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(16));
         let services = Services {
             store: store.clone(),
-            relay: Relay::start(store.clone(), bus.clone(), RelaySettings::default()),
+            relay: Relay::start(
+                store.clone(),
+                bus.clone(),
+                RelaySettings::default(),
+                &crate::supervisor::Supervisor::new(),
+            ),
             tokens: Arc::new(TokenService::new(
                 b"0123456789abcdef0123456789abcdef",
                 Duration::from_secs(60),

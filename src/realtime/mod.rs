@@ -30,6 +30,7 @@ use crate::http::extract::bearer;
 use crate::limits::{Key, KeyedLimiter, client_ip};
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
+use crate::supervisor::Supervisor;
 use hub::Hub;
 use outbox::{CloseReason, Outbox};
 use socket::Upgrade;
@@ -101,6 +102,7 @@ impl Realtime {
         bus: &Arc<dyn Bus>,
         tokens: Arc<TokenService>,
         settings: Settings,
+        tasks: &Supervisor,
     ) -> Arc<Self> {
         let hub = Arc::new(Hub::new(
             store.clone(),
@@ -109,7 +111,7 @@ impl Realtime {
         ));
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
-            tokio::spawn(async move {
+            tasks.spawn("bus dispatch", async move {
                 while let Some(event) = events.recv().await {
                     match event {
                         BusEvent::Activities(entries) => hub.dispatch(entries).await,
@@ -125,9 +127,15 @@ impl Realtime {
                 }
             });
         }
-        tokio::spawn(run_checks(hub.clone(), settings.check_interval));
+        tasks.spawn(
+            "log check",
+            run_checks(hub.clone(), settings.check_interval),
+        );
         if let Some(shared) = bus.shared_presence() {
-            tokio::spawn(presence::run(hub.clone(), shared, settings.clone()));
+            tasks.spawn(
+                "presence",
+                presence::run(hub.clone(), shared, settings.clone()),
+            );
         }
         Arc::new(Self {
             hub,

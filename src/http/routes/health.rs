@@ -16,6 +16,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     /// `ok`, `ready` or `unavailable`.
     pub status: &'static str,
@@ -24,6 +25,13 @@ pub struct Health {
     pub database: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus: Option<&'static str>,
+    /// `up`, or `down` when a background task (relay, dispatch, log check, presence, Redis
+    /// loops) ended before shutdown (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<&'static str>,
+    /// The background tasks that ended, when `tasks` is `down`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_tasks: Vec<&'static str>,
 }
 
 fn up(ok: bool) -> &'static str {
@@ -37,27 +45,33 @@ async fn healthz() -> axum::Json<Health> {
         status: "ok",
         database: None,
         bus: None,
+        tasks: None,
+        failed_tasks: Vec::new(),
     })
 }
 
-/// The database and the bus are reachable.
+/// The database and the bus are reachable, and every background task runs.
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<Health>) {
     let db = s.services.store.ping().await.is_ok();
     let bus = s.bus.is_up();
-    let status = if db && bus {
+    let failed_tasks = s.tasks.failed();
+    let ready = db && bus && failed_tasks.is_empty();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let label = if db && bus { "ready" } else { "unavailable" };
+    let label = if ready { "ready" } else { "unavailable" };
     (
         status,
         axum::Json(Health {
             status: label,
             database: Some(up(db)),
             bus: Some(up(bus)),
+            tasks: Some(up(failed_tasks.is_empty())),
+            failed_tasks,
         }),
     )
 }
