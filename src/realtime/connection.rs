@@ -546,6 +546,7 @@ async fn write_loop(mut out: Outbound, outbox: Arc<Outbox>) {
                     // socket cannot take a close frame either, so none is tried.
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                         tracing::info!("a write made no progress; cutting the socket");
+                        metrics::counter!(crate::telemetry::STALLED_SOCKETS).increment(1);
                         outbox.cut();
                         return;
                     }

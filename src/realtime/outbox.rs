@@ -217,6 +217,7 @@ impl Outbox {
                 .is_err()
             {
                 tracing::info!("replay made no progress; cutting the socket");
+                metrics::counter!(crate::telemetry::STALLED_SOCKETS).increment(1);
                 self.cut();
                 return false;
             }

@@ -156,6 +156,7 @@ async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     let permit = tokio::time::timeout(HASH_QUEUE_DEADLINE, HASHING.acquire())
         .await
         .map_err(|_| {
+            metrics::counter!(crate::telemetry::HASHES_REFUSED).increment(1);
             ServiceError::Busy(
                 "too many sign-ups and log-ins at once; retry shortly",
                 Duration::from_secs(2),
@@ -366,6 +367,30 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// However many log-ins arrive at once, no more hashes run than there are permits (cores).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_runs_at_most_one_per_core() {
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static PEAK: AtomicUsize = AtomicUsize::new(0);
+        let jobs: Vec<_> = (0..24)
+            .map(|_| {
+                tokio::spawn(hashing(|| {
+                    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                    PEAK.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    RUNNING.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for j in jobs {
+            j.await.expect("joined").expect("hashed");
+        }
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!(peak >= 1 && peak <= cores, "peak {peak} with {cores} cores");
+    }
 
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
