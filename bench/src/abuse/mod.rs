@@ -706,12 +706,20 @@ async fn run_attack(
         until: attack_start + window,
         abort: abort.clone(),
     });
+    let grace = secs(args.grace);
     let ender = {
         let (ctx, ctrl) = (ctx.clone(), ctrl.clone());
         tokio::spawn(async move {
             ctx.wait_over().await;
             ctrl.stop_requests.store(true, Ordering::Relaxed);
-            Instant::now()
+            let end = Instant::now();
+            // The user stops reading at the end of the grace even while the attack's own
+            // checks (the drain) still run.
+            tokio::spawn(async move {
+                tokio::time::sleep_until((end + grace).into()).await;
+                ctrl.stop.store(true, Ordering::Relaxed);
+            });
+            end
         })
     };
     let traffic = attacks::run(attack, ctx).await;
@@ -719,7 +727,7 @@ async fn run_attack(
     let server_cpu_secs = cpu0
         .zip(procfs::cpu_seconds(Proc::Pid(pid)).ok())
         .map(|(a, b)| b - a);
-    let grace_end = attack_end + secs(args.grace);
+    let grace_end = attack_end + grace;
     tokio::time::sleep_until(grace_end.into()).await;
     ctrl.stop.store(true, Ordering::Relaxed);
     let raw = tokio::task::spawn_blocking(move || normal.join())

@@ -258,6 +258,10 @@ async fn ws_loop(cfg: Arc<NormalConfig>, ctrl: Arc<Control>, raw: Arc<Mutex<Norm
         }
         ctrl.subscribed.store(true, Ordering::Relaxed);
         let why = loop {
+            // Checked on every frame too: deliveries after the grace must not count as live.
+            if ctrl.stop.load(Ordering::Relaxed) {
+                break None;
+            }
             let msg = tokio::select! {
                 m = ws.next() => m,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {

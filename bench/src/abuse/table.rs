@@ -188,15 +188,11 @@ pub fn median_rows(reports: &[AbuseReport]) -> Vec<Row> {
             first_cut_secs: med(rs.iter().map(|r| r.first_cut_secs)),
             open_after_45s: med(rs.iter().map(|r| r.open_after_45s)),
             committed_lost,
-            notes: format!(
-                "{}{}",
-                if rs.len() > 1 {
-                    format!("last of {} runs: ", rs.len())
-                } else {
-                    String::new()
-                },
-                last.notes
-            ),
+            notes: if rs.len() > 1 && !last.notes.is_empty() {
+                format!("last of {} runs: {}", rs.len(), last.notes)
+            } else {
+                last.notes.clone()
+            },
         });
     }
     rows
