@@ -9,9 +9,12 @@
 //! - `soak`: many sockets held under steady activity with churn, RSS sampled (see `soak`).
 //! - `resume`: one socket replaying the activities it missed (`since`) (see `resume`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
+//! - `abuse`: hostile clients against a server it starts, while a normal user works (see `abuse`).
 //!
-//! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh` and `bench/cluster-fanout.sh`.
+//! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`
+//! and `bench/abuse.sh`.
 
+mod abuse;
 mod arrival;
 mod compare;
 mod fanout;
@@ -66,6 +69,10 @@ enum Command {
     /// A bare server writing TaskForge's frames to its WebSocket subscribers, one write() per
     /// frame per socket: the kernel's own cost, to read the benchmark figures against
     Floor(floor::FloorArgs),
+    /// Hostile clients (stalled replays, silent readers, huge or many log-ins, slow heads,
+    /// password guessing, floods) against a fresh server per attack while a normal user works:
+    /// the user's worst request and delivery times, the server's RSS, cuts and lost commits
+    Abuse(abuse::AbuseArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -104,6 +111,40 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("taskforge-bench floor: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Abuse(args) => {
+            if let Err(e) = fanout::raise_nofile_limit() {
+                eprintln!("taskforge-bench: cannot raise the open files limit: {e}");
+            }
+            let runtime = match runtime(cli.threads.max(1)) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("taskforge-bench: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = runtime.block_on(abuse::run(args));
+            runtime.shutdown_background();
+            match outcome {
+                Ok(o) if o.not_run > 0 => {
+                    eprintln!(
+                        "taskforge-bench abuse: {} attack(s) could not run",
+                        o.not_run
+                    );
+                    ExitCode::FAILURE
+                }
+                Ok(o) if o.reports.iter().any(abuse::AbuseReport::lost_data) => {
+                    eprintln!(
+                        "taskforge-bench abuse: committed tasks were lost (or could not be checked)"
+                    );
+                    ExitCode::from(EXIT_DELIVERY_PROBLEMS)
+                }
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("taskforge-bench abuse: {e:#}");
                     ExitCode::FAILURE
                 }
             }
