@@ -2362,7 +2362,7 @@ async fn redis_down_then_back() {
         r.ok(200);
         assert_eq!(
             r.json,
-            json!({"status": "ready", "database": "up", "bus": "up"}),
+            json!({"status": "ready", "database": "up", "bus": "up", "tasks": "up"}),
             "{}",
             api.base
         );
@@ -2437,7 +2437,7 @@ async fn redis_down_then_back() {
         );
         assert_eq!(
             r.json,
-            json!({"status": "unavailable", "database": "up", "bus": "down"}),
+            json!({"status": "unavailable", "database": "up", "bus": "down", "tasks": "up"}),
             "{}",
             api.base
         );
@@ -2506,7 +2506,7 @@ async fn redis_down_then_back() {
         r.ok(200);
         assert_eq!(
             r.json,
-            json!({"status": "ready", "database": "up", "bus": "up"}),
+            json!({"status": "ready", "database": "up", "bus": "up", "tasks": "up"}),
             "{}",
             api.base
         );
