@@ -118,6 +118,21 @@ struct State {
     closed: Option<CloseReason>,
 }
 
+impl State {
+    /// The queue was just emptied: nothing is counted against the limits any more. A burst (a
+    /// replay, a backlog) must not leave an idle socket holding its high-water mark either:
+    /// memory per idle socket is what a server has most of.
+    fn emptied(&mut self) {
+        if self.frames.capacity() > RETAINED_FRAMES {
+            self.frames.shrink_to(RETAINED_FRAMES);
+        }
+        self.queued = 0;
+        self.bytes = 0;
+        self.replay = 0;
+        self.replay_bytes = 0;
+    }
+}
+
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
@@ -177,11 +192,7 @@ impl Outbox {
         metrics::counter!(crate::telemetry::SLOW_CONSUMER_CUTS).increment(1);
         metrics::counter!(crate::telemetry::FRAMES_DROPPED).increment(s.frames.len() as u64);
         s.frames.clear();
-        s.frames.shrink_to(RETAINED_FRAMES);
-        s.queued = 0;
-        s.bytes = 0;
-        s.replay = 0;
-        s.replay_bytes = 0;
+        s.emptied();
         drop(s);
         self.ready.notify_one();
         self.drained.notify_waiters();
@@ -265,15 +276,7 @@ impl Outbox {
                 let mut s = self.state.lock();
                 if !s.frames.is_empty() {
                     batch.extend(s.frames.drain(..));
-                    // A burst (a replay, a backlog) must not leave an idle socket holding its
-                    // high-water mark: memory per idle socket is what a server has most of.
-                    if s.frames.capacity() > RETAINED_FRAMES {
-                        s.frames.shrink_to(RETAINED_FRAMES);
-                    }
-                    s.queued = 0;
-                    s.bytes = 0;
-                    s.replay = 0;
-                    s.replay_bytes = 0;
+                    s.emptied();
                     drop(s);
                     self.drained.notify_waiters();
                     return None;
