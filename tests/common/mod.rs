@@ -2030,3 +2030,104 @@ pub fn sign(alg: jsonwebtoken::Algorithm, claims: &Value, secret: &str) -> Strin
     )
     .expect("sign JWT")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile clients: other source addresses, raw TCP, a shutdown watched from outside
+// ---------------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// The server's listening address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        self.addr()
+    }
+
+    /// An API client whose connections come from `local` (another loopback address, e.g.
+    /// 127.0.0.2), with `timeout` per request; responses are checked against the spec as usual.
+    pub fn client_from(&self, local: std::net::IpAddr, timeout: Duration) -> Api {
+        Api::new(
+            &self.base,
+            self.spec.clone().expect("spec loaded"),
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(local)
+                .timeout(timeout)
+                .build()
+                .expect("reqwest client"),
+        )
+    }
+
+    /// An API client with `timeout` per request (a hang fails the request instead of the test
+    /// waiting for ever).
+    pub fn client_with_timeout(&self, timeout: Duration) -> Api {
+        Api::new(
+            &self.base,
+            self.spec.clone().expect("spec loaded"),
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+                .expect("reqwest client"),
+        )
+    }
+
+    /// A plain TCP connection to the server (nothing sent yet).
+    pub async fn tcp(&self) -> TcpStream {
+        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(self.addr()))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect")
+    }
+
+    /// Sends SIGTERM and returns at once: the server runs its shutdown while the test watches.
+    /// Pair with [`TestServer::wait_exit`].
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("the server is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` (the process is then killed) when
+    /// it did not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// How a raw connection ended while reading from it.
+#[derive(Debug)]
+pub enum RawEnd {
+    /// The server closed it (read returned 0), after sending these bytes.
+    Closed(Vec<u8>),
+    /// A read failed (a reset), after these bytes.
+    Failed(Vec<u8>, std::io::ErrorKind),
+    /// Still open after the wait, with these bytes received meanwhile.
+    Open(Vec<u8>),
+}
+
+/// Reads from `tcp` until the server closes it, a read fails, or `timeout` passes (bounded to
+/// 16 MiB).
+pub async fn read_until_end(tcp: &mut TcpStream, timeout: Duration) -> RawEnd {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while got.len() < 16 << 20 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return RawEnd::Open(got),
+            Ok(Ok(0)) => return RawEnd::Closed(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return RawEnd::Failed(got, e.kind()),
+        }
+    }
+    RawEnd::Open(got)
+}
