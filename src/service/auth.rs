@@ -142,27 +142,67 @@ fn token_hash(token: &str) -> Vec<u8> {
 }
 
 /// Argon2id costs tens of milliseconds and 19 MiB by design: at most one hash per core runs at
-/// once, on the blocking pool, and the rest wait their turn up to `HASH_QUEUE_DEADLINE` (then 503
-/// `unavailable` with `Retry-After`). A log-in storm costs time, not gigabytes.
-static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+/// once, on the blocking pool. A few more may wait their turn (`HASH_QUEUE_PER_CORE` per core, so
+/// the wait stays well under a second, and never longer than `HASH_QUEUE_DEADLINE`); past that a
+/// sign-up or log-in answers 503 `unavailable` with `Retry-After` at once. A log-in storm larger
+/// than the CPU can hash then costs neither gigabytes nor a queue that makes everyone wait for
+/// seconds: those that get in are answered promptly, the rest are told to retry.
+struct Hashing {
+    running: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+}
+
+static HASHING: LazyLock<Hashing> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    tokio::sync::Semaphore::new(cores)
+    Hashing {
+        running: tokio::sync::Semaphore::new(cores),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+        max_waiting: cores * HASH_QUEUE_PER_CORE,
+    }
 });
 
+/// Hashes allowed to wait per core.
+const HASH_QUEUE_PER_CORE: usize = 4;
 /// The longest a password hash waits for a core.
-const HASH_QUEUE_DEADLINE: Duration = Duration::from_secs(10);
+const HASH_QUEUE_DEADLINE: Duration = Duration::from_secs(2);
+
+fn busy() -> ServiceError {
+    metrics::counter!(crate::telemetry::HASHES_REFUSED).increment(1);
+    ServiceError::Busy(
+        "too many sign-ups and log-ins at once; retry shortly",
+        Duration::from_secs(1),
+    )
+}
+
+/// Counts a waiting hash for as long as it waits.
+struct Waiting;
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        HASHING
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let permit = tokio::time::timeout(HASH_QUEUE_DEADLINE, HASHING.acquire())
-        .await
-        .map_err(|_| {
-            metrics::counter!(crate::telemetry::HASHES_REFUSED).increment(1);
-            ServiceError::Busy(
-                "too many sign-ups and log-ins at once; retry shortly",
-                Duration::from_secs(2),
-            )
-        })?
-        .map_err(|e| ServiceError::Internal(format!("hashing queue closed: {e}")))?;
+    use std::sync::atomic::Ordering;
+    let h = &*HASHING;
+    let permit = match h.running.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            if h.waiting.fetch_add(1, Ordering::Relaxed) >= h.max_waiting {
+                h.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Err(busy());
+            }
+            let _waiting = Waiting;
+            tokio::time::timeout(HASH_QUEUE_DEADLINE, h.running.acquire())
+                .await
+                .map_err(|_| busy())?
+                .map_err(|e| ServiceError::Internal(format!("hashing queue closed: {e}")))?
+        }
+    };
     let out = tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")));
@@ -379,17 +419,30 @@ mod tests {
                 tokio::spawn(hashing(|| {
                     let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
                     PEAK.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
+                    // Long enough that every job has asked before the first is done.
+                    std::thread::sleep(Duration::from_millis(200));
                     RUNNING.fetch_sub(1, Ordering::SeqCst);
                 }))
             })
             .collect();
+        let (mut hashed, mut refused) = (0, 0);
         for j in jobs {
-            j.await.expect("joined").expect("hashed");
+            match j.await.expect("joined") {
+                Ok(()) => hashed += 1,
+                Err(ServiceError::Busy(..)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
         }
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let peak = PEAK.load(Ordering::SeqCst);
         assert!(peak >= 1 && peak <= cores, "peak {peak} with {cores} cores");
+        // Those that found no core and no place in the queue were refused, not queued.
+        assert!(hashed >= cores, "{hashed} hashed");
+        assert!(
+            hashed <= cores * (1 + HASH_QUEUE_PER_CORE),
+            "{hashed} hashed, {refused} refused: more than the queue holds got in"
+        );
+        assert_eq!(hashed + refused, 24);
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub struct PatchMeBody {
 #[utoipa::path(post, path = "/auth/register", tag = "auth", security(()), request_body = RegisterBody,
     responses((status = 201, body = Session), (status = 409, description = "email taken", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "too many attempts from this address, for this email from this address, or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "too many password hashes queued (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "no core free and no place in the short hashing queue (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn register(
     State(s): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -84,7 +84,7 @@ async fn register(
     responses((status = 200, body = Session),
         (status = 422, description = "an email or password longer than any account can have", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "too many attempts from this address, for this email from this address, or for this email (`rate_limited`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "too many password hashes queued (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "no core free and no place in the short hashing queue (`unavailable`, `Retry-After`)", body = crate::http::error::Problem, content_type = "application/problem+json")))]
 async fn login(
     State(s): State<AppState>,
     ClientIp(ip): ClientIp,
