@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
-use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::Realtime;
@@ -215,12 +214,17 @@ impl Conn {
         let outbox = self.session.outbox.clone();
         let mut subscribing: Option<Subscribing> = None;
         // A message read while a subscribe runs: handled once it is done.
-        let mut held: Option<Utf8Bytes> = None;
+        // Replies go out in the order of the messages (clients match a `rate_limited` to the
+        // message it refused by that order), so it is not even rate-checked before then.
+        let mut held: Option<Message> = None;
         loop {
             if subscribing.is_none()
-                && let Some(text) = held.take()
+                && let Some(msg) = held.take()
             {
-                subscribing = self.on_text(&text);
+                match self.on_message(msg, &mut limit) {
+                    Ok(next) => subscribing = next,
+                    Err(()) => return,
+                }
                 continue;
             }
             let expiry = sleep_until(instant_of(self.expires_at));
@@ -262,25 +266,45 @@ impl Conn {
                             return;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(other)) => {
-                            if !limit.allow() {
-                                if limit.refused_in_a_row >= RATE_STRIKES {
-                                    outbox.close(CloseReason::RateLimited);
-                                    return;
-                                }
-                                self.session.reply(ServerMessage::error("rate_limited", "slow down: too many messages"));
-                                continue;
-                            }
-                            match other {
-                                Message::Text(text) if subscribing.is_some() => held = Some(text),
-                                Message::Text(text) => subscribing = self.on_text(&text),
-                                _ => self.session.reply(ServerMessage::error("bad_request", "binary frames are not part of the protocol")),
-                            }
-                        }
+                        Some(Ok(other)) if subscribing.is_some() => held = Some(other),
+                        Some(Ok(other)) => match self.on_message(other, &mut limit) {
+                            Ok(next) => subscribing = next,
+                            Err(()) => return,
+                        },
                     }
                 }
             }
         }
+    }
+
+    /// Charges a client message to the rate limit and handles it; a subscribe is returned to run
+    /// beside the reader loop. `Err` when the socket is closed for flooding.
+    fn on_message(
+        &mut self,
+        msg: Message,
+        limit: &mut MessageLimit,
+    ) -> Result<Option<Subscribing>, ()> {
+        if !limit.allow() {
+            if limit.refused_in_a_row >= RATE_STRIKES {
+                self.session.outbox.close(CloseReason::RateLimited);
+                return Err(());
+            }
+            self.session.reply(ServerMessage::error(
+                "rate_limited",
+                "slow down: too many messages",
+            ));
+            return Ok(None);
+        }
+        Ok(match msg {
+            Message::Text(text) => self.on_text(&text),
+            _ => {
+                self.session.reply(ServerMessage::error(
+                    "bad_request",
+                    "binary frames are not part of the protocol",
+                ));
+                None
+            }
+        })
     }
 
     /// Handles a client message; a subscribe is returned to run beside the reader loop.
