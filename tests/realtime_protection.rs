@@ -15,6 +15,7 @@ both_backends!(
     too_many_subscriptions,
     revoked_rooms_free_subscription_slots,
     rate_limit_rejects_then_closes_4008,
+    replies_keep_the_order_of_the_messages,
     rate_limit_flood_without_reading_still_sees_4008,
     keepalive_pings_and_silent_peer_dropped,
     slow_consumer_is_cut_others_get_everything,
@@ -563,4 +564,44 @@ async fn the_wire_answers_pings_closes_and_plain_requests(b: Backend) {
         .await
         .expect("request");
     assert_eq!(r.status().as_u16(), 400);
+}
+
+/// Every message is answered once and in order, also when subscribes (which run beside the
+/// reader loop) are followed by messages the rate limit refuses: a client matches each
+/// `rate_limited` to the message it refused by that order.
+async fn replies_keep_the_order_of_the_messages(b: Backend) {
+    let srv = TestServer::start_with(
+        b,
+        &[("TASKFORGE_WS_RATE", "1"), ("TASKFORGE_WS_BURST", "5")],
+    )
+    .await;
+    let api = srv.client();
+    let u = api.new_user("Order").await;
+    let team = api.create_team(u.token(), "Ordered").await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        tasks.push(api.task(u.token(), team.id, &format!("t{i}")).await.id);
+    }
+    let mut ws = srv.ws(u.token()).await;
+    // Ten subscribes at once, each with a replay: the first five fit the burst.
+    for t in &tasks {
+        ws.send_json(json!({"type": "subscribe", "taskId": t, "since": 0}))
+            .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < tasks.len() {
+        let f = ws.next_json().await;
+        match f["type"].as_str() {
+            Some("subscribed") => answers.push(format!("subscribed {}", f["taskId"])),
+            Some("error") => answers.push(format!("error {}", f["code"])),
+            // Replayed activities and presence come with the subscribes.
+            _ => {}
+        }
+    }
+    let mut expected: Vec<String> = tasks[..5]
+        .iter()
+        .map(|t| format!("subscribed {}", json!(t)))
+        .collect();
+    expected.extend((0..5).map(|_| "error \"rate_limited\"".to_owned()));
+    assert_eq!(answers, expected);
 }
