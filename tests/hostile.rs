@@ -84,17 +84,6 @@ async fn wait_for_cuts(api: &Api, at_least: f64, timeout: Duration) -> f64 {
     }
 }
 
-#[track_caller]
-fn retry_after(r: &Resp) -> u64 {
-    r.problem(429, "rate_limited");
-    let secs: u64 = r
-        .header("retry-after")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("a Retry-After in seconds: {:?}", r.headers));
-    assert!((1..=60).contains(&secs), "Retry-After {secs}");
-    secs
-}
-
 fn subscribe_since_0(team: Uuid) -> Value {
     json!({"type": "subscribe", "teamId": team, "since": 0})
 }
@@ -415,7 +404,7 @@ async fn guessing_from_other_addresses_does_not_lock_the_owner_out(b: Backend) {
                     wrong += 1;
                 }
                 429 => {
-                    retry_after(&r);
+                    r.retry_after();
                     limited += 1;
                 }
                 s => panic!("guess {k} from {from}: unexpected {s}: {}", r.text),
@@ -510,7 +499,7 @@ async fn adding_members_by_email_is_rate_limited(b: Backend) {
         r.status, 201,
         "a fourth member added by email within a minute"
     );
-    retry_after(&r);
+    r.retry_after();
     // By id, nothing is revealed: not limited (and the refused one was not added).
     for u in &users[3..] {
         api.post(

@@ -16,17 +16,6 @@ both_backends!(
     connection_attempts_are_limited_per_address,
 );
 
-#[track_caller]
-fn retry_after(r: &Resp) -> u64 {
-    r.problem(429, "rate_limited");
-    let secs: u64 = r
-        .header("retry-after")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("a Retry-After in seconds: {:?}", r.headers));
-    assert!((1..=60).contains(&secs), "Retry-After {secs}");
-    secs
-}
-
 async fn auth_attempts_are_limited_per_email(b: Backend) {
     let srv = TestServer::start_with(b, &[("TASKFORGE_AUTH_LIMIT_PER_EMAIL", "3")]).await;
     let api = srv.client();
@@ -37,8 +26,10 @@ async fn auth_attempts_are_limited_per_email(b: Backend) {
         .await
         .problem(401, "unauthorized"); // 3
     // The fourth attempt is refused whatever the password, and the email's case does not help.
-    retry_after(&api.login(&email, PASSWORD).await);
-    retry_after(&api.login(&email.to_uppercase(), PASSWORD).await);
+    api.login(&email, PASSWORD).await.retry_after();
+    api.login(&email.to_uppercase(), PASSWORD)
+        .await
+        .retry_after();
     // Another account from the same address is not affected.
     let other = unique_email("other");
     api.register(&other, PASSWORD, "Other").await;
@@ -55,12 +46,14 @@ async fn auth_attempts_are_limited_per_address(b: Backend) {
     let r = api
         .register_raw(&unique_email("ip-late"), PASSWORD, "Ip")
         .await;
-    let wait = retry_after(&r);
+    let wait = r.retry_after();
     assert!(
         wait >= 10,
         "4 per minute: the next token is ~15 s away, got {wait}"
     );
-    retry_after(&api.login(&unique_email("ip-login"), PASSWORD).await);
+    api.login(&unique_email("ip-login"), PASSWORD)
+        .await
+        .retry_after();
     // Another loopback address has its own allowance.
     let from_2 = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<IpAddr>().ok())
@@ -124,10 +117,10 @@ async fn forwarded_for_is_the_address_only_when_trusted(b: Backend) {
             login(unique_email("f4"), "10.0.0.9, 10.0.0.2")
                 .await
                 .problem(401, "unauthorized");
-            retry_after(&login(unique_email("f5"), "10.0.0.2").await);
-            retry_after(&login(unique_email("f6"), "10.0.0.1").await);
+            login(unique_email("f5"), "10.0.0.2").await.retry_after();
+            login(unique_email("f6"), "10.0.0.1").await.retry_after();
         } else {
-            retry_after(&third);
+            third.retry_after();
         }
     }
 }

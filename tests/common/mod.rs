@@ -771,6 +771,18 @@ impl Resp {
         })
     }
 
+    /// A 429 `rate_limited` with a `Retry-After` of 1 to 60 seconds; returns the seconds.
+    #[track_caller]
+    pub fn retry_after(&self) -> u64 {
+        self.problem(429, "rate_limited");
+        let secs: u64 = self
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a Retry-After in seconds: {:?}", self.headers));
+        assert!((1..=60).contains(&secs), "Retry-After {secs}");
+        secs
+    }
+
     /// Asserts an RFC 9457 problem response with the given status and code.
     #[track_caller]
     pub fn problem(&self, status: u16, code: &str) -> &Value {

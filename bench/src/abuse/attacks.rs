@@ -237,13 +237,7 @@ async fn closed_loop(ctx: &Arc<Ctx>, workers: usize, cap: Option<u64>, make: Mak
             })
         })
         .collect();
-    let mut all = Tally::default();
-    for h in handles {
-        if let Ok(t) = h.await {
-            all.merge(&t);
-        }
-    }
-    all
+    gather(handles).await
 }
 
 /// Attempts at `rate` per second on a fixed timetable (open loop), attempt `i` on a new
@@ -651,13 +645,7 @@ async fn busy_writer(ctx: &Arc<Ctx>, bearer: HeaderValue) -> Tally {
             })
         })
         .collect();
-    let mut all = Tally::default();
-    for h in handles {
-        if let Ok(t) = h.await {
-            all.merge(&t);
-        }
-    }
-    all
+    gather(handles).await
 }
 
 // ---------------------------------------------------------------- slow heads
@@ -866,4 +854,15 @@ mod tests {
         // The window ended before the last one had been open 45 s.
         assert_eq!(open_after(&heads, Duration::from_secs(45), s(45_050)), None);
     }
+}
+
+/// The workers' tallies, merged (a worker that panicked contributes nothing).
+async fn gather(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut all = Tally::default();
+    for h in handles {
+        if let Ok(t) = h.await {
+            all.merge(&t);
+        }
+    }
+    all
 }
