@@ -1,6 +1,6 @@
 //! Accounts and sessions.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -14,18 +14,12 @@ use crate::http::extract::{Caller, ClientIp, Json};
 use crate::service::Session;
 use crate::service::auth::Me;
 
-/// The largest body the sign-up, log-in, refresh and log-out endpoints read. Their fields are at
-/// most a few KiB (254 + 1,024 + 100 characters, a 43-character token); anything larger is 413
-/// before a byte of it is buffered past this, so a storm of megabyte log-ins costs kilobytes.
-const AUTH_BODY_MAX: usize = 16 * 1024;
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
-        .layer(DefaultBodyLimit::max(AUTH_BODY_MAX))
         .routes(routes!(me, patch_me))
 }
 
