@@ -776,6 +776,17 @@ async fn slow_heads(ctx: &Arc<Ctx>) -> AttackTraffic {
     t
 }
 
+/// The workers' tallies, merged (a worker that panicked contributes nothing).
+async fn gather(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut all = Tally::default();
+    for h in handles {
+        if let Ok(t) = h.await {
+            all.merge(&t);
+        }
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,15 +865,4 @@ mod tests {
         // The window ended before the last one had been open 45 s.
         assert_eq!(open_after(&heads, Duration::from_secs(45), s(45_050)), None);
     }
-}
-
-/// The workers' tallies, merged (a worker that panicked contributes nothing).
-async fn gather(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
-    let mut all = Tally::default();
-    for h in handles {
-        if let Ok(t) = h.await {
-            all.merge(&t);
-        }
-    }
-    all
 }
