@@ -1,7 +1,6 @@
 //! Team membership: add, list, change role, remove, and the role rules around them.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

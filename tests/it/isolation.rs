@@ -1,8 +1,7 @@
 //! Cross-team isolation: every id-bearing endpoint used with another team's ids answers 404
 //! (never 403), even for the owner of a different team, and nothing changes on the other side.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 both_backends!(other_teams_ids_are_404, other_teams_ids_in_bodies_are_422);

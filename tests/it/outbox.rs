@@ -1,11 +1,10 @@
 //! The outbox: an activity is durable before it is published, and a crash between commit and
 //! publish loses nothing. The server is killed by its test-only fault switch right after a commit;
 //! on restart the relay must publish what was left and advance the published watermark.
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -15,13 +15,11 @@
 //!   afterwards live delivery over the bus, the user channels and the shared presence again.
 //!
 //! Skipped (with a message) without PostgreSQL or `redis-server`, except under `CI=true`.
-#![allow(clippy::needless_range_loop)]
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

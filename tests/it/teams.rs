@@ -1,7 +1,6 @@
 //! Teams: create, list, get, rename, and the default board.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

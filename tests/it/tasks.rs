@@ -1,7 +1,6 @@
 //! Tasks: CRUD, defaults, validation limits, ETag / If-Match, filters, pagination, roles.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

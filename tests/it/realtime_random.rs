@@ -3,13 +3,11 @@
 //! see; random HTTP actions (tasks, moves, assignments, comments, boards, members); a model of who
 //! is entitled to what, ordered by seq. Each socket must receive exactly the activities routed to
 //! its rooms while it was entitled to them, each once, in seq order per team, and nothing else.
-#![allow(clippy::needless_range_loop)]
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -1,11 +1,10 @@
 //! Abuse limits: sign-up and log-in attempts per client address and per email, WebSocket
 //! connection attempts per address; 429 `rate_limited` with `Retry-After`, other addresses and
 //! other emails unaffected. (The other tests run with these limits off, see the harness.)
-mod common;
 
 use std::net::IpAddr;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 

@@ -1,10 +1,9 @@
 //! `/realtime` handshake and authentication: `?token=`, `Authorization: Bearer`, the `auth`
 //! message, timeouts, renewal, expiry, tokens kept out of logs, and SIGTERM (close 1001).
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 

@@ -8,11 +8,10 @@
 //!
 //! Each sweep is a table: an endpoint is one line. Every line also runs as a positive control
 //! (with a token that may do it) so the sweep cannot pass by everything failing.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -1,13 +1,12 @@
 //! Resume with `since`: replay before `subscribed`, then live without gap or duplicate; bounds
 //! (`resume_unavailable`, `bad_request`); retention; and a concurrent writer with 20 clients
 //! reconnecting at random moments.
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -6,13 +6,12 @@
 //! network partition), instance B directly.
 //!
 //! Skipped (with a message) without PostgreSQL or `redis-server`, except under `CI=true`.
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

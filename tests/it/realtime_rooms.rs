@@ -1,11 +1,10 @@
 //! `/realtime` rooms: subscribe/unsubscribe replies, `forbidden`, the routing table (one test per
 //! row), exactly-once delivery across rooms, per-team seq order, presence and revocation.
-mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

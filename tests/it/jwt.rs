@@ -1,12 +1,11 @@
 //! Access-token validation: expiry with leeway, forged and tampered tokens, not-yet-valid tokens
 //! and algorithm confusion, over HTTP and on a live socket.
-mod common;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
+use crate::common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 

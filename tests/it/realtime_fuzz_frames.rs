@@ -15,14 +15,13 @@
 //! activity; `/readyz`, `/healthz` and API calls between batches answer without 5xx; a separate
 //! well-behaved user's socket, subscribed to its team during the whole run, receives each
 //! `task.created` of its team within a bounded time, and its HTTP calls keep working.
-mod common;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Bytes;

@@ -1,11 +1,10 @@
 //! `/realtime` protection: oversized messages (1009), malformed input (`bad_request`, socket
 //! stays open), subscription cap, rate limiting (4008), keepalive pings and silent peers, slow
 //! consumers (4008 or dropped) without hurting the other sockets.
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

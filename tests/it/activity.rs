@@ -1,9 +1,8 @@
 //! The activity log: shape, types, order, `since`, pagination, 410, and `X-TaskForge-Seq`.
-mod common;
 
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -2,12 +2,11 @@
 //! pruning removes only a prefix of each team's seqs, the relay's record of unpublished teams
 //! empties once they are published, expired refresh sessions are purged, and refresh / logout of
 //! tokens that cannot succeed never wait for SQLite's single writer.
-mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::future::join_all;
 use serde_json::json;
 use time::OffsetDateTime;

@@ -1,8 +1,7 @@
 //! Scaled deployment smoke: three instances on one PostgreSQL database and one Redis.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn an_activity_written_on_one_instance_reaches_a_socket_on_another() {

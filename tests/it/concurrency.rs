@@ -1,13 +1,12 @@
 //! Concurrent mutations in two teams through a pool of connections; afterwards each team's
 //! activity log must be gapless (seq 1..N), complete (N = successful mutations + setup) and must
 //! contain every created task exactly once.
-mod common;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

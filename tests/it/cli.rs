@@ -1,13 +1,12 @@
 //! The client commands: `taskforge login` keeps a private session, `taskforge tail` streams a
 //! team's activities and resumes across a server restart without losing or repeating any.
 
-mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;

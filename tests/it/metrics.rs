@@ -1,7 +1,6 @@
 //! `/metrics`: Prometheus text from the `metrics` recorder, and its counters follow the traffic.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 both_backends!(metrics_follow_the_traffic);

@@ -1,7 +1,6 @@
 //! Registration, login, refresh-token rotation and reuse detection, logout, /me.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -1,8 +1,7 @@
 //! HTTP-level behaviour: problem+json errors, body parsing errors, limits, unknown routes,
 //! health endpoints, the OpenAPI document, process output and restart persistence.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -1,8 +1,7 @@
 //! Comments: create, list (paginated, oldest first), edit (author only), delete (author or
 //! owner/admin), limits and activities.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

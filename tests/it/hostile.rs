@@ -3,14 +3,13 @@
 //! against a socket's queue, errors do not echo input, huge credentials are refused before any
 //! work, guesses from other addresses do not lock an owner out, slow request heads are closed,
 //! member look-ups by email are rate-limited, and a shutdown is bounded by its drain time.
-mod common;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

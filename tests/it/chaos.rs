@@ -8,14 +8,13 @@
 //!
 //! Clients do not de-duplicate: they record every activity frame they get, and resume with
 //! `since` = the highest seq they have of their room (or the last `subscribed.seq`).
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

@@ -1,7 +1,6 @@
 //! Boards: create, list, rename, delete, with role rules and activities.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -1,0 +1,36 @@
+//! The integration tests: one binary, a module per concern. `common` is the harness: servers
+//! (in the test process, or as processes where one must die), clients, spec checks.
+#![allow(clippy::needless_range_loop)]
+
+#[macro_use]
+mod common;
+
+mod activity;
+mod auth;
+mod boards;
+mod chaos;
+mod cli;
+mod cluster;
+mod cluster_smoke;
+mod comments;
+mod concurrency;
+mod hostile;
+mod http;
+mod idor;
+mod isolation;
+mod jwt;
+mod limits;
+mod members;
+mod metrics;
+mod outbox;
+mod presence_recovery;
+mod protocol_props;
+mod realtime_auth;
+mod realtime_fuzz_frames;
+mod realtime_protection;
+mod realtime_random;
+mod realtime_resume;
+mod realtime_rooms;
+mod store_defects;
+mod tasks;
+mod teams;
