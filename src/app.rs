@@ -54,131 +54,169 @@ fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
 /// Runs the server on `config.listen` until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let listener = TcpListener::bind(config.listen).await?;
-    run(config, listener, shutdown_signal()).await
+    let app = App::build(config).await?;
+    // The one line on stdout, printed once the database is migrated: scripts and process tests
+    // wait for it to learn the port.
+    println!("taskforge listening on http://{}", listener.local_addr()?);
+    app.run(listener, shutdown_signal()).await
 }
 
-/// Runs the server on `listener` until `shutdown` resolves, then drains within
-/// `config.drain_timeout`: one deadline for in-flight requests, socket closes, presence and the
-/// background tasks.
+/// Builds the server from `config` and runs it on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let secret = jwt_secret(&config)?;
-    let tasks = Supervisor::new();
-    let store = store::connect(&config.database_url, config.database_pool_size).await?;
-    tracing::info!(backend = store.backend(), "database ready");
-    let bus: Arc<dyn Bus> = match &config.redis_url {
-        None => Arc::new(InProcessBus::new(4096)),
-        Some(url) => {
-            let bus = RedisBus::start(
-                RedisSettings {
-                    url: url.clone(),
-                    check_every: config.bus_check_interval,
-                    presence_ttl: config.presence_ttl,
-                    queue: 65_536,
-                    queue_bytes: 64 << 20,
-                },
-                &tasks,
-            )?;
-            bus.wait_up(Duration::from_secs(5)).await;
-            bus
-        }
-    };
-    let relay = Relay::start(
-        store.clone(),
-        bus.clone(),
-        RelaySettings {
-            scan_every: config.relay_scan_interval,
-            retention: config.log_retention,
-            prune_every: config.prune_interval,
-            refresh_ttl: config.refresh_token_ttl,
-            crash_after_commit: config.crash_after_commit(),
-            ..RelaySettings::default()
-        },
-        &tasks,
-    );
-    let tokens = Arc::new(TokenService::new(
-        &secret,
-        config.access_token_ttl,
-        config.refresh_token_ttl,
-    ));
-    let realtime = Realtime::start(
-        store.clone(),
-        &bus,
-        tokens.clone(),
-        realtime::Settings::from_config(&config),
-        &tasks,
-    );
-    let services = Services {
-        store,
-        relay,
-        tokens,
-    };
-    let hub = realtime.hub.clone();
-    let telemetry = Telemetry::install()?.with_scrape_hook(Arc::new(move || hub.record_gauges()));
-    telemetry.spawn_upkeep(&tasks);
-    if config.fault_background_panic() {
-        tasks.spawn("fault injection", async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            panic!("fault injection: a background task dies");
-        });
-    }
-    let router = http::router(
-        AppState {
-            services,
-            bus,
-            telemetry,
-            tasks: tasks.clone(),
-            limits: Arc::new(EdgeLimits {
-                auth: AuthLimits {
-                    per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
-                    per_email_at_ip: KeyedLimiter::per_minute(config.auth_limit_per_email),
-                    per_email: KeyedLimiter::per_minute(config.auth_limit_per_account),
-                },
-                member_by_email: KeyedLimiter::per_minute(config.member_email_limit_per_user),
-                trust_forwarded: config.trust_forwarded_for,
-            }),
-        },
-        config.max_body_bytes,
-        realtime.router(),
-    );
+    App::build(config).await?.run(listener, shutdown).await
+}
 
-    let addr = listener.local_addr()?;
-    // The one line on stdout: scripts and tests wait for it to learn the port.
-    println!("taskforge listening on http://{addr}");
-    tracing::info!(%addr, "listening");
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(http::serve::serve(
-        listener,
-        router,
-        ServeSettings {
-            header_timeout: config.header_timeout,
-        },
-        stop.clone(),
-    ));
-    shutdown.await;
-    tracing::info!("shutting down");
-    let deadline = tokio::time::Instant::now() + config.drain_timeout;
-    // Sockets are not requests: close them (1001) so clients resume on another instance, and
-    // refuse new upgrades from now on.
-    realtime.shutdown();
-    stop.cancel();
-    let drained = async {
-        if let Err(e) = serving.await {
-            tracing::warn!(error = %e, "the HTTP server task failed");
+/// A built server: database migrated, bus connected, background tasks started, router ready.
+/// Nothing is served until [`App::run`]; dropping an `App` without running it leaves its
+/// background tasks to the runtime, so run it (tests included).
+pub struct App {
+    config: Config,
+    tasks: Supervisor,
+    realtime: Arc<Realtime>,
+    router: axum::Router,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let secret = jwt_secret(&config)?;
+        let tasks = Supervisor::new();
+        let store = store::connect(&config.database_url, config.database_pool_size).await?;
+        tracing::info!(backend = store.backend(), "database ready");
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            None => Arc::new(InProcessBus::new(4096)),
+            Some(url) => {
+                let bus = RedisBus::start(
+                    RedisSettings {
+                        url: url.clone(),
+                        check_every: config.bus_check_interval,
+                        presence_ttl: config.presence_ttl,
+                        queue: 65_536,
+                        queue_bytes: 64 << 20,
+                    },
+                    &tasks,
+                )?;
+                bus.wait_up(Duration::from_secs(5)).await;
+                bus
+            }
+        };
+        let relay = Relay::start(
+            store.clone(),
+            bus.clone(),
+            RelaySettings {
+                scan_every: config.relay_scan_interval,
+                retention: config.log_retention,
+                prune_every: config.prune_interval,
+                refresh_ttl: config.refresh_token_ttl,
+                crash_after_commit: config.crash_after_commit(),
+                ..RelaySettings::default()
+            },
+            &tasks,
+        );
+        let tokens = Arc::new(TokenService::new(
+            &secret,
+            config.access_token_ttl,
+            config.refresh_token_ttl,
+        ));
+        let realtime = Realtime::start(
+            store.clone(),
+            &bus,
+            tokens.clone(),
+            realtime::Settings::from_config(&config),
+            &tasks,
+        );
+        let services = Services {
+            store,
+            relay,
+            tokens,
+        };
+        let hub = realtime.hub.clone();
+        let telemetry =
+            Telemetry::install()?.with_scrape_hook(Arc::new(move || hub.record_gauges()));
+        telemetry.spawn_upkeep(&tasks);
+        if config.fault_background_panic() {
+            tasks.spawn("fault injection", async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!("fault injection: a background task dies");
+            });
         }
-        realtime.closed().await;
-        realtime.retire().await;
-        tasks.shutdown().await;
-    };
-    if tokio::time::timeout_at(deadline, drained).await.is_err() {
-        tracing::warn!("drain time is up; exiting with work in flight");
-    } else {
-        tracing::info!("stopped");
+        let router = http::router(
+            AppState {
+                services,
+                bus,
+                telemetry,
+                tasks: tasks.clone(),
+                limits: Arc::new(EdgeLimits {
+                    auth: AuthLimits {
+                        per_ip: KeyedLimiter::per_minute(config.auth_limit_per_ip),
+                        per_email_at_ip: KeyedLimiter::per_minute(config.auth_limit_per_email),
+                        per_email: KeyedLimiter::per_minute(config.auth_limit_per_account),
+                    },
+                    member_by_email: KeyedLimiter::per_minute(config.member_email_limit_per_user),
+                    trust_forwarded: config.trust_forwarded_for,
+                }),
+            },
+            config.max_body_bytes,
+            realtime.router(),
+        );
+        Ok(App {
+            config,
+            tasks,
+            realtime,
+            router,
+        })
     }
-    Ok(())
+
+    /// Serves on `listener` until `shutdown` resolves, then drains within
+    /// `config.drain_timeout`: one deadline for in-flight requests, socket closes, presence and
+    /// the background tasks.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let App {
+            config,
+            tasks,
+            realtime,
+            router,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(http::serve::serve(
+            listener,
+            router,
+            ServeSettings {
+                header_timeout: config.header_timeout,
+            },
+            stop.clone(),
+        ));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let deadline = tokio::time::Instant::now() + config.drain_timeout;
+        // Sockets are not requests: close them (1001) so clients resume on another instance, and
+        // refuse new upgrades from now on.
+        realtime.shutdown();
+        stop.cancel();
+        let drained = async {
+            if let Err(e) = serving.await {
+                tracing::warn!(error = %e, "the HTTP server task failed");
+            }
+            realtime.closed().await;
+            realtime.retire().await;
+            tasks.shutdown().await;
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            tracing::warn!("drain time is up; exiting with work in flight");
+        } else {
+            tracing::info!("stopped");
+        }
+        Ok(())
+    }
 }
 
 /// Applies the migrations and exits.

@@ -1,7 +1,6 @@
 //! The client commands: `taskforge login` keeps a private session, `taskforge tail` streams a
 //! team's activities and resumes across a server restart without losing or repeating any.
 
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! Scaled deployment smoke: three instances on one PostgreSQL database and one Redis.
 
-
 use crate::common::*;
 
 #[tokio::test]

@@ -96,7 +96,7 @@ fn subscribe_since_0(team: Uuid) -> Value {
 /// and the write timeout cuts every stalled socket.
 async fn stalled_replays_do_not_hold_the_database(b: Backend) {
     const SOCKETS: usize = 12;
-    let srv = TestServer::start_with(b, &[("TASKFORGE_WS_WRITE_TIMEOUT", "2s")]).await;
+    let srv = TestServer::process_with(b, &[("TASKFORGE_WS_WRITE_TIMEOUT", "2s")]).await;
     let api = srv.client();
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Big log").await;
@@ -252,7 +252,7 @@ async fn token_expiry_is_enforced_during_a_replay() {
 /// outgrow the kernel's buffers and the 64 KiB queue in seconds, not minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_count_against_the_socket_queue() {
-    let srv = TestServer::start_with(
+    let srv = TestServer::process_with(
         Backend::Sqlite,
         &[
             ("TASKFORGE_WS_QUEUE_BYTES", "65536"),
@@ -573,7 +573,7 @@ fn close_code(bytes: &[u8]) -> Option<u16> {
 async fn shutdown_is_bounded_and_refuses_upgrades() {
     const DRAIN: Duration = Duration::from_secs(3);
     let mut srv =
-        TestServer::start_with(Backend::Sqlite, &[("TASKFORGE_DRAIN_TIMEOUT", "3s")]).await;
+        TestServer::process_with(Backend::Sqlite, &[("TASKFORGE_DRAIN_TIMEOUT", "3s")]).await;
     let api = srv.client();
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Big log").await;

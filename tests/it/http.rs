@@ -428,7 +428,7 @@ fn collect_max_lengths(v: &Value, out: &mut Vec<(String, u64)>) {
 }
 
 async fn process_output_and_secrets_not_logged(b: Backend) {
-    let srv = TestServer::start(b).await;
+    let srv = TestServer::process(b).await;
     let api = srv.client();
     let password = format!("pw-{}", Uuid::new_v4().simple());
     let u = api.register(&unique_email("log"), &password, "Log").await;
@@ -722,7 +722,7 @@ async fn live_board_is_served(b: Backend) {
 /// password, access or refresh token, or JWT secret appears anywhere, although tokens went over
 /// `?token=`, `Authorization` and the `auth` message.
 async fn json_logs_carry_ids_and_never_secrets(b: Backend) {
-    let srv = TestServer::start_with(
+    let srv = TestServer::process_with(
         b,
         &[("TASKFORGE_LOG_FORMAT", "json"), ("TASKFORGE_LOG", "debug")],
     )

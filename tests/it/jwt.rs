@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use crate::common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 

@@ -6,7 +6,7 @@ use serde_json::json;
 both_backends!(metrics_follow_the_traffic);
 
 async fn metrics_follow_the_traffic(b: Backend) {
-    let srv = TestServer::start(b).await;
+    let srv = TestServer::process(b).await;
     let api = srv.client();
     let before = api.send_raw("GET", "/metrics", None, None, None, &[]).await;
     assert_eq!(before.status, 200);
@@ -137,7 +137,7 @@ async fn team_seq_before_tasks(api: &Api, token: &str, team: uuid::Uuid) -> i64 
 /// it, and the rest of the server keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_background_task_fails_readiness() {
-    let srv = TestServer::start_with(
+    let srv = TestServer::process_with(
         Backend::Sqlite,
         &[("TASKFORGE_FAULT", "background-task-panic")],
     )

@@ -90,7 +90,7 @@ async fn wait_published(srv: &TestServer, team: Uuid, seq: i64) -> (i64, i64) {
 }
 
 async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend) {
-    let mut srv = TestServer::start(b).await;
+    let mut srv = TestServer::process(b).await;
     let api = srv.client();
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Outbox").await;

@@ -110,7 +110,7 @@ async fn a_viewer_who_leaves_while_redis_is_unreachable_is_announced_gone_once_i
     let proxy_url = proxy.url();
     // A heartbeat that outlives the outage: no instance is swept (a sweep would announce the
     // leave by itself), so what announces it is instance A's own record of it.
-    let a = TestServer::start_with(
+    let a = TestServer::process_with(
         Backend::Postgres,
         &[
             ("TASKFORGE_REDIS_URL", proxy_url.as_str()),

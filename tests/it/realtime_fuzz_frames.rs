@@ -1391,7 +1391,7 @@ async fn fuzz_frames(b: Backend) {
     let t0 = started();
     // Rate limits raised so that the frames reach the decoder: messages per socket, and
     // connection attempts per address (the fuzz reconnects several hundred times).
-    let srv = TestServer::start_with(
+    let srv = TestServer::process_with(
         b,
         &[
             ("TASKFORGE_WS_RATE", "1000000"),

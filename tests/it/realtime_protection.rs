@@ -330,7 +330,7 @@ async fn keepalive_pings_and_silent_peer_dropped(b: Backend) {
 async fn slow_consumer_is_cut_others_get_everything(b: Backend) {
     // 64 frames of 15 KB: a socket that never reads is cut long before the 600th, while one that
     // reads (and checks every frame against the schema, in a debug build on a busy machine) is not.
-    let srv = TestServer::start_with(b, &[("TASKFORGE_WS_QUEUE_LIMIT", "64")]).await;
+    let srv = TestServer::process_with(b, &[("TASKFORGE_WS_QUEUE_LIMIT", "64")]).await;
     let api = srv.client();
     let u = api.new_user("Producer").await;
     let tok = u.token().to_string();
