@@ -355,6 +355,31 @@ fn board_assets_are_stamped_with_their_current_sources() {
 }
 
 #[test]
+fn the_binary_embeds_the_stamped_assets_but_not_the_stamp() {
+    let stamp = BoardStamp::parse(
+        &std::fs::read_to_string(root().join("web/assets").join(STAMP)).expect("the stamp"),
+    )
+    .expect("a well-formed stamp");
+    let embedded: BTreeMap<&str, &[u8]> = taskforge::http::web::ASSETS
+        .iter()
+        .map(|a| (a.path, a.body))
+        .collect();
+    assert!(
+        !embedded.keys().any(|p| p.ends_with(STAMP)),
+        "build.rs must leave web/assets/{STAMP} out of the binary: {:?}",
+        embedded.keys()
+    );
+    assert!(!stamp.outputs.is_empty());
+    for (path, hash) in &stamp.outputs {
+        let url = format!("/{}", path.trim_start_matches("web/"));
+        let body = embedded
+            .get(url.as_str())
+            .unwrap_or_else(|| panic!("{path} is not embedded at {url}"));
+        assert_eq!(&sha256(body), hash, "{url}");
+    }
+}
+
+#[test]
 fn board_stamp_changes_name_what_changed() {
     // The comparison itself, on made-up stamps: each kind of change is reported, and by name.
     let text = "# a comment\ntypescript 5.9.3\ninput aa clients/js/board/board.ts\n\
@@ -437,7 +462,7 @@ fn node() -> Option<&'static str> {
     }
     let _ = writeln!(
         std::io::stderr(),
-        "skipping the node-based comparison: {reason}"
+        "\nskipping the node-based comparison: {reason}"
     );
     None
 }
