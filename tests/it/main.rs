@@ -10,6 +10,7 @@ mod auth;
 mod boards;
 mod chaos;
 mod cli;
+mod client_artifacts;
 mod cluster;
 mod cluster_smoke;
 mod comments;

@@ -1,26 +1,16 @@
 // Fails when the board's compiled files in ../../web/assets (committed: the server embeds them)
-// are not what `npm run build:board` makes of the current sources. Compiles into a temporary
-// directory and compares file by file; changes nothing.
+// are not what `npm run build:board` makes of the current sources, or when their stamp
+// (web/assets/SOURCES.sha256, see board-stamp.mjs) is not the one that build writes. Compiles into
+// a temporary directory and compares file by file; changes nothing.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const pkg = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const committed = path.resolve(pkg, '..', '..', 'web', 'assets');
+import { ASSETS as committed, PKG as pkg, STAMP, files, stampText } from './board-stamp.mjs';
+
 const fresh = mkdtempSync(path.join(tmpdir(), 'taskforge-board-'));
-
-function files(dir, prefix = '') {
-  let out = [];
-  for (const name of readdirSync(dir)) {
-    const full = path.join(dir, name);
-    if (statSync(full).isDirectory()) out = out.concat(files(full, `${prefix}${name}/`));
-    else out.push(`${prefix}${name}`);
-  }
-  return out.sort();
-}
 
 try {
   const tsc = path.join(pkg, 'node_modules', 'typescript', 'bin', 'tsc');
@@ -28,12 +18,8 @@ try {
     stdio: 'inherit',
   });
   const want = files(fresh);
-  let have = [];
-  try {
-    have = files(committed);
-  } catch {
-    // no web/assets at all: every file is missing
-  }
+  // The stamp is not compiled output: it is checked on its own below.
+  const have = files(committed).filter((f) => f !== STAMP);
   const problems = [];
   for (const f of want) {
     if (!have.includes(f)) problems.push(`missing: web/assets/${f}`);
@@ -42,11 +28,25 @@ try {
     }
   }
   for (const f of have) if (!want.includes(f)) problems.push(`left over: web/assets/${f}`);
+  let stamp;
+  try {
+    stamp = readFileSync(path.join(committed, STAMP), 'utf8');
+  } catch {
+    problems.push(`missing: web/assets/${STAMP}`);
+  }
+  const wantStamp = stampText(fresh);
+  if (stamp !== undefined && stamp !== wantStamp) {
+    // Name what changed: the last word of a stamp line is its path (`typescript <version>` aside).
+    const key = (line) => (line.startsWith('typescript ') ? 'the typescript version' : line.split(' ').pop());
+    const differ = (a, b) => a.split('\n').filter((l) => l && !l.startsWith('#') && !b.split('\n').includes(l));
+    const changed = [...new Set([...differ(stamp, wantStamp), ...differ(wantStamp, stamp)].map(key))];
+    problems.push(`stale: web/assets/${STAMP} (changed since the build: ${changed.join(', ') || 'its comments'})`);
+  }
   if (problems.length > 0) {
     console.error(`The board's compiled files are out of date; run \`npm run build:board\` in clients/js and commit web/assets:\n  ${problems.join('\n  ')}`);
     process.exitCode = 1;
   } else {
-    console.log(`web/assets is up to date (${want.length} files)`);
+    console.log(`web/assets is up to date (${want.length} files and ${STAMP})`);
   }
 } finally {
   rmSync(fresh, { recursive: true, force: true });
