@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use taskforge::domain::{BoardId, TaskId, TeamId};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
@@ -20,13 +21,13 @@ pub struct TailArgs {
     pub url: String,
     /// The team to follow.
     #[arg(long)]
-    pub team: Uuid,
+    pub team: TeamId,
     /// Only this board's activities (a board of the team).
     #[arg(long, conflicts_with = "task")]
-    pub board: Option<Uuid>,
+    pub board: Option<BoardId>,
     /// Only this task's activities (a task of the team).
     #[arg(long)]
-    pub task: Option<Uuid>,
+    pub task: Option<TaskId>,
     /// Start after this seq (replays what came after it).
     #[arg(long)]
     pub since: Option<i64>,

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::id::ActivityId;
 use super::model::*;
 
 /// The version of the activity contract.
@@ -33,25 +34,40 @@ pub enum ActivityData {
         changes: BTreeMap<String, Change>,
     },
     #[serde(rename = "task.deleted", rename_all = "camelCase")]
-    TaskDeleted { task_id: Uuid, board_id: Uuid },
+    TaskDeleted {
+        #[schema(value_type = Uuid)]
+        task_id: TaskId,
+        #[schema(value_type = Uuid)]
+        board_id: BoardId,
+    },
     #[serde(rename = "task.assigned", rename_all = "camelCase")]
     TaskAssigned {
         task: Task,
-        assignee_user_id: Option<Uuid>,
-        previous_assignee_user_id: Option<Uuid>,
+        #[schema(value_type = Option<Uuid>)]
+        assignee_user_id: Option<UserId>,
+        #[schema(value_type = Option<Uuid>)]
+        previous_assignee_user_id: Option<UserId>,
     },
     #[serde(rename = "comment.created")]
     CommentCreated { comment: Comment },
     #[serde(rename = "comment.updated")]
     CommentUpdated { comment: Comment },
     #[serde(rename = "comment.deleted", rename_all = "camelCase")]
-    CommentDeleted { comment_id: Uuid, task_id: Uuid },
+    CommentDeleted {
+        #[schema(value_type = Uuid)]
+        comment_id: CommentId,
+        #[schema(value_type = Uuid)]
+        task_id: TaskId,
+    },
     #[serde(rename = "member.added")]
     MemberAdded { member: Member },
     #[serde(rename = "member.updated")]
     MemberUpdated { member: Member },
     #[serde(rename = "member.removed", rename_all = "camelCase")]
-    MemberRemoved { user_id: Uuid },
+    MemberRemoved {
+        #[schema(value_type = Uuid)]
+        user_id: UserId,
+    },
     #[serde(rename = "team.updated")]
     TeamUpdated { team: Team },
     #[serde(rename = "board.created")]
@@ -59,7 +75,10 @@ pub enum ActivityData {
     #[serde(rename = "board.updated")]
     BoardUpdated { board: Board },
     #[serde(rename = "board.deleted", rename_all = "camelCase")]
-    BoardDeleted { board_id: Uuid },
+    BoardDeleted {
+        #[schema(value_type = Uuid)]
+        board_id: BoardId,
+    },
 }
 
 /// The activity types that are logged (presence events are ephemeral and not listed here).
@@ -148,22 +167,27 @@ impl ActivityData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: ActivityId,
     /// Contract version, always 1.
     pub v: u32,
     #[serde(flatten)]
     pub data: ActivityData,
-    pub team_id: Uuid,
-    pub actor_user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub actor_user_id: UserId,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub ts: OffsetDateTime,
     /// Per-team, gapless, strictly increasing; assigned at commit.
     pub seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub board_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
 }
 
 /// A room: the unit of subscription and of fanout.
@@ -181,13 +205,13 @@ pub enum Room {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub kind: ActivityKind,
-    pub team_id: Uuid,
-    pub board_id: Option<Uuid>,
+    pub team_id: TeamId,
+    pub board_id: Option<BoardId>,
     /// The board a task left when it moved, so both boards' rooms see the move.
-    pub prev_board_id: Option<Uuid>,
-    pub task_id: Option<Uuid>,
+    pub prev_board_id: Option<BoardId>,
+    pub task_id: Option<TaskId>,
     /// The user whose own sockets also receive it (new assignee, added/updated/removed member).
-    pub user_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
 }
 
 impl Route {
@@ -257,13 +281,13 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct ActivityDraft {
     pub data: ActivityData,
-    pub actor_user_id: Uuid,
+    pub actor_user_id: UserId,
     pub ts: OffsetDateTime,
-    pub prev_board_id: Option<Uuid>,
+    pub prev_board_id: Option<BoardId>,
 }
 
 impl ActivityDraft {
-    pub fn new(data: ActivityData, actor_user_id: Uuid, ts: OffsetDateTime) -> Self {
+    pub fn new(data: ActivityData, actor_user_id: UserId, ts: OffsetDateTime) -> Self {
         Self {
             data,
             actor_user_id,
@@ -273,13 +297,13 @@ impl ActivityDraft {
     }
 
     /// The draft of a task that moved from `prev` to its current board.
-    pub fn moved_from(mut self, prev: Uuid) -> Self {
+    pub fn moved_from(mut self, prev: BoardId) -> Self {
         self.prev_board_id = Some(prev);
         self
     }
 
     /// The activity this draft becomes at `seq`, with its route.
-    pub fn into_activity(self, team_id: Uuid, seq: i64) -> (Activity, Route) {
+    pub fn into_activity(self, team_id: TeamId, seq: i64) -> (Activity, Route) {
         use ActivityData::*;
         let (board_id, task_id, user_id) = match &self.data {
             TaskCreated { task } | TaskUpdated { task, .. } => {
@@ -310,7 +334,7 @@ impl ActivityDraft {
             user_id,
         };
         let activity = Activity {
-            id: Uuid::now_v7(),
+            id: ActivityId::from(Uuid::now_v7()),
             v: ACTIVITY_VERSION,
             data: self.data,
             team_id,
@@ -328,7 +352,8 @@ impl ActivityDraft {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceUser {
-    pub user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
     pub display_name: String,
 }
 
@@ -354,21 +379,21 @@ mod tests {
     fn route(kind: ActivityKind) -> Route {
         Route {
             kind,
-            team_id: Uuid::from_u128(1),
-            board_id: Some(Uuid::from_u128(2)),
+            team_id: TeamId::from(Uuid::from_u128(1)),
+            board_id: Some(BoardId::from(Uuid::from_u128(2))),
             prev_board_id: None,
-            task_id: Some(Uuid::from_u128(3)),
-            user_id: Some(Uuid::from_u128(4)),
+            task_id: Some(TaskId::from(Uuid::from_u128(3))),
+            user_id: Some(UserId::from(Uuid::from_u128(4))),
         }
     }
 
     #[test]
     fn routing_table_matches_the_contract() {
         let (t, b, k, u) = (
-            Room::Team(Uuid::from_u128(1)),
-            Room::Board(Uuid::from_u128(2)),
-            Room::Task(Uuid::from_u128(3)),
-            Room::User(Uuid::from_u128(4)),
+            Room::Team(TeamId::from(Uuid::from_u128(1))),
+            Room::Board(BoardId::from(Uuid::from_u128(2))),
+            Room::Task(TaskId::from(Uuid::from_u128(3))),
+            Room::User(UserId::from(Uuid::from_u128(4))),
         );
         use ActivityKind::*;
         assert_eq!(route(TaskCreated).rooms(), vec![t, b]);
@@ -379,8 +404,9 @@ mod tests {
         assert_eq!(route(MemberRemoved).rooms(), vec![t, u]);
         assert_eq!(route(BoardDeleted).rooms(), vec![t]);
         let mut moved = route(TaskUpdated);
-        moved.prev_board_id = Some(Uuid::from_u128(9));
-        assert_eq!(moved.rooms(), vec![b, Room::Board(Uuid::from_u128(9)), k]);
+        let prev = BoardId::from(Uuid::from_u128(9));
+        moved.prev_board_id = Some(prev);
+        assert_eq!(moved.rooms(), vec![b, Room::Board(prev), k]);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
-use uuid::Uuid;
 
 use super::Realtime;
 use super::hub::{ConnId, Join};
@@ -21,7 +20,7 @@ use super::outbox::{CloseReason, Frame, Outbox, RETAINED_FRAMES};
 use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, parse};
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
-use crate::domain::TeamId;
+use crate::domain::{TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
@@ -57,7 +56,7 @@ type Subscribing = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct Session {
     rt: Arc<Realtime>,
     id: ConnId,
-    user: Uuid,
+    user: UserId,
     outbox: Arc<Outbox>,
 }
 
@@ -473,7 +472,7 @@ impl Session {
     async fn presence_joined_meanwhile(
         &self,
         team: TeamId,
-        task: crate::domain::TaskId,
+        task: TaskId,
         snapshot: &[PresenceUser],
     ) {
         let Some(shared) = self.rt.bus.shared_presence() else {

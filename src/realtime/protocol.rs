@@ -7,17 +7,20 @@ use tungstenite::Utf8Bytes;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::Room;
 use crate::domain::activity::LogEntry;
 use crate::domain::model::timestamp;
+use crate::domain::{ActivityId, BoardId, Room, TaskId, TeamId, UserId};
 
 /// What a subscribe or unsubscribe names: exactly one of `teamId`, `boardId`, `taskId`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopeFields {
-    pub team_id: Option<Uuid>,
-    pub board_id: Option<Uuid>,
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub team_id: Option<TeamId>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
     /// Resume: replay what the room missed after this seq, before `subscribed`.
     #[schema(minimum = 0)]
     pub since: Option<i64>,
@@ -27,11 +30,14 @@ pub struct ScopeFields {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 pub enum Scope {
     #[serde(rename = "teamId")]
-    Team(Uuid),
+    #[schema(value_type = Uuid)]
+    Team(TeamId),
     #[serde(rename = "boardId")]
-    Board(Uuid),
+    #[schema(value_type = Uuid)]
+    Board(BoardId),
     #[serde(rename = "taskId")]
-    Task(Uuid),
+    #[schema(value_type = Uuid)]
+    Task(TaskId),
 }
 
 impl Scope {
@@ -58,11 +64,14 @@ impl Scope {
 #[serde(rename_all = "camelCase")]
 pub struct ScopeIds {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub team_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub team_id: Option<TeamId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub board_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
 }
 
 impl From<Scope> for ScopeIds {
@@ -140,7 +149,8 @@ pub enum ServerMessage {
     },
     #[serde(rename_all = "camelCase")]
     Authenticated {
-        user_id: Uuid,
+        #[schema(value_type = Uuid)]
+        user_id: UserId,
         #[serde(with = "timestamp")]
         #[schema(value_type = String, format = DateTime)]
         expires_at: OffsetDateTime,
@@ -185,30 +195,36 @@ pub fn activity_frame(entry: &LogEntry) -> Utf8Bytes {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceActivity {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: ActivityId,
     pub v: u32,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub team_id: Uuid,
-    pub actor_user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub actor_user_id: UserId,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub ts: OffsetDateTime,
-    pub task_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
     pub data: PresenceData,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceData {
-    pub task_id: Uuid,
-    pub user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
     pub display_name: String,
 }
 
-pub fn presence_frame(joined: bool, team: Uuid, task: Uuid, user: &PresenceUser) -> Utf8Bytes {
+pub fn presence_frame(joined: bool, team: TeamId, task: TaskId, user: &PresenceUser) -> Utf8Bytes {
     let activity = PresenceActivity {
-        id: Uuid::now_v7(),
+        id: ActivityId::from(Uuid::now_v7()),
         v: crate::domain::activity::ACTIVITY_VERSION,
         kind: if joined {
             "presence.joined"
@@ -263,7 +279,7 @@ mod tests {
 
     #[test]
     fn seed_messages_keep_their_shapes() {
-        let team = Uuid::nil();
+        let team = TeamId::NIL;
         let sub = ServerMessage::Subscribed {
             scope: Scope::Team(team),
             seq: 3,
@@ -273,13 +289,14 @@ mod tests {
             serde_json::to_value(&sub).unwrap(),
             serde_json::json!({"type":"subscribed","teamId":team,"seq":3})
         );
+        let task = TaskId::NIL;
         let unsub = ServerMessage::Unsubscribed {
-            scope: Scope::Task(team),
+            scope: Scope::Task(task),
             reason: Some("membership_revoked"),
         };
         assert_eq!(
             serde_json::to_value(&unsub).unwrap(),
-            serde_json::json!({"type":"unsubscribed","taskId":team,"reason":"membership_revoked"})
+            serde_json::json!({"type":"unsubscribed","taskId":task,"reason":"membership_revoked"})
         );
         let err = ServerMessage::error("bad_request", "nope");
         assert_eq!(
