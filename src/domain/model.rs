@@ -225,9 +225,13 @@ pub struct Comment {
     pub edited_at: Option<OffsetDateTime>,
 }
 
+/// `as_str`, `parse` and `ALL` of a fieldless enum from one table of its wire names.
 macro_rules! text_enum {
     ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }) => {
         impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }
             }
@@ -237,6 +241,7 @@ macro_rules! text_enum {
         }
     };
 }
+pub(crate) use text_enum;
 
 text_enum!(Role { Viewer = "viewer", Member = "member", Admin = "admin", Owner = "owner" });
 text_enum!(TaskStatus { Todo = "todo", InProgress = "in_progress", Done = "done", Canceled = "canceled" });

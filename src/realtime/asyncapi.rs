@@ -105,7 +105,9 @@ mod tests {
     use crate::domain::Team;
     use crate::domain::activity::{ActivityData, ActivityDraft, LogEntry};
     use crate::domain::{Board, BoardId, TaskId, TeamId, UserId};
-    use crate::realtime::protocol::{PresenceUser, Scope, activity_frame, presence_frame};
+    use crate::realtime::protocol::{
+        ErrorCode, PresenceUser, Scope, activity_frame, presence_frame,
+    };
     use std::sync::Arc;
     use time::OffsetDateTime;
     use uuid::Uuid;
@@ -164,10 +166,10 @@ mod tests {
             }
             .frame()
             .to_string(),
-            ServerMessage::error("bad_request", "no")
+            ServerMessage::error(ErrorCode::BadRequest, "no")
                 .frame()
                 .to_string(),
-            ServerMessage::scoped_error("forbidden", "no", Scope::Task(task_id))
+            ServerMessage::scoped_error(ErrorCode::Forbidden, "no", Scope::Task(task_id))
                 .frame()
                 .to_string(),
             ServerMessage::Authenticated {

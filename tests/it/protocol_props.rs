@@ -27,8 +27,8 @@ use taskforge::domain::{
 };
 use taskforge::realtime::asyncapi;
 use taskforge::realtime::protocol::{
-    ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, activity_frame, parse,
-    presence_frame,
+    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ServerMessage, activity_frame,
+    parse, presence_frame,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -837,9 +837,12 @@ proptest! {
 
     #[test]
     fn error_frames(code in prop::sample::select(ERROR_CODES.to_vec()), message in text_value(), s in prop::option::of(scope())) {
+        // The contract's spelling, read as the server's type: every code it lists must exist.
+        let typed = ErrorCode::parse(code)
+            .ok_or_else(|| TestCaseError::fail(format!("{code} is not an ErrorCode")))?;
         let m = match s {
-            Some(s) => ServerMessage::scoped_error(code, message.clone(), s),
-            None => ServerMessage::error(code, message.clone()),
+            Some(s) => ServerMessage::scoped_error(typed, message.clone(), s),
+            None => ServerMessage::error(typed, message.clone()),
         };
         let v = server_json(&m).map_err(TestCaseError::fail)?;
         let mut want = set(&["type", "code", "message"]);
