@@ -13,6 +13,8 @@
 //! `limits` (per-key rate limits) one the edges use; `supervisor` (the background tasks' owner)
 //! one the layers that run loops (bus, realtime, telemetry) spawn through.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod bus;
 pub mod config;

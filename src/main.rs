@@ -74,6 +74,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// by minutes). A C string, as the symbol is read from C.
 #[cfg(not(target_env = "msvc"))]
 #[allow(non_upper_case_globals)]
+// The one unsafe item of the crate: a symbol jemalloc's C code reads by name (its type and
+// NUL-terminated bytes are what that code expects).
+#[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static _rjem_malloc_conf: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -34,7 +34,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use taskforge::domain::activity::{ActivityData, ActivityDraft, Room};
 use taskforge::domain::rules::{self, NewTask, TaskPatch};
-use taskforge::domain::{DomainError, Priority, Role, Task, TaskStatus};
+use taskforge::domain::{
+    BoardId, DomainError, Priority, Role, Task, TaskId, TaskStatus, TeamId, UserId,
+};
 use taskforge::http::error::ApiError;
 use taskforge::http::extract::Json;
 use taskforge::http::routes::auth::{LoginBody, PatchMeBody, RefreshBody, RegisterBody};
@@ -46,14 +48,14 @@ use uuid::Uuid;
 
 /// Strict unless `TASKFORGE_FUZZ_TOLERATE_KNOWN=1`: the two findings of the first campaign
 /// (fuzz/regressions/http_bodies) are fixed, so by default neither is tolerated any more.
-static STRICT: LazyLock<bool> = LazyLock::new(|| {
-    !std::env::var_os("TASKFORGE_FUZZ_TOLERATE_KNOWN").is_some_and(|v| v == "1")
-});
+static STRICT: LazyLock<bool> =
+    LazyLock::new(|| !std::env::var_os("TASKFORGE_FUZZ_TOLERATE_KNOWN").is_some_and(|v| v == "1"));
 
-const TEAM: Uuid = Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0001);
-const BOARD: Uuid = Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0002);
-const TASK: Uuid = Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0003);
-const ACTOR: Uuid = Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0004);
+const TEAM: TeamId = TeamId::from_uuid(Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0001));
+const BOARD: BoardId =
+    BoardId::from_uuid(Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0002));
+const TASK: TaskId = TaskId::from_uuid(Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0003));
+const ACTOR: UserId = UserId::from_uuid(Uuid::from_u128(0x0196_0000_0000_7000_8000_0000_0000_0004));
 
 fn at(unix_ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)

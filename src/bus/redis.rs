@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::wire::{self, Viewer};
 use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
 use crate::domain::activity::{LogEntry, PresenceUser};
-use crate::domain::{TaskId, TeamId};
+use crate::domain::{TaskId, TeamId, UserId};
 use crate::supervisor::Supervisor;
 
 #[derive(Debug, Clone)]
@@ -683,7 +683,7 @@ impl SharedPresence for RedisPresence {
             .query_async(&mut con)
             .await
             .map_err(unreachable)?;
-        let mut users: HashMap<Uuid, PresenceUser> = HashMap::new();
+        let mut users: HashMap<UserId, PresenceUser> = HashMap::new();
         for v in all.values() {
             if let Ok(v) = serde_json::from_str::<Viewer>(v) {
                 users.insert(v.user_id, v.user());
@@ -775,7 +775,7 @@ mod tests {
                 team_id: team,
                 board_id: None,
                 prev_board_id: None,
-                task_id: Some(Uuid::now_v7()),
+                task_id: Some(TaskId::from(Uuid::now_v7())),
                 user_id: None,
             },
             json: Arc::from(format!(
@@ -806,7 +806,7 @@ mod tests {
         let mut events = bus.take_events().expect("the events");
         let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
         assert!(matches!(first, Ok(Some(BusEvent::Resync))), "{first:?}");
-        let team = Uuid::now_v7();
+        let team = TeamId::from(Uuid::now_v7());
         bus.watch(Topic::Team(team)).await.expect("watch the team");
 
         let entries: Vec<LogEntry> = (1..=BURST).map(|s| activity(team, s, BODY)).collect();
@@ -816,8 +816,8 @@ mod tests {
         // seen the whole burst (it fits in what the budget has left).
         let viewer = Viewer {
             team_id: team,
-            task_id: Uuid::now_v7(),
-            user_id: Uuid::now_v7(),
+            task_id: TaskId::from(Uuid::now_v7()),
+            user_id: UserId::from(Uuid::now_v7()),
             display_name: "end of the burst".into(),
         };
         let mut con = bus.commands().expect("commands");

@@ -341,7 +341,7 @@ mod tests {
         for wave in 0..20u32 {
             let at = start + IDLE_EVICT * wave;
             for seq in 1..=WAVE as i64 {
-                marks.set(uuid::Uuid::now_v7(), seq, true, at);
+                marks.set(TeamId::from(uuid::Uuid::now_v7()), seq, true, at);
             }
             // Unsaved watermarks are never forgotten, however old.
             marks.evict_idle(at + IDLE_EVICT * 2, IDLE_EVICT);
@@ -356,8 +356,8 @@ mod tests {
             );
         }
         // A team touched recently stays; an idle one goes.
-        let busy = uuid::Uuid::now_v7();
-        let idle = uuid::Uuid::now_v7();
+        let busy = TeamId::from(uuid::Uuid::now_v7());
+        let idle = TeamId::from(uuid::Uuid::now_v7());
         let later = start + IDLE_EVICT * 40;
         marks.set(idle, 3, false, later);
         marks.set(busy, 5, false, later + IDLE_EVICT);

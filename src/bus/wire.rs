@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::PresenceEvent;
 use crate::domain::activity::{ActivityKind, LogEntry, PresenceUser, Route};
+use crate::domain::{TaskId, TeamId, UserId};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed bus message: {0}")]
@@ -27,7 +27,7 @@ pub enum Message {
 }
 
 pub fn encode_activity(e: &LogEntry) -> Vec<u8> {
-    fn opt(id: Option<Uuid>) -> String {
+    fn opt(id: Option<impl std::fmt::Display>) -> String {
         id.map(|u| u.to_string()).unwrap_or_default()
     }
     let r = &e.route;
@@ -51,9 +51,9 @@ pub fn encode_activity(e: &LogEntry) -> Vec<u8> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Viewer {
-    pub team_id: Uuid,
-    pub task_id: Uuid,
-    pub user_id: Uuid,
+    pub team_id: TeamId,
+    pub task_id: TaskId,
+    pub user_id: UserId,
     pub display_name: String,
 }
 
@@ -104,14 +104,16 @@ fn decode_activity(bytes: &[u8]) -> Result<LogEntry, WireError> {
     let mut next = || f.next().ok_or(WireError("short header"));
     let seq: i64 = next()?.parse().map_err(|_| WireError("seq"))?;
     let kind = ActivityKind::parse(next()?).ok_or(WireError("kind"))?;
-    let id = |s: &str| Uuid::parse_str(s).map_err(|_| WireError("id"));
-    let opt = |s: &str| {
+    fn id<T: std::str::FromStr>(s: &str) -> Result<T, WireError> {
+        s.parse().map_err(|_| WireError("id"))
+    }
+    fn opt<T: std::str::FromStr>(s: &str) -> Result<Option<T>, WireError> {
         if s.is_empty() {
             Ok(None)
         } else {
             id(s).map(Some)
         }
-    };
+    }
     let team_id = id(next()?)?;
     let board_id = opt(next()?)?;
     let prev_board_id = opt(next()?)?;
@@ -133,17 +135,20 @@ fn decode_activity(bytes: &[u8]) -> Result<LogEntry, WireError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use uuid::Uuid;
 
-    fn entry(user: Option<Uuid>) -> LogEntry {
+    use super::*;
+    use crate::domain::BoardId;
+
+    fn entry(user: Option<UserId>) -> LogEntry {
         LogEntry {
             seq: 42,
             route: Route {
                 kind: ActivityKind::TaskAssigned,
-                team_id: Uuid::now_v7(),
-                board_id: Some(Uuid::now_v7()),
+                team_id: TeamId::from(Uuid::now_v7()),
+                board_id: Some(BoardId::from(Uuid::now_v7())),
                 prev_board_id: None,
-                task_id: Some(Uuid::now_v7()),
+                task_id: Some(TaskId::from(Uuid::now_v7())),
                 user_id: user,
             },
             json: Arc::from(r#"{"type":"task.assigned","x":"a|b\nc"}"#),
@@ -152,7 +157,7 @@ mod tests {
 
     #[test]
     fn activities_round_trip() {
-        for user in [None, Some(Uuid::now_v7())] {
+        for user in [None, Some(UserId::from(Uuid::now_v7()))] {
             let e = entry(user);
             let Ok(Message::Activity(back)) = decode(&encode_activity(&e)) else {
                 panic!("did not decode");
@@ -166,9 +171,9 @@ mod tests {
     #[test]
     fn presence_round_trips() {
         let v = Viewer {
-            team_id: Uuid::now_v7(),
-            task_id: Uuid::now_v7(),
-            user_id: Uuid::now_v7(),
+            team_id: TeamId::from(Uuid::now_v7()),
+            task_id: TaskId::from(Uuid::now_v7()),
+            user_id: UserId::from(Uuid::now_v7()),
             display_name: "Ann \"the | one\"".into(),
         };
         let msg = format!("P-{}", v.encode());

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use taskforge::domain::{BoardId, TaskId, TeamId};
+use taskforge::realtime::protocol::ErrorCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
@@ -20,13 +22,13 @@ pub struct TailArgs {
     pub url: String,
     /// The team to follow.
     #[arg(long)]
-    pub team: Uuid,
+    pub team: TeamId,
     /// Only this board's activities (a board of the team).
     #[arg(long, conflicts_with = "task")]
-    pub board: Option<Uuid>,
+    pub board: Option<BoardId>,
     /// Only this task's activities (a task of the team).
     #[arg(long)]
-    pub task: Option<Uuid>,
+    pub task: Option<TaskId>,
     /// Start after this seq (replays what came after it).
     #[arg(long)]
     pub since: Option<i64>,
@@ -198,8 +200,8 @@ async fn stream(
                     frame["reason"].as_str().unwrap_or("unsubscribed")
                 )
             }
-            Some("error") => match frame["code"].as_str() {
-                Some("resume_unavailable") => {
+            Some("error") => match frame["code"].as_str().map(|c| (c, ErrorCode::parse(c))) {
+                Some((_, Some(ErrorCode::ResumeUnavailable))) => {
                     eprintln!(
                         "warning: activities after seq {} are no longer in the log; continuing live (refetch to catch up)",
                         show(*cursor)
@@ -213,9 +215,13 @@ async fn stream(
                         return Ok(End::Dropped("could not send".into()));
                     }
                 }
-                Some("forbidden") => bail!("not a member of that team, or no such board or task"),
-                Some("token_expired" | "unauthorized") => return Ok(End::TokenRejected),
-                Some(code) => eprintln!(
+                Some((_, Some(ErrorCode::Forbidden))) => {
+                    bail!("not a member of that team, or no such board or task")
+                }
+                Some((_, Some(ErrorCode::TokenExpired | ErrorCode::Unauthorized))) => {
+                    return Ok(End::TokenRejected);
+                }
+                Some((code, _)) => eprintln!(
                     "server error {code}: {}",
                     frame["message"].as_str().unwrap_or("")
                 ),

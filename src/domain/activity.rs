@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::id::ActivityId;
 use super::model::*;
 
 /// The version of the activity contract.
@@ -21,149 +22,118 @@ pub struct Change {
     pub to: serde_json::Value,
 }
 
-/// The event-specific part of an activity: `type` and `data` on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "type", content = "data")]
-pub enum ActivityData {
-    #[serde(rename = "task.created")]
-    TaskCreated { task: Task },
-    #[serde(rename = "task.updated")]
-    TaskUpdated {
+/// Declares `ActivityData` and `ActivityKind` from one table, so that each kind's wire name is
+/// written once: it is the serde tag of its `ActivityData` variant (hence the OpenAPI and AsyncAPI
+/// enums of `type`), and `ActivityKind::as_str` / `parse` / `ALL` (the store's `kind` column, the
+/// bus header). Names are `tt`, not `literal`: a `literal` fragment reaches the derives wrapped in
+/// an invisible group.
+macro_rules! activities {
+    ($(
+        $(#[$attr:meta])*
+        $kind:ident = $name:tt { $($fields:tt)* }
+    ),+ $(,)?) => {
+        /// The event-specific part of an activity: `type` and `data` on the wire.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+        #[serde(tag = "type", content = "data")]
+        pub enum ActivityData {
+            $(
+                #[serde(rename = $name)]
+                $(#[$attr])*
+                $kind { $($fields)* },
+            )+
+        }
+
+        /// The activity types that are logged (presence events are ephemeral and not listed
+        /// here).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ActivityKind {
+            $($kind),+
+        }
+
+        text_enum!(ActivityKind { $($kind = $name),+ });
+
+        impl ActivityData {
+            pub fn kind(&self) -> ActivityKind {
+                match self {
+                    $(Self::$kind { .. } => ActivityKind::$kind),+
+                }
+            }
+        }
+    };
+}
+
+activities! {
+    TaskCreated = "task.created" { task: Task },
+    TaskUpdated = "task.updated" {
         task: Task,
         changes: BTreeMap<String, Change>,
     },
-    #[serde(rename = "task.deleted", rename_all = "camelCase")]
-    TaskDeleted { task_id: Uuid, board_id: Uuid },
-    #[serde(rename = "task.assigned", rename_all = "camelCase")]
-    TaskAssigned {
-        task: Task,
-        assignee_user_id: Option<Uuid>,
-        previous_assignee_user_id: Option<Uuid>,
+    #[serde(rename_all = "camelCase")]
+    TaskDeleted = "task.deleted" {
+        #[schema(value_type = Uuid)]
+        task_id: TaskId,
+        #[schema(value_type = Uuid)]
+        board_id: BoardId,
     },
-    #[serde(rename = "comment.created")]
-    CommentCreated { comment: Comment },
-    #[serde(rename = "comment.updated")]
-    CommentUpdated { comment: Comment },
-    #[serde(rename = "comment.deleted", rename_all = "camelCase")]
-    CommentDeleted { comment_id: Uuid, task_id: Uuid },
-    #[serde(rename = "member.added")]
-    MemberAdded { member: Member },
-    #[serde(rename = "member.updated")]
-    MemberUpdated { member: Member },
-    #[serde(rename = "member.removed", rename_all = "camelCase")]
-    MemberRemoved { user_id: Uuid },
-    #[serde(rename = "team.updated")]
-    TeamUpdated { team: Team },
-    #[serde(rename = "board.created")]
-    BoardCreated { board: Board },
-    #[serde(rename = "board.updated")]
-    BoardUpdated { board: Board },
-    #[serde(rename = "board.deleted", rename_all = "camelCase")]
-    BoardDeleted { board_id: Uuid },
-}
-
-/// The activity types that are logged (presence events are ephemeral and not listed here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ActivityKind {
-    TaskCreated,
-    TaskUpdated,
-    TaskDeleted,
-    TaskAssigned,
-    CommentCreated,
-    CommentUpdated,
-    CommentDeleted,
-    MemberAdded,
-    MemberUpdated,
-    MemberRemoved,
-    TeamUpdated,
-    BoardCreated,
-    BoardUpdated,
-    BoardDeleted,
-}
-
-impl ActivityKind {
-    pub const ALL: [ActivityKind; 14] = [
-        Self::TaskCreated,
-        Self::TaskUpdated,
-        Self::TaskDeleted,
-        Self::TaskAssigned,
-        Self::CommentCreated,
-        Self::CommentUpdated,
-        Self::CommentDeleted,
-        Self::MemberAdded,
-        Self::MemberUpdated,
-        Self::MemberRemoved,
-        Self::TeamUpdated,
-        Self::BoardCreated,
-        Self::BoardUpdated,
-        Self::BoardDeleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TaskCreated => "task.created",
-            Self::TaskUpdated => "task.updated",
-            Self::TaskDeleted => "task.deleted",
-            Self::TaskAssigned => "task.assigned",
-            Self::CommentCreated => "comment.created",
-            Self::CommentUpdated => "comment.updated",
-            Self::CommentDeleted => "comment.deleted",
-            Self::MemberAdded => "member.added",
-            Self::MemberUpdated => "member.updated",
-            Self::MemberRemoved => "member.removed",
-            Self::TeamUpdated => "team.updated",
-            Self::BoardCreated => "board.created",
-            Self::BoardUpdated => "board.updated",
-            Self::BoardDeleted => "board.deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl ActivityData {
-    pub fn kind(&self) -> ActivityKind {
-        match self {
-            Self::TaskCreated { .. } => ActivityKind::TaskCreated,
-            Self::TaskUpdated { .. } => ActivityKind::TaskUpdated,
-            Self::TaskDeleted { .. } => ActivityKind::TaskDeleted,
-            Self::TaskAssigned { .. } => ActivityKind::TaskAssigned,
-            Self::CommentCreated { .. } => ActivityKind::CommentCreated,
-            Self::CommentUpdated { .. } => ActivityKind::CommentUpdated,
-            Self::CommentDeleted { .. } => ActivityKind::CommentDeleted,
-            Self::MemberAdded { .. } => ActivityKind::MemberAdded,
-            Self::MemberUpdated { .. } => ActivityKind::MemberUpdated,
-            Self::MemberRemoved { .. } => ActivityKind::MemberRemoved,
-            Self::TeamUpdated { .. } => ActivityKind::TeamUpdated,
-            Self::BoardCreated { .. } => ActivityKind::BoardCreated,
-            Self::BoardUpdated { .. } => ActivityKind::BoardUpdated,
-            Self::BoardDeleted { .. } => ActivityKind::BoardDeleted,
-        }
-    }
+    #[serde(rename_all = "camelCase")]
+    TaskAssigned = "task.assigned" {
+        task: Task,
+        #[schema(value_type = Option<Uuid>)]
+        assignee_user_id: Option<UserId>,
+        #[schema(value_type = Option<Uuid>)]
+        previous_assignee_user_id: Option<UserId>,
+    },
+    CommentCreated = "comment.created" { comment: Comment },
+    CommentUpdated = "comment.updated" { comment: Comment },
+    #[serde(rename_all = "camelCase")]
+    CommentDeleted = "comment.deleted" {
+        #[schema(value_type = Uuid)]
+        comment_id: CommentId,
+        #[schema(value_type = Uuid)]
+        task_id: TaskId,
+    },
+    MemberAdded = "member.added" { member: Member },
+    MemberUpdated = "member.updated" { member: Member },
+    #[serde(rename_all = "camelCase")]
+    MemberRemoved = "member.removed" {
+        #[schema(value_type = Uuid)]
+        user_id: UserId,
+    },
+    TeamUpdated = "team.updated" { team: Team },
+    BoardCreated = "board.created" { board: Board },
+    BoardUpdated = "board.updated" { board: Board },
+    #[serde(rename_all = "camelCase")]
+    BoardDeleted = "board.deleted" {
+        #[schema(value_type = Uuid)]
+        board_id: BoardId,
+    },
 }
 
 /// A domain event as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: ActivityId,
     /// Contract version, always 1.
     pub v: u32,
     #[serde(flatten)]
     pub data: ActivityData,
-    pub team_id: Uuid,
-    pub actor_user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub actor_user_id: UserId,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub ts: OffsetDateTime,
     /// Per-team, gapless, strictly increasing; assigned at commit.
     pub seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub board_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
 }
 
 /// A room: the unit of subscription and of fanout.
@@ -181,13 +151,13 @@ pub enum Room {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub kind: ActivityKind,
-    pub team_id: Uuid,
-    pub board_id: Option<Uuid>,
+    pub team_id: TeamId,
+    pub board_id: Option<BoardId>,
     /// The board a task left when it moved, so both boards' rooms see the move.
-    pub prev_board_id: Option<Uuid>,
-    pub task_id: Option<Uuid>,
+    pub prev_board_id: Option<BoardId>,
+    pub task_id: Option<TaskId>,
     /// The user whose own sockets also receive it (new assignee, added/updated/removed member).
-    pub user_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
 }
 
 impl Route {
@@ -257,13 +227,13 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct ActivityDraft {
     pub data: ActivityData,
-    pub actor_user_id: Uuid,
+    pub actor_user_id: UserId,
     pub ts: OffsetDateTime,
-    pub prev_board_id: Option<Uuid>,
+    pub prev_board_id: Option<BoardId>,
 }
 
 impl ActivityDraft {
-    pub fn new(data: ActivityData, actor_user_id: Uuid, ts: OffsetDateTime) -> Self {
+    pub fn new(data: ActivityData, actor_user_id: UserId, ts: OffsetDateTime) -> Self {
         Self {
             data,
             actor_user_id,
@@ -273,13 +243,13 @@ impl ActivityDraft {
     }
 
     /// The draft of a task that moved from `prev` to its current board.
-    pub fn moved_from(mut self, prev: Uuid) -> Self {
+    pub fn moved_from(mut self, prev: BoardId) -> Self {
         self.prev_board_id = Some(prev);
         self
     }
 
     /// The activity this draft becomes at `seq`, with its route.
-    pub fn into_activity(self, team_id: Uuid, seq: i64) -> (Activity, Route) {
+    pub fn into_activity(self, team_id: TeamId, seq: i64) -> (Activity, Route) {
         use ActivityData::*;
         let (board_id, task_id, user_id) = match &self.data {
             TaskCreated { task } | TaskUpdated { task, .. } => {
@@ -310,7 +280,7 @@ impl ActivityDraft {
             user_id,
         };
         let activity = Activity {
-            id: Uuid::now_v7(),
+            id: ActivityId::from(Uuid::now_v7()),
             v: ACTIVITY_VERSION,
             data: self.data,
             team_id,
@@ -328,7 +298,8 @@ impl ActivityDraft {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceUser {
-    pub user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
     pub display_name: String,
 }
 
@@ -354,21 +325,21 @@ mod tests {
     fn route(kind: ActivityKind) -> Route {
         Route {
             kind,
-            team_id: Uuid::from_u128(1),
-            board_id: Some(Uuid::from_u128(2)),
+            team_id: TeamId::from(Uuid::from_u128(1)),
+            board_id: Some(BoardId::from(Uuid::from_u128(2))),
             prev_board_id: None,
-            task_id: Some(Uuid::from_u128(3)),
-            user_id: Some(Uuid::from_u128(4)),
+            task_id: Some(TaskId::from(Uuid::from_u128(3))),
+            user_id: Some(UserId::from(Uuid::from_u128(4))),
         }
     }
 
     #[test]
     fn routing_table_matches_the_contract() {
         let (t, b, k, u) = (
-            Room::Team(Uuid::from_u128(1)),
-            Room::Board(Uuid::from_u128(2)),
-            Room::Task(Uuid::from_u128(3)),
-            Room::User(Uuid::from_u128(4)),
+            Room::Team(TeamId::from(Uuid::from_u128(1))),
+            Room::Board(BoardId::from(Uuid::from_u128(2))),
+            Room::Task(TaskId::from(Uuid::from_u128(3))),
+            Room::User(UserId::from(Uuid::from_u128(4))),
         );
         use ActivityKind::*;
         assert_eq!(route(TaskCreated).rooms(), vec![t, b]);
@@ -379,14 +350,23 @@ mod tests {
         assert_eq!(route(MemberRemoved).rooms(), vec![t, u]);
         assert_eq!(route(BoardDeleted).rooms(), vec![t]);
         let mut moved = route(TaskUpdated);
-        moved.prev_board_id = Some(Uuid::from_u128(9));
-        assert_eq!(moved.rooms(), vec![b, Room::Board(Uuid::from_u128(9)), k]);
+        let prev = BoardId::from(Uuid::from_u128(9));
+        moved.prev_board_id = Some(prev);
+        assert_eq!(moved.rooms(), vec![b, Room::Board(prev), k]);
     }
 
+    /// The name `as_str` gives a kind is the `type` its activities carry, and `parse` reads it.
     #[test]
     fn kinds_round_trip_through_their_names() {
-        for k in ActivityKind::ALL {
+        let id = BoardId::from(Uuid::from_u128(2));
+        let data = ActivityData::BoardDeleted { board_id: id };
+        let json = serde_json::to_value(&data).expect("serializes");
+        assert_eq!(json["type"], "board.deleted");
+        assert_eq!(data.kind().as_str(), "board.deleted");
+        assert_eq!(ActivityKind::ALL.len(), 14);
+        for &k in ActivityKind::ALL {
             assert_eq!(ActivityKind::parse(k.as_str()), Some(k));
         }
+        assert_eq!(ActivityKind::parse("presence.joined"), None);
     }
 }

@@ -3,13 +3,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
-pub type UserId = Uuid;
-pub type TeamId = Uuid;
-pub type BoardId = Uuid;
-pub type TaskId = Uuid;
-pub type CommentId = Uuid;
+pub use super::id::{BoardId, CommentId, TaskId, TeamId, UserId};
 
 /// Timestamps are RFC 3339 UTC with millisecond precision: `2026-11-25T19:03:04.123Z`.
 pub mod timestamp {
@@ -101,7 +96,8 @@ pub mod date {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: UserId,
     pub email: String,
     pub display_name: String,
     #[serde(with = "timestamp")]
@@ -112,12 +108,14 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Team {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: TeamId,
     pub name: String,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
-    pub default_board_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub default_board_id: BoardId,
 }
 
 #[derive(
@@ -134,7 +132,8 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
-    pub team_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
     pub user: User,
     pub role: Role,
     #[serde(with = "timestamp")]
@@ -145,8 +144,10 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Board {
-    pub id: Uuid,
-    pub team_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: BoardId,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
     pub name: String,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
@@ -177,19 +178,24 @@ pub enum Priority {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
-    pub id: Uuid,
-    pub team_id: Uuid,
-    pub board_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: TaskId,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub board_id: BoardId,
     pub title: String,
     pub description: String,
     pub status: TaskStatus,
     pub priority: Priority,
-    pub assignee_user_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub assignee_user_id: Option<UserId>,
     #[serde(with = "date")]
     #[schema(value_type = Option<String>, format = Date)]
     pub due_date: Option<time::Date>,
     pub position: f64,
-    pub created_by: Uuid,
+    #[schema(value_type = Uuid)]
+    pub created_by: UserId,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -202,10 +208,14 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Comment {
-    pub id: Uuid,
-    pub task_id: Uuid,
-    pub team_id: Uuid,
-    pub author_user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: CommentId,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub author_user_id: UserId,
     pub body: String,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
@@ -215,9 +225,13 @@ pub struct Comment {
     pub edited_at: Option<OffsetDateTime>,
 }
 
+/// `as_str`, `parse` and `ALL` of a fieldless enum from one table of its wire names.
 macro_rules! text_enum {
     ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }) => {
         impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }
             }
@@ -227,6 +241,7 @@ macro_rules! text_enum {
         }
     };
 }
+pub(crate) use text_enum;
 
 text_enum!(Role { Viewer = "viewer", Member = "member", Admin = "admin", Owner = "owner" });
 text_enum!(TaskStatus { Todo = "todo", InProgress = "in_progress", Done = "done", Canceled = "canceled" });

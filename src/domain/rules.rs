@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::activity::Change;
 use super::error::{Checks, DomainError, FieldError};
@@ -193,13 +192,15 @@ pub struct NewTask {
     #[schema(max_length = 20000)]
     pub description: Option<String>,
     #[serde(default)]
-    pub board_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(default)]
     pub status: Option<TaskStatus>,
     #[serde(default)]
     pub priority: Option<Priority>,
     #[serde(default)]
-    pub assignee_user_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub assignee_user_id: Option<UserId>,
     #[serde(default, with = "date")]
     #[schema(value_type = Option<String>, format = Date)]
     pub due_date: Option<time::Date>,
@@ -234,8 +235,8 @@ pub struct TaskPatch {
     #[schema(nullable = false, max_length = 20000)]
     pub description: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(nullable = false)]
-    pub board_id: Option<Uuid>,
+    #[schema(nullable = false, value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(default, deserialize_with = "non_null")]
     #[schema(nullable = false)]
     pub status: Option<TaskStatus>,

@@ -102,9 +102,12 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Team;
     use crate::domain::activity::{ActivityData, ActivityDraft, LogEntry};
-    use crate::domain::{Board, Team};
-    use crate::realtime::protocol::{PresenceUser, Scope, activity_frame, presence_frame};
+    use crate::domain::{Board, BoardId, TaskId, TeamId, UserId};
+    use crate::realtime::protocol::{
+        ErrorCode, PresenceUser, Scope, activity_frame, presence_frame,
+    };
     use std::sync::Arc;
     use time::OffsetDateTime;
     use uuid::Uuid;
@@ -119,58 +122,64 @@ mod tests {
     fn every_kind_of_server_frame_matches_server_frame() {
         let v = validator("ServerFrame");
         let id = Uuid::now_v7();
+        let (team_id, board_id, task_id, user_id) = (
+            TeamId::from(id),
+            BoardId::from(id),
+            TaskId::from(id),
+            UserId::from(id),
+        );
         let user = PresenceUser {
-            user_id: id,
+            user_id,
             display_name: "Ann".into(),
         };
         let now = crate::domain::model::timestamp::truncate(OffsetDateTime::now_utc());
         let team = Team {
-            id,
+            id: team_id,
             name: "T".into(),
             created_at: now,
-            default_board_id: id,
+            default_board_id: board_id,
         };
         let board = Board {
-            id,
-            team_id: id,
+            id: board_id,
+            team_id,
             name: "B".into(),
             created_at: now,
         };
         let frames: Vec<String> = vec![
             ServerMessage::Subscribed {
-                scope: Scope::Team(id),
+                scope: Scope::Team(team_id),
                 seq: 1,
                 presence: None,
             }
             .frame()
             .to_string(),
             ServerMessage::Subscribed {
-                scope: Scope::Task(id),
+                scope: Scope::Task(task_id),
                 seq: 0,
                 presence: Some(vec![user.clone()]),
             }
             .frame()
             .to_string(),
             ServerMessage::Unsubscribed {
-                scope: Scope::Board(id),
+                scope: Scope::Board(board_id),
                 reason: Some("membership_revoked"),
             }
             .frame()
             .to_string(),
-            ServerMessage::error("bad_request", "no")
+            ServerMessage::error(ErrorCode::BadRequest, "no")
                 .frame()
                 .to_string(),
-            ServerMessage::scoped_error("forbidden", "no", Scope::Task(id))
+            ServerMessage::scoped_error(ErrorCode::Forbidden, "no", Scope::Task(task_id))
                 .frame()
                 .to_string(),
             ServerMessage::Authenticated {
-                user_id: id,
+                user_id,
                 expires_at: now,
             }
             .frame()
             .to_string(),
             ServerMessage::Pong.frame().to_string(),
-            presence_frame(true, id, id, &user).to_string(),
+            presence_frame(true, team_id, task_id, &user).to_string(),
         ]
         .into_iter()
         .chain(
@@ -180,7 +189,8 @@ mod tests {
             ]
             .into_iter()
             .map(|data| {
-                let (activity, route) = ActivityDraft::new(data, id, now).into_activity(id, 7);
+                let (activity, route) =
+                    ActivityDraft::new(data, user_id, now).into_activity(team_id, 7);
                 let json = serde_json::to_string(&activity).expect("serializes");
                 activity_frame(&LogEntry {
                     seq: 7,

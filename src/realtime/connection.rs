@@ -13,15 +13,16 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::time::{Instant, sleep_until};
-use uuid::Uuid;
 
 use super::Realtime;
 use super::hub::{ConnId, Join};
 use super::outbox::{CloseReason, Frame, Outbox, RETAINED_FRAMES};
-use super::protocol::{ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, parse};
+use super::protocol::{
+    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ServerMessage, parse,
+};
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
-use crate::domain::TeamId;
+use crate::domain::{TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
@@ -57,7 +58,7 @@ type Subscribing = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct Session {
     rt: Arc<Realtime>,
     id: ConnId,
-    user: Uuid,
+    user: UserId,
     outbox: Arc<Outbox>,
 }
 
@@ -290,7 +291,7 @@ impl Conn {
                 return Err(());
             }
             self.session.reply(ServerMessage::error(
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "slow down: too many messages",
             ));
             return Ok(None);
@@ -299,7 +300,7 @@ impl Conn {
             Message::Text(text) => self.on_text(&text),
             _ => {
                 self.session.reply(ServerMessage::error(
-                    "bad_request",
+                    ErrorCode::BadRequest,
                     "binary frames are not part of the protocol",
                 ));
                 None
@@ -312,7 +313,8 @@ impl Conn {
         let msg = match parse(text) {
             Ok(m) => m,
             Err(why) => {
-                self.session.reply(ServerMessage::error("bad_request", why));
+                self.session
+                    .reply(ServerMessage::error(ErrorCode::BadRequest, why));
                 return None;
             }
         };
@@ -331,7 +333,9 @@ impl Conn {
                         reason: None,
                     });
                 }
-                Err(why) => self.session.reply(ServerMessage::error("bad_request", why)),
+                Err(why) => self
+                    .session
+                    .reply(ServerMessage::error(ErrorCode::BadRequest, why)),
             },
         }
         None
@@ -362,35 +366,37 @@ impl Session {
     async fn subscribe(&self, fields: &ScopeFields) {
         let scope = match fields.scope() {
             Ok(s) => s,
-            Err(why) => return self.reply(ServerMessage::error("bad_request", why)),
+            Err(why) => return self.reply(ServerMessage::error(ErrorCode::BadRequest, why)),
         };
         if fields.since.is_some_and(|s| s < 0) {
             return self.reply(ServerMessage::scoped_error(
-                "bad_request",
+                ErrorCode::BadRequest,
                 "since must be 0 or more",
                 scope,
             ));
         }
         let (code, message) = match self.try_subscribe(scope, fields.since).await {
             Ok(()) => return,
-            Err(SubscribeError::Forbidden) => {
-                ("forbidden", "not a member, or no such team, board or task")
-            }
+            Err(SubscribeError::Forbidden) => (
+                ErrorCode::Forbidden,
+                "not a member, or no such team, board or task",
+            ),
             Err(SubscribeError::ResumeUnavailable) => (
-                "resume_unavailable",
+                ErrorCode::ResumeUnavailable,
                 "since is outside the retained log; subscribe without it and refetch",
             ),
-            Err(SubscribeError::TooMany) => {
-                ("too_many_subscriptions", "this socket is in too many rooms")
-            }
+            Err(SubscribeError::TooMany) => (
+                ErrorCode::TooManySubscriptions,
+                "this socket is in too many rooms",
+            ),
             Err(SubscribeError::Busy) => (
-                "unavailable",
+                ErrorCode::Unavailable,
                 "the team is too busy to join right now; retry",
             ),
             Err(SubscribeError::Store(e)) => {
                 tracing::warn!(error = %e, "subscribe failed");
                 (
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "the server could not check this subscription; retry",
                 )
             }
@@ -473,7 +479,7 @@ impl Session {
     async fn presence_joined_meanwhile(
         &self,
         team: TeamId,
-        task: crate::domain::TaskId,
+        task: TaskId,
         snapshot: &[PresenceUser],
     ) {
         let Some(shared) = self.rt.bus.shared_presence() else {
@@ -582,29 +588,15 @@ async fn write_loop(mut out: Outbound, outbox: Arc<Outbox>) {
             }
             Some(reason) => {
                 if let Some(code) = reason.error_code() {
-                    let msg = ServerMessage::error(code, close_message(reason));
+                    let msg = ServerMessage::error(code, reason.message());
                     let _ = out
                         .write_batch(&[Frame::Text(msg.frame())], outbox.stall())
                         .await;
                 }
-                let _ = out.close(reason.code(), close_message(reason)).await;
+                let _ = out.close(reason.code(), reason.message()).await;
                 return;
             }
         }
-    }
-}
-
-fn close_message(reason: CloseReason) -> &'static str {
-    match reason {
-        CloseReason::SlowConsumer => "too many frames queued: resume with since",
-        CloseReason::RateLimited => "too many messages",
-        CloseReason::Unauthorized => "authentication required",
-        CloseReason::TokenExpired => "the access token expired",
-        CloseReason::GoingAway => "server going away: reconnect and resume with since",
-        CloseReason::TooBig => "message too large",
-        CloseReason::ProtocolError => "WebSocket protocol error",
-        CloseReason::InvalidData => "a text frame must be UTF-8",
-        CloseReason::PeerClosed(_) | CloseReason::Gone => "",
     }
 }
 

@@ -932,6 +932,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::bus::{InProcessBus, Relay, RelaySettings};
+    use crate::domain::BoardId;
     use crate::realtime::outbox::Limits;
     use crate::service::{Services, TokenService};
     use uuid::Uuid;
@@ -956,7 +957,7 @@ mod tests {
 
     fn user() -> PresenceUser {
         PresenceUser {
-            user_id: Uuid::now_v7(),
+            user_id: UserId::from(Uuid::now_v7()),
             display_name: "Ann".to_owned(),
         }
     }
@@ -966,14 +967,14 @@ mod tests {
     #[tokio::test]
     async fn kept_subscription_counts_match_the_rooms() {
         let (hub, _dir) = hub().await;
-        let team = Uuid::now_v7();
+        let team = TeamId::from(Uuid::now_v7());
         let pin = hub.follow(team).await.expect("followed");
         let a = hub.register(user(), outbox());
         let b = hub.register(user(), outbox());
-        let task = Uuid::now_v7();
+        let task = TaskId::from(Uuid::now_v7());
         let scopes = [
             Scope::Team(team),
-            Scope::Board(Uuid::now_v7()),
+            Scope::Board(BoardId::from(Uuid::now_v7())),
             Scope::Task(task),
         ];
         for id in [a, b] {
@@ -1027,8 +1028,8 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("hub.db").display());
         let store = crate::store::connect(&url, 1).await.expect("sqlite store");
         let hub = Hub::new(store, Arc::new(InProcessBus::new(16)), 16);
-        let team = uuid::Uuid::now_v7();
-        let (left, quiet) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let team = TeamId::from(Uuid::now_v7());
+        let (left, quiet) = (TaskId::from(Uuid::now_v7()), TaskId::from(Uuid::now_v7()));
         let change = |task, announce| PresenceChange {
             team,
             task,

@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
 
+use super::protocol::ErrorCode;
+
 /// Why the server closes a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -39,29 +41,49 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The close frame's status code; `None` for a close without one.
-    pub fn code(self) -> Option<u16> {
+    /// The close frame's status code (`None` for a close without one), the `error` sent before
+    /// it, and the text of both: one row per reason, so that a code and its error stay together.
+    fn row(self) -> (Option<u16>, Option<ErrorCode>, &'static str) {
+        use ErrorCode as E;
         match self {
-            Self::SlowConsumer | Self::RateLimited => Some(4008),
-            Self::Unauthorized | Self::TokenExpired => Some(4001),
-            Self::GoingAway => Some(1001),
-            Self::TooBig => Some(1009),
-            Self::ProtocolError => Some(1002),
-            Self::InvalidData => Some(1007),
-            Self::PeerClosed(code) => code,
-            Self::Gone => None,
+            Self::SlowConsumer => (
+                Some(4008),
+                Some(E::SlowConsumer),
+                "too many frames queued: resume with since",
+            ),
+            Self::RateLimited => (Some(4008), Some(E::RateLimited), "too many messages"),
+            Self::Unauthorized => (Some(4001), Some(E::Unauthorized), "authentication required"),
+            Self::TokenExpired => (
+                Some(4001),
+                Some(E::TokenExpired),
+                "the access token expired",
+            ),
+            Self::GoingAway => (
+                Some(1001),
+                None,
+                "server going away: reconnect and resume with since",
+            ),
+            Self::TooBig => (Some(1009), None, "message too large"),
+            Self::ProtocolError => (Some(1002), None, "WebSocket protocol error"),
+            Self::InvalidData => (Some(1007), None, "a text frame must be UTF-8"),
+            Self::PeerClosed(code) => (code, None, ""),
+            Self::Gone => (None, None, ""),
         }
     }
 
+    /// The close frame's status code; `None` for a close without one.
+    pub fn code(self) -> Option<u16> {
+        self.row().0
+    }
+
     /// The `error` code sent before the close, if any.
-    pub fn error_code(self) -> Option<&'static str> {
-        match self {
-            Self::SlowConsumer => Some("slow_consumer"),
-            Self::RateLimited => Some("rate_limited"),
-            Self::Unauthorized => Some("unauthorized"),
-            Self::TokenExpired => Some("token_expired"),
-            _ => None,
-        }
+    pub fn error_code(self) -> Option<ErrorCode> {
+        self.row().1
+    }
+
+    /// The close frame's reason, and the message of the `error` before it.
+    pub fn message(self) -> &'static str {
+        self.row().2
     }
 }
 
@@ -301,6 +323,34 @@ mod tests {
             replay_frames: 2,
             replay_bytes: 1 << 20,
             stall: Duration::from_secs(5),
+        }
+    }
+
+    /// The contract's close codes, and the error each one follows.
+    #[test]
+    fn closes_carry_the_codes_of_the_contract() {
+        use CloseReason::*;
+        for (reason, code, error) in [
+            (SlowConsumer, Some(4008), Some(ErrorCode::SlowConsumer)),
+            (RateLimited, Some(4008), Some(ErrorCode::RateLimited)),
+            (Unauthorized, Some(4001), Some(ErrorCode::Unauthorized)),
+            (TokenExpired, Some(4001), Some(ErrorCode::TokenExpired)),
+            (GoingAway, Some(1001), None),
+            (TooBig, Some(1009), None),
+            (ProtocolError, Some(1002), None),
+            (InvalidData, Some(1007), None),
+            (PeerClosed(Some(1000)), Some(1000), None),
+            (PeerClosed(None), None, None),
+            (Gone, None, None),
+        ] {
+            assert_eq!(reason.code(), code, "{reason:?}");
+            assert_eq!(reason.error_code(), error, "{reason:?}");
+            // The server says why it closes; answering the peer's close, or a dead socket, it does not.
+            assert_eq!(
+                reason.message().is_empty(),
+                matches!(reason, PeerClosed(_) | Gone),
+                "{reason:?}"
+            );
         }
     }
 

@@ -1,23 +1,26 @@
 //! The socket protocol: client and server messages exactly as the contract shapes them, and the
 //! frames the hub shares among recipients (serialized once).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 use tungstenite::Utf8Bytes;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::Room;
 use crate::domain::activity::LogEntry;
-use crate::domain::model::timestamp;
+use crate::domain::model::{text_enum, timestamp};
+use crate::domain::{ActivityId, BoardId, Room, TaskId, TeamId, UserId};
 
 /// What a subscribe or unsubscribe names: exactly one of `teamId`, `boardId`, `taskId`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopeFields {
-    pub team_id: Option<Uuid>,
-    pub board_id: Option<Uuid>,
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub team_id: Option<TeamId>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
     /// Resume: replay what the room missed after this seq, before `subscribed`.
     #[schema(minimum = 0)]
     pub since: Option<i64>,
@@ -27,11 +30,14 @@ pub struct ScopeFields {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 pub enum Scope {
     #[serde(rename = "teamId")]
-    Team(Uuid),
+    #[schema(value_type = Uuid)]
+    Team(TeamId),
     #[serde(rename = "boardId")]
-    Board(Uuid),
+    #[schema(value_type = Uuid)]
+    Board(BoardId),
     #[serde(rename = "taskId")]
-    Task(Uuid),
+    #[schema(value_type = Uuid)]
+    Task(TaskId),
 }
 
 impl Scope {
@@ -58,11 +64,14 @@ impl Scope {
 #[serde(rename_all = "camelCase")]
 pub struct ScopeIds {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub team_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub team_id: Option<TeamId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub board_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub task_id: Option<TaskId>,
 }
 
 impl From<Scope> for ScopeIds {
@@ -112,6 +121,52 @@ pub enum ClientMessage {
 
 pub use crate::domain::activity::PresenceUser;
 
+/// The `code` of an `error` frame. The contract fixes the strings; they are written only here.
+/// (The closes that follow some of them are `outbox::CloseReason`'s.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A message that is not part of the protocol (bad JSON, unknown type, an id that is not a
+    /// UUID, a binary frame, a negative `since`); the socket stays open.
+    BadRequest,
+    /// No valid token: closes 4001.
+    Unauthorized,
+    /// The access token expired: closes 4001.
+    TokenExpired,
+    /// Not a member, or no such team, board or task (the same answer for both).
+    Forbidden,
+    /// The socket is in as many rooms as it may be.
+    TooManySubscriptions,
+    /// Too many messages; repeated, closes 4008.
+    RateLimited,
+    /// The socket did not keep up: closes 4008 (resume with `since`).
+    SlowConsumer,
+    /// `since` is outside the retained log: subscribe without it and refetch.
+    ResumeUnavailable,
+    /// The server could not serve the subscribe now; retry.
+    Unavailable,
+    /// A frame the server could not write.
+    Internal,
+}
+
+text_enum!(ErrorCode {
+    BadRequest = "bad_request",
+    Unauthorized = "unauthorized",
+    TokenExpired = "token_expired",
+    Forbidden = "forbidden",
+    TooManySubscriptions = "too_many_subscriptions",
+    RateLimited = "rate_limited",
+    SlowConsumer = "slow_consumer",
+    ResumeUnavailable = "resume_unavailable",
+    Unavailable = "unavailable",
+    Internal = "internal",
+});
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Server -> client (activities are written by `activity_frame`, not through this type).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -132,7 +187,8 @@ pub enum ServerMessage {
         reason: Option<&'static str>,
     },
     Error {
-        code: &'static str,
+        #[schema(value_type = String)]
+        code: ErrorCode,
         message: String,
         /// The room the error concerns, if any.
         #[serde(flatten)]
@@ -140,7 +196,8 @@ pub enum ServerMessage {
     },
     #[serde(rename_all = "camelCase")]
     Authenticated {
-        user_id: Uuid,
+        #[schema(value_type = Uuid)]
+        user_id: UserId,
         #[serde(with = "timestamp")]
         #[schema(value_type = String, format = DateTime)]
         expires_at: OffsetDateTime,
@@ -149,7 +206,7 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerMessage::Error {
             code,
             message: message.into(),
@@ -157,7 +214,7 @@ impl ServerMessage {
         }
     }
 
-    pub fn scoped_error(code: &'static str, message: impl Into<String>, scope: Scope) -> Self {
+    pub fn scoped_error(code: ErrorCode, message: impl Into<String>, scope: Scope) -> Self {
         ServerMessage::Error {
             code,
             message: message.into(),
@@ -167,7 +224,10 @@ impl ServerMessage {
 
     pub fn frame(&self) -> Utf8Bytes {
         Utf8Bytes::from(serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"type":"error","code":"internal","message":"unserializable message"}"#.to_owned()
+            format!(
+                r#"{{"type":"error","code":"{}","message":"unserializable message"}}"#,
+                ErrorCode::Internal.as_str()
+            )
         }))
     }
 }
@@ -185,30 +245,36 @@ pub fn activity_frame(entry: &LogEntry) -> Utf8Bytes {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceActivity {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: ActivityId,
     pub v: u32,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub team_id: Uuid,
-    pub actor_user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    #[schema(value_type = Uuid)]
+    pub actor_user_id: UserId,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime)]
     pub ts: OffsetDateTime,
-    pub task_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
     pub data: PresenceData,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceData {
-    pub task_id: Uuid,
-    pub user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
     pub display_name: String,
 }
 
-pub fn presence_frame(joined: bool, team: Uuid, task: Uuid, user: &PresenceUser) -> Utf8Bytes {
+pub fn presence_frame(joined: bool, team: TeamId, task: TaskId, user: &PresenceUser) -> Utf8Bytes {
     let activity = PresenceActivity {
-        id: Uuid::now_v7(),
+        id: ActivityId::from(Uuid::now_v7()),
         v: crate::domain::activity::ACTIVITY_VERSION,
         kind: if joined {
             "presence.joined"
@@ -263,7 +329,7 @@ mod tests {
 
     #[test]
     fn seed_messages_keep_their_shapes() {
-        let team = Uuid::nil();
+        let team = TeamId::NIL;
         let sub = ServerMessage::Subscribed {
             scope: Scope::Team(team),
             seq: 3,
@@ -273,18 +339,47 @@ mod tests {
             serde_json::to_value(&sub).unwrap(),
             serde_json::json!({"type":"subscribed","teamId":team,"seq":3})
         );
+        let task = TaskId::NIL;
         let unsub = ServerMessage::Unsubscribed {
-            scope: Scope::Task(team),
+            scope: Scope::Task(task),
             reason: Some("membership_revoked"),
         };
         assert_eq!(
             serde_json::to_value(&unsub).unwrap(),
-            serde_json::json!({"type":"unsubscribed","taskId":team,"reason":"membership_revoked"})
+            serde_json::json!({"type":"unsubscribed","taskId":task,"reason":"membership_revoked"})
         );
-        let err = ServerMessage::error("bad_request", "nope");
+        let err = ServerMessage::error(ErrorCode::BadRequest, "nope");
         assert_eq!(
             serde_json::to_value(&err).unwrap(),
             serde_json::json!({"type":"error","code":"bad_request","message":"nope"})
+        );
+    }
+
+    /// The codes are the contract's strings, and `parse` reads back what `as_str` writes.
+    #[test]
+    fn error_codes_keep_their_wire_names() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert_eq!(
+                serde_json::to_value(code).expect("serializes"),
+                serde_json::json!(code.as_str())
+            );
+        }
+        let names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bad_request",
+                "unauthorized",
+                "token_expired",
+                "forbidden",
+                "too_many_subscriptions",
+                "rate_limited",
+                "slow_consumer",
+                "resume_unavailable",
+                "unavailable",
+                "internal",
+            ]
         );
     }
 

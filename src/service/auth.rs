@@ -19,7 +19,7 @@ use super::{Result, ServiceError, Services, now};
 use crate::domain::rules::{
     check_credential_sizes, check_display_name, check_registration, normalize_email,
 };
-use crate::domain::{DomainError, Role, Team, User, UserId};
+use crate::domain::{DomainError, Role, SessionId, Team, User, UserId};
 use crate::store::{PageAfter, StoreError};
 
 pub const ISSUER: &str = "taskforge";
@@ -95,7 +95,7 @@ impl TokenService {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
             })?;
-        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| AuthError::Invalid)?;
+        let user_id: UserId = data.claims.sub.parse().map_err(|_| AuthError::Invalid)?;
         let expires_at =
             OffsetDateTime::from_unix_timestamp(data.claims.exp).map_err(|_| AuthError::Invalid)?;
         Ok(Principal {
@@ -253,7 +253,7 @@ impl Services {
         check_registration(&email, password, display_name)?;
         let hash = hash_password(password.to_owned()).await?;
         let user = User {
-            id: Uuid::now_v7(),
+            id: UserId::from(Uuid::now_v7()),
             email,
             display_name: display_name.to_owned(),
             created_at: now(),
@@ -382,7 +382,7 @@ impl Services {
 
     async fn new_family(&self, tx: &mut dyn crate::store::Tx, user: UserId) -> Result<String> {
         let at = now();
-        let family = Uuid::now_v7();
+        let family = SessionId::from(Uuid::now_v7());
         let token = random_token()?;
         tx.insert_refresh_family(family, user, at).await?;
         tx.insert_refresh_token(&token_hash(&token), family, self.refresh_expiry(at))
@@ -452,7 +452,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(60),
         );
-        let user = Uuid::now_v7();
+        let user = UserId::from(Uuid::now_v7());
         let token = svc.issue(user).expect("issue");
         assert_eq!(svc.verify(&token).expect("verify").user_id, user);
         let other = TokenService::new(

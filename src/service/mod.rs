@@ -84,13 +84,14 @@ impl PageRequest {
         }
     }
 
-    /// The key-set page after a UUID cursor. Fetches one more than asked to know if more follow.
-    fn after_id(&self) -> Result<PageAfter<Uuid>> {
+    /// The key-set page after an id cursor. Fetches one more than asked to know if more follow.
+    fn after_id<K: From<Uuid>>(&self) -> Result<PageAfter<K>> {
         let after = match &self.cursor {
             None => None,
             Some(c) => Some(
                 decode_cursor(c)
                     .and_then(|b| Uuid::from_slice(&b).ok())
+                    .map(K::from)
                     .ok_or_else(bad_cursor)?,
             ),
         };
@@ -125,14 +126,18 @@ fn decode_cursor(c: &str) -> Option<Vec<u8>> {
 }
 
 /// Cuts a fetched `limit + 1` rows into a page, with the cursor of the last item kept.
-fn page_by_id<T>(mut rows: Vec<T>, page: PageAfter<Uuid>, id: impl Fn(&T) -> Uuid) -> Page<T> {
+fn page_by_id<T, K: Into<Uuid>>(
+    mut rows: Vec<T>,
+    page: PageAfter<K>,
+    id: impl Fn(&T) -> K,
+) -> Page<T> {
     let more = rows.len() as i64 >= page.limit;
     if more {
         rows.truncate((page.limit - 1) as usize);
     }
     let next_cursor = if more {
         rows.last()
-            .map(|r| URL_SAFE_NO_PAD.encode(id(r).as_bytes()))
+            .map(|r| URL_SAFE_NO_PAD.encode(id(r).into().as_bytes()))
     } else {
         None
     };

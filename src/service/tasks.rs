@@ -50,7 +50,7 @@ impl Services {
             .unwrap_or_else(|| position_after(slot.last_position));
         let at = now();
         let task = Task {
-            id: Uuid::now_v7(),
+            id: TaskId::from(Uuid::now_v7()),
             team_id: team,
             board_id,
             title: input.title,
@@ -211,7 +211,7 @@ impl Services {
             .await?
             .ensure(Action::WriteTasks)?;
         let comment = Comment {
-            id: Uuid::now_v7(),
+            id: CommentId::from(Uuid::now_v7()),
             task_id: task,
             team_id: found.team_id,
             author_user_id: actor,

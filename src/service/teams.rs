@@ -24,10 +24,10 @@ impl Services {
         check_name("name", name)?;
         let at = now();
         let team = Team {
-            id: Uuid::now_v7(),
+            id: TeamId::from(Uuid::now_v7()),
             name: name.to_owned(),
             created_at: at,
-            default_board_id: Uuid::now_v7(),
+            default_board_id: BoardId::from(Uuid::now_v7()),
         };
         let board = Board {
             id: team.default_board_id,
@@ -211,7 +211,7 @@ impl Services {
             .await?
             .ensure(Action::WriteBoards)?;
         let board = Board {
-            id: Uuid::now_v7(),
+            id: BoardId::from(Uuid::now_v7()),
             team_id: team,
             name: name.to_owned(),
             created_at: now(),

@@ -10,7 +10,6 @@ mod sqlite;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::domain::activity::{ActivityDraft, LogEntry};
 use crate::domain::*;
@@ -54,7 +53,7 @@ pub struct PageAfter<K> {
 /// A stored refresh token with the state of its family.
 #[derive(Debug, Clone)]
 pub struct RefreshToken {
-    pub family_id: Uuid,
+    pub family_id: SessionId,
     pub user_id: UserId,
     pub expires_at: OffsetDateTime,
     pub used: bool,
@@ -106,20 +105,21 @@ pub trait Tx: Send {
     async fn set_display_name(&mut self, id: UserId, name: &str) -> Result<Option<User>>;
     async fn insert_refresh_family(
         &mut self,
-        family: Uuid,
+        family: SessionId,
         user: UserId,
         now: OffsetDateTime,
     ) -> Result<()>;
     async fn insert_refresh_token(
         &mut self,
         hash: &[u8],
-        family: Uuid,
+        family: SessionId,
         expires_at: OffsetDateTime,
     ) -> Result<()>;
     async fn refresh_token(&mut self, hash: &[u8]) -> Result<Option<RefreshToken>>;
     /// Marks the token used; false if it already was (a concurrent refresh won).
     async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> Result<bool>;
-    async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> Result<()>;
+    async fn revoke_refresh_family(&mut self, family: SessionId, now: OffsetDateTime)
+    -> Result<()>;
     /// Deletes refresh tokens expired at `now`, families left with no token that is not, and
     /// families revoked before `revoked_before`; returns how many rows it deleted.
     async fn purge_sessions(

@@ -31,8 +31,8 @@ pub(super) fn placeholders(n: usize) -> String {
 }
 
 /// Cursor keys are UUIDv7s; the nil UUID sorts before all of them and stands for "from the start".
-pub(super) fn after(key: Option<Uuid>) -> Uuid {
-    key.unwrap_or(Uuid::nil())
+pub(super) fn after<K: From<Uuid>>(key: Option<K>) -> K {
+    key.unwrap_or_else(|| K::from(Uuid::nil()))
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -41,7 +41,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct UserRow {
-    id: Uuid,
+    id: UserId,
     email: String,
     display_name: String,
     created_at: OffsetDateTime,
@@ -73,8 +73,8 @@ impl From<UserWithHashRow> for (User, String) {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RefreshRow {
-    family_id: Uuid,
-    user_id: Uuid,
+    family_id: SessionId,
+    user_id: UserId,
     expires_at: OffsetDateTime,
     used_at: Option<OffsetDateTime>,
     revoked_at: Option<OffsetDateTime>,
@@ -94,10 +94,10 @@ impl From<RefreshRow> for RefreshToken {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct TeamRow {
-    id: Uuid,
+    id: TeamId,
     name: String,
     created_at: OffsetDateTime,
-    default_board_id: Uuid,
+    default_board_id: BoardId,
 }
 
 impl From<TeamRow> for Team {
@@ -131,7 +131,7 @@ impl TryFrom<TeamRoleRow> for (Team, Role) {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct MemberRow {
-    team_id: Uuid,
+    team_id: TeamId,
     role: String,
     joined_at: OffsetDateTime,
     #[sqlx(flatten)]
@@ -152,8 +152,8 @@ impl TryFrom<MemberRow> for Member {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct BoardRow {
-    id: Uuid,
-    team_id: Uuid,
+    id: BoardId,
+    team_id: TeamId,
     name: String,
     created_at: OffsetDateTime,
 }
@@ -171,17 +171,17 @@ impl From<BoardRow> for Board {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct TaskRow {
-    id: Uuid,
-    team_id: Uuid,
-    board_id: Uuid,
+    id: TaskId,
+    team_id: TeamId,
+    board_id: BoardId,
     title: String,
     description: String,
     status: String,
     priority: String,
-    assignee_user_id: Option<Uuid>,
+    assignee_user_id: Option<UserId>,
     due_date: Option<time::Date>,
     position: f64,
-    created_by: Uuid,
+    created_by: UserId,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     version: i64,
@@ -212,10 +212,10 @@ impl TryFrom<TaskRow> for Task {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct CommentRow {
-    id: Uuid,
-    task_id: Uuid,
-    team_id: Uuid,
-    author_user_id: Uuid,
+    id: CommentId,
+    task_id: TaskId,
+    team_id: TeamId,
+    author_user_id: UserId,
     body: String,
     created_at: OffsetDateTime,
     edited_at: Option<OffsetDateTime>,
@@ -239,10 +239,10 @@ impl From<CommentRow> for Comment {
 pub(super) struct ActivityRow {
     seq: i64,
     kind: String,
-    board_id: Option<Uuid>,
-    prev_board_id: Option<Uuid>,
-    task_id: Option<Uuid>,
-    user_id: Option<Uuid>,
+    board_id: Option<BoardId>,
+    prev_board_id: Option<BoardId>,
+    task_id: Option<TaskId>,
+    user_id: Option<UserId>,
     payload: String,
 }
 
@@ -296,7 +296,6 @@ macro_rules! impl_tx {
         // An unnamed const gives the impl its own imports.
         const _: () = {
         use time::OffsetDateTime;
-        use uuid::Uuid;
         use $crate::domain::activity::{ActivityDraft, LogEntry};
         use $crate::domain::*;
         use $crate::store::sql::*;
@@ -359,7 +358,7 @@ macro_rules! impl_tx {
 
             async fn insert_refresh_family(
                 &mut self,
-                family: Uuid,
+                family: SessionId,
                 user: UserId,
                 now: OffsetDateTime,
             ) -> $crate::store::Result<()> {
@@ -375,7 +374,7 @@ macro_rules! impl_tx {
             async fn insert_refresh_token(
                 &mut self,
                 hash: &[u8],
-                family: Uuid,
+                family: SessionId,
                 expires_at: OffsetDateTime,
             ) -> $crate::store::Result<()> {
                 sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)")
@@ -410,7 +409,7 @@ macro_rules! impl_tx {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn revoke_refresh_family(&mut self, family: Uuid, now: OffsetDateTime) -> $crate::store::Result<()> {
+            async fn revoke_refresh_family(&mut self, family: SessionId, now: OffsetDateTime) -> $crate::store::Result<()> {
                 sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(family)
                     .bind(now)
@@ -634,7 +633,7 @@ macro_rules! impl_tx {
             }
 
             async fn board_has_tasks(&mut self, id: BoardId) -> $crate::store::Result<bool> {
-                let row: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
+                let row: Option<(TaskId,)> = sqlx::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
                     .bind(id)
                     .fetch_optional(&mut *self.tx)
                     .await?;
@@ -755,7 +754,7 @@ macro_rules! impl_tx {
                 board: Option<BoardId>,
                 status: TaskStatus,
             ) -> $crate::store::Result<Option<$crate::store::TaskSlot>> {
-                let row: Option<(String, Option<Uuid>, Option<f64>)> = sqlx::query_as(
+                let row: Option<(String, Option<BoardId>, Option<f64>)> = sqlx::query_as(
                     "SELECT m.role, \
                        (SELECT b.id FROM boards b WHERE b.id = COALESCE($3, t.default_board_id) AND b.team_id = t.id), \
                        (SELECT k.position FROM tasks k \
@@ -900,7 +899,7 @@ macro_rules! impl_tx {
                         "SELECT id, last_seq FROM teams WHERE id IN ({})",
                         $crate::store::sql::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (Uuid, i64)>(sqlx::AssertSqlSafe(sql));
+                    let mut query = sqlx::query_as::<_, (TeamId, i64)>(sqlx::AssertSqlSafe(sql));
                     for team in chunk {
                         query = query.bind(*team);
                     }
@@ -990,7 +989,7 @@ macro_rules! impl_tx {
             }
 
             async fn unpublished_teams(&mut self, limit: i64) -> $crate::store::Result<Vec<(TeamId, i64)>> {
-                let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+                let rows: Vec<(TeamId, i64)> = sqlx::query_as(
                     "SELECT u.team_id, o.published_seq FROM team_unpublished u \
                      JOIN team_outbox o ON o.team_id = u.team_id \
                      WHERE u.upto_seq > o.published_seq LIMIT $1",

@@ -22,12 +22,13 @@ use serde_json::{Value, json};
 use taskforge::domain::activity::{ACTIVITY_VERSION, ActivityData, ActivityDraft, LogEntry};
 use taskforge::domain::model::timestamp;
 use taskforge::domain::{
-    Activity, Board, Change, Comment, Member, Priority, Role, Task, TaskStatus, Team, User,
+    Activity, Board, Change, Comment, Member, Priority, Role, Task, TaskId, TaskStatus, Team,
+    TeamId, User, UserId,
 };
 use taskforge::realtime::asyncapi;
 use taskforge::realtime::protocol::{
-    ClientMessage, PresenceUser, Scope, ScopeFields, ServerMessage, activity_frame, parse,
-    presence_frame,
+    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ServerMessage, activity_frame,
+    parse, presence_frame,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -91,15 +92,16 @@ fn schema_errors(name: &'static str, v: &Value) -> Vec<String> {
 // Generators
 // ---------------------------------------------------------------------------------------------
 
-fn uuid() -> impl Strategy<Value = Uuid> {
-    any::<u128>().prop_map(Uuid::from_u128)
+/// Any UUID, as whichever id type the caller needs.
+fn uuid<T: From<Uuid> + std::fmt::Debug>() -> impl Strategy<Value = T> {
+    any::<u128>().prop_map(|n| T::from(Uuid::from_u128(n)))
 }
 
 fn scope() -> impl Strategy<Value = Scope> {
-    (0..3usize, uuid()).prop_map(|(k, id)| match k {
-        0 => Scope::Team(id),
-        1 => Scope::Board(id),
-        _ => Scope::Task(id),
+    (0..3usize, uuid::<Uuid>()).prop_map(|(k, id)| match k {
+        0 => Scope::Team(id.into()),
+        1 => Scope::Board(id.into()),
+        _ => Scope::Task(id.into()),
     })
 }
 
@@ -113,7 +115,9 @@ fn key_of(s: Scope) -> &'static str {
 
 fn id_of(s: Scope) -> Uuid {
     match s {
-        Scope::Team(id) | Scope::Board(id) | Scope::Task(id) => id,
+        Scope::Team(id) => id.into(),
+        Scope::Board(id) => id.into(),
+        Scope::Task(id) => id.into(),
     }
 }
 
@@ -421,7 +425,7 @@ proptest! {
     #[test]
     fn zero_or_several_scopes_are_refused(
         present in prop::sample::select(vec![vec![], vec![0, 1], vec![0, 2], vec![1, 2], vec![0, 1, 2]]),
-        ids in prop::collection::vec(uuid(), 3),
+        ids in prop::collection::vec(uuid::<Uuid>(), 3),
         since in prop::option::of(0i64..1000),
         sub in any::<bool>(),
     ) {
@@ -833,9 +837,12 @@ proptest! {
 
     #[test]
     fn error_frames(code in prop::sample::select(ERROR_CODES.to_vec()), message in text_value(), s in prop::option::of(scope())) {
+        // The contract's spelling, read as the server's type: every code it lists must exist.
+        let typed = ErrorCode::parse(code)
+            .ok_or_else(|| TestCaseError::fail(format!("{code} is not an ErrorCode")))?;
         let m = match s {
-            Some(s) => ServerMessage::scoped_error(code, message.clone(), s),
-            None => ServerMessage::error(code, message.clone()),
+            Some(s) => ServerMessage::scoped_error(typed, message.clone(), s),
+            None => ServerMessage::error(typed, message.clone()),
         };
         let v = server_json(&m).map_err(TestCaseError::fail)?;
         let mut want = set(&["type", "code", "message"]);
@@ -850,7 +857,7 @@ proptest! {
     }
 
     #[test]
-    fn authenticated_frames(user_id in uuid(), expires_at in ts_nanos()) {
+    fn authenticated_frames(user_id in uuid::<UserId>(), expires_at in ts_nanos()) {
         let v = server_json(&ServerMessage::Authenticated { user_id, expires_at })
             .map_err(TestCaseError::fail)?;
         prop_assert_eq!(keys(&v), set(&["type", "userId", "expiresAt"]), "{}", v);
@@ -863,7 +870,7 @@ proptest! {
     /// Activity frames, built as the store builds them (serialized once, wrapped without
     /// re-serializing): the contract's envelope and fields, and `Activity` deserializes back.
     #[test]
-    fn activity_frames(data in activity_data(), team_id in uuid(), actor in uuid(), at in ts(), seq in 1i64..=i64::MAX) {
+    fn activity_frames(data in activity_data(), team_id in uuid::<TeamId>(), actor in uuid::<UserId>(), at in ts(), seq in 1i64..=i64::MAX) {
         let kind = data.kind().as_str();
         let (activity, route) = ActivityDraft::new(data.clone(), actor, at).into_activity(team_id, seq);
         let json_text = serde_json::to_string(&activity).unwrap();
@@ -949,7 +956,7 @@ proptest! {
     }
 
     #[test]
-    fn presence_frames(joined in any::<bool>(), team_id in uuid(), task_id in uuid(), u in presence_user()) {
+    fn presence_frames(joined in any::<bool>(), team_id in uuid::<TeamId>(), task_id in uuid::<TaskId>(), u in presence_user()) {
         let frame = presence_frame(joined, team_id, task_id, &u);
         let v: Value = serde_json::from_str(frame.as_str()).unwrap();
         let errors = schema_errors("ServerFrame", &v);

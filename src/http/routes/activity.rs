@@ -6,11 +6,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use super::{PageOf, SEQ_HEADER};
-use crate::domain::Activity;
 use crate::domain::activity::LogEntry;
+use crate::domain::{Activity, TeamId};
 use crate::http::AppState;
 use crate::http::error::{ApiResult, Problem};
 use crate::http::extract::{Caller, Path, Query};
@@ -86,7 +85,7 @@ impl IntoResponse for ActivityPage {
 async fn list_activity(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Query(q): Query<ActivityQuery>,
 ) -> ApiResult<ActivityPage> {
     let req = PageRequest {

@@ -6,11 +6,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use super::{PageOf, PageQuery, SEQ_HEADER, WithSeq};
 use crate::domain::rules::{NewTask, TaskPatch};
-use crate::domain::{Comment, Task, TaskStatus};
+use crate::domain::{BoardId, Comment, CommentId, Task, TaskId, TaskStatus, TeamId, UserId};
 use crate::http::AppState;
 use crate::http::error::{ApiResult, Problem};
 use crate::http::extract::{Caller, Json, Path, Query};
@@ -28,9 +27,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct TaskQuery {
-    pub board_id: Option<Uuid>,
+    #[param(value_type = Option<Uuid>)]
+    pub board_id: Option<BoardId>,
     pub status: Option<TaskStatus>,
-    pub assignee_user_id: Option<Uuid>,
+    #[param(value_type = Option<Uuid>)]
+    pub assignee_user_id: Option<UserId>,
     #[param(minimum = 1)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
@@ -69,7 +70,7 @@ impl IntoResponse for TaskResponse {
 async fn create_task(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Json(b): Json<NewTask>,
 ) -> ApiResult<TaskResponse> {
     let task = s.services.create_task(user, team, b).await?;
@@ -86,7 +87,7 @@ async fn create_task(
 async fn list_tasks(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Query(q): Query<TaskQuery>,
 ) -> ApiResult<WithSeq<PageOf<Task>>> {
     let filter = TaskFilter {
@@ -108,7 +109,7 @@ async fn list_tasks(
 async fn get_task(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<TaskId>,
 ) -> ApiResult<TaskResponse> {
     let r = s.services.task(user, id).await?;
     Ok(TaskResponse {
@@ -128,7 +129,7 @@ async fn get_task(
 async fn patch_task(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<TaskId>,
     headers: HeaderMap,
     Json(b): Json<TaskPatch>,
 ) -> ApiResult<TaskResponse> {
@@ -149,7 +150,7 @@ async fn patch_task(
 async fn delete_task(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<TaskId>,
 ) -> ApiResult<StatusCode> {
     s.services.delete_task(user, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -161,7 +162,7 @@ async fn delete_task(
 async fn create_comment(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(task): Path<Uuid>,
+    Path(task): Path<TaskId>,
     Json(b): Json<CommentBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Comment>)> {
     Ok((
@@ -176,7 +177,7 @@ async fn create_comment(
 async fn list_comments(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(task): Path<Uuid>,
+    Path(task): Path<TaskId>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<WithSeq<PageOf<Comment>>> {
     let r = s.services.comments(user, task, &q.into()).await?;
@@ -189,7 +190,7 @@ async fn list_comments(
 async fn patch_comment(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CommentId>,
     Json(b): Json<CommentBody>,
 ) -> ApiResult<axum::Json<Comment>> {
     Ok(axum::Json(
@@ -203,7 +204,7 @@ async fn patch_comment(
 async fn delete_comment(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CommentId>,
 ) -> ApiResult<StatusCode> {
     s.services.delete_comment(user, id).await?;
     Ok(StatusCode::NO_CONTENT)

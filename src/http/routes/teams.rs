@@ -5,10 +5,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use super::{PageOf, PageQuery, WithSeq};
-use crate::domain::{Board, FieldError, Member, Role, Team};
+use crate::domain::{Board, BoardId, FieldError, Member, Role, Team, TeamId, UserId};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Caller, ClientIp, Json, Path, Query};
@@ -35,7 +34,8 @@ pub struct NameBody {
 #[serde(rename_all = "camelCase")]
 pub struct AddMemberBody {
     pub email: Option<String>,
-    pub user_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub user_id: Option<UserId>,
     /// `admin`, `member` or `viewer`.
     pub role: Role,
 }
@@ -74,7 +74,7 @@ async fn list_teams(
 async fn get_team(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
 ) -> ApiResult<WithSeq<Team>> {
     let r = s.services.team(user, team).await?;
     Ok(WithSeq(r.seq, r.data))
@@ -86,7 +86,7 @@ async fn get_team(
 async fn patch_team(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Json(b): Json<NameBody>,
 ) -> ApiResult<axum::Json<Team>> {
     Ok(axum::Json(
@@ -99,7 +99,7 @@ async fn patch_team(
 async fn list_members(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<WithSeq<PageOf<Member>>> {
     let r = s.services.members(user, team, &q.into()).await?;
@@ -114,7 +114,7 @@ async fn add_member(
     State(s): State<AppState>,
     Caller(user): Caller,
     ClientIp(ip): ClientIp,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Json(b): Json<AddMemberBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Member>)> {
     let who = match (b.email, b.user_id) {
@@ -145,7 +145,7 @@ async fn add_member(
 async fn patch_member(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path((team, member)): Path<(Uuid, Uuid)>,
+    Path((team, member)): Path<(TeamId, UserId)>,
     Json(b): Json<RoleBody>,
 ) -> ApiResult<axum::Json<Member>> {
     Ok(axum::Json(
@@ -162,7 +162,7 @@ async fn patch_member(
 async fn remove_member(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path((team, member)): Path<(Uuid, Uuid)>,
+    Path((team, member)): Path<(TeamId, UserId)>,
 ) -> ApiResult<StatusCode> {
     s.services.remove_member(user, team, member).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -174,7 +174,7 @@ async fn remove_member(
 async fn create_board(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Json(b): Json<NameBody>,
 ) -> ApiResult<(StatusCode, axum::Json<Board>)> {
     Ok((
@@ -188,7 +188,7 @@ async fn create_board(
 async fn list_boards(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(team): Path<Uuid>,
+    Path(team): Path<TeamId>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult<WithSeq<PageOf<Board>>> {
     let r = s.services.boards(user, team, &q.into()).await?;
@@ -201,7 +201,7 @@ async fn list_boards(
 async fn patch_board(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(board): Path<Uuid>,
+    Path(board): Path<BoardId>,
     Json(b): Json<NameBody>,
 ) -> ApiResult<axum::Json<Board>> {
     Ok(axum::Json(
@@ -215,7 +215,7 @@ async fn patch_board(
 async fn delete_board(
     State(s): State<AppState>,
     Caller(user): Caller,
-    Path(board): Path<Uuid>,
+    Path(board): Path<BoardId>,
 ) -> ApiResult<StatusCode> {
     s.services.delete_board(user, board).await?;
     Ok(StatusCode::NO_CONTENT)
