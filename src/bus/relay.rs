@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+// Tokio's clock (std's own unless a test pauses it): the scan, write-back and pruning schedule
+// must follow the clock the relay sleeps on.
+use tokio::time::Instant;
 
 use super::Bus;
 use crate::domain::TeamId;
@@ -192,7 +195,7 @@ async fn run(inner: Arc<Inner>) {
         };
         tokio::select! {
             _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep_until(wait.into()) => {}
+            _ = tokio::time::sleep_until(wait) => {}
         }
     }
 }

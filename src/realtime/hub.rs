@@ -14,10 +14,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+// Tokio's clock (std's own unless a test pauses it), so that tests can move it.
+use tokio::time::Instant;
 
 use super::outbox::{CloseReason, Frame, Outbox};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
