@@ -236,7 +236,13 @@ async fn publish_team(
             missing.append(&mut pending);
             pending = missing;
         }
-        match inner.bus.publish(team, published, &pending).await {
+        // The bus takes contiguous seqs only: a hole further on (a later commit handed over
+        // before an earlier one, a log read cut short) is read from the log at the next step.
+        let run = pending
+            .windows(2)
+            .position(|w| w[1].seq != w[0].seq + 1)
+            .map_or(pending.len(), |i| i + 1);
+        match inner.bus.publish(team, published, &pending[..run]).await {
             Ok(p) => {
                 if p > published {
                     metrics::counter!(crate::telemetry::ACTIVITIES_PUBLISHED)
