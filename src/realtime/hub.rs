@@ -573,7 +573,20 @@ impl Hub {
                     None => None,
                     Some(first) if first.seq == dispatched + 1 => {
                         s.deliver(team, &entries);
-                        None
+                        // A hole inside the batch is a skip ahead too: repair what lies beyond
+                        // it now rather than leave it to the periodic check.
+                        let Some(TeamState {
+                            phase: Phase::Ready { dispatched },
+                            ..
+                        }) = s.teams.get(&team)
+                        else {
+                            return None;
+                        };
+                        let dispatched = *dispatched;
+                        entries
+                            .iter()
+                            .find(|e| e.seq > dispatched)
+                            .map(|next| (dispatched, next.seq - 1))
                     }
                     Some(first) => Some((dispatched, first.seq - 1)),
                 }
