@@ -376,3 +376,7 @@ mod tests {
         assert_eq!(marks.published.len(), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod core_tests;

@@ -1154,3 +1154,7 @@ mod tests {
         assert_eq!(seqs, (start + 1..=last).collect::<Vec<i64>>());
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+pub(super) mod core_tests;
