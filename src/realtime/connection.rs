@@ -621,3 +621,7 @@ mod tests {
         assert!(writer <= 512, "the writer task takes {writer} bytes");
     }
 }
+
+#[cfg(test)]
+#[path = "hub_join_tests.rs"]
+mod hub_joins;

@@ -14,10 +14,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+// Tokio's clock (std's own unless a test pauses it), so that tests can move it.
+use tokio::time::Instant;
 
 use super::outbox::{CloseReason, Frame, Outbox};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
@@ -571,7 +573,20 @@ impl Hub {
                     None => None,
                     Some(first) if first.seq == dispatched + 1 => {
                         s.deliver(team, &entries);
-                        None
+                        // A hole inside the batch is a skip ahead too: repair what lies beyond
+                        // it now rather than leave it to the periodic check.
+                        let Some(TeamState {
+                            phase: Phase::Ready { dispatched },
+                            ..
+                        }) = s.teams.get(&team)
+                        else {
+                            return None;
+                        };
+                        let dispatched = *dispatched;
+                        entries
+                            .iter()
+                            .find(|e| e.seq > dispatched)
+                            .map(|next| (dispatched, next.seq - 1))
                     }
                     Some(first) => Some((dispatched, first.seq - 1)),
                 }
@@ -1140,3 +1155,7 @@ mod tests {
         assert_eq!(seqs, (start + 1..=last).collect::<Vec<i64>>());
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+pub(super) mod core_tests;
