@@ -60,8 +60,8 @@ fn session(rt: &Arc<Realtime>, user: &PresenceUser, outbox: Arc<Outbox>) -> Sess
 }
 
 /// A `subscribe` as a client sends it: `scope` is `teamId`, `boardId` or `taskId`.
-fn subscribe(scope: &str, id: Uuid, since: Option<i64>) -> ScopeFields {
-    let mut msg = json!({ "type": "subscribe", scope: id });
+fn subscribe(scope: &str, id: impl Into<uuid::Uuid>, since: Option<i64>) -> ScopeFields {
+    let mut msg = json!({ "type": "subscribe", scope: id.into() });
     if let Some(since) = since {
         msg["since"] = json!(since);
     }
@@ -421,7 +421,7 @@ async fn a_resume_ahead_of_the_hub_catches_it_up_then_replays_the_difference() {
     assert_eq!(
         drain(&first),
         [Msg::Subscribed {
-            id: team.id,
+            id: team.id.into(),
             seq: 0
         }]
     );

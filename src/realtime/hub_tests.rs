@@ -320,11 +320,26 @@ pub(in crate::realtime) async fn feed(hub: &Hub, events: &[BusEvent]) {
 /// A server frame, as much of it as these tests look at.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(in crate::realtime) enum Msg {
-    Activity { team: Uuid, seq: i64, kind: String },
-    Presence { kind: String, user: Uuid },
-    Subscribed { id: Uuid, seq: i64 },
-    Unsubscribed { id: Uuid, reason: Option<String> },
-    Error { code: String },
+    Activity {
+        team: TeamId,
+        seq: i64,
+        kind: String,
+    },
+    Presence {
+        kind: String,
+        user: UserId,
+    },
+    Subscribed {
+        id: Uuid,
+        seq: i64,
+    },
+    Unsubscribed {
+        id: Uuid,
+        reason: Option<String>,
+    },
+    Error {
+        code: String,
+    },
     Other(String),
 }
 
@@ -337,9 +352,9 @@ impl Msg {
         }
     }
 
-    pub fn revoked(id: Uuid) -> Self {
+    pub fn revoked(id: impl Into<Uuid>) -> Self {
         Msg::Unsubscribed {
-            id,
+            id: id.into(),
             reason: Some("membership_revoked".to_owned()),
         }
     }
@@ -365,8 +380,15 @@ fn parse_frame(frame: &Frame) -> Msg {
             let a = &v["activity"];
             let kind = a["type"].as_str().unwrap_or_default().to_owned();
             match (a["seq"].as_i64(), uuid_at(&a["teamId"])) {
-                (Some(seq), Some(team)) => Some(Msg::Activity { team, seq, kind }),
-                (None, _) => uuid_at(&a["data"]["userId"]).map(|user| Msg::Presence { kind, user }),
+                (Some(seq), Some(team)) => Some(Msg::Activity {
+                    team: team.into(),
+                    seq,
+                    kind,
+                }),
+                (None, _) => uuid_at(&a["data"]["userId"]).map(|user| Msg::Presence {
+                    kind,
+                    user: user.into(),
+                }),
                 _ => None,
             }
         }
@@ -601,7 +623,12 @@ async fn a_removed_member_gets_member_removed_then_unsubscribed_and_nothing_afte
         "{msgs:#?}"
     );
     let unsubscribed: BTreeSet<Msg> = msgs[2..5].iter().cloned().collect();
-    let want: BTreeSet<Msg> = [team.id, board, task.id].map(Msg::revoked).into();
+    let want: BTreeSet<Msg> = [
+        Msg::revoked(team.id),
+        Msg::revoked(board),
+        Msg::revoked(task.id),
+    ]
+    .into();
     assert_eq!(unsubscribed, want, "{msgs:#?}");
     assert_eq!(
         msgs[5..],
@@ -661,7 +688,7 @@ async fn a_join_vouched_before_a_removal_is_revoked_by_it_and_a_later_one_is_ref
         drain(&early),
         [
             Msg::Subscribed {
-                id: team.id,
+                id: team.id.into(),
                 seq: 1
             },
             Msg::activity(team.id, 2, "member.removed"),

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a module per concern. `common` is the harness: servers
 //! (in the test process, or as processes where one must die), clients, spec checks.
 #![allow(clippy::needless_range_loop)]
+#![allow(clippy::unwrap_used)]
 
 #[macro_use]
 mod common;
