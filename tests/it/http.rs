@@ -517,13 +517,30 @@ async fn openapi_checker_rejects_mismatches() {
         problem,
         &real_404.text
     )));
-    // Unknown routes are not checked.
+    // An undocumented route may only be a 404; an undocumented method only a 405 (or 404).
     assert!(!panics(|| spec.check(
+        "GET",
+        "/api/v1/nope",
+        404,
+        problem,
+        "{}"
+    )));
+    assert!(panics(|| spec.check(
         "GET",
         "/api/v1/nope",
         200,
         json,
         "[]"
+    )));
+    assert!(!panics(|| spec.check("PUT", &team_path, 405, problem, "{}")));
+    assert!(panics(|| spec.check("PUT", &team_path, 200, json, "{}")));
+    // Routes documented elsewhere (the socket, the board, the documents) are let through.
+    assert!(!panics(|| spec.check(
+        "GET",
+        "/assets/board/board.js",
+        200,
+        "text/javascript",
+        ""
     )));
 
     // A wrong type, a missing required field, an undocumented status: all caught.

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame as RawFrame, FrameHeader};
 use uuid::Uuid;
 
-both_backends!(fuzz_frames);
+both_backends!(slow: fuzz_frames);
 
 /// The default seed (fixed so that every run is the same); `TASKFORGE_TEST_SEED` overrides it.
 const DEFAULT_SEED: u64 = 0x7A5C_F0A6_2026_0001;

@@ -48,24 +48,35 @@ pub fn postgres_enabled() -> bool {
     false
 }
 
-/// Generates `mod <name> { sqlite, postgres }` tests for each `async fn <name>(Backend)`.
+/// Generates `mod <name> { sqlite, postgres }` tests for each `async fn <name>(Backend)`;
+/// `both_backends!(slow: ...)` puts them in the slow set (ignored by a plain `cargo test`).
 #[macro_export]
 macro_rules! both_backends {
+    (slow: $($name:ident),* $(,)?) => {
+        $(
+            $crate::both_backends!(@one [#[ignore = "slow set: cargo test -- --ignored"]] $name);
+        )*
+    };
+    (@one [$(#[$attr:meta])*] $name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn postgres() {
+                if !$crate::common::postgres_enabled() {
+                    return;
+                }
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    };
     ($($name:ident),* $(,)?) => {
         $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name($crate::common::Backend::Sqlite).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    if !$crate::common::postgres_enabled() {
-                        return;
-                    }
-                    super::$name($crate::common::Backend::Postgres).await
-                }
-            }
+            $crate::both_backends!(@one [] $name);
         )*
     };
 }
