@@ -1,5 +1,6 @@
 //! `/realtime` handshake and authentication: `?token=`, `Authorization: Bearer`, the `auth`
 //! message, timeouts, renewal, expiry, tokens kept out of logs, and SIGTERM (close 1001).
+//! Renewal and expiry also run on three instances (issued, used and renewed on different ones).
 
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,17 @@ both_backends!(
     auth_timeout_closes_4001,
     wrong_first_message_closes_4001,
     auth_message_with_bad_or_expired_token,
-    renewal_keeps_socket_alive_then_expiry_closes,
     expiry_without_renewal_closes_4001,
     renewal_with_other_users_token_is_refused,
     token_never_written_to_logs,
     sigterm_closes_sockets_with_1001,
     asyncapi_schema_is_enforced,
 );
+
+// Renewal with a 6 s TTL: the renewal 2 s before expiry leaves the renewed socket alive about
+// 3 s past the first expiry whatever the rounding of whole-second exps, also on instances that
+// are processes.
+every_topology!(with &[("TASKFORGE_ACCESS_TOKEN_TTL", "6s")] => renewal_keeps_socket_alive_then_expiry_closes);
 
 fn rfc3339_secs(ts: &str) -> i64 {
     time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
@@ -207,21 +212,32 @@ async fn auth_message_with_bad_or_expired_token(b: Backend) {
     }
 }
 
-async fn renewal_keeps_socket_alive_then_expiry_closes(b: Backend) {
-    let srv = TestServer::start_with(b, &[("TASKFORGE_ACCESS_TOKEN_TTL", "3s")]).await;
-    let api = srv.client();
-    let u = api.new_user("Renew").await;
-    let team = api.create_team(u.token(), "R").await;
-    let login: AuthResponse = api.login(&u.user.email, PASSWORD).await.parse(200);
+/// A socket renewed with `auth` before its token expires lives on past the old expiry (in its
+/// room, receiving), then closes at the new one; a socket that is not renewed closes at the old
+/// one. The token is issued by instance A, the sockets are on B, the renewal comes from C, and C
+/// refuses the expired token at the handshake (on one instance, all the same server).
+async fn renewal_keeps_socket_alive_then_expiry_closes(d: Deployment) {
+    let (api_a, api_c) = (d.client(0), d.client(2));
+    let u = api_a.new_user("Renew").await;
+    let team = api_a.create_team(u.token(), "R").await;
+    let login: AuthResponse = api_a.login(&u.user.email, PASSWORD).await.parse(200);
+    assert_eq!(login.expires_in, 6, "expiresIn with a 6 s TTL");
     let old_exp = claims_of(login.token())["exp"].as_i64().unwrap();
-    let mut ws = srv.ws(login.token()).await;
-    ws.subscribe(Scope::Team(team.id), None).await;
+    // Two sockets on B with A's token: one is renewed, the other is not.
+    let mut renewed = d.ws_labeled(1, login.token(), "renewed").await;
+    renewed.subscribe(Scope::Team(team.id), None).await;
+    let mut plain = d.ws_labeled(1, login.token(), "plain").await;
+    plain.subscribe(Scope::Team(team.id), None).await;
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let fresh: AuthResponse = api.refresh(&login.refresh_token).await.parse(200);
+    // 2 s before the first expiry: a fresh token refreshed on C.
+    let wait = (old_exp * 1000 - 2000) - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    let fresh: AuthResponse = api_c.refresh(&login.refresh_token).await.parse(200);
     let new_exp = claims_of(fresh.token())["exp"].as_i64().unwrap();
     assert!(new_exp > old_exp, "refreshed token must expire later");
-    let reply = ws.auth(fresh.token()).await;
+    let reply = renewed.auth(fresh.token()).await;
     assert_eq!(reply["type"], "authenticated", "{reply}");
     assert_eq!(reply["userId"], json!(u.id()), "{reply}");
     assert_eq!(
@@ -230,27 +246,57 @@ async fn renewal_keeps_socket_alive_then_expiry_closes(b: Backend) {
         "expiresAt must be the new token's exp: {reply}"
     );
 
-    // Past the old expiry (+0.7 s), the socket is alive and still in its room.
-    let wait_until_old = (old_exp * 1000 + 700) - now_ms();
-    if wait_until_old > 0 {
-        tokio::time::sleep(Duration::from_millis(wait_until_old as u64)).await;
-    }
-    ws.expect_pong().await;
-    let t = api.task(u.token(), team.id, "after old expiry").await;
-    let got = ws.activities(1, Duration::from_secs(5)).await;
-    assert_eq!(got[0]["type"], "task.created");
-    assert_eq!(got[0]["taskId"], json!(t.id));
-
-    // At the new expiry: error token_expired, then 4001 (and not much before exp).
-    let seen = ws.expect_close(4001, Duration::from_secs(8)).await;
+    // The plain socket expires at the old exp: token_expired, then 4001.
+    let seen = plain.expect_close(4001, Duration::from_secs(8)).await;
     let closed_at = now_ms();
     assert!(
-        closed_at >= new_exp * 1000 - 1000,
-        "closed at {closed_at} ms, well before the new exp {new_exp} s"
+        closed_at >= old_exp * 1000 - 1000,
+        "{d}: closed at {closed_at} ms, before exp {old_exp} s"
+    );
+    assert!(
+        closed_at <= old_exp * 1000 + 3000,
+        "{d}: closed at {closed_at} ms, long after exp {old_exp} s"
     );
     let errors: Vec<&Value> = seen.iter().filter(|f| f["type"] == "error").collect();
     assert_eq!(errors.len(), 1, "expected one error before 4001: {seen:?}");
     assert_eq!(errors[0]["code"], "token_expired", "{seen:?}");
+
+    // Past the old expiry (+0.7 s), the renewed socket is alive, in its room, and gets what A
+    // writes.
+    let wait = (old_exp * 1000 + 700) - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    renewed.expect_pong().await;
+    let t = api_a.task(fresh.token(), team.id, "after old expiry").await;
+    let got = renewed.activities(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["type"], "task.created");
+    assert_eq!(got[0]["taskId"], json!(t.id));
+
+    // At the new expiry: error token_expired, then 4001 (and not much before exp).
+    let seen = renewed.expect_close(4001, Duration::from_secs(8)).await;
+    let closed_at = now_ms();
+    assert!(
+        closed_at >= new_exp * 1000 - 1000,
+        "{d}: closed at {closed_at} ms, well before the new exp {new_exp} s"
+    );
+    let errors: Vec<&Value> = seen.iter().filter(|f| f["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "expected one error before 4001: {seen:?}");
+    assert_eq!(errors[0]["code"], "token_expired", "{seen:?}");
+
+    // A's token, expired past the 5 s leeway, is refused at the handshake on C.
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from((old_exp + 6) * 1000 - now_ms()).unwrap_or(0),
+    ))
+    .await;
+    match d
+        .node(2)
+        .ws_connect(WsAuth::Query(login.token()), None)
+        .await
+    {
+        Err((status, _)) => assert_eq!(status, 401, "expired token at the handshake"),
+        Ok(_) => panic!("{d}: an expired token (past the leeway) was upgraded on C"),
+    }
 }
 
 fn now_ms() -> i64 {

@@ -1,8 +1,13 @@
-//! Randomized no-leakage test (seeded; `TASKFORGE_TEST_SEED` replays): several teams, users with
-//! overlapping memberships and roles, one socket per user subscribed to everything the user may
-//! see; random HTTP actions (tasks, moves, assignments, comments, boards, members); a model of who
-//! is entitled to what, ordered by seq. Each socket must receive exactly the activities routed to
-//! its rooms while it was entitled to them, each once, in seq order per team, and nothing else.
+//! Randomized no-leakage test (seeded; `TASKFORGE_TEST_SEED` replays), on every topology:
+//! several teams, users with overlapping memberships and roles, two sockets per user (on
+//! consecutive instances) subscribed to random parts of what the user may see; random HTTP
+//! actions (tasks, moves, assignments, comments, boards, members) through random instances; a
+//! model of who is entitled to what, ordered by seq. Each socket must receive exactly the
+//! activities routed to its rooms while it was entitled to them, and its own deliveries, each
+//! once, in seq order per team, and nothing else.
+//!
+//! The routing model ([`Room`], [`routes`]) and [`wait_all`] serve the outage tests of
+//! `cluster.rs` too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,14 +16,45 @@ use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-both_backends!(random_actions_no_leakage);
+every_topology!(random_actions_no_leakage);
+
+pub(crate) fn uuid_at(v: &Value) -> Option<Uuid> {
+    v.as_str().and_then(|s| s.parse().ok())
+}
+
+/// Reads until every socket holds the activities `want` (team, seq) or `timeout` passes.
+pub(crate) async fn wait_all(
+    socks: &mut [WsClient],
+    want: &[BTreeSet<(Uuid, i64)>],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut complete = true;
+        for (i, ws) in socks.iter_mut().enumerate() {
+            ws.pump().await;
+            let have: HashSet<(Uuid, i64)> = logged_activities(&ws.frames)
+                .iter()
+                .map(|a| (uuid_at(&a["teamId"]).unwrap(), a["seq"].as_i64().unwrap()))
+                .collect();
+            complete &= want[i].iter().all(|k| have.contains(k));
+        }
+        if complete || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 const USERS: usize = 8;
 const TEAMS: usize = 3;
 const ACTIONS: usize = 300;
+/// Sockets per user, on consecutive instances (two sockets of one user on one instance).
+const SOCKS_PER_USER: usize = 2;
 
+/// A room of the routing model: the contract's three rooms, and a user's own deliveries.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-enum Room {
+pub(crate) enum Room {
     Team(Uuid),
     Board(Uuid),
     Task(Uuid),
@@ -33,10 +69,11 @@ fn room_of(s: Scope) -> Room {
     }
 }
 
-/// One subscription of a user's socket: activities of `team` with `from < seq <= until`.
+/// One subscription of a socket: activities of `team` with `from < seq` (up to the revoking
+/// `member.removed` when there is one).
 #[derive(Debug, Clone)]
 struct Sub {
-    user: usize,
+    sock: usize,
     team: usize,
     room: Room,
     from: i64,
@@ -62,23 +99,35 @@ struct TeamState {
 }
 
 struct World {
-    api: Api,
+    /// One HTTP client per instance.
+    apis: Vec<Api>,
     users: Vec<AuthResponse>,
     teams: Vec<TeamState>,
     tasks: BTreeMap<Uuid, TaskState>,
     socks: Vec<WsClient>,
+    /// Per socket: its user and its instance.
+    sock_user: Vec<usize>,
+    sock_node: Vec<usize>,
     subs: Vec<Sub>,
     removals: HashMap<(usize, usize), usize>, // (user, team) -> removals so far
     /// Patches that moved a task: (task, resulting version) -> old board.
     moves: HashMap<(Uuid, i64), Uuid>,
-    task_rooms: Vec<HashSet<Uuid>>, // per user: task rooms ever joined
+    task_rooms: Vec<HashSet<Uuid>>, // per socket: task rooms ever joined
     rng: Rng,
     counts: BTreeMap<&'static str, usize>,
+    writes_per_node: Vec<usize>,
 }
 
 impl World {
     fn tok(&self, u: usize) -> String {
         self.users[u].access_token.clone()
+    }
+
+    /// The HTTP client of a random instance.
+    fn api(&mut self) -> Api {
+        let n = self.rng.below(self.apis.len());
+        self.writes_per_node[n] += 1;
+        self.apis[n].clone()
     }
 
     fn writers(&self, t: usize) -> Vec<usize> {
@@ -90,45 +139,49 @@ impl World {
             .collect()
     }
 
-    async fn subscribe(&mut self, u: usize, t: usize, scope: Scope) {
-        let s = self.socks[u].subscribe(scope, None).await;
+    fn socks_of(&self, u: usize) -> Vec<usize> {
+        (0..self.socks.len())
+            .filter(|i| self.sock_user[*i] == u)
+            .collect()
+    }
+
+    async fn subscribe_sock(&mut self, s: usize, t: usize, scope: Scope) {
+        let sub = self.socks[s].subscribe(scope, None).await;
         if let Scope::Task(id) = scope {
-            self.task_rooms[u].insert(id);
+            self.task_rooms[s].insert(id);
         }
         self.subs.push(Sub {
-            user: u,
+            sock: s,
             team: t,
             room: room_of(scope),
-            from: s.seq,
+            from: sub.seq,
             revoked_by: None,
         });
     }
 
-    /// Subscribes a (new) member to the team, its boards, and some of its tasks.
-    async fn join_everything(&mut self, u: usize, t: usize) {
-        self.subscribe(u, t, Scope::Team(self.teams[t].id)).await;
-        for b in self.teams[t].boards.clone() {
-            self.subscribe(u, t, Scope::Board(b)).await;
-        }
-        let tasks: Vec<Uuid> = self
-            .tasks
-            .iter()
-            .filter(|(_, s)| s.team == t)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in tasks {
-            if self.rng.chance(40) {
-                self.subscribe(u, t, Scope::Task(id)).await;
+    /// Some of the user's sockets (on different instances) join the room.
+    async fn subscribe(&mut self, u: usize, t: usize, scope: Scope, percent: u64) {
+        for s in self.socks_of(u) {
+            if self.rng.chance(percent) {
+                self.subscribe_sock(s, t, scope).await;
             }
+        }
+    }
+
+    /// Subscribes a (new) member's sockets to the team, its boards, and some of its tasks.
+    async fn join_everything(&mut self, u: usize, t: usize) {
+        self.subscribe(u, t, Scope::Team(self.teams[t].id), 70)
+            .await;
+        for b in self.teams[t].boards.clone() {
+            self.subscribe(u, t, Scope::Board(b), 70).await;
+        }
+        for id in self.team_tasks(t) {
+            self.subscribe(u, t, Scope::Task(id), 30).await;
         }
     }
 
     fn bump(&mut self, what: &'static str) {
         *self.counts.entry(what).or_default() += 1;
-    }
-
-    fn pick_team(&mut self) -> usize {
-        self.rng.below(TEAMS)
     }
 
     fn team_tasks(&self, t: usize) -> Vec<Uuid> {
@@ -149,21 +202,21 @@ impl World {
     }
 
     async fn act(&mut self, i: usize) {
-        let t = self.pick_team();
+        let t = self.rng.below(TEAMS);
         let team_id = self.teams[t].id;
         let owner = self.teams[t].owner;
         let writers = self.writers(t);
         let actor = *self.rng.pick(&writers);
         let tok = self.tok(actor);
         let tasks = self.team_tasks(t);
+        let api = self.api();
         let roll = self.rng.below(100);
         match roll {
-            // create a task (maybe assigned); some members join its room
+            // create a task (maybe assigned); some members' sockets join its room
             0..=19 => {
                 let board = *self.rng.pick(&self.teams[t].boards.clone());
                 let assignee = self.random_assignee(t);
-                let task = self
-                    .api
+                let task = api
                     .create_task(
                         &tok,
                         team_id,
@@ -181,9 +234,7 @@ impl World {
                 );
                 let members: Vec<usize> = self.teams[t].members.keys().copied().collect();
                 for m in members {
-                    if self.rng.chance(40) {
-                        self.subscribe(m, t, Scope::Task(task.id)).await;
-                    }
+                    self.subscribe(m, t, Scope::Task(task.id), 30).await;
                 }
                 self.bump("task create");
             }
@@ -191,14 +242,13 @@ impl World {
             20..=31 if !tasks.is_empty() => {
                 let id = *self.rng.pick(&tasks);
                 let status = *self.rng.pick(&["todo", "in_progress", "done", "canceled"]);
-                self.api
-                    .patch_task(
-                        &tok,
-                        id,
-                        json!({"title": format!("upd {i}"), "status": status}),
-                    )
-                    .await
-                    .ok(200);
+                api.patch_task(
+                    &tok,
+                    id,
+                    json!({"title": format!("upd {i}"), "status": status}),
+                )
+                .await
+                .ok(200);
                 self.bump("task update");
             }
             // move (sometimes with an assignment change)
@@ -221,7 +271,7 @@ impl World {
                     assignee = self.random_assignee(t);
                     body["assigneeUserId"] = json!(assignee);
                 }
-                let task: Task = self.api.patch_task(&tok, id, body).await.parse(200);
+                let task: Task = api.patch_task(&tok, id, body).await.parse(200);
                 self.moves.insert((id, task.version), old);
                 let st = self.tasks.get_mut(&id).unwrap();
                 st.board = new;
@@ -232,8 +282,7 @@ impl World {
             42..=51 if !tasks.is_empty() => {
                 let id = *self.rng.pick(&tasks);
                 let assignee = self.random_assignee(t);
-                self.api
-                    .patch_task(&tok, id, json!({"assigneeUserId": assignee}))
+                api.patch_task(&tok, id, json!({"assigneeUserId": assignee}))
                     .await
                     .ok(200);
                 self.tasks.get_mut(&id).unwrap().assignee = assignee;
@@ -242,8 +291,7 @@ impl World {
             // delete a task
             52..=56 if !tasks.is_empty() => {
                 let id = *self.rng.pick(&tasks);
-                self.api
-                    .delete(&format!("/api/v1/tasks/{id}"), &tok)
+                api.delete(&format!("/api/v1/tasks/{id}"), &tok)
                     .await
                     .ok(204);
                 self.tasks.remove(&id);
@@ -259,7 +307,7 @@ impl World {
                     .filter(|(_, a)| writers.contains(a))
                     .collect();
                 if editable.is_empty() || self.rng.chance(50) {
-                    let c = self.api.comment(&tok, id, &format!("comment {i}")).await;
+                    let c = api.comment(&tok, id, &format!("comment {i}")).await;
                     self.tasks
                         .get_mut(&id)
                         .unwrap()
@@ -268,19 +316,17 @@ impl World {
                     self.bump("comment create");
                 } else if self.rng.chance(50) {
                     let (cid, author) = *self.rng.pick(&editable);
-                    self.api
-                        .patch(
-                            &format!("/api/v1/comments/{cid}"),
-                            &self.tok(author),
-                            json!({"body": format!("edit {i}")}),
-                        )
-                        .await
-                        .ok(200);
+                    api.patch(
+                        &format!("/api/v1/comments/{cid}"),
+                        &self.tok(author),
+                        json!({"body": format!("edit {i}")}),
+                    )
+                    .await
+                    .ok(200);
                     self.bump("comment update");
                 } else {
                     let (cid, _) = *self.rng.pick(&editable);
-                    self.api
-                        .delete(&format!("/api/v1/comments/{cid}"), &self.tok(owner))
+                    api.delete(&format!("/api/v1/comments/{cid}"), &self.tok(owner))
                         .await
                         .ok(204);
                     self.tasks
@@ -295,26 +341,22 @@ impl World {
             70..=77 => {
                 let r = self.rng.below(3);
                 if r == 0 || self.teams[t].boards.len() < 2 {
-                    let b = self
-                        .api
-                        .create_board(&tok, team_id, &format!("board {i}"))
-                        .await;
+                    let b = api.create_board(&tok, team_id, &format!("board {i}")).await;
                     self.teams[t].boards.push(b.id);
                     let members: Vec<usize> = self.teams[t].members.keys().copied().collect();
                     for m in members {
-                        self.subscribe(m, t, Scope::Board(b.id)).await;
+                        self.subscribe(m, t, Scope::Board(b.id), 70).await;
                     }
                     self.bump("board create");
                 } else if r == 1 {
                     let b = *self.rng.pick(&self.teams[t].boards.clone());
-                    self.api
-                        .patch(
-                            &format!("/api/v1/boards/{b}"),
-                            &tok,
-                            json!({"name": format!("renamed {i}")}),
-                        )
-                        .await
-                        .ok(200);
+                    api.patch(
+                        &format!("/api/v1/boards/{b}"),
+                        &tok,
+                        json!({"name": format!("renamed {i}")}),
+                    )
+                    .await
+                    .ok(200);
                     self.bump("board rename");
                 } else {
                     let empty: Vec<Uuid> = self.teams[t]
@@ -327,8 +369,7 @@ impl World {
                         })
                         .collect();
                     if let Some(b) = empty.first() {
-                        self.api
-                            .delete(&format!("/api/v1/boards/{b}"), &self.tok(owner))
+                        api.delete(&format!("/api/v1/boards/{b}"), &self.tok(owner))
                             .await
                             .ok(204);
                         self.teams[t].boards.retain(|x| x != b);
@@ -336,7 +377,7 @@ impl World {
                     }
                 }
             }
-            // add a member (who joins everything)
+            // add a member (whose sockets join rooms)
             78..=85 => {
                 let outside: Vec<usize> = (0..USERS)
                     .filter(|u| !self.teams[t].members.contains_key(u))
@@ -346,8 +387,7 @@ impl World {
                 }
                 let u = *self.rng.pick(&outside);
                 let role = *self.rng.pick(&["admin", "member", "viewer"]);
-                self.api
-                    .add_member(&self.tok(owner), team_id, &self.users[u].user.email, role)
+                api.add_member(&self.tok(owner), team_id, &self.users[u].user.email, role)
                     .await;
                 self.teams[t].members.insert(u, role.to_string());
                 self.join_everything(u, t).await;
@@ -366,23 +406,22 @@ impl World {
                 }
                 let u = *self.rng.pick(&removable);
                 let uid = self.users[u].id();
-                self.api
-                    .delete(
-                        &format!("/api/v1/teams/{team_id}/members/{uid}"),
-                        &self.tok(owner),
-                    )
-                    .await
-                    .ok(204);
+                api.delete(
+                    &format!("/api/v1/teams/{team_id}/members/{uid}"),
+                    &self.tok(owner),
+                )
+                .await
+                .ok(204);
                 self.teams[t].members.remove(&u);
                 let k = self.removals.entry((u, t)).or_default();
                 let idx = *k;
                 *k += 1;
+                let mine = self.socks_of(u);
                 for s in self.subs.iter_mut() {
-                    if s.user == u && s.team == t && s.revoked_by.is_none() {
+                    if mine.contains(&s.sock) && s.team == t && s.revoked_by.is_none() {
                         s.revoked_by = Some(idx);
                     }
                 }
-                // Tasks stay assigned to the former member.
                 self.bump("member remove");
             }
             // role change
@@ -399,39 +438,33 @@ impl World {
                 let u = *self.rng.pick(&changeable);
                 let role = *self.rng.pick(&["admin", "member", "viewer"]);
                 let uid = self.users[u].id();
-                self.api
-                    .patch(
-                        &format!("/api/v1/teams/{team_id}/members/{uid}"),
-                        &self.tok(owner),
-                        json!({"role": role}),
-                    )
-                    .await
-                    .ok(200);
+                api.patch(
+                    &format!("/api/v1/teams/{team_id}/members/{uid}"),
+                    &self.tok(owner),
+                    json!({"role": role}),
+                )
+                .await
+                .ok(200);
                 self.teams[t].members.insert(u, role.to_string());
                 self.bump("member role");
             }
             // rename the team
             _ => {
-                self.api
-                    .patch(
-                        &format!("/api/v1/teams/{team_id}"),
-                        &self.tok(owner),
-                        json!({"name": format!("team {i}")}),
-                    )
-                    .await
-                    .ok(200);
+                api.patch(
+                    &format!("/api/v1/teams/{team_id}"),
+                    &self.tok(owner),
+                    json!({"name": format!("team {i}")}),
+                )
+                .await
+                .ok(200);
                 self.bump("team rename");
             }
         }
     }
 }
 
-fn uuid_at(v: &Value) -> Option<Uuid> {
-    v.as_str().and_then(|s| s.parse().ok())
-}
-
 /// The rooms an activity is routed to, per the contract's table.
-fn routes(a: &Value, moves: &HashMap<(Uuid, i64), Uuid>) -> BTreeSet<Room> {
+pub(crate) fn routes(a: &Value, moves: &HashMap<(Uuid, i64), Uuid>) -> BTreeSet<Room> {
     let mut r = BTreeSet::new();
     let team = uuid_at(&a["teamId"]).unwrap();
     let board = uuid_at(&a["boardId"]);
@@ -485,25 +518,36 @@ fn routes(a: &Value, moves: &HashMap<(Uuid, i64), Uuid>) -> BTreeSet<Room> {
     r
 }
 
-async fn random_actions_no_leakage(b: Backend) {
+async fn random_actions_no_leakage(d: Deployment) {
     let seed = Rng::seed_from_env();
-    eprintln!("random_actions_no_leakage seed = {seed} (set TASKFORGE_TEST_SEED={seed} to replay)");
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+    eprintln!(
+        "random_actions_no_leakage ({d}) seed = {seed} (set TASKFORGE_TEST_SEED={seed} to replay)"
+    );
+    let n = d.len();
+    let apis: Vec<Api> = (0..n).map(|i| d.client(i)).collect();
     let mut rng = Rng::new(seed);
 
     let mut users = Vec::new();
     for i in 0..USERS {
-        users.push(api.new_user(&format!("User{i}")).await);
+        users.push(apis[i % n].new_user(&format!("User{i}")).await);
     }
-    // One socket per user, connected before any membership exists.
-    let mut socks = Vec::new();
+    // SOCKS_PER_USER sockets per user on consecutive instances, connected before any membership.
+    let (mut socks, mut sock_user, mut sock_node) = (Vec::new(), Vec::new(), Vec::new());
     for (i, u) in users.iter().enumerate() {
-        socks.push(srv.ws(u.token()).await.labeled(&format!("user{i}")));
+        for k in 0..SOCKS_PER_USER {
+            let node = (i + k) % 3;
+            let mut ws = d.ws_labeled(node, u.token(), &format!("user{i}")).await;
+            // The socket joins its user's room after the upgrade, and user rooms are live only:
+            // the pong says it is in, before the first membership of the user is added.
+            ws.expect_pong().await;
+            socks.push(ws);
+            sock_user.push(i);
+            sock_node.push(node);
+        }
     }
     let mut teams = Vec::new();
     for t in 0..TEAMS {
-        let team = api
+        let team = apis[t % n]
             .create_team(users[t].token(), &format!("Team {t}"))
             .await;
         let mut members = BTreeMap::new();
@@ -516,18 +560,22 @@ async fn random_actions_no_leakage(b: Backend) {
             members,
         });
     }
+    let n_socks = socks.len();
     let mut w = World {
-        api: api.clone(),
+        apis: apis.clone(),
         users,
         teams,
         tasks: BTreeMap::new(),
         socks,
+        sock_user,
+        sock_node,
         subs: Vec::new(),
         removals: HashMap::new(),
         moves: HashMap::new(),
-        task_rooms: vec![HashSet::new(); USERS],
+        task_rooms: vec![HashSet::new(); n_socks],
         rng: Rng::new(rng.next_u64()),
         counts: BTreeMap::new(),
+        writes_per_node: vec![0; n],
     };
     // Overlapping initial memberships.
     for t in 0..TEAMS {
@@ -535,7 +583,8 @@ async fn random_actions_no_leakage(b: Backend) {
             if u != t && rng.chance(50) {
                 let role = *rng.pick(&["admin", "member", "member", "viewer"]);
                 let owner_tok = w.tok(t);
-                api.add_member(&owner_tok, w.teams[t].id, &w.users[u].user.email, role)
+                apis[u % n]
+                    .add_member(&owner_tok, w.teams[t].id, &w.users[u].user.email, role)
                     .await;
                 w.teams[t].members.insert(u, role.to_string());
             }
@@ -558,8 +607,9 @@ async fn random_actions_no_leakage(b: Backend) {
         }
     }
     eprintln!(
-        "{ACTIONS} actions in {:?}: {:?}",
+        "{ACTIONS} actions in {:?} (writes per instance: {:?}): {:?}",
         started.elapsed(),
+        w.writes_per_node,
         w.counts
     );
 
@@ -568,7 +618,7 @@ async fn random_actions_no_leakage(b: Backend) {
     let mut team_index: HashMap<Uuid, usize> = HashMap::new();
     for (t, team) in w.teams.iter().enumerate() {
         team_index.insert(team.id, t);
-        let acts = api
+        let acts = apis[(t + 1) % n]
             .all_pages(
                 w.users[team.owner].token(),
                 &format!("/api/v1/teams/{}/activity?limit=200", team.id),
@@ -576,7 +626,6 @@ async fn random_actions_no_leakage(b: Backend) {
             .await;
         log.extend(acts);
     }
-    // member.removed seqs per (user, team), in order.
     let mut removed_seqs: HashMap<(usize, usize), Vec<i64>> = HashMap::new();
     let user_index: HashMap<Uuid, usize> = w
         .users
@@ -597,21 +646,22 @@ async fn random_actions_no_leakage(b: Backend) {
     for v in removed_seqs.values_mut() {
         v.sort();
     }
-    // Expected per user: (teamId, seq).
-    let mut expected: Vec<BTreeSet<(Uuid, i64)>> = vec![BTreeSet::new(); USERS];
+    // Expected per socket: (teamId, seq).
+    let mut expected: Vec<BTreeSet<(Uuid, i64)>> = vec![BTreeSet::new(); n_socks];
     for a in &log {
         let team = uuid_at(&a["teamId"]).unwrap();
         let t = team_index[&team];
         let seq = a["seq"].as_i64().unwrap();
         let rooms = routes(a, &w.moves);
-        for (u, exp) in expected.iter_mut().enumerate() {
+        for (s, exp) in expected.iter_mut().enumerate() {
+            let u = w.sock_user[s];
             let own = rooms.contains(&Room::User(w.users[u].id()));
-            let via_room = w.subs.iter().any(|s| {
-                s.user == u
-                    && s.team == t
-                    && rooms.contains(&s.room)
-                    && seq > s.from
-                    && s.revoked_by.is_none_or(|k| {
+            let via_room = w.subs.iter().any(|sub| {
+                sub.sock == s
+                    && sub.team == t
+                    && rooms.contains(&sub.room)
+                    && seq > sub.from
+                    && sub.revoked_by.is_none_or(|k| {
                         let n = removed_seqs
                             .get(&(u, t))
                             .and_then(|v| v.get(k))
@@ -628,42 +678,40 @@ async fn random_actions_no_leakage(b: Backend) {
         }
     }
 
-    // Let every socket catch up (bounded), then a barrier to catch extras.
-    let ever_teams: Vec<HashSet<Uuid>> = (0..USERS)
-        .map(|u| {
-            w.subs
+    let ever_teams: Vec<HashSet<Uuid>> = (0..n_socks)
+        .map(|s| {
+            let u = w.sock_user[s];
+            // Teams the user was ever a member of: through subscriptions, or own deliveries.
+            let mut set: HashSet<Uuid> = w
+                .subs
                 .iter()
-                .filter(|s| s.user == u)
-                .map(|s| w.teams[s.team].id)
-                .collect()
+                .filter(|sub| sub.sock == s)
+                .map(|sub| w.teams[sub.team].id)
+                .collect();
+            for a in &log {
+                if routes(a, &w.moves).contains(&Room::User(w.users[u].id())) {
+                    set.insert(uuid_at(&a["teamId"]).unwrap());
+                }
+            }
+            set
         })
         .collect();
+    // Let every socket catch up (bounded), then a barrier to catch extras.
+    wait_all(&mut w.socks, &expected, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut problems = Vec::new();
     let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut complete = true;
-        for u in 0..USERS {
-            w.socks[u].pump().await;
-            let have: HashSet<(Uuid, i64)> = logged_activities(&w.socks[u].frames)
-                .iter()
-                .map(|a| (uuid_at(&a["teamId"]).unwrap(), a["seq"].as_i64().unwrap()))
-                .collect();
-            complete &= expected[u].iter().all(|k| have.contains(k));
-        }
-        if complete || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for u in 0..USERS {
-        let want = &expected[u];
-        if let Some(end) = &w.socks[u].ended {
-            problems.push(format!("user{u}: the socket ended: {end:?}"));
+    let mut per_node = vec![0usize; n];
+    for s in 0..n_socks {
+        let want = &expected[s];
+        let label = w.socks[s].label.clone();
+        if let Some(end) = &w.socks[s].ended {
+            problems.push(format!("{label}: the socket ended: {end:?}"));
         } else {
-            w.socks[u].barrier().await;
+            w.socks[s].barrier().await;
         }
-        let acts = logged_activities(&w.socks[u].frames);
+        let acts = logged_activities(&w.socks[s].frames);
+        per_node[w.sock_node[s] % n] += acts.len();
         let mut counts: BTreeMap<(Uuid, i64), usize> = BTreeMap::new();
         let mut last: HashMap<Uuid, i64> = HashMap::new();
         let mut out_of_order = 0;
@@ -692,18 +740,18 @@ async fn random_actions_no_leakage(b: Backend) {
             .collect();
         let foreign: Vec<_> = extra
             .iter()
-            .filter(|(team, _)| !ever_teams[u].contains(team))
+            .filter(|(team, _)| !ever_teams[s].contains(team))
             .copied()
             .collect();
-        // Presence frames only for task rooms this socket joined.
-        let bad_presence: Vec<Value> = w.socks[u]
+        // Presence frames only for task rooms this socket joined, of teams it was in.
+        let bad_presence: Vec<Value> = w.socks[s]
             .frames
             .iter()
             .filter(|f| is_presence(f))
             .filter(|f| {
                 let a = &f["activity"];
-                !uuid_at(&a["taskId"]).is_some_and(|id| w.task_rooms[u].contains(&id))
-                    || !uuid_at(&a["teamId"]).is_some_and(|id| ever_teams[u].contains(&id))
+                !uuid_at(&a["taskId"]).is_some_and(|id| w.task_rooms[s].contains(&id))
+                    || !uuid_at(&a["teamId"]).is_some_and(|id| ever_teams[s].contains(&id))
             })
             .cloned()
             .collect();
@@ -735,7 +783,7 @@ async fn random_actions_no_leakage(b: Backend) {
                     .collect()
             };
             problems.push(format!(
-                "user{u}: received {}, expected {}; lost {} {:?}; duplicated {} {:?}; \
+                "{label}: received {}, expected {}; lost {} {:?}; duplicated {} {:?}; \
                  unexpected {} (other teams: {}) {:?}; out of order {out_of_order}; \
                  bad presence {:?}",
                 acts.len(),
@@ -752,8 +800,8 @@ async fn random_actions_no_leakage(b: Backend) {
         }
     }
     eprintln!(
-        "seed {seed}: {} activities received over {USERS} sockets; lost {}, duplicated {}, \
-         unexpected {}, out of order {}",
+        "seed {seed} ({d}): {} activities received over {n_socks} sockets (per instance: \
+         {per_node:?}); lost {}, duplicated {}, unexpected {}, out of order {}",
         totals.0, totals.1, totals.2, totals.3, totals.4
     );
     assert!(
@@ -762,8 +810,12 @@ async fn random_actions_no_leakage(b: Backend) {
         totals.0
     );
     assert!(
+        per_node.iter().all(|n| *n > 0),
+        "every instance must have delivered something: {per_node:?}"
+    );
+    assert!(
         problems.is_empty(),
-        "seed {seed}: sockets did not receive exactly their activities:\n{}",
+        "seed {seed} ({d}): sockets did not receive exactly their activities:\n{}",
         problems.join("\n")
     );
 }

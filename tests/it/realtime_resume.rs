@@ -1,6 +1,9 @@
 //! Resume with `since`: replay before `subscribed`, then live without gap or duplicate; bounds
 //! (`resume_unavailable`, `bad_request`); retention; and a concurrent writer with 20 clients
 //! reconnecting at random moments.
+//!
+//! On every topology: written through instance A, the first subscription on B, the resume on C
+//! (or the next instance at each reconnection); on one instance they are the same server.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,14 +13,14 @@ use crate::common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-both_backends!(
+every_topology!(
     resume_replays_then_goes_live,
     resume_board_and_task_rooms_replay_only_their_activities,
     resume_on_a_socket_with_several_rooms,
     resume_bounds,
-    resume_unavailable_after_retention,
     resume_under_concurrent_writes_with_20_clients,
 );
+every_topology!(with &[("TASKFORGE_LOG_RETENTION", "1s")] => resume_unavailable_after_retention);
 
 const T: Duration = Duration::from_secs(10);
 
@@ -25,14 +28,13 @@ fn seqs(acts: &[Value]) -> Vec<i64> {
     acts.iter().map(|a| a["seq"].as_i64().unwrap()).collect()
 }
 
-async fn resume_replays_then_goes_live(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn resume_replays_then_goes_live(d: Deployment) {
+    let api = d.client(0);
     let u = api.new_user("Resumer").await;
     let team = api.create_team(u.token(), "Resume").await;
     let tok = u.token();
 
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(1, tok, "first").await;
     let s0 = ws.subscribe_team(team.id, None).await;
     for i in 0..3 {
         api.task(tok, team.id, &format!("seen {i}")).await;
@@ -55,9 +57,9 @@ async fn resume_replays_then_goes_live(b: Backend) {
     api.create_board(tok, team.id, "nb").await;
     let latest = api.team_seq(tok, team.id).await;
 
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(2, tok, "resumed").await;
     let s = ws.subscribe(Scope::Team(team.id), Some(last)).await;
-    assert_eq!(s.seq, latest, "{}", s.frame);
+    assert_eq!(s.seq, latest, "{d}: {}", s.frame);
     let kinds: Vec<&str> = s
         .before
         .iter()
@@ -71,7 +73,7 @@ async fn resume_replays_then_goes_live(b: Backend) {
             "task.created",
             "board.created"
         ],
-        "the replay (before subscribed) holds exactly the team room's missed activities: {:?}",
+        "{d}: the replay (before subscribed) holds exactly the team room's missed activities: {:?}",
         s.before
     );
     let replay_seqs = seqs(&s.before);
@@ -88,18 +90,19 @@ async fn resume_replays_then_goes_live(b: Backend) {
     let live = ws.activities(1, T).await;
     assert_eq!(live[0]["taskId"], json!(t.id));
     assert_eq!(live[0]["seq"], json!(latest + 1));
-    assert!(ws.barrier().await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra = ws.barrier().await;
+    assert!(extra.is_empty(), "{d}: after the live activity: {extra:?}");
 
     // since = latest: empty replay.
-    let mut ws2 = srv.ws(tok).await;
+    let mut ws2 = d.ws_labeled(1, tok, "up to date").await;
     let s = ws2.subscribe(Scope::Team(team.id), Some(latest + 1)).await;
     assert!(s.before.is_empty(), "{:?}", s.before);
     assert_eq!(s.seq, latest + 1);
 }
 
-async fn resume_board_and_task_rooms_replay_only_their_activities(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn resume_board_and_task_rooms_replay_only_their_activities(d: Deployment) {
+    let api = d.client(0);
     let u = api.new_user("Rooms").await;
     let tok = u.token();
     let team = api.create_team(tok, "Resume rooms").await;
@@ -126,7 +129,7 @@ async fn resume_board_and_task_rooms_replay_only_their_activities(b: Backend) {
         .ok(200); // b2, task y
     let latest = api.team_seq(tok, team.id).await;
 
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(1, tok, "resumed").await;
     let cases: Vec<(Scope, Vec<&str>)> = vec![
         (Scope::Board(b1), vec!["task.updated", "task.updated"]),
         (
@@ -145,7 +148,7 @@ async fn resume_board_and_task_rooms_replay_only_their_activities(b: Backend) {
             .iter()
             .map(|a| a["type"].as_str().unwrap())
             .collect();
-        assert_eq!(kinds, want, "replay of {scope:?}: {:?}", s.before);
+        assert_eq!(kinds, want, "{d}: replay of {scope:?}: {:?}", s.before);
         assert_eq!(s.seq, latest, "{}", s.frame);
         assert!(seqs(&s.before).iter().all(|q| *q > since && *q <= latest));
     }
@@ -153,9 +156,8 @@ async fn resume_board_and_task_rooms_replay_only_their_activities(b: Backend) {
 
 /// One socket in the team room and a board room, resuming both: the replays may overlap
 /// (clients de-duplicate by (teamId, seq)), live frames arrive once.
-async fn resume_on_a_socket_with_several_rooms(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn resume_on_a_socket_with_several_rooms(d: Deployment) {
+    let api = d.client(0);
     let u = api.new_user("Multi").await;
     let tok = u.token();
     let team = api.create_team(tok, "Multi").await;
@@ -168,7 +170,7 @@ async fn resume_on_a_socket_with_several_rooms(b: Backend) {
     api.create_board(tok, team.id, "other").await; // team
     let latest = api.team_seq(tok, team.id).await;
 
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(1, tok, "resumed").await;
     let st = ws.subscribe(Scope::Team(team.id), Some(since)).await;
     let sb = ws.subscribe(Scope::Board(b1), Some(since)).await;
     assert_eq!(st.seq, latest);
@@ -187,28 +189,28 @@ async fn resume_on_a_socket_with_several_rooms(b: Backend) {
     api.task(tok, team.id, "two").await;
     let live = ws.activities(1, T).await;
     assert_eq!(live[0]["seq"], json!(latest + 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let extra = logged_activities(&ws.barrier().await);
     assert!(
         extra.is_empty(),
-        "a live activity of two rooms arrived twice: {extra:?}"
+        "{d}: a live activity of two rooms arrived twice: {extra:?}"
     );
 }
 
-async fn resume_bounds(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn resume_bounds(d: Deployment) {
+    let api = d.client(0);
     let u = api.new_user("Bounds").await;
     let tok = u.token();
     let team = api.create_team(tok, "Bounds").await;
     api.task(tok, team.id, "one").await;
     let latest = api.team_seq(tok, team.id).await;
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(1, tok, "bounds").await;
     for scope in [Scope::Team(team.id), Scope::Board(team.default_board_id)] {
         let e = ws
             .try_subscribe(scope, Some(latest + 1))
             .await
             .expect_err("since > latest must not join");
-        assert_eq!(e["code"], "resume_unavailable", "{e}");
+        assert_eq!(e["code"], "resume_unavailable", "{d}: {e}");
         assert_eq!(e[scope.key()], json!(scope.id()), "{e}");
         let e = ws
             .try_subscribe(scope, Some(-1))
@@ -226,9 +228,8 @@ async fn resume_bounds(b: Backend) {
     assert_eq!(seqs(&s.before), (1..=s.seq).collect::<Vec<_>>());
 }
 
-async fn resume_unavailable_after_retention(b: Backend) {
-    let srv = TestServer::start_with(b, &[("TASKFORGE_LOG_RETENTION", "1s")]).await;
-    let api = srv.client();
+async fn resume_unavailable_after_retention(d: Deployment) {
+    let api = d.client(0);
     let u = api.new_user("Retain").await;
     let tok = u.token();
     let team = api.create_team(tok, "Retention").await;
@@ -237,7 +238,7 @@ async fn resume_unavailable_after_retention(b: Backend) {
     // Publish activities now and then (pruning runs on published activities) until `since=0`
     // is refused; bounded to 15 s.
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut ws = srv.ws(tok).await;
+    let mut ws = d.ws_labeled(1, tok, "resumer").await;
     let refused = loop {
         tokio::time::sleep(Duration::from_millis(700)).await;
         api.task(tok, team.id, "tick").await;
@@ -249,17 +250,19 @@ async fn resume_unavailable_after_retention(b: Backend) {
         }
         assert!(
             Instant::now() < deadline,
-            "since=0 still replays 15 s after activities older than the 1 s retention"
+            "{d}: since=0 still replays 15 s after activities older than the 1 s retention"
         );
     };
     assert_eq!(refused["code"], "resume_unavailable", "{refused}");
     assert_eq!(refused["teamId"], json!(team.id), "{refused}");
-    // The HTTP log agrees.
-    api.get(&format!("/api/v1/teams/{}/activity?since=0", team.id), tok)
+    // The HTTP log agrees (on another instance too).
+    d.client(2)
+        .get(&format!("/api/v1/teams/{}/activity?since=0", team.id), tok)
         .await
         .problem(410, "resume_unavailable");
-    // since = latest is still fine.
+    // since = latest is still fine, on yet another socket.
     let latest = api.team_seq(tok, team.id).await;
+    let mut ws = d.ws_labeled(2, tok, "up to date").await;
     let s = ws.subscribe(Scope::Team(team.id), Some(latest)).await;
     assert!(s.before.is_empty());
 }
@@ -308,8 +311,10 @@ struct Tally {
     unexpected: usize,
 }
 
+/// Client `me` connects to instance `me`, then to the next instance at each reconnection.
 async fn resume_client(
-    srv: Arc<TestServer>,
+    d: Arc<Deployment>,
+    me: usize,
     token: String,
     room: Scope,
     seed: u64,
@@ -326,7 +331,7 @@ async fn resume_client(
             Instant::now() < deadline,
             "client {room:?}: gave up after 60 s"
         );
-        let mut ws = srv.ws(&token).await;
+        let mut ws = d.ws(me + connections, &token).await;
         connections += 1;
         let s = ws.subscribe(room, since).await;
         for a in &s.before {
@@ -395,7 +400,8 @@ async fn resume_client(
 /// seq it is sure to have of each room). Replays may overlap (clients de-duplicate by seq);
 /// returns (distinct events received, duplicates that no contract rule allows, connections).
 async fn combo_client(
-    srv: Arc<TestServer>,
+    d: Arc<Deployment>,
+    me: usize,
     token: String,
     rooms: [Scope; 2],
     seed: u64,
@@ -416,7 +422,7 @@ async fn combo_client(
             Instant::now() < deadline,
             "combo client: gave up after 60 s"
         );
-        let mut ws = srv.ws(&token).await;
+        let mut ws = d.ws(me + connections, &token).await;
         connections += 1;
         let at_start = since;
         let mut in_connection: HashSet<i64> = HashSet::new();
@@ -515,19 +521,18 @@ fn tally(expected: &[Event], got: &[Event]) -> Tally {
     t
 }
 
-async fn resume_under_concurrent_writes_with_20_clients(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn resume_under_concurrent_writes_with_20_clients(d: Deployment) {
+    let api = d.client(0);
     let owner = api.new_user("Writer").await;
     let tok = owner.token().to_string();
     let team = api.create_team(&tok, "Busy").await;
     let b1 = team.default_board_id;
     let b2 = api.create_board(&tok, team.id, "B2").await.id;
     let seed = Rng::seed_from_env();
-    eprintln!("resume_under_concurrent_writes seed = {seed} (TASKFORGE_TEST_SEED to replay)");
+    eprintln!("resume_under_concurrent_writes ({d}) seed = {seed} (TASKFORGE_TEST_SEED to replay)");
     let mut rng = Rng::new(seed);
 
-    let handle = Arc::new(srv);
+    let handle = Arc::new(d);
     let expected = Arc::new(Mutex::new(Expected::default()));
     let mut rooms: Vec<Scope> = Vec::new();
     for i in 0..20 {
@@ -547,7 +552,7 @@ async fn resume_under_concurrent_writes_with_20_clients(b: Backend) {
         let s = seed.wrapping_add(1_000_003 * (i as u64 + 1));
         let pair = [Scope::Team(team.id), Scope::Board(b1)];
         combo_clients.push(tokio::spawn(async move {
-            combo_client(h, t, pair, s, e, r).await
+            combo_client(h, i, t, pair, s, e, r).await
         }));
     }
     let mut clients = Vec::new();
@@ -559,7 +564,7 @@ async fn resume_under_concurrent_writes_with_20_clients(b: Backend) {
         let s = seed.wrapping_add(i as u64 * 7919);
         let r = ready.clone();
         clients.push(tokio::spawn(async move {
-            resume_client(h, t, room, s, e, r).await
+            resume_client(h, i, t, room, s, e, r).await
         }));
     }
     tokio::time::timeout(Duration::from_secs(30), ready.wait())
@@ -677,7 +682,7 @@ async fn resume_under_concurrent_writes_with_20_clients(b: Backend) {
     );
     assert!(
         problems.is_empty(),
-        "seed {seed}: resume lost/duplicated/reordered activities:\n{}",
+        "seed {seed} ({handle}): resume lost/duplicated/reordered activities:\n{}",
         problems.join("\n")
     );
 }

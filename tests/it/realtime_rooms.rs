@@ -1,8 +1,12 @@
 //! `/realtime` rooms: subscribe/unsubscribe replies, `forbidden`, the routing table (one test per
-//! row), exactly-once delivery across rooms, per-team seq order, presence and revocation.
+//! group of rows), the user's own deliveries, exactly-once delivery across rooms, per-team seq
+//! order, presence and revocation.
+//!
+//! The routing table, own deliveries and revocation run on every topology (`every_topology!`):
+//! written through instance A, observed on B and C, which on one instance are the same server.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -11,6 +15,12 @@ use uuid::Uuid;
 both_backends!(
     subscribe_and_unsubscribe_replies,
     forbidden_for_non_members_and_unknown_ids_alike,
+    live_order_gapless_under_concurrent_writers,
+    presence_snapshot_joined_left,
+    self_removal_revokes_too,
+);
+
+every_topology!(
     route_task_created,
     route_task_updated,
     route_task_deleted,
@@ -19,10 +29,8 @@ both_backends!(
     route_members,
     route_team_and_board_activities,
     own_deliveries_need_no_subscription,
-    live_order_gapless_under_concurrent_writers,
-    presence_snapshot_joined_left,
+    own_delivery_survives_the_instance_starting_to_follow_the_team,
     revocation_unsubscribes_and_stops_delivery,
-    self_removal_revokes_too,
 );
 
 const T: Duration = Duration::from_secs(10);
@@ -193,11 +201,12 @@ async fn forbidden_for_non_members_and_unknown_ids_alike(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routing table
+// Routing table (on every topology: written through A, observed on B and C)
 // ---------------------------------------------------------------------------------------------
 
 struct Fx {
-    _srv: TestServer,
+    d: Deployment,
+    /// HTTP on instance A: every write of the routing tests goes there.
     api: Api,
     owner: AuthResponse,
     watcher: AuthResponse,
@@ -207,17 +216,18 @@ struct Fx {
     b1: Uuid,
     b2: Uuid,
     x: Task,
-    y: Task,
+    /// (role, socket): each role has one socket on B and one on C.
     socks: Vec<(&'static str, WsClient)>,
 }
 
-/// Sockets (all the watcher's unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
-/// `multi` (team + b1 + taskX), `assignee` (the assignee's, no room), `newbie` (a not-yet member's,
-/// no room), `assigneeRooms` (the assignee's, in b1 and taskX: own deliveries and rooms overlap),
-/// `otherTeam` (the watcher's, in another team's team and board rooms).
-async fn fixture(b: Backend) -> Fx {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+/// Roles (all the watcher's sockets unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
+/// `multi` (team + b1 + taskX), `assignee` (the assignee's, no room), `assigneeRooms` (the
+/// assignee's, in b1 and taskX: own deliveries and rooms overlap), `newbie` (a not-yet member's,
+/// no room), `otherTeam` (the watcher's, in another team's team and board rooms). Each role has
+/// a socket on B and one on C (two sockets of one user on one instance); the data is written
+/// over HTTP on A.
+async fn fixture(d: Deployment) -> Fx {
+    let api = d.client(0);
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Routing").await;
     let watcher = api
@@ -238,39 +248,60 @@ async fn fixture(b: Backend) -> Fx {
     let other = api.create_team(owner.token(), "Other").await;
     api.add_member(owner.token(), other.id, &watcher.user.email, "member")
         .await;
+    let latest: HashMap<Uuid, i64> = HashMap::from([
+        (team.id, api.team_seq(owner.token(), team.id).await),
+        (other.id, api.team_seq(owner.token(), other.id).await),
+    ]);
 
     let w = watcher.token();
-    let mut socks: Vec<(&'static str, WsClient)> = Vec::new();
-    let specs: Vec<(&'static str, &str, Vec<Scope>)> = vec![
-        ("team", w, vec![Scope::Team(team.id)]),
-        ("b1", w, vec![Scope::Board(b1)]),
-        ("b2", w, vec![Scope::Board(b2)]),
-        ("taskX", w, vec![Scope::Task(x.id)]),
-        ("taskY", w, vec![Scope::Task(y.id)]),
+    // (role, token, [(room, its team)])
+    type Spec<'a> = (&'static str, &'a str, Vec<(Scope, Uuid)>);
+    let specs: Vec<Spec> = vec![
+        ("team", w, vec![(Scope::Team(team.id), team.id)]),
+        ("b1", w, vec![(Scope::Board(b1), team.id)]),
+        ("b2", w, vec![(Scope::Board(b2), team.id)]),
+        ("taskX", w, vec![(Scope::Task(x.id), team.id)]),
+        ("taskY", w, vec![(Scope::Task(y.id), team.id)]),
         (
             "multi",
             w,
-            vec![Scope::Team(team.id), Scope::Board(b1), Scope::Task(x.id)],
+            vec![
+                (Scope::Team(team.id), team.id),
+                (Scope::Board(b1), team.id),
+                (Scope::Task(x.id), team.id),
+            ],
         ),
         ("assignee", assignee.token(), vec![]),
         (
             "assigneeRooms",
             assignee.token(),
-            vec![Scope::Board(b1), Scope::Task(x.id)],
+            vec![(Scope::Board(b1), team.id), (Scope::Task(x.id), team.id)],
         ),
         ("newbie", newbie.token(), vec![]),
         (
             "otherTeam",
             w,
-            vec![Scope::Team(other.id), Scope::Board(other.default_board_id)],
+            vec![
+                (Scope::Team(other.id), other.id),
+                (Scope::Board(other.default_board_id), other.id),
+            ],
         ),
     ];
+    let mut socks: Vec<(&'static str, WsClient)> = Vec::new();
     for (name, token, scopes) in specs {
-        let mut ws = srv.ws(token).await.labeled(name);
-        for s in scopes {
-            ws.subscribe(s, None).await;
+        for node in [1, 2] {
+            let mut ws = d.ws_labeled(node, token, name).await;
+            for (s, t) in &scopes {
+                let sub = ws.subscribe(*s, None).await;
+                assert_eq!(
+                    sub.seq, latest[t],
+                    "{} ({d}): subscribed.seq without since must be the team's latest seq \
+                     (written on A): {}",
+                    ws.label, sub.frame
+                );
+            }
+            socks.push((name, ws));
         }
-        socks.push((name, ws));
     }
     // Settle: nothing is pending on any socket.
     for (_, ws) in socks.iter_mut() {
@@ -278,7 +309,7 @@ async fn fixture(b: Backend) -> Fx {
         ws.frames.clear();
     }
     Fx {
-        _srv: srv,
+        d,
         api,
         owner,
         watcher,
@@ -288,83 +319,85 @@ async fn fixture(b: Backend) -> Fx {
         b1,
         b2,
         x,
-        y,
         socks,
     }
 }
 
 impl Fx {
-    fn sock(&mut self, name: &str) -> &mut WsClient {
-        &mut self
-            .socks
+    fn sockets(&mut self, role: &str) -> impl Iterator<Item = &mut WsClient> {
+        self.socks
             .iter_mut()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("no socket {name}"))
-            .1
+            .filter(move |(r, _)| *r == role)
+            .map(|(_, ws)| ws)
     }
 
-    /// Checks that, for the last action, each socket received exactly the activity types listed
-    /// for it (each once) and nothing else. Returns what each socket received.
+    /// For the last action, each socket (on B and on C) received exactly the activity types
+    /// listed for its role (each once) and nothing else. Returns what each role's socket on B got.
     async fn expect(
         &mut self,
         what: &str,
         routes: &[(&str, &[&str])],
     ) -> HashMap<String, Vec<Value>> {
         let mut want: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (name, _) in &self.socks {
-            want.insert(name, Vec::new());
+        for (role, _) in &self.socks {
+            want.insert(role, Vec::new());
         }
-        for (kind, names) in routes {
-            for n in *names {
-                want.get_mut(n)
-                    .unwrap_or_else(|| panic!("no socket {n}"))
+        for (kind, roles) in routes {
+            for r in *roles {
+                want.get_mut(r)
+                    .unwrap_or_else(|| panic!("no role {r}"))
                     .push(kind);
             }
         }
-        let mut got: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut got: Vec<Vec<Value>> = Vec::new();
         // Receivers first (so the activities are dispatched), then a barrier on every socket.
-        for (name, ws) in self.socks.iter_mut() {
-            let n = want[name].len();
-            let mut acts = if n > 0 {
+        for (role, ws) in self.socks.iter_mut() {
+            let n = want[role].len();
+            got.push(if n > 0 {
                 ws.activities(n, T).await
             } else {
                 Vec::new()
-            };
-            got.insert(name.to_string(), std::mem::take(&mut acts));
+            });
         }
-        for (name, ws) in self.socks.iter_mut() {
-            let extra = logged_activities(&ws.barrier().await);
-            got.get_mut(*name).unwrap().extend(extra);
+        // The routing must not depend on timing: give a stray activity time to show up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (i, (_, ws)) in self.socks.iter_mut().enumerate() {
+            got[i].extend(logged_activities(&ws.barrier().await));
         }
         let mut problems = Vec::new();
-        for (name, acts) in &got {
+        let mut by_role = HashMap::new();
+        for (i, (role, ws)) in self.socks.iter().enumerate() {
+            let acts = &got[i];
             let mut kinds: Vec<&str> = acts.iter().map(|a| a["type"].as_str().unwrap()).collect();
             kinds.sort();
-            let mut expected = want[name.as_str()].clone();
+            let mut expected = want[role].clone();
             expected.sort();
             if kinds != expected {
                 problems.push(format!(
-                    "  socket {name}: expected {expected:?}, got {kinds:?}: {acts:?}"
+                    "  socket {}: expected {expected:?}, got {kinds:?}: {acts:?}",
+                    ws.label
                 ));
             }
             let mut seqs: Vec<i64> = acts.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
             let n = seqs.len();
             seqs.dedup();
             if seqs.len() != n {
-                problems.push(format!("  socket {name}: duplicate seq: {acts:?}"));
+                problems.push(format!("  socket {}: duplicate seq: {acts:?}", ws.label));
             }
+            by_role.entry(role.to_string()).or_insert(acts.clone());
         }
         assert!(
             problems.is_empty(),
-            "routing of {what}:\n{}",
+            "routing of {what} ({}: written on A, sockets on B and C):\n{}",
+            self.d,
             problems.join("\n")
         );
-        got
+        by_role
     }
 
     /// Every socket saw its activities in strictly increasing seq per team, each once.
     fn assert_order(&self) {
-        for (name, ws) in &self.socks {
+        for (_, ws) in &self.socks {
             let mut last: HashMap<String, i64> = HashMap::new();
             for a in logged_activities(&ws.frames) {
                 let team = a["teamId"].as_str().unwrap().to_string();
@@ -372,15 +405,16 @@ impl Fx {
                 let prev = last.insert(team.clone(), seq).unwrap_or(0);
                 assert!(
                     seq > prev,
-                    "socket {name}: seq {seq} after {prev} in team {team}"
+                    "socket {}: seq {seq} after {prev} in team {team}",
+                    ws.label
                 );
             }
         }
     }
 }
 
-async fn route_task_created(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_task_created(d: Deployment) {
+    let mut fx = fixture(d).await;
     let t = fx
         .api
         .create_task(fx.owner.token(), fx.team.id, json!({"title": "on b1"}))
@@ -411,8 +445,8 @@ async fn route_task_created(b: Backend) {
     fx.assert_order();
 }
 
-async fn route_task_updated(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_task_updated(d: Deployment) {
+    let mut fx = fixture(d).await;
     fx.api
         .patch_task(fx.owner.token(), fx.x.id, json!({"title": "X2"}))
         .await
@@ -460,11 +494,24 @@ async fn route_task_updated(b: Backend) {
         &[("task.updated", &["b2", "taskX", "multi", "assigneeRooms"])],
     )
     .await;
+    // And back to b1.
+    fx.api
+        .patch_task(fx.owner.token(), fx.x.id, json!({"boardId": fx.b1}))
+        .await
+        .ok(200);
+    fx.expect(
+        "task.updated (move b2 -> b1)",
+        &[(
+            "task.updated",
+            &["b1", "b2", "taskX", "multi", "assigneeRooms"],
+        )],
+    )
+    .await;
     fx.assert_order();
 }
 
-async fn route_task_deleted(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_task_deleted(d: Deployment) {
+    let mut fx = fixture(d).await;
     fx.api
         .delete(&format!("/api/v1/tasks/{}", fx.x.id), fx.owner.token())
         .await
@@ -482,12 +529,11 @@ async fn route_task_deleted(b: Backend) {
     assert_eq!(a["taskId"], json!(fx.x.id));
     assert_eq!(a["data"]["taskId"], json!(fx.x.id), "{a}");
     assert_eq!(a["data"]["boardId"], json!(fx.b1), "{a}");
-    let _ = &fx.y;
     fx.assert_order();
 }
 
-async fn route_task_assigned(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_task_assigned(d: Deployment) {
+    let mut fx = fixture(d).await;
     let owner = fx.owner.token().to_string();
     fx.api
         .patch_task(&owner, fx.x.id, json!({"assigneeUserId": fx.assignee.id()}))
@@ -544,6 +590,7 @@ async fn route_task_assigned(b: Backend) {
         json!(fx.assignee.id()),
         "{a}"
     );
+    assert_eq!(a["boardId"], json!(fx.b2), "{a}");
 
     // Unassign: task.assigned with null reaches the rooms only.
     fx.api
@@ -565,7 +612,7 @@ async fn route_task_assigned(b: Backend) {
         .unwrap();
     assert!(a["data"]["assigneeUserId"].is_null(), "{a}");
 
-    // Created with an assignee: task.created + task.assigned (to the assignee's own socket too).
+    // Created with an assignee: task.created + task.assigned (to the assignee's own sockets too).
     fx.api
         .create_task(
             &owner,
@@ -584,13 +631,32 @@ async fn route_task_assigned(b: Backend) {
         ],
     )
     .await;
-    // The watcher assigns a task to itself on b2: its own sockets are rooms-only subscribers,
-    // the assignment reaches each of them once.
+    // The watcher (sockets in rooms, none in b2's task) is assigned a task on b2.
+    fx.api
+        .create_task(
+            &owner,
+            fx.team.id,
+            json!({"title": "for the watcher", "boardId": fx.b2,
+                   "assigneeUserId": fx.watcher.id()}),
+        )
+        .await;
+    fx.expect(
+        "create on b2 assigned to the watcher",
+        &[
+            ("task.created", &["team", "b2", "multi"]),
+            (
+                "task.assigned",
+                // Every socket of the watcher: the ones in b2 by room, the others as its own.
+                &["b2", "team", "b1", "taskX", "taskY", "multi", "otherTeam"],
+            ),
+        ],
+    )
+    .await;
     fx.assert_order();
 }
 
-async fn route_comments(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_comments(d: Deployment) {
+    let mut fx = fixture(d).await;
     let w = fx.watcher.token().to_string();
     let c = fx.api.comment(&w, fx.x.id, "first").await;
     let got = fx
@@ -631,8 +697,8 @@ async fn route_comments(b: Backend) {
     fx.assert_order();
 }
 
-async fn route_members(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_members(d: Deployment) {
+    let mut fx = fixture(d).await;
     let owner = fx.owner.token().to_string();
     let team = fx.team.id;
     fx.api
@@ -651,8 +717,10 @@ async fn route_members(b: Backend) {
         "{a}"
     );
     assert_eq!(a["data"]["member"]["role"], "viewer", "{a}");
-    // The newbie now also watches the team room: its own deliveries still arrive once.
-    fx.sock("newbie").subscribe(Scope::Team(team), None).await;
+    // The newbie now also watches the team room (on B and C): its own deliveries arrive once.
+    for ws in fx.sockets("newbie") {
+        ws.subscribe(Scope::Team(team), None).await;
+    }
     fx.api
         .patch(
             &format!("/api/v1/teams/{team}/members/{}", fx.newbie.id()),
@@ -680,11 +748,39 @@ async fn route_members(b: Backend) {
         )
         .await;
     assert_eq!(got["team"][0]["data"]["userId"], json!(fx.newbie.id()));
+    // The newbie's team room was revoked on both sockets.
+    for ws in fx.sockets("newbie") {
+        let revoked: Vec<&Value> = ws
+            .frames
+            .iter()
+            .filter(|f| f["type"] == "unsubscribed")
+            .collect();
+        assert_eq!(revoked.len(), 1, "{}: {revoked:?}", ws.label);
+        assert_eq!(revoked[0]["teamId"], json!(team), "{}", revoked[0]);
+        assert_eq!(revoked[0]["reason"], "membership_revoked", "{}", revoked[0]);
+    }
+    // The assignee's role change: member.updated reaches its own sockets too.
+    fx.api
+        .patch(
+            &format!("/api/v1/teams/{team}/members/{}", fx.assignee.id()),
+            &owner,
+            json!({"role": "viewer"}),
+        )
+        .await
+        .ok(200);
+    fx.expect(
+        "member.updated (assignee)",
+        &[(
+            "member.updated",
+            &["team", "multi", "assignee", "assigneeRooms"],
+        )],
+    )
+    .await;
     fx.assert_order();
 }
 
-async fn route_team_and_board_activities(b: Backend) {
-    let mut fx = fixture(b).await;
+async fn route_team_and_board_activities(d: Deployment) {
+    let mut fx = fixture(d).await;
     let owner = fx.owner.token().to_string();
     let team = fx.team.id;
     fx.api
@@ -726,17 +822,35 @@ async fn route_team_and_board_activities(b: Backend) {
         .await;
     assert_eq!(got["multi"][0]["data"]["boardId"], json!(nb.id));
     fx.assert_order();
+    // Every instance still answers readiness.
+    for i in 0..fx.d.len() {
+        fx.d.client(i)
+            .send("GET", "/readyz", None, None, &[])
+            .await
+            .ok(200);
+    }
 }
 
-/// The user's own deliveries (member.*, task.assigned) reach their sockets even when no socket
-/// at all is subscribed to anything of that team.
-async fn own_deliveries_need_no_subscription(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+// ---------------------------------------------------------------------------------------------
+// Own deliveries (on every topology)
+// ---------------------------------------------------------------------------------------------
+
+/// The user's own deliveries (member.*, task.assigned) reach their sockets on B and on C even
+/// when no socket at all is subscribed to anything of that team (across instances: when no
+/// instance follows the team, through the user's channel).
+async fn own_deliveries_need_no_subscription(d: Deployment) {
+    let api = d.client(0);
     let owner = api.new_user("Owner").await;
     let newbie = api.new_user("Newbie").await;
-    let mut ws = srv.ws(newbie.token()).await.labeled("newbie (no rooms)");
-    ws.expect_pong().await;
+    let bystander = api.new_user("Bystander").await;
+    let mut socks = Vec::new();
+    for node in [1, 2] {
+        let mut ws = d.ws_labeled(node, newbie.token(), "newbie").await;
+        ws.expect_pong().await;
+        socks.push(ws);
+    }
+    let mut by = d.ws_labeled(1, bystander.token(), "bystander").await;
+    by.expect_pong().await;
     let team = api.create_team(owner.token(), "Unwatched").await;
     api.add_member(owner.token(), team.id, &newbie.user.email, "member")
         .await;
@@ -767,37 +881,105 @@ async fn own_deliveries_need_no_subscription(b: Backend) {
         .map(|a| (a.kind.clone(), a.seq))
         .collect();
     assert_eq!(want.len(), 4, "{log:?}");
-    let deadline = std::time::Instant::now() + T;
-    let mut got: Vec<(String, i64)> = Vec::new();
-    while got.len() < want.len() && std::time::Instant::now() < deadline {
-        match ws.recv_timeout(Duration::from_millis(200)).await {
-            Some(Frame::Json(v)) if is_logged_activity(&v) => {
-                let a = &v["activity"];
-                got.push((
-                    a["type"].as_str().unwrap().to_string(),
-                    a["seq"].as_i64().unwrap(),
-                ));
+    for ws in socks.iter_mut() {
+        let deadline = Instant::now() + T;
+        let mut got: Vec<(String, i64)> = Vec::new();
+        while got.len() < want.len() && Instant::now() < deadline {
+            match ws.recv_timeout(Duration::from_millis(200)).await {
+                Some(Frame::Json(v)) if is_logged_activity(&v) => {
+                    let a = &v["activity"];
+                    got.push((
+                        a["type"].as_str().unwrap().to_string(),
+                        a["seq"].as_i64().unwrap(),
+                    ));
+                }
+                Some(f) if f.is_end() => panic!(
+                    "{}: the socket ended ({f:?}) after receiving {got:?}",
+                    ws.label
+                ),
+                _ => {}
             }
-            Some(f) if f.is_end() => panic!(
-                "the member's socket ended ({f:?}) after receiving {got:?}; frames: {:?}",
-                ws.frames
-            ),
-            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        got.extend(logged_activities(&ws.barrier().await).iter().map(|a| {
+            (
+                a["type"].as_str().unwrap().to_string(),
+                a["seq"].as_i64().unwrap(),
+            )
+        }));
+        assert_eq!(
+            got, want,
+            "{} ({d}): the member's own socket (no subscriptions; nobody follows the team; \
+             written on A) must receive member.added, task.assigned (task {}), member.updated, \
+             member.removed, once each, in order",
+            ws.label, t.id
+        );
+    }
+    let leaked = by.barrier().await;
+    assert!(leaked.is_empty(), "bystander got {leaked:?}");
+}
+
+/// A user's own delivery must not be lost when the instance holding the user's socket starts
+/// following the team just after the activity committed (here: another socket on that instance
+/// subscribes to the team right after the write returned). Repeated, as it is a race between the
+/// user's own copy and the instance's start of following the team.
+async fn own_delivery_survives_the_instance_starting_to_follow_the_team(d: Deployment) {
+    const ROUNDS: usize = 30;
+    let api = d.client(0);
+    let owner = api.new_user("Owner").await;
+    let u = api.new_user("Joiner").await;
+    // The joiner's socket on B is in no room: member.added reaches it as its own delivery.
+    let mut own = d.ws_labeled(1, u.token(), "joiner").await;
+    own.expect_pong().await;
+    // The owner's socket on B subscribes to each new team right after the member was added.
+    let mut watcher = d.ws_labeled(1, owner.token(), "owner").await;
+    let mut want = Vec::new();
+    for i in 0..ROUNDS {
+        let team = api.create_team(owner.token(), &format!("join {i}")).await;
+        api.add_member(owner.token(), team.id, &u.user.email, "member")
+            .await;
+        watcher.subscribe_team(team.id, None).await;
+        want.push(team.id);
+    }
+    let mut got: Vec<Uuid> = Vec::new();
+    let deadline = Instant::now() + T;
+    while got.len() < ROUNDS && Instant::now() < deadline {
+        if let Some(Frame::Json(v)) = own.recv_timeout(Duration::from_millis(200)).await
+            && v["type"] == "activity"
+            && v["activity"]["type"] == "member.added"
+        {
+            got.push(uuid_at(&v["activity"]["teamId"]).unwrap());
         }
     }
-    got.extend(logged_activities(&ws.barrier().await).iter().map(|a| {
-        (
-            a["type"].as_str().unwrap().to_string(),
-            a["seq"].as_i64().unwrap(),
-        )
-    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for a in logged_activities(&own.barrier().await) {
+        got.push(uuid_at(&a["teamId"]).unwrap());
+    }
+    let lost: Vec<usize> = (0..ROUNDS).filter(|i| !got.contains(&want[*i])).collect();
+    let mut dup = got.clone();
+    dup.sort();
+    dup.dedup();
     assert_eq!(
-        got, want,
-        "the member's own socket (no subscriptions; nobody watches the team) must receive \
-         member.added, task.assigned (task {}), member.updated, member.removed",
-        t.id
+        dup.len(),
+        got.len(),
+        "member.added delivered twice to the joiner's socket ({d})"
+    );
+    assert!(
+        lost.is_empty(),
+        "the joiner's own socket on B (no rooms; {d}) lost member.added in {} of {ROUNDS} rounds \
+         (rounds {lost:?}): each time, another socket on B subscribed to the new team right \
+         after the member was added on A",
+        lost.len()
     );
 }
+
+fn uuid_at(v: &Value) -> Option<Uuid> {
+    v.as_str().and_then(|s| s.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Order under concurrent writers
+// ---------------------------------------------------------------------------------------------
 
 /// Four writers at once in one team; one socket in every room of the team sees every activity
 /// exactly once, with gapless increasing seqs.
@@ -878,7 +1060,7 @@ async fn live_order_gapless_under_concurrent_writers(b: Backend) {
 // Presence
 // ---------------------------------------------------------------------------------------------
 
-fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
+pub(crate) fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
     frames
         .iter()
         .filter(|f| is_presence(f))
@@ -892,7 +1074,7 @@ fn presence_of(frames: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn check_presence_shape(f: &Value, team: Uuid, task: Uuid, user: &AuthResponse) {
+pub(crate) fn check_presence_shape(f: &Value, team: Uuid, task: Uuid, user: &AuthResponse) {
     let a = &f["activity"];
     assert_eq!(a["v"], 1, "{f}");
     assert_eq!(a["teamId"], json!(team), "{f}");
@@ -1027,9 +1209,13 @@ async fn presence_snapshot_joined_left(b: Backend) {
 // Revocation
 // ---------------------------------------------------------------------------------------------
 
-async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+/// A member removed on A: their sockets on B and C get `member.removed`, then one
+/// `unsubscribed` (membership_revoked) per room of that team, and nothing of the team after it
+/// (written on A and on C); the kept team still flows; resubscribing is forbidden on the old
+/// sockets and on a fresh one, with and without `since`.
+async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
+    let api = d.client(0);
+    let api_c = d.client(2);
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Revoke").await;
     let keep = api.create_team(owner.token(), "Keep").await;
@@ -1041,7 +1227,8 @@ async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
     let task = api.task(owner.token(), team.id, "watched").await;
     let board = team.default_board_id;
 
-    let mut m1 = srv.ws(m.token()).await.labeled("m1");
+    // Mallory on B (token in the query): team, board, task of the team, and the kept team.
+    let mut m1 = d.ws_labeled(1, m.token(), "m1").await;
     for s in [
         Scope::Team(team.id),
         Scope::Board(board),
@@ -1050,11 +1237,15 @@ async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
     ] {
         m1.subscribe(s, None).await;
     }
-    let mut m2 = srv.ws_header(m.token()).await.labeled("m2");
+    // Mallory on C (token in the header): the task room.
+    let mut m2 = d.node(2).ws_header(m.token()).await;
+    m2.label = format!("m2@{}", d.name(2));
     m2.subscribe(Scope::Task(task.id), None).await;
-    let mut o = srv.ws(owner.token()).await.labeled("owner");
+    // The owner watches from C (task and team rooms).
+    let mut o = d.ws_labeled(2, owner.token(), "owner").await;
     o.subscribe(Scope::Task(task.id), None).await;
     o.subscribe(Scope::Team(team.id), None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     m1.barrier().await;
     m2.barrier().await;
     o.barrier().await;
@@ -1109,29 +1300,31 @@ async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
         let mut want: Vec<(&str, String)> =
             rooms.iter().map(|(k, id)| (*k, id.to_string())).collect();
         want.sort();
-        assert_eq!(got, want, "{}: rooms revoked", ws.label);
+        assert_eq!(got, want, "{} ({d}): rooms revoked", ws.label);
     }
-    // Others in the task room: presence.left for Mallory.
+    // Others in the task room (the owner, on C): presence.left for Mallory.
     let (f, _) = o
         .wait_for("presence.left", T, |f| {
             is_presence(f) && f["activity"]["type"] == "presence.left"
         })
         .await;
-    assert_eq!(f["activity"]["data"]["userId"], json!(m.id()), "{f}");
+    check_presence_shape(&f, team.id, task.id, &m);
 
-    // More activity in the team (every room kind), and in the kept team.
+    // More activity in the team (every room kind), written on A and on C, and in the kept team.
     api.task(owner.token(), team.id, "after removal").await;
-    api.patch_task(owner.token(), task.id, json!({"title": "after"}))
+    api_c
+        .patch_task(owner.token(), task.id, json!({"title": "after"}))
         .await
         .ok(200);
     api.comment(owner.token(), task.id, "after").await;
-    api.patch(
-        &format!("/api/v1/teams/{}", team.id),
-        owner.token(),
-        json!({"name": "R2"}),
-    )
-    .await
-    .ok(200);
+    api_c
+        .patch(
+            &format!("/api/v1/teams/{}", team.id),
+            owner.token(),
+            json!({"name": "R2"}),
+        )
+        .await
+        .ok(200);
     let kt = api.task(owner.token(), keep.id, "kept team").await;
     // The owner's team socket proves the team's activities were dispatched.
     o.wait_for("team.updated", T, |f| {
@@ -1144,6 +1337,7 @@ async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
         })
         .await;
     assert_eq!(f["activity"]["taskId"], json!(kt.id), "{f}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     m1.barrier().await;
     m2.barrier().await;
     for (ws, start) in [(&m1, m1_start), (&m2, m2_start)] {
@@ -1158,22 +1352,35 @@ async fn revocation_unsubscribes_and_stops_delivery(b: Backend) {
             }
         }
     }
-    // Resubscribing is forbidden now.
+    // Resubscribing is forbidden: on both old sockets, and on a fresh one on C; with and
+    // without since.
+    let mut m3 = d.ws_labeled(2, m.token(), "m3 (fresh)").await;
     for s in [
         Scope::Team(team.id),
         Scope::Board(board),
         Scope::Task(task.id),
     ] {
-        let e = m1
-            .try_subscribe(s, None)
-            .await
-            .expect_err("revoked member resubscribed");
-        assert_eq!(e["code"], "forbidden", "{e}");
-        let e = m2
-            .try_subscribe(s, Some(removed_seq - 1))
-            .await
-            .expect_err("revoked member resumed");
-        assert_eq!(e["code"], "forbidden", "{e}");
+        for ws in [&mut m1, &mut m2, &mut m3] {
+            let e = ws
+                .try_subscribe(s, None)
+                .await
+                .expect_err("revoked member resubscribed");
+            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
+            let e = ws
+                .try_subscribe(s, Some(removed_seq - 1))
+                .await
+                .expect_err("revoked member resumed");
+            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
+        }
+    }
+    api.task(owner.token(), team.id, "after the refusals").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ws in [&mut m1, &mut m2, &mut m3] {
+        let late: Vec<Value> = logged_activities(&ws.barrier().await)
+            .into_iter()
+            .filter(|a| a["teamId"] == json!(team.id))
+            .collect();
+        assert!(late.is_empty(), "{}: {late:?}", ws.label);
     }
 }
 

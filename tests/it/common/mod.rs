@@ -6,7 +6,9 @@
 //! - [`socket`]: the WebSocket client and raw TCP;
 //! - [`spec`]: the OpenAPI and AsyncAPI documents as oracles for every response and frame;
 //! - [`audit`]: reading streams of frames, and a seeded RNG;
-//! - [`tokens`]: forged and decoded JWTs.
+//! - [`tokens`]: forged and decoded JWTs;
+//! - [`topology`]: deployments (one instance per backend, three instances) that the realtime
+//!   tests run over, and `every_topology!`.
 
 pub mod audit;
 pub mod cluster;
@@ -15,6 +17,8 @@ pub mod server;
 pub mod socket;
 pub mod spec;
 pub mod tokens;
+#[macro_use]
+pub mod topology;
 
 pub use audit::*;
 pub use cluster::*;
@@ -23,6 +27,7 @@ pub use server::*;
 pub use socket::*;
 pub use spec::*;
 pub use tokens::*;
+pub use topology::*;
 
 pub const API: &str = "/api/v1";
 
