@@ -446,6 +446,7 @@ async fn write(apis: &[Api], tok: &str, team: Uuid, task: Uuid, i: usize) -> Dur
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow set: cargo test -- --ignored"]
 async fn redis_down_then_back() {
     let Some(mut cluster) = Cluster::start(3, &[]).await else {
         return;
@@ -662,6 +663,7 @@ async fn redis_down_then_back() {
 /// periodic check of the log, here every 3 s), the user channels are subscribed again (they have
 /// no repair from the log), and the shared presence is rebuilt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow set: cargo test -- --ignored"]
 async fn bus_delivery_and_presence_resume_after_redis_restart() {
     const CHECK: Duration = Duration::from_secs(3);
     let Some(mut cluster) = Cluster::start(3, &[("TASKFORGE_BUS_CHECK_INTERVAL", "3s")]).await

@@ -13,7 +13,6 @@ mod chaos;
 mod cli;
 mod client_artifacts;
 mod cluster;
-mod cluster_smoke;
 mod comments;
 mod concurrency;
 mod hostile;

@@ -18,8 +18,8 @@ every_topology!(
     resume_board_and_task_rooms_replay_only_their_activities,
     resume_on_a_socket_with_several_rooms,
     resume_bounds,
-    resume_under_concurrent_writes_with_20_clients,
 );
+every_topology!(slow: resume_under_concurrent_writes_with_20_clients);
 every_topology!(with &[("TASKFORGE_LOG_RETENTION", "1s")] => resume_unavailable_after_retention);
 
 const T: Duration = Duration::from_secs(10);

@@ -152,33 +152,46 @@ pub async fn on_deployment<F, Fut>(
 /// starts every deployment with those settings.
 #[macro_export]
 macro_rules! every_topology {
+    (slow: $($name:ident),* $(,)?) => {
+        $(
+            $crate::every_topology!(
+                @one [#[ignore = "slow set: cargo test -- --ignored"]] &[], $name
+            );
+        )*
+    };
     (with $overrides:expr => $($name:ident),* $(,)?) => {
         $(
-            mod $name {
-                use $crate::common::{Topology, Transport, on_deployment};
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    on_deployment(Topology::Sqlite, Transport::WebSocket, $overrides, super::$name)
-                        .await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    on_deployment(Topology::Postgres, Transport::WebSocket, $overrides, super::$name)
-                        .await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn three_instances() {
-                    on_deployment(
-                        Topology::ThreeInstances,
-                        Transport::WebSocket,
-                        $overrides,
-                        super::$name,
-                    )
-                    .await
-                }
-            }
+            $crate::every_topology!(@one [] $overrides, $name);
         )*
+    };
+    (@one [$(#[$attr:meta])*] $overrides:expr, $name:ident) => {
+        mod $name {
+            use $crate::common::{Topology, Transport, on_deployment};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn sqlite() {
+                on_deployment(Topology::Sqlite, Transport::WebSocket, $overrides, super::$name)
+                    .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn postgres() {
+                on_deployment(Topology::Postgres, Transport::WebSocket, $overrides, super::$name)
+                    .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn three_instances() {
+                on_deployment(
+                    Topology::ThreeInstances,
+                    Transport::WebSocket,
+                    $overrides,
+                    super::$name,
+                )
+                .await
+            }
+        }
     };
     ($($name:ident),* $(,)?) => {
         $crate::every_topology!(with &[] => $($name),*);
