@@ -132,6 +132,7 @@ impl App {
             store,
             relay,
             tokens,
+            hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
         };
         let hub = realtime.hub.clone();
         let telemetry =

@@ -1091,6 +1091,7 @@ mod tests {
                 Duration::from_secs(60),
                 Duration::from_secs(60),
             )),
+            hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
         };
         let me = services
             .register("hub@example.com", "correct horse battery", "Hub")

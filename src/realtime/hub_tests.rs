@@ -116,6 +116,7 @@ impl World {
             store: store.clone(),
             relay,
             tokens: Arc::new(tokens()),
+            hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
         };
         Self {
             _dir: dir,

@@ -147,20 +147,49 @@ fn token_hash(token: &str) -> Vec<u8> {
 /// sign-up or log-in answers 503 `unavailable` with `Retry-After` at once. A log-in storm larger
 /// than the CPU can hash then costs neither gigabytes nor a queue that makes everyone wait for
 /// seconds: those that get in are answered promptly, the rest are told to retry.
-struct Hashing {
+pub struct PasswordHashing {
     running: tokio::sync::Semaphore,
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
 }
 
-static HASHING: LazyLock<Hashing> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    Hashing {
-        running: tokio::sync::Semaphore::new(cores),
-        waiting: std::sync::atomic::AtomicUsize::new(0),
-        max_waiting: cores * HASH_QUEUE_PER_CORE,
+impl PasswordHashing {
+    /// One hash per core of this machine, `HASH_QUEUE_PER_CORE` waiting per core. One per
+    /// server: servers in one process (tests) do not eat each other's budget.
+    pub fn for_this_machine() -> PasswordHashing {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        PasswordHashing {
+            running: tokio::sync::Semaphore::new(cores),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting: cores * HASH_QUEUE_PER_CORE,
+        }
     }
-});
+
+    /// Runs `work` on the blocking pool once a core is free, or refuses at once (`Busy`) when
+    /// the queue is full or the wait would pass `HASH_QUEUE_DEADLINE`.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        use std::sync::atomic::Ordering;
+        let permit = match self.running.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Err(busy());
+                }
+                let _waiting = Waiting(&self.waiting);
+                tokio::time::timeout(HASH_QUEUE_DEADLINE, self.running.acquire())
+                    .await
+                    .map_err(|_| busy())?
+                    .map_err(|e| ServiceError::Internal(format!("hashing queue closed: {e}")))?
+            }
+        };
+        let out = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")));
+        drop(permit);
+        out
+    }
+}
 
 /// Hashes allowed to wait per core.
 const HASH_QUEUE_PER_CORE: usize = 4;
@@ -176,66 +205,46 @@ fn busy() -> ServiceError {
 }
 
 /// Counts a waiting hash for as long as it waits.
-struct Waiting;
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        HASHING
-            .waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    use std::sync::atomic::Ordering;
-    let h = &*HASHING;
-    let permit = match h.running.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => {
-            if h.waiting.fetch_add(1, Ordering::Relaxed) >= h.max_waiting {
-                h.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Err(busy());
-            }
-            let _waiting = Waiting;
-            tokio::time::timeout(HASH_QUEUE_DEADLINE, h.running.acquire())
-                .await
-                .map_err(|_| busy())?
-                .map_err(|e| ServiceError::Internal(format!("hashing queue closed: {e}")))?
-        }
-    };
-    let out = tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ServiceError::Internal(format!("hashing task failed: {e}")));
-    drop(permit);
-    out
-}
-
-async fn hash_password(password: String) -> Result<String> {
-    hashing(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| ServiceError::Internal(format!("hashing failed: {e}")))
-    })
-    .await?
+async fn hash_password(hashing: &PasswordHashing, password: String) -> Result<String> {
+    hashing
+        .run(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| ServiceError::Internal(format!("hashing failed: {e}")))
+        })
+        .await?
 }
 
 /// Verifies against `hash`, or against a throwaway hash when the account is unknown, so that both
 /// failures take as long.
-async fn verify_password(password: String, hash: Option<String>) -> Result<bool> {
+async fn verify_password(
+    hashing: &PasswordHashing,
+    password: String,
+    hash: Option<String>,
+) -> Result<bool> {
     static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
         Argon2::default()
             .hash_password(b"no account has this password")
             .map(|h| h.to_string())
             .unwrap_or_default()
     });
-    hashing(move || {
-        let hash = hash.as_deref().unwrap_or(DUMMY_HASH.as_str());
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash)
-            .is_ok()
-    })
-    .await
+    hashing
+        .run(move || {
+            let hash = hash.as_deref().unwrap_or(DUMMY_HASH.as_str());
+            Argon2::default()
+                .verify_password(password.as_bytes(), hash)
+                .is_ok()
+        })
+        .await
 }
 
 fn unauthorized() -> ServiceError {
@@ -251,7 +260,7 @@ impl Services {
     ) -> Result<Session> {
         let email = normalize_email(email);
         check_registration(&email, password, display_name)?;
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = hash_password(&self.hashing, password.to_owned()).await?;
         let user = User {
             id: UserId::from(Uuid::now_v7()),
             email,
@@ -276,7 +285,7 @@ impl Services {
         check_credential_sizes(&email, password)?;
         let found = self.store.read().await?.user_by_email(&email).await?;
         let (user, hash) = found.map_or((None, None), |(u, h)| (Some(u), Some(h)));
-        let ok = verify_password(password.to_owned(), hash).await?;
+        let ok = verify_password(&self.hashing, password.to_owned(), hash).await?;
         let Some(user) = user.filter(|_| ok) else {
             return Err(unauthorized());
         };
@@ -407,6 +416,7 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// However many log-ins arrive at once, no more hashes run than there are permits (cores).
@@ -414,15 +424,21 @@ mod tests {
     async fn hashing_runs_at_most_one_per_core() {
         static RUNNING: AtomicUsize = AtomicUsize::new(0);
         static PEAK: AtomicUsize = AtomicUsize::new(0);
+        let hashing = Arc::new(PasswordHashing::for_this_machine());
         let jobs: Vec<_> = (0..24)
             .map(|_| {
-                tokio::spawn(hashing(|| {
-                    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
-                    PEAK.fetch_max(now, Ordering::SeqCst);
-                    // Long enough that every job has asked before the first is done.
-                    std::thread::sleep(Duration::from_millis(200));
-                    RUNNING.fetch_sub(1, Ordering::SeqCst);
-                }))
+                let hashing = hashing.clone();
+                tokio::spawn(async move {
+                    hashing
+                        .run(|| {
+                            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                            PEAK.fetch_max(now, Ordering::SeqCst);
+                            // Long enough that every job has asked before the first is done.
+                            std::thread::sleep(Duration::from_millis(200));
+                            RUNNING.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .await
+                })
             })
             .collect();
         let (mut hashed, mut refused) = (0, 0);

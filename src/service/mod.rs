@@ -21,7 +21,7 @@ use crate::domain::activity::{ActivityDraft, LogEntry};
 use crate::domain::{DomainError, Role, TeamId, UserId};
 use crate::store::{PageAfter, Store, StoreError, Tx};
 
-pub use auth::{AuthError, Claims, Session, TokenService};
+pub use auth::{AuthError, Claims, PasswordHashing, Session, TokenService};
 pub use teams::MemberRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub relay: Relay,
     pub tokens: Arc<TokenService>,
+    /// This server's budget of password hashes (CPU and memory bound).
+    pub hashing: Arc<PasswordHashing>,
 }
 
 /// A page of items and the cursor of the next page.
