@@ -93,6 +93,9 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the process-wide recorder (once; later calls share it) and describes every metric.
     pub fn install() -> Result<Telemetry, BuildError> {
+        // Servers built at the same moment in one process (tests) install it once between them.
+        static INSTALLING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+        let _installing = INSTALLING.lock();
         let handle = match HANDLE.get() {
             Some(h) => h.clone(),
             None => {

@@ -117,10 +117,12 @@ async fn presence_across_instances_and_left_when_an_instance_dies() {
     );
     let mut wy = cluster.node(1).ws(y.token()).await.labeled("Y@B");
     let s = wy.subscribe(room, None).await;
+    let mut want = vec![x.id().to_string(), y.id().to_string()];
+    want.sort();
     assert_eq!(
-        sorted_presence(&s.frame["presence"]),
-        presence_list(&[&x, &y]),
-        "the snapshot on B must list X (viewing the task on A) and Y: {}",
+        wy.presence_settled(&s.frame, &[x.id(), y.id()]).await,
+        want,
+        "B must know X (viewing the task on A) and Y: {}",
         s.frame
     );
     let (f, before) = wx.wait_for("presence.joined Y", T, is_presence).await;
@@ -286,10 +288,12 @@ async fn presence_survives_instance_death_while_user_views_elsewhere() {
     wy.subscribe(room, None).await;
     let mut xa = cluster.node(0).ws(x.token()).await.labeled("X@A");
     let s = xa.subscribe(room, None).await;
+    let mut want = vec![x.id().to_string(), y.id().to_string()];
+    want.sort();
     assert_eq!(
-        sorted_presence(&s.frame["presence"]),
-        presence_list(&[&x, &y]),
-        "{}",
+        xa.presence_settled(&s.frame, &[x.id(), y.id()]).await,
+        want,
+        "A must know Y (viewing the task on B) and X: {}",
         s.frame
     );
     let (f, _) = wy.wait_for("presence.joined X", T, is_presence).await;

@@ -141,19 +141,7 @@ async fn a_viewer_who_leaves_while_redis_is_unreachable_is_announced_gone_once_i
     wx.subscribe(room, None).await;
     let mut wy = b.ws(y.token()).await.labeled("Y@B");
     let s = wy.subscribe(room, None).await;
-    let mut known = user_ids(&s.frame["presence"]);
-    if !known.contains(&x.id().to_string()) {
-        // A shares X's join through Redis after answering X: B may answer Y first, and then
-        // tells Y.
-        let (f, _) = wy
-            .wait_for("presence.joined X", T, |f| {
-                is_presence(f) && f["activity"]["data"]["userId"] == json!(x.id())
-            })
-            .await;
-        assert_eq!(f["activity"]["type"], "presence.joined", "{f}");
-        known.push(x.id().to_string());
-        known.sort();
-    }
+    let known = wy.presence_settled(&s.frame, &[x.id(), y.id()]).await;
     assert_eq!(
         known,
         user_ids(&json!([{"userId": x.id()}, {"userId": y.id()}])),

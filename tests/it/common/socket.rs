@@ -563,6 +563,39 @@ impl WsClient {
         v
     }
 
+    /// The users this socket knows to be present in a room: those of its `subscribed` snapshot,
+    /// plus the `presence.joined` of each of `expected` the snapshot lacks (another instance
+    /// shares a join through Redis just after it answers it, so a snapshot taken elsewhere at
+    /// that moment may miss it; the join then follows). Sorted user ids.
+    pub async fn presence_settled(&mut self, snapshot: &Value, expected: &[Uuid]) -> Vec<String> {
+        let mut known: Vec<String> = snapshot["presence"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no presence list in {snapshot}", self.label))
+            .iter()
+            .filter_map(|e| e["userId"].as_str().map(str::to_owned))
+            .collect();
+        for user in expected {
+            let id = user.to_string();
+            if known.contains(&id) {
+                continue;
+            }
+            let (f, _) = self
+                .wait_for("presence.joined", WS_RECV_TIMEOUT, |f| {
+                    f["type"] == "activity"
+                        && f["activity"]["type"] == "presence.joined"
+                        && f["activity"]["data"]["userId"].as_str() == Some(id.as_str())
+                })
+                .await;
+            assert!(
+                f["activity"]["seq"].is_null(),
+                "presence is not logged: {f}"
+            );
+            known.push(id);
+        }
+        known.sort();
+        known
+    }
+
     /// `auth` message; returns the reply frame.
     pub async fn auth(&mut self, token: &str) -> Value {
         self.send_json(json!({"type": "auth", "token": token}))
