@@ -17,7 +17,7 @@ import {
   type LiveStatus,
   type Task,
 } from '@taskforge/client';
-import { SteppedHttp, latestSeq, readComments, readMembers, readTasks, roomsPast, type TaskQuery } from './helpers/live.js';
+import { SocketGate, SteppedHttp, latestSeq, readComments, readMembers, readTasks, roomsPast, type TaskQuery } from './helpers/live.js';
 import { TestServer } from './helpers/server.js';
 import { closeAll, connect, newUser, sleep, waitFor, within } from './helpers/util.js';
 
@@ -248,6 +248,42 @@ describe('live tasks', { timeout: 60_000 }, () => {
     await check('created matching');
     assert.deepEqual(titles(inProgress), ['u']);
     assert.deepEqual(titles(bobs), ['u']);
+  });
+
+  test('a stale copy arriving late through another room neither rolls a task back nor brings it back into a filter', async () => {
+    const ann = await newUser(server, 'Ann');
+    const team = (await ann.createTeam('Late rooms')).data;
+    const boardA = team.defaultBoardId;
+    const gates = [new SocketGate(), new SocketGate()];
+    const [c1, c2] = gates.map((g) => connect(server.baseUrl, ann, { WebSocket: g.socket() }).client);
+    const all = openLiveTasks(c1!, ann, { teamId: team.id });
+    const todo = openLiveTasks(c2!, ann, { teamId: team.id, filter: { status: 'todo' } });
+    await within('ready', Promise.all([all.ready, todo.ready]));
+
+    // After a reconnect the team room's resubscribe is held back, so that its replay comes after
+    // the board room's: the board room delivers the task's creation and its update, the team
+    // room then delivers the creation again (it carries no task.updated).
+    for (const [i, c] of [c1!, c2!].entries()) {
+      gates[i]!.holdOutgoing = (f) => f.includes('"subscribe"') && f.includes('"teamId"');
+      c.reconnect();
+    }
+    await waitFor('team resubscribes held', () => gates.every((g) => g.heldOutgoing === 1));
+    const t = (await ann.createTask(team.id, { title: 'v1', status: 'todo' })).data;
+    await ann.updateTask(t.id, { title: 'v2', status: 'done' });
+    const s2 = await latestSeq(ann, team.id);
+    const boardPast = (c: typeof c1, seq: number) => c!.subscriptions.some((s) => s.key === `board:${boardA}` && s.state === 'active' && s.lastSeq! >= seq);
+    await waitFor('the board rooms delivered both', () => boardPast(c1, s2) && boardPast(c2, s2));
+    assert.equal(all.get(t.id)?.title, 'v2');
+    assert.equal(todo.get(t.id), undefined, 'left the filter');
+
+    for (const g of gates) g.releaseOutgoing();
+    // The creation is seq s2 - 1 (the update, s2, does not reach the team room).
+    await waitFor('the team rooms replayed the creation', () => roomsPast(c1!, s2 - 1) && roomsPast(c2!, s2 - 1));
+    assert.equal(all.get(t.id)?.title, 'v2', 'not rolled back to v1');
+    assert.equal(all.get(t.id)?.version, 2);
+    assert.equal(todo.get(t.id), undefined, 'not back in the filter');
+    assert.deepEqual(all.getSnapshot().items, await readTasks(ann, team.id));
+    assert.deepEqual(todo.getSnapshot().items, await readTasks(ann, team.id, { status: 'todo' }));
   });
 
   test('a team-wide collection follows boards created and deleted after it opened', async () => {

@@ -1,6 +1,8 @@
 // Helpers for the live collection tests: full HTTP reads in the collections' documented order,
 // and an HTTP layer the tests can step into between pages.
 
+import WebSocket from 'ws';
+
 import type {
   ApiResponse,
   Comment,
@@ -12,6 +14,8 @@ import type {
   Session,
   Task,
   TaskStatus,
+  WebSocketConstructor,
+  WebSocketLike,
 } from '@taskforge/client';
 
 const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
@@ -100,4 +104,95 @@ export class SteppedHttp implements LiveHttp {
 export function roomsPast(client: RealtimeClient, seq: number): boolean {
   const subs = client.subscriptions;
   return subs.length > 0 && subs.every((s) => s.state === 'active' && (s.lastSeq ?? -1) >= seq);
+}
+
+/**
+ * Controls when a client's socket messages move, without touching their content or order: the
+ * test holds the subscribes it picks, or everything the server sends, and lets them go later.
+ */
+export class SocketGate {
+  /** Outgoing frames for which this answers true are held until `releaseOutgoing()`. */
+  holdOutgoing: (frame: string) => boolean = () => false;
+  private holdingIncoming = false;
+  private readonly inbound: (() => void)[] = [];
+  private readonly outbound: (() => void)[] = [];
+
+  /** How many server messages are waiting. */
+  get heldIncoming(): number {
+    return this.inbound.length;
+  }
+
+  /** How many client messages are waiting. */
+  get heldOutgoing(): number {
+    return this.outbound.length;
+  }
+
+  holdIncoming(): void {
+    this.holdingIncoming = true;
+  }
+
+  /** Lets the held server messages through in order, one per macrotask (each its own delivery). */
+  async releaseIncoming(): Promise<void> {
+    while (this.inbound.length > 0) {
+      this.inbound.shift()!();
+      await new Promise((r) => setImmediate(r));
+    }
+    this.holdingIncoming = false;
+  }
+
+  releaseOutgoing(): void {
+    this.holdOutgoing = () => false;
+    for (const send of this.outbound.splice(0)) send();
+  }
+
+  /** Used by the socket. */
+  incoming(deliver: () => void): void {
+    if (this.holdingIncoming || this.inbound.length > 0) this.inbound.push(deliver);
+    else deliver();
+  }
+
+  /** Used by the socket. */
+  outgoing(frame: string, send: () => void): void {
+    if (this.holdOutgoing(frame)) this.outbound.push(send);
+    else send();
+  }
+
+  /** A WebSocket class (for `RealtimeOptions.WebSocket`) whose traffic goes through this gate. */
+  socket(): WebSocketConstructor {
+    const gate = this;
+    return class GatedSocket implements WebSocketLike {
+      onopen: ((ev: unknown) => void) | null = null;
+      onmessage: ((ev: unknown) => void) | null = null;
+      onclose: ((ev: unknown) => void) | null = null;
+      onerror: ((ev: unknown) => void) | null = null;
+      private readonly inner: WebSocket;
+
+      constructor(url: string) {
+        this.inner = new WebSocket(url);
+        this.inner.onopen = (ev) => this.onopen?.(ev);
+        this.inner.onmessage = (ev) => gate.incoming(() => this.onmessage?.(ev));
+        // After the messages that came before it.
+        this.inner.onclose = (ev) => gate.incoming(() => this.onclose?.(ev));
+        this.inner.onerror = (ev) => this.onerror?.(ev);
+      }
+
+      get readyState(): number {
+        return this.inner.readyState;
+      }
+
+      send(data: string): void {
+        gate.outgoing(data, () => {
+          if (this.inner.readyState === WebSocket.OPEN) this.inner.send(data);
+        });
+      }
+
+      close(code?: number, reason?: string): void {
+        this.inner.close(code, reason);
+      }
+
+      terminate(): void {
+        this.inner.terminate();
+      }
+    };
+  }
 }
