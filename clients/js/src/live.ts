@@ -72,7 +72,10 @@ export interface LiveCollection<T> {
   /** The first load is done and the room(s) joined. Rejects if the collection errs or is closed first. */
   readonly ready: Promise<LiveSnapshot<T>>;
   get(id: string): T | undefined;
-  /** Releases this handle; the last handle of a shared collection leaves its rooms and stops it. */
+  /**
+   * Releases this handle (its snapshot turns to status 'closed' with no items, its listeners are
+   * dropped); the last handle of a shared collection leaves its rooms and stops it.
+   */
   close(): void;
 }
 
@@ -222,7 +225,8 @@ class LiveHandle<T> implements LiveCollection<T> {
     this.base = base;
     this.ready = new Promise<LiveSnapshot<T>>((resolve, reject) => {
       this.rejectReady = reject;
-      base.ready.then(resolve, reject);
+      // The snapshot of when it settles (a handle opened on a live collection gets today's).
+      base.ready.then(() => resolve(this.getSnapshot()), reject);
     });
     // An app that never awaits `ready` must not get an unhandled rejection.
     this.ready.catch(() => {});
@@ -251,7 +255,9 @@ class LiveHandle<T> implements LiveCollection<T> {
 
   close(): void {
     if (this.closedSnapshot) return;
-    this.closedSnapshot = Object.freeze({ ...this.base.getSnapshot(), status: 'closed' as const });
+    // A closed handle shows nothing; the collection may go on for other handles.
+    const last = this.base.getSnapshot();
+    this.closedSnapshot = Object.freeze({ items: Object.freeze([]), status: 'closed' as const, error: null, seq: last.seq });
     for (const l of this.mine) this.base.listeners.delete(l);
     this.mine.clear();
     this.rejectReady(new RealtimeError('closed', 'the live collection was closed'));

@@ -367,11 +367,16 @@ describe('snapshots and sharing', { timeout: 60_000 }, () => {
     b.subscribe((s) => gotB.push(s.items.map((t) => t.title)));
     a.close();
     assert.equal(a.getSnapshot().status, 'closed');
+    assert.deepEqual(a.getSnapshot().items, []);
     assert.equal(client.subscriptions.length, 1, 'b still holds the room');
     await ann.createTask(team.id, { title: 'after a closed' });
     await waitFor('b updated', () => gotB.length === 1);
     assert.deepEqual(gotB, [['after a closed']]);
-    assert.equal(a.get(gotB.length ? b.getSnapshot().items[0]!.id : ''), undefined, 'a closed handle shows nothing');
+    assert.equal(a.get(b.getSnapshot().items[0]!.id), undefined, 'a closed handle shows nothing');
+    // A handle opened on a live collection: ready at once, with the current snapshot.
+    const late = openLiveTasks(client, ann, q);
+    assert.equal(await within('late ready', late.ready), b.getSnapshot());
+    late.close();
 
     b.close();
     assert.equal(client.subscriptions.length, 0, 'the last close left the room');
