@@ -146,6 +146,19 @@ pub enum Room {
     User(UserId),
 }
 
+impl Room {
+    /// The kind of room (`team`, `board`, `task` or `user`), as the AsyncAPI document's
+    /// `x-taskforge-routing` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Room::Team(_) => "team",
+            Room::Board(_) => "board",
+            Room::Task(_) => "task",
+            Room::User(_) => "user",
+        }
+    }
+}
+
 /// What the routing table needs to know of an activity. It is stored beside each logged activity
 /// so that replays route exactly as live deliveries do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

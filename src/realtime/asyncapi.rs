@@ -1,15 +1,52 @@
 //! The AsyncAPI 3 document of the socket protocol, assembled from the message types' schemas
-//! (the same `utoipa` schemas the OpenAPI document uses), so it cannot drift from the code.
+//! (the same `utoipa` schemas the OpenAPI document uses) and from the routing table
+//! (`Route::rooms`), so it cannot drift from the code.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
+use uuid::Uuid;
 
 use super::protocol::{ClientMessage, PresenceActivity, ServerMessage};
-use crate::domain::Activity;
+use crate::domain::{Activity, ActivityKind, BoardId, Route, TaskId, TeamId, UserId};
 
 #[derive(OpenApi)]
 #[openapi(components(schemas(ClientMessage, ServerMessage, PresenceActivity, Activity)))]
 struct Schemas;
+
+const ROUTING_DESCRIPTION: &str = "The rooms each logged activity type is delivered to, by kind \
+    of room. `team`, `board` and `task` are the rooms a client subscribes to; the activity's teamId, \
+    boardId or taskId says which one (board.* activities carry boardId but reach the team room \
+    only). `user` is one user's own sockets (the new assignee of task.assigned, the member of \
+    member.*), not a scope a client subscribes to. A task move also reaches the room of the board \
+    the task left: the task.updated whose changes include boardId (from: the board left), and the \
+    task.assigned of the same PATCH, committed right after it at seq + 1.";
+
+/// The `x-taskforge-routing` extension: for every activity type, the kinds of room it reaches,
+/// read off `Route::rooms` for a route with every id known and a task that moved (a moved task's
+/// two boards are both `board`: each kind is listed once, in the order `Route::rooms` gives).
+pub fn routing() -> Value {
+    let rooms: Map<String, Value> = ActivityKind::ALL
+        .iter()
+        .map(|&kind| {
+            let route = Route {
+                kind,
+                team_id: TeamId::from(Uuid::from_u128(1)),
+                board_id: Some(BoardId::from(Uuid::from_u128(2))),
+                prev_board_id: Some(BoardId::from(Uuid::from_u128(3))),
+                task_id: Some(TaskId::from(Uuid::from_u128(4))),
+                user_id: Some(UserId::from(Uuid::from_u128(5))),
+            };
+            let mut kinds: Vec<&str> = Vec::new();
+            for room in route.rooms() {
+                if !kinds.contains(&room.kind()) {
+                    kinds.push(room.kind());
+                }
+            }
+            (kind.as_str().to_owned(), json!(kinds))
+        })
+        .collect();
+    json!({ "description": ROUTING_DESCRIPTION, "rooms": rooms })
+}
 
 /// The document served at `/asyncapi.json`.
 pub fn document() -> Value {
@@ -64,6 +101,7 @@ pub fn document() -> Value {
                 1007 text frame not UTF-8, 1002 other WebSocket protocol errors."
         },
         "defaultContentType": "application/json",
+        "x-taskforge-routing": routing(),
         "channels": {
             "realtime": {
                 "address": "/realtime",
@@ -263,5 +301,97 @@ mod tests {
                 "missing message type {kind}"
             );
         }
+    }
+
+    /// The routing table in the document is `Route::rooms`: with every id known, a kind's listed
+    /// room kinds are exactly those of the rooms it reaches; with some ids missing, or a task that
+    /// did not move, it reaches no room of a kind not listed. Every kind is listed, and no other.
+    #[test]
+    fn the_routing_extension_is_route_rooms_for_every_kind() {
+        let doc = document();
+        let table = doc["x-taskforge-routing"]["rooms"]
+            .as_object()
+            .expect("x-taskforge-routing.rooms is an object");
+        let listed = |kind: ActivityKind| -> Vec<&str> {
+            table
+                .get(kind.as_str())
+                .unwrap_or_else(|| panic!("{} is not in x-taskforge-routing", kind.as_str()))
+                .as_array()
+                .expect("an array of room kinds")
+                .iter()
+                .map(|k| k.as_str().expect("a room kind is a string"))
+                .collect()
+        };
+        assert_eq!(table.len(), ActivityKind::ALL.len(), "{table:?}");
+        // The same types as the schema's `type` enum, which the client's ActivityType comes from.
+        let schema_types: Vec<&str> = doc["components"]["schemas"]["ActivityData"]["oneOf"]
+            .as_array()
+            .expect("ActivityData.oneOf")
+            .iter()
+            .map(|v| v["properties"]["type"]["enum"][0].as_str().expect("a type"))
+            .collect();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut schema_sorted = schema_types.clone();
+        keys.sort_unstable();
+        schema_sorted.sort_unstable();
+        assert_eq!(keys, schema_sorted);
+
+        let id = |n: u128| Uuid::from_u128(n);
+        let (team, board, prev, task, user) = (
+            TeamId::from(id(1)),
+            BoardId::from(id(2)),
+            BoardId::from(id(3)),
+            TaskId::from(id(4)),
+            UserId::from(id(5)),
+        );
+        for &kind in ActivityKind::ALL {
+            let kinds = listed(kind);
+            let full = Route {
+                kind,
+                team_id: team,
+                board_id: Some(board),
+                prev_board_id: Some(prev),
+                task_id: Some(task),
+                user_id: Some(user),
+            };
+            let mut reached: Vec<&str> = full.rooms().iter().map(|r| r.kind()).collect();
+            reached.dedup();
+            assert_eq!(kinds, reached, "{}", kind.as_str());
+            for mask in 0..32u8 {
+                let on = |bit: u8| mask & (1 << bit) != 0;
+                let route = Route {
+                    kind,
+                    team_id: team,
+                    board_id: on(0).then_some(board),
+                    prev_board_id: if on(1) {
+                        Some(prev)
+                    } else {
+                        on(2).then_some(board)
+                    },
+                    task_id: on(3).then_some(task),
+                    user_id: on(4).then_some(user),
+                };
+                for room in route.rooms() {
+                    assert!(
+                        kinds.contains(&room.kind()),
+                        "{} reaches {room:?}, a {} room the document does not list",
+                        kind.as_str(),
+                        room.kind()
+                    );
+                }
+            }
+        }
+        // The mapping back to kinds, spelled out for a few kinds.
+        assert_eq!(
+            listed(ActivityKind::TaskAssigned),
+            ["board", "task", "user"]
+        );
+        assert_eq!(listed(ActivityKind::TaskDeleted), ["team", "board", "task"]);
+        assert_eq!(listed(ActivityKind::MemberRemoved), ["team", "user"]);
+        assert_eq!(listed(ActivityKind::BoardDeleted), ["team"]);
+        let about = doc["x-taskforge-routing"]["description"]
+            .as_str()
+            .expect("a description");
+        assert!(about.contains("seq + 1") && about.contains("changes include boardId"));
     }
 }

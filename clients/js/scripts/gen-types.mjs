@@ -8,6 +8,9 @@
 //   npm run gen -- ./asyncapi.json       # from a saved copy
 //   node scripts/gen-types.mjs ./asyncapi.json --out-dir /tmp/x   # write both files elsewhere
 //
+// protocol.ts also carries the server's routing table (`ROUTING`, from the document's root extension
+// `x-taskforge-routing`), which src/scope.ts uses to tell which subscriptions an activity reaches.
+//
 // protocol.ts starts with three stamp lines: the SHA-256 of the asyncapi.json it was generated
 // from, of this script, and of the rest of protocol.ts. `cargo test` (tests/it/client_artifacts.rs)
 // recomputes them without Node, so a hand edit of either file or a generator change that was not
@@ -31,6 +34,13 @@ import path from 'node:path';
  * `enum`, that enum is used instead and the schema test checks that it equals this list.
  */
 export const PRESENCE_TYPES = ['presence.joined', 'presence.left'];
+
+/**
+ * The kinds of room of the server's routing table (`x-taskforge-routing`): the three a client
+ * subscribes to, and `user` (one user's own sockets). The generator fails on any other kind: the
+ * client's `reaches` would not know what to do with it.
+ */
+export const ROOM_KINDS = ['team', 'board', 'task', 'user'];
 
 const KNOWN_KEYWORDS = new Set([
   '$ref', 'type', 'enum', 'const', 'oneOf', 'anyOf', 'allOf', 'properties', 'required',
@@ -164,6 +174,53 @@ export function activityShapes(asyncapi) {
   });
 }
 
+/**
+ * The server's routing table (the root extension `x-taskforge-routing`): each activity type's room
+ * kinds, in the order of `activityShapes`. Fails on a type missing from the table or unknown to the
+ * schema, and on an unknown or repeated room kind.
+ */
+export function routingTable(asyncapi) {
+  const rooms = asyncapi?.['x-taskforge-routing']?.rooms;
+  if (rooms === null || typeof rooms !== 'object' || Array.isArray(rooms)) {
+    throw new Error('gen-types: no x-taskforge-routing.rooms object');
+  }
+  const types = activityShapes(asyncapi).map((s) => s.type);
+  for (const type of Object.keys(rooms)) {
+    if (!types.includes(type)) {
+      throw new Error(`gen-types: x-taskforge-routing.rooms names "${type}", which is not an activity type`);
+    }
+  }
+  return types.map((type) => {
+    const kinds = rooms[type];
+    if (!Array.isArray(kinds)) throw new Error(`gen-types: x-taskforge-routing.rooms has no list for "${type}"`);
+    kinds.forEach((kind, i) => {
+      if (!ROOM_KINDS.includes(kind)) {
+        throw new Error(`gen-types: x-taskforge-routing.rooms["${type}"] names an unknown room kind ${JSON.stringify(kind)}`);
+      }
+      if (kinds.indexOf(kind) !== i) {
+        throw new Error(`gen-types: x-taskforge-routing.rooms["${type}"] lists "${kind}" twice`);
+      }
+    });
+    return { type, rooms: [...kinds] };
+  });
+}
+
+/** A text wrapped at `width` columns (for doc comments of long one-line descriptions). */
+function wrap(text, width) {
+  const lines = [];
+  let line = '';
+  for (const word of String(text).trim().split(/\s+/)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines.join('\n');
+}
+
 /** The text of src/generated/asyncapi.json for a document: what the stamp's hash covers. */
 export function snapshotText(asyncapi) {
   return `${JSON.stringify(asyncapi, null, 2)}\n`;
@@ -228,7 +285,15 @@ function generateBody(asyncapi) {
   const presence = schemas.PresenceActivity?.properties?.type?.enum ?? PRESENCE_TYPES;
   out += '/** The ephemeral presence event types (no seq, never replayed). */\n';
   out += `export const PRESENCE_TYPES = ${list(presence)} as const;\n\n`;
-  out += 'export type PresenceType = (typeof PRESENCE_TYPES)[number];\n';
+  out += 'export type PresenceType = (typeof PRESENCE_TYPES)[number];\n\n';
+  const routing = routingTable(asyncapi);
+  out += '/** A kind of room: `team`, `board` and `task` are scopes; `user` is one user\'s own sockets. */\n';
+  out += `export type RoomKind = ${ROOM_KINDS.map((k) => JSON.stringify(k)).join(' | ')};\n\n`;
+  out += doc(wrap(`The server's routing table (x-taskforge-routing). ${
+    asyncapi['x-taskforge-routing'].description ?? ''}`, 96), '');
+  out += 'export const ROUTING: { readonly [T in ActivityType]: readonly RoomKind[] } = {\n';
+  out += routing.map((r) => `  ${JSON.stringify(r.type)}: ${list(r.rooms)},`).join('\n');
+  out += '\n};\n';
   return out;
 }
 

@@ -1,7 +1,8 @@
 // HTTP helpers: the auth endpoints, a Session that keeps an access token fresh (and is the token
 // source of the realtime client), and thin typed wrappers for the endpoints an app needs to line
 // snapshots up with the activity stream. Only `fetch` is used, so this runs in browsers and in
-// Node 18+ alike.
+// Node 18+ alike. Every request has a timeout (a fetch can otherwise wait forever on a silent
+// peer), and idempotent ones are retried on passing failures.
 
 import type {
   Activity,
@@ -15,6 +16,7 @@ import type {
   Team,
   User,
 } from './generated/protocol.js';
+import type { RefreshCoordinator } from './tabs.js';
 
 /** Every endpoint of the contract lives under this path of the server. */
 export const API_PREFIX = '/api/v1';
@@ -45,14 +47,39 @@ export class ApiError extends Error {
   readonly status: number;
   readonly code: string;
   readonly problem: Problem;
+  /** A numeric `Retry-After` of the answer (429, 503), in ms; undefined when there was none. */
+  readonly retryAfterMs: number | undefined;
 
-  constructor(status: number, problem: Problem) {
+  constructor(status: number, problem: Problem, opts: { retryAfterMs?: number } = {}) {
     const code = typeof problem.code === 'string' ? problem.code : `http_${status}`;
     super(`${status} ${code}${problem.detail ? `: ${problem.detail}` : ''}`);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
     this.problem = problem;
+    this.retryAfterMs = opts.retryAfterMs;
+  }
+}
+
+export type NetworkErrorCode = 'timeout' | 'network';
+
+/**
+ * No HTTP answer: `timeout` (nothing within `timeoutMs`, the request was aborted) or `network`
+ * (the connection failed; `cause` is what fetch threw). Either way the request may or may not
+ * have reached the server. A caller's own abort is not one of these: it rejects with the
+ * signal's reason.
+ */
+export class NetworkError extends Error {
+  readonly code: NetworkErrorCode;
+  readonly method: string;
+  readonly path: string;
+
+  constructor(code: NetworkErrorCode, method: string, path: string, message: string, opts: { cause?: unknown } = {}) {
+    super(`${method} ${path}: ${message}`, 'cause' in opts ? { cause: opts.cause } : undefined);
+    this.name = 'NetworkError';
+    this.code = code;
+    this.method = method;
+    this.path = path;
   }
 }
 
@@ -73,11 +100,96 @@ export interface Page<T> {
 
 export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
 
-export interface RequestOptions {
+/** How long one attempt may take, and how often idempotent requests are tried again. */
+export interface TimeoutOptions {
+  /**
+   * Each attempt (connect, headers and body) is aborted after this long with `NetworkError`
+   * `timeout` (default 15 s).
+   */
+  timeoutMs?: number;
+  /**
+   * Further attempts for GET, HEAD, PUT, DELETE and OPTIONS after a network error, a timeout, a
+   * 502/503/504 or a 429 (default 2). POST and PATCH are never retried: they are not idempotent
+   * (and a refresh that reached the server has spent its token).
+   */
+  retries?: number;
+}
+
+export interface RequestOptions extends TimeoutOptions {
   body?: unknown;
   query?: Record<string, string | number | boolean | null | undefined>;
   headers?: Record<string, string>;
+  /** Aborting rejects with the signal's reason at once, also between retries. */
   signal?: AbortSignal;
+}
+
+export const DEFAULT_TIMEOUT_MS = 15_000;
+export const DEFAULT_RETRIES = 2;
+/** Backoff before retry n (0-based): between half and all of min(MAX, BASE * 2^n). */
+const RETRY_BASE_MS = 200;
+const RETRY_MAX_MS = 2_000;
+/** A `Retry-After` longer than this is not waited for: the error goes to the caller. */
+const RETRY_AFTER_CAP_MS = 10_000;
+const MAX_RETRIES = 10;
+/** setTimeout's limit; a longer delay would fire at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
+const RETRY_STATUS = new Set([429, 502, 503, 504]);
+
+function checkTimeout(v: number | undefined, what: string): number {
+  if (v === undefined) return DEFAULT_TIMEOUT_MS;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_TIMER_MS) {
+    throw new RangeError(`${what} must be a number of milliseconds in (0, ${MAX_TIMER_MS}], got ${String(v)}`);
+  }
+  return v;
+}
+
+function checkRetries(v: number | undefined, what: string): number {
+  if (v === undefined) return DEFAULT_RETRIES;
+  if (!Number.isInteger(v) || v < 0 || v > MAX_RETRIES) {
+    throw new RangeError(`${what} must be an integer from 0 to ${MAX_RETRIES}, got ${String(v)}`);
+  }
+  return v;
+}
+
+/** `Retry-After` in seconds (the HTTP-date form is not used by the server and is ignored). */
+function retryAfterMs(headers: Headers): number | undefined {
+  const v = headers.get('retry-after')?.trim();
+  if (!v || !/^\d+$/.test(v)) return undefined;
+  return Number(v) * 1000;
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('aborted', 'AbortError');
+}
+
+/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(abortReason(signal));
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortReason(signal!));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * `p`, or a rejection as soon as `signal` aborts: a fetch implementation that ignores its signal
+ * (or a body that never ends) must not hold the caller past the timeout.
+ */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortReason(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 function defaultFetch(): FetchLike {
@@ -96,13 +208,22 @@ function apiUrl(baseUrl: string, path: string, query?: RequestOptions['query']):
   return url.toString();
 }
 
-/** One HTTP call: JSON in, JSON out, problem+json turned into `ApiError`. */
+/**
+ * One HTTP call: JSON in, JSON out, problem+json turned into `ApiError`, no answer into
+ * `NetworkError`. Each attempt is bounded by `timeoutMs`; idempotent methods are tried again
+ * (`retries`) on network errors, timeouts, 502/503/504 and 429, after a jittered exponential
+ * backoff or the answer's `Retry-After` (up to 10 s: a longer one is the caller's to handle).
+ */
 export async function apiRequest<T>(
   baseUrl: string,
   method: string,
   path: string,
   opts: RequestOptions & { token?: string; fetch?: FetchLike } = {},
 ): Promise<ApiResponse<T>> {
+  const timeoutMs = checkTimeout(opts.timeoutMs, 'timeoutMs');
+  const verb = method.toUpperCase();
+  const requested = checkRetries(opts.retries, 'retries');
+  const retries = IDEMPOTENT.has(verb) ? requested : 0;
   const headers: Record<string, string> = { accept: 'application/json', ...opts.headers };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
   let body: string | undefined;
@@ -110,11 +231,61 @@ export async function apiRequest<T>(
     headers['content-type'] = 'application/json';
     body = JSON.stringify(opts.body);
   }
-  const init: RequestInit = { method, headers };
-  if (body !== undefined) init.body = body;
-  if (opts.signal) init.signal = opts.signal;
-  const res = await (opts.fetch ?? defaultFetch())(apiUrl(baseUrl, path, opts.query), init);
-  const text = await res.text();
+  const url = apiUrl(baseUrl, path, opts.query);
+  const fetchImpl = opts.fetch ?? defaultFetch();
+  for (let attempt = 0; ; attempt++) {
+    let failure: ApiError | NetworkError;
+    let wait = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt) * (0.5 + Math.random() / 2);
+    try {
+      return await attemptOnce<T>(fetchImpl, url, { method, headers, body }, verb, path, timeoutMs, opts.signal);
+    } catch (e) {
+      if (e instanceof NetworkError) failure = e;
+      else if (e instanceof ApiError && RETRY_STATUS.has(e.status)) failure = e;
+      else throw e;
+    }
+    if (attempt >= retries) throw failure;
+    if (failure instanceof ApiError && failure.retryAfterMs !== undefined) {
+      if (failure.retryAfterMs > RETRY_AFTER_CAP_MS) throw failure;
+      wait = failure.retryAfterMs;
+    }
+    await pause(wait, opts.signal);
+  }
+}
+
+async function attemptOnce<T>(
+  fetchImpl: FetchLike,
+  url: string,
+  req: { method: string; headers: Record<string, string>; body: string | undefined },
+  verb: string,
+  path: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<ApiResponse<T>> {
+  if (signal?.aborted) throw abortReason(signal);
+  const ctrl = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ctrl.abort(new NetworkError('timeout', verb, path, `no answer within ${timeoutMs} ms`));
+  }, timeoutMs);
+  const onAbort = () => ctrl.abort(abortReason(signal!));
+  signal?.addEventListener('abort', onAbort, { once: true });
+  const init: RequestInit = { method: req.method, headers: req.headers, signal: ctrl.signal };
+  if (req.body !== undefined) init.body = req.body;
+  let res: Response;
+  let text: string;
+  try {
+    res = await raceAbort(fetchImpl(url, init), ctrl.signal);
+    // The body too: headers can come while the body never does.
+    text = await raceAbort(res.text(), ctrl.signal);
+  } catch (e) {
+    if (signal?.aborted) throw abortReason(signal);
+    if (timedOut) throw new NetworkError('timeout', verb, path, `no answer within ${timeoutMs} ms`, { cause: e });
+    throw new NetworkError('network', verb, path, e instanceof Error ? e.message : String(e), { cause: e });
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+  }
   let json: unknown = undefined;
   if (text) {
     try {
@@ -126,7 +297,8 @@ export async function apiRequest<T>(
   if (!res.ok) {
     const problem: Problem =
       json && typeof json === 'object' ? (json as Problem) : { status: res.status, detail: text };
-    throw new ApiError(res.status, problem);
+    const after = retryAfterMs(res.headers);
+    throw new ApiError(res.status, problem, after === undefined ? {} : { retryAfterMs: after });
   }
   const seqHeader = res.headers.get('x-taskforge-seq');
   return {
@@ -140,6 +312,8 @@ export async function apiRequest<T>(
 interface AuthCallOptions {
   fetch?: FetchLike;
   signal?: AbortSignal;
+  /** Default 15 s. The auth calls are POSTs: never retried. */
+  timeoutMs?: number;
 }
 
 /** POST /auth/register. */
@@ -192,12 +366,31 @@ export interface TokenSource {
   getAccessToken(opts?: { forceRefresh?: boolean }): Promise<AccessToken>;
 }
 
-/** True when an error means the credentials are gone (re-login needed), not a passing failure. */
-export function isAuthFailure(e: unknown): boolean {
-  return e instanceof ApiError && (e.status === 401 || e.status === 403);
+function authCallOptions(opts: SessionOptions): AuthCallOptions {
+  const o: AuthCallOptions = {};
+  if (opts.fetch) o.fetch = opts.fetch;
+  if (opts.timeoutMs !== undefined) o.timeoutMs = opts.timeoutMs;
+  return o;
 }
 
-export interface SessionOptions {
+/**
+ * The refresh token was spent by another holder (another tab) and its new pair never reached
+ * this one. Presenting the token again would revoke the login everywhere, so this holder must log
+ * in again. `isAuthFailure` is true for it.
+ */
+export class TokenRotatedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TokenRotatedError';
+  }
+}
+
+/** True when an error means the credentials are gone (re-login needed), not a passing failure. */
+export function isAuthFailure(e: unknown): boolean {
+  return (e instanceof ApiError && (e.status === 401 || e.status === 403)) || e instanceof TokenRotatedError;
+}
+
+export interface SessionOptions extends TimeoutOptions {
   fetch?: FetchLike;
   /**
    * Called with every new token pair. Refresh tokens rotate, so an app that persists the session
@@ -206,6 +399,12 @@ export interface SessionOptions {
   onTokens?: (auth: AuthResponse) => void;
   /** Renew this long before expiry at most (default 60 s; never more than a quarter of the lifetime). */
   refreshBeforeMs?: number;
+  /**
+   * Shares refreshes with other holders of the same refresh token (other tabs: see
+   * `tabRefreshCoordinator`). Without one, two holders that refresh at once revoke the login.
+   * The session also adopts a pair the coordinator announces for its current refresh token.
+   */
+  coordinator?: RefreshCoordinator;
 }
 
 export interface NewTask {
@@ -234,6 +433,10 @@ export class Session implements TokenSource {
   private expiresAtMs = 0;
   private refreshAtMs = 0;
   private refreshing: Promise<AuthResponse> | null = null;
+  private readonly timeoutMs: number;
+  private readonly retries: number;
+  private readonly coordinator: RefreshCoordinator | undefined;
+  private stopRotated: (() => void) | null = null;
 
   constructor(baseUrl: string, auth: AuthResponse, opts: SessionOptions = {}) {
     this.baseUrl = baseUrl;
@@ -241,7 +444,16 @@ export class Session implements TokenSource {
     this.fetchImpl = opts.fetch;
     this.onTokens = opts.onTokens;
     this.refreshBeforeMs = opts.refreshBeforeMs ?? 60_000;
+    this.timeoutMs = checkTimeout(opts.timeoutMs, 'SessionOptions.timeoutMs');
+    this.retries = checkRetries(opts.retries, 'SessionOptions.retries');
+    this.coordinator = opts.coordinator;
     this.adopt(auth);
+    // Another holder (tab) of our refresh token rotated it: take the new pair now, before we
+    // present the spent token ourselves.
+    this.stopRotated =
+      this.coordinator?.onRotated((used, next) => {
+        if (used === this.auth.refreshToken) this.take(next);
+      }) ?? null;
   }
 
   static async login(
@@ -249,7 +461,7 @@ export class Session implements TokenSource {
     credentials: { email: string; password: string },
     opts: SessionOptions = {},
   ): Promise<Session> {
-    const auth = await login(baseUrl, credentials, opts.fetch ? { fetch: opts.fetch } : {});
+    const auth = await login(baseUrl, credentials, authCallOptions(opts));
     return new Session(baseUrl, auth, opts);
   }
 
@@ -258,8 +470,21 @@ export class Session implements TokenSource {
     body: { email: string; password: string; displayName: string },
     opts: SessionOptions = {},
   ): Promise<Session> {
-    const auth = await register(baseUrl, body, opts.fetch ? { fetch: opts.fetch } : {});
+    const auth = await register(baseUrl, body, authCallOptions(opts));
     return new Session(baseUrl, auth, opts);
+  }
+
+  /**
+   * A session from a stored refresh token (a page reload). With a coordinator the refresh is
+   * shared, so a duplicated tab that resumes from the same copied token does not revoke the login.
+   * `onTokens` is called with the new pair.
+   */
+  static async resume(baseUrl: string, refreshToken: string, opts: SessionOptions = {}): Promise<Session> {
+    const run = () => refresh(baseUrl, refreshToken, authCallOptions(opts));
+    const auth = await (opts.coordinator ? opts.coordinator.refresh(refreshToken, run) : run());
+    const session = new Session(baseUrl, auth, opts);
+    session.onTokens?.(auth);
+    return session;
   }
 
   get user(): User {
@@ -294,14 +519,29 @@ export class Session implements TokenSource {
     this.refreshAtMs = this.expiresAtMs - Math.min(this.refreshBeforeMs, lifetime / 4);
   }
 
-  /** Renews the token pair now. Concurrent callers share one request. */
+  /** A new pair: stored, and reported to `onTokens`. */
+  private take(auth: AuthResponse): void {
+    this.adopt(auth);
+    this.onTokens?.(auth);
+  }
+
+  private callOptions(): { fetch?: FetchLike; timeoutMs: number } {
+    return this.fetchImpl ? { fetch: this.fetchImpl, timeoutMs: this.timeoutMs } : { timeoutMs: this.timeoutMs };
+  }
+
+  /**
+   * Renews the token pair now. Concurrent callers share one request, which is bounded by the
+   * timeout: a refresh that gets no answer rejects (`NetworkError`) and the next call starts
+   * a new one. It is never retried by itself: if it reached the server, the token is spent.
+   */
   refresh(): Promise<AuthResponse> {
     if (!this.refreshing) {
       const used = this.auth.refreshToken;
-      this.refreshing = refresh(this.baseUrl, used, this.fetchImpl ? { fetch: this.fetchImpl } : {})
+      const run = () => refresh(this.baseUrl, used, this.callOptions());
+      this.refreshing = (this.coordinator ? this.coordinator.refresh(used, run) : run())
         .then((auth) => {
-          this.adopt(auth);
-          this.onTokens?.(auth);
+          // Unless an announcement of this very rotation got here first.
+          if (this.auth.refreshToken === used) this.take(auth);
           return auth;
         })
         .finally(() => {
@@ -309,6 +549,12 @@ export class Session implements TokenSource {
         });
     }
     return this.refreshing;
+  }
+
+  /** Stops listening to the coordinator's announcements (the session keeps working alone). */
+  close(): void {
+    this.stopRotated?.();
+    this.stopRotated = null;
   }
 
   async getAccessToken(opts: { forceRefresh?: boolean } = {}): Promise<AccessToken> {
@@ -325,8 +571,10 @@ export class Session implements TokenSource {
     const call = (t: string) =>
       apiRequest<T>(this.baseUrl, method, path, {
         ...opts,
-        token: t,
         ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
+        timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+        retries: opts.retries ?? this.retries,
+        token: t,
       });
     try {
       return await call(token);
@@ -340,7 +588,7 @@ export class Session implements TokenSource {
 
   /** Revokes this login's refresh token family. */
   async logout(): Promise<void> {
-    await logout(this.baseUrl, this.auth.refreshToken, this.fetchImpl ? { fetch: this.fetchImpl } : {});
+    await logout(this.baseUrl, this.auth.refreshToken, this.callOptions());
   }
 
   // Typed endpoints. Each returns the full response so that `seq` (X-TaskForge-Seq) is at hand.

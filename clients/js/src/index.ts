@@ -6,5 +6,6 @@ export * from './generated/protocol.js';
 export * from './http.js';
 export * from './presence.js';
 export * from './realtime.js';
+export { tabRefreshCoordinator, type RefreshCoordinator, type TabCoordinatorOptions } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind, type ScopeKey, type ScopeKind } from './scope.js';
 export * from './live.js';

@@ -2,15 +2,18 @@
 //
 // What it guarantees to each subscription's handlers: every activity the server routes to that
 // room, exactly once and in seq order, across reconnects. It gets there by
-//  - keeping a cursor (the last seq delivered) per subscription and resubscribing with
-//    `since: cursor` after every reconnect, so the server replays what was missed;
-//  - buffering what arrives for a subscription until its `subscribed` reply and delivering it in
-//    seq order then (the replay of one room may interleave with live frames of another room, and
-//    those can be the same activities);
-//  - dropping anything at or below the cursor (duplicates are expected: the contract asks clients
-//    to de-duplicate by (teamId, seq));
+//  - keeping a cursor (the last seq delivered) per room and resubscribing with `since: cursor`
+//    after every reconnect, so the server replays what was missed;
+//  - buffering what arrives for a room until its `subscribed` reply and delivering it in seq order
+//    then (the replay of one room may interleave with live frames of another room, and those can
+//    be the same activities);
+//  - dropping anything at or below a cursor (duplicates are expected: the contract asks clients to
+//    de-duplicate by (teamId, seq));
 //  - when the server cannot resume (`resume_unavailable`), subscribing without `since` and telling
 //    the app through `onGap` to refetch.
+// Several subscriptions (handles) may share one room: the room is joined once on the server, keeps
+// a short history of what it delivered, and each handle has its own cursor into it, so a handle
+// that joins late with an older `since` is served from that history (or told about a gap).
 // It also renews the access token on the live socket (an `auth` message) before it expires, and
 // reconnects with jittered exponential backoff when the socket drops.
 
@@ -24,7 +27,7 @@ import type {
   ServerFrame,
 } from './generated/protocol.js';
 import { PRESENCE_TYPES } from './generated/protocol.js';
-import { isAuthFailure, type AccessToken, type TokenSource } from './http.js';
+import { Session, isAuthFailure, type AccessToken, type TokenSource } from './http.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame, type ScopeKey } from './scope.js';
 
@@ -83,7 +86,7 @@ export class RealtimeError extends Error {
 
 export interface GapInfo {
   scope: Scope;
-  /** The `since` the server could not resume from. */
+  /** The `since` the subscription could not be resumed from. */
   since: number;
   /** The seq the subscription now continues after. Refetch the scope's data over HTTP; apply
    * activities whose task `version` is newer than what the refetch returned. */
@@ -93,33 +96,46 @@ export interface GapInfo {
 
 export interface SubscribedInfo {
   scope: Scope;
-  /** The `subscribed` reply's seq: everything after it will be delivered live. */
+  /** The room's seq at this join: everything after it will be delivered live. */
   seq: number;
-  /** The `since` sent with this subscribe (null: none). */
+  /** The `since` sent with the room's subscribe (null: none); for a subscription that joined a
+   * room already live, the seq it resumed after. */
   since: number | null;
   /** How many activities the replay delivered to this subscription. */
   replayed: number;
-  /** True from the second `subscribed` of this subscription on (after a reconnect). */
+  /** True from the second join of this subscription on (after a reconnect). */
   resumed: boolean;
 }
 
+/** A handler may return a promise: a rejection is reported to `onError`, never left unhandled. */
+type Handler<A> = (a: A) => unknown;
+
 /** Per-type handlers: `on: { 'task.created': (a) => a.data.task.title }`. */
-export type TypedHandlers = { [T in ActivityType]?: (a: ActivityOf<T>) => void };
+export type TypedHandlers = { [T in ActivityType]?: Handler<ActivityOf<T>> };
 
 export interface SubscriptionHandlers {
   /** Every activity routed to this scope, once, in seq order. */
-  onActivity?: (a: Activity) => void;
+  onActivity?: Handler<Activity>;
   /** The same, by type (called after `onActivity`). */
   on?: TypedHandlers;
   /** The server joined the room (again, after a reconnect). */
-  onSubscribed?: (info: SubscribedInfo) => void;
-  /** The server could not resume this scope: refetch it. Called once the room is joined again. */
-  onGap?: (info: GapInfo) => void;
+  onSubscribed?: Handler<SubscribedInfo>;
+  /** The subscription could not be resumed: refetch the scope. Called once the room is joined. */
+  onGap?: Handler<GapInfo>;
   /** The subscription ended for good: `forbidden`, `too_many_subscriptions`, `membership_revoked`. */
-  onError?: (error: RealtimeError) => void;
+  onError?: Handler<RealtimeError>;
   /** Task scopes: `presence.joined` / `presence.left` (see also `subscription.presence`). */
-  onPresence?: (a: PresenceActivity) => void;
+  onPresence?: Handler<PresenceActivity>;
 }
+
+/** What `subscription.on(event, fn)` listens to, and what `fn` receives. */
+export type SubscriptionEvents = { [T in ActivityType]: ActivityOf<T> } & {
+  activity: Activity;
+  subscribed: SubscribedInfo;
+  gap: GapInfo;
+  error: RealtimeError;
+  presence: PresenceActivity;
+};
 
 export interface SubscribeOptions {
   /** Resume after this seq (e.g. the `X-TaskForge-Seq` of the snapshot the app holds). */
@@ -128,42 +144,87 @@ export interface SubscribeOptions {
 
 export type SubscriptionState = 'pending' | 'active' | 'ended';
 
+/** How many delivered activities a room keeps for handles that join it late. */
+const ROOM_HISTORY = 1000;
+
+/**
+ * @internal One room on the server, shared by every subscription (handle) of its scope. The room
+ * is what is joined, resumed and left; handles only read from it.
+ */
+class Room {
+  readonly scope: Scope;
+  readonly key: ScopeKey;
+  readonly presence: PresenceState | undefined;
+  readonly handles = new Set<Subscription>();
+  status: SubscriptionState = 'pending';
+  /** Joined at least once (a `subscribed` came): later subscribes resume from `cursor`. */
+  joined = false;
+  /** The last seq the room accounted for. */
+  cursor: number | null = null;
+  /** The `since` of the subscribe in flight. */
+  sentSince: number | null = null;
+  /** Activities received before the `subscribed` reply, by seq. */
+  buffer = new Map<number, Activity>();
+  /** Set while resubscribing after `resume_unavailable`. */
+  gap: { since: number; message: string } | null = null;
+  /** What the room delivered, oldest first: every routed activity with seq in
+   * (historyStart, cursor]. Handles catch up from here. */
+  history: Activity[] = [];
+  historyStart = 0;
+  /** `unavailable` answers in a row, for the retry backoff. */
+  refusals = 0;
+  retryTimer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(scope: Scope, reportError: (e: unknown) => void) {
+    this.scope = scope;
+    this.key = scopeKey(scope);
+    this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, reportError) : undefined;
+  }
+
+  record(a: Activity): void {
+    this.cursor = a.seq;
+    this.history.push(a);
+  }
+
+  /** Keeps the history bounded; what falls out moves `historyStart` up. */
+  trim(): void {
+    const excess = this.history.length - ROOM_HISTORY;
+    if (excess <= 0) return;
+    this.historyStart = this.history[excess - 1]!.seq;
+    this.history.splice(0, excess);
+  }
+}
+
 let nextSubscriptionId = 1;
 
-/** One scope's subscription. Created by `RealtimeClient.subscribe`. */
+/** One handle on a scope's room. Created by `RealtimeClient.subscribe`. */
 export class Subscription {
   readonly scope: Scope;
   readonly key: ScopeKey;
-  /** Task scopes: who is looking at the task. */
-  readonly presence: PresenceState | undefined;
-  /** Resolves at the first `subscribed`; rejects if the subscription ends before. */
+  /** Resolves at this handle's first join; rejects if it ends first, or the client closes first
+   * (`closed`) or loses its credentials (`unauthorized`). */
   readonly ready: Promise<SubscribedInfo>;
 
   /** @internal */ readonly id = nextSubscriptionId++;
+  /** @internal */ readonly room: Room;
   /** @internal */ handlers: SubscriptionHandlers;
+  /** @internal */ readonly listeners = new Map<keyof SubscriptionEvents, Set<(x: any) => unknown>>();
   /** @internal */ status: SubscriptionState = 'pending';
-  /** @internal The last seq delivered (or the `subscribed` seq); null before the first one. */
+  /** @internal The last seq delivered to this handle (or its `since`); null before the first join. */
   cursor: number | null;
-  /** @internal The `since` of the subscribe in flight. */
-  sentSince: number | null = null;
-  /** @internal Activities received before the `subscribed` reply, by seq. */
-  buffer = new Map<number, Activity>();
-  /** @internal Set while resubscribing after `resume_unavailable`. */
-  gap: { since: number; message: string } | null = null;
   /** @internal */ joins = 0;
-  /** @internal */ retryTimer: ReturnType<typeof setTimeout> | null = null;
   /** @internal */ resolveReady!: (info: SubscribedInfo) => void;
   /** @internal */ rejectReady!: (e: Error) => void;
   private readonly client: RealtimeClient;
 
   /** @internal */
-  constructor(client: RealtimeClient, scope: Scope, handlers: SubscriptionHandlers, since: number | null) {
+  constructor(client: RealtimeClient, room: Room, handlers: SubscriptionHandlers, since: number | null) {
     this.client = client;
-    this.scope = scope;
-    this.key = scopeKey(scope);
+    this.room = room;
+    this.scope = room.scope;
+    this.key = room.key;
     this.handlers = handlers;
     this.cursor = since;
-    this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, (e) => client.reportError(e)) : undefined;
     this.ready = new Promise<SubscribedInfo>((resolve, reject) => {
       this.resolveReady = resolve;
       this.rejectReady = reject;
@@ -176,12 +237,30 @@ export class Subscription {
     return this.status;
   }
 
+  /** Task scopes: who is looking at the task (shared by every handle of the room). */
+  get presence(): PresenceState | undefined {
+    return this.room.presence;
+  }
+
   /** The last seq this subscription has accounted for; resumes start after it. */
   get lastSeq(): number | null {
     return this.cursor;
   }
 
-  /** Leaves the room. */
+  /**
+   * Calls `fn` on `event`: an activity type (`'task.created'`, narrowed), `'activity'` (every
+   * one), `'subscribed'`, `'gap'`, `'error'` or `'presence'`. Returns a function that removes it.
+   */
+  on<E extends keyof SubscriptionEvents>(event: E, fn: Handler<SubscriptionEvents[E]>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return () => {
+      this.listeners.get(event)?.delete(fn);
+    };
+  }
+
+  /** Releases this handle; the room is left when its last handle goes. */
   unsubscribe(): void {
     this.client.unsubscribe(this);
   }
@@ -194,6 +273,9 @@ export interface BackoffOptions {
   maxMs?: number;
   /** Growth per failed attempt (default 2). */
   factor?: number;
+  /** A socket must stay authenticated this long before the attempt count starts over (default
+   * 10 s): a server that accepts and drops at once is then retried ever more slowly. */
+  resetAfterMs?: number;
 }
 
 export interface RealtimeOptions {
@@ -201,6 +283,8 @@ export interface RealtimeOptions {
   url: string;
   /** Where access tokens come from: a `Session`, any `TokenSource`, or a fixed token. */
   auth: TokenSource | string;
+  /** The HTTP session the live collections load snapshots with (default: `auth` if it is one). */
+  session?: Session;
   /** A WebSocket class; defaults to the global one (browsers, Node 22+). In Node 20 pass `ws`. */
   WebSocket?: WebSocketConstructor;
   backoff?: BackoffOptions;
@@ -208,21 +292,22 @@ export interface RealtimeOptions {
    * within `heartbeatTimeoutMs` (default 10 s). Detects half-open connections. */
   heartbeatIntervalMs?: number;
   heartbeatTimeoutMs?: number;
-  /** How long the server may take to answer the `auth` message (default 10 s). */
+  /** How long the server may take to answer the `auth` message, and the token source to hand
+   * out a token (default 10 s). */
   authTimeoutMs?: number;
   /** Outgoing messages per second and burst. The server cuts sockets that exceed 100/s
    * (burst 200) by default; the client stays under half of that (50/s, burst 100). */
   sendRate?: { perSecond: number; burst: number };
   /** Every distinct activity the socket receives, once per (teamId, seq), including the user's
    * own deliveries (assignments, memberships) that no subscription covers. */
-  onActivity?: (a: Activity) => void;
-  /** A scope could not be resumed (also reported to the subscription's own `onGap`). */
-  onGap?: (info: GapInfo) => void;
-  onStateChange?: (change: StateChange) => void;
+  onActivity?: Handler<Activity>;
+  /** A subscription could not be resumed (also reported to the subscription's own `onGap`). */
+  onGap?: Handler<GapInfo>;
+  onStateChange?: Handler<StateChange>;
   /** The credentials are gone (the refresh was refused): log in again. The client is closed. */
   onAuthFailure?: (error: unknown) => void;
-  /** Errors that are not fatal: handler exceptions, unexpected `error` frames, failed token
-   * fetches. Defaults to `console.error`. */
+  /** Errors that are not fatal: handler exceptions and rejections, unexpected `error` frames,
+   * failed token fetches. Defaults to `console.error`. */
   onError?: (error: unknown) => void;
   /** Random source for the jitter (tests). */
   random?: () => number;
@@ -234,7 +319,7 @@ export interface RealtimeStats {
   connects: number;
   /** Activity frames received (duplicates included). */
   activityFrames: number;
-  /** Frames whose (teamId, seq) had been received before. */
+  /** Frames whose (teamId, seq) had been received recently (see `onActivity`). */
   duplicates: number;
   /** Tokens replaced on a live socket. */
   renewals: number;
@@ -242,16 +327,53 @@ export interface RealtimeStats {
   gaps: number;
   /** Messages the server refused with `rate_limited` (each is sent again). */
   rateLimited: number;
+  /** (teamId, seq) pairs the de-duplication remembers now (bounded). */
+  remembered: number;
 }
 
 type Outbound =
   | { kind: 'auth'; frame: ClientFrame; token: AccessToken }
-  | { kind: 'subscribe' | 'unsubscribe'; frame: ClientFrame; key: ScopeKey; sub: Subscription }
+  | { kind: 'subscribe' | 'unsubscribe'; frame: ClientFrame; key: ScopeKey; room: Room }
   | { kind: 'ping'; frame: ClientFrame };
 
 const OPEN = 1;
-/** Per team, how many seen seqs are remembered for the client-wide de-duplication. */
-const SEEN_PER_TEAM = 10_000;
+/** Client-wide de-duplication: per team, the newest seqs received; and how many teams. A frame
+ * repeated from further back than this (a replay over activities another room delivered long
+ * ago) counts as new. */
+const SEEN_PER_TEAM = 512;
+const SEEN_TEAMS = 64;
+
+/** The newest seqs received per team, bounded in both directions (see `SEEN_PER_TEAM`). */
+class SeenWindow {
+  private readonly teams = new Map<string, { floor: number; seqs: Set<number> }>();
+
+  /** Records (teamId, seq); false if it was already there. */
+  mark(teamId: string, seq: number): boolean {
+    let team = this.teams.get(teamId);
+    if (team) {
+      this.teams.delete(teamId); // re-inserted below: the map's order is least recently used first
+    } else {
+      team = { floor: 0, seqs: new Set() };
+      if (this.teams.size >= SEEN_TEAMS) this.teams.delete(this.teams.keys().next().value!);
+    }
+    this.teams.set(teamId, team);
+    if (team.seqs.has(seq)) return false;
+    team.seqs.add(seq);
+    if (team.seqs.size > SEEN_PER_TEAM) {
+      // Forget the oldest half at once, so that this sort runs once per SEEN_PER_TEAM / 2 frames.
+      const sorted = [...team.seqs].sort((x, y) => x - y);
+      for (const s of sorted.slice(0, sorted.length - SEEN_PER_TEAM / 2)) team.seqs.delete(s);
+    }
+    return true;
+  }
+
+  /** How many seqs are remembered, over all teams (tests). */
+  get size(): number {
+    let n = 0;
+    for (const t of this.teams.values()) n += t.seqs.size;
+    return n;
+  }
+}
 
 function isPresence(a: Activity | PresenceActivity): a is PresenceActivity {
   return (PRESENCE_TYPES as readonly string[]).includes(a.type);
@@ -279,16 +401,30 @@ function timerDelay(ms: number): number {
   return Math.min(Math.max(0, ms), 2 ** 31 - 1);
 }
 
+/** `p`, or a rejection with `error` after `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number, error: () => Error): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(error()), timerDelay(ms));
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
 export class RealtimeClient {
   private readonly url: string;
   private readonly tokens: TokenSource;
   private readonly WS: WebSocketConstructor;
   private readonly opts: RealtimeOptions;
   private readonly random: () => number;
+  /** The HTTP session for live collections, if any. */
+  readonly session: Session | undefined;
 
-  private readonly subs = new Map<ScopeKey, Subscription>();
-  private readonly seen = new Map<string, Set<number>>();
+  private readonly rooms = new Map<ScopeKey, Room>();
+  private readonly seen = new SeenWindow();
   private readonly moves = new MoveTracker();
+  private readonly stateListeners = new Set<Handler<StateChange>>();
+  private readonly activityListeners = new Set<Handler<Activity>>();
+  private readonly gapListeners = new Set<Handler<GapInfo>>();
 
   private stateValue: ConnectionState = 'idle';
   private wantOpen = false;
@@ -317,8 +453,10 @@ export class RealtimeClient {
   private renewTimer: ReturnType<typeof setTimeout> | null = null;
   private pumpTimer: ReturnType<typeof setTimeout> | null = null;
   private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+  /** Timers of messages refused with `rate_limited`, waiting to be sent again. */
+  private readonly resendTimers = new Set<ReturnType<typeof setTimeout>>();
 
-  private readonly counters: RealtimeStats = {
+  private readonly counters: Omit<RealtimeStats, 'remembered'> = {
     connects: 0,
     activityFrames: 0,
     duplicates: 0,
@@ -332,6 +470,7 @@ export class RealtimeClient {
     this.url = realtimeUrl(opts.url);
     const auth = opts.auth;
     this.tokens = typeof auth === 'string' ? { getAccessToken: async () => ({ token: auth }) } : auth;
+    this.session = opts.session ?? (auth instanceof Session ? auth : undefined);
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) {
       throw new Error('no WebSocket implementation: pass { WebSocket } (e.g. the "ws" package in Node 20)');
@@ -347,12 +486,30 @@ export class RealtimeClient {
   }
 
   get stats(): Readonly<RealtimeStats> {
-    return { ...this.counters };
+    return { ...this.counters, remembered: this.seen.size };
   }
 
-  /** The live subscriptions. */
+  /** The live subscriptions (handles). */
   get subscriptions(): Subscription[] {
-    return [...this.subs.values()];
+    return [...this.rooms.values()].flatMap((r) => [...r.handles]);
+  }
+
+  /** Calls `fn` on every connection state change; returns a function that removes it. */
+  onStateChange(fn: Handler<StateChange>): () => void {
+    this.stateListeners.add(fn);
+    return () => this.stateListeners.delete(fn);
+  }
+
+  /** Calls `fn` with every distinct activity the socket receives (see the `onActivity` option). */
+  onActivity(fn: Handler<Activity>): () => void {
+    this.activityListeners.add(fn);
+    return () => this.activityListeners.delete(fn);
+  }
+
+  /** Calls `fn` whenever a subscription could not be resumed. */
+  onGap(fn: Handler<GapInfo>): () => void {
+    this.gapListeners.add(fn);
+    return () => this.gapListeners.delete(fn);
   }
 
   private get sendRate(): { perSecond: number; burst: number } {
@@ -370,15 +527,21 @@ export class RealtimeClient {
 
   /**
    * Closes the socket and stops reconnecting. Subscriptions and their cursors are kept: a later
-   * `connect()` resumes them where they stopped.
+   * `connect()` resumes them where they stopped. Subscriptions not joined yet see their `ready`
+   * rejected (`closed`).
    */
   close(): void {
+    this.shutDown(new RealtimeError('closed', 'the client was closed'));
+  }
+
+  private shutDown(reason: RealtimeError): void {
     this.wantOpen = false;
     this.clearTimer('reconnectTimer');
     this.socketId++;
     const ws = this.ws;
     this.teardown();
     if (ws) this.detachAndClose(ws, 1000, 'client closed');
+    for (const room of this.rooms.values()) for (const h of room.handles) h.rejectReady(reason);
     this.setState({ state: 'closed' });
   }
 
@@ -398,31 +561,56 @@ export class RealtimeClient {
   }
 
   /**
-   * Subscribes to a team, board or task. One subscription per scope: subscribing to a scope that
-   * already has one throws.
+   * Subscribes to a team, board or task. Subscriptions of one scope share the server's room: each
+   * gets every activity after its own `since` (or after it joined), or an `onGap`.
    */
   subscribe(scope: Scope, handlers: SubscriptionHandlers = {}, opts: SubscribeOptions = {}): Subscription {
     const plain = normalizeScope(scope);
     const key = scopeKey(plain);
-    if (this.subs.has(key)) throw new Error(`already subscribed to ${key}`);
     if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
       throw new TypeError('since is a seq: an integer, 0 or more');
     }
-    const sub = new Subscription(this, plain, handlers, opts.since ?? null);
-    this.subs.set(key, sub);
-    if (this.authed) this.sendSubscribe(sub);
+    let room = this.rooms.get(key);
+    const fresh = !room;
+    if (!room) {
+      room = new Room(plain, (e) => this.reportError(e));
+      this.rooms.set(key, room);
+    }
+    const sub = new Subscription(this, room, handlers, opts.since ?? null);
+    room.handles.add(sub);
+    if (fresh) {
+      if (this.authed) this.sendSubscribe(room);
+    } else if (room.status === 'active') {
+      // The room is live: this handle starts from its history, once the caller has had the
+      // chance to attach listeners to what `subscribe` returns.
+      if (sub.cursor === null) sub.cursor = room.cursor;
+      queueMicrotask(() => {
+        if (sub.status === 'pending' && room.status === 'active' && this.isCurrent(room)) {
+          this.catchUp(sub, room, sub.cursor);
+        }
+      });
+    }
     return sub;
   }
 
-  /** Leaves a subscription's room (same as `subscription.unsubscribe()`). */
+  /** Releases a subscription (same as `subscription.unsubscribe()`). */
   unsubscribe(sub: Subscription): void {
     if (sub.status === 'ended') return;
-    const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.sub === sub);
-    this.endSubscription(sub, null);
+    sub.status = 'ended';
+    sub.rejectReady(new RealtimeError('unsubscribed', 'the subscription ended', sub.scope));
+    const room = sub.room;
+    room.handles.delete(sub);
+    if (room.handles.size === 0 && this.isCurrent(room)) this.leave(room);
+  }
+
+  /** Leaves a room whose last handle went. */
+  private leave(room: Room): void {
+    const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.room === room);
+    this.endRoom(room, null);
     if (queued >= 0) {
       this.queue.splice(queued, 1); // never sent: nothing to undo on the server
     } else if (this.authed) {
-      this.enqueue({ kind: 'unsubscribe', key: sub.key, sub, frame: { type: 'unsubscribe', ...sub.scope } });
+      this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
     }
   }
 
@@ -443,7 +631,8 @@ export class RealtimeClient {
 
   private setState(change: StateChange): void {
     this.stateValue = change.state;
-    this.safe(() => this.opts.onStateChange?.(change));
+    if (this.opts.onStateChange) this.safe(this.opts.onStateChange, change);
+    for (const fn of [...this.stateListeners]) this.safe(fn, change);
   }
 
   private async open(): Promise<void> {
@@ -451,7 +640,12 @@ export class RealtimeClient {
     if (!this.everAuthed) this.setState({ state: 'connecting' });
     let token: AccessToken;
     try {
-      token = await this.tokens.getAccessToken(this.forceRefresh ? { forceRefresh: true } : {});
+      // Bounded: a token source whose refresh never answers must not stop the reconnects.
+      token = await withTimeout(
+        this.tokens.getAccessToken(this.forceRefresh ? { forceRefresh: true } : {}),
+        this.opts.authTimeoutMs ?? 10_000,
+        () => new RealtimeError('timeout', 'the token source did not answer in time'),
+      );
       this.forceRefresh = false;
     } catch (e) {
       if (id !== this.socketId || !this.wantOpen) return;
@@ -493,6 +687,9 @@ export class RealtimeClient {
     if (id !== this.socketId) return;
     const authedAt = this.authedAt;
     this.teardown();
+    // The attempt count starts over only after a socket that stayed up a while: a server that
+    // accepts and drops at once is retried ever more slowly, not every few hundred ms.
+    if (authedAt > 0 && Date.now() - authedAt >= (this.opts.backoff?.resetAfterMs ?? 10_000)) this.attempt = 0;
     if (!this.wantOpen) {
       this.setState({ state: 'closed', code, reason });
       return;
@@ -526,13 +723,15 @@ export class RealtimeClient {
     for (const t of ['authTimer', 'renewTimer', 'pumpTimer'] as const) this.clearTimer(t);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = null;
-    for (const sub of this.subs.values()) {
-      if (sub.status === 'ended') continue;
-      sub.status = 'pending';
-      sub.buffer.clear();
-      if (sub.retryTimer) clearTimeout(sub.retryTimer);
-      sub.retryTimer = null;
-      sub.presence?.markStale();
+    for (const t of this.resendTimers) clearTimeout(t);
+    this.resendTimers.clear();
+    for (const room of this.rooms.values()) {
+      room.status = 'pending';
+      room.buffer.clear();
+      if (room.retryTimer) clearTimeout(room.retryTimer);
+      room.retryTimer = null;
+      room.presence?.markStale();
+      for (const h of room.handles) h.status = 'pending';
     }
   }
 
@@ -575,8 +774,10 @@ export class RealtimeClient {
   }
 
   private failAuth(error: unknown): void {
-    this.close();
-    this.safe(() => (this.opts.onAuthFailure ? this.opts.onAuthFailure(error) : this.reportError(error)));
+    this.shutDown(new RealtimeError('unauthorized', `the credentials are gone: ${String(error)}`));
+    const onAuthFailure = this.opts.onAuthFailure;
+    if (onAuthFailure) this.safe(onAuthFailure, error);
+    else this.reportError(error);
   }
 
   private clearTimer(name: 'reconnectTimer' | 'authTimer' | 'renewTimer' | 'pumpTimer'): void {
@@ -593,16 +794,13 @@ export class RealtimeClient {
     if (!this.authed) {
       this.authed = true;
       this.clearTimer('authTimer');
-      this.attempt = 0;
       this.authedAt = Date.now();
       this.counters.connects++;
       const reconnected = this.everAuthed;
       this.everAuthed = true;
       this.startHeartbeat();
       this.setState({ state: 'open', reconnected });
-      for (const sub of [...this.subs.values()]) {
-        if (sub.status !== 'ended') this.sendSubscribe(sub);
-      }
+      for (const room of [...this.rooms.values()]) this.sendSubscribe(room);
     } else {
       this.counters.renewals++;
       this.authRejects = 0;
@@ -716,33 +914,86 @@ export class RealtimeClient {
 
   // ---- subscriptions ------------------------------------------------------------------------
 
-  private sendSubscribe(sub: Subscription): void {
-    if (sub.retryTimer) clearTimeout(sub.retryTimer);
-    sub.retryTimer = null;
-    sub.status = 'pending';
-    sub.sentSince = sub.cursor;
-    sub.buffer.clear();
+  private sendSubscribe(room: Room): void {
+    if (room.retryTimer) clearTimeout(room.retryTimer);
+    room.retryTimer = null;
+    room.status = 'pending';
+    room.buffer.clear();
+    // A room joined before resumes from its cursor; after `resume_unavailable` it joins without
+    // `since`; a new room replays from the oldest `since` its handles asked for.
+    if (room.gap) room.sentSince = null;
+    else if (room.joined) room.sentSince = room.cursor;
+    else {
+      const wanted = [...room.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
+      room.sentSince = wanted.length > 0 ? Math.min(...wanted) : null;
+    }
     const frame: ClientFrame =
-      sub.cursor === null
-        ? { type: 'subscribe', ...sub.scope }
-        : { type: 'subscribe', ...sub.scope, since: sub.cursor };
-    this.enqueue({ kind: 'subscribe', key: sub.key, sub, frame });
+      room.sentSince === null
+        ? { type: 'subscribe', ...room.scope }
+        : { type: 'subscribe', ...room.scope, since: room.sentSince };
+    this.enqueue({ kind: 'subscribe', key: room.key, room, frame });
   }
 
-  private endSubscription(sub: Subscription, error: RealtimeError | null): void {
-    sub.status = 'ended';
-    if (this.subs.get(sub.key) === sub) this.subs.delete(sub.key);
-    if (sub.retryTimer) clearTimeout(sub.retryTimer);
-    sub.retryTimer = null;
-    sub.buffer.clear();
-    sub.presence?.clear();
-    sub.rejectReady(error ?? new RealtimeError('unsubscribed', 'the subscription ended', sub.scope));
-    if (error) this.safe(() => sub.handlers.onError?.(error));
+  /** The room is gone for good (left, refused or revoked): so are its handles. */
+  private endRoom(room: Room, error: RealtimeError | null): void {
+    room.status = 'ended';
+    if (this.rooms.get(room.key) === room) this.rooms.delete(room.key);
+    if (room.retryTimer) clearTimeout(room.retryTimer);
+    room.retryTimer = null;
+    room.buffer.clear();
+    room.history = [];
+    room.presence?.clear();
+    for (const h of [...room.handles]) {
+      h.status = 'ended';
+      h.rejectReady(error ?? new RealtimeError('unsubscribed', 'the subscription ended', h.scope));
+      if (error) this.emit(h, 'error', error, h.handlers.onError);
+    }
+    room.handles.clear();
   }
 
-  /** Whether `sub` is still the app's subscription for its scope. */
-  private isCurrent(sub: Subscription | undefined): sub is Subscription {
-    return !!sub && sub.status !== 'ended' && this.subs.get(sub.key) === sub;
+  /** Whether `room` is still the client's room for its scope. */
+  private isCurrent(room: Room | undefined): room is Room {
+    return !!room && room.status !== 'ended' && this.rooms.get(room.key) === room;
+  }
+
+  /**
+   * Brings a handle up to its room: delivers the room's history after the handle's cursor, or,
+   * when the history does not reach back that far, reports a gap and moves the cursor to the room's.
+   */
+  private catchUp(h: Subscription, room: Room, since: number | null): void {
+    let gap: GapInfo | null = null;
+    let replayed = 0;
+    const roomSeq = room.cursor ?? 0;
+    if (h.cursor === null) {
+      h.cursor = roomSeq;
+    } else if (h.cursor < room.historyStart || room.gap) {
+      // Behind the history, or the server could not resume the room at all (a `since` outside
+      // its log, older or ahead): refetch, and continue after the room's seq.
+      gap = {
+        scope: room.scope,
+        since: h.cursor,
+        seq: roomSeq,
+        message: room.gap?.message ?? 'the activities after this seq are no longer available to this client',
+      };
+      h.cursor = roomSeq;
+    }
+    h.status = 'active';
+    for (const a of room.history) {
+      if (h.status !== 'active') return; // a handler unsubscribed
+      if (a.seq > h.cursor) {
+        this.deliver(h, a);
+        replayed++;
+      }
+    }
+    const info: SubscribedInfo = { scope: room.scope, seq: roomSeq, since, replayed, resumed: h.joins > 0 };
+    h.joins++;
+    h.resolveReady(info);
+    this.emit(h, 'subscribed', info, h.handlers.onSubscribed);
+    if (gap && h.status === 'active') {
+      this.emit(h, 'gap', gap, h.handlers.onGap);
+      if (this.opts.onGap) this.safe(this.opts.onGap, gap);
+      for (const fn of [...this.gapListeners]) this.safe(fn, gap);
+    }
   }
 
   // ---- receiving ----------------------------------------------------------------------------
@@ -760,7 +1011,7 @@ export class RealtimeClient {
     }
     switch (frame.type) {
       case 'activity':
-        return this.onActivity(frame.activity);
+        return this.onActivityFrame(frame.activity);
       case 'subscribed':
         return this.onSubscribed(frame);
       case 'unsubscribed':
@@ -778,49 +1029,61 @@ export class RealtimeClient {
     }
   }
 
-  private onActivity(a: Activity | PresenceActivity): void {
+  private onActivityFrame(a: Activity | PresenceActivity): void {
     if (isPresence(a)) {
-      const sub = this.subs.get(`task:${a.data.taskId}`);
-      if (sub && sub.status === 'active') {
-        sub.presence?.applyEvent(a);
-        this.safe(() => sub.handlers.onPresence?.(a));
+      const room = this.rooms.get(`task:${a.data.taskId}`);
+      if (room && room.status === 'active') {
+        room.presence?.applyEvent(a);
+        for (const h of [...room.handles]) {
+          if (h.status === 'active') this.emit(h, 'presence', a, h.handlers.onPresence);
+        }
       }
       return;
     }
     this.counters.activityFrames++;
     const previousBoard = this.moves.observe(a);
-    if (this.markSeen(a.teamId, a.seq)) this.safe(() => this.opts.onActivity?.(a));
-    else this.counters.duplicates++;
+    if (this.seen.mark(a.teamId, a.seq)) {
+      if (this.opts.onActivity) this.safe(this.opts.onActivity, a);
+      for (const fn of [...this.activityListeners]) this.safe(fn, a);
+    } else {
+      this.counters.duplicates++;
+    }
 
-    for (const sub of [...this.subs.values()]) {
-      if (sub.status === 'ended' || !reaches(a, sub.scope, previousBoard)) continue;
-      if (sub.status === 'pending') {
+    for (const room of [...this.rooms.values()]) {
+      if (room.status === 'ended' || !reaches(a, room.scope, previousBoard)) continue;
+      if (room.status === 'pending') {
         // Before `subscribed`: this is the room's replay, or a live frame of another room that the
         // replay will repeat. Keep it; `subscribed` delivers the lot in seq order. Without `since`
-        // the subscription starts at the `subscribed` seq, and all of these predate it.
-        if (sub.sentSince !== null && a.seq > sub.sentSince) sub.buffer.set(a.seq, a);
+        // the room starts at the `subscribed` seq, and all of these predate it.
+        if (room.sentSince !== null && a.seq > room.sentSince) room.buffer.set(a.seq, a);
         continue;
       }
-      if (sub.cursor === null || a.seq > sub.cursor) this.deliver(sub, a);
+      if (room.cursor !== null && a.seq <= room.cursor) continue;
+      room.record(a);
+      for (const h of [...room.handles]) {
+        if (h.status === 'active' && h.cursor !== null && a.seq > h.cursor) this.deliver(h, a);
+      }
+      room.trim();
     }
   }
 
-  /** Records (teamId, seq); false if it was already there. */
-  private markSeen(teamId: string, seq: number): boolean {
-    let set = this.seen.get(teamId);
-    if (!set) this.seen.set(teamId, (set = new Set()));
-    if (set.has(seq)) return false;
-    set.add(seq);
-    if (set.size > SEEN_PER_TEAM) set.delete(set.values().next().value!);
-    return true;
+  private deliver(h: Subscription, a: Activity): void {
+    h.cursor = a.seq;
+    this.emit(h, 'activity', a, h.handlers.onActivity);
+    const typed = h.handlers.on?.[a.type] as Handler<Activity> | undefined;
+    this.emit(h, a.type, a as never, typed);
   }
 
-  private deliver(sub: Subscription, a: Activity): void {
-    sub.cursor = a.seq;
-    const h = sub.handlers;
-    if (h.onActivity) this.safe(() => h.onActivity!(a));
-    const typed = h.on?.[a.type] as ((a: Activity) => void) | undefined;
-    if (typed) this.safe(() => typed(a));
+  /** Calls a handle's handler for `event`, then its listeners. */
+  private emit<E extends keyof SubscriptionEvents>(
+    h: Subscription,
+    event: E,
+    arg: SubscriptionEvents[E],
+    handler: Handler<SubscriptionEvents[E]> | undefined,
+  ): void {
+    if (handler) this.safe(handler, arg);
+    const listeners = h.listeners.get(event);
+    if (listeners) for (const fn of [...listeners]) this.safe(fn as Handler<SubscriptionEvents[E]>, arg);
   }
 
   private onSubscribed(frame: Extract<ServerFrame, { type: 'subscribed' }>): void {
@@ -828,36 +1091,37 @@ export class RealtimeClient {
     if (!scope) return;
     const key = scopeKey(scope);
     const entry = this.takeInflight((o) => o.kind === 'subscribe' && o.key === key);
-    const sub = entry?.kind === 'subscribe' ? entry.sub : undefined;
-    if (!this.isCurrent(sub)) return; // answered after the app unsubscribed
-    const since = sub.sentSince;
-    sub.status = 'active';
-    let replayed = 0;
-    if (since !== null) {
-      const held = [...sub.buffer.values()].sort((x, y) => x.seq - y.seq);
-      for (const a of held) {
-        if (sub.status !== 'active') break; // a handler unsubscribed
-        if (sub.cursor === null || a.seq > sub.cursor) {
-          this.deliver(sub, a);
-          replayed++;
-        }
+    const room = entry?.kind === 'subscribe' ? entry.room : undefined;
+    if (!this.isCurrent(room)) return; // answered after the app unsubscribed
+    const since = room.sentSince;
+    room.status = 'active';
+    room.refusals = 0;
+    if (since === null) {
+      // Joined from now (first join without `since`, or after `resume_unavailable`): the history
+      // starts here, and handles behind it have a gap.
+      room.history = [];
+      room.historyStart = frame.seq;
+      room.cursor = frame.seq;
+    } else {
+      if (!room.joined) {
+        room.history = [];
+        room.historyStart = since;
+        room.cursor = since;
       }
+      for (const a of [...room.buffer.values()].sort((x, y) => x.seq - y.seq)) {
+        if (room.cursor === null || a.seq > room.cursor) room.record(a);
+      }
+      room.cursor = Math.max(room.cursor ?? frame.seq, frame.seq);
     }
-    sub.buffer.clear();
-    if (sub.status !== 'active') return;
-    sub.cursor = sub.cursor === null ? frame.seq : Math.max(sub.cursor, frame.seq);
-    if (sub.presence) sub.presence.applySnapshot(frame.presence ?? []);
-    const info: SubscribedInfo = { scope: sub.scope, seq: frame.seq, since, replayed, resumed: sub.joins > 0 };
-    sub.joins++;
-    sub.resolveReady(info);
-    this.safe(() => sub.handlers.onSubscribed?.(info));
-    const gap = sub.gap;
-    if (gap) {
-      sub.gap = null;
-      const g: GapInfo = { scope: sub.scope, since: gap.since, seq: frame.seq, message: gap.message };
-      this.safe(() => sub.handlers.onGap?.(g));
-      this.safe(() => this.opts.onGap?.(g));
+    room.buffer.clear();
+    room.joined = true;
+    if (room.presence) room.presence.applySnapshot(frame.presence ?? []);
+    for (const h of [...room.handles]) {
+      if (h.status === 'ended' || !this.isCurrent(room)) continue;
+      this.catchUp(h, room, since);
     }
+    room.gap = null;
+    if (this.isCurrent(room)) room.trim();
   }
 
   private onUnsubscribed(frame: Extract<ServerFrame, { type: 'unsubscribed' }>): void {
@@ -869,8 +1133,8 @@ export class RealtimeClient {
       return;
     }
     // Server-initiated (membership_revoked): the room is gone for good.
-    const sub = this.subs.get(key);
-    if (sub) this.endSubscription(sub, new RealtimeError(frame.reason, 'the server ended this subscription', scope));
+    const room = this.rooms.get(key);
+    if (room) this.endRoom(room, new RealtimeError(frame.reason, 'the server ended this subscription', scope));
   }
 
   private onErrorFrame(frame: Extract<ServerFrame, { type: 'error' }>): void {
@@ -883,31 +1147,33 @@ export class RealtimeClient {
       if (entry) this.reportError(error);
       return;
     }
-    const sub = entry.sub;
-    if (!this.isCurrent(sub)) return;
+    const room = entry.room;
+    if (!this.isCurrent(room)) return;
     switch (frame.code) {
       case 'resume_unavailable':
         // The contract's order: subscribe without `since` first, then refetch. `onGap` fires when
         // the room is joined again, with the seq the app's refetch lines up with.
         this.counters.gaps++;
-        sub.gap = { since: sub.sentSince ?? 0, message: frame.message };
-        sub.cursor = null;
-        this.sendSubscribe(sub);
+        room.gap = { since: room.sentSince ?? 0, message: frame.message };
+        this.sendSubscribe(room);
         return;
       case 'forbidden':
       case 'too_many_subscriptions':
       case 'bad_request':
-        this.endSubscription(sub, error);
+        this.endRoom(room, error);
         return;
       default: {
         // `unavailable` (the team is busy, or the server could not check) or a code this client
-        // does not know: retry the same subscribe after a pause.
+        // does not know: retry the same subscribe, backing off while the refusals go on.
         const id = this.socketId;
-        sub.status = 'pending';
-        sub.retryTimer = setTimeout(() => {
-          sub.retryTimer = null;
-          if (id === this.socketId && this.authed && this.isCurrent(sub)) this.sendSubscribe(sub);
-        }, 500 + this.random() * 1000);
+        room.status = 'pending';
+        const b = this.opts.backoff ?? {};
+        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
+        room.refusals++;
+        room.retryTimer = setTimeout(() => {
+          room.retryTimer = null;
+          if (id === this.socketId && this.authed && this.isCurrent(room)) this.sendSubscribe(room);
+        }, Math.round(base / 2 + (this.random() * base) / 2));
       }
     }
   }
@@ -921,11 +1187,13 @@ export class RealtimeClient {
         this.counters.rateLimited++;
         const id = this.socketId;
         if (refused && refused.kind !== 'ping') {
-          setTimeout(() => {
+          const timer = setTimeout(() => {
+            this.resendTimers.delete(timer);
             if (id !== this.socketId || !this.authed) return;
-            if (refused.kind === 'subscribe' && !this.isCurrent(refused.sub)) return;
+            if (refused.kind === 'subscribe' && !this.isCurrent(refused.room)) return;
             this.enqueue(refused, refused.kind === 'auth');
           }, 1000 + this.random() * 1000);
+          this.resendTimers.add(timer);
         }
         return;
       }
@@ -941,10 +1209,14 @@ export class RealtimeClient {
     }
   }
 
-  /** Runs app code; an exception there must not break the stream. */
-  private safe(fn: () => void): void {
+  /** Runs app code; an exception there, or a rejected promise it returns, must not break the
+   * stream: both go to `onError`. */
+  private safe<A>(fn: Handler<A>, arg: A): void {
     try {
-      fn();
+      const result = fn(arg);
+      if (result && typeof (result as Promise<unknown>).then === 'function') {
+        (result as Promise<unknown>).then(undefined, (e: unknown) => this.reportError(e));
+      }
     } catch (e) {
       this.reportError(e);
     }

@@ -1,12 +1,14 @@
-// Scopes (the rooms a client subscribes to) and the contract's routing table, mirrored on the
-// client. One socket carries the frames of all its rooms without saying which room a frame came
-// through, so the client decides from the activity itself which subscriptions it belongs to.
+// Scopes (the rooms a client subscribes to) and the routing that decides which of them an activity
+// reaches. One socket carries the frames of all its rooms without saying which room a frame came
+// through, so the client decides from the activity itself which subscriptions it belongs to, by the
+// server's routing table (ROUTING, generated from x-taskforge-routing in its AsyncAPI document).
 
-import type { Activity, Scope } from './generated/protocol.js';
+import { ROUTING, type Activity, type ActivityType, type RoomKind, type Scope } from './generated/protocol.js';
 
 export type { Scope };
 
-export type ScopeKind = 'team' | 'board' | 'task';
+/** The kinds of room a client subscribes to (`user` rooms are the server's own). */
+export type ScopeKind = Exclude<RoomKind, 'user'>;
 
 /** `team:<id>`, `board:<id>` or `task:<id>`: one subscription per key. */
 export type ScopeKey = `${ScopeKind}:${string}`;
@@ -54,40 +56,26 @@ export function scopeOfFrame(frame: {
   return null;
 }
 
-// The contract's routing table ("delivered to rooms").
-const TEAM_ROOM = new Set<string>([
-  'task.created',
-  'task.deleted',
-  'member.added',
-  'member.updated',
-  'member.removed',
-  'team.updated',
-  'board.created',
-  'board.updated',
-  'board.deleted',
-]);
-const BOARD_ROOM = new Set<string>(['task.created', 'task.updated', 'task.deleted', 'task.assigned']);
-const TASK_ROOM = new Set<string>([
-  'task.updated',
-  'task.deleted',
-  'task.assigned',
-  'comment.created',
-  'comment.updated',
-  'comment.deleted',
-]);
+/**
+ * Whether activities of `type` reach rooms of `kind`, by the server's routing table (generated from
+ * its AsyncAPI document). A type this client does not know (a newer server's) reaches none.
+ */
+function routedTo(type: string, kind: ScopeKind): boolean {
+  return Object.prototype.hasOwnProperty.call(ROUTING, type) && ROUTING[type as ActivityType].includes(kind);
+}
 
 /**
  * Whether the server routes `a` to the room of `scope`. `previousBoardId` is the board a task left
  * when the activity is part of a move: moves reach both boards' rooms.
  */
 export function reaches(a: Activity, scope: Scope, previousBoardId?: string): boolean {
-  if ('teamId' in scope) return TEAM_ROOM.has(a.type) && a.teamId === scope.teamId;
+  if ('teamId' in scope) return routedTo(a.type, 'team') && a.teamId === scope.teamId;
   if ('boardId' in scope) {
-    if (!BOARD_ROOM.has(a.type)) return false;
+    if (!routedTo(a.type, 'board')) return false;
     // Board activities (board.*) carry boardId too but reach only the team room.
     return a.boardId === scope.boardId || previousBoardId === scope.boardId;
   }
-  return TASK_ROOM.has(a.type) && a.taskId === scope.taskId;
+  return routedTo(a.type, 'task') && a.taskId === scope.taskId;
 }
 
 /**

@@ -96,7 +96,6 @@ describe('per-scope handlers', { timeout: 60_000 }, () => {
     const first: Activity[] = [];
     const sub = client.subscribe({ teamId: team.id }, { onActivity: (a) => first.push(a) });
     await within('subscribed', sub.ready);
-    assert.throws(() => client.subscribe({ teamId: team.id }), /already subscribed/);
     await ann.createTask(team.id, { title: 'one' });
     await waitFor('first delivery', () => first.length === 1);
     sub.unsubscribe();

@@ -3,14 +3,86 @@ export class ApiError extends Error {
     status;
     code;
     problem;
-    constructor(status, problem) {
+    retryAfterMs;
+    constructor(status, problem, opts = {}) {
         const code = typeof problem.code === 'string' ? problem.code : `http_${status}`;
         super(`${status} ${code}${problem.detail ? `: ${problem.detail}` : ''}`);
         this.name = 'ApiError';
         this.status = status;
         this.code = code;
         this.problem = problem;
+        this.retryAfterMs = opts.retryAfterMs;
     }
+}
+export class NetworkError extends Error {
+    code;
+    method;
+    path;
+    constructor(code, method, path, message, opts = {}) {
+        super(`${method} ${path}: ${message}`, 'cause' in opts ? { cause: opts.cause } : undefined);
+        this.name = 'NetworkError';
+        this.code = code;
+        this.method = method;
+        this.path = path;
+    }
+}
+export const DEFAULT_TIMEOUT_MS = 15_000;
+export const DEFAULT_RETRIES = 2;
+const RETRY_BASE_MS = 200;
+const RETRY_MAX_MS = 2_000;
+const RETRY_AFTER_CAP_MS = 10_000;
+const MAX_RETRIES = 10;
+const MAX_TIMER_MS = 2_147_483_647;
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
+const RETRY_STATUS = new Set([429, 502, 503, 504]);
+function checkTimeout(v, what) {
+    if (v === undefined)
+        return DEFAULT_TIMEOUT_MS;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_TIMER_MS) {
+        throw new RangeError(`${what} must be a number of milliseconds in (0, ${MAX_TIMER_MS}], got ${String(v)}`);
+    }
+    return v;
+}
+function checkRetries(v, what) {
+    if (v === undefined)
+        return DEFAULT_RETRIES;
+    if (!Number.isInteger(v) || v < 0 || v > MAX_RETRIES) {
+        throw new RangeError(`${what} must be an integer from 0 to ${MAX_RETRIES}, got ${String(v)}`);
+    }
+    return v;
+}
+function retryAfterMs(headers) {
+    const v = headers.get('retry-after')?.trim();
+    if (!v || !/^\d+$/.test(v))
+        return undefined;
+    return Number(v) * 1000;
+}
+function abortReason(signal) {
+    return signal.reason ?? new DOMException('aborted', 'AbortError');
+}
+function pause(ms, signal) {
+    return new Promise((resolve, reject) => {
+        if (signal?.aborted)
+            return reject(abortReason(signal));
+        const onAbort = () => {
+            clearTimeout(timer);
+            reject(abortReason(signal));
+        };
+        const timer = setTimeout(() => {
+            signal?.removeEventListener('abort', onAbort);
+            resolve();
+        }, ms);
+        signal?.addEventListener('abort', onAbort, { once: true });
+    });
+}
+function raceAbort(p, signal) {
+    if (signal.aborted)
+        return Promise.reject(abortReason(signal));
+    return new Promise((resolve, reject) => {
+        const onAbort = () => reject(abortReason(signal));
+        signal.addEventListener('abort', onAbort, { once: true });
+        p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
 }
 function defaultFetch() {
     if (typeof globalThis.fetch !== 'function') {
@@ -28,6 +100,10 @@ function apiUrl(baseUrl, path, query) {
     return url.toString();
 }
 export async function apiRequest(baseUrl, method, path, opts = {}) {
+    const timeoutMs = checkTimeout(opts.timeoutMs, 'timeoutMs');
+    const verb = method.toUpperCase();
+    const requested = checkRetries(opts.retries, 'retries');
+    const retries = IDEMPOTENT.has(verb) ? requested : 0;
     const headers = { accept: 'application/json', ...opts.headers };
     if (opts.token)
         headers.authorization = `Bearer ${opts.token}`;
@@ -36,13 +112,63 @@ export async function apiRequest(baseUrl, method, path, opts = {}) {
         headers['content-type'] = 'application/json';
         body = JSON.stringify(opts.body);
     }
-    const init = { method, headers };
-    if (body !== undefined)
-        init.body = body;
-    if (opts.signal)
-        init.signal = opts.signal;
-    const res = await (opts.fetch ?? defaultFetch())(apiUrl(baseUrl, path, opts.query), init);
-    const text = await res.text();
+    const url = apiUrl(baseUrl, path, opts.query);
+    const fetchImpl = opts.fetch ?? defaultFetch();
+    for (let attempt = 0;; attempt++) {
+        let failure;
+        let wait = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt) * (0.5 + Math.random() / 2);
+        try {
+            return await attemptOnce(fetchImpl, url, { method, headers, body }, verb, path, timeoutMs, opts.signal);
+        }
+        catch (e) {
+            if (e instanceof NetworkError)
+                failure = e;
+            else if (e instanceof ApiError && RETRY_STATUS.has(e.status))
+                failure = e;
+            else
+                throw e;
+        }
+        if (attempt >= retries)
+            throw failure;
+        if (failure instanceof ApiError && failure.retryAfterMs !== undefined) {
+            if (failure.retryAfterMs > RETRY_AFTER_CAP_MS)
+                throw failure;
+            wait = failure.retryAfterMs;
+        }
+        await pause(wait, opts.signal);
+    }
+}
+async function attemptOnce(fetchImpl, url, req, verb, path, timeoutMs, signal) {
+    if (signal?.aborted)
+        throw abortReason(signal);
+    const ctrl = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+        timedOut = true;
+        ctrl.abort(new NetworkError('timeout', verb, path, `no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onAbort = () => ctrl.abort(abortReason(signal));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const init = { method: req.method, headers: req.headers, signal: ctrl.signal };
+    if (req.body !== undefined)
+        init.body = req.body;
+    let res;
+    let text;
+    try {
+        res = await raceAbort(fetchImpl(url, init), ctrl.signal);
+        text = await raceAbort(res.text(), ctrl.signal);
+    }
+    catch (e) {
+        if (signal?.aborted)
+            throw abortReason(signal);
+        if (timedOut)
+            throw new NetworkError('timeout', verb, path, `no answer within ${timeoutMs} ms`, { cause: e });
+        throw new NetworkError('network', verb, path, e instanceof Error ? e.message : String(e), { cause: e });
+    }
+    finally {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+    }
     let json = undefined;
     if (text) {
         try {
@@ -54,7 +180,8 @@ export async function apiRequest(baseUrl, method, path, opts = {}) {
     }
     if (!res.ok) {
         const problem = json && typeof json === 'object' ? json : { status: res.status, detail: text };
-        throw new ApiError(res.status, problem);
+        const after = retryAfterMs(res.headers);
+        throw new ApiError(res.status, problem, after === undefined ? {} : { retryAfterMs: after });
     }
     const seqHeader = res.headers.get('x-taskforge-seq');
     return {
@@ -76,8 +203,22 @@ export async function refresh(baseUrl, refreshToken, opts = {}) {
 export async function logout(baseUrl, refreshToken, opts = {}) {
     await apiRequest(baseUrl, 'POST', '/auth/logout', { ...opts, body: { refreshToken } });
 }
+function authCallOptions(opts) {
+    const o = {};
+    if (opts.fetch)
+        o.fetch = opts.fetch;
+    if (opts.timeoutMs !== undefined)
+        o.timeoutMs = opts.timeoutMs;
+    return o;
+}
+export class TokenRotatedError extends Error {
+    constructor(message) {
+        super(message);
+        this.name = 'TokenRotatedError';
+    }
+}
 export function isAuthFailure(e) {
-    return e instanceof ApiError && (e.status === 401 || e.status === 403);
+    return (e instanceof ApiError && (e.status === 401 || e.status === 403)) || e instanceof TokenRotatedError;
 }
 export class Session {
     baseUrl;
@@ -88,21 +229,40 @@ export class Session {
     expiresAtMs = 0;
     refreshAtMs = 0;
     refreshing = null;
+    timeoutMs;
+    retries;
+    coordinator;
+    stopRotated = null;
     constructor(baseUrl, auth, opts = {}) {
         this.baseUrl = baseUrl;
         this.auth = auth;
         this.fetchImpl = opts.fetch;
         this.onTokens = opts.onTokens;
         this.refreshBeforeMs = opts.refreshBeforeMs ?? 60_000;
+        this.timeoutMs = checkTimeout(opts.timeoutMs, 'SessionOptions.timeoutMs');
+        this.retries = checkRetries(opts.retries, 'SessionOptions.retries');
+        this.coordinator = opts.coordinator;
         this.adopt(auth);
+        this.stopRotated =
+            this.coordinator?.onRotated((used, next) => {
+                if (used === this.auth.refreshToken)
+                    this.take(next);
+            }) ?? null;
     }
     static async login(baseUrl, credentials, opts = {}) {
-        const auth = await login(baseUrl, credentials, opts.fetch ? { fetch: opts.fetch } : {});
+        const auth = await login(baseUrl, credentials, authCallOptions(opts));
         return new Session(baseUrl, auth, opts);
     }
     static async register(baseUrl, body, opts = {}) {
-        const auth = await register(baseUrl, body, opts.fetch ? { fetch: opts.fetch } : {});
+        const auth = await register(baseUrl, body, authCallOptions(opts));
         return new Session(baseUrl, auth, opts);
+    }
+    static async resume(baseUrl, refreshToken, opts = {}) {
+        const run = () => refresh(baseUrl, refreshToken, authCallOptions(opts));
+        const auth = await (opts.coordinator ? opts.coordinator.refresh(refreshToken, run) : run());
+        const session = new Session(baseUrl, auth, opts);
+        session.onTokens?.(auth);
+        return session;
     }
     get user() {
         return this.auth.user;
@@ -125,13 +285,21 @@ export class Session {
         this.expiresAtMs = Date.now() + lifetime - 1000;
         this.refreshAtMs = this.expiresAtMs - Math.min(this.refreshBeforeMs, lifetime / 4);
     }
+    take(auth) {
+        this.adopt(auth);
+        this.onTokens?.(auth);
+    }
+    callOptions() {
+        return this.fetchImpl ? { fetch: this.fetchImpl, timeoutMs: this.timeoutMs } : { timeoutMs: this.timeoutMs };
+    }
     refresh() {
         if (!this.refreshing) {
             const used = this.auth.refreshToken;
-            this.refreshing = refresh(this.baseUrl, used, this.fetchImpl ? { fetch: this.fetchImpl } : {})
+            const run = () => refresh(this.baseUrl, used, this.callOptions());
+            this.refreshing = (this.coordinator ? this.coordinator.refresh(used, run) : run())
                 .then((auth) => {
-                this.adopt(auth);
-                this.onTokens?.(auth);
+                if (this.auth.refreshToken === used)
+                    this.take(auth);
                 return auth;
             })
                 .finally(() => {
@@ -139,6 +307,10 @@ export class Session {
             });
         }
         return this.refreshing;
+    }
+    close() {
+        this.stopRotated?.();
+        this.stopRotated = null;
     }
     async getAccessToken(opts = {}) {
         if (opts.forceRefresh || Date.now() >= this.refreshAtMs)
@@ -149,8 +321,10 @@ export class Session {
         const { token } = await this.getAccessToken();
         const call = (t) => apiRequest(this.baseUrl, method, path, {
             ...opts,
-            token: t,
             ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
+            timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+            retries: opts.retries ?? this.retries,
+            token: t,
         });
         try {
             return await call(token);
@@ -164,7 +338,7 @@ export class Session {
         }
     }
     async logout() {
-        await logout(this.baseUrl, this.auth.refreshToken, this.fetchImpl ? { fetch: this.fetchImpl } : {});
+        await logout(this.baseUrl, this.auth.refreshToken, this.callOptions());
     }
     me() {
         return this.request('GET', '/me');

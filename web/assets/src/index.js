@@ -2,5 +2,6 @@ export * from './generated/protocol.js';
 export * from './http.js';
 export * from './presence.js';
 export * from './realtime.js';
+export { tabRefreshCoordinator } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind } from './scope.js';
 export * from './live.js';

@@ -1,5 +1,5 @@
 import { PRESENCE_TYPES } from './generated/protocol.js';
-import { isAuthFailure } from './http.js';
+import { Session, isAuthFailure } from './http.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame } from './scope.js';
 export class RealtimeError extends Error {
@@ -12,31 +12,61 @@ export class RealtimeError extends Error {
         this.scope = scope;
     }
 }
+const ROOM_HISTORY = 1000;
+class Room {
+    scope;
+    key;
+    presence;
+    handles = new Set();
+    status = 'pending';
+    joined = false;
+    cursor = null;
+    sentSince = null;
+    buffer = new Map();
+    gap = null;
+    history = [];
+    historyStart = 0;
+    refusals = 0;
+    retryTimer = null;
+    constructor(scope, reportError) {
+        this.scope = scope;
+        this.key = scopeKey(scope);
+        this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, reportError) : undefined;
+    }
+    record(a) {
+        this.cursor = a.seq;
+        this.history.push(a);
+    }
+    trim() {
+        const excess = this.history.length - ROOM_HISTORY;
+        if (excess <= 0)
+            return;
+        this.historyStart = this.history[excess - 1].seq;
+        this.history.splice(0, excess);
+    }
+}
 let nextSubscriptionId = 1;
 export class Subscription {
     scope;
     key;
-    presence;
     ready;
     id = nextSubscriptionId++;
+    room;
     handlers;
+    listeners = new Map();
     status = 'pending';
     cursor;
-    sentSince = null;
-    buffer = new Map();
-    gap = null;
     joins = 0;
-    retryTimer = null;
     resolveReady;
     rejectReady;
     client;
-    constructor(client, scope, handlers, since) {
+    constructor(client, room, handlers, since) {
         this.client = client;
-        this.scope = scope;
-        this.key = scopeKey(scope);
+        this.room = room;
+        this.scope = room.scope;
+        this.key = room.key;
         this.handlers = handlers;
         this.cursor = since;
-        this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, (e) => client.reportError(e)) : undefined;
         this.ready = new Promise((resolve, reject) => {
             this.resolveReady = resolve;
             this.rejectReady = reject;
@@ -46,15 +76,58 @@ export class Subscription {
     get state() {
         return this.status;
     }
+    get presence() {
+        return this.room.presence;
+    }
     get lastSeq() {
         return this.cursor;
+    }
+    on(event, fn) {
+        let set = this.listeners.get(event);
+        if (!set)
+            this.listeners.set(event, (set = new Set()));
+        set.add(fn);
+        return () => {
+            this.listeners.get(event)?.delete(fn);
+        };
     }
     unsubscribe() {
         this.client.unsubscribe(this);
     }
 }
 const OPEN = 1;
-const SEEN_PER_TEAM = 10_000;
+const SEEN_PER_TEAM = 512;
+const SEEN_TEAMS = 64;
+class SeenWindow {
+    teams = new Map();
+    mark(teamId, seq) {
+        let team = this.teams.get(teamId);
+        if (team) {
+            this.teams.delete(teamId);
+        }
+        else {
+            team = { floor: 0, seqs: new Set() };
+            if (this.teams.size >= SEEN_TEAMS)
+                this.teams.delete(this.teams.keys().next().value);
+        }
+        this.teams.set(teamId, team);
+        if (team.seqs.has(seq))
+            return false;
+        team.seqs.add(seq);
+        if (team.seqs.size > SEEN_PER_TEAM) {
+            const sorted = [...team.seqs].sort((x, y) => x - y);
+            for (const s of sorted.slice(0, sorted.length - SEEN_PER_TEAM / 2))
+                team.seqs.delete(s);
+        }
+        return true;
+    }
+    get size() {
+        let n = 0;
+        for (const t of this.teams.values())
+            n += t.seqs.size;
+        return n;
+    }
+}
 function isPresence(a) {
     return PRESENCE_TYPES.includes(a.type);
 }
@@ -79,15 +152,26 @@ export function realtimeUrl(url) {
 function timerDelay(ms) {
     return Math.min(Math.max(0, ms), 2 ** 31 - 1);
 }
+function withTimeout(p, ms, error) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(error()), timerDelay(ms));
+    });
+    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
 export class RealtimeClient {
     url;
     tokens;
     WS;
     opts;
     random;
-    subs = new Map();
-    seen = new Map();
+    session;
+    rooms = new Map();
+    seen = new SeenWindow();
     moves = new MoveTracker();
+    stateListeners = new Set();
+    activityListeners = new Set();
+    gapListeners = new Set();
     stateValue = 'idle';
     wantOpen = false;
     ws = null;
@@ -109,6 +193,7 @@ export class RealtimeClient {
     renewTimer = null;
     pumpTimer = null;
     heartbeatTimer = null;
+    resendTimers = new Set();
     counters = {
         connects: 0,
         activityFrames: 0,
@@ -122,6 +207,7 @@ export class RealtimeClient {
         this.url = realtimeUrl(opts.url);
         const auth = opts.auth;
         this.tokens = typeof auth === 'string' ? { getAccessToken: async () => ({ token: auth }) } : auth;
+        this.session = opts.session ?? (auth instanceof Session ? auth : undefined);
         const WS = opts.WebSocket ?? globalThis.WebSocket;
         if (!WS) {
             throw new Error('no WebSocket implementation: pass { WebSocket } (e.g. the "ws" package in Node 20)');
@@ -135,10 +221,22 @@ export class RealtimeClient {
         return this.stateValue;
     }
     get stats() {
-        return { ...this.counters };
+        return { ...this.counters, remembered: this.seen.size };
     }
     get subscriptions() {
-        return [...this.subs.values()];
+        return [...this.rooms.values()].flatMap((r) => [...r.handles]);
+    }
+    onStateChange(fn) {
+        this.stateListeners.add(fn);
+        return () => this.stateListeners.delete(fn);
+    }
+    onActivity(fn) {
+        this.activityListeners.add(fn);
+        return () => this.activityListeners.delete(fn);
+    }
+    onGap(fn) {
+        this.gapListeners.add(fn);
+        return () => this.gapListeners.delete(fn);
     }
     get sendRate() {
         return this.opts.sendRate ?? { perSecond: 50, burst: 100 };
@@ -152,6 +250,9 @@ export class RealtimeClient {
         void this.open();
     }
     close() {
+        this.shutDown(new RealtimeError('closed', 'the client was closed'));
+    }
+    shutDown(reason) {
         this.wantOpen = false;
         this.clearTimer('reconnectTimer');
         this.socketId++;
@@ -159,6 +260,9 @@ export class RealtimeClient {
         this.teardown();
         if (ws)
             this.detachAndClose(ws, 1000, 'client closed');
+        for (const room of this.rooms.values())
+            for (const h of room.handles)
+                h.rejectReady(reason);
         this.setState({ state: 'closed' });
     }
     reconnect() {
@@ -175,27 +279,50 @@ export class RealtimeClient {
     subscribe(scope, handlers = {}, opts = {}) {
         const plain = normalizeScope(scope);
         const key = scopeKey(plain);
-        if (this.subs.has(key))
-            throw new Error(`already subscribed to ${key}`);
         if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
             throw new TypeError('since is a seq: an integer, 0 or more');
         }
-        const sub = new Subscription(this, plain, handlers, opts.since ?? null);
-        this.subs.set(key, sub);
-        if (this.authed)
-            this.sendSubscribe(sub);
+        let room = this.rooms.get(key);
+        const fresh = !room;
+        if (!room) {
+            room = new Room(plain, (e) => this.reportError(e));
+            this.rooms.set(key, room);
+        }
+        const sub = new Subscription(this, room, handlers, opts.since ?? null);
+        room.handles.add(sub);
+        if (fresh) {
+            if (this.authed)
+                this.sendSubscribe(room);
+        }
+        else if (room.status === 'active') {
+            if (sub.cursor === null)
+                sub.cursor = room.cursor;
+            queueMicrotask(() => {
+                if (sub.status === 'pending' && room.status === 'active' && this.isCurrent(room)) {
+                    this.catchUp(sub, room, sub.cursor);
+                }
+            });
+        }
         return sub;
     }
     unsubscribe(sub) {
         if (sub.status === 'ended')
             return;
-        const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.sub === sub);
-        this.endSubscription(sub, null);
+        sub.status = 'ended';
+        sub.rejectReady(new RealtimeError('unsubscribed', 'the subscription ended', sub.scope));
+        const room = sub.room;
+        room.handles.delete(sub);
+        if (room.handles.size === 0 && this.isCurrent(room))
+            this.leave(room);
+    }
+    leave(room) {
+        const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.room === room);
+        this.endRoom(room, null);
         if (queued >= 0) {
             this.queue.splice(queued, 1);
         }
         else if (this.authed) {
-            this.enqueue({ kind: 'unsubscribe', key: sub.key, sub, frame: { type: 'unsubscribe', ...sub.scope } });
+            this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
         }
     }
     reportError(e) {
@@ -212,7 +339,10 @@ export class RealtimeClient {
     }
     setState(change) {
         this.stateValue = change.state;
-        this.safe(() => this.opts.onStateChange?.(change));
+        if (this.opts.onStateChange)
+            this.safe(this.opts.onStateChange, change);
+        for (const fn of [...this.stateListeners])
+            this.safe(fn, change);
     }
     async open() {
         const id = ++this.socketId;
@@ -220,7 +350,7 @@ export class RealtimeClient {
             this.setState({ state: 'connecting' });
         let token;
         try {
-            token = await this.tokens.getAccessToken(this.forceRefresh ? { forceRefresh: true } : {});
+            token = await withTimeout(this.tokens.getAccessToken(this.forceRefresh ? { forceRefresh: true } : {}), this.opts.authTimeoutMs ?? 10_000, () => new RealtimeError('timeout', 'the token source did not answer in time'));
             this.forceRefresh = false;
         }
         catch (e) {
@@ -267,6 +397,8 @@ export class RealtimeClient {
             return;
         const authedAt = this.authedAt;
         this.teardown();
+        if (authedAt > 0 && Date.now() - authedAt >= (this.opts.backoff?.resetAfterMs ?? 10_000))
+            this.attempt = 0;
         if (!this.wantOpen) {
             this.setState({ state: 'closed', code, reason });
             return;
@@ -296,15 +428,18 @@ export class RealtimeClient {
         if (this.heartbeatTimer)
             clearInterval(this.heartbeatTimer);
         this.heartbeatTimer = null;
-        for (const sub of this.subs.values()) {
-            if (sub.status === 'ended')
-                continue;
-            sub.status = 'pending';
-            sub.buffer.clear();
-            if (sub.retryTimer)
-                clearTimeout(sub.retryTimer);
-            sub.retryTimer = null;
-            sub.presence?.markStale();
+        for (const t of this.resendTimers)
+            clearTimeout(t);
+        this.resendTimers.clear();
+        for (const room of this.rooms.values()) {
+            room.status = 'pending';
+            room.buffer.clear();
+            if (room.retryTimer)
+                clearTimeout(room.retryTimer);
+            room.retryTimer = null;
+            room.presence?.markStale();
+            for (const h of room.handles)
+                h.status = 'pending';
         }
     }
     scheduleReconnect(info) {
@@ -342,8 +477,12 @@ export class RealtimeClient {
         }
     }
     failAuth(error) {
-        this.close();
-        this.safe(() => (this.opts.onAuthFailure ? this.opts.onAuthFailure(error) : this.reportError(error)));
+        this.shutDown(new RealtimeError('unauthorized', `the credentials are gone: ${String(error)}`));
+        const onAuthFailure = this.opts.onAuthFailure;
+        if (onAuthFailure)
+            this.safe(onAuthFailure, error);
+        else
+            this.reportError(error);
     }
     clearTimer(name) {
         const t = this[name];
@@ -358,17 +497,14 @@ export class RealtimeClient {
         if (!this.authed) {
             this.authed = true;
             this.clearTimer('authTimer');
-            this.attempt = 0;
             this.authedAt = Date.now();
             this.counters.connects++;
             const reconnected = this.everAuthed;
             this.everAuthed = true;
             this.startHeartbeat();
             this.setState({ state: 'open', reconnected });
-            for (const sub of [...this.subs.values()]) {
-                if (sub.status !== 'ended')
-                    this.sendSubscribe(sub);
-            }
+            for (const room of [...this.rooms.values()])
+                this.sendSubscribe(room);
         }
         else {
             this.counters.renewals++;
@@ -473,33 +609,82 @@ export class RealtimeClient {
             }
         }, Math.max(50, Math.min(interval, timeout) / 2));
     }
-    sendSubscribe(sub) {
-        if (sub.retryTimer)
-            clearTimeout(sub.retryTimer);
-        sub.retryTimer = null;
-        sub.status = 'pending';
-        sub.sentSince = sub.cursor;
-        sub.buffer.clear();
-        const frame = sub.cursor === null
-            ? { type: 'subscribe', ...sub.scope }
-            : { type: 'subscribe', ...sub.scope, since: sub.cursor };
-        this.enqueue({ kind: 'subscribe', key: sub.key, sub, frame });
+    sendSubscribe(room) {
+        if (room.retryTimer)
+            clearTimeout(room.retryTimer);
+        room.retryTimer = null;
+        room.status = 'pending';
+        room.buffer.clear();
+        if (room.gap)
+            room.sentSince = null;
+        else if (room.joined)
+            room.sentSince = room.cursor;
+        else {
+            const wanted = [...room.handles].map((h) => h.cursor).filter((c) => c !== null);
+            room.sentSince = wanted.length > 0 ? Math.min(...wanted) : null;
+        }
+        const frame = room.sentSince === null
+            ? { type: 'subscribe', ...room.scope }
+            : { type: 'subscribe', ...room.scope, since: room.sentSince };
+        this.enqueue({ kind: 'subscribe', key: room.key, room, frame });
     }
-    endSubscription(sub, error) {
-        sub.status = 'ended';
-        if (this.subs.get(sub.key) === sub)
-            this.subs.delete(sub.key);
-        if (sub.retryTimer)
-            clearTimeout(sub.retryTimer);
-        sub.retryTimer = null;
-        sub.buffer.clear();
-        sub.presence?.clear();
-        sub.rejectReady(error ?? new RealtimeError('unsubscribed', 'the subscription ended', sub.scope));
-        if (error)
-            this.safe(() => sub.handlers.onError?.(error));
+    endRoom(room, error) {
+        room.status = 'ended';
+        if (this.rooms.get(room.key) === room)
+            this.rooms.delete(room.key);
+        if (room.retryTimer)
+            clearTimeout(room.retryTimer);
+        room.retryTimer = null;
+        room.buffer.clear();
+        room.history = [];
+        room.presence?.clear();
+        for (const h of [...room.handles]) {
+            h.status = 'ended';
+            h.rejectReady(error ?? new RealtimeError('unsubscribed', 'the subscription ended', h.scope));
+            if (error)
+                this.emit(h, 'error', error, h.handlers.onError);
+        }
+        room.handles.clear();
     }
-    isCurrent(sub) {
-        return !!sub && sub.status !== 'ended' && this.subs.get(sub.key) === sub;
+    isCurrent(room) {
+        return !!room && room.status !== 'ended' && this.rooms.get(room.key) === room;
+    }
+    catchUp(h, room, since) {
+        let gap = null;
+        let replayed = 0;
+        const roomSeq = room.cursor ?? 0;
+        if (h.cursor === null) {
+            h.cursor = roomSeq;
+        }
+        else if (h.cursor < room.historyStart || room.gap) {
+            gap = {
+                scope: room.scope,
+                since: h.cursor,
+                seq: roomSeq,
+                message: room.gap?.message ?? 'the activities after this seq are no longer available to this client',
+            };
+            h.cursor = roomSeq;
+        }
+        h.status = 'active';
+        for (const a of room.history) {
+            if (h.status !== 'active')
+                return;
+            if (a.seq > h.cursor) {
+                this.deliver(h, a);
+                replayed++;
+            }
+        }
+        const info = { scope: room.scope, seq: roomSeq, since, replayed, resumed: h.joins > 0 };
+        h.joins++;
+        h.resolveReady(info);
+        this.emit(h, 'subscribed', info, h.handlers.onSubscribed);
+        if (gap && h.status === 'active') {
+            this.emit(h, 'gap', gap, h.handlers.onGap);
+            if (this.opts.onGap)
+                this.safe(this.opts.onGap, gap);
+            for (const fn of [...this.gapListeners])
+                this.safe(fn, gap);
+        }
     }
     onMessage(data) {
         this.lastHeard = Date.now();
@@ -516,7 +701,7 @@ export class RealtimeClient {
         }
         switch (frame.type) {
             case 'activity':
-                return this.onActivity(frame.activity);
+                return this.onActivityFrame(frame.activity);
             case 'subscribed':
                 return this.onSubscribed(frame);
             case 'unsubscribed':
@@ -532,52 +717,60 @@ export class RealtimeClient {
                 return;
         }
     }
-    onActivity(a) {
+    onActivityFrame(a) {
         if (isPresence(a)) {
-            const sub = this.subs.get(`task:${a.data.taskId}`);
-            if (sub && sub.status === 'active') {
-                sub.presence?.applyEvent(a);
-                this.safe(() => sub.handlers.onPresence?.(a));
+            const room = this.rooms.get(`task:${a.data.taskId}`);
+            if (room && room.status === 'active') {
+                room.presence?.applyEvent(a);
+                for (const h of [...room.handles]) {
+                    if (h.status === 'active')
+                        this.emit(h, 'presence', a, h.handlers.onPresence);
+                }
             }
             return;
         }
         this.counters.activityFrames++;
         const previousBoard = this.moves.observe(a);
-        if (this.markSeen(a.teamId, a.seq))
-            this.safe(() => this.opts.onActivity?.(a));
-        else
+        if (this.seen.mark(a.teamId, a.seq)) {
+            if (this.opts.onActivity)
+                this.safe(this.opts.onActivity, a);
+            for (const fn of [...this.activityListeners])
+                this.safe(fn, a);
+        }
+        else {
             this.counters.duplicates++;
-        for (const sub of [...this.subs.values()]) {
-            if (sub.status === 'ended' || !reaches(a, sub.scope, previousBoard))
+        }
+        for (const room of [...this.rooms.values()]) {
+            if (room.status === 'ended' || !reaches(a, room.scope, previousBoard))
                 continue;
-            if (sub.status === 'pending') {
-                if (sub.sentSince !== null && a.seq > sub.sentSince)
-                    sub.buffer.set(a.seq, a);
+            if (room.status === 'pending') {
+                if (room.sentSince !== null && a.seq > room.sentSince)
+                    room.buffer.set(a.seq, a);
                 continue;
             }
-            if (sub.cursor === null || a.seq > sub.cursor)
-                this.deliver(sub, a);
+            if (room.cursor !== null && a.seq <= room.cursor)
+                continue;
+            room.record(a);
+            for (const h of [...room.handles]) {
+                if (h.status === 'active' && h.cursor !== null && a.seq > h.cursor)
+                    this.deliver(h, a);
+            }
+            room.trim();
         }
     }
-    markSeen(teamId, seq) {
-        let set = this.seen.get(teamId);
-        if (!set)
-            this.seen.set(teamId, (set = new Set()));
-        if (set.has(seq))
-            return false;
-        set.add(seq);
-        if (set.size > SEEN_PER_TEAM)
-            set.delete(set.values().next().value);
-        return true;
+    deliver(h, a) {
+        h.cursor = a.seq;
+        this.emit(h, 'activity', a, h.handlers.onActivity);
+        const typed = h.handlers.on?.[a.type];
+        this.emit(h, a.type, a, typed);
     }
-    deliver(sub, a) {
-        sub.cursor = a.seq;
-        const h = sub.handlers;
-        if (h.onActivity)
-            this.safe(() => h.onActivity(a));
-        const typed = h.on?.[a.type];
-        if (typed)
-            this.safe(() => typed(a));
+    emit(h, event, arg, handler) {
+        if (handler)
+            this.safe(handler, arg);
+        const listeners = h.listeners.get(event);
+        if (listeners)
+            for (const fn of [...listeners])
+                this.safe(fn, arg);
     }
     onSubscribed(frame) {
         const scope = scopeOfFrame(frame);
@@ -585,40 +778,41 @@ export class RealtimeClient {
             return;
         const key = scopeKey(scope);
         const entry = this.takeInflight((o) => o.kind === 'subscribe' && o.key === key);
-        const sub = entry?.kind === 'subscribe' ? entry.sub : undefined;
-        if (!this.isCurrent(sub))
+        const room = entry?.kind === 'subscribe' ? entry.room : undefined;
+        if (!this.isCurrent(room))
             return;
-        const since = sub.sentSince;
-        sub.status = 'active';
-        let replayed = 0;
-        if (since !== null) {
-            const held = [...sub.buffer.values()].sort((x, y) => x.seq - y.seq);
-            for (const a of held) {
-                if (sub.status !== 'active')
-                    break;
-                if (sub.cursor === null || a.seq > sub.cursor) {
-                    this.deliver(sub, a);
-                    replayed++;
-                }
+        const since = room.sentSince;
+        room.status = 'active';
+        room.refusals = 0;
+        if (since === null) {
+            room.history = [];
+            room.historyStart = frame.seq;
+            room.cursor = frame.seq;
+        }
+        else {
+            if (!room.joined) {
+                room.history = [];
+                room.historyStart = since;
+                room.cursor = since;
             }
+            for (const a of [...room.buffer.values()].sort((x, y) => x.seq - y.seq)) {
+                if (room.cursor === null || a.seq > room.cursor)
+                    room.record(a);
+            }
+            room.cursor = Math.max(room.cursor ?? frame.seq, frame.seq);
         }
-        sub.buffer.clear();
-        if (sub.status !== 'active')
-            return;
-        sub.cursor = sub.cursor === null ? frame.seq : Math.max(sub.cursor, frame.seq);
-        if (sub.presence)
-            sub.presence.applySnapshot(frame.presence ?? []);
-        const info = { scope: sub.scope, seq: frame.seq, since, replayed, resumed: sub.joins > 0 };
-        sub.joins++;
-        sub.resolveReady(info);
-        this.safe(() => sub.handlers.onSubscribed?.(info));
-        const gap = sub.gap;
-        if (gap) {
-            sub.gap = null;
-            const g = { scope: sub.scope, since: gap.since, seq: frame.seq, message: gap.message };
-            this.safe(() => sub.handlers.onGap?.(g));
-            this.safe(() => this.opts.onGap?.(g));
+        room.buffer.clear();
+        room.joined = true;
+        if (room.presence)
+            room.presence.applySnapshot(frame.presence ?? []);
+        for (const h of [...room.handles]) {
+            if (h.status === 'ended' || !this.isCurrent(room))
+                continue;
+            this.catchUp(h, room, since);
         }
+        room.gap = null;
+        if (this.isCurrent(room))
+            room.trim();
     }
     onUnsubscribed(frame) {
         const scope = scopeOfFrame(frame);
@@ -629,9 +823,9 @@ export class RealtimeClient {
             this.takeInflight((o) => o.kind === 'unsubscribe' && o.key === key);
             return;
         }
-        const sub = this.subs.get(key);
-        if (sub)
-            this.endSubscription(sub, new RealtimeError(frame.reason, 'the server ended this subscription', scope));
+        const room = this.rooms.get(key);
+        if (room)
+            this.endRoom(room, new RealtimeError(frame.reason, 'the server ended this subscription', scope));
     }
     onErrorFrame(frame) {
         const scope = scopeOfFrame(frame);
@@ -645,29 +839,31 @@ export class RealtimeClient {
                 this.reportError(error);
             return;
         }
-        const sub = entry.sub;
-        if (!this.isCurrent(sub))
+        const room = entry.room;
+        if (!this.isCurrent(room))
             return;
         switch (frame.code) {
             case 'resume_unavailable':
                 this.counters.gaps++;
-                sub.gap = { since: sub.sentSince ?? 0, message: frame.message };
-                sub.cursor = null;
-                this.sendSubscribe(sub);
+                room.gap = { since: room.sentSince ?? 0, message: frame.message };
+                this.sendSubscribe(room);
                 return;
             case 'forbidden':
             case 'too_many_subscriptions':
             case 'bad_request':
-                this.endSubscription(sub, error);
+                this.endRoom(room, error);
                 return;
             default: {
                 const id = this.socketId;
-                sub.status = 'pending';
-                sub.retryTimer = setTimeout(() => {
-                    sub.retryTimer = null;
-                    if (id === this.socketId && this.authed && this.isCurrent(sub))
-                        this.sendSubscribe(sub);
-                }, 500 + this.random() * 1000);
+                room.status = 'pending';
+                const b = this.opts.backoff ?? {};
+                const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
+                room.refusals++;
+                room.retryTimer = setTimeout(() => {
+                    room.retryTimer = null;
+                    if (id === this.socketId && this.authed && this.isCurrent(room))
+                        this.sendSubscribe(room);
+                }, Math.round(base / 2 + (this.random() * base) / 2));
             }
         }
     }
@@ -678,13 +874,15 @@ export class RealtimeClient {
                 this.counters.rateLimited++;
                 const id = this.socketId;
                 if (refused && refused.kind !== 'ping') {
-                    setTimeout(() => {
+                    const timer = setTimeout(() => {
+                        this.resendTimers.delete(timer);
                         if (id !== this.socketId || !this.authed)
                             return;
-                        if (refused.kind === 'subscribe' && !this.isCurrent(refused.sub))
+                        if (refused.kind === 'subscribe' && !this.isCurrent(refused.room))
                             return;
                         this.enqueue(refused, refused.kind === 'auth');
                     }, 1000 + this.random() * 1000);
+                    this.resendTimers.add(timer);
                 }
                 return;
             }
@@ -699,9 +897,12 @@ export class RealtimeClient {
                 this.reportError(error);
         }
     }
-    safe(fn) {
+    safe(fn, arg) {
         try {
-            fn();
+            const result = fn(arg);
+            if (result && typeof result.then === 'function') {
+                result.then(undefined, (e) => this.reportError(e));
+            }
         }
         catch (e) {
             this.reportError(e);

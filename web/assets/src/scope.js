@@ -1,3 +1,4 @@
+import { ROUTING } from './generated/protocol.js';
 export function scopeKind(scope) {
     if ('teamId' in scope)
         return 'team';
@@ -34,35 +35,18 @@ export function scopeOfFrame(frame) {
         return { taskId: frame.taskId };
     return null;
 }
-const TEAM_ROOM = new Set([
-    'task.created',
-    'task.deleted',
-    'member.added',
-    'member.updated',
-    'member.removed',
-    'team.updated',
-    'board.created',
-    'board.updated',
-    'board.deleted',
-]);
-const BOARD_ROOM = new Set(['task.created', 'task.updated', 'task.deleted', 'task.assigned']);
-const TASK_ROOM = new Set([
-    'task.updated',
-    'task.deleted',
-    'task.assigned',
-    'comment.created',
-    'comment.updated',
-    'comment.deleted',
-]);
+function routedTo(type, kind) {
+    return Object.prototype.hasOwnProperty.call(ROUTING, type) && ROUTING[type].includes(kind);
+}
 export function reaches(a, scope, previousBoardId) {
     if ('teamId' in scope)
-        return TEAM_ROOM.has(a.type) && a.teamId === scope.teamId;
+        return routedTo(a.type, 'team') && a.teamId === scope.teamId;
     if ('boardId' in scope) {
-        if (!BOARD_ROOM.has(a.type))
+        if (!routedTo(a.type, 'board'))
             return false;
         return a.boardId === scope.boardId || previousBoardId === scope.boardId;
     }
-    return TASK_ROOM.has(a.type) && a.taskId === scope.taskId;
+    return routedTo(a.type, 'task') && a.taskId === scope.taskId;
 }
 export class MoveTracker {
     moves = new Map();

@@ -101,6 +101,7 @@ export class TcpProxy {
   private readonly sockets = new Set<net.Socket>();
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private blocked = false;
+  private dropAfterMs: number | null = null;
   port = 0;
   connections = 0;
 
@@ -126,6 +127,14 @@ export class TcpProxy {
     }
     this.connections++;
     const upstream = net.connect(this.targetPort(), '127.0.0.1');
+    if (this.dropAfterMs !== null) {
+      // A server (or load balancer) that accepts and then drops every connection.
+      const timer = setTimeout(() => {
+        client.destroy();
+        upstream.destroy();
+      }, this.dropAfterMs);
+      client.on('close', () => clearTimeout(timer));
+    }
     for (const s of [client, upstream]) {
       this.sockets.add(s);
       s.on('error', () => {});
@@ -152,6 +161,11 @@ export class TcpProxy {
       upstream.pause();
     }
     this.pairs.clear();
+  }
+
+  /** From now on, drops every new connection `ms` after it was accepted (null: stop). */
+  dropAfter(ms: number | null): void {
+    this.dropAfterMs = ms;
   }
 
   cut(): void {

@@ -31,3 +31,19 @@ export const ACTIVITY_DATA_REQUIRED = {
     "board.deleted": ["boardId"],
 };
 export const PRESENCE_TYPES = ["presence.joined", "presence.left"];
+export const ROUTING = {
+    "task.created": ["team", "board"],
+    "task.updated": ["board", "task"],
+    "task.deleted": ["team", "board", "task"],
+    "task.assigned": ["board", "task", "user"],
+    "comment.created": ["task"],
+    "comment.updated": ["task"],
+    "comment.deleted": ["task"],
+    "member.added": ["team", "user"],
+    "member.updated": ["team", "user"],
+    "member.removed": ["team", "user"],
+    "team.updated": ["team"],
+    "board.created": ["team"],
+    "board.updated": ["team"],
+    "board.deleted": ["team"],
+};
