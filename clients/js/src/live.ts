@@ -41,7 +41,7 @@
 // of the board a task moved to).
 
 import type { Activity, Board, Comment, Member, Scope, Task, TaskStatus } from './generated/protocol.js';
-import { ApiError, type ApiResponse, type Page, type Session } from './http.js';
+import { ApiError, isAuthFailure, type ApiResponse, type Page, type Session } from './http.js';
 import { RealtimeError, type GapInfo, type RealtimeClient, type SubscribedInfo, type Subscription } from './realtime.js';
 
 export type LiveStatus = 'loading' | 'live' | 'refetching' | 'error' | 'closed';
@@ -283,7 +283,8 @@ class PermanentError extends Error {
 }
 
 function isPermanent(e: unknown): boolean {
-  if (e instanceof PermanentError) return true;
+  // The credentials are gone (including a refresh token another tab spent): log in again.
+  if (e instanceof PermanentError || isAuthFailure(e)) return true;
   // 4xx: the request itself is refused (not found, forbidden, the credentials gone); a retry
   // gets the same answer. 408 and 429 are passing.
   return e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;

@@ -1,4 +1,4 @@
-import { ApiError } from './http.js';
+import { ApiError, isAuthFailure } from './http.js';
 import { RealtimeError } from './realtime.js';
 export function openLiveTasks(rt, session, query, opts = {}) {
     const q = checkTasksQuery(query);
@@ -126,7 +126,7 @@ class PermanentError extends Error {
     name = 'PermanentError';
 }
 function isPermanent(e) {
-    if (e instanceof PermanentError)
+    if (e instanceof PermanentError || isAuthFailure(e))
         return true;
     return e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
 }
