@@ -169,7 +169,7 @@ describe('live tasks', { timeout: 60_000 }, () => {
     const team = (await ann.createTeam('Moves')).data;
     const boardA = team.defaultBoardId;
     const boardB = (await ann.createBoard(team.id, 'B')).data.id;
-    // Separate clients: each collection here joins board A's room.
+    // One client each (collections sharing a client and its rooms: see the randomized run).
     const onA = openLiveTasks(connect(server.baseUrl, ann).client, ann, { teamId: team.id, boardId: boardA });
     const all = openLiveTasks(connect(server.baseUrl, ann).client, ann, { teamId: team.id });
     await within('ready', Promise.all([onA.ready, all.ready]));
