@@ -389,6 +389,11 @@ abstract class LiveBase<T> {
     return !this.gone.get(this.idOf(item))?.deleted;
   }
 
+  /** Whether two copies of an item are known to be the same (tasks: same version). */
+  protected same(_a: T, _b: T): boolean {
+    return false;
+  }
+
   /** Activities that change rooms rather than data (board.created/deleted): handled on arrival. */
   protected onArrival(_a: Activity): void {}
 
@@ -575,7 +580,9 @@ abstract class LiveBase<T> {
     for (const item of r.items) {
       const id = this.idOf(item);
       if (this.accept(item)) {
-        items.set(id, item);
+        // An unchanged item keeps its object, so that views of it need not render again.
+        const mine = this.items.get(id);
+        items.set(id, mine !== undefined && this.same(mine, item) ? mine : item);
         this.gone.delete(id);
       } else {
         // A newer copy we already have wins over the page's (tasks only; `items` and `gone`
@@ -802,6 +809,10 @@ class LiveTasks extends LiveBase<Task> {
 
   protected isFinal(a: Activity): boolean {
     return a.type === 'task.deleted';
+  }
+
+  protected override same(a: Task, b: Task): boolean {
+    return a.version === b.version;
   }
 
   protected async fetchAll(signal: AbortSignal): Promise<Loaded<Task>> {

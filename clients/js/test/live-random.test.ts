@@ -114,6 +114,8 @@ test('a gap: the reload holds live activities and applies them after; a stale pa
   live.subscribe((s) => statuses.push(s.status));
   await within('ready', live.ready);
   const cursor = await latestSeq(ann, team.id);
+  const untouched = live.get(tasks[7]!.id);
+  assert.ok(untouched);
 
   // Missed while away: an update, a deletion, a creation.
   proxy.block();
@@ -133,6 +135,7 @@ test('a gap: the reload holds live activities and applies them after; a stale pa
   assert.equal(live.get(heldUpdate!)?.title, 'changed during the reload', 'the held update was applied');
   assert.ok(expected.some((t) => t.title === 'created during the reload'));
   assert.ok(expected.some((t) => t.title === 't1 while away') && !expected.some((t) => t.id === tasks[2]!.id));
+  assert.equal(live.get(tasks[7]!.id), untouched, 'an unchanged task keeps its object across the reload');
 });
 
 test('after a reload, activities the reload already shows are not applied again (no step back)', { timeout: 90_000 }, async () => {

@@ -183,6 +183,9 @@ class LiveBase {
     accept(item) {
         return !this.gone.get(this.idOf(item))?.deleted;
     }
+    same(_a, _b) {
+        return false;
+    }
     onArrival(_a) { }
     roomLost(_room, _e) {
         return false;
@@ -359,7 +362,8 @@ class LiveBase {
         for (const item of r.items) {
             const id = this.idOf(item);
             if (this.accept(item)) {
-                items.set(id, item);
+                const mine = this.items.get(id);
+                items.set(id, mine !== undefined && this.same(mine, item) ? mine : item);
                 this.gone.delete(id);
             }
             else {
@@ -562,6 +566,9 @@ class LiveTasks extends LiveBase {
     }
     isFinal(a) {
         return a.type === 'task.deleted';
+    }
+    same(a, b) {
+        return a.version === b.version;
     }
     async fetchAll(signal) {
         const q = this.q;
