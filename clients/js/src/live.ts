@@ -1,0 +1,956 @@
+// Live collections: a list read over HTTP and kept exact by the activity stream.
+//
+// Every collection works the same way:
+//  1. It reads EVERY page of its list. The first page's `X-TaskForge-Seq` is the snapshot seq S;
+//     right after that page it subscribes its room(s) with `since: S`, so the server replays
+//     everything routed there after S, then goes on live.
+//  2. Until all pages are in, activities are HELD. Then the pages become the data and the held
+//     activities with seq > S are applied in seq order.
+//  3. Live activities are applied as they come. When a room cannot be resumed (`onGap`) the same
+//     load runs again: status 'refetching', live activities held, the reload replaces the data, the
+//     held activities after the reload's S are applied.
+//
+// Why that is exact. Pages are keyset-paginated by id and each page is a consistent read at its own
+// seq >= S (the server reads the seq and the rows in one read transaction). Every activity a
+// collection applies replaces the whole state of one item (the payload carries the full task,
+// comment or member) or removes it. So after step 2, each item's state is the one set by the last
+// activity after S that touched it (all of them are replayed, from S on), and an item no activity
+// after S touched did not change after S either, so every page shows it as it was at S, and keyset
+// pagination cannot skip it (its key did not move). Applying a replayed change to a page that was
+// read later is harmless for the same reason: the later changes follow in seq order and the last
+// one wins. That argument needs no version, which is why comments and members (which have none)
+// are exact too. Activities with seq <= S are already in the data: they are ignored, except
+// deletions of tasks and comments, which are final (ids are never reused) and therefore safe to
+// apply at any time. A member removal is not final (the user can be added back), so an old one is
+// ignored like any other old activity.
+//
+// Tasks carry a `version` and a team-wide task collection listens to several rooms (below), whose
+// deliveries interleave in no particular seq order. For tasks every upsert is therefore version
+// checked: the highest version seen is kept per task, also for tasks that left the collection (a
+// status change out of the filter, a move to another board), so that a stale copy arriving late
+// through another room can never bring one back; deleted tasks keep a tombstone, so that neither a
+// later page, a reload nor a late activity resurrects them.
+//
+// Rooms (the contract's routing table): a board's tasks come from the board room, which carries
+// task.created/updated/deleted/assigned of that board, moves onto and off it included. The team
+// room carries task.created/deleted but not task.updated/assigned, so a team-wide collection joins
+// the team room (for board.created/deleted) AND every board room of the team: the boards are listed
+// over HTTP after the first page, a board.created joins the new board's room with `since` = that
+// activity's seq (nothing happened on the board before), and a board.deleted leaves it (only empty
+// boards can be deleted, and every activity that emptied it also reached the team room or the room
+// of the board a task moved to).
+
+import type { Activity, Board, Comment, Member, Scope, Task, TaskStatus } from './generated/protocol.js';
+import { ApiError, type ApiResponse, type Page, type Session } from './http.js';
+import { RealtimeError, type GapInfo, type RealtimeClient, type SubscribedInfo, type Subscription } from './realtime.js';
+
+export type LiveStatus = 'loading' | 'live' | 'refetching' | 'error' | 'closed';
+
+export interface LiveSnapshot<T> {
+  /**
+   * Sorted. Tasks: by `position`, then `createdAt`, then `id`. Comments: by `createdAt`, then
+   * `id`. Members: by `joinedAt`, then `user.id`.
+   */
+  readonly items: readonly T[];
+  readonly status: LiveStatus;
+  /** The error, with status 'error' (an `ApiError`, a `RealtimeError`, a network error); else null. */
+  readonly error: unknown;
+  /**
+   * The highest seq the collection has accounted for: the snapshot seq of its last load, or the
+   * seq of the last activity its rooms delivered (applied, or not relevant to it). Null before the
+   * first load. A room only carries its own activities, so this reaches the team's latest seq only
+   * when the last activity of the team was routed to the collection's rooms.
+   */
+  readonly seq: number | null;
+}
+
+export interface LiveCollection<T> {
+  /** The current snapshot: the SAME object until something changed. */
+  getSnapshot(): LiveSnapshot<T>;
+  /** Called once per batch of changes (after a microtask), never with an unchanged snapshot. */
+  subscribe(listener: (s: LiveSnapshot<T>) => void): () => void;
+  /** The first load is done and the room(s) joined. Rejects if the collection errs or is closed first. */
+  readonly ready: Promise<LiveSnapshot<T>>;
+  get(id: string): T | undefined;
+  /** Releases this handle; the last handle of a shared collection leaves its rooms and stops it. */
+  close(): void;
+}
+
+export interface LiveTasksQuery {
+  teamId: string;
+  /** Only this board's tasks (else the whole team's). */
+  boardId?: string;
+  filter?: { status?: TaskStatus; assigneeUserId?: string };
+}
+
+export interface LiveCommentsQuery {
+  taskId: string;
+}
+
+export interface LiveMembersQuery {
+  teamId: string;
+}
+
+export interface LiveOptions {
+  /**
+   * Items per page (1 to 200, the server's maximum; default 200). Collections are shared per
+   * query: the first open of a query decides.
+   */
+  pageSize?: number;
+}
+
+/** What a collection needs for HTTP: a `Session` fits. */
+export type LiveHttp = Pick<Session, 'request'>;
+
+/** Tasks of a team or of one board, optionally filtered by status and assignee. */
+export function openLiveTasks(
+  rt: RealtimeClient,
+  session: LiveHttp,
+  query: LiveTasksQuery,
+  opts: LiveOptions = {},
+): LiveCollection<Task> {
+  const q = checkTasksQuery(query);
+  const pageSize = checkPageSize(opts.pageSize);
+  const key = `tasks:${q.teamId}:${q.boardId ?? '*'}:${q.status ?? '*'}:${q.assigneeUserId ?? '*'}`;
+  return open(rt, key, () => new LiveTasks(rt, session, pageSize, key, q));
+}
+
+/**
+ * A task's comments (its task room). When the task is deleted the collection ends: status
+ * 'closed', no items (the task and its comments are gone).
+ */
+export function openLiveComments(
+  rt: RealtimeClient,
+  session: LiveHttp,
+  query: LiveCommentsQuery,
+  opts: LiveOptions = {},
+): LiveCollection<Comment> {
+  const taskId = checkId(query?.taskId, 'taskId');
+  const pageSize = checkPageSize(opts.pageSize);
+  const key = `comments:${taskId}`;
+  return open(rt, key, () => new LiveComments(rt, session, pageSize, key, taskId));
+}
+
+/**
+ * A team's members (its team room). Display names are as of the load or the member's last
+ * activity: the server emits no activity when a user renames themself.
+ */
+export function openLiveMembers(
+  rt: RealtimeClient,
+  session: LiveHttp,
+  query: LiveMembersQuery,
+  opts: LiveOptions = {},
+): LiveCollection<Member> {
+  const teamId = checkId(query?.teamId, 'teamId');
+  const pageSize = checkPageSize(opts.pageSize);
+  const key = `members:${teamId}`;
+  return open(rt, key, () => new LiveMembers(rt, session, pageSize, key, teamId));
+}
+
+// ---- input checks -------------------------------------------------------------------------------
+
+const TASK_STATUSES: readonly TaskStatus[] = ['todo', 'in_progress', 'done', 'canceled'];
+
+function checkId(v: unknown, name: string): string {
+  if (typeof v !== 'string' || v === '') throw new TypeError(`${name} must be a non-empty string`);
+  return v;
+}
+
+function checkPageSize(v: unknown): number {
+  if (v === undefined) return 200;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 200) {
+    throw new TypeError('pageSize must be an integer from 1 to 200');
+  }
+  return v;
+}
+
+interface TasksQuery {
+  teamId: string;
+  boardId: string | undefined;
+  status: TaskStatus | undefined;
+  assigneeUserId: string | undefined;
+}
+
+function checkTasksQuery(query: LiveTasksQuery): TasksQuery {
+  if (!query || typeof query !== 'object') throw new TypeError('the query must be an object with a teamId');
+  const teamId = checkId(query.teamId, 'teamId');
+  const boardId = query.boardId === undefined ? undefined : checkId(query.boardId, 'boardId');
+  const f = query.filter;
+  if (f !== undefined && (f === null || typeof f !== 'object')) throw new TypeError('filter must be an object');
+  const status = f?.status;
+  if (status !== undefined && !TASK_STATUSES.includes(status)) {
+    throw new TypeError(`filter.status must be one of ${TASK_STATUSES.join(', ')}`);
+  }
+  const assigneeUserId = f?.assigneeUserId === undefined ? undefined : checkId(f.assigneeUserId, 'filter.assigneeUserId');
+  return { teamId, boardId, status, assigneeUserId };
+}
+
+// ---- sharing ------------------------------------------------------------------------------------
+
+const registry = new WeakMap<RealtimeClient, Map<string, LiveBase<unknown>>>();
+
+function open<T>(rt: RealtimeClient, key: string, make: () => LiveBase<T>): LiveCollection<T> {
+  if (!rt || typeof rt.subscribe !== 'function') throw new TypeError('rt must be a RealtimeClient');
+  let byKey = registry.get(rt);
+  if (!byKey) registry.set(rt, (byKey = new Map()));
+  let base = byKey.get(key) as LiveBase<T> | undefined;
+  if (!base || base.finished) {
+    // A collection that ended (an error it cannot recover from, a deleted task) is not reused.
+    base = make();
+    byKey.set(key, base as LiveBase<unknown>);
+    base.refs++;
+    base.start();
+  } else {
+    base.refs++;
+  }
+  return new LiveHandle(base);
+}
+
+function unregister(rt: RealtimeClient, key: string, base: LiveBase<unknown>): void {
+  const byKey = registry.get(rt);
+  if (byKey?.get(key) === base) byKey.delete(key);
+}
+
+class LiveHandle<T> implements LiveCollection<T> {
+  readonly ready: Promise<LiveSnapshot<T>>;
+  private readonly base: LiveBase<T>;
+  private readonly mine = new Set<(s: LiveSnapshot<T>) => void>();
+  private closedSnapshot: LiveSnapshot<T> | null = null;
+  private rejectReady!: (e: unknown) => void;
+
+  constructor(base: LiveBase<T>) {
+    this.base = base;
+    this.ready = new Promise<LiveSnapshot<T>>((resolve, reject) => {
+      this.rejectReady = reject;
+      base.ready.then(resolve, reject);
+    });
+    // An app that never awaits `ready` must not get an unhandled rejection.
+    this.ready.catch(() => {});
+  }
+
+  getSnapshot(): LiveSnapshot<T> {
+    return this.closedSnapshot ?? this.base.getSnapshot();
+  }
+
+  subscribe(listener: (s: LiveSnapshot<T>) => void): () => void {
+    if (typeof listener !== 'function') throw new TypeError('listener must be a function');
+    if (this.closedSnapshot) return () => {};
+    // A wrapper per call, so that subscribing one function twice gives two independent entries.
+    const entry = (s: LiveSnapshot<T>) => listener(s);
+    this.mine.add(entry);
+    this.base.listeners.add(entry);
+    return () => {
+      this.mine.delete(entry);
+      this.base.listeners.delete(entry);
+    };
+  }
+
+  get(id: string): T | undefined {
+    return this.closedSnapshot ? undefined : this.base.get(id);
+  }
+
+  close(): void {
+    if (this.closedSnapshot) return;
+    this.closedSnapshot = Object.freeze({ ...this.base.getSnapshot(), status: 'closed' as const });
+    for (const l of this.mine) this.base.listeners.delete(l);
+    this.mine.clear();
+    this.rejectReady(new RealtimeError('closed', 'the live collection was closed'));
+    this.base.release();
+  }
+}
+
+// ---- the engine ---------------------------------------------------------------------------------
+
+/** After this many failed loads in a row the status turns 'error' (the retries go on). */
+const ERROR_AFTER_FAILURES = 3;
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 10_000;
+/** Activities held during a (re)load at most; past it the newest are dropped and the load runs again. */
+const MAX_HELD = 10_000;
+/** Forgotten items (versions, tombstones) kept before pruning; past the hard cap a reload resets them. */
+const GONE_PRUNE_AT = 1_000;
+const GONE_HARD_CAP = 50_000;
+
+/** Marks an error no retry can fix. */
+class PermanentError extends Error {
+  override readonly name = 'PermanentError';
+}
+
+function isPermanent(e: unknown): boolean {
+  if (e instanceof PermanentError) return true;
+  // 4xx: the request itself is refused (not found, forbidden, the credentials gone); a retry
+  // gets the same answer. 408 and 429 are passing.
+  return e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
+}
+
+function seqOf(r: ApiResponse<unknown>, path: string): number {
+  if (r.seq === null || !Number.isInteger(r.seq) || r.seq < 0) {
+    throw new PermanentError(`GET ${path} answered without a usable X-TaskForge-Seq`);
+  }
+  return r.seq;
+}
+
+/** What is known of an item that is not in the collection. */
+interface Gone {
+  /** Tasks: the version it left the collection at (Infinity once deleted). */
+  version: number;
+  deleted: boolean;
+  /** The seq that told us. */
+  seq: number;
+}
+
+interface Room {
+  scope: Scope;
+  key: string;
+  sub: Subscription | null;
+  joined: boolean;
+  /** The seq this room has delivered up to (its `since`, then its activities and joins). */
+  cursor: number;
+  /** The `since` it was joined with. */
+  since: number;
+}
+
+interface Loaded<T> {
+  items: T[];
+  seq: number;
+}
+
+abstract class LiveBase<T> {
+  readonly key: string;
+  readonly ready: Promise<LiveSnapshot<T>>;
+  readonly listeners = new Set<(s: LiveSnapshot<T>) => void>();
+  refs = 0;
+  /** Closed, or failed for good: nothing runs any more. */
+  finished = false;
+
+  protected readonly rt: RealtimeClient;
+  protected readonly http: LiveHttp;
+  protected readonly pageSize: number;
+  protected items = new Map<string, T>();
+  protected readonly gone = new Map<string, Gone>();
+  protected readonly rooms = new Map<string, Room>();
+  /** The snapshot seq (first page) of the load the data comes from; -1 before the first. */
+  protected baseSeq = -1;
+  /** True while a (re)load runs: activities are held, except final deletions. */
+  protected holding = true;
+
+  private status: LiveStatus = 'loading';
+  private error: unknown = null;
+  private seq: number | null = null;
+  private readonly held = new Map<number, Activity>();
+  /** The highest seq dropped from a full hold buffer: the load must start after it. */
+  private heldDropped = -1;
+  private loadGen = 0;
+  private abort: AbortController | null = null;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private failures = 0;
+  private everLive = false;
+  private loaded = false;
+  private snapshot: LiveSnapshot<T> | null = null;
+  private lastNotified: LiveSnapshot<T> | null = null;
+  private pruneAt = GONE_PRUNE_AT;
+  private notifyQueued = false;
+  private readySettled = false;
+  private resolveReady!: (s: LiveSnapshot<T>) => void;
+  private rejectReady!: (e: unknown) => void;
+
+  constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string) {
+    this.rt = rt;
+    this.http = http;
+    this.pageSize = pageSize;
+    this.key = key;
+    this.ready = new Promise<LiveSnapshot<T>>((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    this.ready.catch(() => {});
+  }
+
+  /** Reads every page; joins the room(s) with `since` = the first page's seq right after it. */
+  protected abstract fetchAll(signal: AbortSignal): Promise<Loaded<T>>;
+  /** Applies one activity to `items` (and `gone`). */
+  protected abstract apply(a: Activity): void;
+  /** Deletions that are final (ids never come back): applied even while holding or when old. */
+  protected abstract isFinal(a: Activity): boolean;
+  protected abstract idOf(item: T): string;
+  protected abstract compare(a: T, b: T): number;
+
+  /** Whether a loaded item may replace what the collection knows (tasks: version checks). */
+  protected accept(item: T): boolean {
+    return !this.gone.get(this.idOf(item))?.deleted;
+  }
+
+  /** Activities that change rooms rather than data (board.created/deleted): handled on arrival. */
+  protected onArrival(_a: Activity): void {}
+
+  /** A room's subscription ended for good. Return true if the collection can do without it. */
+  protected roomLost(_room: Room, _e: unknown): boolean {
+    return false;
+  }
+
+  /** A failed load that no retry can fix. Return true if handled (e.g. the collection ended). */
+  protected loadGone(_e: unknown, _loadedBefore: boolean): boolean {
+    return false;
+  }
+
+  start(): void {
+    this.startLoad();
+  }
+
+  get(id: string): T | undefined {
+    return this.items.get(id);
+  }
+
+  getSnapshot(): LiveSnapshot<T> {
+    if (!this.snapshot) {
+      const items = Object.freeze([...this.items.values()].sort((a, b) => this.compare(a, b)));
+      this.snapshot = Object.freeze({ items, status: this.status, error: this.error, seq: this.seq });
+    }
+    return this.snapshot;
+  }
+
+  release(): void {
+    if (--this.refs > 0) return;
+    this.end('closed', null);
+  }
+
+  // ---- rooms ----
+
+  protected join(scope: Scope, since: number): void {
+    if (this.finished) return;
+    const key = 'teamId' in scope ? `team:${scope.teamId}` : 'boardId' in scope ? `board:${scope.boardId}` : `task:${scope.taskId}`;
+    if (this.rooms.has(key)) return;
+    const room: Room = { scope, key, sub: null, joined: false, cursor: since, since };
+    this.rooms.set(key, room);
+    const current = () => !this.finished && this.rooms.get(key) === room;
+    let sub: Subscription;
+    try {
+      sub = this.rt.subscribe(
+        scope,
+        {
+          onActivity: (a) => {
+            if (current()) this.onRoomActivity(room, a);
+          },
+          onSubscribed: (info: SubscribedInfo) => {
+            if (!current()) return;
+            room.joined = true;
+            room.cursor = Math.max(room.cursor, info.seq);
+            this.settle();
+          },
+          onGap: (g: GapInfo) => {
+            if (!current()) return;
+            // The room skipped (g.since, g.seq]: reload everything, then go on after it.
+            room.cursor = Math.max(room.cursor, g.seq);
+            this.refetch();
+          },
+          onError: (e) => {
+            if (current()) this.onRoomEnded(room, e);
+          },
+        },
+        { since },
+      );
+    } catch (e) {
+      this.rooms.delete(key);
+      this.fail(e);
+      return;
+    }
+    room.sub = sub;
+    sub.ready.catch((e: unknown) => {
+      if (!current()) return;
+      if (sub.state === 'ended') return this.onRoomEnded(room, e);
+      // The room is not joined yet and the client says it will not be for now (e.g. closed):
+      // a collection waiting for it is in error until the room is joined after all.
+      if (!this.everLive) this.setError(e);
+    });
+  }
+
+  protected leave(key: string): void {
+    const room = this.rooms.get(key);
+    if (!room) return;
+    this.rooms.delete(key);
+    room.sub?.unsubscribe();
+  }
+
+  private onRoomEnded(room: Room, e: unknown): void {
+    this.rooms.delete(room.key);
+    if (this.roomLost(room, e)) {
+      this.settle();
+      return;
+    }
+    this.fail(e);
+  }
+
+  private onRoomActivity(room: Room, a: Activity): void {
+    room.cursor = Math.max(room.cursor, a.seq);
+    this.onArrival(a);
+    if (this.finished) return;
+    if (this.holding) {
+      if (this.isFinal(a)) this.applyOne(a);
+      else this.hold(a);
+      return;
+    }
+    if (a.seq <= this.baseSeq && !this.isFinal(a)) return; // the load already shows it
+    this.applyOne(a);
+    this.pruneGone();
+  }
+
+  private applyOne(a: Activity): void {
+    this.apply(a);
+    if (this.finished) return;
+    this.seq = Math.max(this.seq ?? a.seq, a.seq);
+    this.changed();
+  }
+
+  private hold(a: Activity): void {
+    if (this.held.has(a.seq)) return; // the same activity through another room
+    if (this.held.size >= MAX_HELD) {
+      this.heldDropped = Math.max(this.heldDropped, a.seq);
+      return;
+    }
+    this.held.set(a.seq, a);
+  }
+
+  // ---- loading ----
+
+  private refetch(): void {
+    if (this.finished) return;
+    this.holding = true;
+    this.failures = 0;
+    if (this.status !== 'error') this.status = this.loaded ? 'refetching' : 'loading';
+    this.changed();
+    this.startLoad();
+  }
+
+  private startLoad(): void {
+    if (this.finished) return;
+    // A newer load replaces one in flight (a gap during a reload): the older answer is dropped.
+    const gen = ++this.loadGen;
+    this.abort?.abort();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const ac = new AbortController();
+    this.abort = ac;
+    this.holding = true;
+    this.fetchAll(ac.signal).then(
+      (r) => {
+        if (gen !== this.loadGen || this.finished) return;
+        this.abort = null;
+        this.install(r);
+      },
+      (e: unknown) => {
+        if (gen !== this.loadGen || this.finished) return;
+        this.abort = null;
+        this.loadFailed(e);
+      },
+    );
+  }
+
+  private install(r: Loaded<T>): void {
+    const s = r.seq;
+    if (this.heldDropped > s) {
+      // Activities after this load were dropped from the full buffer: load again, later.
+      for (const seq of [...this.held.keys()]) if (seq <= s) this.held.delete(seq);
+      this.startLoad();
+      return;
+    }
+    const items = new Map<string, T>();
+    for (const item of r.items) {
+      const id = this.idOf(item);
+      if (this.accept(item)) {
+        items.set(id, item);
+        this.gone.delete(id);
+      } else {
+        // A newer copy we already have wins over the page's (tasks only; `items` and `gone`
+        // never hold the same id).
+        const mine = this.items.get(id);
+        if (mine !== undefined) items.set(id, mine);
+      }
+    }
+    this.items = items;
+    this.baseSeq = s;
+    this.seq = Math.max(this.seq ?? s, s);
+    this.holding = false;
+    const held = [...this.held.values()].sort((x, y) => x.seq - y.seq);
+    this.held.clear();
+    this.heldDropped = -1;
+    for (const a of held) {
+      if (this.finished) return;
+      if (a.seq > s) this.applyOne(a);
+    }
+    this.loaded = true;
+    this.failures = 0;
+    this.error = null;
+    this.status = this.everLive ? 'live' : 'loading';
+    this.pruneGone(true);
+    this.changed();
+    this.settle();
+  }
+
+  private loadFailed(e: unknown): void {
+    if (isPermanent(e)) {
+      if (this.loadGone(e, this.loaded)) return;
+      return this.fail(e);
+    }
+    this.failures++;
+    if (this.failures >= ERROR_AFTER_FAILURES) this.setError(e);
+    const base = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** (this.failures - 1));
+    const delay = base / 2 + (Math.random() * base) / 2;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.startLoad();
+    }, delay);
+  }
+
+  /** Goes 'live' once loaded and every room joined (the first time), and resolves `ready`. */
+  private settle(): void {
+    if (this.finished || this.holding || !this.loaded) return;
+    if (!this.everLive) {
+      for (const room of this.rooms.values()) if (!room.joined) return;
+      this.everLive = true;
+    }
+    if (this.status !== 'live') {
+      this.status = 'live';
+      this.error = null;
+      this.changed();
+    }
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.resolveReady(this.getSnapshot());
+    }
+  }
+
+  /** Status 'error' that may still recover (a retry or a join that works later). */
+  private setError(e: unknown): void {
+    this.status = 'error';
+    this.error = e;
+    this.changed();
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.rejectReady(e);
+    }
+  }
+
+  /** Ends the collection for good with status 'error'. */
+  protected fail(e: unknown): void {
+    this.end('error', e);
+  }
+
+  /** Stops everything: rooms, the fetch in flight, timers. Listeners get the final snapshot. */
+  protected end(status: 'closed' | 'error', e: unknown, clear = false): void {
+    if (this.finished) return;
+    this.finished = true;
+    unregister(this.rt, this.key, this as LiveBase<unknown>);
+    this.loadGen++;
+    this.abort?.abort();
+    this.abort = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    for (const key of [...this.rooms.keys()]) this.leave(key);
+    this.held.clear();
+    if (clear) this.items = new Map();
+    this.status = status;
+    this.error = status === 'error' ? e : null;
+    this.changed();
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.rejectReady(status === 'error' ? e : new RealtimeError('closed', 'the live collection ended'));
+    }
+  }
+
+  // ---- bookkeeping ----
+
+  /**
+   * Forgets what no delivery can contradict any more: an entry about seq e is needed only against
+   * an older copy, which could come from a room that has not delivered past e yet, or from a load
+   * in flight. None is possible once every room is past e (rooms deliver in seq order; a board
+   * room joined later starts after its board.created, which is after anything pruned before it was
+   * known) or once a load read after e is installed (older activities are then ignored).
+   */
+  private pruneGone(force = false): void {
+    if (this.holding || (!force && this.gone.size <= this.pruneAt)) return;
+    let floor = this.baseSeq;
+    let min = Infinity;
+    for (const room of this.rooms.values()) min = Math.min(min, room.cursor);
+    if (min !== Infinity) floor = Math.max(floor, min);
+    for (const [id, g] of this.gone) if (g.seq <= floor) this.gone.delete(id);
+    // What could not go stays for a while: scan again only after as many more.
+    this.pruneAt = Math.min(GONE_HARD_CAP, Math.max(GONE_PRUNE_AT, this.gone.size * 2));
+    // A room that stays quiet holds the floor back: a reload lets everything older go.
+    if (this.gone.size > GONE_HARD_CAP) this.refetch();
+  }
+
+  private changed(): void {
+    this.snapshot = null;
+    if (this.notifyQueued) return;
+    this.notifyQueued = true;
+    // One notification per burst: everything applied in this task is seen at once.
+    queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    this.notifyQueued = false;
+    const s = this.getSnapshot();
+    if (s === this.lastNotified) return;
+    this.lastNotified = s;
+    for (const l of [...this.listeners]) {
+      try {
+        l(s);
+      } catch (e) {
+        this.rt.reportError(e);
+      }
+    }
+  }
+
+  /** Every page of a list; the first page's seq. */
+  protected async readAll<X>(
+    path: string,
+    query: Record<string, string | undefined>,
+    signal: AbortSignal,
+    afterFirst?: (seq: number) => Promise<void> | void,
+  ): Promise<Loaded<X>> {
+    const first = await this.http.request<Page<X>>('GET', path, { query: { ...query, limit: this.pageSize }, signal });
+    const seq = seqOf(first, path);
+    await afterFirst?.(seq);
+    const items = [...first.data.items];
+    let cursor = first.data.nextCursor;
+    // Bounded: a cursor that does not move would loop forever.
+    const seen = new Set<string>();
+    while (cursor) {
+      if (seen.has(cursor)) throw new PermanentError(`GET ${path}: the server repeated a page cursor`);
+      seen.add(cursor);
+      signal.throwIfAborted();
+      const page = await this.http.request<Page<X>>('GET', path, {
+        query: { ...query, limit: this.pageSize, cursor },
+        signal,
+      });
+      items.push(...page.data.items);
+      cursor = page.data.nextCursor;
+    }
+    return { items, seq };
+  }
+}
+
+// ---- tasks ----------------------------------------------------------------------------------------
+
+function compareTasks(a: Task, b: Task): number {
+  return a.position - b.position || cmp(a.createdAt, b.createdAt) || cmp(a.id, b.id);
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+class LiveTasks extends LiveBase<Task> {
+  private readonly q: TasksQuery;
+
+  constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, q: TasksQuery) {
+    super(rt, http, pageSize, key);
+    this.q = q;
+  }
+
+  protected idOf(t: Task): string {
+    return t.id;
+  }
+
+  protected compare(a: Task, b: Task): number {
+    return compareTasks(a, b);
+  }
+
+  private matches(t: Task): boolean {
+    const q = this.q;
+    return (
+      t.teamId === q.teamId &&
+      (q.boardId === undefined || t.boardId === q.boardId) &&
+      (q.status === undefined || t.status === q.status) &&
+      (q.assigneeUserId === undefined || t.assigneeUserId === q.assigneeUserId)
+    );
+  }
+
+  /** The highest version known of a task (in the collection or not); -1 if none. */
+  private known(id: string): number {
+    const g = this.gone.get(id);
+    if (g) return g.version;
+    return this.items.get(id)?.version ?? -1;
+  }
+
+  protected override accept(t: Task): boolean {
+    const g = this.gone.get(t.id);
+    if (g) return t.version > g.version;
+    const mine = this.items.get(t.id);
+    return mine === undefined || t.version >= mine.version;
+  }
+
+  protected isFinal(a: Activity): boolean {
+    return a.type === 'task.deleted';
+  }
+
+  protected async fetchAll(signal: AbortSignal): Promise<Loaded<Task>> {
+    const q = this.q;
+    const path = `/teams/${q.teamId}/tasks`;
+    const query = { boardId: q.boardId, status: q.status, assigneeUserId: q.assigneeUserId };
+    return this.readAll<Task>(path, query, signal, async (seq) => {
+      if (q.boardId !== undefined) {
+        this.join({ boardId: q.boardId }, seq);
+        return;
+      }
+      // Team-wide: the team room (board.created/deleted) and every board's room.
+      this.join({ teamId: q.teamId }, seq);
+      const boards = await this.readAll<Board>(`/teams/${q.teamId}/boards`, {}, signal);
+      if (this.finished || signal.aborted) return;
+      const ids = new Set(boards.items.map((b) => b.id));
+      for (const id of ids) this.join({ boardId: id }, seq);
+      // A board room the listing does not show was deleted, unless it was joined after the
+      // listing was read (from a board.created the listing predates).
+      for (const room of [...this.rooms.values()]) {
+        if ('boardId' in room.scope && !ids.has(room.scope.boardId) && room.since <= boards.seq) this.leave(room.key);
+      }
+    });
+  }
+
+  protected override onArrival(a: Activity): void {
+    if (this.q.boardId !== undefined) return;
+    if (a.type === 'board.created') {
+      // The board did not exist before this seq: its room replays everything since.
+      if (a.seq > this.baseSeq || this.holding) this.join({ boardId: a.data.board.id }, a.seq);
+    } else if (a.type === 'board.deleted') {
+      this.leave(`board:${a.data.boardId}`);
+    }
+  }
+
+  protected override roomLost(room: Room, e: unknown): boolean {
+    // Team-wide: a board deleted before its room was joined answers `forbidden`; the team room
+    // reports a lost membership itself.
+    return this.q.boardId === undefined && 'boardId' in room.scope && e instanceof RealtimeError && e.code === 'forbidden';
+  }
+
+  protected apply(a: Activity): void {
+    switch (a.type) {
+      case 'task.created':
+      case 'task.updated':
+      case 'task.assigned':
+        return this.upsert(a.data.task, a.seq);
+      case 'task.deleted':
+        this.items.delete(a.data.taskId);
+        this.gone.set(a.data.taskId, { version: Infinity, deleted: true, seq: a.seq });
+        return;
+      default:
+        return;
+    }
+  }
+
+  private upsert(t: Task, seq: number): void {
+    if (t.teamId !== this.q.teamId || t.version <= this.known(t.id)) return; // stale, or deleted
+    if (this.matches(t)) {
+      this.items.set(t.id, t);
+      this.gone.delete(t.id);
+    } else {
+      // Left the collection (or never was in it): remember the version, so that an older copy
+      // that still matched cannot come back.
+      this.items.delete(t.id);
+      this.gone.set(t.id, { version: t.version, deleted: false, seq });
+    }
+  }
+}
+
+// ---- comments -------------------------------------------------------------------------------------
+
+class LiveComments extends LiveBase<Comment> {
+  private readonly taskId: string;
+
+  constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, taskId: string) {
+    super(rt, http, pageSize, key);
+    this.taskId = taskId;
+  }
+
+  protected idOf(c: Comment): string {
+    return c.id;
+  }
+
+  protected compare(a: Comment, b: Comment): number {
+    return cmp(a.createdAt, b.createdAt) || cmp(a.id, b.id);
+  }
+
+  protected isFinal(a: Activity): boolean {
+    return a.type === 'comment.deleted' || a.type === 'task.deleted';
+  }
+
+  protected fetchAll(signal: AbortSignal): Promise<Loaded<Comment>> {
+    return this.readAll<Comment>(`/tasks/${this.taskId}/comments`, {}, signal, (seq) => {
+      this.join({ taskId: this.taskId }, seq);
+    });
+  }
+
+  protected override loadGone(e: unknown, loadedBefore: boolean): boolean {
+    // The task vanished while the room could not be resumed (its task.deleted was in the gap).
+    if (loadedBefore && e instanceof ApiError && e.status === 404) {
+      this.end('closed', null, true);
+      return true;
+    }
+    return false;
+  }
+
+  protected apply(a: Activity): void {
+    switch (a.type) {
+      case 'comment.created':
+      case 'comment.updated': {
+        const c = a.data.comment;
+        if (c.taskId !== this.taskId || this.gone.has(c.id)) return;
+        this.items.set(c.id, c);
+        return;
+      }
+      case 'comment.deleted':
+        this.items.delete(a.data.commentId);
+        this.gone.set(a.data.commentId, { version: Infinity, deleted: true, seq: a.seq });
+        return;
+      case 'task.deleted':
+        if (a.data.taskId === this.taskId) this.end('closed', null, true);
+        return;
+      default:
+        return;
+    }
+  }
+}
+
+// ---- members --------------------------------------------------------------------------------------
+
+class LiveMembers extends LiveBase<Member> {
+  private readonly teamId: string;
+
+  constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, teamId: string) {
+    super(rt, http, pageSize, key);
+    this.teamId = teamId;
+  }
+
+  protected idOf(m: Member): string {
+    return m.user.id;
+  }
+
+  protected compare(a: Member, b: Member): number {
+    return cmp(a.joinedAt, b.joinedAt) || cmp(a.user.id, b.user.id);
+  }
+
+  protected isFinal(_a: Activity): boolean {
+    // A removed member can be added again: a removal is applied in seq order like the rest.
+    return false;
+  }
+
+  protected fetchAll(signal: AbortSignal): Promise<Loaded<Member>> {
+    return this.readAll<Member>(`/teams/${this.teamId}/members`, {}, signal, (seq) => {
+      this.join({ teamId: this.teamId }, seq);
+    });
+  }
+
+  protected apply(a: Activity): void {
+    switch (a.type) {
+      case 'member.added':
+      case 'member.updated':
+        if (a.data.member.teamId === this.teamId) this.items.set(a.data.member.user.id, a.data.member);
+        return;
+      case 'member.removed':
+        this.items.delete(a.data.userId);
+        return;
+      default:
+        return;
+    }
+  }
+}
