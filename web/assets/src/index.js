@@ -3,3 +3,4 @@ export * from './http.js';
 export * from './presence.js';
 export * from './realtime.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind } from './scope.js';
+export * from './live.js';
