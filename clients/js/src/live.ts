@@ -340,6 +340,8 @@ abstract class LiveBase<T> {
   private readonly held = new Map<number, Activity>();
   /** The highest seq dropped from a full hold buffer: the load must start after it. */
   private heldDropped = -1;
+  /** The highest seq of the final deletions applied while holding (counted in `seq` at install). */
+  private finalWhileHolding = -1;
   private loadGen = 0;
   private abort: AbortController | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -368,8 +370,8 @@ abstract class LiveBase<T> {
 
   /** Reads every page; joins the room(s) with `since` = the first page's seq right after it. */
   protected abstract fetchAll(signal: AbortSignal): Promise<Loaded<T>>;
-  /** Applies one activity to `items` (and `gone`). */
-  protected abstract apply(a: Activity): void;
+  /** Applies one activity to `items` (and `gone`); true if `items` changed. */
+  protected abstract apply(a: Activity): boolean;
   /** Deletions that are final (ids never come back): applied even while holding or when old. */
   protected abstract isFinal(a: Activity): boolean;
   protected abstract idOf(item: T): string;
@@ -485,8 +487,12 @@ abstract class LiveBase<T> {
     this.onArrival(a);
     if (this.finished) return;
     if (this.holding) {
-      if (this.isFinal(a)) this.applyOne(a);
-      else this.hold(a);
+      if (this.isFinal(a)) {
+        this.applyOne(a);
+        this.finalWhileHolding = Math.max(this.finalWhileHolding, a.seq);
+      } else {
+        this.hold(a);
+      }
       return;
     }
     if (a.seq <= this.baseSeq && !this.isFinal(a)) return; // the load already shows it
@@ -495,10 +501,15 @@ abstract class LiveBase<T> {
   }
 
   private applyOne(a: Activity): void {
-    this.apply(a);
+    let changed = this.apply(a);
     if (this.finished) return;
-    this.seq = Math.max(this.seq ?? a.seq, a.seq);
-    this.changed();
+    // While holding, only final deletions are applied, to data about to be replaced: the seq
+    // moves with what is applied live (and with the load).
+    if (!this.holding && (this.seq === null || a.seq > this.seq)) {
+      this.seq = a.seq;
+      changed = true;
+    }
+    if (changed) this.changed();
   }
 
   private hold(a: Activity): void {
@@ -577,6 +588,8 @@ abstract class LiveBase<T> {
       if (this.finished) return;
       if (a.seq > s) this.applyOne(a);
     }
+    this.seq = Math.max(this.seq, this.finalWhileHolding);
+    this.finalWhileHolding = -1;
     this.loaded = true;
     this.failures = 0;
     this.error = null;
@@ -823,32 +836,33 @@ class LiveTasks extends LiveBase<Task> {
     return this.q.boardId === undefined && 'boardId' in room.scope && e instanceof RealtimeError && e.code === 'forbidden';
   }
 
-  protected apply(a: Activity): void {
+  protected apply(a: Activity): boolean {
     switch (a.type) {
       case 'task.created':
       case 'task.updated':
       case 'task.assigned':
         return this.upsert(a.data.task, a.seq);
-      case 'task.deleted':
-        this.items.delete(a.data.taskId);
+      case 'task.deleted': {
+        const had = this.items.delete(a.data.taskId);
         this.gone.set(a.data.taskId, { version: Infinity, deleted: true, seq: a.seq });
-        return;
+        return had;
+      }
       default:
-        return;
+        return false;
     }
   }
 
-  private upsert(t: Task, seq: number): void {
-    if (t.teamId !== this.q.teamId || t.version <= this.known(t.id)) return; // stale, or deleted
+  private upsert(t: Task, seq: number): boolean {
+    if (t.teamId !== this.q.teamId || t.version <= this.known(t.id)) return false; // stale, or deleted
     if (this.matches(t)) {
       this.items.set(t.id, t);
       this.gone.delete(t.id);
-    } else {
-      // Left the collection (or never was in it): remember the version, so that an older copy
-      // that still matched cannot come back.
-      this.items.delete(t.id);
-      this.gone.set(t.id, { version: t.version, deleted: false, seq });
+      return true;
     }
+    // Left the collection (or never was in it): remember the version, so that an older copy that
+    // still matched cannot come back.
+    this.gone.set(t.id, { version: t.version, deleted: false, seq });
+    return this.items.delete(t.id);
   }
 }
 
@@ -889,24 +903,25 @@ class LiveComments extends LiveBase<Comment> {
     return false;
   }
 
-  protected apply(a: Activity): void {
+  protected apply(a: Activity): boolean {
     switch (a.type) {
       case 'comment.created':
       case 'comment.updated': {
         const c = a.data.comment;
-        if (c.taskId !== this.taskId || this.gone.has(c.id)) return;
+        if (c.taskId !== this.taskId || this.gone.has(c.id)) return false;
         this.items.set(c.id, c);
-        return;
+        return true;
       }
-      case 'comment.deleted':
-        this.items.delete(a.data.commentId);
+      case 'comment.deleted': {
+        const had = this.items.delete(a.data.commentId);
         this.gone.set(a.data.commentId, { version: Infinity, deleted: true, seq: a.seq });
-        return;
+        return had;
+      }
       case 'task.deleted':
         if (a.data.taskId === this.taskId) this.end('closed', null, true);
-        return;
+        return true;
       default:
-        return;
+        return false;
     }
   }
 }
@@ -940,17 +955,17 @@ class LiveMembers extends LiveBase<Member> {
     });
   }
 
-  protected apply(a: Activity): void {
+  protected apply(a: Activity): boolean {
     switch (a.type) {
       case 'member.added':
       case 'member.updated':
-        if (a.data.member.teamId === this.teamId) this.items.set(a.data.member.user.id, a.data.member);
-        return;
+        if (a.data.member.teamId !== this.teamId) return false;
+        this.items.set(a.data.member.user.id, a.data.member);
+        return true;
       case 'member.removed':
-        this.items.delete(a.data.userId);
-        return;
+        return this.items.delete(a.data.userId);
       default:
-        return;
+        return false;
     }
   }
 }
