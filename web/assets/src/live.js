@@ -154,6 +154,7 @@ class LiveBase {
     seq = null;
     held = new Map();
     heldDropped = -1;
+    finalWhileHolding = -1;
     loadGen = 0;
     abort = null;
     retryTimer = null;
@@ -277,10 +278,13 @@ class LiveBase {
         if (this.finished)
             return;
         if (this.holding) {
-            if (this.isFinal(a))
+            if (this.isFinal(a)) {
                 this.applyOne(a);
-            else
+                this.finalWhileHolding = Math.max(this.finalWhileHolding, a.seq);
+            }
+            else {
                 this.hold(a);
+            }
             return;
         }
         if (a.seq <= this.baseSeq && !this.isFinal(a))
@@ -289,11 +293,15 @@ class LiveBase {
         this.pruneGone();
     }
     applyOne(a) {
-        this.apply(a);
+        let changed = this.apply(a);
         if (this.finished)
             return;
-        this.seq = Math.max(this.seq ?? a.seq, a.seq);
-        this.changed();
+        if (!this.holding && (this.seq === null || a.seq > this.seq)) {
+            this.seq = a.seq;
+            changed = true;
+        }
+        if (changed)
+            this.changed();
     }
     hold(a) {
         if (this.held.has(a.seq))
@@ -372,6 +380,8 @@ class LiveBase {
             if (a.seq > s)
                 this.applyOne(a);
         }
+        this.seq = Math.max(this.seq, this.finalWhileHolding);
+        this.finalWhileHolding = -1;
         this.loaded = true;
         this.failures = 0;
         this.error = null;
@@ -594,25 +604,25 @@ class LiveTasks extends LiveBase {
             case 'task.updated':
             case 'task.assigned':
                 return this.upsert(a.data.task, a.seq);
-            case 'task.deleted':
-                this.items.delete(a.data.taskId);
+            case 'task.deleted': {
+                const had = this.items.delete(a.data.taskId);
                 this.gone.set(a.data.taskId, { version: Infinity, deleted: true, seq: a.seq });
-                return;
+                return had;
+            }
             default:
-                return;
+                return false;
         }
     }
     upsert(t, seq) {
         if (t.teamId !== this.q.teamId || t.version <= this.known(t.id))
-            return;
+            return false;
         if (this.matches(t)) {
             this.items.set(t.id, t);
             this.gone.delete(t.id);
+            return true;
         }
-        else {
-            this.items.delete(t.id);
-            this.gone.set(t.id, { version: t.version, deleted: false, seq });
-        }
+        this.gone.set(t.id, { version: t.version, deleted: false, seq });
+        return this.items.delete(t.id);
     }
 }
 class LiveComments extends LiveBase {
@@ -648,20 +658,21 @@ class LiveComments extends LiveBase {
             case 'comment.updated': {
                 const c = a.data.comment;
                 if (c.taskId !== this.taskId || this.gone.has(c.id))
-                    return;
+                    return false;
                 this.items.set(c.id, c);
-                return;
+                return true;
             }
-            case 'comment.deleted':
-                this.items.delete(a.data.commentId);
+            case 'comment.deleted': {
+                const had = this.items.delete(a.data.commentId);
                 this.gone.set(a.data.commentId, { version: Infinity, deleted: true, seq: a.seq });
-                return;
+                return had;
+            }
             case 'task.deleted':
                 if (a.data.taskId === this.taskId)
                     this.end('closed', null, true);
-                return;
+                return true;
             default:
-                return;
+                return false;
         }
     }
 }
@@ -689,14 +700,14 @@ class LiveMembers extends LiveBase {
         switch (a.type) {
             case 'member.added':
             case 'member.updated':
-                if (a.data.member.teamId === this.teamId)
-                    this.items.set(a.data.member.user.id, a.data.member);
-                return;
+                if (a.data.member.teamId !== this.teamId)
+                    return false;
+                this.items.set(a.data.member.user.id, a.data.member);
+                return true;
             case 'member.removed':
-                this.items.delete(a.data.userId);
-                return;
+                return this.items.delete(a.data.userId);
             default:
-                return;
+                return false;
         }
     }
 }
