@@ -18,11 +18,16 @@ export type PresenceChange =
 
 export type PresenceListener = (viewers: readonly PresenceUser[], change: PresenceChange) => void;
 
+const NO_VIEWERS: readonly PresenceUser[] = Object.freeze([]);
+
 export class PresenceState {
   readonly taskId: string;
   private readonly users = new Map<string, PresenceUser>();
   private readonly listeners = new Set<PresenceListener>();
   private isSynced = false;
+  /** The `viewers` snapshot: replaced only when the list changes, so that it can be compared by
+   * identity (React's useSyncExternalStore, memoized renders). */
+  private snapshot: readonly PresenceUser[] = NO_VIEWERS;
   private readonly reportError: (e: unknown) => void;
 
   /** Created by the realtime client for each task subscription. */
@@ -31,9 +36,13 @@ export class PresenceState {
     this.reportError = reportError;
   }
 
-  /** The users on the task now (the caller included), in the order they arrived. */
-  get viewers(): PresenceUser[] {
-    return [...this.users.values()];
+  /**
+   * The users on the task now (the caller included), in the order they arrived. A frozen array
+   * that keeps its identity until the list changes (a snapshot that repeats the list, or a `stale`
+   * change, keeps it too).
+   */
+  get viewers(): readonly PresenceUser[] {
+    return this.snapshot;
   }
 
   /** The viewers' user ids. */
@@ -59,14 +68,14 @@ export class PresenceState {
   /** @internal The `presence` list of a `subscribed` reply. */
   applySnapshot(users: readonly PresenceUser[]): void {
     this.users.clear();
-    for (const u of users) this.users.set(u.userId, { userId: u.userId, displayName: u.displayName });
+    for (const u of users) this.users.set(u.userId, Object.freeze({ userId: u.userId, displayName: u.displayName }));
     this.isSynced = true;
     this.emit({ kind: 'snapshot' });
   }
 
   /** @internal A `presence.joined` / `presence.left` event of this task. */
   applyEvent(a: PresenceActivity): void {
-    const user = { userId: a.data.userId, displayName: a.data.displayName };
+    const user = Object.freeze({ userId: a.data.userId, displayName: a.data.displayName });
     if (a.type === 'presence.joined') {
       this.users.set(user.userId, user);
       this.emit({ kind: 'joined', user });
@@ -92,7 +101,7 @@ export class PresenceState {
   }
 
   private emit(change: PresenceChange): void {
-    const viewers = this.viewers;
+    const viewers = this.refresh();
     for (const l of this.listeners) {
       try {
         l(viewers, change);
@@ -100,5 +109,16 @@ export class PresenceState {
         this.reportError(e);
       }
     }
+  }
+
+  /** Brings the `viewers` snapshot up to date; a new array only if the list differs. */
+  private refresh(): readonly PresenceUser[] {
+    const now = [...this.users.values()];
+    const old = this.snapshot;
+    const same =
+      now.length === old.length &&
+      now.every((u, i) => u.userId === old[i]!.userId && u.displayName === old[i]!.displayName);
+    if (!same) this.snapshot = now.length === 0 ? NO_VIEWERS : Object.freeze(now);
+    return this.snapshot;
   }
 }
