@@ -22,12 +22,25 @@ import type {
   ActivityOf,
   ActivityType,
   ClientFrame,
+  Comment,
+  Member,
   PresenceActivity,
   Scope,
   ServerFrame,
+  Task,
 } from './generated/protocol.js';
 import { PRESENCE_TYPES } from './generated/protocol.js';
 import { Session, isAuthFailure, type AccessToken, type TokenSource } from './http.js';
+import {
+  openLiveComments,
+  openLiveMembers,
+  openLiveTasks,
+  type LiveCollection,
+  type LiveCommentsQuery,
+  type LiveMembersQuery,
+  type LiveOptions,
+  type LiveTasksQuery,
+} from './live.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame, type ScopeKey } from './scope.js';
 
@@ -612,6 +625,31 @@ export class RealtimeClient {
     } else if (this.authed) {
       this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
     }
+  }
+
+  /**
+   * A team's or a board's tasks, kept exact: every page loaded, then the stream applied (see
+   * `live.ts`). Collections of the same query are shared; `close()` releases one handle.
+   */
+  liveTasks(query: LiveTasksQuery, opts?: LiveOptions): LiveCollection<Task> {
+    return openLiveTasks(this, this.http(), query, opts);
+  }
+
+  /** A task's comments, kept exact. */
+  liveComments(query: LiveCommentsQuery, opts?: LiveOptions): LiveCollection<Comment> {
+    return openLiveComments(this, this.http(), query, opts);
+  }
+
+  /** A team's members, kept exact. */
+  liveMembers(query: LiveMembersQuery, opts?: LiveOptions): LiveCollection<Member> {
+    return openLiveMembers(this, this.http(), query, opts);
+  }
+
+  private http(): Session {
+    if (!this.session) {
+      throw new TypeError('live collections load over HTTP: pass a Session as `auth` or as `session`');
+    }
+    return this.session;
   }
 
   /** @internal */

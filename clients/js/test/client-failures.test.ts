@@ -274,3 +274,24 @@ test('the client-wide de-duplication remembers a bounded window', { timeout: 120
   await within('board joined', board.ready);
   assert.equal(client.stats.duplicates, 10);
 });
+
+test('rt.liveTasks / liveComments / liveMembers load with the client session and stay live', { timeout: 30_000 }, async () => {
+  const ann = await newUser(server, 'Ann');
+  const team = (await ann.createTeam('Live')).data;
+  const task = (await ann.createTask(team.id, { title: 'first' })).data;
+  const { client } = connect(server.baseUrl, ann);
+  const tasks = client.liveTasks({ teamId: team.id, boardId: team.defaultBoardId });
+  const comments = client.liveComments({ taskId: task.id });
+  const members = client.liveMembers({ teamId: team.id });
+  await within('loaded', Promise.all([tasks.ready, comments.ready, members.ready]));
+  assert.deepEqual(tasks.getSnapshot().items.map((t) => t.title), ['first']);
+  assert.deepEqual(members.getSnapshot().items.map((m) => m.user.id), [ann.user.id]);
+  await ann.createComment(task.id, 'hello');
+  await ann.createTask(team.id, { title: 'second' });
+  await waitFor('live', () => comments.getSnapshot().items.length === 1 && tasks.getSnapshot().items.length === 2);
+  for (const c of [tasks, comments, members]) c.close();
+  assert.equal(client.subscriptions.length, 0, 'every room released');
+
+  const { client: bare } = connect(server.baseUrl, 'a-fixed-token');
+  assert.throws(() => bare.liveTasks({ teamId: team.id }), /Session/);
+});

@@ -1,5 +1,6 @@
 import { PRESENCE_TYPES } from './generated/protocol.js';
 import { Session, isAuthFailure } from './http.js';
+import { openLiveComments, openLiveMembers, openLiveTasks, } from './live.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame } from './scope.js';
 export class RealtimeError extends Error {
@@ -324,6 +325,21 @@ export class RealtimeClient {
         else if (this.authed) {
             this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
         }
+    }
+    liveTasks(query, opts) {
+        return openLiveTasks(this, this.http(), query, opts);
+    }
+    liveComments(query, opts) {
+        return openLiveComments(this, this.http(), query, opts);
+    }
+    liveMembers(query, opts) {
+        return openLiveMembers(this, this.http(), query, opts);
+    }
+    http() {
+        if (!this.session) {
+            throw new TypeError('live collections load over HTTP: pass a Session as `auth` or as `session`');
+        }
+        return this.session;
     }
     reportError(e) {
         if (this.opts.onError) {
