@@ -158,7 +158,7 @@ export interface SubscribeOptions {
 export type SubscriptionState = 'pending' | 'active' | 'ended';
 
 /** How many delivered activities a room keeps for handles that join it late. */
-const ROOM_HISTORY = 1000;
+const ROOM_HISTORY = 200;
 
 /**
  * @internal One room on the server, shared by every subscription (handle) of its scope. The room

@@ -13,6 +13,7 @@ import {
   type Activity,
   type ActivityOf,
   type ClientFrame,
+  type GapInfo,
   type StateChange,
   type WebSocketConstructor,
 } from '@taskforge/client';
@@ -110,6 +111,32 @@ test("a subscription joining a live room with an older since is served from the 
   assert.equal(sent.filter((f) => f.type === 'subscribe').length, 1, 'served without asking the server');
   await ann.createTask(team.id, { title: 'd' });
   await waitFor('everyone live', () => late.length === 3 && fromNow.length === 1 && live.length === 4);
+});
+
+test("a subscription joining with a since older than the room's history gets a gap, then goes on live", { timeout: 60_000 }, async () => {
+  const ann = await newUser(server, 'Ann');
+  const team = (await ann.createTeam('Long history')).data;
+  const { client } = connect(server.baseUrl, ann);
+  const live: Activity[] = [];
+  const first = client.subscribe({ teamId: team.id }, { onActivity: (a) => void live.push(a) });
+  await within('joined', first.ready);
+  const count = 230; // more than the 200 a room keeps
+  for (let i = 0; i < count; i += 10) {
+    await Promise.all(Array.from({ length: 10 }, (_, j) => ann.createTask(team.id, { title: `t${i + j}` })));
+  }
+  await waitFor('all live', () => live.length === count, 30_000);
+  const late: Activity[] = [];
+  const gaps: GapInfo[] = [];
+  const second = client.subscribe(
+    { teamId: team.id },
+    { onActivity: (a) => void late.push(a), onGap: (g) => void gaps.push(g) },
+    { since: live[0]!.seq },
+  );
+  await within('late join', second.ready);
+  assert.deepEqual(gaps, [{ scope: { teamId: team.id }, since: live[0]!.seq, seq: live.at(-1)!.seq, message: gaps[0]?.message }]);
+  assert.deepEqual(late, [], 'nothing partial: the app refetches');
+  await ann.createTask(team.id, { title: 'after' });
+  await waitFor('live after the gap', () => late.length === 1);
 });
 
 test('ready settles: rejected with `closed` when the client closes first, `unauthorized` when the credentials are gone', { timeout: 30_000 }, async () => {

@@ -13,7 +13,7 @@ export class RealtimeError extends Error {
         this.scope = scope;
     }
 }
-const ROOM_HISTORY = 1000;
+const ROOM_HISTORY = 200;
 class Room {
     scope;
     key;
