@@ -220,13 +220,26 @@ class LiveHandle<T> implements LiveCollection<T> {
   private readonly mine = new Set<(s: LiveSnapshot<T>) => void>();
   private closedSnapshot: LiveSnapshot<T> | null = null;
   private rejectReady!: (e: unknown) => void;
+  private readyWatch: ((s: LiveSnapshot<T>) => void) | null = null;
 
   constructor(base: LiveBase<T>) {
     this.base = base;
     this.ready = new Promise<LiveSnapshot<T>>((resolve, reject) => {
       this.rejectReady = reject;
-      // The snapshot of when it settles (a handle opened on a live collection gets today's).
-      base.ready.then(() => resolve(this.getSnapshot()), reject);
+      // From the collection's state now, not from its first load: a handle opened on a collection
+      // that failed once and recovered is ready (with today's snapshot).
+      const now = base.getSnapshot();
+      if (now.status === 'live') return resolve(now);
+      if (now.status === 'error') return reject(now.error);
+      const watch = (s: LiveSnapshot<T>) => {
+        if (s.status === 'loading' || s.status === 'refetching') return;
+        base.listeners.delete(watch);
+        this.readyWatch = null;
+        if (s.status === 'live') resolve(this.getSnapshot());
+        else reject(s.error ?? new RealtimeError('closed', 'the live collection ended'));
+      };
+      this.readyWatch = watch;
+      base.listeners.add(watch);
     });
     // An app that never awaits `ready` must not get an unhandled rejection.
     this.ready.catch(() => {});
@@ -260,6 +273,8 @@ class LiveHandle<T> implements LiveCollection<T> {
     this.closedSnapshot = Object.freeze({ items: Object.freeze([]), status: 'closed' as const, error: null, seq: last.seq });
     for (const l of this.mine) this.base.listeners.delete(l);
     this.mine.clear();
+    if (this.readyWatch) this.base.listeners.delete(this.readyWatch);
+    this.readyWatch = null;
     this.rejectReady(new RealtimeError('closed', 'the live collection was closed'));
     this.base.release();
   }
@@ -360,6 +375,7 @@ abstract class LiveBase<T> {
   private pruneAt = GONE_PRUNE_AT;
   private notifyQueued = false;
   private readySettled = false;
+  private offState: (() => void) | null = null;
   private resolveReady!: (s: LiveSnapshot<T>) => void;
   private rejectReady!: (e: unknown) => void;
 
@@ -408,6 +424,11 @@ abstract class LiveBase<T> {
   }
 
   start(): void {
+    // When the client gives up on the credentials, nothing more will arrive: say so rather than
+    // show the last data as live.
+    this.offState = this.rt.onStateChange((c) => {
+      if (c.state === 'closed' && c.error?.code === 'unauthorized') this.fail(c.error);
+    });
     this.startLoad();
   }
 
@@ -483,6 +504,8 @@ abstract class LiveBase<T> {
     if (!room) return;
     this.rooms.delete(key);
     room.sub?.unsubscribe();
+    // A first load may have been waiting for this room only.
+    this.settle();
   }
 
   private onRoomEnded(room: Room, e: unknown): void {
@@ -666,6 +689,8 @@ abstract class LiveBase<T> {
   protected end(status: 'closed' | 'error', e: unknown, clear = false): void {
     if (this.finished) return;
     this.finished = true;
+    this.offState?.();
+    this.offState = null;
     unregister(this.rt, this.key, this as LiveBase<unknown>);
     this.loadGen++;
     this.abort?.abort();

@@ -141,7 +141,9 @@ class LiveStore<T> {
         this.collection = null;
         this.idle = LOADING;
       }
-      collection.close();
+      // Released a microtask later: StrictMode unmounts and mounts again at once, and the second
+      // mount then shares the collection instead of loading it again.
+      queueMicrotask(() => collection.close());
     };
   };
 
@@ -258,7 +260,9 @@ class PresenceStore {
     return () => {
       off?.();
       if (this.sub === sub) this.sub = null;
-      sub.unsubscribe();
+      // A microtask later, so that StrictMode's unmount-and-mount does not leave and rejoin the
+      // room (which others would see as this user leaving and coming back).
+      queueMicrotask(() => sub.unsubscribe());
     };
   };
 

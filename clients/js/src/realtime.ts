@@ -82,6 +82,9 @@ export interface StateChange {
   /** On 'open': true when this is not the first socket. Refetch `GET /me` then: deliveries to a
    * user's own sockets (assignments, memberships) are live only and are not replayed. */
   reconnected?: boolean;
+  /** On 'closed' by the client: why (`closed`: the app closed it; `unauthorized`: the
+   * credentials are gone). */
+  error?: RealtimeError;
 }
 
 /** An `error` frame, or a failure of the client itself. */
@@ -180,6 +183,9 @@ class Room {
   buffer = new Map<number, Activity>();
   /** Set while resubscribing after `resume_unavailable`. */
   gap: { since: number; message: string } | null = null;
+  /** The room has delivered every activity routed to it with seq in (coveredFrom, cursor]
+   * (null before its first join); a gap starts the coverage over. */
+  coveredFrom: number | null = null;
   /** What the room delivered, oldest first: every routed activity with seq in
    * (historyStart, cursor]. Handles catch up from here. */
   history: Activity[] = [];
@@ -440,6 +446,8 @@ export class RealtimeClient {
   private readonly gapListeners = new Set<Handler<GapInfo>>();
 
   private stateValue: ConnectionState = 'idle';
+  /** Why the client is closed (null while it is open or was never closed). */
+  private closedBy: RealtimeError | null = null;
   private wantOpen = false;
   private ws: WebSocketLike | null = null;
   /** Identifies the current socket; callbacks of an older one are ignored. */
@@ -533,6 +541,7 @@ export class RealtimeClient {
   connect(): void {
     if (this.wantOpen) return;
     this.wantOpen = true;
+    this.closedBy = null;
     this.attempt = 0;
     this.authRejects = 0;
     void this.open();
@@ -549,13 +558,14 @@ export class RealtimeClient {
 
   private shutDown(reason: RealtimeError): void {
     this.wantOpen = false;
+    this.closedBy = reason;
     this.clearTimer('reconnectTimer');
     this.socketId++;
     const ws = this.ws;
     this.teardown();
     if (ws) this.detachAndClose(ws, 1000, 'client closed');
     for (const room of this.rooms.values()) for (const h of room.handles) h.rejectReady(reason);
-    this.setState({ state: 'closed' });
+    this.setState({ state: 'closed', error: reason });
   }
 
   /**
@@ -591,6 +601,8 @@ export class RealtimeClient {
     }
     const sub = new Subscription(this, room, handlers, opts.since ?? null);
     room.handles.add(sub);
+    // Made on a closed client: kept (a later `connect()` joins it), but `ready` says why not now.
+    if (this.closedBy) sub.rejectReady(this.closedBy);
     if (fresh) {
       if (this.authed) this.sendSubscribe(room);
     } else if (room.status === 'active') {
@@ -1080,7 +1092,7 @@ export class RealtimeClient {
     }
     this.counters.activityFrames++;
     const previousBoard = this.moves.observe(a);
-    if (this.seen.mark(a.teamId, a.seq)) {
+    if (this.seen.mark(a.teamId, a.seq) && !this.deliveredBefore(a, previousBoard)) {
       if (this.opts.onActivity) this.safe(this.opts.onActivity, a);
       for (const fn of [...this.activityListeners]) this.safe(fn, a);
     } else {
@@ -1105,6 +1117,15 @@ export class RealtimeClient {
     }
   }
 
+  /** Whether a room already delivered `a` (older than what the seen window remembers). */
+  private deliveredBefore(a: Activity, previousBoard: string | undefined): boolean {
+    for (const room of this.rooms.values()) {
+      if (room.status !== 'active' || room.coveredFrom === null || room.cursor === null) continue;
+      if (a.seq > room.coveredFrom && a.seq <= room.cursor && reaches(a, room.scope, previousBoard)) return true;
+    }
+    return false;
+  }
+
   private deliver(h: Subscription, a: Activity): void {
     h.cursor = a.seq;
     this.emit(h, 'activity', a, h.handlers.onActivity);
@@ -1119,9 +1140,14 @@ export class RealtimeClient {
     arg: SubscriptionEvents[E],
     handler: Handler<SubscriptionEvents[E]> | undefined,
   ): void {
+    if (h.status === 'ended' && event !== 'error') return;
     if (handler) this.safe(handler, arg);
     const listeners = h.listeners.get(event);
-    if (listeners) for (const fn of [...listeners]) this.safe(fn as Handler<SubscriptionEvents[E]>, arg);
+    if (!listeners) return;
+    for (const fn of [...listeners]) {
+      if (h.status === 'ended' && event !== 'error') return;
+      if (listeners.has(fn)) this.safe(fn as Handler<SubscriptionEvents[E]>, arg);
+    }
   }
 
   private onSubscribed(frame: Extract<ServerFrame, { type: 'subscribed' }>): void {
@@ -1140,11 +1166,13 @@ export class RealtimeClient {
       room.history = [];
       room.historyStart = frame.seq;
       room.cursor = frame.seq;
+      room.coveredFrom = frame.seq;
     } else {
       if (!room.joined) {
         room.history = [];
         room.historyStart = since;
         room.cursor = since;
+        room.coveredFrom = since;
       }
       for (const a of [...room.buffer.values()].sort((x, y) => x.seq - y.seq)) {
         if (room.cursor === null || a.seq > room.cursor) room.record(a);
@@ -1229,6 +1257,9 @@ export class RealtimeClient {
             this.resendTimers.delete(timer);
             if (id !== this.socketId || !this.authed) return;
             if (refused.kind === 'subscribe' && !this.isCurrent(refused.room)) return;
+            // A refused unsubscribe whose scope was subscribed again meanwhile: the new room is the
+            // server's room now (the refusal left the socket in it), and leaving would silence it.
+            if (refused.kind === 'unsubscribe' && this.rooms.has(refused.key)) return;
             this.enqueue(refused, refused.kind === 'auth');
           }, 1000 + this.random() * 1000);
           this.resendTimers.add(timer);
@@ -1241,9 +1272,12 @@ export class RealtimeClient {
       case 'token_expired':
         this.takeInflight((o) => o.kind === 'auth');
         return; // 4001 follows; the reconnect presents a refreshed token
-      default:
-        this.takeInflight(() => true);
-        this.reportError(error);
+      default: {
+        // The oldest unanswered message was refused without naming a scope (a malformed one).
+        const refused = this.takeInflight(() => true);
+        if (refused?.kind === 'subscribe' && this.isCurrent(refused.room)) this.endRoom(refused.room, error);
+        else this.reportError(error);
+      }
     }
   }
 

@@ -29,6 +29,8 @@ export function scopeKey(scope: Scope): ScopeKey {
   return `${scopeKind(scope)}:${scopeId(scope)}`;
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /**
  * The scope the app passed, validated (exactly one of teamId, boardId, taskId, a string) and
  * copied without any other field.
@@ -41,7 +43,11 @@ export function normalizeScope(scope: Scope): Scope {
   if (named.length !== 1 || key === undefined || typeof id !== 'string' || id === '') {
     throw new TypeError('a scope names exactly one of teamId, boardId or taskId');
   }
-  return key === 'teamId' ? { teamId: id } : key === 'boardId' ? { boardId: id } : { taskId: id };
+  // Ids are UUIDs, which the server echoes in lower case: a malformed one would never be answered
+  // with its scope, and an upper-case one would not match the answer.
+  if (!UUID.test(id)) throw new TypeError(`${key} must be a UUID, not ${JSON.stringify(id)}`);
+  const lower = id.toLowerCase();
+  return key === 'teamId' ? { teamId: lower } : key === 'boardId' ? { boardId: lower } : { taskId: lower };
 }
 
 /** The scope named by a server frame's `teamId` / `boardId` / `taskId` fields, if any. */

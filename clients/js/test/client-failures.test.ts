@@ -169,6 +169,52 @@ test('ready settles: rejected with `closed` when the client closes first, `unaut
   assert.equal(revoked.state, 'closed');
 });
 
+test('a subscription made on a closed client says so in ready, and joins on the next connect', { timeout: 30_000 }, async () => {
+  const ann = await newUser(server, 'Ann');
+  const team = (await ann.createTeam('Closed')).data;
+  const { client } = connect(server.baseUrl, ann);
+  await waitFor('open', () => client.state === 'open');
+  client.close();
+  const sub = client.subscribe({ teamId: team.id });
+  const why = await within('ready after close', sub.ready.catch((e: unknown) => e), 2000);
+  assert.ok(why instanceof RealtimeError && why.code === 'closed', String(why));
+  const joined = new Promise<void>((resolve) => sub.on('subscribed', () => resolve()));
+  client.connect();
+  await within('joined after connect', joined);
+  assert.equal(sub.state, 'active');
+});
+
+test('scope ids must be UUIDs; upper case is the same scope as lower case', { timeout: 30_000 }, async () => {
+  const ann = await newUser(server, 'Ann');
+  const team = (await ann.createTeam('Case')).data;
+  const { client } = connect(server.baseUrl, ann);
+  assert.throws(() => client.subscribe({ teamId: 'not-a-uuid' }), /teamId must be a UUID/);
+  const upper = client.subscribe({ teamId: team.id.toUpperCase() });
+  assert.equal(upper.key, `team:${team.id}`);
+  await within('joined with the upper-case id', upper.ready);
+});
+
+test('a live collection says so when the client gives up on the credentials', { timeout: 30_000 }, async () => {
+  const ann = await newUser(server, 'Ann');
+  const team = (await ann.createTeam('Revoked')).data;
+  let revoked = false;
+  const tokens = {
+    getAccessToken: async (opts?: { forceRefresh?: boolean }) => {
+      if (revoked) throw new ApiError(401, { code: 'unauthorized' });
+      return ann.getAccessToken(opts);
+    },
+  };
+  const { client } = connect(server.baseUrl, tokens, { session: ann, onAuthFailure: () => {} });
+  const tasks = client.liveTasks({ teamId: team.id, boardId: team.defaultBoardId });
+  await within('live', tasks.ready);
+  revoked = true;
+  client.reconnect();
+  await waitFor('status error', () => tasks.getSnapshot().status === 'error');
+  const error = tasks.getSnapshot().error;
+  assert.ok(error instanceof RealtimeError && error.code === 'unauthorized', String(error));
+  tasks.close();
+});
+
 test('handlers may be async: their rejections go to onError, never unhandled', { timeout: 30_000 }, async () => {
   const unhandled: unknown[] = [];
   const onUnhandled = (e: unknown) => void unhandled.push(e);

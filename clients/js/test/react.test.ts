@@ -82,9 +82,14 @@ function mount(el: ReactElement): ReactTestRenderer {
   return r!;
 }
 
-function unmount(r: ReactTestRenderer): void {
+/** Lets the microtasks and timers due now run (the hooks release what they held then). */
+const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** Unmounts `r`; the hooks release what they held a microtask later (see react.ts). */
+async function unmount(r: ReactTestRenderer): Promise<void> {
   inAct(() => r.unmount());
   renderers.delete(r);
+  await tick();
 }
 
 /** Calls `fn` with the value after every commit of the component (not on renders React drops). */
@@ -133,7 +138,7 @@ describe('useConnectionState', { timeout: 60_000 }, () => {
       assert.deepEqual(r.toJSON(), { type: 'span', props: {}, children: ['open'] });
 
       // Unmounted, the component stops listening: closing the client commits nothing more.
-      unmount(r);
+      await unmount(r);
       const n = committed.length;
       rt.close();
       await new Promise((res) => setTimeout(res, 100));
@@ -201,11 +206,12 @@ describe('usePresence', { timeout: 60_000 }, () => {
 
     // taskId -> null releases the room; unmounting leaves nothing behind.
     inAct(() => r.update(h(Viewers, { taskId: null })));
+    await tick();
     assert.deepEqual(committed.at(-1), []);
     assert.equal(rt.subscriptions.length, 0);
     inAct(() => r.update(h(Viewers, { taskId: task.id })));
     await waitFor('back on the task', () => last().join() === 'Ann');
-    unmount(r);
+    await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
   });
 
@@ -222,7 +228,7 @@ describe('usePresence', { timeout: 60_000 }, () => {
     await waitFor('joined', () => names(shown).join() === 'Ann');
     assert.equal(rt.subscriptions.length, 1);
     assert.equal(rt.subscriptions[0]!.state, 'active');
-    unmount(r);
+    await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
   });
 });
@@ -292,7 +298,7 @@ describe('live hooks', { timeout: 90_000 }, () => {
     await waitFor('second comment', () => comments.at(-1)!.items.length === 2);
     assert.equal(tasks.length, n + 1);
     assert.equal(last().status, 'live');
-    unmount(r);
+    await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
   });
 
@@ -314,7 +320,7 @@ describe('live hooks', { timeout: 90_000 }, () => {
     // The collection that survived the double mount is the working one.
     await ann.createTask(teamId, { title: 'After mount' });
     await waitFor('live change', () => shown!.items.some((t) => t.title === 'After mount'));
-    unmount(r);
+    await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
   });
 
@@ -341,12 +347,13 @@ describe('live hooks', { timeout: 90_000 }, () => {
     assert.deepEqual(rt.subscriptions.map((s) => s.key), [`board:${board2.id}`]);
 
     inAct(() => r.update(h(Tasks, { query: null })));
+    await tick();
     assert.equal(shown!.status, 'closed');
     assert.equal(rt.subscriptions.length, 0);
-    unmount(r);
+    await unmount(r);
   });
 
-  test('a client without a session shows status error, saying so', () => {
+  test('a client without a session shows status error, saying so', async () => {
     const rt = new RealtimeClient({ url: 'http://127.0.0.1:1', auth: 'token', WebSocket: WebSocket as unknown as WebSocketConstructor });
     let shown: LiveSnapshot<Task> | null = null;
     function Tasks({ teamId }: { teamId: string }) {
@@ -356,7 +363,7 @@ describe('live hooks', { timeout: 90_000 }, () => {
     const r = mount(h(Tasks, { teamId: 'x' }));
     assert.equal(shown!.status, 'error');
     assert.match(String(shown!.error), /session/);
-    unmount(r);
+    await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
     rt.close();
   });

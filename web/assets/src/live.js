@@ -77,11 +77,28 @@ class LiveHandle {
     mine = new Set();
     closedSnapshot = null;
     rejectReady;
+    readyWatch = null;
     constructor(base) {
         this.base = base;
         this.ready = new Promise((resolve, reject) => {
             this.rejectReady = reject;
-            base.ready.then(() => resolve(this.getSnapshot()), reject);
+            const now = base.getSnapshot();
+            if (now.status === 'live')
+                return resolve(now);
+            if (now.status === 'error')
+                return reject(now.error);
+            const watch = (s) => {
+                if (s.status === 'loading' || s.status === 'refetching')
+                    return;
+                base.listeners.delete(watch);
+                this.readyWatch = null;
+                if (s.status === 'live')
+                    resolve(this.getSnapshot());
+                else
+                    reject(s.error ?? new RealtimeError('closed', 'the live collection ended'));
+            };
+            this.readyWatch = watch;
+            base.listeners.add(watch);
         });
         this.ready.catch(() => { });
     }
@@ -112,6 +129,9 @@ class LiveHandle {
         for (const l of this.mine)
             this.base.listeners.delete(l);
         this.mine.clear();
+        if (this.readyWatch)
+            this.base.listeners.delete(this.readyWatch);
+        this.readyWatch = null;
         this.rejectReady(new RealtimeError('closed', 'the live collection was closed'));
         this.base.release();
     }
@@ -167,6 +187,7 @@ class LiveBase {
     pruneAt = GONE_PRUNE_AT;
     notifyQueued = false;
     readySettled = false;
+    offState = null;
     resolveReady;
     rejectReady;
     constructor(rt, http, pageSize, key) {
@@ -194,6 +215,10 @@ class LiveBase {
         return false;
     }
     start() {
+        this.offState = this.rt.onStateChange((c) => {
+            if (c.state === 'closed' && c.error?.code === 'unauthorized')
+                this.fail(c.error);
+        });
         this.startLoad();
     }
     get(id) {
@@ -267,6 +292,7 @@ class LiveBase {
             return;
         this.rooms.delete(key);
         room.sub?.unsubscribe();
+        this.settle();
     }
     onRoomEnded(room, e) {
         this.rooms.delete(room.key);
@@ -446,6 +472,8 @@ class LiveBase {
         if (this.finished)
             return;
         this.finished = true;
+        this.offState?.();
+        this.offState = null;
         unregister(this.rt, this.key, this);
         this.loadGen++;
         this.abort?.abort();

@@ -25,6 +25,7 @@ class Room {
     sentSince = null;
     buffer = new Map();
     gap = null;
+    coveredFrom = null;
     history = [];
     historyStart = 0;
     refusals = 0;
@@ -174,6 +175,7 @@ export class RealtimeClient {
     activityListeners = new Set();
     gapListeners = new Set();
     stateValue = 'idle';
+    closedBy = null;
     wantOpen = false;
     ws = null;
     socketId = 0;
@@ -246,6 +248,7 @@ export class RealtimeClient {
         if (this.wantOpen)
             return;
         this.wantOpen = true;
+        this.closedBy = null;
         this.attempt = 0;
         this.authRejects = 0;
         void this.open();
@@ -255,6 +258,7 @@ export class RealtimeClient {
     }
     shutDown(reason) {
         this.wantOpen = false;
+        this.closedBy = reason;
         this.clearTimer('reconnectTimer');
         this.socketId++;
         const ws = this.ws;
@@ -264,7 +268,7 @@ export class RealtimeClient {
         for (const room of this.rooms.values())
             for (const h of room.handles)
                 h.rejectReady(reason);
-        this.setState({ state: 'closed' });
+        this.setState({ state: 'closed', error: reason });
     }
     reconnect() {
         if (!this.wantOpen)
@@ -291,6 +295,8 @@ export class RealtimeClient {
         }
         const sub = new Subscription(this, room, handlers, opts.since ?? null);
         room.handles.add(sub);
+        if (this.closedBy)
+            sub.rejectReady(this.closedBy);
         if (fresh) {
             if (this.authed)
                 this.sendSubscribe(room);
@@ -747,7 +753,7 @@ export class RealtimeClient {
         }
         this.counters.activityFrames++;
         const previousBoard = this.moves.observe(a);
-        if (this.seen.mark(a.teamId, a.seq)) {
+        if (this.seen.mark(a.teamId, a.seq) && !this.deliveredBefore(a, previousBoard)) {
             if (this.opts.onActivity)
                 this.safe(this.opts.onActivity, a);
             for (const fn of [...this.activityListeners])
@@ -774,6 +780,15 @@ export class RealtimeClient {
             room.trim();
         }
     }
+    deliveredBefore(a, previousBoard) {
+        for (const room of this.rooms.values()) {
+            if (room.status !== 'active' || room.coveredFrom === null || room.cursor === null)
+                continue;
+            if (a.seq > room.coveredFrom && a.seq <= room.cursor && reaches(a, room.scope, previousBoard))
+                return true;
+        }
+        return false;
+    }
     deliver(h, a) {
         h.cursor = a.seq;
         this.emit(h, 'activity', a, h.handlers.onActivity);
@@ -781,12 +796,19 @@ export class RealtimeClient {
         this.emit(h, a.type, a, typed);
     }
     emit(h, event, arg, handler) {
+        if (h.status === 'ended' && event !== 'error')
+            return;
         if (handler)
             this.safe(handler, arg);
         const listeners = h.listeners.get(event);
-        if (listeners)
-            for (const fn of [...listeners])
+        if (!listeners)
+            return;
+        for (const fn of [...listeners]) {
+            if (h.status === 'ended' && event !== 'error')
+                return;
+            if (listeners.has(fn))
                 this.safe(fn, arg);
+        }
     }
     onSubscribed(frame) {
         const scope = scopeOfFrame(frame);
@@ -804,12 +826,14 @@ export class RealtimeClient {
             room.history = [];
             room.historyStart = frame.seq;
             room.cursor = frame.seq;
+            room.coveredFrom = frame.seq;
         }
         else {
             if (!room.joined) {
                 room.history = [];
                 room.historyStart = since;
                 room.cursor = since;
+                room.coveredFrom = since;
             }
             for (const a of [...room.buffer.values()].sort((x, y) => x.seq - y.seq)) {
                 if (room.cursor === null || a.seq > room.cursor)
@@ -896,6 +920,8 @@ export class RealtimeClient {
                             return;
                         if (refused.kind === 'subscribe' && !this.isCurrent(refused.room))
                             return;
+                        if (refused.kind === 'unsubscribe' && this.rooms.has(refused.key))
+                            return;
                         this.enqueue(refused, refused.kind === 'auth');
                     }, 1000 + this.random() * 1000);
                     this.resendTimers.add(timer);
@@ -908,9 +934,13 @@ export class RealtimeClient {
             case 'token_expired':
                 this.takeInflight((o) => o.kind === 'auth');
                 return;
-            default:
-                this.takeInflight(() => true);
-                this.reportError(error);
+            default: {
+                const refused = this.takeInflight(() => true);
+                if (refused?.kind === 'subscribe' && this.isCurrent(refused.room))
+                    this.endRoom(refused.room, error);
+                else
+                    this.reportError(error);
+            }
         }
     }
     safe(fn, arg) {

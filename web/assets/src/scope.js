@@ -16,6 +16,7 @@ export function scopeId(scope) {
 export function scopeKey(scope) {
     return `${scopeKind(scope)}:${scopeId(scope)}`;
 }
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export function normalizeScope(scope) {
     const s = scope;
     const named = ['teamId', 'boardId', 'taskId'].filter((k) => s[k] !== undefined && s[k] !== null);
@@ -24,7 +25,10 @@ export function normalizeScope(scope) {
     if (named.length !== 1 || key === undefined || typeof id !== 'string' || id === '') {
         throw new TypeError('a scope names exactly one of teamId, boardId or taskId');
     }
-    return key === 'teamId' ? { teamId: id } : key === 'boardId' ? { boardId: id } : { taskId: id };
+    if (!UUID.test(id))
+        throw new TypeError(`${key} must be a UUID, not ${JSON.stringify(id)}`);
+    const lower = id.toLowerCase();
+    return key === 'teamId' ? { teamId: lower } : key === 'boardId' ? { boardId: lower } : { taskId: lower };
 }
 export function scopeOfFrame(frame) {
     if (frame.teamId)
