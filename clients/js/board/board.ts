@@ -4,22 +4,33 @@
 //
 // It is built on this package (`../src`), compiled by `npm run build:board` into the server's
 // `web/assets/` and embedded in the binary. What it must never do: keep state the server does not
-// confirm (every change goes over HTTP and is shown from the answer or from the activity that
-// follows), or put a token in a URL (the socket authenticates with its first message).
+// confirm, or put a token in a URL (the socket authenticates with its first message).
+//
+// Its data are the package's live collections: the columns render from `rt.liveTasks` snapshots,
+// the open task's comments from `rt.liveComments`, the member list from `rt.liveMembers`. They
+// load every page, then follow the activity stream, and reload by themselves after a gap, so the
+// board keeps no task map of its own. A change made here goes over HTTP and shows when its
+// activity comes back through the collection (milliseconds later); the one exception is the open
+// task's form, which takes the PATCH answer at once if its version is newer than what it shows.
 
 import {
   ApiError,
   RealtimeClient,
   Session,
-  refresh,
+  isAuthFailure,
+  tabRefreshCoordinator,
   type Activity,
   type AuthResponse,
   type Board,
   type Comment,
+  type LiveCollection,
+  type LiveSnapshot,
   type Member,
   type Page,
+  type PresenceUser,
   type Priority,
   type Role,
+  type SessionOptions,
   type Subscription,
   type Task,
   type TaskStatus,
@@ -100,6 +111,22 @@ async function allPages<T>(fetchPage: (cursor?: string) => Promise<{ data: Page<
 
 // ------------------------------------------------------------------ state
 
+/**
+ * The open task: the handles it holds. Each open makes a new one and the next open (or a close)
+ * releases it, so every callback checks `state.view === view` before it touches the panel: a late
+ * answer for a task no longer open is dropped, never shown in another task's panel.
+ */
+interface TaskView {
+  readonly taskId: string;
+  /** The task room, for presence (it shares the room with the comments collection). */
+  sub: Subscription | null;
+  comments: LiveCollection<Comment> | null;
+  /** Listener removals. */
+  readonly stops: (() => void)[];
+  /** The version the form shows: older copies (a late PATCH answer) never replace it. */
+  shownVersion: number;
+}
+
 interface State {
   session: Session | null;
   rt: RealtimeClient | null;
@@ -107,12 +134,15 @@ interface State {
   team: Team | null;
   boards: Board[];
   board: Board | null;
-  members: Member[];
-  tasks: Map<string, Task>;
   teamSub: Subscription | null;
-  boardSub: Subscription | null;
-  taskSub: Subscription | null;
-  openTask: string | null;
+  members: LiveCollection<Member> | null;
+  tasks: LiveCollection<Task> | null;
+  /** Listener removals of `members` and `tasks`. */
+  stopMembers: (() => void) | null;
+  stopTasks: (() => void) | null;
+  /** The ids and statuses the columns showed last (null before the first render of a board). */
+  shown: Map<string, TaskStatus> | null;
+  view: TaskView | null;
 }
 
 const state: State = {
@@ -122,13 +152,22 @@ const state: State = {
   team: null,
   boards: [],
   board: null,
-  members: [],
-  tasks: new Map(),
   teamSub: null,
-  boardSub: null,
-  taskSub: null,
-  openTask: null,
+  members: null,
+  tasks: null,
+  stopMembers: null,
+  stopTasks: null,
+  shown: null,
+  view: null,
 };
+
+/**
+ * One per page. Duplicating a tab copies its sessionStorage, so two tabs can hold one refresh
+ * token; refresh tokens rotate and presenting a spent one revokes the login in both. The
+ * coordinator lets one tab's refresh serve the other (a lock shared by the origin's tabs, and an
+ * announcement of each rotation that the other tab's Session adopts).
+ */
+const coordinator = tabRefreshCoordinator('taskforge-board-auth');
 
 function session(): Session {
   if (!state.session) throw new Error('not logged in');
@@ -137,18 +176,30 @@ function session(): Session {
 
 function memberName(userId: string | null | undefined): string {
   if (!userId) return 'unassigned';
-  return state.members.find((m) => m.user.id === userId)?.user.displayName ?? 'former member';
+  const members = state.members;
+  if (!members) return '…';
+  const m = members.get(userId);
+  if (m) return m.user.displayName;
+  return members.getSnapshot().status === 'loading' ? '…' : 'former member';
 }
 
 // ------------------------------------------------------------------ auth
 
+/** Persists the refresh token of the current login: every rotation, from this tab or another. */
 function storeTokens(auth: AuthResponse): void {
-  sessionStorage.setItem(REFRESH_KEY, auth.refreshToken);
+  // A late rotation of a session already ended (logged out, replaced) must not come back.
+  if (state.session && state.session.refreshToken === auth.refreshToken) {
+    sessionStorage.setItem(REFRESH_KEY, auth.refreshToken);
+  }
+}
+
+function sessionOptions(): SessionOptions {
+  return { coordinator, onTokens: storeTokens };
 }
 
 async function start(s: Session): Promise<void> {
   state.session = s;
-  storeTokens({ user: s.user, accessToken: s.accessToken, refreshToken: s.refreshToken, expiresIn: 0 });
+  sessionStorage.setItem(REFRESH_KEY, s.refreshToken);
   $('me-name').textContent = s.user.displayName;
   $('who').hidden = false;
   $('auth').hidden = true;
@@ -187,12 +238,12 @@ function involvesMe(a: Activity): boolean {
 
 function logout(tellServer = true): void {
   const s = state.session;
+  closeTask();
+  closeBoard();
+  closeTeam();
   state.rt?.close();
-  Object.assign(state, {
-    session: null, rt: null, teams: [], team: null, boards: [], board: null, members: [],
-    teamSub: null, boardSub: null, taskSub: null, openTask: null,
-  });
-  state.tasks.clear();
+  s?.close();
+  Object.assign(state, { session: null, rt: null, teams: [], team: null, boards: [], board: null });
   sessionStorage.removeItem(REFRESH_KEY);
   if (tellServer && s) s.logout().catch(() => {});
   $('who').hidden = true;
@@ -204,19 +255,26 @@ function logout(tellServer = true): void {
 async function resume(): Promise<void> {
   const token = sessionStorage.getItem(REFRESH_KEY);
   if (!token) return;
+  let s: Session;
   try {
-    const auth = await refresh(location.origin, token);
-    await start(new Session(location.origin, auth, { onTokens: storeTokens }));
-  } catch {
-    sessionStorage.removeItem(REFRESH_KEY);
+    // Through the coordinator: a duplicated tab resuming from the same copied token does not
+    // spend it a second time.
+    s = await Session.resume(location.origin, token, sessionOptions());
+  } catch (e) {
+    if (isAuthFailure(e)) sessionStorage.removeItem(REFRESH_KEY);
+    else notice(`Could not resume your session (${describe(e)}): reload to try again.`);
+    return;
   }
+  await start(s);
 }
 
 // ------------------------------------------------------------------ teams, boards, members
 
 /** Reloads the user's teams and opens `prefer` (by default the open one) or else the first. */
 async function loadTeams(prefer: string | undefined = state.team?.id): Promise<void> {
-  const me = await session().me();
+  const s = session();
+  const me = await s.me();
+  if (state.session !== s) return; // logged out meanwhile
   state.teams = me.data.teams;
   const ts = select('team-select');
   ts.replaceChildren(...state.teams.map((t) => h('option', { value: t.team.id }, t.team.name)));
@@ -226,160 +284,159 @@ async function loadTeams(prefer: string | undefined = state.team?.id): Promise<v
   else ts.value = next?.id ?? '';
 }
 
-async function openTeam(team: Team | null): Promise<void> {
+function closeTeam(): void {
   state.teamSub?.unsubscribe();
   state.teamSub = null;
+  state.stopMembers?.();
+  state.stopMembers = null;
+  state.members?.close();
+  state.members = null;
+}
+
+async function openTeam(team: Team | null): Promise<void> {
+  closeBoard();
+  closeTeam();
   state.team = team;
   state.boards = [];
-  state.members = [];
+  $('member-list').textContent = '';
   if (!team) {
-    await openBoard(null);
+    openBoard(null);
     return;
   }
+  const rt = state.rt!;
   select('team-select').value = team.id;
-  state.teamSub = state.rt!.subscribe(
+  // Boards are few and change rarely: reloaded on their activities.
+  state.teamSub = rt.subscribe(
     { teamId: team.id },
     {
       on: {
         'board.created': () => guarded(loadBoards)(),
         'board.updated': () => guarded(loadBoards)(),
         'board.deleted': () => guarded(loadBoards)(),
-        'member.added': () => guarded(loadMembers)(),
-        'member.updated': () => guarded(loadMembers)(),
-        'member.removed': () => guarded(loadMembers)(),
         'team.updated': () => guarded(() => loadTeams())(),
       },
-      onGap: () => guarded(async () => { await loadMembers(); await loadBoards(); })(),
+      onGap: () => guarded(loadBoards)(),
       onError: () => guarded(() => loadTeams())(),
     },
   );
-  await loadMembers();
+  const members = rt.liveMembers({ teamId: team.id });
+  state.members = members;
+  state.stopMembers = members.subscribe((s) => {
+    if (state.members === members) renderMembers(s);
+  });
+  renderMembers(members.getSnapshot());
   await loadBoards();
 }
 
-async function loadMembers(): Promise<void> {
-  const team = state.team;
-  if (!team) return;
-  const { items } = await allPages((cursor) =>
-    session().request<Page<Member>>('GET', `/teams/${team.id}/members`, { query: { limit: PAGE, cursor } }),
-  );
-  state.members = items;
-  $('member-list').textContent = items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
-  renderAssignees();
-  renderBoard();
+function renderMembers(s: LiveSnapshot<Member>): void {
+  if (s.status === 'error') notice(`Members could not be loaded: ${describe(s.error)}`);
+  $('member-list').textContent = s.items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
+  renderAssignees(s.items);
+  // Cards name their assignees.
+  if (state.tasks) renderBoard(state.tasks.getSnapshot());
 }
 
 async function loadBoards(): Promise<void> {
   const team = state.team;
   if (!team) return;
   const { items } = await allPages((cursor) => session().listBoards(team.id, { limit: PAGE, ...(cursor ? { cursor } : {}) }));
+  if (state.team?.id !== team.id) return; // another team was picked meanwhile
   state.boards = items;
   const bs = select('board-select');
   bs.replaceChildren(...items.map((b) => h('option', { value: b.id }, b.name)));
   const keep = items.find((b) => b.id === state.board?.id);
   const next = keep ?? items.find((b) => b.id === team.defaultBoardId) ?? items[0] ?? null;
-  if (next?.id !== state.board?.id) await openBoard(next);
+  if (next?.id !== state.board?.id) openBoard(next);
   else bs.value = next?.id ?? '';
 }
 
 // ------------------------------------------------------------------ the board
 
-async function openBoard(board: Board | null): Promise<void> {
-  state.boardSub?.unsubscribe();
-  state.boardSub = null;
+function closeBoard(): void {
   closeTask();
+  state.stopTasks?.();
+  state.stopTasks = null;
+  state.tasks?.close();
+  state.tasks = null;
+  state.shown = null;
+  state.board = null;
+}
+
+function openBoard(board: Board | null): void {
+  closeBoard();
   state.board = board;
-  state.tasks.clear();
   $('board').hidden = !board;
   if (!board || !state.team) {
-    renderBoard();
+    $('columns').replaceChildren();
     return;
   }
   select('board-select').value = board.id;
-  const seq = await loadTasks();
-  if (state.board?.id !== board.id) return; // another board was picked meanwhile
-  state.boardSub = state.rt!.subscribe(
-    { boardId: board.id },
-    { onActivity: applyBoardActivity, onGap: () => guarded(async () => { await loadTasks(); })() },
-    seq === null ? {} : { since: seq },
-  );
+  const tasks = state.rt!.liveTasks({ teamId: state.team.id, boardId: board.id });
+  state.tasks = tasks;
+  state.stopTasks = tasks.subscribe((s) => {
+    if (state.tasks !== tasks) return;
+    renderBoard(s);
+    followOpenTask();
+  });
+  renderBoard(tasks.getSnapshot());
 }
 
-/** Reloads the open board's tasks; answers the seq they were read at. */
-async function loadTasks(): Promise<number | null> {
-  const team = state.team;
-  const board = state.board;
-  if (!team || !board) return null;
-  const { items, seq } = await allPages((cursor) =>
-    session().listTasks(team.id, { boardId: board.id, limit: PAGE, ...(cursor ? { cursor } : {}) }),
-  );
-  state.tasks.clear();
-  for (const t of items) state.tasks.set(t.id, t);
-  renderBoard();
-  return seq;
-}
-
-/** Keeps the newest version of a task; one that left the board is dropped. */
-function upsert(task: Task): void {
-  const known = state.tasks.get(task.id);
-  if (known && known.version >= task.version) return;
-  if (task.boardId !== state.board?.id) state.tasks.delete(task.id);
-  else state.tasks.set(task.id, task);
-}
-
-function applyBoardActivity(a: Activity): void {
-  switch (a.type) {
-    case 'task.created':
-    case 'task.updated':
-    case 'task.assigned':
-      upsert(a.data.task);
-      renderBoard(a.type === 'task.created' ? a.data.task.id : undefined);
-      announce(`${memberName(a.actorUserId)}: ${a.type.replace('task.', '')} “${a.data.task.title}”`);
-      if (state.openTask === a.data.task.id) fillTask(a.data.task);
-      break;
-    case 'task.deleted':
-      state.tasks.delete(a.data.taskId);
-      renderBoard();
-      if (state.openTask === a.data.taskId) closeTask();
-      break;
-    default:
-      break;
-  }
-}
-
-function renderBoard(fresh?: string): void {
+function renderBoard(s: LiveSnapshot<Task>): void {
   const columns = $('columns');
-  if (!state.board) {
+  // Loading, or reloading after a gap: the columns show what they had until the reload is in.
+  $('board').dataset.live = s.status;
+  columns.setAttribute('aria-busy', String(s.status === 'loading' || s.status === 'refetching'));
+  if (s.status === 'error') notice(`Tasks could not be loaded: ${describe(s.error)} (retrying)`);
+  if (s.status === 'loading' && s.items.length === 0) {
     columns.replaceChildren();
     return;
   }
-  const byStatus = new Map<TaskStatus, Task[]>(STATUSES.map((s) => [s.id, []]));
-  for (const t of state.tasks.values()) byStatus.get(t.status)?.push(t);
+  const before = state.shown;
+  const byStatus = new Map<TaskStatus, Task[]>(STATUSES.map((st) => [st.id, []]));
+  // Already sorted by the collection (position, then createdAt, then id).
+  for (const t of s.items) byStatus.get(t.status)?.push(t);
   columns.replaceChildren(
-    ...STATUSES.map((s, i) => {
-      const tasks = (byStatus.get(s.id) ?? []).sort((a, b) => a.position - b.position || a.createdAt.localeCompare(b.createdAt));
-      const headingId = `col-${s.id}`;
+    ...STATUSES.map((st, i) => {
+      const tasks = byStatus.get(st.id) ?? [];
+      const headingId = `col-${st.id}`;
       return h(
         'section',
-        { class: 'column', 'aria-labelledby': headingId, 'data-status': s.id },
-        h('h2', { id: headingId }, s.label, h('span', { 'aria-label': `${tasks.length} tasks` }, String(tasks.length))),
-        h('ul', {}, ...tasks.map((t) => card(t, i, t.id === fresh))),
+        { class: 'column', 'aria-labelledby': headingId, 'data-status': st.id },
+        h('h2', { id: headingId }, st.label, h('span', { 'aria-label': `${tasks.length} tasks` }, String(tasks.length))),
+        h('ul', {}, ...tasks.map((t) => card(t, i, before !== null && !before.has(t.id)))),
       );
     }),
   );
+  state.shown = new Map(s.items.map((t) => [t.id, t.status]));
+  if (before) announceChanges(before, s.items);
+}
+
+/** Tells screen readers what changed since the last render. */
+function announceChanges(before: Map<string, TaskStatus>, items: readonly Task[]): void {
+  const said: string[] = [];
+  const label = (st: TaskStatus) => STATUSES.find((x) => x.id === st)?.label ?? st;
+  for (const t of items) {
+    const was = before.get(t.id);
+    if (was === undefined) said.push(`added “${t.title}”`);
+    else if (was !== t.status) said.push(`“${t.title}” moved to ${label(t.status)}`);
+  }
+  const now = new Set(items.map((t) => t.id));
+  const removed = [...before.keys()].filter((id) => !now.has(id)).length;
+  if (removed > 0) said.push(`${removed} task${removed > 1 ? 's' : ''} removed`);
+  if (said.length > 0) announce(said.slice(0, 5).join('; '));
 }
 
 function card(t: Task, column: number, fresh: boolean): HTMLLIElement {
   const open = h('button', { type: 'button', class: 'open' }, t.title);
-  open.addEventListener('click', guarded(() => openTask(t.id)));
+  open.addEventListener('click', guarded(async () => openTask(t.id)));
   const moves = h('div', { class: 'moves' });
   for (const step of [-1, 1]) {
     const target = STATUSES[column + step];
     if (!target) continue;
     const b = h('button', { type: 'button', 'aria-label': `Move “${t.title}” to ${target.label}` }, step < 0 ? `← ${target.label}` : `${target.label} →`);
+    // The card moves when the activity comes back through the collection.
     b.addEventListener('click', guarded(async () => {
-      await session().updateTask(t.id, { status: target.id }, { ifMatch: t.version }).then((r) => upsert(r.data));
-      renderBoard();
+      await session().updateTask(t.id, { status: target.id }, { ifMatch: t.version });
     }));
     moves.append(b);
   }
@@ -397,17 +454,17 @@ function card(t: Task, column: number, fresh: boolean): HTMLLIElement {
 
 // ------------------------------------------------------------------ one task: edit, comments, presence
 
-function renderAssignees(): void {
+function renderAssignees(members: readonly Member[]): void {
   const s = form('task-edit').elements.namedItem('assigneeUserId') as HTMLSelectElement;
   const current = s.value;
   s.replaceChildren(
     h('option', { value: '' }, 'unassigned'),
-    ...state.members.map((m) => h('option', { value: m.user.id }, m.user.displayName)),
+    ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)),
   );
   s.value = current;
 }
 
-function fillTask(t: Task): void {
+function fillTask(view: TaskView, t: Task): void {
   const f = form('task-edit');
   const set = (name: string, value: string) => {
     (f.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement).value = value;
@@ -420,58 +477,106 @@ function fillTask(t: Task): void {
   $('task-panel-title').textContent = t.title;
   $('task-version').textContent = `version ${t.version}`;
   f.dataset.version = String(t.version);
+  view.shownVersion = t.version;
 }
 
-async function openTask(taskId: string): Promise<void> {
+/** Keeps the open task's form on the newest version; closes it when the task left the board. */
+function followOpenTask(): void {
+  const view = state.view;
+  const tasks = state.tasks;
+  if (!view || !tasks) return;
+  const t = tasks.get(view.taskId);
+  if (t) {
+    if (t.version > view.shownVersion) fillTask(view, t);
+    return;
+  }
+  const status = tasks.getSnapshot().status;
+  // Gone from a loaded collection: deleted, or moved to another board.
+  if (status === 'live' || status === 'refetching') closeTask();
+}
+
+/**
+ * Opens a task: synchronous, so that nothing of it can outlive the next open. The previous task's
+ * handles are released first; a late callback of any of them finds another view and does nothing.
+ */
+function openTask(taskId: string): void {
   closeTask();
-  const { data: task, seq } = await session().getTask(taskId);
-  upsert(task);
-  state.openTask = taskId;
-  fillTask(task);
+  const rt = state.rt;
+  const task = state.tasks?.get(taskId);
+  if (!rt || !task) throw new Error('That task is no longer on this board.');
+  const view: TaskView = { taskId, sub: null, comments: null, stops: [], shownVersion: -1 };
+  state.view = view;
+  const current = () => state.view === view;
+  fillTask(view, task);
   $('comments').replaceChildren();
+  $('viewers').replaceChildren();
   $('task-panel').hidden = false;
   $('workspace').classList.add('with-panel');
-  const { items, seq: commentsSeq } = await allPages((cursor) =>
-    session().listComments(taskId, { limit: PAGE, ...(cursor ? { cursor } : {}) }),
-  );
-  if (state.openTask !== taskId) return;
-  const seen = new Set<string>();
-  for (const c of items) addComment(c, seen);
-  const since = Math.min(seq ?? 0, commentsSeq ?? 0);
-  const sub = state.rt!.subscribe(
+
+  // Looking at the task is being in its room: that is what others see as presence.
+  const sub = rt.subscribe(
     { taskId },
     {
-      on: {
-        'comment.created': (a) => addComment(a.data.comment, seen),
-        'comment.updated': (a) => addComment(a.data.comment, seen),
-        'comment.deleted': (a) => document.getElementById(`comment-${a.data.commentId}`)?.remove(),
+      onError: (e) => {
+        if (!current()) return;
+        closeTask();
+        notice(describe(e));
       },
-      onGap: () => guarded(() => openTask(taskId))(),
-      onError: () => closeTask(),
     },
-    since > 0 ? { since } : {},
   );
-  state.taskSub = sub;
-  sub.presence?.onChange((viewers) => {
-    $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
-  });
+  view.sub = sub;
+  const presence = sub.presence;
+  if (presence) {
+    view.stops.push(presence.onChange((viewers) => {
+      if (current()) renderViewers(viewers);
+    }));
+    renderViewers(presence.viewers);
+  }
+
+  const comments = rt.liveComments({ taskId });
+  view.comments = comments;
+  view.stops.push(comments.subscribe((s) => {
+    if (current()) renderComments(view, s);
+  }));
+  renderComments(view, comments.getSnapshot());
 }
 
-function addComment(c: Comment, seen: Set<string>): void {
+function renderViewers(viewers: readonly PresenceUser[]): void {
+  $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
+}
+
+function renderComments(view: TaskView, s: LiveSnapshot<Comment>): void {
+  if (s.status === 'closed') {
+    // The task was deleted (its comments collection ends with it).
+    closeTask();
+    return;
+  }
+  if (s.status === 'error') notice(`Comments could not be loaded: ${describe(s.error)}`);
+  const list = $('comments');
+  list.dataset.live = s.status;
+  list.dataset.taskId = view.taskId;
+  list.replaceChildren(...s.items.map(commentItem));
+}
+
+function commentItem(c: Comment): HTMLLIElement {
   const body = h('div', {}, c.body);
   const by = h('div', { class: 'by' }, `${memberName(c.authorUserId)} · ${new Date(c.createdAt).toLocaleString()}${c.editedAt ? ' · edited' : ''}`);
-  const existing = document.getElementById(`comment-${c.id}`);
-  if (existing) existing.replaceChildren(by, body);
-  else $('comments').append(h('li', { id: `comment-${c.id}` }, by, body));
-  seen.add(c.id);
+  return h('li', { id: `comment-${c.id}` }, by, body);
 }
 
+/** Releases every handle of the open task and hides its panel. */
 function closeTask(): void {
-  state.taskSub?.unsubscribe();
-  state.taskSub = null;
-  state.openTask = null;
+  const view = state.view;
+  state.view = null;
+  if (view) {
+    for (const stop of view.stops) stop();
+    view.stops.length = 0;
+    view.sub?.unsubscribe();
+    view.comments?.close();
+  }
   $('task-panel').hidden = true;
   $('viewers').replaceChildren();
+  $('comments').replaceChildren();
   $('workspace').classList.remove('with-panel');
 }
 
@@ -492,12 +597,12 @@ function init(): void {
   prioSelect.replaceChildren(...PRIORITIES.map((p) => h('option', { value: p }, p)));
 
   on('login-form', async (f) => {
-    await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, { onTokens: storeTokens }));
+    await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, sessionOptions()));
     f.reset();
   });
   on('register-form', async (f) => {
     const body = { email: field(f, 'email'), password: field(f, 'password'), displayName: field(f, 'displayName') };
-    await start(await Session.register(location.origin, body, { onTokens: storeTokens }));
+    await start(await Session.register(location.origin, body, sessionOptions()));
     f.reset();
   });
   $('logout').addEventListener('click', () => logout());
@@ -505,7 +610,7 @@ function init(): void {
     await openTeam(state.teams.find((t) => t.team.id === select('team-select').value)?.team ?? null);
   }));
   select('board-select').addEventListener('change', guarded(async () => {
-    await openBoard(state.boards.find((b) => b.id === select('board-select').value) ?? null);
+    openBoard(state.boards.find((b) => b.id === select('board-select').value) ?? null);
   }));
   on('team-form', async (f) => {
     const { data: team } = await session().createTeam(field(f, 'name'));
@@ -513,29 +618,29 @@ function init(): void {
     await loadTeams(team.id);
   });
   on('board-form', async (f) => {
-    if (!state.team) throw new Error('pick a team first');
-    const { data: board } = await session().createBoard(state.team.id, field(f, 'name'));
+    const team = state.team;
+    if (!team) throw new Error('pick a team first');
+    const { data: board } = await session().createBoard(team.id, field(f, 'name'));
     f.reset();
     await loadBoards();
-    await openBoard(state.boards.find((b) => b.id === board.id) ?? null);
+    if (state.team?.id === team.id) openBoard(state.boards.find((b) => b.id === board.id) ?? null);
   });
   on('member-form', async (f) => {
     if (!state.team) throw new Error('pick a team first');
     const role = field(f, 'role') as Exclude<Role, 'owner'>;
+    // The member list follows from the member.added activity.
     await session().addMember(state.team.id, { email: field(f, 'email'), role });
     f.reset();
-    await loadMembers();
   });
   on('task-form', async (f) => {
     if (!state.team || !state.board) throw new Error('pick a board first');
-    const { data } = await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
+    // The card appears with the task.created activity.
+    await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
     f.reset();
-    upsert(data);
-    renderBoard(data.id);
   });
   on('task-edit', async (f) => {
-    const id = state.openTask;
-    if (!id) return;
+    const view = state.view;
+    if (!view) return;
     const assignee = field(f, 'assigneeUserId');
     const patch = {
       title: field(f, 'title'),
@@ -544,24 +649,23 @@ function init(): void {
       priority: field(f, 'priority') as Priority,
       assigneeUserId: assignee === '' ? null : assignee,
     };
-    const { data } = await session().updateTask(id, patch, { ifMatch: Number(f.dataset.version) });
-    upsert(data);
-    fillTask(data);
-    renderBoard();
+    const { data } = await session().updateTask(view.taskId, patch, { ifMatch: Number(f.dataset.version) });
+    // Version-checked: the activity of a later change may have filled the form already.
+    if (state.view === view && data.version > view.shownVersion) fillTask(view, data);
   });
   $('task-delete').addEventListener('click', guarded(async () => {
-    const id = state.openTask;
-    if (!id || !confirm('Delete this task?')) return;
-    await session().deleteTask(id);
-    state.tasks.delete(id);
-    closeTask();
-    renderBoard();
+    const view = state.view;
+    if (!view || !confirm('Delete this task?')) return;
+    await session().deleteTask(view.taskId);
+    if (state.view === view) closeTask();
   }));
   $('task-close').addEventListener('click', () => closeTask());
   on('comment-form', async (f) => {
-    if (!state.openTask) return;
-    await session().createComment(state.openTask, field(f, 'body'));
-    f.reset();
+    const view = state.view;
+    if (!view) return;
+    // The comment appears with its activity, in this task's collection only.
+    await session().createComment(view.taskId, field(f, 'body'));
+    if (state.view === view) f.reset();
   });
   addEventListener('online', () => state.rt?.reconnect());
   void resume();

@@ -8,7 +8,9 @@
 // get the lock before the news, and then present the spent token. So before it lets the lock go,
 // the tab that rotated also takes a lock named after the spent token ("spent marker"); the lock
 // manager is one authority, so the next holder's `locks.query()` sees that marker for certain, and
-// it waits for the announcement instead of presenting the token.
+// it waits for the announcement instead of presenting the token. A tab that was not listening yet
+// when the announcement went out (a duplicated tab resuming from a copy its original has rotated
+// since) asks for it again: the tabs that remember the rotation repeat it.
 
 import type { AuthResponse } from './http.js';
 import { NetworkError, TokenRotatedError } from './http.js';
@@ -37,6 +39,8 @@ export interface TabCoordinatorOptions {
 }
 
 const MESSAGE_TYPE = 'taskforge.rotated';
+/** A waiting tab's request to repeat the announcements of a token's rotations. */
+const QUERY_TYPE = 'taskforge.rotated?';
 /** Rotations remembered: enough for every tab's recent history; older ones are long settled. */
 const REMEMBERED = 16;
 /** How long a spent marker is held: far longer than an announcement takes to arrive. */
@@ -82,6 +86,15 @@ function group(name: string): Group {
 
 function release(name: string, g: Group): void {
   if (g.refs === 0 && g.busy === 0 && groups.get(name) === g) groups.delete(name);
+}
+
+interface Query {
+  type: typeof QUERY_TYPE;
+  used: string;
+}
+
+function isQuery(m: unknown): m is Query {
+  return !!m && typeof m === 'object' && (m as Query).type === QUERY_TYPE && typeof (m as Query).used === 'string';
 }
 
 function isAnnouncement(m: unknown): m is Announcement {
@@ -169,6 +182,7 @@ class TabCoordinator implements RefreshCoordinator {
     this.channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel(name) : null;
     if (this.channel) {
       this.channel.onmessage = (ev: MessageEvent) => {
+        if (isQuery(ev.data)) return this.repeat(ev.data.used);
         if (!isAnnouncement(ev.data)) return;
         const r = { auth: ev.data.auth, at: ev.data.at };
         this.remember(ev.data.used, r);
@@ -330,7 +344,25 @@ class TabCoordinator implements RefreshCoordinator {
       this.group.waiters.add(check);
       this.pending.add(cancel);
       check();
+      // The announcement may have gone out before this tab listened: ask for it again.
+      if (this.group.waiters.has(check) && !this.closed) {
+        const query: Query = { type: QUERY_TYPE, used };
+        this.channel?.postMessage(query);
+      }
     });
+  }
+
+  /** Repeats the announcements of the rotations that follow `used`, as far as remembered here. */
+  private repeat(used: string): void {
+    if (this.closed) return;
+    let token = used;
+    for (let i = 0; i < REMEMBERED; i++) {
+      const r = this.group.rotated.get(token);
+      if (!r) return;
+      const message: Announcement = { type: MESSAGE_TYPE, used: token, auth: r.auth, at: r.at };
+      this.channel?.postMessage(message);
+      token = r.auth.refreshToken;
+    }
   }
 
   private underMutex(used: string, run: () => Promise<AuthResponse>): Promise<AuthResponse> {

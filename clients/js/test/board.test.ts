@@ -2,7 +2,10 @@
 // playwright-core) against a real server. One user creates and moves a task, the other sees it;
 // both see each other looking at the task; a comment and an assignment cross over too. The time
 // each change took to show up in the other browser is reported (t.diagnostic), screenshots go to
-// TASKFORGE_ARTIFACTS (default clients/js/artifacts/).
+// TASKFORGE_ARTIFACTS (default clients/js/artifacts/). Then the failure modes: a gap (a server
+// keeping its log 1 s, a browser cut off behind a proxy) while another browser edits, duplicated
+// tabs of one login through several 6-second token lifetimes, a reload in a stream of writes, and a task
+// opened before the previous one loaded. Each page is compared with a fresh HTTP read.
 //
 // Without Chromium (TASKFORGE_CHROMIUM, default /usr/bin/chromium) the browser test is skipped
 // with a message, unless CI=true, where it fails.
@@ -12,10 +15,14 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
+import { isDeepStrictEqual } from 'node:util';
 
-import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import { API_PREFIX, ApiError, refresh, type Session, type TaskStatus } from '@taskforge/client';
+import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
 
+import { readTasks } from './helpers/live.js';
 import { PKG_ROOT, TestServer } from './helpers/server.js';
+import { TcpProxy, newUser, sleep } from './helpers/util.js';
 
 const CHROMIUM = process.env.TASKFORGE_CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(process.env.TASKFORGE_ARTIFACTS ?? path.join(PKG_ROOT, 'artifacts'));
@@ -79,21 +86,48 @@ interface User {
   name: string;
   email: string;
   page: Page;
+  context: BrowserContext;
+  /** Uncaught exceptions and console errors of the page. */
   errors: string[];
+  /** Uncaught exceptions only (a page whose network is cut logs console errors by design). */
+  crashes: string[];
+  /** WebSocket frames the page sent and received, as text. */
+  sent: string[];
+  received: string[];
 }
 
-async function openBrowser(browsers: Browser[], name: string): Promise<User> {
+async function openBrowser(browsers: Browser[], name: string, baseUrl = server.baseUrl): Promise<User> {
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
   browsers.push(browser);
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  return openTab(context, name, `${name.toLowerCase()}-${randomUUID()}@example.com`, baseUrl);
+}
+
+/** A page in `context` (another tab of the same browser profile when the context is shared). */
+async function openTab(
+  context: BrowserContext,
+  name: string,
+  email: string,
+  baseUrl = server.baseUrl,
+  beforeLoad?: (page: Page) => Promise<unknown>,
+): Promise<User> {
+  const page = await context.newPage();
   page.setDefaultTimeout(LIVE_MS);
-  const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(`${name}: page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(`${name}: console: ${m.text()}`);
+  const u: User = { name, email, page, context, errors: [], crashes: [], sent: [], received: [] };
+  page.on('pageerror', (e) => {
+    u.errors.push(`${name}: page error: ${e.message}`);
+    u.crashes.push(`${name}: page error: ${e.message}`);
   });
-  await page.goto(`${server.baseUrl}/`);
-  return { name, email: `${name.toLowerCase()}-${randomUUID()}@example.com`, page, errors };
+  page.on('console', (m) => {
+    if (m.type() === 'error') u.errors.push(`${name}: console: ${m.text()}`);
+  });
+  page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => u.sent.push(String(f.payload)));
+    ws.on('framereceived', (f) => u.received.push(String(f.payload)));
+  });
+  await beforeLoad?.(page);
+  await page.goto(`${baseUrl}/`);
+  return u;
 }
 
 async function signUp(u: User): Promise<void> {
@@ -220,4 +254,461 @@ test('two browsers: a task created and moved in one shows up live in the other, 
   } finally {
     await Promise.all(browsers.map((b) => b.close().catch(() => {})));
   }
+});
+
+// ------------------------------------------------------------------ failure modes
+//
+// The tests below each reproduce one way the board used to go wrong: a gap whose refetch lost
+// changes and brought deleted tasks back, two tabs of one login revoking each other, a reload in
+// the middle of a stream of writes, and a task opened before the previous one had loaded.
+
+const STATUS_ORDER: TaskStatus[] = ['todo', 'in_progress', 'done', 'canceled'];
+const LABEL: Record<TaskStatus, string> = { todo: 'To do', in_progress: 'In progress', done: 'Done', canceled: 'Canceled' };
+const REFRESH_KEY = 'taskforge.refreshToken';
+
+type Columns = Record<TaskStatus, string[]>;
+
+/** The titles each column of the page shows, top to bottom. */
+async function shownColumns(u: User): Promise<Columns> {
+  return u.page.evaluate((order) => {
+    const out: Record<string, string[]> = {};
+    for (const s of order) {
+      const col = document.querySelector(`section[data-status="${s}"]`);
+      out[s] = col ? Array.from(col.querySelectorAll('li.card button.open'), (b) => b.textContent ?? '') : [];
+    }
+    return out as Columns;
+  }, STATUS_ORDER);
+}
+
+/** The board's titles per column from a fresh HTTP read, in the board's documented order. */
+async function serverColumns(reader: Session, teamId: string, boardId: string): Promise<Columns> {
+  const out: Columns = { todo: [], in_progress: [], done: [], canceled: [] };
+  for (const t of await readTasks(reader, teamId, { boardId })) out[t.status].push(t.title);
+  return out;
+}
+
+/** Waits (bounded) until the page's columns are the server's; fails with both when they are not. */
+async function untilColumnsMatch(what: string, u: User, reader: Session, teamId: string, boardId: string, ms = 15_000): Promise<Columns> {
+  const deadline = Date.now() + ms;
+  let last: { shown: Columns; server: Columns } | undefined;
+  for (;;) {
+    const [shown, want] = await Promise.all([shownColumns(u), serverColumns(reader, teamId, boardId)]);
+    if (isDeepStrictEqual(shown, want)) return want;
+    last = { shown, server: want };
+    if (Date.now() > deadline) {
+      assert.deepEqual(last.shown, last.server, `${what}: ${u.name}'s columns are not the server's after ${ms} ms`);
+    }
+    await sleep(100);
+  }
+}
+
+/** Polls `cond` (bounded) until it holds. */
+async function until(what: string, cond: () => boolean | Promise<boolean>, ms = LIVE_MS): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** The card titled exactly `title` in column `status`. */
+function cardExact(u: User, status: TaskStatus, title: string): Locator {
+  return u.page
+    .locator(`section[data-status="${status}"] li.card`)
+    .filter({ has: u.page.getByRole('button', { name: title, exact: true }) });
+}
+
+/** The title of the first card of a column, or null when it is empty. */
+async function firstTitle(u: User, status: TaskStatus): Promise<string | null> {
+  const first = u.page.locator(`section[data-status="${status}"] li.card button.open`).first();
+  return (await first.count()) > 0 ? await first.textContent() : null;
+}
+
+/** A team owned by a user of the test (for fresh HTTP reads), with the browser users in it. */
+async function teamWith(srv: TestServer, name: string, users: User[]): Promise<{ owner: Session; teamId: string; boardId: string }> {
+  const owner = await newUser(srv, 'Owner');
+  const team = (await owner.createTeam(name)).data;
+  for (const u of users) {
+    await owner.addMember(team.id, { email: u.email, role: 'member' });
+    // Added to a team: the board opens it without a reload (member.added reaches the user).
+    await u.page.locator('#team-select option:checked', { hasText: name }).waitFor({ state: 'attached' });
+    await u.page.locator('section[data-status="todo"]').waitFor();
+  }
+  return { owner, teamId: team.id, boardId: team.defaultBoardId };
+}
+
+/** Runs `body` with a list for its browsers; on failure, screenshots and page errors; closes them. */
+async function withBrowsers(prefix: string, body: (browsers: Browser[], users: User[]) => Promise<void>): Promise<void> {
+  assert.ok(haveChromium, `CI=true and no Chromium at ${CHROMIUM}: install Debian's chromium package`);
+  const browsers: Browser[] = [];
+  const users: User[] = [];
+  try {
+    await body(browsers, users);
+  } catch (e) {
+    for (const [i, u] of users.entries()) await shoot(u, `failure-${prefix}-${i}-${u.name.toLowerCase()}.png`).catch(() => {});
+    const logged = users.flatMap((u) => u.errors);
+    if (logged.length > 0 && e instanceof Error) e.message += `\npage errors:\n  ${logged.slice(0, 30).join('\n  ')}`;
+    throw e;
+  } finally {
+    await Promise.all(browsers.map((b) => b.close().catch(() => {})));
+  }
+}
+
+/** A board user's edits through the page, each waited for in that page, round after round. */
+class Writer {
+  iterations = 0;
+  readonly deleted: string[] = [];
+  private stopped = false;
+  private ended = false;
+  private failure: unknown = null;
+  private readonly done: Promise<void>;
+
+  constructor(private readonly u: User, private readonly prefix: string) {
+    u.page.on('dialog', (d) => void d.accept());
+    this.done = this.run();
+  }
+
+  /** One round: a create, a move, an edit, another move and a delete. */
+  private async round(i: number): Promise<void> {
+    const u = this.u;
+    const title = `${this.prefix} ${i}`;
+    await u.page.getByLabel('New task').fill(title);
+    await u.page.getByRole('button', { name: 'Add task' }).click();
+    await cardExact(u, 'todo', title).waitFor();
+
+    await this.move('todo', 'in_progress');
+
+    const edit = await firstTitle(u, 'in_progress');
+    if (edit !== null) {
+      await cardExact(u, 'in_progress', edit).getByRole('button', { name: edit, exact: true }).click();
+      await u.page.locator('#task-panel-title', { hasText: edit }).waitFor();
+      const edited = `${edit} (edited)`;
+      await u.page.locator('#task-edit').getByLabel('Title').fill(edited);
+      await u.page.locator('#task-edit').getByLabel('Priority').selectOption('high');
+      await u.page.getByRole('button', { name: 'Save' }).click();
+      await cardExact(u, 'in_progress', edited).waitFor();
+      await u.page.getByRole('button', { name: 'Close task' }).click();
+    }
+
+    await this.move('in_progress', 'done');
+
+    const gone = await firstTitle(u, 'done');
+    if (gone !== null) {
+      await cardExact(u, 'done', gone).getByRole('button', { name: gone, exact: true }).click();
+      await u.page.locator('#task-panel-title', { hasText: gone }).waitFor();
+      await u.page.getByRole('button', { name: 'Delete' }).click();
+      await cardExact(u, 'done', gone).waitFor({ state: 'detached' });
+      this.deleted.push(gone);
+    }
+  }
+
+  private async move(from: TaskStatus, to: TaskStatus): Promise<void> {
+    const title = await firstTitle(this.u, from);
+    if (title === null) return;
+    await cardExact(this.u, from, title).getByRole('button', { name: `Move “${title}” to ${LABEL[to]}` }).click();
+    await cardExact(this.u, to, title).waitFor();
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (!this.stopped) {
+        await this.round(this.iterations);
+        this.iterations++;
+      }
+    } catch (e) {
+      this.failure = e;
+    } finally {
+      this.ended = true;
+    }
+  }
+
+  /** Waits until `n` more rounds are done (bounded). */
+  async rounds(n: number, ms = 60_000): Promise<void> {
+    const target = this.iterations + n;
+    await until(`${n} more writer rounds`, () => this.iterations >= target || this.ended, ms);
+    if (this.failure) throw this.failure;
+    if (this.iterations < target) throw new Error('the writer stopped early');
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.done;
+    if (this.failure) throw this.failure;
+  }
+}
+
+test('a gap while another browser edits: after the reconnect the columns are the server\'s, changes during the refetch included', { skip: browserSkip, timeout: 240_000 }, async (t) => {
+  // A server that keeps its activity log for 1 s: a client away longer cannot resume.
+  const gapServer = await TestServer.start({ env: { TASKFORGE_LOG_RETENTION: '1s' } });
+  const proxy = await TcpProxy.start(() => gapServer.port);
+  try {
+    await withBrowsers('gap', async (browsers, users) => {
+      // Ann reaches the server through a proxy of her own; Bea directly.
+      const ann = await openBrowser(browsers, 'Ann', proxy.baseUrl);
+      const bea = await openBrowser(browsers, 'Bea', gapServer.baseUrl);
+      users.push(ann, bea);
+      await signUp(ann);
+      await signUp(bea);
+      const { owner, teamId, boardId } = await teamWith(gapServer, 'Gaps', [ann, bea]);
+      for (let i = 0; i < 6; i++) await owner.createTask(teamId, { title: `seed ${i}`, boardId });
+      await untilColumnsMatch('before the cut', ann, owner, teamId, boardId);
+
+      // Ann's reload of the tasks after the gap is answered from the server at once, but handed
+      // to her page only once her socket has brought the writes made after that read: the
+      // reload must not lose them, nor undo a deletion among them.
+      let holdNext = false;
+      let reread = false;
+      let served = false;
+      await ann.page.route(
+        (url) => url.pathname === `${API_PREFIX}/teams/${teamId}/tasks`,
+        async (route) => {
+          if (!holdNext) return route.continue();
+          holdNext = false;
+          reread = true;
+          try {
+            const response = await route.fetch();
+            const mark = ann.received.length;
+            // Bounded below the client's 15 s request timeout.
+            await until('a deletion and an update to reach Ann during her refetch', () => {
+              const s = ann.received.slice(mark).join('\n');
+              return s.includes('"task.deleted"') && s.includes('"task.updated"');
+            }, 12_000).catch((e: unknown) => t.diagnostic(`refetch handed over without the writes: ${String(e)}`));
+            await route.fulfill({ response });
+          } catch (e) {
+            t.diagnostic(`held refetch failed: ${String(e)}`);
+            await route.abort().catch(() => {});
+          }
+          served = true;
+        },
+      );
+
+      const before = (await owner.getTeam(teamId)).seq!;
+      proxy.block();
+      await ann.page.locator('#conn', { hasText: 'live' }).waitFor({ state: 'detached' });
+      const writer = new Writer(bea, 'w');
+      await writer.rounds(1);
+      // Until the log no longer holds what Ann missed.
+      await until('the log to drop the activities Ann missed', async () => {
+        try {
+          await owner.listActivity(teamId, { since: before });
+          return false;
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 410) return true;
+          throw e;
+        }
+      }, 20_000);
+      holdNext = true;
+      proxy.unblock();
+
+      // The reconnect waits out the socket's backoff (at most 30 s).
+      await until('Ann to reload the tasks after the gap', () => reread, 60_000);
+      await until('the held refetch to be handed over', () => served, 30_000);
+      // Bea keeps writing after Ann's reload too.
+      await writer.rounds(1);
+      await writer.stop();
+      t.diagnostic(`Bea's writer made ${writer.iterations} rounds; deleted: ${writer.deleted.join(', ')}`);
+
+      const want = await untilColumnsMatch('after the gap', ann, owner, teamId, boardId);
+      const shown = Object.values(want).flat();
+      for (const d of writer.deleted) assert.ok(!shown.includes(d), `deleted task “${d}” is back`);
+      await untilColumnsMatch('the writer', bea, owner, teamId, boardId);
+      assert.ok(writer.deleted.length >= 2, 'deletions happened during the test');
+      await ann.page.locator('#conn', { hasText: 'live' }).waitFor();
+      assert.deepEqual([...ann.crashes, ...bea.crashes], [], 'no uncaught errors in either page');
+    });
+  } finally {
+    await proxy.close();
+    await gapServer.dispose();
+  }
+});
+
+test('duplicated tabs of one login, one of them from a token already rotated, stay logged in across token refreshes and live', { skip: browserSkip, timeout: 180_000 }, async (t) => {
+  const TTL_S = 6;
+  const ttlServer = await TestServer.start({ env: { TASKFORGE_ACCESS_TOKEN_TTL: `${TTL_S}s` } });
+  try {
+    await withBrowsers('tabs', async (browsers, users) => {
+      const first = await openBrowser(browsers, 'Ann', ttlServer.baseUrl);
+      users.push(first);
+      await signUp(first);
+      const { owner, teamId, boardId } = await teamWith(ttlServer, 'Tabs', [first]);
+      const stored = (u: User) => u.page.evaluate((k) => sessionStorage.getItem(k), REFRESH_KEY);
+
+      // Duplicating a tab copies its sessionStorage, the refresh token included.
+      const duplicate = async (name: string, token: string) => {
+        const tab = await openTab(first.context, name, first.email, ttlServer.baseUrl, (page) =>
+          page.addInitScript(
+            ([k, v]) => {
+              if (sessionStorage.getItem(k) === null) sessionStorage.setItem(k, v);
+            },
+            [REFRESH_KEY, token] as const,
+          ),
+        );
+        users.push(tab);
+        await tab.page.locator('#me-name', { hasText: 'Ann' }).waitFor();
+        await tab.page.locator('section[data-status="todo"]').waitFor();
+        return tab;
+      };
+      const copied = await stored(first);
+      assert.ok(copied, 'the first tab stored its refresh token');
+      // The second tab resumes from the copy: whichever tab refreshes it first, the other adopts.
+      const second = await duplicate('Ann (2nd tab)', copied);
+      // The third from the same copy, once it has been rotated: it was not listening when that
+      // was announced, and must neither present the spent token nor give up.
+      await until('the copied token to be rotated', async () => (await stored(first)) !== copied, 3 * TTL_S * 1000);
+      const third = await duplicate('Ann (3rd tab)', copied);
+
+      // Several token lifetimes (the sessions refresh once three quarters of one have passed).
+      const tabs = [first, second, third];
+      const tokens = tabs.map(() => new Set<string>());
+      const started = Date.now();
+      for (let i = 0; Date.now() - started < 4 * TTL_S * 1000; i++) {
+        const title = `tick ${i}`;
+        await owner.createTask(teamId, { title, boardId });
+        for (const [n, tab] of tabs.entries()) {
+          await cardExact(tab, 'todo', title).waitFor({ timeout: LIVE_MS });
+          const token = await stored(tab);
+          assert.ok(token, `${tab.name} still holds a refresh token after “${title}”`);
+          tokens[n]!.add(token);
+          assert.equal(await tab.page.locator('#auth').isHidden(), true, `${tab.name} is still logged in after “${title}”`);
+        }
+        await sleep(2000);
+      }
+      t.diagnostic(`refresh tokens seen per tab: ${tokens.map((s) => s.size).join(', ')}`);
+      for (const [n, tab] of tabs.entries()) {
+        assert.ok(tokens[n]!.size >= 3, `${tab.name} rotated its refresh token through several cycles`);
+        await tab.page.locator('#conn', { hasText: 'live' }).waitFor();
+        assert.equal(await tab.page.locator('#notice').isHidden(), true, `${tab.name} shows no notice`);
+        await untilColumnsMatch(tab.name, tab, owner, teamId, boardId);
+      }
+      // The login is still valid on the server: the last stored token refreshes (last step: this
+      // spends the tabs' token).
+      const last = await stored(third);
+      assert.ok(last);
+      assert.equal((await refresh(ttlServer.baseUrl, last)).user.email, first.email, 'the login was not revoked');
+      assert.deepEqual(users.flatMap((u) => u.errors), [], 'no script errors in any tab');
+    });
+  } finally {
+    await ttlServer.dispose();
+  }
+});
+
+test('a reload while another browser keeps creating tasks: the board shows exactly the server\'s tasks and stays live', { skip: browserSkip, timeout: 180_000 }, async (t) => {
+  await withBrowsers('reload', async (browsers, users) => {
+    const ann = await openBrowser(browsers, 'Ann');
+    const bea = await openBrowser(browsers, 'Bea');
+    users.push(ann, bea);
+    await signUp(ann);
+    await signUp(bea);
+    const { owner, teamId, boardId } = await teamWith(server, 'Reloads', [ann, bea]);
+
+    // Bea creates tasks one after the other, as fast as her page answers.
+    let created = 0;
+    let stop = false;
+    let failure: unknown = null;
+    const writing = (async () => {
+      try {
+        while (!stop) {
+          await bea.page.getByLabel('New task').fill(`r ${created}`);
+          await bea.page.getByRole('button', { name: 'Add task' }).click();
+          // The form is reset once the server has answered.
+          await until('the form to clear', async () => (await bea.page.getByLabel('New task').inputValue()) === '');
+          created++;
+        }
+      } catch (e) {
+        failure = e;
+      }
+    })();
+    const written = async (n: number, what: string) => {
+      await until(what, () => created >= n || failure !== null, 60_000);
+      if (failure) throw failure;
+    };
+    await written(5, 'a few tasks before the reload');
+    const atReload = created;
+    await ann.page.reload();
+    await ann.page.locator('#me-name', { hasText: 'Ann' }).waitFor();
+    await ann.page.locator('section[data-status="todo"]').waitFor();
+    await written(atReload + 8, 'more tasks after the reload');
+    stop = true;
+    await writing;
+    if (failure) throw failure;
+    t.diagnostic(`${created} tasks created, ${atReload} of them before the reload`);
+
+    const want = await untilColumnsMatch('after the reload', ann, owner, teamId, boardId);
+    assert.equal(want.todo.length, created, 'every created task is on the server');
+    // And it keeps up.
+    await bea.page.getByLabel('New task').fill('after the stream');
+    await bea.page.getByRole('button', { name: 'Add task' }).click();
+    await cardExact(ann, 'todo', 'after the stream').waitFor();
+    await untilColumnsMatch('live after the reload', ann, owner, teamId, boardId);
+    assert.deepEqual([...ann.crashes, ...bea.crashes], [], 'no uncaught errors in either page');
+  });
+});
+
+test('opening task A then at once task B: this user does not stay on A, and A\'s comments stay out of B\'s panel', { skip: browserSkip, timeout: 120_000 }, async () => {
+  await withBrowsers('switch', async (browsers, users) => {
+    const ann = await openBrowser(browsers, 'Ann');
+    const bea = await openBrowser(browsers, 'Bea');
+    users.push(ann, bea);
+    await signUp(ann);
+    await signUp(bea);
+    const { owner, teamId, boardId } = await teamWith(server, 'Switch', [ann, bea]);
+    const a = (await owner.createTask(teamId, { title: 'Alpha', boardId })).data;
+    const b = (await owner.createTask(teamId, { title: 'Beta', boardId })).data;
+    await owner.createComment(b.id, 'a comment of Beta');
+    for (const u of [ann, bea]) await cardExact(u, 'todo', 'Beta').waitFor();
+
+    // Bea looks at A.
+    await cardExact(bea, 'todo', 'Alpha').getByRole('button', { name: 'Alpha', exact: true }).click();
+    await bea.page.locator('#viewers .viewer', { hasText: 'Bea' }).waitFor();
+
+    // Ann's loading of B is slow: its answers wait (bounded) until her page has asked to join
+    // A's room, as it would when A loads faster than B.
+    const sentBefore = ann.sent.length;
+    const joinedA = () => ann.sent.slice(sentBefore).some((f) => f.includes('"subscribe"') && f.includes(`"taskId":"${a.id}"`));
+    await ann.page.route(
+      (url) => url.pathname.startsWith(`${API_PREFIX}/tasks/${b.id}`),
+      async (route) => {
+        await until('Ann to join A', joinedA, 3000).catch(() => {});
+        await route.continue();
+      },
+    );
+    // Both clicks in one go: B is opened before A has loaded.
+    await ann.page.evaluate(([idA, idB]) => {
+      for (const id of [idA, idB]) {
+        const open = document.querySelector<HTMLButtonElement>(`li.card[data-task-id="${id}"] button.open`);
+        if (!open) throw new Error(`no card ${id}`);
+        open.click();
+      }
+    }, [a.id, b.id] as const);
+
+    // B is open: its title, its comment, and Ann among its viewers.
+    await ann.page.locator('#task-panel-title', { hasText: 'Beta' }).waitFor();
+    await ann.page.locator('#comments li', { hasText: 'a comment of Beta' }).waitFor();
+    await ann.page.locator('#viewers .viewer', { hasText: 'Ann' }).waitFor();
+
+    // Bea, on A, does not see Ann there (after at most the time the news takes), and never again.
+    const annOnA = bea.page.locator('#viewers .viewer', { hasText: 'Ann' });
+    await annOnA.waitFor({ state: 'detached', timeout: LIVE_MS });
+    const watchUntil = Date.now() + 2000;
+    while (Date.now() < watchUntil) {
+      assert.equal(await annOnA.count(), 0, 'Ann shows as a viewer of A while she has B open');
+      await sleep(100);
+    }
+
+    // A comment on A reaches Bea's panel but not Ann's; a later one on B reaches Ann's.
+    await bea.page.locator('#comment-form').getByLabel('Comment').fill('only on Alpha');
+    await bea.page.getByRole('button', { name: 'Comment', exact: true }).click();
+    await bea.page.locator('#comments li', { hasText: 'only on Alpha' }).waitFor();
+    await owner.createComment(b.id, 'later on Beta');
+    await ann.page.locator('#comments li', { hasText: 'later on Beta' }).waitFor();
+    assert.equal(await ann.page.locator('#comments li', { hasText: 'only on Alpha' }).count(), 0, "A's comment is in B's panel");
+    assert.deepEqual(
+      await ann.page.locator('#comments li').evaluateAll((lis) => lis.map((li) => li.lastElementChild?.textContent)),
+      ['a comment of Beta', 'later on Beta'],
+    );
+    assert.deepEqual(await ann.page.locator('#viewers .viewer').allTextContents(), ['Ann'], 'only Ann is on B');
+    assert.equal(await annOnA.count(), 0);
+    assert.equal(await ann.page.locator('#task-panel-title').textContent(), 'Beta');
+    assert.deepEqual([...ann.errors, ...bea.errors], [], 'no script errors in either page');
+  });
 });

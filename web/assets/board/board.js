@@ -1,4 +1,4 @@
-import { ApiError, RealtimeClient, Session, refresh, } from '../src/index.js';
+import { ApiError, RealtimeClient, Session, isAuthFailure, tabRefreshCoordinator, } from '../src/index.js';
 const STATUSES = [
     { id: 'todo', label: 'To do' },
     { id: 'in_progress', label: 'In progress' },
@@ -65,13 +65,15 @@ const state = {
     team: null,
     boards: [],
     board: null,
-    members: [],
-    tasks: new Map(),
     teamSub: null,
-    boardSub: null,
-    taskSub: null,
-    openTask: null,
+    members: null,
+    tasks: null,
+    stopMembers: null,
+    stopTasks: null,
+    shown: null,
+    view: null,
 };
+const coordinator = tabRefreshCoordinator('taskforge-board-auth');
 function session() {
     if (!state.session)
         throw new Error('not logged in');
@@ -80,14 +82,25 @@ function session() {
 function memberName(userId) {
     if (!userId)
         return 'unassigned';
-    return state.members.find((m) => m.user.id === userId)?.user.displayName ?? 'former member';
+    const members = state.members;
+    if (!members)
+        return '…';
+    const m = members.get(userId);
+    if (m)
+        return m.user.displayName;
+    return members.getSnapshot().status === 'loading' ? '…' : 'former member';
 }
 function storeTokens(auth) {
-    sessionStorage.setItem(REFRESH_KEY, auth.refreshToken);
+    if (state.session && state.session.refreshToken === auth.refreshToken) {
+        sessionStorage.setItem(REFRESH_KEY, auth.refreshToken);
+    }
+}
+function sessionOptions() {
+    return { coordinator, onTokens: storeTokens };
 }
 async function start(s) {
     state.session = s;
-    storeTokens({ user: s.user, accessToken: s.accessToken, refreshToken: s.refreshToken, expiresIn: 0 });
+    sessionStorage.setItem(REFRESH_KEY, s.refreshToken);
     $('me-name').textContent = s.user.displayName;
     $('who').hidden = false;
     $('auth').hidden = true;
@@ -125,12 +138,12 @@ function involvesMe(a) {
 }
 function logout(tellServer = true) {
     const s = state.session;
+    closeTask();
+    closeBoard();
+    closeTeam();
     state.rt?.close();
-    Object.assign(state, {
-        session: null, rt: null, teams: [], team: null, boards: [], board: null, members: [],
-        teamSub: null, boardSub: null, taskSub: null, openTask: null,
-    });
-    state.tasks.clear();
+    s?.close();
+    Object.assign(state, { session: null, rt: null, teams: [], team: null, boards: [], board: null });
     sessionStorage.removeItem(REFRESH_KEY);
     if (tellServer && s)
         s.logout().catch(() => { });
@@ -143,16 +156,24 @@ async function resume() {
     const token = sessionStorage.getItem(REFRESH_KEY);
     if (!token)
         return;
+    let s;
     try {
-        const auth = await refresh(location.origin, token);
-        await start(new Session(location.origin, auth, { onTokens: storeTokens }));
+        s = await Session.resume(location.origin, token, sessionOptions());
     }
-    catch {
-        sessionStorage.removeItem(REFRESH_KEY);
+    catch (e) {
+        if (isAuthFailure(e))
+            sessionStorage.removeItem(REFRESH_KEY);
+        else
+            notice(`Could not resume your session (${describe(e)}): reload to try again.`);
+        return;
     }
+    await start(s);
 }
 async function loadTeams(prefer = state.team?.id) {
-    const me = await session().me();
+    const s = session();
+    const me = await s.me();
+    if (state.session !== s)
+        return;
     state.teams = me.data.teams;
     const ts = select('team-select');
     ts.replaceChildren(...state.teams.map((t) => h('option', { value: t.team.id }, t.team.name)));
@@ -163,135 +184,141 @@ async function loadTeams(prefer = state.team?.id) {
     else
         ts.value = next?.id ?? '';
 }
-async function openTeam(team) {
+function closeTeam() {
     state.teamSub?.unsubscribe();
     state.teamSub = null;
+    state.stopMembers?.();
+    state.stopMembers = null;
+    state.members?.close();
+    state.members = null;
+}
+async function openTeam(team) {
+    closeBoard();
+    closeTeam();
     state.team = team;
     state.boards = [];
-    state.members = [];
+    $('member-list').textContent = '';
     if (!team) {
-        await openBoard(null);
+        openBoard(null);
         return;
     }
+    const rt = state.rt;
     select('team-select').value = team.id;
-    state.teamSub = state.rt.subscribe({ teamId: team.id }, {
+    state.teamSub = rt.subscribe({ teamId: team.id }, {
         on: {
             'board.created': () => guarded(loadBoards)(),
             'board.updated': () => guarded(loadBoards)(),
             'board.deleted': () => guarded(loadBoards)(),
-            'member.added': () => guarded(loadMembers)(),
-            'member.updated': () => guarded(loadMembers)(),
-            'member.removed': () => guarded(loadMembers)(),
             'team.updated': () => guarded(() => loadTeams())(),
         },
-        onGap: () => guarded(async () => { await loadMembers(); await loadBoards(); })(),
+        onGap: () => guarded(loadBoards)(),
         onError: () => guarded(() => loadTeams())(),
     });
-    await loadMembers();
+    const members = rt.liveMembers({ teamId: team.id });
+    state.members = members;
+    state.stopMembers = members.subscribe((s) => {
+        if (state.members === members)
+            renderMembers(s);
+    });
+    renderMembers(members.getSnapshot());
     await loadBoards();
 }
-async function loadMembers() {
-    const team = state.team;
-    if (!team)
-        return;
-    const { items } = await allPages((cursor) => session().request('GET', `/teams/${team.id}/members`, { query: { limit: PAGE, cursor } }));
-    state.members = items;
-    $('member-list').textContent = items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
-    renderAssignees();
-    renderBoard();
+function renderMembers(s) {
+    if (s.status === 'error')
+        notice(`Members could not be loaded: ${describe(s.error)}`);
+    $('member-list').textContent = s.items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
+    renderAssignees(s.items);
+    if (state.tasks)
+        renderBoard(state.tasks.getSnapshot());
 }
 async function loadBoards() {
     const team = state.team;
     if (!team)
         return;
     const { items } = await allPages((cursor) => session().listBoards(team.id, { limit: PAGE, ...(cursor ? { cursor } : {}) }));
+    if (state.team?.id !== team.id)
+        return;
     state.boards = items;
     const bs = select('board-select');
     bs.replaceChildren(...items.map((b) => h('option', { value: b.id }, b.name)));
     const keep = items.find((b) => b.id === state.board?.id);
     const next = keep ?? items.find((b) => b.id === team.defaultBoardId) ?? items[0] ?? null;
     if (next?.id !== state.board?.id)
-        await openBoard(next);
+        openBoard(next);
     else
         bs.value = next?.id ?? '';
 }
-async function openBoard(board) {
-    state.boardSub?.unsubscribe();
-    state.boardSub = null;
+function closeBoard() {
     closeTask();
+    state.stopTasks?.();
+    state.stopTasks = null;
+    state.tasks?.close();
+    state.tasks = null;
+    state.shown = null;
+    state.board = null;
+}
+function openBoard(board) {
+    closeBoard();
     state.board = board;
-    state.tasks.clear();
     $('board').hidden = !board;
     if (!board || !state.team) {
-        renderBoard();
+        $('columns').replaceChildren();
         return;
     }
     select('board-select').value = board.id;
-    const seq = await loadTasks();
-    if (state.board?.id !== board.id)
-        return;
-    state.boardSub = state.rt.subscribe({ boardId: board.id }, { onActivity: applyBoardActivity, onGap: () => guarded(async () => { await loadTasks(); })() }, seq === null ? {} : { since: seq });
+    const tasks = state.rt.liveTasks({ teamId: state.team.id, boardId: board.id });
+    state.tasks = tasks;
+    state.stopTasks = tasks.subscribe((s) => {
+        if (state.tasks !== tasks)
+            return;
+        renderBoard(s);
+        followOpenTask();
+    });
+    renderBoard(tasks.getSnapshot());
 }
-async function loadTasks() {
-    const team = state.team;
-    const board = state.board;
-    if (!team || !board)
-        return null;
-    const { items, seq } = await allPages((cursor) => session().listTasks(team.id, { boardId: board.id, limit: PAGE, ...(cursor ? { cursor } : {}) }));
-    state.tasks.clear();
-    for (const t of items)
-        state.tasks.set(t.id, t);
-    renderBoard();
-    return seq;
-}
-function upsert(task) {
-    const known = state.tasks.get(task.id);
-    if (known && known.version >= task.version)
-        return;
-    if (task.boardId !== state.board?.id)
-        state.tasks.delete(task.id);
-    else
-        state.tasks.set(task.id, task);
-}
-function applyBoardActivity(a) {
-    switch (a.type) {
-        case 'task.created':
-        case 'task.updated':
-        case 'task.assigned':
-            upsert(a.data.task);
-            renderBoard(a.type === 'task.created' ? a.data.task.id : undefined);
-            announce(`${memberName(a.actorUserId)}: ${a.type.replace('task.', '')} “${a.data.task.title}”`);
-            if (state.openTask === a.data.task.id)
-                fillTask(a.data.task);
-            break;
-        case 'task.deleted':
-            state.tasks.delete(a.data.taskId);
-            renderBoard();
-            if (state.openTask === a.data.taskId)
-                closeTask();
-            break;
-        default:
-            break;
-    }
-}
-function renderBoard(fresh) {
+function renderBoard(s) {
     const columns = $('columns');
-    if (!state.board) {
+    $('board').dataset.live = s.status;
+    columns.setAttribute('aria-busy', String(s.status === 'loading' || s.status === 'refetching'));
+    if (s.status === 'error')
+        notice(`Tasks could not be loaded: ${describe(s.error)} (retrying)`);
+    if (s.status === 'loading' && s.items.length === 0) {
         columns.replaceChildren();
         return;
     }
-    const byStatus = new Map(STATUSES.map((s) => [s.id, []]));
-    for (const t of state.tasks.values())
+    const before = state.shown;
+    const byStatus = new Map(STATUSES.map((st) => [st.id, []]));
+    for (const t of s.items)
         byStatus.get(t.status)?.push(t);
-    columns.replaceChildren(...STATUSES.map((s, i) => {
-        const tasks = (byStatus.get(s.id) ?? []).sort((a, b) => a.position - b.position || a.createdAt.localeCompare(b.createdAt));
-        const headingId = `col-${s.id}`;
-        return h('section', { class: 'column', 'aria-labelledby': headingId, 'data-status': s.id }, h('h2', { id: headingId }, s.label, h('span', { 'aria-label': `${tasks.length} tasks` }, String(tasks.length))), h('ul', {}, ...tasks.map((t) => card(t, i, t.id === fresh))));
+    columns.replaceChildren(...STATUSES.map((st, i) => {
+        const tasks = byStatus.get(st.id) ?? [];
+        const headingId = `col-${st.id}`;
+        return h('section', { class: 'column', 'aria-labelledby': headingId, 'data-status': st.id }, h('h2', { id: headingId }, st.label, h('span', { 'aria-label': `${tasks.length} tasks` }, String(tasks.length))), h('ul', {}, ...tasks.map((t) => card(t, i, before !== null && !before.has(t.id)))));
     }));
+    state.shown = new Map(s.items.map((t) => [t.id, t.status]));
+    if (before)
+        announceChanges(before, s.items);
+}
+function announceChanges(before, items) {
+    const said = [];
+    const label = (st) => STATUSES.find((x) => x.id === st)?.label ?? st;
+    for (const t of items) {
+        const was = before.get(t.id);
+        if (was === undefined)
+            said.push(`added “${t.title}”`);
+        else if (was !== t.status)
+            said.push(`“${t.title}” moved to ${label(t.status)}`);
+    }
+    const now = new Set(items.map((t) => t.id));
+    const removed = [...before.keys()].filter((id) => !now.has(id)).length;
+    if (removed > 0)
+        said.push(`${removed} task${removed > 1 ? 's' : ''} removed`);
+    if (said.length > 0)
+        announce(said.slice(0, 5).join('; '));
 }
 function card(t, column, fresh) {
     const open = h('button', { type: 'button', class: 'open' }, t.title);
-    open.addEventListener('click', guarded(() => openTask(t.id)));
+    open.addEventListener('click', guarded(async () => openTask(t.id)));
     const moves = h('div', { class: 'moves' });
     for (const step of [-1, 1]) {
         const target = STATUSES[column + step];
@@ -299,20 +326,19 @@ function card(t, column, fresh) {
             continue;
         const b = h('button', { type: 'button', 'aria-label': `Move “${t.title}” to ${target.label}` }, step < 0 ? `← ${target.label}` : `${target.label} →`);
         b.addEventListener('click', guarded(async () => {
-            await session().updateTask(t.id, { status: target.id }, { ifMatch: t.version }).then((r) => upsert(r.data));
-            renderBoard();
+            await session().updateTask(t.id, { status: target.id }, { ifMatch: t.version });
         }));
         moves.append(b);
     }
     return h('li', { class: fresh ? 'card fresh' : 'card', 'data-task-id': t.id }, open, h('div', { class: 'meta' }, h('span', {}, memberName(t.assigneeUserId)), t.priority === 'none' ? '' : h('span', { class: `prio-${t.priority}` }, t.priority), t.dueDate ? h('span', {}, `due ${t.dueDate}`) : ''), moves);
 }
-function renderAssignees() {
+function renderAssignees(members) {
     const s = form('task-edit').elements.namedItem('assigneeUserId');
     const current = s.value;
-    s.replaceChildren(h('option', { value: '' }, 'unassigned'), ...state.members.map((m) => h('option', { value: m.user.id }, m.user.displayName)));
+    s.replaceChildren(h('option', { value: '' }, 'unassigned'), ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)));
     s.value = current;
 }
-function fillTask(t) {
+function fillTask(view, t) {
     const f = form('task-edit');
     const set = (name, value) => {
         f.elements.namedItem(name).value = value;
@@ -325,53 +351,95 @@ function fillTask(t) {
     $('task-panel-title').textContent = t.title;
     $('task-version').textContent = `version ${t.version}`;
     f.dataset.version = String(t.version);
+    view.shownVersion = t.version;
 }
-async function openTask(taskId) {
+function followOpenTask() {
+    const view = state.view;
+    const tasks = state.tasks;
+    if (!view || !tasks)
+        return;
+    const t = tasks.get(view.taskId);
+    if (t) {
+        if (t.version > view.shownVersion)
+            fillTask(view, t);
+        return;
+    }
+    const status = tasks.getSnapshot().status;
+    if (status === 'live' || status === 'refetching')
+        closeTask();
+}
+function openTask(taskId) {
     closeTask();
-    const { data: task, seq } = await session().getTask(taskId);
-    upsert(task);
-    state.openTask = taskId;
-    fillTask(task);
+    const rt = state.rt;
+    const task = state.tasks?.get(taskId);
+    if (!rt || !task)
+        throw new Error('That task is no longer on this board.');
+    const view = { taskId, sub: null, comments: null, stops: [], shownVersion: -1 };
+    state.view = view;
+    const current = () => state.view === view;
+    fillTask(view, task);
     $('comments').replaceChildren();
+    $('viewers').replaceChildren();
     $('task-panel').hidden = false;
     $('workspace').classList.add('with-panel');
-    const { items, seq: commentsSeq } = await allPages((cursor) => session().listComments(taskId, { limit: PAGE, ...(cursor ? { cursor } : {}) }));
-    if (state.openTask !== taskId)
-        return;
-    const seen = new Set();
-    for (const c of items)
-        addComment(c, seen);
-    const since = Math.min(seq ?? 0, commentsSeq ?? 0);
-    const sub = state.rt.subscribe({ taskId }, {
-        on: {
-            'comment.created': (a) => addComment(a.data.comment, seen),
-            'comment.updated': (a) => addComment(a.data.comment, seen),
-            'comment.deleted': (a) => document.getElementById(`comment-${a.data.commentId}`)?.remove(),
+    const sub = rt.subscribe({ taskId }, {
+        onError: (e) => {
+            if (!current())
+                return;
+            closeTask();
+            notice(describe(e));
         },
-        onGap: () => guarded(() => openTask(taskId))(),
-        onError: () => closeTask(),
-    }, since > 0 ? { since } : {});
-    state.taskSub = sub;
-    sub.presence?.onChange((viewers) => {
-        $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
     });
+    view.sub = sub;
+    const presence = sub.presence;
+    if (presence) {
+        view.stops.push(presence.onChange((viewers) => {
+            if (current())
+                renderViewers(viewers);
+        }));
+        renderViewers(presence.viewers);
+    }
+    const comments = rt.liveComments({ taskId });
+    view.comments = comments;
+    view.stops.push(comments.subscribe((s) => {
+        if (current())
+            renderComments(view, s);
+    }));
+    renderComments(view, comments.getSnapshot());
 }
-function addComment(c, seen) {
+function renderViewers(viewers) {
+    $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
+}
+function renderComments(view, s) {
+    if (s.status === 'closed') {
+        closeTask();
+        return;
+    }
+    if (s.status === 'error')
+        notice(`Comments could not be loaded: ${describe(s.error)}`);
+    const list = $('comments');
+    list.dataset.live = s.status;
+    list.dataset.taskId = view.taskId;
+    list.replaceChildren(...s.items.map(commentItem));
+}
+function commentItem(c) {
     const body = h('div', {}, c.body);
     const by = h('div', { class: 'by' }, `${memberName(c.authorUserId)} · ${new Date(c.createdAt).toLocaleString()}${c.editedAt ? ' · edited' : ''}`);
-    const existing = document.getElementById(`comment-${c.id}`);
-    if (existing)
-        existing.replaceChildren(by, body);
-    else
-        $('comments').append(h('li', { id: `comment-${c.id}` }, by, body));
-    seen.add(c.id);
+    return h('li', { id: `comment-${c.id}` }, by, body);
 }
 function closeTask() {
-    state.taskSub?.unsubscribe();
-    state.taskSub = null;
-    state.openTask = null;
+    const view = state.view;
+    state.view = null;
+    if (view) {
+        for (const stop of view.stops)
+            stop();
+        view.stops.length = 0;
+        view.sub?.unsubscribe();
+        view.comments?.close();
+    }
     $('task-panel').hidden = true;
     $('viewers').replaceChildren();
+    $('comments').replaceChildren();
     $('workspace').classList.remove('with-panel');
 }
 function on(id, handler) {
@@ -387,12 +455,12 @@ function init() {
     const prioSelect = form('task-edit').elements.namedItem('priority');
     prioSelect.replaceChildren(...PRIORITIES.map((p) => h('option', { value: p }, p)));
     on('login-form', async (f) => {
-        await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, { onTokens: storeTokens }));
+        await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, sessionOptions()));
         f.reset();
     });
     on('register-form', async (f) => {
         const body = { email: field(f, 'email'), password: field(f, 'password'), displayName: field(f, 'displayName') };
-        await start(await Session.register(location.origin, body, { onTokens: storeTokens }));
+        await start(await Session.register(location.origin, body, sessionOptions()));
         f.reset();
     });
     $('logout').addEventListener('click', () => logout());
@@ -400,7 +468,7 @@ function init() {
         await openTeam(state.teams.find((t) => t.team.id === select('team-select').value)?.team ?? null);
     }));
     select('board-select').addEventListener('change', guarded(async () => {
-        await openBoard(state.boards.find((b) => b.id === select('board-select').value) ?? null);
+        openBoard(state.boards.find((b) => b.id === select('board-select').value) ?? null);
     }));
     on('team-form', async (f) => {
         const { data: team } = await session().createTeam(field(f, 'name'));
@@ -408,12 +476,14 @@ function init() {
         await loadTeams(team.id);
     });
     on('board-form', async (f) => {
-        if (!state.team)
+        const team = state.team;
+        if (!team)
             throw new Error('pick a team first');
-        const { data: board } = await session().createBoard(state.team.id, field(f, 'name'));
+        const { data: board } = await session().createBoard(team.id, field(f, 'name'));
         f.reset();
         await loadBoards();
-        await openBoard(state.boards.find((b) => b.id === board.id) ?? null);
+        if (state.team?.id === team.id)
+            openBoard(state.boards.find((b) => b.id === board.id) ?? null);
     });
     on('member-form', async (f) => {
         if (!state.team)
@@ -421,19 +491,16 @@ function init() {
         const role = field(f, 'role');
         await session().addMember(state.team.id, { email: field(f, 'email'), role });
         f.reset();
-        await loadMembers();
     });
     on('task-form', async (f) => {
         if (!state.team || !state.board)
             throw new Error('pick a board first');
-        const { data } = await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
+        await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
         f.reset();
-        upsert(data);
-        renderBoard(data.id);
     });
     on('task-edit', async (f) => {
-        const id = state.openTask;
-        if (!id)
+        const view = state.view;
+        if (!view)
             return;
         const assignee = field(f, 'assigneeUserId');
         const patch = {
@@ -443,26 +510,26 @@ function init() {
             priority: field(f, 'priority'),
             assigneeUserId: assignee === '' ? null : assignee,
         };
-        const { data } = await session().updateTask(id, patch, { ifMatch: Number(f.dataset.version) });
-        upsert(data);
-        fillTask(data);
-        renderBoard();
+        const { data } = await session().updateTask(view.taskId, patch, { ifMatch: Number(f.dataset.version) });
+        if (state.view === view && data.version > view.shownVersion)
+            fillTask(view, data);
     });
     $('task-delete').addEventListener('click', guarded(async () => {
-        const id = state.openTask;
-        if (!id || !confirm('Delete this task?'))
+        const view = state.view;
+        if (!view || !confirm('Delete this task?'))
             return;
-        await session().deleteTask(id);
-        state.tasks.delete(id);
-        closeTask();
-        renderBoard();
+        await session().deleteTask(view.taskId);
+        if (state.view === view)
+            closeTask();
     }));
     $('task-close').addEventListener('click', () => closeTask());
     on('comment-form', async (f) => {
-        if (!state.openTask)
+        const view = state.view;
+        if (!view)
             return;
-        await session().createComment(state.openTask, field(f, 'body'));
-        f.reset();
+        await session().createComment(view.taskId, field(f, 'body'));
+        if (state.view === view)
+            f.reset();
     });
     addEventListener('online', () => state.rt?.reconnect());
     void resume();

@@ -1,5 +1,6 @@
 import { NetworkError, TokenRotatedError } from './http.js';
 const MESSAGE_TYPE = 'taskforge.rotated';
+const QUERY_TYPE = 'taskforge.rotated?';
 const REMEMBERED = 16;
 const MARKER_HOLD_MS = 60_000;
 const MAX_TIMER_MS = 2_147_483_647;
@@ -15,6 +16,9 @@ function group(name) {
 function release(name, g) {
     if (g.refs === 0 && g.busy === 0 && groups.get(name) === g)
         groups.delete(name);
+}
+function isQuery(m) {
+    return !!m && typeof m === 'object' && m.type === QUERY_TYPE && typeof m.used === 'string';
 }
 function isAnnouncement(m) {
     if (!m || typeof m !== 'object')
@@ -81,6 +85,8 @@ class TabCoordinator {
         this.channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel(name) : null;
         if (this.channel) {
             this.channel.onmessage = (ev) => {
+                if (isQuery(ev.data))
+                    return this.repeat(ev.data.used);
                 if (!isAnnouncement(ev.data))
                     return;
                 const r = { auth: ev.data.auth, at: ev.data.at };
@@ -224,7 +230,24 @@ class TabCoordinator {
             this.group.waiters.add(check);
             this.pending.add(cancel);
             check();
+            if (this.group.waiters.has(check) && !this.closed) {
+                const query = { type: QUERY_TYPE, used };
+                this.channel?.postMessage(query);
+            }
         });
+    }
+    repeat(used) {
+        if (this.closed)
+            return;
+        let token = used;
+        for (let i = 0; i < REMEMBERED; i++) {
+            const r = this.group.rotated.get(token);
+            if (!r)
+                return;
+            const message = { type: MESSAGE_TYPE, used: token, auth: r.auth, at: r.at };
+            this.channel?.postMessage(message);
+            token = r.auth.refreshToken;
+        }
     }
     underMutex(used, run) {
         const g = this.group;
