@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,9 +16,13 @@ pub struct Session {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct File {
     /// Server base URL -> session.
     sessions: BTreeMap<String, Session>,
+    /// The server of the most recent `login`: where `tail` goes without `--url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latest: Option<String>,
 }
 
 pub fn path() -> anyhow::Result<PathBuf> {
@@ -65,13 +69,46 @@ pub fn load(url: &str) -> anyhow::Result<Option<Session>> {
     Ok(read()?.sessions.remove(&key(url)))
 }
 
-/// Writes the session for `url`, creating the file with mode 0600 (replaced atomically).
+/// The server of the most recent login and its session: the one saved login, or of several the
+/// one logged in to last. `None` when nothing is saved.
+pub fn latest() -> anyhow::Result<Option<(String, Session)>> {
+    let mut file = read()?;
+    if let Some(url) = file.latest.take()
+        && let Some(session) = file.sessions.remove(&url)
+    {
+        return Ok(Some((url, session)));
+    }
+    match file.sessions.len() {
+        0 => Ok(None),
+        1 => Ok(file.sessions.pop_first()),
+        _ => bail!(
+            "sessions are saved for several servers ({}) and none was logged in to last: \
+             pass --url, or run `taskforge login` again",
+            file.sessions.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Writes the session of a login for `url`, which becomes the server `tail` uses by default;
+/// the file is created with mode 0600 and replaced atomically.
 pub fn store(url: &str, session: Session) -> anyhow::Result<PathBuf> {
+    write(url, session, true)
+}
+
+/// Writes a refreshed session for `url`, leaving the default server as it is.
+pub fn store_refreshed(url: &str, session: Session) -> anyhow::Result<PathBuf> {
+    write(url, session, false)
+}
+
+fn write(url: &str, session: Session, latest: bool) -> anyhow::Result<PathBuf> {
     let p = path()?;
     let dir = p.parent().ok_or_else(|| anyhow!("no parent directory"))?;
     create_private_dir(dir)?;
     let mut file = read()?;
     file.sessions.insert(key(url), session);
+    if latest {
+        file.latest = Some(key(url));
+    }
     let tmp = dir.join("credentials.json.tmp");
     write_private(&tmp, &serde_json::to_vec_pretty(&file)?)?;
     std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;

@@ -25,7 +25,7 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()

@@ -1,6 +1,7 @@
 //! `taskforge tail`: one team's (or board's, or task's) activities on the terminal, resuming with
 //! `since` after every disconnect so nothing is missed or printed twice.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -17,18 +18,23 @@ use super::credentials::{self, Session};
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
-    /// The server's base URL, e.g. http://127.0.0.1:8080.
+    /// The server's base URL, e.g. http://127.0.0.1:8080; default: the server of the most recent
+    /// `taskforge login`.
     #[arg(long, env = "TASKFORGE_URL")]
-    pub url: String,
-    /// The team to follow.
+    pub url: Option<String>,
+    /// The team to follow: its id, or its name (case-insensitive, among your teams).
     #[arg(long)]
-    pub team: TeamId,
+    pub team: String,
     /// Only this board's activities (a board of the team).
-    #[arg(long, conflicts_with = "task")]
+    #[arg(long, conflicts_with_all = ["task", "all"])]
     pub board: Option<BoardId>,
     /// Only this task's activities (a task of the team).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub task: Option<TaskId>,
+    /// Everything of the team: its room, every board's and every task's (so task edits and
+    /// comments too), each activity once, in seq order.
+    #[arg(long)]
+    pub all: bool,
     /// Start after this seq (replays what came after it).
     #[arg(long)]
     pub since: Option<i64>,
@@ -47,25 +53,128 @@ enum End {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Subscribes sent at once before pacing (the server allows bursts of 200 messages, 100 a second).
+const SUBSCRIBE_BURST: usize = 100;
+const SUBSCRIBE_PACE: Duration = Duration::from_millis(20);
+/// With `--all`, how often the log is read when some task rooms could not be joined.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+/// Page size of the HTTP lists.
+const PAGE: u32 = 200;
+
+/// A room: the subscribe (and unsubscribe) message's id field and value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Scope {
+    field: &'static str,
+    id: String,
+}
+
+impl Scope {
+    fn team(id: TeamId) -> Self {
+        Scope {
+            field: "teamId",
+            id: id.to_string(),
+        }
+    }
+    fn board(id: &str) -> Self {
+        Scope {
+            field: "boardId",
+            id: id.to_owned(),
+        }
+    }
+    fn task(id: &str) -> Self {
+        Scope {
+            field: "taskId",
+            id: id.to_owned(),
+        }
+    }
+    /// The room an `error` or `unsubscribed` frame names, if any.
+    fn of_frame(frame: &Value) -> Option<Self> {
+        ["teamId", "boardId", "taskId"]
+            .into_iter()
+            .find_map(|field| {
+                frame[field].as_str().map(|id| Scope {
+                    field,
+                    id: id.to_owned(),
+                })
+            })
+    }
+    fn frame(&self, kind: &str, since: Option<i64>) -> String {
+        let mut msg = json!({"type": kind, self.field: self.id});
+        if let Some(s) = since {
+            msg["since"] = json!(s);
+        }
+        msg.to_string()
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Tail {
+    args: TailArgs,
+    /// The server's base URL, without a trailing slash.
+    url: String,
+    session: Session,
+    http: reqwest::Client,
+    team: TeamId,
+    /// The last seq printed (or the start point).
+    cursor: Option<i64>,
+    /// User id -> display name, for the human-readable form.
+    names: HashMap<String, String>,
+    /// With `--all`: the rooms this connection is in (or asked for).
+    joined: HashSet<Scope>,
+    /// With `--all`: the server refused more rooms, so the log is also read every `POLL_EVERY`.
+    poll: bool,
+    /// With `--all`: rooms printed activities announced (to join, with their `since`) or ended
+    /// (to leave), whichever way the activity came (a room or the log).
+    changes: Vec<(Scope, Option<Option<i64>>)>,
+}
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     super::install_tls_provider();
-    let mut session = credentials::load(&args.url)?.with_context(|| {
-        format!(
-            "not logged in to {}: run `taskforge login --url {} --email ...` first",
-            args.url, args.url
-        )
-    })?;
-    let mut cursor = args.since;
+    let (url, session) = match &args.url {
+        Some(url) => {
+            let url = credentials::key(url);
+            let session = credentials::load(&url)?.with_context(|| {
+                format!(
+                    "not logged in to {url}: run `taskforge login --url {url} --email ...` first"
+                )
+            })?;
+            (url, session)
+        }
+        None => credentials::latest()?.context(
+            "not logged in: run `taskforge login --url <server> --email ...` first (or pass --url)",
+        )?,
+    };
+    realtime_url(&url)?;
+    let mut tail = Tail {
+        cursor: args.since,
+        args,
+        url,
+        session,
+        http: super::http()?,
+        team: TeamId::from(Uuid::nil()),
+        names: HashMap::new(),
+        joined: HashSet::new(),
+        poll: false,
+        changes: Vec::new(),
+    };
+    tail.team = tail.resolve_team().await?;
+    if !tail.args.json {
+        tail.load_names().await?;
+    }
     let mut backoff = MIN_BACKOFF;
     loop {
-        match stream(&args, &session.access_token, &mut cursor, &mut backoff).await? {
+        match tail.stream(&mut backoff).await? {
             End::TokenRejected => {
-                session = renew(&args.url, &session).await?;
+                tail.renew().await?;
                 continue;
             }
             End::Dropped(why) => {
-                eprintln!("disconnected ({why}); resuming after seq {}", show(cursor));
+                eprintln!(
+                    "disconnected ({why}); resuming after seq {}",
+                    show(tail.cursor)
+                );
             }
         }
         tokio::time::sleep(jittered(backoff)).await;
@@ -85,19 +194,6 @@ fn jittered(d: Duration) -> Duration {
     half + Duration::from_millis(r)
 }
 
-async fn renew(url: &str, session: &Session) -> anyhow::Result<Session> {
-    let fresh = super::refresh(url, &session.refresh_token)
-        .await
-        .context("the session expired and could not be refreshed: run `taskforge login` again")?;
-    let renewed = Session {
-        email: session.email.clone(),
-        access_token: fresh.access_token,
-        refresh_token: fresh.refresh_token,
-    };
-    credentials::store(url, renewed.clone())?;
-    Ok(renewed)
-}
-
 fn realtime_url(base: &str) -> anyhow::Result<String> {
     let base = base.trim_end_matches('/');
     let ws = if let Some(rest) = base.strip_prefix("https://") {
@@ -110,131 +206,457 @@ fn realtime_url(base: &str) -> anyhow::Result<String> {
     Ok(format!("{ws}/realtime"))
 }
 
-fn subscribe_frame(args: &TailArgs, since: Option<i64>) -> String {
-    let mut msg = match (args.board, args.task) {
-        (Some(board), _) => json!({"type": "subscribe", "boardId": board}),
-        (_, Some(task)) => json!({"type": "subscribe", "taskId": task}),
-        _ => json!({"type": "subscribe", "teamId": args.team}),
-    };
-    if let Some(s) = since {
-        msg["since"] = json!(s);
-    }
-    msg.to_string()
-}
-
-/// One connection: authenticate (in a message, so the token is in no URL), subscribe (resuming
-/// after `cursor`), print until it ends.
-async fn stream(
-    args: &TailArgs,
-    token: &str,
-    cursor: &mut Option<i64>,
-    backoff: &mut Duration,
-) -> anyhow::Result<End> {
-    let url = realtime_url(&args.url)?;
-    let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok(c) => c,
-        Err(e) => return Ok(End::Dropped(e.to_string())),
-    };
-    let auth = json!({"type": "auth", "token": token}).to_string();
-    if ws.send(Message::text(auth)).await.is_err()
-        || ws
-            .send(Message::text(subscribe_frame(args, *cursor)))
+impl Tail {
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let fresh = super::refresh(&self.url, &self.session.refresh_token)
             .await
-            .is_err()
-    {
-        return Ok(End::Dropped("could not send".into()));
+            .context(
+                "the session expired and could not be refreshed: run `taskforge login` again",
+            )?;
+        let renewed = Session {
+            email: self.session.email.clone(),
+            access_token: fresh.access_token,
+            refresh_token: fresh.refresh_token,
+        };
+        credentials::store_refreshed(&self.url, renewed.clone())?;
+        self.session = renewed;
+        Ok(())
     }
-    let mut out = std::io::stdout().lock();
-    while let Some(msg) = ws.next().await {
-        let text = match msg {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(frame)) => {
-                let code = frame.as_ref().map(|f| f.code);
-                return Ok(match code {
-                    Some(CloseCode::Library(4001)) => End::TokenRejected,
-                    _ => End::Dropped(format!(
-                        "closed {}",
-                        code.map_or_else(|| "without a code".into(), |c| u16::from(c).to_string())
-                    )),
-                });
+
+    /// `GET /api/v1{path}` as the saved user, refreshing the session once if it expired.
+    async fn get(&mut self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.url);
+        let mut renewed = false;
+        loop {
+            let resp = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.session.access_token)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                self.renew().await?;
+                renewed = true;
+                continue;
             }
-            Ok(_) => continue,
+            if status.is_success() {
+                return resp
+                    .json()
+                    .await
+                    .with_context(|| format!("reading the answer of GET {url}"));
+            }
+            let problem: Value = resp.json().await.unwrap_or_default();
+            let detail = problem["detail"].as_str().unwrap_or("no detail");
+            if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND
+            {
+                bail!("not a member of that team, or no such team ({status}: {detail})");
+            }
+            bail!("GET {url} failed: {status}: {detail}");
+        }
+    }
+
+    /// Every item of a paged list (`items` and `nextCursor`).
+    async fn get_all(&mut self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page_path = match &cursor {
+                // Cursors are base64url: nothing to escape.
+                Some(c) => format!("{path}{sep}limit={PAGE}&cursor={c}"),
+                None => format!("{path}{sep}limit={PAGE}"),
+            };
+            let mut page = self.get(&page_path).await?;
+            if let Value::Array(more) = page["items"].take() {
+                items.extend(more);
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// `--team` as given: an id, or the name of exactly one of the user's teams.
+    async fn resolve_team(&mut self) -> anyhow::Result<TeamId> {
+        let given = self.args.team.trim().to_owned();
+        if let Ok(id) = given.parse::<TeamId>() {
+            return Ok(id);
+        }
+        if given.is_empty() {
+            bail!("--team needs a team's id or name");
+        }
+        let me = self.get("/me").await?;
+        let teams: Vec<(String, String)> = me["teams"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t["team"]["name"].as_str()?.to_owned(),
+                    t["team"]["id"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let wanted = given.to_lowercase();
+        let matches: Vec<&(String, String)> = teams
+            .iter()
+            .filter(|(name, _)| name.to_lowercase() == wanted)
+            .collect();
+        let list = |teams: &[&(String, String)]| {
+            teams
+                .iter()
+                .map(|(name, id)| format!("  {name:?} {id}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        match matches.as_slice() {
+            [(_, id)] => id
+                .parse()
+                .with_context(|| format!("the server gave the team id {id:?}")),
+            [] if teams.is_empty() => {
+                bail!("no team named {given:?}: you are not a member of any team")
+            }
+            [] => bail!(
+                "no team named {given:?} among yours; your teams are:\n{}",
+                list(&teams.iter().collect::<Vec<_>>())
+            ),
+            several => bail!(
+                "{} of your teams are named {given:?}; pass --team with one of their ids:\n{}",
+                several.len(),
+                list(several)
+            ),
+        }
+    }
+
+    /// The team's members' display names, for printing actors.
+    async fn load_names(&mut self) -> anyhow::Result<()> {
+        let members = self
+            .get_all(&format!("/teams/{}/members", self.team))
+            .await?;
+        for m in &members {
+            self.learn_name(&m["user"]);
+        }
+        Ok(())
+    }
+
+    fn learn_name(&mut self, user: &Value) {
+        if let (Some(id), Some(name)) = (user["id"].as_str(), user["displayName"].as_str()) {
+            self.names.insert(id.to_owned(), name.to_owned());
+        }
+    }
+
+    /// The room `tail` follows besides (with `--all`) the boards' and tasks'.
+    fn main_scope(&self) -> Scope {
+        match (self.args.board, self.args.task) {
+            (Some(board), _) => Scope::board(&board.to_string()),
+            (_, Some(task)) => Scope::task(&task.to_string()),
+            _ => Scope::team(self.team),
+        }
+    }
+
+    /// Joins `scope` unless this connection is in it already.
+    async fn join(&mut self, ws: &mut Socket, scope: Scope, since: Option<i64>) -> bool {
+        if self.joined.contains(&scope) {
+            return true;
+        }
+        let frame = scope.frame("subscribe", since);
+        self.joined.insert(scope);
+        ws.send(Message::text(frame)).await.is_ok()
+    }
+
+    async fn leave(&mut self, ws: &mut Socket, scope: Scope) -> bool {
+        if !self.joined.remove(&scope) {
+            return true;
+        }
+        ws.send(Message::text(scope.frame("unsubscribe", None)))
+            .await
+            .is_ok()
+    }
+
+    /// With `--all`: joins every board and task room of the team, as listed now.
+    async fn join_all(&mut self, ws: &mut Socket) -> anyhow::Result<bool> {
+        let boards = self
+            .get_all(&format!("/teams/{}/boards", self.team))
+            .await?;
+        let tasks = self.get_all(&format!("/teams/{}/tasks", self.team)).await?;
+        let scopes: Vec<Scope> = boards
+            .iter()
+            .filter_map(|b| b["id"].as_str().map(Scope::board))
+            .chain(
+                tasks
+                    .iter()
+                    .filter_map(|t| t["id"].as_str().map(Scope::task)),
+            )
+            .collect();
+        for (i, scope) in scopes.into_iter().enumerate() {
+            if self.poll && scope.field == "taskId" {
+                break;
+            }
+            if i >= SUBSCRIBE_BURST {
+                tokio::time::sleep(SUBSCRIBE_PACE).await;
+            }
+            let since = self.cursor;
+            if !self.join(ws, scope, since).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// With `--all`: prints what the log holds after the cursor (what some room has not
+    /// delivered yet), so that the output keeps the team's seq order without a gap.
+    async fn catch_up(&mut self) -> anyhow::Result<()> {
+        let Some(since) = self.cursor else {
+            return Ok(());
+        };
+        let entries = self
+            .get_all(&format!("/teams/{}/activity?since={since}", self.team))
+            .await?;
+        for a in &entries {
+            if a["seq"]
+                .as_i64()
+                .is_some_and(|s| s > self.cursor.unwrap_or(0))
+            {
+                self.print(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&mut self, activity: &Value) {
+        let seq = activity["seq"].as_i64();
+        if seq.is_some() {
+            self.cursor = seq;
+        }
+        if self.args.all {
+            // New rooms of the team: joined from their announcement; gone ones: left.
+            let change = match activity["type"].as_str() {
+                Some("board.created") => activity["data"]["board"]["id"]
+                    .as_str()
+                    .map(|id| (Scope::board(id), Some(seq))),
+                Some("task.created") if !self.poll => activity["taskId"]
+                    .as_str()
+                    .map(|id| (Scope::task(id), Some(seq))),
+                Some("task.deleted") => activity["taskId"]
+                    .as_str()
+                    .map(|id| (Scope::task(id), None)),
+                Some("board.deleted") => activity["data"]["boardId"]
+                    .as_str()
+                    .map(|id| (Scope::board(id), None)),
+                _ => None,
+            };
+            self.changes.extend(change);
+        }
+        if matches!(
+            activity["type"].as_str(),
+            Some("member.added" | "member.updated")
+        ) {
+            self.learn_name(&activity["data"]["member"]["user"]);
+        }
+        let line = if self.args.json {
+            activity.to_string()
+        } else {
+            human(activity, &self.names)
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            std::process::exit(0); // the reader went away (e.g. `| head`)
+        }
+    }
+
+    /// Joins and leaves the rooms that printed activities announced; false if a send failed.
+    async fn apply_changes(&mut self, ws: &mut Socket) -> anyhow::Result<bool> {
+        for (scope, join) in std::mem::take(&mut self.changes) {
+            let sent = match join {
+                Some(since) => self.join(ws, scope, since).await,
+                None => self.leave(ws, scope).await,
+            };
+            if !sent {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// An activity from any room: printed once, in seq order.
+    async fn on_activity(&mut self, ws: &mut Socket, activity: &Value) -> anyhow::Result<bool> {
+        // The user's own sockets also get their activities of other teams.
+        if activity["teamId"].as_str() != Some(self.team.to_string().as_str()) {
+            return Ok(true);
+        }
+        let seq = activity["seq"].as_i64();
+        // A resume may repeat what was printed before the drop, and with `--all` one activity
+        // reaches several rooms.
+        if let (Some(seq), Some(c)) = (seq, self.cursor)
+            && seq <= c
+        {
+            return Ok(true);
+        }
+        if self.args.all {
+            if let (Some(seq), Some(c)) = (seq, self.cursor)
+                && seq > c + 1
+            {
+                // Another room has not delivered what came between (yet): take it from the log.
+                if let Err(e) = self.catch_up().await {
+                    eprintln!("warning: could not read the log after seq {c}: {e:#}");
+                }
+            }
+            let printed = matches!((seq, self.cursor), (Some(seq), Some(c)) if seq <= c);
+            if !printed {
+                self.print(activity);
+            }
+            return self.apply_changes(ws).await;
+        }
+        self.print(activity);
+        Ok(true)
+    }
+
+    /// One connection: authenticate (in a message, so the token is in no URL), subscribe
+    /// (resuming after the cursor), print until it ends.
+    async fn stream(&mut self, backoff: &mut Duration) -> anyhow::Result<End> {
+        let url = realtime_url(&self.url)?;
+        let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(c) => c,
             Err(e) => return Ok(End::Dropped(e.to_string())),
         };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        match frame["type"].as_str() {
-            Some("authenticated") => {}
-            Some("subscribed") => {
-                *backoff = MIN_BACKOFF;
-                if cursor.is_none() {
-                    *cursor = frame["seq"].as_i64();
-                }
-            }
-            Some("activity") | Some("presence") => {
-                let activity = &frame["activity"];
-                // The user's own sockets also get their activities of other teams.
-                if activity["teamId"].as_str() != Some(args.team.to_string().as_str()) {
-                    continue;
-                }
-                if let Some(seq) = activity["seq"].as_i64() {
-                    // A resume may repeat what was printed before the drop.
-                    if cursor.is_some_and(|c| seq <= c) {
+        self.joined.clear();
+        self.changes.clear();
+        let auth = json!({"type": "auth", "token": self.session.access_token}).to_string();
+        let main = self.main_scope();
+        let since = self.cursor;
+        if ws.send(Message::text(auth)).await.is_err() || !self.join(&mut ws, main, since).await {
+            return Ok(End::Dropped("could not send".into()));
+        }
+        // Listed after the team room is joined: a room created later is announced there.
+        if self.args.all && !self.join_all(&mut ws).await? {
+            return Ok(End::Dropped("could not send".into()));
+        }
+        loop {
+            let next = if self.args.all && self.poll {
+                match tokio::time::timeout(POLL_EVERY, ws.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Err(e) = self.catch_up().await {
+                            eprintln!("warning: could not read the log: {e:#}");
+                        }
+                        if !self.apply_changes(&mut ws).await? {
+                            return Ok(End::Dropped("could not send".into()));
+                        }
                         continue;
                     }
-                    *cursor = Some(seq);
                 }
-                let line = if args.json {
-                    activity.to_string()
-                } else {
-                    human(activity)
-                };
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    std::process::exit(0); // the reader went away (e.g. `| head`)
+            } else {
+                ws.next().await
+            };
+            let Some(msg) = next else { break };
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(frame)) => {
+                    let code = frame.as_ref().map(|f| f.code);
+                    return Ok(match code {
+                        Some(CloseCode::Library(4001)) => End::TokenRejected,
+                        _ => End::Dropped(format!(
+                            "closed {}",
+                            code.map_or_else(
+                                || "without a code".into(),
+                                |c| u16::from(c).to_string()
+                            )
+                        )),
+                    });
                 }
-            }
-            Some("unsubscribed") => {
-                bail!(
-                    "the server ended the subscription: {}",
-                    frame["reason"].as_str().unwrap_or("unsubscribed")
-                )
-            }
-            Some("error") => match frame["code"].as_str().map(|c| (c, ErrorCode::parse(c))) {
-                Some((_, Some(ErrorCode::ResumeUnavailable))) => {
-                    eprintln!(
-                        "warning: activities after seq {} are no longer in the log; continuing live (refetch to catch up)",
-                        show(*cursor)
-                    );
-                    *cursor = None;
-                    if ws
-                        .send(Message::text(subscribe_frame(args, None)))
-                        .await
-                        .is_err()
-                    {
+                Ok(_) => continue,
+                Err(e) => return Ok(End::Dropped(e.to_string())),
+            };
+            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let scope = Scope::of_frame(&frame);
+            // Only the room followed without `--all` (the team's with it) ends the tail; a
+            // board or task room of `--all` ends when its board or task is deleted.
+            let essential = !self.args.all || scope.as_ref().is_none_or(|s| s.field == "teamId");
+            match frame["type"].as_str() {
+                Some("authenticated") => {}
+                Some("subscribed") => {
+                    *backoff = MIN_BACKOFF;
+                    if self.cursor.is_none() {
+                        self.cursor = frame["seq"].as_i64();
+                    }
+                }
+                Some("activity") => {
+                    let sent = self.on_activity(&mut ws, &frame["activity"]).await?;
+                    if !sent {
                         return Ok(End::Dropped("could not send".into()));
                     }
                 }
-                Some((_, Some(ErrorCode::Forbidden))) => {
-                    bail!("not a member of that team, or no such board or task")
+                Some("unsubscribed") if essential => {
+                    bail!(
+                        "the server ended the subscription: {}",
+                        frame["reason"].as_str().unwrap_or("unsubscribed")
+                    )
                 }
-                Some((_, Some(ErrorCode::TokenExpired | ErrorCode::Unauthorized))) => {
-                    return Ok(End::TokenRejected);
+                Some("unsubscribed") => {
+                    if let Some(s) = scope {
+                        self.joined.remove(&s);
+                    }
                 }
-                Some((code, _)) => eprintln!(
-                    "server error {code}: {}",
-                    frame["message"].as_str().unwrap_or("")
-                ),
-                None => {}
-            },
-            _ => {}
+                Some("error") => match frame["code"].as_str().map(|c| (c, ErrorCode::parse(c))) {
+                    Some((_, Some(ErrorCode::ResumeUnavailable))) => {
+                        let scope = scope.unwrap_or_else(|| self.main_scope());
+                        if essential {
+                            eprintln!(
+                                "warning: activities after seq {} are no longer in the log; continuing live (refetch to catch up)",
+                                show(self.cursor)
+                            );
+                            self.cursor = None;
+                        }
+                        self.joined.remove(&scope);
+                        if !self.join(&mut ws, scope, None).await {
+                            return Ok(End::Dropped("could not send".into()));
+                        }
+                    }
+                    Some((_, Some(ErrorCode::Forbidden))) if essential => {
+                        bail!("not a member of that team, or no such board or task")
+                    }
+                    Some((_, Some(ErrorCode::Forbidden))) => {
+                        // The board or task went away meanwhile.
+                        if let Some(s) = scope {
+                            self.joined.remove(&s);
+                        }
+                    }
+                    Some((_, Some(ErrorCode::TooManySubscriptions))) if self.args.all => {
+                        if let Some(s) = scope {
+                            self.joined.remove(&s);
+                        }
+                        if !self.poll {
+                            eprintln!(
+                                "warning: the server allows no more rooms on one connection; comments on the tasks not joined are read from the log every {} s",
+                                POLL_EVERY.as_secs()
+                            );
+                            self.poll = true;
+                        }
+                    }
+                    Some((_, Some(ErrorCode::TokenExpired | ErrorCode::Unauthorized))) => {
+                        return Ok(End::TokenRejected);
+                    }
+                    Some((code, _)) => eprintln!(
+                        "server error {code}: {}",
+                        frame["message"].as_str().unwrap_or("")
+                    ),
+                    None => {}
+                },
+                _ => {}
+            }
         }
+        Ok(End::Dropped("connection ended".into()))
     }
-    Ok(End::Dropped("connection ended".into()))
 }
 
-/// `#42 2026-11-25T19:03:04.123Z task.created by 0193… "title"`.
-fn human(a: &Value) -> String {
+/// `#42 2026-11-25T19:03:04.123Z task.created by Ann "title"`.
+fn human(a: &Value, names: &HashMap<String, String>) -> String {
     let seq = a["seq"]
         .as_i64()
         .map_or_else(|| "-".into(), |s| format!("#{s}"));
@@ -256,6 +678,8 @@ fn human(a: &Value) -> String {
         .map(|s| format!(" {s:?}"))
         .unwrap_or_default();
     let actor = a["actorUserId"].as_str().unwrap_or("?");
+    // Unknown ids (say, of a user who left before the tail started) stay as they are.
+    let actor = names.get(actor).map_or(actor, String::as_str);
     format!(
         "{seq} {} {} by {actor}{what}",
         a["ts"].as_str().unwrap_or(""),

@@ -344,3 +344,249 @@ async fn login_and_tail_work_over_https_with_a_certificate_trusted_through_ssl_c
     assert_eq!(activity["taskId"], task.id.to_string().as_str());
     assert_eq!(activity["teamId"], team.id.to_string().as_str());
 }
+
+/// A running `taskforge tail`: its stdout lines, and its stderr gathered in the background.
+struct Tailing {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Tailing {
+    fn spawn(mut cmd: Command, args: &[&str]) -> Tailing {
+        let mut child = cmd
+            .arg("tail")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn taskforge tail");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut err_lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let stderr = tokio::spawn(async move {
+            let mut all = String::new();
+            while let Ok(Some(l)) = err_lines.next_line().await {
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        });
+        Tailing {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next `n` lines, within 20 s in all; panics with tail's stderr if they do not come.
+    async fn take(&mut self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.lines.next_line()).await {
+                Ok(Ok(Some(line))) => got.push(line),
+                _ => {
+                    let _ = self.child.kill().await;
+                    let err = (&mut self.stderr).await.unwrap_or_default();
+                    panic!(
+                        "{} of {n} lines within 20 s: {got:#?}\ntail's stderr:\n{err}",
+                        got.len()
+                    );
+                }
+            }
+        }
+        got
+    }
+
+    /// Fails if another line comes within 700 ms (nothing printed twice).
+    async fn assert_quiet(&mut self) {
+        if let Ok(Ok(Some(extra))) =
+            tokio::time::timeout(Duration::from_millis(700), self.lines.next_line()).await
+        {
+            panic!("unexpected extra line: {extra}");
+        }
+    }
+
+    async fn stop(mut self) -> String {
+        let _ = self.child.kill().await;
+        self.stderr.await.unwrap_or_default()
+    }
+}
+
+/// Runs `taskforge tail` expecting it to fail: its stderr.
+async fn tail_fails(cmd: Command, args: &[&str]) -> String {
+    let mut t = Tailing::spawn(cmd, args);
+    let status = tokio::time::timeout(Duration::from_secs(30), t.child.wait())
+        .await
+        .expect("tail exits within 30 s")
+        .expect("tail status");
+    assert!(!status.success(), "tail must fail");
+    t.stderr.await.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tail_without_url_follows_the_latest_login_finds_the_team_by_name_and_prints_names() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("ann");
+    let ann = api
+        .register(&email, "correct horse battery", "Ann Tail")
+        .await;
+    let team = api.create_team(ann.token(), "Core").await;
+    api.create_team(ann.token(), "Core Two").await;
+    let bob = api
+        .member(ann.token(), team.id, "Bob Builder", "member")
+        .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    // An older session of another server, sorting after this one: the latest login wins, not the
+    // first entry.
+    let file = home.path().join("taskforge/credentials.json");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("config dir");
+    let other = r#"{"sessions": {"http://zz.invalid": {"email": "z@example.com", "accessToken": "z1", "refreshToken": "z2"}}}"#;
+    std::fs::write(&file, other).expect("write credentials");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    // No --url, and the team by its name in another case.
+    let mut tail = Tailing::spawn(
+        client_command(home.path()),
+        &["--team", "cORE", "--since", "0"],
+    );
+    api.task(bob.token(), team.id, "by bob").await;
+    let first = tail.take(2).await;
+    // A member who joins while the tail runs is named too: the table follows member.added.
+    let cid = api
+        .member(ann.token(), team.id, "Cid Newcomer", "member")
+        .await;
+    api.task(cid.token(), team.id, "by cid").await;
+    let later = tail.take(2).await;
+    let err = tail.stop().await;
+    let lines: Vec<String> = first.into_iter().chain(later).collect();
+    assert!(
+        lines[0].starts_with("#1 ") && lines[0].contains("member.added by Ann Tail"),
+        "{lines:#?}\n{err}"
+    );
+    assert!(
+        lines[1].contains("task.created by Bob Builder \"by bob\""),
+        "{lines:#?}"
+    );
+    assert!(lines[2].contains("member.added by Ann Tail"), "{lines:#?}");
+    assert!(
+        lines[3].contains("task.created by Cid Newcomer \"by cid\""),
+        "{lines:#?}"
+    );
+    for id in [ann.user.id, bob.user.id, cid.user.id] {
+        assert!(
+            lines.iter().all(|l| !l.contains(&id.to_string())),
+            "no uuid printed for an actor: {lines:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_by_team_name_explains_an_unknown_or_ambiguous_name() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("twin");
+    let me = api.register(&email, "correct horse battery", "Twin").await;
+    let a = api.create_team(me.token(), "Twins").await;
+    let b = api.create_team(me.token(), "twins").await;
+    let solo = api.create_team(me.token(), "Solo").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    let err = tail_fails(client_command(home.path()), &["--team", "TWINS"]).await;
+    assert!(err.contains("2 of your teams are named"), "stderr:\n{err}");
+    assert!(
+        err.contains(&a.id.to_string()) && err.contains(&b.id.to_string()),
+        "both matches listed with their ids; stderr:\n{err}"
+    );
+    assert!(
+        !err.contains(&solo.id.to_string()),
+        "only the matches; stderr:\n{err}"
+    );
+
+    let err = tail_fails(client_command(home.path()), &["--team", "Nobody's"]).await;
+    assert!(err.contains("no team named \"Nobody's\""), "stderr:\n{err}");
+    for t in [&a, &b, &solo] {
+        assert!(
+            err.contains(&t.id.to_string()),
+            "the user's teams are listed; stderr:\n{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_all_prints_task_edits_and_comments_each_once_in_seq_order() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("all");
+    let me = api.register(&email, "correct horse battery", "All").await;
+    let team = api.create_team(me.token(), "Everything").await;
+    let early = api.task(me.token(), team.id, "there before the tail").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    let mut tail = Tailing::spawn(
+        client_command(home.path()),
+        &["--team", "Everything", "--all", "--since", "0", "--json"],
+    );
+    // Once the first line is out, the tail has listed and joined the rooms there are.
+    let mut lines = tail.take(1).await;
+    let tok = me.token();
+    api.patch_task(tok, early.id, serde_json::json!({"title": "edited"}))
+        .await
+        .ok(200);
+    api.comment(tok, early.id, "on the early task").await;
+    // A board and a task that appear while it runs are followed from their announcement.
+    let board = api.create_board(tok, team.id, "Later").await;
+    let late = api
+        .create_task(
+            tok,
+            team.id,
+            serde_json::json!({"title": "late", "boardId": board.id}),
+        )
+        .await;
+    api.patch_task(tok, late.id, serde_json::json!({"status": "done"}))
+        .await
+        .ok(200);
+    api.comment(tok, late.id, "on the late task").await;
+    lines.extend(tail.take(6).await);
+    tail.assert_quiet().await;
+    let err = tail.stop().await;
+
+    let got: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|a| a["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "task.created",
+            "task.updated",
+            "comment.created",
+            "board.created",
+            "task.created",
+            "task.updated",
+            "comment.created"
+        ],
+        "stderr:\n{err}"
+    );
+    let seqs: Vec<i64> = got.iter().filter_map(|a| a["seq"].as_i64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=7).collect::<Vec<i64>>(),
+        "each once, in seq order"
+    );
+    let tasks: Vec<&str> = got
+        .iter()
+        .map(|a| a["taskId"].as_str().unwrap_or(""))
+        .collect();
+    let (e, l) = (early.id.to_string(), late.id.to_string());
+    assert_eq!(tasks[1..3], [e.as_str(), e.as_str()]);
+    assert_eq!(tasks[4..7], [l.as_str(), l.as_str(), l.as_str()]);
+}
