@@ -125,9 +125,16 @@ struct Tail {
     joined: HashSet<Scope>,
     /// With `--all`: the server refused more rooms, so the log is also read every `POLL_EVERY`.
     poll: bool,
-    /// With `--all`: rooms printed activities announced (to join, with their `since`) or ended
-    /// (to leave), whichever way the activity came (a room or the log).
-    changes: Vec<(Scope, Option<Option<i64>>)>,
+    /// With `--all`: rooms that printed activities announced or ended, whichever way the
+    /// activity came (a room or the log).
+    changes: Vec<RoomChange>,
+}
+
+enum RoomChange {
+    /// A new board or task: join its room, replaying after the announcement's seq.
+    Join(Scope, Option<i64>),
+    /// A deleted board or task: leave its room.
+    Leave(Scope),
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
@@ -153,6 +160,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         url,
         session,
         http: super::http()?,
+        // Resolved right below, over HTTP with this session.
         team: TeamId::from(Uuid::nil()),
         names: HashMap::new(),
         joined: HashSet::new(),
@@ -437,16 +445,16 @@ impl Tail {
             let change = match activity["type"].as_str() {
                 Some("board.created") => activity["data"]["board"]["id"]
                     .as_str()
-                    .map(|id| (Scope::board(id), Some(seq))),
+                    .map(|id| RoomChange::Join(Scope::board(id), seq)),
                 Some("task.created") if !self.poll => activity["taskId"]
                     .as_str()
-                    .map(|id| (Scope::task(id), Some(seq))),
+                    .map(|id| RoomChange::Join(Scope::task(id), seq)),
                 Some("task.deleted") => activity["taskId"]
                     .as_str()
-                    .map(|id| (Scope::task(id), None)),
+                    .map(|id| RoomChange::Leave(Scope::task(id))),
                 Some("board.deleted") => activity["data"]["boardId"]
                     .as_str()
-                    .map(|id| (Scope::board(id), None)),
+                    .map(|id| RoomChange::Leave(Scope::board(id))),
                 _ => None,
             };
             self.changes.extend(change);
@@ -470,10 +478,10 @@ impl Tail {
 
     /// Joins and leaves the rooms that printed activities announced; false if a send failed.
     async fn apply_changes(&mut self, ws: &mut Socket) -> anyhow::Result<bool> {
-        for (scope, join) in std::mem::take(&mut self.changes) {
-            let sent = match join {
-                Some(since) => self.join(ws, scope, since).await,
-                None => self.leave(ws, scope).await,
+        for change in std::mem::take(&mut self.changes) {
+            let sent = match change {
+                RoomChange::Join(scope, since) => self.join(ws, scope, since).await,
+                RoomChange::Leave(scope) => self.leave(ws, scope).await,
             };
             if !sent {
                 return Ok(false);
