@@ -364,7 +364,7 @@ const SEEN_TEAMS = 64;
 
 /** The newest seqs received per team, bounded in both directions (see `SEEN_PER_TEAM`). */
 class SeenWindow {
-  private readonly teams = new Map<string, { floor: number; seqs: Set<number> }>();
+  private readonly teams = new Map<string, { seqs: Set<number> }>();
 
   /** Records (teamId, seq); false if it was already there. */
   mark(teamId: string, seq: number): boolean {
@@ -372,7 +372,7 @@ class SeenWindow {
     if (team) {
       this.teams.delete(teamId); // re-inserted below: the map's order is least recently used first
     } else {
-      team = { floor: 0, seqs: new Set() };
+      team = { seqs: new Set() };
       if (this.teams.size >= SEEN_TEAMS) this.teams.delete(this.teams.keys().next().value!);
     }
     this.teams.set(teamId, team);

@@ -108,7 +108,7 @@ class SeenWindow {
             this.teams.delete(teamId);
         }
         else {
-            team = { floor: 0, seqs: new Set() };
+            team = { seqs: new Set() };
             if (this.teams.size >= SEEN_TEAMS)
                 this.teams.delete(this.teams.keys().next().value);
         }
