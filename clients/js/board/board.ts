@@ -1,6 +1,8 @@
 // The live board that `taskforge serve` serves at `/`: log in or sign up, pick a team and a
 // board, see its tasks in columns by status, create / edit / move / assign tasks, comment, and see
-// everyone's changes and who is looking at a task as they happen.
+// everyone's changes and who is looking at a task as they happen. The bell in the header is the
+// user's inbox (`rt.inbox()`): notifications of mentions, assignments and followed tasks, live;
+// typing `@` in a comment or a description offers the team's members and writes the mention markup.
 //
 // It is built on this package (`../src`), compiled by `npm run build:board` into the server's
 // `web/assets/` and embedded in the binary. What it must never do: keep state the server does not
@@ -17,9 +19,15 @@ import {
   ApiError,
   RealtimeClient,
   Session,
+  formatMention,
   isAuthFailure,
+  parseMentions,
   tabRefreshCoordinator,
   type Activity,
+  type Inbox,
+  type InboxSnapshot,
+  type Notification,
+  type NotificationReason,
   type AuthResponse,
   type Board,
   type Comment,
@@ -143,6 +151,10 @@ interface State {
   /** The ids and statuses the columns showed last (null before the first render of a board). */
   shown: Map<string, TaskStatus> | null;
   view: TaskView | null;
+  inbox: Inbox | null;
+  stopInbox: (() => void) | null;
+  /** The unread count the bell showed last (null before the first render). */
+  shownUnread: number | null;
 }
 
 const state: State = {
@@ -159,6 +171,9 @@ const state: State = {
   stopTasks: null,
   shown: null,
   view: null,
+  inbox: null,
+  stopInbox: null,
+  shownUnread: null,
 };
 
 /**
@@ -226,6 +241,7 @@ async function start(s: Session): Promise<void> {
   });
   state.rt = rt;
   rt.connect();
+  openInbox(rt);
   await loadTeams();
 }
 
@@ -241,6 +257,7 @@ function logout(tellServer = true): void {
   closeTask();
   closeBoard();
   closeTeam();
+  closeInbox();
   state.rt?.close();
   s?.close();
   Object.assign(state, { session: null, rt: null, teams: [], team: null, boards: [], board: null });
@@ -558,8 +575,17 @@ function renderComments(view: TaskView, s: LiveSnapshot<Comment>): void {
   list.replaceChildren(...s.items.map(commentItem));
 }
 
+/** A text with each mention shown as `@Name` (the member's current name when known). */
+function withMentions(text: string): (Node | string)[] {
+  return parseMentions(text).map((p) => {
+    if (p.kind === 'text') return p.text;
+    const name = state.members?.get(p.userId)?.user.displayName ?? p.name;
+    return h('span', { class: 'mention', 'data-user-id': p.userId }, `@${name}`);
+  });
+}
+
 function commentItem(c: Comment): HTMLLIElement {
-  const body = h('div', {}, c.body);
+  const body = h('div', { class: 'body' }, ...withMentions(c.body));
   const by = h('div', { class: 'by' }, `${memberName(c.authorUserId)} · ${new Date(c.createdAt).toLocaleString()}${c.editedAt ? ' · edited' : ''}`);
   return h('li', { id: `comment-${c.id}` }, by, body);
 }
@@ -578,6 +604,207 @@ function closeTask(): void {
   $('viewers').replaceChildren();
   $('comments').replaceChildren();
   $('workspace').classList.remove('with-panel');
+}
+
+// ------------------------------------------------------------------ the inbox (the bell)
+
+const REASONS: Record<NotificationReason, string> = {
+  assigned: 'assigned you',
+  mentioned: 'mentioned you',
+  commented: 'commented',
+  status_changed: 'changed the status',
+  task_deleted: 'deleted the task',
+};
+
+function openInbox(rt: RealtimeClient): void {
+  closeInbox();
+  const inbox = rt.inbox({ pageSize: 20 });
+  state.inbox = inbox;
+  state.stopInbox = inbox.subscribe((s) => {
+    if (state.inbox === inbox) renderInbox(s);
+  });
+  renderInbox(inbox.getSnapshot());
+}
+
+function closeInbox(): void {
+  state.stopInbox?.();
+  state.stopInbox = null;
+  state.inbox?.close();
+  state.inbox = null;
+  state.shownUnread = null;
+  showInbox(false);
+  $('inbox-list').replaceChildren();
+}
+
+function showInbox(open: boolean): void {
+  $('inbox').hidden = !open;
+  $('inbox-button').setAttribute('aria-expanded', String(open));
+}
+
+function renderInbox(s: InboxSnapshot): void {
+  if (s.status === 'error') notice(`Notifications could not be loaded: ${describe(s.error)}`);
+  const count = $('inbox-count');
+  count.textContent = String(s.unreadCount);
+  count.hidden = s.unreadCount === 0;
+  const label = s.unreadCount === 0 ? 'Notifications' : `Notifications, ${s.unreadCount} unread`;
+  $('inbox-button').setAttribute('aria-label', label);
+  // Said once per change of the count, not on every render.
+  if (s.status !== 'loading' && state.shownUnread !== s.unreadCount) {
+    if (state.shownUnread !== null) {
+      $('inbox-announce').textContent = `${s.unreadCount} unread notification${s.unreadCount === 1 ? '' : 's'}`;
+    }
+    state.shownUnread = s.unreadCount;
+  }
+  const list = $('inbox-list');
+  list.dataset.live = s.status;
+  list.replaceChildren(...s.items.map(notificationItem));
+  $('inbox-empty').hidden = s.items.length > 0 || s.status === 'loading';
+  const more = $('inbox-more') as HTMLButtonElement;
+  more.hidden = !s.hasMore;
+  more.disabled = s.loadingMore;
+  ($('inbox-read-all') as HTMLButtonElement).disabled = s.unreadCount === 0;
+}
+
+function notificationItem(n: Notification): HTMLLIElement {
+  const unread = n.readAt === null;
+  const why = n.reasons.map((r) => REASONS[r] ?? r).join(', ');
+  const open = h(
+    'button',
+    { type: 'button', class: 'open-notification' },
+    h('span', { class: 'what' }, h('strong', {}, n.actorDisplayName), ` ${why} · `, h('span', { class: 'task' }, n.taskTitle)),
+    n.excerpt ? h('span', { class: 'excerpt' }, ...withMentions(n.excerpt)) : '',
+    h('span', { class: 'when' }, new Date(n.createdAt).toLocaleString(), unread ? h('span', { class: 'visually-hidden' }, ' (unread)') : ''),
+  );
+  open.addEventListener('click', guarded(() => openNotification(n)));
+  return h('li', { class: unread ? 'notification unread' : 'notification', 'data-id': n.id, 'data-seq': String(n.seq) }, open);
+}
+
+/** Marks the notification read and opens its task (on its team and board, wherever it is now). */
+async function openNotification(n: Notification): Promise<void> {
+  const inbox = state.inbox;
+  // The bell's count follows the answer (and the stream); a failure shows as a notice.
+  const marking = n.readAt === null && inbox ? inbox.markRead(n.id) : Promise.resolve();
+  showInbox(false);
+  if (n.reasons.includes('task_deleted')) {
+    await marking;
+    notice(`“${n.taskTitle}” was deleted.`);
+    return;
+  }
+  let task: Task;
+  try {
+    task = (await session().getTask(n.taskId)).data;
+  } catch (e) {
+    await marking.catch(() => {});
+    if (e instanceof ApiError && e.status === 404) throw new Error(`“${n.taskTitle}” no longer exists, or is not in a team of yours.`);
+    throw e;
+  }
+  if (state.team?.id !== task.teamId) {
+    const team = state.teams.find((t) => t.team.id === task.teamId)?.team;
+    if (!team) throw new Error(`“${task.title}” is in a team you are not in.`);
+    await openTeam(team);
+  }
+  if (state.board?.id !== task.boardId) {
+    const board = state.boards.find((b) => b.id === task.boardId);
+    if (!board) throw new Error(`The board of “${task.title}” is gone.`);
+    openBoard(board);
+  }
+  const tasks = state.tasks;
+  if (!tasks) throw new Error('That task is no longer on a board.');
+  await tasks.ready;
+  if (state.tasks === tasks) openTask(task.id);
+  await marking;
+}
+
+// ------------------------------------------------------------------ mentions: `@` in a textarea
+
+/** Members whose name matches what follows the `@`, the user aside, at most 8. */
+function mentionCandidates(query: string): Member[] {
+  const me = state.session?.user.id;
+  const q = query.toLowerCase();
+  const items = state.members?.getSnapshot().items ?? [];
+  return items.filter((m) => m.user.id !== me && m.user.displayName.toLowerCase().includes(q)).slice(0, 8);
+}
+
+/**
+ * Typing `@` (at the start or after a space) in `area` opens a list of the team's members under
+ * it; Up/Down choose, Enter or Tab (or a click) insert the mention markup, Escape closes.
+ */
+function attachMentions(area: HTMLTextAreaElement, listId: string): void {
+  const list = h('ul', { id: listId, class: 'mentions', role: 'listbox', 'aria-label': 'Mention a member' });
+  list.hidden = true;
+  (area.closest('label') ?? area).after(list);
+  area.setAttribute('aria-autocomplete', 'list');
+  area.setAttribute('aria-controls', listId);
+  let matches: Member[] = [];
+  let active = 0;
+  /** Where the `@` is, while the list is open. */
+  let at = -1;
+
+  const close = () => {
+    list.hidden = true;
+    list.replaceChildren();
+    matches = [];
+    at = -1;
+    area.removeAttribute('aria-activedescendant');
+  };
+  const render = () => {
+    list.replaceChildren(
+      ...matches.map((m, i) => {
+        const li = h('li', { id: `${listId}-${i}`, role: 'option', 'aria-selected': String(i === active), 'data-user-id': m.user.id }, m.user.displayName);
+        // Keep the focus (and the caret) in the textarea.
+        li.addEventListener('mousedown', (ev) => ev.preventDefault());
+        li.addEventListener('click', () => insert(i));
+        return li;
+      }),
+    );
+    list.hidden = false;
+    area.setAttribute('aria-activedescendant', `${listId}-${active}`);
+  };
+  const update = () => {
+    const caret = area.selectionStart ?? 0;
+    if (caret !== area.selectionEnd) return close();
+    const m = /(^|\s)@([^\s@\[\]()]{0,30})$/.exec(area.value.slice(0, caret));
+    if (!m) return close();
+    const found = mentionCandidates(m[2]!);
+    if (found.length === 0) return close();
+    const opened = at < 0;
+    at = caret - m[2]!.length - 1;
+    if (opened || matches.length !== found.length || found.some((f, i) => f.user.id !== matches[i]?.user.id)) active = 0;
+    matches = found;
+    render();
+    if (opened) announce(`${found.length} member${found.length === 1 ? '' : 's'} to mention: up and down to choose, Enter to insert`);
+  };
+  const insert = (i: number) => {
+    const m = matches[i];
+    if (!m || at < 0) return close();
+    const caret = area.selectionStart ?? area.value.length;
+    const markup = `${formatMention(m.user)} `;
+    area.setRangeText(markup, at, caret, 'end');
+    close();
+    announce(`Mentioned ${m.user.displayName}`);
+    area.focus();
+  };
+
+  area.addEventListener('input', update);
+  area.addEventListener('click', update);
+  area.addEventListener('blur', () => close());
+  area.addEventListener('keydown', (ev) => {
+    if (list.hidden || matches.length === 0) return;
+    if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+      ev.preventDefault();
+      active = (active + (ev.key === 'ArrowDown' ? 1 : matches.length - 1)) % matches.length;
+      render();
+    } else if (ev.key === 'Enter' || ev.key === 'Tab') {
+      ev.preventDefault();
+      insert(active);
+    } else if (ev.key === 'Escape') {
+      ev.preventDefault();
+      close();
+    }
+  });
+  area.addEventListener('keyup', (ev) => {
+    if (ev.key === 'ArrowLeft' || ev.key === 'ArrowRight' || ev.key === 'Home' || ev.key === 'End') update();
+  });
 }
 
 // ------------------------------------------------------------------ wiring
@@ -667,6 +894,25 @@ function init(): void {
     await session().createComment(view.taskId, field(f, 'body'));
     if (state.view === view) f.reset();
   });
+  $('inbox-button').addEventListener('click', () => showInbox($('inbox').hidden));
+  $('inbox-close').addEventListener('click', () => {
+    showInbox(false);
+    $('inbox-button').focus();
+  });
+  $('inbox').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') {
+      showInbox(false);
+      $('inbox-button').focus();
+    }
+  });
+  $('inbox-read-all').addEventListener('click', guarded(async () => {
+    await state.inbox?.markAllRead();
+  }));
+  $('inbox-more').addEventListener('click', guarded(async () => {
+    await state.inbox?.loadMore();
+  }));
+  attachMentions(form('comment-form').elements.namedItem('body') as HTMLTextAreaElement, 'comment-mentions');
+  attachMentions(form('task-edit').elements.namedItem('description') as HTMLTextAreaElement, 'description-mentions');
   addEventListener('online', () => state.rt?.reconnect());
   void resume();
 }

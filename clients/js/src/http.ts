@@ -16,6 +16,13 @@ import type {
   Team,
   User,
 } from './generated/protocol.js';
+import type {
+  MarkReadRequest,
+  MarkReadResult,
+  MeInbox,
+  NotificationPage,
+  NotificationQuery,
+} from './inbox-types.js';
 import type { RefreshCoordinator } from './tabs.js';
 
 /** Every endpoint of the contract lives under this path of the server. */
@@ -593,8 +600,36 @@ export class Session implements TokenSource {
 
   // Typed endpoints. Each returns the full response so that `seq` (X-TaskForge-Seq) is at hand.
 
-  me(): Promise<ApiResponse<{ user: User; teams: { team: Team; role: Role }[] }>> {
+  /** The user, their teams, and their inbox's unread count and latest seq. */
+  me(): Promise<ApiResponse<{ user: User; teams: { team: Team; role: Role }[] } & MeInbox>> {
     return this.request('GET', '/me');
+  }
+
+  /**
+   * GET /me/notifications: newest first. The body's `seq` is the inbox stream's latest seq when the
+   * page was read (subscribe the inbox with `since: seq` to miss nothing), `nextCursor` pages
+   * towards older ones. `rt.inbox()` keeps this list live.
+   */
+  listNotifications(query: NotificationQuery = {}): Promise<ApiResponse<NotificationPage>> {
+    return this.request('GET', '/me/notifications', { query: { ...query } });
+  }
+
+  /**
+   * POST /me/notifications/read, by `ids` (at most 200) or `upto` a seq. Unknown, foreign and
+   * already read ids are ignored.
+   */
+  markNotificationsRead(body: MarkReadRequest): Promise<ApiResponse<MarkReadResult>> {
+    return this.request('POST', '/me/notifications/read', { body });
+  }
+
+  /** PUT /tasks/{id}/follow: notifications of its comments, status changes and deletion (idempotent). */
+  followTask(taskId: string): Promise<ApiResponse<void>> {
+    return this.request('PUT', `/tasks/${taskId}/follow`);
+  }
+
+  /** DELETE /tasks/{id}/follow: stop following (being assigned or mentioned still notifies). */
+  unfollowTask(taskId: string): Promise<ApiResponse<void>> {
+    return this.request('DELETE', `/tasks/${taskId}/follow`);
   }
 
   createTeam(name: string): Promise<ApiResponse<Team>> {
@@ -639,7 +674,8 @@ export class Session implements TokenSource {
     return this.request('GET', `/teams/${teamId}/tasks`, { query });
   }
 
-  getTask(taskId: string): Promise<ApiResponse<Task>> {
+  /** The task, and whether the caller follows it (`following`). */
+  getTask(taskId: string): Promise<ApiResponse<Task & { following?: boolean }>> {
     return this.request('GET', `/tasks/${taskId}`);
   }
 

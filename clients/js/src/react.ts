@@ -16,6 +16,8 @@ import { useMemo, useSyncExternalStore, type DependencyList } from 'react';
 
 import type { Comment, Member, PresenceUser, Task } from './generated/protocol.js';
 import type { Session } from './http.js';
+import { openInbox, type Inbox, type InboxOptions, type InboxSnapshot } from './inbox.js';
+import type { Notification } from './inbox-types.js';
 import {
   openLiveComments,
   openLiveMembers,
@@ -233,6 +235,97 @@ function sessionOf(rt: RealtimeClient): Session {
   return session;
 }
 
+// ---- the inbox ----------------------------------------------------------------------------------
+
+/** What `useInbox` returns: the inbox's snapshot and its actions. */
+export interface InboxState extends InboxSnapshot {
+  /** Loads the next older page. */
+  loadMore(): Promise<void>;
+  markRead(ids: string | readonly string[]): Promise<void>;
+  markAllRead(): Promise<void>;
+}
+
+const INBOX_LOADING: InboxSnapshot = Object.freeze({
+  items: Object.freeze([]),
+  unreadCount: 0,
+  status: 'loading',
+  error: null,
+  seq: null,
+  hasMore: false,
+  loadingMore: false,
+});
+
+/** One hook instance's inbox handle: opened by React's subscribe, closed by its unsubscribe. */
+class InboxStore {
+  private readonly rt: RealtimeClient;
+  private readonly opts: InboxOptions | undefined;
+  private inbox: Inbox | null = null;
+  private idle: InboxSnapshot = INBOX_LOADING;
+  /** The state handed out for the last snapshot: a new object only when the snapshot changed. */
+  private last: { snapshot: InboxSnapshot; state: InboxState } | null = null;
+
+  constructor(rt: RealtimeClient, opts: InboxOptions | undefined) {
+    this.rt = rt;
+    this.opts = opts;
+  }
+
+  readonly subscribe = (onChange: () => void): (() => void) => {
+    let inbox: Inbox;
+    try {
+      inbox = openInbox(this.rt, sessionOf(this.rt), this.opts);
+    } catch (e) {
+      this.idle = Object.freeze({ ...INBOX_LOADING, status: 'error' as const, error: e });
+      onChange();
+      return () => {};
+    }
+    this.inbox = inbox;
+    const off = inbox.subscribe(() => onChange());
+    // The inbox is shared: it may be loaded already.
+    onChange();
+    return () => {
+      off();
+      if (this.inbox === inbox) {
+        this.inbox = null;
+        this.idle = INBOX_LOADING;
+      }
+      // A microtask later, so that StrictMode's unmount-and-mount shares the inbox.
+      queueMicrotask(() => inbox.close());
+    };
+  };
+
+  private readonly act = <A extends unknown[]>(fn: (inbox: Inbox, ...args: A) => Promise<void>) =>
+    (...args: A): Promise<void> => {
+      const inbox = this.inbox;
+      if (!inbox) return Promise.reject(new Error('useInbox: the inbox is not open (the component is not mounted)'));
+      return fn(inbox, ...args);
+    };
+
+  private readonly actions = {
+    loadMore: this.act((inbox) => inbox.loadMore()),
+    markRead: this.act((inbox, ids: string | readonly string[]) => inbox.markRead(ids)),
+    markAllRead: this.act((inbox) => inbox.markAllRead()),
+  };
+
+  readonly getSnapshot = (): InboxState => {
+    const snapshot = this.inbox?.getSnapshot() ?? this.idle;
+    if (this.last?.snapshot !== snapshot) {
+      this.last = { snapshot, state: Object.freeze({ ...snapshot, ...this.actions }) };
+    }
+    return this.last.state;
+  };
+}
+
+/**
+ * The user's inbox (see `rt.inbox()`) while the component is mounted: its items (newest first),
+ * unread count and status, and `loadMore`, `markRead(ids)`, `markAllRead()`. The returned object
+ * keeps its identity until the inbox changed. Needs a client with a `Session`.
+ */
+export function useInbox(rt: RealtimeClient, opts?: InboxOptions): InboxState {
+  checkClient(rt);
+  const store = useMemo(() => new InboxStore(rt, opts), [rt, opts?.pageSize ?? null]);
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
+}
+
 // ---- presence -----------------------------------------------------------------------------------
 
 const NO_VIEWERS: readonly PresenceUser[] = Object.freeze([]);
@@ -291,4 +384,4 @@ function checkClient(rt: RealtimeClient): void {
   }
 }
 
-export type { ConnectionState, LiveCollection, LiveSnapshot, PresenceUser, StateChange };
+export type { ConnectionState, InboxSnapshot, LiveCollection, LiveSnapshot, Notification, PresenceUser, StateChange };

@@ -16,6 +16,13 @@
 // that joins late with an older `since` is served from that history (or told about a gap).
 // It also renews the access token on the live socket (an `auth` message) before it expires, and
 // reconnects with jittered exponential backoff when the socket drops.
+//
+// The user's inbox (`{"type":"subscribe","inbox":true}`) is a stream of its own, beside the rooms:
+// one per socket, with its own seq. It is resumed the same way (the highest seq delivered as
+// `since`), buffered until its `subscribed` reply, and shared by every inbox subscription (handle)
+// of the client, each with its own cursor; a handle that asks for an older `since` than the stream
+// has delivered makes the client subscribe again from there ("subscribing again replaces the
+// socket's position in the stream"), and every handle drops what it already had.
 
 import type {
   Activity,
@@ -31,6 +38,8 @@ import type {
 } from './generated/protocol.js';
 import { PRESENCE_TYPES } from './generated/protocol.js';
 import { Session, isAuthFailure, type AccessToken, type TokenSource } from './http.js';
+import { openInbox, type Inbox, type InboxOptions } from './inbox.js';
+import { inboxEventOf, type InboxClientFrame, type InboxEvent } from './inbox-types.js';
 import {
   openLiveComments,
   openLiveMembers,
@@ -285,6 +294,113 @@ export class Subscription {
   }
 }
 
+export interface InboxSubscribedInfo {
+  /** The inbox stream's latest seq at this join: everything after it is delivered live. */
+  seq: number;
+  /** The user's unread count at `seq`. */
+  unreadCount: number;
+  /** The `since` this subscription resumed after (null: none, it started at `seq`). */
+  since: number | null;
+  /** How many events the replay delivered to this subscription. */
+  replayed: number;
+  /** True from the second join on (after a reconnect). */
+  resumed: boolean;
+}
+
+export interface InboxHandlers {
+  /** Every event of the user's inbox stream after the subscription's `since`, once, in seq order. */
+  onEvent?: Handler<InboxEvent>;
+  /** The stream was joined (again, after a reconnect). */
+  onSubscribed?: Handler<InboxSubscribedInfo>;
+  /** The subscription ended for good (refused by the server, or ended by it). */
+  onError?: Handler<RealtimeError>;
+}
+
+/** What `inboxSubscription.on(event, fn)` listens to. */
+export type InboxSubscriptionEvents = {
+  event: InboxEvent;
+  'notification.created': Extract<InboxEvent, { type: 'notification.created' }>;
+  'notification.read': Extract<InboxEvent, { type: 'notification.read' }>;
+  subscribed: InboxSubscribedInfo;
+  error: RealtimeError;
+};
+
+/**
+ * @internal The user's inbox stream on the socket, shared by every inbox subscription (handle) of
+ * the client.
+ */
+class InboxStream {
+  readonly handles = new Set<InboxSubscription>();
+  status: SubscriptionState = 'pending';
+  /** The highest seq the stream accounted for (delivered, or a `subscribed` seq). */
+  cursor: number | null = null;
+  /** The unread count at `cursor`. */
+  unread = 0;
+  /** Events received before the `subscribed` reply, by seq. */
+  buffer = new Map<number, InboxEvent>();
+  /** A subscribe of this stream went out on the current socket (so leaving must tell the server). */
+  onSocket = false;
+  refusals = 0;
+  retryTimer: ReturnType<typeof setTimeout> | null = null;
+}
+
+/** One handle on the user's inbox stream. Created by `RealtimeClient.subscribeInbox`. */
+export class InboxSubscription {
+  /** Resolves at this handle's first join; rejects if it ends first, or the client closes first. */
+  readonly ready: Promise<InboxSubscribedInfo>;
+
+  /** @internal */ readonly stream: InboxStream;
+  /** @internal */ readonly handlers: InboxHandlers;
+  /** @internal */ readonly listeners = new Map<keyof InboxSubscriptionEvents, Set<(x: any) => unknown>>();
+  /** @internal */ status: SubscriptionState = 'pending';
+  /** @internal The last seq delivered to this handle (or its `since`); null before the first join. */
+  cursor: number | null;
+  /** @internal The cursor at the join in progress (what the `subscribed` info reports as `since`). */
+  joinSince: number | null;
+  /** @internal */ joins = 0;
+  /** @internal */ resolveReady!: (info: InboxSubscribedInfo) => void;
+  /** @internal */ rejectReady!: (e: Error) => void;
+  private readonly client: RealtimeClient;
+
+  /** @internal */
+  constructor(client: RealtimeClient, stream: InboxStream, handlers: InboxHandlers, since: number | null) {
+    this.client = client;
+    this.stream = stream;
+    this.handlers = handlers;
+    this.cursor = since;
+    this.joinSince = since;
+    this.ready = new Promise<InboxSubscribedInfo>((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    this.ready.catch(() => {});
+  }
+
+  get state(): SubscriptionState {
+    return this.status;
+  }
+
+  /** The highest seq of the inbox stream this subscription has accounted for. */
+  get lastSeq(): number | null {
+    return this.cursor;
+  }
+
+  /** Calls `fn` on `event` (`'event'`, an event type, `'subscribed'`, `'error'`); returns its remover. */
+  on<E extends keyof InboxSubscriptionEvents>(event: E, fn: Handler<InboxSubscriptionEvents[E]>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return () => {
+      this.listeners.get(event)?.delete(fn);
+    };
+  }
+
+  /** Releases this handle; the stream is left when its last handle goes. */
+  unsubscribe(): void {
+    this.client.unsubscribeInbox(this);
+  }
+}
+
 export interface BackoffOptions {
   /** First delay (default 250 ms). */
   minMs?: number;
@@ -348,11 +464,14 @@ export interface RealtimeStats {
   rateLimited: number;
   /** (teamId, seq) pairs the de-duplication remembers now (bounded). */
   remembered: number;
+  /** Inbox event frames received (duplicates included). */
+  inboxEvents: number;
 }
 
 type Outbound =
   | { kind: 'auth'; frame: ClientFrame; token: AccessToken }
   | { kind: 'subscribe' | 'unsubscribe'; frame: ClientFrame; key: ScopeKey; room: Room }
+  | { kind: 'inbox' | 'inbox-unsub'; frame: InboxClientFrame; stream: InboxStream }
   | { kind: 'ping'; frame: ClientFrame };
 
 const OPEN = 1;
@@ -392,6 +511,15 @@ class SeenWindow {
     for (const t of this.teams.values()) n += t.seqs.size;
     return n;
   }
+}
+
+const INBOX_EVENTS = new Set(['notification.created', 'notification.read']);
+
+/** An inbox event, or a reply or error that names the inbox (`inbox: true`). */
+function isInboxFrame(frame: unknown): boolean {
+  const f = frame as { type?: unknown; inbox?: unknown } | null;
+  if (!f || typeof f !== 'object' || typeof f.type !== 'string') return false;
+  return INBOX_EVENTS.has(f.type) || f.inbox === true;
 }
 
 function isPresence(a: Activity | PresenceActivity): a is PresenceActivity {
@@ -439,6 +567,7 @@ export class RealtimeClient {
   readonly session: Session | undefined;
 
   private readonly rooms = new Map<ScopeKey, Room>();
+  private inboxStream: InboxStream | null = null;
   private readonly seen = new SeenWindow();
   private readonly moves = new MoveTracker();
   private readonly stateListeners = new Set<Handler<StateChange>>();
@@ -484,6 +613,7 @@ export class RealtimeClient {
     renewals: 0,
     gaps: 0,
     rateLimited: 0,
+    inboxEvents: 0,
   };
 
   constructor(opts: RealtimeOptions) {
@@ -565,6 +695,7 @@ export class RealtimeClient {
     this.teardown();
     if (ws) this.detachAndClose(ws, 1000, 'client closed');
     for (const room of this.rooms.values()) for (const h of room.handles) h.rejectReady(reason);
+    for (const h of this.inboxStream?.handles ?? []) h.rejectReady(reason);
     this.setState({ state: 'closed', error: reason });
   }
 
@@ -637,6 +768,69 @@ export class RealtimeClient {
     } else if (this.authed) {
       this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
     }
+  }
+
+  /**
+   * Subscribes to the user's inbox stream (no room: it is the user's own). With `since`, the
+   * events after that seq are replayed first (the `seq` of GET /me/notifications is the one to
+   * pass); without it, delivery starts at the join. Handles share the stream; each gets every
+   * event after its own `since` once, in seq order, across reconnects.
+   */
+  subscribeInbox(handlers: InboxHandlers = {}, opts: SubscribeOptions = {}): InboxSubscription {
+    if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
+      throw new TypeError('since is a seq: an integer, 0 or more');
+    }
+    let stream = this.inboxStream;
+    const fresh = !stream;
+    if (!stream) stream = this.inboxStream = new InboxStream();
+    const sub = new InboxSubscription(this, stream, handlers, opts.since ?? null);
+    stream.handles.add(sub);
+    if (this.closedBy) sub.rejectReady(this.closedBy);
+    if (fresh) {
+      if (this.authed) this.sendInboxSubscribe(stream);
+      return sub;
+    }
+    const joined = stream;
+    if (stream.status === 'active' && (sub.cursor === null || sub.cursor >= (stream.cursor ?? 0))) {
+      // The stream is live and this handle wants nothing older: it starts now, once the caller
+      // could attach listeners to what this returns.
+      if (sub.cursor === null) sub.cursor = stream.cursor;
+      queueMicrotask(() => {
+        if (sub.status === 'pending' && joined.status === 'active' && this.inboxStream === joined) {
+          this.inboxCatchUp(sub, [], joined.cursor ?? 0, joined.unread);
+        }
+      });
+    } else if (this.authed && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
+      // Older than what the stream delivered or asked for: ask again from there; the handles that
+      // are further along drop what they already had.
+      this.sendInboxSubscribe(stream);
+    }
+    return sub;
+  }
+
+  /** Releases an inbox subscription (same as `sub.unsubscribe()`). */
+  unsubscribeInbox(sub: InboxSubscription): void {
+    if (sub.status === 'ended') return;
+    sub.status = 'ended';
+    sub.rejectReady(new RealtimeError('unsubscribed', 'the inbox subscription ended'));
+    const stream = sub.stream;
+    stream.handles.delete(sub);
+    if (stream.handles.size > 0 || this.inboxStream !== stream) return;
+    const wasOnSocket = stream.onSocket;
+    // Subscribes still queued were never sent: nothing to undo for them.
+    this.queue = this.queue.filter((o) => !(o.kind === 'inbox' && o.stream === stream));
+    this.endInbox(stream, null);
+    if (this.authed && wasOnSocket) {
+      this.enqueue({ kind: 'inbox-unsub', stream, frame: { type: 'unsubscribe', inbox: true } });
+    }
+  }
+
+  /**
+   * The user's inbox, kept exact: the newest page of GET /me/notifications, then the stream
+   * applied (see `inbox.ts`). Shared per client; `close()` releases one handle.
+   */
+  inbox(opts?: InboxOptions): Inbox {
+    return openInbox(this, this.http(), opts);
   }
 
   /**
@@ -783,6 +977,15 @@ export class RealtimeClient {
       room.presence?.markStale();
       for (const h of room.handles) h.status = 'pending';
     }
+    const stream = this.inboxStream;
+    if (stream) {
+      stream.status = 'pending';
+      stream.buffer.clear();
+      stream.onSocket = false;
+      if (stream.retryTimer) clearTimeout(stream.retryTimer);
+      stream.retryTimer = null;
+      for (const h of stream.handles) h.status = 'pending';
+    }
   }
 
   private scheduleReconnect(info: { code?: number; reason?: string }): void {
@@ -851,6 +1054,7 @@ export class RealtimeClient {
       this.startHeartbeat();
       this.setState({ state: 'open', reconnected });
       for (const room of [...this.rooms.values()]) this.sendSubscribe(room);
+      if (this.inboxStream) this.sendInboxSubscribe(this.inboxStream);
     } else {
       this.counters.renewals++;
       this.authRejects = 0;
@@ -934,6 +1138,7 @@ export class RealtimeClient {
     try {
       ws.send(JSON.stringify(o.frame));
       this.inflight.push(o);
+      if (o.kind === 'inbox') o.stream.onSocket = true;
     } catch (e) {
       this.reportError(e);
     }
@@ -1046,6 +1251,148 @@ export class RealtimeClient {
     }
   }
 
+  // ---- the inbox stream --------------------------------------------------------------------
+
+  private sendInboxSubscribe(stream: InboxStream): void {
+    if (stream.retryTimer) clearTimeout(stream.retryTimer);
+    stream.retryTimer = null;
+    stream.status = 'pending';
+    // From the oldest cursor a handle holds: a handle without one starts at the join.
+    const wanted = [...stream.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
+    const since = wanted.length > 0 ? Math.min(...wanted) : null;
+    for (const h of stream.handles) if (h.status === 'pending') h.joinSince = h.cursor;
+    const frame: InboxClientFrame = since === null ? { type: 'subscribe', inbox: true } : { type: 'subscribe', inbox: true, since };
+    this.enqueue({ kind: 'inbox', stream, frame });
+  }
+
+  /** Whether a subscribe of `stream` is queued, unanswered or due for a retry. */
+  private inboxSubscribesOut(stream: InboxStream): boolean {
+    const mine = (o: Outbound) => o.kind === 'inbox' && o.stream === stream;
+    return stream.retryTimer !== null || this.inflight.some(mine) || this.queue.some(mine);
+  }
+
+  /** The stream is gone (left, refused or ended by the server): so are its handles. */
+  private endInbox(stream: InboxStream, error: RealtimeError | null): void {
+    stream.status = 'ended';
+    if (this.inboxStream === stream) this.inboxStream = null;
+    if (stream.retryTimer) clearTimeout(stream.retryTimer);
+    stream.retryTimer = null;
+    stream.buffer.clear();
+    for (const h of [...stream.handles]) {
+      h.status = 'ended';
+      h.rejectReady(error ?? new RealtimeError('unsubscribed', 'the inbox subscription ended'));
+      if (error) this.emitInbox(h, 'error', error, h.handlers.onError);
+    }
+    stream.handles.clear();
+  }
+
+  /** Brings a handle up to the stream: `events` (sorted) after its cursor, then `subscribed`. */
+  private inboxCatchUp(h: InboxSubscription, events: InboxEvent[], seq: number, unreadCount: number): void {
+    const wasPending = h.status === 'pending';
+    if (h.cursor === null) h.cursor = seq;
+    h.status = 'active';
+    let replayed = 0;
+    for (const ev of events) {
+      if (h.status !== 'active') return; // a handler unsubscribed
+      if (ev.seq > h.cursor) {
+        this.deliverInbox(h, ev);
+        replayed++;
+      }
+    }
+    if (!wasPending) return; // a live handle: the join was for another handle's older `since`
+    const info: InboxSubscribedInfo = { seq, unreadCount, since: h.joinSince, replayed, resumed: h.joins > 0 };
+    h.joins++;
+    h.joinSince = h.cursor;
+    h.resolveReady(info);
+    this.emitInbox(h, 'subscribed', info, h.handlers.onSubscribed);
+  }
+
+  private onInboxSubscribed(frame: { [k: string]: unknown }): void {
+    const entry = this.takeInflight((o) => o.kind === 'inbox');
+    const stream = entry?.kind === 'inbox' ? entry.stream : undefined;
+    if (!stream || stream !== this.inboxStream || stream.status === 'ended') return;
+    // Another subscribe of the stream is still to be answered: its replay comes next, and the
+    // handles are brought up once, after it.
+    if (this.inboxSubscribesOut(stream)) return;
+    const seq = typeof frame.seq === 'number' ? frame.seq : (stream.cursor ?? 0);
+    stream.status = 'active';
+    stream.refusals = 0;
+    const events = [...stream.buffer.values()].sort((x, y) => x.seq - y.seq);
+    stream.buffer.clear();
+    stream.cursor = Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
+    // The replay comes before `subscribed`, whose seq is the latest: its count is the current one.
+    if (typeof frame.unreadCount === 'number') stream.unread = frame.unreadCount;
+    for (const h of [...stream.handles]) {
+      if (h.status === 'ended' || this.inboxStream !== stream) continue;
+      this.inboxCatchUp(h, events, seq, stream.unread);
+    }
+  }
+
+  private onInboxEvent(frame: unknown): void {
+    this.counters.inboxEvents++;
+    const ev = inboxEventOf(frame);
+    if (!ev) {
+      this.reportError(new RealtimeError('bad_frame', `malformed inbox frame from the server: ${JSON.stringify(frame).slice(0, 160)}`));
+      return;
+    }
+    const stream = this.inboxStream;
+    if (!stream || stream.status === 'ended') return;
+    if (stream.status === 'pending') {
+      // The replay of a (re)subscribe, or a live event it will repeat: `subscribed` delivers the
+      // lot in seq order.
+      stream.buffer.set(ev.seq, ev);
+      return;
+    }
+    if (stream.cursor !== null && ev.seq <= stream.cursor) return;
+    stream.cursor = ev.seq;
+    stream.unread = ev.type === 'notification.read' ? ev.unreadCount : stream.unread + 1;
+    for (const h of [...stream.handles]) {
+      if (h.status === 'active' && h.cursor !== null && ev.seq > h.cursor) this.deliverInbox(h, ev);
+    }
+  }
+
+  private deliverInbox(h: InboxSubscription, ev: InboxEvent): void {
+    h.cursor = ev.seq;
+    this.emitInbox(h, 'event', ev, h.handlers.onEvent);
+    this.emitInbox(h, ev.type, ev as never, undefined);
+  }
+
+  private emitInbox<E extends keyof InboxSubscriptionEvents>(
+    h: InboxSubscription,
+    event: E,
+    arg: InboxSubscriptionEvents[E],
+    handler: Handler<InboxSubscriptionEvents[E]> | undefined,
+  ): void {
+    if (h.status === 'ended' && event !== 'error') return;
+    if (handler) this.safe(handler, arg);
+    const listeners = h.listeners.get(event);
+    if (!listeners) return;
+    for (const fn of [...listeners]) {
+      if (h.status === 'ended' && event !== 'error') return;
+      if (listeners.has(fn)) this.safe(fn as Handler<InboxSubscriptionEvents[E]>, arg);
+    }
+  }
+
+  /** The server refused an inbox subscribe. */
+  private onInboxRefused(stream: InboxStream, error: RealtimeError): void {
+    if (stream !== this.inboxStream || stream.status === 'ended') return;
+    if (error.code !== 'unavailable') {
+      this.endInbox(stream, error);
+      return;
+    }
+    // Passing: try again, backing off while the refusals go on.
+    const id = this.socketId;
+    stream.status = 'pending';
+    const b = this.opts.backoff ?? {};
+    const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
+    stream.refusals++;
+    if (stream.retryTimer) clearTimeout(stream.retryTimer);
+    stream.retryTimer = setTimeout(() => {
+      stream.retryTimer = null;
+      if (id === this.socketId && this.authed && this.inboxStream === stream) this.sendInboxSubscribe(stream);
+    }, Math.round(base / 2 + (this.random() * base) / 2));
+  }
+
   // ---- receiving ----------------------------------------------------------------------------
 
   private onMessage(data: unknown): void {
@@ -1059,6 +1406,7 @@ export class RealtimeClient {
       this.reportError(new RealtimeError('bad_frame', `unreadable frame from the server: ${String(e)}`));
       return;
     }
+    if (isInboxFrame(frame)) return this.onInboxFrame(frame as unknown as { type: string; [k: string]: unknown });
     switch (frame.type) {
       case 'activity':
         return this.onActivityFrame(frame.activity);
@@ -1076,6 +1424,34 @@ export class RealtimeClient {
       default:
         // Unknown frame types are ignored: the server may add some.
         return;
+    }
+  }
+
+  /** The inbox's frames: its events, and the replies and errors that say `inbox: true`. */
+  private onInboxFrame(frame: { type: string; [k: string]: unknown }): void {
+    switch (frame.type) {
+      case 'notification.created':
+      case 'notification.read':
+        return this.onInboxEvent(frame);
+      case 'subscribed':
+        return this.onInboxSubscribed(frame);
+      case 'unsubscribed': {
+        if (!frame.reason) {
+          this.takeInflight((o) => o.kind === 'inbox-unsub');
+          return;
+        }
+        const stream = this.inboxStream;
+        if (stream) this.endInbox(stream, new RealtimeError(String(frame.reason), 'the server ended the inbox subscription'));
+        return;
+      }
+      case 'error': {
+        const error = new RealtimeError(String(frame.code ?? 'error'), String(frame.message ?? ''));
+        if (error.code === 'rate_limited' || error.code === 'slow_consumer') return this.onConnectionError(error);
+        const entry = this.takeInflight((o) => o.kind === 'inbox' || o.kind === 'inbox-unsub');
+        if (entry?.kind === 'inbox') this.onInboxRefused(entry.stream, error);
+        else this.reportError(error);
+        return;
+      }
     }
   }
 
@@ -1260,6 +1636,8 @@ export class RealtimeClient {
             // A refused unsubscribe whose scope was subscribed again meanwhile: the new room is the
             // server's room now (the refusal left the socket in it), and leaving would silence it.
             if (refused.kind === 'unsubscribe' && this.rooms.has(refused.key)) return;
+            if (refused.kind === 'inbox' && this.inboxStream !== refused.stream) return;
+            if (refused.kind === 'inbox-unsub' && this.inboxStream !== null) return;
             this.enqueue(refused, refused.kind === 'auth');
           }, 1000 + this.random() * 1000);
           this.resendTimers.add(timer);
@@ -1276,6 +1654,7 @@ export class RealtimeClient {
         // The oldest unanswered message was refused without naming a scope (a malformed one).
         const refused = this.takeInflight(() => true);
         if (refused?.kind === 'subscribe' && this.isCurrent(refused.room)) this.endRoom(refused.room, error);
+        else if (refused?.kind === 'inbox') this.onInboxRefused(refused.stream, error);
         else this.reportError(error);
       }
     }

@@ -343,6 +343,18 @@ export class Session {
     me() {
         return this.request('GET', '/me');
     }
+    listNotifications(query = {}) {
+        return this.request('GET', '/me/notifications', { query: { ...query } });
+    }
+    markNotificationsRead(body) {
+        return this.request('POST', '/me/notifications/read', { body });
+    }
+    followTask(taskId) {
+        return this.request('PUT', `/tasks/${taskId}/follow`);
+    }
+    unfollowTask(taskId) {
+        return this.request('DELETE', `/tasks/${taskId}/follow`);
+    }
     createTeam(name) {
         return this.request('POST', '/teams', { body: { name } });
     }

@@ -5,3 +5,6 @@ export * from './realtime.js';
 export { tabRefreshCoordinator } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind } from './scope.js';
 export * from './live.js';
+export * from './inbox-types.js';
+export { openInbox } from './inbox.js';
+export * from './mentions.js';

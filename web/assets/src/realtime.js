@@ -1,5 +1,7 @@
 import { PRESENCE_TYPES } from './generated/protocol.js';
 import { Session, isAuthFailure } from './http.js';
+import { openInbox } from './inbox.js';
+import { inboxEventOf } from './inbox-types.js';
 import { openLiveComments, openLiveMembers, openLiveTasks, } from './live.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame } from './scope.js';
@@ -97,6 +99,59 @@ export class Subscription {
         this.client.unsubscribe(this);
     }
 }
+class InboxStream {
+    handles = new Set();
+    status = 'pending';
+    cursor = null;
+    unread = 0;
+    buffer = new Map();
+    onSocket = false;
+    refusals = 0;
+    retryTimer = null;
+}
+export class InboxSubscription {
+    ready;
+    stream;
+    handlers;
+    listeners = new Map();
+    status = 'pending';
+    cursor;
+    joinSince;
+    joins = 0;
+    resolveReady;
+    rejectReady;
+    client;
+    constructor(client, stream, handlers, since) {
+        this.client = client;
+        this.stream = stream;
+        this.handlers = handlers;
+        this.cursor = since;
+        this.joinSince = since;
+        this.ready = new Promise((resolve, reject) => {
+            this.resolveReady = resolve;
+            this.rejectReady = reject;
+        });
+        this.ready.catch(() => { });
+    }
+    get state() {
+        return this.status;
+    }
+    get lastSeq() {
+        return this.cursor;
+    }
+    on(event, fn) {
+        let set = this.listeners.get(event);
+        if (!set)
+            this.listeners.set(event, (set = new Set()));
+        set.add(fn);
+        return () => {
+            this.listeners.get(event)?.delete(fn);
+        };
+    }
+    unsubscribe() {
+        this.client.unsubscribeInbox(this);
+    }
+}
 const OPEN = 1;
 const SEEN_PER_TEAM = 512;
 const SEEN_TEAMS = 64;
@@ -129,6 +184,13 @@ class SeenWindow {
             n += t.seqs.size;
         return n;
     }
+}
+const INBOX_EVENTS = new Set(['notification.created', 'notification.read']);
+function isInboxFrame(frame) {
+    const f = frame;
+    if (!f || typeof f !== 'object' || typeof f.type !== 'string')
+        return false;
+    return INBOX_EVENTS.has(f.type) || f.inbox === true;
 }
 function isPresence(a) {
     return PRESENCE_TYPES.includes(a.type);
@@ -169,6 +231,7 @@ export class RealtimeClient {
     random;
     session;
     rooms = new Map();
+    inboxStream = null;
     seen = new SeenWindow();
     moves = new MoveTracker();
     stateListeners = new Set();
@@ -204,6 +267,7 @@ export class RealtimeClient {
         renewals: 0,
         gaps: 0,
         rateLimited: 0,
+        inboxEvents: 0,
     };
     constructor(opts) {
         this.opts = opts;
@@ -268,6 +332,8 @@ export class RealtimeClient {
         for (const room of this.rooms.values())
             for (const h of room.handles)
                 h.rejectReady(reason);
+        for (const h of this.inboxStream?.handles ?? [])
+            h.rejectReady(reason);
         this.setState({ state: 'closed', error: reason });
     }
     reconnect() {
@@ -331,6 +397,57 @@ export class RealtimeClient {
         else if (this.authed) {
             this.enqueue({ kind: 'unsubscribe', key: room.key, room, frame: { type: 'unsubscribe', ...room.scope } });
         }
+    }
+    subscribeInbox(handlers = {}, opts = {}) {
+        if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
+            throw new TypeError('since is a seq: an integer, 0 or more');
+        }
+        let stream = this.inboxStream;
+        const fresh = !stream;
+        if (!stream)
+            stream = this.inboxStream = new InboxStream();
+        const sub = new InboxSubscription(this, stream, handlers, opts.since ?? null);
+        stream.handles.add(sub);
+        if (this.closedBy)
+            sub.rejectReady(this.closedBy);
+        if (fresh) {
+            if (this.authed)
+                this.sendInboxSubscribe(stream);
+            return sub;
+        }
+        const joined = stream;
+        if (stream.status === 'active' && (sub.cursor === null || sub.cursor >= (stream.cursor ?? 0))) {
+            if (sub.cursor === null)
+                sub.cursor = stream.cursor;
+            queueMicrotask(() => {
+                if (sub.status === 'pending' && joined.status === 'active' && this.inboxStream === joined) {
+                    this.inboxCatchUp(sub, [], joined.cursor ?? 0, joined.unread);
+                }
+            });
+        }
+        else if (this.authed && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
+            this.sendInboxSubscribe(stream);
+        }
+        return sub;
+    }
+    unsubscribeInbox(sub) {
+        if (sub.status === 'ended')
+            return;
+        sub.status = 'ended';
+        sub.rejectReady(new RealtimeError('unsubscribed', 'the inbox subscription ended'));
+        const stream = sub.stream;
+        stream.handles.delete(sub);
+        if (stream.handles.size > 0 || this.inboxStream !== stream)
+            return;
+        const wasOnSocket = stream.onSocket;
+        this.queue = this.queue.filter((o) => !(o.kind === 'inbox' && o.stream === stream));
+        this.endInbox(stream, null);
+        if (this.authed && wasOnSocket) {
+            this.enqueue({ kind: 'inbox-unsub', stream, frame: { type: 'unsubscribe', inbox: true } });
+        }
+    }
+    inbox(opts) {
+        return openInbox(this, this.http(), opts);
     }
     liveTasks(query, opts) {
         return openLiveTasks(this, this.http(), query, opts);
@@ -463,6 +580,17 @@ export class RealtimeClient {
             for (const h of room.handles)
                 h.status = 'pending';
         }
+        const stream = this.inboxStream;
+        if (stream) {
+            stream.status = 'pending';
+            stream.buffer.clear();
+            stream.onSocket = false;
+            if (stream.retryTimer)
+                clearTimeout(stream.retryTimer);
+            stream.retryTimer = null;
+            for (const h of stream.handles)
+                h.status = 'pending';
+        }
     }
     scheduleReconnect(info) {
         this.clearTimer('reconnectTimer');
@@ -527,6 +655,8 @@ export class RealtimeClient {
             this.setState({ state: 'open', reconnected });
             for (const room of [...this.rooms.values()])
                 this.sendSubscribe(room);
+            if (this.inboxStream)
+                this.sendInboxSubscribe(this.inboxStream);
         }
         else {
             this.counters.renewals++;
@@ -604,6 +734,8 @@ export class RealtimeClient {
         try {
             ws.send(JSON.stringify(o.frame));
             this.inflight.push(o);
+            if (o.kind === 'inbox')
+                o.stream.onSocket = true;
         }
         catch (e) {
             this.reportError(e);
@@ -708,6 +840,145 @@ export class RealtimeClient {
                 this.safe(fn, gap);
         }
     }
+    sendInboxSubscribe(stream) {
+        if (stream.retryTimer)
+            clearTimeout(stream.retryTimer);
+        stream.retryTimer = null;
+        stream.status = 'pending';
+        const wanted = [...stream.handles].map((h) => h.cursor).filter((c) => c !== null);
+        const since = wanted.length > 0 ? Math.min(...wanted) : null;
+        for (const h of stream.handles)
+            if (h.status === 'pending')
+                h.joinSince = h.cursor;
+        const frame = since === null ? { type: 'subscribe', inbox: true } : { type: 'subscribe', inbox: true, since };
+        this.enqueue({ kind: 'inbox', stream, frame });
+    }
+    inboxSubscribesOut(stream) {
+        const mine = (o) => o.kind === 'inbox' && o.stream === stream;
+        return stream.retryTimer !== null || this.inflight.some(mine) || this.queue.some(mine);
+    }
+    endInbox(stream, error) {
+        stream.status = 'ended';
+        if (this.inboxStream === stream)
+            this.inboxStream = null;
+        if (stream.retryTimer)
+            clearTimeout(stream.retryTimer);
+        stream.retryTimer = null;
+        stream.buffer.clear();
+        for (const h of [...stream.handles]) {
+            h.status = 'ended';
+            h.rejectReady(error ?? new RealtimeError('unsubscribed', 'the inbox subscription ended'));
+            if (error)
+                this.emitInbox(h, 'error', error, h.handlers.onError);
+        }
+        stream.handles.clear();
+    }
+    inboxCatchUp(h, events, seq, unreadCount) {
+        const wasPending = h.status === 'pending';
+        if (h.cursor === null)
+            h.cursor = seq;
+        h.status = 'active';
+        let replayed = 0;
+        for (const ev of events) {
+            if (h.status !== 'active')
+                return;
+            if (ev.seq > h.cursor) {
+                this.deliverInbox(h, ev);
+                replayed++;
+            }
+        }
+        if (!wasPending)
+            return;
+        const info = { seq, unreadCount, since: h.joinSince, replayed, resumed: h.joins > 0 };
+        h.joins++;
+        h.joinSince = h.cursor;
+        h.resolveReady(info);
+        this.emitInbox(h, 'subscribed', info, h.handlers.onSubscribed);
+    }
+    onInboxSubscribed(frame) {
+        const entry = this.takeInflight((o) => o.kind === 'inbox');
+        const stream = entry?.kind === 'inbox' ? entry.stream : undefined;
+        if (!stream || stream !== this.inboxStream || stream.status === 'ended')
+            return;
+        if (this.inboxSubscribesOut(stream))
+            return;
+        const seq = typeof frame.seq === 'number' ? frame.seq : (stream.cursor ?? 0);
+        stream.status = 'active';
+        stream.refusals = 0;
+        const events = [...stream.buffer.values()].sort((x, y) => x.seq - y.seq);
+        stream.buffer.clear();
+        stream.cursor = Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
+        if (typeof frame.unreadCount === 'number')
+            stream.unread = frame.unreadCount;
+        for (const h of [...stream.handles]) {
+            if (h.status === 'ended' || this.inboxStream !== stream)
+                continue;
+            this.inboxCatchUp(h, events, seq, stream.unread);
+        }
+    }
+    onInboxEvent(frame) {
+        this.counters.inboxEvents++;
+        const ev = inboxEventOf(frame);
+        if (!ev) {
+            this.reportError(new RealtimeError('bad_frame', `malformed inbox frame from the server: ${JSON.stringify(frame).slice(0, 160)}`));
+            return;
+        }
+        const stream = this.inboxStream;
+        if (!stream || stream.status === 'ended')
+            return;
+        if (stream.status === 'pending') {
+            stream.buffer.set(ev.seq, ev);
+            return;
+        }
+        if (stream.cursor !== null && ev.seq <= stream.cursor)
+            return;
+        stream.cursor = ev.seq;
+        stream.unread = ev.type === 'notification.read' ? ev.unreadCount : stream.unread + 1;
+        for (const h of [...stream.handles]) {
+            if (h.status === 'active' && h.cursor !== null && ev.seq > h.cursor)
+                this.deliverInbox(h, ev);
+        }
+    }
+    deliverInbox(h, ev) {
+        h.cursor = ev.seq;
+        this.emitInbox(h, 'event', ev, h.handlers.onEvent);
+        this.emitInbox(h, ev.type, ev, undefined);
+    }
+    emitInbox(h, event, arg, handler) {
+        if (h.status === 'ended' && event !== 'error')
+            return;
+        if (handler)
+            this.safe(handler, arg);
+        const listeners = h.listeners.get(event);
+        if (!listeners)
+            return;
+        for (const fn of [...listeners]) {
+            if (h.status === 'ended' && event !== 'error')
+                return;
+            if (listeners.has(fn))
+                this.safe(fn, arg);
+        }
+    }
+    onInboxRefused(stream, error) {
+        if (stream !== this.inboxStream || stream.status === 'ended')
+            return;
+        if (error.code !== 'unavailable') {
+            this.endInbox(stream, error);
+            return;
+        }
+        const id = this.socketId;
+        stream.status = 'pending';
+        const b = this.opts.backoff ?? {};
+        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
+        stream.refusals++;
+        if (stream.retryTimer)
+            clearTimeout(stream.retryTimer);
+        stream.retryTimer = setTimeout(() => {
+            stream.retryTimer = null;
+            if (id === this.socketId && this.authed && this.inboxStream === stream)
+                this.sendInboxSubscribe(stream);
+        }, Math.round(base / 2 + (this.random() * base) / 2));
+    }
     onMessage(data) {
         this.lastHeard = Date.now();
         const text = decode(data);
@@ -721,6 +992,8 @@ export class RealtimeClient {
             this.reportError(new RealtimeError('bad_frame', `unreadable frame from the server: ${String(e)}`));
             return;
         }
+        if (isInboxFrame(frame))
+            return this.onInboxFrame(frame);
         switch (frame.type) {
             case 'activity':
                 return this.onActivityFrame(frame.activity);
@@ -737,6 +1010,36 @@ export class RealtimeClient {
                 return;
             default:
                 return;
+        }
+    }
+    onInboxFrame(frame) {
+        switch (frame.type) {
+            case 'notification.created':
+            case 'notification.read':
+                return this.onInboxEvent(frame);
+            case 'subscribed':
+                return this.onInboxSubscribed(frame);
+            case 'unsubscribed': {
+                if (!frame.reason) {
+                    this.takeInflight((o) => o.kind === 'inbox-unsub');
+                    return;
+                }
+                const stream = this.inboxStream;
+                if (stream)
+                    this.endInbox(stream, new RealtimeError(String(frame.reason), 'the server ended the inbox subscription'));
+                return;
+            }
+            case 'error': {
+                const error = new RealtimeError(String(frame.code ?? 'error'), String(frame.message ?? ''));
+                if (error.code === 'rate_limited' || error.code === 'slow_consumer')
+                    return this.onConnectionError(error);
+                const entry = this.takeInflight((o) => o.kind === 'inbox' || o.kind === 'inbox-unsub');
+                if (entry?.kind === 'inbox')
+                    this.onInboxRefused(entry.stream, error);
+                else
+                    this.reportError(error);
+                return;
+            }
         }
     }
     onActivityFrame(a) {
@@ -922,6 +1225,10 @@ export class RealtimeClient {
                             return;
                         if (refused.kind === 'unsubscribe' && this.rooms.has(refused.key))
                             return;
+                        if (refused.kind === 'inbox' && this.inboxStream !== refused.stream)
+                            return;
+                        if (refused.kind === 'inbox-unsub' && this.inboxStream !== null)
+                            return;
                         this.enqueue(refused, refused.kind === 'auth');
                     }, 1000 + this.random() * 1000);
                     this.resendTimers.add(timer);
@@ -938,6 +1245,8 @@ export class RealtimeClient {
                 const refused = this.takeInflight(() => true);
                 if (refused?.kind === 'subscribe' && this.isCurrent(refused.room))
                     this.endRoom(refused.room, error);
+                else if (refused?.kind === 'inbox')
+                    this.onInboxRefused(refused.stream, error);
                 else
                     this.reportError(error);
             }
