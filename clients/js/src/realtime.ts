@@ -645,6 +645,11 @@ export class RealtimeClient {
     return [...this.rooms.values()].flatMap((r) => [...r.handles]);
   }
 
+  /** The live inbox subscriptions (handles on the user's inbox stream). */
+  get inboxSubscriptions(): InboxSubscription[] {
+    return [...(this.inboxStream?.handles ?? [])];
+  }
+
   /** Calls `fn` on every connection state change; returns a function that removes it. */
   onStateChange(fn: Handler<StateChange>): () => void {
     this.stateListeners.add(fn);

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { isDeepStrictEqual } from 'node:util';
 
-import { API_PREFIX, ApiError, refresh, type Session, type TaskStatus } from '@taskforge/client';
+import { API_PREFIX, ApiError, Session, refresh, type TaskStatus } from '@taskforge/client';
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
 
 import { readTasks } from './helpers/live.js';
@@ -436,6 +436,83 @@ class Writer {
     if (this.failure) throw this.failure;
   }
 }
+
+test('a mention typed with the autocomplete reaches the other browser\'s bell live, survives a reload, and opens the task', { skip: browserSkip, timeout: 120_000 }, async (t) => {
+  await withBrowsers('inbox', async (browsers, users) => {
+    const ann = await openBrowser(browsers, 'Ann');
+    const bea = await openBrowser(browsers, 'Bea');
+    users.push(ann, bea);
+    await signUp(ann);
+    await signUp(bea);
+    const { owner, teamId, boardId } = await teamWith(server, 'Mentions', [ann, bea]);
+    const task = (await owner.createTask(teamId, { title: 'Review the copy', boardId })).data;
+    await cardExact(ann, 'todo', 'Review the copy').waitFor();
+    await bea.page.locator('#inbox-count').waitFor({ state: 'hidden' });
+
+    // Ann opens the task and types a comment with `@Be`: the list offers Bea; Enter inserts her.
+    await cardExact(ann, 'todo', 'Review the copy').getByRole('button', { name: 'Review the copy', exact: true }).click();
+    await ann.page.locator('#task-panel-title', { hasText: 'Review the copy' }).waitFor();
+    const box = ann.page.locator('#comment-form').getByLabel('Comment');
+    await box.click();
+    await box.pressSequentially('Could you read this, @Be');
+    const option = ann.page.locator('#comment-mentions [role="option"]', { hasText: 'Bea' });
+    await option.waitFor();
+    assert.equal(await option.getAttribute('aria-selected'), 'true');
+    assert.equal(await ann.page.locator('#comment-mentions [role="option"]').count(), 1, 'only the matching member (and not Ann herself)');
+    await box.press('Enter');
+    await ann.page.locator('#comment-mentions').waitFor({ state: 'hidden' });
+    await box.pressSequentially('before Friday?');
+    const typed = await box.inputValue();
+    assert.match(typed, /^Could you read this, @\[Bea\]\(user:[0-9a-f-]{36}\) before Friday\?$/, 'the markup was inserted');
+
+    await crossing(
+      t,
+      'mention to bell',
+      () => ann.page.getByRole('button', { name: 'Comment', exact: true }).click(),
+      bea.page.locator('#inbox-count', { hasText: '1' }),
+    );
+    // Ann's panel renders the mention as @Bea, not as markup.
+    const shown = ann.page.locator('#comments li .body', { hasText: 'Could you read this' });
+    await shown.waitFor();
+    assert.equal(await shown.textContent(), 'Could you read this, @Bea before Friday?');
+    assert.equal(await shown.locator('.mention').textContent(), '@Bea');
+    assert.equal(await bea.page.getByRole('button', { name: 'Notifications, 1 unread' }).count(), 1);
+
+    // The bell's list: who, why, the task, the excerpt; unread.
+    await bea.page.locator('#inbox-button').click();
+    const item = bea.page.locator('#inbox-list li.notification', { hasText: 'Review the copy' });
+    await item.waitFor();
+    assert.equal(await item.getAttribute('class'), 'notification unread');
+    const text = (await item.textContent()) ?? '';
+    assert.match(text, /Ann mentioned you/);
+    assert.match(text, /Could you read this, @Bea before Friday\?/);
+    await shoot(bea, 'inbox-bea.png');
+
+    // A reload keeps it: the count and the item come from the server.
+    await bea.page.reload();
+    await bea.page.locator('#me-name', { hasText: 'Bea' }).waitFor();
+    await bea.page.locator('#inbox-count', { hasText: '1' }).waitFor();
+    await bea.page.locator('#inbox-button').click();
+    const again = bea.page.locator('#inbox-list li.notification.unread', { hasText: 'Review the copy' });
+    await again.waitFor();
+
+    // Clicking it opens the task and lowers the count.
+    await again.getByRole('button').click();
+    await bea.page.locator('#task-panel-title', { hasText: 'Review the copy' }).waitFor();
+    await bea.page.locator('#comments li', { hasText: 'Could you read this' }).waitFor();
+    await bea.page.locator('#inbox-count').waitFor({ state: 'hidden' });
+    assert.equal(await bea.page.getByRole('button', { name: 'Notifications', exact: true }).count(), 1);
+    await bea.page.locator('#inbox-button').click();
+    await bea.page.locator('#inbox-list li.notification:not(.unread)', { hasText: 'Review the copy' }).waitFor();
+    // Read on the server too (a login of its own: the page's refresh token stays the page's).
+    const beaHttp = await Session.login(server.baseUrl, { email: bea.email, password: 'correct horse battery' });
+    assert.equal((await beaHttp.me()).data.unreadNotifications, 0);
+    const [read] = (await beaHttp.listNotifications()).data.items;
+    assert.equal(read?.taskId, task.id);
+    assert.notEqual(read?.readAt, null);
+    assert.deepEqual([...ann.errors, ...bea.errors], [], 'no script errors in either page');
+  });
+});
 
 test('a gap while another browser edits: after the reconnect the columns are the server\'s, changes during the refetch included', { skip: browserSkip, timeout: 240_000 }, async (t) => {
   // A server that keeps its activity log for 1 s: a client away longer cannot resume.

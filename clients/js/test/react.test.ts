@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 
 import {
   RealtimeClient,
+  formatMention,
   type Comment,
   type Member,
   type PresenceUser,
@@ -20,11 +21,13 @@ import {
 } from '@taskforge/client';
 import {
   useConnectionState,
+  useInbox,
   useLiveComments,
   useLiveMembers,
   useLiveTasks,
   usePresence,
   type ConnectionSnapshot,
+  type InboxState,
   type LiveSnapshot,
 } from '@taskforge/client/react';
 import type { LiveTasksQuery } from '@taskforge/client';
@@ -366,5 +369,42 @@ describe('live hooks', { timeout: 90_000 }, () => {
     await unmount(r);
     assert.equal(rt.subscriptions.length, 0);
     rt.close();
+  });
+});
+
+describe('useInbox', { timeout: 60_000 }, () => {
+  test('under StrictMode: the unread count and items live, markRead through the hook, one stream handle, none after unmount', async () => {
+    const { ann, bob, task } = await teamWithTask();
+    const rt = connect(server.baseUrl, bob).client;
+    const committed: InboxState[] = [];
+    function Bell() {
+      const inbox = useInbox(rt);
+      useCommitted(inbox, (v) => committed.push(v));
+      return h('span', null, String(inbox.unreadCount));
+    }
+    const r = mount(h(StrictMode, null, h(Bell)));
+    const last = () => committed.at(-1)!;
+    await waitFor('live', () => last().status === 'live', 10_000, () => committed.map((c) => c.status));
+    assert.equal(last().unreadCount, 0);
+    assert.equal(rt.inboxSubscriptions.length, 1);
+
+    await ann.createComment(task.id, `look ${formatMention({ id: bob.user.id, displayName: 'Bob' })}`);
+    await waitFor('the mention shows', () => last().unreadCount === 1 && last().items.length === 1);
+    assert.deepEqual(r.toJSON(), { type: 'span', props: {}, children: ['1'] });
+    assert.ok(Object.isFrozen(last()));
+    // Activity that owes Bob nothing (his own comment, a task he does not follow) renders
+    // nothing: the next mention is the next commit.
+    const n = committed.length;
+    await bob.createComment(task.id, 'Bob himself');
+    await ann.createTask(task.teamId, { title: 'Not for Bob' });
+    await ann.createComment(task.id, `again ${formatMention({ id: bob.user.id, displayName: 'Bob' })}`);
+    await waitFor('the second mention shows', () => last().unreadCount === 2);
+    assert.equal(committed.length, n + 1);
+
+    await last().markRead(last().items[0]!.id);
+    await waitFor('read', () => last().unreadCount === 1 && last().items[0]!.readAt !== null);
+    assert.deepEqual(r.toJSON(), { type: 'span', props: {}, children: ['1'] });
+    await unmount(r);
+    assert.equal(rt.inboxSubscriptions.length, 0);
   });
 });

@@ -293,6 +293,9 @@ export class RealtimeClient {
     get subscriptions() {
         return [...this.rooms.values()].flatMap((r) => [...r.handles]);
     }
+    get inboxSubscriptions() {
+        return [...(this.inboxStream?.handles ?? [])];
+    }
     onStateChange(fn) {
         this.stateListeners.add(fn);
         return () => this.stateListeners.delete(fn);
