@@ -1151,6 +1151,7 @@ export class RealtimeClient {
   }
 
   private onSubscribed(frame: Extract<ServerFrame, { type: 'subscribed' }>): void {
+    if ('inbox' in frame) return; // the inbox stream is not a room
     const scope = scopeOfFrame(frame);
     if (!scope) return;
     const key = scopeKey(scope);
@@ -1191,6 +1192,7 @@ export class RealtimeClient {
   }
 
   private onUnsubscribed(frame: Extract<ServerFrame, { type: 'unsubscribed' }>): void {
+    if ('inbox' in frame) return; // the inbox stream is not a room
     const scope = scopeOfFrame(frame);
     if (!scope) return;
     const key = scopeKey(scope);

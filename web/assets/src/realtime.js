@@ -811,6 +811,8 @@ export class RealtimeClient {
         }
     }
     onSubscribed(frame) {
+        if ('inbox' in frame)
+            return;
         const scope = scopeOfFrame(frame);
         if (!scope)
             return;
@@ -855,6 +857,8 @@ export class RealtimeClient {
             room.trim();
     }
     onUnsubscribed(frame) {
+        if ('inbox' in frame)
+            return;
         const scope = scopeOfFrame(frame);
         if (!scope)
             return;
