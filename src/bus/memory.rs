@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
-use crate::domain::TeamId;
 use crate::domain::activity::LogEntry;
+use crate::domain::{TeamId, UserId};
 
 pub struct InProcessBus {
     tx: mpsc::Sender<BusEvent>,
@@ -52,6 +52,16 @@ impl Bus for InProcessBus {
             }
         }
         Ok(last)
+    }
+
+    async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError> {
+        if self.tx.is_closed() || self.rx.lock().is_some() {
+            return Ok(());
+        }
+        for (user, seq) in marks {
+            let _ = self.tx.send(BusEvent::Inbox(*user, *seq)).await;
+        }
+        Ok(())
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {

@@ -68,6 +68,9 @@ pub enum BusEvent {
     UserActivity(LogEntry),
     /// A presence change published by some instance (scaled deployment).
     Presence(PresenceEvent),
+    /// A user's inbox stream reached this seq (from the user's channel; a hint: the inbox
+    /// reads the events themselves from the store).
+    Inbox(UserId, i64),
     /// Messages may have been lost (the bus reconnected, or its queue overflowed): every followed
     /// team must be checked against the log.
     Resync,
@@ -86,6 +89,11 @@ pub trait Bus: Send + Sync + 'static {
         published: i64,
         entries: &[LogEntry],
     ) -> Result<i64, BusError>;
+
+    /// Tells the instances with sockets of these users that their inbox streams reached these
+    /// seqs (on each user's channel). At most once, like every publish: the inbox's periodic
+    /// check finds what is lost.
+    async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError>;
 
     /// The stream of events for this instance; there is one, taken by the realtime hub.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;

@@ -401,11 +401,15 @@ fn event_of(channel: &[u8], payload: &[u8]) -> Option<BusEvent> {
             return None;
         }
     };
-    match (channel.starts_with(b"user:"), message) {
-        (false, wire::Message::Activity(e)) => Some(BusEvent::Activities(vec![e])),
-        (true, wire::Message::Activity(e)) => Some(BusEvent::UserActivity(e)),
-        (false, wire::Message::Presence(p)) => Some(BusEvent::Presence(p)),
-        (true, wire::Message::Presence(_)) => None,
+    match (channel.strip_prefix(b"user:"), message) {
+        (None, wire::Message::Activity(e)) => Some(BusEvent::Activities(vec![e])),
+        (Some(_), wire::Message::Activity(e)) => Some(BusEvent::UserActivity(e)),
+        (None, wire::Message::Presence(p)) => Some(BusEvent::Presence(p)),
+        (Some(user), wire::Message::Inbox(seq)) => std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| u.parse().ok())
+            .map(|u| BusEvent::Inbox(u, seq)),
+        (Some(_), wire::Message::Presence(_)) | (None, wire::Message::Inbox(_)) => None,
     }
 }
 
@@ -565,6 +569,21 @@ impl Bus for RedisBus {
         call.invoke_async::<i64>(&mut con)
             .await
             .map_err(unreachable)
+    }
+
+    async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.commands()?;
+        let mut pipe = redis::pipe();
+        for (user, seq) in marks {
+            pipe.cmd("PUBLISH")
+                .arg(Topic::User(*user).channel())
+                .arg(wire::encode_inbox(*seq))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await.map_err(unreachable)
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
@@ -863,7 +882,7 @@ mod tests {
                 Ok(Some(BusEvent::Activities(got))) => seqs.extend(got.iter().map(|e| e.seq)),
                 Ok(Some(BusEvent::Presence(_))) => marker = true,
                 Ok(Some(BusEvent::Resync)) => resynced = true,
-                Ok(Some(BusEvent::UserActivity(_))) => {}
+                Ok(Some(BusEvent::UserActivity(_) | BusEvent::Inbox(..))) => {}
                 Ok(None) | Err(_) => break,
             }
         }

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Bus;
-use crate::domain::TeamId;
 use crate::domain::activity::LogEntry;
+use crate::domain::{TeamId, UserId};
 use crate::store::{Store, StoreError};
 use crate::supervisor::Supervisor;
 
@@ -74,6 +74,8 @@ struct Inner {
     settings: RelaySettings,
     /// Entries committed since the relay last ran, by team.
     pending: Mutex<HashMap<TeamId, Vec<LogEntry>>>,
+    /// Inbox seqs committed since the relay last ran, by user (the highest).
+    inboxes: Mutex<HashMap<UserId, i64>>,
     wake: Notify,
 }
 
@@ -90,6 +92,7 @@ impl Relay {
             bus,
             settings,
             pending: Mutex::new(HashMap::new()),
+            inboxes: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         });
         tasks.spawn("relay", run(inner.clone()));
@@ -111,6 +114,23 @@ impl Relay {
             pending.entry(e.team_id()).or_default().push(e);
         }
         drop(pending);
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Relay {
+    /// Hands over inbox seqs that have just committed. Not crash-safe like activities: what a
+    /// crash loses here, the inbox's periodic check of the store finds.
+    pub fn notified(&self, marks: Vec<(UserId, i64)>) {
+        if marks.is_empty() {
+            return;
+        }
+        let mut inboxes = self.inner.inboxes.lock();
+        for (user, seq) in marks {
+            let at = inboxes.entry(user).or_insert(seq);
+            *at = (*at).max(seq);
+        }
+        drop(inboxes);
         self.inner.wake.notify_one();
     }
 }
@@ -177,6 +197,10 @@ async fn run(inner: Arc<Inner>) {
             if let Err(e) = publish_team(&inner, &mut marks, team, fresh).await {
                 tracing::warn!(error = %e, %team, "relay publish failed; the scan will retry");
             }
+        }
+        let inboxes: Vec<(UserId, i64)> = inner.inboxes.lock().drain().collect();
+        if let Err(e) = inner.bus.publish_inbox(&inboxes).await {
+            tracing::debug!(error = %e, "inbox publish failed; the inbox check finds it");
         }
         if !marks.unsaved.is_empty() && Instant::now() >= next_persist {
             if let Err(e) = persist(&inner, &mut marks).await {
@@ -318,6 +342,18 @@ async fn housekeeping(inner: &Inner) {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
+        }
+        let result = async {
+            let mut tx = inner.store.write().await?;
+            let n = tx.prune_inbox(before).await?;
+            tx.commit().await?;
+            Ok::<u64, StoreError>(n)
+        }
+        .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned notifications"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning notifications failed"),
         }
     }
     if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {

@@ -5,6 +5,7 @@
 //! A<seq>|<kind>|<team>|<board>|<prev board>|<task>|<user>\n<activity json>
 //! P+<viewer json>      (joined)
 //! P-<viewer json>      (left)
+//! I<seq>               (the user's inbox stream reached seq; on the user's channel)
 //! ```
 
 use std::sync::Arc;
@@ -24,6 +25,11 @@ pub struct WireError(&'static str);
 pub enum Message {
     Activity(LogEntry),
     Presence(PresenceEvent),
+    Inbox(i64),
+}
+
+pub fn encode_inbox(seq: i64) -> Vec<u8> {
+    format!("I{seq}").into_bytes()
 }
 
 pub fn encode_activity(e: &LogEntry) -> Vec<u8> {
@@ -89,6 +95,12 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
                 user: v.user(),
             }))
         }
+        Some(b'I') => std::str::from_utf8(&bytes[1..])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|s| *s > 0)
+            .map(Message::Inbox)
+            .ok_or(WireError("inbox seq")),
         _ => Err(WireError("unknown kind")),
     }
 }
@@ -186,6 +198,11 @@ mod tests {
     }
 
     #[test]
+    fn inbox_marks_round_trip() {
+        assert!(matches!(decode(&encode_inbox(17)), Ok(Message::Inbox(17))));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [
             &b""[..],
@@ -194,6 +211,9 @@ mod tests {
             b"Ax|task.created|a|||||\n{}",
             b"P*{}",
             b"P+{",
+            b"I",
+            b"Ix",
+            b"I-3",
             b"Z",
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");

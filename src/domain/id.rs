@@ -81,6 +81,8 @@ ids! {
     ActivityId;
     /// A refresh-token family: one login session and every token rotated from it.
     SessionId;
+    /// A notification in one user's inbox.
+    NotificationId;
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ pub mod activity;
 pub mod error;
 pub mod id;
 pub mod model;
+pub mod notify;
 pub mod rules;
 
 pub use activity::{Activity, ActivityData, ActivityKind, Change, Room, Route};
 pub use error::{DomainError, FieldError};
-pub use id::{ActivityId, BoardId, CommentId, SessionId, TaskId, TeamId, UserId};
+pub use id::{ActivityId, BoardId, CommentId, NotificationId, SessionId, TaskId, TeamId, UserId};
 pub use model::*;

@@ -71,6 +71,17 @@ fn text(checks: &mut Checks, field: &str, value: &str, min: usize, max: usize) {
     }
 }
 
+/// A text may mention at most `MAX_MENTIONS` distinct users.
+fn mention_limit(checks: &mut Checks, field: &str, value: &str) {
+    let max = super::notify::MAX_MENTIONS;
+    if super::notify::mentions(value).len() > max {
+        checks.push(FieldError::new(
+            field,
+            format!("mentions more than {max} users"),
+        ));
+    }
+}
+
 pub fn check_name(field: &str, name: &str) -> Result<(), DomainError> {
     let mut c = Checks::default();
     text(&mut c, field, name, 1, NAME_MAX);
@@ -86,6 +97,7 @@ pub fn check_display_name(name: &str) -> Result<(), DomainError> {
 pub fn check_comment_body(body: &str) -> Result<(), DomainError> {
     let mut c = Checks::default();
     text(&mut c, "body", body, 1, COMMENT_MAX);
+    mention_limit(&mut c, "body", body);
     c.finish()
 }
 
@@ -214,6 +226,7 @@ impl NewTask {
         text(&mut c, "title", &self.title, 1, TITLE_MAX);
         if let Some(d) = &self.description {
             text(&mut c, "description", d, 0, DESCRIPTION_MAX);
+            mention_limit(&mut c, "description", d);
         }
         c.check(
             self.position.is_none_or(f64::is_finite),
@@ -262,6 +275,7 @@ impl TaskPatch {
         }
         if let Some(d) = &self.description {
             text(&mut c, "description", d, 0, DESCRIPTION_MAX);
+            mention_limit(&mut c, "description", d);
         }
         c.check(
             self.position.is_none_or(f64::is_finite),

@@ -89,6 +89,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::auth::router())
         .merge(routes::teams::router())
         .merge(routes::tasks::router())
+        .merge(routes::inbox::router())
         .merge(routes::activity::router());
     OpenApiRouter::with_openapi(openapi::base())
         .nest("/api/v1", v1)

@@ -7,10 +7,18 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use super::protocol::{ClientMessage, PresenceActivity, ServerMessage};
+use crate::domain::notify::{Notification, ReadMark};
 use crate::domain::{Activity, ActivityKind, BoardId, Route, TaskId, TeamId, UserId};
 
 #[derive(OpenApi)]
-#[openapi(components(schemas(ClientMessage, ServerMessage, PresenceActivity, Activity)))]
+#[openapi(components(schemas(
+    ClientMessage,
+    ServerMessage,
+    PresenceActivity,
+    Activity,
+    Notification,
+    ReadMark
+)))]
 struct Schemas;
 
 const ROUTING_DESCRIPTION: &str = "The rooms each logged activity type is delivered to, by kind \
@@ -78,10 +86,39 @@ pub fn document() -> Value {
             }),
         );
         map.insert(
+            "NotificationCreatedFrame".into(),
+            json!({
+                "type": "object",
+                "description": "A notification in the user's inbox stream (after subscribe with inbox: true).",
+                "required": ["type", "seq", "notification"],
+                "properties": {
+                    "type": { "const": "notification.created" },
+                    "seq": { "type": "integer", "format": "int64" },
+                    "notification": refs("Notification")
+                }
+            }),
+        );
+        map.insert(
+            "NotificationReadFrame".into(),
+            json!({
+                "description": "A mark-read in the user's inbox stream: ids marked, or every notification up to `upto`.",
+                "allOf": [
+                    refs("ReadMark"),
+                    { "type": "object", "required": ["type"], "properties": { "type": { "const": "notification.read" } } }
+                ]
+            }),
+        );
+        map.insert(
             "ServerFrame".into(),
             json!({
                 "description": "Any frame the server sends.",
-                "anyOf": [refs("ServerMessage"), refs("ActivityFrame"), refs("PresenceFrame")]
+                "anyOf": [
+                    refs("ServerMessage"),
+                    refs("ActivityFrame"),
+                    refs("PresenceFrame"),
+                    refs("NotificationCreatedFrame"),
+                    refs("NotificationReadFrame")
+                ]
             }),
         );
         map.insert(
@@ -96,7 +133,9 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "JSON text frames over a WebSocket. Authenticate with ?token=, an \
                 Authorization: Bearer header, or a first `auth` message. Subscribe to team, board and \
-                task rooms; resume with `since`. Close codes: 4001 unauthorized or token expired, \
+                task rooms; resume with `since`. Subscribe with `inbox: true` for the user's own \
+                notification stream (notification.created, notification.read), resumed with its own \
+                `since`. Close codes: 4001 unauthorized or token expired, \
                 4008 slow consumer or rate limit, 1001 server going away, 1009 frame too large, \
                 1007 text frame not UTF-8, 1002 other WebSocket protocol errors."
         },
@@ -140,11 +179,13 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::NotificationId;
     use crate::domain::Team;
     use crate::domain::activity::{ActivityData, ActivityDraft, LogEntry};
+    use crate::domain::notify::{InboxEvent, Reason};
     use crate::domain::{Board, BoardId, TaskId, TeamId, UserId};
     use crate::realtime::protocol::{
-        ErrorCode, PresenceUser, Scope, activity_frame, presence_frame,
+        ErrorCode, PresenceUser, Scope, activity_frame, inbox_frame, presence_frame,
     };
     use std::sync::Arc;
     use time::OffsetDateTime;
@@ -218,6 +259,47 @@ mod tests {
             .to_string(),
             ServerMessage::Pong.frame().to_string(),
             presence_frame(true, team_id, task_id, &user).to_string(),
+            ServerMessage::InboxSubscribed {
+                inbox: true,
+                seq: 3,
+                unread_count: 1,
+            }
+            .frame()
+            .to_string(),
+            ServerMessage::InboxUnsubscribed { inbox: true }
+                .frame()
+                .to_string(),
+            inbox_frame(&InboxEvent::Created(Box::new(Notification {
+                id: NotificationId::from(id),
+                seq: 4,
+                team_id,
+                task_id,
+                board_id: Some(board_id),
+                task_title: "T".into(),
+                activity_type: "comment.created".into(),
+                reasons: vec![Reason::Commented, Reason::Mentioned],
+                actor_user_id: user_id,
+                actor_display_name: "Ann".into(),
+                comment_id: None,
+                excerpt: Some("hi @Bob".into()),
+                created_at: now,
+                read_at: None,
+            })))
+            .to_string(),
+            inbox_frame(&InboxEvent::Read(ReadMark {
+                seq: 5,
+                ids: Some(vec![NotificationId::from(id)]),
+                upto: None,
+                unread_count: 0,
+            }))
+            .to_string(),
+            inbox_frame(&InboxEvent::Read(ReadMark {
+                seq: 6,
+                ids: None,
+                upto: Some(4),
+                unread_count: 0,
+            }))
+            .to_string(),
         ]
         .into_iter()
         .chain(
@@ -260,6 +342,8 @@ mod tests {
         for frame in [
             json!({"type": "subscribe", "teamId": id}),
             json!({"type": "subscribe", "taskId": id, "since": 3}),
+            json!({"type": "subscribe", "inbox": true, "since": 3}),
+            json!({"type": "unsubscribe", "inbox": true}),
             json!({"type": "unsubscribe", "boardId": id}),
             json!({"type": "auth", "token": "x"}),
             json!({"type": "ping"}),

@@ -18,7 +18,7 @@ use super::Realtime;
 use super::hub::{ConnId, Join};
 use super::outbox::{CloseReason, Frame, Outbox, RETAINED_FRAMES};
 use super::protocol::{
-    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ServerMessage, parse,
+    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ScopeIds, ServerMessage, parse,
 };
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
@@ -33,6 +33,8 @@ use tungstenite::Message;
 const JOIN_ATTEMPTS: usize = 64;
 /// Log entries read per step of a replay (the store also bounds a step's size).
 const REPLAY_BATCH: i64 = 1_000;
+/// The answer to a subscribe that names the inbox and a room.
+const NOT_BOTH: &str = "name either inbox or one of teamId, boardId or taskId";
 /// Rejected messages in a row after which a flooding socket is closed.
 const RATE_STRIKES: u32 = 50;
 
@@ -195,6 +197,7 @@ async fn serve(rt: &Arc<Realtime>, p: Principal, stream: &mut Inbound, outbox: &
         expires_at: p.expires_at,
     };
     conn.read_loop(stream).await;
+    rt.inbox.detach(id);
     rt.hub.unregister(id);
     rt.bus.unwatch(user_topic);
     tracing::info!(conn = id, "socket closed");
@@ -325,6 +328,18 @@ impl Conn {
                 let session = self.session.clone();
                 return Some(Box::pin(async move { session.subscribe(&fields).await }));
             }
+            ClientMessage::Unsubscribe(fields) if fields.inbox == Some(true) => {
+                match fields.scope() {
+                    Err(_) => {
+                        self.session.rt.inbox.detach(self.session.id);
+                        self.session
+                            .reply(ServerMessage::InboxUnsubscribed { inbox: true });
+                    }
+                    Ok(_) => self
+                        .session
+                        .reply(ServerMessage::error(ErrorCode::BadRequest, NOT_BOTH)),
+                }
+            }
             ClientMessage::Unsubscribe(fields) => match fields.scope() {
                 Ok(scope) => {
                     self.session.rt.hub.leave(self.session.id, scope.room());
@@ -364,6 +379,9 @@ impl Session {
     }
 
     async fn subscribe(&self, fields: &ScopeFields) {
+        if fields.inbox == Some(true) {
+            return self.subscribe_inbox(fields).await;
+        }
         let scope = match fields.scope() {
             Ok(s) => s,
             Err(why) => return self.reply(ServerMessage::error(ErrorCode::BadRequest, why)),
@@ -402,6 +420,77 @@ impl Session {
             }
         };
         self.reply(ServerMessage::scoped_error(code, message, scope));
+    }
+
+    async fn subscribe_inbox(&self, fields: &ScopeFields) {
+        let error = |code, message: &str| ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            scope: ScopeIds {
+                inbox: Some(true),
+                ..ScopeIds::default()
+            },
+        };
+        if fields.scope().is_ok() {
+            return self.reply(error(ErrorCode::BadRequest, NOT_BOTH));
+        }
+        if fields.since.is_some_and(|s| s < 0) {
+            return self.reply(error(ErrorCode::BadRequest, "since must be 0 or more"));
+        }
+        match self.try_subscribe_inbox(fields.since).await {
+            Ok(()) => {}
+            Err(SubscribeError::ResumeUnavailable) => self.reply(error(
+                ErrorCode::ResumeUnavailable,
+                "since is beyond the inbox stream; subscribe without it and refetch",
+            )),
+            Err(e) => {
+                if let SubscribeError::Store(e) = e {
+                    tracing::warn!(error = %e, "inbox subscribe failed");
+                }
+                self.reply(error(
+                    ErrorCode::Unavailable,
+                    "the server could not read the inbox; retry",
+                ));
+            }
+        }
+    }
+
+    /// Replays the inbox stream after `since` up to its latest seq, then attaches the socket to
+    /// the feed from there (queuing `subscribed`).
+    async fn try_subscribe_inbox(&self, since: Option<i64>) -> Result<(), SubscribeError> {
+        let rt = &self.rt;
+        let (latest, unread_count) = rt.store.read().await?.inbox_state(self.user).await?;
+        let from = match since {
+            Some(s) if s > latest => return Err(SubscribeError::ResumeUnavailable),
+            Some(s) => s,
+            None => latest,
+        };
+        // A subscribe again replaces the socket's position: stop the feed while replaying.
+        rt.inbox.detach(self.id);
+        let outbox = &self.outbox;
+        super::inbox::replay(&*rt.store, self.user, from, latest, |frame| {
+            outbox.push_replay(frame)
+        })
+        .await?;
+        let subscribed = ServerMessage::InboxSubscribed {
+            inbox: true,
+            seq: latest,
+            unread_count,
+        };
+        rt.inbox.attach(
+            self.id,
+            self.user,
+            outbox.clone(),
+            latest,
+            latest,
+            subscribed.frame(),
+        );
+        // A hint that came before the attach found no socket of the user here: look again.
+        let now = rt.store.read().await?.inbox_seqs(&[self.user]).await?;
+        for (user, seq) in now {
+            rt.inbox.reached(user, seq);
+        }
+        Ok(())
     }
 
     /// Checks access in a store snapshot and joins at a point of the team's dispatch that the

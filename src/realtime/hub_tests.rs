@@ -314,6 +314,8 @@ pub(in crate::realtime) async fn feed(hub: &Hub, events: &[BusEvent]) {
             BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
             BusEvent::Presence(ev) => hub.on_presence(&ev),
             BusEvent::Resync => hub.check().await.expect("check"),
+            // The inbox feed is not the hub's.
+            BusEvent::Inbox(..) => {}
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod asyncapi;
 mod connection;
 pub mod hub;
+mod inbox;
 pub mod outbox;
 mod presence;
 pub mod protocol;
@@ -32,6 +33,7 @@ use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use crate::supervisor::Supervisor;
 use hub::Hub;
+use inbox::InboxFeed;
 use outbox::{CloseReason, Outbox};
 use socket::Upgrade;
 
@@ -83,6 +85,8 @@ impl Settings {
 
 pub struct Realtime {
     pub hub: Arc<Hub>,
+    /// Each user's inbox stream, for their sockets that subscribed to it.
+    inbox: Arc<InboxFeed>,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     tokens: Arc<TokenService>,
@@ -109,27 +113,34 @@ impl Realtime {
             bus.clone(),
             settings.max_subscriptions,
         ));
+        let inbox = Arc::new(InboxFeed::new(store.clone()));
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
+            let inbox = inbox.clone();
             tasks.spawn("bus dispatch", async move {
                 while let Some(event) = events.recv().await {
                     match event {
                         BusEvent::Activities(entries) => hub.dispatch(entries).await,
                         BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
                         BusEvent::Presence(ev) => hub.on_presence(&ev),
+                        BusEvent::Inbox(user, seq) => inbox.reached(user, seq),
                         BusEvent::Resync => {
                             hub.presence_resync();
                             if let Err(e) = hub.check().await {
                                 tracing::warn!(error = %e, "resync from the log failed; the periodic check retries");
+                            }
+                            if let Err(e) = inbox.check().await {
+                                tracing::warn!(error = %e, "inbox resync failed; the periodic check retries");
                             }
                         }
                     }
                 }
             });
         }
+        tasks.spawn("inbox feed", inbox.clone().run());
         tasks.spawn(
             "log check",
-            run_checks(hub.clone(), settings.check_interval),
+            run_checks(hub.clone(), inbox.clone(), settings.check_interval),
         );
         if let Some(shared) = bus.shared_presence() {
             tasks.spawn(
@@ -139,6 +150,7 @@ impl Realtime {
         }
         Arc::new(Self {
             hub,
+            inbox,
             store,
             bus: bus.clone(),
             tokens,
@@ -191,15 +203,19 @@ impl Realtime {
     }
 }
 
-/// Compares the followed teams with the log every `every`: what the bus lost, and the last
-/// activity before a quiet spell, reach the sockets within that time.
-async fn run_checks(hub: Arc<Hub>, every: Duration) {
+/// Compares the followed teams with the log, and the subscribed inboxes with the store, every
+/// `every`: what the bus lost, and the last event before a quiet spell, reach the sockets within
+/// that time.
+async fn run_checks(hub: Arc<Hub>, inbox: Arc<InboxFeed>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = hub.check().await {
             tracing::warn!(error = %e, "checking followed teams against the log failed");
+        }
+        if let Err(e) = inbox.check().await {
+            tracing::warn!(error = %e, "checking subscribed inboxes against the store failed");
         }
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::activity::LogEntry;
 use crate::domain::model::{text_enum, timestamp};
+use crate::domain::notify::{InboxEvent, Notification, ReadMark};
 use crate::domain::{ActivityId, BoardId, Room, TaskId, TeamId, UserId};
 
 /// What a subscribe or unsubscribe names: exactly one of `teamId`, `boardId`, `taskId`.
@@ -24,6 +25,8 @@ pub struct ScopeFields {
     /// Resume: replay what the room missed after this seq, before `subscribed`.
     #[schema(minimum = 0)]
     pub since: Option<i64>,
+    /// `true` instead of a room: the user's inbox stream (`since` is then an inbox seq).
+    pub inbox: Option<bool>,
 }
 
 /// A room a client can subscribe to (user rooms are joined implicitly).
@@ -72,6 +75,9 @@ pub struct ScopeIds {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Uuid>)]
     pub task_id: Option<TaskId>,
+    /// `true` when the error concerns the inbox subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<bool>,
 }
 
 impl From<Scope> for ScopeIds {
@@ -186,6 +192,19 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
     },
+    /// The inbox is subscribed: live delivery begins after `seq`.
+    #[serde(rename = "subscribed", rename_all = "camelCase")]
+    InboxSubscribed {
+        /// Always `true`.
+        inbox: bool,
+        seq: i64,
+        unread_count: i64,
+    },
+    #[serde(rename = "unsubscribed")]
+    InboxUnsubscribed {
+        /// Always `true`.
+        inbox: bool,
+    },
     Error {
         #[schema(value_type = String)]
         code: ErrorCode,
@@ -239,6 +258,30 @@ pub fn activity_frame(entry: &LogEntry) -> Utf8Bytes {
     s.push_str(&entry.json);
     s.push('}');
     Utf8Bytes::from(s)
+}
+
+/// An event of the user's inbox stream: `notification.created` or `notification.read`.
+pub fn inbox_frame(event: &InboxEvent) -> Utf8Bytes {
+    #[derive(Serialize)]
+    #[serde(tag = "type")]
+    enum Envelope<'a> {
+        #[serde(rename = "notification.created")]
+        Created {
+            seq: i64,
+            notification: &'a Notification,
+        },
+        #[serde(rename = "notification.read")]
+        Read(&'a ReadMark),
+    }
+    let envelope = match event {
+        InboxEvent::Created(n) => Envelope::Created {
+            seq: n.seq,
+            notification: n,
+        },
+        InboxEvent::Read(r) => Envelope::Read(r),
+    };
+    // Strings, numbers and ids only: serializing cannot fail.
+    Utf8Bytes::from(serde_json::to_string(&envelope).unwrap_or_default())
 }
 
 /// An ephemeral presence event (`presence.joined` / `presence.left`): no seq, not logged.

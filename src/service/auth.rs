@@ -121,6 +121,12 @@ pub struct Session {
 pub struct Me {
     pub user: User,
     pub teams: Vec<TeamRole>,
+    /// Unread notifications (of the teams above).
+    #[serde(rename = "unreadNotifications")]
+    pub unread_notifications: i64,
+    /// The latest seq of the caller's inbox stream.
+    #[serde(rename = "inboxSeq")]
+    pub inbox_seq: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -375,7 +381,13 @@ impl Services {
                 break;
             }
         }
-        Ok(Me { user: me, teams })
+        let (inbox_seq, unread_notifications) = tx.inbox_state(user).await?;
+        Ok(Me {
+            user: me,
+            teams,
+            unread_notifications,
+            inbox_seq,
+        })
     }
 
     pub async fn set_display_name(&self, user: UserId, name: &str) -> Result<User> {

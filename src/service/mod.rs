@@ -6,6 +6,7 @@
 
 mod activity;
 pub mod auth;
+pub mod inbox;
 mod tasks;
 pub mod teams;
 
@@ -170,17 +171,20 @@ fn now() -> time::OffsetDateTime {
 }
 
 impl Services {
-    /// Appends the change's activities, commits, and hands them to the relay.
+    /// Appends the change's activities, commits, and hands them to the relay, with the inbox
+    /// seqs the change's notifications took (`inbox::notify`, written earlier in `tx`).
     async fn commit(
         &self,
         mut tx: Box<dyn Tx>,
         team: TeamId,
         drafts: Vec<ActivityDraft>,
+        notified: Vec<(UserId, i64)>,
     ) -> Result<Vec<LogEntry>> {
         let entries = tx.append(team, drafts).await?;
         tx.commit().await?;
         metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED).increment(entries.len() as u64);
         self.relay.committed(entries.clone());
+        self.relay.notified(notified);
         Ok(entries)
     }
 }

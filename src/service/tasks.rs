@@ -2,10 +2,12 @@
 
 use uuid::Uuid;
 
+use super::inbox::{TaskChange, notify};
 use super::{
     Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in, seq_of,
 };
-use crate::domain::activity::{ActivityData, ActivityDraft};
+use crate::domain::activity::{ActivityData, ActivityDraft, ActivityKind};
+use crate::domain::notify::{Happening, Reason, mentions, new_mentions};
 use crate::domain::rules::{
     Action, NewTask, TaskPatch, check_comment_body, if_match_allows, position_after,
 };
@@ -66,6 +68,24 @@ impl Services {
             version: 1,
         };
         tx.insert_task(&task).await?;
+        let notified = notify(
+            &mut *tx,
+            TaskChange {
+                actor,
+                task: &task,
+                kind: ActivityKind::TaskCreated,
+                happening: Happening {
+                    assigned: task.assignee_user_id,
+                    mentioned: mentions(&task.description),
+                    to_followers: None,
+                },
+                acted: true,
+                comment: None,
+                followers: None,
+                at,
+            },
+        )
+        .await?;
         let mut drafts = vec![ActivityDraft::new(
             ActivityData::TaskCreated { task: task.clone() },
             actor,
@@ -79,7 +99,7 @@ impl Services {
             };
             drafts.push(ActivityDraft::new(data, actor, at));
         }
-        self.commit(tx, team, drafts).await?;
+        self.commit(tx, team, drafts, notified).await?;
         Ok(task)
     }
 
@@ -101,12 +121,17 @@ impl Services {
         })
     }
 
-    pub async fn task(&self, actor: UserId, id: TaskId) -> Result<Seqd<Task>> {
+    /// A task, and whether the caller follows it.
+    pub async fn task(&self, actor: UserId, id: TaskId) -> Result<Seqd<(Task, bool)>> {
         let mut tx = self.store.read().await?;
         let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, task.team_id, actor).await?;
         let seq = seq_of(&mut *tx, task.team_id).await?;
-        Ok(Seqd { data: task, seq })
+        let following = tx.follows(id, actor).await?;
+        Ok(Seqd {
+            data: (task, following),
+            seq,
+        })
     }
 
     /// Applies a patch, optionally only if the task is still at a version the caller names
@@ -159,6 +184,32 @@ impl Services {
                 }
             };
             let assignee_changed = changes.contains_key("assigneeUserId");
+            let happening = Happening {
+                assigned: next.assignee_user_id.filter(|_| assignee_changed),
+                mentioned: new_mentions(&task.description, &next.description),
+                to_followers: changes
+                    .contains_key("status")
+                    .then_some(Reason::StatusChanged),
+            };
+            let kind = if happening.assigned.is_some() && happening.to_followers.is_none() {
+                ActivityKind::TaskAssigned
+            } else {
+                ActivityKind::TaskUpdated
+            };
+            let notified = notify(
+                &mut *tx,
+                TaskChange {
+                    actor,
+                    task: &next,
+                    kind,
+                    happening,
+                    acted: false,
+                    comment: None,
+                    followers: None,
+                    at,
+                },
+            )
+            .await?;
             let mut drafts = vec![moved(ActivityDraft::new(
                 ActivityData::TaskUpdated {
                     task: next.clone(),
@@ -175,7 +226,7 @@ impl Services {
                 };
                 drafts.push(moved(ActivityDraft::new(data, actor, at)));
             }
-            self.commit(tx, next.team_id, drafts).await?;
+            self.commit(tx, next.team_id, drafts, notified).await?;
             return Ok(next);
         }
         Err(StoreError::Stale.into())
@@ -189,7 +240,28 @@ impl Services {
             .ensure(Action::WriteTasks)?;
         // The activity names the board of the row deleted: a move that committed after the read
         // above (the DELETE waited for its row lock) left the task on another board.
+        // The followers go with the task: read them first (no lock; the delete below takes the
+        // task's row before any inbox row, as every change does).
+        let followers = tx.followers(id).await?;
         let deleted = tx.delete_task(id).await?.ok_or(DomainError::NotFound)?;
+        let at = now();
+        let notified = notify(
+            &mut *tx,
+            TaskChange {
+                actor,
+                task: &deleted,
+                kind: ActivityKind::TaskDeleted,
+                happening: Happening {
+                    to_followers: Some(Reason::TaskDeleted),
+                    ..Happening::default()
+                },
+                acted: false,
+                comment: None,
+                followers: Some(followers),
+                at,
+            },
+        )
+        .await?;
         let data = ActivityData::TaskDeleted {
             task_id: id,
             board_id: deleted.board_id,
@@ -197,7 +269,8 @@ impl Services {
         self.commit(
             tx,
             deleted.team_id,
-            vec![ActivityDraft::new(data, actor, now())],
+            vec![ActivityDraft::new(data, actor, at)],
+            notified,
         )
         .await?;
         Ok(())
@@ -220,6 +293,24 @@ impl Services {
             edited_at: None,
         };
         tx.insert_comment(&comment).await?;
+        let notified = notify(
+            &mut *tx,
+            TaskChange {
+                actor,
+                task: &found,
+                kind: ActivityKind::CommentCreated,
+                happening: Happening {
+                    assigned: None,
+                    mentioned: mentions(body),
+                    to_followers: Some(Reason::Commented),
+                },
+                acted: true,
+                comment: Some((comment.id, body)),
+                followers: None,
+                at: comment.created_at,
+            },
+        )
+        .await?;
         let draft = ActivityDraft::new(
             ActivityData::CommentCreated {
                 comment: comment.clone(),
@@ -227,7 +318,8 @@ impl Services {
             actor,
             comment.created_at,
         );
-        self.commit(tx, found.team_id, vec![draft]).await?;
+        self.commit(tx, found.team_id, vec![draft], notified)
+            .await?;
         Ok(comment)
     }
 
@@ -257,11 +349,34 @@ impl Services {
         if comment.author_user_id != actor {
             return Err(DomainError::Forbidden("only the author can edit a comment").into());
         }
+        let mentioned = new_mentions(&comment.body, body);
         comment.body = body.to_owned();
         comment.edited_at = Some(now());
         if !tx.update_comment(&comment).await? {
             return Err(DomainError::NotFound.into());
         }
+        let notified = match (mentioned.is_empty(), tx.task(comment.task_id).await?) {
+            (false, Some(task)) => {
+                notify(
+                    &mut *tx,
+                    TaskChange {
+                        actor,
+                        task: &task,
+                        kind: ActivityKind::CommentUpdated,
+                        happening: Happening {
+                            mentioned,
+                            ..Happening::default()
+                        },
+                        acted: false,
+                        comment: Some((comment.id, body)),
+                        followers: None,
+                        at: now(),
+                    },
+                )
+                .await?
+            }
+            _ => Vec::new(),
+        };
         let draft = ActivityDraft::new(
             ActivityData::CommentUpdated {
                 comment: comment.clone(),
@@ -269,7 +384,8 @@ impl Services {
             actor,
             now(),
         );
-        self.commit(tx, comment.team_id, vec![draft]).await?;
+        self.commit(tx, comment.team_id, vec![draft], notified)
+            .await?;
         Ok(comment)
     }
 
@@ -291,6 +407,7 @@ impl Services {
             tx,
             comment.team_id,
             vec![ActivityDraft::new(data, actor, now())],
+            Vec::new(),
         )
         .await?;
         Ok(())

@@ -75,7 +75,7 @@ impl Services {
             actor,
             now(),
         );
-        self.commit(tx, team, vec![draft]).await?;
+        self.commit(tx, team, vec![draft], Vec::new()).await?;
         Ok(updated)
     }
 
@@ -141,7 +141,7 @@ impl Services {
             actor,
             at,
         );
-        self.commit(tx, team, vec![draft]).await?;
+        self.commit(tx, team, vec![draft], Vec::new()).await?;
         Ok(member)
     }
 
@@ -178,7 +178,7 @@ impl Services {
                 actor,
                 now(),
             );
-            self.commit(tx, team, vec![draft]).await?;
+            self.commit(tx, team, vec![draft], Vec::new()).await?;
             return Ok(member);
         }
         Err(StoreError::Stale.into())
@@ -200,7 +200,7 @@ impl Services {
             return Err(DomainError::NotFound.into());
         }
         let draft = ActivityDraft::new(ActivityData::MemberRemoved { user_id: user }, actor, now());
-        self.commit(tx, team, vec![draft]).await?;
+        self.commit(tx, team, vec![draft], Vec::new()).await?;
         Ok(())
     }
 
@@ -224,7 +224,7 @@ impl Services {
             actor,
             board.created_at,
         );
-        self.commit(tx, team, vec![draft]).await?;
+        self.commit(tx, team, vec![draft], Vec::new()).await?;
         Ok(board)
     }
 
@@ -263,7 +263,8 @@ impl Services {
             actor,
             now(),
         );
-        self.commit(tx, found.team_id, vec![draft]).await?;
+        self.commit(tx, found.team_id, vec![draft], Vec::new())
+            .await?;
         Ok(updated)
     }
 
@@ -283,7 +284,8 @@ impl Services {
         tx.delete_board(board).await?;
         let draft =
             ActivityDraft::new(ActivityData::BoardDeleted { board_id: board }, actor, now());
-        self.commit(tx, found.team_id, vec![draft]).await?;
+        self.commit(tx, found.team_id, vec![draft], Vec::new())
+            .await?;
         Ok(())
     }
 }

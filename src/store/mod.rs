@@ -12,6 +12,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::activity::{ActivityDraft, LogEntry};
+use crate::domain::notify::{
+    Followers, InboxEvent, MarkRead, Notification, NotificationDraft, ReadMark,
+};
 use crate::domain::*;
 
 pub use postgres::PgStore;
@@ -81,6 +84,15 @@ pub struct TaskFilter {
 pub struct LogBounds {
     pub oldest_since: i64,
     pub last_seq: i64,
+}
+
+/// A page of a user's inbox, newest first: notifications with `since < seq < before`.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxQuery {
+    pub since: i64,
+    pub before: i64,
+    pub unread_only: bool,
+    pub limit: i64,
 }
 
 /// Opens transactions. `read` gives a consistent snapshot; `write` a transaction that cannot fail
@@ -218,6 +230,55 @@ pub trait Tx: Send {
     /// Teams recorded as unpublished whose record is above the published watermark:
     /// (team, watermark). Reads only those records, never every team.
     async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
+    /// Deletes notifications and mark-reads older than `before`; returns how many.
+    async fn prune_inbox(&mut self, before: OffsetDateTime) -> Result<u64>;
+
+    // following and notifications. Lock order within a change: the task's row, its follower
+    // rows (in user order), the inbox rows (`users.inbox_seq`, in user order), the team's row.
+    /// The task's followers, and who explicitly unfollowed it.
+    async fn followers(&mut self, task: TaskId) -> Result<Followers>;
+    async fn follows(&mut self, task: TaskId, user: UserId) -> Result<bool>;
+    /// Records that `user` follows `task` (or, with `following` false, explicitly does not).
+    /// With `keep_decision`, a row already there (an earlier follow or unfollow) stays as it is.
+    async fn set_following(
+        &mut self,
+        task: TaskId,
+        team: TeamId,
+        user: UserId,
+        following: bool,
+        keep_decision: bool,
+    ) -> Result<()>;
+    /// Which of `users` are members of `team`.
+    async fn members_among(&mut self, team: TeamId, users: &[UserId]) -> Result<Vec<UserId>>;
+    /// Writes each draft at its user's next inbox seq (call in user order); returns
+    /// (user, seq) per draft.
+    async fn insert_notifications(
+        &mut self,
+        drafts: &[NotificationDraft],
+    ) -> Result<Vec<(UserId, i64)>>;
+    /// The user's latest inbox seq and unread count (of teams they are a member of).
+    async fn inbox_state(&mut self, user: UserId) -> Result<(i64, i64)>;
+    /// The latest inbox seq of each of `users`.
+    async fn inbox_seqs(&mut self, users: &[UserId]) -> Result<Vec<(UserId, i64)>>;
+    /// A page of the user's notifications of teams they are a member of, newest first.
+    async fn notifications(&mut self, user: UserId, q: InboxQuery) -> Result<Vec<Notification>>;
+    /// Marks unread notifications (of teams the user is a member of) read and records the
+    /// mark as the stream's next event; None when nothing was unread.
+    async fn mark_read(
+        &mut self,
+        user: UserId,
+        mark: &MarkRead,
+        at: OffsetDateTime,
+    ) -> Result<Option<ReadMark>>;
+    /// The stream's events with `after < seq <= upto`, oldest first, leaving out notifications
+    /// of teams the user is no longer a member of.
+    async fn inbox_events(
+        &mut self,
+        user: UserId,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<InboxEvent>>;
+
     /// Deletes, per team, the published activities older than `before` that lie below every
     /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.
     async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;

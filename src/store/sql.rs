@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{RefreshToken, StoreError};
 use crate::domain::activity::{ActivityDraft, ActivityKind, LogEntry, Route};
+use crate::domain::notify::{Notification, ReadMark, Reason};
 use crate::domain::*;
 
 pub(super) fn map_dup(e: sqlx::Error) -> StoreError {
@@ -261,6 +262,86 @@ impl ActivityRow {
                 user_id: self.user_id,
             },
             json: Arc::from(self.payload),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct NotificationRow {
+    id: NotificationId,
+    seq: i64,
+    team_id: TeamId,
+    task_id: TaskId,
+    board_id: Option<BoardId>,
+    task_title: String,
+    activity_type: String,
+    reasons: String,
+    actor_user_id: UserId,
+    actor_display_name: String,
+    comment_id: Option<CommentId>,
+    excerpt: Option<String>,
+    created_at: OffsetDateTime,
+    read_at: Option<OffsetDateTime>,
+}
+
+/// The columns `NotificationRow` reads, for every query of notifications.
+pub(super) const NOTIFICATION_COLUMNS: &str = "n.id, n.seq, n.team_id, n.task_id, n.board_id, \
+     n.task_title, n.activity_type, n.reasons, n.actor_user_id, n.actor_display_name, \
+     n.comment_id, n.excerpt, n.created_at, n.read_at";
+
+/// Reasons are stored as their names joined by commas.
+pub(super) fn reasons_text(reasons: &[Reason]) -> String {
+    reasons
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl TryFrom<NotificationRow> for Notification {
+    type Error = StoreError;
+    fn try_from(r: NotificationRow) -> Result<Self, StoreError> {
+        let reasons = r
+            .reasons
+            .split(',')
+            .map(|s| Reason::parse(s).ok_or_else(|| corrupt("reason", s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Notification {
+            id: r.id,
+            seq: r.seq,
+            team_id: r.team_id,
+            task_id: r.task_id,
+            board_id: r.board_id,
+            task_title: r.task_title,
+            activity_type: r.activity_type,
+            reasons,
+            actor_user_id: r.actor_user_id,
+            actor_display_name: r.actor_display_name,
+            comment_id: r.comment_id,
+            excerpt: r.excerpt,
+            created_at: r.created_at,
+            read_at: r.read_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ReadRow {
+    seq: i64,
+    ids: Option<String>,
+    upto: Option<i64>,
+    unread_count: i64,
+}
+
+impl TryFrom<ReadRow> for ReadMark {
+    type Error = StoreError;
+    fn try_from(r: ReadRow) -> Result<Self, StoreError> {
+        let ids = r.ids.map(|t| serde_json::from_str(&t)).transpose()?;
+        Ok(ReadMark {
+            seq: r.seq,
+            ids,
+            upto: r.upto,
+            unread_count: r.unread_count,
         })
     }
 }
@@ -1023,6 +1104,295 @@ macro_rules! impl_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected())
+            }
+            async fn prune_inbox(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
+                let a = sqlx::query("DELETE FROM notifications WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&mut *self.tx)
+                    .await?;
+                let b = sqlx::query("DELETE FROM notification_reads WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(a.rows_affected() + b.rows_affected())
+            }
+
+            async fn followers(&mut self, task: TaskId) -> $crate::store::Result<$crate::domain::notify::Followers> {
+                let rows: Vec<(UserId, bool)> =
+                    sqlx::query_as("SELECT user_id, following FROM task_followers WHERE task_id = $1")
+                        .bind(task)
+                        .fetch_all(&mut *self.tx)
+                        .await?;
+                let mut f = $crate::domain::notify::Followers::default();
+                for (user, following) in rows {
+                    if following {
+                        f.following.insert(user);
+                    } else {
+                        f.unfollowed.insert(user);
+                    }
+                }
+                Ok(f)
+            }
+
+            async fn follows(&mut self, task: TaskId, user: UserId) -> $crate::store::Result<bool> {
+                let row: Option<(bool,)> = sqlx::query_as(
+                    "SELECT following FROM task_followers WHERE task_id = $1 AND user_id = $2",
+                )
+                .bind(task)
+                .bind(user)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.is_some_and(|(f,)| f))
+            }
+
+            async fn set_following(
+                &mut self,
+                task: TaskId,
+                team: TeamId,
+                user: UserId,
+                following: bool,
+                keep_decision: bool,
+            ) -> $crate::store::Result<()> {
+                let sql = if keep_decision {
+                    "INSERT INTO task_followers (task_id, user_id, team_id, following) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (task_id, user_id) DO NOTHING"
+                } else {
+                    "INSERT INTO task_followers (task_id, user_id, team_id, following) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (task_id, user_id) DO UPDATE SET following = excluded.following"
+                };
+                sqlx::query(sql)
+                    .bind(task)
+                    .bind(user)
+                    .bind(team)
+                    .bind(following)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn members_among(&mut self, team: TeamId, users: &[UserId]) -> $crate::store::Result<Vec<UserId>> {
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let list = (2..chunk.len() + 2)
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
+                        "SELECT user_id FROM memberships WHERE team_id = $1 AND user_id IN ({list})"
+                    );
+                    let mut query = sqlx::query_as::<_, (UserId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    for u in chunk {
+                        query = query.bind(*u);
+                    }
+                    out.extend(query.fetch_all(&mut *self.tx).await?.into_iter().map(|(u,)| u));
+                }
+                Ok(out)
+            }
+
+            async fn insert_notifications(
+                &mut self,
+                drafts: &[$crate::domain::notify::NotificationDraft],
+            ) -> $crate::store::Result<Vec<(UserId, i64)>> {
+                let mut out = Vec::with_capacity(drafts.len());
+                for d in drafts {
+                    let (seq,): (i64,) = sqlx::query_as(
+                        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
+                    )
+                    .bind(d.user_id)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO notifications (user_id, seq, id, team_id, task_id, board_id, task_title, \
+                           activity_type, reasons, actor_user_id, actor_display_name, comment_id, excerpt, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    )
+                    .bind(d.user_id)
+                    .bind(seq)
+                    .bind(d.id)
+                    .bind(d.team_id)
+                    .bind(d.task_id)
+                    .bind(d.board_id)
+                    .bind(&d.task_title)
+                    .bind(d.activity_kind.as_str())
+                    .bind($crate::store::sql::reasons_text(&d.reasons))
+                    .bind(d.actor_user_id)
+                    .bind(&d.actor_display_name)
+                    .bind(d.comment_id)
+                    .bind(d.excerpt.as_deref())
+                    .bind(d.created_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    out.push((d.user_id, seq));
+                }
+                Ok(out)
+            }
+
+            async fn inbox_state(&mut self, user: UserId) -> $crate::store::Result<(i64, i64)> {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT u.inbox_seq, (SELECT COUNT(*) FROM notifications n \
+                       WHERE n.user_id = u.id AND n.read_at IS NULL AND EXISTS ( \
+                         SELECT 1 FROM memberships m WHERE m.team_id = n.team_id AND m.user_id = u.id)) \
+                     FROM users u WHERE u.id = $1",
+                )
+                .bind(user)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.unwrap_or((0, 0)))
+            }
+
+            async fn inbox_seqs(&mut self, users: &[UserId]) -> $crate::store::Result<Vec<(UserId, i64)>> {
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "SELECT id, inbox_seq FROM users WHERE id IN ({})",
+                        $crate::store::sql::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (UserId, i64)>(sqlx::AssertSqlSafe(sql));
+                    for u in chunk {
+                        query = query.bind(*u);
+                    }
+                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                }
+                Ok(out)
+            }
+
+            async fn notifications(
+                &mut self,
+                user: UserId,
+                q: $crate::store::InboxQuery,
+            ) -> $crate::store::Result<Vec<$crate::domain::notify::Notification>> {
+                let sql = format!(
+                    "SELECT {} FROM notifications n \
+                     WHERE n.user_id = $1 AND n.seq > $2 AND n.seq < $3 AND ($4 = 0 OR n.read_at IS NULL) \
+                       AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = n.team_id AND m.user_id = n.user_id) \
+                     ORDER BY n.seq DESC LIMIT $5",
+                    $crate::store::sql::NOTIFICATION_COLUMNS
+                );
+                let rows: Vec<$crate::store::sql::NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(user)
+                    .bind(q.since)
+                    .bind(q.before)
+                    .bind(i64::from(q.unread_only))
+                    .bind(q.limit)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn mark_read(
+                &mut self,
+                user: UserId,
+                mark: &$crate::domain::notify::MarkRead,
+                at: OffsetDateTime,
+            ) -> $crate::store::Result<Option<$crate::domain::notify::ReadMark>> {
+                use $crate::domain::notify::{MarkRead, ReadMark};
+                const MINE: &str = "user_id = $1 AND read_at IS NULL \
+                     AND team_id IN (SELECT m.team_id FROM memberships m WHERE m.user_id = $1)";
+                let (ids, upto) = match mark {
+                    MarkRead::Ids(ids) => {
+                        if ids.is_empty() {
+                            return Ok(None);
+                        }
+                        let list = (3..ids.len() + 3)
+                            .map(|i| format!("${i}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let sql = format!(
+                            "UPDATE notifications SET read_at = $2 WHERE {MINE} AND id IN ({list}) RETURNING id"
+                        );
+                        let mut query = sqlx::query_as::<_, (NotificationId,)>(sqlx::AssertSqlSafe(sql))
+                            .bind(user)
+                            .bind(at);
+                        for id in ids {
+                            query = query.bind(*id);
+                        }
+                        let marked: Vec<NotificationId> =
+                            query.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id).collect();
+                        if marked.is_empty() {
+                            return Ok(None);
+                        }
+                        (Some(marked), None)
+                    }
+                    MarkRead::Upto(upto) => {
+                        let sql = format!("UPDATE notifications SET read_at = $2 WHERE {MINE} AND seq <= $3");
+                        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(user)
+                            .bind(at)
+                            .bind(*upto)
+                            .execute(&mut *self.tx)
+                            .await?;
+                        if done.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        (None, Some(*upto))
+                    }
+                };
+                let (seq,): (i64,) = sqlx::query_as(
+                    "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
+                )
+                .bind(user)
+                .fetch_one(&mut *self.tx)
+                .await?;
+                let (_, unread_count) = self.inbox_state(user).await?;
+                let ids_text = ids.as_ref().map(serde_json::to_string).transpose()?;
+                sqlx::query(
+                    "INSERT INTO notification_reads (user_id, seq, ids, upto, unread_count, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(user)
+                .bind(seq)
+                .bind(ids_text)
+                .bind(upto)
+                .bind(unread_count)
+                .bind(at)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(Some(ReadMark {
+                    seq,
+                    ids,
+                    upto,
+                    unread_count,
+                }))
+            }
+
+            async fn inbox_events(
+                &mut self,
+                user: UserId,
+                after: i64,
+                upto: i64,
+            ) -> $crate::store::Result<Vec<$crate::domain::notify::InboxEvent>> {
+                use $crate::domain::notify::InboxEvent;
+                let sql = format!(
+                    "SELECT {} FROM notifications n \
+                     WHERE n.user_id = $1 AND n.seq > $2 AND n.seq <= $3 \
+                       AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = n.team_id AND m.user_id = n.user_id) \
+                     ORDER BY n.seq",
+                    $crate::store::sql::NOTIFICATION_COLUMNS
+                );
+                let created: Vec<$crate::store::sql::NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(user)
+                    .bind(after)
+                    .bind(upto)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                let reads: Vec<$crate::store::sql::ReadRow> = sqlx::query_as(
+                    "SELECT seq, ids, upto, unread_count FROM notification_reads \
+                     WHERE user_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+                )
+                .bind(user)
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                let mut out = Vec::with_capacity(created.len() + reads.len());
+                for r in created {
+                    out.push(InboxEvent::Created(Box::new(r.try_into()?)));
+                }
+                for r in reads {
+                    out.push(InboxEvent::Read(r.try_into()?));
+                }
+                out.sort_by_key(InboxEvent::seq);
+                Ok(out)
             }
         }
         };

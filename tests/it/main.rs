@@ -18,6 +18,7 @@ mod concurrency;
 mod hostile;
 mod http;
 mod idor;
+mod inbox;
 mod isolation;
 mod jwt;
 mod limits;

@@ -666,8 +666,8 @@ function renderInbox(s: InboxSnapshot): void {
 }
 
 function notificationItem(n: Notification): HTMLLIElement {
-  const unread = n.readAt === null;
-  const why = n.reasons.map((r) => REASONS[r] ?? r).join(', ');
+  const unread = n.readAt == null;
+  const why = n.reasons.map((r) => REASONS[r as NotificationReason] ?? r).join(', ');
   const open = h(
     'button',
     { type: 'button', class: 'open-notification' },
@@ -683,7 +683,7 @@ function notificationItem(n: Notification): HTMLLIElement {
 async function openNotification(n: Notification): Promise<void> {
   const inbox = state.inbox;
   // The bell's count follows the answer (and the stream); a failure shows as a notice.
-  const marking = n.readAt === null && inbox ? inbox.markRead(n.id) : Promise.resolve();
+  const marking = n.readAt == null && inbox ? inbox.markRead(n.id) : Promise.resolve();
   showInbox(false);
   if (n.reasons.includes('task_deleted')) {
     await marking;

@@ -1,32 +1,14 @@
-// The inbox's wire types: a notification as GET /me/notifications and the socket carry it, the
-// page, the mark-read answer, and the stream's frames (`notification.created`,
-// `notification.read`, the `subscribed` reply of `{"type":"subscribe","inbox":true}`).
+// The inbox's wire types beside the generated ones (`Notification`, `NotificationCreatedFrame`,
+// `NotificationReadFrame` in generated/protocol.ts): the HTTP page and mark-read answer, and the
+// stream's events as the client hands them on (a `notification.read` with `ids` and `upto` always
+// present, null when they do not apply).
 
-/** Why a notification was written (one notification may carry several). */
+import type { Notification } from './generated/protocol.js';
+
+export type { Notification };
+
+/** Why a notification was written (one notification may carry several): `Notification.reasons`. */
 export type NotificationReason = 'assigned' | 'mentioned' | 'commented' | 'status_changed' | 'task_deleted';
-
-export interface Notification {
-  id: string;
-  /** Its seq in the user's inbox stream (increasing, not contiguous: mark-reads take seqs too). */
-  seq: number;
-  teamId: string;
-  taskId: string;
-  /** Absent when it does not apply. */
-  boardId?: string | null;
-  /** Copied when the notification was written. */
-  taskTitle: string;
-  /** The activity that caused it (`comment.created`, `task.updated`, ...). */
-  activityType: string;
-  reasons: NotificationReason[];
-  actorUserId: string;
-  actorDisplayName: string;
-  commentId?: string | null;
-  /** The first 200 characters of the comment or description (absent for `task_deleted`). */
-  excerpt?: string | null;
-  createdAt: string;
-  /** Null while unread. */
-  readAt: string | null;
-}
 
 /** GET /me/notifications. */
 export interface NotificationPage {
@@ -59,7 +41,8 @@ export interface MarkReadResult {
   unreadCount: number;
 }
 
-/** `{"type":"notification.created"}`: a new notification (unread). */
+/** `{"type":"notification.created"}`: a new notification, as it stands when sent (one replayed
+ * after it was read has its `readAt`). */
 export interface NotificationCreatedEvent {
   type: 'notification.created';
   seq: number;

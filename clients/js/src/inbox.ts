@@ -6,7 +6,8 @@
 //     after S and goes on live. Events are held while a (re)load runs and applied after it, those
 //     with seq > S only (the page shows the older ones).
 //  2. `notification.created` adds the notification (once: by id, and the stream delivers each seq
-//     once); `notification.read` marks the named ids, or every notification with `seq <= upto`.
+//     once; a replayed one may show `readAt` already); `notification.read` marks the named ids, or
+//     every notification with `seq <= upto`.
 //     Being read is final (nothing marks a notification unread), so a mark is also applied to
 //     notifications that show up later through `loadMore()`, whose pages may be older reads.
 //  3. The unread count is the server's: each count comes with the seq it is exact at (the page's S,
@@ -19,9 +20,9 @@
 //     and come back with them): the inbox reloads when the user's own `member.added` /
 //     `member.removed` arrives, and when a join's unread count differs from what the events gave.
 
-import type { Activity } from './generated/protocol.js';
+import type { Activity, Notification } from './generated/protocol.js';
 import { ApiError, isAuthFailure, type Session } from './http.js';
-import type { InboxEvent, MarkReadResult, Notification, NotificationPage } from './inbox-types.js';
+import type { InboxEvent, MarkReadResult, NotificationPage } from './inbox-types.js';
 import { RealtimeError, type InboxSubscribedInfo, type InboxSubscription, type RealtimeClient } from './realtime.js';
 
 export type InboxStatus = 'loading' | 'live' | 'refetching' | 'error' | 'closed';
@@ -485,8 +486,10 @@ class InboxEngine {
     if (ev.type === 'notification.created') {
       const n = ev.notification;
       if (!this.items.has(n.id)) this.items.set(n.id, this.withMarks(n));
+      // Unread when it was created (at this seq), even if a replay shows it read already: the
+      // mark that read it follows at its own seq, with its count.
       if (ev.seq > this.countSeq) {
-        if (n.readAt === null && !this.isMarked(n)) this.count++;
+        this.count++;
         this.countSeq = ev.seq;
       }
     } else {
@@ -504,7 +507,7 @@ class InboxEngine {
   }
 
   private withMarks(n: Notification): Notification {
-    return n.readAt === null && this.isMarked(n) ? { ...n, readAt: new Date().toISOString() } : n;
+    return n.readAt == null && this.isMarked(n) ? { ...n, readAt: new Date().toISOString() } : n;
   }
 
   /** Records a mark (final) and applies it to what is shown. */

@@ -14,10 +14,9 @@
 
 import { useMemo, useSyncExternalStore, type DependencyList } from 'react';
 
-import type { Comment, Member, PresenceUser, Task } from './generated/protocol.js';
+import type { Comment, Member, Notification, PresenceUser, Task } from './generated/protocol.js';
 import type { Session } from './http.js';
 import { openInbox, type Inbox, type InboxOptions, type InboxSnapshot } from './inbox.js';
-import type { Notification } from './inbox-types.js';
 import {
   openLiveComments,
   openLiveMembers,

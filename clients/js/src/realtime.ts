@@ -1532,6 +1532,7 @@ export class RealtimeClient {
   }
 
   private onSubscribed(frame: Extract<ServerFrame, { type: 'subscribed' }>): void {
+    if ('inbox' in frame) return; // the inbox stream is not a room
     const scope = scopeOfFrame(frame);
     if (!scope) return;
     const key = scopeKey(scope);
@@ -1572,6 +1573,7 @@ export class RealtimeClient {
   }
 
   private onUnsubscribed(frame: Extract<ServerFrame, { type: 'unsubscribed' }>): void {
+    if ('inbox' in frame) return; // the inbox stream is not a room
     const scope = scopeOfFrame(frame);
     if (!scope) return;
     const key = scopeKey(scope);

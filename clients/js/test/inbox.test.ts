@@ -73,7 +73,7 @@ async function readInbox(s: Session): Promise<{ items: Notification[]; seq: numb
 }
 
 /** What the test compares: id, seq and whether it is read. */
-const shape = (items: readonly Notification[]) => items.map((n) => ({ id: n.id, seq: n.seq, read: n.readAt !== null }));
+const shape = (items: readonly Notification[]) => items.map((n) => ({ id: n.id, seq: n.seq, read: n.readAt != null }));
 
 /** Waits (bounded) until the inbox shows exactly the server's notifications and count. */
 async function untilMatches(what: string, inbox: Inbox, s: Session, ms = 10_000): Promise<void> {
@@ -217,14 +217,14 @@ describe('the inbox', { timeout: 90_000 }, () => {
     await inbox.markRead(inbox.items[1]!.id);
     // The answer already counts it; the stream's event says the same.
     assert.equal(inbox.unreadCount, 1);
-    assert.notEqual(inbox.items[1]!.readAt, null);
+    assert.ok(inbox.items[1]!.readAt);
     await untilMatches('after a mark by id', inbox, bea);
 
     await ann.createComment(task.id, `again ${at(bea)}`);
     await waitFor('a third', () => inbox.items.length === 3 && inbox.unreadCount === 2);
     await inbox.markAllRead();
     assert.equal(inbox.unreadCount, 0);
-    assert.ok(inbox.items.every((n) => n.readAt !== null));
+    assert.ok(inbox.items.every((n) => n.readAt != null));
     await untilMatches('after mark all', inbox, bea);
     assert.equal((await bea.me()).data.unreadNotifications, 0);
     // Snapshots kept their identity between changes, and there were several.
@@ -248,11 +248,11 @@ describe('the inbox', { timeout: 90_000 }, () => {
 
     const target = one.items[1]!;
     await one.markRead([target.id]);
-    await waitFor('the other client to see the mark', () => two.unreadCount === 2 && two.get(target.id)?.readAt !== null, 10_000, () => two.getSnapshot());
-    assert.deepEqual(two.items.filter((n) => n.readAt === null).map((n) => n.id), one.items.filter((n) => n.readAt === null).map((n) => n.id));
+    await waitFor('the other client to see the mark', () => two.unreadCount === 2 && two.get(target.id)?.readAt != null, 10_000, () => two.getSnapshot());
+    assert.deepEqual(two.items.filter((n) => n.readAt == null).map((n) => n.id), one.items.filter((n) => n.readAt == null).map((n) => n.id));
 
     await two.markAllRead();
-    await waitFor('the first client to see mark all', () => one.unreadCount === 0 && one.items.every((n) => n.readAt !== null), 10_000, () => one.getSnapshot());
+    await waitFor('the first client to see mark all', () => one.unreadCount === 0 && one.items.every((n) => n.readAt != null), 10_000, () => one.getSnapshot());
     await untilMatches('client one', one, bea);
     await untilMatches('client two', two, bea2);
   });

@@ -402,7 +402,7 @@ describe('useInbox', { timeout: 60_000 }, () => {
     assert.equal(committed.length, n + 1);
 
     await last().markRead(last().items[0]!.id);
-    await waitFor('read', () => last().unreadCount === 1 && last().items[0]!.readAt !== null);
+    await waitFor('read', () => last().unreadCount === 1 && last().items[0]!.readAt != null);
     assert.deepEqual(r.toJSON(), { type: 'span', props: {}, children: ['1'] });
     await unmount(r);
     assert.equal(rt.inboxSubscriptions.length, 0);

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod auth;
 pub mod health;
+pub mod inbox;
 pub mod tasks;
 pub mod teams;
 

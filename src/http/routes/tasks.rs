@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -47,13 +47,28 @@ pub struct CommentBody {
 struct TaskResponse {
     task: Task,
     seq: Option<i64>,
+    /// Whether the caller follows it (on a read).
+    following: Option<bool>,
     status: StatusCode,
+}
+
+/// `GET /tasks/{taskId}`: the task and whether the caller follows it.
+#[derive(Serialize, ToSchema)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub following: Option<bool>,
 }
 
 impl IntoResponse for TaskResponse {
     fn into_response(self) -> Response {
         let etag = HeaderValue::from_str(&format!("\"{}\"", self.task.version)).ok();
-        let mut res = (self.status, axum::Json(self.task)).into_response();
+        let view = TaskView {
+            task: self.task,
+            following: self.following,
+        };
+        let mut res = (self.status, axum::Json(view)).into_response();
         if let Some(etag) = etag {
             res.headers_mut().insert(header::ETAG, etag);
         }
@@ -77,6 +92,7 @@ async fn create_task(
     Ok(TaskResponse {
         task,
         seq: None,
+        following: None,
         status: StatusCode::CREATED,
     })
 }
@@ -105,16 +121,18 @@ async fn list_tasks(
 }
 
 #[utoipa::path(get, path = "/tasks/{taskId}", tag = "tasks", params(("taskId" = Uuid, Path)),
-    responses((status = 200, body = Task, headers(("ETag" = String), ("X-TaskForge-Seq" = i64)))))]
+    responses((status = 200, body = TaskView, headers(("ETag" = String), ("X-TaskForge-Seq" = i64)))))]
 async fn get_task(
     State(s): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<TaskId>,
 ) -> ApiResult<TaskResponse> {
     let r = s.services.task(user, id).await?;
+    let (task, following) = r.data;
     Ok(TaskResponse {
-        task: r.data,
+        task,
         seq: Some(r.seq),
+        following: Some(following),
         status: StatusCode::OK,
     })
 }
@@ -140,6 +158,7 @@ async fn patch_task(
     Ok(TaskResponse {
         task,
         seq: None,
+        following: None,
         status: StatusCode::OK,
     })
 }

@@ -262,6 +262,43 @@ impl Api {
     pub async fn delete(&self, path: &str, token: &str) -> Resp {
         self.send("DELETE", path, Some(token), None, &[]).await
     }
+    pub async fn put(&self, path: &str, token: &str) -> Resp {
+        self.send("PUT", path, Some(token), None, &[]).await
+    }
+
+    // ---- inbox ------------------------------------------------------------------------------
+
+    /// `GET /me/notifications` with a query string (`""` for none); the whole body.
+    pub async fn inbox(&self, token: &str, query: &str) -> Value {
+        self.get(&format!("/api/v1/me/notifications{query}"), token)
+            .await
+            .ok(200)
+            .clone()
+    }
+
+    /// Every notification the inbox serves, newest first (all pages).
+    pub async fn all_notifications(&self, token: &str) -> Vec<Value> {
+        self.all_pages(token, "/api/v1/me/notifications").await
+    }
+
+    /// `PUT` (true) or `DELETE` (false) `/tasks/{task}/follow`.
+    pub async fn follow(&self, token: &str, task: Uuid, following: bool) {
+        let path = format!("/api/v1/tasks/{task}/follow");
+        let r = if following {
+            self.put(&path, token).await
+        } else {
+            self.delete(&path, token).await
+        };
+        r.ok(204);
+    }
+
+    /// `POST /me/notifications/read`; returns `{seq, unreadCount}`.
+    pub async fn mark_read(&self, token: &str, body: Value) -> Value {
+        self.post("/api/v1/me/notifications/read", token, body)
+            .await
+            .ok(200)
+            .clone()
+    }
 
     // ---- auth -------------------------------------------------------------------------------
 

@@ -550,6 +550,62 @@ impl WsClient {
         self.subscribe(Scope::Task(task), since).await.seq
     }
 
+    /// Subscribes to the inbox and waits for its `subscribed`; returns it and the inbox frames
+    /// replayed before it. Panics on an error.
+    pub async fn subscribe_inbox(&mut self, since: Option<i64>) -> (Value, Vec<Value>) {
+        let mut msg = json!({"type": "subscribe", "inbox": true});
+        if let Some(s) = since {
+            msg["since"] = json!(s);
+        }
+        self.send_json(msg).await;
+        let label = self.label.clone();
+        let (subscribed, before) = self
+            .wait_for("inbox subscribed", WS_RECV_TIMEOUT, |v| {
+                assert!(v["type"] != "error", "{label}: inbox subscribe: {v}");
+                v["type"] == "subscribed" && v["inbox"] == true
+            })
+            .await;
+        let replayed = before
+            .into_iter()
+            .filter(|v| {
+                v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("notification."))
+            })
+            .collect();
+        (subscribed, replayed)
+    }
+
+    /// Reads until `n` inbox frames (`notification.*`) arrived; returns them.
+    pub async fn inbox_frames(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_timeout(left).await {
+                Some(Frame::Json(v)) => {
+                    if v["type"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("notification."))
+                    {
+                        out.push(v);
+                    }
+                }
+                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
+                Some(other) => panic!(
+                    "{}: waiting for {n} inbox frames, got {other:?} after {out:?}",
+                    self.label
+                ),
+                None => panic!(
+                    "{}: only {} of {n} inbox frames within {timeout:?}: {out:?}",
+                    self.label,
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
     /// Unsubscribes and waits for the `unsubscribed` reply of that scope; returns it.
     pub async fn unsubscribe(&mut self, scope: Scope) -> Value {
         let mut msg = json!({"type": "unsubscribe"});

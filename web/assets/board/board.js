@@ -509,7 +509,7 @@ function renderInbox(s) {
     $('inbox-read-all').disabled = s.unreadCount === 0;
 }
 function notificationItem(n) {
-    const unread = n.readAt === null;
+    const unread = n.readAt == null;
     const why = n.reasons.map((r) => REASONS[r] ?? r).join(', ');
     const open = h('button', { type: 'button', class: 'open-notification' }, h('span', { class: 'what' }, h('strong', {}, n.actorDisplayName), ` ${why} · `, h('span', { class: 'task' }, n.taskTitle)), n.excerpt ? h('span', { class: 'excerpt' }, ...withMentions(n.excerpt)) : '', h('span', { class: 'when' }, new Date(n.createdAt).toLocaleString(), unread ? h('span', { class: 'visually-hidden' }, ' (unread)') : ''));
     open.addEventListener('click', guarded(() => openNotification(n)));
@@ -517,7 +517,7 @@ function notificationItem(n) {
 }
 async function openNotification(n) {
     const inbox = state.inbox;
-    const marking = n.readAt === null && inbox ? inbox.markRead(n.id) : Promise.resolve();
+    const marking = n.readAt == null && inbox ? inbox.markRead(n.id) : Promise.resolve();
     showInbox(false);
     if (n.reasons.includes('task_deleted')) {
         await marking;

@@ -401,8 +401,7 @@ class InboxEngine {
             if (!this.items.has(n.id))
                 this.items.set(n.id, this.withMarks(n));
             if (ev.seq > this.countSeq) {
-                if (n.readAt === null && !this.isMarked(n))
-                    this.count++;
+                this.count++;
                 this.countSeq = ev.seq;
             }
         }
@@ -419,7 +418,7 @@ class InboxEngine {
         return this.readIds.has(n.id) || n.seq <= this.readUpto;
     }
     withMarks(n) {
-        return n.readAt === null && this.isMarked(n) ? { ...n, readAt: new Date().toISOString() } : n;
+        return n.readAt == null && this.isMarked(n) ? { ...n, readAt: new Date().toISOString() } : n;
     }
     learnMarks(ids, upto) {
         if (ids)

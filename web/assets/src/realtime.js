@@ -1117,6 +1117,8 @@ export class RealtimeClient {
         }
     }
     onSubscribed(frame) {
+        if ('inbox' in frame)
+            return;
         const scope = scopeOfFrame(frame);
         if (!scope)
             return;
@@ -1161,6 +1163,8 @@ export class RealtimeClient {
             room.trim();
     }
     onUnsubscribed(frame) {
+        if ('inbox' in frame)
+            return;
         const scope = scopeOfFrame(frame);
         if (!scope)
             return;
