@@ -459,6 +459,7 @@ test('a mention typed with the autocomplete reaches the other browser\'s bell li
     await option.waitFor();
     assert.equal(await option.getAttribute('aria-selected'), 'true');
     assert.equal(await ann.page.locator('#comment-mentions [role="option"]').count(), 1, 'only the matching member (and not Ann herself)');
+    await shoot(ann, 'mention-ann.png');
     await box.press('Enter');
     await ann.page.locator('#comment-mentions').waitFor({ state: 'hidden' });
     await box.pressSequentially('before Friday?');
