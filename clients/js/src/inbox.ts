@@ -15,7 +15,8 @@
 //     kept only if that seq is newer than the one the current count is exact at; a created event
 //     after that seq adds one. So an answer that arrives before the events it already counts does
 //     not count them twice.
-//  4. After a reconnect the client resubscribes with the highest seq it has seen. What the stream
+//  4. After a reconnect the client resubscribes with the highest seq it has seen (a `since` the
+//     server refuses as `resume_unavailable` makes it join without one and reload). What the stream
 //     cannot say is a change of membership (a team's notifications leave the list with the user,
 //     and come back with them): the inbox reloads when the user's own `member.added` /
 //     `member.removed` arrives, and when a join's unread count differs from what the events gave.
@@ -387,6 +388,14 @@ class InboxEngine {
           },
           onSubscribed: (info) => {
             if (this.sub === sub) this.onJoined(info);
+          },
+          onGap: () => {
+            if (this.sub !== sub) return;
+            // The stream could not be resumed (its seqs may have started over): load again, and
+            // forget what the old numbering said.
+            this.seq = null;
+            this.held.clear();
+            this.reload();
           },
           onError: (e) => {
             if (this.sub === sub) this.end('error', e);

@@ -307,11 +307,22 @@ export interface InboxSubscribedInfo {
   resumed: boolean;
 }
 
+/** The inbox stream could not be resumed from `since`: the events in (since, seq] are not coming. */
+export interface InboxGapInfo {
+  since: number;
+  /** The seq delivery continues after: refetch GET /me/notifications. */
+  seq: number;
+  message: string;
+}
+
 export interface InboxHandlers {
   /** Every event of the user's inbox stream after the subscription's `since`, once, in seq order. */
   onEvent?: Handler<InboxEvent>;
   /** The stream was joined (again, after a reconnect). */
   onSubscribed?: Handler<InboxSubscribedInfo>;
+  /** The server refused the `since` (`resume_unavailable`: beyond its stream, e.g. a server whose
+   * data was reset): the client joined without it; refetch. Called after `onSubscribed`. */
+  onGap?: Handler<InboxGapInfo>;
   /** The subscription ended for good (refused by the server, or ended by it). */
   onError?: Handler<RealtimeError>;
 }
@@ -322,6 +333,7 @@ export type InboxSubscriptionEvents = {
   'notification.created': Extract<InboxEvent, { type: 'notification.created' }>;
   'notification.read': Extract<InboxEvent, { type: 'notification.read' }>;
   subscribed: InboxSubscribedInfo;
+  gap: InboxGapInfo;
   error: RealtimeError;
 };
 
@@ -342,6 +354,8 @@ class InboxStream {
   onSocket = false;
   refusals = 0;
   retryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Set while subscribing again without `since` after `resume_unavailable`. */
+  gap: { since: number; message: string } | null = null;
 }
 
 /** One handle on the user's inbox stream. Created by `RealtimeClient.subscribeInbox`. */
@@ -1262,9 +1276,10 @@ export class RealtimeClient {
     if (stream.retryTimer) clearTimeout(stream.retryTimer);
     stream.retryTimer = null;
     stream.status = 'pending';
-    // From the oldest cursor a handle holds: a handle without one starts at the join.
+    // From the oldest cursor a handle holds: a handle without one starts at the join; after
+    // `resume_unavailable`, every handle does.
     const wanted = [...stream.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
-    const since = wanted.length > 0 ? Math.min(...wanted) : null;
+    const since = wanted.length > 0 && !stream.gap ? Math.min(...wanted) : null;
     for (const h of stream.handles) if (h.status === 'pending') h.joinSince = h.cursor;
     const frame: InboxClientFrame = since === null ? { type: 'subscribe', inbox: true } : { type: 'subscribe', inbox: true, since };
     this.enqueue({ kind: 'inbox', stream, frame });
@@ -1324,12 +1339,25 @@ export class RealtimeClient {
     stream.refusals = 0;
     const events = [...stream.buffer.values()].sort((x, y) => x.seq - y.seq);
     stream.buffer.clear();
-    stream.cursor = Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
+    const gap = stream.gap;
+    stream.gap = null;
+    // Rejoined without `since`: the stream starts over at this seq, whatever it held before (a
+    // server whose stream restarted numbers from 1 again).
+    stream.cursor = gap ? seq : Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
     // The replay comes before `subscribed`, whose seq is the latest: its count is the current one.
     if (typeof frame.unreadCount === 'number') stream.unread = frame.unreadCount;
     for (const h of [...stream.handles]) {
       if (h.status === 'ended' || this.inboxStream !== stream) continue;
-      this.inboxCatchUp(h, events, seq, stream.unread);
+      const behind = gap ? h.cursor : null;
+      if (gap) {
+        h.cursor = seq;
+        if (h.status === 'active') h.status = 'pending'; // told of the join and the gap below
+      }
+      this.inboxCatchUp(h, gap ? [] : events, seq, stream.unread);
+      if (gap && h.status === 'active') {
+        const info: InboxGapInfo = { since: behind ?? gap.since, seq, message: gap.message };
+        this.emitInbox(h, 'gap', info, h.handlers.onGap);
+      }
     }
   }
 
@@ -1381,6 +1409,14 @@ export class RealtimeClient {
   /** The server refused an inbox subscribe. */
   private onInboxRefused(stream: InboxStream, error: RealtimeError): void {
     if (stream !== this.inboxStream || stream.status === 'ended') return;
+    if (error.code === 'resume_unavailable') {
+      // As for rooms: join without `since` first, then tell the handles to refetch.
+      this.counters.gaps++;
+      const wanted = [...stream.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
+      stream.gap = { since: wanted.length > 0 ? Math.min(...wanted) : 0, message: error.message };
+      this.sendInboxSubscribe(stream);
+      return;
+    }
     if (error.code !== 'unavailable') {
       this.endInbox(stream, error);
       return;

@@ -15,6 +15,7 @@ import {
   parseMentions,
   type Inbox,
   type InboxEvent,
+  type InboxGapInfo,
   type InboxSnapshot,
   type InboxSubscribedInfo,
   type Notification,
@@ -348,6 +349,35 @@ describe('the inbox', { timeout: 90_000 }, () => {
     assert.equal(sent.filter((f) => f.type === 'unsubscribe').length, 0, 'the stream is still in use');
     third.unsubscribe();
     await waitFor('the stream is left', () => sent.filter((f) => f.type === 'unsubscribe' && f.inbox === true).length === 1);
+  });
+
+  test('a since beyond the stream: the server refuses it, the client joins without it and reports a gap', async () => {
+    const ann = await newUser(server, 'Ann');
+    const bea = await newUser(server, 'Bea');
+    const { teamId } = await teamOf(ann, [bea]);
+    const task = (await ann.createTask(teamId, { title: 'Gap' })).data;
+    await ann.createComment(task.id, `first ${at(bea)}`);
+    const latest = (await bea.me()).data.inboxSeq!;
+    const sent: Record<string, unknown>[] = [];
+    const { client, errors } = connect(server.baseUrl, bea, { WebSocket: recordingSocket(sent) });
+    const events: InboxEvent[] = [];
+    const gaps: InboxGapInfo[] = [];
+    const sub = client.subscribeInbox({ onEvent: (e) => void events.push(e), onGap: (g) => void gaps.push(g) }, { since: latest + 1000 });
+    const info = await within('joined', sub.ready);
+    await waitFor('the gap', () => gaps.length === 1);
+    assert.deepEqual(gaps[0], { since: latest + 1000, seq: latest, message: gaps[0]!.message });
+    assert.match(gaps[0]!.message, /resume_unavailable/);
+    assert.equal(info.seq, latest);
+    assert.deepEqual(
+      sent.filter((f) => f.inbox === true).map((f) => f.since ?? null),
+      [latest + 1000, null],
+      'asked with the since, then without',
+    );
+    assert.equal(client.stats.gaps, 1);
+    await ann.createComment(task.id, `next ${at(bea)}`);
+    await waitFor('live after the gap', () => events.length === 1);
+    assert.equal(events[0]!.seq, latest + 1);
+    assert.deepEqual(errors, []);
   });
 
   test('following: explicit follow and unfollow, and what each brings', async () => {
