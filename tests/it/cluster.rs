@@ -889,7 +889,11 @@ async fn the_inbox_loses_nothing_when_redis_is_down_or_an_instance_dies_after_co
             "committed, then the instance died"
         );
     }
-    let served = cluster.node(1).client().all_notifications(bob.token()).await;
+    let served = cluster
+        .node(1)
+        .client()
+        .all_notifications(bob.token())
+        .await;
     assert_eq!(served.len(), 5, "five notifications, the crash's included");
 
     // Nothing twice, nothing out of order, on any tab.
