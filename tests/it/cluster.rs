@@ -791,3 +791,119 @@ async fn bus_delivery_and_presence_resume_after_redis_restart() {
         assert_eq!(p, want, "{}: presence frames", ws.label);
     }
 }
+
+/// The inbox stream's seqs an inbox socket received (notification frames only).
+fn inbox_seqs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| {
+            f["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("notification."))
+        })
+        .map(|f| f["seq"].as_i64().expect("an inbox frame has a seq"))
+        .collect()
+}
+
+/// Notifications are written with the change, so neither Redis being down nor an instance dying
+/// between its commit and its publish loses one: the inbox sockets on the other instances get
+/// every event of the stream, once each and in order (the periodic check reads what the bus did
+/// not bring), and a socket that resumes during the outage replays from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow set: cargo test -- --ignored"]
+async fn the_inbox_loses_nothing_when_redis_is_down_or_an_instance_dies_after_commit() {
+    let Some(mut cluster) = Cluster::start(3, &[]).await else {
+        return;
+    };
+    let a = cluster.node(0).client();
+    let owner = a.new_user("Owner").await;
+    let team = a.create_team(owner.token(), "Inbox").await;
+    let bob = a.member(owner.token(), team.id, "Bob", "member").await;
+    let task = a.task(bob.token(), team.id, "Bob follows this").await;
+    let mut tabs = Vec::new();
+    for node in [1, 2] {
+        let mut ws = cluster
+            .node(node)
+            .ws(bob.token())
+            .await
+            .labeled(&format!("bob@{}", NODE[node]));
+        ws.subscribe_inbox(Some(0)).await;
+        tabs.push(ws);
+    }
+    a.comment(owner.token(), task.id, "bus up").await;
+    for tab in &mut tabs {
+        tab.inbox_frames(1, T).await;
+    }
+
+    // Redis down: two notifications and a mark-read still reach both tabs.
+    cluster.redis.stop().await;
+    a.comment(owner.token(), task.id, "bus down 1").await;
+    a.comment(owner.token(), task.id, "bus down 2").await;
+    let marked = cluster
+        .node(1)
+        .client()
+        .mark_read(bob.token(), json!({"upto": 2}))
+        .await;
+    assert_eq!(marked["seq"], 4);
+    for tab in &mut tabs {
+        let got = tab.inbox_frames(3, T).await;
+        assert_eq!(inbox_seqs(&got), [2, 3, 4], "{}", tab.label);
+    }
+    let mut resumed = cluster
+        .node(2)
+        .ws(bob.token())
+        .await
+        .labeled("bob-resumed@C");
+    let (s, replayed) = resumed.subscribe_inbox(Some(1)).await;
+    assert_eq!(inbox_seqs(&replayed), [2, 3, 4]);
+    assert_eq!(s["seq"], 4);
+    cluster.redis.start_again().await;
+    a.comment(owner.token(), task.id, "bus back").await;
+    for tab in tabs.iter_mut().chain([&mut resumed]) {
+        let got = tab.inbox_frames(1, T).await;
+        assert_eq!(inbox_seqs(&got), [5], "{}", tab.label);
+    }
+
+    // Instance A dies between committing a comment and publishing anything.
+    cluster.nodes[0].set_env("TASKFORGE_FAULT", Some("crash-after-commit"));
+    cluster.nodes[0].restart().await;
+    let crashed = cluster
+        .node(0)
+        .client_with_timeout(Duration::from_secs(10))
+        .http
+        .post(format!(
+            "{}/api/v1/tasks/{}/comments",
+            cluster.node(0).base,
+            task.id
+        ))
+        .bearer_auth(owner.token())
+        .json(&json!({"body": "committed, then the instance died"}))
+        .send()
+        .await;
+    assert!(crashed.is_err(), "the instance must die before answering");
+    for tab in tabs.iter_mut().chain([&mut resumed]) {
+        let got = tab.inbox_frames(1, T).await;
+        assert_eq!(inbox_seqs(&got), [6], "{}", tab.label);
+        assert_eq!(
+            got[0]["notification"]["excerpt"],
+            "committed, then the instance died"
+        );
+    }
+    let served = cluster
+        .node(1)
+        .client()
+        .all_notifications(bob.token())
+        .await;
+    assert_eq!(served.len(), 5, "five notifications, the crash's included");
+
+    // Nothing twice, nothing out of order, on any tab.
+    for tab in tabs.iter_mut().chain([&mut resumed]) {
+        tab.barrier().await;
+        let seqs = inbox_seqs(&tab.frames);
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(seqs, sorted, "{}: once each, in order", tab.label);
+    }
+    cluster.nodes[0].set_env("TASKFORGE_FAULT", None);
+}

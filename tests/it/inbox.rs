@@ -16,7 +16,11 @@ every_topology!(
     a_removed_member_is_no_longer_served_that_teams_notifications,
 );
 
-both_backends!(inbox_pages_and_marks, inbox_input_is_checked);
+both_backends!(
+    inbox_pages_and_marks,
+    inbox_input_is_checked,
+    notifications_are_kept_for_the_log_retention
+);
 
 fn mention(u: &AuthResponse) -> String {
     format!("@[{}](user:{})", u.user.display_name, u.id())
@@ -561,4 +565,44 @@ async fn inbox_input_is_checked(b: Backend) {
         assert_eq!(e["inbox"], true, "{msg}: the error names the inbox");
     }
     ws.expect_pong().await;
+}
+
+async fn notifications_are_kept_for_the_log_retention(b: Backend) {
+    let srv = TestServer::start_with(b, &[("TASKFORGE_LOG_RETENTION", "1s")]).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "T").await;
+    let bob = api.member(owner.token(), team.id, "Bob", "member").await;
+    let task = api.task(bob.token(), team.id, "t").await;
+    api.comment(owner.token(), task.id, "old").await;
+    let ids = api.mark_read(bob.token(), json!({"upto": 1})).await;
+    assert_eq!(ids["seq"], 2);
+    // Pruned within the retention and a housekeeping round (bounded to 15 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !api.all_notifications(bob.token()).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a notification older than the 1 s retention is still served after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What is newer is there, at the stream's next seq; a resume from before replays what is left.
+    api.comment(owner.token(), task.id, "new").await;
+    let items = api.all_notifications(bob.token()).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["seq"], 3);
+    // The mark-read (seq 2) is pruned by the same rule, maybe a round later.
+    let mut ws = srv.ws(bob.token()).await;
+    loop {
+        let (s, replayed) = ws.subscribe_inbox(Some(0)).await;
+        assert_eq!(s["seq"], 3);
+        if stream(&replayed) == [(3, "notification.created".to_owned())] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(5),
+            "a mark-read older than the retention is still replayed: {replayed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
