@@ -699,9 +699,11 @@ async function openNotification(n: Notification): Promise<void> {
     throw e;
   }
   if (state.team?.id !== task.teamId) {
+    // The team list may predate the membership: loadTeams opens the task's team if it is there.
+    if (!state.teams.some((t) => t.team.id === task.teamId)) await loadTeams(task.teamId);
     const team = state.teams.find((t) => t.team.id === task.teamId)?.team;
     if (!team) throw new Error(`“${task.title}” is in a team you are not in.`);
-    await openTeam(team);
+    if (state.team?.id !== team.id) await openTeam(team);
   }
   if (state.board?.id !== task.boardId) {
     const board = state.boards.find((b) => b.id === task.boardId);

@@ -535,10 +535,13 @@ async function openNotification(n) {
         throw e;
     }
     if (state.team?.id !== task.teamId) {
+        if (!state.teams.some((t) => t.team.id === task.teamId))
+            await loadTeams(task.teamId);
         const team = state.teams.find((t) => t.team.id === task.teamId)?.team;
         if (!team)
             throw new Error(`“${task.title}” is in a team you are not in.`);
-        await openTeam(team);
+        if (state.team?.id !== team.id)
+            await openTeam(team);
     }
     if (state.board?.id !== task.boardId) {
         const board = state.boards.find((b) => b.id === task.boardId);

@@ -299,6 +299,13 @@ class InboxEngine {
                     if (this.sub === sub)
                         this.onJoined(info);
                 },
+                onGap: () => {
+                    if (this.sub !== sub)
+                        return;
+                    this.seq = null;
+                    this.held.clear();
+                    this.reload();
+                },
                 onError: (e) => {
                     if (this.sub === sub)
                         this.end('error', e);

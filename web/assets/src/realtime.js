@@ -108,6 +108,7 @@ class InboxStream {
     onSocket = false;
     refusals = 0;
     retryTimer = null;
+    gap = null;
 }
 export class InboxSubscription {
     ready;
@@ -849,7 +850,7 @@ export class RealtimeClient {
         stream.retryTimer = null;
         stream.status = 'pending';
         const wanted = [...stream.handles].map((h) => h.cursor).filter((c) => c !== null);
-        const since = wanted.length > 0 ? Math.min(...wanted) : null;
+        const since = wanted.length > 0 && !stream.gap ? Math.min(...wanted) : null;
         for (const h of stream.handles)
             if (h.status === 'pending')
                 h.joinSince = h.cursor;
@@ -910,13 +911,25 @@ export class RealtimeClient {
         stream.refusals = 0;
         const events = [...stream.buffer.values()].sort((x, y) => x.seq - y.seq);
         stream.buffer.clear();
-        stream.cursor = Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
+        const gap = stream.gap;
+        stream.gap = null;
+        stream.cursor = gap ? seq : Math.max(stream.cursor ?? 0, seq, events.at(-1)?.seq ?? 0);
         if (typeof frame.unreadCount === 'number')
             stream.unread = frame.unreadCount;
         for (const h of [...stream.handles]) {
             if (h.status === 'ended' || this.inboxStream !== stream)
                 continue;
-            this.inboxCatchUp(h, events, seq, stream.unread);
+            const behind = gap ? h.cursor : null;
+            if (gap) {
+                h.cursor = seq;
+                if (h.status === 'active')
+                    h.status = 'pending';
+            }
+            this.inboxCatchUp(h, gap ? [] : events, seq, stream.unread);
+            if (gap && h.status === 'active') {
+                const info = { since: behind ?? gap.since, seq, message: gap.message };
+                this.emitInbox(h, 'gap', info, h.handlers.onGap);
+            }
         }
     }
     onInboxEvent(frame) {
@@ -965,6 +978,13 @@ export class RealtimeClient {
     onInboxRefused(stream, error) {
         if (stream !== this.inboxStream || stream.status === 'ended')
             return;
+        if (error.code === 'resume_unavailable') {
+            this.counters.gaps++;
+            const wanted = [...stream.handles].map((h) => h.cursor).filter((c) => c !== null);
+            stream.gap = { since: wanted.length > 0 ? Math.min(...wanted) : 0, message: error.message };
+            this.sendInboxSubscribe(stream);
+            return;
+        }
         if (error.code !== 'unavailable') {
             this.endInbox(stream, error);
             return;
