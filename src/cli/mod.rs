@@ -2,6 +2,7 @@
 //! team's activities. They speak only the public contract (HTTP + `/realtime`), like any client.
 
 pub mod credentials;
+mod remote;
 pub mod tail;
 
 use anyhow::{Context, bail};
