@@ -1,5 +1,6 @@
 //! `taskforge tail`: one team's (or board's, or task's) activities on the terminal, resuming with
-//! `since` after every disconnect so nothing is missed or printed twice.
+//! `since` after every disconnect so nothing is missed or printed twice. `--inbox` follows the
+//! user's notifications instead (`super::inbox`), through the same reconnect loop.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -18,6 +19,8 @@ use uuid::Uuid;
 use super::remote::Remote;
 
 #[derive(Debug, clap::Args)]
+// A team to follow, or the inbox: exactly one.
+#[command(group(clap::ArgGroup::new("stream").required(true).args(["team", "inbox"])))]
 pub struct TailArgs {
     /// The server's base URL, e.g. http://127.0.0.1:8080; default: the server of the most recent
     /// `taskforge login`.
@@ -25,7 +28,7 @@ pub struct TailArgs {
     pub url: Option<String>,
     /// The team to follow: its id, or its name (case-insensitive, among your teams).
     #[arg(long)]
-    pub team: String,
+    pub team: Option<String>,
     /// Only this board's activities (a board of the team).
     #[arg(long, conflicts_with_all = ["task", "all"])]
     pub board: Option<BoardId>,
@@ -36,12 +39,24 @@ pub struct TailArgs {
     /// comments too), each activity once, in seq order.
     #[arg(long)]
     pub all: bool,
-    /// Start after this seq (replays what came after it).
+    /// Start after this seq (replays what came after it); with `--inbox`, a seq of your inbox.
     #[arg(long)]
     pub since: Option<i64>,
-    /// One JSON activity per line instead of the human-readable form.
+    /// One JSON activity per line instead of the human-readable form (with `--inbox`, one inbox
+    /// event per line, as the socket carries it).
     #[arg(long)]
     pub json: bool,
+    /// Your notifications instead of a team's activities: the recent ones, then each new one.
+    #[arg(long, conflicts_with_all = ["board", "task", "all"])]
+    pub inbox: bool,
+    /// With `--inbox`: how many recent notifications to print first (0 to 200; default 10).
+    #[arg(
+        long,
+        requires = "inbox",
+        conflicts_with_all = ["since", "team"],
+        value_parser = clap::value_parser!(u32).range(0..=200)
+    )]
+    pub recent: Option<u32>,
 }
 
 /// Why one connection ended.
@@ -137,6 +152,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     super::install_tls_provider();
     let remote = Remote::open(args.url.as_deref())?;
     realtime_url(&remote.url)?;
+    if args.inbox {
+        return super::inbox::run(args, remote).await;
+    }
     let mut tail = Tail {
         cursor: args.since,
         args,
@@ -246,7 +264,13 @@ pub(super) fn realtime_url(base: &str) -> anyhow::Result<String> {
 impl Tail {
     /// `--team` as given: an id, or the name of exactly one of the user's teams.
     async fn resolve_team(&mut self) -> anyhow::Result<TeamId> {
-        let given = self.args.team.trim().to_owned();
+        let given = self
+            .args
+            .team
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         if let Ok(id) = given.parse::<TeamId>() {
             return Ok(id);
         }
