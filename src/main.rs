@@ -43,8 +43,8 @@ enum Command {
         #[arg(long)]
         email: String,
     },
-    /// Stream a team's activities (or a board's, or a task's) to the terminal, resuming after
-    /// disconnects.
+    /// Stream a team's activities (or a board's, or a task's), or with `--inbox` your
+    /// notifications, to the terminal, resuming after disconnects.
     Tail(cli::tail::TailArgs),
 }
 

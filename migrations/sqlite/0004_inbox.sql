@@ -34,6 +34,8 @@ CREATE TABLE notifications (
 );
 CREATE UNIQUE INDEX notifications_id ON notifications(user_id, id);
 CREATE INDEX notifications_created ON notifications(created_at);
+-- The unread count and `?unread=true` read only unread rows.
+CREATE INDEX notifications_unread ON notifications(user_id, seq) WHERE read_at IS NULL;
 
 -- A mark-read is an event of the stream too, so that other tabs and a resume learn of it.
 CREATE TABLE notification_reads (

@@ -1,7 +1,10 @@
 //! The client commands of the `taskforge` binary: `login` stores a session, `tail` streams a
-//! team's activities. They speak only the public contract (HTTP + `/realtime`), like any client.
+//! team's activities (or, with `--inbox`, the user's notifications). They speak only the public
+//! contract (HTTP + `/realtime`), like any client.
 
 pub mod credentials;
+mod inbox;
+mod remote;
 pub mod tail;
 
 use anyhow::{Context, bail};

@@ -1,5 +1,6 @@
 //! `taskforge tail`: one team's (or board's, or task's) activities on the terminal, resuming with
-//! `since` after every disconnect so nothing is missed or printed twice.
+//! `since` after every disconnect so nothing is missed or printed twice. `--inbox` follows the
+//! user's notifications instead (`super::inbox`), through the same reconnect loop.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -11,12 +12,15 @@ use serde_json::{Value, json};
 use taskforge::domain::{BoardId, TaskId, TeamId};
 use taskforge::realtime::protocol::ErrorCode;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
-use super::credentials::{self, Session};
+use super::remote::Remote;
 
 #[derive(Debug, clap::Args)]
+// A team to follow, or the inbox: exactly one.
+#[command(group(clap::ArgGroup::new("stream").required(true).args(["team", "inbox"])))]
 pub struct TailArgs {
     /// The server's base URL, e.g. http://127.0.0.1:8080; default: the server of the most recent
     /// `taskforge login`.
@@ -24,7 +28,7 @@ pub struct TailArgs {
     pub url: Option<String>,
     /// The team to follow: its id, or its name (case-insensitive, among your teams).
     #[arg(long)]
-    pub team: String,
+    pub team: Option<String>,
     /// Only this board's activities (a board of the team).
     #[arg(long, conflicts_with_all = ["task", "all"])]
     pub board: Option<BoardId>,
@@ -35,31 +39,41 @@ pub struct TailArgs {
     /// comments too), each activity once, in seq order.
     #[arg(long)]
     pub all: bool,
-    /// Start after this seq (replays what came after it).
+    /// Start after this seq (replays what came after it); with `--inbox`, a seq of your inbox.
     #[arg(long)]
     pub since: Option<i64>,
-    /// One JSON activity per line instead of the human-readable form.
+    /// One JSON activity per line instead of the human-readable form (with `--inbox`, one inbox
+    /// event per line, as the socket carries it).
     #[arg(long)]
     pub json: bool,
+    /// Your notifications instead of a team's activities: the recent ones, then each new one.
+    #[arg(long, conflicts_with_all = ["board", "task", "all"])]
+    pub inbox: bool,
+    /// With `--inbox`: how many recent notifications to print first (0 to 200; default 10).
+    #[arg(
+        long,
+        requires = "inbox",
+        conflicts_with_all = ["since", "team"],
+        value_parser = clap::value_parser!(u32).range(0..=200)
+    )]
+    pub recent: Option<u32>,
 }
 
 /// Why one connection ended.
-enum End {
+pub(super) enum End {
     /// Reconnect and resume.
     Dropped(String),
     /// The access token is no longer accepted: refresh it, then resume.
     TokenRejected,
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Subscribes sent at once before pacing (the server allows bursts of 200 messages, 100 a second).
 const SUBSCRIBE_BURST: usize = 100;
 const SUBSCRIBE_PACE: Duration = Duration::from_millis(20);
 /// With `--all`, how often the log is read when some task rooms could not be joined.
 const POLL_EVERY: Duration = Duration::from_secs(2);
-/// Page size of the HTTP lists.
-const PAGE: u32 = 200;
 
 /// A room: the subscribe (and unsubscribe) message's id field and value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,15 +121,12 @@ impl Scope {
     }
 }
 
-type Socket =
+pub(super) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Tail {
     args: TailArgs,
-    /// The server's base URL, without a trailing slash.
-    url: String,
-    session: Session,
-    http: reqwest::Client,
+    remote: Remote,
     team: TeamId,
     /// The last seq printed (or the start point).
     cursor: Option<i64>,
@@ -139,27 +150,15 @@ enum RoomChange {
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     super::install_tls_provider();
-    let (url, session) = match &args.url {
-        Some(url) => {
-            let url = credentials::key(url);
-            let session = credentials::load(&url)?.with_context(|| {
-                format!(
-                    "not logged in to {url}: run `taskforge login --url {url} --email ...` first"
-                )
-            })?;
-            (url, session)
-        }
-        None => credentials::latest()?.context(
-            "not logged in: run `taskforge login --url <server> --email ...` first (or pass --url)",
-        )?,
-    };
-    realtime_url(&url)?;
+    let remote = Remote::open(args.url.as_deref())?;
+    realtime_url(&remote.url)?;
+    if args.inbox {
+        return super::inbox::run(args, remote).await;
+    }
     let mut tail = Tail {
         cursor: args.since,
         args,
-        url,
-        session,
-        http: super::http()?,
+        remote,
         // Resolved right below, over HTTP with this session.
         team: TeamId::from(Uuid::nil()),
         names: HashMap::new(),
@@ -171,17 +170,32 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     if !tail.args.json {
         tail.load_names().await?;
     }
+    follow(&mut tail).await
+}
+
+/// One way of following a stream: `follow` reconnects it and resumes after its cursor.
+pub(super) trait Follower {
+    /// One connection, until it ends.
+    async fn stream(&mut self, backoff: &mut Duration) -> anyhow::Result<End>;
+    fn remote(&mut self) -> &mut Remote;
+    /// The last seq printed, which the next connection resumes after.
+    fn cursor(&self) -> Option<i64>;
+}
+
+/// Runs connections one after the other, refreshing the session when the token is refused and
+/// backing off (with jitter) after a drop; returns only with an error.
+pub(super) async fn follow(f: &mut impl Follower) -> anyhow::Result<()> {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match tail.stream(&mut backoff).await? {
+        match f.stream(&mut backoff).await? {
             End::TokenRejected => {
-                tail.renew().await?;
+                f.remote().renew().await?;
                 continue;
             }
             End::Dropped(why) => {
                 eprintln!(
                     "disconnected ({why}); resuming after seq {}",
-                    show(tail.cursor)
+                    show(f.cursor())
                 );
             }
         }
@@ -190,7 +204,40 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     }
 }
 
-fn show(cursor: Option<i64>) -> String {
+/// Opens `/realtime` and authenticates in a message, so the token is in no URL.
+pub(super) async fn connect(remote: &Remote) -> anyhow::Result<Result<Socket, End>> {
+    let url = realtime_url(&remote.url)?;
+    let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => ws,
+        Err(e) => return Ok(Err(End::Dropped(e.to_string()))),
+    };
+    let auth = json!({"type": "auth", "token": remote.session.access_token}).to_string();
+    if ws.send(Message::text(auth)).await.is_err() {
+        return Ok(Err(End::Dropped("could not send".into())));
+    }
+    Ok(Ok(ws))
+}
+
+/// How a close frame from the server ends the connection.
+pub(super) fn closed(frame: Option<&CloseFrame>) -> End {
+    match frame.map(|f| f.code) {
+        Some(CloseCode::Library(4001)) => End::TokenRejected,
+        code => End::Dropped(format!(
+            "closed {}",
+            code.map_or_else(|| "without a code".into(), |c| u16::from(c).to_string())
+        )),
+    }
+}
+
+/// Writes one line to stdout at once; exits quietly when the reader went away (`| head`).
+pub(super) fn put_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+pub(super) fn show(cursor: Option<i64>) -> String {
     cursor.map_or_else(|| "(none)".into(), |s| s.to_string())
 }
 
@@ -202,7 +249,7 @@ fn jittered(d: Duration) -> Duration {
     half + Duration::from_millis(r)
 }
 
-fn realtime_url(base: &str) -> anyhow::Result<String> {
+pub(super) fn realtime_url(base: &str) -> anyhow::Result<String> {
     let base = base.trim_end_matches('/');
     let ws = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
@@ -215,88 +262,22 @@ fn realtime_url(base: &str) -> anyhow::Result<String> {
 }
 
 impl Tail {
-    async fn renew(&mut self) -> anyhow::Result<()> {
-        let fresh = super::refresh(&self.url, &self.session.refresh_token)
-            .await
-            .context(
-                "the session expired and could not be refreshed: run `taskforge login` again",
-            )?;
-        let renewed = Session {
-            email: self.session.email.clone(),
-            access_token: fresh.access_token,
-            refresh_token: fresh.refresh_token,
-        };
-        credentials::store_refreshed(&self.url, renewed.clone())?;
-        self.session = renewed;
-        Ok(())
-    }
-
-    /// `GET /api/v1{path}` as the saved user, refreshing the session once if it expired.
-    async fn get(&mut self, path: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1{path}", self.url);
-        let mut renewed = false;
-        loop {
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.session.access_token)
-                .send()
-                .await
-                .with_context(|| format!("GET {url}"))?;
-            let status = resp.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && !renewed {
-                self.renew().await?;
-                renewed = true;
-                continue;
-            }
-            if status.is_success() {
-                return resp
-                    .json()
-                    .await
-                    .with_context(|| format!("reading the answer of GET {url}"));
-            }
-            let problem: Value = resp.json().await.unwrap_or_default();
-            let detail = problem["detail"].as_str().unwrap_or("no detail");
-            if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND
-            {
-                bail!("not a member of that team, or no such team ({status}: {detail})");
-            }
-            bail!("GET {url} failed: {status}: {detail}");
-        }
-    }
-
-    /// Every item of a paged list (`items` and `nextCursor`).
-    async fn get_all(&mut self, path: &str) -> anyhow::Result<Vec<Value>> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page_path = match &cursor {
-                // Cursors are base64url: nothing to escape.
-                Some(c) => format!("{path}{sep}limit={PAGE}&cursor={c}"),
-                None => format!("{path}{sep}limit={PAGE}"),
-            };
-            let mut page = self.get(&page_path).await?;
-            if let Value::Array(more) = page["items"].take() {
-                items.extend(more);
-            }
-            match page["nextCursor"].as_str() {
-                Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
-                _ => return Ok(items),
-            }
-        }
-    }
-
     /// `--team` as given: an id, or the name of exactly one of the user's teams.
     async fn resolve_team(&mut self) -> anyhow::Result<TeamId> {
-        let given = self.args.team.trim().to_owned();
+        let given = self
+            .args
+            .team
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         if let Ok(id) = given.parse::<TeamId>() {
             return Ok(id);
         }
         if given.is_empty() {
             bail!("--team needs a team's id or name");
         }
-        let me = self.get("/me").await?;
+        let me = self.remote.get("/me").await?;
         let teams: Vec<(String, String)> = me["teams"]
             .as_array()
             .map(Vec::as_slice)
@@ -343,6 +324,7 @@ impl Tail {
     /// The team's members' display names, for printing actors.
     async fn load_names(&mut self) -> anyhow::Result<()> {
         let members = self
+            .remote
             .get_all(&format!("/teams/{}/members", self.team))
             .await?;
         for m in &members {
@@ -388,9 +370,13 @@ impl Tail {
     /// With `--all`: joins every board and task room of the team, as listed now.
     async fn join_all(&mut self, ws: &mut Socket) -> anyhow::Result<bool> {
         let boards = self
+            .remote
             .get_all(&format!("/teams/{}/boards", self.team))
             .await?;
-        let tasks = self.get_all(&format!("/teams/{}/tasks", self.team)).await?;
+        let tasks = self
+            .remote
+            .get_all(&format!("/teams/{}/tasks", self.team))
+            .await?;
         let scopes: Vec<Scope> = boards
             .iter()
             .filter_map(|b| b["id"].as_str().map(Scope::board))
@@ -422,6 +408,7 @@ impl Tail {
             return Ok(());
         };
         let entries = self
+            .remote
             .get_all(&format!("/teams/{}/activity?since={since}", self.team))
             .await?;
         for a in &entries {
@@ -470,10 +457,7 @@ impl Tail {
         } else {
             human(activity, &self.names)
         };
-        let mut out = std::io::stdout().lock();
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-            std::process::exit(0); // the reader went away (e.g. `| head`)
-        }
+        put_line(&line);
     }
 
     /// Joins and leaves the rooms that printed activities announced; false if a send failed.
@@ -523,20 +507,18 @@ impl Tail {
         Ok(true)
     }
 
-    /// One connection: authenticate (in a message, so the token is in no URL), subscribe
-    /// (resuming after the cursor), print until it ends.
+    /// One connection: authenticate, subscribe (resuming after the cursor), print until it
+    /// ends.
     async fn stream(&mut self, backoff: &mut Duration) -> anyhow::Result<End> {
-        let url = realtime_url(&self.url)?;
-        let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok(c) => c,
-            Err(e) => return Ok(End::Dropped(e.to_string())),
+        let mut ws = match connect(&self.remote).await? {
+            Ok(ws) => ws,
+            Err(end) => return Ok(end),
         };
         self.joined.clear();
         self.changes.clear();
-        let auth = json!({"type": "auth", "token": self.session.access_token}).to_string();
         let main = self.main_scope();
         let since = self.cursor;
-        if ws.send(Message::text(auth)).await.is_err() || !self.join(&mut ws, main, since).await {
+        if !self.join(&mut ws, main, since).await {
             return Ok(End::Dropped("could not send".into()));
         }
         // Listed after the team room is joined: a room created later is announced there.
@@ -563,19 +545,7 @@ impl Tail {
             let Some(msg) = next else { break };
             let text = match msg {
                 Ok(Message::Text(t)) => t,
-                Ok(Message::Close(frame)) => {
-                    let code = frame.as_ref().map(|f| f.code);
-                    return Ok(match code {
-                        Some(CloseCode::Library(4001)) => End::TokenRejected,
-                        _ => End::Dropped(format!(
-                            "closed {}",
-                            code.map_or_else(
-                                || "without a code".into(),
-                                |c| u16::from(c).to_string()
-                            )
-                        )),
-                    });
-                }
+                Ok(Message::Close(frame)) => return Ok(closed(frame.as_ref())),
                 Ok(_) => continue,
                 Err(e) => return Ok(End::Dropped(e.to_string())),
             };
@@ -660,6 +630,18 @@ impl Tail {
             }
         }
         Ok(End::Dropped("connection ended".into()))
+    }
+}
+
+impl Follower for Tail {
+    async fn stream(&mut self, backoff: &mut Duration) -> anyhow::Result<End> {
+        Tail::stream(self, backoff).await
+    }
+    fn remote(&mut self) -> &mut Remote {
+        &mut self.remote
+    }
+    fn cursor(&self) -> Option<i64> {
+        self.cursor
     }
 }
 

@@ -41,33 +41,58 @@ impl Serialize for Reason {
     }
 }
 
+/// The mention markup starting at `at` (where `text` holds `@[`): its name, its user and where
+/// it ends. Otherwise, where a later markup may start: scanning resumes there, so every text is
+/// read in one pass whatever it holds (a hostile text of `@[` repeated stays linear).
+fn markup(text: &str, at: usize) -> Result<(&str, UserId, usize), usize> {
+    const OPEN: &[u8] = b"(user:";
+    let b = text.as_bytes();
+    let start = at + 2;
+    // The name runs to the first `]`, and may not hold a `[` or a newline. Only ASCII bytes stop
+    // it, so every index used below is a character boundary.
+    let mut i = start;
+    while i < b.len() && !matches!(b[i], b'[' | b']' | b'\n') {
+        i += 1;
+    }
+    if i >= b.len() {
+        return Err(b.len());
+    }
+    if b[i] != b']' || i == start {
+        // `@[x @[Ann](user:…)`: the next markup starts at the `@` before this `[`.
+        return Err(if b[i] == b'[' && b[i - 1] == b'@' && i - 1 > at {
+            i - 1
+        } else {
+            i
+        });
+    }
+    let id_start = i + 1 + OPEN.len();
+    let id_end = id_start + 36;
+    if b.get(i + 1..id_start) != Some(OPEN) || b.get(id_end) != Some(&b')') {
+        return Err(i + 1);
+    }
+    let id = text
+        .get(id_start..id_end)
+        .and_then(|s| s.parse::<uuid::Uuid>().ok())
+        .ok_or(i + 1)?;
+    Ok((&text[start..i], UserId::from(id), id_end + 1))
+}
+
 /// The users a text mentions, in order of first mention, each once. The markup is
 /// `@[Display name](user:<uuid>)`: the id is what counts, so a mention survives a rename.
 pub fn mentions(text: &str) -> Vec<UserId> {
-    const OPEN: &str = "](user:";
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("@[") {
-        rest = &rest[at + 2..];
-        // The name runs to the first `](user:`, and may not itself hold a `[` or a newline.
-        let Some(end) = rest.find(OPEN) else {
-            break;
-        };
-        let name = &rest[..end];
-        if name.is_empty() || name.contains(['[', '\n']) {
-            continue;
-        }
-        let after = &rest[end + OPEN.len()..];
-        let Some(close) = after.get(..37).filter(|s| s.ends_with(')')) else {
-            continue;
-        };
-        if let Ok(id) = close[..36].parse::<uuid::Uuid>() {
-            let user = UserId::from(id);
-            if seen.insert(user) {
-                out.push(user);
+    let mut pos = 0;
+    while let Some(off) = text[pos..].find("@[") {
+        let at = pos + off;
+        match markup(text, at) {
+            Ok((_, user, end)) => {
+                if seen.insert(user) {
+                    out.push(user);
+                }
+                pos = end;
             }
-            rest = &after[37..];
+            Err(next) => pos = next.max(at + 1),
         }
     }
     out
@@ -76,28 +101,30 @@ pub fn mentions(text: &str) -> Vec<UserId> {
 /// The text with every mention shown as `@Name`, cut to `EXCERPT_CHARS` characters.
 pub fn excerpt(text: &str) -> String {
     let mut shown = String::with_capacity(text.len().min(EXCERPT_CHARS * 4));
-    let mut rest = text;
-    while let Some(at) = rest.find("@[") {
-        shown.push_str(&rest[..at]);
-        let tail = &rest[at + 2..];
-        let markup = tail.find("](user:").and_then(|end| {
-            let close = tail.get(end + 7..end + 7 + 37)?;
-            (close.ends_with(')') && close[..36].parse::<uuid::Uuid>().is_ok())
-                .then(|| (&tail[..end], end + 7 + 37))
-        });
-        match markup {
-            Some((name, len)) if !name.contains(['[', '\n']) => {
+    let mut pos = 0;
+    while let Some(off) = text[pos..].find("@[") {
+        let at = pos + off;
+        shown.push_str(&text[pos..at]);
+        match markup(text, at) {
+            Ok((name, _, end)) => {
                 shown.push('@');
                 shown.push_str(name);
-                rest = &tail[len..];
+                pos = end;
             }
-            _ => {
-                shown.push_str("@[");
-                rest = tail;
+            Err(next) => {
+                let next = next.max(at + 1);
+                shown.push_str(&text[at..next]);
+                pos = next;
             }
         }
+        // Past what an excerpt can show: the rest is not needed.
+        if shown.len() > EXCERPT_CHARS * 8 {
+            break;
+        }
     }
-    shown.push_str(rest);
+    if shown.len() <= EXCERPT_CHARS * 8 {
+        shown.push_str(&text[pos..]);
+    }
     let trimmed = shown.trim();
     match trimmed.char_indices().nth(EXCERPT_CHARS) {
         Some((cut, _)) => format!("{}…", &trimmed[..cut]),
@@ -300,6 +327,27 @@ mod tests {
         assert_eq!(mentions(&text), vec![b, a]);
         assert!(mentions("@[").is_empty());
         assert!(mentions("@[a](user:").is_empty());
+    }
+
+    /// A hostile text is read in one pass: a megabyte of `@[` and of unterminated names.
+    #[test]
+    fn parsing_is_linear_in_the_text() {
+        let a = user(7);
+        let texts = [
+            format!("{}](user:", "@[".repeat(500_000)),
+            format!("{}{}", "@[a".repeat(300_000), markup("Ann", a)),
+            format!("@[{}", "x".repeat(1_000_000)),
+            format!("{}{}", "@[x](user:".repeat(100_000), markup("Ann", a)),
+        ];
+        for t in &texts {
+            let m = mentions(t);
+            assert!(m.is_empty() || m == vec![a], "{:?}", &t[..20]);
+            assert!(excerpt(t).chars().count() <= EXCERPT_CHARS + 1);
+        }
+        // (The first, quadratic parser took minutes on these: the test would not end.)
+        assert_eq!(mentions(&texts[1]), vec![a]);
+        assert_eq!(mentions(&format!("@[x @[Ann](user:{a})")), vec![a]);
+        assert_eq!(excerpt(&format!("@[x @[Ann](user:{a}) é")), "@[x @Ann é");
     }
 
     #[test]

@@ -71,10 +71,14 @@ fn text(checks: &mut Checks, field: &str, value: &str, min: usize, max: usize) {
     }
 }
 
-/// A text may mention at most `MAX_MENTIONS` distinct users.
-fn mention_limit(checks: &mut Checks, field: &str, value: &str) {
+/// A text (within `max_chars`: a longer one is refused anyway and not read) may mention at most
+/// `MAX_MENTIONS` distinct users.
+fn mention_limit(checks: &mut Checks, field: &str, value: &str, max_chars: usize) {
     let max = super::notify::MAX_MENTIONS;
-    if super::notify::mentions(value).len() > max {
+    if value.len() <= max_chars * 4
+        && chars(value) <= max_chars
+        && super::notify::mentions(value).len() > max
+    {
         checks.push(FieldError::new(
             field,
             format!("mentions more than {max} users"),
@@ -97,7 +101,7 @@ pub fn check_display_name(name: &str) -> Result<(), DomainError> {
 pub fn check_comment_body(body: &str) -> Result<(), DomainError> {
     let mut c = Checks::default();
     text(&mut c, "body", body, 1, COMMENT_MAX);
-    mention_limit(&mut c, "body", body);
+    mention_limit(&mut c, "body", body, COMMENT_MAX);
     c.finish()
 }
 
@@ -226,7 +230,7 @@ impl NewTask {
         text(&mut c, "title", &self.title, 1, TITLE_MAX);
         if let Some(d) = &self.description {
             text(&mut c, "description", d, 0, DESCRIPTION_MAX);
-            mention_limit(&mut c, "description", d);
+            mention_limit(&mut c, "description", d, DESCRIPTION_MAX);
         }
         c.check(
             self.position.is_none_or(f64::is_finite),
@@ -275,7 +279,7 @@ impl TaskPatch {
         }
         if let Some(d) = &self.description {
             text(&mut c, "description", d, 0, DESCRIPTION_MAX);
-            mention_limit(&mut c, "description", d);
+            mention_limit(&mut c, "description", d, DESCRIPTION_MAX);
         }
         c.check(
             self.position.is_none_or(f64::is_finite),

@@ -459,14 +459,15 @@ impl Session {
     /// the feed from there (queuing `subscribed`).
     async fn try_subscribe_inbox(&self, since: Option<i64>) -> Result<(), SubscribeError> {
         let rt = &self.rt;
+        // A subscribe again replaces the socket's position: stop the feed before reading where
+        // the stream stands, or it could send an event that the replay and the attach send again.
+        rt.inbox.detach(self.id);
         let (latest, unread_count) = rt.store.read().await?.inbox_state(self.user).await?;
         let from = match since {
             Some(s) if s > latest => return Err(SubscribeError::ResumeUnavailable),
             Some(s) => s,
             None => latest,
         };
-        // A subscribe again replaces the socket's position: stop the feed while replaying.
-        rt.inbox.detach(self.id);
         let outbox = &self.outbox;
         super::inbox::replay(&*rt.store, self.user, from, latest, |frame| {
             outbox.push_replay(frame)
@@ -485,10 +486,15 @@ impl Session {
             latest,
             subscribed.frame(),
         );
-        // A hint that came before the attach found no socket of the user here: look again.
-        let now = rt.store.read().await?.inbox_seqs(&[self.user]).await?;
-        for (user, seq) in now {
-            rt.inbox.reached(user, seq);
+        // A hint that came before the attach found no socket of the user here: look again (or
+        // leave it to the periodic check: `subscribed` is already queued).
+        match async { rt.store.read().await?.inbox_seqs(&[self.user]).await }.await {
+            Ok(now) => {
+                for (user, seq) in now {
+                    rt.inbox.reached(user, seq);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "re-reading the inbox seq after a subscribe"),
         }
         Ok(())
     }

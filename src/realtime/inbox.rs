@@ -20,7 +20,7 @@ use super::protocol::inbox_frame;
 use crate::domain::UserId;
 use crate::store::{Store, StoreError};
 
-/// Most seqs of one user's stream read at once.
+/// Most events of one user's stream read at once.
 pub const READ_BATCH: i64 = 200;
 
 struct Reader {
@@ -167,17 +167,17 @@ impl InboxFeed {
             let s = self.state.lock();
             s.users.get(&user).and_then(|r| {
                 let from = r.sockets.values().map(|x| x.cursor).min()?;
-                (from < r.known).then(|| (from, r.known.min(from + READ_BATCH)))
+                (from < r.known).then_some((from, r.known))
             })
         };
-        let Some((from, upto)) = range else {
+        let Some((from, known)) = range else {
             return Ok(());
         };
-        let events = self
+        let (events, upto) = self
             .store
             .read()
             .await?
-            .inbox_events(user, from, upto)
+            .inbox_events(user, from, known, READ_BATCH)
             .await?;
         let frames: Vec<(i64, Frame)> = events
             .iter()
@@ -223,14 +223,17 @@ where
 {
     let mut from = after;
     while from < upto {
-        let to = upto.min(from + READ_BATCH);
-        let events = store.read().await?.inbox_events(user, from, to).await?;
+        let (events, covered) = store
+            .read()
+            .await?
+            .inbox_events(user, from, upto, READ_BATCH)
+            .await?;
         for e in &events {
             if !send(Frame::Text(inbox_frame(e))).await {
                 return Ok(());
             }
         }
-        from = to;
+        from = covered;
     }
     Ok(())
 }

@@ -206,12 +206,12 @@ impl Services {
         }
         let mut tx = self.store.write().await?;
         let marked: Option<ReadMark> = tx.mark_read(user, &mark, now()).await?;
-        let state = tx.inbox_state(user).await?;
+        let Some(m) = marked else {
+            return Ok(tx.inbox_state(user).await?);
+        };
         tx.commit().await?;
-        if let Some(m) = marked {
-            self.relay.notified(vec![(user, m.seq)]);
-        }
-        Ok(state)
+        self.relay.notified(vec![(user, m.seq)]);
+        Ok((m.seq, m.unread_count))
     }
 
     /// The caller's inbox seq and unread count (`GET /me`).

@@ -240,8 +240,12 @@ impl Services {
             .ensure(Action::WriteTasks)?;
         // The activity names the board of the row deleted: a move that committed after the read
         // above (the DELETE waited for its row lock) left the task on another board.
-        // The followers go with the task: read them first (no lock; the delete below takes the
-        // task's row before any inbox row, as every change does).
+        // The followers go with the task: read them first, once the task's row is locked (a
+        // comment committing meanwhile has made its author follow), as every change takes the
+        // task's row before any inbox row.
+        if !tx.lock_task(id).await? {
+            return Err(DomainError::NotFound.into());
+        }
         let followers = tx.followers(id).await?;
         let deleted = tx.delete_task(id).await?.ok_or(DomainError::NotFound)?;
         let at = now();

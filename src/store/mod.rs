@@ -235,6 +235,9 @@ pub trait Tx: Send {
 
     // following and notifications. Lock order within a change: the task's row, its follower
     // rows (in user order), the inbox rows (`users.inbox_seq`, in user order), the team's row.
+    /// Locks the task's row until commit as strongly as a delete does (PostgreSQL: it waits for
+    /// a change that is writing a comment or a follow of the task); false if it is gone.
+    async fn lock_task(&mut self, task: TaskId) -> Result<bool>;
     /// The task's followers, and who explicitly unfollowed it.
     async fn followers(&mut self, task: TaskId) -> Result<Followers>;
     async fn follows(&mut self, task: TaskId, user: UserId) -> Result<bool>;
@@ -270,14 +273,17 @@ pub trait Tx: Send {
         mark: &MarkRead,
         at: OffsetDateTime,
     ) -> Result<Option<ReadMark>>;
-    /// The stream's events with `after < seq <= upto`, oldest first, leaving out notifications
-    /// of teams the user is no longer a member of.
+    /// The stream's first events with `after < seq <= upto` (at most `limit`), oldest first,
+    /// leaving out notifications of teams the user is no longer a member of; and the seq up to
+    /// which the answer is complete (`upto` when nothing was cut off). Read by key, so a sparse
+    /// range (pruned, or of teams left) costs what it returns.
     async fn inbox_events(
         &mut self,
         user: UserId,
         after: i64,
         upto: i64,
-    ) -> Result<Vec<InboxEvent>>;
+        limit: i64,
+    ) -> Result<(Vec<InboxEvent>, i64)>;
 
     /// Deletes, per team, the published activities older than `before` that lie below every
     /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.

@@ -58,4 +58,5 @@ impl Store for PgStore {
     }
 }
 
-super::sql::impl_tx!(PgTx);
+// A delete-strength row lock: it waits for writers holding a key-share lock on the row.
+super::sql::impl_tx!(PgTx, " FOR UPDATE");

@@ -298,6 +298,12 @@ pub(super) fn reasons_text(reasons: &[Reason]) -> String {
         .join(",")
 }
 
+impl NotificationRow {
+    pub(super) fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
 impl TryFrom<NotificationRow> for Notification {
     type Error = StoreError;
     fn try_from(r: NotificationRow) -> Result<Self, StoreError> {
@@ -331,6 +337,12 @@ pub(super) struct ReadRow {
     ids: Option<String>,
     upto: Option<i64>,
     unread_count: i64,
+}
+
+impl ReadRow {
+    pub(super) fn seq(&self) -> i64 {
+        self.seq
+    }
 }
 
 impl TryFrom<ReadRow> for ReadMark {
@@ -373,7 +385,7 @@ pub(super) fn entries(
 
 /// Implements `Tx` for a struct `$tx { tx: sqlx::Transaction<'static, $db> }`.
 macro_rules! impl_tx {
-    ($tx:ident) => {
+    ($tx:ident, $lock_row:literal) => {
         // An unnamed const gives the impl its own imports.
         const _: () = {
         use time::OffsetDateTime;
@@ -1117,6 +1129,15 @@ macro_rules! impl_tx {
                 Ok(a.rows_affected() + b.rows_affected())
             }
 
+            async fn lock_task(&mut self, task: TaskId) -> $crate::store::Result<bool> {
+                let row: Option<(TaskId,)> =
+                    sqlx::query_as(concat!("SELECT id FROM tasks WHERE id = $1", $lock_row))
+                        .bind(task)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Ok(row.is_some())
+            }
+
             async fn followers(&mut self, task: TaskId) -> $crate::store::Result<$crate::domain::notify::Followers> {
                 let rows: Vec<(UserId, bool)> =
                     sqlx::query_as("SELECT user_id, following FROM task_followers WHERE task_id = $1")
@@ -1288,6 +1309,15 @@ macro_rules! impl_tx {
                 use $crate::domain::notify::{MarkRead, ReadMark};
                 const MINE: &str = "user_id = $1 AND read_at IS NULL \
                      AND team_id IN (SELECT m.team_id FROM memberships m WHERE m.user_id = $1)";
+                // The user's inbox row first, as every write to the stream takes it: marks and
+                // notifications of one user are serialized, and `upto` cannot reach a seq still
+                // being written by an open transaction.
+                let (latest,): (i64,) = sqlx::query_as(
+                    "UPDATE users SET inbox_seq = inbox_seq WHERE id = $1 RETURNING inbox_seq",
+                )
+                .bind(user)
+                .fetch_one(&mut *self.tx)
+                .await?;
                 let (ids, upto) = match mark {
                     MarkRead::Ids(ids) => {
                         if ids.is_empty() {
@@ -1314,17 +1344,18 @@ macro_rules! impl_tx {
                         (Some(marked), None)
                     }
                     MarkRead::Upto(upto) => {
+                        let upto = (*upto).min(latest);
                         let sql = format!("UPDATE notifications SET read_at = $2 WHERE {MINE} AND seq <= $3");
                         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
                             .bind(user)
                             .bind(at)
-                            .bind(*upto)
+                            .bind(upto)
                             .execute(&mut *self.tx)
                             .await?;
                         if done.rows_affected() == 0 {
                             return Ok(None);
                         }
-                        (None, Some(*upto))
+                        (None, Some(upto))
                     }
                 };
                 let (seq,): (i64,) = sqlx::query_as(
@@ -1360,39 +1391,52 @@ macro_rules! impl_tx {
                 user: UserId,
                 after: i64,
                 upto: i64,
-            ) -> $crate::store::Result<Vec<$crate::domain::notify::InboxEvent>> {
+                limit: i64,
+            ) -> $crate::store::Result<(Vec<$crate::domain::notify::InboxEvent>, i64)> {
                 use $crate::domain::notify::InboxEvent;
                 let sql = format!(
                     "SELECT {} FROM notifications n \
                      WHERE n.user_id = $1 AND n.seq > $2 AND n.seq <= $3 \
                        AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = n.team_id AND m.user_id = n.user_id) \
-                     ORDER BY n.seq",
+                     ORDER BY n.seq LIMIT $4",
                     $crate::store::sql::NOTIFICATION_COLUMNS
                 );
                 let created: Vec<$crate::store::sql::NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(user)
                     .bind(after)
                     .bind(upto)
+                    .bind(limit)
                     .fetch_all(&mut *self.tx)
                     .await?;
                 let reads: Vec<$crate::store::sql::ReadRow> = sqlx::query_as(
                     "SELECT seq, ids, upto, unread_count FROM notification_reads \
-                     WHERE user_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+                     WHERE user_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
                 )
                 .bind(user)
                 .bind(after)
                 .bind(upto)
+                .bind(limit)
                 .fetch_all(&mut *self.tx)
                 .await?;
+                // Each list is complete up to its last row when it was cut off at `limit`.
+                let full = |n: usize, last: Option<i64>| if n as i64 >= limit { last } else { None };
+                let covered = [
+                    full(created.len(), created.last().map(|r| r.seq())),
+                    full(reads.len(), reads.last().map(|r| r.seq())),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(upto);
                 let mut out = Vec::with_capacity(created.len() + reads.len());
-                for r in created {
+                for r in created.into_iter().filter(|r| r.seq() <= covered) {
                     out.push(InboxEvent::Created(Box::new(r.try_into()?)));
                 }
-                for r in reads {
+                for r in reads.into_iter().filter(|r| r.seq() <= covered) {
                     out.push(InboxEvent::Read(r.try_into()?));
                 }
                 out.sort_by_key(InboxEvent::seq);
-                Ok(out)
+                Ok((out, covered))
             }
         }
         };

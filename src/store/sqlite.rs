@@ -72,4 +72,5 @@ impl Store for SqliteStore {
     }
 }
 
-super::sql::impl_tx!(SqliteTx);
+// The single writer connection already excludes every other writer: no row locks.
+super::sql::impl_tx!(SqliteTx, "");

@@ -1,5 +1,6 @@
 //! The client commands: `taskforge login` keeps a private session, `taskforge tail` streams a
-//! team's activities and resumes across a server restart without losing or repeating any.
+//! team's activities (or with `--inbox` the user's notifications) and resumes across a server
+//! restart without losing or repeating any.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -589,4 +590,234 @@ async fn tail_all_prints_task_edits_and_comments_each_once_in_seq_order() {
     let (e, l) = (early.id.to_string(), late.id.to_string());
     assert_eq!(tasks[1..3], [e.as_str(), e.as_str()]);
     assert_eq!(tasks[4..7], [l.as_str(), l.as_str(), l.as_str()]);
+}
+
+/// `@[Name](user:<id>)`: how a text mentions a user.
+fn mention(u: &AuthResponse) -> String {
+    format!("@[{}](user:{})", u.user.display_name, u.id())
+}
+
+/// The `#<seq>` of a human-readable inbox line (after the unread mark).
+fn inbox_seq(line: &str) -> i64 {
+    line.get(2..)
+        .and_then(|l| l.strip_prefix('#'))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no #seq at the start of {line:?}"))
+}
+
+#[tokio::test]
+async fn tail_inbox_prints_recent_then_live_notifications_and_resumes_across_a_restart() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut srv = TestServer::start_with(Backend::Sqlite, &[("TASKFORGE_LISTEN", &listen)]).await;
+    let api = srv.client();
+    let email = unique_email("inbox");
+    let ann = api
+        .register(&email, "correct horse battery", "Ann Inbox")
+        .await;
+    let team = api.create_team(ann.token(), "Inboxed").await;
+    let bob = api
+        .member(ann.token(), team.id, "Bob Sender", "member")
+        .await;
+    // Before the tail starts: an assignment Ann has read, then an unread mention.
+    let task = api
+        .create_task(
+            bob.token(),
+            team.id,
+            serde_json::json!({"title": "Review the plan", "assigneeUserId": ann.id()}),
+        )
+        .await;
+    let first = api.all_notifications(ann.token()).await;
+    let read = api
+        .mark_read(ann.token(), serde_json::json!({"ids": [first[0]["id"]]}))
+        .await;
+    api.comment(
+        bob.token(),
+        task.id,
+        &format!("{} first look", mention(&ann)),
+    )
+    .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    // No --team: the inbox is the logged-in user's.
+    let mut tail = Tailing::spawn(client_command(home.path()), &["--inbox"]);
+    let mut lines = tail.take(2).await;
+    assert!(
+        lines[0].starts_with("  #1 ")
+            && lines[0].ends_with(" Bob Sender assigned you to \"Review the plan\""),
+        "the recent ones, oldest first, a read one unmarked: {lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("* #3 ")
+            && lines[1].ends_with(
+                " Bob Sender mentioned you and commented on \"Review the plan\": \"@Ann Inbox first look\""
+            ),
+        "an unread one marked, with its reasons and excerpt: {lines:#?}"
+    );
+
+    // Live: only the socket can bring this one.
+    api.comment(bob.token(), task.id, &format!("{} live one", mention(&ann)))
+        .await;
+    lines.extend(tail.take(1).await);
+    assert!(
+        lines[2].starts_with("* #4 ") && lines[2].ends_with(": \"@Ann Inbox live one\""),
+        "{lines:#?}"
+    );
+
+    // Cut the connection; what happens meanwhile and afterwards comes once each, in order.
+    srv.restart().await;
+    assert_eq!(srv.base, format!("http://{listen}"), "same address");
+    let api = srv.client();
+    api.comment(
+        bob.token(),
+        task.id,
+        &format!("{} after the cut", mention(&ann)),
+    )
+    .await;
+    api.patch_task(bob.token(), task.id, serde_json::json!({"status": "done"}))
+        .await
+        .ok(200);
+    let notifications = api.all_notifications(ann.token()).await;
+    let upto = notifications[1]["seq"].as_i64().expect("a seq");
+    let marked = api
+        .mark_read(ann.token(), serde_json::json!({"upto": upto}))
+        .await;
+    lines.extend(tail.take(3).await);
+    tail.assert_quiet().await;
+    let err = tail.stop().await;
+    assert!(
+        err.contains("disconnected"),
+        "the restart was noticed; stderr:\n{err}"
+    );
+    // Marked unread if it came live, not if the tail reconnected after the mark-read (a replay
+    // shows a notification as it stands then); the mark-read follows either way.
+    assert!(
+        (lines[3].starts_with("* #5 ") || lines[3].starts_with("  #5 "))
+            && lines[3].ends_with(": \"@Ann Inbox after the cut\""),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[4].starts_with("* #6 ")
+            && lines[4].ends_with(" Bob Sender changed the status of \"Review the plan\""),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[5],
+        format!("  #7 marked read: up to #{upto}; 1 unread")
+    );
+
+    // Every event of Ann's stream but the mark-read before the tail started, once, in order:
+    // the notifications the server holds and the later mark-read.
+    let mut want: Vec<i64> = notifications
+        .iter()
+        .filter_map(|n| n["seq"].as_i64())
+        .chain(marked["seq"].as_i64())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(read["seq"], 2, "the mark-read before the tail took seq 2");
+    let got: Vec<i64> = lines.iter().map(|l| inbox_seq(l)).collect();
+    assert_eq!(got, want, "{lines:#?}");
+    assert_eq!(got, [1, 3, 4, 5, 6, 7]);
+    for id in [ann.id(), bob.id(), task.id] {
+        assert!(
+            lines.iter().all(|l| !l.contains(&id.to_string())),
+            "names and titles, no uuids: {lines:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_inbox_json_replays_after_since_and_recent_shows_the_newest_oldest_first() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("inboxjson");
+    let ann = api
+        .register(&email, "correct horse battery", "Ann Json")
+        .await;
+    let team = api.create_team(ann.token(), "Json").await;
+    let bob = api.member(ann.token(), team.id, "Bob", "member").await;
+    let task = api
+        .create_task(
+            bob.token(),
+            team.id,
+            serde_json::json!({"title": "T", "assigneeUserId": ann.id()}),
+        )
+        .await;
+    api.comment(bob.token(), task.id, &format!("{} see", mention(&ann)))
+        .await;
+    let assigned = api.all_notifications(ann.token()).await[1].clone();
+    assert_eq!(assigned["seq"], 1);
+    api.mark_read(ann.token(), serde_json::json!({"ids": [assigned["id"]]}))
+        .await;
+    api.comment(bob.token(), task.id, "no mention").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    // After seq 1: the socket replays seqs 2 to 4, then goes on live.
+    let mut tail = Tailing::spawn(
+        client_command(home.path()),
+        &["--inbox", "--since", "1", "--json"],
+    );
+    let mut lines = tail.take(3).await;
+    api.comment(bob.token(), task.id, "live").await;
+    lines.extend(tail.take(1).await);
+    tail.assert_quiet().await;
+    tail.stop().await;
+    let got: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let kinds: Vec<(&str, i64)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or(""),
+                e["seq"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("notification.created", 2),
+            ("notification.read", 3),
+            ("notification.created", 4),
+            ("notification.created", 5)
+        ]
+    );
+    assert_eq!(got[1]["ids"], serde_json::json!([assigned["id"]]));
+    assert_eq!(
+        got[0]["notification"]["reasons"],
+        serde_json::json!(["mentioned", "commented"])
+    );
+    assert_eq!(
+        got[2]["notification"]["reasons"],
+        serde_json::json!(["commented"])
+    );
+    assert_eq!(got[3]["notification"]["excerpt"], "live");
+
+    // A fresh start without --since: the newest two, oldest first, in the shape of the stream.
+    let mut tail = Tailing::spawn(
+        client_command(home.path()),
+        &["--inbox", "--recent", "2", "--json"],
+    );
+    let recent = tail.take(2).await;
+    tail.assert_quiet().await;
+    tail.stop().await;
+    let recent: Vec<Value> = recent
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let server = api.all_notifications(ann.token()).await;
+    for (line, n) in recent.iter().zip([&server[1], &server[0]]) {
+        assert_eq!(line["type"], "notification.created");
+        assert_eq!(line["seq"], n["seq"]);
+        assert_eq!(
+            &line["notification"], n,
+            "the notification as the server lists it"
+        );
+    }
+    assert_eq!(recent[1]["seq"], 5);
 }

@@ -19,7 +19,8 @@ every_topology!(
 both_backends!(
     inbox_pages_and_marks,
     inbox_input_is_checked,
-    notifications_are_kept_for_the_log_retention
+    notifications_are_kept_for_the_log_retention,
+    a_long_stream_is_sent_and_replayed_in_batches
 );
 
 fn mention(u: &AuthResponse) -> String {
@@ -605,4 +606,34 @@ async fn notifications_are_kept_for_the_log_retention(b: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// More events than one read of the stream returns: the live feed and a replay both send every
+/// one, in order, once.
+async fn a_long_stream_is_sent_and_replayed_in_batches(b: Backend) {
+    const N: i64 = 450;
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "T").await;
+    let bob = api.member(owner.token(), team.id, "Bob", "member").await;
+    let task = api.task(bob.token(), team.id, "t").await;
+    let mut live = srv.ws(bob.token()).await.labeled("live");
+    live.subscribe_inbox(None).await;
+    for i in 0..N {
+        if i == N / 2 {
+            api.mark_read(bob.token(), json!({"upto": N / 2})).await;
+        } else {
+            api.comment(owner.token(), task.id, &format!("c{i}")).await;
+        }
+    }
+    let want: Vec<i64> = (1..=N).collect();
+    let got = live.inbox_frames(N as usize, Duration::from_secs(30)).await;
+    let seqs: Vec<i64> = stream(&got).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, want);
+    let mut resumed = srv.ws(bob.token()).await.labeled("resumed");
+    let (s, replayed) = resumed.subscribe_inbox(Some(0)).await;
+    assert_eq!(s["seq"], N);
+    assert_eq!(stream(&replayed), stream(&got));
+    assert_eq!(replayed[(N / 2) as usize]["type"], "notification.read");
 }
