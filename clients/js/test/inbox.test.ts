@@ -138,16 +138,21 @@ describe('the mention markup', () => {
 
   test('parseMentions reads the markup as the server does', () => {
     const id = ann.id;
-    // A name with `[` or a line break is not a mention; one with `]` is (it runs to `](user:`).
+    // The name runs to the first `]`; one with `[` or a line break, or an empty one, is no mention.
     assert.deepEqual(mentionedUserIds(`@[Bob [old]](user:${id})`), []);
     assert.deepEqual(mentionedUserIds(`@[a\nb](user:${id})`), []);
-    assert.deepEqual(mentionedUserIds(`@[a]b](user:${id})`), [id]);
+    assert.deepEqual(mentionedUserIds(`@[a]b](user:${id})`), []);
     assert.deepEqual(mentionedUserIds(`@[](user:${id})`), []);
     // The id must be a UUID closed by `)`.
     assert.deepEqual(mentionedUserIds(`@[a](user:${id}`), []);
     assert.deepEqual(mentionedUserIds(`@[a](user:${id.slice(1)})`), []);
     // A failed `@[` does not swallow the mention after it; each user once, in order.
     assert.deepEqual(mentionedUserIds(`@[ @[Ann](user:${id}) @[Ann again](user:${id.toUpperCase()})`), [id]);
+    assert.deepEqual(mentionedUserIds(`@[x @[Ann](user:${id})`), [id]);
+    assert.deepEqual(mentionedUserIds(`@[x](user:nope)@[Ann](user:${id})`), [id]);
+    // In one pass: texts that made a naive parser quadratic.
+    assert.deepEqual(mentionedUserIds(`${'@[a'.repeat(100_000)}@[Ann](user:${id})`), [id]);
+    assert.deepEqual(mentionedUserIds(`${'@['.repeat(100_000)}](user:`), []);
     assert.equal(mentionsToPlainText(`x ${formatMention(ann)} y`), 'x @Ann y');
     assert.equal(mentionsToPlainText(`x ${formatMention(ann)} y`, () => 'Annie'), 'x @Annie y');
   });

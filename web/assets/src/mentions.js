@@ -1,5 +1,5 @@
 const UUID_ONLY = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
-const OPEN = '](user:';
+const OPEN = '(user:';
 export function formatMention(user) {
     if (!user || typeof user.id !== 'string' || !UUID_ONLY.test(user.id)) {
         throw new TypeError('formatMention: user.id must be a UUID');
@@ -10,32 +10,41 @@ export function formatMention(user) {
         .replace(/[\r\n]+/g, ' ');
     return `@[${name === '' ? 'user' : name}](user:${user.id.toLowerCase()})`;
 }
+function markupAt(text, at) {
+    const start = at + 2;
+    let i = start;
+    while (i < text.length && text[i] !== '[' && text[i] !== ']' && text[i] !== '\n')
+        i++;
+    if (i >= text.length)
+        return { next: text.length };
+    if (text[i] !== ']' || i === start) {
+        return { next: text[i] === '[' && text[i - 1] === '@' && i - 1 > at ? i - 1 : i };
+    }
+    const idStart = i + 1 + OPEN.length;
+    const id = text.slice(idStart, idStart + 36);
+    if (text.slice(i + 1, idStart) !== OPEN || text[idStart + 36] !== ')' || !UUID_ONLY.test(id)) {
+        return { next: i + 1 };
+    }
+    return { name: text.slice(start, i), id, end: idStart + 37 };
+}
 export function parseMentions(text) {
     const src = String(text);
     const parts = [];
     let plainFrom = 0;
-    let from = 0;
+    let pos = 0;
     for (;;) {
-        const at = src.indexOf('@[', from);
+        const at = src.indexOf('@[', pos);
         if (at < 0)
             break;
-        const nameStart = at + 2;
-        const end = src.indexOf(OPEN, nameStart);
-        if (end < 0)
-            break;
-        from = nameStart;
-        const name = src.slice(nameStart, end);
-        if (name === '' || name.includes('[') || name.includes('\n'))
+        const m = markupAt(src, at);
+        if ('next' in m) {
+            pos = Math.max(m.next, at + 1);
             continue;
-        const idStart = end + OPEN.length;
-        const id = src.slice(idStart, idStart + 36);
-        if (!UUID_ONLY.test(id) || src[idStart + 36] !== ')')
-            continue;
-        const stop = idStart + 37;
+        }
         if (at > plainFrom)
             parts.push({ kind: 'text', text: src.slice(plainFrom, at) });
-        parts.push({ kind: 'mention', userId: id.toLowerCase(), name, raw: src.slice(at, stop) });
-        plainFrom = from = stop;
+        parts.push({ kind: 'mention', userId: m.id.toLowerCase(), name: m.name, raw: src.slice(at, m.end) });
+        plainFrom = pos = m.end;
     }
     if (plainFrom < src.length)
         parts.push({ kind: 'text', text: src.slice(plainFrom) });
