@@ -32,20 +32,34 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Begins a transaction where the caller's cancellation cannot interrupt it. sqlx's
+    /// `Pool::begin` is not cancel-safe on PostgreSQL (transact-rs/sqlx#4393, reproduced on the
+    /// 0.9.0 we use): a caller dropped during the `BEGIN` round trip (a socket that closes while
+    /// its subscribe reads, an HTTP client that goes away) returns the connection to the pool
+    /// inside a transaction nothing ends, and the next borrower's writes fail. Run in a task of
+    /// its own, the `BEGIN` always completes; a transaction nobody awaits any more is then dropped
+    /// there, which rolls it back properly.
+    async fn begin(&self, statement: &'static str) -> Result<PgTx> {
+        let pool = self.pool.clone();
+        let begun = tokio::spawn(async move { pool.begin_with(statement).await })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
+        Ok(PgTx { tx: begun })
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        let tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await?;
-        Ok(Box::new(PgTx { tx }))
+        Ok(Box::new(
+            self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await?,
+        ))
     }
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(PgTx {
-            tx: self.pool.begin().await?,
-        }))
+        Ok(Box::new(self.begin("BEGIN").await?))
     }
 
     async fn ping(&self) -> Result<()> {
