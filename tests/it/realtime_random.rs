@@ -11,7 +11,8 @@
 //! notification rules ([`World::notify`]) says what each user is owed; at the end each user's
 //! `GET /me/notifications` must be exactly that (for the teams they are in), and each inbox
 //! socket must have received it once, in seq order, with every mark-read, and nothing of
-//! another user or of a team the user never joined.
+//! another user or of a team the user never joined. Now and then a new socket resumes a user's
+//! inbox from some seq: its replay must be what the inbox serves after that seq.
 //!
 //! The routing model ([`Room`], [`routes`]) and [`wait_all`] serve the outage tests of
 //! `cluster.rs` too.
@@ -565,6 +566,83 @@ impl World {
         } else {
             "mark read ids"
         });
+    }
+
+    /// A new socket of a random user resumes the inbox from some seq: what it replays before
+    /// `subscribed` must be what the inbox serves after that seq (as it stands now: read or
+    /// not), with the user's mark-reads after it, in seq order; `subscribed` at the stream's seq.
+    async fn resume(&mut self, d: &Deployment, i: usize) {
+        // Often a user with notifications of a team they left: the replay must leave them out.
+        let hiding: Vec<usize> = (0..USERS)
+            .filter(|u| {
+                let now = self.member_teams(*u);
+                self.inbox.owed[*u].iter().any(|o| !now.contains(&o.team))
+            })
+            .collect();
+        let u = if !hiding.is_empty() && self.rng.chance(60) {
+            *self.rng.pick(&hiding)
+        } else {
+            self.rng.below(USERS)
+        };
+        let node = self.rng.below(self.apis.len());
+        let tok = self.tok(u);
+        let limit = *self.rng.pick(&[5, 50, 200]);
+        let (items, seq, unread) = inbox_now(&self.apis[node], &tok, limit).await;
+        let since = match self.rng.below(4) {
+            0 | 1 => 0,
+            2 if !items.is_empty() => self.rng.pick(&items)["seq"].as_i64().unwrap_or(0),
+            _ => seq,
+        };
+        let mut ws = d.ws_labeled(node, &tok, &format!("user{u}-resume")).await;
+        let (sub, replayed) = ws.subscribe_inbox(Some(since)).await;
+        ws.close().await;
+        let mut want: Vec<Value> = items
+            .iter()
+            .rev()
+            .filter(|n| n["seq"].as_i64().is_some_and(|s| s > since))
+            .map(|n| json!({"type": "notification.created", "seq": n["seq"], "notification": n}))
+            .collect();
+        for r in self.inbox.reads[u].iter().filter(|r| r.seq > since) {
+            want.push(json!({
+                "type": "notification.read",
+                "seq": r.seq,
+                "ids": r.ids,
+                "upto": r.upto,
+                "unreadCount": r.unread,
+            }));
+        }
+        want.sort_by_key(|f| f["seq"].as_i64());
+        // The ids of a mark are a set: compare them sorted.
+        let sorted_ids = |f: &Value| {
+            let mut f = f.clone();
+            if let Some(ids) = f["ids"].as_array_mut() {
+                ids.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+            f
+        };
+        let got: Vec<Value> = replayed.iter().map(sorted_ids).collect();
+        let want: Vec<Value> = want.iter().map(sorted_ids).collect();
+        let state = (sub["seq"].as_i64(), sub["unreadCount"].as_i64());
+        if got != want || state != (Some(seq), Some(unread)) {
+            let brief = |fs: &[Value]| -> Vec<String> {
+                fs.iter()
+                    .map(|f| format!("#{} {}", f["seq"], f["type"]))
+                    .collect()
+            };
+            self.inbox.problems.push(format!(
+                "after action {i}: user{u} resumed the inbox from {since} at instance {node}: \
+                 replayed {:?}, expected {:?}; subscribed at {state:?}, expected seq {seq} \
+                 unread {unread}{}",
+                brief(&got),
+                brief(&want),
+                got.iter()
+                    .zip(&want)
+                    .find(|(g, w)| g != w)
+                    .map(|(g, w)| format!("; first difference: {g} vs {w}"))
+                    .unwrap_or_default()
+            ));
+        }
+        self.bump("inbox resume");
     }
 
     /// A member follows or unfollows a task explicitly (a non-member is refused); then the
@@ -1511,6 +1589,9 @@ async fn random_actions_no_leakage(d: Deployment) {
     let started = Instant::now();
     for i in 0..ACTIONS {
         w.act(i).await;
+        if i % 25 == 24 {
+            w.resume(&d, i).await;
+        }
         if i % 20 == 19 {
             for s in w.socks.iter_mut() {
                 s.pump().await;
