@@ -20,7 +20,8 @@ both_backends!(
     inbox_pages_and_marks,
     inbox_input_is_checked,
     notifications_are_kept_for_the_log_retention,
-    a_long_stream_is_sent_and_replayed_in_batches
+    a_long_stream_is_sent_and_replayed_in_batches,
+    closing_a_socket_as_its_inbox_subscribe_ends_leaves_the_store_usable,
 );
 
 fn mention(u: &AuthResponse) -> String {
@@ -636,4 +637,52 @@ async fn a_long_stream_is_sent_and_replayed_in_batches(b: Backend) {
     assert_eq!(s["seq"], N);
     assert_eq!(stream(&replayed), stream(&got));
     assert_eq!(replayed[(N / 2) as usize]["type"], "notification.read");
+}
+
+/// A socket that goes away while its inbox subscribe is still reading the store (a tab closed
+/// at once) cancels that read. Later requests of anyone must not notice: on a small pool, every
+/// write after such closes succeeds. The socket ends at staggered moments after its subscribe,
+/// so that some land while a read is beginning its transaction.
+async fn closing_a_socket_as_its_inbox_subscribe_ends_leaves_the_store_usable(b: Backend) {
+    const ROUNDS: usize = 300;
+    let srv = TestServer::start_with(b, &[("TASKFORGE_DATABASE_POOL_SIZE", "2")]).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "T").await;
+    let bob = api.member(owner.token(), team.id, "Bob", "member").await;
+    let task = api.task(bob.token(), team.id, "t").await;
+    // Something to replay: the subscribe reads the store a few times.
+    for i in 0..5 {
+        api.comment(owner.token(), task.id, &format!("c{i}")).await;
+    }
+    let mut failed = Vec::new();
+    for i in 0..ROUNDS {
+        let mut ws = srv.ws(bob.token()).await;
+        ws.send_json(json!({"type": "subscribe", "inbox": true, "since": 0}))
+            .await;
+        // 0 to ~1.5 ms: a busy wait, finer than the timer.
+        let until = std::time::Instant::now() + Duration::from_micros((i as u64 * 10) % 1500);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        drop(ws);
+        let r = api
+            .post(
+                &format!("/api/v1/tasks/{}/comments", task.id),
+                bob.token(),
+                json!({"body": format!("after close {i}")}),
+            )
+            .await;
+        if r.status != 201 {
+            failed.push((i, format!("{} {}", r.status, r.text)));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {ROUNDS} writes failed after sockets went away during their inbox subscribe \
+         (rounds {:?}); the first: {}",
+        failed.len(),
+        failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        failed[0].1
+    );
 }
