@@ -161,6 +161,8 @@ pub struct Outbox {
     closing: Notify,
     drained: Notify,
     limits: Limits,
+    /// Replays that had to wait for the writer, ever (see `replay_waits`).
+    replay_waits: std::sync::atomic::AtomicUsize,
 }
 
 impl Outbox {
@@ -170,6 +172,7 @@ impl Outbox {
             ready: Notify::new(),
             closing: Notify::new(),
             drained: Notify::new(),
+            replay_waits: std::sync::atomic::AtomicUsize::new(0),
             limits,
         }
     }
@@ -245,6 +248,8 @@ impl Outbox {
                     return true;
                 }
             }
+            self.replay_waits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if tokio::time::timeout(self.limits.stall, drained)
                 .await
                 .is_err()
@@ -282,6 +287,13 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed.is_some()
+    }
+
+    /// How many times a replay waited for the writer (tests move a paused clock only once a
+    /// replay is waiting, so that its stall timer has started).
+    #[cfg(test)]
+    pub fn replay_waits(&self) -> usize {
+        self.replay_waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The writer's stall limit (see `Limits::stall`).
