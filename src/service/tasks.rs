@@ -347,18 +347,37 @@ impl Services {
 
     pub async fn edit_comment(&self, actor: UserId, id: CommentId, body: &str) -> Result<Comment> {
         check_comment_body(body)?;
-        let mut tx = self.store.write().await?;
-        let mut comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
-        role_in(&mut *tx, comment.team_id, actor).await?;
-        if comment.author_user_id != actor {
-            return Err(DomainError::Forbidden("only the author can edit a comment").into());
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut tx = self.store.write().await?;
+            let mut comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
+            role_in(&mut *tx, comment.team_id, actor).await?;
+            if comment.author_user_id != actor {
+                return Err(DomainError::Forbidden("only the author can edit a comment").into());
+            }
+            let previous = std::mem::replace(&mut comment.body, body.to_owned());
+            let mentioned = new_mentions(&previous, body);
+            comment.edited_at = Some(now());
+            // A concurrent edit won: read it again, so that only mentions new against it notify.
+            if !tx.update_comment(&comment, &previous).await? {
+                continue;
+            }
+            return self
+                .finish_comment_edit(tx, actor, comment, mentioned)
+                .await;
         }
-        let mentioned = new_mentions(&comment.body, body);
-        comment.body = body.to_owned();
-        comment.edited_at = Some(now());
-        if !tx.update_comment(&comment).await? {
-            return Err(DomainError::NotFound.into());
-        }
+        Err(StoreError::Stale.into())
+    }
+
+    /// The rest of an edit whose row is written: notifications of its new mentions, the
+    /// activity, the commit.
+    async fn finish_comment_edit(
+        &self,
+        mut tx: Box<dyn Tx>,
+        actor: UserId,
+        comment: Comment,
+        mentioned: Vec<UserId>,
+    ) -> Result<Comment> {
+        let body = comment.body.as_str();
         let notified = match (mentioned.is_empty(), tx.task(comment.task_id).await?) {
             (false, Some(task)) => {
                 notify(

@@ -201,7 +201,9 @@ pub trait Tx: Send {
     async fn insert_comment(&mut self, comment: &Comment) -> Result<()>;
     async fn comment(&mut self, id: CommentId) -> Result<Option<Comment>>;
     async fn comments(&mut self, task: TaskId, page: PageAfter<CommentId>) -> Result<Vec<Comment>>;
-    async fn update_comment(&mut self, comment: &Comment) -> Result<bool>;
+    /// Writes the comment if its body is still `previous_body`; false if it is gone or was
+    /// edited meanwhile (an edit's new mentions are counted against the body it replaces).
+    async fn update_comment(&mut self, comment: &Comment, previous_body: &str) -> Result<bool>;
     async fn delete_comment(&mut self, id: CommentId) -> Result<bool>;
 
     // the activity log

@@ -913,11 +913,12 @@ macro_rules! impl_tx {
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
-            async fn update_comment(&mut self, c: &Comment) -> $crate::store::Result<bool> {
-                let done = sqlx::query("UPDATE comments SET body = $2, edited_at = $3 WHERE id = $1")
+            async fn update_comment(&mut self, c: &Comment, previous_body: &str) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE comments SET body = $2, edited_at = $3 WHERE id = $1 AND body = $4")
                     .bind(c.id)
                     .bind(&c.body)
                     .bind(c.edited_at)
+                    .bind(previous_body)
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(done.rows_affected() == 1)
