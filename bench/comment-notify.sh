@@ -27,7 +27,7 @@
 #              archive` of it, into target/bench-base/taskforge-<commit>)
 #   NO_BASE=1  leave base-f0 out (ratios are then to f0)
 #   PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_ADMIN_DB=test   (where to CREATE DATABASE)
-#   KEEP_DB=1  keep the temp dir with the server logs (databases are dropped after each run)
+#   KEEP_DB=1  keep the temp dir with each run's server log (databases are dropped after each run)
 #   SKIP_BUILD=1, TASKFORGE_BIN, BENCH_BIN, OUT_DIR (default target/bench/comment-notify-<time>)
 set -euo pipefail
 
@@ -171,7 +171,8 @@ bench() {
     fi
   fi
   if ((rc != 0)); then
-    log "run $label exited with status $rc"
+    log "run $label exited with status $rc; the server's last log lines:"
+    tail -n 5 "$SERVER_ERR" >&2 || true
   fi
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     log "the server died during run $label"
@@ -190,7 +191,7 @@ one_run() {
   esac
   new_db "$BACKEND"
   # The setup adds MEMBERS members by email at once: that limit is off too.
-  TASKFORGE_BIN=$bin start_server "$DB_URL" "$BACKEND-$variant" \
+  TASKFORGE_BIN=$bin start_server "$DB_URL" "$BACKEND-$variant-$mode-$round" \
     TASKFORGE_MEMBER_EMAIL_LIMIT_PER_USER=0 || { drop_db; return 1; }
   local compilers=no
   busy_compilers && compilers=yes
