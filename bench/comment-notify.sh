@@ -18,7 +18,7 @@
 # base-f0 run of its round and prints the medians of these ratios.
 #
 # Environment (all optional):
-#   RUNS=5  DURATION=10  WARMUP=2  CONCURRENCY=32  GEN_THREADS=1
+#   RUNS=5  DURATION=10  WARMUP=2 (whole seconds)  CONCURRENCY=32  GEN_THREADS=1
 #   FOLLOWERS="0 10 50"  MEMBERS (default: the largest of FOLLOWERS)
 #   MODES="max paced"  PACED_RATE (default: see above)  BACKENDS="sqlite postgres"
 #   BASE_REV   the commit before notifications (default: the parent of the newest commit whose
