@@ -49,7 +49,9 @@ TASKFORGE_BIN=${TASKFORGE_BIN:-$TARGET_DIR/release/taskforge}
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/taskforge-bench}
 OUT_DIR=${OUT_DIR:-$TARGET_DIR/bench/comment-notify-$(date -u +%Y%m%dT%H%M%SZ)}
 REQUEST_TIMEOUT=10
-MEMBERS=${MEMBERS:-$(printf '%s\n' $FOLLOWERS | sort -n | tail -n 1)}
+read -ra FOLLOWER_COUNTS <<<"$FOLLOWERS"
+MEMBERS=${MEMBERS:-$(printf '%s\n' "${FOLLOWER_COUNTS[@]}" | sort -n | tail -n 1)}
+MEMBERS=${MEMBERS:-0}
 # Hard cap for one benchmark run: setup (MEMBERS sign-ups) + warmup + window + drain + slack.
 RUN_CAP=$((WARMUP + DURATION + REQUEST_TIMEOUT + 120 + MEMBERS))
 
@@ -224,7 +226,7 @@ run_backend() {
   printf 'time\tlabel\tround\tload1 load5 load15\tcompilers\tcores\n' >"$OUT_DIR/$BACKEND.load.tsv"
   if [[ " $MODES " == *" max "* ]]; then
     for round in $(seq 1 "$RUNS"); do
-      for v in $(rotated "$round" $VARIANTS); do
+      for v in $(rotated "$round" "${VARIANTS[@]}"); do
         one_run "$v" max "$round" || return 1
       done
     done
@@ -233,7 +235,7 @@ run_backend() {
     local rate=${PACED_RATE:-}
     if [[ -z "$rate" ]]; then
       local slowest="" t
-      for v in $VARIANTS; do
+      for v in "${VARIANTS[@]}"; do
         t=$("$BENCH_BIN" summarize --label "$v/max" --field /throughput "$results" 2>/dev/null || echo 0)
         slowest=$(awk -v a="$slowest" -v b="$t" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }')
       done
@@ -242,7 +244,7 @@ run_backend() {
     if ((rate > 0)); then
       log "$BACKEND: paced runs at $rate comments/s"
       for round in $(seq 1 "$RUNS"); do
-        for v in $(rotated "$round" $VARIANTS); do
+        for v in $(rotated "$round" "${VARIANTS[@]}"); do
           one_run "$v" paced "$round" --rate "$rate" || return 1
         done
       done
@@ -252,20 +254,21 @@ run_backend() {
   fi
 }
 
-VARIANTS=""
+VARIANTS=()
 if [[ "${NO_BASE:-0}" != 1 ]]; then
   if [[ -n "${BASE_BIN:-}" ]]; then
     log "baseline server $BASE_BIN"
   else
     build_base
   fi
-  VARIANTS="base-f0"
+  VARIANTS=(base-f0)
 fi
-for n in $FOLLOWERS; do
+for n in "${FOLLOWER_COUNTS[@]}"; do
   ((n <= MEMBERS)) || { log "FOLLOWERS $n exceeds MEMBERS $MEMBERS"; exit 2; }
-  VARIANTS="$VARIANTS f$n"
+  VARIANTS+=("f$n")
 done
-BASE_VARIANT=$(printf '%s\n' $VARIANTS | head -n 1)
+((${#VARIANTS[@]} > 0)) || { log "no variant to run (FOLLOWERS is empty and NO_BASE=1)"; exit 2; }
+BASE_VARIANT=${VARIANTS[0]}
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "building release binaries"
@@ -279,7 +282,7 @@ if [[ -n "${BASE_BIN:-}" ]] && cmp -s "$BASE_BIN" "$TASKFORGE_BIN"; then
   exit 1
 fi
 mkdir -p "$OUT_DIR"
-log "results (JSON lines) in $OUT_DIR; variants: $VARIANTS; members $MEMBERS; runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s"
+log "results (JSON lines) in $OUT_DIR; variants: ${VARIANTS[*]}; members $MEMBERS; runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s"
 
 status=0
 for backend in $BACKENDS; do
