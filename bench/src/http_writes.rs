@@ -1,8 +1,15 @@
-//! Scenario `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`.
+//! Scenario `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`, or with
+//! `--write comment` of `POST /api/v1/tasks/{taskId}/comments`.
 //!
 //! Setup (over HTTP, not measured): register one fresh user, who creates `--teams` teams.
 //! Then `--concurrency` workers, each a tokio task with its own keep-alive HTTP/1.1 connection,
 //! create tasks, spreading them over the teams round-robin (request `n` goes to team `n % teams`).
+//!
+//! With `--write comment` the setup is one team of an owner and `--members` members; the owner
+//! creates one task, `--followers` of the members follow it (`PUT /tasks/{id}/follow`), and every
+//! request is the owner commenting on that task, so each comment owes one notification per
+//! follower. After the run each follower's inbox seq is read back: it must equal the comments
+//! created (one notification each, no mark-read), which shows the measured path notified them.
 //!
 //! Two modes:
 //! - closed loop (no `--rate`): every worker sends its next request as soon as the previous one is
@@ -35,14 +42,34 @@ use tokio::sync::{Mutex, mpsc};
 use crate::procfs::{self, Proc};
 use crate::stats::{LatencyHistogram, LatencySummary};
 
+/// What each request of `writes` creates.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteKind {
+    /// A task in one of the teams
+    #[default]
+    Task,
+    /// A comment on one task, by the owner of its team
+    Comment,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct WritesArgs {
     /// Base URL of the server, plain HTTP (e.g. http://127.0.0.1:8080)
     #[arg(long)]
     pub url: String,
-    /// Number of teams to create; requests go to them round-robin
+    /// What each request creates
+    #[arg(long, value_enum, default_value_t = WriteKind::Task)]
+    pub write: WriteKind,
+    /// Number of teams to create; requests go to them round-robin (comments: 1)
     #[arg(long, default_value_t = 1)]
     pub teams: usize,
+    /// Comments: members of the team besides its owner, the commenter
+    #[arg(long, default_value_t = 0)]
+    pub members: usize,
+    /// Comments: how many of the members follow the task (at most --members)
+    #[arg(long, default_value_t = 0)]
+    pub followers: usize,
     /// Concurrent workers, each with its own keep-alive HTTP/1.1 connection
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -64,6 +91,9 @@ pub struct WritesArgs {
     /// Free-form label copied into the report (used by `summarize` to group runs)
     #[arg(long)]
     pub label: Option<String>,
+    /// Round number copied into the report: `ratios` pairs the runs of one round
+    #[arg(long)]
+    pub round: Option<u32>,
     /// Print one JSON object line instead of the human-readable table
     #[arg(long)]
     pub json: bool,
@@ -75,8 +105,17 @@ pub struct WritesArgs {
 pub struct WritesReport {
     pub scenario: String,
     pub label: Option<String>,
+    #[serde(default)]
+    pub round: Option<u32>,
     pub url: String,
+    #[serde(default)]
+    pub write: WriteKind,
     pub teams: usize,
+    /// Comments: members besides the owner, and how many of them follow the task
+    #[serde(default)]
+    pub members: usize,
+    #[serde(default)]
+    pub followers: usize,
     pub concurrency: usize,
     /// `--rate`, or null for closed loop (max rate)
     pub target_rate: Option<f64>,
@@ -108,12 +147,55 @@ pub struct WritesReport {
     pub generator_cpu_secs: f64,
     /// CPU seconds of the server process during the window (with --server-pid)
     pub server_cpu_secs: Option<f64>,
+    /// Server CPU microseconds per 2xx response completed in the window
+    #[serde(default)]
+    pub server_cpu_us_per_write: Option<f64>,
+    /// 2xx responses of the whole run, warmup and drain included
+    #[serde(default)]
+    pub created: u64,
+    /// Comments with followers: the followers' inbox seqs read back after the run
+    #[serde(default)]
+    pub inbox: Option<InboxCheck>,
     /// Server resident memory at the end of the window, KiB
     pub server_rss_kib: Option<u64>,
     /// Server peak resident memory (VmHWM), KiB
     pub server_peak_rss_kib: Option<u64>,
     /// Time spent registering the user and creating the teams, seconds
     pub setup_secs: f64,
+}
+
+/// The followers' inbox seqs after a comment run: with one notification per comment and no
+/// mark-read, each equals `expected` (the comments created). A request that timed out may still
+/// have committed, so a seq above it can be right; one below it is a notification missing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxCheck {
+    pub followers: usize,
+    pub expected: u64,
+    pub min_seq: i64,
+    pub max_seq: i64,
+    /// Every follower's seq equals `expected`
+    pub ok: bool,
+}
+
+impl InboxCheck {
+    fn of(expected: u64, seqs: &[i64]) -> Option<Self> {
+        let min_seq = *seqs.iter().min()?;
+        let max_seq = *seqs.iter().max()?;
+        Some(Self {
+            followers: seqs.len(),
+            expected,
+            min_seq,
+            max_seq,
+            ok: seqs
+                .iter()
+                .all(|s| u64::try_from(*s).ok() == Some(expected)),
+        })
+    }
+    /// Some follower has fewer notifications than comments were answered 2xx.
+    pub fn missing(&self) -> bool {
+        u64::try_from(self.min_seq).map_or(true, |s| s < self.expected)
+    }
 }
 
 pub(crate) struct Target {
@@ -275,6 +357,124 @@ pub(crate) async fn post_api(
         .with_context(|| format!("POST {path}: response is not JSON: {text}"))
 }
 
+/// Sends `method` to `path` (below the URL's path prefix) with an optional JSON body; anything
+/// but a 2xx answer is an error. Returns the answer's body.
+async fn call_api(
+    client: &mut Client,
+    target: &Target,
+    method: Method,
+    path: &str,
+    token: &HeaderValue,
+    body: Option<Value>,
+    timeout: Duration,
+) -> Result<Bytes> {
+    let uri: Uri = format!("{}{path}", target.prefix).parse()?;
+    let mut b = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .header(HOST, target.host_header.clone())
+        .header(AUTHORIZATION, token.clone());
+    if body.is_some() {
+        b = b.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let req = b.body(Full::new(Bytes::from(
+        body.map(|v| v.to_string()).unwrap_or_default(),
+    )))?;
+    let (status, body) = client.exchange(req, timeout, true).await.map_err(|e| {
+        anyhow!(
+            "{method} {path}: {e} error (is the server at {} up?)",
+            target.addr
+        )
+    })?;
+    ensure!(
+        status.is_success(),
+        "{method} {path}: HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
+}
+
+/// What the comment workers need: the owner's bearer, the comments URI of the task, and the
+/// followers' bearers (to read their inboxes afterwards).
+struct CommentSetup {
+    bearer: HeaderValue,
+    comments_uri: Uri,
+    followers: Vec<HeaderValue>,
+}
+
+/// A team of an owner and `members` members, one task of the owner's, followed by `followers`
+/// of the members.
+async fn setup_comments(
+    target: &Target,
+    members: usize,
+    followers: usize,
+    timeout: Duration,
+) -> Result<CommentSetup> {
+    let team = crate::fanout::setup_team(target, members, timeout).await?;
+    let mut client = Client::new(target.addr.as_str().into());
+    let task = post_api(
+        &mut client,
+        target,
+        &format!("/api/v1/teams/{}/tasks", team.team_id),
+        Some(&team.owner_bearer),
+        json!({"title": "bench comments"}),
+        timeout,
+    )
+    .await?;
+    let task_id = task["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("task response has no id: {task}"))?;
+    let mut bearers = Vec::with_capacity(followers);
+    for token in team.tokens.iter().take(followers) {
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
+        call_api(
+            &mut client,
+            target,
+            Method::PUT,
+            &format!("/api/v1/tasks/{task_id}/follow"),
+            &bearer,
+            None,
+            timeout,
+        )
+        .await?;
+        bearers.push(bearer);
+    }
+    Ok(CommentSetup {
+        bearer: team.owner_bearer,
+        comments_uri: format!("{}/api/v1/tasks/{task_id}/comments", target.prefix).parse()?,
+        followers: bearers,
+    })
+}
+
+/// Each follower's inbox seq (`GET /me/notifications`).
+async fn inbox_seqs(
+    target: &Target,
+    followers: &[HeaderValue],
+    timeout: Duration,
+) -> Result<Vec<i64>> {
+    let mut client = Client::new(target.addr.as_str().into());
+    let mut seqs = Vec::with_capacity(followers.len());
+    for bearer in followers {
+        let body = call_api(
+            &mut client,
+            target,
+            Method::GET,
+            "/api/v1/me/notifications?limit=1",
+            bearer,
+            None,
+            timeout,
+        )
+        .await?;
+        let page: Value = serde_json::from_slice(&body).context("inbox page is not JSON")?;
+        seqs.push(
+            page["seq"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("inbox page has no seq: {page}"))?,
+        );
+    }
+    Ok(seqs)
+}
+
 /// Registers a fresh user and creates `teams` teams; returns the bearer header and the team ids.
 async fn setup(
     target: &Target,
@@ -324,7 +524,9 @@ async fn setup(
 struct Shared {
     target: Target,
     bearer: HeaderValue,
-    task_uris: Vec<Uri>,
+    write: WriteKind,
+    /// Where request `n` goes: `uris[n % len]`
+    uris: Vec<Uri>,
     next: AtomicU64,
     measure_start: Instant,
     end: Instant,
@@ -335,8 +537,11 @@ struct Shared {
 
 impl Shared {
     fn request(&self, n: u64) -> Request<Full<Bytes>> {
-        let uri = self.task_uris[(n % self.task_uris.len() as u64) as usize].clone();
-        let body = Bytes::from(format!("{{\"title\":\"bench {n}\"}}"));
+        let uri = self.uris[(n % self.uris.len() as u64) as usize].clone();
+        let body = Bytes::from(match self.write {
+            WriteKind::Task => format!("{{\"title\":\"bench {n}\"}}"),
+            WriteKind::Comment => format!("{{\"body\":\"bench comment {n}\"}}"),
+        });
         post_json(&self.target, uri, Some(&self.bearer), body)
     }
 }
@@ -350,6 +555,8 @@ struct WorkerStats {
     errors: BTreeMap<&'static str, u64>,
     unsent: u64,
     reconnects: u64,
+    /// 2xx responses whenever they were sent (warmup and drain included)
+    ok_total: u64,
     /// Requests of any outcome, and 2xx responses, that completed inside the window
     done_in_window: u64,
     ok_in_window: u64,
@@ -358,6 +565,7 @@ struct WorkerStats {
 impl WorkerStats {
     /// Counts a request that completed at `done` toward the window's throughput.
     fn completed(&mut self, shared: &Shared, done: Instant, outcome: &Outcome) {
+        self.ok_total += u64::from(matches!(outcome, Ok((s, _)) if s.is_success()));
         if done >= shared.measure_start && done < shared.end {
             self.done_in_window += 1;
             self.ok_in_window += u64::from(matches!(outcome, Ok((s, _)) if s.is_success()));
@@ -386,6 +594,7 @@ impl WorkerStats {
         }
         self.unsent += o.unsent;
         self.reconnects += o.reconnects;
+        self.ok_total += o.ok_total;
         self.done_in_window += o.done_in_window;
         self.ok_in_window += o.ok_in_window;
     }
@@ -508,6 +717,19 @@ async fn sample_cpu(measure_start: Instant, end: Instant, server: Option<u32>) -
 
 pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     ensure!(args.teams >= 1, "--teams must be at least 1");
+    match args.write {
+        WriteKind::Task => ensure!(
+            args.members == 0 && args.followers == 0,
+            "--members and --followers go with --write comment"
+        ),
+        WriteKind::Comment => {
+            ensure!(args.teams == 1, "--write comment uses one team");
+            ensure!(
+                args.followers <= args.members,
+                "--followers must not exceed --members"
+            );
+        }
+    }
     ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     ensure!(
         args.duration > 0.0 && args.duration.is_finite(),
@@ -533,9 +755,24 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     let timeout = Duration::from_secs_f64(args.timeout);
 
     let setup_start = Instant::now();
-    let (bearer, team_ids) = setup(&target, args.teams, timeout)
-        .await
-        .context("setup failed")?;
+    let (bearer, uris, followers) = match args.write {
+        WriteKind::Task => {
+            let (bearer, team_ids) = setup(&target, args.teams, timeout)
+                .await
+                .context("setup failed")?;
+            let uris = team_ids
+                .iter()
+                .map(|id| format!("{}/api/v1/teams/{id}/tasks", target.prefix).parse::<Uri>())
+                .collect::<Result<Vec<_>, _>>()?;
+            (bearer, uris, Vec::new())
+        }
+        WriteKind::Comment => {
+            let s = setup_comments(&target, args.members, args.followers, timeout)
+                .await
+                .context("setup failed")?;
+            (s.bearer, vec![s.comments_uri], s.followers)
+        }
+    };
     let setup_secs = setup_start.elapsed().as_secs_f64();
 
     let addr: Arc<str> = target.addr.as_str().into();
@@ -548,17 +785,14 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
         clients.push(c);
     }
 
-    let task_uris = team_ids
-        .iter()
-        .map(|id| format!("{}/api/v1/teams/{id}/tasks", target.prefix).parse::<Uri>())
-        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     let measure_start = start + Duration::from_secs_f64(args.warmup);
     let end = measure_start + Duration::from_secs_f64(args.duration);
     let shared = Arc::new(Shared {
         target,
         bearer,
-        task_uris,
+        write: args.write,
+        uris,
         next: AtomicU64::new(0),
         measure_start,
         end,
@@ -594,12 +828,26 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     }
     let cpu = sampler.await.context("sampler panicked")?;
 
+    // Read after every worker is done, so every answered comment has committed.
+    let inbox = if followers.is_empty() {
+        None
+    } else {
+        let seqs = inbox_seqs(&shared.target, &followers, timeout)
+            .await
+            .context("reading the followers' inboxes")?;
+        InboxCheck::of(total.ok_total, &seqs)
+    };
+
     let requests = total.latency.len();
     Ok(WritesReport {
         scenario: "http_writes".into(),
         label: args.label.clone(),
+        round: args.round,
         url: args.url.clone(),
+        write: args.write,
         teams: args.teams,
+        members: args.members,
+        followers: args.followers,
         concurrency: args.concurrency,
         target_rate: args.rate,
         threads,
@@ -625,6 +873,12 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
         reconnects: total.reconnects,
         generator_cpu_secs: cpu.generator,
         server_cpu_secs: cpu.server,
+        server_cpu_us_per_write: cpu
+            .server
+            .filter(|_| total.ok_in_window > 0)
+            .map(|s| s * 1e6 / total.ok_in_window as f64),
+        created: total.ok_total,
+        inbox,
         server_rss_kib: cpu.rss.map(|r| r.0),
         server_peak_rss_kib: cpu.rss.map(|r| r.1),
         setup_secs,
@@ -648,12 +902,19 @@ pub fn print_human(r: &WritesReport) {
     });
     let non_2xx: u64 = r.non_2xx.values().sum();
     let errors: u64 = r.errors.values().sum();
-    println!(
-        "POST /api/v1/teams/{{teamId}}/tasks  {}",
-        r.label.as_deref().unwrap_or("")
-    );
+    let (what, path) = match r.write {
+        WriteKind::Task => ("tasks", "/api/v1/teams/{teamId}/tasks"),
+        WriteKind::Comment => ("comments", "/api/v1/tasks/{taskId}/comments"),
+    };
+    println!("POST {path}  {}", r.label.as_deref().unwrap_or(""));
     println!("  server            {}", r.url);
-    println!("  teams             {}", r.teams);
+    match r.write {
+        WriteKind::Task => println!("  teams             {}", r.teams),
+        WriteKind::Comment => println!(
+            "  team              owner + {} members, {} following the task",
+            r.members, r.followers
+        ),
+    }
     println!(
         "  concurrency       {} connections, {} generator thread(s)",
         r.concurrency, r.threads
@@ -668,7 +929,7 @@ pub fn print_human(r: &WritesReport) {
         r.requests, r.ok
     );
     println!(
-        "  throughput        {:.1} tasks created/s ({:.1} requests/s)",
+        "  throughput        {:.1} {what} created/s ({:.1} requests/s)",
         r.throughput, r.request_rate
     );
     println!("  latency ms        {}", r.latency.one_line());
@@ -698,6 +959,23 @@ pub fn print_human(r: &WritesReport) {
     if let Some(s) = r.server_cpu_secs {
         println!("  server CPU        {s:.2} s ({:.0}% of one core)", pct(s));
     }
+    if let Some(us) = r.server_cpu_us_per_write {
+        println!("  server CPU/write  {us:.0} µs");
+    }
+    if let Some(i) = &r.inbox {
+        println!(
+            "  inbox seqs        {}..={} over {} followers, {} comments created: {}",
+            i.min_seq,
+            i.max_seq,
+            i.followers,
+            i.expected,
+            if i.ok {
+                "one notification each"
+            } else {
+                "MISMATCH"
+            }
+        );
+    }
     if let (Some(rss), Some(peak)) = (r.server_rss_kib, r.server_peak_rss_kib) {
         println!(
             "  server RSS        {:.1} MiB (peak {:.1} MiB)",
@@ -724,5 +1002,19 @@ mod tests {
         assert_eq!(t.addr, "[::1]:9000");
         assert!(parse_url("https://127.0.0.1:1").is_err());
         assert!(parse_url("127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn inbox_check_wants_every_seq_equal_to_the_comments() {
+        let c = InboxCheck::of(5, &[5, 5, 5]).unwrap();
+        assert!(c.ok);
+        assert_eq!((c.followers, c.min_seq, c.max_seq), (3, 5, 5));
+        assert!(!c.missing());
+        let short = InboxCheck::of(5, &[5, 4]).unwrap();
+        assert!(!short.ok && short.missing());
+        // A timed-out request may have committed: one more is a mismatch, not a loss.
+        let over = InboxCheck::of(5, &[6]).unwrap();
+        assert!(!over.ok && !over.missing());
+        assert!(InboxCheck::of(5, &[]).is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! `taskforge-bench`: load generator for the TaskForge server.
 //!
 //! Subcommands:
-//! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks` (see `http_writes`).
+//! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`, or of comments on
+//!   a task with followers (see `http_writes`).
 //! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`);
 //!   `--server-kind` runs the same load against the Socket.IO peer or the bare-write floor.
 //! - `connect`: many subscribed sockets held idle: connect cost and memory per socket.
@@ -9,9 +10,10 @@
 //! - `soak`: many sockets held under steady activity with churn, RSS sampled (see `soak`).
 //! - `resume`: one socket replaying the activities it missed (`since`) (see `resume`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
+//! - `ratios`: variants of a `writes` benchmark against a base variant, round by round.
 //! - `abuse`: hostile clients against a server it starts, while a normal user works (see `abuse`).
 //!
-//! See `bench/README.md`, `bench/http-writes.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`
+//! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`
 //! and `bench/abuse.sh`.
 
 mod abuse;
@@ -21,6 +23,7 @@ mod fanout;
 mod floor;
 mod http_writes;
 mod procfs;
+mod ratios;
 mod redis_tap;
 mod resume;
 mod soak;
@@ -48,7 +51,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Throughput and latency of POST /api/v1/teams/{teamId}/tasks
+    /// Throughput and latency of POST /api/v1/teams/{teamId}/tasks (or, with --write comment,
+    /// of POST /api/v1/tasks/{taskId}/comments on a task with followers)
     Writes(http_writes::WritesArgs),
     /// Delivery of task.created activities to many WebSocket subscribers of one team
     Fanout(fanout::FanoutArgs),
@@ -57,6 +61,9 @@ enum Command {
     Connect(fanout::FanoutArgs),
     /// Medians over repeated runs, from `writes --json` / `fanout --json` lines
     Summarize(summary::SummarizeArgs),
+    /// Variants of a `writes` benchmark (labels VARIANT/MODE) against a base variant: medians and
+    /// the median of the per-round ratios
+    Ratios(ratios::RatiosArgs),
     /// TaskForge, the Socket.IO peer and the floor side by side (the `fanout --json` lines of
     /// bench/compare.sh): medians, ratios and the targets
     Compare(compare::CompareArgs),
@@ -77,7 +84,8 @@ enum Command {
 
 /// Exit status of a run that finished but created no task at all.
 const EXIT_NO_SUCCESS: u8 = 3;
-/// Exit status of a `fanout` run with lost, duplicate or unexpected deliveries, or cut sockets.
+/// Exit status of a `fanout` run with lost, duplicate or unexpected deliveries, or cut sockets
+/// (and of a `writes --write comment` run whose followers miss notifications).
 const EXIT_DELIVERY_PROBLEMS: u8 = 4;
 
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -149,6 +157,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ratios(args) => match ratios::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskforge-bench ratios: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Compare(args) => match compare::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -178,6 +193,16 @@ fn main() -> ExitCode {
                     if report.ok == 0 {
                         eprintln!("taskforge-bench writes: no request succeeded");
                         return ExitCode::from(EXIT_NO_SUCCESS);
+                    }
+                    if report
+                        .inbox
+                        .as_ref()
+                        .is_some_and(http_writes::InboxCheck::missing)
+                    {
+                        eprintln!(
+                            "taskforge-bench writes: a follower has fewer notifications than comments created"
+                        );
+                        return ExitCode::from(EXIT_DELIVERY_PROBLEMS);
                     }
                     ExitCode::SUCCESS
                 }

@@ -61,6 +61,27 @@ static COLUMNS: &[Column] = &[
     ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
 ];
 
+/// Columns for `writes --write comment` reports.
+static COMMENT_COLUMNS: &[Column] = &[
+    ("members", |v| num(v, "/members")),
+    ("follow", |v| num(v, "/followers")),
+    ("conc", |v| num(v, "/concurrency")),
+    ("rate", |v| num(v, "/targetRate")),
+    ("cmts/s", |v| num(v, "/throughput")),
+    ("fail", |v| {
+        Some(sum_of(v, "/non2xx")? + sum_of(v, "/errors")? + num(v, "/unsent")?)
+    }),
+    ("p50ms", |v| num(v, "/latency/p50Ms")),
+    ("p90ms", |v| num(v, "/latency/p90Ms")),
+    ("p99ms", |v| num(v, "/latency/p99Ms")),
+    ("p99.9ms", |v| num(v, "/latency/p999Ms")),
+    ("maxms", |v| num(v, "/latency/maxMs")),
+    ("genCPU%", |v| pct_of_window(v, "/generatorCpuSecs")),
+    ("srvCPU%", |v| pct_of_window(v, "/serverCpuSecs")),
+    ("srvµs/wr", |v| num(v, "/serverCpuUsPerWrite")),
+    ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
+];
+
 /// Out of order + unexpected seqs + sockets cut + error frames of a `fanout` report.
 fn other_problems(v: &Value) -> Option<f64> {
     Some(
@@ -136,6 +157,7 @@ fn columns_of(runs: &[Value]) -> &'static [Column] {
                 FANOUT_COLUMNS
             }
         }
+        _ if first.get("write").and_then(Value::as_str) == Some("comment") => COMMENT_COLUMNS,
         _ => COLUMNS,
     }
 }
@@ -336,6 +358,8 @@ mod tests {
         assert_eq!(col("srvµs/dl")(&runs[0]), Some(3.5));
         assert_eq!(col("arr99ms")(&runs[0]), Some(0.5));
         assert!(std::ptr::eq(columns_of(&[json!({"label": "w"})]), COLUMNS));
+        let comments = json!({"scenario": "http_writes", "write": "comment", "followers": 10});
+        assert!(std::ptr::eq(columns_of(&[comments]), COMMENT_COLUMNS));
     }
 
     #[test]
