@@ -72,15 +72,19 @@ pub(super) async fn notify(tx: &mut dyn Tx, change: TaskChange<'_>) -> Result<Ve
     followers.following.retain(is_member);
 
     if kind != ActivityKind::TaskDeleted {
+        // The followers are known when the change notifies them: skip what would change
+        // nothing (a follower following again, an involved user who decided before), so no row
+        // is written, and no row lock is taken that the task's next comments would queue on.
+        let known = happening.to_followers.is_some();
         for (user, how) in follows_after(actor, acted, &happening) {
-            tx.set_following(
-                task.id,
-                task.team_id,
-                user,
-                true,
-                how == AutoFollow::Involved,
-            )
-            .await?;
+            let involved = how == AutoFollow::Involved;
+            let decided = followers.following.contains(&user)
+                || (involved && followers.unfollowed.contains(&user));
+            if known && decided {
+                continue;
+            }
+            tx.set_following(task.id, task.team_id, user, true, involved)
+                .await?;
         }
     }
     let owed = recipients(actor, &happening, &followers);

@@ -23,6 +23,9 @@ pub(super) fn map_dup(e: sqlx::Error) -> StoreError {
 /// Ids per `IN (...)` list: well under both drivers' bound-parameter limits.
 pub(super) const IN_LIST_CHUNK: usize = 500;
 
+/// Notifications per multi-row INSERT (14 parameters each): under both drivers' limits.
+pub(super) const NOTIFICATION_ROWS_PER_INSERT: usize = 200;
+
 /// `$1, $2, ..., $n`: only placeholders go into the SQL text, the values are bound.
 pub(super) fn placeholders(n: usize) -> String {
     (1..=n)
@@ -1215,6 +1218,8 @@ macro_rules! impl_tx {
                 &mut self,
                 drafts: &[$crate::domain::notify::NotificationDraft],
             ) -> $crate::store::Result<Vec<(UserId, i64)>> {
+                // Each inbox's next seq, one row lock per user in the callers' (user) order; then
+                // the rows, many per statement.
                 let mut out = Vec::with_capacity(drafts.len());
                 for d in drafts {
                     let (seq,): (i64,) = sqlx::query_as(
@@ -1223,28 +1228,50 @@ macro_rules! impl_tx {
                     .bind(d.user_id)
                     .fetch_one(&mut *self.tx)
                     .await?;
-                    sqlx::query(
+                    out.push((d.user_id, seq));
+                }
+                const COLUMNS: usize = 14;
+                for (chunk, seqs) in drafts
+                    .chunks($crate::store::sql::NOTIFICATION_ROWS_PER_INSERT)
+                    .zip(out.chunks($crate::store::sql::NOTIFICATION_ROWS_PER_INSERT))
+                {
+                    let rows = (0..chunk.len())
+                        .map(|r| {
+                            let first = r * COLUMNS + 1;
+                            format!(
+                                "({})",
+                                (first..first + COLUMNS)
+                                    .map(|i| format!("${i}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
                         "INSERT INTO notifications (user_id, seq, id, team_id, task_id, board_id, task_title, \
                            activity_type, reasons, actor_user_id, actor_display_name, comment_id, excerpt, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                    )
-                    .bind(d.user_id)
-                    .bind(seq)
-                    .bind(d.id)
-                    .bind(d.team_id)
-                    .bind(d.task_id)
-                    .bind(d.board_id)
-                    .bind(&d.task_title)
-                    .bind(d.activity_kind.as_str())
-                    .bind($crate::store::sql::reasons_text(&d.reasons))
-                    .bind(d.actor_user_id)
-                    .bind(&d.actor_display_name)
-                    .bind(d.comment_id)
-                    .bind(d.excerpt.as_deref())
-                    .bind(d.created_at)
-                    .execute(&mut *self.tx)
-                    .await?;
-                    out.push((d.user_id, seq));
+                         VALUES {rows}"
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (d, (_, seq)) in chunk.iter().zip(seqs) {
+                        query = query
+                            .bind(d.user_id)
+                            .bind(*seq)
+                            .bind(d.id)
+                            .bind(d.team_id)
+                            .bind(d.task_id)
+                            .bind(d.board_id)
+                            .bind(&d.task_title)
+                            .bind(d.activity_kind.as_str())
+                            .bind($crate::store::sql::reasons_text(&d.reasons))
+                            .bind(d.actor_user_id)
+                            .bind(&d.actor_display_name)
+                            .bind(d.comment_id)
+                            .bind(d.excerpt.as_deref())
+                            .bind(d.created_at);
+                    }
+                    query.execute(&mut *self.tx).await?;
                 }
                 Ok(out)
             }
