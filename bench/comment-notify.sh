@@ -21,7 +21,7 @@
 #   RUNS=5  DURATION=10  WARMUP=2 (whole seconds)  CONCURRENCY=32  GEN_THREADS=1
 #   FOLLOWERS="0 10 50"  MEMBERS (default: the largest of FOLLOWERS)
 #   MODES="max paced"  PACED_RATE (default: see above)  BACKENDS="sqlite postgres"
-#   BASE_REV   the commit before notifications (default: the parent of the newest commit whose
+#   BASE_REV   the commit before notifications (default: the parent of the oldest commit whose
 #              subject starts with "Inbox:")
 #   BASE_BIN   the server binary for base-f0 (default: built once from BASE_REV, from a `git
 #              archive` of it, into target/bench-base/taskforge-<commit>)
@@ -125,7 +125,8 @@ trap 'exit 130' INT TERM
 build_base() {
   if [[ -z "${BASE_REV:-}" ]]; then
     local inbox
-    inbox=$(git -C "$ROOT" log --format='%H %s' | awk '$2 == "Inbox:" && !found { print $1; found = 1 }')
+    # The oldest such commit: later ones (fixes, speed-ups) are part of what is measured.
+    inbox=$(git -C "$ROOT" log --reverse --format='%H %s' | awk '$2 == "Inbox:" && !found { print $1; found = 1 }')
     [[ -n "$inbox" ]] || { log "no commit starting with \"Inbox:\" found: set BASE_REV or BASE_BIN"; return 1; }
     BASE_REV="$inbox^"
   fi
