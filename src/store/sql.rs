@@ -1218,18 +1218,35 @@ macro_rules! impl_tx {
                 &mut self,
                 drafts: &[$crate::domain::notify::NotificationDraft],
             ) -> $crate::store::Result<Vec<(UserId, i64)>> {
-                // Each inbox's next seq, one row lock per user in the callers' (user) order; then
-                // the rows, many per statement.
-                let mut out = Vec::with_capacity(drafts.len());
-                for d in drafts {
-                    let (seq,): (i64,) = sqlx::query_as(
-                        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
-                    )
-                    .bind(d.user_id)
-                    .fetch_one(&mut *self.tx)
-                    .await?;
-                    out.push((d.user_id, seq));
+                // Each inbox's next seq, in one statement per chunk. The rows are locked in id
+                // order by the subquery (PostgreSQL: `FOR UPDATE` above its sort), the order every
+                // other writer of inbox rows uses, so two changes notifying the same users cannot
+                // deadlock. SQLite's single writer needs no lock.
+                let mut seqs: std::collections::HashMap<UserId, i64> =
+                    std::collections::HashMap::with_capacity(drafts.len());
+                let users: Vec<UserId> = drafts.iter().map(|d| d.user_id).collect();
+                for chunk in users.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id IN ( \
+                           SELECT id FROM users WHERE id IN ({}) ORDER BY id{} \
+                         ) RETURNING id, inbox_seq",
+                        $crate::store::sql::placeholders(chunk.len()),
+                        $lock_row
+                    );
+                    let mut query = sqlx::query_as::<_, (UserId, i64)>(sqlx::AssertSqlSafe(sql));
+                    for u in chunk {
+                        query = query.bind(*u);
+                    }
+                    seqs.extend(query.fetch_all(&mut *self.tx).await?);
                 }
+                let out = drafts
+                    .iter()
+                    .map(|d| {
+                        seqs.get(&d.user_id)
+                            .map(|s| (d.user_id, *s))
+                            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("no inbox row for user {}", d.user_id)))
+                    })
+                    .collect::<Result<Vec<_>, $crate::store::StoreError>>()?;
                 const COLUMNS: usize = 14;
                 for (chunk, seqs) in drafts
                     .chunks($crate::store::sql::NOTIFICATION_ROWS_PER_INSERT)
