@@ -116,9 +116,7 @@ impl Relay {
         drop(pending);
         self.inner.wake.notify_one();
     }
-}
 
-impl Relay {
     /// Hands over inbox seqs that have just committed. Not crash-safe like activities: what a
     /// crash loses here, the inbox's periodic check of the store finds.
     pub fn notified(&self, marks: Vec<(UserId, i64)>) {
@@ -199,7 +197,9 @@ async fn run(inner: Arc<Inner>) {
             }
         }
         let inboxes: Vec<(UserId, i64)> = inner.inboxes.lock().drain().collect();
-        if let Err(e) = inner.bus.publish_inbox(&inboxes).await {
+        if !inboxes.is_empty()
+            && let Err(e) = inner.bus.publish_inbox(&inboxes).await
+        {
             tracing::debug!(error = %e, "inbox publish failed; the inbox check finds it");
         }
         if !marks.unsaved.is_empty() && Instant::now() >= next_persist {

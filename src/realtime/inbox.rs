@@ -78,12 +78,8 @@ impl InboxFeed {
         subscribed: Utf8Bytes,
     ) {
         let mut s = self.state.lock();
-        if let Some(old) = s.owner.insert(conn, user)
-            && old != user
-            && let Some(r) = s.users.get_mut(&old)
-        {
-            r.sockets.remove(&conn);
-        }
+        // A socket's user never changes (a token renewal must name the same user).
+        s.owner.insert(conn, user);
         outbox.push(Frame::Text(subscribed));
         let readers = s.users.entry(user).or_default();
         readers.known = readers.known.max(known);

@@ -28,7 +28,12 @@ pub(super) const NOTIFICATION_ROWS_PER_INSERT: usize = 200;
 
 /// `$1, $2, ..., $n`: only placeholders go into the SQL text, the values are bound.
 pub(super) fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, ..., $(first + n - 1)`: a list after `first - 1` other parameters.
+pub(super) fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -1198,12 +1203,9 @@ macro_rules! impl_tx {
             async fn members_among(&mut self, team: TeamId, users: &[UserId]) -> $crate::store::Result<Vec<UserId>> {
                 let mut out = Vec::with_capacity(users.len());
                 for chunk in users.chunks($crate::store::sql::IN_LIST_CHUNK) {
-                    let list = (2..chunk.len() + 2)
-                        .map(|i| format!("${i}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
                     let sql = format!(
-                        "SELECT user_id FROM memberships WHERE team_id = $1 AND user_id IN ({list})"
+                        "SELECT user_id FROM memberships WHERE team_id = $1 AND user_id IN ({})",
+                        $crate::store::sql::placeholders_from(2, chunk.len())
                     );
                     let mut query = sqlx::query_as::<_, (UserId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
                     for u in chunk {
@@ -1253,16 +1255,7 @@ macro_rules! impl_tx {
                     .zip(out.chunks($crate::store::sql::NOTIFICATION_ROWS_PER_INSERT))
                 {
                     let rows = (0..chunk.len())
-                        .map(|r| {
-                            let first = r * COLUMNS + 1;
-                            format!(
-                                "({})",
-                                (first..first + COLUMNS)
-                                    .map(|i| format!("${i}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })
+                        .map(|r| format!("({})", $crate::store::sql::placeholders_from(r * COLUMNS + 1, COLUMNS)))
                         .collect::<Vec<_>>()
                         .join(", ");
                     let sql = format!(
@@ -1368,12 +1361,9 @@ macro_rules! impl_tx {
                         if ids.is_empty() {
                             return Ok(None);
                         }
-                        let list = (3..ids.len() + 3)
-                            .map(|i| format!("${i}"))
-                            .collect::<Vec<_>>()
-                            .join(", ");
                         let sql = format!(
-                            "UPDATE notifications SET read_at = $2 WHERE {MINE} AND id IN ({list}) RETURNING id"
+                            "UPDATE notifications SET read_at = $2 WHERE {MINE} AND id IN ({}) RETURNING id",
+                            $crate::store::sql::placeholders_from(3, ids.len())
                         );
                         let mut query = sqlx::query_as::<_, (NotificationId,)>(sqlx::AssertSqlSafe(sql))
                             .bind(user)
