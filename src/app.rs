@@ -12,10 +12,12 @@ use crate::http::serve::ServeSettings;
 use crate::http::{self, AppState, EdgeLimits};
 use crate::limits::{AuthLimits, KeyedLimiter};
 use crate::realtime::{self, Realtime};
+use crate::service::webhooks::WebhookPolicy;
 use crate::service::{Services, TokenService};
 use crate::store::{self, StoreError};
 use crate::supervisor::Supervisor;
 use crate::telemetry::Telemetry;
+use crate::webhook::{Deliverer, DelivererSettings, SecretKey, Sender, SenderSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +33,10 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("could not set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("TASKFORGE_WEBHOOK_SECRET_KEY: {0}")]
+    WebhookKey(#[from] crate::webhook::secret::SecretError),
+    #[error("could not set up the webhook client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
 }
 
 /// The JWT secret from the config; `--dev` generates a random one when none is given.
@@ -49,6 +55,30 @@ fn jwt_secret(config: &Config) -> Result<Vec<u8>, StartError> {
         }
         None => Err(StartError::MissingSecret),
     }
+}
+
+/// The webhook key (given, or derived from the JWT secret) and the delivery client.
+fn webhook_policy(config: &Config, jwt_secret: &[u8]) -> Result<WebhookPolicy, StartError> {
+    let key = match &config.webhook_secret_key {
+        Some(k) => SecretKey::from_base64(k)?,
+        None => SecretKey::derived_from(jwt_secret)?,
+    };
+    if config.webhook_allow_private {
+        tracing::warn!(
+            "TASKFORGE_WEBHOOK_ALLOW_PRIVATE: webhooks may target loopback and private addresses"
+        );
+    }
+    Ok(WebhookPolicy {
+        key,
+        per_team: config.webhooks_per_team,
+        allow_private: config.webhook_allow_private,
+        sender: Sender::new(&SenderSettings {
+            allow_private: config.webhook_allow_private,
+            timeout: config.webhook_timeout,
+            connect_timeout: config.webhook_connect_timeout,
+        })?,
+        wake: Default::default(),
+    })
 }
 
 /// Runs the server on `config.listen` until SIGTERM or Ctrl-C.
@@ -133,7 +163,19 @@ impl App {
             relay,
             tokens,
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
+            webhooks: Arc::new(webhook_policy(&config, &secret)?),
         };
+        Deliverer::start(
+            services.clone(),
+            DelivererSettings {
+                lease: config.webhook_lease.max(Duration::from_millis(300)),
+                poll: config.webhook_poll_interval.max(Duration::from_millis(10)),
+                retry_base: config.webhook_retry_base,
+                retry_max: config.webhook_retry_max.max(config.webhook_retry_base),
+                disable_after: config.webhook_disable_after,
+            },
+            &tasks,
+        );
         let hub = realtime.hub.clone();
         let telemetry =
             Telemetry::install()?.with_scrape_hook(Arc::new(move || hub.record_gauges()));

@@ -159,6 +159,49 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
 
+    /// Webhooks may target loopback and private addresses, and plain `http://` (tests and
+    /// on-premise receivers; `true` or `false`).
+    #[arg(long, env = "TASKFORGE_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// Key sealing webhook secrets at rest: 32 bytes in base64. Unset: derived from the JWT
+    /// secret (then changing that secret makes existing webhooks unable to sign until rotated).
+    #[arg(long, env = "TASKFORGE_WEBHOOK_SECRET_KEY", hide_env_values = true)]
+    pub webhook_secret_key: Option<String>,
+
+    /// Webhooks one team may have.
+    #[arg(long, env = "TASKFORGE_WEBHOOKS_PER_TEAM", default_value_t = 10)]
+    pub webhooks_per_team: u32,
+
+    /// Time limit of one webhook request, connection and answer included.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Time limit of connecting to a webhook's receiver.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_connect_timeout: Duration,
+
+    /// First wait before retrying a failed webhook delivery; it doubles per failure.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// Longest wait between retries of a webhook delivery.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_RETRY_MAX", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_retry_max: Duration,
+
+    /// A webhook whose deliveries all fail for this long is disabled.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_DISABLE_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_disable_after: Duration,
+
+    /// How long an instance's claim on a webhook lasts without renewal (a dead instance's
+    /// webhooks are taken over after it).
+    #[arg(long, env = "TASKFORGE_WEBHOOK_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_lease: Duration,
+
+    /// How often webhooks look for activities committed on other instances.
+    #[arg(long, env = "TASKFORGE_WEBHOOK_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub webhook_poll_interval: Duration,
+
     /// Tracing filter, e.g. `info` or `taskforge=debug,tower_http=info`.
     #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
     pub log: String,

@@ -53,6 +53,14 @@ pub const HASHES_REFUSED: &str = "taskforge_password_hashes_refused_total";
 pub const HTTP_REQUESTS: &str = "taskforge_http_requests_total";
 /// HTTP request durations by `method` and `route`, seconds.
 pub const HTTP_DURATION: &str = "taskforge_http_request_duration_seconds";
+/// Webhook requests sent (deliveries and their retries).
+pub const WEBHOOK_ATTEMPTS: &str = "taskforge_webhook_attempts_total";
+/// Webhook requests that did not end in a 2xx.
+pub const WEBHOOK_FAILURES: &str = "taskforge_webhook_failures_total";
+/// Per webhook delivered by this instance: seqs of its team's log after its cursor.
+pub const WEBHOOK_BACKLOG: &str = "taskforge_webhook_backlog";
+/// Webhooks disabled (by a person or by the server), in the whole database.
+pub const WEBHOOKS_DISABLED: &str = "taskforge_webhooks_disabled";
 /// From an activity's commit (its `ts`) to its frames being queued on this instance's sockets,
 /// seconds. Across hosts this includes their clock difference.
 pub const DELIVERY_LATENCY: &str = "taskforge_activity_delivery_latency_seconds";
@@ -145,6 +153,16 @@ impl Telemetry {
 
 fn describe() {
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(WEBHOOK_ATTEMPTS, "Webhook requests sent, retries included");
+    describe_counter!(
+        WEBHOOK_FAILURES,
+        "Webhook requests that did not end in a 2xx"
+    );
+    describe_gauge!(
+        WEBHOOK_BACKLOG,
+        "Per webhook delivered here: seqs of its team's log after its cursor"
+    );
+    describe_gauge!(WEBHOOKS_DISABLED, "Disabled webhooks in the database");
     describe_gauge!(WS_SUBSCRIPTIONS, "Room subscriptions by scope kind");
     describe_gauge!(
         ALLOCATOR_BYTES,

@@ -9,8 +9,9 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::id::ActivityId;
+use super::id::{ActivityId, WebhookId};
 use super::model::*;
+use super::webhook::Webhook;
 
 /// The version of the activity contract.
 pub const ACTIVITY_VERSION: u32 = 1;
@@ -107,6 +108,27 @@ activities! {
         #[schema(value_type = Uuid)]
         board_id: BoardId,
     },
+    WebhookCreated = "webhook.created" { webhook: Webhook },
+    WebhookUpdated = "webhook.updated" { webhook: Webhook },
+    #[serde(rename_all = "camelCase")]
+    WebhookDeleted = "webhook.deleted" {
+        #[schema(value_type = Uuid)]
+        webhook_id: WebhookId,
+    },
+    /// The server disabled the webhook (its receiver answered 410, or failed for too long).
+    WebhookDisabled = "webhook.disabled" { webhook: Webhook, reason: String },
+}
+
+impl ActivityKind {
+    /// Kinds only a team's owners and admins may read (webhooks: their URLs are the team's
+    /// integrations).
+    pub fn admins_only(self) -> bool {
+        use ActivityKind::*;
+        matches!(
+            self,
+            WebhookCreated | WebhookUpdated | WebhookDeleted | WebhookDisabled
+        )
+    }
 }
 
 /// A domain event as clients see it.
@@ -144,6 +166,9 @@ pub enum Room {
     Task(TaskId),
     /// The user's own sockets (live only, no resume).
     User(UserId),
+    /// The team's owners and admins among the team room's sockets: joined with the team scope
+    /// by a socket whose user is an owner or admin, left when the role drops.
+    Admins(TeamId),
 }
 
 impl Room {
@@ -155,6 +180,7 @@ impl Room {
             Room::Board(_) => "board",
             Room::Task(_) => "task",
             Room::User(_) => "user",
+            Room::Admins(_) => "admins",
         }
     }
 }
@@ -209,6 +235,9 @@ impl Route {
         );
         if team {
             rooms.push(Room::Team(self.team_id));
+        }
+        if self.kind.admins_only() {
+            rooms.push(Room::Admins(self.team_id));
         }
         if boards {
             rooms.extend(self.board_id.map(Room::Board));
@@ -283,6 +312,10 @@ impl ActivityDraft {
             TeamUpdated { .. } => (None, None, None),
             BoardCreated { board } | BoardUpdated { board } => (Some(board.id), None, None),
             BoardDeleted { board_id } => (Some(*board_id), None, None),
+            WebhookCreated { .. }
+            | WebhookUpdated { .. }
+            | WebhookDeleted { .. }
+            | WebhookDisabled { .. } => (None, None, None),
         };
         let route = Route {
             kind: self.data.kind(),
@@ -362,6 +395,9 @@ mod tests {
         assert_eq!(route(CommentCreated).rooms(), vec![k]);
         assert_eq!(route(MemberRemoved).rooms(), vec![t, u]);
         assert_eq!(route(BoardDeleted).rooms(), vec![t]);
+        let admins = Room::Admins(TeamId::from(Uuid::from_u128(1)));
+        assert_eq!(route(WebhookCreated).rooms(), vec![admins]);
+        assert_eq!(route(WebhookDisabled).rooms(), vec![admins]);
         let mut moved = route(TaskUpdated);
         let prev = BoardId::from(Uuid::from_u128(9));
         moved.prev_board_id = Some(prev);
@@ -376,7 +412,7 @@ mod tests {
         let json = serde_json::to_value(&data).expect("serializes");
         assert_eq!(json["type"], "board.deleted");
         assert_eq!(data.kind().as_str(), "board.deleted");
-        assert_eq!(ActivityKind::ALL.len(), 14);
+        assert_eq!(ActivityKind::ALL.len(), 18);
         for &k in ActivityKind::ALL {
             assert_eq!(ActivityKind::parse(k.as_str()), Some(k));
         }

@@ -83,6 +83,7 @@ ids! {
     SessionId;
     /// A notification in one user's inbox.
     NotificationId;
+    WebhookId;
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ pub mod id;
 pub mod model;
 pub mod notify;
 pub mod rules;
+pub mod webhook;
 
 pub use activity::{Activity, ActivityData, ActivityKind, Change, Room, Route};
 pub use error::{DomainError, FieldError};
-pub use id::{ActivityId, BoardId, CommentId, NotificationId, SessionId, TaskId, TeamId, UserId};
+pub use id::{
+    ActivityId, BoardId, CommentId, NotificationId, SessionId, TaskId, TeamId, UserId, WebhookId,
+};
 pub use model::*;

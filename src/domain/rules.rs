@@ -34,13 +34,17 @@ pub enum Action {
     WriteTasks,
     /// Delete other people's comments.
     ModerateComments,
+    /// Create, change and delete the team's webhooks, and see them and their deliveries.
+    ManageWebhooks,
 }
 
 impl Role {
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
         match action {
-            EditTeam | ManageMembers | DeleteBoards | ModerateComments => self >= Role::Admin,
+            EditTeam | ManageMembers | DeleteBoards | ModerateComments | ManageWebhooks => {
+                self >= Role::Admin
+            }
             WriteBoards | WriteTasks => self >= Role::Member,
         }
     }

@@ -90,6 +90,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::teams::router())
         .merge(routes::tasks::router())
         .merge(routes::inbox::router())
+        .merge(routes::webhooks::router())
         .merge(routes::activity::router());
     OpenApiRouter::with_openapi(openapi::base())
         .nest("/api/v1", v1)

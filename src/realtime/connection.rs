@@ -22,7 +22,8 @@ use super::protocol::{
 };
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
-use crate::domain::{TaskId, TeamId, UserId};
+use crate::domain::activity::LogEntry;
+use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
 use crate::service::auth::Principal;
@@ -521,11 +522,13 @@ impl Session {
         let mut checked_bounds = false;
         for _ in 0..JOIN_ATTEMPTS {
             let mut tx = self.rt.store.read().await?;
-            if team_of(&mut *tx, scope).await? != Some(team)
-                || tx.role(team, self.user).await?.is_none()
-            {
+            if team_of(&mut *tx, scope).await? != Some(team) {
                 return Err(SubscribeError::Forbidden);
             }
+            let admin = match tx.role(team, self.user).await? {
+                None => return Err(SubscribeError::Forbidden),
+                Some(role) => role >= Role::Admin,
+            };
             let bounds = tx
                 .log_bounds(team)
                 .await?
@@ -544,16 +547,20 @@ impl Session {
                 if upto > bounds.last_seq {
                     continue; // the hub is ahead of this snapshot: take a newer one
                 }
-                if !self.replay(team, scope, from, upto).await? {
+                if !self.replay(team, scope, admin, from, upto).await? {
                     return Ok(()); // the socket is closing
                 }
                 replayed = Some(upto.max(from));
             }
-            match self
-                .rt
-                .hub
-                .join(self.id, scope, team, bounds.last_seq, replayed, &elsewhere)
-            {
+            match self.rt.hub.join_as(
+                self.id,
+                scope,
+                team,
+                admin,
+                bounds.last_seq,
+                replayed,
+                &elsewhere,
+            ) {
                 Join::Joined(_) => {
                     if let Scope::Task(task) = scope {
                         self.presence_joined_meanwhile(team, task, &elsewhere).await;
@@ -597,17 +604,20 @@ impl Session {
         }
     }
 
-    /// Queues the activities of `(from, upto]` that reach the room; false if the socket closes.
+    /// Queues the activities of `(from, upto]` that reach the room (and, for an owner's or
+    /// admin's team scope, the admins room); false if the socket closes.
     /// Each step reads in its own short transaction, released before the frames wait for the
     /// writer; the outbox cuts a socket that takes nothing for its stall time.
     async fn replay(
         &self,
         team: TeamId,
         scope: Scope,
+        admin: bool,
         from: i64,
         upto: i64,
     ) -> Result<bool, SubscribeError> {
         let room = scope.room();
+        let admins = (admin && room == Room::Team(team)).then_some(Room::Admins(team));
         let mut cursor = from;
         while cursor < upto {
             let batch = {
@@ -622,7 +632,9 @@ impl Session {
                 break;
             };
             cursor = last;
-            for e in batch.iter().filter(|e| e.route.reaches(room)) {
+            let reaches =
+                |e: &&LogEntry| e.route.reaches(room) || admins.is_some_and(|a| e.route.reaches(a));
+            for e in batch.iter().filter(reaches) {
                 if !self
                     .outbox
                     .push_replay(Frame::Text(super::protocol::activity_frame(e)))

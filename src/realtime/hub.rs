@@ -25,7 +25,7 @@ use super::outbox::{CloseReason, Frame, Outbox};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
 use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
-use crate::domain::{Room, TaskId, TeamId, UserId};
+use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
@@ -116,7 +116,7 @@ fn scope_slot(room: Room) -> Option<usize> {
         Room::Team(_) => Some(0),
         Room::Board(_) => Some(1),
         Room::Task(_) => Some(2),
-        Room::User(_) => None,
+        Room::User(_) | Room::Admins(_) => None,
     }
 }
 
@@ -461,11 +461,15 @@ impl Hub {
     /// past `snapshot_seq` (the seq of the store snapshot the access check was read in) and, for a
     /// resume, equals `replayed` (what the caller replayed up to). Queues `subscribed`; for a task
     /// room its presence lists the local viewers and `elsewhere` (other instances' viewers).
-    pub fn join(
+    ///
+    /// A team scope joined by an owner or admin (`admin`) also reaches the team's `admins` room.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_as(
         &self,
         id: ConnId,
         scope: Scope,
         team: TeamId,
+        admin: bool,
         snapshot_seq: i64,
         replayed: Option<i64>,
         elsewhere: &[PresenceUser],
@@ -499,6 +503,12 @@ impl Hub {
             let member = conn.member.clone();
             let user = conn.user.clone();
             s.rooms.entry(room).or_default().insert(id, member.clone());
+            if admin && room == Room::Team(team) {
+                s.rooms
+                    .entry(Room::Admins(team))
+                    .or_default()
+                    .insert(id, member.clone());
+            }
             if fresh {
                 if let Some(t) = s.teams.get_mut(&team) {
                     t.refs += 1;
@@ -526,6 +536,20 @@ impl Hub {
             ));
             Join::Joined(dispatched)
         })
+    }
+
+    /// `join_as` a member who is not an admin.
+    #[cfg(test)]
+    pub fn join(
+        &self,
+        id: ConnId,
+        scope: Scope,
+        team: TeamId,
+        snapshot_seq: i64,
+        replayed: Option<i64>,
+        elsewhere: &[PresenceUser],
+    ) -> Join {
+        self.join_as(id, scope, team, false, snapshot_seq, replayed, elsewhere)
     }
 
     /// Leaves a room; false if the connection was not in it.
@@ -772,8 +796,12 @@ impl State {
             {
                 metrics::histogram!(telemetry::DELIVERY_LATENCY).record(age);
             }
-            if let (ActivityKind::MemberRemoved, Some(user)) = (e.route.kind, e.route.user_id) {
-                self.revoke(team, user);
+            match (e.route.kind, e.route.user_id) {
+                (ActivityKind::MemberRemoved, Some(user)) => self.revoke(team, user),
+                (ActivityKind::MemberUpdated, Some(user)) => {
+                    self.follow_role(team, user, role_of_member(&e.json));
+                }
+                _ => {}
             }
         }
     }
@@ -806,6 +834,33 @@ impl State {
         }) = self.teams.get_mut(&team)
         {
             *dispatched = (*dispatched).max(seq);
+        }
+    }
+
+    /// Moves the user's connections in the team room into or out of the team's admins room as
+    /// their new role says (a role that cannot be read takes them out).
+    fn follow_role(&mut self, team: TeamId, user: UserId, role: Option<Role>) {
+        let admin = role.is_some_and(|r| r >= Role::Admin);
+        let ids: Vec<ConnId> = self
+            .rooms
+            .get(&Room::User(user))
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            let in_team = self
+                .rooms
+                .get(&Room::Team(team))
+                .and_then(|m| m.get(&id))
+                .cloned();
+            match in_team {
+                Some(member) if admin => {
+                    self.rooms
+                        .entry(Room::Admins(team))
+                        .or_default()
+                        .insert(id, member);
+                }
+                _ => self.remove_from_room(Room::Admins(team), id),
+            }
         }
     }
 
@@ -856,6 +911,9 @@ impl State {
     /// Takes a connection out of a room it was subscribed to (subs already updated by the caller).
     fn leave_room(&mut self, id: ConnId, room: Room, team: TeamId, user: &PresenceUser) {
         self.remove_from_room(room, id);
+        if room == Room::Team(team) {
+            self.remove_from_room(Room::Admins(team), id);
+        }
         if let Some(k) = scope_slot(room) {
             self.subscriptions[k] = self.subscriptions[k].saturating_sub(1);
         }
@@ -941,6 +999,26 @@ impl State {
             }
         }
     }
+}
+
+/// The role a `member.updated` activity gives its member (read from its JSON: the route does not
+/// carry it, and such changes are rare).
+fn role_of_member(json: &str) -> Option<Role> {
+    #[derive(serde::Deserialize)]
+    struct Activity {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        member: MemberRole,
+    }
+    #[derive(serde::Deserialize)]
+    struct MemberRole {
+        role: Role,
+    }
+    serde_json::from_str::<Activity>(json)
+        .ok()
+        .map(|a| a.data.member.role)
 }
 
 #[cfg(test)]
@@ -1092,6 +1170,7 @@ mod tests {
                 Duration::from_secs(60),
             )),
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
+            webhooks: Arc::new(crate::service::webhooks::WebhookPolicy::for_tests()),
         };
         let me = services
             .register("hub@example.com", "correct horse battery", "Hub")

@@ -117,6 +117,7 @@ impl World {
             relay,
             tokens: Arc::new(tokens()),
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
+            webhooks: Arc::new(crate::service::webhooks::WebhookPolicy::for_tests()),
         };
         Self {
             _dir: dir,

@@ -57,7 +57,7 @@ impl Scope {
             Room::Team(id) => Some(Scope::Team(id)),
             Room::Board(id) => Some(Scope::Board(id)),
             Room::Task(id) => Some(Scope::Task(id)),
-            Room::User(_) => None,
+            Room::User(_) | Room::Admins(_) => None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{Page, PageRequest, Result, Seqd, Services, role_in, seq_cursor};
 use crate::domain::activity::LogEntry;
-use crate::domain::{DomainError, TeamId, UserId};
+use crate::domain::{DomainError, Role, TeamId, UserId};
 use crate::store::Tx;
 
 impl Services {
@@ -21,8 +21,8 @@ impl Services {
         }
         let (after, limit) = req.after_seq()?;
         let mut tx = self.store.read().await?;
-        role_in(&mut *tx, team, actor).await?;
-        let (entries, seq) = read_log(
+        let role = role_in(&mut *tx, team, actor).await?;
+        let (mut entries, seq) = read_log(
             &mut *tx,
             team,
             since,
@@ -32,10 +32,14 @@ impl Services {
         .await?;
         let next_cursor = match entries.last() {
             // The log is gapless: anything below the latest seq is more to read (a page may
-            // stop short of `limit` when its activities are large).
+            // stop short of `limit` when its activities are large, or of what it read when
+            // some of it is for owners and admins only).
             Some(last) if last.seq < seq => Some(seq_cursor(last.seq)),
             _ => None,
         };
+        if role < Role::Admin {
+            entries.retain(|e| !e.route.kind.admins_only());
+        }
         Ok(Seqd {
             data: Page {
                 items: entries,

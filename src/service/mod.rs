@@ -9,6 +9,7 @@ pub mod auth;
 pub mod inbox;
 mod tasks;
 pub mod teams;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -51,6 +52,7 @@ pub struct Services {
     pub tokens: Arc<TokenService>,
     /// This server's budget of password hashes (CPU and memory bound).
     pub hashing: Arc<PasswordHashing>,
+    pub webhooks: Arc<webhooks::WebhookPolicy>,
 }
 
 /// A page of items and the cursor of the next page.
@@ -181,10 +183,17 @@ impl Services {
         notified: Vec<(UserId, i64)>,
     ) -> Result<Vec<LogEntry>> {
         let entries = tx.append(team, drafts).await?;
-        tx.commit().await?;
-        metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED).increment(entries.len() as u64);
-        self.relay.committed(entries.clone());
+        self.commit_appended(tx, entries.clone()).await?;
         self.relay.notified(notified);
         Ok(entries)
+    }
+
+    /// Commits a transaction whose activities are appended, and hands them to the relay.
+    async fn commit_appended(&self, tx: Box<dyn Tx>, entries: Vec<LogEntry>) -> Result<()> {
+        tx.commit().await?;
+        metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED).increment(entries.len() as u64);
+        self.relay.committed(entries);
+        self.webhooks.wake.committed();
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -19,6 +20,7 @@ use crate::domain::*;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use webhooks::{Failing, SealedSecrets, WebhookRecord, WebhookTx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -107,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One transaction. Dropping it without `commit` rolls it back.
 #[async_trait]
-pub trait Tx: Send {
+pub trait Tx: WebhookTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     // users and sessions

@@ -74,3 +74,4 @@ impl Store for PgStore {
 
 // A delete-strength row lock: it waits for writers holding a key-share lock on the row.
 super::sql::impl_tx!(PgTx, " FOR UPDATE");
+super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE");

@@ -36,3 +36,4 @@ mod realtime_rooms;
 mod store_defects;
 mod tasks;
 mod teams;
+mod webhooks;

@@ -21,6 +21,7 @@ use proptest::test_runner::Config as PropConfig;
 use serde_json::{Value, json};
 use taskforge::domain::activity::{ACTIVITY_VERSION, ActivityData, ActivityDraft, LogEntry};
 use taskforge::domain::model::timestamp;
+use taskforge::domain::webhook::Webhook;
 use taskforge::domain::{
     Activity, Board, Change, Comment, Member, Priority, Role, Task, TaskId, TaskStatus, Team,
     TeamId, User, UserId,
@@ -690,7 +691,45 @@ fn activity_data() -> impl Strategy<Value = ActivityData> {
         board().prop_map(|board| ActivityData::BoardCreated { board }),
         board().prop_map(|board| ActivityData::BoardUpdated { board }),
         uuid().prop_map(|board_id| ActivityData::BoardDeleted { board_id }),
+        webhook().prop_map(|webhook| ActivityData::WebhookCreated { webhook }),
+        webhook().prop_map(|webhook| ActivityData::WebhookUpdated { webhook }),
+        uuid().prop_map(|webhook_id| ActivityData::WebhookDeleted { webhook_id }),
+        (webhook(), text_value())
+            .prop_map(|(webhook, reason)| ActivityData::WebhookDisabled { webhook, reason }),
     ]
+}
+
+fn webhook() -> impl Strategy<Value = Webhook> {
+    (
+        (uuid(), uuid(), uuid(), text_value(), text_value()),
+        (any::<bool>(), 0i64..1_000_000, ts(), ts()),
+        (
+            prop::option::of(ts()),
+            prop::option::of(text_value()),
+            prop::option::of(ts()),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, team_id, created_by_user_id, url, description),
+                (enabled, cursor, created_at, updated_at),
+                (failing_since, disabled_reason, previous_secret_expires_at),
+            )| Webhook {
+                id,
+                team_id,
+                url,
+                description,
+                events: vec!["*".into()],
+                enabled,
+                cursor,
+                created_at,
+                updated_at,
+                created_by_user_id,
+                failing_since,
+                disabled_reason,
+                previous_secret_expires_at,
+            },
+        )
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -746,6 +785,9 @@ fn contract_of(kind: &str) -> (&'static [&'static str], bool, bool) {
         "team.updated" => (&["team"], false, false),
         "board.created" | "board.updated" => (&["board"], true, false),
         "board.deleted" => (&["boardId"], true, false),
+        "webhook.created" | "webhook.updated" => (&["webhook"], false, false),
+        "webhook.deleted" => (&["webhookId"], false, false),
+        "webhook.disabled" => (&["webhook", "reason"], false, false),
         other => panic!("unknown activity type {other}"),
     }
 }
@@ -946,6 +988,15 @@ proptest! {
             }
             ActivityData::MemberRemoved { user_id } => {
                 prop_assert_eq!(&d["userId"], &json!(user_id));
+            }
+            ActivityData::WebhookCreated { webhook }
+            | ActivityData::WebhookUpdated { webhook }
+            | ActivityData::WebhookDisabled { webhook, .. } => {
+                prop_assert_eq!(&d["webhook"]["id"], &json!(webhook.id));
+                prop_assert!(d["webhook"].get("secret").is_none(), "no secret in {}", d);
+            }
+            ActivityData::WebhookDeleted { webhook_id } => {
+                prop_assert_eq!(&d["webhookId"], &json!(webhook_id));
             }
         }
 

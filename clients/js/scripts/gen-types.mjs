@@ -40,7 +40,7 @@ export const PRESENCE_TYPES = ['presence.joined', 'presence.left'];
  * subscribes to, and `user` (one user's own sockets). The generator fails on any other kind: the
  * client's `reaches` would not know what to do with it.
  */
-export const ROOM_KINDS = ['team', 'board', 'task', 'user'];
+export const ROOM_KINDS = ['team', 'board', 'task', 'user', 'admins'];
 
 const KNOWN_KEYWORDS = new Set([
   '$ref', 'type', 'enum', 'const', 'oneOf', 'anyOf', 'allOf', 'properties', 'required',

@@ -8,7 +8,7 @@ import { ROUTING, type Activity, type ActivityType, type RoomKind, type Scope } 
 export type { Scope };
 
 /** The kinds of room a client subscribes to (`user` rooms are the server's own). */
-export type ScopeKind = Exclude<RoomKind, 'user'>;
+export type ScopeKind = Exclude<RoomKind, 'user' | 'admins'>;
 
 /** `team:<id>`, `board:<id>` or `task:<id>`: one subscription per key. */
 export type ScopeKey = `${ScopeKind}:${string}`;
@@ -66,7 +66,7 @@ export function scopeOfFrame(frame: {
  * Whether activities of `type` reach rooms of `kind`, by the server's routing table (generated from
  * its AsyncAPI document). A type this client does not know (a newer server's) reaches none.
  */
-function routedTo(type: string, kind: ScopeKind): boolean {
+function routedTo(type: string, kind: Exclude<RoomKind, 'user'>): boolean {
   return Object.prototype.hasOwnProperty.call(ROUTING, type) && ROUTING[type as ActivityType].includes(kind);
 }
 
@@ -75,7 +75,11 @@ function routedTo(type: string, kind: ScopeKind): boolean {
  * when the activity is part of a move: moves reach both boards' rooms.
  */
 export function reaches(a: Activity, scope: Scope, previousBoardId?: string): boolean {
-  if ('teamId' in scope) return routedTo(a.type, 'team') && a.teamId === scope.teamId;
+  // The `admins` room is the owners and admins among a team scope's sockets: what the server
+  // sends to it arrives on that team scope (other members never get it).
+  if ('teamId' in scope) {
+    return (routedTo(a.type, 'team') || routedTo(a.type, 'admins')) && a.teamId === scope.teamId;
+  }
   if ('boardId' in scope) {
     if (!routedTo(a.type, 'board')) return false;
     // Board activities (board.*) carry boardId too but reach only the team room.

@@ -6,6 +6,7 @@ pub mod health;
 pub mod inbox;
 pub mod tasks;
 pub mod teams;
+pub mod webhooks;
 
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};

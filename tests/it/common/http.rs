@@ -46,6 +46,23 @@ impl Metrics {
         );
         hits.first().copied().unwrap_or(0.0)
     }
+
+    /// The sum over every series of `name` (whatever its labels).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.split_once('{').map_or(k.as_str(), |(n, _)| n) == name)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Whether a series of `name` with every `label="value"` given is exported at all.
+    pub fn has(&self, name: &str, labels: &[&str]) -> bool {
+        self.0.keys().any(|k| {
+            let (n, l) = k.split_once('{').unwrap_or((k.as_str(), ""));
+            n == name && labels.iter().all(|want| l.contains(want))
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

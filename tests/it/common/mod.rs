@@ -6,6 +6,7 @@
 //! - [`socket`]: the WebSocket client and raw TCP;
 //! - [`spec`]: the OpenAPI and AsyncAPI documents as oracles for every response and frame;
 //! - [`audit`]: reading streams of frames, and a seeded RNG;
+//! - [`receiver`]: a webhook receiver that checks Standard Webhooks signatures and injects faults;
 //! - [`tokens`]: forged and decoded JWTs;
 //! - [`topology`]: deployments (one instance per backend, three instances) that the realtime
 //!   tests run over, and `every_topology!`.
@@ -13,6 +14,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod http;
+pub mod receiver;
 pub mod server;
 pub mod socket;
 pub mod spec;
@@ -23,6 +25,7 @@ pub mod topology;
 pub use audit::*;
 pub use cluster::*;
 pub use http::*;
+pub use receiver::*;
 pub use server::*;
 pub use socket::*;
 pub use spec::*;

@@ -43,8 +43,9 @@ function routedTo(type, kind) {
     return Object.prototype.hasOwnProperty.call(ROUTING, type) && ROUTING[type].includes(kind);
 }
 export function reaches(a, scope, previousBoardId) {
-    if ('teamId' in scope)
-        return routedTo(a.type, 'team') && a.teamId === scope.teamId;
+    if ('teamId' in scope) {
+        return (routedTo(a.type, 'team') || routedTo(a.type, 'admins')) && a.teamId === scope.teamId;
+    }
     if ('boardId' in scope) {
         if (!routedTo(a.type, 'board'))
             return false;

@@ -13,6 +13,10 @@ export const ACTIVITY_TYPES = [
     "board.created",
     "board.updated",
     "board.deleted",
+    "webhook.created",
+    "webhook.updated",
+    "webhook.deleted",
+    "webhook.disabled",
 ];
 export const ACTIVITY_DATA_REQUIRED = {
     "task.created": ["task"],
@@ -29,6 +33,10 @@ export const ACTIVITY_DATA_REQUIRED = {
     "board.created": ["board"],
     "board.updated": ["board"],
     "board.deleted": ["boardId"],
+    "webhook.created": ["webhook"],
+    "webhook.updated": ["webhook"],
+    "webhook.deleted": ["webhookId"],
+    "webhook.disabled": ["webhook", "reason"],
 };
 export const PRESENCE_TYPES = ["presence.joined", "presence.left"];
 export const ROUTING = {
@@ -46,4 +54,8 @@ export const ROUTING = {
     "board.created": ["team"],
     "board.updated": ["team"],
     "board.deleted": ["team"],
+    "webhook.created": ["admins"],
+    "webhook.updated": ["admins"],
+    "webhook.deleted": ["admins"],
+    "webhook.disabled": ["admins"],
 };

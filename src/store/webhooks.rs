@@ -1,0 +1,475 @@
+//! The webhooks' rows: their settings and sealed secrets, their cursor into the team's log, the
+//! lease that says which instance delivers them, and the record of every attempt.
+//!
+//! Written once for both drivers, like `sql.rs`, and kept apart from it: `impl_webhook_tx!`.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::webhook::{Delivery, EventFilter, Webhook};
+use crate::domain::{TeamId, UserId, WebhookId};
+
+use super::{Result, StoreError};
+
+/// The secrets of a webhook, sealed with the server's webhook key.
+#[derive(Debug, Clone)]
+pub struct SealedSecrets {
+    pub current: Vec<u8>,
+    /// The secret before the last rotation, which signs beside `current` until `previous_until`.
+    pub previous: Option<Vec<u8>>,
+    pub previous_until: Option<OffsetDateTime>,
+}
+
+/// A webhook with what delivering it needs.
+#[derive(Debug, Clone)]
+pub struct WebhookRecord {
+    pub webhook: Webhook,
+    pub secrets: SealedSecrets,
+    /// Failed attempts in a row (of the activity at the head of its queue).
+    pub failures: i32,
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+/// A failed attempt's consequence for its webhook.
+#[derive(Debug, Clone, Copy)]
+pub struct Failing {
+    pub failures: i32,
+    pub since: OffsetDateTime,
+    pub next_attempt_at: OffsetDateTime,
+}
+
+#[async_trait::async_trait]
+pub trait WebhookTx: Send {
+    async fn insert_webhook(&mut self, w: &Webhook, secret: &[u8]) -> Result<()>;
+    async fn webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>>;
+    /// The team's webhooks, oldest first.
+    async fn team_webhooks(&mut self, team: TeamId) -> Result<Vec<Webhook>>;
+    async fn count_webhooks(&mut self, team: TeamId) -> Result<i64>;
+    /// Writes the settings (url, description, events, enabled, disabled reason, failing since,
+    /// updated at); with `reset`, also forgets the failures (a re-enable). False if it is gone.
+    async fn update_webhook(&mut self, w: &Webhook, reset: bool) -> Result<bool>;
+    async fn set_webhook_secrets(
+        &mut self,
+        id: WebhookId,
+        secrets: &SealedSecrets,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
+    async fn set_delivered_seq(&mut self, id: WebhookId, seq: i64) -> Result<()>;
+    async fn delete_webhook(&mut self, id: WebhookId) -> Result<bool>;
+
+    /// Takes (or renews) the lease of up to `limit` enabled webhooks that no other instance
+    /// holds at `now`, until `until`; returns every webhook `owner` holds after it.
+    async fn claim_webhooks(
+        &mut self,
+        owner: Uuid,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<WebhookRecord>>;
+    /// Gives up `owner`'s leases (at shutdown), so that another instance takes them at once.
+    async fn release_webhooks(&mut self, owner: Uuid) -> Result<()>;
+    /// Moves the cursor to `seq` (never back) and clears the failures, if `owner` still holds
+    /// the lease of the enabled webhook; false otherwise (stop delivering it).
+    async fn webhook_delivered(&mut self, id: WebhookId, owner: Uuid, seq: i64) -> Result<bool>;
+    /// Records a failed attempt's consequence, under the same condition.
+    async fn webhook_failing(&mut self, id: WebhookId, owner: Uuid, f: Failing) -> Result<bool>;
+
+    async fn insert_delivery(&mut self, d: &Delivery) -> Result<()>;
+    /// The webhook's attempts, newest first, before `before` (a delivery id).
+    async fn deliveries(
+        &mut self,
+        webhook: WebhookId,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Delivery>>;
+    /// Deletes all but the webhook's `keep` most recent attempts.
+    async fn prune_deliveries(&mut self, webhook: WebhookId, keep: i64) -> Result<u64>;
+    async fn count_disabled_webhooks(&mut self) -> Result<i64>;
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct WebhookRow {
+    id: WebhookId,
+    team_id: TeamId,
+    url: String,
+    description: String,
+    events: String,
+    enabled: bool,
+    delivered_seq: i64,
+    secret: Vec<u8>,
+    previous_secret: Option<Vec<u8>>,
+    previous_secret_until: Option<OffsetDateTime>,
+    created_by: UserId,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    failures: i32,
+    failing_since: Option<OffsetDateTime>,
+    next_attempt_at: Option<OffsetDateTime>,
+    disabled_reason: Option<String>,
+}
+
+/// `SELECT webhook_columns!() FROM webhooks ...`: the columns of a `WebhookRow`.
+macro_rules! webhook_columns {
+    () => {
+        "id, team_id, url, description, events, enabled, delivered_seq, secret, \
+         previous_secret, previous_secret_until, created_by, created_at, updated_at, failures, \
+         failing_since, next_attempt_at, disabled_reason"
+    };
+}
+pub(super) use webhook_columns;
+
+impl TryFrom<WebhookRow> for WebhookRecord {
+    type Error = StoreError;
+    fn try_from(r: WebhookRow) -> Result<Self, StoreError> {
+        let events: Vec<String> = serde_json::from_str(&r.events)
+            .map_err(|_| StoreError::Corrupt(format!("webhook events {:?}", r.events)))?;
+        Ok(WebhookRecord {
+            webhook: Webhook {
+                id: r.id,
+                team_id: r.team_id,
+                url: r.url,
+                description: r.description,
+                events: EventFilter::from_stored(events).into_patterns(),
+                enabled: r.enabled,
+                cursor: r.delivered_seq,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                created_by_user_id: r.created_by,
+                failing_since: r.failing_since,
+                disabled_reason: r.disabled_reason,
+                previous_secret_expires_at: r.previous_secret.as_ref().and(r.previous_secret_until),
+            },
+            secrets: SealedSecrets {
+                current: r.secret,
+                previous: r.previous_secret,
+                previous_until: r.previous_secret_until,
+            },
+            failures: r.failures,
+            next_attempt_at: r.next_attempt_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    webhook_id: WebhookId,
+    id: Uuid,
+    seq: Option<i64>,
+    message_id: String,
+    attempt: i32,
+    attempted_at: OffsetDateTime,
+    status: Option<i32>,
+    latency_ms: i64,
+    ok: bool,
+    error: Option<String>,
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(r: DeliveryRow) -> Self {
+        Delivery {
+            id: r.id,
+            webhook_id: r.webhook_id,
+            seq: r.seq,
+            message_id: r.message_id,
+            attempt: r.attempt,
+            attempted_at: r.attempted_at,
+            status: r.status,
+            latency_ms: r.latency_ms,
+            ok: r.ok,
+            error: r.error,
+        }
+    }
+}
+
+pub(super) fn events_json(w: &Webhook) -> Result<String> {
+    Ok(serde_json::to_string(&w.events)?)
+}
+
+macro_rules! impl_webhook_tx {
+    ($tx:ident, $lock_row:literal) => {
+        const _: () = {
+            use time::OffsetDateTime;
+            use uuid::Uuid;
+            use $crate::domain::webhook::{Delivery, Webhook};
+            use $crate::domain::{TeamId, WebhookId};
+            use $crate::store::webhooks::*;
+            use $crate::store::Result;
+
+            #[async_trait::async_trait]
+            impl $crate::store::webhooks::WebhookTx for $tx {
+                async fn insert_webhook(&mut self, w: &Webhook, secret: &[u8]) -> Result<()> {
+                    sqlx::query(
+                        "INSERT INTO webhooks (id, team_id, url, description, events, enabled, \
+                         delivered_seq, secret, created_by, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(w.id)
+                    .bind(w.team_id)
+                    .bind(&w.url)
+                    .bind(&w.description)
+                    .bind(events_json(w)?)
+                    .bind(w.enabled)
+                    .bind(w.cursor)
+                    .bind(secret)
+                    .bind(w.created_by_user_id)
+                    .bind(w.created_at)
+                    .bind(w.updated_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
+                    let row: Option<WebhookRow> = sqlx::query_as(concat!(
+                        "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                    row.map(TryInto::try_into).transpose()
+                }
+
+                async fn team_webhooks(&mut self, team: TeamId) -> Result<Vec<Webhook>> {
+                    let rows: Vec<WebhookRow> = sqlx::query_as(concat!(
+                        "SELECT ", webhook_columns!(),
+                        " FROM webhooks WHERE team_id = $1 ORDER BY id LIMIT 1000"
+                    ))
+                    .bind(team)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                    rows.into_iter()
+                        .map(|r| WebhookRecord::try_from(r).map(|r| r.webhook))
+                        .collect()
+                }
+
+                async fn count_webhooks(&mut self, team: TeamId) -> Result<i64> {
+                    let (n,): (i64,) =
+                        sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE team_id = $1")
+                            .bind(team)
+                            .fetch_one(&mut *self.tx)
+                            .await?;
+                    Ok(n)
+                }
+
+                async fn update_webhook(&mut self, w: &Webhook, reset: bool) -> Result<bool> {
+                    let done = sqlx::query(
+                        "UPDATE webhooks SET url = $2, description = $3, events = $4, \
+                         enabled = $5, disabled_reason = $6, failing_since = $7, \
+                         updated_at = $8, \
+                         failures = CASE WHEN $9 THEN 0 ELSE failures END, \
+                         next_attempt_at = CASE WHEN $9 THEN NULL ELSE next_attempt_at END \
+                         WHERE id = $1",
+                    )
+                    .bind(w.id)
+                    .bind(&w.url)
+                    .bind(&w.description)
+                    .bind(events_json(w)?)
+                    .bind(w.enabled)
+                    .bind(&w.disabled_reason)
+                    .bind(w.failing_since)
+                    .bind(w.updated_at)
+                    .bind(reset)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn set_webhook_secrets(
+                    &mut self,
+                    id: WebhookId,
+                    s: &SealedSecrets,
+                    at: OffsetDateTime,
+                ) -> Result<bool> {
+                    let done = sqlx::query(
+                        "UPDATE webhooks SET secret = $2, previous_secret = $3, \
+                         previous_secret_until = $4, updated_at = $5 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&s.current)
+                    .bind(&s.previous)
+                    .bind(s.previous_until)
+                    .bind(at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn set_delivered_seq(&mut self, id: WebhookId, seq: i64) -> Result<()> {
+                    sqlx::query("UPDATE webhooks SET delivered_seq = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(seq)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn delete_webhook(&mut self, id: WebhookId) -> Result<bool> {
+                    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
+                        .bind(id)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn claim_webhooks(
+                    &mut self,
+                    owner: Uuid,
+                    now: OffsetDateTime,
+                    until: OffsetDateTime,
+                    limit: i64,
+                ) -> Result<Vec<WebhookRecord>> {
+                    // Renew what this instance holds, then take free or expired leases. The
+                    // conditions are repeated outside the locking subquery: a row another
+                    // instance claimed meanwhile is read again after its commit.
+                    sqlx::query(
+                        "UPDATE webhooks SET lease_until = $2 WHERE lease_owner = $1 AND enabled",
+                    )
+                    .bind(owner)
+                    .bind(until)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    sqlx::query(concat!(
+                        "UPDATE webhooks SET lease_owner = $1, lease_until = $2 \
+                         WHERE enabled AND (lease_owner IS NULL OR lease_until < $3) \
+                         AND id IN (SELECT id FROM webhooks WHERE enabled \
+                         AND (lease_owner IS NULL OR lease_until < $3) ORDER BY id LIMIT $4",
+                        $lock_row,
+                        ")"
+                    ))
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    let rows: Vec<WebhookRow> = sqlx::query_as(concat!(
+                        "SELECT ", webhook_columns!(),
+                        " FROM webhooks WHERE lease_owner = $1 AND enabled ORDER BY id"
+                    ))
+                    .bind(owner)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                    rows.into_iter().map(TryInto::try_into).collect()
+                }
+
+                async fn release_webhooks(&mut self, owner: Uuid) -> Result<()> {
+                    sqlx::query(
+                        "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL \
+                         WHERE lease_owner = $1",
+                    )
+                    .bind(owner)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn webhook_delivered(
+                    &mut self,
+                    id: WebhookId,
+                    owner: Uuid,
+                    seq: i64,
+                ) -> Result<bool> {
+                    let done = sqlx::query(
+                        "UPDATE webhooks SET \
+                         delivered_seq = CASE WHEN delivered_seq < $3 THEN $3 ELSE delivered_seq END, \
+                         failures = 0, failing_since = NULL, next_attempt_at = NULL \
+                         WHERE id = $1 AND lease_owner = $2 AND enabled",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(seq)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn webhook_failing(
+                    &mut self,
+                    id: WebhookId,
+                    owner: Uuid,
+                    f: Failing,
+                ) -> Result<bool> {
+                    let done = sqlx::query(
+                        "UPDATE webhooks SET failures = $3, failing_since = $4, \
+                         next_attempt_at = $5 \
+                         WHERE id = $1 AND lease_owner = $2 AND enabled",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(f.failures)
+                    .bind(f.since)
+                    .bind(f.next_attempt_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn insert_delivery(&mut self, d: &Delivery) -> Result<()> {
+                    sqlx::query(
+                        "INSERT INTO webhook_deliveries (webhook_id, id, seq, message_id, \
+                         attempt, attempted_at, status, latency_ms, ok, error) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(d.webhook_id)
+                    .bind(d.id)
+                    .bind(d.seq)
+                    .bind(&d.message_id)
+                    .bind(d.attempt)
+                    .bind(d.attempted_at)
+                    .bind(d.status)
+                    .bind(d.latency_ms)
+                    .bind(d.ok)
+                    .bind(&d.error)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn deliveries(
+                    &mut self,
+                    webhook: WebhookId,
+                    before: Option<Uuid>,
+                    limit: i64,
+                ) -> Result<Vec<Delivery>> {
+                    let rows: Vec<DeliveryRow> = sqlx::query_as(
+                        "SELECT webhook_id, id, seq, message_id, attempt, attempted_at, status, \
+                         latency_ms, ok, error FROM webhook_deliveries \
+                         WHERE webhook_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    )
+                    .bind(webhook)
+                    .bind(before.unwrap_or(Uuid::max()))
+                    .bind(limit)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                    Ok(rows.into_iter().map(Into::into).collect())
+                }
+
+                async fn prune_deliveries(&mut self, webhook: WebhookId, keep: i64) -> Result<u64> {
+                    let done = sqlx::query(
+                        "DELETE FROM webhook_deliveries WHERE webhook_id = $1 AND id < \
+                         (SELECT id FROM webhook_deliveries WHERE webhook_id = $1 \
+                         ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                    )
+                    .bind(webhook)
+                    .bind(keep - 1)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn count_disabled_webhooks(&mut self) -> Result<i64> {
+                    let (n,): (i64,) =
+                        sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE NOT enabled")
+                            .fetch_one(&mut *self.tx)
+                            .await?;
+                    Ok(n)
+                }
+            }
+        };
+    };
+}
+pub(super) use impl_webhook_tx;
