@@ -107,6 +107,7 @@ pub struct App {
     config: Config,
     tasks: Supervisor,
     realtime: Arc<Realtime>,
+    deliverer: Deliverer,
     router: axum::Router,
 }
 
@@ -165,7 +166,7 @@ impl App {
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
             webhooks: Arc::new(webhook_policy(&config, &secret)?),
         };
-        Deliverer::start(
+        let deliverer = Deliverer::start(
             services.clone(),
             DelivererSettings {
                 lease: config.webhook_lease.max(Duration::from_millis(300)),
@@ -209,6 +210,7 @@ impl App {
             config,
             tasks,
             realtime,
+            deliverer,
             router,
         })
     }
@@ -225,6 +227,7 @@ impl App {
             config,
             tasks,
             realtime,
+            deliverer,
             router,
         } = self;
         let addr = listener.local_addr()?;
@@ -252,6 +255,7 @@ impl App {
             realtime.closed().await;
             realtime.retire().await;
             tasks.shutdown().await;
+            deliverer.release().await;
         };
         if tokio::time::timeout_at(deadline, drained).await.is_err() {
             tracing::warn!("drain time is up; exiting with work in flight");

@@ -66,6 +66,8 @@ pub trait WebhookTx: Send {
         until: OffsetDateTime,
         limit: i64,
     ) -> Result<Vec<WebhookRecord>>;
+    /// Whether an enabled webhook has no current lease at `now` (one to claim).
+    async fn unclaimed_webhooks(&mut self, now: OffsetDateTime) -> Result<bool>;
     /// Gives up `owner`'s leases (at shutdown), so that another instance takes them at once.
     async fn release_webhooks(&mut self, owner: Uuid) -> Result<()>;
     /// Moves the cursor to `seq` (never back) and clears the failures, if `owner` still holds
@@ -354,6 +356,17 @@ macro_rules! impl_webhook_tx {
                     .fetch_all(&mut *self.tx)
                     .await?;
                     rows.into_iter().map(TryInto::try_into).collect()
+                }
+
+                async fn unclaimed_webhooks(&mut self, now: OffsetDateTime) -> Result<bool> {
+                    let row: Option<(WebhookId,)> = sqlx::query_as(
+                        "SELECT id FROM webhooks WHERE enabled \
+                         AND (lease_owner IS NULL OR lease_until < $1) LIMIT 1",
+                    )
+                    .bind(now)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                    Ok(row.is_some())
                 }
 
                 async fn release_webhooks(&mut self, owner: Uuid) -> Result<()> {

@@ -57,13 +57,31 @@ impl Wake {
     }
 }
 
-pub struct Deliverer;
+/// This instance's delivery: its lease owner id, to give the leases up at shutdown.
+pub struct Deliverer {
+    owner: Uuid,
+    services: Services,
+}
 
 impl Deliverer {
     /// Starts the delivery task under `tasks`.
-    pub fn start(services: Services, settings: DelivererSettings, tasks: &Supervisor) {
+    pub fn start(services: Services, settings: DelivererSettings, tasks: &Supervisor) -> Self {
         let owner = Uuid::new_v4();
-        tasks.spawn("webhook delivery", run(services, settings, owner));
+        tasks.spawn("webhook delivery", run(services.clone(), settings, owner));
+        Self { owner, services }
+    }
+
+    /// Gives up this instance's leases (call once the delivery task has stopped), so another
+    /// instance takes its webhooks at its next claim instead of when the leases expire.
+    pub async fn release(&self) {
+        let released = async {
+            let mut tx = self.services.store.write().await?;
+            tx.release_webhooks(self.owner).await?;
+            tx.commit().await
+        };
+        if let Err(e) = released.await {
+            tracing::warn!(error = %e, "giving up the webhook leases failed (they will expire)");
+        }
     }
 }
 
@@ -90,7 +108,8 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
     let renew_every = settings.lease / 3;
     let mut next_claim = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_claim {
+        // A lease to renew, or a webhook nobody holds (new, enabled again, or its holder gone).
+        if tokio::time::Instant::now() >= next_claim || unclaimed(&services).await {
             next_claim = tokio::time::Instant::now() + renew_every;
             match claim(&services, owner, &settings).await {
                 Ok(held) => {
@@ -187,6 +206,15 @@ async fn claim(
         .await?;
     tx.commit().await?;
     Ok(held)
+}
+
+async fn unclaimed(services: &Services) -> bool {
+    let now = OffsetDateTime::now_utc();
+    let found = async { services.store.read().await?.unclaimed_webhooks(now).await }.await;
+    found.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "looking for unclaimed webhooks failed");
+        false
+    })
 }
 
 async fn team_seqs(

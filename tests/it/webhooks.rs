@@ -29,6 +29,7 @@ both_backends!(
     webhooks_are_managed_by_owners_and_admins,
     webhook_input_is_validated_and_capped,
     webhook_changes_reach_only_owners_and_admins,
+    webhook_activities_follow_role_changes_and_resumes,
     private_and_plain_http_urls_are_refused,
     every_activity_is_delivered_signed_and_in_order,
     event_filters_skip_activities_and_still_advance_the_cursor,
@@ -810,6 +811,74 @@ async fn webhook_input_is_validated_and_capped(b: Backend) {
     // The cap is per team.
     let other = api.create_team(owner.token(), "Other").await;
     create_hook(&api, owner.token(), other.id, json!({"url": good})).await;
+}
+
+/// The `admins` room follows roles: a member promoted to admin gets `webhook.*` on the team
+/// subscription it already has, an admin demoted to member stops getting them, and a resume
+/// replays them to an admin and not to a member.
+async fn webhook_activities_follow_role_changes_and_resumes(b: Backend) {
+    let (srv, api, owner, team) = setup(b, &[]).await;
+    let ann = api.member(owner.token(), team.id, "Ann", "admin").await;
+    let bob = api.member(owner.token(), team.id, "Bob", "member").await;
+    let rx = Receiver::start(&[]).await;
+    let role_path = |user: Uuid| format!("/api/v1/teams/{}/members/{}", team.id, user);
+    let webhook_frames = |frames: &[Value]| -> Vec<String> {
+        frames
+            .iter()
+            .filter_map(|f| f["activity"]["type"].as_str())
+            .filter(|k| k.starts_with("webhook."))
+            .map(str::to_owned)
+            .collect()
+    };
+    let is_task = |title: &'static str| {
+        move |f: &Value| f["type"] == "activity" && f["activity"]["data"]["task"]["title"] == title
+    };
+
+    let mut wa = srv.ws(ann.token()).await.labeled("ann");
+    wa.subscribe_team(team.id, None).await;
+    let mut wb = srv.ws(bob.token()).await.labeled("bob");
+    wb.subscribe_team(team.id, None).await;
+    let before = api.team_seq(owner.token(), team.id).await;
+
+    // Swap the roles: Bob becomes an admin, Ann a member, on the subscriptions they hold.
+    api.patch(
+        &role_path(bob.id()),
+        owner.token(),
+        json!({"role": "admin"}),
+    )
+    .await
+    .ok(200);
+    api.patch(
+        &role_path(ann.id()),
+        owner.token(),
+        json!({"role": "member"}),
+    )
+    .await
+    .ok(200);
+    create_hook(&api, owner.token(), team.id, json!({"url": rx.url()})).await;
+    api.task(owner.token(), team.id, "marker").await;
+
+    let (_, seen_by_bob) = wb.wait_for("the marker", T, is_task("marker")).await;
+    assert_eq!(
+        webhook_frames(&seen_by_bob),
+        ["webhook.created"],
+        "{seen_by_bob:?}"
+    );
+    let (_, seen_by_ann) = wa.wait_for("the marker", T, is_task("marker")).await;
+    assert!(webhook_frames(&seen_by_ann).is_empty(), "{seen_by_ann:?}");
+
+    // Resumes from before: Bob (now an admin) replays the webhook's creation, Ann does not.
+    for (user, label, want) in [(&bob, "bob again", 1), (&ann, "ann again", 0)] {
+        let mut w = srv.ws(user.token()).await.labeled(label);
+        let replayed = w.subscribe(Scope::Team(team.id), Some(before)).await.before;
+        let kinds: Vec<&str> = replayed
+            .iter()
+            .filter_map(|a| a["type"].as_str())
+            .filter(|k| k.starts_with("webhook."))
+            .collect();
+        assert!(replayed.len() >= 2, "{label}: {replayed:?}");
+        assert_eq!(kinds.len(), want, "{label}: {replayed:?}");
+    }
 }
 
 async fn webhook_changes_reach_only_owners_and_admins(b: Backend) {
@@ -1969,4 +2038,45 @@ async fn webhook_chaos_cluster_kill_9_each_node() {
         w.failed.load(Ordering::SeqCst)
     );
     assert_chaos_story(&api, &token, team.id, &h, last).await;
+}
+
+/// A stopping instance gives its leases up: with leases far longer than the test waits, another
+/// instance delivers the webhook within seconds of the holder's SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "slow set: cargo test -- --ignored"]
+async fn a_stopping_instance_hands_its_webhooks_over_at_once() {
+    let env = settings(&[("TASKFORGE_WEBHOOK_LEASE", "60s")]);
+    let Some(mut cluster) = Cluster::start(2, &env).await else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Handover").await;
+    let h = hooked(&api, &owner, team.id, None).await;
+    let first = api.team_seq(owner.token(), team.id).await;
+    wait_delivered(&h.rx, first, T).await;
+
+    // The holder exports the webhook's backlog gauge; the other instance never held it.
+    let label = format!("webhook=\"{}\"", h.id);
+    let mut holder = None;
+    for i in 0..2 {
+        if cluster
+            .node(i)
+            .client()
+            .metrics()
+            .await
+            .has("taskforge_webhook_backlog", &[&label])
+        {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one instance holds the webhook");
+    let other = 1 - holder;
+    cluster.nodes[holder].terminate().await;
+
+    let api = cluster.node(other).client();
+    api.task(owner.token(), team.id, "after the handover").await;
+    let last = api.team_seq(owner.token(), team.id).await;
+    // Well under the 60 s lease: only a released lease is taken this soon.
+    wait_delivered(&h.rx, last, Duration::from_secs(10)).await;
 }
