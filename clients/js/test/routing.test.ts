@@ -60,7 +60,9 @@ test('reaches() follows ROUTING for every activity type and scope kind', () => {
     const a = { type, seq: 1, ...ids } as unknown as Activity;
     for (const kind of kinds) {
       const scope = kind === 'team' ? { teamId: ids.teamId } : kind === 'board' ? { boardId: ids.boardId } : { taskId: ids.taskId };
-      const routed = (ROUTING[type] as readonly RoomKind[]).includes(kind);
+      const rooms = ROUTING[type] as readonly RoomKind[];
+      // The admins room is the owners and admins among a team scope's sockets.
+      const routed = rooms.includes(kind) || (kind === 'team' && rooms.includes('admins'));
       assert.equal(reaches(a, scope), routed, `${type} -> ${kind}`);
       // Another room of the same kind is never reached.
       const other = kind === 'team' ? { teamId: 'x' } : kind === 'board' ? { boardId: 'x' } : { taskId: 'x' };
@@ -69,6 +71,11 @@ test('reaches() follows ROUTING for every activity type and scope kind', () => {
     // The board a task left is reached exactly when board rooms are.
     assert.equal(reaches(a, { boardId: 'left' }, 'left'), ROUTING[type].includes('board'), `${type} -> board left`);
   }
+  // webhook.* reach the team scope (of its owners and admins) and no board or task scope.
+  const created = { type: 'webhook.created', seq: 1, ...ids } as unknown as Activity;
+  assert.deepEqual([...ROUTING['webhook.created']], ['admins']);
+  assert.equal(reaches(created, { teamId: ids.teamId }), true);
+  assert.equal(reaches(created, { boardId: ids.boardId }), false);
   // A type this client does not know (a newer server's) reaches nothing, rather than throwing.
   const unknown = { type: 'task.archived', seq: 1, ...ids } as unknown as Activity;
   assert.equal(reaches(unknown, { teamId: ids.teamId }), false);
