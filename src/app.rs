@@ -166,13 +166,23 @@ impl App {
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
             webhooks: Arc::new(webhook_policy(&config, &secret)?),
         };
+        let retry_base = config
+            .webhook_retry_base
+            .clamp(Duration::from_millis(1), Duration::from_secs(86_400));
         let deliverer = Deliverer::start(
             services.clone(),
+            // Bounded so that no setting, however large, overflows a timestamp.
             DelivererSettings {
-                lease: config.webhook_lease.max(Duration::from_millis(300)),
-                poll: config.webhook_poll_interval.max(Duration::from_millis(10)),
-                retry_base: config.webhook_retry_base,
-                retry_max: config.webhook_retry_max.max(config.webhook_retry_base),
+                lease: config
+                    .webhook_lease
+                    .clamp(Duration::from_millis(300), Duration::from_secs(3600)),
+                poll: config
+                    .webhook_poll_interval
+                    .clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                retry_base,
+                retry_max: config
+                    .webhook_retry_max
+                    .clamp(retry_base, Duration::from_secs(86_400)),
                 disable_after: config.webhook_disable_after,
             },
             &tasks,

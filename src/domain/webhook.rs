@@ -120,8 +120,14 @@ impl EventFilter {
         Self(patterns)
     }
 
+    /// Whether an activity of type `kind` is delivered. `*` means every type but the webhooks'
+    /// own (`webhook.*` carry other webhooks' URLs, which are often credentials): those go only
+    /// to a webhook whose patterns name them (`webhook.*`, `webhook.disabled`).
     pub fn matches(&self, kind: &str) -> bool {
-        self.0.iter().any(|p| pattern_matches(p, kind))
+        let admins_only = ActivityKind::parse(kind).is_some_and(ActivityKind::admins_only);
+        self.0
+            .iter()
+            .any(|p| pattern_matches(p, kind) && !(admins_only && p == "*"))
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -151,17 +157,22 @@ pub fn check_description(d: &str) -> Result<(), DomainError> {
     c.finish()
 }
 
-/// A webhook target that passed the syntactic checks: the scheme, and the host as written.
+/// A webhook target that passed the checks that need no network: its URL as the HTTP client will
+/// read it (normalized), and its host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub url: String,
     pub https: bool,
-    /// The host when it is an IP literal (checked here); a name is checked when it resolves.
+    /// The host when it is an IP address, in any spelling the URL standard accepts
+    /// (`127.0.0.1.`, `2130706433`, `0x7f.1`, `[::1]`): checked here, as the client connects to
+    /// it without resolving. A name is checked on what it resolves to.
     pub ip: Option<IpAddr>,
+    /// The host when it is a name.
+    pub name: Option<String>,
 }
 
-/// Checks what can be checked of a URL before resolving it: `https://` (or `http://` when private
-/// targets are allowed), a host, no user info, no fragment, and an IP literal that is public
+/// Checks a webhook URL with the parser the HTTP client uses: `https://` (or `http://` when
+/// private targets are allowed), a host, no user info, no fragment, and an IP host that is public
 /// unless private targets are allowed.
 pub fn check_url(raw: &str, allow_private: bool) -> Result<Target, DomainError> {
     let bad = |m: &str| DomainError::invalid("url", m);
@@ -171,29 +182,25 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Target, DomainError> 
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain spaces or control characters"));
     }
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or_else(|| bad("must be an absolute https:// URL"))?;
-    let https = match scheme.to_ascii_lowercase().as_str() {
+    let url = url::Url::parse(raw).map_err(|_| bad("must be an absolute https:// URL"))?;
+    let https = match url.scheme() {
         "https" => true,
         "http" if allow_private => false,
         "http" => return Err(bad("must use https://")),
         _ => return Err(bad("must be an absolute https:// URL")),
     };
-    if rest.contains('#') {
+    if url.fragment().is_some() {
         return Err(bad("must not have a fragment"));
     }
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.contains('@') {
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("must not carry a user name or password"));
     }
-    let host = host_of(authority).ok_or_else(|| bad("must name a host"))?;
-    let ip = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-        .parse::<IpAddr>()
-        .ok();
+    let (ip, name) = match url.host() {
+        Some(url::Host::Ipv4(v4)) => (Some(IpAddr::V4(v4)), None),
+        Some(url::Host::Ipv6(v6)) => (Some(IpAddr::V6(v6)), None),
+        Some(url::Host::Domain(d)) if !d.is_empty() => (None, Some(d.to_owned())),
+        _ => return Err(bad("must name a host")),
+    };
     if let Some(ip) = ip
         && !allow_private
         && !is_public(ip)
@@ -202,48 +209,15 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Target, DomainError> 
             "must not point at a loopback, private, link-local or metadata address",
         ));
     }
-    if ip.is_none()
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-    {
-        return Err(bad("must name a valid host"));
+    if url.as_str().len() > URL_MAX {
+        return Err(bad("must be at most 2048 characters"));
     }
     Ok(Target {
-        url: raw.to_owned(),
+        url: url.as_str().to_owned(),
         https,
         ip,
+        name,
     })
-}
-
-/// The host name of a URL that passed `check_url`.
-pub fn host_name(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    host_of(authority).map(str::to_owned)
-}
-
-/// The host of an authority (`host`, `host:port`, `[v6]:port`), without the port.
-fn host_of(authority: &str) -> Option<&str> {
-    let host = if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let (h, port) = authority.split_at(end + 1);
-        if !(port.is_empty() || port.strip_prefix(':').is_some_and(valid_port)) {
-            return None;
-        }
-        h
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, port)) if valid_port(port) => h,
-            Some(_) => return None,
-            None => authority,
-        }
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.parse::<u16>().is_ok()
 }
 
 /// Whether an address is on the public internet: not loopback, private, link-local (which holds
@@ -253,7 +227,9 @@ pub fn is_public(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
+            // `::a.b.c.d` (IPv4-compatible) and `::ffff:0:a.b.c.d` (IPv4-translated) embed an
+            // IPv4 address too: never public.
+            None => v6.segments()[..4] != [0, 0, 0, 0] && is_public_v6(v6),
         },
     }
 }
@@ -331,7 +307,13 @@ mod tests {
         assert!(f.matches("comment.created"));
         assert!(!f.matches("comment.deleted"));
         assert!(!f.matches("member.added"));
-        assert!(EventFilter::all().matches("webhook.disabled"));
+        assert!(EventFilter::all().matches("member.added"));
+        assert!(
+            !EventFilter::all().matches("webhook.disabled"),
+            "only when named"
+        );
+        let named = EventFilter::parse(vec!["*".into(), "webhook.*".into()]).expect("ok");
+        assert!(named.matches("webhook.disabled"));
         for bad in [
             vec![],
             vec!["nope.*".to_owned()],
@@ -367,9 +349,20 @@ mod tests {
             "https://",
             "https://example.com:99999/",
             "https://exa mple.com/",
+            "https://127.0.0.1./x",
+            "https://2130706433/x",
+            "https://0x7f.1/x",
+            "https://017700000001/x",
+            "https://127.1/x",
+            "https://10.1.2.3./x",
+            "https://[::127.0.0.1]/x",
+            "https://[::ffff:0:127.0.0.1]/x",
         ] {
             assert!(check_url(bad, false).is_err(), "{bad}");
         }
+        let t = check_url("https://Hooks.Example.com.:443/x", false).expect("a name");
+        assert_eq!(t.name.as_deref(), Some("hooks.example.com."));
+        assert_eq!(t.url, "https://hooks.example.com./x");
         let t = check_url("http://127.0.0.1:9000/hook", true).expect("allowed");
         assert!(!t.https);
         assert_eq!(t.ip, Some(IpAddr::from([127, 0, 0, 1])));

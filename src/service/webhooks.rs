@@ -65,11 +65,21 @@ pub struct WebhookPatch {
     pub enabled: Option<bool>,
 }
 
-/// A webhook with its secret in plain text: only the answer of a create or a rotation.
-#[derive(Debug, Clone)]
+/// A webhook with its secret in plain text: only the answer of a create or a rotation. Its
+/// `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct WithSecret {
     pub webhook: Webhook,
     pub secret: String,
+}
+
+impl std::fmt::Debug for WithSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithSecret")
+            .field("webhook", &self.webhook)
+            .field("secret", &"…")
+            .finish()
+    }
 }
 
 impl From<SecretError> for ServiceError {
@@ -86,6 +96,14 @@ impl Services {
         new: NewWebhook,
     ) -> Result<WithSecret> {
         let policy = &self.webhooks;
+        // Who may is checked before the URL is looked up: the answer says something of what a
+        // name resolves to, which is not for outsiders.
+        {
+            let mut tx = self.store.read().await?;
+            role_in(&mut *tx, team, actor)
+                .await?
+                .ensure(Action::ManageWebhooks)?;
+        }
         let url = self.checked_url(&new.url).await?;
         let events = match new.events {
             Some(p) => EventFilter::parse(p)?,
@@ -157,7 +175,7 @@ impl Services {
 
     pub async fn webhook(&self, actor: UserId, id: WebhookId) -> Result<Webhook> {
         let mut tx = self.store.read().await?;
-        Ok(managed(&mut *tx, actor, id).await?.webhook)
+        Ok(managed(&mut *tx, actor, id, false).await?.webhook)
     }
 
     pub async fn update_webhook(
@@ -166,6 +184,10 @@ impl Services {
         id: WebhookId,
         patch: WebhookPatch,
     ) -> Result<Webhook> {
+        {
+            let mut tx = self.store.read().await?;
+            managed(&mut *tx, actor, id, false).await?;
+        }
         let url = match &patch.url {
             Some(u) => Some(self.checked_url(u).await?),
             None => None,
@@ -175,7 +197,7 @@ impl Services {
             webhook::check_description(d)?;
         }
         let mut tx = self.store.write().await?;
-        let mut w = managed(&mut *tx, actor, id).await?.webhook;
+        let mut w = managed(&mut *tx, actor, id, true).await?.webhook;
         let before = w.clone();
         let retarget = url.as_ref().is_some_and(|u| *u != w.url);
         if let Some(u) = url {
@@ -216,7 +238,7 @@ impl Services {
 
     pub async fn delete_webhook(&self, actor: UserId, id: WebhookId) -> Result<()> {
         let mut tx = self.store.write().await?;
-        let w = managed(&mut *tx, actor, id).await?.webhook;
+        let w = managed(&mut *tx, actor, id, true).await?.webhook;
         if !tx.delete_webhook(id).await? {
             return Err(DomainError::NotFound.into());
         }
@@ -232,7 +254,7 @@ impl Services {
     /// A new secret; the current one keeps signing beside it for `PREVIOUS_SECRET_TTL`.
     pub async fn rotate_webhook_secret(&self, actor: UserId, id: WebhookId) -> Result<WithSecret> {
         let mut tx = self.store.write().await?;
-        let record = managed(&mut *tx, actor, id).await?;
+        let record = managed(&mut *tx, actor, id, true).await?;
         let at = now();
         let secret = Secret::generate()?;
         let sealed = SealedSecrets {
@@ -262,7 +284,7 @@ impl Services {
     pub async fn ping_webhook(&self, actor: UserId, id: WebhookId) -> Result<Delivery> {
         let record = {
             let mut tx = self.store.read().await?;
-            managed(&mut *tx, actor, id).await?
+            managed(&mut *tx, actor, id, false).await?
         };
         let w = &record.webhook;
         let at = now();
@@ -289,6 +311,8 @@ impl Services {
         let delivery = attempt_record(w.id, None, message_id, 1, at, &outcome);
         let mut tx = self.store.write().await?;
         tx.insert_delivery(&delivery).await?;
+        tx.prune_deliveries(w.id, crate::webhook::deliverer::KEEP_ATTEMPTS)
+            .await?;
         tx.commit().await?;
         Ok(delivery)
     }
@@ -301,7 +325,7 @@ impl Services {
     ) -> Result<Page<Delivery>> {
         let page = req.after_id::<Uuid>()?;
         let mut tx = self.store.read().await?;
-        managed(&mut *tx, actor, id).await?;
+        managed(&mut *tx, actor, id, false).await?;
         let rows = tx.deliveries(id, page.after, page.limit).await?;
         Ok(page_by_id(rows, page, |d: &Delivery| d.id))
     }
@@ -311,7 +335,7 @@ impl Services {
     /// disabled or gone.
     pub async fn disable_webhook(&self, id: WebhookId, reason: String) -> Result<()> {
         let mut tx = self.store.write().await?;
-        let Some(record) = tx.webhook(id).await? else {
+        let Some(record) = tx.lock_webhook(id).await? else {
             return Ok(());
         };
         let mut w = record.webhook;
@@ -368,17 +392,16 @@ impl Services {
                 "must not point at a loopback, private, link-local or metadata address",
             )
         };
-        let host = webhook::host_name(&target.url).ok_or_else(refused)?;
+        let host = target.name.clone().ok_or_else(refused)?;
+        let host = host.trim_end_matches('.');
         if host.eq_ignore_ascii_case("localhost")
             || host.to_ascii_lowercase().ends_with(".localhost")
         {
             return Err(refused().into());
         }
-        let lookup = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::lookup_host((host.as_str(), 443)),
-        )
-        .await;
+        let lookup =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host((host, 443)))
+                .await;
         // A name that does not resolve now may later: the connect-time check decides then.
         if let Ok(Ok(addrs)) = lookup {
             let addrs: Vec<_> = addrs.collect();
@@ -391,9 +414,20 @@ impl Services {
 }
 
 /// The webhook, if the caller may manage it: not found for a non-member (or a webhook that is
-/// gone), forbidden for a member below admin.
-async fn managed(tx: &mut dyn Tx, actor: UserId, id: WebhookId) -> Result<WebhookRecord> {
-    let record = tx.webhook(id).await?.ok_or(DomainError::NotFound)?;
+/// gone), forbidden for a member below admin. With `lock`, its row is locked until the
+/// transaction ends (every change reads and writes it whole: two must not interleave).
+async fn managed(
+    tx: &mut dyn Tx,
+    actor: UserId,
+    id: WebhookId,
+    lock: bool,
+) -> Result<WebhookRecord> {
+    let record = if lock {
+        tx.lock_webhook(id).await?
+    } else {
+        tx.webhook(id).await?
+    };
+    let record = record.ok_or(DomainError::NotFound)?;
     role_in(tx, record.webhook.team_id, actor)
         .await?
         .ensure(Action::ManageWebhooks)?;

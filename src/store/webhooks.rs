@@ -42,6 +42,9 @@ pub struct Failing {
 pub trait WebhookTx: Send {
     async fn insert_webhook(&mut self, w: &Webhook, secret: &[u8]) -> Result<()>;
     async fn webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>>;
+    /// `webhook`, locking the row until the transaction ends (PostgreSQL; SQLite's writer is
+    /// alone anyway).
+    async fn lock_webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>>;
     /// The team's webhooks, oldest first.
     async fn team_webhooks(&mut self, team: TeamId) -> Result<Vec<Webhook>>;
     async fn count_webhooks(&mut self, team: TeamId) -> Result<i64>;
@@ -224,6 +227,16 @@ macro_rules! impl_webhook_tx {
                 async fn webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
                     let row: Option<WebhookRow> = sqlx::query_as(concat!(
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                    row.map(TryInto::try_into).transpose()
+                }
+
+                async fn lock_webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
+                    let row: Option<WebhookRow> = sqlx::query_as(concat!(
+                        "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1", $lock_row
                     ))
                     .bind(id)
                     .fetch_optional(&mut *self.tx)
@@ -425,7 +438,8 @@ macro_rules! impl_webhook_tx {
                     sqlx::query(
                         "INSERT INTO webhook_deliveries (webhook_id, id, seq, message_id, \
                          attempt, attempted_at, status, latency_ms, ok, error) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+                         WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
                     )
                     .bind(d.webhook_id)
                     .bind(d.id)

@@ -4,8 +4,14 @@
 //!
 //! The cursor moves only after the receiver said 2xx, in the same transaction that records the
 //! attempt, and only while this instance holds the lease: a crash, a restart or a lost lease
-//! resumes from the cursor, so an activity may be delivered twice but is never skipped. A worker
-//! whose lease is gone (expired, webhook disabled or deleted) is stopped at the next claim.
+//! resumes from the cursor, so an activity may be delivered twice but is never skipped.
+//!
+//! A worker stops sending when its lease is no longer vouched for: it is aborted when a claim no
+//! longer returns its webhook (disabled, deleted, taken over), and it sends nothing past the
+//! lease's end as of the last successful claim (an instance cut off from the database must not
+//! keep sending while another instance has taken the webhook over). Each attempt reads the
+//! webhook's row first, so a new url, events, secret or a reset of its failures applies to the
+//! next request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +20,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::domain::activity::LogEntry;
-use crate::domain::webhook::{self, EventFilter};
+use crate::domain::webhook::{self, Delivery, EventFilter};
 use crate::domain::{TeamId, WebhookId};
 use crate::service::Services;
 use crate::service::webhooks::attempt_record;
@@ -28,11 +35,11 @@ use crate::telemetry;
 
 /// Activities read from the log per step.
 const READ_BATCH: i64 = 100;
-/// Webhooks one instance delivers at most (each is one request at a time).
-const MAX_HELD: i64 = 256;
+/// Webhooks one instance holds at most (each is one request at a time).
+const MAX_HELD: usize = 256;
 /// Attempts kept per webhook for its deliveries list.
-const KEEP_ATTEMPTS: i64 = 1000;
-/// How often (in attempts) a worker trims its webhook's attempts.
+pub const KEEP_ATTEMPTS: i64 = 1000;
+/// How often (in attempts) a worker trims its webhook's attempts (and once when it starts).
 const PRUNE_EVERY: u32 = 200;
 
 #[derive(Debug, Clone)]
@@ -85,51 +92,63 @@ impl Deliverer {
     }
 }
 
-/// What a worker is told at each claim and poll: its webhook as stored, and its team's seq.
-#[derive(Clone)]
+/// What a worker is told at each claim and poll.
+#[derive(Clone, Copy)]
 struct Assignment {
-    record: Arc<WebhookRecord>,
+    /// The team's latest seq.
     team_seq: i64,
+    /// Until when the lease is vouched for by the last successful claim.
+    held_until: Instant,
 }
 
-/// A worker as the task keeps it: dropping `tx` stops the worker.
+/// A worker as the task keeps it. Dropping `tx` and aborting stops it.
 struct Running {
     /// Tells this worker from a later one of the same webhook.
     generation: u64,
     tx: watch::Sender<Assignment>,
+    abort: AbortHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
 }
 
 async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
     let settings = Arc::new(settings);
-    let mut workers: JoinSet<(WebhookId, u64)> = JoinSet::new();
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut tasks: HashMap<tokio::task::Id, (WebhookId, u64)> = HashMap::new();
     let mut generation = 0u64;
     let mut running: HashMap<WebhookId, Running> = HashMap::new();
-    let mut records: HashMap<WebhookId, Arc<WebhookRecord>> = HashMap::new();
+    let mut records: HashMap<WebhookId, TeamId> = HashMap::new();
+    let mut held_until = Instant::now();
     let renew_every = settings.lease / 3;
-    let mut next_claim = tokio::time::Instant::now();
+    let mut next_claim = Instant::now();
     loop {
         // A lease to renew, or a webhook nobody holds (new, enabled again, or its holder gone).
-        if tokio::time::Instant::now() >= next_claim || unclaimed(&services).await {
-            next_claim = tokio::time::Instant::now() + renew_every;
-            match claim(&services, owner, &settings).await {
+        if Instant::now() >= next_claim || unclaimed(&services).await {
+            let started = Instant::now();
+            next_claim = started + renew_every;
+            let room = MAX_HELD.saturating_sub(records.len());
+            match claim(&services, owner, &settings, room).await {
                 Ok(held) => {
+                    held_until = started + settings.lease;
                     records = held
-                        .into_iter()
-                        .map(|r| (r.webhook.id, Arc::new(r)))
+                        .iter()
+                        .map(|r| (r.webhook.id, r.webhook.team_id))
                         .collect();
-                    // Lease gone (taken over, disabled, deleted): stop its worker.
+                    // Lease gone (taken over, disabled, deleted): stop its worker now, even
+                    // mid-request (dropping `Running` aborts it).
                     running.retain(|id, _| records.contains_key(id));
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming webhook leases failed"),
             }
             gauge_disabled(&services).await;
         }
-        let teams: Vec<TeamId> = {
-            let mut t: Vec<TeamId> = records.values().map(|r| r.webhook.team_id).collect();
-            t.sort_unstable();
-            t.dedup();
-            t
-        };
+        let mut teams: Vec<TeamId> = records.values().copied().collect();
+        teams.sort_unstable();
+        teams.dedup();
         let seqs: HashMap<TeamId, i64> = match team_seqs(&services, &teams).await {
             Ok(s) => s.into_iter().collect(),
             Err(e) => {
@@ -137,56 +156,61 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
                 HashMap::new()
             }
         };
-        for (id, record) in &records {
-            let team_seq = seqs
-                .get(&record.webhook.team_id)
-                .copied()
-                .unwrap_or(record.webhook.cursor);
-            let assignment = Assignment {
-                record: record.clone(),
-                team_seq,
+        for (id, team) in &records {
+            let Some(&team_seq) = seqs.get(team) else {
+                continue;
             };
-            match running.get(id) {
-                Some(r) => {
-                    r.tx.send_replace(assignment);
+            let assignment = Assignment {
+                team_seq,
+                held_until,
+            };
+            if let Some(r) = running.get(id) {
+                r.tx.send_replace(assignment);
+                continue;
+            }
+            let (tx, rx) = watch::channel(assignment);
+            generation += 1;
+            let worker = Worker {
+                services: services.clone(),
+                settings: settings.clone(),
+                owner,
+                id: *id,
+            };
+            let abort = workers.spawn(async move { worker.run(rx).await });
+            tasks.insert(abort.id(), (*id, generation));
+            running.insert(
+                *id,
+                Running {
+                    generation,
+                    tx,
+                    abort,
+                },
+            );
+        }
+        // A worker that ended (its webhook disabled, its lease lost, or a panic) is forgotten,
+        // with its record: the next claim starts another if the lease is still this instance's.
+        while let Some(done) = workers.try_join_next_with_id() {
+            let task = match done {
+                Ok((task, ())) => task,
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a webhook worker panicked");
+                    }
+                    e.id()
                 }
-                None => {
-                    let (tx, rx) = watch::channel(assignment);
-                    generation += 1;
-                    running.insert(*id, Running { generation, tx });
-                    let started = generation;
-                    let worker = Worker {
-                        services: services.clone(),
-                        settings: settings.clone(),
-                        owner,
-                        id: *id,
-                    };
-                    workers.spawn(async move {
-                        worker.run(rx).await;
-                        (worker.id, started)
-                    });
-                }
+            };
+            let Some((id, g)) = tasks.remove(&task) else {
+                continue;
+            };
+            if running.get(&id).is_some_and(|r| r.generation == g) {
+                running.remove(&id);
+                records.remove(&id);
+            }
+            if !running.contains_key(&id) {
+                metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => id.to_string()).set(0.0);
             }
         }
-        // A worker that ended (its webhook disabled, its lease lost) is forgotten; the next
-        // claim starts another if the lease is still this instance's.
-        while let Some(done) = workers.try_join_next() {
-            match done {
-                Ok((id, g)) => {
-                    if running.get(&id).is_some_and(|r| r.generation == g) {
-                        running.remove(&id);
-                        // Not restarted before the next claim says the lease is still ours.
-                        records.remove(&id);
-                    }
-                    if !running.contains_key(&id) {
-                        metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => id.to_string())
-                            .set(0.0);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "a webhook worker panicked"),
-            }
-        }
-        let until_claim = next_claim.saturating_duration_since(tokio::time::Instant::now());
+        let until_claim = next_claim.saturating_duration_since(Instant::now());
         tokio::select! {
             () = services.webhooks.wake.0.notified() => {}
             () = tokio::time::sleep(settings.poll.min(until_claim)) => {}
@@ -198,11 +222,17 @@ async fn claim(
     services: &Services,
     owner: Uuid,
     settings: &DelivererSettings,
+    room: usize,
 ) -> Result<Vec<WebhookRecord>, StoreError> {
     let now = OffsetDateTime::now_utc();
     let mut tx = services.store.write().await?;
     let held = tx
-        .claim_webhooks(owner, now, now + settings.lease, MAX_HELD)
+        .claim_webhooks(
+            owner,
+            now,
+            now + settings.lease,
+            i64::try_from(room).unwrap_or(0),
+        )
         .await?;
     tx.commit().await?;
     Ok(held)
@@ -242,29 +272,24 @@ struct Worker {
     id: WebhookId,
 }
 
-/// Why a worker stops.
-enum Stop {
-    /// The lease is no longer this instance's, or the webhook was disabled or deleted.
-    Released,
-}
+/// The worker is to stop: its webhook is no longer its to deliver (disabled, deleted, the lease
+/// lost or given up).
+struct Stop;
 
 impl Worker {
     async fn run(&self, mut rx: watch::Receiver<Assignment>) {
-        let start = rx.borrow_and_update().clone();
-        let mut cursor = start.record.webhook.cursor;
-        let mut failures = start.record.failures.max(0) as u32;
-        let mut failing_since = start.record.webhook.failing_since;
-        // A retry the previous holder scheduled is honoured.
-        if let Some(at) = start.record.next_attempt_at {
-            let wait = at - OffsetDateTime::now_utc();
-            if wait.is_positive() {
-                let wait = Duration::try_from(wait).unwrap_or_default();
-                if sleep_or_closed(&mut rx, wait).await.is_err() {
-                    return;
-                }
-            }
-        }
+        let Ok(Some(start)) = self.current().await else {
+            return;
+        };
+        let mut cursor = start.webhook.cursor;
         let mut attempts: u32 = 0;
+        let _ = self.prune().await;
+        // A retry the previous holder scheduled is honoured.
+        if let Some(wait) = start.next_attempt_at.and_then(until)
+            && self.wait_retry(&mut rx, wait).await.is_err()
+        {
+            return;
+        }
         loop {
             let team_seq = rx.borrow_and_update().team_seq;
             let backlog = (team_seq - cursor).max(0);
@@ -276,38 +301,31 @@ impl Worker {
                 }
                 continue;
             }
-            // Read again at each step: a change of url, events or secret applies to the next
-            // activity, and a disabled or deleted webhook stops here.
             let record = match self.current().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, webhook = %self.id, "reading a webhook failed");
-                    if sleep_or_closed(&mut rx, self.settings.retry_base)
-                        .await
-                        .is_err()
-                    {
+                    if self.pause(&mut rx, self.settings.retry_base).await.is_err() {
                         return;
                     }
                     continue;
                 }
             };
+            // Never behind what the row says (another holder may have moved it while this
+            // instance had lost the lease).
+            cursor = cursor.max(record.webhook.cursor);
             let batch = match self.read(record.webhook.team_id, cursor, team_seq).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, webhook = %self.id, "reading the log for a webhook failed");
-                    if sleep_or_closed(&mut rx, self.settings.retry_base)
-                        .await
-                        .is_err()
-                    {
+                    if self.pause(&mut rx, self.settings.retry_base).await.is_err() {
                         return;
                     }
                     continue;
                 }
             };
             let Some(first) = batch.first() else {
-                // The log ends below what the team's seq said (a pruned tail cannot be: the
-                // latest is always kept); look again at the next poll.
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -317,29 +335,22 @@ impl Worker {
                 // Pruned by the log's retention while the webhook was disabled or failing.
                 tracing::warn!(webhook = %self.id, from = cursor + 1, to = first.seq - 1, "activities were pruned before this webhook delivered them");
             }
-            let filter = EventFilter::from_stored(record.webhook.events.clone());
+            let mut filter = EventFilter::from_stored(record.webhook.events.clone());
             let mut skipped_to = None;
             for entry in &batch {
                 if !filter.matches(entry.route.kind.as_str()) {
                     skipped_to = Some(entry.seq);
                     continue;
                 }
-                match self
-                    .deliver(
-                        &mut rx,
-                        &record,
-                        entry,
-                        &mut failures,
-                        &mut failing_since,
-                        &mut attempts,
-                    )
-                    .await
-                {
-                    Ok(()) => {
+                match self.deliver(&mut rx, entry, &mut attempts).await {
+                    Ok(Some(now)) => {
                         cursor = entry.seq;
                         skipped_to = None;
+                        filter = EventFilter::from_stored(now.webhook.events);
                     }
-                    Err(Stop::Released) => return,
+                    // Its events no longer ask for it (changed since the batch began).
+                    Ok(None) => skipped_to = Some(entry.seq),
+                    Err(Stop) => return,
                 }
             }
             if let Some(seq) = skipped_to {
@@ -348,10 +359,7 @@ impl Worker {
                     Ok(false) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, webhook = %self.id, "moving a webhook's cursor failed");
-                        if sleep_or_closed(&mut rx, self.settings.retry_base)
-                            .await
-                            .is_err()
-                        {
+                        if self.pause(&mut rx, self.settings.retry_base).await.is_err() {
                             return;
                         }
                     }
@@ -382,31 +390,42 @@ impl Worker {
         Ok(held)
     }
 
-    /// Delivers one activity, retrying until the receiver takes it; `Released` when the webhook
-    /// is no longer this worker's to deliver.
+    async fn prune(&self) -> Result<(), StoreError> {
+        let mut tx = self.services.store.write().await?;
+        tx.prune_deliveries(self.id, KEEP_ATTEMPTS).await?;
+        tx.commit().await
+    }
+
+    /// Delivers one activity, retrying until the receiver takes it. `Ok(Some(webhook))` once
+    /// delivered (as the webhook stood then), `Ok(None)` when the webhook's events no longer ask
+    /// for it, `Stop` when the webhook is no longer this worker's to deliver.
     async fn deliver(
         &self,
         rx: &mut watch::Receiver<Assignment>,
-        record: &WebhookRecord,
         entry: &LogEntry,
-        failures: &mut u32,
-        failing_since: &mut Option<OffsetDateTime>,
         attempts: &mut u32,
-    ) -> Result<(), Stop> {
+    ) -> Result<Option<WebhookRecord>, Stop> {
         let message_id = activity_id(&entry.json).unwrap_or_else(|| format!("seq_{}", entry.seq));
         let body = Bytes::copy_from_slice(entry.json.as_bytes());
-        let mut attempt: i32 = 1;
-        let mut record = record.clone();
+        let mut write_failures = 0u32;
         loop {
-            if attempt > 1 {
-                // A retry goes where the webhook points now (its owner may have fixed the url).
-                match self.current().await {
-                    Ok(Some(r)) => record = r,
-                    Ok(None) => return Err(Stop::Released),
-                    Err(e) => {
-                        tracing::debug!(error = %e, webhook = %self.id, "re-reading a webhook failed")
-                    }
+            self.while_held(rx).await?;
+            // Read at each attempt: where it points, what it asks for, its secrets, and its
+            // failures (which a PATCH may have reset) are the row's, not this worker's.
+            let record = match self.current().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(Stop),
+                Err(e) => {
+                    tracing::warn!(error = %e, webhook = %self.id, "reading a webhook failed");
+                    write_failures += 1;
+                    self.pause(rx, self.retry_wait(write_failures)).await?;
+                    continue;
                 }
+            };
+            if !EventFilter::from_stored(record.webhook.events.clone())
+                .matches(entry.route.kind.as_str())
+            {
+                return Ok(None);
             }
             let at = crate::domain::model::timestamp::truncate(OffsetDateTime::now_utc());
             let outcome = match self.services.signing_secrets(&record, at) {
@@ -425,6 +444,8 @@ impl Worker {
             };
             metrics::counter!(telemetry::WEBHOOK_ATTEMPTS).increment(1);
             *attempts += 1;
+            // The attempt's number counts the failures before it, whoever made them.
+            let attempt = record.failures.saturating_add(1).max(1);
             let delivery = attempt_record(
                 self.id,
                 Some(entry.seq),
@@ -436,37 +457,27 @@ impl Worker {
             let prune = attempts.is_multiple_of(PRUNE_EVERY);
             if outcome.ok() {
                 match self.record(&delivery, None, entry.seq, prune).await {
-                    Ok(true) => {
-                        *failures = 0;
-                        *failing_since = None;
-                        return Ok(());
-                    }
-                    Ok(false) => return Err(Stop::Released),
+                    Ok(true) => return Ok(Some(record)),
+                    Ok(false) => return Err(Stop),
                     Err(e) => {
-                        // Delivered but not recorded: it will be delivered again (at least once).
+                        // Delivered but not recorded: it will be delivered again (at least
+                        // once), after a wait that grows while the database stays away.
                         tracing::warn!(error = %e, webhook = %self.id, "recording a delivery failed");
-                        sleep_or_closed(rx, self.settings.retry_base)
-                            .await
-                            .map_err(|()| Stop::Released)?;
-                        attempt += 1;
+                        write_failures += 1;
+                        self.pause(rx, self.retry_wait(write_failures)).await?;
                         continue;
                     }
                 }
             }
             metrics::counter!(telemetry::WEBHOOK_FAILURES).increment(1);
-            *failures += 1;
-            let since = *failing_since.get_or_insert(at);
-            let gone = outcome.status == Some(410);
+            let failures = u32::try_from(attempt).unwrap_or(u32::MAX);
+            let since = record.webhook.failing_since.unwrap_or(at);
             let failed_for = Duration::try_from(at - since).unwrap_or_default();
+            let gone = outcome.status == Some(410);
             let give_up = gone || failed_for >= self.settings.disable_after;
-            let wait = webhook::backoff(
-                *failures,
-                self.settings.retry_base,
-                self.settings.retry_max,
-                jitter(),
-            );
+            let wait = self.retry_wait(failures);
             let failing = Failing {
-                failures: i32::try_from(*failures).unwrap_or(i32::MAX),
+                failures: attempt,
                 since,
                 next_attempt_at: at + wait,
             };
@@ -475,7 +486,7 @@ impl Worker {
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => return Err(Stop::Released),
+                Ok(false) => return Err(Stop),
                 Err(e) => {
                     tracing::warn!(error = %e, webhook = %self.id, "recording a failed delivery failed")
                 }
@@ -489,12 +500,72 @@ impl Worker {
                 if let Err(e) = self.services.disable_webhook(self.id, reason).await {
                     tracing::warn!(error = %e, webhook = %self.id, "disabling a failing webhook failed");
                 }
-                return Err(Stop::Released);
+                return Err(Stop);
             }
-            sleep_or_closed(rx, wait)
-                .await
-                .map_err(|()| Stop::Released)?;
-            attempt += 1;
+            self.wait_retry(rx, wait).await?;
+        }
+    }
+
+    /// The wait before retry number `failures` (exponential, jittered, capped).
+    fn retry_wait(&self, failures: u32) -> Duration {
+        webhook::backoff(
+            failures,
+            self.settings.retry_base,
+            self.settings.retry_max,
+            jitter(),
+        )
+    }
+
+    /// Waits for `d` before a retry; ends early when the webhook's failures were reset (enabled
+    /// again, or pointed elsewhere). `Stop` when the worker is stopped or the webhook is gone.
+    async fn wait_retry(
+        &self,
+        rx: &mut watch::Receiver<Assignment>,
+        d: Duration,
+    ) -> Result<(), Stop> {
+        let deadline = Instant::now() + d;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return Err(Stop);
+                    }
+                    // Each poll wakes this: a look at the row tells a reset apart.
+                    match self.current().await {
+                        Ok(None) => return Err(Stop),
+                        Ok(Some(r)) if r.failures == 0 => return Ok(()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `d`; `Stop` when the worker is stopped meanwhile.
+    async fn pause(&self, rx: &mut watch::Receiver<Assignment>, d: Duration) -> Result<(), Stop> {
+        let deadline = Instant::now() + d;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+                changed = rx.changed() => if changed.is_err() { return Err(Stop) },
+            }
+        }
+    }
+
+    /// Returns once the lease is vouched for by a claim that has not run out (waiting for the
+    /// next successful claim otherwise); `Stop` when the worker is stopped.
+    async fn while_held(&self, rx: &mut watch::Receiver<Assignment>) -> Result<(), Stop> {
+        loop {
+            if rx.has_changed().is_err() {
+                return Err(Stop);
+            }
+            if Instant::now() < rx.borrow().held_until {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(Stop);
+            }
         }
     }
 
@@ -502,7 +573,7 @@ impl Worker {
     /// on success, the failure state is written otherwise. False when the lease is gone.
     async fn record(
         &self,
-        delivery: &crate::domain::webhook::Delivery,
+        delivery: &Delivery,
         failing: Option<Failing>,
         seq: i64,
         prune: bool,
@@ -524,15 +595,11 @@ impl Worker {
     }
 }
 
-/// Sleeps for `d`, or ends early with `Err` when the worker's channel closes (it is stopped).
-async fn sleep_or_closed(rx: &mut watch::Receiver<Assignment>, d: Duration) -> Result<(), ()> {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => return Ok(()),
-            changed = rx.changed() => if changed.is_err() { return Err(()) },
-        }
-    }
+/// How long until `at`, if it is in the future.
+fn until(at: OffsetDateTime) -> Option<Duration> {
+    let wait = at - OffsetDateTime::now_utc();
+    wait.is_positive()
+        .then(|| Duration::try_from(wait).unwrap_or_default())
 }
 
 /// The activity's `id`: the `webhook-id` of its deliveries, the same on every attempt.

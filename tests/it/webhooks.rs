@@ -31,14 +31,19 @@ both_backends!(
     webhook_changes_reach_only_owners_and_admins,
     webhook_activities_follow_role_changes_and_resumes,
     private_and_plain_http_urls_are_refused,
+    ip_literals_spelled_with_a_trailing_dot_are_refused,
     every_activity_is_delivered_signed_and_in_order,
     event_filters_skip_activities_and_still_advance_the_cursor,
+    the_default_leaves_the_webhooks_own_activities_out,
     a_rotated_secret_signs_beside_the_old_one,
     test_pings_and_the_deliveries_list,
     gone_disables_at_once_and_enabling_resumes_without_loss,
     failing_for_too_long_disables,
     redirects_are_failures_and_are_not_followed,
     webhook_metrics_count_attempts_failures_and_backlog,
+    disabling_and_enabling_during_a_slow_delivery_leaves_one_worker,
+    a_new_url_applies_to_the_next_activity,
+    concurrent_patches_of_different_fields_both_hold,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -346,10 +351,8 @@ async fn setup(b: Backend, extra: &[(&str, &str)]) -> (TestServer, Api, AuthResp
 /// A receiver and a webhook of `team` on it (the receiver accepts its secret from then on).
 async fn hooked(api: &Api, owner: &AuthResponse, team: Uuid, events: Option<Value>) -> Hooked {
     let rx = Receiver::start(&[]).await;
-    let mut body = json!({"url": rx.url()});
-    if let Some(e) = events {
-        body["events"] = e;
-    }
+    // Every type, the webhooks' own included (`*` alone leaves those out): every seq arrives.
+    let body = json!({"url": rx.url(), "events": events.unwrap_or(json!(["*", "webhook.*"]))});
     let (hook, secret) = create_hook(api, owner.token(), team, body).await;
     rx.set_secrets(&[&secret]);
     Hooked {
@@ -1045,6 +1048,197 @@ async fn private_and_plain_http_urls_are_refused(b: Backend) {
     assert_eq!(listed.ok(200)["items"], json!([]), "{}", listed.text);
 }
 
+/// `https://127.0.0.1./` is an IPv4 literal to the URL parser the HTTP client uses (a trailing
+/// dot is allowed), so the client connects to it without asking the resolver that refuses
+/// private addresses; the system resolver finds no such name, so the check when saving lets it
+/// through. It must be refused when saved, and a test ping must not reach the address.
+async fn ip_literals_spelled_with_a_trailing_dot_are_refused(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Careful").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let url = format!("https://127.0.0.1.:{port}/x");
+    let r = api
+        .post(
+            &hooks_path(team.id),
+            owner.token(),
+            json!({"url": url, "events": ["comment.deleted"]}),
+        )
+        .await;
+    let mut reached = None;
+    if r.status == 201 {
+        let id = id_of(&r.json);
+        let ping = api
+            .post(
+                &format!("{}/test", hook_path(&id)),
+                owner.token(),
+                json!({}),
+            )
+            .await;
+        if tokio::time::timeout(Duration::from_secs(2), listener.accept())
+            .await
+            .is_ok()
+        {
+            reached = Some(ping.text);
+        }
+    }
+    assert_eq!(
+        reached, None,
+        "a test ping to {url} connected to 127.0.0.1 (its delivery record is shown)"
+    );
+    r.invalid("url");
+}
+
+/// A webhook disabled and enabled again while a request is in flight (a slow receiver that
+/// does answer 2xx, within the server's timeout) must end up with one worker: the new one starts
+/// from the cursor, and the old one, whose lease ended with the disable, must send nothing more.
+/// Otherwise the old one carries on through its backlog after the new one has delivered it, and
+/// the receiver gets activities it already acknowledged, older after newer.
+async fn disabling_and_enabling_during_a_slow_delivery_leaves_one_worker(b: Backend) {
+    let srv = TestServer::start_with(b, &settings(&[("TASKFORGE_WEBHOOK_LEASE", "600ms")])).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Toggled").await;
+    let h = hooked(&api, &owner, team.id, Some(json!(["task.*"]))).await;
+    // The first request hangs 3 s, then is answered 200 (the server's timeout is 10 s).
+    h.rx.set_faults(Faults {
+        hang_percent: 100,
+        hang_for: Duration::from_secs(3),
+        ..Faults::default()
+    });
+    for i in 0..5 {
+        api.task(owner.token(), team.id, &format!("t{i}")).await;
+    }
+    let last = api.team_seq(owner.token(), team.id).await;
+    assert!(
+        h.rx.wait_until(T, |reqs| !reqs.is_empty()).await,
+        "no first request"
+    );
+    h.rx.set_faults(Faults::default());
+    api.patch(&hook_path(&h.id), owner.token(), json!({"enabled": false}))
+        .await
+        .ok(200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    api.patch(&hook_path(&h.id), owner.token(), json!({"enabled": true}))
+        .await
+        .ok(200);
+    wait_delivered(&h.rx, last, T).await;
+    // Past the hung request's answer, and whatever the old worker would send after it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut acked_max = i64::MIN;
+    let mut late = Vec::new();
+    for r in h.rx.deliveries() {
+        let Some(seq) = r.seq else { continue };
+        if seq < acked_max {
+            late.push((r.index, seq, acked_max));
+        }
+        if r.answer.is_success() {
+            acked_max = acked_max.max(seq);
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "requests (index, seq, newest already acknowledged) after newer ones were taken: \
+         {late:?}\n{}",
+        h.rx.summary(30)
+    );
+}
+
+/// Once a PATCH of the url has answered, the old receiver gets no new request (the one in
+/// flight may finish): the backlog goes to the new url, from the next activity on.
+async fn a_new_url_applies_to_the_next_activity(b: Backend) {
+    let srv = TestServer::start_with(b, &FAST).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Moving").await;
+    let old = hooked(&api, &owner, team.id, Some(json!(["task.*"]))).await;
+    let new = Receiver::start(&[&old.secret]).await;
+    // A backlog of five, read in one step once enabled again.
+    api.patch(
+        &hook_path(&old.id),
+        owner.token(),
+        json!({"enabled": false}),
+    )
+    .await
+    .ok(200);
+    for i in 0..5 {
+        api.task(owner.token(), team.id, &format!("t{i}")).await;
+    }
+    let last = api.team_seq(owner.token(), team.id).await;
+    old.rx.set_faults(Faults {
+        hang_percent: 100,
+        hang_for: Duration::from_secs(2),
+        ..Faults::default()
+    });
+    api.patch(&hook_path(&old.id), owner.token(), json!({"enabled": true}))
+        .await
+        .ok(200);
+    assert!(
+        old.rx.wait_until(T, |reqs| !reqs.is_empty()).await,
+        "no first request"
+    );
+    old.rx.set_faults(Faults::default());
+    api.patch(
+        &hook_path(&old.id),
+        owner.token(),
+        json!({"url": new.url()}),
+    )
+    .await
+    .ok(200);
+    let moved_at = old.rx.count();
+    wait_hook(&api, owner.token(), &old.id, "caught up", T, |h| {
+        cursor_of(h) >= last
+    })
+    .await;
+    let after: Vec<_> = old
+        .rx
+        .requests()
+        .into_iter()
+        .skip(moved_at)
+        .map(|r| r.seq)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "the old url got {after:?} after the PATCH moved the webhook\nold: {}\nnew: {}",
+        old.rx.summary(10),
+        new.summary(10)
+    );
+}
+
+/// Two PATCHes of different fields at once both take effect (each answered 200 and logged its
+/// `webhook.updated`): neither writes back the other's field as it was before.
+async fn concurrent_patches_of_different_fields_both_hold(b: Backend) {
+    let srv = TestServer::start_with(b, &FAST).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Busy").await;
+    let h = hooked(&api, &owner, team.id, Some(json!(["comment.deleted"]))).await;
+    let path = hook_path(&h.id);
+    let mut lost = Vec::new();
+    for round in 0..10 {
+        let description = format!("round {round}");
+        let enabled = round % 2 == 1;
+        let (a, b) = tokio::join!(
+            api.patch(&path, owner.token(), json!({"description": description})),
+            api.patch(&path, owner.token(), json!({"enabled": enabled})),
+        );
+        a.ok(200);
+        b.ok(200);
+        let now = get_hook(&api, owner.token(), &h.id).await;
+        if now["description"] != json!(description) || now["enabled"] != json!(enabled) {
+            lost.push((round, now["description"].clone(), now["enabled"].clone()));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "rounds whose final state lost a PATCH (round, description, enabled): {lost:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delivery
 // ---------------------------------------------------------------------------------------------
@@ -1197,6 +1391,36 @@ async fn event_filters_skip_activities_and_still_advance_the_cursor(b: Backend) 
             .map(|r| r.kind.clone().unwrap())
             .collect();
     assert_eq!(kinds, ["task.created"], "{}", h.rx.summary(10));
+}
+
+/// `*`, the default, is every type but the webhooks' own: `webhook.*` carry other webhooks'
+/// URLs, so a receiver gets them only when its patterns name them.
+async fn the_default_leaves_the_webhooks_own_activities_out(b: Backend) {
+    let (_srv, api, owner, team) = setup(b, &[]).await;
+    let rx = Receiver::start(&[]).await;
+    let (hook, secret) = create_hook(&api, owner.token(), team.id, json!({"url": rx.url()})).await;
+    rx.set_secrets(&[&secret]);
+    assert_eq!(hook["events"], json!(["*"]));
+    let id = id_of(&hook);
+    api.patch(
+        &hook_path(&id),
+        owner.token(),
+        json!({"description": "renamed"}),
+    )
+    .await
+    .ok(200);
+    api.task(owner.token(), team.id, "wanted").await;
+    let last = api.team_seq(owner.token(), team.id).await;
+    wait_hook(&api, owner.token(), &id, "past every seq", T, |w| {
+        cursor_of(w) == last
+    })
+    .await;
+    let kinds: Vec<String> = rx
+        .deliveries()
+        .iter()
+        .map(|r| r.kind.clone().unwrap())
+        .collect();
+    assert_eq!(kinds, ["task.created"], "{}", rx.summary(10));
 }
 
 async fn a_rotated_secret_signs_beside_the_old_one(b: Backend) {
@@ -1522,7 +1746,8 @@ async fn failing_for_too_long_disables(b: Backend) {
     let (_srv, api, owner, team) = setup(b, &[("TASKFORGE_WEBHOOK_DISABLE_AFTER", "2s")]).await;
     let rx = Receiver::start(&[]).await;
     rx.set_status(Some(503));
-    let (hook, secret) = create_hook(&api, owner.token(), team.id, json!({"url": rx.url()})).await;
+    let body = json!({"url": rx.url(), "events": ["*", "webhook.*"]});
+    let (hook, secret) = create_hook(&api, owner.token(), team.id, body).await;
     rx.set_secrets(&[&secret]);
     let id = id_of(&hook);
     api.task(owner.token(), team.id, "never delivered").await;
@@ -1582,7 +1807,8 @@ async fn redirects_are_failures_and_are_not_followed(b: Backend) {
     let good = Receiver::start(&[]).await;
     let rx = Receiver::start(&[]).await;
     rx.set_redirect(Some(&good.url()));
-    let (hook, secret) = create_hook(&api, owner.token(), team.id, json!({"url": rx.url()})).await;
+    let body = json!({"url": rx.url(), "events": ["*", "webhook.*"]});
+    let (hook, secret) = create_hook(&api, owner.token(), team.id, body).await;
     let h = Hooked {
         id: id_of(&hook),
         cursor: cursor_of(&hook),

@@ -43,8 +43,9 @@ pub struct UpdateWebhookBody {
     pub enabled: Option<bool>,
 }
 
-/// A webhook with its signing secret, shown only when it is made.
-#[derive(Debug, Serialize, ToSchema)]
+/// A webhook with its signing secret, shown only when it is made. No `Debug`: nothing may print
+/// the secret.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookWithSecret {
     #[serde(flatten)]
