@@ -7,6 +7,8 @@
 //  - the activities the server actually logs fit the generated union.
 
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -34,7 +36,10 @@ let asyncapi: any;
 let gen: Generator;
 
 before(async () => {
-  server = await TestServer.start();
+  // Webhooks to a local receiver (for the webhook.* types), noticed at once.
+  server = await TestServer.start({
+    env: { TASKFORGE_WEBHOOK_ALLOW_PRIVATE: 'true', TASKFORGE_WEBHOOK_POLL_INTERVAL: '50ms' },
+  });
   const res = await fetch(`${server.baseUrl}/asyncapi.json`);
   assert.equal(res.status, 200);
   asyncapi = await res.json();
@@ -98,16 +103,38 @@ test('every activity type the server logs fits the generated union', { timeout: 
   await ann.deleteTask(task.id);
   await ann.request('DELETE', `/boards/${board.id}`);
   await ann.removeMember(team.id, bob.user.id);
+  // webhook.created, .updated and .deleted by hand; .disabled by a receiver that answers 410 to
+  // the first delivery of a webhook that asks for webhook.* (its own creation).
+  const gone = createServer((_req, res) => {
+    res.statusCode = 410;
+    res.end();
+  });
+  await new Promise<void>((resolve) => gone.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(gone.address() as AddressInfo).port}/hook`;
+  const hook = (await ann.request('POST', `/teams/${team.id}/webhooks`, { body: { url, events: ['webhook.*'] } })).data as { id: string };
+  const other = (await ann.request('POST', `/teams/${team.id}/webhooks`, { body: { url, events: ['task.*'] } })).data as { id: string };
+  await ann.request('PATCH', `/webhooks/${other.id}`, { body: { description: 'renamed' } });
+  await ann.request('DELETE', `/webhooks/${other.id}`);
 
-  const items: Activity[] = [];
-  let cursor: string | undefined;
-  do {
-    const page = await ann.listActivity(team.id, { since: 0, ...(cursor ? { cursor } : {}) });
-    items.push(...page.data.items);
-    cursor = page.data.nextCursor ?? undefined;
-  } while (cursor);
+  const all = async (): Promise<Activity[]> => {
+    const out: Activity[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await ann.listActivity(team.id, { since: 0, ...(cursor ? { cursor } : {}) });
+      out.push(...page.data.items);
+      cursor = page.data.nextCursor ?? undefined;
+    } while (cursor);
+    return out;
+  };
+  let items = await all();
+  for (let i = 0; i < 200 && !items.some((a) => a.type === 'webhook.disabled'); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    items = await all();
+  }
+  gone.close();
+  assert.ok(hook.id, 'a webhook was created');
 
-  assert.deepEqual(new Set(items.map((a) => a.type)), new Set(ACTIVITY_TYPES), 'all 14 types were produced');
+  assert.deepEqual(new Set(items.map((a) => a.type)), new Set(ACTIVITY_TYPES), `all ${ACTIVITY_TYPES.length} types were produced`);
   for (const a of items) {
     assert.equal(a.v, 1);
     assert.equal(a.teamId, team.id);
