@@ -340,9 +340,14 @@ macro_rules! impl_webhook_tx {
                     // Renew what this instance holds, then take free or expired leases. The
                     // conditions are repeated outside the locking subquery: a row another
                     // instance claimed meanwhile is read again after its commit.
-                    sqlx::query(
-                        "UPDATE webhooks SET lease_until = $2 WHERE lease_owner = $1 AND enabled",
-                    )
+                    // Rows are locked in id order here and below: a renewal and another
+                    // instance's claim cannot wait on each other in a cycle (PostgreSQL).
+                    sqlx::query(concat!(
+                        "UPDATE webhooks SET lease_until = $2 WHERE id IN \
+                         (SELECT id FROM webhooks WHERE lease_owner = $1 AND enabled ORDER BY id",
+                        $lock_row,
+                        ") AND lease_owner = $1"
+                    ))
                     .bind(owner)
                     .bind(until)
                     .execute(&mut *self.tx)
