@@ -359,7 +359,7 @@ pub(crate) async fn post_api(
 
 /// Sends `method` to `path` (below the URL's path prefix) with an optional JSON body; anything
 /// but a 2xx answer is an error. Returns the answer's body.
-async fn call_api(
+pub(crate) async fn call_api(
     client: &mut Client,
     target: &Target,
     method: Method,

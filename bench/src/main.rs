@@ -12,9 +12,11 @@
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
 //! - `ratios`: variants of a `writes` benchmark against a base variant, round by round.
 //! - `abuse`: hostile clients against a server it starts, while a normal user works (see `abuse`).
+//! - `webhooks`: a webhook's deliveries to a receiver inside the generator: deliveries/s, lag at a
+//!   steady write rate, catch-up after the receiver was down (see `webhooks`).
 //!
-//! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`
-//! and `bench/abuse.sh`.
+//! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`,
+//! `bench/abuse.sh` and `bench/webhooks.sh`.
 
 mod abuse;
 mod arrival;
@@ -29,6 +31,7 @@ mod resume;
 mod soak;
 mod stats;
 mod summary;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -80,6 +83,10 @@ enum Command {
     /// password guessing, floods) against a fresh server per attack while a normal user works:
     /// the user's worst request and delivery times, the server's RSS, cuts and lost commits
     Abuse(abuse::AbuseArgs),
+    /// A webhook delivering task.created to a receiver inside the generator: deliveries/s after
+    /// a disabled stretch (drain), lag from commit to arrival at a steady rate (lag), backlog and
+    /// catch-up after the receiver answered 503 for a while (outage)
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -208,6 +215,57 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("taskforge-bench writes: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Webhooks(args) => {
+            let threads = cli.threads.max(1);
+            let runtime = match runtime(threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("taskforge-bench: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = runtime.block_on(webhooks::run(args, threads));
+            // The receiver's connections end with the runtime.
+            runtime.shutdown_background();
+            match outcome {
+                Ok(report) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&report).expect("report serializes")
+                        );
+                    } else {
+                        webhooks::print_human(&report);
+                    }
+                    if report.created == 0 {
+                        eprintln!("taskforge-bench webhooks: no task was created");
+                        return ExitCode::from(EXIT_NO_SUCCESS);
+                    }
+                    if report.delivery_problems() {
+                        eprintln!(
+                            "taskforge-bench webhooks: {} of {} tasks not delivered{}{}",
+                            report.lost,
+                            report.created,
+                            if report.timed_out {
+                                ", the wait ran out"
+                            } else {
+                                ""
+                            },
+                            match report.bad_signatures {
+                                Some(n) if n > 0 => format!(", {n} bad signatures"),
+                                _ => String::new(),
+                            }
+                        );
+                        return ExitCode::from(EXIT_DELIVERY_PROBLEMS);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskforge-bench webhooks: {e:#}");
                     ExitCode::FAILURE
                 }
             }

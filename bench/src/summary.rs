@@ -1,4 +1,5 @@
-//! `summarize`: medians over repeated runs, read from `writes --json` and `fanout --json` lines.
+//! `summarize`: medians over repeated runs, read from the `--json` lines of `writes`, `fanout`
+//! and `webhooks`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -139,6 +140,53 @@ static CLUSTER_COLUMNS: &[Column] = &[
     ("srvRSSMiB", |v| Some(num(v, "/serverPeakRssKib")? / 1024.0)),
 ];
 
+/// Columns for `webhooks --mode drain` reports.
+static WEBHOOK_DRAIN_COLUMNS: &[Column] = &[
+    ("tasks", |v| num(v, "/created")),
+    ("wr/s", |v| num(v, "/writePerSec")),
+    ("pickupms", |v| num(v, "/pickupMs")),
+    ("drains", |v| num(v, "/drainSecs")),
+    ("deliv/s", |v| num(v, "/deliveriesPerSec")),
+    ("dl/s1st", |v| num(v, "/deliveriesPerSecFromFirst")),
+    ("srvµs/dl", |v| num(v, "/serverCpuUsPerDelivery")),
+    ("lost", |v| num(v, "/lost")),
+    ("dup", |v| num(v, "/duplicates")),
+    ("ooo", |v| num(v, "/outOfOrder")),
+    ("genCPUs", |v| num(v, "/generatorCpuSecs")),
+];
+
+/// Columns for `webhooks --mode lag` reports.
+static WEBHOOK_LAG_COLUMNS: &[Column] = &[
+    ("rate", |v| num(v, "/targetRate")),
+    ("tasks", |v| num(v, "/created")),
+    ("fail", |v| Some(sum_of(v, "/writeFailures")? + 0.0)),
+    ("lag50ms", |v| num(v, "/lag/p50Ms")),
+    ("lag90ms", |v| num(v, "/lag/p90Ms")),
+    ("lag99ms", |v| num(v, "/lag/p99Ms")),
+    ("lagmaxms", |v| num(v, "/lag/maxMs")),
+    ("wr99ms", |v| num(v, "/writeLatency/p99Ms")),
+    ("srvµs/tk", |v| num(v, "/serverCpuUsPerTask")),
+    ("lost", |v| num(v, "/lost")),
+    ("dup", |v| num(v, "/duplicates")),
+    ("ooo", |v| num(v, "/outOfOrder")),
+];
+
+/// Columns for `webhooks --mode outage` reports.
+static WEBHOOK_OUTAGE_COLUMNS: &[Column] = &[
+    ("down", |v| num(v, "/downSecs")),
+    ("rate", |v| num(v, "/targetRate")),
+    ("backlog", |v| num(v, "/backlogAtRecovery")),
+    ("metric", |v| num(v, "/backlogMetricAtRecovery")),
+    ("fails", |v| num(v, "/failedAttempts")),
+    ("waitms", |v| num(v, "/retryWaitMs")),
+    ("gapms", |v| num(v, "/retryGapMs")),
+    ("catchms", |v| num(v, "/catchUpMs")),
+    ("drainms", |v| num(v, "/backlogDrainMs")),
+    ("bl/s", |v| num(v, "/backlogPerSec")),
+    ("lost", |v| num(v, "/lost")),
+    ("dup", |v| num(v, "/duplicates")),
+];
+
 /// The columns for a group of runs, by the scenario of its first report.
 fn columns_of(runs: &[Value]) -> &'static [Column] {
     let Some(first) = runs.first() else {
@@ -157,6 +205,11 @@ fn columns_of(runs: &[Value]) -> &'static [Column] {
                 FANOUT_COLUMNS
             }
         }
+        Some("webhooks") => match first.get("mode").and_then(Value::as_str) {
+            Some("lag") => WEBHOOK_LAG_COLUMNS,
+            Some("outage") => WEBHOOK_OUTAGE_COLUMNS,
+            _ => WEBHOOK_DRAIN_COLUMNS,
+        },
         _ if first.get("write").and_then(Value::as_str) == Some("comment") => COMMENT_COLUMNS,
         _ => COLUMNS,
     }
@@ -360,6 +413,17 @@ mod tests {
         assert!(std::ptr::eq(columns_of(&[json!({"label": "w"})]), COLUMNS));
         let comments = json!({"scenario": "http_writes", "write": "comment", "followers": 10});
         assert!(std::ptr::eq(columns_of(&[comments]), COMMENT_COLUMNS));
+        let lag = json!({"scenario": "webhooks", "mode": "lag", "lag": {"p99Ms": 7.5}});
+        assert!(std::ptr::eq(
+            columns_of(std::slice::from_ref(&lag)),
+            WEBHOOK_LAG_COLUMNS
+        ));
+        let col = |name: &str| WEBHOOK_LAG_COLUMNS.iter().find(|c| c.0 == name).unwrap().1;
+        assert_eq!(col("lag99ms")(&lag), Some(7.5));
+        let drain = json!({"scenario": "webhooks", "mode": "drain"});
+        assert!(std::ptr::eq(columns_of(&[drain]), WEBHOOK_DRAIN_COLUMNS));
+        let outage = json!({"scenario": "webhooks", "mode": "outage"});
+        assert!(std::ptr::eq(columns_of(&[outage]), WEBHOOK_OUTAGE_COLUMNS));
     }
 
     #[test]

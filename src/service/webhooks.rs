@@ -209,7 +209,8 @@ impl Services {
         if let Some(d) = patch.description {
             w.description = d;
         }
-        let enable = patch.enabled == Some(true) && !w.enabled;
+        // `enabled: true` on a disabled webhook resumes it; on a failing one it retries now.
+        let enable = patch.enabled == Some(true) && (!w.enabled || w.failing_since.is_some());
         if let Some(on) = patch.enabled {
             w.enabled = on;
             // A person's choice replaces the server's reason either way.

@@ -409,6 +409,11 @@ impl Worker {
         let body = Bytes::copy_from_slice(entry.json.as_bytes());
         let mut write_failures = 0u32;
         loop {
+            // Behind by this activity and what follows it (the gauge keeps growing while the
+            // head of the line is retried).
+            let backlog = (rx.borrow().team_seq - entry.seq + 1).max(0);
+            metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => self.id.to_string())
+                .set(backlog as f64);
             self.while_held(rx).await?;
             // Read at each attempt: where it points, what it asks for, its secrets, and its
             // failures (which a PATCH may have reset) are the row's, not this worker's.
