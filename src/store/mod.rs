@@ -105,6 +105,10 @@ pub trait Store: Send + Sync + 'static {
     async fn write(&self) -> Result<Box<dyn Tx>>;
     async fn ping(&self) -> Result<()>;
     fn backend(&self) -> &'static str;
+    /// One webhook's row, read alone outside any transaction: the delivery worker reads it
+    /// before every attempt, and a one-statement read costs a round trip where a transaction
+    /// costs three.
+    async fn webhook_now(&self, id: crate::domain::WebhookId) -> Result<Option<WebhookRecord>>;
 }
 
 /// One transaction. Dropping it without `commit` rolls it back.

@@ -67,6 +67,13 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn webhook_now(
+        &self,
+        id: crate::domain::WebhookId,
+    ) -> Result<Option<super::WebhookRecord>> {
+        super::webhooks::webhook_now!(&self.pool, id)
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }

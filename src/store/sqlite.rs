@@ -67,6 +67,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn webhook_now(
+        &self,
+        id: crate::domain::WebhookId,
+    ) -> Result<Option<super::WebhookRecord>> {
+        super::webhooks::webhook_now!(&self.readers, id)
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }

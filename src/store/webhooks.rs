@@ -186,6 +186,22 @@ impl From<DeliveryRow> for Delivery {
     }
 }
 
+/// `Store::webhook_now` for either driver's pool.
+macro_rules! webhook_now {
+    ($pool:expr, $id:expr) => {{
+        let row: Option<$crate::store::webhooks::WebhookRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            $crate::store::webhooks::webhook_columns!(),
+            " FROM webhooks WHERE id = $1"
+        ))
+        .bind($id)
+        .fetch_optional($pool)
+        .await?;
+        row.map(TryInto::try_into).transpose()
+    }};
+}
+pub(super) use webhook_now;
+
 pub(super) fn events_json(w: &Webhook) -> Result<String> {
     Ok(serde_json::to_string(&w.events)?)
 }

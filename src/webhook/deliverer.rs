@@ -370,7 +370,7 @@ impl Worker {
 
     /// The webhook as stored, if it is still enabled.
     async fn current(&self) -> Result<Option<WebhookRecord>, StoreError> {
-        let record = self.services.store.read().await?.webhook(self.id).await?;
+        let record = self.services.store.webhook_now(self.id).await?;
         Ok(record.filter(|r| r.webhook.enabled))
     }
 
