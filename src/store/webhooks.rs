@@ -49,7 +49,8 @@ pub trait WebhookTx: Send {
     async fn team_webhooks(&mut self, team: TeamId) -> Result<Vec<Webhook>>;
     async fn count_webhooks(&mut self, team: TeamId) -> Result<i64>;
     /// Writes the settings (url, description, events, enabled, disabled reason, failing since,
-    /// updated at); with `reset`, also forgets the failures (a re-enable). False if it is gone.
+    /// updated at); with `reset`, also forgets the failures (a re-enable). Disabling frees the
+    /// lease, so that enabling it again is claimed at the next poll. False if it is gone.
     async fn update_webhook(&mut self, w: &Webhook, reset: bool) -> Result<bool>;
     async fn set_webhook_secrets(
         &mut self,
@@ -288,7 +289,9 @@ macro_rules! impl_webhook_tx {
                          enabled = $5, disabled_reason = $6, failing_since = $7, \
                          updated_at = $8, \
                          failures = CASE WHEN $9 THEN 0 ELSE failures END, \
-                         next_attempt_at = CASE WHEN $9 THEN NULL ELSE next_attempt_at END \
+                         next_attempt_at = CASE WHEN $9 THEN NULL ELSE next_attempt_at END, \
+                         lease_owner = CASE WHEN $5 THEN lease_owner ELSE NULL END, \
+                         lease_until = CASE WHEN $5 THEN lease_until ELSE NULL END \
                          WHERE id = $1",
                     )
                     .bind(w.id)
