@@ -10,7 +10,7 @@ case "$PG_HOST" in
   *) echo "PG_HOST must be a loopback address (got $PG_HOST)" >&2; exit 2 ;;
 esac
 
-# What this file starts, for the caller's cleanup.
+# What this file starts, for the caller's cleanup (`psql_admin` is lib.sh's).
 PG_DB=""
 REDIS_PID=""
 REDIS_PORT=""
@@ -18,11 +18,6 @@ INSTANCE_PIDS=()
 INSTANCE_URLS=()
 INSTANCE_ERRS=()
 INSTANCE_ENV=()
-
-psql_admin() {
-  PGCONNECT_TIMEOUT=5 timeout 60 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
-    -v ON_ERROR_STOP=1 -Atqc "$1"
-}
 
 rcli() { timeout 5 "$REDIS_CLI" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 

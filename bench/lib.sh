@@ -92,3 +92,59 @@ install_peer() {
 busy_compilers() {
   pgrep -x rustc >/dev/null 2>&1 || pgrep -x cc1 >/dev/null 2>&1 || pgrep -x cc1plus >/dev/null 2>&1
 }
+
+# Fresh databases for scripts that run each measurement on its own: a SQLite file under $WORK, or
+# a PostgreSQL database made through PG_ADMIN_DB and dropped after the run. The caller sets WORK,
+# PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB, and DB_PREFIX (the new databases' name prefix).
+PG_DB=""
+DB_URL=""
+BENCH_PID=""
+
+psql_admin() {
+  PGCONNECT_TIMEOUT=5 timeout 60 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
+    -v ON_ERROR_STOP=1 -Atqc "$1"
+}
+
+# new_db BACKEND: a fresh, empty database for one run; sets DB_URL.
+new_db() {
+  case "$1" in
+    sqlite)
+      rm -f "$WORK"/run.db*
+      DB_URL="sqlite://$WORK/run.db"
+      ;;
+    postgres)
+      PG_DB="${DB_PREFIX:-taskforge_bench}_$(date +%s)_$$"
+      psql_admin "CREATE DATABASE \"$PG_DB\"" >/dev/null
+      DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
+      ;;
+    *)
+      log "unknown backend $1 (expected sqlite or postgres)"
+      return 1
+      ;;
+  esac
+}
+
+drop_db() {
+  if [[ -n "$PG_DB" ]]; then
+    psql_admin "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  PG_DB=""
+  rm -f "$WORK"/run.db*
+}
+
+# run_cleanup: the EXIT trap of such scripts: stops the generator (BENCH_PID) and the server,
+# drops the run's database and removes WORK (kept with KEEP_DB=1).
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+run_cleanup() {
+  if [[ -n "$BENCH_PID" ]]; then
+    kill -TERM "$BENCH_PID" 2>/dev/null || true # `timeout` passes it on to the generator
+    wait "$BENCH_PID" 2>/dev/null || true
+  fi
+  stop_server
+  drop_db
+  if [[ "${KEEP_DB:-0}" == 1 ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}

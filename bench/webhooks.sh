@@ -64,57 +64,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/taskforge-bench.XXXXXX")
 SERVER_PID=""
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
-BENCH_PID=""
-PG_DB=""
-DB_URL=""
-
-psql_admin() {
-  PGCONNECT_TIMEOUT=5 timeout 60 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" \
-    -v ON_ERROR_STOP=1 -Atqc "$1"
-}
-
-# new_db BACKEND: a fresh, empty database for one run; sets DB_URL.
-new_db() {
-  case "$1" in
-    sqlite)
-      rm -f "$WORK"/run.db*
-      DB_URL="sqlite://$WORK/run.db"
-      ;;
-    postgres)
-      PG_DB="taskforge_bench_wh_$(date +%s)_$$"
-      psql_admin "CREATE DATABASE \"$PG_DB\"" >/dev/null
-      DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
-      ;;
-    *)
-      log "unknown backend $1 (expected sqlite or postgres)"
-      return 1
-      ;;
-  esac
-}
-
-drop_db() {
-  if [[ -n "$PG_DB" ]]; then
-    psql_admin "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  PG_DB=""
-  rm -f "$WORK"/run.db*
-}
-
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-  if [[ -n "$BENCH_PID" ]]; then
-    kill -TERM "$BENCH_PID" 2>/dev/null || true # `timeout` passes it on to the generator
-    wait "$BENCH_PID" 2>/dev/null || true
-  fi
-  stop_server
-  drop_db
-  if [[ "${KEEP_DB:-0}" == 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
+DB_PREFIX=taskforge_bench_wh
+trap run_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # one_run LABEL ROUND CAP [ENV=VALUE ...] -- GENERATOR ARGS...: a fresh database and server, one
