@@ -130,10 +130,6 @@ impl EventFilter {
             .any(|p| pattern_matches(p, kind) && !(admins_only && p == "*"))
     }
 
-    pub fn patterns(&self) -> &[String] {
-        &self.0
-    }
-
     pub fn into_patterns(self) -> Vec<String> {
         self.0
     }

@@ -115,10 +115,7 @@ impl Services {
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::ManageWebhooks)?;
-        webhook::check_capacity(tx.count_webhooks(team).await?, policy.per_team)?;
         let at = now();
-        // (Counted again after `append`, which serializes the team's writers: two creates racing
-        // past the count above cannot both commit over the cap.)
         let id = WebhookId::from(Uuid::now_v7());
         let secret = Secret::generate()?;
         let mut created = Webhook {
@@ -146,6 +143,8 @@ impl Services {
             at,
         );
         let entries = tx.append(team, vec![draft]).await?;
+        // Counted once `append` holds the team's row (it serializes the team's writers): two
+        // creates racing cannot both commit over the cap. The new webhook is one of the count.
         webhook::check_capacity(tx.count_webhooks(team).await? - 1, policy.per_team)?;
         // The webhook starts just before its own creation (its first delivery, if its events
         // ask for it), whatever committed between the read above and the append.

@@ -6,7 +6,7 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::webhook::{Delivery, EventFilter, Webhook};
+use crate::domain::webhook::{Delivery, Webhook};
 use crate::domain::{TeamId, UserId, WebhookId};
 
 use super::{Result, StoreError};
@@ -135,7 +135,7 @@ impl TryFrom<WebhookRow> for WebhookRecord {
                 team_id: r.team_id,
                 url: r.url,
                 description: r.description,
-                events: EventFilter::from_stored(events).into_patterns(),
+                events,
                 enabled: r.enabled,
                 cursor: r.delivered_seq,
                 created_at: r.created_at,

@@ -521,12 +521,29 @@ impl Worker {
         )
     }
 
-    /// Waits for `d` before a retry; ends early when the webhook's failures were reset (enabled
-    /// again, or pointed elsewhere). `Stop` when the worker is stopped or the webhook is gone.
+    /// Waits for `d` before a retry of the head of the line; ends early when the webhook's
+    /// failures were reset (enabled again, or pointed elsewhere). `Stop` when the worker is
+    /// stopped or the webhook is gone.
     async fn wait_retry(
         &self,
         rx: &mut watch::Receiver<Assignment>,
         d: Duration,
+    ) -> Result<(), Stop> {
+        self.sleep(rx, d, true).await
+    }
+
+    /// Sleeps for `d` (after a store error); `Stop` when the worker is stopped meanwhile.
+    async fn pause(&self, rx: &mut watch::Receiver<Assignment>, d: Duration) -> Result<(), Stop> {
+        self.sleep(rx, d, false).await
+    }
+
+    /// Sleeps for `d`, waking at each new assignment (every poll) to see whether the worker was
+    /// stopped and, with `until_reset`, whether the row's failures were reset.
+    async fn sleep(
+        &self,
+        rx: &mut watch::Receiver<Assignment>,
+        d: Duration,
+        until_reset: bool,
     ) -> Result<(), Stop> {
         let deadline = Instant::now() + d;
         loop {
@@ -536,24 +553,14 @@ impl Worker {
                     if changed.is_err() {
                         return Err(Stop);
                     }
-                    // Each poll wakes this: a look at the row tells a reset apart.
-                    match self.current().await {
-                        Ok(None) => return Err(Stop),
-                        Ok(Some(r)) if r.failures == 0 => return Ok(()),
-                        _ => {}
+                    if until_reset {
+                        match self.current().await {
+                            Ok(None) => return Err(Stop),
+                            Ok(Some(r)) if r.failures == 0 => return Ok(()),
+                            _ => {}
+                        }
                     }
                 }
-            }
-        }
-    }
-
-    /// Sleeps for `d`; `Stop` when the worker is stopped meanwhile.
-    async fn pause(&self, rx: &mut watch::Receiver<Assignment>, d: Duration) -> Result<(), Stop> {
-        let deadline = Instant::now() + d;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return Ok(()),
-                changed = rx.changed() => if changed.is_err() { return Err(Stop) },
             }
         }
     }
