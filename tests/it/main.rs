@@ -33,6 +33,7 @@ mod realtime_protection;
 mod realtime_random;
 mod realtime_resume;
 mod realtime_rooms;
+mod realtime_sse;
 mod store_defects;
 mod tasks;
 mod teams;

@@ -4,20 +4,26 @@
 //! - [`cluster`]: a Redis of the test's own and clusters of server processes;
 //! - [`http`]: the HTTP client, typed shapes, problem+json assertions;
 //! - [`socket`]: the WebSocket client and raw TCP;
+//! - [`sse`]: the SSE client;
+//! - [`reader`]: what every realtime client offers (reading frames, barriers, waits);
+//! - [`realtime`]: a client over either transport, for tests written once for both;
 //! - [`spec`]: the OpenAPI and AsyncAPI documents as oracles for every response and frame;
 //! - [`audit`]: reading streams of frames, and a seeded RNG;
 //! - [`receiver`]: a webhook receiver that checks Standard Webhooks signatures and injects faults;
 //! - [`tokens`]: forged and decoded JWTs;
 //! - [`topology`]: deployments (one instance per backend, three instances) that the realtime
-//!   tests run over, and `every_topology!`.
+//!   tests run over, the transports, `every_topology!` and `every_transport!`.
 
 pub mod audit;
 pub mod cluster;
 pub mod http;
+pub mod reader;
+pub mod realtime;
 pub mod receiver;
 pub mod server;
 pub mod socket;
 pub mod spec;
+pub mod sse;
 pub mod tokens;
 #[macro_use]
 pub mod topology;
@@ -25,10 +31,13 @@ pub mod topology;
 pub use audit::*;
 pub use cluster::*;
 pub use http::*;
+pub use reader::*;
+pub use realtime::*;
 pub use receiver::*;
 pub use server::*;
 pub use socket::*;
 pub use spec::*;
+pub use sse::*;
 pub use tokens::*;
 pub use topology::*;
 

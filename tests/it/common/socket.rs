@@ -3,7 +3,7 @@
 //! for hostile-client tests.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::header::HeaderValue;
@@ -258,113 +258,6 @@ impl WsClient {
         .await;
     }
 
-    /// The next frame, or `None` after `timeout`. JSON frames are validated and recorded.
-    pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<Frame> {
-        if let Some(end) = &self.ended {
-            return Some(end.clone());
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(m) => m,
-            };
-            let frame = match msg {
-                None => Frame::Dropped("stream ended".into()),
-                Some(Err(e)) => Frame::Dropped(e.to_string()),
-                Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<Value>(t.as_str()) {
-                    Ok(v) => {
-                        self.schema.check(&v);
-                        self.frames.push(v.clone());
-                        Frame::Json(v)
-                    }
-                    Err(_) => Frame::Text(t.as_str().to_string()),
-                },
-                Some(Ok(WsMessage::Binary(b))) => Frame::Binary(b.to_vec()),
-                Some(Ok(WsMessage::Ping(p))) => {
-                    self.pings += 1;
-                    Frame::Ping(p.to_vec())
-                }
-                Some(Ok(WsMessage::Pong(p))) => Frame::Pong(p.to_vec()),
-                Some(Ok(WsMessage::Close(cf))) => match cf {
-                    Some(cf) => Frame::Close(u16::from(cf.code), cf.reason.as_str().to_string()),
-                    None => Frame::Close(1005, String::new()),
-                },
-                Some(Ok(WsMessage::Frame(_))) => continue,
-            };
-            if frame.is_end() {
-                self.ended = Some(frame.clone());
-            }
-            return Some(frame);
-        }
-    }
-
-    /// The last few JSON frames received (for failure messages).
-    pub fn tail(&self) -> String {
-        let n = self.frames.len();
-        self.frames[n.saturating_sub(8)..]
-            .iter()
-            .map(|f| f.to_string())
-            .collect::<Vec<_>>()
-            .join("\n    ")
-    }
-
-    /// The next JSON frame, skipping pings/pongs; panics on timeout or when the socket ends.
-    pub async fn next_json(&mut self) -> Value {
-        self.next_json_within(WS_RECV_TIMEOUT).await
-    }
-
-    pub async fn next_json_within(&mut self, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) => return v,
-                Some(Frame::Ping(_) | Frame::Pong(_)) => continue,
-                Some(other) => panic!(
-                    "{}: expected a JSON frame, got {other:?}; last frames: {}",
-                    self.label,
-                    self.tail()
-                ),
-                None => panic!(
-                    "{}: no JSON frame within {timeout:?}; last frames: {}",
-                    self.label,
-                    self.tail()
-                ),
-            }
-        }
-    }
-
-    /// The next JSON frame, asserting its `type`.
-    pub async fn expect_type(&mut self, kind: &str) -> Value {
-        let v = self.next_json().await;
-        assert_eq!(
-            v["type"], kind,
-            "{}: expected a {kind:?} frame, got {v}",
-            self.label
-        );
-        v
-    }
-
-    /// Reads until the socket ends (bounded by `timeout`): the JSON frames seen before, and the
-    /// end (`Close` or `Dropped`). Panics when it does not end in time.
-    pub async fn expect_end(&mut self, timeout: Duration) -> (Vec<Value>, Frame) {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) => seen.push(v),
-                Some(f) if f.is_end() => return (seen, f),
-                Some(_) => continue,
-                None => panic!(
-                    "{}: the socket did not end within {timeout:?}; frames seen meanwhile: {seen:?}",
-                    self.label
-                ),
-            }
-        }
-    }
-
     /// Reads until the socket ends and asserts the close code; returns the JSON frames seen.
     pub async fn expect_close(&mut self, code: u16, timeout: Duration) -> Vec<Value> {
         let (seen, end) = self.expect_end(timeout).await;
@@ -375,119 +268,6 @@ impl WsClient {
             self.label
         );
         seen
-    }
-
-    /// Collects JSON frames for `d` (pings skipped); stops early when the socket ends.
-    pub async fn collect_for(&mut self, d: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + d;
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return out;
-            }
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) => out.push(v),
-                Some(f) if f.is_end() => return out,
-                Some(_) => {}
-                None => return out,
-            }
-        }
-    }
-
-    /// Reads whatever is immediately available (bounded to 10,000 frames).
-    pub async fn pump(&mut self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for _ in 0..10_000 {
-            match self.recv_timeout(Duration::from_millis(2)).await {
-                Some(Frame::Json(v)) => out.push(v),
-                Some(f) if f.is_end() => return out,
-                Some(_) => {}
-                None => return out,
-            }
-        }
-        out
-    }
-
-    /// Sends `ping` and returns every JSON frame received before the `pong`: everything the
-    /// server had queued for this socket before it read the ping.
-    pub async fn barrier(&mut self) -> Vec<Value> {
-        self.send_json(json!({"type": "ping"})).await;
-        let mut out = Vec::new();
-        for _ in 0..100_000 {
-            let v = self.next_json().await;
-            if v["type"] == "pong" {
-                return out;
-            }
-            out.push(v);
-        }
-        panic!("{}: no pong after 100,000 frames", self.label);
-    }
-
-    /// Asserts `ping` is answered by `pong` with nothing before it.
-    pub async fn expect_pong(&mut self) {
-        let before = self.barrier().await;
-        assert!(
-            before.is_empty(),
-            "{}: frames before the pong: {before:?}",
-            self.label
-        );
-    }
-
-    /// Reads JSON frames until one satisfies `pred` (bounded by `timeout`); returns it and the
-    /// frames seen before it.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> (Value, Vec<Value>) {
-        let deadline = Instant::now() + timeout;
-        let mut before = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) if pred(&v) => return (v, before),
-                Some(Frame::Json(v)) => before.push(v),
-                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
-                Some(other) => panic!(
-                    "{}: waiting for {what}, got {other:?}; frames before: {before:?}",
-                    self.label
-                ),
-                None => panic!(
-                    "{}: no {what} within {timeout:?}; frames meanwhile: {before:?}",
-                    self.label
-                ),
-            }
-        }
-    }
-
-    /// Reads until `n` activity frames (presence excluded) arrived; returns their `activity`
-    /// objects. Panics after `timeout`.
-    pub async fn activities(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) => {
-                    if is_logged_activity(&v) {
-                        out.push(v["activity"].clone());
-                    }
-                }
-                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
-                Some(other) => panic!(
-                    "{}: waiting for {n} activities, got {other:?} after {out:?}",
-                    self.label
-                ),
-                None => panic!(
-                    "{}: only {} of {n} activities within {timeout:?}: {out:?}",
-                    self.label,
-                    out.len()
-                ),
-            }
-        }
-        out
     }
 
     /// Subscribes and waits for the `subscribed` reply of that scope; `Err(error frame)` when the
@@ -576,36 +356,6 @@ impl WsClient {
         (subscribed, replayed)
     }
 
-    /// Reads until `n` inbox frames (`notification.*`) arrived; returns them.
-    pub async fn inbox_frames(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left).await {
-                Some(Frame::Json(v)) => {
-                    if v["type"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with("notification."))
-                    {
-                        out.push(v);
-                    }
-                }
-                Some(Frame::Ping(_) | Frame::Pong(_)) => {}
-                Some(other) => panic!(
-                    "{}: waiting for {n} inbox frames, got {other:?} after {out:?}",
-                    self.label
-                ),
-                None => panic!(
-                    "{}: only {} of {n} inbox frames within {timeout:?}: {out:?}",
-                    self.label,
-                    out.len()
-                ),
-            }
-        }
-        out
-    }
-
     /// Unsubscribes and waits for the `unsubscribed` reply of that scope; returns it.
     pub async fn unsubscribe(&mut self, scope: Scope) -> Value {
         let mut msg = json!({"type": "unsubscribe"});
@@ -657,6 +407,60 @@ impl WsClient {
         self.send_json(json!({"type": "auth", "token": token}))
             .await;
         self.next_json().await
+    }
+}
+
+impl FrameReader for WsClient {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn frames(&self) -> &[Value] {
+        &self.frames
+    }
+
+    async fn recv_timeout(&mut self, timeout: Duration) -> Option<Frame> {
+        if let Some(end) = &self.ended {
+            return Some(end.clone());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(m) => m,
+            };
+            let frame = match msg {
+                None => Frame::Dropped("stream ended".into()),
+                Some(Err(e)) => Frame::Dropped(e.to_string()),
+                Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<Value>(t.as_str()) {
+                    Ok(v) => {
+                        self.schema.check(&v);
+                        self.frames.push(v.clone());
+                        Frame::Json(v)
+                    }
+                    Err(_) => Frame::Text(t.as_str().to_string()),
+                },
+                Some(Ok(WsMessage::Binary(b))) => Frame::Binary(b.to_vec()),
+                Some(Ok(WsMessage::Ping(p))) => {
+                    self.pings += 1;
+                    Frame::Ping(p.to_vec())
+                }
+                Some(Ok(WsMessage::Pong(p))) => Frame::Pong(p.to_vec()),
+                Some(Ok(WsMessage::Close(cf))) => match cf {
+                    Some(cf) => Frame::Close(u16::from(cf.code), cf.reason.as_str().to_string()),
+                    None => Frame::Close(1005, String::new()),
+                },
+                Some(Ok(WsMessage::Frame(_))) => continue,
+            };
+            if frame.is_end() {
+                self.ended = Some(frame.clone());
+            }
+            return Some(frame);
+        }
+    }
+
+    async fn send_ping(&mut self) {
+        self.send_json(json!({"type": "ping"})).await
     }
 }
 

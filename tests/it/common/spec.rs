@@ -209,6 +209,10 @@ pub const UNDOCUMENTED: &[(&str, &str)] = &[
         "the AsyncAPI document of the socket protocol",
     ),
     ("/realtime", "the WebSocket endpoint: /asyncapi.json"),
+    (
+        "/realtime/sse*",
+        "the SSE stream and its client messages: the messages of /asyncapi.json",
+    ),
     ("/metrics", "Prometheus text: docs/deployment.md"),
     ("/", "the live board's page: web/"),
     ("/board.css", "the live board: web/"),

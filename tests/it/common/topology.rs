@@ -6,10 +6,11 @@
 //! write through node 0 and observe through nodes 1 and 2: across instances on three, the
 //! single-instance case on one.
 //!
-//! The realtime transport is a second axis ([`Transport`]): WebSocket only today. A second
-//! transport adds a variant, a client offering what [`WsClient`] offers to these tests
-//! (subscribe, barrier, activities, wait_for, frames), a branch in [`Deployment::ws`], and one
-//! test per topology for it in [`every_topology!`](crate::every_topology).
+//! The realtime transport is a second axis ([`Transport`]): WebSocket and SSE. A test written
+//! against [`RtClient`] (opened with [`Deployment::open`] and its siblings) runs over both with
+//! [`every_transport!`](crate::every_transport): one test per transport and topology.
+//! [`every_topology!`](crate::every_topology) runs a test over WebSocket only, for what only a
+//! socket does; [`Deployment::ws`] is a socket whatever the transport.
 
 use std::fmt;
 
@@ -29,7 +30,10 @@ pub enum Topology {
 /// How clients receive realtime frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// `/realtime`.
     WebSocket,
+    /// `GET /realtime/sse` (and `POST /realtime/sse/{streamId}`).
+    Sse,
 }
 
 enum Servers {
@@ -105,11 +109,10 @@ impl Deployment {
         self.node(i).client()
     }
 
-    /// A realtime client of instance `i` authenticated with `token`.
+    /// A WebSocket client of instance `i` authenticated with `token` (whatever the deployment's
+    /// transport: [`Deployment::open`] opens one of that transport).
     pub async fn ws(&self, i: usize, token: &str) -> WsClient {
-        match self.transport {
-            Transport::WebSocket => self.node(i).ws(token).await,
-        }
+        self.node(i).ws(token).await
     }
 
     /// [`Deployment::ws`] with the label `label@<instance name>`.
@@ -195,5 +198,65 @@ macro_rules! every_topology {
     };
     ($($name:ident),* $(,)?) => {
         $crate::every_topology!(with &[] => $($name),*);
+    };
+}
+
+/// Generates `mod <name> { mod websocket { sqlite, postgres, three_instances } mod sse { … } }`
+/// for each `async fn <name>(Deployment)`: the test over each transport on every topology.
+/// `every_transport!(slow: …)` puts them in the slow set; `every_transport!(with [(…)] => …)`
+/// starts every deployment with those settings; `every_transport!(backends: …)` runs on one
+/// instance of each backend only (for tests that do not need three instances).
+#[macro_export]
+macro_rules! every_transport {
+    (slow: $($name:ident),* $(,)?) => {
+        $(
+            $crate::every_transport!(
+                @one [#[ignore = "slow set: cargo test -- --ignored"]] &[], $name,
+                [sqlite: Sqlite, postgres: Postgres, three_instances: ThreeInstances]
+            );
+        )*
+    };
+    (backends: $($name:ident),* $(,)?) => {
+        $(
+            $crate::every_transport!(@one [] &[], $name, [sqlite: Sqlite, postgres: Postgres]);
+        )*
+    };
+    (with $overrides:expr => $($name:ident),* $(,)?) => {
+        $(
+            $crate::every_transport!(
+                @one [] $overrides, $name,
+                [sqlite: Sqlite, postgres: Postgres, three_instances: ThreeInstances]
+            );
+        )*
+    };
+    (@one [$(#[$attr:meta])*] $overrides:expr, $name:ident, $topologies:tt) => {
+        mod $name {
+            $crate::every_transport!(
+                @tests [$(#[$attr])*] $overrides, $name, websocket, WebSocket, $topologies
+            );
+            $crate::every_transport!(@tests [$(#[$attr])*] $overrides, $name, sse, Sse, $topologies);
+        }
+    };
+    (@tests [$(#[$attr:meta])*] $overrides:expr, $name:ident, $module:ident, $transport:ident,
+        [$($test:ident: $topology:ident),*]) => {
+        mod $module {
+            use $crate::common::{Topology, Transport, on_deployment};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[$attr])*
+                async fn $test() {
+                    on_deployment(
+                        Topology::$topology,
+                        Transport::$transport,
+                        $overrides,
+                        super::super::$name,
+                    )
+                    .await
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::every_transport!(with &[] => $($name),*);
     };
 }
