@@ -2,8 +2,9 @@
 //! group of rows), the user's own deliveries, exactly-once delivery across rooms, per-team seq
 //! order, presence and revocation.
 //!
-//! The routing table, own deliveries and revocation run on every topology (`every_topology!`):
-//! written through instance A, observed on B and C, which on one instance are the same server.
+//! The routing table, own deliveries and revocation run over both transports (a socket, an SSE
+//! stream) on every topology (`every_transport!`): written through instance A, observed on B and
+//! C, which on one instance are the same server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,10 +18,10 @@ both_backends!(
     forbidden_for_non_members_and_unknown_ids_alike,
     live_order_gapless_under_concurrent_writers,
     presence_snapshot_joined_left,
-    self_removal_revokes_too,
 );
+every_transport!(backends: self_removal_revokes_too);
 
-every_topology!(
+every_transport!(
     route_task_created,
     route_task_updated,
     route_task_deleted,
@@ -216,16 +217,18 @@ struct Fx {
     b1: Uuid,
     b2: Uuid,
     x: Task,
-    /// (role, socket): each role has one socket on B and one on C.
-    socks: Vec<(&'static str, WsClient)>,
+    /// (role, instance, client): each role has one client on B and one on C.
+    socks: Vec<(&'static str, usize, RtClient)>,
+    /// Roles whose SSE streams may end (a revocation ends them).
+    ending: Vec<&'static str>,
 }
 
-/// Roles (all the watcher's sockets unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
-/// `multi` (team + b1 + taskX), `assignee` (the assignee's, no room), `assigneeRooms` (the
-/// assignee's, in b1 and taskX: own deliveries and rooms overlap), `newbie` (a not-yet member's,
-/// no room), `otherTeam` (the watcher's, in another team's team and board rooms). Each role has
-/// a socket on B and one on C (two sockets of one user on one instance); the data is written
-/// over HTTP on A.
+/// Roles (all the watcher's clients unless said): `team`, `b1`, `b2`, `taskX`, `taskY`,
+/// `multi` (team + b1 + taskX: over SSE one stream of three scopes), `assignee` (the
+/// assignee's, no room: over SSE a stream of the inbox only), `assigneeRooms` (the assignee's, in
+/// b1 and taskX: own deliveries and rooms overlap), `newbie` (a not-yet member's, no room),
+/// `otherTeam` (the watcher's, in another team's team and board rooms). Each role has a client on
+/// B and one on C (two clients of one user on one instance); the data is written over HTTP on A.
 async fn fixture(d: Deployment) -> Fx {
     let api = d.client(0);
     let owner = api.new_user("Owner").await;
@@ -287,26 +290,29 @@ async fn fixture(d: Deployment) -> Fx {
             ],
         ),
     ];
-    let mut socks: Vec<(&'static str, WsClient)> = Vec::new();
+    let mut socks: Vec<(&'static str, usize, RtClient)> = Vec::new();
     for (name, token, scopes) in specs {
+        let rooms: Vec<Scope> = scopes.iter().map(|(s, _)| *s).collect();
         for node in [1, 2] {
-            let mut ws = d.ws_labeled(node, token, name).await;
+            let ws = d.open(node, token, name, &rooms).await;
             for (s, t) in &scopes {
-                let sub = ws.subscribe(*s, None).await;
+                let sub = ws.subscribed(*s);
                 assert_eq!(
-                    sub.seq, latest[t],
+                    sub.seq,
+                    latest[t],
                     "{} ({d}): subscribed.seq without since must be the team's latest seq \
                      (written on A): {}",
-                    ws.label, sub.frame
+                    ws.label(),
+                    sub.frame
                 );
             }
-            socks.push((name, ws));
+            socks.push((name, node, ws));
         }
     }
-    // Settle: nothing is pending on any socket.
-    for (_, ws) in socks.iter_mut() {
+    // Settle: nothing is pending on any client.
+    for (_, _, ws) in socks.iter_mut() {
         ws.barrier().await;
-        ws.frames.clear();
+        ws.clear_frames();
     }
     Fx {
         d,
@@ -320,15 +326,25 @@ async fn fixture(d: Deployment) -> Fx {
         b2,
         x,
         socks,
+        ending: Vec::new(),
     }
 }
 
 impl Fx {
-    fn sockets(&mut self, role: &str) -> impl Iterator<Item = &mut WsClient> {
+    fn sockets(&mut self, role: &str) -> impl Iterator<Item = &mut RtClient> {
         self.socks
             .iter_mut()
-            .filter(move |(r, _)| *r == role)
-            .map(|(_, ws)| ws)
+            .filter(move |(r, _, _)| *r == role)
+            .map(|(_, _, ws)| ws)
+    }
+
+    /// Replaces the clients of `role` (on B and C) by new ones in `scopes`.
+    async fn reopen(&mut self, role: &'static str, token: &str, scopes: &[Scope]) {
+        for (r, node, ws) in self.socks.iter_mut() {
+            if *r == role {
+                *ws = self.d.open(*node, token, role, scopes).await;
+            }
+        }
     }
 
     /// For the last action, each socket (on B and on C) received exactly the activity types
@@ -339,7 +355,7 @@ impl Fx {
         routes: &[(&str, &[&str])],
     ) -> HashMap<String, Vec<Value>> {
         let mut want: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (role, _) in &self.socks {
+        for (role, _, _) in &self.socks {
             want.insert(role, Vec::new());
         }
         for (kind, roles) in routes {
@@ -351,7 +367,7 @@ impl Fx {
         }
         let mut got: Vec<Vec<Value>> = Vec::new();
         // Receivers first (so the activities are dispatched), then a barrier on every socket.
-        for (role, ws) in self.socks.iter_mut() {
+        for (role, _, ws) in self.socks.iter_mut() {
             let n = want[role].len();
             got.push(if n > 0 {
                 ws.activities(n, T).await
@@ -361,12 +377,20 @@ impl Fx {
         }
         // The routing must not depend on timing: give a stray activity time to show up.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        for (i, (_, ws)) in self.socks.iter_mut().enumerate() {
-            got[i].extend(logged_activities(&ws.barrier().await));
+        for (i, (role, _, ws)) in self.socks.iter_mut().enumerate() {
+            let (frames, open) = ws.settle().await;
+            assert!(
+                open || self.ending.contains(role),
+                "{} ({}): the connection ended: {:?}",
+                ws.label(),
+                self.d,
+                ws.frames()
+            );
+            got[i].extend(logged_activities(&frames));
         }
         let mut problems = Vec::new();
         let mut by_role = HashMap::new();
-        for (i, (role, ws)) in self.socks.iter().enumerate() {
+        for (i, (role, _, ws)) in self.socks.iter().enumerate() {
             let acts = &got[i];
             let mut kinds: Vec<&str> = acts.iter().map(|a| a["type"].as_str().unwrap()).collect();
             kinds.sort();
@@ -374,39 +398,39 @@ impl Fx {
             expected.sort();
             if kinds != expected {
                 problems.push(format!(
-                    "  socket {}: expected {expected:?}, got {kinds:?}: {acts:?}",
-                    ws.label
+                    "  client {}: expected {expected:?}, got {kinds:?}: {acts:?}",
+                    ws.label()
                 ));
             }
             let mut seqs: Vec<i64> = acts.iter().map(|a| a["seq"].as_i64().unwrap()).collect();
             let n = seqs.len();
             seqs.dedup();
             if seqs.len() != n {
-                problems.push(format!("  socket {}: duplicate seq: {acts:?}", ws.label));
+                problems.push(format!("  client {}: duplicate seq: {acts:?}", ws.label()));
             }
             by_role.entry(role.to_string()).or_insert(acts.clone());
         }
         assert!(
             problems.is_empty(),
-            "routing of {what} ({}: written on A, sockets on B and C):\n{}",
+            "routing of {what} ({}: written on A, clients on B and C):\n{}",
             self.d,
             problems.join("\n")
         );
         by_role
     }
 
-    /// Every socket saw its activities in strictly increasing seq per team, each once.
+    /// Every client saw its activities in strictly increasing seq per team, each once.
     fn assert_order(&self) {
-        for (_, ws) in &self.socks {
+        for (_, _, ws) in &self.socks {
             let mut last: HashMap<String, i64> = HashMap::new();
-            for a in logged_activities(&ws.frames) {
+            for a in logged_activities(ws.frames()) {
                 let team = a["teamId"].as_str().unwrap().to_string();
                 let seq = a["seq"].as_i64().unwrap();
                 let prev = last.insert(team.clone(), seq).unwrap_or(0);
                 assert!(
                     seq > prev,
-                    "socket {}: seq {seq} after {prev} in team {team}",
-                    ws.label
+                    "client {}: seq {seq} after {prev} in team {team}",
+                    ws.label()
                 );
             }
         }
@@ -718,8 +742,17 @@ async fn route_members(d: Deployment) {
     );
     assert_eq!(a["data"]["member"]["role"], "viewer", "{a}");
     // The newbie now also watches the team room (on B and C): its own deliveries arrive once.
-    for ws in fx.sockets("newbie") {
-        ws.subscribe(Scope::Team(team), None).await;
+    // A socket subscribes; an SSE stream's scopes are fixed, so it is reopened with the team.
+    match fx.d.transport {
+        Transport::WebSocket => {
+            for ws in fx.sockets("newbie") {
+                ws.ws().subscribe(Scope::Team(team), None).await;
+            }
+        }
+        Transport::Sse => {
+            let newbie = fx.newbie.token().to_owned();
+            fx.reopen("newbie", &newbie, &[Scope::Team(team)]).await;
+        }
     }
     fx.api
         .patch(
@@ -741,6 +774,8 @@ async fn route_members(d: Deployment) {
         )
         .await
         .ok(204);
+    // Over SSE the revocation ends the newbie's streams.
+    fx.ending.push("newbie");
     let got = fx
         .expect(
             "member.removed",
@@ -748,16 +783,19 @@ async fn route_members(d: Deployment) {
         )
         .await;
     assert_eq!(got["team"][0]["data"]["userId"], json!(fx.newbie.id()));
-    // The newbie's team room was revoked on both sockets.
+    // The newbie's team room was revoked on both clients; a stream then ends with `forbidden`.
     for ws in fx.sockets("newbie") {
         let revoked: Vec<&Value> = ws
-            .frames
+            .frames()
             .iter()
             .filter(|f| f["type"] == "unsubscribed")
             .collect();
-        assert_eq!(revoked.len(), 1, "{}: {revoked:?}", ws.label);
+        assert_eq!(revoked.len(), 1, "{}: {revoked:?}", ws.label());
         assert_eq!(revoked[0]["teamId"], json!(team), "{}", revoked[0]);
         assert_eq!(revoked[0]["reason"], "membership_revoked", "{}", revoked[0]);
+        if ws.transport() == Transport::Sse {
+            expect_revoked_end(ws, team).await;
+        }
     }
     // The assignee's role change: member.updated reaches its own sockets too.
     fx.api
@@ -835,9 +873,10 @@ async fn route_team_and_board_activities(d: Deployment) {
 // Own deliveries (on every topology)
 // ---------------------------------------------------------------------------------------------
 
-/// The user's own deliveries (member.*, task.assigned) reach their sockets on B and on C even
-/// when no socket at all is subscribed to anything of that team (across instances: when no
-/// instance follows the team, through the user's channel).
+/// The user's own deliveries (member.*, task.assigned) reach their clients on B and on C even
+/// when no client at all is subscribed to anything of that team (across instances: when no
+/// instance follows the team, through the user's channel). Over SSE the clients in no room are
+/// streams of the inbox.
 async fn own_deliveries_need_no_subscription(d: Deployment) {
     let api = d.client(0);
     let owner = api.new_user("Owner").await;
@@ -845,11 +884,11 @@ async fn own_deliveries_need_no_subscription(d: Deployment) {
     let bystander = api.new_user("Bystander").await;
     let mut socks = Vec::new();
     for node in [1, 2] {
-        let mut ws = d.ws_labeled(node, newbie.token(), "newbie").await;
+        let mut ws = d.open(node, newbie.token(), "newbie", &[]).await;
         ws.expect_pong().await;
         socks.push(ws);
     }
-    let mut by = d.ws_labeled(1, bystander.token(), "bystander").await;
+    let mut by = d.open(1, bystander.token(), "bystander", &[]).await;
     by.expect_pong().await;
     let team = api.create_team(owner.token(), "Unwatched").await;
     api.add_member(owner.token(), team.id, &newbie.user.email, "member")
@@ -894,8 +933,8 @@ async fn own_deliveries_need_no_subscription(d: Deployment) {
                     ));
                 }
                 Some(f) if f.is_end() => panic!(
-                    "{}: the socket ended ({f:?}) after receiving {got:?}",
-                    ws.label
+                    "{}: the connection ended ({f:?}) after receiving {got:?}",
+                    ws.label()
                 ),
                 _ => {}
             }
@@ -908,37 +947,51 @@ async fn own_deliveries_need_no_subscription(d: Deployment) {
             )
         }));
         assert_eq!(
-            got, want,
-            "{} ({d}): the member's own socket (no subscriptions; nobody follows the team; \
+            got,
+            want,
+            "{} ({d}): the member's own client (no subscriptions; nobody follows the team; \
              written on A) must receive member.added, task.assigned (task {}), member.updated, \
              member.removed, once each, in order",
-            ws.label, t.id
+            ws.label(),
+            t.id
         );
     }
     let leaked = by.barrier().await;
     assert!(leaked.is_empty(), "bystander got {leaked:?}");
 }
 
-/// A user's own delivery must not be lost when the instance holding the user's socket starts
-/// following the team just after the activity committed (here: another socket on that instance
-/// subscribes to the team right after the write returned). Repeated, as it is a race between the
-/// user's own copy and the instance's start of following the team.
+/// A user's own delivery must not be lost when the instance holding the user's client starts
+/// following the team just after the activity committed (here: another client on that instance
+/// joins the team right after the write returned: a socket subscribes, a new stream opens).
+/// Repeated, as it is a race between the user's own copy and the instance's start of following
+/// the team.
 async fn own_delivery_survives_the_instance_starting_to_follow_the_team(d: Deployment) {
     const ROUNDS: usize = 30;
     let api = d.client(0);
     let owner = api.new_user("Owner").await;
     let u = api.new_user("Joiner").await;
-    // The joiner's socket on B is in no room: member.added reaches it as its own delivery.
-    let mut own = d.ws_labeled(1, u.token(), "joiner").await;
+    // The joiner's client on B is in no room: member.added reaches it as its own delivery.
+    let mut own = d.open(1, u.token(), "joiner", &[]).await;
     own.expect_pong().await;
-    // The owner's socket on B subscribes to each new team right after the member was added.
-    let mut watcher = d.ws_labeled(1, owner.token(), "owner").await;
+    // The owner's client on B joins each new team right after the member was added.
+    let mut watchers: Vec<RtClient> = Vec::new();
     let mut want = Vec::new();
     for i in 0..ROUNDS {
         let team = api.create_team(owner.token(), &format!("join {i}")).await;
         api.add_member(owner.token(), team.id, &u.user.email, "member")
             .await;
-        watcher.subscribe_team(team.id, None).await;
+        match d.transport {
+            Transport::WebSocket => {
+                if watchers.is_empty() {
+                    watchers.push(d.open(1, owner.token(), "owner", &[]).await);
+                }
+                watchers[0].ws().subscribe_team(team.id, None).await;
+            }
+            Transport::Sse => {
+                let scope = [Scope::Team(team.id)];
+                watchers.push(d.open(1, owner.token(), "owner", &scope).await);
+            }
+        }
         want.push(team.id);
     }
     let mut got: Vec<Uuid> = Vec::new();
@@ -962,13 +1015,13 @@ async fn own_delivery_survives_the_instance_starting_to_follow_the_team(d: Deplo
     assert_eq!(
         dup.len(),
         got.len(),
-        "member.added delivered twice to the joiner's socket ({d})"
+        "member.added delivered twice to the joiner's client ({d})"
     );
     assert!(
         lost.is_empty(),
-        "the joiner's own socket on B (no rooms; {d}) lost member.added in {} of {ROUNDS} rounds \
-         (rounds {lost:?}): each time, another socket on B subscribed to the new team right \
-         after the member was added on A",
+        "the joiner's own client on B (no rooms; {d}) lost member.added in {} of {ROUNDS} rounds \
+         (rounds {lost:?}): each time, another client on B joined the new team right after the \
+         member was added on A",
         lost.len()
     );
 }
@@ -1209,10 +1262,36 @@ async fn presence_snapshot_joined_left(b: Backend) {
 // Revocation
 // ---------------------------------------------------------------------------------------------
 
-/// A member removed on A: their sockets on B and C get `member.removed`, then one
+/// Over SSE, after the `unsubscribed` of a revoked team's scopes: `error forbidden` naming the
+/// team and nothing else, then the stream ends.
+async fn expect_revoked_end(ws: &mut RtClient, team: Uuid) {
+    let (_, end) = ws.expect_end(T).await;
+    assert_eq!(end, Frame::Dropped(SSE_ENDED.into()), "{}", ws.label());
+    let frames = ws.frames();
+    let last_unsubscribed = frames
+        .iter()
+        .rposition(|f| f["type"] == "unsubscribed")
+        .unwrap_or_else(|| panic!("{}: no unsubscribed: {frames:?}", ws.label()));
+    let after = &frames[last_unsubscribed + 1..];
+    assert_eq!(
+        after.len(),
+        1,
+        "{}: after the unsubscribed, one error then the end: {after:?}",
+        ws.label()
+    );
+    assert_eq!(after[0]["type"], "error", "{}: {after:?}", ws.label());
+    assert_eq!(after[0]["code"], "forbidden", "{}: {after:?}", ws.label());
+    assert_eq!(after[0]["teamId"], json!(team), "{}: {after:?}", ws.label());
+}
+
+/// A member removed on A: their clients on B and C get `member.removed`, then one
 /// `unsubscribed` (membership_revoked) per room of that team, and nothing of the team after it
-/// (written on A and on C); the kept team still flows; resubscribing is forbidden on the old
-/// sockets and on a fresh one, with and without `since`.
+/// (written on A and on C); the kept team still flows; joining again is forbidden on the old
+/// clients and on a fresh one, with and without `since`.
+///
+/// A socket stays open and only leaves the team's rooms; an SSE stream (whose scopes are fixed)
+/// ends with `error forbidden` after the `unsubscribed`, and its reconnect gets `forbidden` for
+/// the team's scopes (403 when no other scope is left) and resumes the others.
 async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
     let api = d.client(0);
     let api_c = d.client(2);
@@ -1226,31 +1305,48 @@ async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
         .await;
     let task = api.task(owner.token(), team.id, "watched").await;
     let board = team.default_board_id;
-
-    // Mallory on B (token in the query): team, board, task of the team, and the kept team.
-    let mut m1 = d.ws_labeled(1, m.token(), "m1").await;
-    for s in [
+    let revoked = [
         Scope::Team(team.id),
         Scope::Board(board),
         Scope::Task(task.id),
-        Scope::Team(keep.id),
-    ] {
-        m1.subscribe(s, None).await;
-    }
+    ];
+
+    // Mallory on B (token in the query): team, board, task of the team, and the kept team.
+    let mut m1 = d
+        .open(
+            1,
+            m.token(),
+            "m1",
+            &[revoked[0], revoked[1], revoked[2], Scope::Team(keep.id)],
+        )
+        .await;
     // Mallory on C (token in the header): the task room.
-    let mut m2 = d.node(2).ws_header(m.token()).await;
-    m2.label = format!("m2@{}", d.name(2));
-    m2.subscribe(Scope::Task(task.id), None).await;
+    let task_only = [Scope::Task(task.id)];
+    let mut m2 = d
+        .try_open(
+            2,
+            Opening {
+                header_auth: true,
+                ..Opening::new(m.token(), "m2", &task_only)
+            },
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{d}: m2 refused: {} {}", r.status, r.text));
     // The owner watches from C (task and team rooms).
-    let mut o = d.ws_labeled(2, owner.token(), "owner").await;
-    o.subscribe(Scope::Task(task.id), None).await;
-    o.subscribe(Scope::Team(team.id), None).await;
+    let mut o = d
+        .open(
+            2,
+            owner.token(),
+            "owner",
+            &[Scope::Task(task.id), Scope::Team(team.id)],
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     m1.barrier().await;
     m2.barrier().await;
     o.barrier().await;
-    let m1_start = m1.frames.len();
-    let m2_start = m2.frames.len();
+    let m1_start = m1.frames().len();
+    let m2_start = m2.frames().len();
 
     api.delete(
         &format!("/api/v1/teams/{}/members/{}", team.id, m.id()),
@@ -1274,7 +1370,7 @@ async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
         assert!(
             logged_activities(&before).is_empty(),
             "{}: activities before member.removed: {before:?}",
-            ws.label
+            ws.label()
         );
         let a = &removed["activity"];
         assert_eq!(a["data"]["userId"], json!(m.id()));
@@ -1285,9 +1381,10 @@ async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
         for _ in 0..rooms.len() {
             let f = ws.next_json().await;
             assert_eq!(
-                f["type"], "unsubscribed",
+                f["type"],
+                "unsubscribed",
                 "{}: after member.removed expected unsubscribed frames, got {f}",
-                ws.label
+                ws.label()
             );
             assert_eq!(f["reason"], "membership_revoked", "{f}");
             let (k, id) = ["teamId", "boardId", "taskId"]
@@ -1300,7 +1397,10 @@ async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
         let mut want: Vec<(&str, String)> =
             rooms.iter().map(|(k, id)| (*k, id.to_string())).collect();
         want.sort();
-        assert_eq!(got, want, "{} ({d}): rooms revoked", ws.label);
+        assert_eq!(got, want, "{} ({d}): rooms revoked", ws.label());
+        if ws.transport() == Transport::Sse {
+            expect_revoked_end(ws, team.id).await;
+        }
     }
     // Others in the task room (the owner, on C): presence.left for Mallory.
     let (f, _) = o
@@ -1326,75 +1426,178 @@ async fn revocation_unsubscribes_and_stops_delivery(d: Deployment) {
         .await
         .ok(200);
     let kt = api.task(owner.token(), keep.id, "kept team").await;
-    // The owner's team socket proves the team's activities were dispatched.
+    // The owner's team room proves the team's activities were dispatched.
     o.wait_for("team.updated", T, |f| {
         f["activity"]["type"] == "team.updated"
     })
     .await;
-    let (f, _) = m1
-        .wait_for("the kept team's task.created", T, |f| {
-            f["activity"]["type"] == "task.created"
-        })
-        .await;
-    assert_eq!(f["activity"]["taskId"], json!(kt.id), "{f}");
+    // The kept team still flows: on the socket; over SSE on the stream's reconnect (with its
+    // last event id, as the browser does), where the revoked team's scopes are forbidden and
+    // the kept team resumes (its replay, before its `subscribed`, holds the new task).
+    let mut m1_old = None;
+    if m1.transport() == Transport::WebSocket {
+        let (f, _) = m1
+            .wait_for("the kept team's task.created", T, |f| {
+                f["activity"]["type"] == "task.created"
+            })
+            .await;
+        assert_eq!(f["activity"]["taskId"], json!(kt.id), "{f}");
+    } else {
+        let again = d
+            .try_resume(1, &m1.resume_point(), "m1 reconnected")
+            .await
+            .unwrap_or_else(|r| panic!("{d}: m1's reconnect: {} {}", r.status, r.text));
+        assert_eq!(
+            again.subscribed.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![Scope::Team(keep.id)],
+            "{d}: only the kept team is joined"
+        );
+        let mut refused: Vec<String> = again
+            .errors
+            .iter()
+            .map(|e| {
+                assert_eq!(e["code"], "forbidden", "{e}");
+                e.to_string()
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(
+            refused.len(),
+            3,
+            "{d}: the revoked team's scopes: {refused:?}"
+        );
+        for s in revoked {
+            assert!(
+                again.errors.iter().any(|e| s.named_by(e)),
+                "{d}: no forbidden for {s:?}: {refused:?}"
+            );
+        }
+        let replay = &again.subscribed(Scope::Team(keep.id)).before;
+        let kinds: Vec<(&Value, &Value)> =
+            replay.iter().map(|a| (&a["type"], &a["taskId"])).collect();
+        assert_eq!(
+            kinds,
+            vec![(&json!("task.created"), &json!(kt.id))],
+            "{d}: the kept team's replay"
+        );
+        m1_old = Some(std::mem::replace(&mut m1, again));
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     m1.barrier().await;
-    m2.barrier().await;
-    for (ws, start) in [(&m1, m1_start), (&m2, m2_start)] {
-        for f in &ws.frames[start..] {
+    if m2.transport() == Transport::WebSocket {
+        m2.barrier().await;
+    }
+    let mut seen: Vec<(String, &[Value])> = vec![
+        (m1.label().to_owned(), m1.frames()),
+        (m2.label().to_owned(), &m2.frames()[m2_start..]),
+    ];
+    if let Some(old) = &m1_old {
+        seen.push((old.label().to_owned(), &old.frames()[m1_start..]));
+    } else {
+        seen[0].1 = &m1.frames()[m1_start..];
+    }
+    for (label, frames) in seen {
+        for f in frames {
             if f["type"] == "activity" && f["activity"]["teamId"] == json!(team.id) {
                 let seq = f["activity"]["seq"].as_i64();
                 assert!(
                     seq.is_some_and(|s| s <= removed_seq),
-                    "{}: received {f} of the team after member.removed (seq {removed_seq})",
-                    ws.label
+                    "{label}: received {f} of the team after member.removed (seq {removed_seq})"
                 );
             }
         }
     }
-    // Resubscribing is forbidden: on both old sockets, and on a fresh one on C; with and
+    // Joining again is forbidden: on both old clients, and on a fresh one on C; with and
     // without since.
-    let mut m3 = d.ws_labeled(2, m.token(), "m3 (fresh)").await;
-    for s in [
-        Scope::Team(team.id),
-        Scope::Board(board),
-        Scope::Task(task.id),
-    ] {
-        for ws in [&mut m1, &mut m2, &mut m3] {
-            let e = ws
-                .try_subscribe(s, None)
+    let mut open: Vec<RtClient> = vec![m1];
+    match d.transport {
+        Transport::WebSocket => {
+            let m3 = d.open(2, m.token(), "m3 (fresh)", &[]).await;
+            open.push(m2);
+            open.push(m3);
+            for s in revoked {
+                for ws in open.iter_mut() {
+                    let e = ws
+                        .ws()
+                        .try_subscribe(s, None)
+                        .await
+                        .expect_err("revoked member resubscribed");
+                    assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label());
+                    let e = ws
+                        .ws()
+                        .try_subscribe(s, Some(removed_seq - 1))
+                        .await
+                        .expect_err("revoked member resumed");
+                    assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label());
+                }
+            }
+        }
+        Transport::Sse => {
+            // m2's reconnect: its only scope is forbidden, so the stream is refused.
+            match d.try_resume(2, &m2.resume_point(), "m2 reconnected").await {
+                Err(r) => {
+                    r.problem(403, "forbidden");
+                }
+                Ok(_) => panic!("{d}: m2's stream of a revoked scope reopened"),
+            }
+            // A fresh stream, on C, with and without since: refused alone, an error each
+            // beside the kept team.
+            for start in [Start::Now, Start::Since(removed_seq - 1)] {
+                for s in revoked {
+                    let alone = [s];
+                    let r = d
+                        .try_open(
+                            2,
+                            Opening {
+                                start,
+                                ..Opening::new(m.token(), "m3 (fresh)", &alone)
+                            },
+                        )
+                        .await;
+                    match r {
+                        Err(r) => {
+                            r.problem(403, "forbidden");
+                        }
+                        Ok(_) => panic!("{d}: a fresh stream of {s:?} ({start:?}) opened"),
+                    }
+                }
+            }
+            let beside = [revoked[0], revoked[1], revoked[2], Scope::Team(keep.id)];
+            let fresh = d
+                .try_open(2, Opening::new(m.token(), "m3 (fresh)", &beside))
                 .await
-                .expect_err("revoked member resubscribed");
-            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
-            let e = ws
-                .try_subscribe(s, Some(removed_seq - 1))
-                .await
-                .expect_err("revoked member resumed");
-            assert_eq!(e["code"], "forbidden", "{}: {e}", ws.label);
+                .unwrap_or_else(|r| panic!("{d}: {} {}", r.status, r.text));
+            assert_eq!(fresh.errors.len(), 3, "{d}: {:?}", fresh.errors);
+            assert!(fresh.errors.iter().all(|e| e["code"] == "forbidden"));
+            open.push(fresh);
         }
     }
     api.task(owner.token(), team.id, "after the refusals").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for ws in [&mut m1, &mut m2, &mut m3] {
+    for ws in open.iter_mut() {
         let late: Vec<Value> = logged_activities(&ws.barrier().await)
             .into_iter()
             .filter(|a| a["teamId"] == json!(team.id))
             .collect();
-        assert!(late.is_empty(), "{}: {late:?}", ws.label);
+        assert!(late.is_empty(), "{}: {late:?}", ws.label());
     }
 }
 
 /// A member leaving the team themself is revoked like a removal.
-async fn self_removal_revokes_too(b: Backend) {
-    let srv = TestServer::start(b).await;
-    let api = srv.client();
+async fn self_removal_revokes_too(d: Deployment) {
+    let api = d.client(0);
     let owner = api.new_user("Owner").await;
     let team = api.create_team(owner.token(), "Leave").await;
     let m = api.member(owner.token(), team.id, "Leaver", "member").await;
     let task = api.task(owner.token(), team.id, "t").await;
-    let mut ws = srv.ws(m.token()).await.labeled("leaver");
-    ws.subscribe(Scope::Team(team.id), None).await;
-    ws.subscribe(Scope::Task(task.id), None).await;
+    let mut ws = d
+        .open(
+            0,
+            m.token(),
+            "leaver",
+            &[Scope::Team(team.id), Scope::Task(task.id)],
+        )
+        .await;
     api.delete(
         &format!("/api/v1/teams/{}/members/{}", team.id, m.id()),
         m.token(),
@@ -1413,6 +1616,10 @@ async fn self_removal_revokes_too(b: Backend) {
         assert_eq!(f["type"], "unsubscribed", "{f}");
         assert_eq!(f["reason"], "membership_revoked", "{f}");
         revoked.push(f);
+    }
+    if ws.transport() == Transport::Sse {
+        expect_revoked_end(&mut ws, team.id).await;
+        return;
     }
     api.comment(owner.token(), task.id, "after").await;
     api.task(owner.token(), team.id, "after").await;

@@ -294,6 +294,37 @@ impl RtClient {
         }
     }
 
+    /// A barrier that tolerates the end of the connection: every frame received before the `pong`
+    /// and `true`; or, when the connection ended (or ends meanwhile: an SSE stream that a
+    /// revocation closes), every frame up to the end and `false`.
+    pub async fn settle(&mut self) -> (Vec<Value>, bool) {
+        let open = match &mut self.conn {
+            Conn::Ws(ws) => return (ws.barrier().await, true),
+            Conn::Sse(sse) if sse.ended.is_some() => false,
+            Conn::Sse(sse) => {
+                let r = sse.post(serde_json::json!({"type": "ping"})).await;
+                match r.status {
+                    202 => true,
+                    404 => false,
+                    other => panic!("{}: POST ping: {other} {}", sse.label, r.text),
+                }
+            }
+        };
+        let mut out = Vec::new();
+        loop {
+            match self.recv_timeout(WS_RECV_TIMEOUT).await {
+                Some(Frame::Json(v)) if open && v["type"] == "pong" => return (out, true),
+                Some(Frame::Json(v)) => out.push(v),
+                Some(f) if f.is_end() => return (out, false),
+                Some(_) => {}
+                None => panic!(
+                    "{}: neither a pong nor the end within {WS_RECV_TIMEOUT:?}: {out:?}",
+                    self.label()
+                ),
+            }
+        }
+    }
+
     /// Where this client stands: for another to go on from here.
     pub fn resume_point(&self) -> Resume {
         let at = match &self.conn {

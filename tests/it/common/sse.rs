@@ -129,7 +129,6 @@ pub struct SseClient {
     /// The instance the stream is on, for the POSTs.
     pub api: Api,
     pub token: String,
-    pub status: u16,
     pub headers: HeaderMap,
     /// The first event: `{"type":"stream","streamId","userId","heartbeatMs"}`.
     pub hello: Value,
@@ -206,7 +205,6 @@ impl TestServer {
             schema: self.frames.clone().expect("frame schema loaded"),
             api: self.client(),
             token: req.token.clone().unwrap_or_default(),
-            status,
             headers,
             hello: Value::Null,
             stream_id: String::new(),

@@ -237,23 +237,28 @@ macro_rules! every_transport {
             $crate::every_transport!(@tests [$(#[$attr])*] $overrides, $name, sse, Sse, $topologies);
         }
     };
-    (@tests [$(#[$attr:meta])*] $overrides:expr, $name:ident, $module:ident, $transport:ident,
+    (@tests $attrs:tt $overrides:expr, $name:ident, $module:ident, $transport:ident,
         [$($test:ident: $topology:ident),*]) => {
         mod $module {
-            use $crate::common::{Topology, Transport, on_deployment};
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                $(#[$attr])*
-                async fn $test() {
-                    on_deployment(
-                        Topology::$topology,
-                        Transport::$transport,
-                        $overrides,
-                        super::super::$name,
-                    )
-                    .await
-                }
+                $crate::every_transport!(
+                    @test $attrs $overrides, $name, $transport, $test, $topology
+                );
             )*
+        }
+    };
+    (@test [$(#[$attr:meta])*] $overrides:expr, $name:ident, $transport:ident, $test:ident,
+        $topology:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $test() {
+            $crate::common::on_deployment(
+                $crate::common::Topology::$topology,
+                $crate::common::Transport::$transport,
+                $overrides,
+                super::super::$name,
+            )
+            .await
         }
     };
     ($($name:ident),* $(,)?) => {
