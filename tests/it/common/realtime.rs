@@ -76,18 +76,6 @@ impl Resume {
                 .and_then(|id| seq_in_event_id(id, &team.to_string())),
         }
     }
-
-    /// The last event id of a stream (`None` on a socket, or before any).
-    pub fn event_id(&self) -> Option<&str> {
-        match &self.at {
-            At::EventId(id) => id.as_deref(),
-            At::Since(_) => None,
-        }
-    }
-
-    pub fn scopes(&self) -> &[Scope] {
-        &self.scopes
-    }
 }
 
 enum Conn {
@@ -257,23 +245,11 @@ impl RtClient {
         }
     }
 
-    pub fn scopes(&self) -> &[Scope] {
-        &self.scopes
-    }
-
     /// The socket (panics over SSE): for what only a socket does.
     pub fn ws(&mut self) -> &mut WsClient {
         match &mut self.conn {
             Conn::Ws(ws) => ws,
             Conn::Sse(sse) => panic!("{}: not a WebSocket client", sse.label),
-        }
-    }
-
-    /// The stream (panics on a socket): for what only a stream does.
-    pub fn sse(&mut self) -> &mut SseClient {
-        match &mut self.conn {
-            Conn::Sse(sse) => sse,
-            Conn::Ws(ws) => panic!("{}: not an SSE client", ws.label),
         }
     }
 

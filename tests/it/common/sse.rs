@@ -139,7 +139,8 @@ pub struct SseClient {
     pub frames: Vec<Value>,
     /// The same messages with their event ids.
     pub events: Vec<SseEvent>,
-    /// The last event id received, as `EventSource.lastEventId` (what its reconnect sends).
+    /// The last event id received (or, before any, the one the stream was opened with), as
+    /// `EventSource.lastEventId`: what its reconnect sends.
     pub last_event_id: Option<String>,
     /// `: keepalive` comments received.
     pub heartbeats: usize,
@@ -211,7 +212,12 @@ impl TestServer {
             retry: None,
             frames: Vec::new(),
             events: Vec::new(),
-            last_event_id: None,
+            // As an `EventSource` keeps its last event id across its reconnects: a stream that
+            // resumed and received no event with an id yet still stands where it resumed from.
+            last_event_id: req
+                .last_event_id
+                .clone()
+                .or_else(|| req.last_event_id_query.clone()),
             heartbeats: 0,
             label: String::from("sse"),
             ended: None,
@@ -238,14 +244,12 @@ impl SseClient {
     }
 
     async fn read_hello(&mut self) {
-        let first = loop {
-            match self.next_raw(WS_RECV_TIMEOUT).await {
-                Some((Frame::Ping(_), _)) => {
-                    panic!("{}: a comment before the stream's hello", self.label)
-                }
-                Some((f, id)) => break (f, id),
-                None => panic!("{}: no hello within {WS_RECV_TIMEOUT:?}", self.label),
+        let first = match self.next_raw(WS_RECV_TIMEOUT).await {
+            Some((Frame::Ping(_), _)) => {
+                panic!("{}: a comment before the stream's hello", self.label)
             }
+            Some(next) => next,
+            None => panic!("{}: no hello within {WS_RECV_TIMEOUT:?}", self.label),
         };
         let hello = match first {
             (Frame::Json(v), None) => v,
