@@ -159,10 +159,10 @@ async fn headers_hello_and_event_ids(b: Backend) {
 }
 
 /// 401 without a token or with a bad one, 403 when every scope is forbidden, 400 for malformed
-/// parameters and for `since` with scopes of two teams; a forbidden scope beside an allowed one
-/// is an `error` on the stream.
+/// parameters, for more scopes than a socket's room limit and for `since` with scopes of two
+/// teams; a forbidden scope beside an allowed one is an `error` on the stream.
 async fn refusals_are_problems(b: Backend) {
-    let srv = TestServer::start(b).await;
+    let srv = TestServer::start_with(b, &[("TASKFORGE_WS_MAX_SUBSCRIPTIONS", "3")]).await;
     let api = srv.client();
     let u = api.new_user("Refused").await;
     let stranger = api.new_user("Stranger").await;
@@ -228,6 +228,15 @@ async fn refusals_are_problems(b: Backend) {
                 .query("boardId", &format!("{t}x")),
         ),
         ("no scope", SseRequest::new(u.token())),
+        (
+            "more scopes than the room limit",
+            SseRequest::new(u.token()).scopes(&[
+                Scope::Team(team.id),
+                Scope::Team(other.id),
+                Scope::Board(team.default_board_id),
+                Scope::Task(task.id),
+            ]),
+        ),
         (
             "a negative since",
             SseRequest::new(u.token())
@@ -467,6 +476,32 @@ async fn one_event_id_resumes_every_team_and_the_inbox(b: Backend) {
         "B is not in this stream: {ids}"
     );
     assert!(ids.contains(&c.id.to_string()), "{ids}");
+
+    // The inbox alone, from `inboxSince=0`: both notifications replayed before its subscribed.
+    let mut req = SseRequest::new(u.token()).inbox();
+    req.inbox_since = Some(0);
+    let mut inbox_only = srv
+        .sse_open(&req)
+        .await
+        .unwrap_or_else(|r| panic!("{} {}", r.status, r.text));
+    let (sub, replayed) = inbox_only
+        .wait_for("the inbox's subscribed", T, |f| {
+            f["type"] == "subscribed" && f["inbox"] == true
+        })
+        .await;
+    let seqs: Vec<i64> = replayed
+        .iter()
+        .filter(|f| f["type"] == "notification.created")
+        .map(|f| f["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 2, "{replayed:?}");
+    assert_eq!(sub["seq"].as_i64(), seqs.last().copied(), "{sub}");
+    assert_eq!(
+        inbox_only.last_event_id,
+        Some(format!("inbox:{}", seqs[1])),
+        "{:?}",
+        inbox_only.events
+    );
 }
 
 /// A team scope, a board scope and a task scope of one team: their activities reach the stream
@@ -996,8 +1031,8 @@ async fn a_stalled_reader_is_cut(b: Backend) {
 // Three instances
 // ---------------------------------------------------------------------------------------------
 
-/// A stream on B resumes on C with its event id after activities written on A while it was away
-/// (on one instance, all the same server).
+/// A stream on B resumes on C with its event id (which overrides `since`) after activities written
+/// on A while it was away (on one instance, all the same server).
 async fn a_stream_resumes_on_another_instance(d: Deployment) {
     let api = d.client(0);
     let u = api.new_user("Roaming").await;
@@ -1028,11 +1063,13 @@ async fn a_stream_resumes_on_another_instance(d: Deployment) {
     api.create_board(u.token(), team.id, "not for these rooms")
         .await;
 
+    // The event id overrides `since` (here one that would replay the whole log).
     let mut again = d
         .node(2)
         .sse_open(
             &SseRequest::new(u.token())
                 .scopes(&scopes)
+                .since(0)
                 .last_event_id(&id),
         )
         .await
