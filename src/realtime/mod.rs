@@ -98,7 +98,7 @@ pub struct Realtime {
     /// Every socket's and SSE stream's task, from the upgrade on: shutdown waits for them to close.
     sockets: TaskTracker,
     /// This instance's SSE streams, for the messages POSTed to them.
-    streams: sse::Streams,
+    streams: Arc<sse::Streams>,
 }
 
 impl Realtime {
@@ -117,9 +117,11 @@ impl Realtime {
             settings.max_subscriptions,
         ));
         let inbox = Arc::new(InboxFeed::new(store.clone()));
+        let streams = Arc::new(sse::Streams::default());
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
             let inbox = inbox.clone();
+            let streams = streams.clone();
             tasks.spawn("bus dispatch", async move {
                 while let Some(event) = events.recv().await {
                     match event {
@@ -127,6 +129,9 @@ impl Realtime {
                         BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
                         BusEvent::Presence(ev) => hub.on_presence(&ev),
                         BusEvent::Inbox(user, seq) => inbox.reached(user, seq),
+                        BusEvent::StreamMessage { user, stream, text } => {
+                            streams.forwarded(user, &stream, &text);
+                        }
                         BusEvent::Resync => {
                             hub.presence_resync();
                             if let Err(e) = hub.check().await {
@@ -161,7 +166,7 @@ impl Realtime {
             settings,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
-            streams: sse::Streams::default(),
+            streams,
         })
     }
 
