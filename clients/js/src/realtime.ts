@@ -542,6 +542,10 @@ export interface RealtimeStats {
   remembered: number;
   /** Inbox event frames received (duplicates included). */
   inboxEvents: number;
+  /** Event streams opened (SSE: one per connection and per change of the scopes). */
+  streams: number;
+  /** Times the client moved from one transport to the other (`auto`). */
+  transportSwitches: number;
 }
 
 type Outbound =
@@ -769,6 +773,8 @@ export class RealtimeClient {
     gaps: 0,
     rateLimited: 0,
     inboxEvents: 0,
+    streams: 0,
+    transportSwitches: 0,
   };
 
   constructor(opts: RealtimeOptions) {
@@ -1315,6 +1321,7 @@ export class RealtimeClient {
   private switchTransport(to: Transport): void {
     if (this.mode === to) return;
     this.mode = to;
+    this.counters.transportSwitches++;
     this.wsFailedOpens = 0;
     this.wsShortCloses = 0;
     this.wsHttpUp = this.wsFailedWhileUp = false;
@@ -1500,6 +1507,7 @@ export class RealtimeClient {
       this.reportError(e);
       return this.dropSocket(1006, 'could not open the event stream', false);
     }
+    this.counters.streams++;
     const conn: SseConn = {
       n: ++this.sseCount,
       es,
