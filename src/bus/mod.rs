@@ -71,6 +71,12 @@ pub enum BusEvent {
     /// A user's inbox stream reached this seq (from the user's channel; a hint: the inbox
     /// reads the events themselves from the store).
     Inbox(UserId, i64),
+    /// A client message POSTed (on some instance) for one of the user's SSE streams.
+    StreamMessage {
+        user: UserId,
+        stream: String,
+        text: String,
+    },
     /// Messages may have been lost (the bus reconnected, or its queue overflowed): every followed
     /// team must be checked against the log.
     Resync,
@@ -94,6 +100,15 @@ pub trait Bus: Send + Sync + 'static {
     /// seqs (on each user's channel). At most once, like every publish: the inbox's periodic
     /// check finds what is lost.
     async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError>;
+
+    /// Hands a client message to the user's SSE stream `stream` on whichever instance holds it
+    /// (at most once, like every publish). `Ok(false)`: this bus reaches no other instance.
+    async fn forward_to_stream(
+        &self,
+        user: UserId,
+        stream: &str,
+        text: &str,
+    ) -> Result<bool, BusError>;
 
     /// The stream of events for this instance; there is one, taken by the realtime hub.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;

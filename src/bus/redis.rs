@@ -409,7 +409,12 @@ fn event_of(channel: &[u8], payload: &[u8]) -> Option<BusEvent> {
             .ok()
             .and_then(|u| u.parse().ok())
             .map(|u| BusEvent::Inbox(u, seq)),
-        (Some(_), wire::Message::Presence(_)) | (None, wire::Message::Inbox(_)) => None,
+        (Some(user), wire::Message::StreamMessage { stream, text }) => std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| u.parse().ok())
+            .map(|user| BusEvent::StreamMessage { user, stream, text }),
+        (Some(_), wire::Message::Presence(_))
+        | (None, wire::Message::Inbox(_) | wire::Message::StreamMessage { .. }) => None,
     }
 }
 
@@ -584,6 +589,22 @@ impl Bus for RedisBus {
                 .ignore();
         }
         pipe.query_async::<()>(&mut con).await.map_err(unreachable)
+    }
+
+    async fn forward_to_stream(
+        &self,
+        user: UserId,
+        stream: &str,
+        text: &str,
+    ) -> Result<bool, BusError> {
+        let mut con = self.commands()?;
+        redis::cmd("PUBLISH")
+            .arg(Topic::User(user).channel())
+            .arg(wire::encode_stream_message(stream, text))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)?;
+        Ok(true)
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
@@ -882,7 +903,11 @@ mod tests {
                 Ok(Some(BusEvent::Activities(got))) => seqs.extend(got.iter().map(|e| e.seq)),
                 Ok(Some(BusEvent::Presence(_))) => marker = true,
                 Ok(Some(BusEvent::Resync)) => resynced = true,
-                Ok(Some(BusEvent::UserActivity(_) | BusEvent::Inbox(..))) => {}
+                Ok(Some(
+                    BusEvent::UserActivity(_)
+                    | BusEvent::Inbox(..)
+                    | BusEvent::StreamMessage { .. },
+                )) => {}
                 Ok(None) | Err(_) => break,
             }
         }

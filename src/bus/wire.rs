@@ -6,6 +6,7 @@
 //! P+<viewer json>      (joined)
 //! P-<viewer json>      (left)
 //! I<seq>               (the user's inbox stream reached seq; on the user's channel)
+//! S<stream id>\n<json> (a client message POSTed for the user's SSE stream; on the user's channel)
 //! ```
 
 use std::sync::Arc;
@@ -26,6 +27,15 @@ pub enum Message {
     Activity(LogEntry),
     Presence(PresenceEvent),
     Inbox(i64),
+    /// A client message for an SSE stream that lives on some instance.
+    StreamMessage {
+        stream: String,
+        text: String,
+    },
+}
+
+pub fn encode_stream_message(stream: &str, text: &str) -> Vec<u8> {
+    format!("S{stream}\n{text}").into_bytes()
 }
 
 pub fn encode_inbox(seq: i64) -> Vec<u8> {
@@ -101,6 +111,14 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
             .filter(|s| *s > 0)
             .map(Message::Inbox)
             .ok_or(WireError("inbox seq")),
+        Some(b'S') => {
+            let text = std::str::from_utf8(&bytes[1..]).map_err(|_| WireError("stream message"))?;
+            let (stream, text) = text.split_once('\n').ok_or(WireError("stream message"))?;
+            Ok(Message::StreamMessage {
+                stream: stream.to_owned(),
+                text: text.to_owned(),
+            })
+        }
         _ => Err(WireError("unknown kind")),
     }
 }
@@ -200,6 +218,15 @@ mod tests {
     #[test]
     fn inbox_marks_round_trip() {
         assert!(matches!(decode(&encode_inbox(17)), Ok(Message::Inbox(17))));
+        match decode(&encode_stream_message("ab12", r#"{"type":"ping"}"#)) {
+            Ok(Message::StreamMessage { stream, text }) => {
+                assert_eq!(
+                    (stream.as_str(), text.as_str()),
+                    ("ab12", r#"{"type":"ping"}"#)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -20,6 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+/// Put in every request's extensions: cancelling it drops the request's connection at once.
+///
+/// A streamed response (an SSE stream) whose client stopped reading is never polled again, so it
+/// cannot end itself; its owner cuts the connection with this instead.
+#[derive(Debug, Clone)]
+pub struct ConnectionAbort(pub CancellationToken);
+
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeSettings {
@@ -60,9 +67,13 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let router = router.clone();
+        let abort = CancellationToken::new();
+        let abort_handle = abort.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             // The peer address feeds the per-address limits (`limits::client_ip`).
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            req.extensions_mut()
+                .insert(ConnectionAbort(abort_handle.clone()));
             router.clone().oneshot(req.map(Body::new))
         });
         let conn = http
@@ -73,9 +84,14 @@ pub async fn serve(
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
+                // Dropping the connection closes the socket; its response body is dropped too.
+                () = abort.cancelled() => return,
                 () = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = abort.cancelled() => return,
+                    }
                 }
             };
             if let Err(e) = result {

@@ -137,7 +137,14 @@ pub fn document() -> Value {
                 notification stream (notification.created, notification.read), resumed with its own \
                 `since`. Close codes: 4001 unauthorized or token expired, \
                 4008 slow consumer or rate limit, 1001 server going away, 1009 frame too large, \
-                1007 text frame not UTF-8, 1002 other WebSocket protocol errors."
+                1007 text frame not UTF-8, 1002 other WebSocket protocol errors. \
+                Where WebSockets are blocked, the same server messages come as Server-Sent Events \
+                from GET /realtime/sse (channel realtimeSse): scopes are fixed by the query \
+                (repeatable teamId, boardId, taskId; inbox=true), the first event is `stream` \
+                (its streamId), each event's id is the stream's resume position for every team \
+                (`<teamId>:<seq>,…,inbox:<seq>`) that Last-Event-ID (or ?lastEventId=) resumes, and \
+                client messages other than subscribe/unsubscribe are POSTed to \
+                /realtime/sse/{streamId} (channel realtimeSseMessages, answered 202)."
         },
         "defaultContentType": "application/json",
         "x-taskforge-routing": routing(),
@@ -152,9 +159,47 @@ pub fn document() -> Value {
                     "method": "GET",
                     "query": { "type": "object", "properties": { "token": { "type": "string", "description": "an access token" } } }
                 } }
+            },
+            "realtimeSse": {
+                "address": "/realtime/sse",
+                "description": "text/event-stream: one server message per event (data: the JSON; no event name), `: keepalive` comments, `id:` on events that move the stream's position.",
+                "messages": {
+                    "server": { "$ref": "#/components/messages/ServerFrame" }
+                },
+                "bindings": { "http": {
+                    "method": "GET",
+                    "query": { "type": "object", "properties": {
+                        "token": { "type": "string", "description": "an access token (or Authorization: Bearer)" },
+                        "teamId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "boardId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "taskId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "inbox": { "type": "boolean" },
+                        "since": { "type": "integer", "minimum": 0, "description": "resume a stream whose scopes are all of one team" },
+                        "inboxSince": { "type": "integer", "minimum": 0 },
+                        "lastEventId": { "type": "string", "description": "resume position, as the Last-Event-ID header" }
+                    } }
+                } }
+            },
+            "realtimeSseMessages": {
+                "address": "/realtime/sse/{streamId}",
+                "parameters": { "streamId": { "description": "from the stream's first event" } },
+                "messages": {
+                    "client": { "$ref": "#/components/messages/ClientFrame" }
+                },
+                "bindings": { "http": { "method": "POST" } }
             }
         },
         "operations": {
+            "sendServerEvents": {
+                "action": "send",
+                "channel": { "$ref": "#/channels/realtimeSse" },
+                "messages": [{ "$ref": "#/channels/realtimeSse/messages/server" }]
+            },
+            "receivePostedMessages": {
+                "action": "receive",
+                "channel": { "$ref": "#/channels/realtimeSseMessages" },
+                "messages": [{ "$ref": "#/channels/realtimeSseMessages/messages/client" }]
+            },
             "receiveClientFrames": {
                 "action": "receive",
                 "channel": { "$ref": "#/channels/realtime" },
@@ -258,6 +303,13 @@ mod tests {
             .frame()
             .to_string(),
             ServerMessage::Pong.frame().to_string(),
+            ServerMessage::Stream {
+                stream_id: "0f".into(),
+                user_id,
+                heartbeat_ms: 30_000,
+            }
+            .frame()
+            .to_string(),
             presence_frame(true, team_id, task_id, &user).to_string(),
             ServerMessage::InboxSubscribed {
                 inbox: true,

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Realtime;
 use super::hub::{ConnId, Join};
-use super::outbox::{CloseReason, Frame, Outbox, RETAINED_FRAMES};
+use super::outbox::{Arrival, CloseReason, Frame, Outbox, RETAINED_FRAMES, Stream};
 use super::protocol::{
     ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ScopeIds, ServerMessage, parse,
 };
@@ -39,7 +39,7 @@ const NOT_BOTH: &str = "name either inbox or one of teamId, boardId or taskId";
 /// Rejected messages in a row after which a flooding socket is closed.
 const RATE_STRIKES: u32 = 50;
 
-enum SubscribeError {
+pub(super) enum SubscribeError {
     Forbidden,
     ResumeUnavailable,
     TooMany,
@@ -58,11 +58,11 @@ type Subscribing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a subscribe needs of its connection; shared with the subscribe while it runs.
 #[derive(Clone)]
-struct Session {
-    rt: Arc<Realtime>,
-    id: ConnId,
-    user: UserId,
-    outbox: Arc<Outbox>,
+pub(super) struct Session {
+    pub(super) rt: Arc<Realtime>,
+    pub(super) id: ConnId,
+    pub(super) user: UserId,
+    pub(super) outbox: Arc<Outbox>,
 }
 
 struct Conn {
@@ -204,7 +204,7 @@ async fn serve(rt: &Arc<Realtime>, p: Principal, stream: &mut Inbound, outbox: &
     tracing::info!(conn = id, "socket closed");
 }
 
-fn instant_of(t: OffsetDateTime) -> Instant {
+pub(super) fn instant_of(t: OffsetDateTime) -> Instant {
     let left = (t - OffsetDateTime::now_utc()).whole_milliseconds().max(0);
     Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
@@ -324,7 +324,7 @@ impl Conn {
         };
         match msg {
             ClientMessage::Ping => self.session.reply(ServerMessage::Pong),
-            ClientMessage::Auth { token } => self.renew(&token),
+            ClientMessage::Auth { token } => self.session.renew(&mut self.expires_at, &token),
             ClientMessage::Subscribe(fields) => {
                 let session = self.session.clone();
                 return Some(Box::pin(async move { session.subscribe(&fields).await }));
@@ -356,30 +356,59 @@ impl Conn {
         }
         None
     }
+}
 
-    /// A fresh token for the same user keeps the socket alive past the old one's expiry.
-    fn renew(&mut self, token: &str) {
-        let session = &self.session;
-        match session.rt.tokens.verify(token) {
-            Ok(p) if p.user_id == session.user => {
-                self.expires_at = p.expires_at;
-                session.reply(ServerMessage::Authenticated {
+impl Session {
+    pub(super) fn reply(&self, msg: ServerMessage) {
+        self.outbox.push(Frame::Text(msg.frame()));
+    }
+
+    /// A fresh token for the same user keeps the connection alive past the old one's expiry.
+    pub(super) fn renew(&self, expires_at: &mut OffsetDateTime, token: &str) {
+        match self.rt.tokens.verify(token) {
+            Ok(p) if p.user_id == self.user => {
+                *expires_at = p.expires_at;
+                self.reply(ServerMessage::Authenticated {
                     user_id: p.user_id,
                     expires_at: p.expires_at,
                 });
             }
-            Ok(_) | Err(AuthError::Invalid) => session.outbox.close(CloseReason::Unauthorized),
-            Err(AuthError::Expired) => session.outbox.close(CloseReason::TokenExpired),
+            Ok(_) | Err(AuthError::Invalid) => self.outbox.close(CloseReason::Unauthorized),
+            Err(AuthError::Expired) => self.outbox.close(CloseReason::TokenExpired),
         }
     }
-}
 
-impl Session {
-    fn reply(&self, msg: ServerMessage) {
-        self.outbox.push(Frame::Text(msg.frame()));
+    /// The `error` answering a subscribe of `scope` that failed.
+    pub(super) fn reply_subscribe_error(&self, e: &SubscribeError, scope: Scope) {
+        let (code, message) = match e {
+            SubscribeError::Forbidden => (
+                ErrorCode::Forbidden,
+                "not a member, or no such team, board or task",
+            ),
+            SubscribeError::ResumeUnavailable => (
+                ErrorCode::ResumeUnavailable,
+                "since is outside the retained log; subscribe without it and refetch",
+            ),
+            SubscribeError::TooMany => (
+                ErrorCode::TooManySubscriptions,
+                "this socket is in too many rooms",
+            ),
+            SubscribeError::Busy => (
+                ErrorCode::Unavailable,
+                "the team is too busy to join right now; retry",
+            ),
+            SubscribeError::Store(e) => {
+                tracing::warn!(error = %e, "subscribe failed");
+                (
+                    ErrorCode::Unavailable,
+                    "the server could not check this subscription; retry",
+                )
+            }
+        };
+        self.reply(ServerMessage::scoped_error(code, message, scope));
     }
 
-    async fn subscribe(&self, fields: &ScopeFields) {
+    pub(super) async fn subscribe(&self, fields: &ScopeFields) {
         if fields.inbox == Some(true) {
             return self.subscribe_inbox(fields).await;
         }
@@ -394,33 +423,9 @@ impl Session {
                 scope,
             ));
         }
-        let (code, message) = match self.try_subscribe(scope, fields.since).await {
-            Ok(()) => return,
-            Err(SubscribeError::Forbidden) => (
-                ErrorCode::Forbidden,
-                "not a member, or no such team, board or task",
-            ),
-            Err(SubscribeError::ResumeUnavailable) => (
-                ErrorCode::ResumeUnavailable,
-                "since is outside the retained log; subscribe without it and refetch",
-            ),
-            Err(SubscribeError::TooMany) => (
-                ErrorCode::TooManySubscriptions,
-                "this socket is in too many rooms",
-            ),
-            Err(SubscribeError::Busy) => (
-                ErrorCode::Unavailable,
-                "the team is too busy to join right now; retry",
-            ),
-            Err(SubscribeError::Store(e)) => {
-                tracing::warn!(error = %e, "subscribe failed");
-                (
-                    ErrorCode::Unavailable,
-                    "the server could not check this subscription; retry",
-                )
-            }
-        };
-        self.reply(ServerMessage::scoped_error(code, message, scope));
+        if let Err(e) = self.try_subscribe(scope, fields.since).await {
+            self.reply_subscribe_error(&e, scope);
+        }
     }
 
     async fn subscribe_inbox(&self, fields: &ScopeFields) {
@@ -509,21 +514,54 @@ impl Session {
                 .await?
                 .ok_or(SubscribeError::Forbidden)?
         };
+        let refused = self.try_subscribe_group(team, &[scope], since).await?;
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SubscribeError::Forbidden)
+        }
+    }
+
+    /// `try_subscribe` for several scopes of one team (an SSE stream's): one replay of what any
+    /// of them missed, then all joined at the same point. Returns the scopes refused because they
+    /// no longer belong to `team` (deleted meanwhile); the others are joined.
+    pub(super) async fn try_subscribe_group(
+        &self,
+        team: TeamId,
+        scopes: &[Scope],
+        since: Option<i64>,
+    ) -> Result<Vec<Scope>, SubscribeError> {
         // Keeps the team followed until the join (or failure) below.
         let _pin = self.rt.hub.follow(team).await?;
-        let elsewhere = match (scope, self.rt.bus.shared_presence()) {
-            (Scope::Task(task), Some(shared)) => shared.viewers(task).await.unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "presence snapshot without other instances");
-                Vec::new()
-            }),
-            _ => Vec::new(),
-        };
+        let mut elsewhere: Vec<(Scope, Vec<PresenceUser>)> = Vec::with_capacity(scopes.len());
+        for &scope in scopes {
+            let viewers = match (scope, self.rt.bus.shared_presence()) {
+                (Scope::Task(task), Some(shared)) => {
+                    shared.viewers(task).await.unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "presence snapshot without other instances");
+                        Vec::new()
+                    })
+                }
+                _ => Vec::new(),
+            };
+            elsewhere.push((scope, viewers));
+        }
+        let mut refused = Vec::new();
         let mut replayed = since;
         let mut checked_bounds = false;
         for _ in 0..JOIN_ATTEMPTS {
             let mut tx = self.rt.store.read().await?;
-            if team_of(&mut *tx, scope).await? != Some(team) {
-                return Err(SubscribeError::Forbidden);
+            let mut kept = Vec::with_capacity(elsewhere.len());
+            for (scope, viewers) in elsewhere {
+                if team_of(&mut *tx, scope).await? == Some(team) {
+                    kept.push((scope, viewers));
+                } else {
+                    refused.push(scope);
+                }
+            }
+            elsewhere = kept;
+            if elsewhere.is_empty() {
+                return Ok(refused);
             }
             let admin = match tx.role(team, self.user).await? {
                 None => return Err(SubscribeError::Forbidden),
@@ -542,32 +580,35 @@ impl Session {
             // The snapshot is not held while the replay waits on the socket: a client that
             // stops reading must not hold a database connection.
             drop(tx);
+            let group: Vec<Scope> = elsewhere.iter().map(|(scope, _)| *scope).collect();
             if let Some(from) = replayed {
                 let upto = self.rt.hub.dispatched(team).unwrap_or(0);
                 if upto > bounds.last_seq {
                     continue; // the hub is ahead of this snapshot: take a newer one
                 }
-                if !self.replay(team, scope, admin, from, upto).await? {
-                    return Ok(()); // the socket is closing
+                if !self.replay(team, &group, admin, from, upto).await? {
+                    return Ok(refused); // the socket is closing
                 }
                 replayed = Some(upto.max(from));
             }
-            match self.rt.hub.join_as(
-                self.id,
-                scope,
-                team,
-                admin,
-                bounds.last_seq,
-                replayed,
-                &elsewhere,
-            ) {
+            let joining: Vec<(Scope, &[PresenceUser])> = elsewhere
+                .iter()
+                .map(|(scope, viewers)| (*scope, viewers.as_slice()))
+                .collect();
+            match self
+                .rt
+                .hub
+                .join_group(self.id, &joining, team, admin, bounds.last_seq, replayed)
+            {
                 Join::Joined(_) => {
-                    if let Scope::Task(task) = scope {
-                        self.presence_joined_meanwhile(team, task, &elsewhere).await;
+                    for (scope, viewers) in &elsewhere {
+                        if let Scope::Task(task) = *scope {
+                            self.presence_joined_meanwhile(team, task, viewers).await;
+                        }
                     }
-                    return Ok(());
+                    return Ok(refused);
                 }
-                Join::Gone => return Ok(()),
+                Join::Gone => return Ok(refused),
                 Join::TooMany => return Err(SubscribeError::TooMany),
                 Join::Stale => tokio::task::yield_now().await,
                 Join::Behind => self.rt.hub.catch_up(team, bounds.last_seq).await?,
@@ -604,20 +645,22 @@ impl Session {
         }
     }
 
-    /// Queues the activities of `(from, upto]` that reach the room (and, for an owner's or
-    /// admin's team scope, the admins room); false if the socket closes.
+    /// Queues the activities of `(from, upto]` that reach any of the scopes' rooms (and, for an
+    /// owner's or admin's team scope, the admins room); false if the socket closes.
     /// Each step reads in its own short transaction, released before the frames wait for the
     /// writer; the outbox cuts a socket that takes nothing for its stall time.
     async fn replay(
         &self,
         team: TeamId,
-        scope: Scope,
+        scopes: &[Scope],
         admin: bool,
         from: i64,
         upto: i64,
     ) -> Result<bool, SubscribeError> {
-        let room = scope.room();
-        let admins = (admin && room == Room::Team(team)).then_some(Room::Admins(team));
+        let mut rooms: Vec<Room> = scopes.iter().map(|s| s.room()).collect();
+        if admin && rooms.contains(&Room::Team(team)) {
+            rooms.push(Room::Admins(team));
+        }
         let mut cursor = from;
         while cursor < upto {
             let batch = {
@@ -632,14 +675,15 @@ impl Session {
                 break;
             };
             cursor = last;
-            let reaches =
-                |e: &&LogEntry| e.route.reaches(room) || admins.is_some_and(|a| e.route.reaches(a));
+            let reaches = |e: &&LogEntry| rooms.iter().any(|r| e.route.reaches(*r));
             for e in batch.iter().filter(reaches) {
-                if !self
-                    .outbox
-                    .push_replay(Frame::Text(super::protocol::activity_frame(e)))
-                    .await
-                {
+                let frame = Frame::positioned(
+                    super::protocol::activity_frame(e),
+                    Stream::Team(team),
+                    e.seq,
+                    Arrival::Replay,
+                );
+                if !self.outbox.push_replay(frame).await {
                     return Ok(false);
                 }
                 metrics::counter!(crate::telemetry::REPLAYED).increment(1);
@@ -650,7 +694,7 @@ impl Session {
 }
 
 /// The team a scope belongs to, if it exists.
-async fn team_of(tx: &mut dyn Tx, scope: Scope) -> Result<Option<TeamId>, StoreError> {
+pub(super) async fn team_of(tx: &mut dyn Tx, scope: Scope) -> Result<Option<TeamId>, StoreError> {
     Ok(match scope {
         Scope::Team(id) => tx.team(id).await?.map(|t| t.id),
         Scope::Board(id) => tx.board(id).await?.map(|b| b.team_id),

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 // Tokio's clock (std's own unless a test pauses it), so that tests can move it.
 use tokio::time::Instant;
 
-use super::outbox::{CloseReason, Frame, Outbox};
+use super::outbox::{Arrival, CloseReason, Frame, Outbox, Stream};
 use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
 use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
@@ -474,8 +474,29 @@ impl Hub {
         replayed: Option<i64>,
         elsewhere: &[PresenceUser],
     ) -> Join {
+        self.join_group(
+            id,
+            &[(scope, elsewhere)],
+            team,
+            admin,
+            snapshot_seq,
+            replayed,
+        )
+    }
+
+    /// `join_as` for several scopes of one team at once: all are joined at the same point of the
+    /// team's dispatch, under one lock, or none is (an SSE stream's scopes of a team share one
+    /// resume position, which is exact only if they never stand at different points).
+    pub fn join_group(
+        &self,
+        id: ConnId,
+        scopes: &[(Scope, &[PresenceUser])],
+        team: TeamId,
+        admin: bool,
+        snapshot_seq: i64,
+        replayed: Option<i64>,
+    ) -> Join {
         self.with_state(|s| {
-            let room = scope.room();
             let Some(TeamState {
                 phase: Phase::Ready { dispatched },
                 ..
@@ -495,45 +516,57 @@ impl Hub {
             let Some(conn) = s.conns.get_mut(&id) else {
                 return Join::Gone;
             };
-            let fresh = !conn.subs.contains_key(&room);
-            if fresh && conn.subs.len() >= self.max_rooms {
+            let mut rooms: Vec<Room> = scopes.iter().map(|(scope, _)| scope.room()).collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            let fresh = rooms.iter().filter(|r| !conn.subs.contains_key(r)).count();
+            if fresh > 0 && conn.subs.len() + fresh > self.max_rooms {
                 return Join::TooMany;
             }
-            conn.subs.insert(room, team);
             let member = conn.member.clone();
             let user = conn.user.clone();
-            s.rooms.entry(room).or_default().insert(id, member.clone());
-            if admin && room == Room::Team(team) {
-                s.rooms
-                    .entry(Room::Admins(team))
-                    .or_default()
-                    .insert(id, member.clone());
-            }
-            if fresh {
-                if let Some(t) = s.teams.get_mut(&team) {
-                    t.refs += 1;
+            for &(scope, elsewhere) in scopes {
+                let room = scope.room();
+                let fresh = s
+                    .conns
+                    .get_mut(&id)
+                    .is_some_and(|c| c.subs.insert(room, team).is_none());
+                s.rooms.entry(room).or_default().insert(id, member.clone());
+                if admin && room == Room::Team(team) {
+                    s.rooms
+                        .entry(Room::Admins(team))
+                        .or_default()
+                        .insert(id, member.clone());
                 }
-                if let Some(k) = scope_slot(room) {
-                    s.subscriptions[k] += 1;
-                }
-            }
-            let presence = match scope {
-                Scope::Task(task) => {
-                    if fresh {
-                        s.enter_presence(id, team, task, &user);
+                if fresh {
+                    if let Some(t) = s.teams.get_mut(&team) {
+                        t.refs += 1;
                     }
-                    Some(s.presence_snapshot(task, elsewhere))
+                    if let Some(k) = scope_slot(room) {
+                        s.subscriptions[k] += 1;
+                    }
                 }
-                _ => None,
-            };
-            member.outbox.push(Frame::Text(
-                ServerMessage::Subscribed {
+                let presence = match scope {
+                    Scope::Task(task) => {
+                        if fresh {
+                            s.enter_presence(id, team, task, &user);
+                        }
+                        Some(s.presence_snapshot(task, elsewhere))
+                    }
+                    _ => None,
+                };
+                let subscribed = ServerMessage::Subscribed {
                     scope,
                     seq: dispatched,
                     presence,
-                }
-                .frame(),
-            ));
+                };
+                member.outbox.push(Frame::positioned(
+                    subscribed.frame(),
+                    Stream::Team(team),
+                    dispatched,
+                    Arrival::Joined,
+                ));
+            }
             Join::Joined(dispatched)
         })
     }
@@ -777,7 +810,8 @@ impl State {
             *dispatched = e.seq;
             self.next_stamp += 1;
             let stamp = self.next_stamp;
-            let frame = Frame::Text(activity_frame(e));
+            let frame =
+                Frame::positioned(activity_frame(e), Stream::Team(team), e.seq, Arrival::Live);
             let mut queued = 0u64;
             for room in e.route.rooms() {
                 let Some(members) = self.rooms.get(&room) else {
@@ -818,7 +852,12 @@ impl State {
             let Some(members) = self.rooms.get(&Room::User(user)) else {
                 continue;
             };
-            let frame = Frame::Text(activity_frame(e));
+            let frame = Frame::positioned(
+                activity_frame(e),
+                Stream::Team(e.team_id()),
+                e.seq,
+                Arrival::Live,
+            );
             let mut queued = 0u64;
             for m in members.values() {
                 queued += u64::from(m.outbox.push_live(frame.clone()));
@@ -883,6 +922,7 @@ impl State {
                 .collect();
             let user = conn.user.clone();
             let outbox = conn.member.outbox.clone();
+            let had_rooms = !rooms.is_empty();
             for room in rooms {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.subs.remove(&room);
@@ -895,6 +935,9 @@ impl State {
                     };
                     outbox.push(Frame::Text(msg.frame()));
                 }
+            }
+            if had_rooms {
+                outbox.revoked(team);
             }
         }
     }
@@ -1225,10 +1268,7 @@ mod tests {
         assert_eq!(outbox.next_batch(&mut batch).await, None);
         let seqs: Vec<i64> = batch
             .iter()
-            .filter_map(|f| match f {
-                Frame::Text(t) => serde_json::from_str::<serde_json::Value>(t).ok(),
-                _ => None,
-            })
+            .filter_map(|f| serde_json::from_str::<serde_json::Value>(f.text()?).ok())
             .filter(|v| v["type"] == "activity")
             .filter_map(|v| v["activity"]["seq"].as_i64())
             .collect();

@@ -316,7 +316,7 @@ pub(in crate::realtime) async fn feed(hub: &Hub, events: &[BusEvent]) {
             BusEvent::Presence(ev) => hub.on_presence(&ev),
             BusEvent::Resync => hub.check().await.expect("check"),
             // The inbox feed is not the hub's.
-            BusEvent::Inbox(..) => {}
+            BusEvent::Inbox(..) | BusEvent::StreamMessage { .. } => {}
         }
     }
 }
@@ -375,7 +375,7 @@ fn scope_id(v: &Value) -> Option<Uuid> {
 }
 
 fn parse_frame(frame: &Frame) -> Msg {
-    let Frame::Text(text) = frame else {
+    let Some(text) = frame.text() else {
         return Msg::Other(format!("{frame:?}"));
     };
     let v: Value = serde_json::from_str(text.as_str()).expect("frames are JSON");

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
 
 use super::hub::ConnId;
-use super::outbox::{Frame, Outbox};
+use super::outbox::{Arrival, Frame, Outbox, Stream};
 use super::protocol::inbox_frame;
 use crate::domain::UserId;
 use crate::store::{Store, StoreError};
@@ -80,7 +80,12 @@ impl InboxFeed {
         let mut s = self.state.lock();
         // A socket's user never changes (a token renewal must name the same user).
         s.owner.insert(conn, user);
-        outbox.push(Frame::Text(subscribed));
+        outbox.push(Frame::positioned(
+            subscribed,
+            Stream::Inbox,
+            cursor,
+            Arrival::Joined,
+        ));
         let readers = s.users.entry(user).or_default();
         readers.known = readers.known.max(known);
         readers.sockets.insert(conn, Reader { outbox, cursor });
@@ -177,7 +182,11 @@ impl InboxFeed {
             .await?;
         let frames: Vec<(i64, Frame)> = events
             .iter()
-            .map(|e| (e.seq(), Frame::Text(inbox_frame(e))))
+            .map(|e| {
+                let frame =
+                    Frame::positioned(inbox_frame(e), Stream::Inbox, e.seq(), Arrival::Live);
+                (e.seq(), frame)
+            })
             .collect();
         let mut s = self.state.lock();
         let Some(r) = s.users.get_mut(&user) else {
@@ -225,7 +234,8 @@ where
             .inbox_events(user, from, upto, READ_BATCH)
             .await?;
         for e in &events {
-            if !send(Frame::Text(inbox_frame(e))).await {
+            let frame = Frame::positioned(inbox_frame(e), Stream::Inbox, e.seq(), Arrival::Replay);
+            if !send(frame).await {
                 return Ok(());
             }
         }

@@ -12,6 +12,7 @@ pub mod outbox;
 mod presence;
 pub mod protocol;
 mod socket;
+mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use crate::bus::{Bus, BusEvent};
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer;
-use crate::limits::{Key, KeyedLimiter, client_ip};
+use crate::limits::KeyedLimiter;
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -94,8 +95,10 @@ pub struct Realtime {
     connect_limit: Option<KeyedLimiter>,
     /// Cancelled when the server starts shutting down: no new sockets from then on.
     draining: CancellationToken,
-    /// Every socket's task, from the upgrade on: shutdown waits for them to close.
+    /// Every socket's and SSE stream's task, from the upgrade on: shutdown waits for them to close.
     sockets: TaskTracker,
+    /// This instance's SSE streams, for the messages POSTed to them.
+    streams: Arc<sse::Streams>,
 }
 
 impl Realtime {
@@ -114,9 +117,11 @@ impl Realtime {
             settings.max_subscriptions,
         ));
         let inbox = Arc::new(InboxFeed::new(store.clone()));
+        let streams = Arc::new(sse::Streams::default());
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
             let inbox = inbox.clone();
+            let streams = streams.clone();
             tasks.spawn("bus dispatch", async move {
                 while let Some(event) = events.recv().await {
                     match event {
@@ -124,6 +129,9 @@ impl Realtime {
                         BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
                         BusEvent::Presence(ev) => hub.on_presence(&ev),
                         BusEvent::Inbox(user, seq) => inbox.reached(user, seq),
+                        BusEvent::StreamMessage { user, stream, text } => {
+                            streams.forwarded(user, &stream, &text);
+                        }
                         BusEvent::Resync => {
                             hub.presence_resync();
                             if let Err(e) = hub.check().await {
@@ -158,6 +166,7 @@ impl Realtime {
             settings,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            streams,
         })
     }
 
@@ -187,6 +196,8 @@ impl Realtime {
         let doc: Arc<str> = Arc::from(asyncapi::document().to_string());
         Router::new()
             .route("/realtime", axum::routing::get(upgrade))
+            .route("/realtime/sse", axum::routing::get(sse::open))
+            .route("/realtime/sse/{stream_id}", axum::routing::post(sse::post))
             .route(
                 "/asyncapi.json",
                 axum::routing::get(move || {
@@ -233,21 +244,8 @@ async fn upgrade(
     parts: Parts,
     ws: Upgrade,
 ) -> Response {
-    if rt.draining.is_cancelled() {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this instance is shutting down; reconnect (to another instance) and resume",
-        );
-        e.retry_after = Some(1);
-        return e.into_response();
-    }
-    if let Some(limit) = &rt.connect_limit
-        && let Some(ip) = client_ip(&parts, rt.settings.trust_forwarded)
-        && let Err(wait) = limit.check(Key::ip(ip))
-    {
-        return ApiError::rate_limited(wait, "too many connection attempts from this address")
-            .into_response();
+    if let Some(refusal) = rt.refuse_connection(&parts) {
+        return refusal;
     }
     let token = q.token.or_else(|| bearer(&parts).map(str::to_owned));
     let principal = match token {

@@ -6,6 +6,7 @@
 //! everything queued at once and writes it as one batch.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
 
 use super::protocol::ErrorCode;
+use crate::domain::TeamId;
 
 /// Why the server closes a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,9 @@ pub enum CloseReason {
     ProtocolError,
     /// 1007: a text frame that is not UTF-8.
     InvalidData,
+    /// An SSE stream's user was removed from this team: the stream ends after a `forbidden`
+    /// error naming it (a socket stays open and only leaves the team's rooms).
+    Revoked(TeamId),
     /// The client closed: its close is answered with its own code.
     PeerClosed(Option<u16>),
     /// The socket failed or the peer vanished: a close without a status, if it gets through.
@@ -66,6 +71,11 @@ impl CloseReason {
             Self::TooBig => (Some(1009), None, "message too large"),
             Self::ProtocolError => (Some(1002), None, "WebSocket protocol error"),
             Self::InvalidData => (Some(1007), None, "a text frame must be UTF-8"),
+            Self::Revoked(_) => (
+                None,
+                Some(E::Forbidden),
+                "membership revoked: the team's scopes left this stream",
+            ),
             Self::PeerClosed(code) => (code, None, ""),
             Self::Gone => (None, None, ""),
         }
@@ -91,9 +101,60 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub enum Frame {
     Text(Utf8Bytes),
+    /// A text frame that moves the connection's position in a stream (an activity, a
+    /// `subscribed`, an inbox event). A socket writes it as text; an SSE stream also makes its
+    /// event id from it. Shared behind one pointer, so a frame stays as small as the others.
+    Positioned(Arc<Positioned>),
     Ping,
     /// Bytes already framed: the decoder's own replies (pongs).
     Raw(Bytes),
+}
+
+/// The stream a positioned frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Team(TeamId),
+    Inbox,
+}
+
+/// How a positioned frame reached the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Dispatched live: it moves a stream's position only once the stream's scopes are joined
+    /// (before that it is a user-room copy, not part of the scopes' order).
+    Live,
+    /// Replayed by the connection's own subscribe, in seq order.
+    Replay,
+    /// A `subscribed`: the scopes of the stream are joined at `seq`.
+    Joined,
+}
+
+#[derive(Debug)]
+pub struct Positioned {
+    pub text: Utf8Bytes,
+    pub stream: Stream,
+    pub seq: i64,
+    pub arrival: Arrival,
+}
+
+impl Frame {
+    pub fn positioned(text: Utf8Bytes, stream: Stream, seq: i64, arrival: Arrival) -> Frame {
+        Frame::Positioned(Arc::new(Positioned {
+            text,
+            stream,
+            seq,
+            arrival,
+        }))
+    }
+
+    /// The text of a text frame (plain or positioned).
+    pub fn text(&self) -> Option<&Utf8Bytes> {
+        match self {
+            Frame::Text(t) => Some(t),
+            Frame::Positioned(p) => Some(&p.text),
+            Frame::Ping | Frame::Raw(_) => None,
+        }
+    }
 }
 
 /// Queue slots an outbox (and a writer's batch) keeps between bursts.
@@ -106,6 +167,7 @@ impl Frame {
         const SLOT: usize = 32;
         SLOT + match self {
             Frame::Text(t) => t.len(),
+            Frame::Positioned(p) => p.text.len(),
             Frame::Ping => 0,
             Frame::Raw(b) => b.len(),
         }
@@ -161,6 +223,8 @@ pub struct Outbox {
     closing: Notify,
     drained: Notify,
     limits: Limits,
+    /// An SSE stream's outbox: a revocation ends the stream (see `revoked`).
+    ends_on_revoke: bool,
     /// Replays that had to wait for the writer, ever (see `replay_waits`).
     replay_waits: std::sync::atomic::AtomicUsize,
 }
@@ -174,6 +238,23 @@ impl Outbox {
             drained: Notify::new(),
             replay_waits: std::sync::atomic::AtomicUsize::new(0),
             limits,
+            ends_on_revoke: false,
+        }
+    }
+
+    /// The outbox of an SSE stream: like a socket's, except that a revocation ends it.
+    pub fn for_stream(limits: Limits) -> Self {
+        Self {
+            ends_on_revoke: true,
+            ..Self::new(limits)
+        }
+    }
+
+    /// The user lost their membership of `team` and left its rooms (`unsubscribed` is queued).
+    /// A socket stays open; an SSE stream, whose scopes are fixed, ends with an error.
+    pub fn revoked(&self, team: TeamId) {
+        if self.ends_on_revoke {
+            self.close(CloseReason::Revoked(team));
         }
     }
 
@@ -351,6 +432,11 @@ mod tests {
             (TooBig, Some(1009), None),
             (ProtocolError, Some(1002), None),
             (InvalidData, Some(1007), None),
+            (
+                Revoked(crate::domain::TeamId::NIL),
+                None,
+                Some(ErrorCode::Forbidden),
+            ),
             (PeerClosed(Some(1000)), Some(1000), None),
             (PeerClosed(None), None, None),
             (Gone, None, None),

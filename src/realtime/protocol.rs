@@ -222,6 +222,15 @@ pub enum ServerMessage {
         expires_at: OffsetDateTime,
     },
     Pong,
+    /// The first event of an SSE stream: its id (for the messages POSTed to it) and how often
+    /// its heartbeat comes.
+    #[serde(rename_all = "camelCase")]
+    Stream {
+        stream_id: String,
+        #[schema(value_type = Uuid)]
+        user_id: UserId,
+        heartbeat_ms: u64,
+    },
 }
 
 impl ServerMessage {

@@ -191,6 +191,7 @@ impl Frame {
     fn head(&self, head: &mut [u8; MAX_HEADER]) -> usize {
         match self {
             Frame::Text(text) => header(OP_TEXT, text.len(), head),
+            Frame::Positioned(p) => header(OP_TEXT, p.text.len(), head),
             Frame::Ping => header(OP_PING, 0, head),
             Frame::Raw(_) => 0,
         }
@@ -199,6 +200,7 @@ impl Frame {
     fn payload(&self) -> &[u8] {
         match self {
             Frame::Text(text) => text.as_bytes(),
+            Frame::Positioned(p) => p.text.as_bytes(),
             Frame::Ping => &[],
             Frame::Raw(bytes) => bytes,
         }
