@@ -7,6 +7,7 @@ export * from './generated/protocol.js';
 export * from './http.js';
 export * from './presence.js';
 export * from './realtime.js';
+export { EventStreamParser, FetchEventSource, formatEventId, parseEventId, sseUrl, tokenExpiry, type EventSourceConstructor, type EventSourceLike, type FetchEventSourceInit, type StreamErrorEvent, type StreamPosition } from './sse.js';
 export { tabRefreshCoordinator, type RefreshCoordinator, type TabCoordinatorOptions } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind, type ScopeKey, type ScopeKind } from './scope.js';
 export * from './live.js';
