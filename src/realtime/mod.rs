@@ -13,6 +13,7 @@ mod presence;
 pub mod protocol;
 mod socket;
 mod sse;
+mod viewers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct Settings {
     /// Shared presence: heartbeat every `ttl / 3`, sweep dead instances every `sweep_interval`.
     pub presence_ttl: Duration,
     pub presence_sweep_interval: Duration,
+    /// Editing and typing fall back to viewing after this without a repeat.
+    pub presence_state_ttl: Duration,
     /// Connection attempts per minute from one client address (0: no limit).
     pub connect_per_minute: u32,
     /// Whether the client address comes from `X-Forwarded-For` (see `limits::client_ip`).
@@ -78,6 +81,7 @@ impl Settings {
             check_interval: c.bus_check_interval.max(Duration::from_millis(10)),
             presence_ttl: c.presence_ttl.max(Duration::from_millis(300)),
             presence_sweep_interval: c.presence_sweep_interval.max(Duration::from_millis(100)),
+            presence_state_ttl: c.presence_state_ttl.max(Duration::from_millis(500)),
             connect_per_minute: c.connect_limit_per_ip,
             trust_forwarded: c.trust_forwarded_for,
         }
@@ -103,7 +107,8 @@ pub struct Realtime {
 
 impl Realtime {
     /// Starts the hub, the task that dispatches what the bus delivers, the periodic check of
-    /// followed teams against the log and, with shared presence, the presence worker.
+    /// followed teams against the log and the presence worker (with shared presence) or the
+    /// presence tick (without).
     pub fn start(
         store: Arc<dyn Store>,
         bus: &Arc<dyn Bus>,
@@ -111,11 +116,10 @@ impl Realtime {
         settings: Settings,
         tasks: &Supervisor,
     ) -> Arc<Self> {
-        let hub = Arc::new(Hub::new(
-            store.clone(),
-            bus.clone(),
-            settings.max_subscriptions,
-        ));
+        let hub = Arc::new(
+            Hub::new(store.clone(), bus.clone(), settings.max_subscriptions)
+                .with_presence_state_ttl(settings.presence_state_ttl),
+        );
         let inbox = Arc::new(InboxFeed::new(store.clone()));
         let streams = Arc::new(sse::Streams::default());
         if let Some(mut events) = bus.take_events() {
@@ -150,11 +154,12 @@ impl Realtime {
             "log check",
             run_checks(hub.clone(), inbox.clone(), settings.check_interval),
         );
-        if let Some(shared) = bus.shared_presence() {
-            tasks.spawn(
+        match bus.shared_presence() {
+            Some(shared) => tasks.spawn(
                 "presence",
                 presence::run(hub.clone(), shared, settings.clone()),
-            );
+            ),
+            None => tasks.spawn("presence states", presence::run_local(hub.clone())),
         }
         Arc::new(Self {
             hub,

@@ -544,6 +544,11 @@ fn on_message(session: &Session, expires_at: &mut OffsetDateTime, msg: ClientMes
     match msg {
         ClientMessage::Ping => session.reply(ServerMessage::Pong),
         ClientMessage::Auth { token } => session.renew(expires_at, &token),
+        ClientMessage::Presence(fields) => {
+            if let Some(e) = session.rt.hub.presence_message(session.id, &fields) {
+                session.reply(e);
+            }
+        }
         // Refused at the POST: scopes change by reopening the stream.
         ClientMessage::Subscribe(_) | ClientMessage::Unsubscribe(_) => {}
     }
