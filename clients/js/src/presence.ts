@@ -3,9 +3,13 @@
 // Presence is ephemeral (no seq, never replayed), so after a reconnect the state is rebuilt from
 // the new `subscribed` snapshot rather than resumed.
 
-import type { PresenceActivity, PresenceUser } from './generated/protocol.js';
+import type { PresenceActivity } from './generated/protocol.js';
 
-export type { PresenceUser };
+/** Who a viewer is (the part of a presence entry every server version sends). */
+export interface PresenceUser {
+  userId: string;
+  displayName: string;
+}
 
 /** What a user does in a task room: looks at it, edits a field (it has the focus), or types in one. */
 export type ViewerState = 'viewing' | 'editing' | 'typing';

@@ -14,9 +14,9 @@
 
 import { useMemo, useSyncExternalStore, type DependencyList } from 'react';
 
-import type { Comment, Member, Notification, PresenceUser, Task } from './generated/protocol.js';
+import type { Comment, Member, Notification, Task } from './generated/protocol.js';
 import type { Session } from './http.js';
-import type { PresenceViewer } from './presence.js';
+import type { PresenceUser, PresenceViewer } from './presence.js';
 import { openInbox, type Inbox, type InboxOptions, type InboxSnapshot } from './inbox.js';
 import {
   openLiveComments,
