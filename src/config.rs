@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_PRESENCE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub presence_ttl: Duration,
 
+    /// How long a connection's `editing` or `typing` presence state holds without being sent
+    /// again (clients resend it every ~2 s); then it falls back to `viewing`.
+    #[arg(long, env = "TASKFORGE_PRESENCE_STATE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub presence_state_ttl: Duration,
+
     /// Scaled deployment: how often live instances sweep the presence of dead ones.
     #[arg(long, env = "TASKFORGE_PRESENCE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub presence_sweep_interval: Duration,

@@ -64,6 +64,16 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
+    async fn forward_to_stream(
+        &self,
+        _user: UserId,
+        _stream: &str,
+        _text: &str,
+    ) -> Result<bool, BusError> {
+        // One instance: its streams are all local, and the caller looked there.
+        Ok(false)
+    }
+
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
         self.rx.lock().take()
     }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::domain::activity::{LogEntry, PresenceUser};
+use crate::domain::presence::{PresenceKind, PresenceStatus, PresenceView};
 use crate::domain::{TaskId, TeamId, UserId};
 
 pub use memory::InProcessBus;
@@ -49,13 +50,16 @@ impl Topic {
     }
 }
 
-/// Someone started or stopped viewing a task, on any instance.
+/// Someone started or stopped viewing a task, on any instance, or what they are shown doing
+/// there changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEvent {
-    pub joined: bool,
+    pub kind: PresenceKind,
     pub team_id: TeamId,
     pub task_id: TaskId,
     pub user: PresenceUser,
+    /// What the user is shown doing in the task now (for `Updated`).
+    pub status: PresenceStatus,
 }
 
 /// What an instance receives from the bus.
@@ -71,6 +75,12 @@ pub enum BusEvent {
     /// A user's inbox stream reached this seq (from the user's channel; a hint: the inbox
     /// reads the events themselves from the store).
     Inbox(UserId, i64),
+    /// A client message POSTed (on some instance) for one of the user's SSE streams.
+    StreamMessage {
+        user: UserId,
+        stream: String,
+        text: String,
+    },
     /// Messages may have been lost (the bus reconnected, or its queue overflowed): every followed
     /// team must be checked against the log.
     Resync,
@@ -95,6 +105,15 @@ pub trait Bus: Send + Sync + 'static {
     /// check finds what is lost.
     async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError>;
 
+    /// Hands a client message to the user's SSE stream `stream` on whichever instance holds it
+    /// (at most once, like every publish). `Ok(false)`: this bus reaches no other instance.
+    async fn forward_to_stream(
+        &self,
+        user: UserId,
+        stream: &str,
+        text: &str,
+    ) -> Result<bool, BusError>;
+
     /// The stream of events for this instance; there is one, taken by the realtime hub.
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>>;
 
@@ -114,27 +133,32 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// Presence kept where every instance sees it. Each instance states, per task, who views it
-/// locally; the registry decides who joined or left across all instances and publishes that.
+/// locally and what it shows of each; the registry decides who joined or left across all
+/// instances, and what each user is shown doing (`domain::presence::most_active` over the
+/// instances), and publishes the changes.
 #[async_trait]
 pub trait SharedPresence: Send + Sync + 'static {
     /// Records that `viewers` are this instance's viewers of `task` now. With `announce`,
-    /// publishes `presence.joined` / `presence.left` for users present nowhere else.
+    /// publishes `presence.joined` / `presence.left` for users present nowhere else, and
+    /// `presence.updated` when what a user is shown doing across all instances changed.
     async fn sync(
         &self,
         team: TeamId,
         task: TaskId,
-        viewers: &[PresenceUser],
+        viewers: &[PresenceView],
         announce: bool,
     ) -> Result<(), BusError>;
 
-    /// Everyone viewing `task`, on any live instance.
-    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceUser>, BusError>;
+    /// Everyone viewing `task` on the other live instances, with what they are shown doing
+    /// there (this instance's own viewers are the hub's to tell).
+    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceView>, BusError>;
 
     /// Renews this instance's heartbeat.
     async fn heartbeat(&self) -> Result<(), BusError>;
 
     /// Removes the viewers of instances whose heartbeat expired, publishing their
-    /// `presence.left`; returns how many instances were swept.
+    /// `presence.left` (or `presence.updated` for users still present elsewhere whose shown
+    /// state changes); returns how many instances were swept.
     async fn sweep(&self) -> Result<usize, BusError>;
 
     /// Removes this instance's viewers (publishing their `presence.left`) at shutdown.

@@ -30,7 +30,8 @@ use uuid::Uuid;
 
 use super::wire::{self, Viewer};
 use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
-use crate::domain::activity::{LogEntry, PresenceUser};
+use crate::domain::activity::LogEntry;
+use crate::domain::presence::{PresenceView, most_active};
 use crate::domain::{TaskId, TeamId, UserId};
 use crate::supervisor::Supervisor;
 
@@ -75,39 +76,75 @@ redis.call('SET', KEYS[1], p, 'EX', ARGV[3])
 return p
 ";
 
-/// Shared by the presence scripts: whether `user` has a field of another instance in `key`.
-const ELSEWHERE_LUA: &str = r"
-local function elsewhere(key, user, prefix)
+/// Shared by the presence scripts: what a user is shown doing in a task's presence hash, by
+/// the rule of `domain::presence::most_active` (keep them together): of the user's records (one
+/// per instance), the most active state, the latest `at` on a tie (then the greatest field name,
+/// so that the answer never depends on the hash's order). Fields starting with `skip` are left
+/// out. Returns the record, or nil when the user has none. `shape` is the part others are shown.
+const SHOWN_LUA: &str = r"
+local RANK = { viewing = 0, editing = 1, typing = 2 }
+local function shown(key, user, skip)
   local tail = '|' .. user
-  for _, f in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(f, -#tail) == tail and string.sub(f, 1, #prefix) ~= prefix then return true end
+  local best, best_rank, best_at, best_field
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if string.sub(f, -#tail) == tail and (skip == nil or string.sub(f, 1, #skip) ~= skip) then
+      local ok, r = pcall(cjson.decode, flat[i + 1])
+      local rank, at = 0, 0
+      if ok and type(r) == 'table' then
+        rank = RANK[r.state] or 0
+        at = tonumber(r.at) or 0
+      end
+      if best == nil or rank > best_rank or (rank == best_rank and (at > best_at or (at == best_at and f > best_field))) then
+        best, best_rank, best_at, best_field = flat[i + 1], rank, at, f
+      end
+    end
   end
-  return false
+  return best
+end
+local function shape(v)
+  local ok, r = pcall(cjson.decode, v)
+  if not ok or type(r) ~= 'table' or r.state == nil or r.state == 'viewing' then return 'viewing' end
+  return r.state .. '|' .. tostring(r.field)
 end
 ";
 
+/// Writes the instance's records of a task and publishes what changed for others: `P+` for a
+/// user present nowhere else before (and `P~` after it when they already do more than view),
+/// `P-` for one present nowhere anymore, `P~` with the winning record when what a user is shown
+/// doing across instances changed. Nothing is published without `announce`.
 /// KEYS: presence hash, the instance's task index, the instance set.
 /// ARGV: instance, team channel, announce ('1'/'0'), index member, then (user, viewer) pairs.
 const SYNC_LUA: &str = r"
 local prefix = ARGV[1] .. '|'
+local announce = ARGV[3] == '1'
 local want, have = {}, {}
 for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do
   if string.sub(flat[i], 1, #prefix) == prefix then have[string.sub(flat[i], #prefix + 1)] = flat[i + 1] end
 end
-for user, v in pairs(have) do
-  if not want[user] then
-    redis.call('HDEL', KEYS[1], prefix .. user)
-    if ARGV[3] == '1' and not elsewhere(KEYS[1], user, prefix) then redis.call('PUBLISH', ARGV[2], 'P-' .. v) end
+local function put(user, v, old)
+  local before = nil
+  if announce then before = shown(KEYS[1], user) end
+  if v == nil then redis.call('HDEL', KEYS[1], prefix .. user) else redis.call('HSET', KEYS[1], prefix .. user, v) end
+  if not announce then return end
+  local after = shown(KEYS[1], user)
+  if after == nil then
+    redis.call('PUBLISH', ARGV[2], 'P-' .. old)
+  elseif before == nil then
+    redis.call('PUBLISH', ARGV[2], 'P+' .. after)
+    if shape(after) ~= 'viewing' then redis.call('PUBLISH', ARGV[2], 'P~' .. after) end
+  elseif shape(after) ~= shape(before) then
+    redis.call('PUBLISH', ARGV[2], 'P~' .. after)
   end
 end
+for user, v in pairs(have) do
+  if not want[user] then put(user, nil, v) end
+end
 for user, v in pairs(want) do
-  if not have[user] then
-    local announce = ARGV[3] == '1' and not elsewhere(KEYS[1], user, prefix)
-    redis.call('HSET', KEYS[1], prefix .. user, v)
-    if announce then redis.call('PUBLISH', ARGV[2], 'P+' .. v) end
-  end
+  if have[user] ~= v then put(user, v, v) end
 end
 if next(want) then redis.call('SADD', KEYS[2], ARGV[4]) else redis.call('SREM', KEYS[2], ARGV[4]) end
 redis.call('SADD', KEYS[3], ARGV[1])
@@ -115,7 +152,8 @@ return 0
 ";
 
 /// Removes a dead (or retiring) instance's viewers, publishing `presence.left` for users that
-/// are present nowhere else. Atomic, so of several sweepers only one finds anything to remove.
+/// are present nowhere else, and `presence.updated` for the others whose shown state changes.
+/// Atomic, so of several sweepers only one finds anything to remove.
 /// KEYS: the instance set. ARGV: instance, its heartbeat key, the key prefix.
 const SWEEP_LUA: &str = r"
 if redis.call('EXISTS', ARGV[2]) == 1 then return 0 end
@@ -125,16 +163,21 @@ for _, m in ipairs(redis.call('SMEMBERS', index)) do
   local sep = string.find(m, ':', 1, true)
   local team, task = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
   local key = ARGV[3] .. 'presence:' .. task
+  local channel = 'team:' .. team
   local flat = redis.call('HGETALL', key)
   local gone = {}
   for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, #prefix) == prefix then
-      gone[string.sub(flat[i], #prefix + 1)] = flat[i + 1]
-      redis.call('HDEL', key, flat[i])
-    end
+    if string.sub(flat[i], 1, #prefix) == prefix then gone[string.sub(flat[i], #prefix + 1)] = flat[i + 1] end
   end
   for user, v in pairs(gone) do
-    if not elsewhere(key, user, prefix) then redis.call('PUBLISH', 'team:' .. team, 'P-' .. v) end
+    local before = shown(key, user)
+    redis.call('HDEL', key, prefix .. user)
+    local after = shown(key, user)
+    if after == nil then
+      redis.call('PUBLISH', channel, 'P-' .. v)
+    elseif shape(after) ~= shape(before) then
+      redis.call('PUBLISH', channel, 'P~' .. after)
+    end
   end
 end
 redis.call('DEL', index)
@@ -278,8 +321,8 @@ impl RedisBus {
             instance,
             ttl: settings.presence_ttl,
             conns: conns.clone(),
-            sync: Script::new(&format!("{ELSEWHERE_LUA}{SYNC_LUA}")),
-            sweep: Script::new(&format!("{ELSEWHERE_LUA}{SWEEP_LUA}")),
+            sync: Script::new(&format!("{SHOWN_LUA}{SYNC_LUA}")),
+            sweep: Script::new(&format!("{SHOWN_LUA}{SWEEP_LUA}")),
         });
         let bus = Arc::new(Self {
             settings: settings.clone(),
@@ -409,7 +452,12 @@ fn event_of(channel: &[u8], payload: &[u8]) -> Option<BusEvent> {
             .ok()
             .and_then(|u| u.parse().ok())
             .map(|u| BusEvent::Inbox(u, seq)),
-        (Some(_), wire::Message::Presence(_)) | (None, wire::Message::Inbox(_)) => None,
+        (Some(user), wire::Message::StreamMessage { stream, text }) => std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| u.parse().ok())
+            .map(|user| BusEvent::StreamMessage { user, stream, text }),
+        (Some(_), wire::Message::Presence(_))
+        | (None, wire::Message::Inbox(_) | wire::Message::StreamMessage { .. }) => None,
     }
 }
 
@@ -586,6 +634,22 @@ impl Bus for RedisBus {
         pipe.query_async::<()>(&mut con).await.map_err(unreachable)
     }
 
+    async fn forward_to_stream(
+        &self,
+        user: UserId,
+        stream: &str,
+        text: &str,
+    ) -> Result<bool, BusError> {
+        let mut con = self.commands()?;
+        redis::cmd("PUBLISH")
+            .arg(Topic::User(user).channel())
+            .arg(wire::encode_stream_message(stream, text))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)?;
+        Ok(true)
+    }
+
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {
         self.rx.lock().take()
     }
@@ -669,7 +733,7 @@ impl SharedPresence for RedisPresence {
         &self,
         team: TeamId,
         task: TaskId,
-        viewers: &[PresenceUser],
+        viewers: &[PresenceView],
         announce: bool,
     ) -> Result<(), BusError> {
         let mut con = self.commands()?;
@@ -680,14 +744,9 @@ impl SharedPresence for RedisPresence {
             .arg(Topic::Team(team).channel())
             .arg(if announce { "1" } else { "0" })
             .arg(format!("{team}:{task}"));
-        for u in viewers {
-            let v = Viewer {
-                team_id: team,
-                task_id: task,
-                user_id: u.user_id,
-                display_name: u.display_name.clone(),
-            };
-            call.arg(u.user_id.to_string()).arg(v.encode());
+        for v in viewers {
+            call.arg(v.user.user_id.to_string())
+                .arg(Viewer::new(team, task, v).encode());
         }
         call.invoke_async::<i64>(&mut con)
             .await
@@ -695,17 +754,32 @@ impl SharedPresence for RedisPresence {
             .map_err(unreachable)
     }
 
-    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceUser>, BusError> {
+    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceView>, BusError> {
         let mut con = self.commands()?;
         let all: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(format!("{KEYS}presence:{task}"))
             .query_async(&mut con)
             .await
             .map_err(unreachable)?;
-        let mut users: HashMap<UserId, PresenceUser> = HashMap::new();
-        for v in all.values() {
-            if let Ok(v) = serde_json::from_str::<Viewer>(v) {
-                users.insert(v.user_id, v.user());
+        let own = format!("{}|", self.instance);
+        let mut users: HashMap<UserId, PresenceView> = HashMap::new();
+        for (field, v) in &all {
+            if field.starts_with(&own) {
+                continue;
+            }
+            let Some(v) = serde_json::from_str::<Viewer>(v)
+                .ok()
+                .and_then(|v| v.view())
+            else {
+                continue;
+            };
+            match users.get_mut(&v.user.user_id) {
+                Some(u) => {
+                    u.stamped = most_active([u.stamped, v.stamped]).unwrap_or(v.stamped);
+                }
+                None => {
+                    users.insert(v.user.user_id, v);
+                }
             }
         }
         Ok(users.into_values().collect())
@@ -833,12 +907,17 @@ mod tests {
         assert_eq!(published, BURST);
         // Then a small message on the same channel: once it is queued, the push handler has
         // seen the whole burst (it fits in what the budget has left).
-        let viewer = Viewer {
-            team_id: team,
-            task_id: TaskId::from(Uuid::now_v7()),
-            user_id: UserId::from(Uuid::now_v7()),
-            display_name: "end of the burst".into(),
-        };
+        let viewer = Viewer::new(
+            team,
+            TaskId::from(Uuid::now_v7()),
+            &PresenceView {
+                user: crate::domain::activity::PresenceUser {
+                    user_id: UserId::from(Uuid::now_v7()),
+                    display_name: "end of the burst".into(),
+                },
+                stamped: crate::domain::presence::Stamped::VIEWING,
+            },
+        );
         let mut con = bus.commands().expect("commands");
         let _: i64 = redis::cmd("PUBLISH")
             .arg(Topic::Team(team).channel())
@@ -882,7 +961,11 @@ mod tests {
                 Ok(Some(BusEvent::Activities(got))) => seqs.extend(got.iter().map(|e| e.seq)),
                 Ok(Some(BusEvent::Presence(_))) => marker = true,
                 Ok(Some(BusEvent::Resync)) => resynced = true,
-                Ok(Some(BusEvent::UserActivity(_) | BusEvent::Inbox(..))) => {}
+                Ok(Some(
+                    BusEvent::UserActivity(_)
+                    | BusEvent::Inbox(..)
+                    | BusEvent::StreamMessage { .. },
+                )) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -901,6 +984,170 @@ mod tests {
             seqs, prefix,
             "what was kept is the start of the burst, in order"
         );
+    }
+
+    /// The registry's scripts apply the aggregation rule across instances: a user is announced
+    /// once, `presence.updated` follows each change of what they are shown doing (the most active
+    /// record, the latest on a tie) and nothing else, and a swept instance's records leave as
+    /// `presence.left` or, for a user still present elsewhere, `presence.updated`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_registry_announces_changes_of_the_shown_state_across_instances() {
+        use crate::domain::activity::PresenceUser;
+        use crate::domain::presence::{
+            PresenceField, PresenceKind, PresenceState, PresenceStatus, Stamped,
+        };
+        let Some(url) = redis_url() else { return };
+        let tasks = Supervisor::new();
+        let start = || {
+            RedisBus::start(
+                RedisSettings {
+                    url: url.clone(),
+                    check_every: Duration::from_millis(100),
+                    presence_ttl: Duration::from_secs(10),
+                    queue: 1024,
+                    queue_bytes: 1 << 20,
+                },
+                &tasks,
+            )
+            .expect("start a bus")
+        };
+        let (a, b, watcher) = (start(), start(), start());
+        for bus in [&a, &b, &watcher] {
+            assert!(bus.wait_up(Duration::from_secs(10)).await, "redis is up");
+        }
+        let mut events = watcher.take_events().expect("the events");
+        let team = TeamId::from(Uuid::now_v7());
+        let task = TaskId::from(Uuid::now_v7());
+        watcher
+            .watch(Topic::Team(team))
+            .await
+            .expect("watch the team");
+        let (pa, pb) = (a.presence.clone(), b.presence.clone());
+
+        let person = |name: &str| PresenceUser {
+            user_id: UserId::from(Uuid::now_v7()),
+            display_name: name.into(),
+        };
+        let (ann, bob) = (person("Ann"), person("Bob"));
+        let doing = |state, field, at| {
+            Stamped::new(
+                PresenceStatus::new(state, Some(field)).expect("a status"),
+                at,
+            )
+        };
+        let view = |u: &PresenceUser, stamped| PresenceView {
+            user: u.clone(),
+            stamped,
+        };
+        use PresenceField::*;
+        use PresenceState::*;
+        let viewing = Stamped::VIEWING;
+        let steps: [(&RedisPresence, Vec<PresenceView>); 8] = [
+            // Joined on A.
+            (&pa, vec![view(&ann, viewing)]),
+            // Also on B: nothing new to show.
+            (&pb, vec![view(&ann, viewing)]),
+            (&pb, vec![view(&ann, doing(Editing, Title, 100))]),
+            // More active on A.
+            (&pa, vec![view(&ann, doing(Typing, Comment, 50))]),
+            // As active as B's, and later: A's field.
+            (&pa, vec![view(&ann, doing(Editing, Description, 200))]),
+            // The same record again: nothing.
+            (&pa, vec![view(&ann, doing(Editing, Description, 200))]),
+            // B more active again; then Bob joins there.
+            (&pb, vec![view(&ann, doing(Typing, Title, 300))]),
+            (
+                &pb,
+                vec![view(&ann, doing(Typing, Title, 300)), view(&bob, viewing)],
+            ),
+        ];
+        for (p, viewers) in &steps {
+            p.sync(team, task, viewers, true).await.expect("sync");
+        }
+        // Seen from A: the others' records only (B's), each user once.
+        let mut seen = pa.viewers(task).await.expect("viewers");
+        seen.sort_by_key(|v| v.user.display_name.clone());
+        assert_eq!(
+            seen,
+            vec![view(&ann, doing(Typing, Title, 300)), view(&bob, viewing)]
+        );
+        // B dies (it never had a heartbeat): A sweeps it.
+        pa.heartbeat().await.expect("heartbeat");
+        assert!(pa.sweep_instance(&pb.instance).await.expect("sweep"));
+        pa.sync(team, task, &[], true)
+            .await
+            .expect("A's viewers leave");
+
+        let status = |state, field| PresenceStatus::new(state, field).expect("a status");
+        let want = [
+            (PresenceKind::Joined, ann.user_id, PresenceStatus::VIEWING),
+            (
+                PresenceKind::Updated,
+                ann.user_id,
+                status(Editing, Some(Title)),
+            ),
+            (
+                PresenceKind::Updated,
+                ann.user_id,
+                status(Typing, Some(Comment)),
+            ),
+            (
+                PresenceKind::Updated,
+                ann.user_id,
+                status(Editing, Some(Description)),
+            ),
+            (
+                PresenceKind::Updated,
+                ann.user_id,
+                status(Typing, Some(Title)),
+            ),
+            (PresenceKind::Joined, bob.user_id, PresenceStatus::VIEWING),
+            // The sweep (in either order): Ann is still on A, editing; Bob was on B only.
+            (PresenceKind::Left, bob.user_id, PresenceStatus::VIEWING),
+            (
+                PresenceKind::Updated,
+                ann.user_id,
+                status(Editing, Some(Description)),
+            ),
+            (
+                PresenceKind::Left,
+                ann.user_id,
+                status(Editing, Some(Description)),
+            ),
+        ];
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(BusEvent::Presence(ev))) => {
+                    assert_eq!((ev.team_id, ev.task_id), (team, task), "{ev:?}");
+                    got.push((ev.kind, ev.user.user_id, ev.status));
+                }
+                Ok(Some(_)) => {}
+                other => panic!("after {got:?}: {other:?}"),
+            }
+        }
+        got[6..8].sort_by_key(|(kind, _, _)| *kind != PresenceKind::Left);
+        assert_eq!(got, want);
+        // Nothing more: a marker published last is the next event.
+        let mut con = watcher.commands().expect("commands");
+        let marker = Viewer::new(team, task, &view(&person("end"), viewing));
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(Topic::Team(team).channel())
+            .arg(format!("P+{}", marker.encode()))
+            .query_async(&mut con)
+            .await
+            .expect("publish the marker");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(BusEvent::Presence(ev))) => {
+                    assert_eq!(ev.user.user_id, marker.user_id, "more presence: {ev:?}");
+                    break;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no marker: {other:?}"),
+            }
+        }
+        tasks.shutdown().await;
     }
 
     #[test]

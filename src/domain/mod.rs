@@ -8,6 +8,7 @@ pub mod error;
 pub mod id;
 pub mod model;
 pub mod notify;
+pub mod presence;
 pub mod rules;
 pub mod webhook;
 

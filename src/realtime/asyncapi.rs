@@ -80,7 +80,10 @@ pub fn document() -> Value {
             "PresenceFrame".into(),
             json!({
                 "type": "object",
-                "description": "presence.joined / presence.left: ephemeral, no seq, not replayed.",
+                "description": "presence.joined / presence.left / presence.updated: ephemeral, no seq, \
+                    not replayed, never sent about the receiving socket's own user. presence.updated \
+                    carries the user's state (and field) in data: the most active of their \
+                    connections to the task room on every instance.",
                 "required": ["type", "activity"],
                 "properties": { "type": { "const": "activity" }, "activity": refs("PresenceActivity") }
             }),
@@ -135,9 +138,22 @@ pub fn document() -> Value {
                 Authorization: Bearer header, or a first `auth` message. Subscribe to team, board and \
                 task rooms; resume with `since`. Subscribe with `inbox: true` for the user's own \
                 notification stream (notification.created, notification.read), resumed with its own \
-                `since`. Close codes: 4001 unauthorized or token expired, \
+                `since`. In a task room, send `presence` with a state (viewing, editing or typing; \
+                editing and typing name a field) and repeat it every ~2 s while it holds: editing \
+                and typing fall back to viewing after TASKFORGE_PRESENCE_STATE_TTL (5 s) without \
+                a repeat, and changes take effect at most 5 times a second per socket (the last \
+                one wins). The room's other users receive presence.updated when what the user is \
+                shown doing changes; `subscribed` lists each user's state. \
+                Close codes: 4001 unauthorized or token expired, \
                 4008 slow consumer or rate limit, 1001 server going away, 1009 frame too large, \
-                1007 text frame not UTF-8, 1002 other WebSocket protocol errors."
+                1007 text frame not UTF-8, 1002 other WebSocket protocol errors. \
+                Where WebSockets are blocked, the same server messages come as Server-Sent Events \
+                from GET /realtime/sse (channel realtimeSse): scopes are fixed by the query \
+                (repeatable teamId, boardId, taskId; inbox=true), the first event is `stream` \
+                (its streamId), each event's id is the stream's resume position for every team \
+                (`<teamId>:<seq>,…,inbox:<seq>`) that Last-Event-ID (or ?lastEventId=) resumes, and \
+                client messages other than subscribe/unsubscribe are POSTed to \
+                /realtime/sse/{streamId} (channel realtimeSseMessages, answered 202)."
         },
         "defaultContentType": "application/json",
         "x-taskforge-routing": routing(),
@@ -152,9 +168,47 @@ pub fn document() -> Value {
                     "method": "GET",
                     "query": { "type": "object", "properties": { "token": { "type": "string", "description": "an access token" } } }
                 } }
+            },
+            "realtimeSse": {
+                "address": "/realtime/sse",
+                "description": "text/event-stream: one server message per event (data: the JSON; no event name), `: keepalive` comments, `id:` on events that move the stream's position.",
+                "messages": {
+                    "server": { "$ref": "#/components/messages/ServerFrame" }
+                },
+                "bindings": { "http": {
+                    "method": "GET",
+                    "query": { "type": "object", "properties": {
+                        "token": { "type": "string", "description": "an access token (or Authorization: Bearer)" },
+                        "teamId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "boardId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "taskId": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                        "inbox": { "type": "boolean" },
+                        "since": { "type": "integer", "minimum": 0, "description": "resume a stream whose scopes are all of one team" },
+                        "inboxSince": { "type": "integer", "minimum": 0 },
+                        "lastEventId": { "type": "string", "description": "resume position, as the Last-Event-ID header" }
+                    } }
+                } }
+            },
+            "realtimeSseMessages": {
+                "address": "/realtime/sse/{streamId}",
+                "parameters": { "streamId": { "description": "from the stream's first event" } },
+                "messages": {
+                    "client": { "$ref": "#/components/messages/ClientFrame" }
+                },
+                "bindings": { "http": { "method": "POST" } }
             }
         },
         "operations": {
+            "sendServerEvents": {
+                "action": "send",
+                "channel": { "$ref": "#/channels/realtimeSse" },
+                "messages": [{ "$ref": "#/channels/realtimeSse/messages/server" }]
+            },
+            "receivePostedMessages": {
+                "action": "receive",
+                "channel": { "$ref": "#/channels/realtimeSseMessages" },
+                "messages": [{ "$ref": "#/channels/realtimeSseMessages/messages/client" }]
+            },
             "receiveClientFrames": {
                 "action": "receive",
                 "channel": { "$ref": "#/channels/realtime" },
@@ -183,9 +237,11 @@ mod tests {
     use crate::domain::Team;
     use crate::domain::activity::{ActivityData, ActivityDraft, LogEntry};
     use crate::domain::notify::{InboxEvent, Reason};
+    use crate::domain::presence::{PresenceField, PresenceState, PresenceStatus};
     use crate::domain::{Board, BoardId, TaskId, TeamId, UserId};
     use crate::realtime::protocol::{
-        ErrorCode, PresenceUser, Scope, activity_frame, inbox_frame, presence_frame,
+        ErrorCode, PresenceEntry, PresenceUser, Scope, activity_frame, inbox_frame, presence_frame,
+        presence_updated_frame,
     };
     use std::sync::Arc;
     use time::OffsetDateTime;
@@ -235,7 +291,20 @@ mod tests {
             ServerMessage::Subscribed {
                 scope: Scope::Task(task_id),
                 seq: 0,
-                presence: Some(vec![user.clone()]),
+                presence: Some(vec![
+                    PresenceEntry {
+                        user_id,
+                        display_name: "Ann".into(),
+                        state: PresenceState::Viewing,
+                        field: None,
+                    },
+                    PresenceEntry {
+                        user_id,
+                        display_name: "Bob".into(),
+                        state: PresenceState::Typing,
+                        field: Some(PresenceField::Comment),
+                    },
+                ]),
             }
             .frame()
             .to_string(),
@@ -258,7 +327,24 @@ mod tests {
             .frame()
             .to_string(),
             ServerMessage::Pong.frame().to_string(),
+            ServerMessage::Stream {
+                stream_id: "0f".into(),
+                user_id,
+                heartbeat_ms: 30_000,
+            }
+            .frame()
+            .to_string(),
             presence_frame(true, team_id, task_id, &user).to_string(),
+            presence_frame(false, team_id, task_id, &user).to_string(),
+            presence_updated_frame(team_id, task_id, &user, PresenceStatus::VIEWING).to_string(),
+            presence_updated_frame(
+                team_id,
+                task_id,
+                &user,
+                PresenceStatus::new(PresenceState::Editing, Some(PresenceField::Title))
+                    .expect("a status"),
+            )
+            .to_string(),
             ServerMessage::InboxSubscribed {
                 inbox: true,
                 seq: 3,
@@ -347,10 +433,19 @@ mod tests {
             json!({"type": "unsubscribe", "boardId": id}),
             json!({"type": "auth", "token": "x"}),
             json!({"type": "ping"}),
+            json!({"type": "presence", "taskId": id, "state": "viewing"}),
+            json!({"type": "presence", "taskId": id, "state": "typing", "field": "comment"}),
         ] {
             assert!(v.is_valid(&frame), "{frame} should match ClientFrame");
         }
         assert!(!v.is_valid(&json!({"type": "launch"})));
+        for bad in [
+            json!({"type": "presence", "taskId": id}),
+            json!({"type": "presence", "taskId": id, "state": "dancing"}),
+            json!({"type": "presence", "taskId": id, "state": "editing", "field": "body"}),
+        ] {
+            assert!(!v.is_valid(&bad), "{bad} should not match ClientFrame");
+        }
     }
 
     #[test]
@@ -374,6 +469,10 @@ mod tests {
             "unsubscribe",
             "auth",
             "ping",
+            "presence",
+            "presence.joined",
+            "presence.left",
+            "presence.updated",
             "subscribed",
             "unsubscribed",
             "authenticated",

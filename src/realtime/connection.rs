@@ -23,6 +23,7 @@ use super::protocol::{
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
 use crate::domain::activity::LogEntry;
+use crate::domain::presence::PresenceView;
 use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
@@ -324,6 +325,16 @@ impl Conn {
         };
         match msg {
             ClientMessage::Ping => self.session.reply(ServerMessage::Pong),
+            ClientMessage::Presence(fields) => {
+                if let Some(e) = self
+                    .session
+                    .rt
+                    .hub
+                    .presence_message(self.session.id, &fields)
+                {
+                    self.session.reply(e);
+                }
+            }
             ClientMessage::Auth { token } => self.session.renew(&mut self.expires_at, &token),
             ClientMessage::Subscribe(fields) => {
                 let session = self.session.clone();
@@ -533,7 +544,7 @@ impl Session {
     ) -> Result<Vec<Scope>, SubscribeError> {
         // Keeps the team followed until the join (or failure) below.
         let _pin = self.rt.hub.follow(team).await?;
-        let mut elsewhere: Vec<(Scope, Vec<PresenceUser>)> = Vec::with_capacity(scopes.len());
+        let mut elsewhere: Vec<(Scope, Vec<PresenceView>)> = Vec::with_capacity(scopes.len());
         for &scope in scopes {
             let viewers = match (scope, self.rt.bus.shared_presence()) {
                 (Scope::Task(task), Some(shared)) => {
@@ -591,7 +602,7 @@ impl Session {
                 }
                 replayed = Some(upto.max(from));
             }
-            let joining: Vec<(Scope, &[PresenceUser])> = elsewhere
+            let joining: Vec<(Scope, &[PresenceView])> = elsewhere
                 .iter()
                 .map(|(scope, viewers)| (*scope, viewers.as_slice()))
                 .collect();
@@ -623,7 +634,7 @@ impl Session {
         &self,
         team: TeamId,
         task: TaskId,
-        snapshot: &[PresenceUser],
+        snapshot: &[PresenceView],
     ) {
         let Some(shared) = self.rt.bus.shared_presence() else {
             return;
@@ -632,10 +643,10 @@ impl Session {
             return;
         };
         let local = self.rt.hub.local_viewers(task);
-        for user in now {
+        for PresenceView { user, .. } in now {
             let known = user.user_id == self.user
                 || local.contains(&user.user_id)
-                || snapshot.iter().any(|u| u.user_id == user.user_id);
+                || snapshot.iter().any(|u| u.user.user_id == user.user_id);
             if !known {
                 self.outbox
                     .push(Frame::Text(super::protocol::presence_frame(

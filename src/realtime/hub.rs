@@ -1,5 +1,5 @@
 //! The fanout hub: rooms of local connections, per-team dispatch in seq order, resume joins,
-//! revocation and presence.
+//! revocation and presence (who is in each task room and what they do there: `viewers`).
 //!
 //! All state sits behind one mutex that is never held across an await or a socket write: dispatch
 //! only queues shared frames into each connection's bounded outbox. A team's activities are
@@ -22,9 +22,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::outbox::{Arrival, CloseReason, Frame, Outbox, Stream};
-use super::protocol::{PresenceUser, Scope, ServerMessage, activity_frame, presence_frame};
+use super::protocol::{
+    ErrorCode, PresenceEntry, PresenceFields, PresenceUser, Scope, ServerMessage, activity_frame,
+    presence_frame, presence_updated_frame,
+};
+use super::viewers::{Change, Clock, Effect, Viewers};
 use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
+use crate::domain::presence::{PresenceKind, PresenceView};
 use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -38,6 +43,8 @@ const REPAIR_ROUNDS: usize = 64;
 /// How long the hub remembers how far it dispatched a team it stopped following (a user-channel
 /// copy of an activity it already delivered may still be on its way).
 const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// How long editing and typing hold without a repeat, unless configured.
+const PRESENCE_STATE_TTL: Duration = Duration::from_secs(5);
 
 /// What the hub keeps of a connection in its rooms.
 struct Member {
@@ -82,13 +89,6 @@ struct TeamState {
     refs: usize,
 }
 
-struct TaskPresence {
-    team: TeamId,
-    /// Per user: how many of their local sockets are in the room, and who they are.
-    users: HashMap<UserId, (usize, PresenceUser)>,
-}
-
-#[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<Room, HashMap<ConnId, Arc<Member>>>,
@@ -97,7 +97,8 @@ struct State {
     left: HashMap<TeamId, (i64, Instant)>,
     /// Teams whose bus channel is to be released once the lock is dropped.
     unwatch: Vec<TeamId>,
-    presence: HashMap<TaskId, TaskPresence>,
+    /// Who is in each task room here, and what they do there.
+    viewers: Viewers,
     /// With shared presence: tasks whose local viewers changed, their team, and whether to
     /// announce the change.
     presence_dirty: HashMap<TaskId, (TeamId, bool)>,
@@ -110,6 +111,24 @@ struct State {
     closing: Option<CloseReason>,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            conns: HashMap::new(),
+            rooms: HashMap::new(),
+            teams: HashMap::new(),
+            left: HashMap::new(),
+            unwatch: Vec::new(),
+            viewers: Viewers::new(PRESENCE_STATE_TTL),
+            presence_dirty: HashMap::new(),
+            shared_presence: false,
+            next_stamp: 0,
+            subscriptions: [0; 3],
+            closing: None,
+        }
+    }
+}
+
 /// The `subscriptions` slot of a room's scope; user rooms are not subscriptions.
 fn scope_slot(room: Room) -> Option<usize> {
     match room {
@@ -120,11 +139,12 @@ fn scope_slot(room: Room) -> Option<usize> {
     }
 }
 
-/// A task's local viewers, to be recorded in the shared presence.
+/// A task's local viewers and what this instance shows of each, to be recorded in the shared
+/// presence.
 pub(super) struct PresenceChange {
     pub team: TeamId,
     pub task: TaskId,
-    pub viewers: Vec<PresenceUser>,
+    pub viewers: Vec<PresenceView>,
     pub announce: bool,
 }
 
@@ -182,6 +202,12 @@ impl Hub {
         }
     }
 
+    /// Editing and typing fall back to viewing after `ttl` without a repeat.
+    pub fn with_presence_state_ttl(self, ttl: Duration) -> Self {
+        self.state.lock().viewers.set_ttl(ttl);
+        self
+    }
+
     /// Runs `f` on the state, then (lock released) releases the bus channels of teams it stopped
     /// following and wakes the presence worker if presence changed.
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -233,7 +259,7 @@ impl Hub {
                 return;
             };
             for (room, team) in &conn.subs {
-                s.leave_room(id, *room, *team, &conn.user);
+                s.leave_room(id, *room, *team, conn.user.user_id);
             }
             s.remove_from_room(Room::User(conn.user.user_id), id);
         });
@@ -346,12 +372,55 @@ impl Hub {
 
     /// The users with a local socket in `task`'s room.
     pub fn local_viewers(&self, task: TaskId) -> Vec<UserId> {
-        self.state
-            .lock()
-            .presence
-            .get(&task)
-            .map(|p| p.users.keys().copied().collect())
-            .unwrap_or_default()
+        self.state.lock().viewers.users(task)
+    }
+
+    /// A `presence` message of connection `id`: what its user does in a task room it is in.
+    /// Returns the error to answer when the message is malformed or the connection is not in
+    /// that room. Shared by every transport.
+    pub fn presence_message(&self, id: ConnId, msg: &PresenceFields) -> Option<ServerMessage> {
+        let scope = Scope::Task(msg.task_id);
+        let status = match msg.status() {
+            Ok(s) => s,
+            Err(why) => {
+                return Some(ServerMessage::scoped_error(
+                    ErrorCode::BadRequest,
+                    why,
+                    scope,
+                ));
+            }
+        };
+        let clock = Clock::now();
+        let set = self.with_state(|s| {
+            let user = s
+                .conns
+                .get(&id)
+                .filter(|c| c.subs.contains_key(&Room::Task(msg.task_id)))?
+                .user
+                .user_id;
+            if let Some(effect) = s.viewers.set(id, msg.task_id, user, status, clock) {
+                s.presence_effect(effect);
+            }
+            Some(())
+        });
+        set.is_none().then(|| {
+            ServerMessage::scoped_error(
+                ErrorCode::BadRequest,
+                "subscribe to the task before sending its presence",
+                scope,
+            )
+        })
+    }
+
+    /// Applies presence changes whose throttle window passed and expires unrefreshed states;
+    /// run every `viewers::TICK`.
+    pub fn presence_tick(&self) {
+        let clock = Clock::now();
+        self.with_state(|s| {
+            for effect in s.viewers.tick(clock) {
+                s.presence_effect(effect);
+            }
+        });
     }
 
     /// Dispatches `team` from the log up to `upto` (a seq the caller saw committed).
@@ -395,20 +464,20 @@ impl Hub {
     /// A presence change from the bus (shared presence): the task's local sockets hear of it,
     /// except the user's own.
     pub fn on_presence(&self, ev: &PresenceEvent) {
-        let s = self.state.lock();
-        let Some(members) = s.rooms.get(&Room::Task(ev.task_id)) else {
-            return;
-        };
-        let frame = Frame::Text(presence_frame(ev.joined, ev.team_id, ev.task_id, &ev.user));
-        for (id, m) in members {
-            let own = s
-                .conns
-                .get(id)
-                .is_some_and(|c| c.user.user_id == ev.user.user_id);
-            if !own {
-                m.outbox.push_live(frame.clone());
+        let frame = Frame::Text(match ev.kind {
+            PresenceKind::Joined | PresenceKind::Left => presence_frame(
+                ev.kind == PresenceKind::Joined,
+                ev.team_id,
+                ev.task_id,
+                &ev.user,
+            ),
+            PresenceKind::Updated => {
+                presence_updated_frame(ev.team_id, ev.task_id, &ev.user, ev.status)
             }
-        }
+        });
+        self.state
+            .lock()
+            .broadcast_to_others(ev.task_id, &frame, ev.user.user_id);
     }
 
     /// Tasks whose local viewers changed since the last call, with those viewers, their team and
@@ -421,11 +490,7 @@ impl Hub {
             .map(|(task, (team, announce))| PresenceChange {
                 team,
                 task,
-                viewers: s
-                    .presence
-                    .get(&task)
-                    .map(|p| p.users.values().map(|(_, u)| u.clone()).collect())
-                    .unwrap_or_default(),
+                viewers: s.viewers.local(task),
                 announce,
             })
             .collect()
@@ -449,9 +514,7 @@ impl Hub {
     /// Redis may have restarted empty).
     pub(super) fn presence_resync(&self) {
         self.with_state(|s| {
-            let tasks: Vec<(TaskId, TeamId)> =
-                s.presence.iter().map(|(k, p)| (*k, p.team)).collect();
-            for (task, team) in tasks {
+            for (task, team) in s.viewers.tasks() {
                 s.presence_dirty.entry(task).or_insert((team, false));
             }
         });
@@ -460,7 +523,8 @@ impl Hub {
     /// Joins `room` (of `team`) at the current point of the team's dispatch, if that point is not
     /// past `snapshot_seq` (the seq of the store snapshot the access check was read in) and, for a
     /// resume, equals `replayed` (what the caller replayed up to). Queues `subscribed`; for a task
-    /// room its presence lists the local viewers and `elsewhere` (other instances' viewers).
+    /// room its presence lists the local viewers and `elsewhere` (other instances' viewers), each
+    /// with what they do there.
     ///
     /// A team scope joined by an owner or admin (`admin`) also reaches the team's `admins` room.
     #[allow(clippy::too_many_arguments)]
@@ -472,7 +536,7 @@ impl Hub {
         admin: bool,
         snapshot_seq: i64,
         replayed: Option<i64>,
-        elsewhere: &[PresenceUser],
+        elsewhere: &[PresenceView],
     ) -> Join {
         self.join_group(
             id,
@@ -490,12 +554,13 @@ impl Hub {
     pub fn join_group(
         &self,
         id: ConnId,
-        scopes: &[(Scope, &[PresenceUser])],
+        scopes: &[(Scope, &[PresenceView])],
         team: TeamId,
         admin: bool,
         snapshot_seq: i64,
         replayed: Option<i64>,
     ) -> Join {
+        let clock = Clock::now();
         self.with_state(|s| {
             let Some(TeamState {
                 phase: Phase::Ready { dispatched },
@@ -548,10 +613,12 @@ impl Hub {
                 }
                 let presence = match scope {
                     Scope::Task(task) => {
-                        if fresh {
-                            s.enter_presence(id, team, task, &user);
+                        if fresh && let Some(effect) = s.viewers.enter(id, team, task, &user, clock)
+                        {
+                            s.presence_effect(effect);
                         }
-                        Some(s.presence_snapshot(task, elsewhere))
+                        let snapshot = s.viewers.snapshot(task, elsewhere);
+                        Some(snapshot.iter().map(PresenceEntry::from).collect())
                     }
                     _ => None,
                 };
@@ -580,7 +647,7 @@ impl Hub {
         team: TeamId,
         snapshot_seq: i64,
         replayed: Option<i64>,
-        elsewhere: &[PresenceUser],
+        elsewhere: &[PresenceView],
     ) -> Join {
         self.join_as(id, scope, team, false, snapshot_seq, replayed, elsewhere)
     }
@@ -594,8 +661,8 @@ impl Hub {
             let Some(team) = conn.subs.remove(&room) else {
                 return false;
             };
-            let user = conn.user.clone();
-            s.leave_room(id, room, team, &user);
+            let user = conn.user.user_id;
+            s.leave_room(id, room, team, user);
             true
         })
     }
@@ -920,14 +987,14 @@ impl State {
                 .filter(|(_, t)| **t == team)
                 .map(|(r, _)| *r)
                 .collect();
-            let user = conn.user.clone();
+            let user = conn.user.user_id;
             let outbox = conn.member.outbox.clone();
             let had_rooms = !rooms.is_empty();
             for room in rooms {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.subs.remove(&room);
                 }
-                self.leave_room(id, room, team, &user);
+                self.leave_room(id, room, team, user);
                 if let Some(scope) = Scope::of_room(room) {
                     let msg = ServerMessage::Unsubscribed {
                         scope,
@@ -952,7 +1019,7 @@ impl State {
     }
 
     /// Takes a connection out of a room it was subscribed to (subs already updated by the caller).
-    fn leave_room(&mut self, id: ConnId, room: Room, team: TeamId, user: &PresenceUser) {
+    fn leave_room(&mut self, id: ConnId, room: Room, team: TeamId, user: UserId) {
         self.remove_from_room(room, id);
         if room == Room::Team(team) {
             self.remove_from_room(Room::Admins(team), id);
@@ -960,76 +1027,53 @@ impl State {
         if let Some(k) = scope_slot(room) {
             self.subscriptions[k] = self.subscriptions[k].saturating_sub(1);
         }
-        if let Room::Task(task) = room {
-            self.leave_presence(team, task, user);
+        if let Room::Task(task) = room
+            && let Some(effect) = self.viewers.leave(id, task, user)
+        {
+            self.presence_effect(effect);
         }
         self.release_team(team);
     }
 
-    fn enter_presence(&mut self, id: ConnId, team: TeamId, task: TaskId, user: &PresenceUser) {
-        let p = self.presence.entry(task).or_insert_with(|| TaskPresence {
-            team,
-            users: HashMap::new(),
-        });
-        let entry = p
-            .users
-            .entry(user.user_id)
-            .or_insert_with(|| (0, user.clone()));
-        entry.0 += 1;
-        if entry.0 == 1 {
-            self.presence_changed(id, team, task, user, true);
-        }
-    }
-
-    /// A user's first local socket entered a task room, or their last one left. Alone, the hub
-    /// tells the room; with shared presence, the registry decides and the bus brings the event.
-    fn presence_changed(
-        &mut self,
-        id: ConnId,
-        team: TeamId,
-        task: TaskId,
-        user: &PresenceUser,
-        joined: bool,
-    ) {
+    /// A change of who is in a task room here, or of what they do there. Alone, the hub tells
+    /// the room; with shared presence, the registry decides what changed across instances and
+    /// the bus brings the event (the time of a state counts there too: it breaks ties).
+    fn presence_effect(&mut self, e: Effect) {
         if self.shared_presence {
-            self.presence_dirty.insert(task, (team, true));
-        } else {
-            let frame = Frame::Text(presence_frame(joined, team, task, user));
-            self.broadcast(Room::Task(task), &frame, Some(id));
+            self.presence_dirty.insert(e.task, (e.team, true));
+            return;
+        }
+        let frame = match e.change {
+            Change::Joined(_) | Change::Left => Frame::Text(presence_frame(
+                matches!(e.change, Change::Joined(_)),
+                e.team,
+                e.task,
+                &e.user,
+            )),
+            Change::Updated(status) => {
+                Frame::Text(presence_updated_frame(e.team, e.task, &e.user, status))
+            }
+            Change::Retimed => return,
+        };
+        match e.change {
+            // The joining socket has its snapshot; a leaving one is out of the room already.
+            Change::Joined(conn) => self.broadcast(Room::Task(e.task), &frame, Some(conn)),
+            Change::Left => self.broadcast(Room::Task(e.task), &frame, None),
+            _ => self.broadcast_to_others(e.task, &frame, e.user.user_id),
         }
     }
 
-    fn leave_presence(&mut self, team: TeamId, task: TaskId, user: &PresenceUser) {
-        let Some(p) = self.presence.get_mut(&task) else {
+    /// Queues `frame` for the sockets in `task`'s room that are not `user`'s.
+    fn broadcast_to_others(&self, task: TaskId, frame: &Frame, user: UserId) {
+        let Some(members) = self.rooms.get(&Room::Task(task)) else {
             return;
         };
-        let Some(entry) = p.users.get_mut(&user.user_id) else {
-            return;
-        };
-        entry.0 -= 1;
-        if entry.0 > 0 {
-            return;
-        }
-        p.users.remove(&user.user_id);
-        if p.users.is_empty() {
-            self.presence.remove(&task);
-        }
-        // The leaving socket is out of the room already: nobody to leave out.
-        self.presence_changed(ConnId::MAX, team, task, user, false);
-    }
-
-    /// Who views `task`: the local viewers and those `elsewhere`, each once, by user id.
-    fn presence_snapshot(&self, task: TaskId, elsewhere: &[PresenceUser]) -> Vec<PresenceUser> {
-        let mut users: HashMap<UserId, PresenceUser> =
-            elsewhere.iter().map(|u| (u.user_id, u.clone())).collect();
-        if let Some(p) = self.presence.get(&task) {
-            for (_, u) in p.users.values() {
-                users.insert(u.user_id, u.clone());
+        for (id, m) in members {
+            let own = self.conns.get(id).is_some_and(|c| c.user.user_id == user);
+            if !own {
+                m.outbox.push_live(frame.clone());
             }
         }
-        let mut users: Vec<PresenceUser> = users.into_values().collect();
-        users.sort_by_key(|u| u.user_id);
-        users
     }
 
     fn broadcast(&self, room: Room, frame: &Frame, except: Option<ConnId>) {

@@ -32,6 +32,7 @@ fn settings(outbox: Limits) -> Settings {
         check_interval: Duration::from_secs(1),
         presence_ttl: Duration::from_secs(30),
         presence_sweep_interval: Duration::from_secs(10),
+        presence_state_ttl: Duration::from_secs(5),
         connect_per_minute: 0,
         trust_forwarded: false,
     }

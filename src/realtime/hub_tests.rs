@@ -316,7 +316,7 @@ pub(in crate::realtime) async fn feed(hub: &Hub, events: &[BusEvent]) {
             BusEvent::Presence(ev) => hub.on_presence(&ev),
             BusEvent::Resync => hub.check().await.expect("check"),
             // The inbox feed is not the hub's.
-            BusEvent::Inbox(..) => {}
+            BusEvent::Inbox(..) | BusEvent::StreamMessage { .. } => {}
         }
     }
 }

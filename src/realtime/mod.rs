@@ -13,6 +13,7 @@ mod presence;
 pub mod protocol;
 mod socket;
 mod sse;
+mod viewers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct Settings {
     /// Shared presence: heartbeat every `ttl / 3`, sweep dead instances every `sweep_interval`.
     pub presence_ttl: Duration,
     pub presence_sweep_interval: Duration,
+    /// Editing and typing fall back to viewing after this without a repeat.
+    pub presence_state_ttl: Duration,
     /// Connection attempts per minute from one client address (0: no limit).
     pub connect_per_minute: u32,
     /// Whether the client address comes from `X-Forwarded-For` (see `limits::client_ip`).
@@ -78,6 +81,7 @@ impl Settings {
             check_interval: c.bus_check_interval.max(Duration::from_millis(10)),
             presence_ttl: c.presence_ttl.max(Duration::from_millis(300)),
             presence_sweep_interval: c.presence_sweep_interval.max(Duration::from_millis(100)),
+            presence_state_ttl: c.presence_state_ttl.max(Duration::from_millis(500)),
             connect_per_minute: c.connect_limit_per_ip,
             trust_forwarded: c.trust_forwarded_for,
         }
@@ -98,12 +102,13 @@ pub struct Realtime {
     /// Every socket's and SSE stream's task, from the upgrade on: shutdown waits for them to close.
     sockets: TaskTracker,
     /// This instance's SSE streams, for the messages POSTed to them.
-    streams: sse::Streams,
+    streams: Arc<sse::Streams>,
 }
 
 impl Realtime {
     /// Starts the hub, the task that dispatches what the bus delivers, the periodic check of
-    /// followed teams against the log and, with shared presence, the presence worker.
+    /// followed teams against the log and the presence worker (with shared presence) or the
+    /// presence tick (without).
     pub fn start(
         store: Arc<dyn Store>,
         bus: &Arc<dyn Bus>,
@@ -111,15 +116,16 @@ impl Realtime {
         settings: Settings,
         tasks: &Supervisor,
     ) -> Arc<Self> {
-        let hub = Arc::new(Hub::new(
-            store.clone(),
-            bus.clone(),
-            settings.max_subscriptions,
-        ));
+        let hub = Arc::new(
+            Hub::new(store.clone(), bus.clone(), settings.max_subscriptions)
+                .with_presence_state_ttl(settings.presence_state_ttl),
+        );
         let inbox = Arc::new(InboxFeed::new(store.clone()));
+        let streams = Arc::new(sse::Streams::default());
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
             let inbox = inbox.clone();
+            let streams = streams.clone();
             tasks.spawn("bus dispatch", async move {
                 while let Some(event) = events.recv().await {
                     match event {
@@ -127,6 +133,9 @@ impl Realtime {
                         BusEvent::UserActivity(entry) => hub.deliver_user_copy(entry),
                         BusEvent::Presence(ev) => hub.on_presence(&ev),
                         BusEvent::Inbox(user, seq) => inbox.reached(user, seq),
+                        BusEvent::StreamMessage { user, stream, text } => {
+                            streams.forwarded(user, &stream, &text);
+                        }
                         BusEvent::Resync => {
                             hub.presence_resync();
                             if let Err(e) = hub.check().await {
@@ -145,11 +154,12 @@ impl Realtime {
             "log check",
             run_checks(hub.clone(), inbox.clone(), settings.check_interval),
         );
-        if let Some(shared) = bus.shared_presence() {
-            tasks.spawn(
+        match bus.shared_presence() {
+            Some(shared) => tasks.spawn(
                 "presence",
                 presence::run(hub.clone(), shared, settings.clone()),
-            );
+            ),
+            None => tasks.spawn("presence states", presence::run_local(hub.clone())),
         }
         Arc::new(Self {
             hub,
@@ -161,7 +171,7 @@ impl Realtime {
             settings,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
-            streams: sse::Streams::default(),
+            streams,
         })
     }
 

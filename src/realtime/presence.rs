@@ -1,5 +1,6 @@
-//! The presence worker of the scaled deployment: records this instance's viewers in the shared
-//! presence as they change, keeps the instance's heartbeat alive, and sweeps instances that died.
+//! The presence worker of the scaled deployment: records this instance's viewers (and what it
+//! shows of each) in the shared presence as they change, keeps the instance's heartbeat alive,
+//! sweeps instances that died, and runs the hub's presence tick (throttled changes, expiry).
 //! The hub only marks tasks as changed; all Redis I/O happens here, off the hub's lock.
 //!
 //! A change that cannot be recorded (Redis unreachable) goes back to the hub and is retried at
@@ -10,14 +11,17 @@ use std::time::Duration;
 
 use super::Settings;
 use super::hub::{Hub, PresenceChange};
+use super::viewers::TICK;
 use crate::bus::SharedPresence;
 
 pub(super) async fn run(hub: Arc<Hub>, shared: Arc<dyn SharedPresence>, settings: Settings) {
     let heartbeat_every = (settings.presence_ttl / 3).max(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut sweep = tokio::time::interval(settings.presence_sweep_interval);
+    let mut states = tokio::time::interval(TICK);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    states.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set while changes wait for Redis: they are retried at the heartbeat, not at every new
     // change (which would only fail again, as often as viewers come and go).
     let mut failing = false;
@@ -29,6 +33,11 @@ pub(super) async fn run(hub: Arc<Hub>, shared: Arc<dyn SharedPresence>, settings
                 if let Err(e) = shared.sweep().await {
                     tracing::debug!(error = %e, "presence sweep failed");
                 }
+                continue;
+            }
+            _ = states.tick() => {
+                // What it changes marks tasks dirty and wakes this loop at its next turn.
+                hub.presence_tick();
                 continue;
             }
         };
@@ -66,4 +75,15 @@ async fn record(hub: &Hub, shared: &dyn SharedPresence, changes: Vec<PresenceCha
         }
     }
     true
+}
+
+/// The embedded deployment's counterpart: only the hub's presence tick (the hub tells the rooms
+/// itself).
+pub(super) async fn run_local(hub: Arc<Hub>) {
+    let mut states = tokio::time::interval(TICK);
+    states.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        states.tick().await;
+        hub.presence_tick();
+    }
 }

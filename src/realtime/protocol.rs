@@ -1,7 +1,8 @@
 //! The socket protocol: client and server messages exactly as the contract shapes them, and the
 //! frames the hub shares among recipients (serialized once).
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use tungstenite::Utf8Bytes;
 use utoipa::ToSchema;
@@ -10,6 +11,9 @@ use uuid::Uuid;
 use crate::domain::activity::LogEntry;
 use crate::domain::model::{text_enum, timestamp};
 use crate::domain::notify::{InboxEvent, Notification, ReadMark};
+use crate::domain::presence::{
+    PresenceField, PresenceKind, PresenceState, PresenceStatus, PresenceView,
+};
 use crate::domain::{ActivityId, BoardId, Room, TaskId, TeamId, UserId};
 
 /// What a subscribe or unsubscribe names: exactly one of `teamId`, `boardId`, `taskId`.
@@ -123,6 +127,63 @@ pub enum ClientMessage {
     Auth { token: String },
     /// Answered by `pong`.
     Ping,
+    /// What the user does in a task room the socket is subscribed to; repeat it (every ~2 s)
+    /// while it holds, or editing and typing fall back to viewing.
+    Presence(PresenceFields),
+}
+
+/// A `presence` message. The state and field are read leniently: a bad value is answered with
+/// a `bad_request` that names the task, not one that names nothing.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceFields {
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
+    #[serde(default)]
+    #[schema(value_type = PresenceState, required = true)]
+    pub state: Lenient<PresenceState>,
+    /// Required for `editing` and `typing`; ignored for `viewing`.
+    #[serde(default)]
+    #[schema(value_type = Option<PresenceField>)]
+    pub field: Lenient<PresenceField>,
+}
+
+impl PresenceFields {
+    /// The status the message asks for, or why it is malformed.
+    pub fn status(&self) -> Result<PresenceStatus, &'static str> {
+        let state = match self.state {
+            Lenient::Valid(s) => s,
+            Lenient::Missing => return Err("state is required: viewing, editing or typing"),
+            Lenient::Invalid => return Err("state must be viewing, editing or typing"),
+        };
+        let field = match self.field {
+            Lenient::Valid(f) => Some(f),
+            Lenient::Missing => None,
+            // Viewing ignores its field, whatever it is.
+            Lenient::Invalid if state == PresenceState::Viewing => None,
+            Lenient::Invalid => return Err("field must be title, description or comment"),
+        };
+        PresenceStatus::new(state, field)
+    }
+}
+
+/// A field of a client message whose value, when it has the wrong shape, is kept as `Invalid`
+/// instead of failing the whole message. `null` counts as missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lenient<T> {
+    #[default]
+    Missing,
+    Valid(T),
+    Invalid,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Lenient::Missing,
+            v => serde_json::from_value(v).map_or(Lenient::Invalid, Lenient::Valid),
+        })
+    }
 }
 
 pub use crate::domain::activity::PresenceUser;
@@ -181,9 +242,9 @@ pub enum ServerMessage {
         #[serde(flatten)]
         scope: Scope,
         seq: i64,
-        /// Task rooms: who is there now, the caller included.
+        /// Task rooms: who is there now, the caller included, and what each one does.
         #[serde(skip_serializing_if = "Option::is_none")]
-        presence: Option<Vec<PresenceUser>>,
+        presence: Option<Vec<PresenceEntry>>,
     },
     Unsubscribed {
         #[serde(flatten)]
@@ -293,7 +354,33 @@ pub fn inbox_frame(event: &InboxEvent) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(&envelope).unwrap_or_default())
 }
 
-/// An ephemeral presence event (`presence.joined` / `presence.left`): no seq, not logged.
+/// Someone in a task room, in its `subscribed` snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEntry {
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
+    pub display_name: String,
+    /// The most active state of the user's connections to the room.
+    pub state: PresenceState,
+    /// The field edited or typed in (absent while viewing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<PresenceField>,
+}
+
+impl From<&PresenceView> for PresenceEntry {
+    fn from(v: &PresenceView) -> Self {
+        PresenceEntry {
+            user_id: v.user.user_id,
+            display_name: v.user.display_name.clone(),
+            state: v.stamped.status.state(),
+            field: v.stamped.status.field(),
+        }
+    }
+}
+
+/// An ephemeral presence event (`presence.joined`, `presence.left`, `presence.updated`): no seq,
+/// not logged, not replayed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceActivity {
@@ -301,7 +388,7 @@ pub struct PresenceActivity {
     pub id: ActivityId,
     pub v: u32,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: PresenceKind,
     #[schema(value_type = Uuid)]
     pub team_id: TeamId,
     #[schema(value_type = Uuid)]
@@ -322,17 +409,46 @@ pub struct PresenceData {
     #[schema(value_type = Uuid)]
     pub user_id: UserId,
     pub display_name: String,
+    /// `presence.updated`: what the user now does in the task (the most active state of their
+    /// connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<PresenceState>,
+    /// `presence.updated` while editing or typing: the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<PresenceField>,
 }
 
+/// `presence.joined` or `presence.left`.
 pub fn presence_frame(joined: bool, team: TeamId, task: TaskId, user: &PresenceUser) -> Utf8Bytes {
+    let kind = if joined {
+        PresenceKind::Joined
+    } else {
+        PresenceKind::Left
+    };
+    presence_event_frame(kind, team, task, user, None)
+}
+
+/// `presence.updated`: what `user` is shown doing in `task` changed to `status`.
+pub fn presence_updated_frame(
+    team: TeamId,
+    task: TaskId,
+    user: &PresenceUser,
+    status: PresenceStatus,
+) -> Utf8Bytes {
+    presence_event_frame(PresenceKind::Updated, team, task, user, Some(status))
+}
+
+fn presence_event_frame(
+    kind: PresenceKind,
+    team: TeamId,
+    task: TaskId,
+    user: &PresenceUser,
+    status: Option<PresenceStatus>,
+) -> Utf8Bytes {
     let activity = PresenceActivity {
         id: ActivityId::from(Uuid::now_v7()),
         v: crate::domain::activity::ACTIVITY_VERSION,
-        kind: if joined {
-            "presence.joined"
-        } else {
-            "presence.left"
-        },
+        kind,
         team_id: team,
         actor_user_id: user.user_id,
         ts: timestamp::truncate(OffsetDateTime::now_utc()),
@@ -341,6 +457,8 @@ pub fn presence_frame(joined: bool, team: TeamId, task: TaskId, user: &PresenceU
             task_id: task,
             user_id: user.user_id,
             display_name: user.display_name.clone(),
+            state: status.map(PresenceStatus::state),
+            field: status.and_then(PresenceStatus::field),
         },
     };
     #[derive(Serialize)]

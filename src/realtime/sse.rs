@@ -290,13 +290,13 @@ async fn open_stream(
     );
     let stream_id = Uuid::new_v4().simple().to_string();
     let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
-    rt.streams.by_id.lock().insert(
+    rt.streams.insert(
         stream_id.clone(),
-        Arc::new(StreamHandle {
+        StreamHandle {
             user,
             limit: Mutex::new(MessageLimit::new(rt.settings.rate, rt.settings.burst)),
             control: control_tx,
-        }),
+        },
     );
     let hello = hello(&stream_id, user, rt.settings.ping_interval);
     let body = EventWriter {
@@ -467,7 +467,7 @@ async fn run(session: Session, mut t: StreamTask) {
         }
     }
     drop(subscribing);
-    rt.streams.by_id.lock().remove(&t.stream_id);
+    rt.streams.remove(&t.stream_id);
     rt.inbox.detach(session.id);
     rt.hub.unregister(session.id);
     rt.bus.unwatch(user_topic);
@@ -544,6 +544,11 @@ fn on_message(session: &Session, expires_at: &mut OffsetDateTime, msg: ClientMes
     match msg {
         ClientMessage::Ping => session.reply(ServerMessage::Pong),
         ClientMessage::Auth { token } => session.renew(expires_at, &token),
+        ClientMessage::Presence(fields) => {
+            if let Some(e) = session.rt.hub.presence_message(session.id, &fields) {
+                session.reply(e);
+            }
+        }
         // Refused at the POST: scopes change by reopening the stream.
         ClientMessage::Subscribe(_) | ClientMessage::Unsubscribe(_) => {}
     }
@@ -643,14 +648,31 @@ impl Drop for EventWriter {
     }
 }
 
-/// `POST /realtime/sse/{streamId}`: a client message for a stream.
+/// `POST /realtime/sse/{streamId}`: a client message for a stream, handed to it here or, when
+/// another instance holds it, over the bus (202 either way: replies arrive on the stream).
 pub(super) async fn post(
     State(rt): State<Arc<Realtime>>,
     Path(stream_id): Path<String>,
     parts: Parts,
     body: Bytes,
 ) -> Response {
-    match post_message(&rt, &stream_id, &parts, &body) {
+    let (user, text, msg) = match read_post(&rt, &parts, &body) {
+        Ok(m) => m,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let result = match rt.streams.deliver(user, &stream_id, msg) {
+        Err(PostError::NoStream) => match rt.bus.forward_to_stream(user, &stream_id, text).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PostError::NoStream),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not forward a message to an SSE stream");
+                return unavailable("the message could not be handed to its stream; retry")
+                    .into_response();
+            }
+        },
+        other => other,
+    };
+    match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -658,7 +680,7 @@ pub(super) async fn post(
 
 /// Why a POSTed message was refused.
 #[derive(Debug, thiserror::Error)]
-enum PostError {
+pub(super) enum PostError {
     #[error("an access token is required (Authorization: Bearer)")]
     NoToken,
     #[error("{0}")]
@@ -691,12 +713,12 @@ impl From<PostError> for ApiError {
     }
 }
 
-fn post_message(
+/// The POST's user, its text and the message it holds.
+fn read_post<'a>(
     rt: &Realtime,
-    stream_id: &str,
     parts: &Parts,
-    body: &[u8],
-) -> Result<(), PostError> {
+    body: &'a [u8],
+) -> Result<(UserId, &'a str, ClientMessage), PostError> {
     let token = bearer(parts).ok_or(PostError::NoToken)?;
     let principal = rt.tokens.verify(token).map_err(|e| {
         PostError::Token(match e {
@@ -718,18 +740,54 @@ fn post_message(
             "an SSE stream's scopes are fixed: reopen the stream with the new scopes (and lastEventId)".into(),
         ));
     }
-    let handle = rt.streams.by_id.lock().get(stream_id).cloned();
-    let handle = handle.ok_or(PostError::NoStream)?;
-    if handle.user != principal.user_id {
-        return Err(PostError::OtherUser);
+    Ok((principal.user_id, text, msg))
+}
+
+impl Streams {
+    fn insert(&self, id: String, handle: StreamHandle) {
+        self.by_id.lock().insert(id, Arc::new(handle));
     }
-    if !handle.limit.lock().allow() {
-        return Err(PostError::RateLimited);
+
+    fn remove(&self, id: &str) {
+        self.by_id.lock().remove(id);
     }
-    handle.control.try_send(msg).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => PostError::RateLimited,
-        mpsc::error::TrySendError::Closed(_) => PostError::NoStream,
-    })
+
+    /// Hands `msg` from `user` to the stream `id` if it is on this instance.
+    pub(super) fn deliver(
+        &self,
+        user: UserId,
+        id: &str,
+        msg: ClientMessage,
+    ) -> Result<(), PostError> {
+        let handle = self
+            .by_id
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or(PostError::NoStream)?;
+        if handle.user != user {
+            return Err(PostError::OtherUser);
+        }
+        if !handle.limit.lock().allow() {
+            return Err(PostError::RateLimited);
+        }
+        handle.control.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PostError::RateLimited,
+            mpsc::error::TrySendError::Closed(_) => PostError::NoStream,
+        })
+    }
+
+    /// A message another instance forwarded over the bus (the POST was answered there).
+    pub(super) fn forwarded(&self, user: UserId, id: &str, text: &str) {
+        let Ok(msg) = parse(text) else {
+            return;
+        };
+        if let Err(e) = self.deliver(user, id, msg)
+            && !matches!(e, PostError::NoStream)
+        {
+            tracing::debug!(error = %e, "dropped a forwarded stream message");
+        }
+    }
 }
 
 impl Realtime {

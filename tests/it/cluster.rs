@@ -32,13 +32,14 @@ const NODE: [&str; 3] = ["A", "B", "C"];
 // Small helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The presence list of a `subscribed` frame as the contract spells it, sorted by user id.
+/// The presence list of a `subscribed` frame as the contract spells it (everyone viewing), sorted
+/// by user id.
 fn presence_list(users: &[&AuthResponse]) -> Value {
     let mut v: Vec<&AuthResponse> = users.to_vec();
     v.sort_by_key(|u| u.id().to_string());
     Value::Array(
         v.into_iter()
-            .map(|u| json!({"userId": u.id(), "displayName": u.user.display_name}))
+            .map(|u| json!({"userId": u.id(), "displayName": u.user.display_name, "state": "viewing"}))
             .collect(),
     )
 }

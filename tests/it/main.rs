@@ -26,6 +26,7 @@ mod members;
 mod metrics;
 mod outbox;
 mod presence_recovery;
+mod presence_state;
 mod protocol_props;
 mod realtime_auth;
 mod realtime_fuzz_frames;

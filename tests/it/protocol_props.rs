@@ -21,6 +21,7 @@ use proptest::test_runner::Config as PropConfig;
 use serde_json::{Value, json};
 use taskforge::domain::activity::{ACTIVITY_VERSION, ActivityData, ActivityDraft, LogEntry};
 use taskforge::domain::model::timestamp;
+use taskforge::domain::presence::{PresenceField, PresenceState, PresenceStatus};
 use taskforge::domain::webhook::Webhook;
 use taskforge::domain::{
     Activity, Board, Change, Comment, Member, Priority, Role, Task, TaskId, TaskStatus, Team,
@@ -28,8 +29,8 @@ use taskforge::domain::{
 };
 use taskforge::realtime::asyncapi;
 use taskforge::realtime::protocol::{
-    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ServerMessage, activity_frame,
-    parse, presence_frame,
+    ClientMessage, ErrorCode, PresenceEntry, PresenceUser, Scope, ScopeFields, ServerMessage,
+    activity_frame, parse, presence_frame, presence_updated_frame,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -379,7 +380,7 @@ proptest! {
     /// An unknown `type` is refused.
     #[test]
     fn unknown_types_are_refused(t in any::<String>(), extra in extras()) {
-        prop_assume!(!["subscribe", "unsubscribe", "auth", "ping"].contains(&t.as_str()));
+        prop_assume!(!["subscribe", "unsubscribe", "auth", "ping", "presence"].contains(&t.as_str()));
         let mut pairs = vec![("type".to_string(), json!(t)), ("teamId".to_string(), json!(Uuid::nil()))];
         pairs.extend(extra);
         let text = write_object(&pairs, &[""]);
@@ -530,6 +531,23 @@ fn presence_user() -> impl Strategy<Value = PresenceUser> {
     (uuid(), text_value()).prop_map(|(user_id, display_name)| PresenceUser {
         user_id,
         display_name,
+    })
+}
+
+fn presence_status() -> impl Strategy<Value = PresenceStatus> {
+    (
+        prop::sample::select(PresenceState::ALL.to_vec()),
+        prop::sample::select(PresenceField::ALL.to_vec()),
+    )
+        .prop_map(|(state, field)| PresenceStatus::new(state, Some(field)).unwrap())
+}
+
+fn presence_entry() -> impl Strategy<Value = PresenceEntry> {
+    (presence_user(), presence_status()).prop_map(|(u, s)| PresenceEntry {
+        user_id: u.user_id,
+        display_name: u.display_name,
+        state: s.state(),
+        field: s.field(),
     })
 }
 
@@ -836,7 +854,7 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn subscribed_frames(s in scope(), seq in 0i64..=i64::MAX, presence in prop::option::of(prop::collection::vec(presence_user(), 0..4))) {
+    fn subscribed_frames(s in scope(), seq in 0i64..=i64::MAX, presence in prop::option::of(prop::collection::vec(presence_entry(), 0..4))) {
         let v = server_json(&ServerMessage::Subscribed { scope: s, seq, presence: presence.clone() })
             .map_err(TestCaseError::fail)?;
         let mut want = set(&["type", key_of(s), "seq"]);
@@ -851,10 +869,15 @@ proptest! {
             let got = v["presence"].as_array().expect("presence array");
             prop_assert_eq!(got.len(), p.len());
             for (g, u) in got.iter().zip(&p) {
-                prop_assert_eq!(keys(g), set(&["userId", "displayName"]));
+                let mut want = set(&["userId", "displayName", "state"]);
+                if u.field.is_some() {
+                    want.insert("field".into());
+                }
+                prop_assert_eq!(keys(g), want);
                 prop_assert_eq!(&g["userId"], &json!(u.user_id));
                 prop_assert_eq!(g["displayName"].as_str(), Some(u.display_name.as_str()));
-                let back: PresenceUser = serde_json::from_value(g.clone()).unwrap();
+                prop_assert_eq!(g["state"].as_str(), Some(u.state.as_str()));
+                let back: PresenceEntry = serde_json::from_value(g.clone()).unwrap();
                 prop_assert_eq!(&back, u);
             }
         }
@@ -1027,6 +1050,61 @@ proptest! {
         prop_assert_eq!(&a["data"]["taskId"], &json!(task_id));
         prop_assert_eq!(&a["data"]["userId"], &json!(u.user_id));
         prop_assert_eq!(a["data"]["displayName"].as_str(), Some(u.display_name.as_str()));
+    }
+
+    #[test]
+    fn presence_updated_frames(team_id in uuid::<TeamId>(), task_id in uuid::<TaskId>(), u in presence_user(), status in prop_oneof![Just(PresenceStatus::VIEWING), presence_status()]) {
+        let frame = presence_updated_frame(team_id, task_id, &u, status);
+        let v: Value = serde_json::from_str(frame.as_str()).unwrap();
+        let errors = schema_errors("ServerFrame", &v);
+        prop_assert!(errors.is_empty(), "ServerFrame rejects {}: {errors:?}", frame.as_str());
+        let a = &v["activity"];
+        prop_assert_eq!(keys(a), set(&["id", "v", "type", "teamId", "actorUserId", "ts", "taskId", "data"]), "{}", a);
+        prop_assert_eq!(&a["type"], "presence.updated");
+        prop_assert_eq!(&a["actorUserId"], &json!(u.user_id));
+        let mut want = set(&["taskId", "userId", "displayName", "state"]);
+        if status.field().is_some() {
+            want.insert("field".into());
+        }
+        prop_assert_eq!(keys(&a["data"]), want);
+        prop_assert_eq!(a["data"]["state"].as_str(), Some(status.state().as_str()));
+        prop_assert_eq!(a["data"]["field"].as_str(), status.field().map(|f| f.as_str()));
+    }
+
+    /// A `presence` message with a task id always parses (a bad state or field is the hub's to
+    /// answer, naming the task); its status is valid exactly when the state is known and, unless
+    /// viewing, the field is too.
+    #[test]
+    fn presence_messages_parse_and_validate(task in uuid::<Uuid>(), state in json_value(), field in prop::option::of(json_value()), named_state in prop::sample::select(vec!["viewing", "editing", "typing", "dancing"]), named_field in prop::option::of(prop::sample::select(vec!["title", "description", "comment", "body"])), named in any::<bool>()) {
+        let mut m = json!({"type": "presence", "taskId": task});
+        if named {
+            m["state"] = json!(named_state);
+            if let Some(f) = named_field {
+                m["field"] = json!(f);
+            }
+        } else {
+            m["state"] = state.clone();
+            if let Some(f) = &field {
+                m["field"] = f.clone();
+            }
+        }
+        let Ok(ClientMessage::Presence(p)) = parse(&m.to_string()) else {
+            return Err(TestCaseError::fail(format!("{m} did not parse as presence")));
+        };
+        prop_assert_eq!(p.task_id, TaskId::from(task));
+        let state = m["state"].as_str().and_then(PresenceState::parse);
+        let field = m.get("field").and_then(|f| f.as_str()).and_then(PresenceField::parse);
+        let valid = match state {
+            None => false,
+            Some(PresenceState::Viewing) => true,
+            Some(_) => field.is_some(),
+        };
+        prop_assert_eq!(p.status().is_ok(), valid, "{}", m);
+        if let Ok(s) = p.status() {
+            prop_assert_eq!(Some(s.state()), state);
+            let want_field = if s.state() == PresenceState::Viewing { None } else { field };
+            prop_assert_eq!(s.field(), want_field);
+        }
     }
 }
 

@@ -74,7 +74,9 @@ async fn subscribe_and_unsubscribe_replies(b: Backend) {
                     .expect("task rooms carry presence");
                 assert_eq!(
                     p,
-                    &vec![json!({"userId": owner.id(), "displayName": "Owner"})],
+                    &vec![
+                        json!({"userId": owner.id(), "displayName": "Owner", "state": "viewing"})
+                    ],
                     "presence snapshot must hold the caller (once, though two of its sockets are in): {}",
                     s.frame
                 );
@@ -1151,7 +1153,7 @@ async fn presence_snapshot_joined_left(b: Backend) {
     let carol = api.member(owner.token(), team.id, "Carol", "viewer").await;
     let task = api.task(owner.token(), team.id, "pair").await;
     let room = Scope::Task(task.id);
-    let entry = |u: &AuthResponse| json!({"userId": u.id(), "displayName": u.user.display_name});
+    let entry = |u: &AuthResponse| json!({"userId": u.id(), "displayName": u.user.display_name, "state": "viewing"});
     let sorted = |mut v: Vec<&AuthResponse>| {
         v.sort_by_key(|u| u.id().to_string());
         Value::Array(v.into_iter().map(entry).collect())

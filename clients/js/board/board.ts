@@ -6,7 +6,9 @@
 //
 // It is built on this package (`../src`), compiled by `npm run build:board` into the server's
 // `web/assets/` and embedded in the binary. What it must never do: keep state the server does not
-// confirm, or put a token in a URL (the socket authenticates with its first message).
+// confirm, or put a token in a URL (the socket authenticates with its first message; where
+// WebSockets are blocked the client falls back to the event stream, read over `fetch` with the
+// token in a header).
 //
 // Its data are the package's live collections: the columns render from `rt.liveTasks` snapshots,
 // the open task's comments from `rt.liveComments`, the member list from `rt.liveMembers`. They
@@ -14,6 +16,11 @@
 // board keeps no task map of its own. A change made here goes over HTTP and shows when its
 // activity comes back through the collection (milliseconds later); the one exception is the open
 // task's form, which takes the PATCH answer at once if its version is newer than what it shows.
+//
+// The open task's panel shows what the others there are doing ("Ann is editing the description",
+// from presence state: this page tells the server when a field of the task gets the focus, while
+// keys are pressed in it, and when it loses it). A change someone else saved while this user was
+// editing the title or the description is never overwritten silently: saving asks first.
 
 import {
   ApiError,
@@ -35,7 +42,8 @@ import {
   type LiveSnapshot,
   type Member,
   type Page,
-  type PresenceUser,
+  type PresenceField,
+  type PresenceViewer,
   type Priority,
   type Role,
   type SessionOptions,
@@ -133,6 +141,12 @@ interface TaskView {
   readonly stops: (() => void)[];
   /** The version the form shows: older copies (a late PATCH answer) never replace it. */
   shownVersion: number;
+  /** The task as the form was filled: what the user's edits are measured against. */
+  base: Task | null;
+  /** A newer version that arrived while the user was editing (not put in the form). */
+  latest: Task | null;
+  /** Who saved the newest change after `base` (from the task room's activities). */
+  changedBy: string | null;
 }
 
 interface State {
@@ -495,6 +509,85 @@ function fillTask(view: TaskView, t: Task): void {
   $('task-version').textContent = `version ${t.version}`;
   f.dataset.version = String(t.version);
   view.shownVersion = t.version;
+  view.base = t;
+  view.latest = null;
+  view.changedBy = null;
+  $('conflict').hidden = true;
+}
+
+type EditField = 'title' | 'description' | 'status' | 'priority' | 'assigneeUserId';
+const EDIT_FIELDS: EditField[] = ['title', 'description', 'status', 'priority', 'assigneeUserId'];
+
+/** The form's value of a task field, as the task holds it. */
+function formValue(name: EditField): string | null {
+  const v = field(form('task-edit'), name);
+  return name === 'assigneeUserId' && v === '' ? null : v;
+}
+
+/** The fields the user changed since the form was filled, with their new values. */
+function edits(view: TaskView): Partial<Record<EditField, string | null>> {
+  const base = view.base;
+  const out: Partial<Record<EditField, string | null>> = {};
+  if (!base) return out;
+  for (const name of EDIT_FIELDS) {
+    const now = formValue(name);
+    const was = name === 'assigneeUserId' ? (base.assigneeUserId ?? null) : base[name];
+    if (now !== was) out[name] = now;
+  }
+  return out;
+}
+
+/** The newest copy of the open task this page knows. */
+function newestTask(view: TaskView): Task | null {
+  let t: Task | null = view.base;
+  for (const c of [view.latest, state.tasks?.get(view.taskId) ?? null]) {
+    if (c && (!t || c.version > t.version)) t = c;
+  }
+  return t;
+}
+
+function whoChanged(view: TaskView): string {
+  const id = view.changedBy;
+  if (!id) return 'Someone';
+  if (id === state.session?.user.id) return 'You (in another window)';
+  return memberName(id);
+}
+
+/** Asks before a save would overwrite someone else's change: overwrite, or reload the task. */
+function showConflict(view: TaskView, latest: Task): void {
+  if (state.view !== view) return;
+  view.latest = latest;
+  $('conflict-text').textContent = `${whoChanged(view)} changed this task since you opened it (now version ${latest.version}): overwrite their change with yours, or reload it?`;
+  $('conflict').hidden = false;
+  ($('conflict-overwrite') as HTMLButtonElement).focus();
+}
+
+/**
+ * Saves what the user changed (only those fields). If the task moved on since the form was filled
+ * and the title or the description was edited, asks first (unless `overwrite`); other fields go
+ * on top of the newest version. A stale If-Match (someone saved in between) reads the task again
+ * and decides again, once.
+ */
+async function saveTask(view: TaskView, overwrite: boolean, retried = false): Promise<void> {
+  const patch = edits(view);
+  if (Object.keys(patch).length === 0) return;
+  const base = view.base!;
+  const newest = newestTask(view) ?? base;
+  const moved = newest.version > base.version;
+  const text = 'title' in patch || 'description' in patch;
+  if (moved && text && !overwrite) return showConflict(view, newest);
+  try {
+    const { data } = await session().updateTask(view.taskId, patch as Parameters<Session['updateTask']>[1], { ifMatch: newest.version });
+    // Version-checked: the activity of a later change may have filled the form already.
+    if (state.view === view && data.version > view.shownVersion) fillTask(view, data);
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 412) || retried) throw e;
+    const { data: now } = await session().getTask(view.taskId);
+    if (state.view !== view) return;
+    if (now.version > (view.latest?.version ?? -1)) view.latest = now;
+    if (text) return showConflict(view, now);
+    await saveTask(view, overwrite, true);
+  }
 }
 
 /** Keeps the open task's form on the newest version; closes it when the task left the board. */
@@ -504,7 +597,14 @@ function followOpenTask(): void {
   if (!view || !tasks) return;
   const t = tasks.get(view.taskId);
   if (t) {
-    if (t.version > view.shownVersion) fillTask(view, t);
+    if (t.version <= view.shownVersion) return;
+    if (Object.keys(edits(view)).length === 0) {
+      fillTask(view, t);
+    } else if (t.version > (view.latest?.version ?? -1)) {
+      // The user is editing: their draft stays; saving compares it with this.
+      view.latest = t;
+      $('task-version').textContent = `version ${view.shownVersion} (changed since: version ${t.version})`;
+    }
     return;
   }
   const status = tasks.getSnapshot().status;
@@ -521,7 +621,7 @@ function openTask(taskId: string): void {
   const rt = state.rt;
   const task = state.tasks?.get(taskId);
   if (!rt || !task) throw new Error('That task is no longer on this board.');
-  const view: TaskView = { taskId, sub: null, comments: null, stops: [], shownVersion: -1 };
+  const view: TaskView = { taskId, sub: null, comments: null, stops: [], shownVersion: -1, base: null, latest: null, changedBy: null };
   state.view = view;
   const current = () => state.view === view;
   fillTask(view, task);
@@ -538,6 +638,11 @@ function openTask(taskId: string): void {
         if (!current()) return;
         closeTask();
         notice(describe(e));
+      },
+      onActivity: (a) => {
+        // Who saved the newest change: what the warning before an overwrite names.
+        if (!current() || (a.type !== 'task.updated' && a.type !== 'task.assigned')) return;
+        if (a.data.task.id === taskId && view.base && a.data.task.version > view.base.version) view.changedBy = a.actorUserId;
       },
     },
   );
@@ -558,8 +663,22 @@ function openTask(taskId: string): void {
   renderComments(view, comments.getSnapshot());
 }
 
-function renderViewers(viewers: readonly PresenceUser[]): void {
-  $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
+const FIELD_NAMES: Record<PresenceField, string> = { title: 'the title', description: 'the description', comment: 'a comment' };
+
+/** "Ann is editing the description", "Bea is typing a comment". */
+function doing(v: PresenceViewer): string | null {
+  if (v.state === 'viewing' || !v.field) return null;
+  if (v.field === 'comment') return `${v.displayName} is ${v.state === 'typing' ? 'typing' : 'writing'} a comment`;
+  return `${v.displayName} is ${v.state === 'typing' ? 'typing in' : 'editing'} ${FIELD_NAMES[v.field]}`;
+}
+
+function renderViewers(viewers: readonly PresenceViewer[]): void {
+  $('viewers').replaceChildren(
+    ...viewers.map((v) => h('span', { class: 'viewer', 'data-user-id': v.userId, 'data-state': v.state }, v.displayName)),
+  );
+  const me = state.session?.user.id;
+  const lines = viewers.filter((v) => v.userId !== me).map(doing).filter((x): x is string => x !== null);
+  $('activity').textContent = lines.join('; ');
 }
 
 function renderComments(view: TaskView, s: LiveSnapshot<Comment>): void {
@@ -602,6 +721,8 @@ function closeTask(): void {
   }
   $('task-panel').hidden = true;
   $('viewers').replaceChildren();
+  $('activity').textContent = '';
+  $('conflict').hidden = true;
   $('comments').replaceChildren();
   $('workspace').classList.remove('with-panel');
 }
@@ -809,6 +930,47 @@ function attachMentions(area: HTMLTextAreaElement, listId: string): void {
   });
 }
 
+// ------------------------------------------------------------------ presence state: what this user does in the task
+
+/** How long after the last key press `typing` goes back to `editing`. */
+const TYPING_IDLE_MS = 3000;
+
+/**
+ * Tells the others in the open task what this user does with `el`: `editing` while it has the
+ * focus, `typing` while keys are pressed (the client sends a state only when it changes, and
+ * keeps it alive while it holds), `viewing` when the focus leaves the task's fields.
+ */
+function trackEditing(el: HTMLInputElement | HTMLTextAreaElement, name: PresenceField): void {
+  let idle: ReturnType<typeof setTimeout> | null = null;
+  const set = (st: 'viewing' | 'editing' | 'typing') => {
+    const view = state.view;
+    const rt = state.rt;
+    if (!view || !rt) return;
+    if (st === 'viewing') rt.setPresence(view.taskId, 'viewing');
+    else rt.setPresence(view.taskId, st, name);
+  };
+  el.addEventListener('focus', () => set('editing'));
+  el.addEventListener('input', () => {
+    set('typing');
+    if (idle) clearTimeout(idle);
+    idle = setTimeout(() => {
+      idle = null;
+      if (document.activeElement === el) set('editing');
+    }, TYPING_IDLE_MS);
+  });
+  el.addEventListener('blur', () => {
+    if (idle) clearTimeout(idle);
+    idle = null;
+    // Focus moving to another tracked field says `editing` itself right after.
+    setTimeout(() => {
+      const active = document.activeElement;
+      if (!(active instanceof HTMLElement) || !active.closest('#task-panel') || !TRACKED.has(active)) set('viewing');
+    }, 0);
+  });
+  TRACKED.add(el);
+}
+const TRACKED = new Set<Element>();
+
 // ------------------------------------------------------------------ wiring
 
 function on(id: string, handler: (f: HTMLFormElement) => Promise<void>): void {
@@ -867,21 +1029,26 @@ function init(): void {
     await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
     f.reset();
   });
-  on('task-edit', async (f) => {
+  on('task-edit', async () => {
+    const view = state.view;
+    if (view) await saveTask(view, false);
+  });
+  $('conflict-overwrite').addEventListener('click', guarded(async () => {
     const view = state.view;
     if (!view) return;
-    const assignee = field(f, 'assigneeUserId');
-    const patch = {
-      title: field(f, 'title'),
-      description: field(f, 'description'),
-      status: field(f, 'status') as TaskStatus,
-      priority: field(f, 'priority') as Priority,
-      assigneeUserId: assignee === '' ? null : assignee,
-    };
-    const { data } = await session().updateTask(view.taskId, patch, { ifMatch: Number(f.dataset.version) });
-    // Version-checked: the activity of a later change may have filled the form already.
-    if (state.view === view && data.version > view.shownVersion) fillTask(view, data);
-  });
+    $('conflict').hidden = true;
+    await saveTask(view, true);
+  }));
+  $('conflict-reload').addEventListener('click', guarded(async () => {
+    const view = state.view;
+    if (!view) return;
+    const { data } = await session().getTask(view.taskId);
+    const newest = newestTask(view);
+    if (state.view === view) fillTask(view, newest && newest.version > data.version ? newest : data);
+  }));
+  trackEditing(form('task-edit').elements.namedItem('title') as HTMLInputElement, 'title');
+  trackEditing(form('task-edit').elements.namedItem('description') as HTMLTextAreaElement, 'description');
+  trackEditing(form('comment-form').elements.namedItem('body') as HTMLTextAreaElement, 'comment');
   $('task-delete').addEventListener('click', guarded(async () => {
     const view = state.view;
     if (!view || !confirm('Delete this task?')) return;

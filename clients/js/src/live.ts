@@ -451,6 +451,12 @@ abstract class LiveBase<T> {
 
   // ---- rooms ----
 
+  /** The team the collection's rooms belong to, when it is known up front (an SSE stream resumes
+   * per team: see `SubscribeOptions.teamId`). */
+  protected teamOf(): string | undefined {
+    return undefined;
+  }
+
   protected join(scope: Scope, since: number): void {
     if (this.finished) return;
     const key = 'teamId' in scope ? `team:${scope.teamId}` : 'boardId' in scope ? `board:${scope.boardId}` : `task:${scope.taskId}`;
@@ -482,7 +488,7 @@ abstract class LiveBase<T> {
             if (current()) this.onRoomEnded(room, e);
           },
         },
-        { since },
+        { since, ...(this.teamOf() ? { teamId: this.teamOf()! } : {}) },
       );
     } catch (e) {
       this.rooms.delete(key);
@@ -808,6 +814,10 @@ class LiveTasks extends LiveBase<Task> {
     return compareTasks(a, b);
   }
 
+  protected override teamOf(): string {
+    return this.q.teamId;
+  }
+
   private matches(t: Task): boolean {
     const q = this.q;
     return (
@@ -977,6 +987,10 @@ class LiveMembers extends LiveBase<Member> {
   constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, teamId: string) {
     super(rt, http, pageSize, key);
     this.teamId = teamId;
+  }
+
+  protected override teamOf(): string {
+    return this.teamId;
   }
 
   protected idOf(m: Member): string {

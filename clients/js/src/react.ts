@@ -14,8 +14,9 @@
 
 import { useMemo, useSyncExternalStore, type DependencyList } from 'react';
 
-import type { Comment, Member, Notification, PresenceUser, Task } from './generated/protocol.js';
+import type { Comment, Member, Notification, Task } from './generated/protocol.js';
 import type { Session } from './http.js';
+import type { PresenceUser, PresenceViewer } from './presence.js';
 import { openInbox, type Inbox, type InboxOptions, type InboxSnapshot } from './inbox.js';
 import {
   openLiveComments,
@@ -327,7 +328,7 @@ export function useInbox(rt: RealtimeClient, opts?: InboxOptions): InboxState {
 
 // ---- presence -----------------------------------------------------------------------------------
 
-const NO_VIEWERS: readonly PresenceUser[] = Object.freeze([]);
+const NO_VIEWERS: readonly PresenceViewer[] = Object.freeze([]);
 
 /** One hook instance's task room: subscribed by React's subscribe, released by its unsubscribe. */
 class PresenceStore {
@@ -358,17 +359,18 @@ class PresenceStore {
     };
   };
 
-  readonly getSnapshot = (): readonly PresenceUser[] => this.sub?.presence?.viewers ?? NO_VIEWERS;
+  readonly getSnapshot = (): readonly PresenceViewer[] => this.sub?.presence?.viewers ?? NO_VIEWERS;
 }
 
 /**
- * Who is looking at the task (the caller included), while the component is mounted: subscribes
+ * Who is looking at the task (the caller included) and what each is doing there (`state`:
+ * `viewing`, `editing` or `typing`, with the `field`), while the component is mounted: subscribes
  * the task's room and releases it on unmount or when `taskId` changes. A frozen array that keeps
  * its identity until the list changes; empty for `null`, and until the room is joined. Whether the
  * list is current (it is not while reconnecting) is `subscription.presence.synced`, or
  * `useConnectionState(rt).state === 'open'`.
  */
-export function usePresence(rt: RealtimeClient, taskId: string | null): readonly PresenceUser[] {
+export function usePresence(rt: RealtimeClient, taskId: string | null): readonly PresenceViewer[] {
   checkClient(rt);
   if (taskId !== null && (typeof taskId !== 'string' || taskId === '')) {
     throw new TypeError('usePresence: taskId must be a non-empty string or null');
@@ -383,4 +385,4 @@ function checkClient(rt: RealtimeClient): void {
   }
 }
 
-export type { ConnectionState, InboxSnapshot, LiveCollection, LiveSnapshot, Notification, PresenceUser, StateChange };
+export type { ConnectionState, InboxSnapshot, LiveCollection, LiveSnapshot, Notification, PresenceUser, PresenceViewer, StateChange };

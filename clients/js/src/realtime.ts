@@ -50,8 +50,20 @@ import {
   type LiveOptions,
   type LiveTasksQuery,
 } from './live.js';
-import { PresenceState } from './presence.js';
+import { PresenceState, type PresenceEntry, type PresenceField, type ViewerState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame, type ScopeKey } from './scope.js';
+import {
+  FetchEventSource,
+  formatEventId,
+  parseEventId,
+  sseUrl,
+  tokenExpiry,
+  type EventSourceConstructor,
+  type EventSourceLike,
+  type StreamErrorEvent,
+  type StreamPosition,
+} from './sse.js';
+import { API_PREFIX, type FetchLike } from './http.js';
 
 /**
  * The part of the WebSocket API the client uses. The browser's `WebSocket` and the `ws` package's
@@ -68,6 +80,9 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** How the client talks to the server: one WebSocket, or an event stream (SSE) and POSTs. */
+export type Transport = 'websocket' | 'sse';
 
 export type ConnectionState =
   /** `connect()` not called yet. */
@@ -91,6 +106,8 @@ export interface StateChange {
   /** On 'open': true when this is not the first socket. Refetch `GET /me` then: deliveries to a
    * user's own sockets (assignments, memberships) are live only and are not replayed. */
   reconnected?: boolean;
+  /** On 'open': the transport the connection uses. */
+  transport?: Transport;
   /** On 'closed' by the client: why (`closed`: the app closed it; `unauthorized`: the
    * credentials are gone). */
   error?: RealtimeError;
@@ -165,6 +182,13 @@ export type SubscriptionEvents = { [T in ActivityType]: ActivityOf<T> } & {
 export interface SubscribeOptions {
   /** Resume after this seq (e.g. the `X-TaskForge-Seq` of the snapshot the app holds). */
   since?: number;
+  /**
+   * The team a board or task scope belongs to. Over SSE a stream resumes per team, so a new
+   * board or task subscription with `since` needs its team to resume exactly from there; without
+   * it the client looks a task's team up over HTTP, and for a board reports a gap after the join
+   * (the app refetches). Ignored for team scopes and over the WebSocket.
+   */
+  teamId?: string;
 }
 
 export type SubscriptionState = 'pending' | 'active' | 'ended';
@@ -202,11 +226,22 @@ class Room {
   /** `unavailable` answers in a row, for the retry backoff. */
   refusals = 0;
   retryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The team the scope belongs to, when known (SSE streams resume per team). */
+  teamId: string | null;
+  /** SSE: joined on a stream whose resume point covers it (no `since` of its own needed). */
+  sseCovered = false;
+  /** SSE: joining with a `since` the stream could not be told (the team is unknown): the join
+   * reports a gap from there. */
+  blindSince: number | null = null;
+  /** SSE: looking the task's team up over HTTP; looked up once (found or not). */
+  lookingUp = false;
+  lookedUp = false;
 
-  constructor(scope: Scope, reportError: (e: unknown) => void) {
+  constructor(scope: Scope, reportError: (e: unknown) => void, teamId: string | null) {
     this.scope = scope;
     this.key = scopeKey(scope);
     this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, reportError) : undefined;
+    this.teamId = 'teamId' in scope ? scope.teamId : teamId;
   }
 
   record(a: Activity): void {
@@ -356,6 +391,10 @@ class InboxStream {
   retryTimer: ReturnType<typeof setTimeout> | null = null;
   /** Set while subscribing again without `since` after `resume_unavailable`. */
   gap: { since: number; message: string } | null = null;
+  /** SSE: joined on a stream whose resume point covers it. */
+  sseCovered = false;
+  /** The `since` of the last subscribe (null: none). */
+  wantSince: number | null = null;
 }
 
 /** One handle on the user's inbox stream. Created by `RealtimeClient.subscribeInbox`. */
@@ -436,6 +475,29 @@ export interface RealtimeOptions {
   session?: Session;
   /** A WebSocket class; defaults to the global one (browsers, Node 22+). In Node 20 pass `ws`. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * `websocket`: only the socket (`/realtime`). `sse`: only the event stream
+   * (`/realtime/sse`, with POSTs for what the client sends). `auto` (the default): the socket,
+   * and the event stream from the moment the socket proves unusable (it failed to open twice in
+   * a row, or did not open within `openTimeoutMs`, or dropped three times in a row before staying
+   * up `backoff.resetAfterMs`: a proxy that blocks or cuts WebSockets). The choice holds for the
+   * client's life, except that the socket is tried again now and then (`probeWebSocketMs`).
+   */
+  transport?: 'auto' | Transport;
+  /**
+   * An EventSource class for the event stream (e.g. the browser's). By default the client reads
+   * the stream with its own reader over `fetch` (`FetchEventSource`), which sends the token in a
+   * header, sees why a stream was refused and sees the keepalives. With an EventSource the token
+   * goes in `?token=`.
+   */
+  EventSource?: EventSourceConstructor;
+  /** The `fetch` of the event stream's reader and of its POSTs (default: the global one). */
+  fetch?: FetchLike;
+  /** `auto`: how long a socket may take to open before it counts as failed (default 5 s). */
+  openTimeoutMs?: number;
+  /** `auto`, on the event stream: try the socket again after this long, doubling up to 30 min
+   * while it keeps failing (default 2 min; 0: never). A socket that opens takes over. */
+  probeWebSocketMs?: number;
   backoff?: BackoffOptions;
   /** Send a `ping` after this much silence (default 25 s); reconnect if nothing comes back
    * within `heartbeatTimeoutMs` (default 10 s). Detects half-open connections. */
@@ -480,13 +542,27 @@ export interface RealtimeStats {
   remembered: number;
   /** Inbox event frames received (duplicates included). */
   inboxEvents: number;
+  /** Event streams opened (SSE: one per connection and per change of the scopes). */
+  streams: number;
+  /** Times the client moved from one transport to the other (`auto`). */
+  transportSwitches: number;
 }
 
 type Outbound =
   | { kind: 'auth'; frame: ClientFrame; token: AccessToken }
   | { kind: 'subscribe' | 'unsubscribe'; frame: ClientFrame; key: ScopeKey; room: Room }
   | { kind: 'inbox' | 'inbox-unsub'; frame: InboxClientFrame; stream: InboxStream }
-  | { kind: 'ping'; frame: ClientFrame };
+  | { kind: 'ping'; frame: ClientFrame }
+  /** Not answered by the server (only refused, scoped to the task): never in `inflight`. */
+  | { kind: 'presence'; frame: PresenceClientFrame };
+
+/** What a user is doing in a task room, as the client sends it. */
+export interface PresenceClientFrame {
+  type: 'presence';
+  taskId: string;
+  state: ViewerState;
+  field?: PresenceField;
+}
 
 const OPEN = 1;
 /** Client-wide de-duplication: per team, the newest seqs received; and how many teams. A frame
@@ -529,6 +605,12 @@ class SeenWindow {
 
 const INBOX_EVENTS = new Set(['notification.created', 'notification.read']);
 
+/** The `error` codes before which the server ends an event stream. */
+const STREAM_ENDERS = new Set(['slow_consumer', 'token_expired', 'unauthorized', 'rate_limited']);
+
+const VIEWER_STATES = new Set<ViewerState>(['viewing', 'editing', 'typing']);
+const PRESENCE_FIELDS = new Set<PresenceField>(['title', 'description', 'comment']);
+
 /** An inbox event, or a reply or error that names the inbox (`inbox: true`). */
 function isInboxFrame(frame: unknown): boolean {
   const f = frame as { type?: unknown; inbox?: unknown } | null;
@@ -537,7 +619,8 @@ function isInboxFrame(frame: unknown): boolean {
 }
 
 function isPresence(a: Activity | PresenceActivity): a is PresenceActivity {
-  return (PRESENCE_TYPES as readonly string[]).includes(a.type);
+  // Every `presence.*` type (a server may add some: `presence.updated` came after the first).
+  return (PRESENCE_TYPES as readonly string[]).includes(a.type) || String(a.type).startsWith('presence.');
 }
 
 function decode(data: unknown): string | null {
@@ -571,10 +654,32 @@ function withTimeout<T>(p: Promise<T>, ms: number, error: () => Error): Promise<
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** One event stream of the SSE transport: a fixed set of scopes. */
+interface SseConn {
+  /** Local number (the server's id is `streamId`). */
+  readonly n: number;
+  readonly es: EventSourceLike;
+  readonly url: string;
+  /** Whether `es` is the client's own reader (the token is in a header, not in `url`). */
+  readonly own: boolean;
+  /** The server's id, from the `stream` event; POSTs go to it. */
+  streamId: string | null;
+  /** The resume point: what it was opened with, then the `id:` of the last event. */
+  pos: StreamPosition;
+  /** Rooms (and the inbox) of this stream not answered yet (`subscribed` or an error). */
+  readonly waiting: Set<Room | InboxStream>;
+  /** Task rooms joined on this stream (presence goes to a stream that has the room). */
+  readonly joined: Set<Room>;
+  /** The code of the `error` event before the server ended the stream. */
+  endCode: string | null;
+  /** Bounds the wait for the `stream` event. */
+  timer: ReturnType<typeof setTimeout> | null;
+}
+
 export class RealtimeClient {
   private readonly url: string;
   private readonly tokens: TokenSource;
-  private readonly WS: WebSocketConstructor;
+  private readonly WS: WebSocketConstructor | null;
   private readonly opts: RealtimeOptions;
   private readonly random: () => number;
   /** The HTTP session for live collections, if any. */
@@ -620,6 +725,46 @@ export class RealtimeClient {
   /** Timers of messages refused with `rate_limited`, waiting to be sent again. */
   private readonly resendTimers = new Set<ReturnType<typeof setTimeout>>();
 
+  // ---- transport choice
+  private readonly transportOption: 'auto' | Transport;
+  /** The transport of the current (or next) connection. */
+  private mode: Transport;
+  /** `auto`: sockets in a row that failed to open, and that dropped before staying up. */
+  private wsFailedOpens = 0;
+  private wsShortCloses = 0;
+  /** The server answered HTTP after sockets failed to open; and a socket failed after that. */
+  private wsHttpUp = false;
+  private wsFailedWhileUp = false;
+  /** The current socket fired `open`. */
+  private wsOpened = false;
+  private openTimer: ReturnType<typeof setTimeout> | null = null;
+  private probeTimer: ReturnType<typeof setTimeout> | null = null;
+  private probeDelayMs = 0;
+  private probeSocket: WebSocketLike | null = null;
+
+  // ---- the SSE transport
+  private readonly sseBase: string;
+  private readonly ES: EventSourceConstructor | null;
+  private readonly fetchImpl: FetchLike | null;
+  /** The token of the current SSE connection (null: not connected over SSE). */
+  private sseToken: AccessToken | null = null;
+  /** The stream being opened or open, and the one it replaces (kept until the new one has
+   * joined every scope, so that presence does not flicker). */
+  private sse: SseConn | null = null;
+  private sseOld: SseConn | null = null;
+  private sseCount = 0;
+  private reopenTimer: ReturnType<typeof setTimeout> | null = null;
+  private retireTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The resume point of the last stream, kept across reconnects. */
+  private ssePos: StreamPosition = new Map();
+  /** The `auth` POSTed on the stream, until `authenticated` answers it. */
+  private sseRenewal: AccessToken | null = null;
+
+  // ---- presence state
+  /** The state this client holds per task room (editing or typing; viewing is not held). */
+  private readonly presenceHeld = new Map<string, { state: ViewerState; field?: PresenceField }>();
+  private presenceTimer: ReturnType<typeof setInterval> | null = null;
+
   private readonly counters: Omit<RealtimeStats, 'remembered'> = {
     connects: 0,
     activityFrames: 0,
@@ -628,6 +773,8 @@ export class RealtimeClient {
     gaps: 0,
     rateLimited: 0,
     inboxEvents: 0,
+    streams: 0,
+    transportSwitches: 0,
   };
 
   constructor(opts: RealtimeOptions) {
@@ -637,10 +784,23 @@ export class RealtimeClient {
     this.tokens = typeof auth === 'string' ? { getAccessToken: async () => ({ token: auth }) } : auth;
     this.session = opts.session ?? (auth instanceof Session ? auth : undefined);
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) {
+    const transport = opts.transport ?? 'auto';
+    if (transport !== 'auto' && transport !== 'websocket' && transport !== 'sse') {
+      throw new TypeError(`transport is 'auto', 'websocket' or 'sse', not ${JSON.stringify(transport)}`);
+    }
+    this.transportOption = transport;
+    if (!WS && transport === 'websocket') {
       throw new Error('no WebSocket implementation: pass { WebSocket } (e.g. the "ws" package in Node 20)');
     }
-    this.WS = WS;
+    this.WS = WS ?? null;
+    this.sseBase = sseUrl(opts.url);
+    this.ES = opts.EventSource ?? null;
+    const f = opts.fetch ?? (typeof globalThis.fetch === 'function' ? globalThis.fetch.bind(globalThis) : null);
+    this.fetchImpl = f;
+    this.mode = transport === 'sse' || !WS ? 'sse' : 'websocket';
+    if (this.mode === 'sse' && !this.ES && !f) {
+      throw new Error('no WebSocket and no fetch: pass { WebSocket } or { fetch } (or { EventSource })');
+    }
     this.random = opts.random ?? Math.random;
     this.bucket.tokens = this.sendRate.burst;
     this.bucket.at = Date.now();
@@ -648,6 +808,11 @@ export class RealtimeClient {
 
   get state(): ConnectionState {
     return this.stateValue;
+  }
+
+  /** The transport of the current connection (or of the next one while reconnecting). */
+  get transport(): Transport {
+    return this.mode;
   }
 
   get stats(): Readonly<RealtimeStats> {
@@ -693,6 +858,7 @@ export class RealtimeClient {
     this.closedBy = null;
     this.attempt = 0;
     this.authRejects = 0;
+    this.ensurePresenceTimer();
     void this.open();
   }
 
@@ -709,6 +875,8 @@ export class RealtimeClient {
     this.wantOpen = false;
     this.closedBy = reason;
     this.clearTimer('reconnectTimer');
+    this.stopProbe();
+    this.ensurePresenceTimer();
     this.socketId++;
     const ws = this.ws;
     this.teardown();
@@ -724,8 +892,8 @@ export class RealtimeClient {
    */
   reconnect(): void {
     if (!this.wantOpen) return;
-    if (this.ws) {
-      this.dropSocket(4000, 'reconnect requested');
+    if (this.ws || this.sseToken) {
+      this.dropSocket(4000, 'reconnect requested', false);
     }
     if (this.reconnectTimer) {
       this.clearTimer('reconnectTimer');
@@ -743,18 +911,21 @@ export class RealtimeClient {
     if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
       throw new TypeError('since is a seq: an integer, 0 or more');
     }
+    const teamHint = typeof opts.teamId === 'string' && opts.teamId !== '' ? opts.teamId.toLowerCase() : null;
     let room = this.rooms.get(key);
     const fresh = !room;
     if (!room) {
-      room = new Room(plain, (e) => this.reportError(e));
+      room = new Room(plain, (e) => this.reportError(e), teamHint);
       this.rooms.set(key, room);
+    } else if (room.teamId === null && teamHint) {
+      room.teamId = teamHint;
     }
     const sub = new Subscription(this, room, handlers, opts.since ?? null);
     room.handles.add(sub);
     // Made on a closed client: kept (a later `connect()` joins it), but `ready` says why not now.
     if (this.closedBy) sub.rejectReady(this.closedBy);
     if (fresh) {
-      if (this.authed) this.sendSubscribe(room);
+      if (this.canSubscribe()) this.sendSubscribe(room);
     } else if (room.status === 'active') {
       // The room is live: this handle starts from its history, once the caller has had the
       // chance to attach listeners to what `subscribe` returns.
@@ -780,6 +951,13 @@ export class RealtimeClient {
 
   /** Leaves a room whose last handle went. */
   private leave(room: Room): void {
+    if ('taskId' in room.scope) this.presenceHeld.delete(room.scope.taskId);
+    if (this.mode === 'sse') {
+      // The stream's scopes are fixed: a new stream without this room replaces it.
+      this.endRoom(room, null);
+      this.requestReopen();
+      return;
+    }
     const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.room === room);
     this.endRoom(room, null);
     if (queued >= 0) {
@@ -806,7 +984,7 @@ export class RealtimeClient {
     stream.handles.add(sub);
     if (this.closedBy) sub.rejectReady(this.closedBy);
     if (fresh) {
-      if (this.authed) this.sendInboxSubscribe(stream);
+      if (this.canSubscribe()) this.sendInboxSubscribe(stream);
       return sub;
     }
     const joined = stream;
@@ -819,7 +997,7 @@ export class RealtimeClient {
           this.inboxCatchUp(sub, [], joined.cursor ?? 0, joined.unread);
         }
       });
-    } else if (this.authed && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
+    } else if (this.canSubscribe() && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
       // Older than what the stream delivered or asked for: ask again from there; the handles that
       // are further along drop what they already had.
       this.sendInboxSubscribe(stream);
@@ -839,6 +1017,10 @@ export class RealtimeClient {
     // Subscribes still queued were never sent: nothing to undo for them.
     this.queue = this.queue.filter((o) => !(o.kind === 'inbox' && o.stream === stream));
     this.endInbox(stream, null);
+    if (this.mode === 'sse') {
+      this.requestReopen();
+      return;
+    }
     if (this.authed && wasOnSocket) {
       this.enqueue({ kind: 'inbox-unsub', stream, frame: { type: 'unsubscribe', inbox: true } });
     }
@@ -917,18 +1099,39 @@ export class RealtimeClient {
       return this.scheduleReconnect({});
     }
     if (id !== this.socketId || !this.wantOpen) return;
+    if (this.mode === 'websocket' && this.transportOption === 'auto' && this.wsFailedOpens >= 2) {
+      // Sockets that do not open while the server answers HTTP: something on the way blocks
+      // WebSockets. While the server is down nothing answers, and the socket stays; once it
+      // answers, the socket gets one more try (a server back from a restart takes it).
+      const reachable = await this.serverAnswers();
+      if (id !== this.socketId || !this.wantOpen) return;
+      if (reachable && this.wsFailedWhileUp) this.switchTransport('sse');
+      else this.wsHttpUp = reachable;
+    }
+    if (this.mode === 'sse' || !this.WS) return this.openSse(token);
     let ws: WebSocketLike;
     try {
       ws = new this.WS(this.url);
     } catch (e) {
       this.reportError(e);
+      if (this.transportOption === 'auto') this.wsFailedOpens++;
       return this.scheduleReconnect({});
     }
     this.ws = ws;
+    this.wsOpened = false;
+    // A socket whose opening hangs (a proxy that swallows the upgrade) counts as failed.
+    this.openTimer = setTimeout(() => {
+      this.openTimer = null;
+      if (id === this.socketId && !this.wsOpened) this.dropSocket(4000, 'the socket did not open in time');
+    }, this.opts.openTimeoutMs ?? 5000);
     // The token goes in the first message rather than in `?token=`: browsers cannot set headers,
     // and URLs end up in logs. The `authenticated` reply also tells when the server cuts us off.
     ws.onopen = () => {
       if (id !== this.socketId) return;
+      this.wsOpened = true;
+      this.wsFailedOpens = 0;
+      this.wsHttpUp = this.wsFailedWhileUp = false;
+      this.clearTimer('openTimer');
       this.lastHeard = Date.now();
       this.send({ kind: 'auth', token, frame: { type: 'auth', token: token.token } });
       this.authTimer = setTimeout(() => {
@@ -946,10 +1149,13 @@ export class RealtimeClient {
     };
   }
 
-  private onSocketClosed(id: number, code: number, reason: string): void {
+  private onSocketClosed(id: number, code: number, reason: string, countFailure = true): void {
     if (id !== this.socketId) return;
     const authedAt = this.authedAt;
+    const wasWs = this.ws !== null;
+    const opened = this.wsOpened;
     this.teardown();
+    if (wasWs && countFailure && this.wantOpen) this.noteSocketFailure(opened, authedAt, code);
     // The attempt count starts over only after a socket that stayed up a while: a server that
     // accepts and drops at once is retried ever more slowly, not every few hundred ms.
     if (authedAt > 0 && Date.now() - authedAt >= (this.opts.backoff?.resetAfterMs ?? 10_000)) this.attempt = 0;
@@ -978,12 +1184,14 @@ export class RealtimeClient {
   /** Forgets the socket and everything tied to it; subscriptions wait to be joined again. */
   private teardown(): void {
     this.ws = null;
+    this.wsOpened = false;
     this.authed = false;
     this.authedAt = 0;
     this.queue = [];
     this.inflight = [];
     this.currentToken = null;
-    for (const t of ['authTimer', 'renewTimer', 'pumpTimer'] as const) this.clearTimer(t);
+    this.closeSse();
+    for (const t of ['authTimer', 'renewTimer', 'pumpTimer', 'openTimer'] as const) this.clearTimer(t);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = null;
     for (const t of this.resendTimers) clearTimeout(t);
@@ -1024,11 +1232,12 @@ export class RealtimeClient {
     }, delayMs);
   }
 
-  /** Abandons the current socket at once (without waiting for a close handshake) and reconnects. */
-  private dropSocket(code: number, reason: string): void {
+  /** Abandons the current socket (or event stream) at once, without waiting for a close
+   * handshake, and reconnects. `countFailure`: whether it counts against the socket (`auto`). */
+  private dropSocket(code: number, reason: string, countFailure = true): void {
     const ws = this.ws;
     if (ws) this.detachAndClose(ws, code, reason, true);
-    this.onSocketClosed(this.socketId, code, reason);
+    this.onSocketClosed(this.socketId, code, reason, countFailure);
   }
 
   private detachAndClose(ws: WebSocketLike, code: number, reason: string, abandon = false): void {
@@ -1052,10 +1261,700 @@ export class RealtimeClient {
     else this.reportError(error);
   }
 
-  private clearTimer(name: 'reconnectTimer' | 'authTimer' | 'renewTimer' | 'pumpTimer'): void {
+  private clearTimer(
+    name: 'reconnectTimer' | 'authTimer' | 'renewTimer' | 'pumpTimer' | 'openTimer' | 'reopenTimer' | 'retireTimer' | 'probeTimer',
+  ): void {
     const t = this[name];
     if (t) clearTimeout(t);
     this[name] = null;
+  }
+
+
+  // ---- the transport choice ------------------------------------------------------------------
+
+  /**
+   * `auto`: a socket closed. It counts against the socket if it never opened (decided at the next
+   * attempt, after asking whether the server answers HTTP), or if it dropped abnormally before
+   * staying up `resetAfterMs`: three of those in a row and the client moves to the event stream.
+   */
+  private noteSocketFailure(opened: boolean, authedAt: number, code: number): void {
+    if (this.transportOption !== 'auto' || this.mode !== 'websocket') return;
+    const stableMs = this.opts.backoff?.resetAfterMs ?? 10_000;
+    if (authedAt > 0 && Date.now() - authedAt >= stableMs) {
+      this.wsFailedOpens = 0;
+      this.wsShortCloses = 0;
+      this.probeDelayMs = 0;
+      return;
+    }
+    if (!opened) {
+      this.wsFailedOpens++;
+      if (this.wsHttpUp) this.wsFailedWhileUp = true;
+      return;
+    }
+    // A server going away (1001) or closing on purpose (1000, its 4xxx codes) is not a blocked
+    // socket; our own 4000 is (no answer to `auth`).
+    const abnormal = code === 4000 || (code < 4000 && code !== 1000 && code !== 1001);
+    if (abnormal && ++this.wsShortCloses >= 3) this.switchTransport('sse');
+  }
+
+  /** Whether the server answers a plain HTTP request (`/healthz`), bounded by `openTimeoutMs`. */
+  private async serverAnswers(): Promise<boolean> {
+    const f = this.fetchImpl;
+    if (!f) return true; // cannot tell: the event stream's own failures will say
+    const url = `${this.sseBase.replace(/\/realtime\/sse$/, '')}/healthz`;
+    const ctrl = new AbortController();
+    try {
+      const res = await withTimeout(
+        f(url, { signal: ctrl.signal, cache: 'no-store' }),
+        this.opts.openTimeoutMs ?? 5000,
+        () => new RealtimeError('timeout', 'no answer'),
+      );
+      void res.body?.cancel().catch(() => {});
+      return true;
+    } catch {
+      ctrl.abort();
+      return false;
+    }
+  }
+
+  /** Moves to the other transport for the next connection. */
+  private switchTransport(to: Transport): void {
+    if (this.mode === to) return;
+    this.mode = to;
+    this.counters.transportSwitches++;
+    this.wsFailedOpens = 0;
+    this.wsShortCloses = 0;
+    this.wsHttpUp = this.wsFailedWhileUp = false;
+    // Resume points do not carry over: every room resumes from its own cursor.
+    this.ssePos = new Map();
+    for (const room of this.rooms.values()) room.sseCovered = false;
+    if (this.inboxStream) this.inboxStream.sseCovered = false;
+    if (to === 'sse') this.scheduleProbe();
+    else this.stopProbe();
+  }
+
+  private scheduleProbe(): void {
+    const first = this.opts.probeWebSocketMs ?? 120_000;
+    if (!(first > 0) || this.transportOption !== 'auto' || !this.WS || !this.wantOpen) return;
+    this.probeDelayMs = this.probeDelayMs > 0 ? Math.min(30 * 60_000, this.probeDelayMs * 2) : first;
+    this.clearTimer('probeTimer');
+    this.probeTimer = setTimeout(() => this.probe(), timerDelay(this.probeDelayMs));
+  }
+
+  private stopProbe(): void {
+    this.clearTimer('probeTimer');
+    const ws = this.probeSocket;
+    this.probeSocket = null;
+    if (ws) this.detachAndClose(ws, 1000, 'probe over');
+  }
+
+  /** On the event stream by fallback: does a socket open now? If so it takes over. */
+  private probe(): void {
+    this.probeTimer = null;
+    if (!this.wantOpen || this.mode !== 'sse' || !this.WS) return;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.url);
+    } catch {
+      return this.scheduleProbe();
+    }
+    this.probeSocket = ws;
+    const done = (ok: boolean) => {
+      if (this.probeSocket !== ws) return;
+      clearTimeout(timer);
+      this.probeSocket = null;
+      this.detachAndClose(ws, 1000, 'probe over');
+      if (!ok) return this.scheduleProbe();
+      if (!this.wantOpen || this.mode !== 'sse') return;
+      this.switchTransport('websocket');
+      this.reconnect();
+    };
+    const timer = setTimeout(() => done(false), this.opts.openTimeoutMs ?? 5000);
+    ws.onopen = () => done(true);
+    ws.onclose = () => done(false);
+    ws.onerror = () => {};
+  }
+
+  // ---- the SSE transport ---------------------------------------------------------------------
+  //
+  // A stream carries a fixed set of scopes, so subscribing or leaving opens a new stream with the
+  // new set, resuming from the `id:` of the last event the current one delivered (passed as
+  // `lastEventId`): each team of the stream replays after its seq there, so nothing is lost, and
+  // the rooms' cursors drop what they already had. A room that has not been on a stream yet
+  // needs its own `since`: the resume point is lowered to it for its team (the rooms already on
+  // the stream then see a replay of what they had, and drop it). The new stream is opened before
+  // the old one is closed, and the old one closes once the new one has joined every scope: the
+  // user stays in the task rooms throughout (presence does not flicker). Only the newest stream
+  // is read; the one it replaces is ignored.
+
+  /** Whether a subscribe can go out now (or into the stream being opened). */
+  private canSubscribe(): boolean {
+    return this.mode === 'sse' ? this.sseToken !== null : this.authed;
+  }
+
+  private hasSseScopes(): boolean {
+    for (const room of this.rooms.values()) if (room.status !== 'ended') return true;
+    return this.inboxStream !== null && this.inboxStream.status !== 'ended';
+  }
+
+  private openSse(token: AccessToken): void {
+    this.sseToken = token;
+    this.currentToken = token.token;
+    if (!this.hasSseScopes()) {
+      // Nothing to listen to: no stream until something is subscribed.
+      this.onSseAuthed();
+      return;
+    }
+    for (const room of [...this.rooms.values()]) this.sendSubscribe(room);
+    if (this.inboxStream) this.sendInboxSubscribe(this.inboxStream);
+  }
+
+  /** The connection is up (the first stream started, or there is nothing to stream). */
+  private onSseAuthed(): void {
+    if (this.authed) return;
+    const token = this.sseToken;
+    this.authed = true;
+    this.authedAt = Date.now();
+    this.counters.connects++;
+    const reconnected = this.everAuthed;
+    this.everAuthed = true;
+    this.startHeartbeat();
+    this.setState({ state: 'open', reconnected, transport: 'sse' });
+    if (token) {
+      const exp = tokenExpiry(token.token);
+      this.scheduleRenewal(token, exp === null ? '' : new Date(exp).toISOString());
+    }
+  }
+
+  /** Opens a stream with the current scopes soon (the changes of one task make one stream). */
+  private requestReopen(): void {
+    if (this.mode !== 'sse' || !this.sseToken || this.reopenTimer) return;
+    const id = this.socketId;
+    this.reopenTimer = setTimeout(() => {
+      this.reopenTimer = null;
+      if (id === this.socketId && this.sseToken && this.mode === 'sse') this.openStream();
+    }, 5);
+  }
+
+  private openStream(): void {
+    const rooms = [...this.rooms.values()].filter((r) => r.status !== 'ended');
+    const inbox = this.inboxStream && this.inboxStream.status !== 'ended' ? this.inboxStream : null;
+    if (rooms.length === 0 && !inbox) {
+      this.closeConn(this.sse);
+      this.closeConn(this.sseOld);
+      this.sse = this.sseOld = null;
+      this.onSseAuthed();
+      return;
+    }
+    // A task room new to the streams with a `since`: its team first (the resume point is per team).
+    const unknown = rooms.filter(
+      (r) => r.status === 'pending' && !r.sseCovered && !r.teamId && r.sentSince !== null && 'taskId' in r.scope && !r.lookedUp && !r.lookingUp,
+    );
+    if (unknown.length > 0 || rooms.some((r) => r.lookingUp)) {
+      for (const r of unknown) this.lookUpTeam(r);
+      return; // the lookups open the stream when they are done
+    }
+
+    // The resume point: the current stream's, lowered for rooms new to it.
+    const base = this.ssePos;
+    const pos: StreamPosition = new Map();
+    for (const [k, v] of base) if (k !== 'inbox') pos.set(k, v);
+    const lower = (k: string, v: number) => pos.set(k, Math.min(pos.get(k) ?? v, v));
+    for (const room of rooms) {
+      room.blindSince = null;
+      if (room.status !== 'pending') continue;
+      if (room.sseCovered) {
+        // Resumed by the stream's point; one that lacks the team (it never said) goes by the room.
+        if (room.teamId && !base.has(room.teamId) && room.cursor !== null) lower(room.teamId, room.cursor);
+        continue;
+      }
+      const since = room.sentSince;
+      if (since === null) continue;
+      if (room.teamId) lower(room.teamId, since);
+      else room.blindSince = since; // a board of an unknown team: a gap after the join
+    }
+    if (inbox) {
+      if (inbox.status === 'pending') {
+        const covered = inbox.sseCovered ? base.get('inbox') : undefined;
+        const want = inbox.gap ? undefined : (inbox.wantSince ?? undefined);
+        const at = [covered, want].filter((x): x is number => x !== undefined);
+        if (at.length > 0 && !inbox.gap) pos.set('inbox', Math.min(...at));
+      } else if (base.has('inbox')) {
+        pos.set('inbox', base.get('inbox')!);
+      }
+    }
+
+    const u = new URL(this.sseBase);
+    for (const room of rooms) {
+      const [k, v] = Object.entries(room.scope)[0]!;
+      u.searchParams.append(k, v);
+    }
+    if (inbox) u.searchParams.set('inbox', 'true');
+    if (pos.size > 0) u.searchParams.set('lastEventId', formatEventId(pos));
+    const own = !this.ES;
+    const token = this.currentToken ?? this.sseToken?.token ?? '';
+    if (!own) u.searchParams.set('token', token);
+    const url = u.toString();
+    let es: EventSourceLike;
+    try {
+      es = own
+        ? new FetchEventSource(url, {
+            headers: { authorization: `Bearer ${token}` },
+            ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
+          })
+        : new this.ES!(url);
+    } catch (e) {
+      this.reportError(e);
+      return this.dropSocket(1006, 'could not open the event stream', false);
+    }
+    this.counters.streams++;
+    const conn: SseConn = {
+      n: ++this.sseCount,
+      es,
+      url,
+      own,
+      streamId: null,
+      pos,
+      waiting: new Set<Room | InboxStream>([...rooms, ...(inbox ? [inbox] : [])]),
+      joined: new Set(),
+      endCode: null,
+      timer: null,
+    };
+    const prev = this.sse;
+    if (prev && prev.streamId !== null) {
+      // Kept until the new one has joined everything (bounded).
+      this.closeConn(this.sseOld);
+      this.sseOld = prev;
+      this.clearTimer('retireTimer');
+      this.retireTimer = setTimeout(() => this.retireOld(), 10_000);
+    } else {
+      this.closeConn(prev);
+    }
+    this.sse = conn;
+    this.ssePos = pos;
+    es.onmessage = (ev: { data: string; lastEventId?: string }) => this.onSseMessage(conn, ev);
+    es.onerror = (ev) => this.onSseError(conn, ev as Partial<StreamErrorEvent>);
+    if (es instanceof FetchEventSource) {
+      es.oncomment = () => {
+        if (this.sse === conn) this.lastHeard = Date.now();
+      };
+    }
+    conn.timer = setTimeout(() => {
+      conn.timer = null;
+      if (this.sse === conn && conn.streamId === null) this.dropSocket(4000, 'the event stream did not start in time');
+    }, this.opts.authTimeoutMs ?? 10_000);
+  }
+
+  /** Finds a task's team over HTTP (the stream's resume point is per team). */
+  private lookUpTeam(room: Room): void {
+    if (!('taskId' in room.scope)) return;
+    const taskId = room.scope.taskId;
+    room.lookingUp = true;
+    const id = this.socketId;
+    const finish = (teamId: string | null) => {
+      room.lookingUp = false;
+      room.lookedUp = true; // not found (or no answer): joined with a gap reported after it
+      if (teamId && !room.teamId) room.teamId = teamId.toLowerCase();
+      if (id === this.socketId) this.requestReopen();
+    };
+    const read = async (): Promise<string | null> => {
+      if (this.session) return (await this.session.getTask(taskId)).data.teamId;
+      const f = this.fetchImpl;
+      if (!f) return null;
+      const base = this.sseBase.replace(/\/realtime\/sse$/, '');
+      const res = await withTimeout(
+        f(`${base}${API_PREFIX}/tasks/${taskId}`, {
+          headers: { authorization: `Bearer ${this.currentToken ?? ''}`, accept: 'application/json' },
+        }),
+        this.opts.authTimeoutMs ?? 10_000,
+        () => new RealtimeError('timeout', 'no answer'),
+      );
+      if (!res.ok) return null;
+      const body = (await res.json()) as { teamId?: unknown };
+      return typeof body.teamId === 'string' ? body.teamId : null;
+    };
+    read().then(finish, () => finish(null));
+  }
+
+  private onSseMessage(conn: SseConn, ev: { data: string; lastEventId?: string }): void {
+    // The stream it replaces repeats what this one resumes: only the newest is read.
+    if (conn !== this.sse) return;
+    this.lastHeard = Date.now();
+    if (ev.lastEventId) {
+      conn.pos = parseEventId(ev.lastEventId);
+      this.ssePos = conn.pos;
+    }
+    let frame: { type?: unknown; [k: string]: unknown };
+    try {
+      frame = JSON.parse(ev.data) as typeof frame;
+    } catch (e) {
+      this.reportError(new RealtimeError('bad_frame', `unreadable event from the server: ${String(e)}`));
+      return;
+    }
+    if (frame.type === 'stream') {
+      conn.streamId = typeof frame.streamId === 'string' ? frame.streamId : '';
+      if (conn.timer) clearTimeout(conn.timer);
+      conn.timer = null;
+      this.onSseAuthed();
+      this.maybeRetire();
+      return;
+    }
+    this.onFrame(frame as unknown as ServerFrame);
+  }
+
+  private onSseError(conn: SseConn, ev: Partial<StreamErrorEvent>): void {
+    if (conn === this.sseOld) {
+      this.closeConn(conn);
+      this.sseOld = null;
+      return;
+    }
+    if (conn !== this.sse) return;
+    if (conn.own || conn.streamId !== null) return this.onStreamFailed(conn, ev.status, ev.code);
+    // An EventSource says nothing about why it could not open: ask.
+    conn.es.onerror = null;
+    conn.es.close();
+    void this.statusOf(conn.url).then((status) => {
+      if (this.sse === conn) this.onStreamFailed(conn, status === 200 ? undefined : status, undefined);
+    });
+  }
+
+  /** The status a GET of `url` answers (undefined: no answer). */
+  private async statusOf(url: string): Promise<number | undefined> {
+    const f = this.fetchImpl;
+    if (!f) return undefined;
+    const ctrl = new AbortController();
+    try {
+      const res = await withTimeout(f(url, { signal: ctrl.signal, headers: { accept: 'text/event-stream' } }), 5000, () => new Error('timeout'));
+      ctrl.abort();
+      return res.status;
+    } catch {
+      ctrl.abort();
+      return undefined;
+    }
+  }
+
+  /** The current stream was refused (`status`) or ended (no status). */
+  private onStreamFailed(conn: SseConn, status: number | undefined, code: string | undefined): void {
+    if (status === undefined) {
+      const c = conn.endCode;
+      const closeCode = c === 'token_expired' || c === 'unauthorized' ? 4001 : c === 'slow_consumer' ? 4008 : c === 'rate_limited' ? 4029 : 1006;
+      return this.dropSocket(closeCode, c ?? 'the event stream ended', false);
+    }
+    if (status === 401) return this.dropSocket(4001, 'the event stream refused the token', false);
+    if (status === 404 && this.transportOption === 'auto' && this.WS) {
+      // A server without the event stream: back to the socket.
+      this.switchTransport('websocket');
+      return this.dropSocket(1006, 'the server has no event stream', false);
+    }
+    if (status === 403 || status === 400) {
+      // 403: every scope of the stream is forbidden, as the socket answers each with `forbidden`.
+      // 400 (e.g. too many scopes, a scope of a deleted room): the scopes new to the streams go.
+      const fresh = [...conn.waiting].filter((x): x is Room => x instanceof Room && !x.sseCovered && x.status === 'pending');
+      const ending = status === 403 ? [...conn.waiting].filter((x): x is Room => x instanceof Room) : fresh;
+      if (ending.length === 0) {
+        this.reportError(new RealtimeError(code ?? 'bad_request', `the event stream was refused (${status})`));
+        return this.dropSocket(1006, `the event stream was refused (${status})`, false);
+      }
+      this.closeConn(conn);
+      this.sse = null;
+      const errorCode = status === 403 ? 'forbidden' : (code ?? 'bad_request');
+      for (const room of ending) {
+        if (room.status !== 'ended') this.endRoom(room, new RealtimeError(errorCode, `the server refused the stream (${status})`, room.scope));
+      }
+      this.onSseAuthed(); // the token was good
+      this.requestReopen();
+      return;
+    }
+    if (status === 429) return this.dropSocket(4029, 'rate limited', false);
+    return this.dropSocket(1006, `the event stream was refused (${status})`, false);
+  }
+
+  private closeConn(conn: SseConn | null): void {
+    if (!conn) return;
+    if (conn.timer) clearTimeout(conn.timer);
+    conn.timer = null;
+    conn.es.onmessage = null;
+    conn.es.onerror = null;
+    try {
+      conn.es.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** Closes every stream of the connection (the resume point is kept for the next one). */
+  private closeSse(): void {
+    this.closeConn(this.sse);
+    this.closeConn(this.sseOld);
+    this.sse = this.sseOld = null;
+    this.sseToken = null;
+    this.sseRenewal = null;
+    for (const t of ['reopenTimer', 'retireTimer'] as const) this.clearTimer(t);
+  }
+
+  /** The new stream has answered every scope: the old one can go. */
+  private maybeRetire(): void {
+    const conn = this.sse;
+    if (!this.sseOld || !conn || conn.streamId === null || conn.waiting.size > 0) return;
+    this.clearTimer('retireTimer');
+    // Presence states sent to the new stream take effect within the server's flush tick.
+    if (this.presenceHeld.size === 0) return this.retireOld();
+    this.retireTimer = setTimeout(() => this.retireOld(), 400);
+  }
+
+  private retireOld(): void {
+    this.retireTimer = null;
+    this.closeConn(this.sseOld);
+    this.sseOld = null;
+  }
+
+  /** A room's `subscribed` on the stream. */
+  private onSseSubscribed(key: ScopeKey, frame: { seq: number; presence?: readonly PresenceEntry[] | null }): void {
+    const room = this.rooms.get(key);
+    if (!room || room.status === 'ended') return;
+    const conn = this.sse;
+    conn?.waiting.delete(room);
+    if (conn && 'taskId' in room.scope) conn.joined.add(room);
+    if (room.status === 'pending') {
+      if (room.blindSince !== null) {
+        // Resumed from a point that may be after its `since`: the app refetches.
+        this.counters.gaps++;
+        room.gap = { since: room.blindSince, message: 'the stream could not resume this scope from its since (its team is unknown)' };
+        room.sentSince = null;
+        room.blindSince = null;
+      }
+      this.joinRoom(room, frame);
+    } else {
+      // Already live: the new stream replayed only what the room had not seen.
+      if (room.presence) room.presence.applySnapshot(frame.presence ?? []);
+      room.cursor = Math.max(room.cursor ?? frame.seq, frame.seq);
+    }
+    room.sseCovered = true;
+    this.resendPresence(room);
+    this.maybeRetire();
+  }
+
+  /** An `error` naming a room, on the stream. */
+  private onSseScopeError(key: ScopeKey, error: RealtimeError): void {
+    const room = this.rooms.get(key);
+    if (!room || room.status === 'ended') return; // e.g. the `forbidden` after a revocation
+    const conn = this.sse;
+    switch (error.code) {
+      case 'resume_unavailable':
+        // The server subscribes the team's scopes fresh: their `subscribed` follows; the room
+        // reports the gap then.
+        this.counters.gaps++;
+        room.gap = { since: room.status === 'pending' ? (room.sentSince ?? room.cursor ?? 0) : (room.cursor ?? 0), message: error.message };
+        room.status = 'pending';
+        room.sentSince = null;
+        room.buffer.clear();
+        room.sseCovered = false;
+        for (const h of room.handles) if (h.status === 'active') h.status = 'pending';
+        return;
+      case 'bad_request':
+      case 'forbidden':
+      case 'too_many_subscriptions':
+        if (error.code === 'bad_request' && room.status === 'active') {
+          this.reportError(error); // a presence message refused
+          return;
+        }
+        conn?.waiting.delete(room);
+        this.endRoom(room, error);
+        this.maybeRetire();
+        return;
+      default: {
+        // `unavailable`: a new stream with it, later, backing off while the refusals go on. It
+        // missed what the stream delivered meanwhile: it resumes from its own cursor.
+        conn?.waiting.delete(room);
+        room.status = 'pending';
+        room.buffer.clear();
+        room.sseCovered = false;
+        const id = this.socketId;
+        const b = this.opts.backoff ?? {};
+        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
+        room.refusals++;
+        if (room.retryTimer) clearTimeout(room.retryTimer);
+        room.retryTimer = setTimeout(() => {
+          room.retryTimer = null;
+          if (id === this.socketId && this.isCurrent(room)) this.sendSubscribe(room);
+        }, Math.round(base / 2 + (this.random() * base) / 2));
+        this.maybeRetire();
+      }
+    }
+  }
+
+  /** An `error` naming the inbox, on the stream. */
+  private onSseInboxError(error: RealtimeError): void {
+    const stream = this.inboxStream;
+    if (!stream || stream.status === 'ended') return;
+    const conn = this.sse;
+    if (error.code === 'resume_unavailable') {
+      this.counters.gaps++;
+      const wanted = [...stream.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
+      stream.gap = { since: wanted.length > 0 ? Math.min(...wanted) : 0, message: error.message };
+      stream.status = 'pending';
+      stream.buffer.clear();
+      stream.sseCovered = false;
+      return; // subscribed fresh: `subscribed` follows
+    }
+    conn?.waiting.delete(stream);
+    if (error.code !== 'unavailable') {
+      this.endInbox(stream, error);
+    } else {
+      stream.status = 'pending';
+      stream.sseCovered = false;
+      const id = this.socketId;
+      const b = this.opts.backoff ?? {};
+      const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
+      stream.refusals++;
+      if (stream.retryTimer) clearTimeout(stream.retryTimer);
+      stream.retryTimer = setTimeout(() => {
+        stream.retryTimer = null;
+        if (id === this.socketId && this.inboxStream === stream) this.sendInboxSubscribe(stream);
+      }, Math.round(base / 2 + (this.random() * base) / 2));
+    }
+    this.maybeRetire();
+  }
+
+  /** The answer to an `auth` POSTed on the stream. */
+  private onSseAuthenticated(expiresAt: string): void {
+    const token = this.sseRenewal;
+    this.sseRenewal = null;
+    if (token) {
+      this.sseToken = token;
+      this.currentToken = token.token;
+    }
+    this.counters.renewals++;
+    this.authRejects = 0;
+    this.scheduleRenewal(token ?? this.sseToken ?? undefined, expiresAt);
+  }
+
+  /** What the socket would send, over SSE: `auth`, `ping` and `presence` are POSTed to the stream. */
+  private postSse(o: Outbound): void {
+    if (o.kind !== 'auth' && o.kind !== 'ping' && o.kind !== 'presence') return; // scopes: a new stream
+    const conn = this.sse;
+    const id = this.socketId;
+    if (o.kind === 'auth') {
+      if (!conn || conn.streamId === null || !this.fetchImpl) {
+        // No stream to tell (or no way to POST): the next stream opens with the new token.
+        this.sseToken = o.token;
+        this.currentToken = o.token.token;
+        this.counters.renewals++;
+        const exp = tokenExpiry(o.token.token);
+        this.scheduleRenewal(o.token, exp === null ? '' : new Date(exp).toISOString());
+        if (conn) this.requestReopen();
+        return;
+      }
+      this.sseRenewal = o.token;
+    }
+    if (!conn || conn.streamId === null) return;
+    const token = o.kind === 'auth' ? o.token.token : (this.currentToken ?? '');
+    void this.post(conn, o.frame, token).then((status) => {
+      if (status === 202 || id !== this.socketId) return;
+      if (o.kind === 'auth') {
+        // Not taken: try again soon; if the token runs out first, the stream ends and the
+        // reconnect brings a fresh one.
+        this.sseRenewal = null;
+        this.clearTimer('renewTimer');
+        this.renewTimer = setTimeout(() => void this.renew(id), 1000 + this.random() * 1000);
+      } else if (o.kind === 'presence' && status === 400) {
+        this.reportError(new RealtimeError('bad_request', `the server refused a presence message for task ${o.frame.taskId}`));
+      }
+    });
+  }
+
+  /** POSTs one client message to a stream; answers the status (0: no answer). */
+  private async post(conn: SseConn, frame: unknown, token: string): Promise<number> {
+    const f = this.fetchImpl;
+    if (!f || conn.streamId === null) return 0;
+    try {
+      const res = await withTimeout(
+        f(`${this.sseBase}/${encodeURIComponent(conn.streamId)}`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          body: JSON.stringify(frame),
+        }),
+        this.opts.authTimeoutMs ?? 10_000,
+        () => new RealtimeError('timeout', 'no answer'),
+      );
+      void res.body?.cancel().catch(() => {});
+      return res.status;
+    } catch {
+      return 0;
+    }
+  }
+
+  // ---- presence state ------------------------------------------------------------------------
+
+  /**
+   * Tells the others in a task room what this user is doing there: `viewing` (the default, what
+   * being in the room means), `editing` a field, or `typing` in one (`field` is required then).
+   * Sent over whichever transport is in use once the task room is joined (the app subscribes to
+   * it, e.g. with `rt.subscribe({ taskId })` or a comments collection), and again every 2 s while
+   * it holds, so that the server does not let it lapse back to `viewing`. Setting the state it
+   * already holds sends nothing. Leaving the room clears it (the server forgets it with the room).
+   */
+  setPresence(taskId: string, state: ViewerState, field?: PresenceField): void {
+    const scope = normalizeScope({ taskId }) as { taskId: string };
+    if (!VIEWER_STATES.has(state)) throw new TypeError(`state is 'viewing', 'editing' or 'typing', not ${JSON.stringify(state)}`);
+    if (state !== 'viewing' && (field === undefined || !PRESENCE_FIELDS.has(field))) {
+      throw new TypeError(`${state} needs a field: 'title', 'description' or 'comment'`);
+    }
+    const id = scope.taskId;
+    const held = this.presenceHeld.get(id);
+    if (state === 'viewing') {
+      if (!held) return;
+      this.presenceHeld.delete(id);
+      this.sendPresence(id, { state });
+    } else {
+      if (held && held.state === state && held.field === field) return;
+      const next = { state, field: field! };
+      this.presenceHeld.set(id, next);
+      this.sendPresence(id, next);
+    }
+    this.ensurePresenceTimer();
+  }
+
+  /** Back to `viewing` (same as `setPresence(taskId, 'viewing')`). */
+  clearPresence(taskId: string): void {
+    this.setPresence(taskId, 'viewing');
+  }
+
+  /** The state this client holds in a task room (`viewing` when none). */
+  presenceOf(taskId: string): { state: ViewerState; field?: PresenceField } {
+    return this.presenceHeld.get(taskId.toLowerCase()) ?? { state: 'viewing' };
+  }
+
+  private sendPresence(taskId: string, p: { state: ViewerState; field?: PresenceField }): void {
+    const room = this.rooms.get(`task:${taskId}`);
+    if (!room || room.status !== 'active') return; // sent when the room is joined
+    const frame: PresenceClientFrame =
+      p.state === 'viewing' || p.field === undefined ? { type: 'presence', taskId, state: p.state } : { type: 'presence', taskId, state: p.state, field: p.field };
+    if (this.mode === 'sse' && !this.ws) {
+      // To a stream that has joined the room (the new one may not have yet: it gets it then).
+      if (this.sse && this.sse.streamId !== null && this.sse.joined.has(room)) this.postSse({ kind: 'presence', frame });
+      return;
+    }
+    if (this.authed) this.enqueue({ kind: 'presence', frame });
+  }
+
+  /** The room was joined (again): the state it holds goes to the server. */
+  private resendPresence(room: Room): void {
+    if (!('taskId' in room.scope)) return;
+    const held = this.presenceHeld.get(room.scope.taskId);
+    if (held) this.sendPresence(room.scope.taskId, held);
+  }
+
+  private ensurePresenceTimer(): void {
+    if (this.presenceHeld.size === 0 || !this.wantOpen) {
+      if (this.presenceTimer) clearInterval(this.presenceTimer);
+      this.presenceTimer = null;
+      return;
+    }
+    if (this.presenceTimer) return;
+    this.presenceTimer = setInterval(() => {
+      for (const [taskId, held] of this.presenceHeld) this.sendPresence(taskId, held);
+    }, 2000);
   }
 
   // ---- authentication and token renewal ----------------------------------------------------
@@ -1071,7 +1970,7 @@ export class RealtimeClient {
       const reconnected = this.everAuthed;
       this.everAuthed = true;
       this.startHeartbeat();
-      this.setState({ state: 'open', reconnected });
+      this.setState({ state: 'open', reconnected, transport: 'websocket' });
       for (const room of [...this.rooms.values()]) this.sendSubscribe(room);
       if (this.inboxStream) this.sendInboxSubscribe(this.inboxStream);
     } else {
@@ -1126,6 +2025,10 @@ export class RealtimeClient {
   // ---- sending ------------------------------------------------------------------------------
 
   private enqueue(o: Outbound, front = false): void {
+    if (this.mode === 'sse' && !this.ws) {
+      this.postSse(o);
+      return;
+    }
     if (front) this.queue.unshift(o);
     else this.queue.push(o);
     this.pump();
@@ -1156,7 +2059,7 @@ export class RealtimeClient {
     if (!ws || ws.readyState !== OPEN) return;
     try {
       ws.send(JSON.stringify(o.frame));
-      this.inflight.push(o);
+      if (o.kind !== 'presence') this.inflight.push(o);
       if (o.kind === 'inbox') o.stream.onSocket = true;
     } catch (e) {
       this.reportError(e);
@@ -1177,6 +2080,12 @@ export class RealtimeClient {
     this.heartbeatTimer = setInterval(() => {
       if (id !== this.socketId || !this.authed) return;
       const now = Date.now();
+      if (this.mode === 'sse' && !(this.sse && this.sse.streamId !== null)) {
+        // No stream (nothing subscribed), or a new one starting (its own timer bounds that).
+        this.lastHeard = now;
+        this.pingSentAt = 0;
+        return;
+      }
       if (this.pingSentAt > this.lastHeard && now - this.pingSentAt >= timeout) {
         this.dropSocket(4000, 'no answer to ping');
       } else if (this.pingSentAt <= this.lastHeard && now - this.lastHeard >= interval) {
@@ -1201,6 +2110,11 @@ export class RealtimeClient {
       const wanted = [...room.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
       room.sentSince = wanted.length > 0 ? Math.min(...wanted) : null;
     }
+    if (this.mode === 'sse') {
+      // A stream's scopes are fixed: a new stream with this room replaces it.
+      this.requestReopen();
+      return;
+    }
     const frame: ClientFrame =
       room.sentSince === null
         ? { type: 'subscribe', ...room.scope }
@@ -1211,6 +2125,10 @@ export class RealtimeClient {
   /** The room is gone for good (left, refused or revoked): so are its handles. */
   private endRoom(room: Room, error: RealtimeError | null): void {
     room.status = 'ended';
+    if ('taskId' in room.scope && this.rooms.get(room.key) === room) {
+      this.presenceHeld.delete(room.scope.taskId);
+      this.ensurePresenceTimer();
+    }
     if (this.rooms.get(room.key) === room) this.rooms.delete(room.key);
     if (room.retryTimer) clearTimeout(room.retryTimer);
     room.retryTimer = null;
@@ -1281,6 +2199,11 @@ export class RealtimeClient {
     const wanted = [...stream.handles].map((h) => h.cursor).filter((c): c is number => c !== null);
     const since = wanted.length > 0 && !stream.gap ? Math.min(...wanted) : null;
     for (const h of stream.handles) if (h.status === 'pending') h.joinSince = h.cursor;
+    stream.wantSince = since;
+    if (this.mode === 'sse') {
+      this.requestReopen();
+      return;
+    }
     const frame: InboxClientFrame = since === null ? { type: 'subscribe', inbox: true } : { type: 'subscribe', inbox: true, since };
     this.enqueue({ kind: 'inbox', stream, frame });
   }
@@ -1328,12 +2251,26 @@ export class RealtimeClient {
   }
 
   private onInboxSubscribed(frame: { [k: string]: unknown }): void {
+    if (this.mode === 'sse') {
+      const stream = this.inboxStream;
+      if (!stream || stream.status === 'ended') return;
+      this.sse?.waiting.delete(stream);
+      stream.sseCovered = true;
+      if (stream.status === 'pending' && !this.inboxSubscribesOut(stream)) this.inboxJoined(stream, frame);
+      this.maybeRetire();
+      return;
+    }
     const entry = this.takeInflight((o) => o.kind === 'inbox');
     const stream = entry?.kind === 'inbox' ? entry.stream : undefined;
     if (!stream || stream !== this.inboxStream || stream.status === 'ended') return;
     // Another subscribe of the stream is still to be answered: its replay comes next, and the
     // handles are brought up once, after it.
     if (this.inboxSubscribesOut(stream)) return;
+    this.inboxJoined(stream, frame);
+  }
+
+  /** The inbox stream was joined: its buffered replay goes to the handles, then `subscribed`. */
+  private inboxJoined(stream: InboxStream, frame: { [k: string]: unknown }): void {
     const seq = typeof frame.seq === 'number' ? frame.seq : (stream.cursor ?? 0);
     stream.status = 'active';
     stream.refusals = 0;
@@ -1447,6 +2384,11 @@ export class RealtimeClient {
       this.reportError(new RealtimeError('bad_frame', `unreadable frame from the server: ${String(e)}`));
       return;
     }
+    this.onFrame(frame);
+  }
+
+  /** A frame of the socket or an event of the stream (the same JSON on both). */
+  private onFrame(frame: ServerFrame): void {
     if (isInboxFrame(frame)) return this.onInboxFrame(frame as unknown as { type: string; [k: string]: unknown });
     switch (frame.type) {
       case 'activity':
@@ -1458,6 +2400,7 @@ export class RealtimeClient {
       case 'error':
         return this.onErrorFrame(frame);
       case 'authenticated':
+        if (this.mode === 'sse') return this.onSseAuthenticated(frame.expiresAt);
         return this.onAuthenticated(this.takeInflight((o) => o.kind === 'auth'), frame.expiresAt);
       case 'pong':
         this.takeInflight((o) => o.kind === 'ping');
@@ -1488,6 +2431,7 @@ export class RealtimeClient {
       case 'error': {
         const error = new RealtimeError(String(frame.code ?? 'error'), String(frame.message ?? ''));
         if (error.code === 'rate_limited' || error.code === 'slow_consumer') return this.onConnectionError(error);
+        if (this.mode === 'sse') return this.onSseInboxError(error);
         const entry = this.takeInflight((o) => o.kind === 'inbox' || o.kind === 'inbox-unsub');
         if (entry?.kind === 'inbox') this.onInboxRefused(entry.stream, error);
         else this.reportError(error);
@@ -1499,6 +2443,7 @@ export class RealtimeClient {
   private onActivityFrame(a: Activity | PresenceActivity): void {
     if (isPresence(a)) {
       const room = this.rooms.get(`task:${a.data.taskId}`);
+      if (room && room.teamId === null && a.teamId) room.teamId = a.teamId;
       if (room && room.status === 'active') {
         room.presence?.applyEvent(a);
         for (const h of [...room.handles]) {
@@ -1518,6 +2463,7 @@ export class RealtimeClient {
 
     for (const room of [...this.rooms.values()]) {
       if (room.status === 'ended' || !reaches(a, room.scope, previousBoard)) continue;
+      if (room.teamId === null) room.teamId = a.teamId;
       if (room.status === 'pending') {
         // Before `subscribed`: this is the room's replay, or a live frame of another room that the
         // replay will repeat. Keep it; `subscribed` delivers the lot in seq order. Without `since`
@@ -1572,9 +2518,16 @@ export class RealtimeClient {
     const scope = scopeOfFrame(frame);
     if (!scope) return;
     const key = scopeKey(scope);
+    if (this.mode === 'sse') return this.onSseSubscribed(key, frame);
     const entry = this.takeInflight((o) => o.kind === 'subscribe' && o.key === key);
     const room = entry?.kind === 'subscribe' ? entry.room : undefined;
     if (!this.isCurrent(room)) return; // answered after the app unsubscribed
+    this.joinRoom(room, frame);
+    this.resendPresence(room);
+  }
+
+  /** A room's `subscribed`: its buffered replay goes to the handles (or its gap), then `subscribed`. */
+  private joinRoom(room: Room, frame: { seq: number; presence?: readonly PresenceEntry[] | null }): void {
     const since = room.sentSince;
     room.status = 'active';
     room.refusals = 0;
@@ -1627,6 +2580,7 @@ export class RealtimeClient {
     const error = new RealtimeError(frame.code, frame.message, scope ?? undefined);
     if (!scope) return this.onConnectionError(error);
     const key = scopeKey(scope);
+    if (this.mode === 'sse') return this.onSseScopeError(key, error);
     const entry = this.takeInflight((o) => (o.kind === 'subscribe' || o.kind === 'unsubscribe') && o.key === key);
     if (entry?.kind !== 'subscribe') {
       if (entry) this.reportError(error);
@@ -1665,6 +2619,13 @@ export class RealtimeClient {
 
   /** An `error` frame that names no scope. */
   private onConnectionError(error: RealtimeError): void {
+    if (this.mode === 'sse' && !this.ws) {
+      // Over SSE such an error comes right before the server ends the stream: the end decides.
+      if (this.sse) this.sse.endCode = error.code;
+      if (error.code === 'rate_limited') this.counters.rateLimited++;
+      if (!STREAM_ENDERS.has(error.code)) this.reportError(error);
+      return;
+    }
     switch (error.code) {
       case 'rate_limited': {
         // The refused message is the oldest unanswered one: send it again a little later.

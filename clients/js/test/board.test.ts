@@ -94,6 +94,8 @@ interface User {
   /** WebSocket frames the page sent and received, as text. */
   sent: string[];
   received: string[];
+  /** Event streams (`/realtime/sse`) the page opened. */
+  streams: string[];
 }
 
 async function openBrowser(browsers: Browser[], name: string, baseUrl = server.baseUrl): Promise<User> {
@@ -113,13 +115,16 @@ async function openTab(
 ): Promise<User> {
   const page = await context.newPage();
   page.setDefaultTimeout(LIVE_MS);
-  const u: User = { name, email, page, context, errors: [], crashes: [], sent: [], received: [] };
+  const u: User = { name, email, page, context, errors: [], crashes: [], sent: [], received: [], streams: [] };
   page.on('pageerror', (e) => {
     u.errors.push(`${name}: page error: ${e.message}`);
     u.crashes.push(`${name}: page error: ${e.message}`);
   });
   page.on('console', (m) => {
     if (m.type() === 'error') u.errors.push(`${name}: console: ${m.text()}`);
+  });
+  page.on('request', (r) => {
+    if (new URL(r.url()).pathname === '/realtime/sse' && r.method() === 'GET') u.streams.push(r.url());
   });
   page.on('websocket', (ws) => {
     ws.on('framesent', (f) => u.sent.push(String(f.payload)));
@@ -159,13 +164,24 @@ async function shoot(u: User, name: string): Promise<void> {
   await u.page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
 }
 
-test('two browsers: a task created and moved in one shows up live in the other, with presence and comments', { skip: browserSkip, timeout: 120_000 }, async (t) => {
+for (const blocked of [false, true]) {
+  const name = blocked
+    ? 'two browsers behind a proxy that drops WebSocket upgrades: the pages fall back to the event stream, and everything below still crosses live'
+    : 'two browsers: a task created and moved in one shows up live in the other, with presence, what each is doing, and comments';
+  test(name, { skip: browserSkip, timeout: 150_000 }, (t) => twoBrowsers(t, blocked));
+}
+
+async function twoBrowsers(t: TestContext, blockWebSockets: boolean): Promise<void> {
   assert.ok(haveChromium, `CI=true and no Chromium at ${CHROMIUM}: install Debian's chromium package`);
   const browsers: Browser[] = [];
   const users: User[] = [];
+  const proxy = blockWebSockets ? await TcpProxy.start(() => server.port) : null;
+  proxy?.refuseUpgrades();
+  const base = proxy?.baseUrl ?? server.baseUrl;
+  const suffix = blockWebSockets ? '-sse' : '';
   try {
-    const ann = await openBrowser(browsers, 'Ann');
-    const bea = await openBrowser(browsers, 'Bea');
+    const ann = await openBrowser(browsers, 'Ann', base);
+    const bea = await openBrowser(browsers, 'Bea', base);
     users.push(ann, bea);
     await signUp(bea);
     await signUp(ann);
@@ -209,6 +225,26 @@ test('two browsers: a task created and moved in one shows up live in the other, 
       }
     }
 
+    // What Bea does in the task shows in Ann's panel: editing, typing, then nothing once she leaves
+    // the field. (Her own panel does not tell her what she is doing.)
+    const activity = ann.page.locator('#activity');
+    const description = bea.page.locator('#task-edit').getByLabel('Description');
+    await crossing(t, 'editing the description', () => description.focus(), ann.page.locator('#activity', { hasText: 'Bea is editing the description' }));
+    await description.press('End');
+    await description.pressSequentially(' Draft');
+    await activity.filter({ hasText: 'Bea is typing in the description' }).waitFor();
+    const comment = bea.page.locator('#comment-form').getByLabel('Comment');
+    await comment.click();
+    await comment.pressSequentially('Almost');
+    await activity.filter({ hasText: 'Bea is typing a comment' }).waitFor();
+    await shoot(ann, `presence-ann${suffix}.png`);
+    assert.equal(await bea.page.locator('#activity').textContent(), '', 'Bea is not told what she does herself');
+    await comment.fill('');
+    await bea.page.locator('#task-panel-title').click();
+    await until('Ann to see Bea just viewing', async () => (await activity.textContent()) === '');
+    // Bea's unsaved description is hers: reset it so that the save below is only the assignment.
+    await description.fill((await description.inputValue()).replace(/ Draft$/, ''));
+
     // A comment from Ann appears under the task in Bea's panel.
     await ann.page.locator('#comment-form').getByLabel('Comment').fill('Draft is in the doc.');
     await crossing(
@@ -236,24 +272,101 @@ test('two browsers: a task created and moved in one shows up live in the other, 
     await card(bea, 'todo', 'Pick a date').getByRole('button', { name: 'Move “Pick a date” to In progress' }).click();
     await card(ann, 'in_progress', 'Pick a date').waitFor();
 
-    await shoot(ann, 'board-ann.png');
-    await shoot(bea, 'board-bea.png');
+    await shoot(ann, `board-ann${suffix}.png`);
+    await shoot(bea, `board-bea${suffix}.png`);
 
     // Bea closes the task: Ann sees her leave.
     await bea.page.getByRole('button', { name: 'Close task' }).click();
     await ann.page.locator('#viewers .viewer', { hasText: 'Bea' }).waitFor({ state: 'detached' });
     assert.equal(await ann.page.locator('#viewers .viewer').count(), 1);
 
-    assert.deepEqual([...ann.errors, ...bea.errors], [], 'no script errors or CSP violations in either page');
+    if (blockWebSockets) {
+      // Every socket the pages tried was dropped; what crossed went over the event stream.
+      assert.ok(proxy!.refusedUpgrades >= 2, `the pages tried sockets (${proxy!.refusedUpgrades})`);
+      for (const u of [ann, bea]) {
+        assert.deepEqual(u.received, [], `${u.name} received no WebSocket frame`);
+        assert.ok(u.streams.length > 0, `${u.name} opened the event stream`);
+      }
+      t.diagnostic(`event streams opened: Ann ${ann.streams.length}, Bea ${bea.streams.length}`);
+    } else {
+      for (const u of [ann, bea]) assert.ok(u.received.length > 0, `${u.name} is on the socket`);
+    }
+    // A dropped socket is logged by the browser as a console error: that one is expected.
+    const errors = [...ann.errors, ...bea.errors].filter((e) => !(blockWebSockets && /WebSocket connection to .* failed/.test(e)));
+    assert.deepEqual(errors, [], 'no script errors or CSP violations in either page');
   } catch (e) {
     // What each browser showed, and what its page logged, for the failure report.
-    for (const u of users) await shoot(u, `failure-${u.name.toLowerCase()}.png`).catch(() => {});
+    for (const u of users) await shoot(u, `failure-${u.name.toLowerCase()}${suffix}.png`).catch(() => {});
     const logged = users.flatMap((u) => u.errors);
     if (logged.length > 0 && e instanceof Error) e.message += `\npage errors:\n  ${logged.join('\n  ')}`;
     throw e;
   } finally {
     await Promise.all(browsers.map((b) => b.close().catch(() => {})));
+    await proxy?.close();
   }
+}
+
+test('saving the description over a change someone else made asks first: overwrite, or reload', { skip: browserSkip, timeout: 120_000 }, async () => {
+  await withBrowsers('conflict', async (browsers, users) => {
+    const ann = await openBrowser(browsers, 'Ann');
+    const bea = await openBrowser(browsers, 'Bea');
+    users.push(ann, bea);
+    await signUp(ann);
+    await signUp(bea);
+    const { owner, teamId, boardId } = await teamWith(server, 'Conflicts', [ann, bea]);
+    const task = (await owner.createTask(teamId, { title: 'Spec', boardId, description: 'v1' })).data;
+    for (const u of [ann, bea]) {
+      await cardExact(u, 'todo', 'Spec').getByRole('button', { name: 'Spec', exact: true }).click();
+      await u.page.locator('#task-panel-title', { hasText: 'Spec' }).waitFor();
+    }
+    const form = (u: User) => u.page.locator('#task-edit');
+
+    // Bea starts on the description; Ann renames the task and saves.
+    await form(bea).getByLabel('Description').fill('v2 by Bea');
+    await form(ann).getByLabel('Title').fill('Spec (final)');
+    await ann.page.getByRole('button', { name: 'Save' }).click();
+    await cardExact(bea, 'todo', 'Spec (final)').waitFor();
+    // Bea's draft is still hers: the new version did not replace what she typed.
+    assert.equal(await form(bea).getByLabel('Description').inputValue(), 'v2 by Bea');
+
+    // Saving asks instead of overwriting.
+    await bea.page.getByRole('button', { name: 'Save' }).click();
+    const warning = bea.page.locator('#conflict');
+    await warning.waitFor();
+    assert.match((await warning.textContent()) ?? '', /Ann changed this task since you opened it/);
+    await shoot(bea, 'conflict-bea.png');
+    assert.equal((await owner.getTask(task.id)).data.description, 'v1', 'nothing was saved yet');
+
+    // Overwrite: her description goes on top of Ann's version; Ann's title stays.
+    await warning.getByRole('button', { name: 'Overwrite' }).click();
+    await warning.waitFor({ state: 'hidden' });
+    await until('Bea\'s description saved', async () => (await owner.getTask(task.id)).data.description === 'v2 by Bea');
+    const saved = (await owner.getTask(task.id)).data;
+    assert.equal(saved.title, 'Spec (final)', "Ann's title was kept");
+    await until('Ann\'s form to show it', async () => (await form(ann).getByLabel('Description').inputValue()) === 'v2 by Bea');
+
+    // Again the other way round, and this time Ann reloads: her draft goes, Bea's text shows.
+    await form(ann).getByLabel('Description').fill('v3 by Ann');
+    await form(bea).getByLabel('Description').fill('v3 by Bea');
+    await bea.page.getByRole('button', { name: 'Save' }).click();
+    await until('Bea\'s save', async () => (await owner.getTask(task.id)).data.description === 'v3 by Bea');
+    await ann.page.getByRole('button', { name: 'Save' }).click();
+    await ann.page.locator('#conflict', { hasText: 'Bea changed this task since you opened it' }).waitFor();
+    await ann.page.locator('#conflict').getByRole('button', { name: 'Reload' }).click();
+    await ann.page.locator('#conflict').waitFor({ state: 'hidden' });
+    assert.equal(await form(ann).getByLabel('Description').inputValue(), 'v3 by Bea');
+    assert.equal((await owner.getTask(task.id)).data.description, 'v3 by Bea', 'the reload saved nothing');
+
+    // A change of another field only (the status) goes on top of the newest version silently.
+    await form(bea).getByLabel('Priority').selectOption('high');
+    await owner.updateTask(task.id, { title: 'Spec (final, really)' });
+    await cardExact(bea, 'todo', 'Spec (final, really)').waitFor();
+    await bea.page.getByRole('button', { name: 'Save' }).click();
+    await until('the priority saved', async () => (await owner.getTask(task.id)).data.priority === 'high');
+    assert.equal(await bea.page.locator('#conflict').isHidden(), true);
+    assert.equal((await owner.getTask(task.id)).data.title, 'Spec (final, really)');
+    assert.deepEqual([...ann.errors, ...bea.errors], [], 'no script errors in either page');
+  });
 });
 
 // ------------------------------------------------------------------ failure modes

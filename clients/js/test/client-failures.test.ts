@@ -273,6 +273,8 @@ test('a server that accepts and drops at once is retried ever more slowly', { ti
   // Long enough for the socket to authenticate, so the old reset at `authenticated` would fire.
   proxy.dropAfter(400);
   const { client, states } = connect(proxy.baseUrl, ann, {
+    // The socket's own backoff (`auto` would move to the event stream after three such drops).
+    transport: 'websocket',
     backoff: { minMs: 20, maxMs: 5000 },
     random: () => 0, // the delay is exactly half the base: the sequence is deterministic
   });

@@ -8,7 +8,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { RealtimeClient, realtimeUrl } from '@taskforge/client';
+import { RealtimeClient, realtimeUrl, sseUrl } from '@taskforge/client';
 import { PKG_ROOT } from './helpers/server.js';
 
 function files(dir: string): string[] {
@@ -73,16 +73,24 @@ test("importing '@taskforge/client' does not load React; '@taskforge/client/reac
   assert.ok(got.afterReact > 0);
 });
 
-test('Node 20 has no global WebSocket: the client says to pass one', () => {
+test('Node 20 has no global WebSocket: the socket asks for one, auto uses the event stream', () => {
   if ('WebSocket' in globalThis) return; // Node 22+ has one
   assert.throws(
-    () => new RealtimeClient({ url: 'http://127.0.0.1:1', auth: 'token' }),
+    () => new RealtimeClient({ url: 'http://127.0.0.1:1', auth: 'token', transport: 'websocket' }),
     /no WebSocket implementation: pass \{ WebSocket \}/,
   );
+  assert.equal(new RealtimeClient({ url: 'http://127.0.0.1:1', auth: 'token' }).transport, 'sse');
+  assert.throws(() => new RealtimeClient({ url: 'http://127.0.0.1:1', auth: 'token', transport: 'carrier pigeon' as 'sse' }), /transport is/);
 });
 
 test('socket URLs derive from the base URL', () => {
   assert.equal(realtimeUrl('http://127.0.0.1:8080'), 'ws://127.0.0.1:8080/realtime');
   assert.equal(realtimeUrl('https://example.com/tf/'), 'wss://example.com/tf/realtime');
   assert.equal(realtimeUrl('wss://example.com/realtime'), 'wss://example.com/realtime');
+});
+
+test('event stream URLs derive from the base or socket URL', () => {
+  assert.equal(sseUrl('http://127.0.0.1:8080'), 'http://127.0.0.1:8080/realtime/sse');
+  assert.equal(sseUrl('https://example.com/tf/'), 'https://example.com/tf/realtime/sse');
+  assert.equal(sseUrl('wss://example.com/realtime'), 'https://example.com/realtime/sse');
 });

@@ -357,6 +357,80 @@ function fillTask(view, t) {
     $('task-version').textContent = `version ${t.version}`;
     f.dataset.version = String(t.version);
     view.shownVersion = t.version;
+    view.base = t;
+    view.latest = null;
+    view.changedBy = null;
+    $('conflict').hidden = true;
+}
+const EDIT_FIELDS = ['title', 'description', 'status', 'priority', 'assigneeUserId'];
+function formValue(name) {
+    const v = field(form('task-edit'), name);
+    return name === 'assigneeUserId' && v === '' ? null : v;
+}
+function edits(view) {
+    const base = view.base;
+    const out = {};
+    if (!base)
+        return out;
+    for (const name of EDIT_FIELDS) {
+        const now = formValue(name);
+        const was = name === 'assigneeUserId' ? (base.assigneeUserId ?? null) : base[name];
+        if (now !== was)
+            out[name] = now;
+    }
+    return out;
+}
+function newestTask(view) {
+    let t = view.base;
+    for (const c of [view.latest, state.tasks?.get(view.taskId) ?? null]) {
+        if (c && (!t || c.version > t.version))
+            t = c;
+    }
+    return t;
+}
+function whoChanged(view) {
+    const id = view.changedBy;
+    if (!id)
+        return 'Someone';
+    if (id === state.session?.user.id)
+        return 'You (in another window)';
+    return memberName(id);
+}
+function showConflict(view, latest) {
+    if (state.view !== view)
+        return;
+    view.latest = latest;
+    $('conflict-text').textContent = `${whoChanged(view)} changed this task since you opened it (now version ${latest.version}): overwrite their change with yours, or reload it?`;
+    $('conflict').hidden = false;
+    $('conflict-overwrite').focus();
+}
+async function saveTask(view, overwrite, retried = false) {
+    const patch = edits(view);
+    if (Object.keys(patch).length === 0)
+        return;
+    const base = view.base;
+    const newest = newestTask(view) ?? base;
+    const moved = newest.version > base.version;
+    const text = 'title' in patch || 'description' in patch;
+    if (moved && text && !overwrite)
+        return showConflict(view, newest);
+    try {
+        const { data } = await session().updateTask(view.taskId, patch, { ifMatch: newest.version });
+        if (state.view === view && data.version > view.shownVersion)
+            fillTask(view, data);
+    }
+    catch (e) {
+        if (!(e instanceof ApiError && e.status === 412) || retried)
+            throw e;
+        const { data: now } = await session().getTask(view.taskId);
+        if (state.view !== view)
+            return;
+        if (now.version > (view.latest?.version ?? -1))
+            view.latest = now;
+        if (text)
+            return showConflict(view, now);
+        await saveTask(view, overwrite, true);
+    }
 }
 function followOpenTask() {
     const view = state.view;
@@ -365,8 +439,15 @@ function followOpenTask() {
         return;
     const t = tasks.get(view.taskId);
     if (t) {
-        if (t.version > view.shownVersion)
+        if (t.version <= view.shownVersion)
+            return;
+        if (Object.keys(edits(view)).length === 0) {
             fillTask(view, t);
+        }
+        else if (t.version > (view.latest?.version ?? -1)) {
+            view.latest = t;
+            $('task-version').textContent = `version ${view.shownVersion} (changed since: version ${t.version})`;
+        }
         return;
     }
     const status = tasks.getSnapshot().status;
@@ -379,7 +460,7 @@ function openTask(taskId) {
     const task = state.tasks?.get(taskId);
     if (!rt || !task)
         throw new Error('That task is no longer on this board.');
-    const view = { taskId, sub: null, comments: null, stops: [], shownVersion: -1 };
+    const view = { taskId, sub: null, comments: null, stops: [], shownVersion: -1, base: null, latest: null, changedBy: null };
     state.view = view;
     const current = () => state.view === view;
     fillTask(view, task);
@@ -393,6 +474,12 @@ function openTask(taskId) {
                 return;
             closeTask();
             notice(describe(e));
+        },
+        onActivity: (a) => {
+            if (!current() || (a.type !== 'task.updated' && a.type !== 'task.assigned'))
+                return;
+            if (a.data.task.id === taskId && view.base && a.data.task.version > view.base.version)
+                view.changedBy = a.actorUserId;
         },
     });
     view.sub = sub;
@@ -412,8 +499,19 @@ function openTask(taskId) {
     }));
     renderComments(view, comments.getSnapshot());
 }
+const FIELD_NAMES = { title: 'the title', description: 'the description', comment: 'a comment' };
+function doing(v) {
+    if (v.state === 'viewing' || !v.field)
+        return null;
+    if (v.field === 'comment')
+        return `${v.displayName} is ${v.state === 'typing' ? 'typing' : 'writing'} a comment`;
+    return `${v.displayName} is ${v.state === 'typing' ? 'typing in' : 'editing'} ${FIELD_NAMES[v.field]}`;
+}
 function renderViewers(viewers) {
-    $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer' }, v.displayName)));
+    $('viewers').replaceChildren(...viewers.map((v) => h('span', { class: 'viewer', 'data-user-id': v.userId, 'data-state': v.state }, v.displayName)));
+    const me = state.session?.user.id;
+    const lines = viewers.filter((v) => v.userId !== me).map(doing).filter((x) => x !== null);
+    $('activity').textContent = lines.join('; ');
 }
 function renderComments(view, s) {
     if (s.status === 'closed') {
@@ -452,6 +550,8 @@ function closeTask() {
     }
     $('task-panel').hidden = true;
     $('viewers').replaceChildren();
+    $('activity').textContent = '';
+    $('conflict').hidden = true;
     $('comments').replaceChildren();
     $('workspace').classList.remove('with-panel');
 }
@@ -644,6 +744,43 @@ function attachMentions(area, listId) {
             update();
     });
 }
+const TYPING_IDLE_MS = 3000;
+function trackEditing(el, name) {
+    let idle = null;
+    const set = (st) => {
+        const view = state.view;
+        const rt = state.rt;
+        if (!view || !rt)
+            return;
+        if (st === 'viewing')
+            rt.setPresence(view.taskId, 'viewing');
+        else
+            rt.setPresence(view.taskId, st, name);
+    };
+    el.addEventListener('focus', () => set('editing'));
+    el.addEventListener('input', () => {
+        set('typing');
+        if (idle)
+            clearTimeout(idle);
+        idle = setTimeout(() => {
+            idle = null;
+            if (document.activeElement === el)
+                set('editing');
+        }, TYPING_IDLE_MS);
+    });
+    el.addEventListener('blur', () => {
+        if (idle)
+            clearTimeout(idle);
+        idle = null;
+        setTimeout(() => {
+            const active = document.activeElement;
+            if (!(active instanceof HTMLElement) || !active.closest('#task-panel') || !TRACKED.has(active))
+                set('viewing');
+        }, 0);
+    });
+    TRACKED.add(el);
+}
+const TRACKED = new Set();
 function on(id, handler) {
     const f = form(id);
     f.addEventListener('submit', (ev) => {
@@ -700,22 +837,30 @@ function init() {
         await session().createTask(state.team.id, { title: field(f, 'title'), boardId: state.board.id });
         f.reset();
     });
-    on('task-edit', async (f) => {
+    on('task-edit', async () => {
+        const view = state.view;
+        if (view)
+            await saveTask(view, false);
+    });
+    $('conflict-overwrite').addEventListener('click', guarded(async () => {
         const view = state.view;
         if (!view)
             return;
-        const assignee = field(f, 'assigneeUserId');
-        const patch = {
-            title: field(f, 'title'),
-            description: field(f, 'description'),
-            status: field(f, 'status'),
-            priority: field(f, 'priority'),
-            assigneeUserId: assignee === '' ? null : assignee,
-        };
-        const { data } = await session().updateTask(view.taskId, patch, { ifMatch: Number(f.dataset.version) });
-        if (state.view === view && data.version > view.shownVersion)
-            fillTask(view, data);
-    });
+        $('conflict').hidden = true;
+        await saveTask(view, true);
+    }));
+    $('conflict-reload').addEventListener('click', guarded(async () => {
+        const view = state.view;
+        if (!view)
+            return;
+        const { data } = await session().getTask(view.taskId);
+        const newest = newestTask(view);
+        if (state.view === view)
+            fillTask(view, newest && newest.version > data.version ? newest : data);
+    }));
+    trackEditing(form('task-edit').elements.namedItem('title'), 'title');
+    trackEditing(form('task-edit').elements.namedItem('description'), 'description');
+    trackEditing(form('comment-form').elements.namedItem('body'), 'comment');
     $('task-delete').addEventListener('click', guarded(async () => {
         const view = state.view;
         if (!view || !confirm('Delete this task?'))

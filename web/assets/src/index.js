@@ -1,7 +1,9 @@
 export * from './generated/protocol.js';
 export * from './http.js';
 export * from './presence.js';
+export { PresenceState } from './presence.js';
 export * from './realtime.js';
+export { EventStreamParser, FetchEventSource, formatEventId, parseEventId, sseUrl, tokenExpiry } from './sse.js';
 export { tabRefreshCoordinator } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind } from './scope.js';
 export * from './live.js';

@@ -236,6 +236,9 @@ class LiveBase {
             return;
         this.end('closed', null);
     }
+    teamOf() {
+        return undefined;
+    }
     join(scope, since) {
         if (this.finished)
             return;
@@ -269,7 +272,7 @@ class LiveBase {
                     if (current())
                         this.onRoomEnded(room, e);
                 },
-            }, { since });
+            }, { since, ...(this.teamOf() ? { teamId: this.teamOf() } : {}) });
         }
         catch (e) {
             this.rooms.delete(key);
@@ -572,6 +575,9 @@ class LiveTasks extends LiveBase {
     compare(a, b) {
         return compareTasks(a, b);
     }
+    teamOf() {
+        return this.q.teamId;
+    }
     matches(t) {
         const q = this.q;
         return (t.teamId === q.teamId &&
@@ -717,6 +723,9 @@ class LiveMembers extends LiveBase {
     constructor(rt, http, pageSize, key, teamId) {
         super(rt, http, pageSize, key);
         this.teamId = teamId;
+    }
+    teamOf() {
+        return this.teamId;
     }
     idOf(m) {
         return m.user.id;

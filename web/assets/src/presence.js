@@ -1,3 +1,10 @@
+const STATES = new Set(['viewing', 'editing', 'typing']);
+const FIELDS = new Set(['title', 'description', 'comment']);
+function viewer(userId, displayName, state, field) {
+    const s = typeof state === 'string' && STATES.has(state) ? state : 'viewing';
+    const f = s !== 'viewing' && typeof field === 'string' && FIELDS.has(field) ? field : undefined;
+    return Object.freeze(f ? { userId, displayName, state: s, field: f } : { userId, displayName, state: s });
+}
 const NO_VIEWERS = Object.freeze([]);
 export class PresenceState {
     taskId;
@@ -12,6 +19,9 @@ export class PresenceState {
     }
     get viewers() {
         return this.snapshot;
+    }
+    get(userId) {
+        return this.users.get(userId);
     }
     get userIds() {
         return [...this.users.keys()];
@@ -29,20 +39,30 @@ export class PresenceState {
     applySnapshot(users) {
         this.users.clear();
         for (const u of users)
-            this.users.set(u.userId, Object.freeze({ userId: u.userId, displayName: u.displayName }));
+            this.users.set(u.userId, viewer(u.userId, u.displayName, u.state, u.field));
         this.isSynced = true;
         this.emit({ kind: 'snapshot' });
     }
     applyEvent(a) {
-        const user = Object.freeze({ userId: a.data.userId, displayName: a.data.displayName });
-        if (a.type === 'presence.joined') {
+        const data = a.data;
+        const user = viewer(data.userId, data.displayName, data.state, data.field);
+        const type = a.type;
+        if (type === 'presence.joined') {
             this.users.set(user.userId, user);
             this.emit({ kind: 'joined', user });
         }
-        else {
-            if (!this.users.delete(user.userId))
+        else if (type === 'presence.updated') {
+            const had = this.users.get(user.userId);
+            if (had && had.state === user.state && had.field === user.field && had.displayName === user.displayName)
                 return;
-            this.emit({ kind: 'left', user });
+            this.users.set(user.userId, user);
+            this.emit(had ? { kind: 'updated', user } : { kind: 'joined', user });
+        }
+        else if (type === 'presence.left') {
+            const had = this.users.get(user.userId);
+            if (!had || !this.users.delete(user.userId))
+                return;
+            this.emit({ kind: 'left', user: had });
         }
     }
     markStale() {
@@ -71,7 +91,10 @@ export class PresenceState {
         const now = [...this.users.values()];
         const old = this.snapshot;
         const same = now.length === old.length &&
-            now.every((u, i) => u.userId === old[i].userId && u.displayName === old[i].displayName);
+            now.every((u, i) => {
+                const o = old[i];
+                return u.userId === o.userId && u.displayName === o.displayName && u.state === o.state && u.field === o.field;
+            });
         if (!same)
             this.snapshot = now.length === 0 ? NO_VIEWERS : Object.freeze(now);
         return this.snapshot;

@@ -5,6 +5,8 @@ import { inboxEventOf } from './inbox-types.js';
 import { openLiveComments, openLiveMembers, openLiveTasks, } from './live.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame } from './scope.js';
+import { FetchEventSource, formatEventId, parseEventId, sseUrl, tokenExpiry, } from './sse.js';
+import { API_PREFIX } from './http.js';
 export class RealtimeError extends Error {
     code;
     scope;
@@ -32,10 +34,16 @@ class Room {
     historyStart = 0;
     refusals = 0;
     retryTimer = null;
-    constructor(scope, reportError) {
+    teamId;
+    sseCovered = false;
+    blindSince = null;
+    lookingUp = false;
+    lookedUp = false;
+    constructor(scope, reportError, teamId) {
         this.scope = scope;
         this.key = scopeKey(scope);
         this.presence = 'taskId' in scope ? new PresenceState(scope.taskId, reportError) : undefined;
+        this.teamId = 'teamId' in scope ? scope.teamId : teamId;
     }
     record(a) {
         this.cursor = a.seq;
@@ -109,6 +117,8 @@ class InboxStream {
     refusals = 0;
     retryTimer = null;
     gap = null;
+    sseCovered = false;
+    wantSince = null;
 }
 export class InboxSubscription {
     ready;
@@ -187,6 +197,9 @@ class SeenWindow {
     }
 }
 const INBOX_EVENTS = new Set(['notification.created', 'notification.read']);
+const STREAM_ENDERS = new Set(['slow_consumer', 'token_expired', 'unauthorized', 'rate_limited']);
+const VIEWER_STATES = new Set(['viewing', 'editing', 'typing']);
+const PRESENCE_FIELDS = new Set(['title', 'description', 'comment']);
 function isInboxFrame(frame) {
     const f = frame;
     if (!f || typeof f !== 'object' || typeof f.type !== 'string')
@@ -194,7 +207,7 @@ function isInboxFrame(frame) {
     return INBOX_EVENTS.has(f.type) || f.inbox === true;
 }
 function isPresence(a) {
-    return PRESENCE_TYPES.includes(a.type);
+    return PRESENCE_TYPES.includes(a.type) || String(a.type).startsWith('presence.');
 }
 function decode(data) {
     if (typeof data === 'string')
@@ -261,6 +274,30 @@ export class RealtimeClient {
     pumpTimer = null;
     heartbeatTimer = null;
     resendTimers = new Set();
+    transportOption;
+    mode;
+    wsFailedOpens = 0;
+    wsShortCloses = 0;
+    wsHttpUp = false;
+    wsFailedWhileUp = false;
+    wsOpened = false;
+    openTimer = null;
+    probeTimer = null;
+    probeDelayMs = 0;
+    probeSocket = null;
+    sseBase;
+    ES;
+    fetchImpl;
+    sseToken = null;
+    sse = null;
+    sseOld = null;
+    sseCount = 0;
+    reopenTimer = null;
+    retireTimer = null;
+    ssePos = new Map();
+    sseRenewal = null;
+    presenceHeld = new Map();
+    presenceTimer = null;
     counters = {
         connects: 0,
         activityFrames: 0,
@@ -269,6 +306,8 @@ export class RealtimeClient {
         gaps: 0,
         rateLimited: 0,
         inboxEvents: 0,
+        streams: 0,
+        transportSwitches: 0,
     };
     constructor(opts) {
         this.opts = opts;
@@ -277,16 +316,32 @@ export class RealtimeClient {
         this.tokens = typeof auth === 'string' ? { getAccessToken: async () => ({ token: auth }) } : auth;
         this.session = opts.session ?? (auth instanceof Session ? auth : undefined);
         const WS = opts.WebSocket ?? globalThis.WebSocket;
-        if (!WS) {
+        const transport = opts.transport ?? 'auto';
+        if (transport !== 'auto' && transport !== 'websocket' && transport !== 'sse') {
+            throw new TypeError(`transport is 'auto', 'websocket' or 'sse', not ${JSON.stringify(transport)}`);
+        }
+        this.transportOption = transport;
+        if (!WS && transport === 'websocket') {
             throw new Error('no WebSocket implementation: pass { WebSocket } (e.g. the "ws" package in Node 20)');
         }
-        this.WS = WS;
+        this.WS = WS ?? null;
+        this.sseBase = sseUrl(opts.url);
+        this.ES = opts.EventSource ?? null;
+        const f = opts.fetch ?? (typeof globalThis.fetch === 'function' ? globalThis.fetch.bind(globalThis) : null);
+        this.fetchImpl = f;
+        this.mode = transport === 'sse' || !WS ? 'sse' : 'websocket';
+        if (this.mode === 'sse' && !this.ES && !f) {
+            throw new Error('no WebSocket and no fetch: pass { WebSocket } or { fetch } (or { EventSource })');
+        }
         this.random = opts.random ?? Math.random;
         this.bucket.tokens = this.sendRate.burst;
         this.bucket.at = Date.now();
     }
     get state() {
         return this.stateValue;
+    }
+    get transport() {
+        return this.mode;
     }
     get stats() {
         return { ...this.counters, remembered: this.seen.size };
@@ -319,6 +374,7 @@ export class RealtimeClient {
         this.closedBy = null;
         this.attempt = 0;
         this.authRejects = 0;
+        this.ensurePresenceTimer();
         void this.open();
     }
     close() {
@@ -328,6 +384,8 @@ export class RealtimeClient {
         this.wantOpen = false;
         this.closedBy = reason;
         this.clearTimer('reconnectTimer');
+        this.stopProbe();
+        this.ensurePresenceTimer();
         this.socketId++;
         const ws = this.ws;
         this.teardown();
@@ -343,8 +401,8 @@ export class RealtimeClient {
     reconnect() {
         if (!this.wantOpen)
             return;
-        if (this.ws) {
-            this.dropSocket(4000, 'reconnect requested');
+        if (this.ws || this.sseToken) {
+            this.dropSocket(4000, 'reconnect requested', false);
         }
         if (this.reconnectTimer) {
             this.clearTimer('reconnectTimer');
@@ -357,18 +415,22 @@ export class RealtimeClient {
         if (opts.since !== undefined && !(Number.isInteger(opts.since) && opts.since >= 0)) {
             throw new TypeError('since is a seq: an integer, 0 or more');
         }
+        const teamHint = typeof opts.teamId === 'string' && opts.teamId !== '' ? opts.teamId.toLowerCase() : null;
         let room = this.rooms.get(key);
         const fresh = !room;
         if (!room) {
-            room = new Room(plain, (e) => this.reportError(e));
+            room = new Room(plain, (e) => this.reportError(e), teamHint);
             this.rooms.set(key, room);
+        }
+        else if (room.teamId === null && teamHint) {
+            room.teamId = teamHint;
         }
         const sub = new Subscription(this, room, handlers, opts.since ?? null);
         room.handles.add(sub);
         if (this.closedBy)
             sub.rejectReady(this.closedBy);
         if (fresh) {
-            if (this.authed)
+            if (this.canSubscribe())
                 this.sendSubscribe(room);
         }
         else if (room.status === 'active') {
@@ -393,6 +455,13 @@ export class RealtimeClient {
             this.leave(room);
     }
     leave(room) {
+        if ('taskId' in room.scope)
+            this.presenceHeld.delete(room.scope.taskId);
+        if (this.mode === 'sse') {
+            this.endRoom(room, null);
+            this.requestReopen();
+            return;
+        }
         const queued = this.queue.findIndex((o) => o.kind === 'subscribe' && o.room === room);
         this.endRoom(room, null);
         if (queued >= 0) {
@@ -415,7 +484,7 @@ export class RealtimeClient {
         if (this.closedBy)
             sub.rejectReady(this.closedBy);
         if (fresh) {
-            if (this.authed)
+            if (this.canSubscribe())
                 this.sendInboxSubscribe(stream);
             return sub;
         }
@@ -429,7 +498,7 @@ export class RealtimeClient {
                 }
             });
         }
-        else if (this.authed && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
+        else if (this.canSubscribe() && sub.cursor !== null && (stream.status === 'active' || this.inboxSubscribesOut(stream))) {
             this.sendInboxSubscribe(stream);
         }
         return sub;
@@ -446,6 +515,10 @@ export class RealtimeClient {
         const wasOnSocket = stream.onSocket;
         this.queue = this.queue.filter((o) => !(o.kind === 'inbox' && o.stream === stream));
         this.endInbox(stream, null);
+        if (this.mode === 'sse') {
+            this.requestReopen();
+            return;
+        }
         if (this.authed && wasOnSocket) {
             this.enqueue({ kind: 'inbox-unsub', stream, frame: { type: 'unsubscribe', inbox: true } });
         }
@@ -506,18 +579,41 @@ export class RealtimeClient {
         }
         if (id !== this.socketId || !this.wantOpen)
             return;
+        if (this.mode === 'websocket' && this.transportOption === 'auto' && this.wsFailedOpens >= 2) {
+            const reachable = await this.serverAnswers();
+            if (id !== this.socketId || !this.wantOpen)
+                return;
+            if (reachable && this.wsFailedWhileUp)
+                this.switchTransport('sse');
+            else
+                this.wsHttpUp = reachable;
+        }
+        if (this.mode === 'sse' || !this.WS)
+            return this.openSse(token);
         let ws;
         try {
             ws = new this.WS(this.url);
         }
         catch (e) {
             this.reportError(e);
+            if (this.transportOption === 'auto')
+                this.wsFailedOpens++;
             return this.scheduleReconnect({});
         }
         this.ws = ws;
+        this.wsOpened = false;
+        this.openTimer = setTimeout(() => {
+            this.openTimer = null;
+            if (id === this.socketId && !this.wsOpened)
+                this.dropSocket(4000, 'the socket did not open in time');
+        }, this.opts.openTimeoutMs ?? 5000);
         ws.onopen = () => {
             if (id !== this.socketId)
                 return;
+            this.wsOpened = true;
+            this.wsFailedOpens = 0;
+            this.wsHttpUp = this.wsFailedWhileUp = false;
+            this.clearTimer('openTimer');
             this.lastHeard = Date.now();
             this.send({ kind: 'auth', token, frame: { type: 'auth', token: token.token } });
             this.authTimer = setTimeout(() => {
@@ -535,11 +631,15 @@ export class RealtimeClient {
         ws.onerror = () => {
         };
     }
-    onSocketClosed(id, code, reason) {
+    onSocketClosed(id, code, reason, countFailure = true) {
         if (id !== this.socketId)
             return;
         const authedAt = this.authedAt;
+        const wasWs = this.ws !== null;
+        const opened = this.wsOpened;
         this.teardown();
+        if (wasWs && countFailure && this.wantOpen)
+            this.noteSocketFailure(opened, authedAt, code);
         if (authedAt > 0 && Date.now() - authedAt >= (this.opts.backoff?.resetAfterMs ?? 10_000))
             this.attempt = 0;
         if (!this.wantOpen) {
@@ -561,12 +661,14 @@ export class RealtimeClient {
     }
     teardown() {
         this.ws = null;
+        this.wsOpened = false;
         this.authed = false;
         this.authedAt = 0;
         this.queue = [];
         this.inflight = [];
         this.currentToken = null;
-        for (const t of ['authTimer', 'renewTimer', 'pumpTimer'])
+        this.closeSse();
+        for (const t of ['authTimer', 'renewTimer', 'pumpTimer', 'openTimer'])
             this.clearTimer(t);
         if (this.heartbeatTimer)
             clearInterval(this.heartbeatTimer);
@@ -611,11 +713,11 @@ export class RealtimeClient {
                 void this.open();
         }, delayMs);
     }
-    dropSocket(code, reason) {
+    dropSocket(code, reason, countFailure = true) {
         const ws = this.ws;
         if (ws)
             this.detachAndClose(ws, code, reason, true);
-        this.onSocketClosed(this.socketId, code, reason);
+        this.onSocketClosed(this.socketId, code, reason, countFailure);
     }
     detachAndClose(ws, code, reason, abandon = false) {
         ws.onopen = ws.onmessage = ws.onclose = null;
@@ -644,6 +746,665 @@ export class RealtimeClient {
             clearTimeout(t);
         this[name] = null;
     }
+    noteSocketFailure(opened, authedAt, code) {
+        if (this.transportOption !== 'auto' || this.mode !== 'websocket')
+            return;
+        const stableMs = this.opts.backoff?.resetAfterMs ?? 10_000;
+        if (authedAt > 0 && Date.now() - authedAt >= stableMs) {
+            this.wsFailedOpens = 0;
+            this.wsShortCloses = 0;
+            this.probeDelayMs = 0;
+            return;
+        }
+        if (!opened) {
+            this.wsFailedOpens++;
+            if (this.wsHttpUp)
+                this.wsFailedWhileUp = true;
+            return;
+        }
+        const abnormal = code === 4000 || (code < 4000 && code !== 1000 && code !== 1001);
+        if (abnormal && ++this.wsShortCloses >= 3)
+            this.switchTransport('sse');
+    }
+    async serverAnswers() {
+        const f = this.fetchImpl;
+        if (!f)
+            return true;
+        const url = `${this.sseBase.replace(/\/realtime\/sse$/, '')}/healthz`;
+        const ctrl = new AbortController();
+        try {
+            const res = await withTimeout(f(url, { signal: ctrl.signal, cache: 'no-store' }), this.opts.openTimeoutMs ?? 5000, () => new RealtimeError('timeout', 'no answer'));
+            void res.body?.cancel().catch(() => { });
+            return true;
+        }
+        catch {
+            ctrl.abort();
+            return false;
+        }
+    }
+    switchTransport(to) {
+        if (this.mode === to)
+            return;
+        this.mode = to;
+        this.counters.transportSwitches++;
+        this.wsFailedOpens = 0;
+        this.wsShortCloses = 0;
+        this.wsHttpUp = this.wsFailedWhileUp = false;
+        this.ssePos = new Map();
+        for (const room of this.rooms.values())
+            room.sseCovered = false;
+        if (this.inboxStream)
+            this.inboxStream.sseCovered = false;
+        if (to === 'sse')
+            this.scheduleProbe();
+        else
+            this.stopProbe();
+    }
+    scheduleProbe() {
+        const first = this.opts.probeWebSocketMs ?? 120_000;
+        if (!(first > 0) || this.transportOption !== 'auto' || !this.WS || !this.wantOpen)
+            return;
+        this.probeDelayMs = this.probeDelayMs > 0 ? Math.min(30 * 60_000, this.probeDelayMs * 2) : first;
+        this.clearTimer('probeTimer');
+        this.probeTimer = setTimeout(() => this.probe(), timerDelay(this.probeDelayMs));
+    }
+    stopProbe() {
+        this.clearTimer('probeTimer');
+        const ws = this.probeSocket;
+        this.probeSocket = null;
+        if (ws)
+            this.detachAndClose(ws, 1000, 'probe over');
+    }
+    probe() {
+        this.probeTimer = null;
+        if (!this.wantOpen || this.mode !== 'sse' || !this.WS)
+            return;
+        let ws;
+        try {
+            ws = new this.WS(this.url);
+        }
+        catch {
+            return this.scheduleProbe();
+        }
+        this.probeSocket = ws;
+        const done = (ok) => {
+            if (this.probeSocket !== ws)
+                return;
+            clearTimeout(timer);
+            this.probeSocket = null;
+            this.detachAndClose(ws, 1000, 'probe over');
+            if (!ok)
+                return this.scheduleProbe();
+            if (!this.wantOpen || this.mode !== 'sse')
+                return;
+            this.switchTransport('websocket');
+            this.reconnect();
+        };
+        const timer = setTimeout(() => done(false), this.opts.openTimeoutMs ?? 5000);
+        ws.onopen = () => done(true);
+        ws.onclose = () => done(false);
+        ws.onerror = () => { };
+    }
+    canSubscribe() {
+        return this.mode === 'sse' ? this.sseToken !== null : this.authed;
+    }
+    hasSseScopes() {
+        for (const room of this.rooms.values())
+            if (room.status !== 'ended')
+                return true;
+        return this.inboxStream !== null && this.inboxStream.status !== 'ended';
+    }
+    openSse(token) {
+        this.sseToken = token;
+        this.currentToken = token.token;
+        if (!this.hasSseScopes()) {
+            this.onSseAuthed();
+            return;
+        }
+        for (const room of [...this.rooms.values()])
+            this.sendSubscribe(room);
+        if (this.inboxStream)
+            this.sendInboxSubscribe(this.inboxStream);
+    }
+    onSseAuthed() {
+        if (this.authed)
+            return;
+        const token = this.sseToken;
+        this.authed = true;
+        this.authedAt = Date.now();
+        this.counters.connects++;
+        const reconnected = this.everAuthed;
+        this.everAuthed = true;
+        this.startHeartbeat();
+        this.setState({ state: 'open', reconnected, transport: 'sse' });
+        if (token) {
+            const exp = tokenExpiry(token.token);
+            this.scheduleRenewal(token, exp === null ? '' : new Date(exp).toISOString());
+        }
+    }
+    requestReopen() {
+        if (this.mode !== 'sse' || !this.sseToken || this.reopenTimer)
+            return;
+        const id = this.socketId;
+        this.reopenTimer = setTimeout(() => {
+            this.reopenTimer = null;
+            if (id === this.socketId && this.sseToken && this.mode === 'sse')
+                this.openStream();
+        }, 5);
+    }
+    openStream() {
+        const rooms = [...this.rooms.values()].filter((r) => r.status !== 'ended');
+        const inbox = this.inboxStream && this.inboxStream.status !== 'ended' ? this.inboxStream : null;
+        if (rooms.length === 0 && !inbox) {
+            this.closeConn(this.sse);
+            this.closeConn(this.sseOld);
+            this.sse = this.sseOld = null;
+            this.onSseAuthed();
+            return;
+        }
+        const unknown = rooms.filter((r) => r.status === 'pending' && !r.sseCovered && !r.teamId && r.sentSince !== null && 'taskId' in r.scope && !r.lookedUp && !r.lookingUp);
+        if (unknown.length > 0 || rooms.some((r) => r.lookingUp)) {
+            for (const r of unknown)
+                this.lookUpTeam(r);
+            return;
+        }
+        const base = this.ssePos;
+        const pos = new Map();
+        for (const [k, v] of base)
+            if (k !== 'inbox')
+                pos.set(k, v);
+        const lower = (k, v) => pos.set(k, Math.min(pos.get(k) ?? v, v));
+        for (const room of rooms) {
+            room.blindSince = null;
+            if (room.status !== 'pending')
+                continue;
+            if (room.sseCovered) {
+                if (room.teamId && !base.has(room.teamId) && room.cursor !== null)
+                    lower(room.teamId, room.cursor);
+                continue;
+            }
+            const since = room.sentSince;
+            if (since === null)
+                continue;
+            if (room.teamId)
+                lower(room.teamId, since);
+            else
+                room.blindSince = since;
+        }
+        if (inbox) {
+            if (inbox.status === 'pending') {
+                const covered = inbox.sseCovered ? base.get('inbox') : undefined;
+                const want = inbox.gap ? undefined : (inbox.wantSince ?? undefined);
+                const at = [covered, want].filter((x) => x !== undefined);
+                if (at.length > 0 && !inbox.gap)
+                    pos.set('inbox', Math.min(...at));
+            }
+            else if (base.has('inbox')) {
+                pos.set('inbox', base.get('inbox'));
+            }
+        }
+        const u = new URL(this.sseBase);
+        for (const room of rooms) {
+            const [k, v] = Object.entries(room.scope)[0];
+            u.searchParams.append(k, v);
+        }
+        if (inbox)
+            u.searchParams.set('inbox', 'true');
+        if (pos.size > 0)
+            u.searchParams.set('lastEventId', formatEventId(pos));
+        const own = !this.ES;
+        const token = this.currentToken ?? this.sseToken?.token ?? '';
+        if (!own)
+            u.searchParams.set('token', token);
+        const url = u.toString();
+        let es;
+        try {
+            es = own
+                ? new FetchEventSource(url, {
+                    headers: { authorization: `Bearer ${token}` },
+                    ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
+                })
+                : new this.ES(url);
+        }
+        catch (e) {
+            this.reportError(e);
+            return this.dropSocket(1006, 'could not open the event stream', false);
+        }
+        this.counters.streams++;
+        const conn = {
+            n: ++this.sseCount,
+            es,
+            url,
+            own,
+            streamId: null,
+            pos,
+            waiting: new Set([...rooms, ...(inbox ? [inbox] : [])]),
+            joined: new Set(),
+            endCode: null,
+            timer: null,
+        };
+        const prev = this.sse;
+        if (prev && prev.streamId !== null) {
+            this.closeConn(this.sseOld);
+            this.sseOld = prev;
+            this.clearTimer('retireTimer');
+            this.retireTimer = setTimeout(() => this.retireOld(), 10_000);
+        }
+        else {
+            this.closeConn(prev);
+        }
+        this.sse = conn;
+        this.ssePos = pos;
+        es.onmessage = (ev) => this.onSseMessage(conn, ev);
+        es.onerror = (ev) => this.onSseError(conn, ev);
+        if (es instanceof FetchEventSource) {
+            es.oncomment = () => {
+                if (this.sse === conn)
+                    this.lastHeard = Date.now();
+            };
+        }
+        conn.timer = setTimeout(() => {
+            conn.timer = null;
+            if (this.sse === conn && conn.streamId === null)
+                this.dropSocket(4000, 'the event stream did not start in time');
+        }, this.opts.authTimeoutMs ?? 10_000);
+    }
+    lookUpTeam(room) {
+        if (!('taskId' in room.scope))
+            return;
+        const taskId = room.scope.taskId;
+        room.lookingUp = true;
+        const id = this.socketId;
+        const finish = (teamId) => {
+            room.lookingUp = false;
+            room.lookedUp = true;
+            if (teamId && !room.teamId)
+                room.teamId = teamId.toLowerCase();
+            if (id === this.socketId)
+                this.requestReopen();
+        };
+        const read = async () => {
+            if (this.session)
+                return (await this.session.getTask(taskId)).data.teamId;
+            const f = this.fetchImpl;
+            if (!f)
+                return null;
+            const base = this.sseBase.replace(/\/realtime\/sse$/, '');
+            const res = await withTimeout(f(`${base}${API_PREFIX}/tasks/${taskId}`, {
+                headers: { authorization: `Bearer ${this.currentToken ?? ''}`, accept: 'application/json' },
+            }), this.opts.authTimeoutMs ?? 10_000, () => new RealtimeError('timeout', 'no answer'));
+            if (!res.ok)
+                return null;
+            const body = (await res.json());
+            return typeof body.teamId === 'string' ? body.teamId : null;
+        };
+        read().then(finish, () => finish(null));
+    }
+    onSseMessage(conn, ev) {
+        if (conn !== this.sse)
+            return;
+        this.lastHeard = Date.now();
+        if (ev.lastEventId) {
+            conn.pos = parseEventId(ev.lastEventId);
+            this.ssePos = conn.pos;
+        }
+        let frame;
+        try {
+            frame = JSON.parse(ev.data);
+        }
+        catch (e) {
+            this.reportError(new RealtimeError('bad_frame', `unreadable event from the server: ${String(e)}`));
+            return;
+        }
+        if (frame.type === 'stream') {
+            conn.streamId = typeof frame.streamId === 'string' ? frame.streamId : '';
+            if (conn.timer)
+                clearTimeout(conn.timer);
+            conn.timer = null;
+            this.onSseAuthed();
+            this.maybeRetire();
+            return;
+        }
+        this.onFrame(frame);
+    }
+    onSseError(conn, ev) {
+        if (conn === this.sseOld) {
+            this.closeConn(conn);
+            this.sseOld = null;
+            return;
+        }
+        if (conn !== this.sse)
+            return;
+        if (conn.own || conn.streamId !== null)
+            return this.onStreamFailed(conn, ev.status, ev.code);
+        conn.es.onerror = null;
+        conn.es.close();
+        void this.statusOf(conn.url).then((status) => {
+            if (this.sse === conn)
+                this.onStreamFailed(conn, status === 200 ? undefined : status, undefined);
+        });
+    }
+    async statusOf(url) {
+        const f = this.fetchImpl;
+        if (!f)
+            return undefined;
+        const ctrl = new AbortController();
+        try {
+            const res = await withTimeout(f(url, { signal: ctrl.signal, headers: { accept: 'text/event-stream' } }), 5000, () => new Error('timeout'));
+            ctrl.abort();
+            return res.status;
+        }
+        catch {
+            ctrl.abort();
+            return undefined;
+        }
+    }
+    onStreamFailed(conn, status, code) {
+        if (status === undefined) {
+            const c = conn.endCode;
+            const closeCode = c === 'token_expired' || c === 'unauthorized' ? 4001 : c === 'slow_consumer' ? 4008 : c === 'rate_limited' ? 4029 : 1006;
+            return this.dropSocket(closeCode, c ?? 'the event stream ended', false);
+        }
+        if (status === 401)
+            return this.dropSocket(4001, 'the event stream refused the token', false);
+        if (status === 404 && this.transportOption === 'auto' && this.WS) {
+            this.switchTransport('websocket');
+            return this.dropSocket(1006, 'the server has no event stream', false);
+        }
+        if (status === 403 || status === 400) {
+            const fresh = [...conn.waiting].filter((x) => x instanceof Room && !x.sseCovered && x.status === 'pending');
+            const ending = status === 403 ? [...conn.waiting].filter((x) => x instanceof Room) : fresh;
+            if (ending.length === 0) {
+                this.reportError(new RealtimeError(code ?? 'bad_request', `the event stream was refused (${status})`));
+                return this.dropSocket(1006, `the event stream was refused (${status})`, false);
+            }
+            this.closeConn(conn);
+            this.sse = null;
+            const errorCode = status === 403 ? 'forbidden' : (code ?? 'bad_request');
+            for (const room of ending) {
+                if (room.status !== 'ended')
+                    this.endRoom(room, new RealtimeError(errorCode, `the server refused the stream (${status})`, room.scope));
+            }
+            this.onSseAuthed();
+            this.requestReopen();
+            return;
+        }
+        if (status === 429)
+            return this.dropSocket(4029, 'rate limited', false);
+        return this.dropSocket(1006, `the event stream was refused (${status})`, false);
+    }
+    closeConn(conn) {
+        if (!conn)
+            return;
+        if (conn.timer)
+            clearTimeout(conn.timer);
+        conn.timer = null;
+        conn.es.onmessage = null;
+        conn.es.onerror = null;
+        try {
+            conn.es.close();
+        }
+        catch {
+        }
+    }
+    closeSse() {
+        this.closeConn(this.sse);
+        this.closeConn(this.sseOld);
+        this.sse = this.sseOld = null;
+        this.sseToken = null;
+        this.sseRenewal = null;
+        for (const t of ['reopenTimer', 'retireTimer'])
+            this.clearTimer(t);
+    }
+    maybeRetire() {
+        const conn = this.sse;
+        if (!this.sseOld || !conn || conn.streamId === null || conn.waiting.size > 0)
+            return;
+        this.clearTimer('retireTimer');
+        if (this.presenceHeld.size === 0)
+            return this.retireOld();
+        this.retireTimer = setTimeout(() => this.retireOld(), 400);
+    }
+    retireOld() {
+        this.retireTimer = null;
+        this.closeConn(this.sseOld);
+        this.sseOld = null;
+    }
+    onSseSubscribed(key, frame) {
+        const room = this.rooms.get(key);
+        if (!room || room.status === 'ended')
+            return;
+        const conn = this.sse;
+        conn?.waiting.delete(room);
+        if (conn && 'taskId' in room.scope)
+            conn.joined.add(room);
+        if (room.status === 'pending') {
+            if (room.blindSince !== null) {
+                this.counters.gaps++;
+                room.gap = { since: room.blindSince, message: 'the stream could not resume this scope from its since (its team is unknown)' };
+                room.sentSince = null;
+                room.blindSince = null;
+            }
+            this.joinRoom(room, frame);
+        }
+        else {
+            if (room.presence)
+                room.presence.applySnapshot(frame.presence ?? []);
+            room.cursor = Math.max(room.cursor ?? frame.seq, frame.seq);
+        }
+        room.sseCovered = true;
+        this.resendPresence(room);
+        this.maybeRetire();
+    }
+    onSseScopeError(key, error) {
+        const room = this.rooms.get(key);
+        if (!room || room.status === 'ended')
+            return;
+        const conn = this.sse;
+        switch (error.code) {
+            case 'resume_unavailable':
+                this.counters.gaps++;
+                room.gap = { since: room.status === 'pending' ? (room.sentSince ?? room.cursor ?? 0) : (room.cursor ?? 0), message: error.message };
+                room.status = 'pending';
+                room.sentSince = null;
+                room.buffer.clear();
+                room.sseCovered = false;
+                for (const h of room.handles)
+                    if (h.status === 'active')
+                        h.status = 'pending';
+                return;
+            case 'bad_request':
+            case 'forbidden':
+            case 'too_many_subscriptions':
+                if (error.code === 'bad_request' && room.status === 'active') {
+                    this.reportError(error);
+                    return;
+                }
+                conn?.waiting.delete(room);
+                this.endRoom(room, error);
+                this.maybeRetire();
+                return;
+            default: {
+                conn?.waiting.delete(room);
+                room.status = 'pending';
+                room.buffer.clear();
+                room.sseCovered = false;
+                const id = this.socketId;
+                const b = this.opts.backoff ?? {};
+                const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
+                room.refusals++;
+                if (room.retryTimer)
+                    clearTimeout(room.retryTimer);
+                room.retryTimer = setTimeout(() => {
+                    room.retryTimer = null;
+                    if (id === this.socketId && this.isCurrent(room))
+                        this.sendSubscribe(room);
+                }, Math.round(base / 2 + (this.random() * base) / 2));
+                this.maybeRetire();
+            }
+        }
+    }
+    onSseInboxError(error) {
+        const stream = this.inboxStream;
+        if (!stream || stream.status === 'ended')
+            return;
+        const conn = this.sse;
+        if (error.code === 'resume_unavailable') {
+            this.counters.gaps++;
+            const wanted = [...stream.handles].map((h) => h.cursor).filter((c) => c !== null);
+            stream.gap = { since: wanted.length > 0 ? Math.min(...wanted) : 0, message: error.message };
+            stream.status = 'pending';
+            stream.buffer.clear();
+            stream.sseCovered = false;
+            return;
+        }
+        conn?.waiting.delete(stream);
+        if (error.code !== 'unavailable') {
+            this.endInbox(stream, error);
+        }
+        else {
+            stream.status = 'pending';
+            stream.sseCovered = false;
+            const id = this.socketId;
+            const b = this.opts.backoff ?? {};
+            const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
+            stream.refusals++;
+            if (stream.retryTimer)
+                clearTimeout(stream.retryTimer);
+            stream.retryTimer = setTimeout(() => {
+                stream.retryTimer = null;
+                if (id === this.socketId && this.inboxStream === stream)
+                    this.sendInboxSubscribe(stream);
+            }, Math.round(base / 2 + (this.random() * base) / 2));
+        }
+        this.maybeRetire();
+    }
+    onSseAuthenticated(expiresAt) {
+        const token = this.sseRenewal;
+        this.sseRenewal = null;
+        if (token) {
+            this.sseToken = token;
+            this.currentToken = token.token;
+        }
+        this.counters.renewals++;
+        this.authRejects = 0;
+        this.scheduleRenewal(token ?? this.sseToken ?? undefined, expiresAt);
+    }
+    postSse(o) {
+        if (o.kind !== 'auth' && o.kind !== 'ping' && o.kind !== 'presence')
+            return;
+        const conn = this.sse;
+        const id = this.socketId;
+        if (o.kind === 'auth') {
+            if (!conn || conn.streamId === null || !this.fetchImpl) {
+                this.sseToken = o.token;
+                this.currentToken = o.token.token;
+                this.counters.renewals++;
+                const exp = tokenExpiry(o.token.token);
+                this.scheduleRenewal(o.token, exp === null ? '' : new Date(exp).toISOString());
+                if (conn)
+                    this.requestReopen();
+                return;
+            }
+            this.sseRenewal = o.token;
+        }
+        if (!conn || conn.streamId === null)
+            return;
+        const token = o.kind === 'auth' ? o.token.token : (this.currentToken ?? '');
+        void this.post(conn, o.frame, token).then((status) => {
+            if (status === 202 || id !== this.socketId)
+                return;
+            if (o.kind === 'auth') {
+                this.sseRenewal = null;
+                this.clearTimer('renewTimer');
+                this.renewTimer = setTimeout(() => void this.renew(id), 1000 + this.random() * 1000);
+            }
+            else if (o.kind === 'presence' && status === 400) {
+                this.reportError(new RealtimeError('bad_request', `the server refused a presence message for task ${o.frame.taskId}`));
+            }
+        });
+    }
+    async post(conn, frame, token) {
+        const f = this.fetchImpl;
+        if (!f || conn.streamId === null)
+            return 0;
+        try {
+            const res = await withTimeout(f(`${this.sseBase}/${encodeURIComponent(conn.streamId)}`, {
+                method: 'POST',
+                headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+                body: JSON.stringify(frame),
+            }), this.opts.authTimeoutMs ?? 10_000, () => new RealtimeError('timeout', 'no answer'));
+            void res.body?.cancel().catch(() => { });
+            return res.status;
+        }
+        catch {
+            return 0;
+        }
+    }
+    setPresence(taskId, state, field) {
+        const scope = normalizeScope({ taskId });
+        if (!VIEWER_STATES.has(state))
+            throw new TypeError(`state is 'viewing', 'editing' or 'typing', not ${JSON.stringify(state)}`);
+        if (state !== 'viewing' && (field === undefined || !PRESENCE_FIELDS.has(field))) {
+            throw new TypeError(`${state} needs a field: 'title', 'description' or 'comment'`);
+        }
+        const id = scope.taskId;
+        const held = this.presenceHeld.get(id);
+        if (state === 'viewing') {
+            if (!held)
+                return;
+            this.presenceHeld.delete(id);
+            this.sendPresence(id, { state });
+        }
+        else {
+            if (held && held.state === state && held.field === field)
+                return;
+            const next = { state, field: field };
+            this.presenceHeld.set(id, next);
+            this.sendPresence(id, next);
+        }
+        this.ensurePresenceTimer();
+    }
+    clearPresence(taskId) {
+        this.setPresence(taskId, 'viewing');
+    }
+    presenceOf(taskId) {
+        return this.presenceHeld.get(taskId.toLowerCase()) ?? { state: 'viewing' };
+    }
+    sendPresence(taskId, p) {
+        const room = this.rooms.get(`task:${taskId}`);
+        if (!room || room.status !== 'active')
+            return;
+        const frame = p.state === 'viewing' || p.field === undefined ? { type: 'presence', taskId, state: p.state } : { type: 'presence', taskId, state: p.state, field: p.field };
+        if (this.mode === 'sse' && !this.ws) {
+            if (this.sse && this.sse.streamId !== null && this.sse.joined.has(room))
+                this.postSse({ kind: 'presence', frame });
+            return;
+        }
+        if (this.authed)
+            this.enqueue({ kind: 'presence', frame });
+    }
+    resendPresence(room) {
+        if (!('taskId' in room.scope))
+            return;
+        const held = this.presenceHeld.get(room.scope.taskId);
+        if (held)
+            this.sendPresence(room.scope.taskId, held);
+    }
+    ensurePresenceTimer() {
+        if (this.presenceHeld.size === 0 || !this.wantOpen) {
+            if (this.presenceTimer)
+                clearInterval(this.presenceTimer);
+            this.presenceTimer = null;
+            return;
+        }
+        if (this.presenceTimer)
+            return;
+        this.presenceTimer = setInterval(() => {
+            for (const [taskId, held] of this.presenceHeld)
+                this.sendPresence(taskId, held);
+        }, 2000);
+    }
     onAuthenticated(entry, expiresAt) {
         const token = entry?.kind === 'auth' ? entry.token : undefined;
         if (token)
@@ -656,7 +1417,7 @@ export class RealtimeClient {
             const reconnected = this.everAuthed;
             this.everAuthed = true;
             this.startHeartbeat();
-            this.setState({ state: 'open', reconnected });
+            this.setState({ state: 'open', reconnected, transport: 'websocket' });
             for (const room of [...this.rooms.values()])
                 this.sendSubscribe(room);
             if (this.inboxStream)
@@ -706,6 +1467,10 @@ export class RealtimeClient {
         }
     }
     enqueue(o, front = false) {
+        if (this.mode === 'sse' && !this.ws) {
+            this.postSse(o);
+            return;
+        }
         if (front)
             this.queue.unshift(o);
         else
@@ -737,7 +1502,8 @@ export class RealtimeClient {
             return;
         try {
             ws.send(JSON.stringify(o.frame));
-            this.inflight.push(o);
+            if (o.kind !== 'presence')
+                this.inflight.push(o);
             if (o.kind === 'inbox')
                 o.stream.onSocket = true;
         }
@@ -758,6 +1524,11 @@ export class RealtimeClient {
             if (id !== this.socketId || !this.authed)
                 return;
             const now = Date.now();
+            if (this.mode === 'sse' && !(this.sse && this.sse.streamId !== null)) {
+                this.lastHeard = now;
+                this.pingSentAt = 0;
+                return;
+            }
             if (this.pingSentAt > this.lastHeard && now - this.pingSentAt >= timeout) {
                 this.dropSocket(4000, 'no answer to ping');
             }
@@ -781,6 +1552,10 @@ export class RealtimeClient {
             const wanted = [...room.handles].map((h) => h.cursor).filter((c) => c !== null);
             room.sentSince = wanted.length > 0 ? Math.min(...wanted) : null;
         }
+        if (this.mode === 'sse') {
+            this.requestReopen();
+            return;
+        }
         const frame = room.sentSince === null
             ? { type: 'subscribe', ...room.scope }
             : { type: 'subscribe', ...room.scope, since: room.sentSince };
@@ -788,6 +1563,10 @@ export class RealtimeClient {
     }
     endRoom(room, error) {
         room.status = 'ended';
+        if ('taskId' in room.scope && this.rooms.get(room.key) === room) {
+            this.presenceHeld.delete(room.scope.taskId);
+            this.ensurePresenceTimer();
+        }
         if (this.rooms.get(room.key) === room)
             this.rooms.delete(room.key);
         if (room.retryTimer)
@@ -854,6 +1633,11 @@ export class RealtimeClient {
         for (const h of stream.handles)
             if (h.status === 'pending')
                 h.joinSince = h.cursor;
+        stream.wantSince = since;
+        if (this.mode === 'sse') {
+            this.requestReopen();
+            return;
+        }
         const frame = since === null ? { type: 'subscribe', inbox: true } : { type: 'subscribe', inbox: true, since };
         this.enqueue({ kind: 'inbox', stream, frame });
     }
@@ -900,12 +1684,26 @@ export class RealtimeClient {
         this.emitInbox(h, 'subscribed', info, h.handlers.onSubscribed);
     }
     onInboxSubscribed(frame) {
+        if (this.mode === 'sse') {
+            const stream = this.inboxStream;
+            if (!stream || stream.status === 'ended')
+                return;
+            this.sse?.waiting.delete(stream);
+            stream.sseCovered = true;
+            if (stream.status === 'pending' && !this.inboxSubscribesOut(stream))
+                this.inboxJoined(stream, frame);
+            this.maybeRetire();
+            return;
+        }
         const entry = this.takeInflight((o) => o.kind === 'inbox');
         const stream = entry?.kind === 'inbox' ? entry.stream : undefined;
         if (!stream || stream !== this.inboxStream || stream.status === 'ended')
             return;
         if (this.inboxSubscribesOut(stream))
             return;
+        this.inboxJoined(stream, frame);
+    }
+    inboxJoined(stream, frame) {
         const seq = typeof frame.seq === 'number' ? frame.seq : (stream.cursor ?? 0);
         stream.status = 'active';
         stream.refusals = 0;
@@ -1015,6 +1813,9 @@ export class RealtimeClient {
             this.reportError(new RealtimeError('bad_frame', `unreadable frame from the server: ${String(e)}`));
             return;
         }
+        this.onFrame(frame);
+    }
+    onFrame(frame) {
         if (isInboxFrame(frame))
             return this.onInboxFrame(frame);
         switch (frame.type) {
@@ -1027,6 +1828,8 @@ export class RealtimeClient {
             case 'error':
                 return this.onErrorFrame(frame);
             case 'authenticated':
+                if (this.mode === 'sse')
+                    return this.onSseAuthenticated(frame.expiresAt);
                 return this.onAuthenticated(this.takeInflight((o) => o.kind === 'auth'), frame.expiresAt);
             case 'pong':
                 this.takeInflight((o) => o.kind === 'ping');
@@ -1056,6 +1859,8 @@ export class RealtimeClient {
                 const error = new RealtimeError(String(frame.code ?? 'error'), String(frame.message ?? ''));
                 if (error.code === 'rate_limited' || error.code === 'slow_consumer')
                     return this.onConnectionError(error);
+                if (this.mode === 'sse')
+                    return this.onSseInboxError(error);
                 const entry = this.takeInflight((o) => o.kind === 'inbox' || o.kind === 'inbox-unsub');
                 if (entry?.kind === 'inbox')
                     this.onInboxRefused(entry.stream, error);
@@ -1068,6 +1873,8 @@ export class RealtimeClient {
     onActivityFrame(a) {
         if (isPresence(a)) {
             const room = this.rooms.get(`task:${a.data.taskId}`);
+            if (room && room.teamId === null && a.teamId)
+                room.teamId = a.teamId;
             if (room && room.status === 'active') {
                 room.presence?.applyEvent(a);
                 for (const h of [...room.handles]) {
@@ -1091,6 +1898,8 @@ export class RealtimeClient {
         for (const room of [...this.rooms.values()]) {
             if (room.status === 'ended' || !reaches(a, room.scope, previousBoard))
                 continue;
+            if (room.teamId === null)
+                room.teamId = a.teamId;
             if (room.status === 'pending') {
                 if (room.sentSince !== null && a.seq > room.sentSince)
                     room.buffer.set(a.seq, a);
@@ -1143,10 +1952,16 @@ export class RealtimeClient {
         if (!scope)
             return;
         const key = scopeKey(scope);
+        if (this.mode === 'sse')
+            return this.onSseSubscribed(key, frame);
         const entry = this.takeInflight((o) => o.kind === 'subscribe' && o.key === key);
         const room = entry?.kind === 'subscribe' ? entry.room : undefined;
         if (!this.isCurrent(room))
             return;
+        this.joinRoom(room, frame);
+        this.resendPresence(room);
+    }
+    joinRoom(room, frame) {
         const since = room.sentSince;
         room.status = 'active';
         room.refusals = 0;
@@ -1203,6 +2018,8 @@ export class RealtimeClient {
         if (!scope)
             return this.onConnectionError(error);
         const key = scopeKey(scope);
+        if (this.mode === 'sse')
+            return this.onSseScopeError(key, error);
         const entry = this.takeInflight((o) => (o.kind === 'subscribe' || o.kind === 'unsubscribe') && o.key === key);
         if (entry?.kind !== 'subscribe') {
             if (entry)
@@ -1238,6 +2055,15 @@ export class RealtimeClient {
         }
     }
     onConnectionError(error) {
+        if (this.mode === 'sse' && !this.ws) {
+            if (this.sse)
+                this.sse.endCode = error.code;
+            if (error.code === 'rate_limited')
+                this.counters.rateLimited++;
+            if (!STREAM_ENDERS.has(error.code))
+                this.reportError(error);
+            return;
+        }
         switch (error.code) {
             case 'rate_limited': {
                 const refused = this.takeInflight(() => true);

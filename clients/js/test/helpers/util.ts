@@ -102,6 +102,9 @@ export class TcpProxy {
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private blocked = false;
   private dropAfterMs: number | null = null;
+  /** Connections that asked for a WebSocket upgrade and were dropped. */
+  refusedUpgrades = 0;
+  private refusingUpgrades = false;
   port = 0;
   connections = 0;
 
@@ -147,8 +150,29 @@ export class TcpProxy {
     const pair: [net.Socket, net.Socket] = [client, upstream];
     this.pairs.add(pair);
     client.on('close', () => this.pairs.delete(pair));
-    client.pipe(upstream);
+    if (this.refusingUpgrades) {
+      // A proxy that lets HTTP through and drops any connection asking for a WebSocket.
+      client.on('data', (chunk: Buffer) => {
+        if (/\r\nupgrade:\s*websocket/i.test(chunk.toString('latin1'))) {
+          this.refusedUpgrades++;
+          client.destroy();
+          upstream.destroy();
+          return;
+        }
+        if (!upstream.write(chunk)) {
+          client.pause();
+          upstream.once('drain', () => client.resume());
+        }
+      });
+    } else {
+      client.pipe(upstream);
+    }
     upstream.pipe(client);
+  }
+
+  /** From now on, drops new connections that ask for a WebSocket upgrade (HTTP goes through). */
+  refuseUpgrades(on = true): void {
+    this.refusingUpgrades = on;
   }
 
   /** Stops forwarding on the open connections without closing them: a half-open connection
