@@ -23,24 +23,11 @@ both_backends!(
     client_messages_are_posted,
     shutdown_ends_the_stream_without_an_error,
 );
-every_topology!(a_stream_resumes_on_another_instance);
-// A POST to an instance that does not hold the stream is answered 404 there: the server does not
-// forward client messages over the bus yet. Run with --ignored once it does.
-mod a_stream_is_reached_through_another_instance {
-    use crate::common::{Topology, Transport, on_deployment};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "server: POST /realtime/sse/{streamId} to another instance answers 404 (not forwarded)"]
-    async fn three_instances() {
-        on_deployment(
-            Topology::ThreeInstances,
-            Transport::Sse,
-            &[],
-            super::a_stream_is_reached_through_another_instance,
-        )
-        .await
-    }
-}
+// These open SSE streams themselves (the deployment's transport is not used).
+every_topology!(
+    a_stream_resumes_on_another_instance,
+    a_stream_is_reached_through_another_instance,
+);
 
 const T: Duration = Duration::from_secs(10);
 const CUTS: &str = "taskforge_slow_consumer_disconnects_total";
@@ -1096,7 +1083,9 @@ async fn a_stream_resumes_on_another_instance(d: Deployment) {
 }
 
 /// A stream on B is reached by the messages POSTed to A and C (ping, auth): delivered to the
-/// stream wherever it runs, over the bus when scaled.
+/// stream wherever it runs, over the bus when scaled. Another user's messages never reach it:
+/// refused where the stream is known (403), elsewhere accepted (the instance cannot tell) and
+/// forwarded to that user's streams only.
 async fn a_stream_is_reached_through_another_instance(d: Deployment) {
     let api = d.client(0);
     let u = api.new_user("Reached").await;
@@ -1124,6 +1113,24 @@ async fn a_stream_is_reached_through_another_instance(d: Deployment) {
         .wait_for("authenticated", T, |f| f["type"] == "authenticated")
         .await;
     assert_eq!(ok["userId"], json!(u.id()));
+
+    // Another user (with a connection of their own) posts an auth of theirs to this stream: had it
+    // reached the stream, the stream would end (`unauthorized`).
+    let other = api.new_user("Other").await;
+    let mut theirs = d.node(2).sse(other.token(), &[]).await.labeled("other");
+    theirs.joined(1).await;
+    let body = json!({"type": "auth", "token": other.token()}).to_string();
+    let r = sse
+        .post_via(&api, Some(other.token()), body.into_bytes())
+        .await;
+    if d.len() == 1 {
+        r.problem(403, "forbidden");
+    } else {
+        assert_eq!(r.status, 202, "{d}: {}", r.text);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sse.expect_pong().await;
+    theirs.expect_pong().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
