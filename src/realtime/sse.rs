@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
@@ -304,9 +305,11 @@ async fn open_stream(
         position,
         hello: Some(hello),
         done: Arc::new(tokio::sync::Notify::new()),
+        cut: Arc::new(AtomicBool::new(false)),
         ended: false,
     };
     let body_done = body.done.clone();
+    let body_cut = body.cut.clone();
     let abort = parts.extensions.get::<ConnectionAbort>().cloned();
     let session = Session {
         rt: rt.clone(),
@@ -322,6 +325,7 @@ async fn open_stream(
             control,
             plan,
             body_done,
+            body_cut,
             abort,
         },
     ));
@@ -430,6 +434,8 @@ struct StreamTask {
     plan: Plan,
     /// Notified when the response body ended (or was dropped with its connection).
     body_done: Arc<tokio::sync::Notify>,
+    /// Set when the body ended on a slow-consumer cut.
+    body_cut: Arc<AtomicBool>,
     abort: Option<ConnectionAbort>,
 }
 
@@ -474,12 +480,20 @@ async fn run(session: Session, mut t: StreamTask) {
     // The body writes what is queued and the closing error, then ends. A client that stopped
     // reading never lets it: cut the connection once it had the writer's stall time.
     // (The body's end stores a permit: a wait that starts after it returns at once.)
-    let wait = t.body_done.notified();
-    if tokio::time::timeout(outbox.stall() + Duration::from_secs(1), wait)
-        .await
-        .is_err()
-        && let Some(abort) = &t.abort
-    {
+    // A body that ended on a slow-consumer cut is no proof either: it only handed its last chunk
+    // to hyper (into its buffer or the kernel's), which a client that stopped reading never
+    // takes. It gets the stall time to drain too, then the connection is cut rather than left to
+    // the next request's header timeout.
+    let stall = outbox.stall() + Duration::from_secs(1);
+    let stalled = match tokio::time::timeout(stall, t.body_done.notified()).await {
+        Err(_) => true,
+        Ok(()) if t.body_cut.load(Ordering::Acquire) => {
+            tokio::time::sleep(stall).await;
+            true
+        }
+        Ok(()) => false,
+    };
+    if stalled && let Some(abort) = &t.abort {
         tracing::info!(
             conn = session.id,
             "SSE stream made no progress; cutting the connection"
@@ -560,6 +574,8 @@ struct EventWriter {
     position: Position,
     hello: Option<Bytes>,
     done: Arc<tokio::sync::Notify>,
+    /// Set when the body ends on a slow-consumer cut (read by the stream's task).
+    cut: Arc<AtomicBool>,
     ended: bool,
 }
 
@@ -576,6 +592,9 @@ impl EventWriter {
             None => Some(self.events(&batch)),
             Some(reason) => {
                 self.ended = true;
+                if reason == CloseReason::SlowConsumer {
+                    self.cut.store(true, Ordering::Release);
+                }
                 let error = reason.error_code().map(|code| {
                     let scope = match reason {
                         CloseReason::Revoked(team) => ScopeIds {
