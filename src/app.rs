@@ -248,6 +248,8 @@ impl App {
             router,
             ServeSettings {
                 header_timeout: config.header_timeout,
+                // Two heartbeats' worth, as a socket's ping timeout.
+                unacked_timeout: Some(config.ws_ping_interval.max(Duration::from_secs(1)) * 2),
             },
             stop.clone(),
         ));

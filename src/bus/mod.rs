@@ -106,7 +106,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError>;
 
     /// Hands a client message to the user's SSE stream `stream` on whichever instance holds it
-    /// (at most once, like every publish). `Ok(false)`: this bus reaches no other instance.
+    /// (at most once, like every publish). `Ok(false)`: no instance listens for the user (this
+    /// bus reaches no other instance, or none has a connection of the user).
     async fn forward_to_stream(
         &self,
         user: UserId,

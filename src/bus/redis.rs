@@ -641,13 +641,15 @@ impl Bus for RedisBus {
         text: &str,
     ) -> Result<bool, BusError> {
         let mut con = self.commands()?;
-        redis::cmd("PUBLISH")
+        // The instances with a connection of the user listen on this channel; none means no
+        // stream of theirs exists anywhere.
+        let receivers: i64 = redis::cmd("PUBLISH")
             .arg(Topic::User(user).channel())
             .arg(wire::encode_stream_message(stream, text))
-            .query_async::<()>(&mut con)
+            .query_async(&mut con)
             .await
             .map_err(unreachable)?;
-        Ok(true)
+        Ok(receivers > 0)
     }
 
     fn take_events(&self) -> Option<mpsc::Receiver<BusEvent>> {

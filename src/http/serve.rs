@@ -32,6 +32,11 @@ pub struct ConnectionAbort(pub CancellationToken);
 pub struct ServeSettings {
     /// A request head (the first, or the next on a kept-alive connection) must arrive within this.
     pub header_timeout: Duration,
+    /// How long data written to a connection may stay unacknowledged before the kernel drops it
+    /// (TCP_USER_TIMEOUT): a peer that vanished without closing (a dropped network) is found
+    /// at the next heartbeat plus this, not after the kernel's ~15 minutes of retransmissions.
+    /// An SSE stream has no other way to notice it; a socket also has its ping timeout.
+    pub unacked_timeout: Option<Duration>,
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled; then stops accepting, lets in-flight
@@ -65,6 +70,12 @@ pub async fn serve(
         // one waits for its (delayed) ACK would otherwise wait too.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+        if let Some(t) = settings.unacked_timeout
+            && let Err(e) = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(t))
+        {
+            tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
         }
         let router = router.clone();
         let abort = CancellationToken::new();

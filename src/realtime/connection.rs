@@ -23,7 +23,7 @@ use super::protocol::{
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
 use crate::domain::activity::LogEntry;
-use crate::domain::presence::PresenceView;
+use crate::domain::presence::{PresenceStatus, PresenceView};
 use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
@@ -454,27 +454,45 @@ impl Session {
         if fields.since.is_some_and(|s| s < 0) {
             return self.reply(error(ErrorCode::BadRequest, "since must be 0 or more"));
         }
-        match self.try_subscribe_inbox(fields.since).await {
-            Ok(()) => {}
-            Err(SubscribeError::ResumeUnavailable) => self.reply(error(
-                ErrorCode::ResumeUnavailable,
+        if let Err(e) = self.try_subscribe_inbox(fields.since).await {
+            self.reply_inbox_error(
+                &e,
                 "since is beyond the inbox stream; subscribe without it and refetch",
-            )),
-            Err(e) => {
-                if let SubscribeError::Store(e) = e {
+            );
+        }
+    }
+
+    /// The `error` answering an inbox subscribe that failed; `resume_unavailable` says
+    /// `resume_message`.
+    pub(super) fn reply_inbox_error(&self, e: &SubscribeError, resume_message: &str) {
+        let (code, message) = match e {
+            SubscribeError::ResumeUnavailable => (ErrorCode::ResumeUnavailable, resume_message),
+            other => {
+                if let SubscribeError::Store(e) = other {
                     tracing::warn!(error = %e, "inbox subscribe failed");
                 }
-                self.reply(error(
+                (
                     ErrorCode::Unavailable,
                     "the server could not read the inbox; retry",
-                ));
+                )
             }
-        }
+        };
+        self.reply(ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+            scope: ScopeIds {
+                inbox: Some(true),
+                ..ScopeIds::default()
+            },
+        });
     }
 
     /// Replays the inbox stream after `since` up to its latest seq, then attaches the socket to
     /// the feed from there (queuing `subscribed`).
-    async fn try_subscribe_inbox(&self, since: Option<i64>) -> Result<(), SubscribeError> {
+    pub(super) async fn try_subscribe_inbox(
+        &self,
+        since: Option<i64>,
+    ) -> Result<(), SubscribeError> {
         let rt = &self.rt;
         // A subscribe again replaces the socket's position: stop the feed before reading where
         // the stream stands, or it could send an event that the replay and the attach send again.
@@ -597,6 +615,12 @@ impl Session {
                 if upto > bounds.last_seq {
                     continue; // the hub is ahead of this snapshot: take a newer one
                 }
+                if upto < from {
+                    // The client saw more than this instance has dispatched (it resumes here
+                    // after another instance): bring the hub up to it rather than wait for it.
+                    self.rt.hub.catch_up(team, from).await?;
+                    continue;
+                }
                 if !self.replay(team, &group, admin, from, upto).await? {
                     return Ok(refused); // the socket is closing
                 }
@@ -643,15 +667,30 @@ impl Session {
             return;
         };
         let local = self.rt.hub.local_viewers(task);
-        for PresenceView { user, .. } in now {
-            let known = user.user_id == self.user
-                || local.contains(&user.user_id)
-                || snapshot.iter().any(|u| u.user.user_id == user.user_id);
-            if !known {
-                self.outbox
-                    .push(Frame::Text(super::protocol::presence_frame(
-                        true, team, task, &user,
-                    )));
+        let other = |id: UserId| id != self.user && !local.contains(&id);
+        let push = |frame| self.outbox.push(Frame::Text(frame));
+        for PresenceView { user, stamped } in now.iter().filter(|v| other(v.user.user_id)) {
+            let before = snapshot.iter().find(|v| v.user.user_id == user.user_id);
+            if before.is_none() {
+                push(super::protocol::presence_frame(true, team, task, user));
+            }
+            // A state announced before the join (a `presence.updated` this socket missed) is
+            // otherwise shown wrong until the user changes it again.
+            let was = before.map_or(PresenceStatus::VIEWING, |v| v.stamped.status);
+            if stamped.status != was {
+                push(super::protocol::presence_updated_frame(
+                    team,
+                    task,
+                    user,
+                    stamped.status,
+                ));
+            }
+        }
+        for gone in snapshot.iter().filter(|v| other(v.user.user_id)) {
+            if !now.iter().any(|v| v.user.user_id == gone.user.user_id) {
+                push(super::protocol::presence_frame(
+                    false, team, task, &gone.user,
+                ));
             }
         }
     }

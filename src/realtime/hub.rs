@@ -179,6 +179,36 @@ pub struct TeamPin<'a> {
     team: TeamId,
 }
 
+/// Undoes a team's start if its follow is dropped halfway (see `Hub::follow`).
+struct StartGuard<'a> {
+    hub: &'a Hub,
+    team: TeamId,
+    done: bool,
+}
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let team = self.team;
+        self.hub.with_state(|s| {
+            if let Some(TeamState {
+                phase: Phase::Starting { .. },
+                ..
+            }) = s.teams.get(&team)
+            {
+                // What was held is dropped with it: the next start reads the seq afresh. The
+                // watch may not have been counted yet; an unwatch of a channel not watched is
+                // ignored by the bus.
+                s.teams.remove(&team);
+                s.unwatch.push(team);
+            }
+        });
+        self.hub.team_started.notify_waiters();
+    }
+}
+
 impl Drop for TeamPin<'_> {
     fn drop(&mut self) {
         self.hub.with_state(|s| s.release_team(self.team));
@@ -307,11 +337,19 @@ impl Hub {
             }
             started.await;
         }
+        // Dropped before the start is done (the subscriber's connection went away), the guard
+        // takes the team out: left `Starting`, every later follow would wait on it for ever.
+        let mut start = StartGuard {
+            hub: self,
+            team,
+            done: false,
+        };
         if let Err(e) = self.bus.watch(Topic::Team(team)).await {
             // Still wanted: subscribed when the bus is back; until then `check` delivers.
             tracing::debug!(error = %e, %team, "following a team without the bus");
         }
         let seq = async { self.store.read().await?.last_seq(team).await }.await;
+        start.done = true;
         let result = self.with_state(|s| match seq {
             Ok(seq) => {
                 s.start(team, seq.unwrap_or(0));

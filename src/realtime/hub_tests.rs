@@ -998,3 +998,30 @@ async fn a_socket_is_refused_rooms_past_its_limit() {
     assert_eq!(hub.counted_subscriptions(), [1, 1, 0]);
     assert_eq!(hub.state.lock().subscriptions, [1, 1, 0]);
 }
+
+/// A subscribe dropped while it starts following its team (its client went away: an SSE body
+/// dropped with its connection) must not leave the team starting for ever: the next subscribe
+/// to it would wait on it, and everything dispatched meanwhile would be held.
+#[tokio::test]
+async fn a_follow_dropped_while_starting_leaves_the_team_free() {
+    let w = World::new().await;
+    let owner = w.user("o").await;
+    let team = w.team(&owner).await;
+    let hub = w.hub(8);
+    // SQLite's only connection held: the start waits on its read of the team's seq.
+    let held = w.store.write().await.expect("hold the only connection");
+    {
+        let mut starting = Box::pin(hub.follow(team.id));
+        assert!(
+            futures_util::poll!(starting.as_mut()).is_pending(),
+            "the start waits for the store"
+        );
+    }
+    drop(held);
+    let again = tokio::time::timeout(Duration::from_secs(3), hub.follow(team.id)).await;
+    assert!(
+        again.is_ok(),
+        "the next follow waited on the abandoned start"
+    );
+    assert_eq!(hub.dispatched(team.id), Some(0));
+}

@@ -121,7 +121,7 @@ impl Realtime {
                 .with_presence_state_ttl(settings.presence_state_ttl),
         );
         let inbox = Arc::new(InboxFeed::new(store.clone()));
-        let streams = Arc::new(sse::Streams::default());
+        let streams = Arc::new(sse::Streams::new(settings.rate));
         if let Some(mut events) = bus.take_events() {
             let hub = hub.clone();
             let inbox = inbox.clone();

@@ -200,6 +200,8 @@ struct State {
     replay: usize,
     replay_bytes: usize,
     closed: Option<CloseReason>,
+    /// When the oldest frame still queued was queued (`None` while empty).
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -214,6 +216,14 @@ impl State {
         self.bytes = 0;
         self.replay = 0;
         self.replay_bytes = 0;
+        self.waiting_since = None;
+    }
+
+    fn enqueue(&mut self, frame: Frame) {
+        if self.frames.is_empty() {
+            self.waiting_since = Some(tokio::time::Instant::now());
+        }
+        self.frames.push_back(frame);
     }
 }
 
@@ -282,7 +292,7 @@ impl Outbox {
         }
         s.queued += 1;
         s.bytes += cost;
-        s.frames.push_back(frame);
+        s.enqueue(frame);
         drop(s);
         self.ready.notify_one();
         true
@@ -323,7 +333,7 @@ impl Outbox {
                     s.replay += 1;
                     s.replay_bytes += cost;
                     s.bytes += cost;
-                    s.frames.push_back(frame);
+                    s.enqueue(frame);
                     drop(s);
                     self.ready.notify_one();
                     return true;
@@ -375,6 +385,15 @@ impl Outbox {
     #[cfg(test)]
     pub fn replay_waits(&self) -> usize {
         self.replay_waits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a frame has waited for the writer longer than the stall limit: the writer is
+    /// stuck (an SSE body that hyper no longer polls because its peer does not read).
+    pub fn stalled(&self) -> bool {
+        self.state
+            .lock()
+            .waiting_since
+            .is_some_and(|t| t.elapsed() >= self.limits.stall)
     }
 
     /// The writer's stall limit (see `Limits::stall`).
@@ -508,6 +527,23 @@ mod tests {
             o.next_batch(&mut batch).await,
             Some(CloseReason::SlowConsumer)
         );
+    }
+
+    /// A frame that waits longer than the stall time says the writer is stuck; taking the queue
+    /// clears it.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_left_waiting_past_the_stall_time_is_seen() {
+        let o = Outbox::new(limits(8, 1 << 20));
+        assert!(!o.stalled());
+        o.push(Frame::Ping);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        o.push(Frame::Ping);
+        assert!(!o.stalled(), "4 s of the 5 s stall time");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(o.stalled(), "the oldest frame has waited 5 s");
+        let mut batch = Vec::new();
+        assert_eq!(o.next_batch(&mut batch).await, None);
+        assert!(!o.stalled());
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,14 +35,14 @@ use super::Realtime;
 use super::connection::{Session, SubscribeError, instant_of, team_of};
 use super::outbox::{Arrival, CloseReason, Frame, Outbox, Positioned, Stream};
 use super::protocol::{
-    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeFields, ScopeIds, ServerMessage, parse,
+    ClientMessage, ErrorCode, PresenceUser, Scope, ScopeIds, ServerMessage, parse,
 };
 use crate::bus::Topic;
 use crate::domain::{BoardId, TaskId, TeamId, UserId};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer;
 use crate::http::serve::ConnectionAbort;
-use crate::limits::{Key, MessageLimit, client_ip};
+use crate::limits::{Key, KeyedLimiter, MessageLimit, client_ip};
 use crate::service::AuthError;
 use crate::service::auth::Principal;
 
@@ -60,9 +60,19 @@ pub(super) struct StreamHandle {
 }
 
 /// The streams of this instance, by id.
-#[derive(Default)]
 pub(super) struct Streams {
     by_id: Mutex<HashMap<String, Arc<StreamHandle>>>,
+    /// Messages a user may have forwarded to their streams on other instances, per minute.
+    forward_limit: Option<KeyedLimiter>,
+}
+
+impl Streams {
+    pub(super) fn new(rate_per_second: u32) -> Streams {
+        Streams {
+            by_id: Mutex::default(),
+            forward_limit: KeyedLimiter::per_minute(rate_per_second.saturating_mul(60)),
+        }
+    }
 }
 
 /// The parameters of `GET /realtime/sse`.
@@ -299,6 +309,11 @@ async fn open_stream(
             control: control_tx,
         },
     );
+    // Watched before the answer, so that a message POSTed (and forwarded) right after the
+    // hello finds the stream listening. Counted even when it fails (the bus resubscribes).
+    if let Err(e) = rt.bus.watch(Topic::User(user)).await {
+        tracing::debug!(error = %e, "watching the user's channel without the bus");
+    }
     let hello = hello(&stream_id, user, rt.settings.ping_interval);
     let body = EventWriter {
         outbox: outbox.clone(),
@@ -444,10 +459,8 @@ struct StreamTask {
 async fn run(session: Session, mut t: StreamTask) {
     let rt = session.rt.clone();
     let outbox = session.outbox.clone();
+    // Watched by `open_stream`; released here.
     let user_topic = Topic::User(session.user);
-    if let Err(e) = rt.bus.watch(user_topic).await {
-        tracing::debug!(error = %e, "watching the user's channel without the bus");
-    }
     tracing::info!(conn = session.id, user = %session.user, "SSE stream opened");
     let mut subscribing = Some(Box::pin(subscribe_all(session.clone(), t.plan)));
     let every = rt.settings.ping_interval;
@@ -460,7 +473,16 @@ async fn run(session: Session, mut t: StreamTask) {
                 outbox.close(CloseReason::TokenExpired);
                 break;
             }
-            _ = heartbeat.tick() => outbox.push(Frame::Ping),
+            _ = heartbeat.tick() => {
+                // hyper stops polling the body of a peer that does not read: frames then wait
+                // in the outbox, which only overflows after hours of heartbeats. Cut it here.
+                if outbox.stalled() {
+                    tracing::info!(conn = session.id, "SSE stream not read for the stall time; cutting it");
+                    outbox.cut();
+                } else {
+                    outbox.push(Frame::Ping);
+                }
+            }
             () = async {
                 if let Some(s) = subscribing.as_mut() {
                     s.await;
@@ -536,6 +558,9 @@ async fn subscribe_all(session: Session, plan: Plan) {
                 for &scope in &scopes {
                     session.reply_subscribe_error(&e, scope);
                 }
+                if transient(&e) {
+                    return end_to_retry(&session);
+                }
             }
         }
         if session.outbox.is_closed() {
@@ -543,14 +568,33 @@ async fn subscribe_all(session: Session, plan: Plan) {
         }
     }
     if let Some(since) = plan.inbox {
-        session
-            .subscribe(&ScopeFields {
-                inbox: Some(true),
-                since,
-                ..ScopeFields::default()
-            })
-            .await;
+        const AFRESH: &str =
+            "the stream's inbox position is beyond the inbox stream; subscribed afresh: refetch";
+        let mut result = session.try_subscribe_inbox(since).await;
+        if since.is_some() && matches!(result, Err(SubscribeError::ResumeUnavailable)) {
+            session.reply_inbox_error(&SubscribeError::ResumeUnavailable, AFRESH);
+            result = session.try_subscribe_inbox(None).await;
+        }
+        if let Err(e) = result {
+            session.reply_inbox_error(&e, AFRESH);
+            if transient(&e) {
+                end_to_retry(&session);
+            }
+        }
     }
+}
+
+/// Whether a subscribe failed for a reason that a later attempt may not meet.
+fn transient(e: &SubscribeError) -> bool {
+    matches!(e, SubscribeError::Busy | SubscribeError::Store(_))
+}
+
+/// A socket's client retries a subscribe that met a passing failure; a stream cannot be asked
+/// to, and left open it would stay without those scopes. Ending it (without an error: the
+/// `unavailable` errors are sent) makes the browser reconnect and resume every scope, exactly:
+/// the failed team's position never moved.
+fn end_to_retry(session: &Session) {
+    session.outbox.close(CloseReason::GoingAway);
 }
 
 /// A message POSTed to the stream.
@@ -680,9 +724,8 @@ pub(super) async fn post(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let result = match rt.streams.deliver(user, &stream_id, msg) {
-        Err(PostError::NoStream) => match rt.bus.forward_to_stream(user, &stream_id, text).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(PostError::NoStream),
+        Err(PostError::NoStream) => match forward(&rt, user, &stream_id, text).await {
+            Ok(answer) => answer,
             Err(e) => {
                 tracing::warn!(error = %e, "could not forward a message to an SSE stream");
                 return unavailable("the message could not be handed to its stream; retry")
@@ -695,6 +738,30 @@ pub(super) async fn post(
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// Hands a message to a stream on another instance. The stream's own limit applies there;
+/// here the user's POSTs are limited too, so that nobody drives publishes at will.
+async fn forward(
+    rt: &Realtime,
+    user: UserId,
+    stream_id: &str,
+    text: &str,
+) -> Result<Result<(), PostError>, crate::bus::BusError> {
+    if rt
+        .streams
+        .forward_limit
+        .as_ref()
+        .is_some_and(|l| l.check(Key::of(user.as_bytes())).is_err())
+    {
+        return Ok(Err(PostError::RateLimited));
+    }
+    Ok(rt
+        .bus
+        .forward_to_stream(user, stream_id, text)
+        .await?
+        .then_some(())
+        .ok_or(PostError::NoStream))
 }
 
 /// Why a POSTed message was refused.
