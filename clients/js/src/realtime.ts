@@ -1769,15 +1769,7 @@ export class RealtimeClient {
         room.status = 'pending';
         room.buffer.clear();
         room.sseCovered = false;
-        const id = this.socketId;
-        const b = this.opts.backoff ?? {};
-        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
-        room.refusals++;
-        if (room.retryTimer) clearTimeout(room.retryTimer);
-        room.retryTimer = setTimeout(() => {
-          room.retryTimer = null;
-          if (id === this.socketId && this.isCurrent(room)) this.sendSubscribe(room);
-        }, Math.round(base / 2 + (this.random() * base) / 2));
+        this.retryRefused(room, () => this.isCurrent(room) && this.sendSubscribe(room));
         this.maybeRetire();
       }
     }
@@ -1803,15 +1795,7 @@ export class RealtimeClient {
     } else {
       stream.status = 'pending';
       stream.sseCovered = false;
-      const id = this.socketId;
-      const b = this.opts.backoff ?? {};
-      const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
-      stream.refusals++;
-      if (stream.retryTimer) clearTimeout(stream.retryTimer);
-      stream.retryTimer = setTimeout(() => {
-        stream.retryTimer = null;
-        if (id === this.socketId && this.inboxStream === stream) this.sendInboxSubscribe(stream);
-      }, Math.round(base / 2 + (this.random() * base) / 2));
+      this.retryRefused(stream, () => this.inboxStream === stream && this.sendInboxSubscribe(stream));
     }
     this.maybeRetire();
   }
@@ -2359,16 +2343,8 @@ export class RealtimeClient {
       return;
     }
     // Passing: try again, backing off while the refusals go on.
-    const id = this.socketId;
     stream.status = 'pending';
-    const b = this.opts.backoff ?? {};
-    const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
-    stream.refusals++;
-    if (stream.retryTimer) clearTimeout(stream.retryTimer);
-    stream.retryTimer = setTimeout(() => {
-      stream.retryTimer = null;
-      if (id === this.socketId && this.authed && this.inboxStream === stream) this.sendInboxSubscribe(stream);
-    }, Math.round(base / 2 + (this.random() * base) / 2));
+    this.retryRefused(stream, () => this.authed && this.inboxStream === stream && this.sendInboxSubscribe(stream));
   }
 
   // ---- receiving ----------------------------------------------------------------------------
@@ -2604,17 +2580,27 @@ export class RealtimeClient {
       default: {
         // `unavailable` (the team is busy, or the server could not check) or a code this client
         // does not know: retry the same subscribe, backing off while the refusals go on.
-        const id = this.socketId;
         room.status = 'pending';
-        const b = this.opts.backoff ?? {};
-        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
-        room.refusals++;
-        room.retryTimer = setTimeout(() => {
-          room.retryTimer = null;
-          if (id === this.socketId && this.authed && this.isCurrent(room)) this.sendSubscribe(room);
-        }, Math.round(base / 2 + (this.random() * base) / 2));
+        this.retryRefused(room, () => this.authed && this.isCurrent(room) && this.sendSubscribe(room));
       }
     }
+  }
+
+  /**
+   * Sends a refused subscribe (`unavailable`) again later, backing off while the refusals go on;
+   * `resend` runs only if the connection is still the one it was refused on, and itself checks
+   * that the subscription is still wanted.
+   */
+  private retryRefused(target: { refusals: number; retryTimer: ReturnType<typeof setTimeout> | null }, resend: () => unknown): void {
+    const id = this.socketId;
+    const b = this.opts.backoff ?? {};
+    const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (target.refusals + 1));
+    target.refusals++;
+    if (target.retryTimer) clearTimeout(target.retryTimer);
+    target.retryTimer = setTimeout(() => {
+      target.retryTimer = null;
+      if (id === this.socketId) resend();
+    }, Math.round(base / 2 + (this.random() * base) / 2));
   }
 
   /** An `error` frame that names no scope. */

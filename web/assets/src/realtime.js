@@ -1229,17 +1229,7 @@ export class RealtimeClient {
                 room.status = 'pending';
                 room.buffer.clear();
                 room.sseCovered = false;
-                const id = this.socketId;
-                const b = this.opts.backoff ?? {};
-                const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
-                room.refusals++;
-                if (room.retryTimer)
-                    clearTimeout(room.retryTimer);
-                room.retryTimer = setTimeout(() => {
-                    room.retryTimer = null;
-                    if (id === this.socketId && this.isCurrent(room))
-                        this.sendSubscribe(room);
-                }, Math.round(base / 2 + (this.random() * base) / 2));
+                this.retryRefused(room, () => this.isCurrent(room) && this.sendSubscribe(room));
                 this.maybeRetire();
             }
         }
@@ -1265,17 +1255,7 @@ export class RealtimeClient {
         else {
             stream.status = 'pending';
             stream.sseCovered = false;
-            const id = this.socketId;
-            const b = this.opts.backoff ?? {};
-            const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
-            stream.refusals++;
-            if (stream.retryTimer)
-                clearTimeout(stream.retryTimer);
-            stream.retryTimer = setTimeout(() => {
-                stream.retryTimer = null;
-                if (id === this.socketId && this.inboxStream === stream)
-                    this.sendInboxSubscribe(stream);
-            }, Math.round(base / 2 + (this.random() * base) / 2));
+            this.retryRefused(stream, () => this.inboxStream === stream && this.sendInboxSubscribe(stream));
         }
         this.maybeRetire();
     }
@@ -1787,18 +1767,8 @@ export class RealtimeClient {
             this.endInbox(stream, error);
             return;
         }
-        const id = this.socketId;
         stream.status = 'pending';
-        const b = this.opts.backoff ?? {};
-        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (stream.refusals + 1));
-        stream.refusals++;
-        if (stream.retryTimer)
-            clearTimeout(stream.retryTimer);
-        stream.retryTimer = setTimeout(() => {
-            stream.retryTimer = null;
-            if (id === this.socketId && this.authed && this.inboxStream === stream)
-                this.sendInboxSubscribe(stream);
-        }, Math.round(base / 2 + (this.random() * base) / 2));
+        this.retryRefused(stream, () => this.authed && this.inboxStream === stream && this.sendInboxSubscribe(stream));
     }
     onMessage(data) {
         this.lastHeard = Date.now();
@@ -2041,18 +2011,23 @@ export class RealtimeClient {
                 this.endRoom(room, error);
                 return;
             default: {
-                const id = this.socketId;
                 room.status = 'pending';
-                const b = this.opts.backoff ?? {};
-                const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (room.refusals + 1));
-                room.refusals++;
-                room.retryTimer = setTimeout(() => {
-                    room.retryTimer = null;
-                    if (id === this.socketId && this.authed && this.isCurrent(room))
-                        this.sendSubscribe(room);
-                }, Math.round(base / 2 + (this.random() * base) / 2));
+                this.retryRefused(room, () => this.authed && this.isCurrent(room) && this.sendSubscribe(room));
             }
         }
+    }
+    retryRefused(target, resend) {
+        const id = this.socketId;
+        const b = this.opts.backoff ?? {};
+        const base = Math.min(b.maxMs ?? 30_000, (b.minMs ?? 250) * 2 ** (target.refusals + 1));
+        target.refusals++;
+        if (target.retryTimer)
+            clearTimeout(target.retryTimer);
+        target.retryTimer = setTimeout(() => {
+            target.retryTimer = null;
+            if (id === this.socketId)
+                resend();
+        }, Math.round(base / 2 + (this.random() * base) / 2));
     }
     onConnectionError(error) {
         if (this.mode === 'sse' && !this.ws) {
