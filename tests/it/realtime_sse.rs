@@ -28,6 +28,7 @@ both_backends!(
 every_topology!(
     a_stream_resumes_on_another_instance,
     a_stream_is_reached_through_another_instance,
+    presence_states_are_posted_to_a_stream,
 );
 
 const T: Duration = Duration::from_secs(10);
@@ -1138,6 +1139,67 @@ async fn a_stream_is_reached_through_another_instance(d: Deployment) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     sse.expect_pong().await;
     theirs.expect_pong().await;
+}
+
+/// A stream's user says what they do in a task by POST (through another instance when scaled):
+/// a socket in the room sees it as `presence.updated`, and sees them leave when the stream ends.
+async fn presence_states_are_posted_to_a_stream(d: Deployment) {
+    let api = d.client(0);
+    let ann = api.new_user("Ann").await;
+    let team = api.create_team(ann.token(), "Presence").await;
+    let bea = api.member(ann.token(), team.id, "Bea", "member").await;
+    let task = api.task(ann.token(), team.id, "Edited").await;
+    let mut ws = d.node(2).ws(bea.token()).await.labeled("bea");
+    ws.subscribe_task(task.id, None).await;
+    let mut sse = d
+        .node(1)
+        .sse(ann.token(), &[Scope::Task(task.id)])
+        .await
+        .labeled("ann");
+    sse.joined(1).await;
+    let is_about = |kind: &'static str| {
+        move |f: &Value| f["type"] == "activity" && f["activity"]["type"] == kind
+    };
+    let (joined, _) = ws
+        .wait_for("ann joins", T, is_about("presence.joined"))
+        .await;
+    assert_eq!(joined["activity"]["data"]["userId"], json!(ann.id()), "{d}");
+
+    let msg =
+        json!({"type": "presence", "taskId": task.id, "state": "editing", "field": "description"});
+    let r = sse
+        .post_via(&api, Some(ann.token()), msg.to_string().into_bytes())
+        .await;
+    assert_eq!(r.status, 202, "{d}: {}", r.text);
+    let (updated, _) = ws
+        .wait_for("ann edits", T, is_about("presence.updated"))
+        .await;
+    let data = &updated["activity"]["data"];
+    assert_eq!(data["userId"], json!(ann.id()), "{d}: {updated}");
+    assert_eq!(data["state"], "editing", "{d}: {updated}");
+    assert_eq!(data["field"], "description", "{d}: {updated}");
+
+    // A malformed state is refused on the stream, not by the POST (the message is well formed).
+    let bad = json!({"type": "presence", "taskId": task.id, "state": "dancing"});
+    let r = sse
+        .post_via(
+            &d.client(2),
+            Some(ann.token()),
+            bad.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{d}: {}", r.text);
+    let (err, _) = sse
+        .wait_for("bad_request", T, |f| f["type"] == "error")
+        .await;
+    assert_eq!(err["code"], "bad_request", "{d}: {err}");
+    assert_eq!(err["taskId"], json!(task.id), "{d}: {err}");
+
+    drop(sse);
+    let (left, _) = ws
+        .wait_for("ann leaves", T, is_about("presence.left"))
+        .await;
+    assert_eq!(left["activity"]["data"]["userId"], json!(ann.id()), "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
