@@ -53,6 +53,9 @@ static FIGURES: &[Figure] = &[
     }),
     ("latency p50 ms", |v| num(v, "/latency/p50Ms")),
     ("latency p99 ms", |v| num(v, "/latency/p99Ms")),
+    // Stamped (paced) runs only: the kernel's arrival, without the generator's read queue.
+    ("arrival p50 ms", |v| num(v, "/arrival/p50Ms")),
+    ("arrival p99 ms", |v| num(v, "/arrival/p99Ms")),
     ("server RSS KiB/connection", |v| {
         num(v, "/serverRssPerSocketKib")
     }),
@@ -120,6 +123,9 @@ pub fn run(args: &TransportsArgs) -> Result<()> {
                 |runs: &[&Value]| -> Vec<Option<f64>> { runs.iter().map(|r| f(r)).collect() };
             let med = |v: &[Option<f64>]| median(&v.iter().flatten().copied().collect::<Vec<_>>());
             let (a, b) = (values(&ws), values(&sse));
+            if a.iter().chain(&b).all(Option::is_none) {
+                continue; // e.g. arrival figures of unstamped runs
+            }
             let rounds = ratios(&b, &a);
             println!(
                 "| {scenario} | {name} | {} | {} | {} | {} |",
