@@ -1,4 +1,5 @@
-//! Scenario `fanout`: delivery of `task.created` activities to many WebSocket subscribers.
+//! Scenario `fanout`: delivery of `task.created` activities to many WebSocket subscribers, or
+//! (`--transport sse`) to many `/realtime/sse` streams.
 //!
 //! Setup (not measured): register one owner and `--users` users, create one team, add the users as
 //! members; open `--sockets` WebSocket connections to `/realtime?token=...`, spread round-robin over
@@ -19,6 +20,10 @@
 //! each own a share of the sockets and read them; per frame they only scan the text for `"seq":`
 //! and `"title":"b` (no JSON parse), mark the seq in the socket's bitset (lost, duplicates,
 //! order) and record receipt minus send instant of task `i` in the driver's own histogram.
+//!
+//! Over SSE each connection is `GET /realtime/sse?teamId=…&token=…` on its own TCP connection
+//! (the same users, source addresses and concurrency), ready at its `subscribed` event; each
+//! event's data is the socket's frame and goes through the same scan (see `sse`).
 //!
 //! End: when every socket has every created task's activity, or `--timeout` after the last send.
 
@@ -49,6 +54,7 @@ use crate::arrival::StampedTcp;
 use crate::http_writes::{Client, Target, parse_url, post_api, post_json};
 use crate::procfs::{self, Proc};
 use crate::redis_tap::{Commands, InfoSnapshot, Tap, TapCounts, calls_between, parse_redis_addr};
+use crate::sse::{self, SseConn, SseTarget};
 use crate::stats::{LatencyHistogram, LatencySummary};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -138,6 +144,22 @@ pub struct FanoutArgs {
     /// peer has no sign-up
     #[arg(long, env = "TASKFORGE_BENCH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// How each connection receives (TaskForge only for `sse`): a WebSocket on `/realtime`
+    /// subscribing to the team, or an SSE stream `GET /realtime/sse?teamId=…&token=…` (the
+    /// same JSON as each event's data)
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    pub transport: Transport,
+}
+
+/// What a connection of the fanout is.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A WebSocket (`/realtime`, or the peer's Engine.IO socket)
+    #[default]
+    Websocket,
+    /// A Server-Sent Events stream over HTTP/1.1 (`/realtime/sse`), read by `sse::SseConn`
+    Sse,
 }
 
 /// The server a run measures. All three get the same task creations and send the same
@@ -162,6 +184,9 @@ pub struct FanoutReport {
     /// `--server-kind`
     #[serde(default)]
     pub server_kind: ServerKind,
+    /// `--transport`
+    #[serde(default)]
+    pub transport: Transport,
     pub label: Option<String>,
     /// The first `--url` (the one of the setup)
     pub url: String,
@@ -440,11 +465,35 @@ impl Scanner {
 
 // ---------------------------------------------------------------- drivers
 
-/// One socket in a driver's `SelectAll`: yields `(k, Some(item))` and, once, `(k, None)` at its end.
-/// On an Engine.IO socket it answers the server's pings (`2`) with a pong (`3`) itself.
+/// A measured connection: a WebSocket, or an SSE stream on its own HTTP/1.1 connection.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per connection, held in place by its driver's SelectAll: a box would only add a pointer chase to every poll"
+)]
+pub(crate) enum Conn {
+    Ws(Sock),
+    Sse(SseConn),
+}
+
+/// What a connection yielded to its driver.
+pub(crate) enum Got {
+    /// A text frame, or an SSE event's data: the same JSON either way.
+    Text(Bytes),
+    /// A WebSocket close frame, as `close <code>`.
+    Close(String),
+    Binary,
+    /// A WebSocket ping or pong: nothing to count (tungstenite answers pings itself).
+    Control,
+    /// The connection failed or ended (its last item).
+    End(String),
+}
+
+/// One connection in a driver's `SelectAll`: yields `(k, got, receipt)` until, once,
+/// `(k, Got::End(_), None)`. On an Engine.IO socket it answers the server's pings (`2`) with a
+/// pong (`3`) itself.
 struct Tagged {
     k: usize,
-    ws: Option<Sock>,
+    conn: Option<Conn>,
     engine_io: bool,
     pong_due: bool,
 }
@@ -452,7 +501,7 @@ struct Tagged {
 impl Tagged {
     /// Sends a due pong as far as the socket lets it now; false when the socket failed.
     fn send_pong(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        let Some(ws) = self.ws.as_mut() else {
+        let Some(Conn::Ws(ws)) = self.conn.as_mut() else {
             return true;
         };
         if self.pong_due {
@@ -469,30 +518,15 @@ impl Tagged {
         }
         !matches!(ws.poll_flush_unpin(cx), Poll::Ready(Err(_)))
     }
-}
 
-/// The socket's index, what it yielded, and for a message: when it was read, and when its bytes
-/// arrived (kernel stamp).
-type TaggedItem = (
-    usize,
-    Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    Option<(Instant, Option<Instant>)>,
-);
-
-impl Stream for Tagged {
-    type Item = TaggedItem;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let (k, engine_io) = (self.k, self.engine_io);
-        if engine_io && !self.send_pong(cx) {
-            self.pong_due = false;
-        }
-        let Some(ws) = self.ws.as_mut() else {
-            return Poll::Ready(None);
+    fn poll_ws(&mut self, cx: &mut TaskContext<'_>) -> Poll<TaggedItem> {
+        let k = self.k;
+        let Some(Conn::Ws(ws)) = self.conn.as_mut() else {
+            return Poll::Pending;
         };
         match ws.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(Message::Text(t)))) if engine_io && t.as_str() == "2" => {
+            Poll::Ready(Some(Ok(Message::Text(t)))) if self.engine_io && t.as_str() == "2" => {
                 self.pong_due = true;
                 self.send_pong(cx);
                 // Not an item: poll again soon for what follows the ping.
@@ -502,16 +536,67 @@ impl Stream for Tagged {
             Poll::Ready(Some(Ok(m))) => {
                 let read = Instant::now();
                 let arrived = ws.get_ref().arrived_at(read);
-                Poll::Ready(Some((k, Some(Ok(m)), Some((read, arrived)))))
+                let got = match m {
+                    Message::Text(t) => Got::Text(Bytes::from(t)),
+                    Message::Close(frame) => Got::Close(
+                        frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code))),
+                    ),
+                    Message::Binary(_) => Got::Binary,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Got::Control,
+                };
+                Poll::Ready((k, got, Some((read, arrived))))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.ws = None;
-                Poll::Ready(Some((k, Some(Err(e)), None)))
+                self.conn = None;
+                Poll::Ready((k, Got::End(format!("error: {e}")), None))
             }
             Poll::Ready(None) => {
-                self.ws = None;
-                Poll::Ready(Some((k, None, None)))
+                self.conn = None;
+                Poll::Ready((k, Got::End("eof".into()), None))
             }
+        }
+    }
+
+    fn poll_sse(&mut self, cx: &mut TaskContext<'_>) -> Poll<TaggedItem> {
+        let k = self.k;
+        let Some(Conn::Sse(sse)) = self.conn.as_mut() else {
+            return Poll::Pending;
+        };
+        match sse.poll_data(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Ok(data))) => {
+                let read = Instant::now();
+                let arrived = sse.arrived_at(read);
+                Poll::Ready((k, Got::Text(data), Some((read, arrived))))
+            }
+            Poll::Ready(Ok(Err(end))) => {
+                self.conn = None;
+                Poll::Ready((k, Got::End(end.as_str().into()), None))
+            }
+            Poll::Ready(Err(e)) => {
+                self.conn = None;
+                Poll::Ready((k, Got::End(format!("error: {e}")), None))
+            }
+        }
+    }
+}
+
+/// The connection's index, what it yielded, and for a message: when it was read, and when its
+/// bytes arrived (kernel stamp).
+type TaggedItem = (usize, Got, Option<(Instant, Option<Instant>)>);
+
+impl Stream for Tagged {
+    type Item = TaggedItem;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.engine_io && !this.send_pong(cx) {
+            this.pong_due = false;
+        }
+        match this.conn {
+            None => Poll::Ready(None),
+            Some(Conn::Ws(_)) => this.poll_ws(cx).map(Some),
+            Some(Conn::Sse(_)) => this.poll_sse(cx).map(Some),
         }
     }
 }
@@ -585,8 +670,8 @@ fn classify(text: &str) -> (bool, String) {
 /// Frames a driver reads before it lets the other tasks of its thread run.
 const DRIVER_ITEMS_PER_YIELD: u32 = 256;
 
-/// A subscribed socket: the stream, its `subscribed` seq, its instance and its team.
-type Opened = (Sock, u64, usize, usize);
+/// A subscribed connection: the stream, its `subscribed` seq, its instance and its team.
+type Opened = (Conn, u64, usize, usize);
 
 async fn drive(
     kind: ServerKind,
@@ -599,7 +684,7 @@ async fn drive(
     let mut out = DriverOut::default();
     let mut socks = Vec::with_capacity(sockets.len());
     let mut sel = SelectAll::new();
-    for (k, (ws, sub_seq, inst, team)) in sockets.into_iter().enumerate() {
+    for (k, (conn, sub_seq, inst, team)) in sockets.into_iter().enumerate() {
         socks.push(SockState {
             inst,
             team,
@@ -614,7 +699,7 @@ async fn drive(
         });
         sel.push(Tagged {
             k,
-            ws: Some(ws),
+            conn: Some(conn),
             engine_io: kind == ServerKind::Socketio,
             pong_due: false,
         });
@@ -634,16 +719,16 @@ async fn drive(
             _ = stop.changed() => break,
             item = sel.next() => item,
         };
-        let Some((k, item, receipt)) = item else {
+        let Some((k, got, receipt)) = item else {
             // Every socket has ended: nothing more to read.
             let _ = stop.changed().await;
             break;
         };
         let st: &mut SockState = &mut socks[k];
-        match item {
-            Some(Ok(Message::Text(text))) => {
+        match got {
+            Got::Text(text) => {
                 let (now, arrived) = receipt.unwrap_or_else(|| (Instant::now(), None));
-                match scanner.scan(text.as_bytes()) {
+                match scanner.scan(&text) {
                     Scan::Activity { seq, title } => {
                         out.received += 1;
                         out.last_receipt = Some(now);
@@ -690,7 +775,7 @@ async fn drive(
                         }
                     }
                     Scan::Other => {
-                        let (is_error, kind) = classify(text.as_str());
+                        let (is_error, kind) = classify(&String::from_utf8_lossy(&text));
                         bump(
                             if is_error {
                                 &mut out.error_frames
@@ -702,20 +787,12 @@ async fn drive(
                     }
                 }
             }
-            Some(Ok(Message::Close(frame))) => {
-                st.closed =
-                    Some(frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code))));
-            }
-            Some(Ok(Message::Binary(_))) => bump(&mut out.other_frames, "binary"),
-            Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
-            Some(Err(e)) => {
+            Got::Close(code) => st.closed = Some(code),
+            Got::Binary => bump(&mut out.other_frames, "binary"),
+            Got::Control => {}
+            Got::End(why) => {
                 if st.closed.is_none() {
-                    st.closed = Some(format!("error: {e}"));
-                }
-            }
-            None => {
-                if st.closed.is_none() {
-                    st.closed = Some("eof".into());
+                    st.closed = Some(why);
                 }
             }
         }
@@ -909,7 +986,7 @@ pub(crate) async fn setup_team(target: &Target, users: usize, timeout: Duration)
 }
 
 /// A TCP connection to `server` from `source` (if any), without Nagle.
-async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+pub(crate) async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
     let sock = if server.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -1251,6 +1328,10 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         "--request-timeout must be positive"
     );
     ensure!(args.window != Some(0), "--window must be at least 1");
+    ensure!(
+        args.transport == Transport::Websocket || args.server_kind == ServerKind::Taskforge,
+        "--transport sse needs --server-kind taskforge (the peer and the floor only speak WebSocket)"
+    );
     if let Some(r) = args.rate {
         ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
     }
@@ -1340,8 +1421,12 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
 
     // Sockets: socket i on instance i mod instances.
     eprintln!(
-        "fanout: opening {} sockets on {} instance(s) from {} source address(es)",
+        "fanout: opening {} {} on {} instance(s) from {} source address(es)",
         args.sockets,
+        match args.transport {
+            Transport::Websocket => "sockets",
+            Transport::Sse => "SSE streams",
+        },
         n_inst,
         sources.len()
     );
@@ -1365,23 +1450,44 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
             let ws_base = t.ws_base.as_str();
             let team_id = team.team_id.as_str();
             let stamps = !args.no_arrival;
+            let target = &t.target;
             async move {
                 let open = async {
-                    match args.server_kind {
-                        ServerKind::Socketio => {
-                            let url = ws_base.to_string();
-                            open_socketio(server, source, url, token, team_id, config, stamps).await
+                    match (args.transport, args.server_kind) {
+                        (Transport::Sse, _) => {
+                            let path = format!(
+                                "{}/realtime/sse?teamId={team_id}&token={token}",
+                                target.prefix
+                            );
+                            let (conn, seq) = sse::open(SseTarget {
+                                server,
+                                source,
+                                host: &target.addr,
+                                path: &path,
+                                stamps,
+                                read_size: args.read_buffer,
+                            })
+                            .await?;
+                            Ok((Conn::Sse(conn), seq))
                         }
-                        ServerKind::Taskforge | ServerKind::Floor => {
+                        (Transport::Websocket, ServerKind::Socketio) => {
+                            let url = ws_base.to_string();
+                            open_socketio(server, source, url, token, team_id, config, stamps)
+                                .await
+                                .map(|(ws, seq)| (Conn::Ws(ws), seq))
+                        }
+                        (Transport::Websocket, ServerKind::Taskforge | ServerKind::Floor) => {
                             let url = format!("{ws_base}{token}");
-                            open_socket(server, source, url, subscribe, config, stamps).await
+                            open_socket(server, source, url, subscribe, config, stamps)
+                                .await
+                                .map(|(ws, seq)| (Conn::Ws(ws), seq))
                         }
                     }
                 };
                 let r = tokio::time::timeout(request_timeout, open)
                     .await
                     .unwrap_or_else(|_| Err(anyhow!("timed out")))
-                    .map(|(ws, seq)| (ws, seq, inst, team_k))
+                    .map(|(conn, seq)| (conn, seq, inst, team_k))
                     .map_err(|e| {
                         if n_inst > 1 {
                             e.context(format!("instance {inst}"))
@@ -1661,12 +1767,14 @@ pub async fn run(args: &FanoutArgs, threads: usize) -> Result<FanoutReport> {
         _ => None,
     };
     Ok(FanoutReport {
-        scenario: if args.events == 0 {
-            "ws_connect".into()
-        } else {
-            "ws_fanout".into()
+        scenario: match (args.transport, args.events) {
+            (Transport::Websocket, 0) => "ws_connect".into(),
+            (Transport::Websocket, _) => "ws_fanout".into(),
+            (Transport::Sse, 0) => "sse_connect".into(),
+            (Transport::Sse, _) => "sse_fanout".into(),
         },
         server_kind: args.server_kind,
+        transport: args.transport,
         label: args.label.clone(),
         url: args.urls[0].clone(),
         urls: args.urls.clone(),
@@ -1759,7 +1867,11 @@ pub fn print_human(r: &FanoutReport) {
         (None, None) => "max".to_string(),
     };
     println!(
-        "WebSocket {}  {} ({:?})",
+        "{} {}  {} ({:?})",
+        match r.transport {
+            Transport::Websocket => "WebSocket",
+            Transport::Sse => "SSE",
+        },
         if r.events == 0 { "connect" } else { "fanout" },
         r.label.as_deref().unwrap_or(""),
         r.server_kind

@@ -4,9 +4,11 @@
 //! - `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`, or of comments on
 //!   a task with followers (see `http_writes`).
 //! - `fanout`: delivery of `task.created` activities to many `/realtime` sockets (see `fanout`);
-//!   `--server-kind` runs the same load against the Socket.IO peer or the bare-write floor.
+//!   `--server-kind` runs the same load against the Socket.IO peer or the bare-write floor,
+//!   `--transport sse` over `/realtime/sse` streams (see `sse`).
 //! - `connect`: many subscribed sockets held idle: connect cost and memory per socket.
 //! - `compare`: TaskForge, the Socket.IO peer and the floor side by side (see `compare`).
+//! - `transports`: the same fanout over WebSocket and over SSE side by side (see `transports`).
 //! - `soak`: many sockets held under steady activity with churn, RSS sampled (see `soak`).
 //! - `resume`: one socket replaying the activities it missed (`since`) (see `resume`).
 //! - `summarize`: medians over repeated runs of `writes --json` / `fanout --json` output.
@@ -15,7 +17,7 @@
 //! - `webhooks`: a webhook's deliveries to a receiver inside the generator: deliveries/s, lag at a
 //!   steady write rate, catch-up after the receiver was down (see `webhooks`).
 //!
-//! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/cluster-fanout.sh`,
+//! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/sse-fanout.sh`, `bench/cluster-fanout.sh`,
 //! `bench/abuse.sh` and `bench/webhooks.sh`.
 
 mod abuse;
@@ -29,8 +31,10 @@ mod ratios;
 mod redis_tap;
 mod resume;
 mod soak;
+mod sse;
 mod stats;
 mod summary;
+mod transports;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -70,6 +74,9 @@ enum Command {
     /// TaskForge, the Socket.IO peer and the floor side by side (the `fanout --json` lines of
     /// bench/compare.sh): medians, ratios and the targets
     Compare(compare::CompareArgs),
+    /// The same fanout over WebSocket and over SSE side by side (the `fanout --json` lines of
+    /// bench/sse-fanout.sh): medians, and the SSE / WebSocket ratio of every round and its median
+    Transports(transports::TransportsArgs),
     /// Sockets of one team held for minutes under steady activity and churn (resume); checks
     /// every socket's stream and samples the servers' RSS every minute (prints a JSON line)
     Soak(soak::SoakArgs),
@@ -175,6 +182,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("taskforge-bench compare: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Transports(args) => match transports::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskforge-bench transports: {e:#}");
                 ExitCode::FAILURE
             }
         },

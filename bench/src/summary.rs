@@ -193,7 +193,7 @@ fn columns_of(runs: &[Value]) -> &'static [Column] {
         return COLUMNS;
     };
     match first.get("scenario").and_then(Value::as_str) {
-        Some("ws_fanout" | "ws_connect") => {
+        Some("ws_fanout" | "ws_connect" | "sse_fanout" | "sse_connect") => {
             let instances = first
                 .get("urls")
                 .and_then(Value::as_array)
@@ -292,15 +292,17 @@ pub fn run(args: &SummarizeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    // Runs against the Socket.IO peer or the floor get groups of their own.
+    // Runs against the Socket.IO peer or the floor, or over SSE, get groups of their own.
     let reports = reports
         .into_iter()
         .map(|mut r| {
             let kind = r
                 .get("serverKind")
                 .and_then(Value::as_str)
+                .filter(|k| *k != "taskforge")
+                .or_else(|| r.get("transport").and_then(Value::as_str))
                 .map(str::to_owned);
-            if let (Some(kind), Some(obj)) = (kind.filter(|k| k != "taskforge"), r.as_object_mut())
+            if let (Some(kind), Some(obj)) = (kind.filter(|k| k != "websocket"), r.as_object_mut())
             {
                 let label = obj
                     .get("label")
