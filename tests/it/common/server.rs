@@ -151,6 +151,11 @@ pub struct TestServer {
     stdout: Arc<Mutex<Vec<String>>>,
     pub(super) spec: Option<Arc<Spec>>,
     pub(super) frames: Option<Arc<FrameSchema>>,
+    /// The HTTP client of this server's SSE streams and their POSTs, built once: building one
+    /// (its TLS roots) costs more CPU than a whole stream, and a resume test opens hundreds. Per
+    /// server, not per process: a client's pooled connections belong to the runtime (the test)
+    /// that made them.
+    pub(super) sse_http: std::sync::OnceLock<reqwest::Client>,
     db: Arc<TestDatabase>,
 }
 
@@ -204,6 +209,7 @@ impl TestServer {
             stdout: Arc::default(),
             spec: None,
             frames: None,
+            sse_http: std::sync::OnceLock::new(),
             db,
         };
         srv.boot().await;
@@ -227,6 +233,7 @@ impl TestServer {
             stdout: Arc::default(),
             spec: self.spec.clone(),
             frames: self.frames.clone(),
+            sse_http: std::sync::OnceLock::new(),
             db: self.db.clone(),
         };
         srv.boot().await;

@@ -157,11 +157,14 @@ impl TestServer {
     /// Opens `GET /realtime/sse`; `Err(response)` when the server answers anything but 200.
     pub async fn sse_open(&self, req: &SseRequest) -> Result<SseClient, Resp> {
         let path = req.path();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("reqwest client");
+        let http = self.sse_http.get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("reqwest client")
+        });
         let mut get = http.get(format!("{}{path}", self.base));
         if let (Some(t), true) = (&req.token, req.token_in_header) {
             get = get.bearer_auth(t);
@@ -204,7 +207,11 @@ impl TestServer {
             id: None,
             pending: VecDeque::new(),
             schema: self.frames.clone().expect("frame schema loaded"),
-            api: self.client(),
+            api: Api::new(
+                &self.base,
+                self.spec.clone().expect("spec loaded"),
+                http.clone(),
+            ),
             token: req.token.clone().unwrap_or_default(),
             headers,
             hello: Value::Null,
