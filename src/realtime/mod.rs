@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer;
 use crate::limits::KeyedLimiter;
+use crate::service::auth::Principal;
 use crate::service::{AuthError, TokenService};
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -197,6 +198,15 @@ impl Realtime {
         }
     }
 
+    /// A connection's token (socket handshake, SSE stream, POSTed message): its principal, or
+    /// why it is refused.
+    fn verify_token(&self, token: &str) -> Result<Principal, &'static str> {
+        self.tokens.verify(token).map_err(|e| match e {
+            AuthError::Expired => "the access token has expired",
+            AuthError::Invalid => "the access token is invalid",
+        })
+    }
+
     pub fn router(self: &Arc<Self>) -> Router {
         let doc: Arc<str> = Arc::from(asyncapi::document().to_string());
         Router::new()
@@ -255,14 +265,9 @@ async fn upgrade(
     let token = q.token.or_else(|| bearer(&parts).map(str::to_owned));
     let principal = match token {
         None => None,
-        Some(t) => match rt.tokens.verify(&t) {
+        Some(t) => match rt.verify_token(&t) {
             Ok(p) => Some(p),
-            Err(AuthError::Expired) => {
-                return ApiError::unauthorized("the access token has expired").into_response();
-            }
-            Err(AuthError::Invalid) => {
-                return ApiError::unauthorized("the access token is invalid").into_response();
-            }
+            Err(why) => return ApiError::unauthorized(why).into_response(),
         },
     };
     let max = rt.settings.max_message_bytes;

@@ -43,8 +43,6 @@ use crate::http::error::ApiError;
 use crate::http::extract::bearer;
 use crate::http::serve::ConnectionAbort;
 use crate::limits::{Key, KeyedLimiter, MessageLimit, client_ip};
-use crate::service::AuthError;
-use crate::service::auth::Principal;
 
 /// Client messages waiting for a stream's task (a POST beyond them is refused with 429).
 const CONTROL_QUEUE: usize = 8;
@@ -227,7 +225,9 @@ async fn open_stream(
                 "an access token is required (Authorization: Bearer, or ?token=)",
             )));
         }
-        Some(t) => verify(&rt, t).map_err(|e| fail(*e))?,
+        Some(t) => rt
+            .verify_token(t)
+            .map_err(|why| fail(ApiError::unauthorized(why)))?,
     };
     if req.scopes.is_empty() && !req.inbox {
         return Err(fail(ApiError::bad_request(
@@ -370,16 +370,6 @@ async fn open_stream(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
-}
-
-/// Boxed: an `ApiError` is large, and these are on the rare path.
-fn verify(rt: &Realtime, token: &str) -> Result<Principal, Box<ApiError>> {
-    rt.tokens.verify(token).map_err(|e| {
-        Box::new(match e {
-            AuthError::Expired => ApiError::unauthorized("the access token has expired"),
-            AuthError::Invalid => ApiError::unauthorized("the access token is invalid"),
-        })
-    })
 }
 
 fn unavailable(detail: &str) -> ApiError {
@@ -838,12 +828,7 @@ fn read_post<'a>(
     body: &'a [u8],
 ) -> Result<(UserId, &'a str, ClientMessage), PostError> {
     let token = bearer(parts).ok_or(PostError::NoToken)?;
-    let principal = rt.tokens.verify(token).map_err(|e| {
-        PostError::Token(match e {
-            AuthError::Expired => "the access token has expired",
-            AuthError::Invalid => "the access token is invalid",
-        })
-    })?;
+    let principal = rt.verify_token(token).map_err(PostError::Token)?;
     if body.len() > rt.settings.max_message_bytes {
         return Err(PostError::TooLarge(rt.settings.max_message_bytes));
     }
