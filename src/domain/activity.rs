@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::id::{ActivityId, WebhookId};
+use super::id::{ActivityId, LabelId, WebhookId};
 use super::model::*;
 use super::webhook::Webhook;
 
@@ -117,6 +117,14 @@ activities! {
     },
     /// The server disabled the webhook (its receiver answered 410, or failed for too long).
     WebhookDisabled = "webhook.disabled" { webhook: Webhook, reason: String },
+    LabelCreated = "label.created" { label: Label },
+    LabelUpdated = "label.updated" { label: Label },
+    /// The label is gone, and off every task that carried it (those tasks' versions stay).
+    #[serde(rename_all = "camelCase")]
+    LabelDeleted = "label.deleted" {
+        #[schema(value_type = Uuid)]
+        label_id: LabelId,
+    },
 }
 
 impl ActivityKind {
@@ -215,6 +223,9 @@ impl Route {
                 | BoardCreated
                 | BoardUpdated
                 | BoardDeleted
+                | LabelCreated
+                | LabelUpdated
+                | LabelDeleted
         );
         let boards = matches!(
             self.kind,
@@ -315,7 +326,10 @@ impl ActivityDraft {
             WebhookCreated { .. }
             | WebhookUpdated { .. }
             | WebhookDeleted { .. }
-            | WebhookDisabled { .. } => (None, None, None),
+            | WebhookDisabled { .. }
+            | LabelCreated { .. }
+            | LabelUpdated { .. }
+            | LabelDeleted { .. } => (None, None, None),
         };
         let route = Route {
             kind: self.data.kind(),
@@ -395,6 +409,8 @@ mod tests {
         assert_eq!(route(CommentCreated).rooms(), vec![k]);
         assert_eq!(route(MemberRemoved).rooms(), vec![t, u]);
         assert_eq!(route(BoardDeleted).rooms(), vec![t]);
+        assert_eq!(route(LabelCreated).rooms(), vec![t]);
+        assert_eq!(route(LabelDeleted).rooms(), vec![t]);
         let admins = Room::Admins(TeamId::from(Uuid::from_u128(1)));
         assert_eq!(route(WebhookCreated).rooms(), vec![admins]);
         assert_eq!(route(WebhookDisabled).rooms(), vec![admins]);

@@ -84,6 +84,8 @@ ids! {
     /// A notification in one user's inbox.
     NotificationId;
     WebhookId;
+    /// A team's label (issue: labels and search).
+    LabelId;
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod webhook;
 pub use activity::{Activity, ActivityData, ActivityKind, Change, Room, Route};
 pub use error::{DomainError, FieldError};
 pub use id::{
-    ActivityId, BoardId, CommentId, NotificationId, SessionId, TaskId, TeamId, UserId, WebhookId,
+    ActivityId, BoardId, CommentId, LabelId, NotificationId, SessionId, TaskId, TeamId, UserId,
+    WebhookId,
 };
 pub use model::*;

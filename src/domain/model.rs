@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-pub use super::id::{BoardId, CommentId, TaskId, TeamId, UserId};
+pub use super::id::{BoardId, CommentId, LabelId, TaskId, TeamId, UserId};
 
 /// Timestamps are RFC 3339 UTC with millisecond precision: `2026-11-25T19:03:04.123Z`.
 pub mod timestamp {
@@ -203,6 +203,27 @@ pub struct Task {
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
     pub version: i64,
+    /// The task's labels, in ascending id order (activities logged before labels existed have
+    /// none).
+    #[serde(default)]
+    #[schema(value_type = Vec<Uuid>)]
+    pub label_ids: Vec<LabelId>,
+}
+
+/// A team's label: a name unique in the team whatever its case, and a color.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Label {
+    #[schema(value_type = Uuid)]
+    pub id: LabelId,
+    #[schema(value_type = Uuid)]
+    pub team_id: TeamId,
+    pub name: String,
+    /// `#rrggbb`, lower case.
+    pub color: String,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -246,3 +267,16 @@ pub(crate) use text_enum;
 text_enum!(Role { Viewer = "viewer", Member = "member", Admin = "admin", Owner = "owner" });
 text_enum!(TaskStatus { Todo = "todo", InProgress = "in_progress", Done = "done", Canceled = "canceled" });
 text_enum!(Priority { None = "none", Low = "low", Medium = "medium", High = "high", Urgent = "urgent" });
+
+impl Priority {
+    /// The order of `sort=priority`: none 0 … urgent 4 (the store's `priority_rank`).
+    pub fn rank(self) -> i16 {
+        match self {
+            Priority::None => 0,
+            Priority::Low => 1,
+            Priority::Medium => 2,
+            Priority::High => 3,
+            Priority::Urgent => 4,
+        }
+    }
+}

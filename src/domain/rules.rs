@@ -226,6 +226,10 @@ pub struct NewTask {
     pub due_date: Option<time::Date>,
     #[serde(default)]
     pub position: Option<f64>,
+    /// At most 20 of the team's labels.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Uuid>>, max_items = 20)]
+    pub label_ids: Option<Vec<LabelId>>,
 }
 
 impl NewTask {
@@ -235,6 +239,9 @@ impl NewTask {
         if let Some(d) = &self.description {
             text(&mut c, "description", d, 0, DESCRIPTION_MAX);
             mention_limit(&mut c, "description", d, DESCRIPTION_MAX);
+        }
+        if let Some(l) = &self.label_ids {
+            label_set_checks(&mut c, l);
         }
         c.check(
             self.position.is_none_or(f64::is_finite),
@@ -273,11 +280,18 @@ pub struct TaskPatch {
     #[serde(default, deserialize_with = "non_null")]
     #[schema(nullable = false)]
     pub position: Option<f64>,
+    /// The task's whole set of labels (at most 20 of the team's).
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, value_type = Option<Vec<Uuid>>, max_items = 20)]
+    pub label_ids: Option<Vec<LabelId>>,
 }
 
 impl TaskPatch {
     pub fn check(&self) -> Result<(), DomainError> {
         let mut c = Checks::default();
+        if let Some(l) = &self.label_ids {
+            label_set_checks(&mut c, l);
+        }
         if let Some(t) = &self.title {
             text(&mut c, "title", t, 1, TITLE_MAX);
         }
@@ -369,11 +383,113 @@ impl TaskPatch {
             );
             next.due_date = due;
         }
+        let labels = self.label_ids.as_deref().map(label_set);
+        track(
+            &mut changes,
+            "labelIds",
+            &mut next.label_ids,
+            labels.as_ref(),
+        );
         if !changes.is_empty() {
             next.version += 1;
             next.updated_at = now;
         }
         (next, changes)
+    }
+}
+
+pub const LABELS_PER_TASK: usize = 20;
+pub const LABEL_NAME_MAX: usize = 50;
+
+fn label_set_checks(c: &mut Checks, ids: &[LabelId]) {
+    c.check(
+        ids.len() <= LABELS_PER_TASK,
+        "labelIds",
+        &format!("must hold at most {LABELS_PER_TASK} labels"),
+    );
+    c.check(
+        label_set(ids).len() == ids.len(),
+        "labelIds",
+        "must not name a label twice",
+    );
+}
+
+/// A task's labels as it carries them: ascending ids, each once.
+pub fn label_set(ids: &[LabelId]) -> Vec<LabelId> {
+    let mut set = ids.to_vec();
+    set.sort_unstable();
+    set.dedup();
+    set
+}
+
+/// What makes two label names the same in a team: their lower-case forms are equal.
+pub fn label_name_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// `#rrggbb` in lower case, or None.
+fn label_color(color: &str) -> Option<String> {
+    let hex = color.strip_prefix('#')?;
+    (hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| color.to_ascii_lowercase())
+}
+
+fn label_checks(c: &mut Checks, name: Option<&str>, color: Option<&str>) {
+    if let Some(n) = name {
+        text(c, "name", n, 1, LABEL_NAME_MAX);
+    }
+    if let Some(k) = color {
+        c.check(label_color(k).is_some(), "color", "must be #rrggbb");
+    }
+}
+
+/// The body of `POST /teams/{teamId}/labels`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewLabel {
+    #[schema(min_length = 1, max_length = 50)]
+    pub name: String,
+    /// `#rrggbb` (stored in lower case).
+    #[schema(pattern = "^#[0-9a-fA-F]{6}$")]
+    pub color: String,
+}
+
+impl NewLabel {
+    /// The label's name and color as stored (name trimmed, color in lower case).
+    pub fn check(&self) -> Result<(String, String), DomainError> {
+        let mut c = Checks::default();
+        label_checks(&mut c, Some(&self.name), Some(&self.color));
+        c.finish()?;
+        Ok((self.name.trim().to_owned(), self.color.to_ascii_lowercase()))
+    }
+}
+
+/// The body of `PATCH /labels/{labelId}`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelPatch {
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 50)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, pattern = "^#[0-9a-fA-F]{6}$")]
+    pub color: Option<String>,
+}
+
+impl LabelPatch {
+    /// The label after the patch, or None when nothing changes.
+    pub fn apply(&self, label: &Label) -> Result<Option<Label>, DomainError> {
+        let mut c = Checks::default();
+        label_checks(&mut c, self.name.as_deref(), self.color.as_deref());
+        c.finish()?;
+        let mut next = label.clone();
+        if let Some(n) = &self.name {
+            next.name = n.trim().to_owned();
+        }
+        if let Some(k) = &self.color {
+            next.color = k.to_ascii_lowercase();
+        }
+        Ok((next != *label).then_some(next))
     }
 }
 
@@ -448,6 +564,7 @@ mod tests {
             assignee_user_id: None,
             due_date: None,
             position: None,
+            label_ids: None,
         }
     }
 

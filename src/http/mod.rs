@@ -88,6 +88,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
         .merge(routes::auth::router())
         .merge(routes::teams::router())
+        .merge(routes::labels::router())
         .merge(routes::tasks::router())
         .merge(routes::inbox::router())
         .merge(routes::webhooks::router())

@@ -7,6 +7,7 @@
 mod activity;
 pub mod auth;
 pub mod inbox;
+mod labels;
 mod tasks;
 pub mod teams;
 pub mod webhooks;

@@ -9,7 +9,7 @@ use super::{
 use crate::domain::activity::{ActivityData, ActivityDraft, ActivityKind};
 use crate::domain::notify::{Happening, Reason, mentions, new_mentions};
 use crate::domain::rules::{
-    Action, NewTask, TaskPatch, check_comment_body, if_match_allows, position_after,
+    Action, NewTask, TaskPatch, check_comment_body, if_match_allows, label_set, position_after,
 };
 use crate::domain::*;
 use crate::store::{StoreError, TaskFilter, Tx};
@@ -19,6 +19,19 @@ async fn check_board(tx: &mut dyn Tx, team: TeamId, board: BoardId) -> Result<()
     match tx.board(board).await? {
         Some(b) if b.team_id == team => Ok(()),
         _ => Err(DomainError::invalid("boardId", "is not a board of this team").into()),
+    }
+}
+
+/// Labels must be the team's: each is locked against deletion until the transaction ends.
+async fn check_labels(tx: &mut dyn Tx, team: TeamId, labels: &[LabelId]) -> Result<()> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let found = tx.labels_among(team, labels).await?;
+    if found.len() == labels.len() {
+        Ok(())
+    } else {
+        Err(DomainError::invalid("labelIds", "names a label that is not one of this team's").into())
     }
 }
 
@@ -47,6 +60,8 @@ impl Services {
         if let Some(a) = input.assignee_user_id {
             check_assignee(&mut *tx, team, a).await?;
         }
+        let label_ids = label_set(input.label_ids.as_deref().unwrap_or_default());
+        check_labels(&mut *tx, team, &label_ids).await?;
         let position = input
             .position
             .unwrap_or_else(|| position_after(slot.last_position));
@@ -66,6 +81,7 @@ impl Services {
             created_at: at,
             updated_at: at,
             version: 1,
+            label_ids,
         };
         tx.insert_task(&task).await?;
         let notified = notify(
@@ -172,9 +188,16 @@ impl Services {
             if changes.is_empty() {
                 return Ok(task);
             }
+            let labels_changed = changes.contains_key("labelIds");
+            if labels_changed {
+                check_labels(&mut *tx, task.team_id, &next.label_ids).await?;
+            }
             match tx.update_task(&next).await {
                 Err(StoreError::Stale) => continue,
                 other => other?,
+            }
+            if labels_changed {
+                tx.set_task_labels(next.id, &next.label_ids).await?;
             }
             let moved = |d: ActivityDraft| {
                 if next.board_id != task.board_id {

@@ -116,6 +116,21 @@ pub trait Store: Send + Sync + 'static {
 pub trait Tx: WebhookTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
+    // labels
+    /// `StoreError::Duplicate` if the team has a label of that name (in any case).
+    async fn insert_label(&mut self, label: &Label) -> Result<()>;
+    async fn label(&mut self, id: LabelId) -> Result<Option<Label>>;
+    async fn labels(&mut self, team: TeamId, page: PageAfter<LabelId>) -> Result<Vec<Label>>;
+    async fn count_labels(&mut self, team: TeamId) -> Result<i64>;
+    /// Renames or recolors; false if the label is gone, `StoreError::Duplicate` on a name clash.
+    async fn update_label(&mut self, label: &Label) -> Result<bool>;
+    /// Deletes the label and takes it off every task that carries it (their versions stay: the
+    /// `label.deleted` activity tells clients). False if it was gone.
+    async fn delete_label(&mut self, id: LabelId) -> Result<bool>;
+    /// Which of `ids` are labels of `team`, each locked against deletion until the transaction
+    /// ends (so that a task never gets a label deleted meanwhile).
+    async fn labels_among(&mut self, team: TeamId, ids: &[LabelId]) -> Result<Vec<LabelId>>;
+
     // users and sessions
     async fn insert_user(&mut self, user: &User, password_hash: &str) -> Result<()>;
     async fn user(&mut self, id: UserId) -> Result<Option<User>>;
@@ -187,7 +202,11 @@ pub trait Tx: WebhookTx + Send {
         page: PageAfter<TaskId>,
     ) -> Result<Vec<Task>>;
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
+    /// Its labels are not written: `set_task_labels` does that when they change.
     async fn update_task(&mut self, task: &Task) -> Result<()>;
+    /// Makes `labels` (ascending, each a label of the task's team that `labels_among` has
+    /// locked in this transaction) the task's whole set of labels.
+    async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> Result<()>;
     /// Deletes a task and returns it as it was when deleted (None if it was gone): callers must
     /// describe the delete from this row, not from an earlier read a concurrent update may have
     /// outdated (PostgreSQL, READ COMMITTED).

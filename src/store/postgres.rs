@@ -80,5 +80,5 @@ impl Store for PgStore {
 }
 
 // A delete-strength row lock: it waits for writers holding a key-share lock on the row.
-super::sql::impl_tx!(PgTx, " FOR UPDATE");
+super::sql::impl_tx!(PgTx, " FOR UPDATE", " FOR KEY SHARE");
 super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE");

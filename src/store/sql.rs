@@ -194,6 +194,30 @@ pub(super) struct TaskRow {
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     version: i64,
+    label_ids: String,
+}
+
+/// `tasks.label_ids`: the ids in ascending order, comma-separated (hyphenated, lower case).
+pub(super) fn label_ids_text(ids: &[LabelId]) -> String {
+    let mut text = String::with_capacity(ids.len() * 37);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&Uuid::from(*id).hyphenated().to_string());
+    }
+    text
+}
+
+fn parse_label_ids(text: &str) -> Result<Vec<LabelId>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<Uuid>()
+                .map(LabelId::from)
+                .map_err(|_| corrupt("label_ids", text))
+        })
+        .collect()
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -215,7 +239,29 @@ impl TryFrom<TaskRow> for Task {
             created_at: r.created_at,
             updated_at: r.updated_at,
             version: r.version,
+            label_ids: parse_label_ids(&r.label_ids)?,
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct LabelRow {
+    id: LabelId,
+    team_id: TeamId,
+    name: String,
+    color: String,
+    created_at: OffsetDateTime,
+}
+
+impl From<LabelRow> for Label {
+    fn from(r: LabelRow) -> Self {
+        Label {
+            id: r.id,
+            team_id: r.team_id,
+            name: r.name,
+            color: r.color,
+            created_at: r.created_at,
+        }
     }
 }
 
@@ -391,9 +437,18 @@ pub(super) fn entries(
         .collect()
 }
 
+/// The columns of a `TaskRow`, for `concat!` in every query that reads tasks.
+macro_rules! task_columns {
+    () => {
+        "id, team_id, board_id, title, description, status, priority, assignee_user_id, due_date, \
+         position, created_by, created_at, updated_at, version, label_ids"
+    };
+}
+pub(super) use task_columns;
+
 /// Implements `Tx` for a struct `$tx { tx: sqlx::Transaction<'static, $db> }`.
 macro_rules! impl_tx {
-    ($tx:ident, $lock_row:literal) => {
+    ($tx:ident, $lock_row:literal, $share_row:literal) => {
         // An unnamed const gives the impl its own imports.
         const _: () = {
         use time::OffsetDateTime;
@@ -752,8 +807,9 @@ macro_rules! impl_tx {
             async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
-                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
+                     label_ids, priority_rank) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 )
                 .bind(t.id)
                 .bind(t.team_id)
@@ -769,16 +825,19 @@ macro_rules! impl_tx {
                 .bind(t.created_at)
                 .bind(t.updated_at)
                 .bind(t.version)
+                .bind(label_ids_text(&t.label_ids))
+                .bind(t.priority.rank())
                 .execute(&mut *self.tx)
                 .await?;
-                Ok(())
+                if t.label_ids.is_empty() {
+                    return Ok(());
+                }
+                self.set_task_labels(t.id, &t.label_ids).await
             }
 
             async fn task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
-                let row: Option<TaskRow> = sqlx::query_as(
-                    "SELECT id, team_id, board_id, title, description, status, priority, assignee_user_id, \
-                     due_date, position, created_by, created_at, updated_at, version FROM tasks WHERE id = $1",
-                )
+                let row: Option<TaskRow> =
+                    sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&mut *self.tx)
                 .await?;
@@ -791,15 +850,14 @@ macro_rules! impl_tx {
                 f: &$crate::store::TaskFilter,
                 page: $crate::store::PageAfter<TaskId>,
             ) -> $crate::store::Result<Vec<Task>> {
-                let rows: Vec<TaskRow> = sqlx::query_as(
-                    "SELECT id, team_id, board_id, title, description, status, priority, assignee_user_id, \
-                     due_date, position, created_by, created_at, updated_at, version FROM tasks \
+                let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+                    "SELECT ", task_columns!(), " FROM tasks \
                      WHERE team_id = $1 AND id > $2 \
                        AND ($3 IS NULL OR board_id = $3) \
                        AND ($4 IS NULL OR status = $4) \
                        AND ($5 IS NULL OR assignee_user_id = $5) \
                      ORDER BY id LIMIT $6",
-                )
+                ))
                 .bind(team)
                 .bind(after(page.after))
                 .bind(f.board_id)
@@ -814,7 +872,8 @@ macro_rules! impl_tx {
             async fn update_task(&mut self, t: &Task) -> $crate::store::Result<()> {
                 let done = sqlx::query(
                     "UPDATE tasks SET board_id = $2, title = $3, description = $4, status = $5, priority = $6, \
-                     assignee_user_id = $7, due_date = $8, position = $9, updated_at = $10, version = $11 \
+                     assignee_user_id = $7, due_date = $8, position = $9, updated_at = $10, version = $11, \
+                     label_ids = $13, priority_rank = $14 \
                      WHERE id = $1 AND version = $12",
                 )
                 .bind(t.id)
@@ -829,19 +888,152 @@ macro_rules! impl_tx {
                 .bind(t.updated_at)
                 .bind(t.version)
                 .bind(t.version - 1)
+                .bind(label_ids_text(&t.label_ids))
+                .bind(t.priority.rank())
                 .execute(&mut *self.tx)
                 .await?;
                 if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Stale) }
             }
 
+            async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> $crate::store::Result<()> {
+                sqlx::query("UPDATE tasks SET label_ids = $2 WHERE id = $1")
+                    .bind(task)
+                    .bind(label_ids_text(labels))
+                    .execute(&mut *self.tx)
+                    .await?;
+                sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
+                    .bind(task)
+                    .execute(&mut *self.tx)
+                    .await?;
+                if labels.is_empty() {
+                    return Ok(());
+                }
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
+                insert.push_values(labels, |mut row, label| {
+                    row.push_bind(*label).push_bind(task);
+                });
+                insert.build().execute(&mut *self.tx).await?;
+                Ok(())
+            }
+
+            async fn insert_label(&mut self, l: &Label) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO labels (id, team_id, name, name_key, color, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(l.id)
+                .bind(l.team_id)
+                .bind(&l.name)
+                .bind($crate::domain::rules::label_name_key(&l.name))
+                .bind(&l.color)
+                .bind(l.created_at)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_dup)?;
+                Ok(())
+            }
+
+            async fn label(&mut self, id: LabelId) -> $crate::store::Result<Option<Label>> {
+                let row: Option<LabelRow> =
+                    sqlx::query_as("SELECT id, team_id, name, color, created_at FROM labels WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn labels(
+                &mut self,
+                team: TeamId,
+                page: $crate::store::PageAfter<LabelId>,
+            ) -> $crate::store::Result<Vec<Label>> {
+                let rows: Vec<LabelRow> = sqlx::query_as(
+                    "SELECT id, team_id, name, color, created_at FROM labels \
+                     WHERE team_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(team)
+                .bind(after(page.after))
+                .bind(page.limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn count_labels(&mut self, team: TeamId) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM labels WHERE team_id = $1")
+                    .bind(team)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+                Ok(n)
+            }
+
+            async fn update_label(&mut self, l: &Label) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE labels SET name = $2, name_key = $3, color = $4 WHERE id = $1")
+                    .bind(l.id)
+                    .bind(&l.name)
+                    .bind($crate::domain::rules::label_name_key(&l.name))
+                    .bind(&l.color)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_dup)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_label(&mut self, id: LabelId) -> $crate::store::Result<bool> {
+                // The label's row first: a task write that is giving a task this label holds it
+                // (`labels_among`), and the tasks are read after that write commits.
+                let found: Option<(LabelId,)> =
+                    sqlx::query_as(concat!("SELECT id FROM labels WHERE id = $1", $lock_row))
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                if found.is_none() {
+                    return Ok(false);
+                }
+                // `,a,b,c,` without `,b,` is `,a,c,`; the outer commas then go.
+                sqlx::query(
+                    "UPDATE tasks SET label_ids = \
+                       ltrim(rtrim(replace(',' || label_ids || ',', $2, ','), ','), ',') \
+                     WHERE id IN (SELECT task_id FROM task_labels WHERE label_id = $1)",
+                )
+                .bind(id)
+                .bind(format!(",{},", uuid::Uuid::from(id).hyphenated()))
+                .execute(&mut *self.tx)
+                .await?;
+                sqlx::query("DELETE FROM task_labels WHERE label_id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                let done = sqlx::query("DELETE FROM labels WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn labels_among(&mut self, team: TeamId, ids: &[LabelId]) -> $crate::store::Result<Vec<LabelId>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT id FROM labels WHERE team_id = $1 AND id IN ({}){}",
+                    placeholders_from(2, ids.len()),
+                    $share_row
+                );
+                let mut q = sqlx::query_as::<_, (LabelId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                Ok(q.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id).collect())
+            }
+
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
-                let row: Option<TaskRow> = sqlx::query_as(
-                    "DELETE FROM tasks WHERE id = $1 \
-                     RETURNING id, team_id, board_id, title, description, status, priority, assignee_user_id, \
-                     due_date, position, created_by, created_at, updated_at, version",
-                )
+                let row: Option<TaskRow> = sqlx::query_as(concat!(
+                    "DELETE FROM tasks WHERE id = $1 RETURNING ",
+                    task_columns!()
+                ))
                 .bind(id)
                 .fetch_optional(&mut *self.tx)
                 .await?;

@@ -24,8 +24,8 @@ use taskforge::domain::model::timestamp;
 use taskforge::domain::presence::{PresenceField, PresenceState, PresenceStatus};
 use taskforge::domain::webhook::Webhook;
 use taskforge::domain::{
-    Activity, Board, Change, Comment, Member, Priority, Role, Task, TaskId, TaskStatus, Team,
-    TeamId, User, UserId,
+    Activity, Board, Change, Comment, Label, Member, Priority, Role, Task, TaskId, TaskStatus,
+    Team, TeamId, User, UserId,
 };
 use taskforge::realtime::asyncapi;
 use taskforge::realtime::protocol::{
@@ -588,12 +588,14 @@ fn task() -> impl Strategy<Value = Task> {
         ),
         // Positions exactly representable with few decimals (see the report on float parsing).
         (any::<i32>(), uuid(), ts(), ts(), 1i64..i64::MAX),
+        prop::collection::vec(uuid(), 0..4),
     )
         .prop_map(
             |(
                 (id, team_id, board_id, title, description),
                 (status, priority, assignee_user_id, due),
                 (pos, created_by, created_at, updated_at, version),
+                label_ids,
             )| Task {
                 id,
                 team_id,
@@ -611,8 +613,21 @@ fn task() -> impl Strategy<Value = Task> {
                 created_at,
                 updated_at,
                 version,
+                label_ids,
             },
         )
+}
+
+fn label() -> impl Strategy<Value = Label> {
+    (uuid(), uuid(), text_value(), "#[0-9a-f]{6}", ts()).prop_map(
+        |(id, team_id, name, color, created_at)| Label {
+            id,
+            team_id,
+            name,
+            color,
+            created_at,
+        },
+    )
 }
 
 fn comment() -> impl Strategy<Value = Comment> {
@@ -714,6 +729,9 @@ fn activity_data() -> impl Strategy<Value = ActivityData> {
         uuid().prop_map(|webhook_id| ActivityData::WebhookDeleted { webhook_id }),
         (webhook(), text_value())
             .prop_map(|(webhook, reason)| ActivityData::WebhookDisabled { webhook, reason }),
+        label().prop_map(|label| ActivityData::LabelCreated { label }),
+        label().prop_map(|label| ActivityData::LabelUpdated { label }),
+        uuid().prop_map(|label_id| ActivityData::LabelDeleted { label_id }),
     ]
 }
 
@@ -806,11 +824,13 @@ fn contract_of(kind: &str) -> (&'static [&'static str], bool, bool) {
         "webhook.created" | "webhook.updated" => (&["webhook"], false, false),
         "webhook.deleted" => (&["webhookId"], false, false),
         "webhook.disabled" => (&["webhook", "reason"], false, false),
+        "label.created" | "label.updated" => (&["label"], false, false),
+        "label.deleted" => (&["labelId"], false, false),
         other => panic!("unknown activity type {other}"),
     }
 }
 
-const TASK_FIELDS: [&str; 14] = [
+const TASK_FIELDS: [&str; 15] = [
     "id",
     "teamId",
     "boardId",
@@ -825,6 +845,7 @@ const TASK_FIELDS: [&str; 14] = [
     "createdAt",
     "updatedAt",
     "version",
+    "labelIds",
 ];
 
 fn check_task(t: &Value, task: &Task) -> Result<(), String> {
@@ -841,6 +862,7 @@ fn check_task(t: &Value, task: &Task) -> Result<(), String> {
         "createdAt": timestamp::format(&task.created_at),
         "updatedAt": timestamp::format(&task.updated_at),
         "dueDate": task.due_date.map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())),
+        "labelIds": task.label_ids,
     });
     for (k, v) in want.as_object().unwrap() {
         if &t[k] != v {
@@ -1020,6 +1042,13 @@ proptest! {
             }
             ActivityData::WebhookDeleted { webhook_id } => {
                 prop_assert_eq!(&d["webhookId"], &json!(webhook_id));
+            }
+            ActivityData::LabelCreated { label } | ActivityData::LabelUpdated { label } => {
+                prop_assert_eq!(keys(&d["label"]), set(&["id", "teamId", "name", "color", "createdAt"]));
+                prop_assert_eq!(&d["label"]["id"], &json!(label.id));
+            }
+            ActivityData::LabelDeleted { label_id } => {
+                prop_assert_eq!(&d["labelId"], &json!(label_id));
             }
         }
 

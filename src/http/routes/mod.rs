@@ -4,6 +4,7 @@ pub mod activity;
 pub mod auth;
 pub mod health;
 pub mod inbox;
+pub mod labels;
 pub mod tasks;
 pub mod teams;
 pub mod webhooks;

@@ -17,6 +17,9 @@ export const ACTIVITY_TYPES = [
     "webhook.updated",
     "webhook.deleted",
     "webhook.disabled",
+    "label.created",
+    "label.updated",
+    "label.deleted",
 ];
 export const ACTIVITY_DATA_REQUIRED = {
     "task.created": ["task"],
@@ -37,6 +40,9 @@ export const ACTIVITY_DATA_REQUIRED = {
     "webhook.updated": ["webhook"],
     "webhook.deleted": ["webhookId"],
     "webhook.disabled": ["webhook", "reason"],
+    "label.created": ["label"],
+    "label.updated": ["label"],
+    "label.deleted": ["labelId"],
 };
 export const PRESENCE_TYPES = ["presence.joined", "presence.left"];
 export const ROUTING = {
@@ -58,4 +64,7 @@ export const ROUTING = {
     "webhook.updated": ["admins"],
     "webhook.deleted": ["admins"],
     "webhook.disabled": ["admins"],
+    "label.created": ["team"],
+    "label.updated": ["team"],
+    "label.deleted": ["team"],
 };
