@@ -306,12 +306,20 @@ impl TaskCursor {
                 let ms = i64::from_be_bytes(key.try_into().map_err(|_| bad())?);
                 let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
                     .map_err(|_| bad())?;
+                if !(0..=9999).contains(&t.year()) {
+                    return Err(bad());
+                }
                 SortKey::UpdatedAt(t)
             }
             (SortField::DueDate, 0) => SortKey::DueDate(None),
             (SortField::DueDate, 4) => {
                 let day = i32::from_be_bytes(key.try_into().map_err(|_| bad())?);
-                SortKey::DueDate(Some(Date::from_julian_day(day).map_err(|_| bad())?))
+                let d = Date::from_julian_day(day).map_err(|_| bad())?;
+                // Only dates a task can hold: the databases refuse some others outright.
+                if !(0..=9999).contains(&d.year()) {
+                    return Err(bad());
+                }
+                SortKey::DueDate(Some(d))
             }
             (SortField::Priority, 2) => {
                 SortKey::Priority(i16::from_be_bytes(key.try_into().map_err(|_| bad())?))
@@ -571,6 +579,11 @@ mod tests {
         }
         assert!(TaskSort::parse("title").is_err());
         assert!(TaskCursor::decode(TaskSort::default(), "!!").is_err());
+        // A forged cursor with a date no task can have is refused, not sent to the database.
+        let sort = TaskSort::parse("dueDate").unwrap();
+        let mut forged = TaskCursor::of(sort, &t);
+        forged.key = SortKey::DueDate(Some(Date::MIN));
+        assert!(TaskCursor::decode(sort, &forged.encode(sort)).is_err());
     }
 
     #[test]

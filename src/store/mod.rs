@@ -4,6 +4,8 @@
 //! applied by `service`), never publishes events (that is `bus`), and never speaks HTTP.
 //! Every change and the activities it emits are written in one transaction (`Store::write`).
 
+#[cfg(test)]
+mod plans_tests;
 mod postgres;
 mod sql;
 mod sqlite;
