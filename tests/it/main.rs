@@ -21,6 +21,7 @@ mod idor;
 mod inbox;
 mod isolation;
 mod jwt;
+mod labels;
 mod limits;
 mod members;
 mod metrics;
