@@ -1,10 +1,10 @@
 //! Randomized no-leakage test (seeded; `TASKFORGE_TEST_SEED` replays), on every topology:
 //! several teams, users with overlapping memberships and roles, two sockets per user (on
 //! consecutive instances) subscribed to random parts of what the user may see; random HTTP
-//! actions (tasks, moves, assignments, comments, boards, labels, members) through random instances; a
-//! model of who is entitled to what, ordered by seq. Each socket must receive exactly the
-//! activities routed to its rooms while it was entitled to them, and its own deliveries, each
-//! once, in seq order per team, and nothing else.
+//! actions (tasks, moves, assignments, comments, boards, labels, members) through random
+//! instances; a model of who is entitled to what, ordered by seq. Each socket must receive
+//! exactly the activities routed to its rooms while it was entitled to them, and its own
+//! deliveries, each once, in seq order per team, and nothing else.
 //!
 //! Inboxes too: every socket follows its user's inbox; comments, edits and descriptions mention
 //! random users (members or not), users follow, unfollow and mark read. A model of the
