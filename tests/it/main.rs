@@ -37,6 +37,7 @@ mod realtime_resume;
 mod realtime_rooms;
 mod realtime_sse;
 mod store_defects;
+mod task_filters;
 mod tasks;
 mod teams;
 mod webhooks;
