@@ -36,6 +36,7 @@ mod realtime_random;
 mod realtime_resume;
 mod realtime_rooms;
 mod realtime_sse;
+mod search;
 mod store_defects;
 mod task_filters;
 mod tasks;

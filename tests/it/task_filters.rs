@@ -20,7 +20,7 @@ both_backends!(
 );
 
 /// Words that prefix one another, in several cases, with and without diacritics.
-const VOCAB: &[&str] = &[
+pub(crate) const VOCAB: &[&str] = &[
     "deploy",
     "deployment",
     "Deployed",
@@ -42,7 +42,7 @@ const VOCAB: &[&str] = &[
 ];
 /// Separators the contract's word splitting must see through (no hyphens or dots between
 /// letters: PostgreSQL's parser reads `a-b` and `a.b` as compound tokens).
-const SEPARATORS: &[&str] = &[" ", ", ", ". ", "; ", " / ", " (", ") "];
+pub(crate) const SEPARATORS: &[&str] = &[" ", ", ", ". ", "; ", " / ", " (", ") "];
 const STATUSES: &[&str] = &["todo", "in_progress", "done", "canceled"];
 const PRIORITIES: &[&str] = &["none", "low", "medium", "high", "urgent"];
 const SORTS: &[&str] = &[
@@ -232,14 +232,16 @@ fn tasks_path(team: Uuid) -> String {
     format!("/api/v1/teams/{team}/tasks")
 }
 
-fn random_text(rng: &mut Rng, min: usize, max: usize) -> String {
+pub(crate) fn random_text(rng: &mut Rng, min: usize, max: usize) -> String {
     let n = min + rng.below(max - min + 1);
     let mut s = String::new();
     for i in 0..n {
         if i > 0 {
-            s.push_str(*rng.pick(SEPARATORS));
+            let piece: &str = rng.pick::<&str>(SEPARATORS);
+            s.push_str(piece);
         }
-        s.push_str(*rng.pick(VOCAB));
+        let piece: &str = rng.pick::<&str>(VOCAB);
+        s.push_str(piece);
     }
     s
 }
@@ -513,7 +515,8 @@ impl Fixture {
             let mut q = String::new();
             for i in 0..n {
                 if i > 0 {
-                    q.push_str(*self.rng.pick(&[" ", "  ", ",", " - "]));
+                    let piece: &str = self.rng.pick::<&str>(&[" ", "  ", ",", " - "]);
+                    q.push_str(piece);
                 }
                 q.push_str(&self.random_query_word());
             }
