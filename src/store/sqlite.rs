@@ -80,5 +80,5 @@ impl Store for SqliteStore {
 }
 
 // The single writer connection already excludes every other writer: no row locks.
-super::sql::impl_tx!(SqliteTx, "", "");
+super::sql::impl_tx!(SqliteTx, super::task_query::Dialect::Sqlite, "", "");
 super::webhooks::impl_webhook_tx!(SqliteTx, "");
