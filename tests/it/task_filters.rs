@@ -510,6 +510,12 @@ impl Fixture {
         if self.rng.chance(20) {
             f.due_before = Some(random_date(&mut self.rng));
         }
+        // An inverted range is not a filter the contract defines an answer for.
+        if let (Some(a), Some(b)) = (&f.due_after, &f.due_before)
+            && a > b
+        {
+            std::mem::swap(&mut f.due_after, &mut f.due_before);
+        }
         if self.rng.chance(30) {
             let n = 1 + self.rng.below(2);
             let mut q = String::new();
@@ -623,7 +629,7 @@ async fn filters_and_sorts_against_a_model(b: Backend) {
             ..Filter::default()
         })
         .collect();
-    for _ in 0..80 {
+    for _ in 0..250 {
         filters.push(fx.random_filter());
     }
     let mut nonempty = 0;
@@ -786,7 +792,6 @@ async fn filter_parameters_rejected(b: Backend) {
         ("q=".into(), "q"),
         (format!("q={long_q}"), "q"),
         ("limit=0".into(), "limit"),
-        ("limit=201".into(), "limit"),
         ("limit=-1".into(), "limit"),
         ("limit=x".into(), "limit"),
         ("cursor=garbage!!".into(), "cursor"),
@@ -807,7 +812,7 @@ async fn filter_parameters_rejected(b: Backend) {
         .collect::<Vec<_>>()
         .join("&");
     fx.api.get(&format!("{path}?{all_six}"), &tok).await.ok(200);
-    // An empty range of days is no error, just nothing.
+    // An inverted range of days: nothing, or refused naming a bound (the contract says neither).
     let r = fx
         .api
         .get(
@@ -815,9 +820,16 @@ async fn filter_parameters_rejected(b: Backend) {
             &tok,
         )
         .await;
-    assert_eq!(r.ok(200)["items"], json!([]));
+    if r.status == 200 {
+        assert_eq!(r.json["items"], json!([]));
+    } else {
+        assert_names_param(&r, "due");
+    }
+    // Past the maximum, the limit is clamped to 200 (as before filters existed).
+    fx.api.get(&format!("{path}?limit=201"), &tok).await.ok(200);
 
     // A cursor is only valid with the sort it was issued for.
+    let mut not_400 = Vec::new();
     for (issued, used) in [
         ("priority", Some("updatedAt")),
         ("priority", None),
@@ -839,12 +851,11 @@ async fn filter_parameters_rejected(b: Backend) {
             None => format!("{path}?limit=1&cursor={}", urlencode(&cursor)),
         };
         let r = fx.api.get(&url, &tok).await;
-        assert_eq!(
-            r.status, 400,
-            "a cursor of sort={issued} used with sort={used:?}: {}",
-            r.text
-        );
         assert_names_param(&r, "cursor");
+        // The contract says 400 here (not 422); checked once the rest has run.
+        if r.status != 400 {
+            not_400.push(format!("sort={issued} then {used:?}: {}", r.status));
+        }
         // With its own sort it works.
         fx.api
             .get(
@@ -912,6 +923,10 @@ async fn filter_parameters_rejected(b: Backend) {
         )
         .await
         .problem(404, "not_found");
+    assert!(
+        not_400.is_empty(),
+        "a cursor used with another sort must be 400 `cursor` (the contract): {not_400:?}"
+    );
 }
 
 /// Key-set pages: while writes land between pages (edits that move tasks in the sort, new
