@@ -578,9 +578,16 @@ function readFilter(): TaskFilter {
   const priority = field(f, 'priority');
   if (priority) out.priority = priority as Priority;
   const after = field(f, 'dueAfter');
-  if (after) out.dueAfter = after;
   const before = field(f, 'dueBefore');
-  if (before) out.dueBefore = before;
+  // A range that ends before it starts holds no day (the server refuses it): said at the field.
+  const afterInput = f.elements.namedItem('dueAfter') as HTMLInputElement;
+  const empty = after !== '' && before !== '' && after > before;
+  afterInput.setCustomValidity(empty ? 'Due after must not be later than due before' : '');
+  if (empty) afterInput.reportValidity();
+  else {
+    if (after) out.dueAfter = after;
+    if (before) out.dueBefore = before;
+  }
   const labels = checkedValues($('filter-labels'), 'labelId').filter((id) => !labelGone(id));
   if (labels.length > 0) out.labelId = labels.slice(0, 20);
   return out;

@@ -80,14 +80,20 @@ export function searchWords(text: string): string[] {
   return Array.from(text.matchAll(WORD), (m) => m[0].toLowerCase());
 }
 
-/** The words of a `q` as the server uses them: the first 10, each cut to its first 50 characters. */
+/**
+ * The words of a `q` as the server uses them: each cut to its first 50 characters (after lower
+ * casing), repeats dropped, the first 10 of what is left. Empty for a `q` without a letter or a
+ * digit, which the server refuses.
+ */
 export function queryWords(q: string): string[] {
-  return searchWords(q)
-    .slice(0, MAX_QUERY_WORDS)
-    .map((w) => {
-      const chars = Array.from(w);
-      return chars.length > MAX_QUERY_WORD_CHARS ? chars.slice(0, MAX_QUERY_WORD_CHARS).join('') : w;
-    });
+  const out: string[] = [];
+  for (const w of searchWords(q)) {
+    const chars = Array.from(w);
+    const word = chars.length > MAX_QUERY_WORD_CHARS ? chars.slice(0, MAX_QUERY_WORD_CHARS).join('') : w;
+    if (!out.includes(word)) out.push(word);
+    if (out.length === MAX_QUERY_WORDS) break;
+  }
+  return out;
 }
 
 /** Whether every query word begins some word of the title or the description. */
@@ -144,9 +150,9 @@ export function normalizeTaskFilter(f: TaskFilter | undefined): NormalizedTaskFi
   const labels = list(f.labelId);
   if (labels !== undefined) {
     for (const l of labels) nonEmpty(l, 'labelId');
-    const set = [...new Set(labels)].sort();
-    if (set.length > MAX_FILTER_LABELS) throw new TypeError(`labelId: at most ${MAX_FILTER_LABELS} labels`);
-    if (set.length > 0) out.labelId = set;
+    // Counted as given, as the server counts the parameter.
+    if (labels.length > MAX_FILTER_LABELS) throw new TypeError(`labelId: at most ${MAX_FILTER_LABELS} labels`);
+    if (labels.length > 0) out.labelId = [...new Set(labels)].sort();
   }
   for (const k of ['dueAfter', 'dueBefore'] as const) {
     const v = f[k];
@@ -154,9 +160,13 @@ export function normalizeTaskFilter(f: TaskFilter | undefined): NormalizedTaskFi
     if (typeof v !== 'string' || !isDay(v)) throw new TypeError(`${k} must be a day, YYYY-MM-DD`);
     out[k] = v;
   }
+  if (out.dueAfter !== undefined && out.dueBefore !== undefined && out.dueAfter > out.dueBefore) {
+    throw new TypeError('dueAfter must not be after dueBefore');
+  }
   if (f.q !== undefined) {
     const n = typeof f.q === 'string' ? Array.from(f.q).length : 0;
     if (n < 1 || n > MAX_QUERY_CHARS) throw new TypeError(`q must be 1 to ${MAX_QUERY_CHARS} characters`);
+    if (queryWords(f.q).length === 0) throw new TypeError('q must contain a letter or a digit');
     out.q = f.q;
   }
   return out;
@@ -201,7 +211,7 @@ export function taskPredicate(filter: TaskFilter | NormalizedTaskFilter): (t: Ta
       if (f.dueAfter !== undefined && due < f.dueAfter) return false;
       if (f.dueBefore !== undefined && due > f.dueBefore) return false;
     }
-    if (words.length > 0 && !textMatches(words, t.title, t.description)) return false;
+    if (f.q !== undefined && !textMatches(words, t.title, t.description)) return false;
     return true;
   };
 }

@@ -410,11 +410,18 @@ function readFilter() {
     if (priority)
         out.priority = priority;
     const after = field(f, 'dueAfter');
-    if (after)
-        out.dueAfter = after;
     const before = field(f, 'dueBefore');
-    if (before)
-        out.dueBefore = before;
+    const afterInput = f.elements.namedItem('dueAfter');
+    const empty = after !== '' && before !== '' && after > before;
+    afterInput.setCustomValidity(empty ? 'Due after must not be later than due before' : '');
+    if (empty)
+        afterInput.reportValidity();
+    else {
+        if (after)
+            out.dueAfter = after;
+        if (before)
+            out.dueBefore = before;
+    }
     const labels = checkedValues($('filter-labels'), 'labelId').filter((id) => !labelGone(id));
     if (labels.length > 0)
         out.labelId = labels.slice(0, 20);

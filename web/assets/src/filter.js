@@ -10,12 +10,16 @@ export function searchWords(text) {
     return Array.from(text.matchAll(WORD), (m) => m[0].toLowerCase());
 }
 export function queryWords(q) {
-    return searchWords(q)
-        .slice(0, MAX_QUERY_WORDS)
-        .map((w) => {
+    const out = [];
+    for (const w of searchWords(q)) {
         const chars = Array.from(w);
-        return chars.length > MAX_QUERY_WORD_CHARS ? chars.slice(0, MAX_QUERY_WORD_CHARS).join('') : w;
-    });
+        const word = chars.length > MAX_QUERY_WORD_CHARS ? chars.slice(0, MAX_QUERY_WORD_CHARS).join('') : w;
+        if (!out.includes(word))
+            out.push(word);
+        if (out.length === MAX_QUERY_WORDS)
+            break;
+    }
+    return out;
 }
 export function textMatches(words, title, description) {
     if (words.length === 0)
@@ -74,11 +78,10 @@ export function normalizeTaskFilter(f) {
     if (labels !== undefined) {
         for (const l of labels)
             nonEmpty(l, 'labelId');
-        const set = [...new Set(labels)].sort();
-        if (set.length > MAX_FILTER_LABELS)
+        if (labels.length > MAX_FILTER_LABELS)
             throw new TypeError(`labelId: at most ${MAX_FILTER_LABELS} labels`);
-        if (set.length > 0)
-            out.labelId = set;
+        if (labels.length > 0)
+            out.labelId = [...new Set(labels)].sort();
     }
     for (const k of ['dueAfter', 'dueBefore']) {
         const v = f[k];
@@ -88,10 +91,15 @@ export function normalizeTaskFilter(f) {
             throw new TypeError(`${k} must be a day, YYYY-MM-DD`);
         out[k] = v;
     }
+    if (out.dueAfter !== undefined && out.dueBefore !== undefined && out.dueAfter > out.dueBefore) {
+        throw new TypeError('dueAfter must not be after dueBefore');
+    }
     if (f.q !== undefined) {
         const n = typeof f.q === 'string' ? Array.from(f.q).length : 0;
         if (n < 1 || n > MAX_QUERY_CHARS)
             throw new TypeError(`q must be 1 to ${MAX_QUERY_CHARS} characters`);
+        if (queryWords(f.q).length === 0)
+            throw new TypeError('q must contain a letter or a digit');
         out.q = f.q;
     }
     return out;
@@ -139,7 +147,7 @@ export function taskPredicate(filter) {
             if (f.dueBefore !== undefined && due > f.dueBefore)
                 return false;
         }
-        if (words.length > 0 && !textMatches(words, t.title, t.description))
+        if (f.q !== undefined && !textMatches(words, t.title, t.description))
             return false;
         return true;
     };
