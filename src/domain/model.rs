@@ -70,7 +70,12 @@ pub mod date {
     use time::Date;
     use time::macros::format_description;
 
+    /// `YYYY-MM-DD` with a year from 0000 to 9999: what both databases store and compare alike
+    /// (a signed or longer year is refused, not stored as a date SQLite would sort as text).
     pub fn parse(s: &str) -> Option<Date> {
+        if s.len() != 10 || !s.as_bytes()[0].is_ascii_digit() {
+            return None;
+        }
         Date::parse(s, format_description!("[year]-[month]-[day]")).ok()
     }
 

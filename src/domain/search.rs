@@ -206,7 +206,10 @@ impl TaskSort {
         let by_key = match (self.key_of(a), self.key_of(b)) {
             (SortKey::UpdatedAt(x), SortKey::UpdatedAt(y)) => x.cmp(&y),
             (SortKey::Priority(x), SortKey::Priority(y)) => x.cmp(&y),
-            (SortKey::Position(x), SortKey::Position(y)) => x.total_cmp(&y),
+            // As SQL compares them: -0.0 equals 0.0 (positions are finite).
+            (SortKey::Position(x), SortKey::Position(y)) => {
+                x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+            }
             // Undated last in both directions: the direction applies to dated tasks only.
             (SortKey::DueDate(x), SortKey::DueDate(y)) => match (x, y) {
                 (Some(x), Some(y)) => x.cmp(&y),

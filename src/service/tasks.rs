@@ -235,7 +235,7 @@ impl Services {
                 check_assignee(&mut *tx, task.team_id, a).await?;
             }
             let at = now();
-            let (next, changes) = patch.apply(&task, at);
+            let (mut next, changes) = patch.apply(&task, at);
             if changes.is_empty() {
                 return Ok(task);
             }
@@ -243,12 +243,16 @@ impl Services {
             if labels_changed {
                 check_labels(&mut *tx, task.team_id, &next.label_ids).await?;
             }
-            match tx.update_task(&next).await {
+            let stored_labels = match tx.update_task(&next).await {
                 Err(StoreError::Stale) => continue,
                 other => other?,
-            }
+            };
             if labels_changed {
                 tx.set_task_labels(next.id, &next.label_ids).await?;
+            } else {
+                // A label deleted after the read above is gone from the task (its deletion does
+                // not move versions): answer and log the task as stored.
+                next.label_ids = stored_labels;
             }
             let moved = |d: ActivityDraft| {
                 if next.board_id != task.board_id {

@@ -5,8 +5,12 @@
 //! Every change and the activities it emits are written in one transaction (`Store::write`).
 
 #[cfg(test)]
+mod label_race_tests;
+#[cfg(test)]
 mod plans_tests;
 mod postgres;
+#[cfg(test)]
+mod scratch_tests;
 mod sql;
 mod sqlite;
 mod task_query;
@@ -209,9 +213,10 @@ pub trait Tx: WebhookTx + Send {
         words: &[String],
         limit: i64,
     ) -> Result<Vec<(Task, f64)>>;
-    /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
-    /// Its labels are not written: `set_task_labels` does that when they change.
-    async fn update_task(&mut self, task: &Task) -> Result<()>;
+    /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`)
+    /// and returns the labels the task has. Its labels are not written: `set_task_labels` does
+    /// that when they change (a label deleted since `task` was read stays deleted).
+    async fn update_task(&mut self, task: &Task) -> Result<Vec<LabelId>>;
     /// Makes `labels` (ascending, each a label of the task's team that `labels_among` has
     /// locked in this transaction) the task's whole set of labels.
     async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> Result<()>;

@@ -255,24 +255,10 @@ async fn sqlite_answers_every_filter_and_sort_from_an_index() {
 
 #[tokio::test]
 async fn postgres_can_answer_every_filter_and_sort_from_an_index() {
-    let Ok(base) = std::env::var("TASKFORGE_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but TASKFORGE_TEST_DATABASE_URL is not set"
-        );
-        eprintln!("skipping PostgreSQL plans: TASKFORGE_TEST_DATABASE_URL not set");
+    let Some(db) = super::scratch_tests::ScratchPg::create().await else {
         return;
     };
-    let name = format!("taskforge_plans_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connects");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("creates a database");
-    let url = match base.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("no database in {base}"),
-    };
+    let url = db.url.clone();
     let outcome = async {
         let store = super::PgStore::open(&url, 2)
             .await
@@ -300,12 +286,7 @@ async fn postgres_can_answer_every_filter_and_sort_from_an_index() {
         bad
     }
     .await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .ok();
+    db.drop_database().await;
     assert!(
         outcome.is_empty(),
         "queries that scan tasks:\n{}",

@@ -209,7 +209,7 @@ pub(super) fn label_ids_text(ids: &[LabelId]) -> String {
     text
 }
 
-fn parse_label_ids(text: &str) -> Result<Vec<LabelId>, StoreError> {
+pub(super) fn parse_label_ids(text: &str) -> Result<Vec<LabelId>, StoreError> {
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -962,12 +962,14 @@ macro_rules! impl_tx {
                     .collect()
             }
 
-            async fn update_task(&mut self, t: &Task) -> $crate::store::Result<()> {
-                let done = sqlx::query(
+            async fn update_task(&mut self, t: &Task) -> $crate::store::Result<Vec<LabelId>> {
+                // The labels are not written here (`set_task_labels` is): a label deleted since
+                // `t` was read must not come back with it. The stored set is returned instead.
+                let stored: Option<(String,)> = sqlx::query_as(
                     "UPDATE tasks SET board_id = $2, title = $3, description = $4, status = $5, priority = $6, \
                      assignee_user_id = $7, due_date = $8, position = $9, updated_at = $10, version = $11, \
-                     label_ids = $13, priority_rank = $14 \
-                     WHERE id = $1 AND version = $12",
+                     priority_rank = $13 \
+                     WHERE id = $1 AND version = $12 RETURNING label_ids",
                 )
                 .bind(t.id)
                 .bind(t.board_id)
@@ -981,11 +983,13 @@ macro_rules! impl_tx {
                 .bind(StoredTime(t.updated_at))
                 .bind(t.version)
                 .bind(t.version - 1)
-                .bind(label_ids_text(&t.label_ids))
                 .bind(t.priority.rank())
-                .execute(&mut *self.tx)
+                .fetch_optional(&mut *self.tx)
                 .await?;
-                if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Stale) }
+                match stored {
+                    Some((labels,)) => parse_label_ids(&labels),
+                    None => Err(StoreError::Stale),
+                }
             }
 
             async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> $crate::store::Result<()> {

@@ -39,10 +39,17 @@ pub(crate) const VOCAB: &[&str] = &[
     "zebra",
     "api",
     "apiary",
+    "3",
+    "14",
+    "v2",
+    "2026",
 ];
-/// Separators the contract's word splitting must see through (no hyphens or dots between
-/// letters: PostgreSQL's parser reads `a-b` and `a.b` as compound tokens).
-pub(crate) const SEPARATORS: &[&str] = &[" ", ", ", ". ", "; ", " / ", " (", ") "];
+/// Separators the contract's word splitting must see through, including those that join words
+/// into one token for PostgreSQL's text search parser (`3.14`, `bob@example`, `src/main`,
+/// `v2-2026`, `x_y`): the server splits on every one of them, on both backends.
+pub(crate) const SEPARATORS: &[&str] = &[
+    " ", ", ", ". ", "; ", " / ", " (", ") ", ".", "@", "/", "-", "_", ":", "'",
+];
 const STATUSES: &[&str] = &["todo", "in_progress", "done", "canceled"];
 const PRIORITIES: &[&str] = &["none", "low", "medium", "high", "urgent"];
 const SORTS: &[&str] = &[
