@@ -11,6 +11,8 @@ mod plans_tests;
 mod postgres;
 #[cfg(test)]
 mod scratch_tests;
+#[cfg(test)]
+mod search_key_tests;
 mod sql;
 mod sqlite;
 mod task_query;

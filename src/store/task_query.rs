@@ -159,7 +159,7 @@ fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
             Dialect::Sqlite => {
                 let p = b.arg(Arg::Text(fts5_match(team, &f.words)));
                 b.sql.push_str(&format!(
-                    " AND rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {p})"
+                    " AND search_key IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {p})"
                 ));
             }
             Dialect::Postgres => {
@@ -262,7 +262,7 @@ pub fn search(
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
                 "SELECT {columns}, -bm25(tasks_fts, 0.0, 4.0, 1.0) AS score \
-                 FROM tasks_fts JOIN tasks ON tasks.rowid = tasks_fts.rowid \
+                 FROM tasks_fts JOIN tasks ON tasks.search_key = tasks_fts.rowid \
                  WHERE tasks_fts MATCH {m} \
                  ORDER BY bm25(tasks_fts, 0.0, 4.0, 1.0), tasks.id LIMIT {l}"
             );

@@ -1,0 +1,105 @@
+//! SQLite's search index survives rowids being renumbered (as VACUUM may do to a table without an
+//! INTEGER PRIMARY KEY, and a dump and restore does): it is keyed by `search_key`.
+
+use sqlx::Connection;
+use uuid::Uuid;
+
+use super::{SqliteStore, Store};
+use crate::domain::*;
+
+fn task(team: TeamId, board: BoardId, title: &str) -> Task {
+    let at = crate::domain::model::timestamp::truncate(time::OffsetDateTime::now_utc());
+    Task {
+        id: TaskId::from(Uuid::now_v7()),
+        team_id: team,
+        board_id: board,
+        title: title.into(),
+        description: String::new(),
+        status: TaskStatus::Todo,
+        priority: Priority::None,
+        assignee_user_id: None,
+        due_date: None,
+        position: 1.0,
+        created_by: UserId::from(Uuid::now_v7()),
+        created_at: at,
+        updated_at: at,
+        version: 1,
+        label_ids: Vec::new(),
+    }
+}
+
+async fn found(store: &SqliteStore, team: TeamId, word: &str) -> Vec<String> {
+    let mut tx = store.read().await.expect("begins");
+    let words = crate::domain::search::words(word).expect("words");
+    let mut titles: Vec<String> = tx
+        .search_tasks(team, &words, 50)
+        .await
+        .expect("searches")
+        .into_iter()
+        .map(|(t, _)| t.title)
+        .collect();
+    titles.sort();
+    titles
+}
+
+#[tokio::test]
+async fn search_survives_renumbered_rowids() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+    let store = SqliteStore::open(&url).await.expect("opens and migrates");
+    let team = TeamId::from(Uuid::now_v7());
+    let board = BoardId::from(Uuid::now_v7());
+    let (a, b) = (
+        task(team, board, "alpha one"),
+        task(team, board, "beta two"),
+    );
+    let mut tx = store.write().await.expect("begins");
+    tx.insert_team(&Team {
+        id: team,
+        name: "t".into(),
+        created_at: a.created_at,
+        default_board_id: board,
+    })
+    .await
+    .expect("team");
+    tx.insert_board(&Board {
+        id: board,
+        team_id: team,
+        name: "b".into(),
+        created_at: a.created_at,
+    })
+    .await
+    .expect("board");
+    tx.insert_task(&a).await.expect("a");
+    tx.insert_task(&b).await.expect("b");
+    tx.commit().await.expect("commits");
+
+    // Renumber the rows the other way round, as a rebuild of the table may.
+    let mut raw = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connects");
+    sqlx::query("UPDATE tasks SET rowid = 1000 - rowid")
+        .execute(&mut raw)
+        .await
+        .expect("renumbers");
+    raw.close().await.ok();
+
+    assert_eq!(found(&store, team, "alpha").await, ["alpha one"]);
+    assert_eq!(found(&store, team, "beta").await, ["beta two"]);
+    // A new task, an edit and a delete keep the index right.
+    let c = task(team, board, "gamma three");
+    let mut tx = store.write().await.expect("begins");
+    tx.insert_task(&c).await.expect("c");
+    let renamed = Task {
+        title: "alpha renamed".into(),
+        version: 2,
+        ..a.clone()
+    };
+    tx.update_task(&renamed).await.expect("renames");
+    tx.delete_task(b.id).await.expect("deletes");
+    tx.commit().await.expect("commits");
+    assert_eq!(found(&store, team, "gamma").await, ["gamma three"]);
+    assert_eq!(found(&store, team, "alpha").await, ["alpha renamed"]);
+    assert_eq!(found(&store, team, "one").await, Vec::<String>::new());
+    assert_eq!(found(&store, team, "beta").await, Vec::<String>::new());
+}
