@@ -84,6 +84,11 @@ fn text_matches(task: &Task, words: &[String]) -> bool {
         .all(|w| tokens.iter().any(|t| t.starts_with(w.as_str())))
 }
 
+/// The words of a text as a search sees them: its runs of letters and digits in lower case.
+pub fn text_words(text: &str) -> impl Iterator<Item = String> + '_ {
+    tokens(text).map(|(_, t)| t.to_lowercase())
+}
+
 /// The words of a text: maximal runs of letters and digits, with their byte offsets.
 fn tokens(text: &str) -> impl Iterator<Item = (usize, &str)> {
     let mut rest = text.char_indices().peekable();

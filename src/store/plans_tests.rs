@@ -163,7 +163,7 @@ fn own_index(filter: &str) -> Option<&'static str> {
         "assigneeUserId" | "assigneeUserId=none" => "INDEX tasks_team_assignee ",
         "labelId" | "two labelIds" => "SEARCH task_labels USING PRIMARY KEY",
         "dueAfter" | "dueBefore" => "INDEX tasks_team_due ",
-        "q" => "SCAN tasks_fts VIRTUAL TABLE",
+        "q" => "SCAN task_words VIRTUAL TABLE",
         _ => return None,
     })
 }
@@ -206,8 +206,7 @@ fn scans(plan: &[String]) -> Vec<String> {
             let l = l.trim_start_matches(['-', '>', ' ']);
             // SQLite: `SCAN tasks` (with or without a covering index: a whole-team walk).
             // PostgreSQL: `Seq Scan on tasks`.
-            (l.starts_with("SCAN tasks") && !l.starts_with("SCAN tasks_fts"))
-                || l.starts_with("Seq Scan on tasks")
+            l == "SCAN tasks" || l.starts_with("SCAN tasks ") || l.starts_with("Seq Scan on tasks")
         })
         .cloned()
         .collect()

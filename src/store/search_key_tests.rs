@@ -103,3 +103,48 @@ async fn search_survives_renumbered_rowids() {
     assert_eq!(found(&store, team, "one").await, Vec::<String>::new());
     assert_eq!(found(&store, team, "beta").await, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn tasks_without_a_search_key_are_indexed_when_the_database_opens() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("pending.db").display());
+    let store = SqliteStore::open(&url).await.expect("opens and migrates");
+    let team = TeamId::from(Uuid::now_v7());
+    let board = BoardId::from(Uuid::now_v7());
+    let a = task(team, board, "delta four");
+    let mut tx = store.write().await.expect("begins");
+    tx.insert_team(&Team {
+        id: team,
+        name: "t".into(),
+        created_at: a.created_at,
+        default_board_id: board,
+    })
+    .await
+    .expect("team");
+    tx.insert_board(&Board {
+        id: board,
+        team_id: team,
+        name: "b".into(),
+        created_at: a.created_at,
+    })
+    .await
+    .expect("board");
+    tx.insert_task(&a).await.expect("a");
+    tx.commit().await.expect("commits");
+    drop(store);
+
+    // As if written by other means (an import by SQL): no key, no words.
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.expect("connects");
+    sqlx::query("DELETE FROM task_words")
+        .execute(&mut raw)
+        .await
+        .expect("empties the index");
+    sqlx::query("UPDATE tasks SET search_key = NULL")
+        .execute(&mut raw)
+        .await
+        .expect("clears the keys");
+    raw.close().await.ok();
+
+    let store = SqliteStore::open(&url).await.expect("reopens");
+    assert_eq!(found(&store, team, "delta").await, ["delta four"]);
+}

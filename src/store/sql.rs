@@ -530,6 +530,21 @@ macro_rules! impl_tx {
         use $crate::store::sql::*;
         use $crate::store::{LogBounds, RefreshToken, StoreError};
 
+        impl $tx {
+            /// SQLite only: the task's words in the search index, under `key` (its `search_key`),
+            /// replacing what the key held.
+            async fn index_words(&mut self, key: i64, t: &Task) -> $crate::store::Result<()> {
+                use $crate::store::task_query::indexed_text;
+                sqlx::query("INSERT OR REPLACE INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
+                    .bind(key)
+                    .bind(indexed_text(t.team_id, &t.title))
+                    .bind(indexed_text(t.team_id, &t.description))
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
             async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
@@ -902,6 +917,16 @@ macro_rules! impl_tx {
                 .bind(t.priority.rank())
                 .execute(&mut *self.tx)
                 .await?;
+                if $dialect == $crate::store::task_query::Dialect::Sqlite {
+                    let (key,): (i64,) = sqlx::query_as(
+                        "UPDATE tasks SET search_key = (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks) \
+                         WHERE id = $1 RETURNING search_key",
+                    )
+                    .bind(t.id)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+                    self.index_words(key, t).await?;
+                }
                 if t.label_ids.is_empty() {
                     return Ok(());
                 }
@@ -986,10 +1011,20 @@ macro_rules! impl_tx {
                 .bind(t.priority.rank())
                 .fetch_optional(&mut *self.tx)
                 .await?;
-                match stored {
-                    Some((labels,)) => parse_label_ids(&labels),
-                    None => Err(StoreError::Stale),
+                let Some((labels,)) = stored else {
+                    return Err(StoreError::Stale);
+                };
+                if $dialect == $crate::store::task_query::Dialect::Sqlite {
+                    let key: Option<(Option<i64>,)> =
+                        sqlx::query_as("SELECT search_key FROM tasks WHERE id = $1")
+                            .bind(t.id)
+                            .fetch_optional(&mut *self.tx)
+                            .await?;
+                    if let Some((Some(key),)) = key {
+                        self.index_words(key, t).await?;
+                    }
                 }
+                parse_label_ids(&labels)
             }
 
             async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> $crate::store::Result<()> {
@@ -1125,6 +1160,14 @@ macro_rules! impl_tx {
             }
 
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
+                if $dialect == $crate::store::task_query::Dialect::Sqlite {
+                    sqlx::query(
+                        "DELETE FROM task_words WHERE rowid = (SELECT search_key FROM tasks WHERE id = $1)",
+                    )
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
                 let row: Option<TaskRow> = sqlx::query_as(concat!(

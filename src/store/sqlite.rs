@@ -48,6 +48,7 @@ impl SqliteStore {
         sqlx::query("PRAGMA optimize = 0x10002")
             .execute(&writer)
             .await?;
+        index_pending_words(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -91,3 +92,47 @@ impl Store for SqliteStore {
 // The single writer connection already excludes every other writer: no row locks.
 super::sql::impl_tx!(SqliteTx, super::task_query::Dialect::Sqlite, "", "");
 super::webhooks::impl_webhook_tx!(SqliteTx, "");
+
+/// Puts the words of tasks that have no search key yet into the search index (every task once
+/// after the migration that introduced the per-team index; rows written by other means later), a
+/// batch per transaction.
+async fn index_pending_words(writer: &SqlitePool) -> Result<()> {
+    const BATCH: i64 = 2_000;
+    let mut indexed = 0u64;
+    loop {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(i64, crate::domain::TeamId, String, String)> = sqlx::query_as(
+            "SELECT rowid, team_id, title, description FROM tasks WHERE search_key IS NULL LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(search_key) FROM tasks")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut key = max.unwrap_or(0);
+        for (rowid, team, title, description) in rows {
+            key += 1;
+            sqlx::query("UPDATE tasks SET search_key = $1 WHERE rowid = $2")
+                .bind(key)
+                .bind(rowid)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
+                .bind(key)
+                .bind(super::task_query::indexed_text(team, &title))
+                .bind(super::task_query::indexed_text(team, &description))
+                .execute(&mut *tx)
+                .await?;
+            indexed += 1;
+        }
+        tx.commit().await?;
+    }
+    if indexed > 0 {
+        tracing::info!(tasks = indexed, "search index: indexed the words of tasks");
+    }
+    Ok(())
+}

@@ -9,7 +9,9 @@
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::domain::search::{AssigneeFilter, SortField, SortKey, TaskCursor, TaskFilter, TaskSort};
+use crate::domain::search::{
+    AssigneeFilter, SortField, SortKey, TaskCursor, TaskFilter, TaskSort, text_words,
+};
 use crate::domain::{TaskStatus, TeamId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,19 +92,32 @@ fn key_arg(key: SortKey) -> Option<Arg> {
     }
 }
 
+/// A word as SQLite's search index holds it: scoped to its team (`t<team hex>x<word>`), so that a
+/// search reads the postings of its team's words only.
+fn team_word(team: TeamId, word: &str) -> String {
+    format!("t{}x{word}", Uuid::from(team).simple())
+}
+
+/// What SQLite indexes for a text of `team`: its words (`search::text_words`), scoped.
+pub fn indexed_text(team: TeamId, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for w in text_words(text) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&team_word(team, &w));
+    }
+    out
+}
+
 /// The FTS5 query of `words` within one team: every word as a prefix, in the title or the
-/// description, and the team's token. Words are letters and digits only (`search::words`), and
-/// each is quoted besides.
+/// description. Words are letters and digits only (`search::words`), and each is quoted besides.
 pub fn fts5_match(team: TeamId, words: &[String]) -> String {
-    let words: Vec<String> = words
+    words
         .iter()
-        .map(|w| format!("\"{}\" *", w.replace('"', "\"\"")))
-        .collect();
-    format!(
-        "team : \"t{}\" AND {{title description}} : ({})",
-        Uuid::from(team).simple(),
-        words.join(" AND ")
-    )
+        .map(|w| format!("\"{}\" *", team_word(team, w).replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// The `tsquery` of `words`: every word as a prefix.
@@ -159,7 +174,7 @@ fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
             Dialect::Sqlite => {
                 let p = b.arg(Arg::Text(fts5_match(team, &f.words)));
                 b.sql.push_str(&format!(
-                    " AND search_key IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {p})"
+                    " AND search_key IN (SELECT rowid FROM task_words WHERE task_words MATCH {p})"
                 ));
             }
             Dialect::Postgres => {
@@ -256,15 +271,14 @@ pub fn search(
     let mut b = Built::default();
     match dialect {
         Dialect::Sqlite => {
-            // bm25 is lower for better matches; a title word weighs four description words, the
-            // team's token nothing.
+            // bm25 is lower for better matches; a title word weighs four description words.
             let m = b.arg(Arg::Text(fts5_match(team, words)));
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
-                "SELECT {columns}, -bm25(tasks_fts, 0.0, 4.0, 1.0) AS score \
-                 FROM tasks_fts JOIN tasks ON tasks.search_key = tasks_fts.rowid \
-                 WHERE tasks_fts MATCH {m} \
-                 ORDER BY bm25(tasks_fts, 0.0, 4.0, 1.0), tasks.id LIMIT {l}"
+                "SELECT {columns}, -bm25(task_words, 4.0, 1.0) AS score \
+                 FROM task_words JOIN tasks ON tasks.search_key = task_words.rowid \
+                 WHERE task_words MATCH {m} \
+                 ORDER BY bm25(task_words, 4.0, 1.0), tasks.id LIMIT {l}"
             );
         }
         Dialect::Postgres => {
@@ -292,7 +306,12 @@ mod tests {
         let m = fts5_match(team, &["dep".into(), "x\"y".into()]);
         assert_eq!(
             m,
-            "team : \"t000000000000000000000000000000ab\" AND {title description} : (\"dep\" * AND \"x\"\"y\" *)"
+            "\"t000000000000000000000000000000abxdep\" * AND \"t000000000000000000000000000000abxx\"\"y\" *"
+        );
+        assert_eq!(
+            indexed_text(team, "Deploy, 3.14!"),
+            "t000000000000000000000000000000abxdeploy t000000000000000000000000000000abx3 \
+             t000000000000000000000000000000abx14"
         );
         assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
     }
