@@ -107,7 +107,10 @@ async fn search_survives_renumbered_rowids() {
 #[tokio::test]
 async fn tasks_without_a_search_key_are_indexed_when_the_database_opens() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("pending.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("pending.db").display()
+    );
     let store = SqliteStore::open(&url).await.expect("opens and migrates");
     let team = TeamId::from(Uuid::now_v7());
     let board = BoardId::from(Uuid::now_v7());
@@ -134,7 +137,9 @@ async fn tasks_without_a_search_key_are_indexed_when_the_database_opens() {
     drop(store);
 
     // As if written by other means (an import by SQL): no key, no words.
-    let mut raw = sqlx::SqliteConnection::connect(&url).await.expect("connects");
+    let mut raw = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connects");
     sqlx::query("DELETE FROM task_words")
         .execute(&mut raw)
         .await

@@ -120,11 +120,11 @@ pub fn fts5_match(team: TeamId, words: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The `tsquery` of `words`: every word as a prefix.
-pub fn tsquery(words: &[String]) -> String {
+/// The `tsquery` of `words` within one team: every word as a prefix.
+pub fn tsquery(team: TeamId, words: &[String]) -> String {
     words
         .iter()
-        .map(|w| format!("'{}':*", w.replace('\'', "''")))
+        .map(|w| format!("'{}':*", team_word(team, w).replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" & ")
 }
@@ -178,7 +178,7 @@ fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
                 ));
             }
             Dialect::Postgres => {
-                let p = b.arg(Arg::Text(tsquery(&f.words)));
+                let p = b.arg(Arg::Text(tsquery(team, &f.words)));
                 b.sql
                     .push_str(&format!(" AND search @@ to_tsquery('simple', {p})"));
             }
@@ -283,7 +283,7 @@ pub fn search(
         }
         Dialect::Postgres => {
             let t = b.arg(Arg::Id(team.into()));
-            let q = b.arg(Arg::Text(tsquery(words)));
+            let q = b.arg(Arg::Text(tsquery(team, words)));
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
                 "SELECT {columns}, ts_rank(search, query)::float8 AS score \
@@ -313,7 +313,10 @@ mod tests {
             "t000000000000000000000000000000abxdeploy t000000000000000000000000000000abx3 \
              t000000000000000000000000000000abx14"
         );
-        assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
+        assert_eq!(
+            tsquery(team, &["dep".into(), "o'k".into()]),
+            "'t000000000000000000000000000000abxdep':* & 't000000000000000000000000000000abxo''k':*"
+        );
     }
 
     #[test]
