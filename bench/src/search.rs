@@ -696,6 +696,123 @@ pub fn query_kinds(team: &TeamShape, now_ms: i64) -> Vec<QueryKind> {
     kinds
 }
 
+/// Whether an answer is what the query asks for: every item of the team matches every filter
+/// (the `q` words begin words of the title or description) and the items come in the sort's
+/// order. A server that ignored a parameter would be measured doing less than asked.
+pub fn check_answer(kind: &QueryKind, team: &Uuid, answer: &Value) -> Result<(), String> {
+    let items = answer["items"]
+        .as_array()
+        .ok_or_else(|| "no items array".to_string())?;
+    let tasks: Vec<&Value> = match kind.endpoint {
+        Endpoint::Tasks => items.iter().collect(),
+        Endpoint::Search => items.iter().map(|i| &i["task"]).collect(),
+    };
+    let f = &kind.filter;
+    let text = |t: &Value, k: &str| t[k].as_str().unwrap_or("").to_string();
+    for t in &tasks {
+        let id = text(t, "id");
+        let fail = |what: &str| Err(format!("task {id} does not match {what}"));
+        if text(t, "teamId") != team.hyphenated().to_string() {
+            return fail("the team");
+        }
+        if let Some(b) = &f.board
+            && text(t, "boardId") != b.hyphenated().to_string()
+        {
+            return fail("boardId");
+        }
+        if !f.statuses.is_empty() && !f.statuses.contains(&text(t, "status").as_str()) {
+            return fail("status");
+        }
+        if !f.priorities.is_empty() && !f.priorities.contains(&text(t, "priority").as_str()) {
+            return fail("priority");
+        }
+        match &f.assignee {
+            Some(Some(a)) if text(t, "assigneeUserId") != a.hyphenated().to_string() => {
+                return fail("assigneeUserId");
+            }
+            Some(None) if !t["assigneeUserId"].is_null() => return fail("assigneeUserId=none"),
+            _ => {}
+        }
+        let labels: Vec<&str> = t["labelIds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if f
+            .labels
+            .iter()
+            .any(|l| !labels.contains(&l.hyphenated().to_string().as_str()))
+        {
+            return fail("labelId");
+        }
+        let due = t["dueDate"].as_str();
+        if let Some(after) = &f.due_after
+            && due.is_none_or(|d| d < after.as_str())
+        {
+            return fail("dueAfter");
+        }
+        if let Some(before) = &f.due_before
+            && due.is_none_or(|d| d > before.as_str())
+        {
+            return fail("dueBefore");
+        }
+        if let Some(q) = &f.q {
+            let haystack = format!("{} {}", text(t, "title"), text(t, "description")).to_lowercase();
+            let words: Vec<&str> = haystack
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect();
+            for w in search_sql::words(q) {
+                if !words.iter().any(|x| x.starts_with(w.as_str())) {
+                    return fail(&format!("q word {w:?}"));
+                }
+            }
+        }
+    }
+    if kind.endpoint == Endpoint::Tasks {
+        let (sort, desc) = f.sort.unwrap_or((Sort::CreatedAt, false));
+        let key = |t: &Value| -> (u8, String, f64, String) {
+            let id = text(t, "id");
+            match sort {
+                Sort::CreatedAt => (0, String::new(), 0.0, id),
+                Sort::UpdatedAt => (0, text(t, "updatedAt"), 0.0, id),
+                Sort::DueDate => match t["dueDate"].as_str() {
+                    Some(d) => (0, d.to_string(), 0.0, id),
+                    None => (1, String::new(), 0.0, id),
+                },
+                Sort::Priority => {
+                    let rank = search_data::PRIORITIES
+                        .iter()
+                        .position(|p| *p == text(t, "priority"))
+                        .unwrap_or(0);
+                    (0, String::new(), rank as f64, id)
+                }
+                Sort::Position => (0, String::new(), t["position"].as_f64().unwrap_or(0.0), id),
+            }
+        };
+        for pair in tasks.windows(2) {
+            let (a, b) = (key(pair[0]), key(pair[1]));
+            // Tasks without a due date come last in both directions.
+            let ordered = if a.0 != b.0 {
+                a.0 < b.0
+            } else {
+                let cmp = a
+                    .1
+                    .cmp(&b.1)
+                    .then(a.2.total_cmp(&b.2))
+                    .then(a.3.cmp(&b.3));
+                if desc { cmp.is_gt() } else { cmp.is_lt() }
+            };
+            if !ordered {
+                return Err(format!(
+                    "tasks {} and {} are out of the sort's order",
+                    a.3, b.3
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn selected(name: &str, only: &[String]) -> bool {
     only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
 }
@@ -715,6 +832,10 @@ pub struct QueryResult {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub pass: bool,
+    /// Why the kind could not be measured (its first request failed), or what is wrong with its
+    /// answer (then it was measured but fails)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -795,6 +916,78 @@ async fn send_many(
     Ok((times, failures))
 }
 
+/// Warm-up and measured requests of one query kind.
+async fn measure(
+    args: &RunArgs,
+    target: &Target,
+    clients: &mut [Client],
+    bearer: &HeaderValue,
+    team_id: &str,
+    kind: &QueryKind,
+) -> Result<QueryResult> {
+    let concurrency = clients.len();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut path = kind.path(team_id);
+    if kind.page2 {
+        let first = get_json(&mut clients[0], target, &path, bearer, timeout).await?;
+        let cursor = first["nextCursor"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the first page has no nextCursor"))?;
+        path = format!(
+            "{path}{}cursor={}",
+            if path.contains('?') { '&' } else { '?' },
+            encode(cursor)
+        );
+    }
+    // The rows of one answer (the same every time: nothing writes meanwhile).
+    let answer = get_json(&mut clients[0], target, &path, bearer, timeout).await?;
+    let rows = answer["items"].as_array().map(|a| a.len() as u64);
+    let team = Uuid::parse_str(team_id)?;
+    let check = check_answer(kind, &team, &answer).err();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.max_secs_per_query);
+    for c in clients.iter_mut() {
+        send_many(
+            c,
+            target,
+            &path,
+            bearer,
+            args.warmup.div_ceil(concurrency),
+            deadline,
+            timeout,
+        )
+        .await?;
+    }
+    let share = args.requests.div_ceil(concurrency);
+    let outcomes = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| send_many(c, target, &path, bearer, share, deadline, timeout)),
+    )
+    .await;
+    let mut times = Vec::with_capacity(args.requests);
+    let mut failures = 0;
+    for o in outcomes {
+        let (t, f) = o?;
+        times.extend(t);
+        failures += f;
+    }
+    times.sort();
+    let p99_ms = quantile(&times, 0.99);
+    Ok(QueryResult {
+        name: kind.name.clone(),
+        path: path.replacen(&format!("/api/v1/teams/{team_id}"), "", 1),
+        rows,
+        requests: times.len() as u64,
+        failures,
+        p50_ms: quantile(&times, 0.50),
+        p95_ms: quantile(&times, 0.95),
+        p99_ms,
+        max_ms: quantile(&times, 1.0),
+        pass: failures == 0 && !times.is_empty() && p99_ms <= args.target_ms && check.is_none(),
+        error: check.map(|e| format!("wrong answer: {e}")),
+    })
+}
+
 pub async fn run(args: &RunArgs) -> Result<RunReport> {
     ensure!(args.requests > 0, "--requests must be positive");
     let concurrency = args.concurrency.max(1);
@@ -818,60 +1011,33 @@ pub async fn run(args: &RunArgs) -> Result<RunReport> {
     let kinds = query_kinds(team, now_ms());
     let mut results = Vec::new();
     for kind in kinds.iter().filter(|k| selected(&k.name, &args.only)) {
-        let mut path = kind.path(&team_id);
-        if kind.page2 {
-            let first = get_json(&mut clients[0], &target, &path, &bearer, timeout).await?;
-            let cursor = first["nextCursor"]
-                .as_str()
-                .ok_or_else(|| anyhow!("{}: the first page has no nextCursor", kind.name))?;
-            path = format!(
-                "{path}{}cursor={}",
-                if path.contains('?') { '&' } else { '?' },
-                encode(cursor)
-            );
-        }
-        // The rows of one answer (the same every time: nothing writes meanwhile).
-        let answer = get_json(&mut clients[0], &target, &path, &bearer, timeout).await?;
-        let rows = answer["items"].as_array().map(|a| a.len() as u64);
-        let deadline = Instant::now() + Duration::from_secs_f64(args.max_secs_per_query);
-        for c in clients.iter_mut() {
-            send_many(c, &target, &path, &bearer, args.warmup.div_ceil(concurrency), deadline, timeout)
-                .await?;
-        }
-        let share = args.requests.div_ceil(concurrency);
-        let outcomes = futures_util::future::join_all(clients.iter_mut().map(|c| {
-            send_many(c, &target, &path, &bearer, share, deadline, timeout)
-        }))
-        .await;
-        let mut times = Vec::with_capacity(args.requests);
-        let mut failures = 0;
-        for o in outcomes {
-            let (t, f) = o?;
-            times.extend(t);
-            failures += f;
-        }
-        times.sort();
-        let r = QueryResult {
-            name: kind.name.clone(),
-            path: path.replacen(&format!("/api/v1/teams/{team_id}"), "", 1),
-            rows,
-            requests: times.len() as u64,
-            failures,
-            p50_ms: quantile(&times, 0.50),
-            p95_ms: quantile(&times, 0.95),
-            p99_ms: quantile(&times, 0.99),
-            max_ms: quantile(&times, 1.0),
-            pass: false,
+        let r = match measure(args, &target, &mut clients, &bearer, &team_id, kind).await {
+            Ok(r) => r,
+            // A query kind the server refuses (or fails) is a row of the table, not the end.
+            Err(e) => QueryResult {
+                name: kind.name.clone(),
+                path: kind.path(&team_id).replacen(&format!("/api/v1/teams/{team_id}"), "", 1),
+                rows: None,
+                requests: 0,
+                failures: 1,
+                p50_ms: 0.0,
+                p95_ms: 0.0,
+                p99_ms: 0.0,
+                max_ms: 0.0,
+                pass: false,
+                error: Some(format!("{e:#}")),
+            },
         };
-        let pass = failures == 0 && !times.is_empty() && r.p99_ms <= args.target_ms;
-        let r = QueryResult { pass, ..r };
-        eprintln!(
-            "search run: {:<58} rows {:>3}  p50 {:>7.2}  p99 {:>7.2} ms",
-            r.name,
-            r.rows.map_or("-".into(), |n| n.to_string()),
-            r.p50_ms,
-            r.p99_ms
-        );
+        match &r.error {
+            Some(e) if r.requests == 0 => eprintln!("search run: {:<58} {e}", r.name),
+            _ => eprintln!(
+                "search run: {:<58} rows {:>3}  p50 {:>7.2}  p99 {:>7.2} ms",
+                r.name,
+                r.rows.map_or("-".into(), |n| n.to_string()),
+                r.p50_ms,
+                r.p99_ms
+            ),
+        }
         results.push(r);
     }
     let report = RunReport {
@@ -912,6 +1078,8 @@ pub fn print_table(r: &RunReport) {
     for q in &r.queries {
         let verdict = if q.pass {
             "PASS".to_string()
+        } else if let Some(e) = &q.error {
+            format!("FAIL: {}", e.chars().take(200).collect::<String>())
         } else if q.failures > 0 {
             format!("FAIL ({} failed requests)", q.failures)
         } else {
@@ -999,5 +1167,47 @@ mod tests {
         assert!(by("q=login error").ends_with("?q=login%20error"));
         assert!(by("search q=error").starts_with("/api/v1/teams/T/search?q=error"));
         assert!(by("labelId x2").contains("labelId=00000000-0000-0000-0000-00000000000a&labelId="));
+    }
+
+    #[test]
+    fn answers_are_checked_against_filter_and_order() {
+        let team = Uuid::from_u128(1);
+        let task = |id: &str, status: &str, due: Value, title: &str| {
+            json!({"id": id, "teamId": team.hyphenated().to_string(), "status": status,
+                   "priority": "none", "dueDate": due, "title": title, "description": "",
+                   "labelIds": [], "assigneeUserId": null})
+        };
+        let kind = |filter: Filter| QueryKind {
+            name: "k".into(),
+            endpoint: Endpoint::Tasks,
+            filter,
+            page2: false,
+        };
+        let by_due = kind(Filter {
+            statuses: vec!["todo"],
+            sort: Some((Sort::DueDate, true)),
+            ..Filter::default()
+        });
+        let good = json!({"items": [
+            task("b", "todo", json!("2026-02-01"), "x"),
+            task("a", "todo", json!("2026-01-01"), "x"),
+            task("c", "todo", Value::Null, "x"),
+        ]});
+        assert_eq!(check_answer(&by_due, &team, &good), Ok(()));
+        let misordered = json!({"items": [
+            task("c", "todo", Value::Null, "x"),
+            task("b", "todo", json!("2026-02-01"), "x"),
+        ]});
+        assert!(check_answer(&by_due, &team, &misordered).is_err());
+        let wrong_status = json!({"items": [task("a", "done", Value::Null, "x")]});
+        assert!(check_answer(&by_due, &team, &wrong_status).is_err());
+        let q = kind(Filter {
+            q: Some("dep FAI".into()),
+            ..Filter::default()
+        });
+        let hit = json!({"items": [task("a", "todo", Value::Null, "Deploy failed")]});
+        assert_eq!(check_answer(&q, &team, &hit), Ok(()));
+        let miss = json!({"items": [task("a", "todo", Value::Null, "Deploy")]});
+        assert!(check_answer(&q, &team, &miss).is_err());
     }
 }

@@ -174,8 +174,8 @@ pub fn explain(backend: Backend, team: &TeamShape, kind: &QueryKind, count: bool
     let mut out = String::new();
     match backend {
         Backend::Sqlite => {
-            let _ = writeln!(out, ".print '== {}'", kind.name.replace('\'', "''"));
-            let _ = writeln!(out, ".print '{}'", sql.replace('\'', "''"));
+            let _ = writeln!(out, "SELECT {};", quoted(&format!("== {}", kind.name)));
+            let _ = writeln!(out, "SELECT {};", quoted(&sql));
             if count {
                 let _ = writeln!(
                     out,
