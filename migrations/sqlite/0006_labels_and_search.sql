@@ -65,3 +65,7 @@ WHEN old.title IS NOT new.title OR old.description IS NOT new.description BEGIN
     INSERT INTO tasks_fts (rowid, team, title, description)
     VALUES (new.rowid, 't' || lower(hex(new.team_id)), new.title, new.description);
 END;
+
+-- `sort=updatedAt` compares the text: every row in one fixed-width form (milliseconds, `Z`), as
+-- the server now writes it.
+UPDATE tasks SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', updated_at);

@@ -428,7 +428,7 @@ mod tests {
         let json = serde_json::to_value(&data).expect("serializes");
         assert_eq!(json["type"], "board.deleted");
         assert_eq!(data.kind().as_str(), "board.deleted");
-        assert_eq!(ActivityKind::ALL.len(), 18);
+        assert_eq!(ActivityKind::ALL.len(), 21);
         for &k in ActivityKind::ALL {
             assert_eq!(ActivityKind::parse(k.as_str()), Some(k));
         }

@@ -10,6 +10,7 @@ pub mod model;
 pub mod notify;
 pub mod presence;
 pub mod rules;
+pub mod search;
 pub mod webhook;
 
 pub use activity::{Activity, ActivityData, ActivityKind, Change, Room, Route};

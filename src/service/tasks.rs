@@ -11,8 +11,12 @@ use crate::domain::notify::{Happening, Reason, mentions, new_mentions};
 use crate::domain::rules::{
     Action, NewTask, TaskPatch, check_comment_body, if_match_allows, label_set, position_after,
 };
+use crate::domain::search::{
+    self, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, SearchHit, TaskCursor, TaskFilter, TaskSort,
+    check_filter,
+};
 use crate::domain::*;
-use crate::store::{StoreError, TaskFilter, Tx};
+use crate::store::{StoreError, Tx};
 
 /// A board the task may live on: it must belong to the task's team.
 async fn check_board(tx: &mut dyn Tx, team: TeamId, board: BoardId) -> Result<()> {
@@ -119,22 +123,69 @@ impl Services {
         Ok(task)
     }
 
+    /// A page of the team's tasks passing `filter`, in `sort`'s order.
     pub async fn tasks(
         &self,
         actor: UserId,
         team: TeamId,
         filter: &TaskFilter,
+        sort: TaskSort,
         req: &PageRequest,
     ) -> Result<Seqd<Page<Task>>> {
-        let page = req.after_id()?;
+        check_filter(filter)?;
+        let limit = req.limit()?;
+        let after = req
+            .cursor
+            .as_deref()
+            .map(|c| TaskCursor::decode(sort, c))
+            .transpose()?;
         let mut tx = self.store.read().await?;
         role_in(&mut *tx, team, actor).await?;
         let seq = seq_of(&mut *tx, team).await?;
-        let rows = tx.tasks(team, filter, page).await?;
+        let mut items = tx.tasks(team, filter, sort, after, limit + 1).await?;
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next_cursor = items
+            .last()
+            .filter(|_| more)
+            .map(|t| TaskCursor::of(sort, t).encode(sort));
         Ok(Seqd {
-            data: page_by_id(rows, page, |t: &Task| t.id),
+            data: Page { items, next_cursor },
             seq,
         })
+    }
+
+    /// The team's best matches of `q`, each with the excerpt that matched.
+    pub async fn search_tasks(
+        &self,
+        actor: UserId,
+        team: TeamId,
+        q: &str,
+        limit: Option<i64>,
+    ) -> Result<Vec<SearchHit>> {
+        let words = search::words(q)?;
+        let limit = match limit {
+            None => SEARCH_LIMIT_DEFAULT,
+            Some(n) if (1..=SEARCH_LIMIT_MAX).contains(&n) => n,
+            Some(_) => {
+                return Err(DomainError::invalid(
+                    "limit",
+                    format!("must be 1 to {SEARCH_LIMIT_MAX}"),
+                )
+                .into());
+            }
+        };
+        let mut tx = self.store.read().await?;
+        role_in(&mut *tx, team, actor).await?;
+        let found = tx.search_tasks(team, &words, limit).await?;
+        Ok(found
+            .into_iter()
+            .map(|(task, score)| SearchHit {
+                snippet: search::snippet(&task, &words),
+                task,
+                score,
+            })
+            .collect())
     }
 
     /// A task, and whether the caller follows it.

@@ -4,9 +4,12 @@
 //! applied by `service`), never publishes events (that is `bus`), and never speaks HTTP.
 //! Every change and the activities it emits are written in one transaction (`Store::write`).
 
+#[cfg(test)]
+mod plans_tests;
 mod postgres;
 mod sql;
 mod sqlite;
+mod task_query;
 pub mod webhooks;
 
 use async_trait::async_trait;
@@ -16,6 +19,7 @@ use crate::domain::activity::{ActivityDraft, LogEntry};
 use crate::domain::notify::{
     Followers, InboxEvent, MarkRead, Notification, NotificationDraft, ReadMark,
 };
+use crate::domain::search::{TaskCursor, TaskFilter, TaskSort};
 use crate::domain::*;
 
 pub use postgres::PgStore;
@@ -72,13 +76,6 @@ pub struct TaskSlot {
     /// None when the board named is not one of the team's.
     pub board_id: Option<BoardId>,
     pub last_position: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TaskFilter {
-    pub board_id: Option<BoardId>,
-    pub status: Option<TaskStatus>,
-    pub assignee_user_id: Option<UserId>,
 }
 
 /// What a team's log holds: `oldest_since` is the smallest `since` that can still be served.
@@ -195,12 +192,23 @@ pub trait Tx: WebhookTx + Send {
     // tasks
     async fn insert_task(&mut self, task: &Task) -> Result<()>;
     async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;
+    /// At most `limit` of the team's tasks passing `filter`, in `sort`'s order, after `after`.
     async fn tasks(
         &mut self,
         team: TeamId,
         filter: &TaskFilter,
-        page: PageAfter<TaskId>,
+        sort: TaskSort,
+        after: Option<TaskCursor>,
+        limit: i64,
     ) -> Result<Vec<Task>>;
+    /// The team's best `limit` matches of `words` (`search::words`), best first, with their
+    /// scores (higher is better; comparable within one answer only).
+    async fn search_tasks(
+        &mut self,
+        team: TeamId,
+        words: &[String],
+        limit: i64,
+    ) -> Result<Vec<(Task, f64)>>;
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`).
     /// Its labels are not written: `set_task_labels` does that when they change.
     async fn update_task(&mut self, task: &Task) -> Result<()>;

@@ -80,5 +80,10 @@ impl Store for PgStore {
 }
 
 // A delete-strength row lock: it waits for writers holding a key-share lock on the row.
-super::sql::impl_tx!(PgTx, " FOR UPDATE", " FOR KEY SHARE");
+super::sql::impl_tx!(
+    PgTx,
+    super::task_query::Dialect::Postgres,
+    " FOR UPDATE",
+    " FOR KEY SHARE"
+);
 super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE");

@@ -245,6 +245,79 @@ impl TryFrom<TaskRow> for Task {
 }
 
 #[derive(sqlx::FromRow)]
+pub(super) struct ScoredTaskRow {
+    #[sqlx(flatten)]
+    pub(super) task: TaskRow,
+    pub(super) score: f64,
+}
+
+/// Binds a built query's arguments in order.
+pub(super) fn bind_all<'q, DB, O>(
+    mut q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>,
+    args: Vec<super::task_query::Arg>,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i16: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    time::Date: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    StoredTime: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    use super::task_query::Arg;
+    for a in args {
+        q = match a {
+            Arg::Id(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::SmallInt(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Real(v) => q.bind(v),
+            Arg::Date(v) => q.bind(v),
+            Arg::Time(v) => q.bind(StoredTime(v)),
+        };
+    }
+    q
+}
+
+/// A timestamp a query sorts by: on SQLite written as fixed-width text (`…T17:25:55.000Z`) so that
+/// text order is time order (sqlx's own encoding drops a zero fraction, and `…55Z` sorts after
+/// `…55.1Z`); on PostgreSQL a plain `timestamptz`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StoredTime(pub OffsetDateTime);
+
+impl sqlx::Type<sqlx::Sqlite> for StoredTime {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Sqlite> for StoredTime {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        sqlx::Encode::<sqlx::Sqlite>::encode(crate::domain::model::timestamp::format(&self.0), buf)
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for StoredTime {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <OffsetDateTime as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for StoredTime {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Postgres as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&self.0, buf)
+    }
+}
+
+#[derive(sqlx::FromRow)]
 pub(super) struct LabelRow {
     id: LabelId,
     team_id: TeamId,
@@ -448,7 +521,7 @@ pub(super) use task_columns;
 
 /// Implements `Tx` for a struct `$tx { tx: sqlx::Transaction<'static, $db> }`.
 macro_rules! impl_tx {
-    ($tx:ident, $lock_row:literal, $share_row:literal) => {
+    ($tx:ident, $dialect:expr, $lock_row:literal, $share_row:literal) => {
         // An unnamed const gives the impl its own imports.
         const _: () = {
         use time::OffsetDateTime;
@@ -823,7 +896,7 @@ macro_rules! impl_tx {
                 .bind(t.position)
                 .bind(t.created_by)
                 .bind(t.created_at)
-                .bind(t.updated_at)
+                .bind(StoredTime(t.updated_at))
                 .bind(t.version)
                 .bind(label_ids_text(&t.label_ids))
                 .bind(t.priority.rank())
@@ -847,26 +920,46 @@ macro_rules! impl_tx {
             async fn tasks(
                 &mut self,
                 team: TeamId,
-                f: &$crate::store::TaskFilter,
-                page: $crate::store::PageAfter<TaskId>,
+                f: &$crate::domain::search::TaskFilter,
+                sort: $crate::domain::search::TaskSort,
+                after: Option<$crate::domain::search::TaskCursor>,
+                limit: i64,
             ) -> $crate::store::Result<Vec<Task>> {
-                let rows: Vec<TaskRow> = sqlx::query_as(concat!(
-                    "SELECT ", task_columns!(), " FROM tasks \
-                     WHERE team_id = $1 AND id > $2 \
-                       AND ($3 IS NULL OR board_id = $3) \
-                       AND ($4 IS NULL OR status = $4) \
-                       AND ($5 IS NULL OR assignee_user_id = $5) \
-                     ORDER BY id LIMIT $6",
-                ))
-                .bind(team)
-                .bind(after(page.after))
-                .bind(f.board_id)
-                .bind(f.status.map(TaskStatus::as_str))
-                .bind(f.assignee_user_id)
-                .bind(page.limit)
-                .fetch_all(&mut *self.tx)
-                .await?;
-                rows.into_iter().map(TryInto::try_into).collect()
+                use $crate::store::task_query;
+                let mut tasks: Vec<Task> = Vec::new();
+                let req = task_query::TaskPage { team, filter: f, sort, after: after.as_ref() };
+                for part in task_query::parts(sort, after.as_ref()) {
+                    let left = limit - tasks.len() as i64;
+                    if left <= 0 {
+                        break;
+                    }
+                    let built =
+                        task_query::page($dialect, task_columns!(), req, *part, left);
+                    let rows: Vec<TaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
+                        .fetch_all(&mut *self.tx)
+                        .await?;
+                    for row in rows {
+                        tasks.push(row.try_into()?);
+                    }
+                }
+                Ok(tasks)
+            }
+
+            async fn search_tasks(
+                &mut self,
+                team: TeamId,
+                words: &[String],
+                limit: i64,
+            ) -> $crate::store::Result<Vec<(Task, f64)>> {
+                use $crate::store::task_query;
+                let columns = task_query::qualified("tasks", task_columns!());
+                let built = task_query::search($dialect, &columns, team, words, limit);
+                let rows: Vec<ScoredTaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.into_iter()
+                    .map(|r| Ok((r.task.try_into()?, r.score)))
+                    .collect()
             }
 
             async fn update_task(&mut self, t: &Task) -> $crate::store::Result<()> {
@@ -885,7 +978,7 @@ macro_rules! impl_tx {
                 .bind(t.assignee_user_id)
                 .bind(t.due_date)
                 .bind(t.position)
-                .bind(t.updated_at)
+                .bind(StoredTime(t.updated_at))
                 .bind(t.version)
                 .bind(t.version - 1)
                 .bind(label_ids_text(&t.label_ids))

@@ -39,6 +39,15 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        // Statistics for the planner (which index serves a filtered, sorted list), gathered on a
+        // bounded sample so that opening a large database stays quick; SQLite's advice for a
+        // long-lived connection.
+        sqlx::query("PRAGMA analysis_limit = 1000")
+            .execute(&writer)
+            .await?;
+        sqlx::query("PRAGMA optimize = 0x10002")
+            .execute(&writer)
+            .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -80,5 +89,5 @@ impl Store for SqliteStore {
 }
 
 // The single writer connection already excludes every other writer: no row locks.
-super::sql::impl_tx!(SqliteTx, "", "");
+super::sql::impl_tx!(SqliteTx, super::task_query::Dialect::Sqlite, "", "");
 super::webhooks::impl_webhook_tx!(SqliteTx, "");

@@ -82,6 +82,9 @@ fn routed(a: &Value, room: Scope) -> bool {
                         | "board.created"
                         | "board.updated"
                         | "board.deleted"
+                        | "label.created"
+                        | "label.updated"
+                        | "label.deleted"
                 )
         }
         Scope::Board(b) => {

@@ -1,10 +1,10 @@
 //! Randomized no-leakage test (seeded; `TASKFORGE_TEST_SEED` replays), on every topology:
 //! several teams, users with overlapping memberships and roles, two sockets per user (on
 //! consecutive instances) subscribed to random parts of what the user may see; random HTTP
-//! actions (tasks, moves, assignments, comments, boards, members) through random instances; a
-//! model of who is entitled to what, ordered by seq. Each socket must receive exactly the
-//! activities routed to its rooms while it was entitled to them, and its own deliveries, each
-//! once, in seq order per team, and nothing else.
+//! actions (tasks, moves, assignments, comments, boards, labels, members) through random
+//! instances; a model of who is entitled to what, ordered by seq. Each socket must receive
+//! exactly the activities routed to its rooms while it was entitled to them, and its own
+//! deliveries, each once, in seq order per team, and nothing else.
 //!
 //! Inboxes too: every socket follows its user's inbox; comments, edits and descriptions mention
 //! random users (members or not), users follow, unfollow and mark read. A model of the
@@ -196,6 +196,8 @@ struct TeamState {
     owner: usize,
     default_board: Uuid,
     boards: Vec<Uuid>,
+    /// The team's labels (tasks' label sets are the server's business: deletes untag them).
+    labels: Vec<Uuid>,
     members: BTreeMap<usize, String>, // user -> role
 }
 
@@ -683,6 +685,60 @@ impl World {
         self.bump(if on { "follow" } else { "unfollow" });
     }
 
+    /// Creates, renames or deletes a label of team `t`, or gives a task a new set of them.
+    async fn label_action(&mut self, i: usize, t: usize, tok: &str, tasks: &[Uuid]) {
+        let api = self.api();
+        let team_id = self.teams[t].id;
+        let labels = self.teams[t].labels.clone();
+        match self.rng.below(4) {
+            r if r == 0 || labels.is_empty() => {
+                let l: Value = api
+                    .post(
+                        &format!("/api/v1/teams/{team_id}/labels"),
+                        tok,
+                        json!({"name": format!("label {i}"), "color": "#A0B0C0"}),
+                    )
+                    .await
+                    .ok(201)
+                    .clone();
+                self.teams[t].labels.push(uuid_at(&l["id"]).unwrap());
+                self.bump("label create");
+            }
+            1 => {
+                let l = *self.rng.pick(&labels);
+                api.patch(
+                    &format!("/api/v1/labels/{l}"),
+                    tok,
+                    json!({"name": format!("relabeled {i}")}),
+                )
+                .await
+                .ok(200);
+                self.bump("label rename");
+            }
+            2 => {
+                let l = *self.rng.pick(&labels);
+                api.delete(&format!("/api/v1/labels/{l}"), tok)
+                    .await
+                    .ok(204);
+                self.teams[t].labels.retain(|x| *x != l);
+                self.bump("label delete");
+            }
+            _ if !tasks.is_empty() => {
+                let id = self.pick_task(tasks);
+                let set: Vec<Uuid> = labels
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.chance(40))
+                    .collect();
+                api.patch_task(tok, id, json!({"labelIds": set}))
+                    .await
+                    .ok(200);
+                self.bump("task labels");
+            }
+            _ => {}
+        }
+    }
+
     async fn act(&mut self, i: usize) {
         // Often the team of a task touched lately, so that actions meet on the same tasks.
         let latest = self.recent.iter().rev().find_map(|id| self.tasks.get(id));
@@ -697,7 +753,7 @@ impl World {
         let tok = self.tok(actor);
         let tasks = self.team_tasks(t);
         let api = self.api();
-        let roll = self.rng.below(120);
+        let roll = self.rng.below(132);
         match roll {
             // create a task (maybe assigned, maybe mentioning); some members' sockets join its room
             0..=19 => {
@@ -1087,6 +1143,8 @@ impl World {
             100..=107 => self.mark_read(i).await,
             // follow or unfollow a task
             108..=119 if !tasks.is_empty() => self.follow(i, t, &tasks).await,
+            // labels: team-room activities, and task.updated for a task's new set
+            120..=131 => self.label_action(i, t, &tok, &tasks).await,
             // rename the team
             _ => {
                 api.patch(
@@ -1149,7 +1207,8 @@ pub(crate) fn routes(a: &Value, moves: &HashMap<(Uuid, i64), Uuid>) -> BTreeSet<
             r.insert(Room::Team(team));
             r.insert(Room::User(uuid_at(&d["userId"]).unwrap()));
         }
-        "team.updated" | "board.created" | "board.updated" | "board.deleted" => {
+        "team.updated" | "board.created" | "board.updated" | "board.deleted" | "label.created"
+        | "label.updated" | "label.deleted" => {
             r.insert(Room::Team(team));
         }
         other => panic!("unknown activity type {other}: {a}"),
@@ -1531,6 +1590,7 @@ async fn random_actions_no_leakage(d: Deployment) {
             owner: t,
             default_board: team.default_board_id,
             boards: vec![team.default_board_id],
+            labels: Vec::new(),
             members,
         });
     }

@@ -29,6 +29,7 @@ every_transport!(
     route_comments,
     route_members,
     route_team_and_board_activities,
+    route_labels,
     own_deliveries_need_no_subscription,
     own_delivery_survives_the_instance_starting_to_follow_the_team,
     revocation_unsubscribes_and_stops_delivery,
@@ -869,6 +870,68 @@ async fn route_team_and_board_activities(d: Deployment) {
             .await
             .ok(200);
     }
+}
+
+/// `label.*` reach the team room only (not another team's rooms); a task's new labels are a
+/// `task.updated` routed as every task edit; deleting a label emits `label.deleted` alone (no
+/// `task.updated` for the tasks it is taken off).
+async fn route_labels(d: Deployment) {
+    let mut fx = fixture(d).await;
+    let owner = fx.owner.token().to_string();
+    let team = fx.team.id;
+    let l: Value = fx
+        .api
+        .post(
+            &format!("/api/v1/teams/{team}/labels"),
+            &owner,
+            json!({"name": "Urgent", "color": "#FF0000"}),
+        )
+        .await
+        .ok(201)
+        .clone();
+    let got = fx
+        .expect("label.created", &[("label.created", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["data"]["label"], l);
+    assert!(got["team"][0]["boardId"].is_null(), "{}", got["team"][0]);
+    let label = l["id"].as_str().unwrap().to_owned();
+    fx.api
+        .patch(
+            &format!("/api/v1/labels/{label}"),
+            &owner,
+            json!({"name": "Very urgent"}),
+        )
+        .await
+        .ok(200);
+    let got = fx
+        .expect("label.updated", &[("label.updated", &["team", "multi"])])
+        .await;
+    assert_eq!(got["multi"][0]["data"]["label"]["name"], "Very urgent");
+    fx.api
+        .patch_task(&owner, fx.x.id, json!({"labelIds": [label]}))
+        .await
+        .ok(200);
+    let got = fx
+        .expect(
+            "task.updated (labelIds)",
+            &[("task.updated", &["b1", "taskX", "multi", "assigneeRooms"])],
+        )
+        .await;
+    assert_eq!(
+        got["taskX"][0]["data"]["changes"]["labelIds"],
+        json!({"from": [], "to": [label]}),
+        "{}",
+        got["taskX"][0]
+    );
+    fx.api
+        .delete(&format!("/api/v1/labels/{label}"), &owner)
+        .await
+        .ok(204);
+    let got = fx
+        .expect("label.deleted", &[("label.deleted", &["team", "multi"])])
+        .await;
+    assert_eq!(got["team"][0]["data"], json!({"labelId": label}));
+    fx.assert_order();
 }
 
 // ---------------------------------------------------------------------------------------------

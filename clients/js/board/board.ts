@@ -3,6 +3,10 @@
 // everyone's changes and who is looking at a task as they happen. The bell in the header is the
 // user's inbox (`rt.inbox()`): notifications of mentions, assignments and followed tasks, live;
 // typing `@` in a comment or a description offers the team's members and writes the mention markup.
+// Cards show their labels as colored chips; the task panel toggles the team's labels on the task
+// and creates new ones; the filter bar (words, labels, assignee, priority, due days) narrows the
+// columns to a filtered live collection, so a task someone else edits into or out of the filter
+// appears or disappears as it happens.
 //
 // It is built on this package (`../src`), compiled by `npm run build:board` into the server's
 // `web/assets/` and embedded in the binary. What it must never do: keep state the server does not
@@ -29,6 +33,7 @@ import {
   formatMention,
   isAuthFailure,
   parseMentions,
+  searchWords,
   tabRefreshCoordinator,
   type Activity,
   type Inbox,
@@ -38,6 +43,7 @@ import {
   type AuthResponse,
   type Board,
   type Comment,
+  type Label,
   type LiveCollection,
   type LiveSnapshot,
   type Member,
@@ -49,6 +55,8 @@ import {
   type SessionOptions,
   type Subscription,
   type Task,
+  type TaskFilter,
+  type TaskPatch,
   type TaskStatus,
   type Team,
 } from '../src/index.js';
@@ -147,6 +155,8 @@ interface TaskView {
   latest: Task | null;
   /** Who saved the newest change after `base` (from the task room's activities). */
   changedBy: string | null;
+  /** Labels this user created from the panel, to be ticked once the team's list shows them. */
+  readonly pendingLabels: Set<string>;
 }
 
 interface State {
@@ -159,9 +169,17 @@ interface State {
   teamSub: Subscription | null;
   members: LiveCollection<Member> | null;
   tasks: LiveCollection<Task> | null;
-  /** Listener removals of `members` and `tasks`. */
+  /** The team's labels. */
+  labels: LiveCollection<Label> | null;
+  /** The board's tasks that match the filter bar, while it filters (the columns show these). */
+  filtered: LiveCollection<Task> | null;
+  /** The filter `filtered` was opened with (JSON); null before a board is open. */
+  filterKey: string | null;
+  /** Listener removals of `members`, `tasks`, `labels` and `filtered`. */
   stopMembers: (() => void) | null;
   stopTasks: (() => void) | null;
+  stopLabels: (() => void) | null;
+  stopFiltered: (() => void) | null;
   /** The ids and statuses the columns showed last (null before the first render of a board). */
   shown: Map<string, TaskStatus> | null;
   view: TaskView | null;
@@ -181,8 +199,13 @@ const state: State = {
   teamSub: null,
   members: null,
   tasks: null,
+  labels: null,
+  filtered: null,
+  filterKey: null,
   stopMembers: null,
   stopTasks: null,
+  stopLabels: null,
+  stopFiltered: null,
   shown: null,
   view: null,
   inbox: null,
@@ -322,6 +345,10 @@ function closeTeam(): void {
   state.stopMembers = null;
   state.members?.close();
   state.members = null;
+  state.stopLabels?.();
+  state.stopLabels = null;
+  state.labels?.close();
+  state.labels = null;
 }
 
 async function openTeam(team: Team | null): Promise<void> {
@@ -356,6 +383,14 @@ async function openTeam(team: Team | null): Promise<void> {
     if (state.members === members) renderMembers(s);
   });
   renderMembers(members.getSnapshot());
+  const labels = rt.liveLabels({ teamId: team.id });
+  state.labels = labels;
+  state.stopLabels = labels.subscribe((s) => {
+    if (state.labels === labels) renderLabels(s);
+  });
+  // Another team's labels and members mean nothing here.
+  form('filter-bar').reset();
+  renderLabels(labels.getSnapshot());
   await loadBoards();
 }
 
@@ -364,7 +399,7 @@ function renderMembers(s: LiveSnapshot<Member>): void {
   $('member-list').textContent = s.items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
   renderAssignees(s.items);
   // Cards name their assignees.
-  if (state.tasks) renderBoard(state.tasks.getSnapshot());
+  renderBoard();
 }
 
 async function loadBoards(): Promise<void> {
@@ -385,6 +420,8 @@ async function loadBoards(): Promise<void> {
 
 function closeBoard(): void {
   closeTask();
+  closeFiltered();
+  state.filterKey = null;
   state.stopTasks?.();
   state.stopTasks = null;
   state.tasks?.close();
@@ -404,15 +441,21 @@ function openBoard(board: Board | null): void {
   select('board-select').value = board.id;
   const tasks = state.rt!.liveTasks({ teamId: state.team.id, boardId: board.id });
   state.tasks = tasks;
-  state.stopTasks = tasks.subscribe((s) => {
+  state.stopTasks = tasks.subscribe(() => {
     if (state.tasks !== tasks) return;
-    renderBoard(s);
+    renderBoard();
     followOpenTask();
   });
-  renderBoard(tasks.getSnapshot());
+  applyFilter();
+  renderBoard();
 }
 
-function renderBoard(s: LiveSnapshot<Task>): void {
+/** The columns: the board's tasks, or those matching the filter bar while it filters. */
+function renderBoard(): void {
+  const shown = state.filtered ?? state.tasks;
+  if (!shown) return;
+  const s = shown.getSnapshot();
+  renderFilterStatus(s);
   const columns = $('columns');
   // Loading, or reloading after a gap: the columns show what they had until the reload is in.
   $('board').dataset.live = s.status;
@@ -457,6 +500,140 @@ function announceChanges(before: Map<string, TaskStatus>, items: readonly Task[]
   if (said.length > 0) announce(said.slice(0, 5).join('; '));
 }
 
+// ------------------------------------------------------------------ labels and the filter bar
+
+/** WCAG relative luminance of `#rrggbb`. */
+function luminance(color: string): number {
+  const n = /^#[0-9a-f]{6}$/i.test(color) ? parseInt(color.slice(1), 16) : 0xe3ebff;
+  const lin = (c: number) => {
+    const v = c / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  };
+  return 0.2126 * lin((n >> 16) & 255) + 0.7152 * lin((n >> 8) & 255) + 0.0722 * lin(n & 255);
+}
+
+const DARK_INK = '#1d2330';
+
+/** The page's dark text or white on a label's color, whichever contrasts more. */
+function inkFor(color: string): string {
+  const l = luminance(color);
+  return (l + 0.05) / (luminance(DARK_INK) + 0.05) >= 1.05 / (l + 0.05) ? DARK_INK : '#ffffff';
+}
+
+/** A label as a colored chip. The color goes through the CSSOM: the page's CSP allows no inline style. */
+function chip<K extends 'li' | 'span'>(tag: K, l: Label): HTMLElementTagNameMap[K] {
+  const el = h(tag, { class: 'chip', 'data-label-id': l.id }, l.name);
+  el.style.setProperty('--label-color', l.color);
+  el.style.setProperty('--label-ink', inkFor(l.color));
+  return el;
+}
+
+/** A checkbox per label of the team, shown as its chip. */
+function labelPicks(name: string, checked: ReadonlySet<string>): HTMLLabelElement[] {
+  return (state.labels?.getSnapshot().items ?? []).map((l) => {
+    const box = h('input', { type: 'checkbox', name, value: l.id });
+    box.checked = checked.has(l.id);
+    return h('label', { class: 'label-pick' }, box, chip('span', l));
+  });
+}
+
+/** Whether the team's (loaded) labels no longer have this one: deleted. */
+function labelGone(id: string): boolean {
+  const labels = state.labels;
+  if (!labels) return false;
+  const st = labels.getSnapshot().status;
+  return (st === 'live' || st === 'refetching') && labels.get(id) === undefined;
+}
+
+function checkedValues(container: HTMLElement, name: string): string[] {
+  return Array.from(container.querySelectorAll<HTMLInputElement>(`input[type=checkbox][name="${name}"]`))
+    .filter((b) => b.checked)
+    .map((b) => b.value);
+}
+
+function renderLabels(s: LiveSnapshot<Label>): void {
+  if (s.status === 'error') notice(`Labels could not be loaded: ${describe(s.error)}`);
+  // The filter bar's picks keep what was ticked (a deleted label drops out of the filter).
+  const bar = $('filter-labels');
+  const ticked = new Set(checkedValues(bar, 'labelId'));
+  bar.querySelectorAll('.label-pick, .none').forEach((el) => el.remove());
+  const picks = labelPicks('labelId', ticked);
+  bar.append(...(picks.length > 0 ? picks : [h('span', { class: 'muted none' }, 'No labels yet')]));
+  const view = state.view;
+  if (view) renderTaskLabels(view, new Set([...formLabelIds(view), ...view.pendingLabels]));
+  applyFilter();
+  // Cards show the labels' names and colors.
+  renderBoard();
+}
+
+/** The filter bar as a task filter; empty when it filters nothing. */
+function readFilter(): TaskFilter {
+  const f = form('filter-bar');
+  const out: TaskFilter = {};
+  const q = field(f, 'q').trim();
+  // A text without words would filter nothing: left out.
+  if (searchWords(q).length > 0) out.q = Array.from(q).slice(0, 200).join('');
+  const assignee = field(f, 'assigneeUserId');
+  if (assignee) out.assigneeUserId = assignee;
+  const priority = field(f, 'priority');
+  if (priority) out.priority = priority as Priority;
+  const after = field(f, 'dueAfter');
+  const before = field(f, 'dueBefore');
+  // A range that ends before it starts holds no day (the server refuses it): said at the field.
+  const afterInput = f.elements.namedItem('dueAfter') as HTMLInputElement;
+  const empty = after !== '' && before !== '' && after > before;
+  afterInput.setCustomValidity(empty ? 'Due after must not be later than due before' : '');
+  if (empty) afterInput.reportValidity();
+  else {
+    if (after) out.dueAfter = after;
+    if (before) out.dueBefore = before;
+  }
+  const labels = checkedValues($('filter-labels'), 'labelId').filter((id) => !labelGone(id));
+  if (labels.length > 0) out.labelId = labels.slice(0, 20);
+  return out;
+}
+
+function closeFiltered(): void {
+  state.stopFiltered?.();
+  state.stopFiltered = null;
+  state.filtered?.close();
+  state.filtered = null;
+}
+
+/** Opens the filtered collection the filter bar asks for (or none), if that changed. */
+function applyFilter(): void {
+  const team = state.team;
+  const board = state.board;
+  if (!team || !board || !state.rt || !state.tasks) return;
+  const filter = readFilter();
+  const key = JSON.stringify(filter);
+  if (key === state.filterKey) return;
+  state.filterKey = key;
+  closeFiltered();
+  if (Object.keys(filter).length > 0) {
+    const filtered = state.rt.liveTasks({ teamId: team.id, boardId: board.id, filter });
+    state.filtered = filtered;
+    state.stopFiltered = filtered.subscribe(() => {
+      if (state.filtered === filtered) renderBoard();
+    });
+  }
+  // Another filter is not a change on the board: nothing to announce, no card to flash.
+  state.shown = null;
+  renderBoard();
+}
+
+function renderFilterStatus(s: LiveSnapshot<Task>): void {
+  const el = $('filter-status');
+  if (!state.filtered) {
+    el.textContent = '';
+    return;
+  }
+  const total = state.tasks?.getSnapshot().items.length ?? 0;
+  const text = s.status === 'loading' ? 'Filtering…' : `Showing ${s.items.length} of ${total} task${total === 1 ? '' : 's'}`;
+  // A live region: only a change of what it says is announced.
+  if (el.textContent !== text) el.textContent = text;
+}
+
 function card(t: Task, column: number, fresh: boolean): HTMLLIElement {
   const open = h('button', { type: 'button', class: 'open' }, t.title);
   open.addEventListener('click', guarded(async () => openTask(t.id)));
@@ -479,8 +656,15 @@ function card(t: Task, column: number, fresh: boolean): HTMLLIElement {
       h('span', {}, memberName(t.assigneeUserId)),
       t.priority === 'none' ? '' : h('span', { class: `prio-${t.priority}` }, t.priority),
       t.dueDate ? h('span', {}, `due ${t.dueDate}`) : ''),
+    cardLabels(t),
     moves,
   );
+}
+
+function cardLabels(t: Task): HTMLUListElement | string {
+  const labels = (t.labelIds ?? []).map((id) => state.labels?.get(id)).filter((l): l is Label => l !== undefined);
+  if (labels.length === 0) return '';
+  return h('ul', { class: 'chips', 'aria-label': 'Labels' }, ...labels.map((l) => chip('li', l)));
 }
 
 // ------------------------------------------------------------------ one task: edit, comments, presence
@@ -493,6 +677,16 @@ function renderAssignees(members: readonly Member[]): void {
     ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)),
   );
   s.value = current;
+  const bar = form('filter-bar').elements.namedItem('assigneeUserId') as HTMLSelectElement;
+  const filtering = bar.value;
+  bar.replaceChildren(
+    h('option', { value: '' }, 'Anyone'),
+    h('option', { value: 'none' }, 'Unassigned'),
+    ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)),
+  );
+  bar.value = filtering;
+  // A member who left: the filter falls back to anyone.
+  if (bar.value !== filtering) applyFilter();
 }
 
 function fillTask(view: TaskView, t: Task): void {
@@ -505,6 +699,7 @@ function fillTask(view: TaskView, t: Task): void {
   set('status', t.status);
   set('priority', t.priority);
   set('assigneeUserId', t.assigneeUserId ?? '');
+  renderTaskLabels(view, new Set([...(t.labelIds ?? []), ...view.pendingLabels]));
   $('task-panel-title').textContent = t.title;
   $('task-version').textContent = `version ${t.version}`;
   f.dataset.version = String(t.version);
@@ -524,17 +719,57 @@ function formValue(name: EditField): string | null {
   return name === 'assigneeUserId' && v === '' ? null : v;
 }
 
+type Edits = Partial<Record<EditField, string | null>> & { labelIds?: string[] };
+
 /** The fields the user changed since the form was filled, with their new values. */
-function edits(view: TaskView): Partial<Record<EditField, string | null>> {
+function edits(view: TaskView): Edits {
   const base = view.base;
-  const out: Partial<Record<EditField, string | null>> = {};
+  const out: Edits = {};
   if (!base) return out;
   for (const name of EDIT_FIELDS) {
     const now = formValue(name);
     const was = name === 'assigneeUserId' ? (base.assigneeUserId ?? null) : base[name];
     if (now !== was) out[name] = now;
   }
+  const labels = formLabelIds(view);
+  if (labels.join() !== baseLabelIds(view).join()) out.labelIds = labels;
   return out;
+}
+
+/** The task's labels as the form was filled, less those deleted since (a deletion moves no version). */
+function baseLabelIds(view: TaskView): string[] {
+  return (view.base?.labelIds ?? []).filter((id) => !labelGone(id)).sort();
+}
+
+/** The labels ticked in the panel, and those of the task it cannot show yet (labels loading). */
+function formLabelIds(view: TaskView): string[] {
+  const list = $('task-label-list');
+  const shown = new Set(Array.from(list.querySelectorAll<HTMLInputElement>('input[name=labelIds]'), (b) => b.value));
+  const kept = (view.base?.labelIds ?? []).filter((id) => !shown.has(id) && !labelGone(id));
+  return [...new Set([...checkedValues(list, 'labelIds'), ...kept])].sort();
+}
+
+/** The panel's label picks, ticked as `checked` says; a label created here is ticked once shown. */
+function renderTaskLabels(view: TaskView, checked: ReadonlySet<string>): void {
+  if (state.view !== view) return;
+  const picks = labelPicks('labelIds', checked);
+  for (const p of picks) {
+    const id = p.querySelector('input')!.value;
+    view.pendingLabels.delete(id);
+  }
+  $('task-label-list').replaceChildren(...(picks.length > 0 ? picks : [h('span', { class: 'muted' }, 'None yet: create one')]));
+}
+
+/**
+ * The label set to save on top of `newest`: what the user ticked and unticked since the form was
+ * filled, applied to the newest labels, so that a label someone else added meanwhile stays.
+ */
+function mergedLabels(view: TaskView, newest: Task, now: string[]): string[] {
+  const was = new Set(baseLabelIds(view));
+  const want = new Set(now);
+  const out = new Set((newest.labelIds ?? []).filter((id) => !labelGone(id) && !(was.has(id) && !want.has(id))));
+  for (const id of want) if (!was.has(id)) out.add(id);
+  return [...out].sort();
 }
 
 /** The newest copy of the open task this page knows. */
@@ -576,8 +811,10 @@ async function saveTask(view: TaskView, overwrite: boolean, retried = false): Pr
   const moved = newest.version > base.version;
   const text = 'title' in patch || 'description' in patch;
   if (moved && text && !overwrite) return showConflict(view, newest);
+  const body: TaskPatch = { ...(patch as TaskPatch) };
+  if (patch.labelIds) body.labelIds = mergedLabels(view, newest, patch.labelIds);
   try {
-    const { data } = await session().updateTask(view.taskId, patch as Parameters<Session['updateTask']>[1], { ifMatch: newest.version });
+    const { data } = await session().updateTask(view.taskId, body, { ifMatch: newest.version });
     // Version-checked: the activity of a later change may have filled the form already.
     if (state.view === view && data.version > view.shownVersion) fillTask(view, data);
   } catch (e) {
@@ -621,7 +858,17 @@ function openTask(taskId: string): void {
   const rt = state.rt;
   const task = state.tasks?.get(taskId);
   if (!rt || !task) throw new Error('That task is no longer on this board.');
-  const view: TaskView = { taskId, sub: null, comments: null, stops: [], shownVersion: -1, base: null, latest: null, changedBy: null };
+  const view: TaskView = {
+    taskId,
+    sub: null,
+    comments: null,
+    stops: [],
+    shownVersion: -1,
+    base: null,
+    latest: null,
+    changedBy: null,
+    pendingLabels: new Set(),
+  };
   state.view = view;
   const current = () => state.view === view;
   fillTask(view, task);
@@ -724,6 +971,7 @@ function closeTask(): void {
   $('activity').textContent = '';
   $('conflict').hidden = true;
   $('comments').replaceChildren();
+  $('task-label-list').replaceChildren();
   $('workspace').classList.remove('with-panel');
 }
 
@@ -986,6 +1234,35 @@ function init(): void {
   statusSelect.replaceChildren(...STATUSES.map((s) => h('option', { value: s.id }, s.label)));
   const prioSelect = form('task-edit').elements.namedItem('priority') as HTMLSelectElement;
   prioSelect.replaceChildren(...PRIORITIES.map((p) => h('option', { value: p }, p)));
+  const prioFilter = form('filter-bar').elements.namedItem('priority') as HTMLSelectElement;
+  prioFilter.append(...PRIORITIES.map((p) => h('option', { value: p }, p)));
+
+  // The filter bar: the columns follow it as it changes (typing waits for a pause).
+  const bar = form('filter-bar');
+  let typing: ReturnType<typeof setTimeout> | null = null;
+  bar.addEventListener('submit', (ev) => ev.preventDefault());
+  bar.addEventListener('input', (ev) => {
+    if (typing) clearTimeout(typing);
+    typing = null;
+    if ((ev.target as Element).getAttribute('name') === 'q') typing = setTimeout(applyFilter, 250);
+    else applyFilter();
+  });
+  bar.addEventListener('change', () => applyFilter());
+  // The fields are cleared after the reset event.
+  bar.addEventListener('reset', () => setTimeout(applyFilter, 0));
+
+  on('label-form', async (f) => {
+    const view = state.view;
+    const team = state.team;
+    if (!view || !team) return;
+    const { data: label } = await session().createLabel(team.id, { name: field(f, 'name').trim(), color: field(f, 'color') });
+    f.reset();
+    if (state.view !== view) return;
+    // Ticked on the task once the label shows (its label.created may come before or after this).
+    view.pendingLabels.add(label.id);
+    renderTaskLabels(view, new Set([...formLabelIds(view), ...view.pendingLabels]));
+    announce(`Label “${label.name}” created and ticked: save to put it on the task`);
+  });
 
   on('login-form', async (f) => {
     await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, sessionOptions()));

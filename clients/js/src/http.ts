@@ -8,6 +8,7 @@ import type {
   Activity,
   Board,
   Comment,
+  Label,
   Member,
   Priority,
   Role,
@@ -23,6 +24,7 @@ import type {
   NotificationPage,
   NotificationQuery,
 } from './inbox-types.js';
+import { normalizeTaskFilter, taskFilterParams, isTaskSort, type TaskListQuery } from './filter.js';
 import type { RefreshCoordinator } from './tabs.js';
 
 /** Every endpoint of the contract lives under this path of the server. */
@@ -124,7 +126,8 @@ export interface TimeoutOptions {
 
 export interface RequestOptions extends TimeoutOptions {
   body?: unknown;
-  query?: Record<string, string | number | boolean | null | undefined>;
+  /** An array repeats the parameter once per value (`status=todo&status=done`). */
+  query?: Record<string, string | number | boolean | null | undefined | readonly (string | number)[]>;
   headers?: Record<string, string>;
   /** Aborting rejects with the signal's reason at once, also between retries. */
   signal?: AbortSignal;
@@ -210,7 +213,8 @@ function apiUrl(baseUrl: string, path: string, query?: RequestOptions['query']):
   const base = baseUrl.replace(/\/+$/, '');
   const url = new URL(`${base}${API_PREFIX}${path}`);
   for (const [k, v] of Object.entries(query ?? {})) {
-    if (v !== undefined && v !== null) url.searchParams.set(k, String(v));
+    if (Array.isArray(v)) for (const item of v) url.searchParams.append(k, String(item));
+    else if (v !== undefined && v !== null) url.searchParams.set(k, String(v));
   }
   return url.toString();
 }
@@ -423,9 +427,43 @@ export interface NewTask {
   assigneeUserId?: string | null;
   dueDate?: string | null;
   position?: number;
+  /** The task's labels (the team's; at most 20). In a patch: the whole new set. */
+  labelIds?: string[];
 }
 
 export type TaskPatch = Partial<NewTask>;
+
+/** A new label: 1-50 characters, unique in the team whatever the case; `#rrggbb`. */
+export interface NewLabel {
+  name: string;
+  color: string;
+}
+
+/** One fragment of a search snippet: `match` marks a word that matched (highlight it yourself). */
+export interface SnippetFragment {
+  text: string;
+  match: boolean;
+}
+
+/** Where a search hit matched: an excerpt of that field, cut in fragments. */
+export interface SearchSnippet {
+  field: 'title' | 'description';
+  fragments: SnippetFragment[];
+}
+
+/** A search result: the task, its score (compare only within one answer) and a snippet. */
+export interface SearchHit {
+  task: Task;
+  score: number;
+  snippet: SearchSnippet;
+}
+
+/** The task list's query parameters for `query` (filters checked; a bad value throws `TypeError`). */
+export function taskListParams(query: TaskListQuery = {}): Record<string, string | number | string[] | undefined> {
+  const { sort, limit, cursor, ...filter } = query;
+  if (sort !== undefined && !isTaskSort(sort)) throw new TypeError(`sort: not a sort of the task list: ${String(sort)}`);
+  return { ...taskFilterParams(normalizeTaskFilter(filter)), sort, limit, cursor };
+}
 
 /**
  * A logged-in user: holds the token pair, renews the access token before it expires (one refresh
@@ -667,11 +705,41 @@ export class Session implements TokenSource {
     return this.request('POST', `/teams/${teamId}/tasks`, { body: task });
   }
 
-  listTasks(
-    teamId: string,
-    query: { boardId?: string; status?: TaskStatus; assigneeUserId?: string; limit?: number; cursor?: string } = {},
-  ): Promise<ApiResponse<Page<Task>>> {
-    return this.request('GET', `/teams/${teamId}/tasks`, { query });
+  /**
+   * GET /teams/{teamId}/tasks: one page, filtered (every field of `TaskFilter`, together ANDed),
+   * sorted (`sort`, default `createdAt`) and key-set paginated (`cursor`, valid with its sort only).
+   * `filter.ts` has the same filter as a predicate over a task.
+   */
+  listTasks(teamId: string, query: TaskListQuery = {}): Promise<ApiResponse<Page<Task>>> {
+    return this.request('GET', `/teams/${teamId}/tasks`, { query: taskListParams(query) });
+  }
+
+  /**
+   * GET /teams/{teamId}/search: the best matches of `q` first (`limit` 1-50, default 20), each
+   * with a snippet whose matching fragments are marked (the text comes as text, never markup).
+   */
+  searchTasks(teamId: string, query: { q: string; limit?: number }): Promise<ApiResponse<{ items: SearchHit[] }>> {
+    return this.request('GET', `/teams/${teamId}/search`, { query: { q: query.q, limit: query.limit } });
+  }
+
+  /** POST /teams/{teamId}/labels (members and above); emits `label.created`. */
+  createLabel(teamId: string, label: NewLabel): Promise<ApiResponse<Label>> {
+    return this.request('POST', `/teams/${teamId}/labels`, { body: label });
+  }
+
+  /** GET /teams/{teamId}/labels: oldest first. `rt.liveLabels()` keeps this list live. */
+  listLabels(teamId: string, query: { limit?: number; cursor?: string } = {}): Promise<ApiResponse<Page<Label>>> {
+    return this.request('GET', `/teams/${teamId}/labels`, { query });
+  }
+
+  /** PATCH /labels/{labelId}: rename and/or recolor; emits `label.updated` when something changed. */
+  updateLabel(labelId: string, patch: Partial<NewLabel>): Promise<ApiResponse<Label>> {
+    return this.request('PATCH', `/labels/${labelId}`, { body: patch });
+  }
+
+  /** DELETE /labels/{labelId}: also takes it off every task (their versions stay); emits `label.deleted`. */
+  deleteLabel(labelId: string): Promise<ApiResponse<void>> {
+    return this.request('DELETE', `/labels/${labelId}`);
   }
 
   /** The task, and whether the caller follows it (`following`). */

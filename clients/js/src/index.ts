@@ -1,7 +1,7 @@
 // @taskforge/client: HTTP helpers (http.ts), the realtime connection (realtime.ts), presence
-// (presence.ts), scope routing (scope.ts), live collections (live.ts), the user's inbox (inbox.ts,
-// inbox-types.ts), mention markup (mentions.ts) and the protocol types generated from the server's
-// AsyncAPI document (generated/protocol.ts).
+// (presence.ts), scope routing (scope.ts), live collections (live.ts), task filters and sorts
+// (filter.ts), the user's inbox (inbox.ts, inbox-types.ts), mention markup (mentions.ts) and the
+// protocol types generated from the server's AsyncAPI document (generated/protocol.ts).
 
 export * from './generated/protocol.js';
 export * from './http.js';
@@ -14,6 +14,7 @@ export { EventStreamParser, FetchEventSource, formatEventId, parseEventId, sseUr
 export { tabRefreshCoordinator, type RefreshCoordinator, type TabCoordinatorOptions } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind, type ScopeKey, type ScopeKind } from './scope.js';
 export * from './live.js';
+export * from './filter.js';
 export * from './inbox-types.js';
 export { openInbox, type Inbox, type InboxHttp, type InboxOptions, type InboxSnapshot, type InboxStatus } from './inbox.js';
 export * from './mentions.js';

@@ -39,8 +39,29 @@
 // activity's seq (nothing happened on the board before), and a board.deleted leaves it (only empty
 // boards can be deleted, and every activity that emptied it also reached the team room or the room
 // of the board a task moved to).
+//
+// Labels: deleting a label takes it off every task without a new task version or a task.updated;
+// the team room's `label.deleted` says so, and every task collection (a board's too: it joins the
+// team room for that) drops the id from the tasks it holds and from every copy it takes later (a
+// page read before the deletion, an older activity arriving through another room). Label ids are
+// never reused, so the deletion is final like a task's. A filtered collection then checks its
+// filter again: a task filtered on that label leaves it.
+//
+// Filters (`filter.ts`): the pages are read with the filter's query parameters and every task the
+// collection takes, from a page or an activity, is checked with the same filter as a predicate, so
+// a task someone else edits into or out of the filter appears or disappears at once.
 
-import type { Activity, Board, Comment, Member, Scope, Task, TaskStatus } from './generated/protocol.js';
+import {
+  compareTasksBy,
+  isTaskSort,
+  normalizeTaskFilter,
+  taskFilterParams,
+  taskPredicate,
+  type NormalizedTaskFilter,
+  type TaskFilter,
+  type TaskSort,
+} from './filter.js';
+import type { Activity, Board, Comment, Label, Member, Scope, Task } from './generated/protocol.js';
 import { ApiError, isAuthFailure, type ApiResponse, type Page, type Session } from './http.js';
 import { RealtimeError, type GapInfo, type RealtimeClient, type SubscribedInfo, type Subscription } from './realtime.js';
 
@@ -48,8 +69,9 @@ export type LiveStatus = 'loading' | 'live' | 'refetching' | 'error' | 'closed';
 
 export interface LiveSnapshot<T> {
   /**
-   * Sorted. Tasks: by `position`, then `createdAt`, then `id`. Comments: by `createdAt`, then
-   * `id`. Members: by `joinedAt`, then `user.id`.
+   * Sorted. Tasks: by `position`, then `createdAt`, then `id` (or by the query's `sort`, as the
+   * server sorts). Comments and labels: by `createdAt`, then `id`. Members: by `joinedAt`, then
+   * `user.id`.
    */
   readonly items: readonly T[];
   readonly status: LiveStatus;
@@ -83,7 +105,17 @@ export interface LiveTasksQuery {
   teamId: string;
   /** Only this board's tasks (else the whole team's). */
   boardId?: string;
-  filter?: { status?: TaskStatus; assigneeUserId?: string };
+  /**
+   * Only the tasks that match (the task list's filters: status, priority, assignee or `'none'`,
+   * labels (all of), due days, words of `q`). Kept exact as tasks start and stop matching.
+   */
+  filter?: Omit<TaskFilter, 'boardId'>;
+  /** The items' order, as the server's `sort` (default: position, then createdAt, then id). */
+  sort?: TaskSort;
+}
+
+export interface LiveLabelsQuery {
+  teamId: string;
 }
 
 export interface LiveCommentsQuery {
@@ -114,8 +146,21 @@ export function openLiveTasks(
 ): LiveCollection<Task> {
   const q = checkTasksQuery(query);
   const pageSize = checkPageSize(opts.pageSize);
-  const key = `tasks:${q.teamId}:${q.boardId ?? '*'}:${q.status ?? '*'}:${q.assigneeUserId ?? '*'}`;
+  const key = `tasks:${q.teamId}:${q.boardId ?? '*'}:${q.sort ?? '*'}:${JSON.stringify(q.filter)}`;
   return open(rt, key, () => new LiveTasks(rt, session, pageSize, key, q));
+}
+
+/** A team's labels (its team room), oldest first. */
+export function openLiveLabels(
+  rt: RealtimeClient,
+  session: LiveHttp,
+  query: LiveLabelsQuery,
+  opts: LiveOptions = {},
+): LiveCollection<Label> {
+  const teamId = checkId(query?.teamId, 'teamId');
+  const pageSize = checkPageSize(opts.pageSize);
+  const key = `labels:${teamId}`;
+  return open(rt, key, () => new LiveLabels(rt, session, pageSize, key, teamId));
 }
 
 /**
@@ -152,8 +197,6 @@ export function openLiveMembers(
 
 // ---- input checks -------------------------------------------------------------------------------
 
-const TASK_STATUSES: readonly TaskStatus[] = ['todo', 'in_progress', 'done', 'canceled'];
-
 function checkId(v: unknown, name: string): string {
   if (typeof v !== 'string' || v === '') throw new TypeError(`${name} must be a non-empty string`);
   return v;
@@ -170,8 +213,9 @@ function checkPageSize(v: unknown): number {
 interface TasksQuery {
   teamId: string;
   boardId: string | undefined;
-  status: TaskStatus | undefined;
-  assigneeUserId: string | undefined;
+  /** Canonical (sets sorted): part of the sharing key. */
+  filter: NormalizedTaskFilter;
+  sort: TaskSort | undefined;
 }
 
 function checkTasksQuery(query: LiveTasksQuery): TasksQuery {
@@ -180,12 +224,15 @@ function checkTasksQuery(query: LiveTasksQuery): TasksQuery {
   const boardId = query.boardId === undefined ? undefined : checkId(query.boardId, 'boardId');
   const f = query.filter;
   if (f !== undefined && (f === null || typeof f !== 'object')) throw new TypeError('filter must be an object');
-  const status = f?.status;
-  if (status !== undefined && !TASK_STATUSES.includes(status)) {
-    throw new TypeError(`filter.status must be one of ${TASK_STATUSES.join(', ')}`);
+  if (f && 'boardId' in f) throw new TypeError('filter.boardId: give the board as the query\'s boardId');
+  let filter: NormalizedTaskFilter;
+  try {
+    filter = normalizeTaskFilter(f);
+  } catch (e) {
+    throw new TypeError(`filter.${e instanceof Error ? e.message : String(e)}`);
   }
-  const assigneeUserId = f?.assigneeUserId === undefined ? undefined : checkId(f.assigneeUserId, 'filter.assigneeUserId');
-  return { teamId, boardId, status, assigneeUserId };
+  if (query.sort !== undefined && !isTaskSort(query.sort)) throw new TypeError(`sort: not a sort of the task list: ${String(query.sort)}`);
+  return { teamId, boardId, filter, sort: query.sort };
 }
 
 // ---- sharing ------------------------------------------------------------------------------------
@@ -405,9 +452,26 @@ abstract class LiveBase<T> {
     return !this.gone.get(this.idOf(item))?.deleted;
   }
 
+  /**
+   * What of a loaded item the collection takes: the item (possibly cleaned), or null when it does
+   * not belong (tasks: outside the filter).
+   */
+  protected admit(item: T): T | null {
+    return item;
+  }
+
   /** Whether two copies of an item are known to be the same (tasks: same version). */
   protected same(_a: T, _b: T): boolean {
     return false;
+  }
+
+  /**
+   * Whether an activity a room delivered is the collection's at all. One that is not is as if
+   * the room had not carried it: no change, no new snapshot (a board's tasks hear the team room
+   * only for label.deleted).
+   */
+  protected wants(_room: Room, _a: Activity): boolean {
+    return true;
   }
 
   /** Activities that change rooms rather than data (board.created/deleted): handled on arrival. */
@@ -525,6 +589,7 @@ abstract class LiveBase<T> {
 
   private onRoomActivity(room: Room, a: Activity): void {
     room.cursor = Math.max(room.cursor, a.seq);
+    if (!this.wants(room, a)) return;
     this.onArrival(a);
     if (this.finished) return;
     if (this.holding) {
@@ -606,8 +671,17 @@ abstract class LiveBase<T> {
       return;
     }
     const items = new Map<string, T>();
-    for (const item of r.items) {
-      const id = this.idOf(item);
+    for (const loaded of r.items) {
+      const id = this.idOf(loaded);
+      const item = this.admit(loaded);
+      if (item === null) {
+        // Not in the collection; a newer copy we hold (that matched) is kept as below.
+        if (!this.accept(loaded)) {
+          const mine = this.items.get(id);
+          if (mine !== undefined) items.set(id, mine);
+        }
+        continue;
+      }
       if (this.accept(item)) {
         // An unchanged item keeps its object, so that views of it need not render again.
         const mine = this.items.get(id);
@@ -762,7 +836,7 @@ abstract class LiveBase<T> {
   /** Every page of a list; the first page's seq. */
   protected async readAll<X>(
     path: string,
-    query: Record<string, string | undefined>,
+    query: Record<string, string | readonly string[] | undefined>,
     signal: AbortSignal,
     afterFirst?: (seq: number) => Promise<void> | void,
   ): Promise<Loaded<X>> {
@@ -800,10 +874,19 @@ function cmp(a: string, b: string): number {
 
 class LiveTasks extends LiveBase<Task> {
   private readonly q: TasksQuery;
+  private readonly predicate: (t: Task) => boolean;
+  private readonly order: (a: Task, b: Task) => number;
+  /**
+   * Labels deleted while the collection ran: taken off every copy of a task it takes. Grows with
+   * the deletions only (a team has at most 200 labels at a time; ids are never reused).
+   */
+  private readonly deletedLabels = new Set<string>();
 
   constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, q: TasksQuery) {
     super(rt, http, pageSize, key);
     this.q = q;
+    this.predicate = taskPredicate(q.filter);
+    this.order = q.sort === undefined ? compareTasks : compareTasksBy(q.sort);
   }
 
   protected idOf(t: Task): string {
@@ -811,7 +894,7 @@ class LiveTasks extends LiveBase<Task> {
   }
 
   protected compare(a: Task, b: Task): number {
-    return compareTasks(a, b);
+    return this.order(a, b);
   }
 
   protected override teamOf(): string {
@@ -820,12 +903,14 @@ class LiveTasks extends LiveBase<Task> {
 
   private matches(t: Task): boolean {
     const q = this.q;
-    return (
-      t.teamId === q.teamId &&
-      (q.boardId === undefined || t.boardId === q.boardId) &&
-      (q.status === undefined || t.status === q.status) &&
-      (q.assigneeUserId === undefined || t.assigneeUserId === q.assigneeUserId)
-    );
+    return t.teamId === q.teamId && (q.boardId === undefined || t.boardId === q.boardId) && this.predicate(t);
+  }
+
+  /** The task without the labels deleted meanwhile (the same object when it carries none). */
+  private withoutDeleted(t: Task): Task {
+    const ids = t.labelIds;
+    if (!ids || this.deletedLabels.size === 0 || !ids.some((id) => this.deletedLabels.has(id))) return t;
+    return { ...t, labelIds: ids.filter((id) => !this.deletedLabels.has(id)) };
   }
 
   /** The highest version known of a task (in the collection or not); -1 if none. */
@@ -842,25 +927,33 @@ class LiveTasks extends LiveBase<Task> {
     return mine === undefined || t.version >= mine.version;
   }
 
+  protected override admit(t: Task): Task | null {
+    const clean = this.withoutDeleted(t);
+    // The server filtered the page already; checking again keeps a server that ignores a filter
+    // parameter (an older one) from showing what the collection would drop at the next edit.
+    return this.matches(clean) ? clean : null;
+  }
+
   protected isFinal(a: Activity): boolean {
-    return a.type === 'task.deleted';
+    return a.type === 'task.deleted' || a.type === 'label.deleted';
   }
 
   protected override same(a: Task, b: Task): boolean {
-    return a.version === b.version;
+    return a.version === b.version && sameLabels(a.labelIds, b.labelIds);
   }
 
   protected async fetchAll(signal: AbortSignal): Promise<Loaded<Task>> {
     const q = this.q;
     const path = `/teams/${q.teamId}/tasks`;
-    const query = { boardId: q.boardId, status: q.status, assigneeUserId: q.assigneeUserId };
+    const query = { ...taskFilterParams(q.filter), boardId: q.boardId };
     return this.readAll<Task>(path, query, signal, async (seq) => {
+      // The team room: label.deleted (and, team-wide, board.created/deleted).
+      this.join({ teamId: q.teamId }, seq);
       if (q.boardId !== undefined) {
         this.join({ boardId: q.boardId }, seq);
         return;
       }
-      // Team-wide: the team room (board.created/deleted) and every board's room.
-      this.join({ teamId: q.teamId }, seq);
+      // Team-wide: every board's room too.
       const boards = await this.readAll<Board>(`/teams/${q.teamId}/boards`, {}, signal);
       if (this.finished || signal.aborted) return;
       const ids = new Set(boards.items.map((b) => b.id));
@@ -871,6 +964,12 @@ class LiveTasks extends LiveBase<Task> {
         if ('boardId' in room.scope && !ids.has(room.scope.boardId) && room.since <= boards.seq) this.leave(room.key);
       }
     });
+  }
+
+  protected override wants(room: Room, a: Activity): boolean {
+    // A board's collection: the team room's task.created/deleted of this board come through the
+    // board room as well, the rest of the team room is not about its tasks.
+    return this.q.boardId === undefined || !('teamId' in room.scope) || a.type === 'label.deleted';
   }
 
   protected override onArrival(a: Activity): void {
@@ -900,6 +999,8 @@ class LiveTasks extends LiveBase<Task> {
         this.gone.set(a.data.taskId, { version: Infinity, deleted: true, seq: a.seq });
         return had;
       }
+      case 'label.deleted':
+        return this.dropLabel(a.data.labelId, a.seq);
       default:
         return false;
     }
@@ -907,8 +1008,9 @@ class LiveTasks extends LiveBase<Task> {
 
   private upsert(t: Task, seq: number): boolean {
     if (t.teamId !== this.q.teamId || t.version <= this.known(t.id)) return false; // stale, or deleted
-    if (this.matches(t)) {
-      this.items.set(t.id, t);
+    const clean = this.withoutDeleted(t);
+    if (this.matches(clean)) {
+      this.items.set(t.id, clean);
       this.gone.delete(t.id);
       return true;
     }
@@ -917,6 +1019,31 @@ class LiveTasks extends LiveBase<Task> {
     this.gone.set(t.id, { version: t.version, deleted: false, seq });
     return this.items.delete(t.id);
   }
+
+  /** A label was deleted: off every task held; those filtered on it leave (at the same version). */
+  private dropLabel(labelId: string, seq: number): boolean {
+    if (this.deletedLabels.has(labelId)) return false;
+    this.deletedLabels.add(labelId);
+    let changed = false;
+    for (const [id, t] of [...this.items]) {
+      const clean = this.withoutDeleted(t);
+      if (clean === t) continue;
+      changed = true;
+      if (this.matches(clean)) {
+        this.items.set(id, clean);
+      } else {
+        this.items.delete(id);
+        this.gone.set(id, { version: t.version, deleted: false, seq });
+      }
+    }
+    return changed;
+  }
+}
+
+function sameLabels(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  const x = a ?? [];
+  const y = b ?? [];
+  return x.length === y.length && x.every((id, i) => id === y[i]);
 }
 
 // ---- comments -------------------------------------------------------------------------------------
@@ -1021,6 +1148,59 @@ class LiveMembers extends LiveBase<Member> {
         return true;
       case 'member.removed':
         return this.items.delete(a.data.userId);
+      default:
+        return false;
+    }
+  }
+}
+
+// ---- labels ---------------------------------------------------------------------------------------
+
+class LiveLabels extends LiveBase<Label> {
+  private readonly teamId: string;
+
+  constructor(rt: RealtimeClient, http: LiveHttp, pageSize: number, key: string, teamId: string) {
+    super(rt, http, pageSize, key);
+    this.teamId = teamId;
+  }
+
+  protected override teamOf(): string {
+    return this.teamId;
+  }
+
+  protected idOf(l: Label): string {
+    return l.id;
+  }
+
+  protected compare(a: Label, b: Label): number {
+    return cmp(a.createdAt, b.createdAt) || cmp(a.id, b.id);
+  }
+
+  protected isFinal(a: Activity): boolean {
+    // Label ids are never reused.
+    return a.type === 'label.deleted';
+  }
+
+  protected fetchAll(signal: AbortSignal): Promise<Loaded<Label>> {
+    return this.readAll<Label>(`/teams/${this.teamId}/labels`, {}, signal, (seq) => {
+      this.join({ teamId: this.teamId }, seq);
+    });
+  }
+
+  protected apply(a: Activity): boolean {
+    switch (a.type) {
+      case 'label.created':
+      case 'label.updated': {
+        const l = a.data.label;
+        if (l.teamId !== this.teamId || this.gone.has(l.id)) return false;
+        this.items.set(l.id, l);
+        return true;
+      }
+      case 'label.deleted': {
+        const had = this.items.delete(a.data.labelId);
+        this.gone.set(a.data.labelId, { version: Infinity, deleted: true, seq: a.seq });
+        return had;
+      }
       default:
         return false;
     }

@@ -14,16 +14,18 @@
 
 import { useMemo, useSyncExternalStore, type DependencyList } from 'react';
 
-import type { Comment, Member, Notification, Task } from './generated/protocol.js';
+import type { Comment, Label, Member, Notification, Task } from './generated/protocol.js';
 import type { Session } from './http.js';
 import type { PresenceUser, PresenceViewer } from './presence.js';
 import { openInbox, type Inbox, type InboxOptions, type InboxSnapshot } from './inbox.js';
 import {
   openLiveComments,
+  openLiveLabels,
   openLiveMembers,
   openLiveTasks,
   type LiveCollection,
   type LiveCommentsQuery,
+  type LiveLabelsQuery,
   type LiveMembersQuery,
   type LiveOptions,
   type LiveSnapshot,
@@ -188,7 +190,7 @@ function useLiveQuery<Q, T>(
 export function useLiveTasks(rt: RealtimeClient, query: LiveTasksQuery | null, opts?: LiveOptions): LiveSnapshot<Task> {
   return useLiveQuery(
     query,
-    (q) => [q.teamId, q.boardId ?? null, q.filter?.status ?? null, q.filter?.assigneeUserId ?? null],
+    (q) => [q.teamId, q.boardId ?? null, q.filter ?? null, q.sort ?? null],
     (session, q) => openLiveTasks(rt, session, q, opts),
     rt,
     opts,
@@ -211,6 +213,11 @@ export function useLiveMembers(
   opts?: LiveOptions,
 ): LiveSnapshot<Member> {
   return useLiveQuery(query, (q) => [q.teamId], (session, q) => openLiveMembers(rt, session, q, opts), rt, opts);
+}
+
+/** A team's labels (see `openLiveLabels`). Pass `null` to show nothing. */
+export function useLiveLabels(rt: RealtimeClient, query: LiveLabelsQuery | null, opts?: LiveOptions): LiveSnapshot<Label> {
+  return useLiveQuery(query, (q) => [q.teamId], (session, q) => openLiveLabels(rt, session, q, opts), rt, opts);
 }
 
 /** A collection that holds nothing and never changes (the `null` query). */

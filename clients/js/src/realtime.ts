@@ -30,6 +30,7 @@ import type {
   ActivityType,
   ClientFrame,
   Comment,
+  Label,
   Member,
   PresenceActivity,
   Scope,
@@ -42,10 +43,12 @@ import { openInbox, type Inbox, type InboxOptions } from './inbox.js';
 import { inboxEventOf, type InboxClientFrame, type InboxEvent } from './inbox-types.js';
 import {
   openLiveComments,
+  openLiveLabels,
   openLiveMembers,
   openLiveTasks,
   type LiveCollection,
   type LiveCommentsQuery,
+  type LiveLabelsQuery,
   type LiveMembersQuery,
   type LiveOptions,
   type LiveTasksQuery,
@@ -1050,6 +1053,11 @@ export class RealtimeClient {
   /** A team's members, kept exact. */
   liveMembers(query: LiveMembersQuery, opts?: LiveOptions): LiveCollection<Member> {
     return openLiveMembers(this, this.http(), query, opts);
+  }
+
+  /** A team's labels, kept exact (oldest first). */
+  liveLabels(query: LiveLabelsQuery, opts?: LiveOptions): LiveCollection<Label> {
+    return openLiveLabels(this, this.http(), query, opts);
   }
 
   private http(): Session {

@@ -360,7 +360,8 @@ describe('snapshots and sharing', { timeout: 60_000 }, () => {
     const a = openLiveTasks(client, ann, q);
     const b = openLiveTasks(client, ann, { ...q, filter: {} });
     await within('ready', Promise.all([a.ready, b.ready]));
-    assert.equal(client.subscriptions.length, 1, 'one room');
+    // One collection: its board's room and the team's (for label.deleted), joined once.
+    assert.equal(client.subscriptions.length, 2, 'the board room and the team room, once');
     assert.equal(a.getSnapshot(), b.getSnapshot());
 
     const gotB: string[][] = [];
@@ -368,7 +369,7 @@ describe('snapshots and sharing', { timeout: 60_000 }, () => {
     a.close();
     assert.equal(a.getSnapshot().status, 'closed');
     assert.deepEqual(a.getSnapshot().items, []);
-    assert.equal(client.subscriptions.length, 1, 'b still holds the room');
+    assert.equal(client.subscriptions.length, 2, 'b still holds the rooms');
     await ann.createTask(team.id, { title: 'after a closed' });
     await waitFor('b updated', () => gotB.length === 1);
     assert.deepEqual(gotB, [['after a closed']]);
@@ -379,7 +380,7 @@ describe('snapshots and sharing', { timeout: 60_000 }, () => {
     late.close();
 
     b.close();
-    assert.equal(client.subscriptions.length, 0, 'the last close left the room');
+    assert.equal(client.subscriptions.length, 0, 'the last close left the rooms');
     b.close(); // twice is harmless
 
     // A new open after the last close starts afresh.

@@ -305,7 +305,7 @@ describe('live hooks', { timeout: 90_000 }, () => {
     assert.equal(rt.subscriptions.length, 0);
   });
 
-  test('under StrictMode useLiveTasks leaves one room subscription after mount and none after unmount', async () => {
+  test('under StrictMode useLiveTasks leaves one subscription per room after mount and none after unmount', async () => {
     const { ann, teamId, boardId } = await teamWithTask();
     const rt = connect(server.baseUrl, ann).client;
     let shown: LiveSnapshot<Task> | null = null;
@@ -316,9 +316,10 @@ describe('live hooks', { timeout: 90_000 }, () => {
     const r = mount(h(StrictMode, null, h(Tasks)));
     await waitFor('live', () => shown?.status === 'live', 10_000, () => shown?.status);
     const subs = rt.subscriptions;
+    // The board's room, and the team's for label.deleted.
     assert.deepEqual(
-      subs.map((s) => [s.key, s.state]),
-      [[`board:${boardId}`, 'active']],
+      subs.map((s) => [s.key, s.state]).sort(),
+      [[`board:${boardId}`, 'active'], [`team:${teamId}`, 'active']],
     );
     // The collection that survived the double mount is the working one.
     await ann.createTask(teamId, { title: 'After mount' });
@@ -339,15 +340,16 @@ describe('live hooks', { timeout: 90_000 }, () => {
     }
     const r = mount(h(Tasks, { query: { teamId, boardId } }));
     await waitFor('live', () => shown?.status === 'live');
-    const [sub] = rt.subscriptions;
+    const subs = [...rt.subscriptions];
+    assert.equal(subs.length, 2, 'the board room and the team room');
     inAct(() => r.update(h(Tasks, { query: { boardId, teamId } })));
-    assert.deepEqual(rt.subscriptions, [sub], 'same handle: nothing reopened');
+    assert.deepEqual(rt.subscriptions, subs, 'same handles: nothing reopened');
     assert.equal(shown!.status, 'live');
 
     inAct(() => r.update(h(Tasks, { query: { teamId, boardId: board2.id } })));
     await waitFor('board 2 live', () => shown?.status === 'live' && shown.items.length === 1);
     assert.deepEqual(titles(shown!), ['On board 2']);
-    assert.deepEqual(rt.subscriptions.map((s) => s.key), [`board:${board2.id}`]);
+    assert.deepEqual(rt.subscriptions.map((s) => s.key).sort(), [`board:${board2.id}`, `team:${teamId}`]);
 
     inAct(() => r.update(h(Tasks, { query: null })));
     await tick();

@@ -100,6 +100,10 @@ test('every activity type the server logs fits the generated union', { timeout: 
   const comment = (await ann.createComment(task.id, 'hi')).data;
   await ann.request('PATCH', `/comments/${comment.id}`, { body: { body: 'hello' } });
   await ann.request('DELETE', `/comments/${comment.id}`);
+  const label = (await ann.createLabel(team.id, { name: 'Bug', color: '#d73a4a' })).data;
+  await ann.updateLabel(label.id, { name: 'Bugs' });
+  await ann.updateTask(task.id, { labelIds: [label.id] });
+  await ann.deleteLabel(label.id);
   await ann.deleteTask(task.id);
   await ann.request('DELETE', `/boards/${board.id}`);
   await ann.removeMember(team.id, bob.user.id);

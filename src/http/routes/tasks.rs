@@ -1,6 +1,6 @@
 //! Tasks and comments.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -8,33 +8,206 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{PageOf, PageQuery, SEQ_HEADER, WithSeq};
+use crate::domain::error::Checks;
 use crate::domain::rules::{NewTask, TaskPatch};
+use crate::domain::search::{self, AssigneeFilter, SearchHit, TaskFilter, TaskSort};
 use crate::domain::{BoardId, Comment, CommentId, Task, TaskId, TaskStatus, TeamId, UserId};
+use crate::domain::{DomainError, LabelId, Priority};
 use crate::http::AppState;
 use crate::http::error::{ApiResult, Problem};
 use crate::http::extract::{Caller, Json, Path, Query};
-use crate::store::TaskFilter;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_task, list_tasks))
+        .routes(routes!(search_tasks))
         .routes(routes!(get_task, patch_task, delete_task))
         .routes(routes!(create_comment, list_comments))
         .routes(routes!(patch_comment, delete_comment))
 }
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase")]
+/// The filters, sort and page of a task list. Parameters marked repeatable may be given several
+/// times (`status=todo&status=done`), so the query string is read pair by pair rather than by
+/// `serde_urlencoded`, which keeps one value per name.
+#[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct TaskQuery {
     #[param(value_type = Option<Uuid>)]
     pub board_id: Option<BoardId>,
-    pub status: Option<TaskStatus>,
-    #[param(value_type = Option<Uuid>)]
-    pub assignee_user_id: Option<UserId>,
+    /// Repeatable: any of them.
+    #[param(explode = true)]
+    pub status: Vec<TaskStatus>,
+    /// Repeatable: any of them.
+    #[param(explode = true)]
+    pub priority: Vec<Priority>,
+    /// A member's id, or `none` for unassigned tasks.
+    #[param(value_type = Option<String>)]
+    pub assignee_user_id: Option<AssigneeFilter>,
+    /// Repeatable (at most 20): tasks that carry all of them.
+    #[param(value_type = Vec<Uuid>, explode = true)]
+    pub label_id: Vec<LabelId>,
+    /// Due on or after this day (`YYYY-MM-DD`).
+    #[param(value_type = Option<String>, format = Date)]
+    pub due_after: Option<time::Date>,
+    /// Due on or before this day (`YYYY-MM-DD`).
+    #[param(value_type = Option<String>, format = Date)]
+    pub due_before: Option<time::Date>,
+    /// Words (1 to 200 characters): each must begin a word of the title or the description.
+    pub q: Option<String>,
+    /// `createdAt` (default), `updatedAt`, `dueDate`, `priority` or `position`; `-` before it
+    /// reverses.
+    pub sort: Option<String>,
+    /// Page size: default 50, larger values are clamped to 200.
     #[param(minimum = 1)]
     pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page (of the same sort).
     pub cursor: Option<String>,
+}
+
+impl TaskQuery {
+    /// Reads the query string; every malformed parameter is named in one 422.
+    fn parse(raw: Option<&str>) -> Result<Self, DomainError> {
+        let mut q = TaskQuery::default();
+        let mut c = Checks::default();
+        let pairs = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes());
+        for (name, value) in pairs {
+            let value = value.as_ref();
+            let uuid = || value.parse::<uuid::Uuid>().ok();
+            let date = || crate::domain::model::date::parse(value);
+            let mut once = |field: &str, set: bool, ok: bool, why: &str| {
+                c.check(!set, field, "may be given once");
+                c.check(ok, field, why);
+            };
+            match name.as_ref() {
+                "boardId" => {
+                    once(
+                        "boardId",
+                        q.board_id.is_some(),
+                        uuid().is_some(),
+                        "must be a UUID",
+                    );
+                    q.board_id = uuid().map(BoardId::from);
+                }
+                "status" => match TaskStatus::parse(value) {
+                    Some(s) => q.status.push(s),
+                    None => c.check(
+                        false,
+                        "status",
+                        "must be todo, in_progress, done or canceled",
+                    ),
+                },
+                "priority" => match Priority::parse(value) {
+                    Some(p) => q.priority.push(p),
+                    None => c.check(
+                        false,
+                        "priority",
+                        "must be none, low, medium, high or urgent",
+                    ),
+                },
+                "assigneeUserId" => {
+                    let a = if value == "none" {
+                        Some(AssigneeFilter::Nobody)
+                    } else {
+                        uuid().map(|u| AssigneeFilter::User(UserId::from(u)))
+                    };
+                    once(
+                        "assigneeUserId",
+                        q.assignee_user_id.is_some(),
+                        a.is_some(),
+                        "must be a UUID or none",
+                    );
+                    q.assignee_user_id = a;
+                }
+                "labelId" => match uuid() {
+                    Some(l) => q.label_id.push(LabelId::from(l)),
+                    None => c.check(false, "labelId", "must be a UUID"),
+                },
+                "dueAfter" => {
+                    once(
+                        "dueAfter",
+                        q.due_after.is_some(),
+                        date().is_some(),
+                        "must be YYYY-MM-DD",
+                    );
+                    q.due_after = date();
+                }
+                "dueBefore" => {
+                    once(
+                        "dueBefore",
+                        q.due_before.is_some(),
+                        date().is_some(),
+                        "must be YYYY-MM-DD",
+                    );
+                    q.due_before = date();
+                }
+                "q" => {
+                    once("q", q.q.is_some(), true, "");
+                    q.q = Some(value.to_owned());
+                }
+                "sort" => {
+                    once("sort", q.sort.is_some(), true, "");
+                    q.sort = Some(value.to_owned());
+                }
+                "limit" => {
+                    let n = value.parse::<i64>().ok();
+                    once(
+                        "limit",
+                        q.limit.is_some(),
+                        n.is_some(),
+                        "must be an integer",
+                    );
+                    q.limit = n;
+                }
+                "cursor" => {
+                    once("cursor", q.cursor.is_some(), true, "");
+                    q.cursor = Some(value.to_owned());
+                }
+                // Unknown parameters are ignored, as on every other endpoint.
+                _ => {}
+            }
+        }
+        c.finish()?;
+        Ok(q)
+    }
+
+    fn filter(&self) -> Result<(TaskFilter, TaskSort), DomainError> {
+        let words = match &self.q {
+            Some(q) => search::words(q)?,
+            None => Vec::new(),
+        };
+        let sort = match &self.sort {
+            Some(s) => TaskSort::parse(s)?,
+            None => TaskSort::default(),
+        };
+        let filter = TaskFilter {
+            board_id: self.board_id,
+            statuses: self.status.clone(),
+            priorities: self.priority.clone(),
+            assignee: self.assignee_user_id,
+            label_ids: self.label_id.clone(),
+            due_after: self.due_after,
+            due_before: self.due_before,
+            words,
+        };
+        Ok((filter, sort))
+    }
+}
+
+/// `GET /teams/{teamId}/search`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Words (1 to 200 characters): each must begin a word of the title or the description.
+    pub q: String,
+    /// 1 to 50, default 20.
+    #[param(minimum = 1, maximum = 50)]
+    pub limit: Option<i64>,
+}
+
+/// The answer of a search: the best matches first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResults {
+    pub items: Vec<SearchHit>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -79,6 +252,20 @@ impl IntoResponse for TaskResponse {
     }
 }
 
+/// Searches the team's task titles and descriptions: the best matches first, each with the
+/// excerpt that matched (comments are not searched).
+#[utoipa::path(get, path = "/teams/{teamId}/search", tag = "tasks", params(("teamId" = Uuid, Path), SearchQuery),
+    responses((status = 200, body = SearchResults)))]
+async fn search_tasks(
+    State(s): State<AppState>,
+    Caller(user): Caller,
+    Path(team): Path<TeamId>,
+    Query(q): Query<SearchQuery>,
+) -> ApiResult<axum::Json<SearchResults>> {
+    let items = s.services.search_tasks(user, team, &q.q, q.limit).await?;
+    Ok(axum::Json(SearchResults { items }))
+}
+
 /// Creates a task (not viewers); emits `task.created`, and `task.assigned` with an assignee.
 #[utoipa::path(post, path = "/teams/{teamId}/tasks", tag = "tasks", params(("teamId" = Uuid, Path)), request_body = NewTask,
     responses((status = 201, body = Task, headers(("ETag" = String)))))]
@@ -97,26 +284,23 @@ async fn create_task(
     })
 }
 
-/// A team's tasks, oldest first, optionally filtered.
+/// A team's tasks, filtered and sorted (oldest first by default); see the parameters.
 #[utoipa::path(get, path = "/teams/{teamId}/tasks", tag = "tasks", params(("teamId" = Uuid, Path), TaskQuery),
     responses((status = 200, body = PageOf<Task>, headers(("X-TaskForge-Seq" = i64)))))]
 async fn list_tasks(
     State(s): State<AppState>,
     Caller(user): Caller,
     Path(team): Path<TeamId>,
-    Query(q): Query<TaskQuery>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<WithSeq<PageOf<Task>>> {
-    let filter = TaskFilter {
-        board_id: q.board_id,
-        status: q.status,
-        assignee_user_id: q.assignee_user_id,
-    };
+    let q = TaskQuery::parse(raw.as_deref())?;
+    let (filter, sort) = q.filter()?;
     let page = PageQuery {
         limit: q.limit,
         cursor: q.cursor,
     }
     .into();
-    let r = s.services.tasks(user, team, &filter, &page).await?;
+    let r = s.services.tasks(user, team, &filter, sort, &page).await?;
     Ok(WithSeq(r.seq, r.data.into()))
 }
 

@@ -389,6 +389,16 @@ impl Api {
         .parse(201)
     }
 
+    pub async fn create_label(&self, token: &str, team: Uuid, name: &str, color: &str) -> Label {
+        self.post(
+            &format!("/api/v1/teams/{team}/labels"),
+            token,
+            json!({"name": name, "color": color}),
+        )
+        .await
+        .parse(201)
+    }
+
     // ---- tasks and comments -----------------------------------------------------------------
 
     pub async fn create_task(&self, token: &str, team: Uuid, body: Value) -> Task {
@@ -580,6 +590,19 @@ pub struct Task {
     pub created_at: String,
     pub updated_at: String,
     pub version: i64,
+    /// Ascending ids; absent before labels existed (checked where labels are tested).
+    #[serde(default)]
+    pub label_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Label {
+    pub id: Uuid,
+    pub team_id: Uuid,
+    pub name: String,
+    pub color: String,
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

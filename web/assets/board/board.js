@@ -1,4 +1,4 @@
-import { ApiError, RealtimeClient, Session, formatMention, isAuthFailure, parseMentions, tabRefreshCoordinator, } from '../src/index.js';
+import { ApiError, RealtimeClient, Session, formatMention, isAuthFailure, parseMentions, searchWords, tabRefreshCoordinator, } from '../src/index.js';
 const STATUSES = [
     { id: 'todo', label: 'To do' },
     { id: 'in_progress', label: 'In progress' },
@@ -68,8 +68,13 @@ const state = {
     teamSub: null,
     members: null,
     tasks: null,
+    labels: null,
+    filtered: null,
+    filterKey: null,
     stopMembers: null,
     stopTasks: null,
+    stopLabels: null,
+    stopFiltered: null,
     shown: null,
     view: null,
     inbox: null,
@@ -196,6 +201,10 @@ function closeTeam() {
     state.stopMembers = null;
     state.members?.close();
     state.members = null;
+    state.stopLabels?.();
+    state.stopLabels = null;
+    state.labels?.close();
+    state.labels = null;
 }
 async function openTeam(team) {
     closeBoard();
@@ -226,6 +235,14 @@ async function openTeam(team) {
             renderMembers(s);
     });
     renderMembers(members.getSnapshot());
+    const labels = rt.liveLabels({ teamId: team.id });
+    state.labels = labels;
+    state.stopLabels = labels.subscribe((s) => {
+        if (state.labels === labels)
+            renderLabels(s);
+    });
+    form('filter-bar').reset();
+    renderLabels(labels.getSnapshot());
     await loadBoards();
 }
 function renderMembers(s) {
@@ -233,8 +250,7 @@ function renderMembers(s) {
         notice(`Members could not be loaded: ${describe(s.error)}`);
     $('member-list').textContent = s.items.map((m) => `${m.user.displayName} (${m.role})`).join(', ');
     renderAssignees(s.items);
-    if (state.tasks)
-        renderBoard(state.tasks.getSnapshot());
+    renderBoard();
 }
 async function loadBoards() {
     const team = state.team;
@@ -255,6 +271,8 @@ async function loadBoards() {
 }
 function closeBoard() {
     closeTask();
+    closeFiltered();
+    state.filterKey = null;
     state.stopTasks?.();
     state.stopTasks = null;
     state.tasks?.close();
@@ -273,15 +291,21 @@ function openBoard(board) {
     select('board-select').value = board.id;
     const tasks = state.rt.liveTasks({ teamId: state.team.id, boardId: board.id });
     state.tasks = tasks;
-    state.stopTasks = tasks.subscribe((s) => {
+    state.stopTasks = tasks.subscribe(() => {
         if (state.tasks !== tasks)
             return;
-        renderBoard(s);
+        renderBoard();
         followOpenTask();
     });
-    renderBoard(tasks.getSnapshot());
+    applyFilter();
+    renderBoard();
 }
-function renderBoard(s) {
+function renderBoard() {
+    const shown = state.filtered ?? state.tasks;
+    if (!shown)
+        return;
+    const s = shown.getSnapshot();
+    renderFilterStatus(s);
     const columns = $('columns');
     $('board').dataset.live = s.status;
     columns.setAttribute('aria-busy', String(s.status === 'loading' || s.status === 'refetching'));
@@ -321,6 +345,127 @@ function announceChanges(before, items) {
     if (said.length > 0)
         announce(said.slice(0, 5).join('; '));
 }
+function luminance(color) {
+    const n = /^#[0-9a-f]{6}$/i.test(color) ? parseInt(color.slice(1), 16) : 0xe3ebff;
+    const lin = (c) => {
+        const v = c / 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    };
+    return 0.2126 * lin((n >> 16) & 255) + 0.7152 * lin((n >> 8) & 255) + 0.0722 * lin(n & 255);
+}
+const DARK_INK = '#1d2330';
+function inkFor(color) {
+    const l = luminance(color);
+    return (l + 0.05) / (luminance(DARK_INK) + 0.05) >= 1.05 / (l + 0.05) ? DARK_INK : '#ffffff';
+}
+function chip(tag, l) {
+    const el = h(tag, { class: 'chip', 'data-label-id': l.id }, l.name);
+    el.style.setProperty('--label-color', l.color);
+    el.style.setProperty('--label-ink', inkFor(l.color));
+    return el;
+}
+function labelPicks(name, checked) {
+    return (state.labels?.getSnapshot().items ?? []).map((l) => {
+        const box = h('input', { type: 'checkbox', name, value: l.id });
+        box.checked = checked.has(l.id);
+        return h('label', { class: 'label-pick' }, box, chip('span', l));
+    });
+}
+function labelGone(id) {
+    const labels = state.labels;
+    if (!labels)
+        return false;
+    const st = labels.getSnapshot().status;
+    return (st === 'live' || st === 'refetching') && labels.get(id) === undefined;
+}
+function checkedValues(container, name) {
+    return Array.from(container.querySelectorAll(`input[type=checkbox][name="${name}"]`))
+        .filter((b) => b.checked)
+        .map((b) => b.value);
+}
+function renderLabels(s) {
+    if (s.status === 'error')
+        notice(`Labels could not be loaded: ${describe(s.error)}`);
+    const bar = $('filter-labels');
+    const ticked = new Set(checkedValues(bar, 'labelId'));
+    bar.querySelectorAll('.label-pick, .none').forEach((el) => el.remove());
+    const picks = labelPicks('labelId', ticked);
+    bar.append(...(picks.length > 0 ? picks : [h('span', { class: 'muted none' }, 'No labels yet')]));
+    const view = state.view;
+    if (view)
+        renderTaskLabels(view, new Set([...formLabelIds(view), ...view.pendingLabels]));
+    applyFilter();
+    renderBoard();
+}
+function readFilter() {
+    const f = form('filter-bar');
+    const out = {};
+    const q = field(f, 'q').trim();
+    if (searchWords(q).length > 0)
+        out.q = Array.from(q).slice(0, 200).join('');
+    const assignee = field(f, 'assigneeUserId');
+    if (assignee)
+        out.assigneeUserId = assignee;
+    const priority = field(f, 'priority');
+    if (priority)
+        out.priority = priority;
+    const after = field(f, 'dueAfter');
+    const before = field(f, 'dueBefore');
+    const afterInput = f.elements.namedItem('dueAfter');
+    const empty = after !== '' && before !== '' && after > before;
+    afterInput.setCustomValidity(empty ? 'Due after must not be later than due before' : '');
+    if (empty)
+        afterInput.reportValidity();
+    else {
+        if (after)
+            out.dueAfter = after;
+        if (before)
+            out.dueBefore = before;
+    }
+    const labels = checkedValues($('filter-labels'), 'labelId').filter((id) => !labelGone(id));
+    if (labels.length > 0)
+        out.labelId = labels.slice(0, 20);
+    return out;
+}
+function closeFiltered() {
+    state.stopFiltered?.();
+    state.stopFiltered = null;
+    state.filtered?.close();
+    state.filtered = null;
+}
+function applyFilter() {
+    const team = state.team;
+    const board = state.board;
+    if (!team || !board || !state.rt || !state.tasks)
+        return;
+    const filter = readFilter();
+    const key = JSON.stringify(filter);
+    if (key === state.filterKey)
+        return;
+    state.filterKey = key;
+    closeFiltered();
+    if (Object.keys(filter).length > 0) {
+        const filtered = state.rt.liveTasks({ teamId: team.id, boardId: board.id, filter });
+        state.filtered = filtered;
+        state.stopFiltered = filtered.subscribe(() => {
+            if (state.filtered === filtered)
+                renderBoard();
+        });
+    }
+    state.shown = null;
+    renderBoard();
+}
+function renderFilterStatus(s) {
+    const el = $('filter-status');
+    if (!state.filtered) {
+        el.textContent = '';
+        return;
+    }
+    const total = state.tasks?.getSnapshot().items.length ?? 0;
+    const text = s.status === 'loading' ? 'Filtering…' : `Showing ${s.items.length} of ${total} task${total === 1 ? '' : 's'}`;
+    if (el.textContent !== text)
+        el.textContent = text;
+}
 function card(t, column, fresh) {
     const open = h('button', { type: 'button', class: 'open' }, t.title);
     open.addEventListener('click', guarded(async () => openTask(t.id)));
@@ -335,13 +480,25 @@ function card(t, column, fresh) {
         }));
         moves.append(b);
     }
-    return h('li', { class: fresh ? 'card fresh' : 'card', 'data-task-id': t.id }, open, h('div', { class: 'meta' }, h('span', {}, memberName(t.assigneeUserId)), t.priority === 'none' ? '' : h('span', { class: `prio-${t.priority}` }, t.priority), t.dueDate ? h('span', {}, `due ${t.dueDate}`) : ''), moves);
+    return h('li', { class: fresh ? 'card fresh' : 'card', 'data-task-id': t.id }, open, h('div', { class: 'meta' }, h('span', {}, memberName(t.assigneeUserId)), t.priority === 'none' ? '' : h('span', { class: `prio-${t.priority}` }, t.priority), t.dueDate ? h('span', {}, `due ${t.dueDate}`) : ''), cardLabels(t), moves);
+}
+function cardLabels(t) {
+    const labels = (t.labelIds ?? []).map((id) => state.labels?.get(id)).filter((l) => l !== undefined);
+    if (labels.length === 0)
+        return '';
+    return h('ul', { class: 'chips', 'aria-label': 'Labels' }, ...labels.map((l) => chip('li', l)));
 }
 function renderAssignees(members) {
     const s = form('task-edit').elements.namedItem('assigneeUserId');
     const current = s.value;
     s.replaceChildren(h('option', { value: '' }, 'unassigned'), ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)));
     s.value = current;
+    const bar = form('filter-bar').elements.namedItem('assigneeUserId');
+    const filtering = bar.value;
+    bar.replaceChildren(h('option', { value: '' }, 'Anyone'), h('option', { value: 'none' }, 'Unassigned'), ...members.map((m) => h('option', { value: m.user.id }, m.user.displayName)));
+    bar.value = filtering;
+    if (bar.value !== filtering)
+        applyFilter();
 }
 function fillTask(view, t) {
     const f = form('task-edit');
@@ -353,6 +510,7 @@ function fillTask(view, t) {
     set('status', t.status);
     set('priority', t.priority);
     set('assigneeUserId', t.assigneeUserId ?? '');
+    renderTaskLabels(view, new Set([...(t.labelIds ?? []), ...view.pendingLabels]));
     $('task-panel-title').textContent = t.title;
     $('task-version').textContent = `version ${t.version}`;
     f.dataset.version = String(t.version);
@@ -378,7 +536,38 @@ function edits(view) {
         if (now !== was)
             out[name] = now;
     }
+    const labels = formLabelIds(view);
+    if (labels.join() !== baseLabelIds(view).join())
+        out.labelIds = labels;
     return out;
+}
+function baseLabelIds(view) {
+    return (view.base?.labelIds ?? []).filter((id) => !labelGone(id)).sort();
+}
+function formLabelIds(view) {
+    const list = $('task-label-list');
+    const shown = new Set(Array.from(list.querySelectorAll('input[name=labelIds]'), (b) => b.value));
+    const kept = (view.base?.labelIds ?? []).filter((id) => !shown.has(id) && !labelGone(id));
+    return [...new Set([...checkedValues(list, 'labelIds'), ...kept])].sort();
+}
+function renderTaskLabels(view, checked) {
+    if (state.view !== view)
+        return;
+    const picks = labelPicks('labelIds', checked);
+    for (const p of picks) {
+        const id = p.querySelector('input').value;
+        view.pendingLabels.delete(id);
+    }
+    $('task-label-list').replaceChildren(...(picks.length > 0 ? picks : [h('span', { class: 'muted' }, 'None yet: create one')]));
+}
+function mergedLabels(view, newest, now) {
+    const was = new Set(baseLabelIds(view));
+    const want = new Set(now);
+    const out = new Set((newest.labelIds ?? []).filter((id) => !labelGone(id) && !(was.has(id) && !want.has(id))));
+    for (const id of want)
+        if (!was.has(id))
+            out.add(id);
+    return [...out].sort();
 }
 function newestTask(view) {
     let t = view.base;
@@ -414,8 +603,11 @@ async function saveTask(view, overwrite, retried = false) {
     const text = 'title' in patch || 'description' in patch;
     if (moved && text && !overwrite)
         return showConflict(view, newest);
+    const body = { ...patch };
+    if (patch.labelIds)
+        body.labelIds = mergedLabels(view, newest, patch.labelIds);
     try {
-        const { data } = await session().updateTask(view.taskId, patch, { ifMatch: newest.version });
+        const { data } = await session().updateTask(view.taskId, body, { ifMatch: newest.version });
         if (state.view === view && data.version > view.shownVersion)
             fillTask(view, data);
     }
@@ -460,7 +652,17 @@ function openTask(taskId) {
     const task = state.tasks?.get(taskId);
     if (!rt || !task)
         throw new Error('That task is no longer on this board.');
-    const view = { taskId, sub: null, comments: null, stops: [], shownVersion: -1, base: null, latest: null, changedBy: null };
+    const view = {
+        taskId,
+        sub: null,
+        comments: null,
+        stops: [],
+        shownVersion: -1,
+        base: null,
+        latest: null,
+        changedBy: null,
+        pendingLabels: new Set(),
+    };
     state.view = view;
     const current = () => state.view === view;
     fillTask(view, task);
@@ -553,6 +755,7 @@ function closeTask() {
     $('activity').textContent = '';
     $('conflict').hidden = true;
     $('comments').replaceChildren();
+    $('task-label-list').replaceChildren();
     $('workspace').classList.remove('with-panel');
 }
 const REASONS = {
@@ -793,6 +996,35 @@ function init() {
     statusSelect.replaceChildren(...STATUSES.map((s) => h('option', { value: s.id }, s.label)));
     const prioSelect = form('task-edit').elements.namedItem('priority');
     prioSelect.replaceChildren(...PRIORITIES.map((p) => h('option', { value: p }, p)));
+    const prioFilter = form('filter-bar').elements.namedItem('priority');
+    prioFilter.append(...PRIORITIES.map((p) => h('option', { value: p }, p)));
+    const bar = form('filter-bar');
+    let typing = null;
+    bar.addEventListener('submit', (ev) => ev.preventDefault());
+    bar.addEventListener('input', (ev) => {
+        if (typing)
+            clearTimeout(typing);
+        typing = null;
+        if (ev.target.getAttribute('name') === 'q')
+            typing = setTimeout(applyFilter, 250);
+        else
+            applyFilter();
+    });
+    bar.addEventListener('change', () => applyFilter());
+    bar.addEventListener('reset', () => setTimeout(applyFilter, 0));
+    on('label-form', async (f) => {
+        const view = state.view;
+        const team = state.team;
+        if (!view || !team)
+            return;
+        const { data: label } = await session().createLabel(team.id, { name: field(f, 'name').trim(), color: field(f, 'color') });
+        f.reset();
+        if (state.view !== view)
+            return;
+        view.pendingLabels.add(label.id);
+        renderTaskLabels(view, new Set([...formLabelIds(view), ...view.pendingLabels]));
+        announce(`Label “${label.name}” created and ticked: save to put it on the task`);
+    });
     on('login-form', async (f) => {
         await start(await Session.login(location.origin, { email: field(f, 'email'), password: field(f, 'password') }, sessionOptions()));
         f.reset();

@@ -1,3 +1,4 @@
+import { normalizeTaskFilter, taskFilterParams, isTaskSort } from './filter.js';
 export const API_PREFIX = '/api/v1';
 export class ApiError extends Error {
     status;
@@ -94,7 +95,10 @@ function apiUrl(baseUrl, path, query) {
     const base = baseUrl.replace(/\/+$/, '');
     const url = new URL(`${base}${API_PREFIX}${path}`);
     for (const [k, v] of Object.entries(query ?? {})) {
-        if (v !== undefined && v !== null)
+        if (Array.isArray(v))
+            for (const item of v)
+                url.searchParams.append(k, String(item));
+        else if (v !== undefined && v !== null)
             url.searchParams.set(k, String(v));
     }
     return url.toString();
@@ -219,6 +223,12 @@ export class TokenRotatedError extends Error {
 }
 export function isAuthFailure(e) {
     return (e instanceof ApiError && (e.status === 401 || e.status === 403)) || e instanceof TokenRotatedError;
+}
+export function taskListParams(query = {}) {
+    const { sort, limit, cursor, ...filter } = query;
+    if (sort !== undefined && !isTaskSort(sort))
+        throw new TypeError(`sort: not a sort of the task list: ${String(sort)}`);
+    return { ...taskFilterParams(normalizeTaskFilter(filter)), sort, limit, cursor };
 }
 export class Session {
     baseUrl;
@@ -380,7 +390,22 @@ export class Session {
         return this.request('POST', `/teams/${teamId}/tasks`, { body: task });
     }
     listTasks(teamId, query = {}) {
-        return this.request('GET', `/teams/${teamId}/tasks`, { query });
+        return this.request('GET', `/teams/${teamId}/tasks`, { query: taskListParams(query) });
+    }
+    searchTasks(teamId, query) {
+        return this.request('GET', `/teams/${teamId}/search`, { query: { q: query.q, limit: query.limit } });
+    }
+    createLabel(teamId, label) {
+        return this.request('POST', `/teams/${teamId}/labels`, { body: label });
+    }
+    listLabels(teamId, query = {}) {
+        return this.request('GET', `/teams/${teamId}/labels`, { query });
+    }
+    updateLabel(labelId, patch) {
+        return this.request('PATCH', `/labels/${labelId}`, { body: patch });
+    }
+    deleteLabel(labelId) {
+        return this.request('DELETE', `/labels/${labelId}`);
     }
     getTask(taskId) {
         return this.request('GET', `/tasks/${taskId}`);

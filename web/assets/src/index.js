@@ -7,6 +7,7 @@ export { EventStreamParser, FetchEventSource, formatEventId, parseEventId, sseUr
 export { tabRefreshCoordinator } from './tabs.js';
 export { MoveTracker, reaches, scopeId, scopeKey, scopeKind } from './scope.js';
 export * from './live.js';
+export * from './filter.js';
 export * from './inbox-types.js';
 export { openInbox } from './inbox.js';
 export * from './mentions.js';

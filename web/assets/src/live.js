@@ -1,10 +1,17 @@
+import { compareTasksBy, isTaskSort, normalizeTaskFilter, taskFilterParams, taskPredicate, } from './filter.js';
 import { ApiError, isAuthFailure } from './http.js';
 import { RealtimeError } from './realtime.js';
 export function openLiveTasks(rt, session, query, opts = {}) {
     const q = checkTasksQuery(query);
     const pageSize = checkPageSize(opts.pageSize);
-    const key = `tasks:${q.teamId}:${q.boardId ?? '*'}:${q.status ?? '*'}:${q.assigneeUserId ?? '*'}`;
+    const key = `tasks:${q.teamId}:${q.boardId ?? '*'}:${q.sort ?? '*'}:${JSON.stringify(q.filter)}`;
     return open(rt, key, () => new LiveTasks(rt, session, pageSize, key, q));
+}
+export function openLiveLabels(rt, session, query, opts = {}) {
+    const teamId = checkId(query?.teamId, 'teamId');
+    const pageSize = checkPageSize(opts.pageSize);
+    const key = `labels:${teamId}`;
+    return open(rt, key, () => new LiveLabels(rt, session, pageSize, key, teamId));
 }
 export function openLiveComments(rt, session, query, opts = {}) {
     const taskId = checkId(query?.taskId, 'taskId');
@@ -18,7 +25,6 @@ export function openLiveMembers(rt, session, query, opts = {}) {
     const key = `members:${teamId}`;
     return open(rt, key, () => new LiveMembers(rt, session, pageSize, key, teamId));
 }
-const TASK_STATUSES = ['todo', 'in_progress', 'done', 'canceled'];
 function checkId(v, name) {
     if (typeof v !== 'string' || v === '')
         throw new TypeError(`${name} must be a non-empty string`);
@@ -40,12 +46,18 @@ function checkTasksQuery(query) {
     const f = query.filter;
     if (f !== undefined && (f === null || typeof f !== 'object'))
         throw new TypeError('filter must be an object');
-    const status = f?.status;
-    if (status !== undefined && !TASK_STATUSES.includes(status)) {
-        throw new TypeError(`filter.status must be one of ${TASK_STATUSES.join(', ')}`);
+    if (f && 'boardId' in f)
+        throw new TypeError('filter.boardId: give the board as the query\'s boardId');
+    let filter;
+    try {
+        filter = normalizeTaskFilter(f);
     }
-    const assigneeUserId = f?.assigneeUserId === undefined ? undefined : checkId(f.assigneeUserId, 'filter.assigneeUserId');
-    return { teamId, boardId, status, assigneeUserId };
+    catch (e) {
+        throw new TypeError(`filter.${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (query.sort !== undefined && !isTaskSort(query.sort))
+        throw new TypeError(`sort: not a sort of the task list: ${String(query.sort)}`);
+    return { teamId, boardId, filter, sort: query.sort };
 }
 const registry = new WeakMap();
 function open(rt, key, make) {
@@ -204,8 +216,14 @@ class LiveBase {
     accept(item) {
         return !this.gone.get(this.idOf(item))?.deleted;
     }
+    admit(item) {
+        return item;
+    }
     same(_a, _b) {
         return false;
+    }
+    wants(_room, _a) {
+        return true;
     }
     onArrival(_a) { }
     roomLost(_room, _e) {
@@ -307,6 +325,8 @@ class LiveBase {
     }
     onRoomActivity(room, a) {
         room.cursor = Math.max(room.cursor, a.seq);
+        if (!this.wants(room, a))
+            return;
         this.onArrival(a);
         if (this.finished)
             return;
@@ -388,8 +408,17 @@ class LiveBase {
             return;
         }
         const items = new Map();
-        for (const item of r.items) {
-            const id = this.idOf(item);
+        for (const loaded of r.items) {
+            const id = this.idOf(loaded);
+            const item = this.admit(loaded);
+            if (item === null) {
+                if (!this.accept(loaded)) {
+                    const mine = this.items.get(id);
+                    if (mine !== undefined)
+                        items.set(id, mine);
+                }
+                continue;
+            }
             if (this.accept(item)) {
                 const mine = this.items.get(id);
                 items.set(id, mine !== undefined && this.same(mine, item) ? mine : item);
@@ -565,25 +594,33 @@ function cmp(a, b) {
 }
 class LiveTasks extends LiveBase {
     q;
+    predicate;
+    order;
+    deletedLabels = new Set();
     constructor(rt, http, pageSize, key, q) {
         super(rt, http, pageSize, key);
         this.q = q;
+        this.predicate = taskPredicate(q.filter);
+        this.order = q.sort === undefined ? compareTasks : compareTasksBy(q.sort);
     }
     idOf(t) {
         return t.id;
     }
     compare(a, b) {
-        return compareTasks(a, b);
+        return this.order(a, b);
     }
     teamOf() {
         return this.q.teamId;
     }
     matches(t) {
         const q = this.q;
-        return (t.teamId === q.teamId &&
-            (q.boardId === undefined || t.boardId === q.boardId) &&
-            (q.status === undefined || t.status === q.status) &&
-            (q.assigneeUserId === undefined || t.assigneeUserId === q.assigneeUserId));
+        return t.teamId === q.teamId && (q.boardId === undefined || t.boardId === q.boardId) && this.predicate(t);
+    }
+    withoutDeleted(t) {
+        const ids = t.labelIds;
+        if (!ids || this.deletedLabels.size === 0 || !ids.some((id) => this.deletedLabels.has(id)))
+            return t;
+        return { ...t, labelIds: ids.filter((id) => !this.deletedLabels.has(id)) };
     }
     known(id) {
         const g = this.gone.get(id);
@@ -598,22 +635,26 @@ class LiveTasks extends LiveBase {
         const mine = this.items.get(t.id);
         return mine === undefined || t.version >= mine.version;
     }
+    admit(t) {
+        const clean = this.withoutDeleted(t);
+        return this.matches(clean) ? clean : null;
+    }
     isFinal(a) {
-        return a.type === 'task.deleted';
+        return a.type === 'task.deleted' || a.type === 'label.deleted';
     }
     same(a, b) {
-        return a.version === b.version;
+        return a.version === b.version && sameLabels(a.labelIds, b.labelIds);
     }
     async fetchAll(signal) {
         const q = this.q;
         const path = `/teams/${q.teamId}/tasks`;
-        const query = { boardId: q.boardId, status: q.status, assigneeUserId: q.assigneeUserId };
+        const query = { ...taskFilterParams(q.filter), boardId: q.boardId };
         return this.readAll(path, query, signal, async (seq) => {
+            this.join({ teamId: q.teamId }, seq);
             if (q.boardId !== undefined) {
                 this.join({ boardId: q.boardId }, seq);
                 return;
             }
-            this.join({ teamId: q.teamId }, seq);
             const boards = await this.readAll(`/teams/${q.teamId}/boards`, {}, signal);
             if (this.finished || signal.aborted)
                 return;
@@ -625,6 +666,9 @@ class LiveTasks extends LiveBase {
                     this.leave(room.key);
             }
         });
+    }
+    wants(room, a) {
+        return this.q.boardId === undefined || !('teamId' in room.scope) || a.type === 'label.deleted';
     }
     onArrival(a) {
         if (this.q.boardId !== undefined)
@@ -651,6 +695,8 @@ class LiveTasks extends LiveBase {
                 this.gone.set(a.data.taskId, { version: Infinity, deleted: true, seq: a.seq });
                 return had;
             }
+            case 'label.deleted':
+                return this.dropLabel(a.data.labelId, a.seq);
             default:
                 return false;
         }
@@ -658,14 +704,40 @@ class LiveTasks extends LiveBase {
     upsert(t, seq) {
         if (t.teamId !== this.q.teamId || t.version <= this.known(t.id))
             return false;
-        if (this.matches(t)) {
-            this.items.set(t.id, t);
+        const clean = this.withoutDeleted(t);
+        if (this.matches(clean)) {
+            this.items.set(t.id, clean);
             this.gone.delete(t.id);
             return true;
         }
         this.gone.set(t.id, { version: t.version, deleted: false, seq });
         return this.items.delete(t.id);
     }
+    dropLabel(labelId, seq) {
+        if (this.deletedLabels.has(labelId))
+            return false;
+        this.deletedLabels.add(labelId);
+        let changed = false;
+        for (const [id, t] of [...this.items]) {
+            const clean = this.withoutDeleted(t);
+            if (clean === t)
+                continue;
+            changed = true;
+            if (this.matches(clean)) {
+                this.items.set(id, clean);
+            }
+            else {
+                this.items.delete(id);
+                this.gone.set(id, { version: t.version, deleted: false, seq });
+            }
+        }
+        return changed;
+    }
+}
+function sameLabels(a, b) {
+    const x = a ?? [];
+    const y = b ?? [];
+    return x.length === y.length && x.every((id, i) => id === y[i]);
 }
 class LiveComments extends LiveBase {
     taskId;
@@ -751,6 +823,49 @@ class LiveMembers extends LiveBase {
                 return true;
             case 'member.removed':
                 return this.items.delete(a.data.userId);
+            default:
+                return false;
+        }
+    }
+}
+class LiveLabels extends LiveBase {
+    teamId;
+    constructor(rt, http, pageSize, key, teamId) {
+        super(rt, http, pageSize, key);
+        this.teamId = teamId;
+    }
+    teamOf() {
+        return this.teamId;
+    }
+    idOf(l) {
+        return l.id;
+    }
+    compare(a, b) {
+        return cmp(a.createdAt, b.createdAt) || cmp(a.id, b.id);
+    }
+    isFinal(a) {
+        return a.type === 'label.deleted';
+    }
+    fetchAll(signal) {
+        return this.readAll(`/teams/${this.teamId}/labels`, {}, signal, (seq) => {
+            this.join({ teamId: this.teamId }, seq);
+        });
+    }
+    apply(a) {
+        switch (a.type) {
+            case 'label.created':
+            case 'label.updated': {
+                const l = a.data.label;
+                if (l.teamId !== this.teamId || this.gone.has(l.id))
+                    return false;
+                this.items.set(l.id, l);
+                return true;
+            }
+            case 'label.deleted': {
+                const had = this.items.delete(a.data.labelId);
+                this.gone.set(a.data.labelId, { version: Infinity, deleted: true, seq: a.seq });
+                return had;
+            }
             default:
                 return false;
         }

@@ -2,7 +2,7 @@ import { PRESENCE_TYPES } from './generated/protocol.js';
 import { Session, isAuthFailure } from './http.js';
 import { openInbox } from './inbox.js';
 import { inboxEventOf } from './inbox-types.js';
-import { openLiveComments, openLiveMembers, openLiveTasks, } from './live.js';
+import { openLiveComments, openLiveLabels, openLiveMembers, openLiveTasks, } from './live.js';
 import { PresenceState } from './presence.js';
 import { MoveTracker, normalizeScope, reaches, scopeKey, scopeOfFrame } from './scope.js';
 import { FetchEventSource, formatEventId, parseEventId, sseUrl, tokenExpiry, } from './sse.js';
@@ -534,6 +534,9 @@ export class RealtimeClient {
     }
     liveMembers(query, opts) {
         return openLiveMembers(this, this.http(), query, opts);
+    }
+    liveLabels(query, opts) {
+        return openLiveLabels(this, this.http(), query, opts);
     }
     http() {
         if (!this.session) {

@@ -1,0 +1,322 @@
+//! The SQL of a filtered, sorted page of a team's tasks, and of a ranked search.
+//!
+//! One builder for both backends: the text differs only where a search meets its index (FTS5 on
+//! SQLite, a `tsvector` on PostgreSQL). Every value is a bound parameter; only placeholders and
+//! fixed fragments go into the text. Each filter and each sort has an index led by the team
+//! (migrations `*_labels_and_search.sql`), and pages are key-set (`(key, id) > (k, i)`), so a page
+//! costs an index range scan however deep it is.
+
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::domain::search::{AssigneeFilter, SortField, SortKey, TaskCursor, TaskFilter, TaskSort};
+use crate::domain::{TaskStatus, TeamId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound value.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Id(Uuid),
+    Text(String),
+    SmallInt(i16),
+    Int(i64),
+    Real(f64),
+    Date(Date),
+    Time(OffsetDateTime),
+}
+
+/// SQL text with its arguments, `$1` … `$n` in order.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+impl Built {
+    /// Binds `a` and returns its placeholder.
+    fn arg(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+
+    fn list(&mut self, args: impl IntoIterator<Item = Arg>) -> String {
+        args.into_iter()
+            .map(|a| self.arg(a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The due-date sort reads dated tasks by the index, then the undated ones by id: the part a
+/// query covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    All,
+    Dated,
+    Undated,
+}
+
+/// The parts a page after `after` reads, in order.
+pub fn parts(sort: TaskSort, after: Option<&TaskCursor>) -> &'static [Part] {
+    match (sort.field, after.map(|c| c.key)) {
+        (SortField::DueDate, Some(SortKey::DueDate(None))) => &[Part::Undated],
+        (SortField::DueDate, _) => &[Part::Dated, Part::Undated],
+        _ => &[Part::All],
+    }
+}
+
+fn column(field: SortField) -> &'static str {
+    match field {
+        SortField::CreatedAt => "id",
+        SortField::UpdatedAt => "updated_at",
+        SortField::DueDate => "due_date",
+        SortField::Priority => "priority_rank",
+        SortField::Position => "position",
+    }
+}
+
+fn key_arg(key: SortKey) -> Option<Arg> {
+    match key {
+        SortKey::Id | SortKey::DueDate(None) => None,
+        SortKey::UpdatedAt(t) => Some(Arg::Time(t)),
+        SortKey::DueDate(Some(d)) => Some(Arg::Date(d)),
+        SortKey::Priority(p) => Some(Arg::SmallInt(p)),
+        SortKey::Position(p) => Some(Arg::Real(p)),
+    }
+}
+
+/// The FTS5 query of `words` within one team: every word as a prefix, in the title or the
+/// description, and the team's token. Words are letters and digits only (`search::words`), and
+/// each is quoted besides.
+pub fn fts5_match(team: TeamId, words: &[String]) -> String {
+    let words: Vec<String> = words
+        .iter()
+        .map(|w| format!("\"{}\" *", w.replace('"', "\"\"")))
+        .collect();
+    format!(
+        "team : \"t{}\" AND {{title description}} : ({})",
+        Uuid::from(team).simple(),
+        words.join(" AND ")
+    )
+}
+
+/// The `tsquery` of `words`: every word as a prefix.
+pub fn tsquery(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| format!("'{}':*", w.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+/// Appends the filter's conditions (after `WHERE team_id = …`).
+fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
+    if let Some(board) = f.board_id {
+        let p = b.arg(Arg::Id(board.into()));
+        b.sql.push_str(&format!(" AND board_id = {p}"));
+    }
+    if !f.statuses.is_empty() {
+        let p = b.list(
+            f.statuses
+                .iter()
+                .map(|s| Arg::Text(TaskStatus::as_str(*s).to_owned())),
+        );
+        b.sql.push_str(&format!(" AND status IN ({p})"));
+    }
+    if !f.priorities.is_empty() {
+        let p = b.list(f.priorities.iter().map(|p| Arg::SmallInt(p.rank())));
+        b.sql.push_str(&format!(" AND priority_rank IN ({p})"));
+    }
+    match f.assignee {
+        None => {}
+        Some(AssigneeFilter::User(u)) => {
+            let p = b.arg(Arg::Id(u.into()));
+            b.sql.push_str(&format!(" AND assignee_user_id = {p}"));
+        }
+        Some(AssigneeFilter::Nobody) => b.sql.push_str(" AND assignee_user_id IS NULL"),
+    }
+    for label in &f.label_ids {
+        let p = b.arg(Arg::Id((*label).into()));
+        b.sql.push_str(&format!(
+            " AND id IN (SELECT task_id FROM task_labels WHERE label_id = {p})"
+        ));
+    }
+    if let Some(d) = f.due_after {
+        let p = b.arg(Arg::Date(d));
+        b.sql.push_str(&format!(" AND due_date >= {p}"));
+    }
+    if let Some(d) = f.due_before {
+        let p = b.arg(Arg::Date(d));
+        b.sql.push_str(&format!(" AND due_date <= {p}"));
+    }
+    if !f.words.is_empty() {
+        match dialect {
+            Dialect::Sqlite => {
+                let p = b.arg(Arg::Text(fts5_match(team, &f.words)));
+                b.sql.push_str(&format!(
+                    " AND rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {p})"
+                ));
+            }
+            Dialect::Postgres => {
+                let p = b.arg(Arg::Text(tsquery(&f.words)));
+                b.sql
+                    .push_str(&format!(" AND search @@ to_tsquery('simple', {p})"));
+            }
+        }
+    }
+}
+
+/// What a page of tasks asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskPage<'a> {
+    pub team: TeamId,
+    pub filter: &'a TaskFilter,
+    pub sort: TaskSort,
+    pub after: Option<&'a TaskCursor>,
+}
+
+/// One part of a page: at most `limit` tasks of the team passing the filter, in the sort's
+/// order, after the cursor.
+pub fn page(dialect: Dialect, columns: &str, req: TaskPage<'_>, part: Part, limit: i64) -> Built {
+    let TaskPage {
+        team,
+        filter: f,
+        sort,
+        after,
+    } = req;
+    let mut b = Built::default();
+    let p = b.arg(Arg::Id(team.into()));
+    b.sql = format!("SELECT {columns} FROM tasks WHERE team_id = {p}");
+    filter(&mut b, dialect, team, f);
+    let (cmp, dir) = if sort.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let col = column(sort.field);
+    match part {
+        Part::Dated => b.sql.push_str(" AND due_date IS NOT NULL"),
+        Part::Undated => b.sql.push_str(" AND due_date IS NULL"),
+        Part::All => {}
+    }
+    // A cursor of the undated part, or any cursor once the dated part is done, keys on the id.
+    let keyed = match (part, after) {
+        (Part::Undated, Some(c)) if c.key == SortKey::DueDate(None) => Some((None, c.id)),
+        (Part::Undated, _) => None,
+        (_, Some(c)) => Some((key_arg(c.key), c.id)),
+        (_, None) => None,
+    };
+    match keyed {
+        None => {}
+        Some((None, id)) => {
+            let p = b.arg(Arg::Id(id.into()));
+            b.sql.push_str(&format!(" AND id {cmp} {p}"));
+        }
+        Some((Some(key), id)) => {
+            let k = b.arg(key);
+            let i = b.arg(Arg::Id(id.into()));
+            b.sql
+                .push_str(&format!(" AND ({col}, id) {cmp} ({k}, {i})"));
+        }
+    }
+    let order = if part == Part::Undated || sort.field == SortField::CreatedAt {
+        format!(" ORDER BY id {dir}")
+    } else {
+        format!(" ORDER BY {col} {dir}, id {dir}")
+    };
+    b.sql.push_str(&order);
+    let l = b.arg(Arg::Int(limit));
+    b.sql.push_str(&format!(" LIMIT {l}"));
+    b
+}
+
+/// `columns` (`a, b, c`) each prefixed with `table.`, for a query that joins another table
+/// with columns of the same names.
+pub fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The best `limit` matches of `words` in `team`, with a score (higher is better).
+pub fn search(
+    dialect: Dialect,
+    columns: &str,
+    team: TeamId,
+    words: &[String],
+    limit: i64,
+) -> Built {
+    let mut b = Built::default();
+    match dialect {
+        Dialect::Sqlite => {
+            // bm25 is lower for better matches; a title word weighs four description words, the
+            // team's token nothing.
+            let m = b.arg(Arg::Text(fts5_match(team, words)));
+            let l = b.arg(Arg::Int(limit));
+            b.sql = format!(
+                "SELECT {columns}, -bm25(tasks_fts, 0.0, 4.0, 1.0) AS score \
+                 FROM tasks_fts JOIN tasks ON tasks.rowid = tasks_fts.rowid \
+                 WHERE tasks_fts MATCH {m} \
+                 ORDER BY bm25(tasks_fts, 0.0, 4.0, 1.0), tasks.id LIMIT {l}"
+            );
+        }
+        Dialect::Postgres => {
+            let t = b.arg(Arg::Id(team.into()));
+            let q = b.arg(Arg::Text(tsquery(words)));
+            let l = b.arg(Arg::Int(limit));
+            b.sql = format!(
+                "SELECT {columns}, ts_rank(search, query)::float8 AS score \
+                 FROM tasks, to_tsquery('simple', {q}) AS query \
+                 WHERE team_id = {t} AND search @@ query \
+                 ORDER BY score DESC, id LIMIT {l}"
+            );
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_text_is_quoted_and_bound() {
+        let team = TeamId::from(Uuid::from_u128(0xab));
+        let m = fts5_match(team, &["dep".into(), "x\"y".into()]);
+        assert_eq!(
+            m,
+            "team : \"t000000000000000000000000000000ab\" AND {title description} : (\"dep\" * AND \"x\"\"y\" *)"
+        );
+        assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
+    }
+
+    #[test]
+    fn a_descending_page_after_a_cursor_compares_key_and_id_downwards() {
+        let team = TeamId::from(Uuid::from_u128(1));
+        let sort = TaskSort::parse("-priority").unwrap();
+        let after = TaskCursor {
+            key: SortKey::Priority(3),
+            id: Uuid::from_u128(9).into(),
+        };
+        let req = TaskPage {
+            team,
+            filter: &TaskFilter::default(),
+            sort,
+            after: Some(&after),
+        };
+        let b = page(Dialect::Postgres, "id", req, Part::All, 51);
+        assert_eq!(
+            b.sql,
+            "SELECT id FROM tasks WHERE team_id = $1 AND (priority_rank, id) < ($2, $3) \
+             ORDER BY priority_rank DESC, id DESC LIMIT $4"
+        );
+        assert_eq!(b.args.len(), 4);
+    }
+}
