@@ -169,7 +169,7 @@ run_backend() {
       --only "$ONLY" >"$WORK/explain.sql"
     case "$backend" in
       sqlite) timeout "$EXPLAIN_CAP" sqlite3 -readonly "$WORK/run.db" <"$WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true ;;
-      postgres) timeout "$EXPLAIN_CAP" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -Xq <"$WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true ;;
+      postgres) timeout "$EXPLAIN_CAP" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -XqAt <"$WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true ;;
     esac
   fi
   drop_db

@@ -2,8 +2,9 @@
 //! wrapped in the backend's EXPLAIN: the server logs no plans, so `bench/search.sh` runs these
 //! through `sqlite3` / `psql` beside the measurements.
 //!
-//! They mirror the task list and search queries of the server's store (`src/store/`): when those
-//! change, change these with them, or the plans printed are not the ones measured.
+//! They mirror the server's query builder (`src/store/task_query.rs`: `page`, `parts`, `search`,
+//! `fts5_match`, `tsquery`) and its callers (the list reads `limit + 1` = 51 rows, search 20):
+//! when those change, change these with them, or the plans printed are not the ones measured.
 
 use std::fmt::Write as _;
 
@@ -12,10 +13,13 @@ use uuid::Uuid;
 use crate::search::{Backend, Endpoint, Filter, QueryKind, Sort};
 use crate::search_data::{PRIORITIES, TeamShape};
 
-/// The page size the server uses when no `limit` is given, plus the one row it reads to know
-/// whether there is a next page.
+/// The default page size plus the row that tells whether there is a next page.
 const LIST_LIMIT: u32 = 51;
 const SEARCH_LIMIT: u32 = 20;
+
+/// The columns every task query reads (`task_columns!` in the server's store).
+const TASK_COLUMNS: &str = "id, team_id, board_id, title, description, status, priority, \
+    assignee_user_id, due_date, position, created_by, created_at, updated_at, version, label_ids";
 
 fn lit(backend: Backend, id: &Uuid) -> String {
     match backend {
@@ -28,53 +32,57 @@ fn quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The words of `q` as the server splits them: runs of letters and digits, lower-cased, at most
-/// 10, each cut to 50 characters.
+/// The words of `q` as the server splits them: runs of letters and digits, lower-cased, repeats
+/// dropped, at most 10, each cut to 50 characters.
 pub fn words(q: &str) -> Vec<String> {
-    q.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(10)
-        .map(|w| w.to_lowercase().chars().take(50).collect())
-        .collect()
+    let mut out: Vec<String> = Vec::new();
+    for w in q.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let w: String = w.to_lowercase().chars().take(50).collect();
+        if !out.contains(&w) {
+            out.push(w);
+        }
+        if out.len() == 10 {
+            break;
+        }
+    }
+    out
 }
 
-/// FTS5 query: the team's token and every word as a prefix, in the title or the description.
-fn fts5_match(team: &Uuid, q: &str) -> String {
-    let mut m = format!("team : t{}", team.simple());
-    for w in words(q) {
-        let _ = write!(m, " AND {{title description}} : \"{w}\" *");
-    }
-    m
+/// FTS5 query: the team's token, and every word as a prefix in the title or the description.
+fn fts5_match(team: &Uuid, words: &[String]) -> String {
+    let words: Vec<String> = words
+        .iter()
+        .map(|w| format!("\"{}\" *", w.replace('"', "\"\"")))
+        .collect();
+    format!(
+        "team : \"t{}\" AND {{title description}} : ({})",
+        team.simple(),
+        words.join(" AND ")
+    )
 }
 
 /// tsquery: every word as a prefix.
-fn tsquery(q: &str) -> String {
-    words(q)
+fn tsquery(words: &[String]) -> String {
+    words
         .iter()
-        .map(|w| format!("{w}:*"))
+        .map(|w| format!("'{}':*", w.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" & ")
 }
 
-fn order_by(backend: Backend, sort: Option<(Sort, bool)>) -> String {
-    let (sort, desc) = sort.unwrap_or((Sort::CreatedAt, false));
-    let dir = if desc { "DESC" } else { "ASC" };
+fn column(sort: Sort) -> &'static str {
     match sort {
-        Sort::CreatedAt => format!("id {dir}"),
-        Sort::UpdatedAt => format!("updated_at {dir}, id {dir}"),
-        Sort::Priority => format!("priority_rank {dir}, id {dir}"),
-        Sort::Position => format!("position {dir}, id {dir}"),
-        // Tasks without a due date come last in both directions.
-        Sort::DueDate => match backend {
-            Backend::Sqlite => format!("due_date IS NULL, due_date {dir}, id {dir}"),
-            Backend::Postgres => format!("due_date {dir} NULLS LAST, id {dir}"),
-        },
+        Sort::CreatedAt => "id",
+        Sort::UpdatedAt => "updated_at",
+        Sort::DueDate => "due_date",
+        Sort::Priority => "priority_rank",
+        Sort::Position => "position",
     }
 }
 
-/// The WHERE clause of the task list for `f` on `team`.
-fn list_where(backend: Backend, team: &TeamShape, f: &Filter) -> String {
-    let mut w = format!("team_id = {}", lit(backend, &team.id));
+/// The filter's conditions, after `WHERE team_id = …`.
+fn filter(backend: Backend, team: &TeamShape, f: &Filter) -> String {
+    let mut w = String::new();
     if let Some(b) = &f.board {
         let _ = write!(w, " AND board_id = {}", lit(backend, b));
     }
@@ -112,19 +120,20 @@ fn list_where(backend: Backend, team: &TeamShape, f: &Filter) -> String {
         let _ = write!(w, " AND due_date <= {}", quoted(d));
     }
     if let Some(q) = &f.q {
+        let words = words(q);
         match backend {
             Backend::Sqlite => {
                 let _ = write!(
                     w,
                     " AND rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {})",
-                    quoted(&fts5_match(&team.id, q))
+                    quoted(&fts5_match(&team.id, &words))
                 );
             }
             Backend::Postgres => {
                 let _ = write!(
                     w,
                     " AND search @@ to_tsquery('simple', {})",
-                    quoted(&tsquery(q))
+                    quoted(&tsquery(&words))
                 );
             }
         }
@@ -132,70 +141,134 @@ fn list_where(backend: Backend, team: &TeamShape, f: &Filter) -> String {
     w
 }
 
-/// The statement of one query kind (page 1; a page-2 kind adds a key-set bound in the middle of
-/// the range, which is how its plan differs).
-pub fn statement(backend: Backend, team: &TeamShape, kind: &QueryKind) -> String {
-    let f = &kind.filter;
-    if kind.endpoint == Endpoint::Search {
-        let q = f.q.as_deref().unwrap_or("");
-        return match backend {
-            Backend::Sqlite => format!(
-                "SELECT t.id, bm25(tasks_fts, 0.0, 10.0, 1.0) AS score FROM tasks_fts \
-                 JOIN tasks t ON t.rowid = tasks_fts.rowid \
-                 WHERE tasks_fts MATCH {} ORDER BY score LIMIT {SEARCH_LIMIT}",
-                quoted(&fts5_match(&team.id, q))
-            ),
-            Backend::Postgres => format!(
-                "SELECT id, ts_rank(search, query) AS score FROM tasks, to_tsquery('simple', {}) query \
-                 WHERE team_id = {} AND search @@ query ORDER BY score DESC, id LIMIT {SEARCH_LIMIT}",
-                quoted(&tsquery(q)),
-                lit(backend, &team.id)
-            ),
-        };
-    }
-    let mut w = list_where(backend, team, f);
-    if kind.page2 {
-        // A bound of the same shape as the cursor's: past the first tasks of the sort.
-        if let Some((Sort::DueDate, false)) = f.sort {
-            w.push_str(" AND (due_date > '2025-01-01' OR (due_date = '2025-01-01' AND id > ");
-            w.push_str(&lit(backend, &Uuid::nil()));
-            w.push_str("))");
-        }
-    }
-    format!(
-        "SELECT id FROM tasks WHERE {w} ORDER BY {} LIMIT {LIST_LIMIT}",
-        order_by(backend, f.sort)
-    )
+/// Which tasks of a due-date sort a statement reads: the server reads the dated ones by the
+/// index, then (while the page is not full) the undated ones by id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    All,
+    Dated,
+    Undated,
 }
 
-/// The EXPLAIN block of one query kind for the backend's shell, with a heading line.
+/// The statements of one query kind, in the order the server runs them (two for a due-date
+/// sort). A page-2 kind carries a cursor past the first tasks of its sort (a due date two years
+/// back, the nil id), of the shape the server binds.
+pub fn statements(backend: Backend, team: &TeamShape, kind: &QueryKind) -> Vec<String> {
+    let f = &kind.filter;
+    if kind.endpoint == Endpoint::Search {
+        let words = words(f.q.as_deref().unwrap_or(""));
+        let columns: Vec<String> = TASK_COLUMNS
+            .split(',')
+            .map(|c| format!("tasks.{}", c.trim()))
+            .collect();
+        let columns = columns.join(", ");
+        return vec![match backend {
+            Backend::Sqlite => format!(
+                "SELECT {columns}, -bm25(tasks_fts, 0.0, 4.0, 1.0) AS score \
+                 FROM tasks_fts JOIN tasks ON tasks.rowid = tasks_fts.rowid \
+                 WHERE tasks_fts MATCH {} \
+                 ORDER BY bm25(tasks_fts, 0.0, 4.0, 1.0), tasks.id LIMIT {SEARCH_LIMIT}",
+                quoted(&fts5_match(&team.id, &words))
+            ),
+            Backend::Postgres => format!(
+                "SELECT {columns}, ts_rank(search, query)::float8 AS score \
+                 FROM tasks, to_tsquery('simple', {}) AS query \
+                 WHERE team_id = {} AND search @@ query \
+                 ORDER BY score DESC, id LIMIT {SEARCH_LIMIT}",
+                quoted(&tsquery(&words)),
+                lit(backend, &team.id)
+            ),
+        }];
+    }
+    let (sort, desc) = f.sort.unwrap_or((Sort::CreatedAt, false));
+    let parts: &[Part] = if sort == Sort::DueDate {
+        &[Part::Dated, Part::Undated]
+    } else {
+        &[Part::All]
+    };
+    let (cmp, dir) = if desc { ("<", "DESC") } else { (">", "ASC") };
+    let col = column(sort);
+    let cursor_key = kind.page2.then(|| match sort {
+        Sort::CreatedAt => None,
+        Sort::UpdatedAt => Some(quoted("2025-01-01T00:00:00.000Z")),
+        Sort::DueDate => Some(quoted("2025-01-01")),
+        Sort::Priority => Some("2".to_string()),
+        Sort::Position => Some("100.0".to_string()),
+    });
+    parts
+        .iter()
+        .map(|part| {
+            let mut sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE team_id = {}{}",
+                lit(backend, &team.id),
+                filter(backend, team, f)
+            );
+            match part {
+                Part::Dated => sql.push_str(" AND due_date IS NOT NULL"),
+                Part::Undated => sql.push_str(" AND due_date IS NULL"),
+                Part::All => {}
+            }
+            match (&cursor_key, part) {
+                (Some(_), Part::Undated) | (None, _) => {}
+                (Some(None), _) => {
+                    let _ = write!(sql, " AND id {cmp} {}", lit(backend, &Uuid::nil()));
+                }
+                (Some(Some(k)), _) => {
+                    let _ = write!(
+                        sql,
+                        " AND ({col}, id) {cmp} ({k}, {})",
+                        lit(backend, &Uuid::nil())
+                    );
+                }
+            }
+            if *part == Part::Undated || sort == Sort::CreatedAt {
+                let _ = write!(sql, " ORDER BY id {dir}");
+            } else {
+                let _ = write!(sql, " ORDER BY {col} {dir}, id {dir}");
+            }
+            let _ = write!(sql, " LIMIT {LIST_LIMIT}");
+            sql
+        })
+        .collect()
+}
+
+/// The EXPLAIN blocks of one query kind for the backend's shell, each after a heading line and
+/// the statement.
 pub fn explain(backend: Backend, team: &TeamShape, kind: &QueryKind, count: bool) -> String {
-    let sql = statement(backend, team, kind);
     let mut out = String::new();
-    match backend {
-        Backend::Sqlite => {
-            let _ = writeln!(out, "SELECT {};", quoted(&format!("== {}", kind.name)));
-            let _ = writeln!(out, "SELECT {};", quoted(&sql));
-            if count {
-                let _ = writeln!(
-                    out,
-                    "SELECT 'matching tasks: ' || count(*) FROM ({});",
-                    without_limit(&sql)
-                );
+    let statements = statements(backend, team, kind);
+    let n = statements.len();
+    for (i, sql) in statements.iter().enumerate() {
+        let heading = if n > 1 {
+            format!("== {} (statement {} of {n})", kind.name, i + 1)
+        } else {
+            format!("== {}", kind.name)
+        };
+        match backend {
+            Backend::Sqlite => {
+                let _ = writeln!(out, "SELECT {};", quoted(&heading));
+                let _ = writeln!(out, "SELECT {};", quoted(sql));
+                if count {
+                    let _ = writeln!(
+                        out,
+                        "SELECT 'matching tasks: ' || count(*) FROM ({});",
+                        without_limit(sql)
+                    );
+                }
+                let _ = writeln!(out, "EXPLAIN QUERY PLAN {sql};");
             }
-            let _ = writeln!(out, "EXPLAIN QUERY PLAN {sql};");
-        }
-        Backend::Postgres => {
-            let _ = writeln!(out, "\\echo '== {}'", kind.name.replace('\'', "''"));
-            let _ = writeln!(out, "\\echo '{}'", sql.replace('\'', "''"));
-            if count {
-                let _ = writeln!(
-                    out,
-                    "SELECT 'matching tasks: ' || count(*) FROM ({}) m;",
-                    without_limit(&sql)
-                );
+            Backend::Postgres => {
+                let _ = writeln!(out, "SELECT {};", quoted(&heading));
+                let _ = writeln!(out, "SELECT {};", quoted(sql));
+                if count {
+                    let _ = writeln!(
+                        out,
+                        "SELECT 'matching tasks: ' || count(*) FROM ({}) m;",
+                        without_limit(sql)
+                    );
+                }
+                let _ = writeln!(out, "EXPLAIN (ANALYZE, BUFFERS) {sql};");
             }
-            let _ = writeln!(out, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql};");
         }
     }
     out
@@ -212,19 +285,19 @@ mod tests {
     #[test]
     fn words_split_like_the_server() {
         assert_eq!(words("Dep fai-led, x2"), vec!["dep", "fai", "led", "x2"]);
-        assert_eq!(words(&"w ".repeat(20)).len(), 10);
+        assert_eq!(words("a A b"), vec!["a", "b"]);
+        let many: String = (0..20).map(|i| format!("w{i} ")).collect();
+        assert_eq!(words(&many).len(), 10);
     }
 
     #[test]
     fn fts5_and_tsquery_take_every_word_as_a_prefix() {
+        // The server's own test of the same strings (src/store/task_query.rs).
         let team = Uuid::from_u128(0xab);
         assert_eq!(
-            fts5_match(&team, "dep fai"),
-            format!(
-                "team : t{} AND {{title description}} : \"dep\" * AND {{title description}} : \"fai\" *",
-                team.simple()
-            )
+            fts5_match(&team, &["dep".into(), "x\"y".into()]),
+            "team : \"t000000000000000000000000000000ab\" AND {title description} : (\"dep\" * AND \"x\"\"y\" *)"
         );
-        assert_eq!(tsquery("dep fai"), "dep:* & fai:*");
+        assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
     }
 }
