@@ -613,8 +613,18 @@ pub fn query_kinds(team: &TeamShape, now_ms: i64) -> Vec<QueryKind> {
         q: Some(q.to_string()),
         ..Filter::default()
     };
-    add(&format!("q={} (common)", words.common), list, q(&words.common), false);
-    add(&format!("q={} (rare)", words.rare), list, q(&words.rare), false);
+    add(
+        &format!("q={} (common)", words.common),
+        list,
+        q(&words.common),
+        false,
+    );
+    add(
+        &format!("q={} (rare)", words.rare),
+        list,
+        q(&words.rare),
+        false,
+    );
     add(
         &format!("q={} (2-letter prefix)", words.prefix2),
         list,
@@ -664,7 +674,10 @@ pub fn query_kinds(team: &TeamShape, now_ms: i64) -> Vec<QueryKind> {
         false,
     );
     add(
-        &format!("combined: boardId, status=todo, q={}, sort=-updatedAt", words.common),
+        &format!(
+            "combined: boardId, status=todo, q={}, sort=-updatedAt",
+            words.common
+        ),
         list,
         Filter {
             board,
@@ -737,8 +750,7 @@ pub fn check_answer(kind: &QueryKind, team: &Uuid, answer: &Value) -> Result<(),
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        if f
-            .labels
+        if f.labels
             .iter()
             .any(|l| !labels.contains(&l.hyphenated().to_string().as_str()))
         {
@@ -756,7 +768,8 @@ pub fn check_answer(kind: &QueryKind, team: &Uuid, answer: &Value) -> Result<(),
             return fail("dueBefore");
         }
         if let Some(q) = &f.q {
-            let haystack = format!("{} {}", text(t, "title"), text(t, "description")).to_lowercase();
+            let haystack =
+                format!("{} {}", text(t, "title"), text(t, "description")).to_lowercase();
             let words: Vec<&str> = haystack
                 .split(|c: char| !c.is_alphanumeric())
                 .filter(|w| !w.is_empty())
@@ -795,11 +808,7 @@ pub fn check_answer(kind: &QueryKind, team: &Uuid, answer: &Value) -> Result<(),
             let ordered = if a.0 != b.0 {
                 a.0 < b.0
             } else {
-                let cmp = a
-                    .1
-                    .cmp(&b.1)
-                    .then(a.2.total_cmp(&b.2))
-                    .then(a.3.cmp(&b.3));
+                let cmp = a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)).then(a.3.cmp(&b.3));
                 if desc { cmp.is_gt() } else { cmp.is_lt() }
             };
             if !ordered {
@@ -1016,7 +1025,9 @@ pub async fn run(args: &RunArgs) -> Result<RunReport> {
             // A query kind the server refuses (or fails) is a row of the table, not the end.
             Err(e) => QueryResult {
                 name: kind.name.clone(),
-                path: kind.path(&team_id).replacen(&format!("/api/v1/teams/{team_id}"), "", 1),
+                path: kind
+                    .path(&team_id)
+                    .replacen(&format!("/api/v1/teams/{team_id}"), "", 1),
                 rows: None,
                 requests: 0,
                 failures: 1,

@@ -36,7 +36,10 @@ fn quoted(s: &str) -> String {
 /// dropped, at most 10, each cut to 50 characters.
 pub fn words(q: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for w in q.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for w in q
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         let w: String = w.to_lowercase().chars().take(50).collect();
         if !out.contains(&w) {
             out.push(w);
