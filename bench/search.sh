@@ -22,7 +22,7 @@
 #   PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_ADMIN_DB=test   (where to CREATE DATABASE)
 #   KEEP_DB=1  keep the temp dir (SQLite database, server logs); the PostgreSQL database is dropped
 #   SKIP_BUILD=1, TASKFORGE_BIN, BENCH_BIN, OUT_DIR (default target/bench/search-<time>)
-# The defaults take about 15 minutes on 2 cores, plus the build.
+# The defaults take about 20 minutes on 2 cores, plus the build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1083,8 +1083,8 @@ pub fn print_table(r: &RunReport) {
         r.target_ms
     );
     println!(
-        "{:<58} {:>4} {:>7} {:>7} {:>7} {:>7}  {}",
-        "query", "rows", "p50", "p95", "p99", "max", "p99 target"
+        "{:<58} {:>4} {:>7} {:>7} {:>7} {:>7}  p99 target",
+        "query", "rows", "p50", "p95", "p99", "max"
     );
     for q in &r.queries {
         let verdict = if q.pass {
