@@ -16,9 +16,11 @@
 //! - `abuse`: hostile clients against a server it starts, while a normal user works (see `abuse`).
 //! - `webhooks`: a webhook's deliveries to a receiver inside the generator: deliveries/s, lag at a
 //!   steady write rate, catch-up after the receiver was down (see `webhooks`).
+//! - `search`: filters, sorts and full-text search of the task list on large teams: setup, seed
+//!   SQL, the latency table and the query plans (see `search`).
 //!
 //! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/sse-fanout.sh`, `bench/cluster-fanout.sh`,
-//! `bench/abuse.sh` and `bench/webhooks.sh`.
+//! `bench/abuse.sh`, `bench/webhooks.sh` and `bench/search.sh`.
 
 mod abuse;
 mod arrival;
@@ -30,6 +32,9 @@ mod procfs;
 mod ratios;
 mod redis_tap;
 mod resume;
+mod search;
+mod search_data;
+mod search_sql;
 mod soak;
 mod sse;
 mod stats;
@@ -94,6 +99,9 @@ enum Command {
     /// a disabled stretch (drain), lag from commit to arrival at a steady rate (lag), backlog and
     /// catch-up after the receiver answered 503 for a while (outage)
     Webhooks(webhooks::WebhooksArgs),
+    /// Filters, sorts and full-text search on large teams: `setup` (HTTP), `seed` (SQL on
+    /// stdout), `run` (the latency table against the p99 target), `explain` (the query plans)
+    Search(search::SearchArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -118,6 +126,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Search(args) => run_search(args),
         Command::Summarize(args) => match summary::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -395,6 +404,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run_search(args: &search::SearchArgs) -> ExitCode {
+    let outcome = match &args.step {
+        search::Step::Seed(a) => search::seed(a),
+        search::Step::Explain(a) => search::explain(a),
+        search::Step::Setup(a) => runtime(1)
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(search::setup(a)).map(|_| ())),
+        search::Step::Run(a) => runtime(1)
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(search::run(a)))
+            .map(|report| search::print_table(&report)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskforge-bench search: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
