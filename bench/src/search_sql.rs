@@ -2,24 +2,25 @@
 //! wrapped in the backend's EXPLAIN: the server logs no plans, so `bench/search.sh` runs these
 //! through `sqlite3` / `psql` beside the measurements.
 //!
-//! They mirror the server's query builder (`src/store/task_query.rs`: `page`, `parts`, `search`,
-//! `fts5_match`, `tsquery`) and its callers (the list reads `limit + 1` = 51 rows, search 20):
-//! when those change, change these with them, or the plans printed are not the ones measured.
+//! They are built by the server's own query builder (`taskforge::store::task_query`), as its
+//! callers call it (the list reads `limit + 1` = 51 rows, search 20), with the values written in.
 
 use std::fmt::Write as _;
 
+use taskforge::domain::model::{date, timestamp};
+use taskforge::domain::search::{
+    AssigneeFilter, SortField, SortKey, TaskCursor, TaskFilter, TaskSort,
+};
+use taskforge::domain::{Priority, TaskStatus, TeamId};
+use taskforge::store::task_query::{self, Arg, Dialect, TASK_COLUMNS, TaskPage};
 use uuid::Uuid;
 
 use crate::search::{Backend, Endpoint, Filter, QueryKind, Sort};
-use crate::search_data::{PRIORITIES, TeamShape};
+use crate::search_data::TeamShape;
 
 /// The default page size plus the row that tells whether there is a next page.
-const LIST_LIMIT: u32 = 51;
-const SEARCH_LIMIT: u32 = 20;
-
-/// The columns every task query reads (`task_columns!` in the server's store).
-const TASK_COLUMNS: &str = "id, team_id, board_id, title, description, status, priority, \
-    assignee_user_id, due_date, position, created_by, created_at, updated_at, version, label_ids";
+const LIST_LIMIT: i64 = 51;
+const SEARCH_LIMIT: i64 = 20;
 
 fn lit(backend: Backend, id: &Uuid) -> String {
     match backend {
@@ -32,205 +33,122 @@ fn quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The words of `q` as the server splits them: runs of letters and digits, lower-cased, repeats
-/// dropped, at most 10, each cut to 50 characters.
+/// The words of `q` as the server splits them.
 pub fn words(q: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for w in q
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        let w: String = w.to_lowercase().chars().take(50).collect();
-        if !out.contains(&w) {
-            out.push(w);
-        }
-        if out.len() == 10 {
-            break;
-        }
-    }
-    out
+    taskforge::domain::search::words(q).unwrap_or_default()
 }
 
-/// FTS5 query: the team's token, and every word as a prefix in the title or the description.
-fn fts5_match(team: &Uuid, words: &[String]) -> String {
-    let words: Vec<String> = words
-        .iter()
-        .map(|w| format!("\"{}\" *", w.replace('"', "\"\"")))
-        .collect();
-    format!(
-        "team : \"t{}\" AND {{title description}} : ({})",
-        team.simple(),
-        words.join(" AND ")
-    )
-}
-
-/// tsquery: every word as a prefix.
-fn tsquery(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| format!("'{}':*", w.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(" & ")
-}
-
-fn column(sort: Sort) -> &'static str {
-    match sort {
-        Sort::CreatedAt => "id",
-        Sort::UpdatedAt => "updated_at",
-        Sort::DueDate => "due_date",
-        Sort::Priority => "priority_rank",
-        Sort::Position => "position",
+fn dialect(backend: Backend) -> Dialect {
+    match backend {
+        Backend::Sqlite => Dialect::Sqlite,
+        Backend::Postgres => Dialect::Postgres,
     }
 }
 
-/// The filter's conditions, after `WHERE team_id = …`.
-fn filter(backend: Backend, team: &TeamShape, f: &Filter) -> String {
-    let mut w = String::new();
-    if let Some(b) = &f.board {
-        let _ = write!(w, " AND board_id = {}", lit(backend, b));
+/// The statement with its arguments written in as literals, for the database's shell.
+fn inline(backend: Backend, built: task_query::Built) -> String {
+    let mut sql = built.sql;
+    // From the last placeholder down, so that `$1` never replaces the start of `$12`.
+    for (i, arg) in built.args.iter().enumerate().rev() {
+        let value = match arg {
+            Arg::Id(u) => lit(backend, u),
+            Arg::Text(t) => quoted(t),
+            Arg::SmallInt(n) => n.to_string(),
+            Arg::Int(n) => n.to_string(),
+            Arg::Real(x) => format!("{x:?}"),
+            Arg::Date(d) => quoted(&date::format(d)),
+            Arg::Time(t) => match backend {
+                Backend::Sqlite => quoted(&timestamp::format(t)),
+                Backend::Postgres => format!("{}::timestamptz", quoted(&timestamp::format(t))),
+            },
+        };
+        sql = sql.replace(&format!("${}", i + 1), &value);
     }
-    if !f.statuses.is_empty() {
-        let list: Vec<String> = f.statuses.iter().map(|s| quoted(s)).collect();
-        let _ = write!(w, " AND status IN ({})", list.join(", "));
-    }
-    if !f.priorities.is_empty() {
-        let list: Vec<String> = f
+    sql
+}
+
+/// The benchmark's filter as the server's.
+fn task_filter(f: &Filter) -> TaskFilter {
+    TaskFilter {
+        board_id: f.board.map(Into::into),
+        statuses: f
+            .statuses
+            .iter()
+            .filter_map(|s| TaskStatus::parse(s))
+            .collect(),
+        priorities: f
             .priorities
             .iter()
-            .filter_map(|p| PRIORITIES.iter().position(|x| x == p))
-            .map(|r| r.to_string())
-            .collect();
-        let _ = write!(w, " AND priority_rank IN ({})", list.join(", "));
+            .filter_map(|p| Priority::parse(p))
+            .collect(),
+        assignee: f.assignee.map(|a| match a {
+            Some(u) => AssigneeFilter::User(u.into()),
+            None => AssigneeFilter::Nobody,
+        }),
+        label_ids: f.labels.iter().map(|l| (*l).into()).collect(),
+        due_after: f.due_after.as_deref().and_then(date::parse),
+        due_before: f.due_before.as_deref().and_then(date::parse),
+        words: f.q.as_deref().map(words).unwrap_or_default(),
     }
-    match &f.assignee {
-        Some(Some(a)) => {
-            let _ = write!(w, " AND assignee_user_id = {}", lit(backend, a));
-        }
-        Some(None) => w.push_str(" AND assignee_user_id IS NULL"),
-        None => {}
-    }
-    for l in &f.labels {
-        let _ = write!(
-            w,
-            " AND id IN (SELECT task_id FROM task_labels WHERE label_id = {})",
-            lit(backend, l)
-        );
-    }
-    if let Some(d) = &f.due_after {
-        let _ = write!(w, " AND due_date >= {}", quoted(d));
-    }
-    if let Some(d) = &f.due_before {
-        let _ = write!(w, " AND due_date <= {}", quoted(d));
-    }
-    if let Some(q) = &f.q {
-        let words = words(q);
-        match backend {
-            Backend::Sqlite => {
-                let _ = write!(
-                    w,
-                    " AND rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH {})",
-                    quoted(&fts5_match(&team.id, &words))
-                );
-            }
-            Backend::Postgres => {
-                let _ = write!(
-                    w,
-                    " AND search @@ to_tsquery('simple', {})",
-                    quoted(&tsquery(&words))
-                );
-            }
-        }
-    }
-    w
 }
 
-/// Which tasks of a due-date sort a statement reads: the server reads the dated ones by the
-/// index, then (while the page is not full) the undated ones by id.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
-    All,
-    Dated,
-    Undated,
-}
-
-/// The statements of one query kind, in the order the server runs them (two for a due-date
-/// sort). A page-2 kind carries a cursor past the first tasks of its sort (a due date two years
-/// back, the nil id), of the shape the server binds.
-pub fn statements(backend: Backend, team: &TeamShape, kind: &QueryKind) -> Vec<String> {
-    let f = &kind.filter;
-    if kind.endpoint == Endpoint::Search {
-        let words = words(f.q.as_deref().unwrap_or(""));
-        let columns: Vec<String> = TASK_COLUMNS
-            .split(',')
-            .map(|c| format!("tasks.{}", c.trim()))
-            .collect();
-        let columns = columns.join(", ");
-        return vec![match backend {
-            Backend::Sqlite => format!(
-                "SELECT {columns}, -bm25(tasks_fts, 0.0, 4.0, 1.0) AS score \
-                 FROM tasks_fts JOIN tasks ON tasks.rowid = tasks_fts.rowid \
-                 WHERE tasks_fts MATCH {} \
-                 ORDER BY bm25(tasks_fts, 0.0, 4.0, 1.0), tasks.id LIMIT {SEARCH_LIMIT}",
-                quoted(&fts5_match(&team.id, &words))
-            ),
-            Backend::Postgres => format!(
-                "SELECT {columns}, ts_rank(search, query)::float8 AS score \
-                 FROM tasks, to_tsquery('simple', {}) AS query \
-                 WHERE team_id = {} AND search @@ query \
-                 ORDER BY score DESC, id LIMIT {SEARCH_LIMIT}",
-                quoted(&tsquery(&words)),
-                lit(backend, &team.id)
-            ),
-        }];
-    }
-    let (sort, desc) = f.sort.unwrap_or((Sort::CreatedAt, false));
-    let parts: &[Part] = if sort == Sort::DueDate {
-        &[Part::Dated, Part::Undated]
-    } else {
-        &[Part::All]
+fn task_sort(sort: Option<(Sort, bool)>) -> TaskSort {
+    let (sort, descending) = sort.unwrap_or((Sort::CreatedAt, false));
+    let field = match sort {
+        Sort::CreatedAt => SortField::CreatedAt,
+        Sort::UpdatedAt => SortField::UpdatedAt,
+        Sort::DueDate => SortField::DueDate,
+        Sort::Priority => SortField::Priority,
+        Sort::Position => SortField::Position,
     };
-    let (cmp, dir) = if desc { ("<", "DESC") } else { (">", "ASC") };
-    let col = column(sort);
-    let cursor_key = kind.page2.then(|| match sort {
-        Sort::CreatedAt => None,
-        Sort::UpdatedAt => Some(quoted("2025-01-01T00:00:00.000Z")),
-        Sort::DueDate => Some(quoted("2025-01-01")),
-        Sort::Priority => Some("2".to_string()),
-        Sort::Position => Some("100.0".to_string()),
-    });
-    parts
+    TaskSort { field, descending }
+}
+
+/// The statements of one query kind, built by the server's own query builder, in the order the
+/// server runs them (two for a due-date sort). A page-2 kind carries a cursor past the first
+/// tasks of its sort (2025-01-01, priority 2, position 100, the nil id).
+pub fn statements(backend: Backend, team: &TeamShape, kind: &QueryKind) -> Vec<String> {
+    let team_id = TeamId::from(team.id);
+    let filter = task_filter(&kind.filter);
+    if kind.endpoint == Endpoint::Search {
+        let columns = task_query::qualified("tasks", TASK_COLUMNS);
+        let built = task_query::search(
+            dialect(backend),
+            &columns,
+            team_id,
+            &filter.words,
+            SEARCH_LIMIT,
+        );
+        return vec![inline(backend, built)];
+    }
+    let sort = task_sort(kind.filter.sort);
+    let day =
+        time::Date::from_calendar_date(2025, time::Month::January, 1).unwrap_or(time::Date::MIN);
+    let key = match sort.field {
+        SortField::CreatedAt => SortKey::Id,
+        SortField::UpdatedAt => SortKey::UpdatedAt(day.midnight().assume_utc()),
+        SortField::DueDate => SortKey::DueDate(Some(day)),
+        SortField::Priority => SortKey::Priority(2),
+        SortField::Position => SortKey::Position(100.0),
+    };
+    let cursor = TaskCursor {
+        key,
+        id: Uuid::nil().into(),
+    };
+    let after = kind.page2.then_some(&cursor);
+    let req = TaskPage {
+        team: team_id,
+        filter: &filter,
+        sort,
+        after,
+    };
+    task_query::parts(sort, after)
         .iter()
         .map(|part| {
-            let mut sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE team_id = {}{}",
-                lit(backend, &team.id),
-                filter(backend, team, f)
-            );
-            match part {
-                Part::Dated => sql.push_str(" AND due_date IS NOT NULL"),
-                Part::Undated => sql.push_str(" AND due_date IS NULL"),
-                Part::All => {}
-            }
-            match (&cursor_key, part) {
-                (Some(_), Part::Undated) | (None, _) => {}
-                (Some(None), _) => {
-                    let _ = write!(sql, " AND id {cmp} {}", lit(backend, &Uuid::nil()));
-                }
-                (Some(Some(k)), _) => {
-                    let _ = write!(
-                        sql,
-                        " AND ({col}, id) {cmp} ({k}, {})",
-                        lit(backend, &Uuid::nil())
-                    );
-                }
-            }
-            if *part == Part::Undated || sort == Sort::CreatedAt {
-                let _ = write!(sql, " ORDER BY id {dir}");
-            } else {
-                let _ = write!(sql, " ORDER BY {col} {dir}, id {dir}");
-            }
-            let _ = write!(sql, " LIMIT {LIST_LIMIT}");
-            sql
+            inline(
+                backend,
+                task_query::page(dialect(backend), TASK_COLUMNS, req, *part, LIST_LIMIT),
+            )
         })
         .collect()
 }
@@ -286,21 +204,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_split_like_the_server() {
-        assert_eq!(words("Dep fai-led, x2"), vec!["dep", "fai", "led", "x2"]);
-        assert_eq!(words("a A b"), vec!["a", "b"]);
-        let many: String = (0..20).map(|i| format!("w{i} ")).collect();
-        assert_eq!(words(&many).len(), 10);
-    }
-
-    #[test]
-    fn fts5_and_tsquery_take_every_word_as_a_prefix() {
-        // The server's own test of the same strings (src/store/task_query.rs).
-        let team = Uuid::from_u128(0xab);
+    fn arguments_are_written_in_from_the_last() {
+        let built = task_query::Built {
+            sql: "a = $1 AND b = $10 AND c = $2".into(),
+            args: (1..=10).map(|i| Arg::Int(i * 100)).collect(),
+        };
         assert_eq!(
-            fts5_match(&team, &["dep".into(), "x\"y".into()]),
-            "team : \"t000000000000000000000000000000ab\" AND {title description} : (\"dep\" * AND \"x\"\"y\" *)"
+            inline(Backend::Sqlite, built),
+            "a = 100 AND b = 1000 AND c = 200"
         );
-        assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
     }
 }

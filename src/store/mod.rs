@@ -15,7 +15,7 @@ mod scratch_tests;
 mod search_key_tests;
 mod sql;
 mod sqlite;
-mod task_query;
+pub mod task_query;
 pub mod webhooks;
 
 use async_trait::async_trait;

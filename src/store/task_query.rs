@@ -14,6 +14,9 @@ use crate::domain::search::{
 };
 use crate::domain::{TaskStatus, TeamId};
 
+/// The columns every task query reads (a `TaskRow`).
+pub const TASK_COLUMNS: &str = super::sql::task_columns!();
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -271,12 +274,14 @@ pub fn search(
     let mut b = Built::default();
     match dialect {
         Dialect::Sqlite => {
-            // bm25 is lower for better matches; a title word weighs four description words.
+            // bm25 is lower for better matches; a title word weighs four description words. The
+            // matches drive the join (CROSS JOIN fixes the order in SQLite): with statistics, the
+            // planner otherwise walked every task and probed the index for each.
             let m = b.arg(Arg::Text(fts5_match(team, words)));
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
                 "SELECT {columns}, -bm25(task_words, 4.0, 1.0) AS score \
-                 FROM task_words JOIN tasks ON tasks.search_key = task_words.rowid \
+                 FROM task_words CROSS JOIN tasks ON tasks.search_key = task_words.rowid \
                  WHERE task_words MATCH {m} \
                  ORDER BY bm25(task_words, 4.0, 1.0), tasks.id LIMIT {l}"
             );
