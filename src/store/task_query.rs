@@ -123,11 +123,12 @@ pub fn fts5_match(team: TeamId, words: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The `tsquery` of `words` within one team: every word as a prefix.
-pub fn tsquery(team: TeamId, words: &[String]) -> String {
+/// The `tsquery` of `words`: every word as a prefix (PostgreSQL indexes words without their
+/// team: see migration 0010).
+pub fn tsquery(words: &[String]) -> String {
     words
         .iter()
-        .map(|w| format!("'{}':*", team_word(team, w).replace('\'', "''")))
+        .map(|w| format!("'{}':*", w.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(" & ")
 }
@@ -181,7 +182,7 @@ fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
                 ));
             }
             Dialect::Postgres => {
-                let p = b.arg(Arg::Text(tsquery(team, &f.words)));
+                let p = b.arg(Arg::Text(tsquery(&f.words)));
                 b.sql
                     .push_str(&format!(" AND search @@ to_tsquery('simple', {p})"));
             }
@@ -288,7 +289,7 @@ pub fn search(
         }
         Dialect::Postgres => {
             let t = b.arg(Arg::Id(team.into()));
-            let q = b.arg(Arg::Text(tsquery(team, words)));
+            let q = b.arg(Arg::Text(tsquery(words)));
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
                 "SELECT {columns}, ts_rank(search, query)::float8 AS score \
@@ -318,10 +319,7 @@ mod tests {
             "t000000000000000000000000000000abxdeploy t000000000000000000000000000000abx3 \
              t000000000000000000000000000000abx14"
         );
-        assert_eq!(
-            tsquery(team, &["dep".into(), "o'k".into()]),
-            "'t000000000000000000000000000000abxdep':* & 't000000000000000000000000000000abxo''k':*"
-        );
+        assert_eq!(tsquery(&["dep".into(), "o'k".into()]), "'dep':* & 'o''k':*");
     }
 
     #[test]
