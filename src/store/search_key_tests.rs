@@ -99,6 +99,16 @@ async fn search_survives_renumbered_rowids() {
     tx.delete_task(b.id).await.expect("deletes");
     tx.commit().await.expect("commits");
     assert_eq!(found(&store, team, "gamma").await, ["gamma three"]);
+    // Words the server keeps whole stay whole in the index: a query word never shrinks to the
+    // team's bare prefix (which would match every task of the team).
+    let circled = task(team, board, "ⓐⓑⓒ कि");
+    let mut tx = store.write().await.expect("begins");
+    tx.insert_task(&circled).await.expect("circled");
+    tx.commit().await.expect("commits");
+    assert_eq!(found(&store, team, "ⓧ").await, Vec::<String>::new());
+    assert_eq!(found(&store, team, "ⓐⓑ").await, ["ⓐⓑⓒ कि"]);
+    assert_eq!(found(&store, team, "कि").await, ["ⓐⓑⓒ कि"]);
+    assert_eq!(found(&store, team, "कु").await, Vec::<String>::new());
     assert_eq!(found(&store, team, "alpha").await, ["alpha renamed"]);
     assert_eq!(found(&store, team, "one").await, Vec::<String>::new());
     assert_eq!(found(&store, team, "beta").await, Vec::<String>::new());

@@ -1160,14 +1160,6 @@ macro_rules! impl_tx {
             }
 
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
-                if $dialect == $crate::store::task_query::Dialect::Sqlite {
-                    sqlx::query(
-                        "DELETE FROM task_words WHERE rowid = (SELECT search_key FROM tasks WHERE id = $1)",
-                    )
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await?;
-                }
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
                 let row: Option<TaskRow> = sqlx::query_as(concat!(

@@ -121,12 +121,14 @@ async fn index_pending_words(writer: &SqlitePool) -> Result<()> {
                 .bind(rowid)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
-                .bind(key)
-                .bind(super::task_query::indexed_text(team, &title))
-                .bind(super::task_query::indexed_text(team, &description))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT OR REPLACE INTO task_words (rowid, title, description) VALUES ($1, $2, $3)",
+            )
+            .bind(key)
+            .bind(super::task_query::indexed_text(team, &title))
+            .bind(super::task_query::indexed_text(team, &description))
+            .execute(&mut *tx)
+            .await?;
             indexed += 1;
         }
         tx.commit().await?;

@@ -279,11 +279,14 @@ pub fn search(
             // matches drive the join (CROSS JOIN fixes the order in SQLite): with statistics, the
             // planner otherwise walked every task and probed the index for each.
             let m = b.arg(Arg::Text(fts5_match(team, words)));
+            let t = b.arg(Arg::Id(team.into()));
             let l = b.arg(Arg::Int(limit));
+            // The team is checked on the row too: the words are the team's, and a key's words
+            // must never answer for another team's task.
             b.sql = format!(
                 "SELECT {columns}, -bm25(task_words, 4.0, 1.0) AS score \
                  FROM task_words CROSS JOIN tasks ON tasks.search_key = task_words.rowid \
-                 WHERE task_words MATCH {m} \
+                 WHERE task_words MATCH {m} AND tasks.team_id = {t} \
                  ORDER BY bm25(task_words, 4.0, 1.0), tasks.id LIMIT {l}"
             );
         }
