@@ -42,22 +42,18 @@ async fn found(store: &SqliteStore, team: TeamId, word: &str) -> Vec<String> {
     titles
 }
 
-#[tokio::test]
-async fn search_survives_renumbered_rowids() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
-    let store = SqliteStore::open(&url).await.expect("opens and migrates");
+/// A fresh database at `url` holding one team, its board and tasks of these titles.
+async fn store_with(url: &str, titles: &[&str]) -> (SqliteStore, TeamId, BoardId, Vec<Task>) {
+    let store = SqliteStore::open(url).await.expect("opens and migrates");
     let team = TeamId::from(Uuid::now_v7());
     let board = BoardId::from(Uuid::now_v7());
-    let (a, b) = (
-        task(team, board, "alpha one"),
-        task(team, board, "beta two"),
-    );
+    let tasks: Vec<Task> = titles.iter().map(|t| task(team, board, t)).collect();
+    let at = crate::domain::model::timestamp::truncate(time::OffsetDateTime::now_utc());
     let mut tx = store.write().await.expect("begins");
     tx.insert_team(&Team {
         id: team,
         name: "t".into(),
-        created_at: a.created_at,
+        created_at: at,
         default_board_id: board,
     })
     .await
@@ -66,13 +62,23 @@ async fn search_survives_renumbered_rowids() {
         id: board,
         team_id: team,
         name: "b".into(),
-        created_at: a.created_at,
+        created_at: at,
     })
     .await
     .expect("board");
-    tx.insert_task(&a).await.expect("a");
-    tx.insert_task(&b).await.expect("b");
+    for t in &tasks {
+        tx.insert_task(t).await.expect("a task");
+    }
     tx.commit().await.expect("commits");
+    (store, team, board, tasks)
+}
+
+#[tokio::test]
+async fn search_survives_renumbered_rowids() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+    let (store, team, board, tasks) = store_with(&url, &["alpha one", "beta two"]).await;
+    let (a, b) = (tasks[0].clone(), tasks[1].clone());
 
     // Renumber the rows the other way round, as a rebuild of the table may.
     let mut raw = sqlx::SqliteConnection::connect(&url)
@@ -121,29 +127,7 @@ async fn tasks_without_a_search_key_are_indexed_when_the_database_opens() {
         "sqlite://{}?mode=rwc",
         dir.path().join("pending.db").display()
     );
-    let store = SqliteStore::open(&url).await.expect("opens and migrates");
-    let team = TeamId::from(Uuid::now_v7());
-    let board = BoardId::from(Uuid::now_v7());
-    let a = task(team, board, "delta four");
-    let mut tx = store.write().await.expect("begins");
-    tx.insert_team(&Team {
-        id: team,
-        name: "t".into(),
-        created_at: a.created_at,
-        default_board_id: board,
-    })
-    .await
-    .expect("team");
-    tx.insert_board(&Board {
-        id: board,
-        team_id: team,
-        name: "b".into(),
-        created_at: a.created_at,
-    })
-    .await
-    .expect("board");
-    tx.insert_task(&a).await.expect("a");
-    tx.commit().await.expect("commits");
+    let (store, team, _, _) = store_with(&url, &["delta four"]).await;
     drop(store);
 
     // As if written by other means (an import by SQL): no key, no words.
