@@ -25,14 +25,16 @@ stop_server() {
 
 # start_listener NAME CMD...: starts a server command that prints `... listening on http://...`
 # on stdout once it serves (TaskForge, the Socket.IO peer, the floor); sets SERVER_PID,
-# SERVER_URL and SERVER_ERR (its stderr file). Fails unless it is ready on loopback within 30 s.
+# SERVER_URL and SERVER_ERR (its stderr file). Fails unless it is ready on loopback within
+# READY_SECS seconds (default 30; a database written behind the server's back may need longer).
 start_listener() {
   local out="$WORK/$1.stdout"
   SERVER_ERR="$WORK/$1.stderr"
   "${@:2}" >"$out" 2>"$SERVER_ERR" &
   SERVER_PID=$!
   SERVER_URL=""
-  for _ in $(seq 1 300); do # 30 s
+  local ready_secs=${READY_SECS:-30}
+  for _ in $(seq 1 $((ready_secs * 10))); do
     SERVER_URL=$(sed -n 's#^.*listening on \(http://[^ ]*\).*#\1#p' "$out" | head -n 1)
     [[ -n "$SERVER_URL" ]] && break
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -44,7 +46,7 @@ start_listener() {
     sleep 0.1
   done
   if [[ -z "$SERVER_URL" ]]; then
-    log "$1 printed no ready line within 30 s; its stderr:"
+    log "$1 printed no ready line within $ready_secs s; its stderr:"
     tail -n 30 "$SERVER_ERR" >&2
     stop_server
     return 1

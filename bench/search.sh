@@ -20,7 +20,9 @@
 #   BACKENDS="sqlite postgres"  ONLY=name,name (query kinds whose name contains one of them)
 #   EXPLAIN=1 (0: no plans)  SEED=20261205
 #   PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_ADMIN_DB=test   (where to CREATE DATABASE)
-#   KEEP_DB=1  keep the temp dir (SQLite database, server logs); the PostgreSQL database is dropped
+#   KEEP_DB=1  keep the temp dir (server logs)
+#   KEEP_DATA=1  keep the seeded databases for a later look: the SQLite file and the fixture move to
+#     OUT_DIR, the PostgreSQL database is not dropped (its name is in OUT_DIR/postgres-db.txt)
 #   SKIP_BUILD=1, TASKFORGE_BIN, BENCH_BIN, OUT_DIR (default target/bench/search-<time>)
 # The defaults take about 20 minutes on 2 cores, plus the build.
 set -euo pipefail
@@ -151,7 +153,9 @@ run_backend() {
     postgres) log "$backend: database size $(psql_admin "SELECT pg_size_pretty(pg_database_size('$PG_DB'))")" ;;
   esac
 
-  start_server "$DB_URL" "$backend" || return 1
+  # SQLite: the server indexes the words of tasks written behind its back when it opens the file
+  # (minutes for a million tasks) before it listens.
+  READY_SECS=${SEEDED_READY_SECS:-1200} start_server "$DB_URL" "$backend" || return 1
   log "$backend: server pid $SERVER_PID at $SERVER_URL"
   if busy_compilers; then
     log "warning: compilers are running on this machine; the figures will be noisy"
@@ -174,11 +178,26 @@ run_backend() {
     "$BENCH_BIN" search explain --fixture "$WORK/fixture.json" --backend "$backend" --count \
       --only "$ONLY" >"$WORK/explain.sql"
     case "$backend" in
-      sqlite) capped "$EXPLAIN_CAP" sqlite3 -readonly "$WORK/run.db" ".read $WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true ;;
+      sqlite)
+        # The FTS5 index is `contentless_delete` (SQLite 3.43): an older shell cannot read it.
+        if [[ "$(printf '%s\n' 3.43.0 "$(sqlite3 --version | cut -d' ' -f1)" | sort -V | head -n 1)" != 3.43.0 ]]; then
+          echo "sqlite3 $(sqlite3 --version | cut -d' ' -f1) is older than 3.43 and cannot read the search index: no SQLite plans" >"$OUT_DIR/$backend-plans.txt"
+        else
+          capped "$EXPLAIN_CAP" sqlite3 -readonly "$WORK/run.db" ".read $WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true
+        fi
+        ;;
       postgres) capped "$EXPLAIN_CAP" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -XqAt -f "$WORK/explain.sql" >"$OUT_DIR/$backend-plans.txt" 2>&1 || true ;;
     esac
   fi
-  drop_db
+  if [[ "${KEEP_DATA:-0}" == 1 ]]; then
+    cp "$WORK/fixture.json" "$OUT_DIR/fixture.json"
+    case "$backend" in
+      sqlite) mv "$WORK"/run.db* "$OUT_DIR/" && log "kept $OUT_DIR/run.db" ;;
+      postgres) echo "$PG_DB" >"$OUT_DIR/postgres-db.txt" && log "kept PostgreSQL database $PG_DB"; PG_DB="" ;;
+    esac
+  else
+    drop_db
+  fi
 }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then

@@ -142,13 +142,25 @@ pub fn statements(backend: Backend, team: &TeamShape, kind: &QueryKind) -> Vec<S
         sort,
         after,
     };
+    // Every way the server may read each part (a bounded walk, then the matches if it fell short).
     task_query::parts(sort, after)
         .iter()
-        .map(|part| {
-            inline(
-                backend,
-                task_query::page(dialect(backend), TASK_COLUMNS, req, *part, LIST_LIMIT),
-            )
+        .flat_map(|part| {
+            task_query::accesses(dialect(backend), &filter, sort)
+                .iter()
+                .map(move |access| {
+                    inline(
+                        backend,
+                        task_query::page(
+                            dialect(backend),
+                            TASK_COLUMNS,
+                            req,
+                            *part,
+                            *access,
+                            LIST_LIMIT,
+                        ),
+                    )
+                })
         })
         .collect()
 }

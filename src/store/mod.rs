@@ -16,6 +16,8 @@ mod search_key_tests;
 mod sql;
 mod sqlite;
 pub mod task_query;
+#[cfg(test)]
+mod walk_tests;
 pub mod webhooks;
 
 use async_trait::async_trait;

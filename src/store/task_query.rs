@@ -66,6 +66,55 @@ pub enum Part {
     Undated,
 }
 
+/// How a part of a page is read. The planners choose well for one filter in the default sort
+/// (each has an index that yields the team's matches in id order), but a mix of filters, or a
+/// filter in another sort, leaves them to guess where the matches lie: walking the sort's index
+/// hoping to meet a page of matches early (PostgreSQL read 800,000 rows for tasks due in one
+/// month, all at the end of the id order), or finding every match of the most selective-looking
+/// filter and sorting them (SQLite and PostgreSQL read a label's 19,582 tasks to keep 50). The
+/// store bounds both: `Walk` first, `Matches` when the walk did not fill the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// As the database's planner chooses: one filter (or none) in the default sort.
+    Planner,
+    /// The first `n` tasks of the team in the sort's order after the cursor, then the filter:
+    /// bounded by `n` however the matches lie. A full page is the right page (every task before
+    /// the last one kept was looked at); a short one says nothing.
+    Walk(i64),
+    /// Every task passing the filter, then sorted (PostgreSQL: a materialized CTE, so that the
+    /// planner cannot turn it into a walk): bounded by the number of matches.
+    Matches,
+}
+
+/// The tasks a `Walk` looks at: a page of 50 is filled by a walk when about 1 % or more of the
+/// tasks in the sort's order match. Measured on 100,000 tasks a team (`bench/search.sh`).
+pub const WALK_ROWS: i64 = 5000;
+
+/// The ways to try, in order, for a page with `filter` in `sort`.
+pub fn accesses(dialect: Dialect, filter: &TaskFilter, sort: TaskSort) -> &'static [Access] {
+    let kinds = [
+        filter.board_id.is_some(),
+        !filter.statuses.is_empty(),
+        !filter.priorities.is_empty(),
+        filter.assignee.is_some(),
+        !filter.label_ids.is_empty(),
+        filter.due_after.is_some() || filter.due_before.is_some(),
+        !filter.words.is_empty(),
+    ]
+    .into_iter()
+    .filter(|k| *k)
+    .count();
+    // A due-date range's index yields its tasks in due order, not in id order. SQLite's planner
+    // reads the range and sorts it (2 ms for a month of 100,000 tasks); PostgreSQL's walked the
+    // team's ids hoping to meet the month's tasks early, and they were the newest (317 ms).
+    let due = filter.due_after.is_some() || filter.due_before.is_some();
+    match (kinds, sort.field) {
+        (0, _) => &[Access::Planner],
+        (1, SortField::CreatedAt) if !(due && dialect == Dialect::Postgres) => &[Access::Planner],
+        _ => &[Access::Walk(WALK_ROWS), Access::Matches],
+    }
+}
+
 /// The parts a page after `after` reads, in order.
 pub fn parts(sort: TaskSort, after: Option<&TaskCursor>) -> &'static [Part] {
     match (sort.field, after.map(|c| c.key)) {
@@ -133,8 +182,10 @@ pub fn tsquery(words: &[String]) -> String {
         .join(" & ")
 }
 
-/// Appends the filter's conditions (after `WHERE team_id = …`).
-fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
+/// Appends the filter's conditions (after `WHERE team_id = …`). After a walk (`walked`), a label
+/// is probed task by task: the walk's few thousand probes cost less than listing a frequent
+/// label's tasks (19,582 of 100,000: 9 ms against 6 in the label combination of the benchmark).
+fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter, walked: bool) {
     if let Some(board) = f.board_id {
         let p = b.arg(Arg::Id(board.into()));
         b.sql.push_str(&format!(" AND board_id = {p}"));
@@ -161,9 +212,15 @@ fn filter(b: &mut Built, dialect: Dialect, team: TeamId, f: &TaskFilter) {
     }
     for label in &f.label_ids {
         let p = b.arg(Arg::Id((*label).into()));
-        b.sql.push_str(&format!(
-            " AND id IN (SELECT task_id FROM task_labels WHERE label_id = {p})"
-        ));
+        if walked {
+            b.sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM task_labels WHERE label_id = {p} AND task_id = walk.id)"
+            ));
+        } else {
+            b.sql.push_str(&format!(
+                " AND id IN (SELECT task_id FROM task_labels WHERE label_id = {p})"
+            ));
+        }
     }
     if let Some(d) = f.due_after {
         let p = b.arg(Arg::Date(d));
@@ -200,8 +257,15 @@ pub struct TaskPage<'a> {
 }
 
 /// One part of a page: at most `limit` tasks of the team passing the filter, in the sort's
-/// order, after the cursor.
-pub fn page(dialect: Dialect, columns: &str, req: TaskPage<'_>, part: Part, limit: i64) -> Built {
+/// order, after the cursor, read the `access` way.
+pub fn page(
+    dialect: Dialect,
+    columns: &str,
+    req: TaskPage<'_>,
+    part: Part,
+    access: Access,
+    limit: i64,
+) -> Built {
     let TaskPage {
         team,
         filter: f,
@@ -210,14 +274,22 @@ pub fn page(dialect: Dialect, columns: &str, req: TaskPage<'_>, part: Part, limi
     } = req;
     let mut b = Built::default();
     let p = b.arg(Arg::Id(team.into()));
-    b.sql = format!("SELECT {columns} FROM tasks WHERE team_id = {p}");
-    filter(&mut b, dialect, team, f);
     let (cmp, dir) = if sort.descending {
         ("<", "DESC")
     } else {
         (">", "ASC")
     };
     let col = column(sort.field);
+    let by_id = part == Part::Undated || sort.field == SortField::CreatedAt;
+    let read = match access {
+        // A walk reads whole rows: the filter after it reads columns the page does not return.
+        Access::Walk(_) => "*".to_owned(),
+        // The matches carry the sort's column under a name of their own (the page's columns may
+        // lack it, as `priority_rank`, or hold it already).
+        Access::Matches if !by_id => format!("{columns}, {col} AS page_key"),
+        _ => columns.to_owned(),
+    };
+    b.sql = format!("SELECT {read} FROM tasks WHERE team_id = {p}");
     match part {
         Part::Dated => b.sql.push_str(" AND due_date IS NOT NULL"),
         Part::Undated => b.sql.push_str(" AND due_date IS NULL"),
@@ -243,12 +315,38 @@ pub fn page(dialect: Dialect, columns: &str, req: TaskPage<'_>, part: Part, limi
                 .push_str(&format!(" AND ({col}, id) {cmp} ({k}, {i})"));
         }
     }
-    let order = if part == Part::Undated || sort.field == SortField::CreatedAt {
+    let order = if by_id {
         format!(" ORDER BY id {dir}")
     } else {
         format!(" ORDER BY {col} {dir}, id {dir}")
     };
-    b.sql.push_str(&order);
+    match access {
+        Access::Planner => {
+            filter(&mut b, dialect, team, f, false);
+            b.sql.push_str(&order);
+        }
+        Access::Walk(n) => {
+            // The walk's bound is the server's constant, written into the text so that the
+            // planner sees it (a bound parameter is a guess in a generic plan).
+            let walk = std::mem::take(&mut b.sql);
+            b.sql = format!("SELECT {columns} FROM ({walk}{order} LIMIT {n}) AS walk WHERE TRUE");
+            filter(&mut b, dialect, team, f, true);
+            b.sql.push_str(&order);
+        }
+        Access::Matches => {
+            filter(&mut b, dialect, team, f, false);
+            let matches = std::mem::take(&mut b.sql);
+            let order = if by_id {
+                format!("id {dir}")
+            } else {
+                format!("page_key {dir}, id {dir}")
+            };
+            b.sql = format!(
+                "WITH matches AS MATERIALIZED ({matches}) \
+                 SELECT {columns} FROM matches ORDER BY {order}"
+            );
+        }
+    }
     let l = b.arg(Arg::Int(limit));
     b.sql.push_str(&format!(" LIMIT {l}"));
     b
@@ -264,7 +362,14 @@ pub fn qualified(table: &str, columns: &str) -> String {
         .join(", ")
 }
 
-/// The best `limit` matches of `words` in `team`, with a score (higher is better).
+/// How many matches a ranked search scores: the team's newest. Scoring costs each match a read of
+/// its words (PostgreSQL: about 10 µs a `tsvector`), so a frequent word (a third of 100,000 tasks)
+/// would cost hundreds of milliseconds if every match were scored; the newest matches are found in
+/// the key's or the id's order and the scan stops after them.
+pub const SEARCH_CANDIDATES: i64 = 500;
+
+/// The best `limit` of the newest `SEARCH_CANDIDATES` matches of `words` in `team`, with a score
+/// (higher is better).
 pub fn search(
     dialect: Dialect,
     columns: &str,
@@ -277,28 +382,38 @@ pub fn search(
         Dialect::Sqlite => {
             // bm25 is lower for better matches; a title word weighs four description words. The
             // matches drive the join (CROSS JOIN fixes the order in SQLite): with statistics, the
-            // planner otherwise walked every task and probed the index for each.
+            // planner otherwise walked every task and probed the index for each. FTS5 reads the
+            // postings in descending key order (a task's key grows with its creation) and stops
+            // after the candidates, scoring only those.
             let m = b.arg(Arg::Text(fts5_match(team, words)));
+            let c = b.arg(Arg::Int(SEARCH_CANDIDATES));
             let t = b.arg(Arg::Id(team.into()));
             let l = b.arg(Arg::Int(limit));
             // The team is checked on the row too: the words are the team's, and a key's words
             // must never answer for another team's task.
             b.sql = format!(
-                "SELECT {columns}, -bm25(task_words, 4.0, 1.0) AS score \
-                 FROM task_words CROSS JOIN tasks ON tasks.search_key = task_words.rowid \
-                 WHERE task_words MATCH {m} AND tasks.team_id = {t} \
-                 ORDER BY bm25(task_words, 4.0, 1.0), tasks.id LIMIT {l}"
+                "SELECT {columns}, -m.rank AS score \
+                 FROM (SELECT rowid AS search_key, bm25(task_words, 4.0, 1.0) AS rank \
+                       FROM task_words WHERE task_words MATCH {m} \
+                       ORDER BY rowid DESC LIMIT {c}) AS m \
+                 CROSS JOIN tasks INDEXED BY tasks_search_key ON tasks.search_key = m.search_key \
+                 WHERE tasks.team_id = {t} \
+                 ORDER BY m.rank, tasks.id LIMIT {l}"
             );
         }
         Dialect::Postgres => {
+            // The newest matches first (the team's id order, or the word index for rare words:
+            // the planner's choice), then `ts_rank` on those only.
             let t = b.arg(Arg::Id(team.into()));
             let q = b.arg(Arg::Text(tsquery(words)));
+            let c = b.arg(Arg::Int(SEARCH_CANDIDATES));
             let l = b.arg(Arg::Int(limit));
             b.sql = format!(
-                "SELECT {columns}, ts_rank(search, query)::float8 AS score \
-                 FROM tasks, to_tsquery('simple', {q}) AS query \
-                 WHERE team_id = {t} AND search @@ query \
-                 ORDER BY score DESC, id LIMIT {l}"
+                "SELECT {columns}, ts_rank(tasks.search, to_tsquery('simple', {q}))::float8 AS score \
+                 FROM (SELECT * FROM tasks WHERE team_id = {t} \
+                       AND search @@ to_tsquery('simple', {q}) \
+                       ORDER BY id DESC LIMIT {c}) AS tasks \
+                 ORDER BY score DESC, tasks.id LIMIT {l}"
             );
         }
     }
@@ -339,12 +454,80 @@ mod tests {
             sort,
             after: Some(&after),
         };
-        let b = page(Dialect::Postgres, "id", req, Part::All, 51);
+        let b = page(Dialect::Postgres, "id", req, Part::All, Access::Planner, 51);
         assert_eq!(
             b.sql,
             "SELECT id FROM tasks WHERE team_id = $1 AND (priority_rank, id) < ($2, $3) \
              ORDER BY priority_rank DESC, id DESC LIMIT $4"
         );
         assert_eq!(b.args.len(), 4);
+    }
+
+    #[test]
+    fn a_mix_of_filters_walks_a_bounded_run_of_the_sort_then_reads_the_matches() {
+        let team = TeamId::from(Uuid::from_u128(1));
+        let sort = TaskSort::parse("-dueDate").unwrap();
+        let filter = TaskFilter {
+            statuses: vec![TaskStatus::Todo],
+            priorities: vec![crate::domain::Priority::High],
+            ..TaskFilter::default()
+        };
+        assert_eq!(
+            accesses(Dialect::Sqlite, &filter, sort),
+            &[Access::Walk(WALK_ROWS), Access::Matches]
+        );
+        // One filter in the default sort stays with the planner, whichever filter it is.
+        let one = TaskFilter {
+            statuses: filter.statuses.clone(),
+            ..TaskFilter::default()
+        };
+        assert_eq!(
+            accesses(Dialect::Postgres, &one, TaskSort::default()),
+            &[Access::Planner]
+        );
+        let due = TaskFilter {
+            due_after: Some(Date::MIN),
+            ..TaskFilter::default()
+        };
+        assert_eq!(
+            accesses(Dialect::Sqlite, &due, TaskSort::default()),
+            &[Access::Planner]
+        );
+        assert_eq!(
+            accesses(Dialect::Postgres, &due, TaskSort::default()),
+            &[Access::Walk(WALK_ROWS), Access::Matches]
+        );
+        assert_eq!(
+            accesses(Dialect::Postgres, &one, sort),
+            &[Access::Walk(WALK_ROWS), Access::Matches]
+        );
+        let req = TaskPage {
+            team,
+            filter: &filter,
+            sort,
+            after: None,
+        };
+        let walk = page(
+            Dialect::Postgres,
+            "id",
+            req,
+            Part::Dated,
+            Access::Walk(100),
+            51,
+        );
+        assert_eq!(
+            walk.sql,
+            "SELECT id FROM (SELECT * FROM tasks WHERE team_id = $1 AND due_date IS NOT NULL \
+             ORDER BY due_date DESC, id DESC LIMIT 100) AS walk WHERE TRUE AND status IN ($2) \
+             AND priority_rank IN ($3) ORDER BY due_date DESC, id DESC LIMIT $4"
+        );
+        let matches = page(Dialect::Sqlite, "id", req, Part::Dated, Access::Matches, 51);
+        assert_eq!(
+            matches.sql,
+            "WITH matches AS MATERIALIZED (SELECT id, due_date AS page_key FROM tasks \
+             WHERE team_id = $1 AND due_date IS NOT NULL AND status IN ($2) \
+             AND priority_rank IN ($3)) \
+             SELECT id FROM matches ORDER BY page_key DESC, id DESC LIMIT $4"
+        );
     }
 }
