@@ -40,11 +40,21 @@ impl PgStore {
     /// inside a transaction nothing ends, and the next borrower's writes fail. Run in a task of
     /// its own, the `BEGIN` always completes; a transaction nobody awaits any more is then dropped
     /// there, which rolls it back properly.
-    async fn begin(&self, statement: &'static str) -> Result<PgTx> {
+    ///
+    /// `setting`, if any, runs in the same task as a statement of its own (not in the `BEGIN`'s
+    /// text: should it fail, the transaction sqlx tracks is dropped and rolled back, where an
+    /// error inside the `BEGIN`'s own round trip would leave an aborted transaction untracked).
+    async fn begin(&self, statement: &'static str, setting: Option<&'static str>) -> Result<PgTx> {
         let pool = self.pool.clone();
-        let begun = tokio::spawn(async move { pool.begin_with(statement).await })
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
+        let begun = tokio::spawn(async move {
+            let mut tx = pool.begin_with(statement).await?;
+            if let Some(setting) = setting {
+                sqlx::query(setting).execute(&mut *tx).await?;
+            }
+            Ok::<_, sqlx::Error>(tx)
+        })
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
         Ok(PgTx { tx: begun })
     }
 }
@@ -60,14 +70,15 @@ impl Store for PgStore {
         // session (a pooler in transaction mode hands out server connections per transaction).
         Ok(Box::new(
             self.begin(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL random_page_cost = 1.1",
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                Some("SET LOCAL random_page_cost = 1.1"),
             )
             .await?,
         ))
     }
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(self.begin("BEGIN").await?))
+        Ok(Box::new(self.begin("BEGIN", None).await?))
     }
 
     async fn ping(&self) -> Result<()> {

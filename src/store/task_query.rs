@@ -390,7 +390,9 @@ pub fn search(
             let t = b.arg(Arg::Id(team.into()));
             let l = b.arg(Arg::Int(limit));
             // The team is checked on the row too: the words are the team's, and a key's words
-            // must never answer for another team's task.
+            // must never answer for another team's task. The candidates are joined through the
+            // key's unique index, named (the planner took the team's index instead and walked the
+            // team once per candidate: 3.2 s for a frequent word).
             b.sql = format!(
                 "SELECT {columns}, -m.rank AS score \
                  FROM (SELECT rowid AS search_key, bm25(task_words, 4.0, 1.0) AS rank \

@@ -287,10 +287,17 @@ async fn postgres_walks_give_the_matches_page() {
     let Some(db) = super::scratch_tests::ScratchPg::create().await else {
         return;
     };
-    let store = PgStore::open(&db.url, 2).await.expect("opens and migrates");
-    let data = seed(&store, &mut Rng(1)).await;
-    let mut conn = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("connects");
-    check_walks!(conn, Dialect::Postgres, &data);
+    let url = db.url.clone();
+    // In a task of its own, so that the scratch database is dropped whatever the outcome.
+    let outcome = tokio::spawn(async move {
+        let store = PgStore::open(&url, 2).await.expect("opens and migrates");
+        let data = seed(&store, &mut Rng(1)).await;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
+        check_walks!(conn, Dialect::Postgres, &data);
+    })
+    .await;
+    db.drop_database().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 both_backends!(
     search_ranking_basics,
+    search_ranks_the_newest_500_matches,
     search_snippets,
     search_scope_and_validation,
     search_follows_writes,
@@ -198,6 +199,57 @@ async fn search_ranking_basics(b: Backend) {
     // A word is a prefix of a word, not a substring of one.
     assert!(search(&api, tok, team.id, "iwi", "").await.is_empty());
     assert!(search(&api, tok, team.id, "ango", "").await.is_empty());
+}
+
+/// The ranking looks at the team's 500 newest matches (docs/contract-extensions.md): the best
+/// match, created first, is ranked while it is among them and not once 500 newer tasks match.
+async fn search_ranks_the_newest_500_matches(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let tok = owner.token();
+    let team = api.create_team(tok, "Newest").await;
+    let best = api
+        .create_task(tok, team.id, json!({"title": "durian durian durian"}))
+        .await
+        .id;
+    let mut weak = Vec::new();
+    for chunk in 0..25 {
+        let made = futures_util::future::join_all((0..20).map(|i| {
+            api.create_task(
+                tok,
+                team.id,
+                json!({"title": format!("weak {chunk} {i}"), "description": "a durian, once"}),
+            )
+        }))
+        .await;
+        weak.extend(made.into_iter().map(|t| t.id));
+    }
+    // 501 matches: the best one is the oldest, outside the 500 ranked.
+    let got = search(&api, tok, team.id, "durian", "&limit=50").await;
+    assert_eq!(got.len(), 50);
+    assert!(
+        !ids(&got).contains(&best),
+        "the 501st newest match is not ranked"
+    );
+    // The list's `q` still finds it (every match, in id order).
+    let list = api
+        .get(
+            &format!("/api/v1/teams/{}/tasks?q=durian&limit=1", team.id),
+            tok,
+        )
+        .await;
+    assert_eq!(list.ok(200)["items"][0]["id"], json!(best));
+    // One newer match fewer (any of them): the best is among the 500 newest, and first.
+    api.delete(&format!("/api/v1/tasks/{}", weak[0]), tok)
+        .await
+        .ok(204);
+    let got = search(&api, tok, team.id, "durian", "&limit=5").await;
+    assert_eq!(
+        ids(&got)[0],
+        best,
+        "the best match of the 500 newest ranks first"
+    );
 }
 
 async fn search_snippets(b: Backend) {
