@@ -193,6 +193,8 @@ pub fn explain(backend: Backend, team: &TeamShape, kind: &QueryKind, count: bool
             Backend::Postgres => {
                 let _ = writeln!(out, "SELECT {};", quoted(&heading));
                 let _ = writeln!(out, "SELECT {};", quoted(sql));
+                // As the server reads: in a transaction with its planner setting.
+                let _ = writeln!(out, "BEGIN;\n{};", task_query::PG_READ_SETTING);
                 if count {
                     let _ = writeln!(
                         out,
@@ -200,7 +202,7 @@ pub fn explain(backend: Backend, team: &TeamShape, kind: &QueryKind, count: bool
                         without_limit(sql)
                     );
                 }
-                let _ = writeln!(out, "EXPLAIN (ANALYZE, BUFFERS) {sql};");
+                let _ = writeln!(out, "EXPLAIN (ANALYZE, BUFFERS) {sql};\nCOMMIT;");
             }
         }
     }

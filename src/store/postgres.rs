@@ -62,16 +62,13 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        // A random page read costs little more than a sequential one when the tasks are in
-        // memory or on SSD. At the default cost (4) the planner walked the primary key (every
-        // team's tasks in id order, correlated with the table's layout) rather than the team's
-        // own index in the same order, reading the other teams' rows too (66,677 of them to
-        // find 500 matches of two words). Set per transaction, so that nothing depends on the
-        // session (a pooler in transaction mode hands out server connections per transaction).
+        // The planner's costs for reads (`task_query::PG_READ_SETTING`), set per transaction
+        // so that nothing depends on the session (a pooler in transaction mode hands out server
+        // connections per transaction).
         Ok(Box::new(
             self.begin(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                Some("SET LOCAL random_page_cost = 1.1"),
+                Some(super::task_query::PG_READ_SETTING),
             )
             .await?,
         ))
