@@ -323,8 +323,8 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
     Ok(())
 }
 
-/// The store's periodic cleanup, all in one place: the activity log beyond its retention, and
-/// refresh sessions that can no longer be used. Each in its own transaction, so one failing does
+/// The store's periodic cleanup, all in one place: the activity log beyond its retention,
+/// idempotency keys past their 24 hours, and refresh sessions that can no longer be used. Each in its own transaction, so one failing does
 /// not undo the other.
 async fn housekeeping(inner: &Inner) {
     let now = time::OffsetDateTime::now_utc();
@@ -355,6 +355,20 @@ async fn housekeeping(inner: &Inner) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning notifications failed"),
         }
+    }
+    let result = async {
+        let mut tx = inner.store.write().await?;
+        let n = tx
+            .prune_idempotency_keys(now - crate::domain::idempotency::KEY_LIFETIME)
+            .await?;
+        tx.commit().await?;
+        Ok::<u64, StoreError>(n)
+    }
+    .await;
+    match result {
+        Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned idempotency keys"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
     }
     if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {
         let result = async {

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod error;
 pub mod id;
+pub mod idempotency;
 pub mod model;
 pub mod notify;
 pub mod presence;

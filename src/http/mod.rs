@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 mod openapi;
 pub mod routes;
 pub mod serve;
@@ -104,6 +105,11 @@ pub fn router(state: AppState, max_body_bytes: usize, extra: Router) -> Router {
     openapi::finish(&mut api);
     let doc: Arc<str> = Arc::from(api.to_json().unwrap_or_else(|_| "{}".to_owned()));
     router
+        // The API's routes only (added above): an `Idempotency-Key` on a POST is honoured there.
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), max_body_bytes),
+            idempotency::idempotency,
+        ))
         .route(
             "/openapi.json",
             axum::routing::get(move || {

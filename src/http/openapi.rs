@@ -2,9 +2,10 @@
 //! shares (the bearer scheme and the problem+json errors any request can get).
 
 use utoipa::OpenApi;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
 
 use super::error::Problem;
 use crate::domain::activity::{Activity, ActivityData, Change};
@@ -36,6 +37,9 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
         );
     }
     for item in api.paths.paths.values_mut() {
+        if let Some(op) = item.post.as_mut() {
+            add_idempotency_key(op);
+        }
         for op in [
             &mut item.get,
             &mut item.post,
@@ -49,6 +53,64 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
             add_common_errors(op);
         }
     }
+}
+
+/// Every authenticated POST honours `Idempotency-Key` (`http::idempotency`).
+fn add_idempotency_key(op: &mut Operation) {
+    let public = op
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+    if public {
+        return;
+    }
+    let parameter = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "A key of the client's choosing (1 to 255 visible ASCII characters, a UUID for \
+             example): for 24 hours a retry with the same key and request gets the first answer \
+             again (with `Idempotent-Replayed: true`), the same key with another request 422 \
+             `idempotency_key_reused`, and while the first request runs 409 \
+             `idempotency_key_in_use`. Keys are per user.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build();
+    op.parameters.get_or_insert_with(Vec::new).push(parameter);
+    for (code, description) in [
+        (
+            "409",
+            "the first request with this Idempotency-Key has not answered yet",
+        ),
+        (
+            "422",
+            "validation failed, or this Idempotency-Key was used with another request",
+        ),
+    ] {
+        if !op.responses.responses.contains_key(code) {
+            op.responses
+                .responses
+                .insert(code.to_owned(), problem(description).into());
+        }
+    }
+}
+
+fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
 }
 
 fn add_common_errors(op: &mut Operation) {
@@ -81,18 +143,9 @@ fn add_common_errors(op: &mut Operation) {
     }
     for (code, description) in codes {
         if !op.responses.responses.contains_key(code) {
-            let response = ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build();
             op.responses
                 .responses
-                .insert(code.to_owned(), response.into());
+                .insert(code.to_owned(), problem(description).into());
         }
     }
 }

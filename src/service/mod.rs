@@ -6,6 +6,7 @@
 
 mod activity;
 pub mod auth;
+pub mod idempotency;
 pub mod inbox;
 mod labels;
 mod tasks;

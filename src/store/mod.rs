@@ -277,6 +277,31 @@ pub trait Tx: WebhookTx + Send {
     /// Deletes notifications and mark-reads older than `before`; returns how many.
     async fn prune_inbox(&mut self, before: OffsetDateTime) -> Result<u64>;
 
+    // Idempotency keys (`service::idempotency`).
+    /// Takes `key` for `user`'s request with `fingerprint` (a row created before `expired`, or a
+    /// claim without an answer created before `stale`, is forgotten first), or says what the key
+    /// holds.
+    async fn claim_idempotency_key(
+        &mut self,
+        user: UserId,
+        key: &str,
+        fingerprint: &[u8],
+        now: OffsetDateTime,
+        expired: OffsetDateTime,
+        stale: OffsetDateTime,
+    ) -> Result<KeyClaim>;
+    /// Stores the answer of the request that claimed the key.
+    async fn finish_idempotency_key(
+        &mut self,
+        user: UserId,
+        key: &str,
+        answer: &StoredAnswer,
+    ) -> Result<()>;
+    /// Gives up a claim whose request has no answer to keep (a retry runs again).
+    async fn release_idempotency_key(&mut self, user: UserId, key: &str) -> Result<()>;
+    /// Deletes keys created before `before`; returns how many.
+    async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> Result<u64>;
+
     // following and notifications. Lock order within a change: the task's row, its follower
     // rows (in user order), the inbox rows (`users.inbox_seq`, in user order), the team's row.
     /// Locks the task's row until commit as strongly as a delete does (PostgreSQL: it waits for
@@ -332,6 +357,28 @@ pub trait Tx: WebhookTx + Send {
     /// Deletes, per team, the published activities older than `before` that lie below every
     /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.
     async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;
+}
+
+/// What an idempotency key holds when a request comes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key was free: this request runs and its answer is stored.
+    Claimed,
+    /// The key's first request is still running (or ended without storing an answer).
+    InProgress,
+    /// The key was used with another request.
+    Mismatch,
+    /// The key's first request answered this.
+    Answered(StoredAnswer),
+}
+
+/// An answer kept for an idempotency key: status, the headers worth replaying, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub status: u16,
+    /// `[[name, value], …]` as JSON.
+    pub headers: String,
+    pub body: Vec<u8>,
 }
 
 /// Opens the store named by a `sqlite://` or `postgres://` URL and runs its migrations.

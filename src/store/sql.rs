@@ -1478,6 +1478,98 @@ macro_rules! impl_tx {
                 Ok(a.rows_affected() + b.rows_affected())
             }
 
+            async fn claim_idempotency_key(
+                &mut self,
+                user: UserId,
+                key: &str,
+                fingerprint: &[u8],
+                now: OffsetDateTime,
+                expired: OffsetDateTime,
+                stale: OffsetDateTime,
+            ) -> $crate::store::Result<$crate::store::KeyClaim> {
+                use $crate::store::{KeyClaim, StoredAnswer};
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
+                     AND (created_at < $3 OR (status IS NULL AND created_at < $4))",
+                )
+                    .bind(user)
+                    .bind(key)
+                    .bind(StoredTime(expired))
+                    .bind(StoredTime(stale))
+                    .execute(&mut *self.tx)
+                    .await?;
+                let taken = sqlx::query(
+                    "INSERT INTO idempotency_keys (user_id, key, fingerprint, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(user)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(StoredTime(now))
+                .execute(&mut *self.tx)
+                .await?;
+                if taken.rows_affected() == 1 {
+                    return Ok(KeyClaim::Claimed);
+                }
+                let row: Option<(Vec<u8>, Option<i32>, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                )
+                .bind(user)
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(match row {
+                    // Released between the insert and the read: as if still running.
+                    None => KeyClaim::InProgress,
+                    Some((stored, _, _, _)) if stored != fingerprint => KeyClaim::Mismatch,
+                    Some((_, Some(status), headers, body)) => KeyClaim::Answered(StoredAnswer {
+                        status: u16::try_from(status).map_err(|_| {
+                            $crate::store::StoreError::Corrupt(format!("idempotency status {status}"))
+                        })?,
+                        headers: headers.unwrap_or_default(),
+                        body: body.unwrap_or_default(),
+                    }),
+                    Some((_, None, _, _)) => KeyClaim::InProgress,
+                })
+            }
+
+            async fn finish_idempotency_key(
+                &mut self,
+                user: UserId,
+                key: &str,
+                answer: &$crate::store::StoredAnswer,
+            ) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 \
+                     WHERE user_id = $1 AND key = $2 AND status IS NULL",
+                )
+                .bind(user)
+                .bind(key)
+                .bind(i32::from(answer.status))
+                .bind(&answer.headers)
+                .bind(&answer.body)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn release_idempotency_key(&mut self, user: UserId, key: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status IS NULL")
+                    .bind(user)
+                    .bind(key)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(StoredTime(before))
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn lock_task(&mut self, task: TaskId) -> $crate::store::Result<bool> {
                 let row: Option<(TaskId,)> =
                     sqlx::query_as(concat!("SELECT id FROM tasks WHERE id = $1", $lock_row))

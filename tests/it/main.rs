@@ -17,6 +17,7 @@ mod comments;
 mod concurrency;
 mod hostile;
 mod http;
+mod idempotency;
 mod idor;
 mod inbox;
 mod isolation;
