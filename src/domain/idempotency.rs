@@ -8,10 +8,11 @@ use time::Duration;
 /// How long a key's answer is kept.
 pub const KEY_LIFETIME: Duration = Duration::hours(24);
 
-/// A claim without an answer this old is taken as lost (its request was cancelled or its process
-/// died: no request runs longer than the server's 30 s timeout), and the key is free again. A
-/// request lost after its change committed but before its answer was kept then runs twice: the
-/// one window this does not close (the answer is not written in the change's own transaction).
+/// A claim without an answer this old is taken as lost: a keyed request runs to its end even when
+/// its client goes away (`http::idempotency`), and none runs longer than the server's 30 s
+/// timeout, so only a process that died leaves one. A request lost after its change committed but
+/// before its answer was kept then runs twice: the one window this does not close (the answer is
+/// not written in the change's own transaction).
 pub const CLAIM_STALE_AFTER: Duration = Duration::seconds(60);
 
 /// The longest key accepted (a UUID is 36 characters).
@@ -22,10 +23,15 @@ pub fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= KEY_MAX_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// What makes a retry the same request: its method, path with query and body.
-pub fn fingerprint(method: &str, path_and_query: &str, body: &[u8]) -> Vec<u8> {
+/// What makes a retry the same request: its method, path with query, content type and body.
+pub fn fingerprint(method: &str, path_and_query: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
-    for part in [method.as_bytes(), path_and_query.as_bytes(), body] {
+    for part in [
+        method.as_bytes(),
+        path_and_query.as_bytes(),
+        content_type.as_bytes(),
+        body,
+    ] {
         // Length-prefixed, so that no two different requests hash the same parts.
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
@@ -57,16 +63,18 @@ mod tests {
     }
 
     #[test]
-    fn the_fingerprint_tells_method_path_and_body_apart() {
-        let a = fingerprint("POST", "/x", b"{}");
-        assert_eq!(a, fingerprint("POST", "/x", b"{}"));
-        assert_ne!(a, fingerprint("POST", "/y", b"{}"));
-        assert_ne!(a, fingerprint("POST", "/x", b"{ }"));
-        assert_ne!(a, fingerprint("PUT", "/x", b"{}"));
+    fn the_fingerprint_tells_method_path_type_and_body_apart() {
+        let j = "application/json";
+        let a = fingerprint("POST", "/x", j, b"{}");
+        assert_eq!(a, fingerprint("POST", "/x", j, b"{}"));
+        assert_ne!(a, fingerprint("POST", "/y", j, b"{}"));
+        assert_ne!(a, fingerprint("POST", "/x", j, b"{ }"));
+        assert_ne!(a, fingerprint("PUT", "/x", j, b"{}"));
+        assert_ne!(a, fingerprint("POST", "/x", "text/plain", b"{}"));
         // Moving a byte between parts changes it (the parts are length-prefixed).
         assert_ne!(
-            fingerprint("POST", "/xa", b"b"),
-            fingerprint("POST", "/x", b"ab")
+            fingerprint("POST", "/xa", j, b"b"),
+            fingerprint("POST", "/x", j, b"ab")
         );
     }
 

@@ -4,19 +4,22 @@
 //! This module applies the rules of `domain::idempotency` to the store; the HTTP edge
 //! (`http::idempotency`) carries requests and answers to it. It never runs the request itself.
 
+use time::OffsetDateTime;
+
 use super::{Result, Services, now};
 use crate::domain::UserId;
 use crate::domain::idempotency::{CLAIM_STALE_AFTER, KEY_LIFETIME, keeps};
 use crate::store::{KeyClaim, StoredAnswer};
 
 impl Services {
-    /// Takes `key` for `user`'s request, or says what it holds.
+    /// Takes `key` for `user`'s request, or says what it holds; with the claim's time, which
+    /// names the claim when its answer is kept or it is given up.
     pub async fn claim_idempotency_key(
         &self,
         user: UserId,
         key: &str,
         fingerprint: &[u8],
-    ) -> Result<KeyClaim> {
+    ) -> Result<(KeyClaim, OffsetDateTime)> {
         let now = now();
         let mut tx = self.store.write().await?;
         let claim = tx
@@ -30,23 +33,42 @@ impl Services {
             )
             .await?;
         tx.commit().await?;
-        Ok(claim)
+        Ok((claim, now))
     }
 
-    /// Keeps the answer of the request that claimed `key` (or frees the key when the answer is
-    /// not one to keep).
+    /// Keeps the answer of the request that claimed `key` at `at` (or frees the key when the
+    /// answer is not one to keep). A claim taken over since (stale) is left alone.
     pub async fn finish_idempotency_key(
         &self,
         user: UserId,
         key: &str,
+        fingerprint: &[u8],
+        at: OffsetDateTime,
         answer: &StoredAnswer,
     ) -> Result<()> {
         let mut tx = self.store.write().await?;
         if keeps(answer.status) {
-            tx.finish_idempotency_key(user, key, answer).await?;
+            tx.finish_idempotency_key(user, key, fingerprint, at, answer)
+                .await?;
         } else {
-            tx.release_idempotency_key(user, key).await?;
+            tx.release_idempotency_key(user, key, fingerprint, at)
+                .await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Frees the claim of `key` taken at `at`: its request has no answer to keep.
+    pub async fn release_idempotency_key(
+        &self,
+        user: UserId,
+        key: &str,
+        fingerprint: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let mut tx = self.store.write().await?;
+        tx.release_idempotency_key(user, key, fingerprint, at)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

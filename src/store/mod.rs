@@ -290,15 +290,24 @@ pub trait Tx: WebhookTx + Send {
         expired: OffsetDateTime,
         stale: OffsetDateTime,
     ) -> Result<KeyClaim>;
-    /// Stores the answer of the request that claimed the key.
+    /// Stores the answer of the request that claimed the key with `fingerprint` at `at` (a claim
+    /// taken over since is left alone).
     async fn finish_idempotency_key(
         &mut self,
         user: UserId,
         key: &str,
+        fingerprint: &[u8],
+        at: OffsetDateTime,
         answer: &StoredAnswer,
     ) -> Result<()>;
-    /// Gives up a claim whose request has no answer to keep (a retry runs again).
-    async fn release_idempotency_key(&mut self, user: UserId, key: &str) -> Result<()>;
+    /// Gives up that claim: its request has no answer to keep (a retry runs again).
+    async fn release_idempotency_key(
+        &mut self,
+        user: UserId,
+        key: &str,
+        fingerprint: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<()>;
     /// Deletes keys created before `before`; returns how many.
     async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> Result<u64>;
 

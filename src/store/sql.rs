@@ -1537,28 +1537,44 @@ macro_rules! impl_tx {
                 &mut self,
                 user: UserId,
                 key: &str,
+                fingerprint: &[u8],
+                at: OffsetDateTime,
                 answer: &$crate::store::StoredAnswer,
             ) -> $crate::store::Result<()> {
                 sqlx::query(
                     "UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 \
-                     WHERE user_id = $1 AND key = $2 AND status IS NULL",
+                     WHERE user_id = $1 AND key = $2 AND status IS NULL \
+                     AND fingerprint = $6 AND created_at = $7",
                 )
                 .bind(user)
                 .bind(key)
                 .bind(i32::from(answer.status))
                 .bind(&answer.headers)
                 .bind(&answer.body)
+                .bind(fingerprint)
+                .bind(StoredTime(at))
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(())
             }
 
-            async fn release_idempotency_key(&mut self, user: UserId, key: &str) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status IS NULL")
-                    .bind(user)
-                    .bind(key)
-                    .execute(&mut *self.tx)
-                    .await?;
+            async fn release_idempotency_key(
+                &mut self,
+                user: UserId,
+                key: &str,
+                fingerprint: &[u8],
+                at: OffsetDateTime,
+            ) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
+                     AND status IS NULL AND fingerprint = $3 AND created_at = $4",
+                )
+                .bind(user)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(StoredTime(at))
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(())
             }
 

@@ -12,6 +12,7 @@ both_backends!(
     a_key_is_one_request_of_one_user,
     racing_retries_create_once,
     answers_that_come_and_go_are_not_kept,
+    secrets_are_never_kept,
 );
 
 async fn post_keyed(api: &Api, tok: &str, path: &str, key: &str, body: &Value) -> Resp {
@@ -185,4 +186,40 @@ async fn answers_that_come_and_go_are_not_kept(b: Backend) {
     let again = post_keyed(&api, tok, &path, "label-1", &body).await;
     assert_eq!(again.text, created.text);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}
+
+/// Answers carrying secrets are never kept: a webhook's signing secret (created or rotated) and
+/// the sessions of the public auth routes. Such a request with a key runs as without it.
+async fn secrets_are_never_kept(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let tok = owner.token();
+    let team = api.create_team(tok, "Secrets").await;
+    let path = format!("/api/v1/teams/{}/webhooks", team.id);
+    let body = json!({"url": "https://hooks.example.com/taskforge", "events": ["task.created"]});
+    let first = post_keyed(&api, tok, &path, "hook-1", &body).await;
+    let hook = first.ok(201).clone();
+    let again = post_keyed(&api, tok, &path, "hook-1", &body).await;
+    let second = again.ok(201).clone();
+    assert_eq!(again.header("idempotent-replayed"), None, "not replayed");
+    assert_ne!(
+        second["id"], hook["id"],
+        "ran again: the answer was not kept"
+    );
+    let rotate = format!(
+        "/api/v1/webhooks/{}/rotate-secret",
+        hook["id"].as_str().unwrap()
+    );
+    let r1 = post_keyed(&api, tok, &rotate, "rot-1", &json!({})).await;
+    let r2 = post_keyed(&api, tok, &rotate, "rot-1", &json!({})).await;
+    assert_eq!(r2.header("idempotent-replayed"), None);
+    assert_ne!(r1.ok(200)["secret"], r2.ok(200)["secret"]);
+
+    // Login with a bearer token and a key: a fresh session each time, never a replay.
+    let login = json!({"email": owner.user.email, "password": PASSWORD});
+    let l1 = post_keyed(&api, tok, "/api/v1/auth/login", "login-1", &login).await;
+    let l2 = post_keyed(&api, tok, "/api/v1/auth/login", "login-1", &login).await;
+    assert_eq!(l2.header("idempotent-replayed"), None);
+    assert_ne!(l1.ok(200)["refreshToken"], l2.ok(200)["refreshToken"]);
 }

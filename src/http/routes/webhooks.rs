@@ -1,5 +1,6 @@
 //! A team's outgoing webhooks (owners and admins).
 
+use crate::http::idempotency::NotKept;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -90,14 +91,23 @@ async fn create_webhook(
     Caller(user): Caller,
     Path(team): Path<TeamId>,
     Json(b): Json<CreateWebhookBody>,
-) -> ApiResult<(StatusCode, axum::Json<WebhookWithSecret>)> {
+) -> ApiResult<(
+    StatusCode,
+    axum::Extension<NotKept>,
+    axum::Json<WebhookWithSecret>,
+)> {
     let new = NewWebhook {
         url: b.url,
         events: b.events,
         description: b.description,
     };
     let created = s.services.create_webhook(user, team, new).await?;
-    Ok((StatusCode::CREATED, axum::Json(created.into())))
+    // The secret is shown once and kept sealed: never in an idempotency record.
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(NotKept),
+        axum::Json(created.into()),
+    ))
 }
 
 #[utoipa::path(get, path = "/webhooks/{webhookId}", tag = "webhooks",
@@ -150,9 +160,10 @@ async fn rotate_secret(
     State(s): State<AppState>,
     Caller(user): Caller,
     Path(id): Path<WebhookId>,
-) -> ApiResult<axum::Json<WebhookWithSecret>> {
-    Ok(axum::Json(
-        s.services.rotate_webhook_secret(user, id).await?.into(),
+) -> ApiResult<(axum::Extension<NotKept>, axum::Json<WebhookWithSecret>)> {
+    Ok((
+        axum::Extension(NotKept),
+        axum::Json(s.services.rotate_webhook_secret(user, id).await?.into()),
     ))
 }
 
