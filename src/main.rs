@@ -1,4 +1,5 @@
-//! The `taskforge` command: `serve` and `migrate`, and the client commands `login` and `tail`.
+//! The `taskforge` command: `serve` and `migrate`, and the client commands `login`, `tail` and
+//! `import`.
 
 mod cli;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Stream a team's activities (or a board's, or a task's), or with `--inbox` your
     /// notifications, to the terminal, resuming after disconnects.
     Tail(cli::tail::TailArgs),
+    /// Import tasks into a team from a CSV file or a Trello, Jira or GitHub-issues JSON export,
+    /// in batches; running it again after an interruption skips the rows already imported.
+    Import(cli::import::ImportArgs),
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -138,6 +142,7 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         Command::Tail(args) => cli::tail::run(args).await?,
+        Command::Import(args) => cli::import::run(args).await?,
     }
     Ok(())
 }

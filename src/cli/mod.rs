@@ -1,8 +1,9 @@
 //! The client commands of the `taskforge` binary: `login` stores a session, `tail` streams a
-//! team's activities (or, with `--inbox`, the user's notifications). They speak only the public
-//! contract (HTTP + `/realtime`), like any client.
+//! team's activities (or, with `--inbox`, the user's notifications), `import` brings tasks in
+//! from a file. They speak only the public contract (HTTP + `/realtime`), like any client.
 
 pub mod credentials;
+pub mod import;
 mod inbox;
 mod remote;
 pub mod tail;

@@ -1,5 +1,5 @@
-//! The saved session on one server, and the HTTP reads `tail` makes with it: a session whose
-//! access token expired is refreshed once and saved again.
+//! The saved session on one server, and the HTTP calls `tail` and `import` make with it: a
+//! session whose access token expired is refreshed once and saved again.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -91,6 +91,82 @@ impl Remote {
         }
     }
 
+    /// `POST /api/v1{path}` with a JSON body and an `Idempotency-Key`, as the saved user. A lost
+    /// answer, a timeout, a 5xx, a 429 or a 409 (the first attempt still running, or a racing
+    /// import of the same row) is retried with the same body and key, so it is applied once.
+    pub async fn post_keyed(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+        key: &str,
+    ) -> anyhow::Result<Value> {
+        const ATTEMPTS: u32 = 6;
+        let url = format!("{}/api/v1{path}", self.url);
+        let mut renewed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.session.access_token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", key)
+                .body(body.clone())
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(e) if attempt < ATTEMPTS => {
+                    eprintln!("\nPOST {url}: {e}; retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("POST {url}")),
+            };
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                self.renew().await?;
+                renewed = true;
+                continue;
+            }
+            if status.is_success() {
+                return resp
+                    .json()
+                    .await
+                    .with_context(|| format!("reading the answer of POST {url}"));
+            }
+            let passing = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::CONFLICT;
+            let problem: Value = resp.json().await.unwrap_or_default();
+            if passing && attempt < ATTEMPTS {
+                backoff(attempt).await;
+                continue;
+            }
+            let detail = problem["detail"].as_str().unwrap_or("no detail");
+            let fields: Vec<String> = problem["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["field"].as_str().unwrap_or("?"),
+                        e["message"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            if fields.is_empty() {
+                bail!("POST {url} failed: {status}: {detail}");
+            }
+            bail!(
+                "POST {url} failed: {status}: {detail}\n  {}",
+                fields.join("\n  ")
+            );
+        }
+    }
+
     /// Every item of a paged list (`items` and `nextCursor`).
     pub async fn get_all(&mut self, path: &str) -> anyhow::Result<Vec<Value>> {
         let sep = if path.contains('?') { '&' } else { '?' };
@@ -112,4 +188,10 @@ impl Remote {
             }
         }
     }
+}
+
+/// 0.25 s, 0.5 s, 1 s... up to 8 s before attempt `n + 1`.
+async fn backoff(n: u32) {
+    let ms = 250u64 << n.saturating_sub(1).min(5);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }

@@ -84,6 +84,17 @@ activities! {
         #[schema(value_type = Option<Uuid>)]
         previous_assignee_user_id: Option<UserId>,
     },
+    /// A bulk import created these tasks on one board, in this order (with `commentCount`
+    /// comments among them): one activity for the whole batch, so that a live socket gets one
+    /// frame, not a thousand. Read the tasks with `GET /teams/{teamId}/tasks`.
+    #[serde(rename_all = "camelCase")]
+    TasksImported = "tasks.imported" {
+        #[schema(value_type = Uuid)]
+        board_id: BoardId,
+        #[schema(value_type = Vec<Uuid>)]
+        task_ids: Vec<TaskId>,
+        comment_count: u32,
+    },
     CommentCreated = "comment.created" { comment: Comment },
     CommentUpdated = "comment.updated" { comment: Comment },
     #[serde(rename_all = "camelCase")]
@@ -215,6 +226,7 @@ impl Route {
         let team = matches!(
             self.kind,
             TaskCreated
+                | TasksImported
                 | TaskDeleted
                 | MemberAdded
                 | MemberUpdated
@@ -229,7 +241,7 @@ impl Route {
         );
         let boards = matches!(
             self.kind,
-            TaskCreated | TaskUpdated | TaskDeleted | TaskAssigned
+            TaskCreated | TasksImported | TaskUpdated | TaskDeleted | TaskAssigned
         );
         let task = matches!(
             self.kind,
@@ -314,6 +326,7 @@ impl ActivityDraft {
                 ..
             } => (Some(task.board_id), Some(task.id), *assignee_user_id),
             TaskDeleted { task_id, board_id } => (Some(*board_id), Some(*task_id), None),
+            TasksImported { board_id, .. } => (Some(*board_id), None, None),
             CommentCreated { comment } | CommentUpdated { comment } => {
                 (None, Some(comment.task_id), None)
             }
@@ -403,6 +416,7 @@ mod tests {
         );
         use ActivityKind::*;
         assert_eq!(route(TaskCreated).rooms(), vec![t, b]);
+        assert_eq!(route(TasksImported).rooms(), vec![t, b]);
         assert_eq!(route(TaskUpdated).rooms(), vec![b, k]);
         assert_eq!(route(TaskDeleted).rooms(), vec![t, b, k]);
         assert_eq!(route(TaskAssigned).rooms(), vec![b, k, u]);
@@ -428,7 +442,7 @@ mod tests {
         let json = serde_json::to_value(&data).expect("serializes");
         assert_eq!(json["type"], "board.deleted");
         assert_eq!(data.kind().as_str(), "board.deleted");
-        assert_eq!(ActivityKind::ALL.len(), 21);
+        assert_eq!(ActivityKind::ALL.len(), 22);
         for &k in ActivityKind::ALL {
             assert_eq!(ActivityKind::parse(k.as_str()), Some(k));
         }

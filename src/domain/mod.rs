@@ -7,6 +7,7 @@ pub mod activity;
 pub mod error;
 pub mod id;
 pub mod idempotency;
+pub mod import;
 pub mod model;
 pub mod notify;
 pub mod presence;

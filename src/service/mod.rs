@@ -7,6 +7,7 @@
 mod activity;
 pub mod auth;
 pub mod idempotency;
+mod import;
 pub mod inbox;
 mod labels;
 mod tasks;

@@ -199,6 +199,14 @@ pub trait Tx: WebhookTx + Send {
 
     // tasks
     async fn insert_task(&mut self, task: &Task) -> Result<()>;
+    /// The tasks imported into the team under any of `keys`, as (key, task).
+    async fn imported_tasks(
+        &mut self,
+        team: TeamId,
+        keys: &[&str],
+    ) -> Result<Vec<(String, TaskId)>>;
+    /// Records that `task` was imported into the team under `key`.
+    async fn insert_import_key(&mut self, team: TeamId, key: &str, task: TaskId) -> Result<()>;
     async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// At most `limit` of the team's tasks passing `filter`, in `sort`'s order, after `after`.
     async fn tasks(

@@ -933,6 +933,32 @@ macro_rules! impl_tx {
                 self.set_task_labels(t.id, &t.label_ids).await
             }
 
+            async fn imported_tasks(&mut self, team: TeamId, keys: &[&str]) -> $crate::store::Result<Vec<(String, TaskId)>> {
+                let mut out = Vec::new();
+                for chunk in keys.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "SELECT key, task_id FROM task_import_keys WHERE team_id = $1 AND key IN ({})",
+                        $crate::store::sql::placeholders_from(2, chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (String, TaskId)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    for k in chunk {
+                        query = query.bind(*k);
+                    }
+                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                }
+                Ok(out)
+            }
+
+            async fn insert_import_key(&mut self, team: TeamId, key: &str, task: TaskId) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO task_import_keys (team_id, key, task_id) VALUES ($1, $2, $3)")
+                    .bind(team)
+                    .bind(key)
+                    .bind(task)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
             async fn task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
                 let row: Option<TaskRow> =
                     sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))

@@ -821,3 +821,132 @@ async fn tail_inbox_json_replays_after_since_and_recent_shows_the_newest_oldest_
     }
     assert_eq!(recent[1]["seq"], 5);
 }
+
+/// Runs `taskforge import` (bounded): whether it succeeded, its stdout and its stderr.
+async fn import(cmd: Command, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = cmd;
+    cmd.arg("import").args(args);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("import finishes")
+        .expect("import runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A CSV of 1,250 rows imported in batches of 500 after an interrupted run of its first 350:
+/// every row once, the second run finds the first's, members by email, labels created once.
+#[tokio::test]
+async fn import_resumes_a_csv_without_doubling_a_row() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let api = srv.client();
+    let email = unique_email("importer");
+    let owner = api
+        .register(&email, "correct horse battery", "Importer")
+        .await;
+    let team = api.create_team(owner.token(), "Imported").await;
+    let dev = api.member(owner.token(), team.id, "Dev", "member").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(login(home.path(), &srv.base, &email, "correct horse battery").await);
+
+    let mut csv = String::from("title,description,status,priority,assignee,due,labels,comments\n");
+    for i in 0..1250 {
+        let assignee = match i % 3 {
+            0 => dev.user.email.clone(),
+            1 => "nobody@example.com".to_owned(),
+            _ => String::new(),
+        };
+        csv.push_str(&format!(
+            "Row {i},\"line one, {i}\",{},high,{assignee},2027-01-{:02},bug;UI,\"first\n---\nsecond\"\n",
+            if i % 2 == 0 { "done" } else { "In progress" },
+            i % 28 + 1
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (full_file, part_file) = (dir.path().join("all.csv"), dir.path().join("part.csv"));
+    std::fs::write(&full_file, &csv).expect("write");
+    // The interrupted run had the first 350 rows (the quoted comments span lines: cut before a
+    // row's start).
+    let cut_at = csv.match_indices("\nRow 350,").next().expect("row 350").0 + 1;
+    std::fs::write(&part_file, &csv[..cut_at]).expect("write");
+
+    let team_arg = team.id.to_string();
+    let args = |file: &std::path::Path| {
+        vec![
+            "--team".to_owned(),
+            team_arg.clone(),
+            "--batch".to_owned(),
+            "500".to_owned(),
+            file.display().to_string(),
+        ]
+    };
+    let run = |file: std::path::PathBuf| {
+        let cmd = client_command(home.path());
+        let a = args(&file);
+        async move {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            import(cmd, &refs).await
+        }
+    };
+    let (ok, out, err) = run(part_file).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("350 created, 0 imported before"), "{out}");
+    let (ok, out, err) = run(full_file.clone()).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("900 created, 350 imported before"), "{out}");
+    assert!(
+        err.contains("nobody@example.com is not a member of the team"),
+        "{err}"
+    );
+
+    let tasks = api
+        .all_pages(
+            owner.token(),
+            &format!("/api/v1/teams/{}/tasks?limit=200", team.id),
+        )
+        .await;
+    assert_eq!(tasks.len(), 1250, "every row once");
+    let titles: std::collections::HashSet<&str> =
+        tasks.iter().filter_map(|t| t["title"].as_str()).collect();
+    assert_eq!(titles.len(), 1250);
+    let labels = api
+        .all_pages(owner.token(), &format!("/api/v1/teams/{}/labels", team.id))
+        .await;
+    let mut names: Vec<&str> = labels.iter().filter_map(|l| l["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["UI", "bug"],
+        "created once, by their first spelling"
+    );
+    let row0 = tasks.iter().find(|t| t["title"] == "Row 0").expect("row 0");
+    assert_eq!(row0["assigneeUserId"], serde_json::json!(dev.id()));
+    assert_eq!(row0["status"], "done");
+    assert_eq!(row0["dueDate"], "2027-01-01");
+    assert_eq!(row0["labelIds"].as_array().map(Vec::len), Some(2));
+    let row1 = tasks.iter().find(|t| t["title"] == "Row 1").expect("row 1");
+    assert_eq!(row1["status"], "in_progress");
+    assert!(row1["assigneeUserId"].is_null());
+    let comments = api
+        .get(
+            &format!(
+                "/api/v1/tasks/{}/comments",
+                row1["id"].as_str().expect("id")
+            ),
+            owner.token(),
+        )
+        .await
+        .ok(200)["items"]
+        .clone();
+    assert_eq!(comments.as_array().map(Vec::len), Some(2), "{comments}");
+
+    // A third run changes nothing.
+    let seq = api.team_seq(owner.token(), team.id).await;
+    let (ok, out, _) = run(full_file).await;
+    assert!(ok);
+    assert!(out.contains("0 created, 1250 imported before"), "{out}");
+    assert_eq!(api.team_seq(owner.token(), team.id).await, seq);
+}

@@ -19,6 +19,7 @@ mod hostile;
 mod http;
 mod idempotency;
 mod idor;
+mod import;
 mod inbox;
 mod isolation;
 mod jwt;

@@ -704,6 +704,13 @@ fn activity_data() -> impl Strategy<Value = ActivityData> {
         (task(), changes()).prop_map(|(task, changes)| ActivityData::TaskUpdated { task, changes }),
         (uuid(), uuid())
             .prop_map(|(task_id, board_id)| ActivityData::TaskDeleted { task_id, board_id }),
+        (uuid(), prop::collection::vec(uuid(), 1..20), any::<u32>()).prop_map(
+            |(board_id, task_ids, comment_count)| ActivityData::TasksImported {
+                board_id,
+                task_ids,
+                comment_count
+            }
+        ),
         (task(), prop::option::of(uuid()), prop::option::of(uuid())).prop_map(|(task, a, p)| {
             ActivityData::TaskAssigned {
                 task,
@@ -809,6 +816,7 @@ fn contract_of(kind: &str) -> (&'static [&'static str], bool, bool) {
         "task.created" => (&["task"], true, true),
         "task.updated" => (&["task", "changes"], true, true),
         "task.deleted" => (&["taskId", "boardId"], true, true),
+        "tasks.imported" => (&["boardId", "taskIds", "commentCount"], true, false),
         "task.assigned" => (
             &["task", "assigneeUserId", "previousAssigneeUserId"],
             true,
@@ -1002,6 +1010,12 @@ proptest! {
                 prop_assert_eq!(&d["boardId"], &json!(board_id));
                 prop_assert_eq!(&a["boardId"], &json!(board_id));
                 prop_assert_eq!(&a["taskId"], &json!(task_id));
+            }
+            ActivityData::TasksImported { board_id, task_ids, comment_count } => {
+                prop_assert_eq!(&d["boardId"], &json!(board_id));
+                prop_assert_eq!(&a["boardId"], &json!(board_id));
+                prop_assert_eq!(&d["taskIds"], &json!(task_ids));
+                prop_assert_eq!(d["commentCount"].as_u64(), Some(u64::from(*comment_count)));
             }
             ActivityData::CommentCreated { comment } | ActivityData::CommentUpdated { comment } => {
                 prop_assert_eq!(keys(&d["comment"]), set(&["id", "taskId", "teamId", "authorUserId", "body", "createdAt", "editedAt"]));

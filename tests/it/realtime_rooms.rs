@@ -23,6 +23,7 @@ every_transport!(backends: self_removal_revokes_too);
 
 every_transport!(
     route_task_created,
+    route_tasks_imported,
     route_task_updated,
     route_task_deleted,
     route_task_assigned,
@@ -467,6 +468,41 @@ async fn route_task_created(d: Deployment) {
     fx.expect(
         "task.created on b2",
         &[("task.created", &["team", "b2", "multi"])],
+    )
+    .await;
+    fx.assert_order();
+}
+
+/// A bulk import reaches the team and its board's rooms, as a creation does.
+async fn route_tasks_imported(d: Deployment) {
+    let mut fx = fixture(d).await;
+    let path = format!("/api/v1/teams/{}/tasks:batch", fx.team.id);
+    let batch =
+        |board: Uuid| json!({"boardId": board, "tasks": [{"title": "i1"}, {"title": "i2"}]});
+    fx.api
+        .post(&path, fx.owner.token(), batch(fx.b1))
+        .await
+        .ok(201);
+    let got = fx
+        .expect(
+            "tasks.imported on b1",
+            &[("tasks.imported", &["team", "b1", "multi", "assigneeRooms"])],
+        )
+        .await;
+    let a = &got["b1"][0];
+    assert_eq!(a["boardId"], json!(fx.b1));
+    assert_eq!(
+        a["data"]["taskIds"].as_array().map(Vec::len),
+        Some(2),
+        "{a}"
+    );
+    fx.api
+        .post(&path, fx.owner.token(), batch(fx.b2))
+        .await
+        .ok(201);
+    fx.expect(
+        "tasks.imported on b2",
+        &[("tasks.imported", &["team", "b2", "multi"])],
     )
     .await;
     fx.assert_order();

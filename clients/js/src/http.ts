@@ -117,9 +117,12 @@ export interface TimeoutOptions {
    */
   timeoutMs?: number;
   /**
-   * Further attempts for GET, HEAD, PUT, DELETE and OPTIONS after a network error, a timeout, a
-   * 502/503/504 or a 429 (default 2). POST and PATCH are never retried: they are not idempotent
-   * (and a refresh that reached the server has spent its token).
+   * Further attempts for GET, HEAD, PUT, DELETE and OPTIONS, and for a POST that carries an
+   * `Idempotency-Key`, after a network error, a timeout, a 502/503/504 or a 429 (default 2); a
+   * keyed POST also after a 409 `idempotency_key_in_use` (its first attempt is still running).
+   * Every attempt of a POST sends the same key, so the server runs it once and answers the
+   * retries with the first answer. PATCH and a POST without a key are never retried (and a
+   * refresh that reached the server has spent its token). `Session` puts a key on every POST.
    */
   retries?: number;
 }
@@ -145,6 +148,20 @@ const MAX_RETRIES = 10;
 const MAX_TIMER_MS = 2_147_483_647;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
 const RETRY_STATUS = new Set([429, 502, 503, 504]);
+const IDEMPOTENCY_KEY = 'idempotency-key';
+
+/** The request's `Idempotency-Key`, whatever the case of its name. */
+function idempotencyKey(headers: Record<string, string> | undefined): string | undefined {
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (name.toLowerCase() === IDEMPOTENCY_KEY) return value;
+  }
+  return undefined;
+}
+
+/** A fresh key for one call (all its attempts). */
+function newIdempotencyKey(): string {
+  return globalThis.crypto.randomUUID();
+}
 
 function checkTimeout(v: number | undefined, what: string): number {
   if (v === undefined) return DEFAULT_TIMEOUT_MS;
@@ -234,7 +251,10 @@ export async function apiRequest<T>(
   const timeoutMs = checkTimeout(opts.timeoutMs, 'timeoutMs');
   const verb = method.toUpperCase();
   const requested = checkRetries(opts.retries, 'retries');
-  const retries = IDEMPOTENT.has(verb) ? requested : 0;
+  // A POST with a key is as safe to send again as a GET: the server answers a repeat with the
+  // first answer instead of running it again.
+  const keyed = verb === 'POST' && idempotencyKey(opts.headers) !== undefined;
+  const retries = IDEMPOTENT.has(verb) || keyed ? requested : 0;
   const headers: Record<string, string> = { accept: 'application/json', ...opts.headers };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
   let body: string | undefined;
@@ -252,6 +272,7 @@ export async function apiRequest<T>(
     } catch (e) {
       if (e instanceof NetworkError) failure = e;
       else if (e instanceof ApiError && RETRY_STATUS.has(e.status)) failure = e;
+      else if (keyed && e instanceof ApiError && e.status === 409 && e.code === 'idempotency_key_in_use') failure = e;
       else throw e;
     }
     if (attempt >= retries) throw failure;
@@ -433,6 +454,27 @@ export interface NewTask {
 
 export type TaskPatch = Partial<NewTask>;
 
+/** One task of a batch: a new task's fields (the batch names the board), a key, comments. */
+export interface BatchTask extends Omit<NewTask, 'boardId' | 'position'> {
+  /** The row of the source it comes from (1-200 visible ASCII characters, unique in the batch). */
+  importKey?: string;
+  /** Written as the importing user's, oldest first. */
+  comments?: { body: string }[];
+}
+
+/** The body of `importTasks`: 1 to 1,000 tasks for one board. */
+export interface TaskBatch {
+  boardId: string;
+  tasks: BatchTask[];
+}
+
+/** One task of a batch's answer, in the batch's order. */
+export interface ImportedTask {
+  task: Task;
+  /** False when the team had the task under this import key already. */
+  created: boolean;
+}
+
 /** A new label: 1-50 characters, unique in the team whatever the case; `#rrggbb`. */
 export interface NewLabel {
   name: string;
@@ -609,13 +651,20 @@ export class Session implements TokenSource {
 
   /**
    * An authenticated call. A 401 is retried once with a renewed token (the access token may have
-   * expired between the check and the request).
+   * expired between the check and the request). A POST carries an `Idempotency-Key` (a new one
+   * per call unless `headers` name one), the same on every attempt: a retry after a lost answer
+   * gets the first answer and never creates twice.
    */
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<ApiResponse<T>> {
     const { token } = await this.getAccessToken();
+    const headers =
+      method.toUpperCase() === 'POST' && idempotencyKey(opts.headers) === undefined
+        ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() }
+        : opts.headers;
     const call = (t: string) =>
       apiRequest<T>(this.baseUrl, method, path, {
         ...opts,
+        ...(headers ? { headers } : {}),
         ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
         timeoutMs: opts.timeoutMs ?? this.timeoutMs,
         retries: opts.retries ?? this.retries,
@@ -703,6 +752,15 @@ export class Session implements TokenSource {
 
   createTask(teamId: string, task: NewTask): Promise<ApiResponse<Task>> {
     return this.request('POST', `/teams/${teamId}/tasks`, { body: task });
+  }
+
+  /**
+   * POST /teams/{teamId}/tasks:batch: up to 1,000 tasks on one board, with their comments, in one
+   * transaction and one `tasks.imported` activity. A task whose `importKey` the team has seen is
+   * answered (`created: false`), not written again.
+   */
+  importTasks(teamId: string, batch: TaskBatch): Promise<ApiResponse<{ items: ImportedTask[] }>> {
+    return this.request('POST', `/teams/${teamId}/tasks:batch`, { body: batch });
   }
 
   /**

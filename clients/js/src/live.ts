@@ -40,6 +40,9 @@
 // boards can be deleted, and every activity that emptied it also reached the team room or the room
 // of the board a task moved to).
 //
+// Imports: a bulk import's `tasks.imported` names its tasks without carrying them; a task
+// collection it reaches loads again (as after a gap), and that load shows them.
+//
 // Labels: deleting a label takes it off every task without a new task version or a task.updated;
 // the team room's `label.deleted` says so, and every task collection (a board's too: it joins the
 // team room for that) drops the id from the tasks it holds and from every copy it takes later (a
@@ -477,6 +480,14 @@ abstract class LiveBase<T> {
   /** Activities that change rooms rather than data (board.created/deleted): handled on arrival. */
   protected onArrival(_a: Activity): void {}
 
+  /**
+   * An activity that names changes without carrying them (`tasks.imported`: ids only): the data
+   * after it can only be read, so the collection loads again, as after a gap.
+   */
+  protected needsReload(_a: Activity): boolean {
+    return false;
+  }
+
   /** A room's subscription ended for good. Return true if the collection can do without it. */
   protected roomLost(_room: Room, _e: unknown): boolean {
     return false;
@@ -592,6 +603,9 @@ abstract class LiveBase<T> {
     if (!this.wants(room, a)) return;
     this.onArrival(a);
     if (this.finished) return;
+    // The load reads after this activity committed: it shows what the activity names, and the
+    // activity itself is then held and dropped as older than the load.
+    if (!this.holding && a.seq > this.baseSeq && this.needsReload(a)) this.refetch();
     if (this.holding) {
       if (this.isFinal(a)) {
         this.applyOne(a);
@@ -664,8 +678,10 @@ abstract class LiveBase<T> {
 
   private install(r: Loaded<T>): void {
     const s = r.seq;
-    if (this.heldDropped > s) {
-      // Activities after this load were dropped from the full buffer: load again, later.
+    const reload = [...this.held.values()].some((a) => a.seq > s && this.needsReload(a));
+    if (this.heldDropped > s || reload) {
+      // Activities after this load were dropped from the full buffer, or one after it can only be
+      // read: load again.
       for (const seq of [...this.held.keys()]) if (seq <= s) this.held.delete(seq);
       this.startLoad();
       return;
@@ -980,6 +996,11 @@ class LiveTasks extends LiveBase<Task> {
     } else if (a.type === 'board.deleted') {
       this.leave(`board:${a.data.boardId}`);
     }
+  }
+
+  protected override needsReload(a: Activity): boolean {
+    // A bulk import names its tasks, it does not carry them (a thousand would be one huge frame).
+    return a.type === 'tasks.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
   }
 
   protected override roomLost(room: Room, e: unknown): boolean {

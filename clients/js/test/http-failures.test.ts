@@ -1,7 +1,8 @@
 // HTTP failure modes: requests that never get an answer (a refresh among them, which used to
 // wedge the Session and with it every later request and realtime reconnect), 502/503/504 and 429
 // answers, refused connections, the caller's abort, and which requests are retried (idempotent
-// ones) and which never are (POST, PATCH). The failures come from a small HTTP server on 127.0.0.1
+// ones and POSTs with an Idempotency-Key, which Session adds to every POST) and which never are
+// (PATCH, a POST without a key). The failures come from a small HTTP server on 127.0.0.1
 // in front of the real one, which can hold a request without answering or answer an error, and
 // otherwise forwards to the real server.
 
@@ -38,11 +39,13 @@ const password = 'correct horse battery';
 const newAuth = (): Promise<AuthResponse> =>
   register(server.baseUrl, { email: `user-${randomUUID()}@example.com`, password, displayName: 'Ann' });
 
-type Fault = { kind: 'hang' } | { kind: 'status'; status: number; retryAfter?: string };
+type Fault = { kind: 'hang' } | { kind: 'lose' } | { kind: 'status'; status: number; retryAfter?: string };
 
 /**
  * Forwards to the real server, except that the next requests matching a path take the queued
- * faults: `hang` accepts and never answers (until `close`), `status` answers that error itself.
+ * faults: `hang` accepts and never answers (until `close`), `lose` forwards the request and drops
+ * the connection when the answer comes (the server did the work; the client never hears of it),
+ * `status` answers that error itself.
  */
 class FaultyServer {
   private readonly server: http.Server;
@@ -50,6 +53,8 @@ class FaultyServer {
   private readonly faults: { path: string; fault: Fault }[] = [];
   /** Every request received, as `METHOD /path` (without the API prefix and query). */
   readonly seen: string[] = [];
+  /** The `Idempotency-Key` of each request in `seen` (undefined when it had none). */
+  readonly keys: (string | undefined)[] = [];
   port = 0;
 
   private constructor(private readonly target: () => number) {
@@ -88,13 +93,15 @@ class FaultyServer {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const path = new URL(req.url ?? '/', 'http://x').pathname.replace(/^\/api\/v1/, '');
     this.seen.push(`${req.method} ${path}`);
+    const key = req.headers['idempotency-key'];
+    this.keys.push(typeof key === 'string' ? key : undefined);
     const i = this.faults.findIndex((f) => f.path === path);
-    if (i >= 0) {
-      const { fault } = this.faults.splice(i, 1)[0]!;
-      if (fault.kind === 'hang') {
-        req.resume(); // read the body, answer nothing
-        return;
-      }
+    const fault = i >= 0 ? this.faults.splice(i, 1)[0]!.fault : undefined;
+    if (fault?.kind === 'hang') {
+      req.resume(); // read the body, answer nothing
+      return;
+    }
+    if (fault?.kind === 'status') {
       const headers: http.OutgoingHttpHeaders = { 'content-type': 'application/problem+json' };
       if (fault.retryAfter !== undefined) headers['retry-after'] = fault.retryAfter;
       res.writeHead(fault.status, headers);
@@ -104,12 +111,22 @@ class FaultyServer {
     const up = http.request(
       { host: '127.0.0.1', port: this.target(), method: req.method, path: req.url, headers: req.headers },
       (answer) => {
+        if (fault?.kind === 'lose') {
+          answer.resume();
+          res.socket?.destroy();
+          return;
+        }
         res.writeHead(answer.statusCode ?? 502, answer.headers);
         answer.pipe(res);
       },
     );
     up.on('error', () => res.destroy());
     req.pipe(up);
+  }
+
+  /** The keys of the requests seen as `what` (e.g. 'POST /teams'), in order. */
+  keysOf(what: string): (string | undefined)[] {
+    return this.keys.filter((_, i) => this.seen[i] === what);
   }
 
   async close(): Promise<void> {
@@ -185,16 +202,39 @@ describe('timeouts', { timeout: 60_000 }, () => {
     assert.equal(faulty.count('GET /me') - before, 2);
   });
 
-  test('a POST that never gets an answer times out once and is not sent again', async () => {
+  test('a POST whose answer is lost is sent again with the same Idempotency-Key and creates once', async () => {
     const session = new Session(faulty.baseUrl, await newAuth());
+    const team = (await session.createTeam('Keys')).data;
+    const path = `/teams/${team.id}/tasks`;
+    faulty.fail(path, { kind: 'lose' });
+    const before = faulty.count(`POST ${path}`);
+    const task = await within('create task', session.createTask(team.id, { title: 'only once' }));
+    assert.equal(task.status, 201);
+    assert.equal(task.headers.get('idempotent-replayed'), 'true', 'the retry got the first answer');
+    assert.equal(faulty.count(`POST ${path}`) - before, 2);
+    const keys = faulty.keysOf(`POST ${path}`).slice(-2);
+    assert.ok(keys[0] !== undefined && keys[0] === keys[1], `one key for both attempts: ${keys.join(', ')}`);
+    const all = (await session.listTasks(team.id)).data.items;
+    assert.deepEqual(all.map((t) => t.id), [task.data.id], 'created once');
+    // Every call has its own key.
+    await session.createTask(team.id, { title: 'second' });
+    assert.notEqual(faulty.keysOf(`POST ${path}`).at(-1), keys[0]);
+  });
+
+  test('a POST without a key that never gets an answer times out once and is not sent again', async () => {
+    const auth = await newAuth();
     faulty.fail('/teams', { kind: 'hang' });
     const before = faulty.count('POST /teams');
     const timedOut = rejected(
-      await outcome('create team', session.request('POST', '/teams', { body: { name: 'Never' }, timeoutMs: 300 })),
+      await outcome(
+        'create team',
+        apiRequest(faulty.baseUrl, 'POST', '/teams', { token: auth.accessToken, body: { name: 'Never' }, timeoutMs: 300 }),
+      ),
     );
     assert.ok(timedOut instanceof NetworkError);
     assert.equal(timedOut.code, 'timeout');
     assert.equal(faulty.count('POST /teams') - before, 1);
+    const session = new Session(faulty.baseUrl, auth);
     assert.equal((await session.listTeams()).data.items.length, 0, 'no team was created');
   });
 
@@ -233,17 +273,18 @@ describe('retries', { timeout: 60_000 }, () => {
     assert.equal(faulty.count('GET /me') - before, 2);
   });
 
-  test('a POST or PATCH answered 503 is not retried', async () => {
+  test('a keyed POST answered 503 is retried; a PATCH is not', async () => {
     const session = new Session(faulty.baseUrl, await newAuth());
     const team = (await session.createTeam('Core')).data;
     const task = (await session.createTask(team.id, { title: 'One' })).data;
 
     const posts = faulty.count('POST /teams');
     faulty.fail('/teams', { kind: 'status', status: 503 });
-    const post = rejected(await outcome('create team', session.createTeam('Again')));
-    assert.ok(post instanceof ApiError);
-    assert.equal(post.status, 503);
-    assert.equal(faulty.count('POST /teams') - posts, 1);
+    const again = await within('create team', session.createTeam('Again'));
+    assert.equal(again.status, 201);
+    assert.equal(faulty.count('POST /teams') - posts, 2);
+    const names = (await session.listTeams()).data.items.map((t) => t.name).sort();
+    assert.deepEqual(names, ['Again', 'Core']);
 
     const before = faulty.count(`PATCH /tasks/${task.id}`);
     faulty.fail(`/tasks/${task.id}`, { kind: 'status', status: 503 });

@@ -286,6 +286,33 @@ describe('live tasks', { timeout: 60_000 }, () => {
     assert.deepEqual(todo.getSnapshot().items, await readTasks(ann, team.id, { status: 'todo' }));
   });
 
+  test('a bulk import (one tasks.imported naming its tasks) reaches board and team-wide collections', async () => {
+    const ann = await newUser(server, 'Ann');
+    const team = (await ann.createTeam('Import')).data;
+    const boardA = team.defaultBoardId;
+    const boardB = (await ann.createBoard(team.id, 'B')).data.id;
+    const onA = openLiveTasks(connect(server.baseUrl, ann).client, ann, { teamId: team.id, boardId: boardA });
+    const onB = openLiveTasks(connect(server.baseUrl, ann).client, ann, { teamId: team.id, boardId: boardB });
+    const all = openLiveTasks(connect(server.baseUrl, ann).client, ann, { teamId: team.id });
+    await within('ready', Promise.all([onA.ready, onB.ready, all.ready]));
+    await ann.createTask(team.id, { title: 'before' });
+
+    const tasks = Array.from({ length: 300 }, (_, i) => ({ title: `imported ${i}`, importKey: `row-${i}` }));
+    const answer = await ann.importTasks(team.id, { boardId: boardA, tasks });
+    assert.equal(answer.status, 201);
+    assert.equal(answer.data.items.length, 300);
+    await converges('imported (board A)', onA, () => readTasks(ann, team.id, { boardId: boardA }));
+    await converges('imported (team)', all, () => readTasks(ann, team.id));
+    assert.equal(onA.getSnapshot().items.length, 301);
+    assert.equal(all.getSnapshot().items.length, 301);
+    // Another board's collection is not about it: it stays as it was.
+    assert.equal(onB.getSnapshot().items.length, 0);
+    // Live goes on after the reload.
+    await ann.createTask(team.id, { title: 'after' });
+    await converges('after (board A)', onA, () => readTasks(ann, team.id, { boardId: boardA }));
+    assert.equal(onA.getSnapshot().status, 'live');
+  });
+
   test('a team-wide collection follows boards created and deleted after it opened', async () => {
     const ann = await newUser(server, 'Ann');
     const team = (await ann.createTeam('Boards')).data;

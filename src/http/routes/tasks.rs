@@ -9,6 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{PageOf, PageQuery, SEQ_HEADER, WithSeq};
 use crate::domain::error::Checks;
+use crate::domain::import::{ImportedTask, TaskBatch};
 use crate::domain::rules::{NewTask, TaskPatch};
 use crate::domain::search::{self, AssigneeFilter, SearchHit, TaskFilter, TaskSort};
 use crate::domain::{BoardId, Comment, CommentId, Task, TaskId, TaskStatus, TeamId, UserId};
@@ -20,6 +21,7 @@ use crate::http::extract::{Caller, Json, Path, Query};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_task, list_tasks))
+        .routes(routes!(import_tasks))
         .routes(routes!(search_tasks))
         .routes(routes!(get_task, patch_task, delete_task))
         .routes(routes!(create_comment, list_comments))
@@ -282,6 +284,35 @@ async fn create_task(
         following: None,
         status: StatusCode::CREATED,
     })
+}
+
+/// The answer of a batch: every task of the batch, in its order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedTasks {
+    pub items: Vec<ImportedTask>,
+}
+
+/// Creates up to 1,000 tasks on one board, with their comments, in one transaction (not
+/// viewers), and emits one `tasks.imported` for them. Every task is checked first: one invalid
+/// field refuses the whole batch (422 naming each, as `tasks[3].title`). A task whose `importKey`
+/// was imported into the team before is answered as it is now, with `created: false`, and not
+/// written again: a batch can be sent again after an interruption. 201 when the batch created a
+/// task, 200 when every task was imported before.
+#[utoipa::path(post, path = "/teams/{teamId}/tasks:batch", tag = "tasks", params(("teamId" = Uuid, Path)), request_body = TaskBatch,
+    responses((status = 201, body = ImportedTasks), (status = 200, body = ImportedTasks)))]
+async fn import_tasks(
+    State(s): State<AppState>,
+    Caller(user): Caller,
+    Path(team): Path<TeamId>,
+    Json(b): Json<TaskBatch>,
+) -> ApiResult<(StatusCode, axum::Json<ImportedTasks>)> {
+    let items = s.services.import_tasks(user, team, b).await?;
+    let status = if items.iter().any(|i| i.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(ImportedTasks { items })))
 }
 
 /// A team's tasks, filtered and sorted (oldest first by default); see the parameters.

@@ -36,6 +36,17 @@ const MAX_RETRIES = 10;
 const MAX_TIMER_MS = 2_147_483_647;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
 const RETRY_STATUS = new Set([429, 502, 503, 504]);
+const IDEMPOTENCY_KEY = 'idempotency-key';
+function idempotencyKey(headers) {
+    for (const [name, value] of Object.entries(headers ?? {})) {
+        if (name.toLowerCase() === IDEMPOTENCY_KEY)
+            return value;
+    }
+    return undefined;
+}
+function newIdempotencyKey() {
+    return globalThis.crypto.randomUUID();
+}
 function checkTimeout(v, what) {
     if (v === undefined)
         return DEFAULT_TIMEOUT_MS;
@@ -107,7 +118,8 @@ export async function apiRequest(baseUrl, method, path, opts = {}) {
     const timeoutMs = checkTimeout(opts.timeoutMs, 'timeoutMs');
     const verb = method.toUpperCase();
     const requested = checkRetries(opts.retries, 'retries');
-    const retries = IDEMPOTENT.has(verb) ? requested : 0;
+    const keyed = verb === 'POST' && idempotencyKey(opts.headers) !== undefined;
+    const retries = IDEMPOTENT.has(verb) || keyed ? requested : 0;
     const headers = { accept: 'application/json', ...opts.headers };
     if (opts.token)
         headers.authorization = `Bearer ${opts.token}`;
@@ -128,6 +140,8 @@ export async function apiRequest(baseUrl, method, path, opts = {}) {
             if (e instanceof NetworkError)
                 failure = e;
             else if (e instanceof ApiError && RETRY_STATUS.has(e.status))
+                failure = e;
+            else if (keyed && e instanceof ApiError && e.status === 409 && e.code === 'idempotency_key_in_use')
                 failure = e;
             else
                 throw e;
@@ -329,8 +343,12 @@ export class Session {
     }
     async request(method, path, opts = {}) {
         const { token } = await this.getAccessToken();
+        const headers = method.toUpperCase() === 'POST' && idempotencyKey(opts.headers) === undefined
+            ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() }
+            : opts.headers;
         const call = (t) => apiRequest(this.baseUrl, method, path, {
             ...opts,
+            ...(headers ? { headers } : {}),
             ...(this.fetchImpl ? { fetch: this.fetchImpl } : {}),
             timeoutMs: opts.timeoutMs ?? this.timeoutMs,
             retries: opts.retries ?? this.retries,
@@ -388,6 +406,9 @@ export class Session {
     }
     createTask(teamId, task) {
         return this.request('POST', `/teams/${teamId}/tasks`, { body: task });
+    }
+    importTasks(teamId, batch) {
+        return this.request('POST', `/teams/${teamId}/tasks:batch`, { body: batch });
     }
     listTasks(teamId, query = {}) {
         return this.request('GET', `/teams/${teamId}/tasks`, { query: taskListParams(query) });

@@ -226,6 +226,9 @@ class LiveBase {
         return true;
     }
     onArrival(_a) { }
+    needsReload(_a) {
+        return false;
+    }
     roomLost(_room, _e) {
         return false;
     }
@@ -330,6 +333,8 @@ class LiveBase {
         this.onArrival(a);
         if (this.finished)
             return;
+        if (!this.holding && a.seq > this.baseSeq && this.needsReload(a))
+            this.refetch();
         if (this.holding) {
             if (this.isFinal(a)) {
                 this.applyOne(a);
@@ -400,7 +405,8 @@ class LiveBase {
     }
     install(r) {
         const s = r.seq;
-        if (this.heldDropped > s) {
+        const reload = [...this.held.values()].some((a) => a.seq > s && this.needsReload(a));
+        if (this.heldDropped > s || reload) {
             for (const seq of [...this.held.keys()])
                 if (seq <= s)
                     this.held.delete(seq);
@@ -680,6 +686,9 @@ class LiveTasks extends LiveBase {
         else if (a.type === 'board.deleted') {
             this.leave(`board:${a.data.boardId}`);
         }
+    }
+    needsReload(a) {
+        return a.type === 'tasks.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
     }
     roomLost(room, e) {
         return this.q.boardId === undefined && 'boardId' in room.scope && e instanceof RealtimeError && e.code === 'forbidden';

@@ -1,0 +1,212 @@
+//! Bulk import: a batch of tasks, with their comments, written in one transaction under one
+//! activity.
+//!
+//! One `tasks.imported` activity stands for the batch, not one `task.created` per task: a batch
+//! delivered task by task is a thousand frames queued at once on every socket watching the team,
+//! past the live queue a socket may hold (`TASKFORGE_WS_QUEUE_LIMIT`, 1,024 frames), which cuts
+//! those sockets as slow consumers. An import notifies no one's inbox and makes no one follow the
+//! tasks: a migration of old work is not news.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use super::{Result, Services, now};
+use crate::domain::activity::{ActivityData, ActivityDraft};
+use crate::domain::import::{BatchTask, ImportedTask, TaskBatch};
+use crate::domain::rules::{Action, label_set, position_after};
+use crate::domain::*;
+use crate::store::{StoreError, Tx};
+
+impl Services {
+    /// Creates the batch's tasks (those whose import key the team has not seen) in its order,
+    /// each at the end of its status column, with their comments; answers every task of the
+    /// batch, created or found.
+    pub async fn import_tasks(
+        &self,
+        actor: UserId,
+        team: TeamId,
+        batch: TaskBatch,
+    ) -> Result<Vec<ImportedTask>> {
+        batch.check()?;
+        let mut tx = self.store.write().await?;
+        let mut last_positions = column_ends(&mut *tx, team, actor, &batch).await?;
+        let keys: Vec<&str> = batch
+            .tasks
+            .iter()
+            .filter_map(|t| t.import_key.as_deref())
+            .collect();
+        let known: HashMap<String, TaskId> =
+            tx.imported_tasks(team, &keys).await?.into_iter().collect();
+        let is_new = |t: &BatchTask| t.import_key.as_ref().is_none_or(|k| !known.contains_key(k));
+        check_references(&mut *tx, team, &batch, is_new).await?;
+
+        let at = now();
+        let mut answer = Vec::with_capacity(batch.tasks.len());
+        let mut created = Vec::new();
+        let mut comment_count = 0u32;
+        for item in batch.tasks {
+            if let Some(id) = item.import_key.as_ref().and_then(|k| known.get(k)) {
+                let task = tx.task(*id).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("import key of task {id} outlived it"))
+                })?;
+                answer.push(ImportedTask {
+                    task,
+                    created: false,
+                });
+                continue;
+            }
+            let status = item.status.unwrap_or_default();
+            let last = last_positions.entry(status).or_default();
+            let position = position_after(*last);
+            *last = Some(position);
+            let task = Task {
+                id: TaskId::from(Uuid::now_v7()),
+                team_id: team,
+                board_id: batch.board_id,
+                title: item.title,
+                description: item.description.unwrap_or_default(),
+                status,
+                priority: item.priority.unwrap_or_default(),
+                assignee_user_id: item.assignee_user_id,
+                due_date: item.due_date,
+                position,
+                created_by: actor,
+                created_at: at,
+                updated_at: at,
+                version: 1,
+                label_ids: label_set(item.label_ids.as_deref().unwrap_or_default()),
+            };
+            tx.insert_task(&task).await?;
+            if let Some(key) = &item.import_key {
+                tx.insert_import_key(team, key, task.id)
+                    .await
+                    .map_err(|e| match e {
+                        // Another import of the same key committed first (PostgreSQL).
+                        StoreError::Duplicate => DomainError::Conflict(
+                            "another import of the same key ran at the same time; retry",
+                        )
+                        .into(),
+                        other => super::ServiceError::from(other),
+                    })?;
+            }
+            for c in item.comments {
+                let comment = Comment {
+                    id: CommentId::from(Uuid::now_v7()),
+                    task_id: task.id,
+                    team_id: team,
+                    author_user_id: actor,
+                    body: c.body,
+                    created_at: at,
+                    edited_at: None,
+                };
+                tx.insert_comment(&comment).await?;
+                comment_count += 1;
+            }
+            created.push(task.id);
+            answer.push(ImportedTask {
+                task,
+                created: true,
+            });
+        }
+        if created.is_empty() {
+            // Every row was imported before: nothing to write, nothing to tell.
+            return Ok(answer);
+        }
+        let draft = ActivityDraft::new(
+            ActivityData::TasksImported {
+                board_id: batch.board_id,
+                task_ids: created,
+                comment_count,
+            },
+            actor,
+            at,
+        );
+        self.commit(tx, team, vec![draft], Vec::new()).await?;
+        Ok(answer)
+    }
+}
+
+/// The caller may write tasks in the team, the board is the team's, and the last position of
+/// each status column the batch adds to (read once per column).
+async fn column_ends(
+    tx: &mut dyn Tx,
+    team: TeamId,
+    actor: UserId,
+    batch: &TaskBatch,
+) -> Result<HashMap<TaskStatus, Option<f64>>> {
+    let mut statuses: Vec<TaskStatus> = batch
+        .tasks
+        .iter()
+        .map(|t| t.status.unwrap_or_default())
+        .collect();
+    statuses.sort_by_key(|s| s.as_str());
+    statuses.dedup();
+    let mut ends = HashMap::new();
+    for status in statuses {
+        let slot = tx
+            .task_slot(team, actor, Some(batch.board_id), status)
+            .await?
+            .ok_or(DomainError::NotFound)?;
+        slot.role.ensure(Action::WriteTasks)?;
+        if slot.board_id.is_none() {
+            return Err(DomainError::invalid("boardId", "is not a board of this team").into());
+        }
+        ends.insert(status, slot.last_position);
+    }
+    Ok(ends)
+}
+
+/// Every assignee is a member and every label the team's; each miss is named by its task.
+/// Rows imported before are not checked again (their assignee may have left the team since).
+async fn check_references(
+    tx: &mut dyn Tx,
+    team: TeamId,
+    batch: &TaskBatch,
+    is_new: impl Fn(&BatchTask) -> bool,
+) -> Result<()> {
+    let new_rows = || batch.tasks.iter().filter(|t| is_new(t));
+    let assignees: Vec<UserId> = distinct(new_rows().filter_map(|t| t.assignee_user_id));
+    let labels: Vec<LabelId> =
+        distinct(new_rows().flat_map(|t| t.label_ids.iter().flatten().copied()));
+    let members: HashSet<UserId> = tx
+        .members_among(team, &assignees)
+        .await?
+        .into_iter()
+        .collect();
+    let mut team_labels: HashSet<LabelId> = HashSet::new();
+    for chunk in labels.chunks(500) {
+        team_labels.extend(tx.labels_among(team, chunk).await?);
+    }
+    let mut errors = Vec::new();
+    for (i, t) in batch.tasks.iter().enumerate().filter(|(_, t)| is_new(t)) {
+        if t.assignee_user_id.is_some_and(|a| !members.contains(&a)) {
+            errors.push(FieldError::new(
+                &format!("tasks[{i}].assigneeUserId"),
+                "is not a member of this team",
+            ));
+        }
+        if t.label_ids
+            .iter()
+            .flatten()
+            .any(|l| !team_labels.contains(l))
+        {
+            errors.push(FieldError::new(
+                &format!("tasks[{i}].labelIds"),
+                "names a label that is not one of this team's",
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::Validation(errors).into())
+    }
+}
+
+fn distinct<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
