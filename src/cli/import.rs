@@ -50,6 +50,11 @@ pub struct ImportArgs {
     /// The source's format (default: `csv` for a .csv file, else told by the JSON's shape).
     #[arg(long, value_enum)]
     format: Option<Format>,
+    /// Names the source in every row's import key (1 to 60 visible ASCII characters), so that two
+    /// sources with the same ids (two CSV files numbered from 1, two Jira sites) stay apart.
+    /// GitHub rows are keyed by their repository, read from the export unless this names it.
+    #[arg(long, value_parser = parse_source)]
+    source: Option<String>,
     /// Tasks per request (1 to 1000; a batch is also cut to stay under 900 KiB).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=BATCH_TASKS_MAX as i64))]
     batch: u16,
@@ -81,7 +86,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         Some(f) => f,
         None => detect(&args.file, &text)?,
     };
-    let rows = parse(format, &text)?;
+    let mut rows = parse(format, &text, args.source.as_deref())?;
     if rows.is_empty() {
         bail!("{} holds no tasks", args.file.display());
     }
@@ -95,12 +100,22 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
             .to_owned(),
     };
     let members = member_emails(&mut remote, args.team).await?;
-    let labels = ensure_labels(&mut remote, args.team, &rows).await?;
-
     let run = uuid::Uuid::new_v4();
+    let labels = ensure_labels(&mut remote, run, args.team, &rows).await?;
+
     let total = rows.len();
     let mut progress = Progress::new(total);
     let mut unknown_assignees: HashMap<String, usize> = HashMap::new();
+    for row in &mut rows {
+        if row.comments.len() > BATCH_COMMENTS_MAX {
+            eprintln!(
+                "warning: {} has {} comments: the first {BATCH_COMMENTS_MAX} are imported",
+                row.key,
+                row.comments.len()
+            );
+            row.comments.truncate(BATCH_COMMENTS_MAX);
+        }
+    }
     let mut tasks: Vec<Value> = Vec::new();
     let mut comments = 0usize;
     let mut bytes = 0usize;
@@ -202,7 +217,7 @@ async fn send(
     let bytes = serde_json::to_vec(&body).context("encoding a batch")?;
     let key = format!("import-{run}-{}", hex(&Sha256::digest(&bytes)[..16]));
     let answer = remote
-        .post_keyed(&format!("/teams/{team}/tasks:batch"), bytes, &key)
+        .post_keyed(&format!("/teams/{team}/tasks:batch"), bytes, &key, true)
         .await?;
     let items = answer["items"].as_array().map_or(&[][..], Vec::as_slice);
     if items.len() != n {
@@ -235,6 +250,7 @@ async fn member_emails(
 /// The team's labels by name (any case), with the ones the rows name and the team lacks created.
 async fn ensure_labels(
     remote: &mut Remote,
+    run: uuid::Uuid,
     team: uuid::Uuid,
     rows: &[Row],
 ) -> anyhow::Result<HashMap<String, String>> {
@@ -258,12 +274,10 @@ async fn ensure_labels(
     for name in wanted {
         let body = serde_json::to_vec(&json!({ "name": name, "color": color_of(&name) }))
             .context("encoding a label")?;
-        let key = format!(
-            "import-label-{}",
-            hex(&Sha256::digest(label_key(&name).as_bytes())[..16])
-        );
+        let digest = Sha256::digest(label_key(&name).as_bytes());
+        let key = format!("import-{run}-label-{}", hex(&digest[..16]));
         let label = remote
-            .post_keyed(&format!("/teams/{team}/labels"), body, &key)
+            .post_keyed(&format!("/teams/{team}/labels"), body, &key, false)
             .await
             .with_context(|| format!("creating the label {name:?}"))?;
         if let Some(id) = label["id"].as_str() {
@@ -388,12 +402,41 @@ fn detect(path: &std::path::Path, text: &str) -> anyhow::Result<Format> {
     }
 }
 
-pub fn parse(format: Format, text: &str) -> anyhow::Result<Vec<Row>> {
-    match format {
-        Format::Csv => parse_csv(text),
-        Format::Trello => parse_trello(&json_of(text)?),
-        Format::Jira => parse_jira(&json_of(text)?),
-        Format::Github => parse_github(&json_of(text)?),
+/// The rows of a source; `source` (see `--source`) goes into every key.
+pub fn parse(format: Format, text: &str, source: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let mut rows = match format {
+        Format::Csv => parse_csv(text)?,
+        Format::Trello => parse_trello(&json_of(text)?)?,
+        Format::Jira => parse_jira(&json_of(text)?)?,
+        Format::Github => parse_github(&json_of(text)?, source)?,
+    };
+    if let Some(source) = source
+        && format != Format::Github
+    {
+        for row in &mut rows {
+            if let Some((kind, id)) = row.key.split_once(':') {
+                row.key = format!("{kind}:{source}:{id}");
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn parse_source(s: &str) -> Result<String, String> {
+    if (1..=60).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 60 visible ASCII characters".to_owned())
+    }
+}
+
+/// An import key of a source's own id: kept as it is when it is a valid key part (visible ASCII,
+/// short enough), else replaced by its hash, so that any id gives a valid, distinct key.
+fn id_key(kind: &str, id: &str) -> String {
+    if (1..=120).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) {
+        format!("{kind}:{id}")
+    } else {
+        format!("{kind}:h:{}", hex(&Sha256::digest(id.as_bytes())[..16]))
     }
 }
 
@@ -431,18 +474,12 @@ fn priority_of(s: &str) -> Option<&'static str> {
     })
 }
 
-/// `YYYY-MM-DD` from a date or a timestamp that starts with one.
+/// `YYYY-MM-DD` from a date or a timestamp that starts with one; a day that does not exist
+/// (`2027-02-30`) is no date.
 fn date_of(s: &str) -> Option<String> {
     let d = s.trim().get(..10)?;
-    let ok = d.len() == 10
-        && d.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    ok.then(|| d.to_owned())
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(d, format).ok().map(|_| d.to_owned())
 }
 
 /// CSV with a header row: `title` (required), `description`, `status`, `priority`, `assignee`
@@ -479,7 +516,7 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<Row>> {
                     Sha256::digest(record.iter().collect::<Vec<_>>().join("\u{1f}").as_bytes());
                 format!("csv:{}:{}", i + 2, hex(&digest[..8]))
             }
-            id => format!("csv:{}", cut(id, 190)),
+            id => id_key("csv", id),
         };
         rows.push(Row {
             key,
@@ -564,7 +601,7 @@ fn parse_trello(v: &Value) -> anyhow::Result<Vec<Row>> {
             status_of(lists.get(str_at(c, &["idList"])).copied().unwrap_or(""))
         };
         rows.push(Row {
-            key: format!("trello:{id}"),
+            key: id_key("trello", id),
             title: str_at(c, &["name"]).to_owned(),
             description: str_at(c, &["desc"]).to_owned(),
             status,
@@ -605,7 +642,7 @@ fn parse_jira(v: &Value) -> anyhow::Result<Vec<Row>> {
             _ => status_of(str_at(f, &["status", "name"])),
         };
         rows.push(Row {
-            key: format!("jira:{key}"),
+            key: id_key("jira", key),
             title: str_at(f, &["summary"]).to_owned(),
             description: jira_text(&f["description"]),
             status,
@@ -658,8 +695,9 @@ fn jira_text(v: &Value) -> String {
 
 /// GitHub issues, as the REST API or `gh issue list --json ...` gives them: closed ones are done
 /// (or canceled when closed as not planned), labels by name, the milestone's due date,
-/// comments when the export holds their bodies. GitHub gives no emails: no assignee.
-fn parse_github(v: &Value) -> anyhow::Result<Vec<Row>> {
+/// comments when the export holds their bodies. GitHub gives no emails: no assignee. Keys are
+/// `github:owner/repo#7`: the repository from each issue's URL, or `source`.
+fn parse_github(v: &Value, source: Option<&str>) -> anyhow::Result<Vec<Row>> {
     let issues = v
         .as_array()
         .context("a GitHub export is an array of issues")?;
@@ -671,6 +709,15 @@ fn parse_github(v: &Value) -> anyhow::Result<Vec<Row>> {
         let number = issue["number"]
             .as_u64()
             .context("a GitHub issue without a number")?;
+        let repo = match source {
+            Some(s) => s.to_owned(),
+            None => github_repo(issue).with_context(|| {
+                format!(
+                    "issue #{number} names no repository (no url in the export): \
+                     name it with --source owner/repo"
+                )
+            })?,
+        };
         let state = str_at(issue, &["state"]).to_lowercase();
         let reason = str_at(issue, &["state_reason"]).to_lowercase();
         let reason = if reason.is_empty() {
@@ -688,7 +735,7 @@ fn parse_github(v: &Value) -> anyhow::Result<Vec<Row>> {
             .or_else(|| issue["milestone"]["dueOn"].as_str())
             .unwrap_or("");
         rows.push(Row {
-            key: format!("github:{number}"),
+            key: id_key("github", &format!("{repo}#{number}")),
             title: str_at(issue, &["title"]).to_owned(),
             description: str_at(issue, &["body"]).to_owned(),
             status: Some(status),
@@ -712,6 +759,21 @@ fn parse_github(v: &Value) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// `owner/repo` from an issue's `repository_url` (REST API) or its `html_url` / `url`.
+fn github_repo(issue: &Value) -> Option<String> {
+    if let Some(api) = issue["repository_url"].as_str() {
+        let (_, repo) = api.split_once("/repos/")?;
+        return Some(repo.trim_end_matches('/').to_owned());
+    }
+    let url = issue["html_url"]
+        .as_str()
+        .or_else(|| issue["url"].as_str())?;
+    let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let mut parts = path.split('/').skip(1);
+    let (owner, repo) = (parts.next()?, parts.next()?);
+    (!owner.is_empty() && !repo.is_empty()).then(|| format!("{owner}/{repo}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,7 +783,7 @@ mod tests {
         let text = "Labels,Title,Status,Due Date,Assignee,Priority,Comments\n\
                     bug; ui ,Fix login,In Progress,2027-01-31T10:00:00Z,Ann@Example.com,High,\"one\n---\ntwo\"\n\
                     ,\"Quoted, title\",,,,,\n";
-        let rows = parse(Format::Csv, text).expect("parses");
+        let rows = parse(Format::Csv, text, None).expect("parses");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].title, "Fix login");
         assert_eq!(rows[0].status, Some("in_progress"));
@@ -733,10 +795,34 @@ mod tests {
         assert_eq!(rows[1].title, "Quoted, title");
         assert_eq!(rows[1].status, None);
         // The same file gives the same keys; another row's content another key.
-        let again = parse(Format::Csv, text).expect("parses");
+        let again = parse(Format::Csv, text, None).expect("parses");
         assert_eq!(rows[0].key, again[0].key);
         assert_ne!(rows[0].key, rows[1].key);
-        assert!(parse(Format::Csv, "name_only_wrong,x\n1,2\n").is_err());
+        assert!(parse(Format::Csv, "name_only_wrong,x\n1,2\n", None).is_err());
+    }
+
+    #[test]
+    fn ids_become_valid_distinct_keys_and_a_source_sets_them_apart() {
+        let text = "id,title,due\n1,a,2027-02-30\nhas space,b,2027-02-28\n\"\u{e9}t\u{e9}\",c,\n";
+        let rows = parse(Format::Csv, text, None).expect("parses");
+        assert_eq!(rows[0].key, "csv:1");
+        assert_eq!(rows[0].due_date, None, "February has no 30th");
+        assert_eq!(rows[1].due_date.as_deref(), Some("2027-02-28"));
+        for row in &rows {
+            assert!(valid_key(&row.key), "{} is not a valid import key", row.key);
+        }
+        assert_ne!(rows[1].key, rows[2].key);
+        assert!(rows[1].key.starts_with("csv:h:"), "{}", rows[1].key);
+        let other = parse(Format::Csv, text, Some("crm-2026")).expect("parses");
+        assert_eq!(other[0].key, "csv:crm-2026:1");
+        let long = "x".repeat(500);
+        assert!(valid_key(&id_key("csv", &long)));
+        assert_ne!(id_key("csv", &long), id_key("csv", &"x".repeat(501)));
+    }
+
+    /// The server's rule for an import key.
+    fn valid_key(k: &str) -> bool {
+        (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
     }
 
     #[test]
@@ -784,16 +870,26 @@ mod tests {
 
         let gh = json!([
             {"number": 7, "title": "T", "body": "B", "state": "closed", "state_reason": "not_planned",
+             "repository_url": "https://api.github.com/repos/acme/app",
              "labels": [{"name": "bug"}], "milestone": {"due_on": "2027-04-01T07:00:00Z"}},
             {"number": 8, "title": "PR", "state": "open", "pull_request": {}},
-            {"number": 9, "title": "U", "state": "OPEN", "labels": ["ui"], "comments": [{"body": "hi"}]},
+            {"number": 9, "title": "U", "state": "OPEN", "labels": ["ui"], "comments": [{"body": "hi"}],
+             "url": "https://github.com/acme/web/issues/9"},
         ]);
-        let rows = parse_github(&gh).expect("parses");
+        let rows = parse_github(&gh, None).expect("parses");
         assert_eq!(rows.len(), 2, "pull requests are skipped");
+        assert_eq!(rows[0].key, "github:acme/app#7");
         assert_eq!(rows[0].status, Some("canceled"));
         assert_eq!(rows[0].due_date.as_deref(), Some("2027-04-01"));
-        assert_eq!(rows[1].key, "github:9");
+        assert_eq!(
+            rows[1].key, "github:acme/web#9",
+            "two repositories' #9 stay apart"
+        );
         assert_eq!(rows[1].labels, ["ui"]);
         assert_eq!(rows[1].comments, ["hi"]);
+        let bare = json!([{"number": 1, "title": "no url", "state": "open"}]);
+        assert!(parse_github(&bare, None).is_err(), "no repository, no key");
+        let named = parse(Format::Github, &bare.to_string(), Some("acme/cli")).expect("parses");
+        assert_eq!(named[0].key, "github:acme/cli#1");
     }
 }

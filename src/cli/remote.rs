@@ -92,13 +92,15 @@ impl Remote {
     }
 
     /// `POST /api/v1{path}` with a JSON body and an `Idempotency-Key`, as the saved user. A lost
-    /// answer, a timeout, a 5xx, a 429 or a 409 (the first attempt still running, or a racing
-    /// import of the same row) is retried with the same body and key, so it is applied once.
+    /// answer, a timeout, a 5xx, a 429 or a 409 `idempotency_key_in_use` (the first attempt still
+    /// running) is retried with the same body and key, so it is applied once; with
+    /// `retry_conflict`, any 409 too (a racing import of the same row).
     pub async fn post_keyed(
         &mut self,
         path: &str,
         body: Vec<u8>,
         key: &str,
+        retry_conflict: bool,
     ) -> anyhow::Result<Value> {
         const ATTEMPTS: u32 = 6;
         let url = format!("{}/api/v1{path}", self.url);
@@ -136,10 +138,11 @@ impl Remote {
                     .await
                     .with_context(|| format!("reading the answer of POST {url}"));
             }
+            let problem: Value = resp.json().await.unwrap_or_default();
             let passing = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::CONFLICT;
-            let problem: Value = resp.json().await.unwrap_or_default();
+                || (status == reqwest::StatusCode::CONFLICT
+                    && (retry_conflict || problem["code"] == "idempotency_key_in_use"));
             if passing && attempt < ATTEMPTS {
                 backoff(attempt).await;
                 continue;

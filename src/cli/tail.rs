@@ -445,6 +445,14 @@ impl Tail {
                 _ => None,
             };
             self.changes.extend(change);
+            // A bulk import names its tasks: their rooms carry their comments from now on.
+            if activity["type"] == "task.imported" && !self.poll {
+                let ids = activity["data"]["taskIds"].as_array().into_iter().flatten();
+                self.changes.extend(
+                    ids.filter_map(Value::as_str)
+                        .map(|id| RoomChange::Join(Scope::task(id), seq)),
+                );
+            }
         }
         if matches!(
             activity["type"].as_str(),
@@ -462,7 +470,11 @@ impl Tail {
 
     /// Joins and leaves the rooms that printed activities announced; false if a send failed.
     async fn apply_changes(&mut self, ws: &mut Socket) -> anyhow::Result<bool> {
-        for change in std::mem::take(&mut self.changes) {
+        for (i, change) in std::mem::take(&mut self.changes).into_iter().enumerate() {
+            // An import announces up to 1,000 rooms at once: paced like the first joins.
+            if i >= SUBSCRIBE_BURST {
+                tokio::time::sleep(SUBSCRIBE_PACE).await;
+            }
             let sent = match change {
                 RoomChange::Join(scope, since) => self.join(ws, scope, since).await,
                 RoomChange::Leave(scope) => self.leave(ws, scope).await,
@@ -666,6 +678,11 @@ fn human(a: &Value, names: &HashMap<String, String>) -> String {
         .flatten()
         .next()
         .map(|s| format!(" {s:?}"))
+        .or_else(|| {
+            let tasks = data["taskIds"].as_array()?.len();
+            let comments = data["commentCount"].as_u64().unwrap_or(0);
+            Some(format!(" ({tasks} tasks, {comments} comments)"))
+        })
         .unwrap_or_default();
     let actor = a["actorUserId"].as_str().unwrap_or("?");
     // Unknown ids (say, of a user who left before the tail started) stay as they are.

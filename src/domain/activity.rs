@@ -88,7 +88,7 @@ activities! {
     /// comments among them): one activity for the whole batch, so that a live socket gets one
     /// frame, not a thousand. Read the tasks with `GET /teams/{teamId}/tasks`.
     #[serde(rename_all = "camelCase")]
-    TasksImported = "tasks.imported" {
+    TaskImported = "task.imported" {
         #[schema(value_type = Uuid)]
         board_id: BoardId,
         #[schema(value_type = Vec<Uuid>)]
@@ -226,7 +226,7 @@ impl Route {
         let team = matches!(
             self.kind,
             TaskCreated
-                | TasksImported
+                | TaskImported
                 | TaskDeleted
                 | MemberAdded
                 | MemberUpdated
@@ -241,7 +241,7 @@ impl Route {
         );
         let boards = matches!(
             self.kind,
-            TaskCreated | TasksImported | TaskUpdated | TaskDeleted | TaskAssigned
+            TaskCreated | TaskImported | TaskUpdated | TaskDeleted | TaskAssigned
         );
         let task = matches!(
             self.kind,
@@ -326,7 +326,7 @@ impl ActivityDraft {
                 ..
             } => (Some(task.board_id), Some(task.id), *assignee_user_id),
             TaskDeleted { task_id, board_id } => (Some(*board_id), Some(*task_id), None),
-            TasksImported { board_id, .. } => (Some(*board_id), None, None),
+            TaskImported { board_id, .. } => (Some(*board_id), None, None),
             CommentCreated { comment } | CommentUpdated { comment } => {
                 (None, Some(comment.task_id), None)
             }
@@ -416,7 +416,7 @@ mod tests {
         );
         use ActivityKind::*;
         assert_eq!(route(TaskCreated).rooms(), vec![t, b]);
-        assert_eq!(route(TasksImported).rooms(), vec![t, b]);
+        assert_eq!(route(TaskImported).rooms(), vec![t, b]);
         assert_eq!(route(TaskUpdated).rooms(), vec![b, k]);
         assert_eq!(route(TaskDeleted).rooms(), vec![t, b, k]);
         assert_eq!(route(TaskAssigned).rooms(), vec![b, k, u]);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{Checks, DomainError, FieldError};
-use super::model::{BoardId, LabelId, Priority, Task, TaskStatus, UserId, date};
+use super::model::{BoardId, LabelId, Priority, TaskId, TaskStatus, UserId, date};
 use super::rules::{NewTask, check_comment_body};
 
 /// Tasks one batch may create.
@@ -69,10 +69,13 @@ pub struct BatchComment {
     pub body: String,
 }
 
-/// One task of the answer, in the batch's order.
+/// One task of the answer, in the batch's order: its id, not the whole task, so that the
+/// answer of a full batch stays small enough to be kept for an `Idempotency-Key` retry.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ImportedTask {
-    pub task: Task,
+    #[schema(value_type = Uuid)]
+    pub task_id: TaskId,
     /// False when the task was imported under this key before (nothing of this row was written).
     pub created: bool,
 }

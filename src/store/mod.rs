@@ -205,7 +205,8 @@ pub trait Tx: WebhookTx + Send {
         team: TeamId,
         keys: &[&str],
     ) -> Result<Vec<(String, TaskId)>>;
-    /// Records that `task` was imported into the team under `key`.
+    /// Records that `task` was imported into the team under `key`; `StoreError::Duplicate` if
+    /// another transaction recorded the key first.
     async fn insert_import_key(&mut self, team: TeamId, key: &str, task: TaskId) -> Result<()>;
     async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// At most `limit` of the team's tasks passing `filter`, in `sort`'s order, after `after`.

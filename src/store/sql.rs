@@ -955,7 +955,8 @@ macro_rules! impl_tx {
                     .bind(key)
                     .bind(task)
                     .execute(&mut *self.tx)
-                    .await?;
+                    .await
+                    .map_err(map_dup)?;
                 Ok(())
             }
 

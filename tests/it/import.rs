@@ -1,5 +1,5 @@
 //! Bulk import, `POST /teams/{teamId}/tasks:batch` (docs/contract-extensions.md): a batch is
-//! checked whole and written whole, under one `tasks.imported` activity; import keys make a
+//! checked whole and written whole, under one `task.imported` activity; import keys make a
 //! second run find the rows of the first; a watching socket gets the batch as one frame.
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ both_backends!(
     a_batch_creates_its_tasks_and_comments_in_order,
     one_invalid_row_refuses_the_whole_batch,
     importing_again_finds_the_rows_imported_before,
+    racing_imports_of_one_key_create_one_task,
     a_watching_socket_gets_a_large_batch_as_one_frame,
 );
 
@@ -50,28 +51,48 @@ async fn a_batch_creates_its_tasks_and_comments_in_order(b: Backend) {
         ]
     });
     let resp = api.post(&batch_path(team.id), tok, body).await;
-    let answer = resp.ok(201);
-    let items = answer["items"].as_array().expect("items");
-    assert_eq!(items.len(), 3, "{answer}");
+    let answer = resp.ok(201).clone();
+    let ids: Vec<Value> = answer["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["taskId"].clone())
+        .collect();
+    assert_eq!(ids.len(), 3, "{answer}");
+    assert!(
+        answer["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["created"] == true)),
+        "{answer}"
+    );
+    let mut items = Vec::new();
+    for id in &ids {
+        let id = id.as_str().expect("taskId");
+        items.push(
+            api.get_task(tok, id.parse().expect("uuid"))
+                .await
+                .ok(200)
+                .clone(),
+        );
+    }
     let titles: Vec<&str> = items
         .iter()
-        .map(|i| i["task"]["title"].as_str().unwrap_or(""))
+        .map(|t| t["title"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(
         titles,
         ["first imported", "second imported", "third imported"]
     );
-    assert!(items.iter().all(|i| i["created"] == true), "{answer}");
-    let first = &items[0]["task"];
+    let first = &items[0];
     assert_eq!(first["priority"], "high");
     assert_eq!(first["assigneeUserId"], json!(dev.id()));
     assert_eq!(first["dueDate"], "2027-01-31");
     assert_eq!(first["labelIds"], json!([bug.id]));
     assert_eq!(first["boardId"], json!(board));
     assert_eq!(first["version"], 1);
-    assert_eq!(items[1]["task"]["status"], "done");
+    assert_eq!(items[1]["status"], "done");
     // Each at the end of its column: after the task already in `todo`, in the batch's order.
-    let pos = |i: usize| items[i]["task"]["position"].as_f64().unwrap_or(f64::NAN);
+    let pos = |i: usize| items[i]["position"].as_f64().unwrap_or(f64::NAN);
     assert!(pos(0) > before.position, "{answer}");
     assert!(pos(2) > pos(0), "{answer}");
 
@@ -99,10 +120,9 @@ async fn a_batch_creates_its_tasks_and_comments_in_order(b: Backend) {
     let log = api.activity_since(tok, team.id, seq_before).await;
     assert_eq!(log.len(), 1, "{log:?}");
     let a = &log[0];
-    assert_eq!(a.kind, "tasks.imported", "{a:?}");
+    assert_eq!(a.kind, "task.imported", "{a:?}");
     assert_eq!(a.board_id, Some(board));
     assert_eq!(a.task_id, None);
-    let ids: Vec<Value> = items.iter().map(|i| i["task"]["id"].clone()).collect();
     assert_eq!(a.data["taskIds"], json!(ids));
     assert_eq!(a.data["commentCount"], 2);
     assert_eq!(a.data["boardId"], json!(board));
@@ -223,16 +243,13 @@ async fn importing_again_finds_the_rows_imported_before(b: Backend) {
         .map(|i| i["created"] == true)
         .collect();
     assert_eq!(created, [false, false, true], "{second}");
-    assert_eq!(second["items"][0]["task"], first["items"][0]["task"]);
-    assert_eq!(
-        second["items"][1]["task"]["id"],
-        first["items"][1]["task"]["id"]
-    );
+    assert_eq!(second["items"][0]["taskId"], first["items"][0]["taskId"]);
+    assert_eq!(second["items"][1]["taskId"], first["items"][1]["taskId"]);
     let log = api.activity_since(tok, team.id, seq_after_first).await;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(
         log[0].data["taskIds"],
-        json!([second["items"][2]["task"]["id"]])
+        json!([second["items"][2]["taskId"]])
     );
 
     // All seen before: 200, nothing written, nothing logged.
@@ -258,10 +275,7 @@ async fn importing_again_finds_the_rows_imported_before(b: Backend) {
     .await
     .ok(201);
     // Deleting a task frees its key.
-    let r1 = first["items"][0]["task"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let r1 = first["items"][0]["taskId"].as_str().expect("id").to_owned();
     let gone = api.delete(&format!("/api/v1/tasks/{r1}"), tok).await;
     assert_eq!(gone.status, 204, "{}", gone.text);
     let back = api
@@ -274,11 +288,55 @@ async fn importing_again_finds_the_rows_imported_before(b: Backend) {
         .ok(201)
         .clone();
     assert_eq!(back["items"][0]["created"], true);
-    assert_ne!(back["items"][0]["task"]["id"], json!(r1));
+    assert_ne!(back["items"][0]["taskId"], json!(r1));
+}
+
+/// Imports of the same keys at the same instant: one creates the tasks, the others find them
+/// (SQLite: its one writer orders them) or get 409 (PostgreSQL: the key's unique index), never a
+/// second task and never a 500.
+async fn racing_imports_of_one_key_create_one_task(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let tok = owner.token();
+    let team = api.create_team(tok, "Race").await;
+    let body = json!({ "boardId": team.default_board_id, "tasks": [
+        { "importKey": "same-1", "title": "one" },
+        { "importKey": "same-2", "title": "two" },
+    ]});
+    for round in 0..5 {
+        let path = batch_path(team.id);
+        let racers = (0..4).map(|_| api.post(&path, tok, body.clone()));
+        let answers = futures_util::future::join_all(racers).await;
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        for r in &answers {
+            assert!(
+                [200, 201, 409].contains(&r.status),
+                "round {round}: {} {}",
+                r.status,
+                r.text
+            );
+        }
+        if round == 0 {
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 201).count(),
+                1,
+                "{statuses:?}"
+            );
+        } else {
+            assert!(!statuses.contains(&201), "{statuses:?}");
+        }
+        assert_eq!(
+            all_tasks(&api, tok, team.id).await.len(),
+            2,
+            "round {round}"
+        );
+    }
 }
 
 /// A thousand tasks with a comment each, watched by a socket allowed only 64 queued frames: it
-/// gets one `tasks.imported` naming them all, stays open, and the log serves the tasks.
+/// gets one `task.imported` naming them all, stays open, and the log serves the tasks.
 async fn a_watching_socket_gets_a_large_batch_as_one_frame(b: Backend) {
     let srv = TestServer::start_with(b, &[("TASKFORGE_WS_QUEUE_LIMIT", "64")]).await;
     let api = srv.client();
@@ -306,10 +364,10 @@ async fn a_watching_socket_gets_a_large_batch_as_one_frame(b: Backend) {
         .ok(201)
         .clone();
     let got = ws.activities(1, T).await;
-    assert_eq!(got[0]["type"], "tasks.imported");
+    assert_eq!(got[0]["type"], "task.imported");
     let ids = got[0]["data"]["taskIds"].as_array().expect("taskIds");
     assert_eq!(ids.len(), 1000);
-    assert_eq!(ids[999], answer["items"][999]["task"]["id"]);
+    assert_eq!(ids[999], answer["items"][999]["taskId"]);
     assert_eq!(got[0]["data"]["commentCount"], 1000);
     // Still open, and nothing else came: one frame for the batch (the team and board rooms
     // deliver it once).

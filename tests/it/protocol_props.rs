@@ -705,7 +705,7 @@ fn activity_data() -> impl Strategy<Value = ActivityData> {
         (uuid(), uuid())
             .prop_map(|(task_id, board_id)| ActivityData::TaskDeleted { task_id, board_id }),
         (uuid(), prop::collection::vec(uuid(), 1..20), any::<u32>()).prop_map(
-            |(board_id, task_ids, comment_count)| ActivityData::TasksImported {
+            |(board_id, task_ids, comment_count)| ActivityData::TaskImported {
                 board_id,
                 task_ids,
                 comment_count
@@ -816,7 +816,7 @@ fn contract_of(kind: &str) -> (&'static [&'static str], bool, bool) {
         "task.created" => (&["task"], true, true),
         "task.updated" => (&["task", "changes"], true, true),
         "task.deleted" => (&["taskId", "boardId"], true, true),
-        "tasks.imported" => (&["boardId", "taskIds", "commentCount"], true, false),
+        "task.imported" => (&["boardId", "taskIds", "commentCount"], true, false),
         "task.assigned" => (
             &["task", "assigneeUserId", "previousAssigneeUserId"],
             true,
@@ -1011,7 +1011,7 @@ proptest! {
                 prop_assert_eq!(&a["boardId"], &json!(board_id));
                 prop_assert_eq!(&a["taskId"], &json!(task_id));
             }
-            ActivityData::TasksImported { board_id, task_ids, comment_count } => {
+            ActivityData::TaskImported { board_id, task_ids, comment_count } => {
                 prop_assert_eq!(&d["boardId"], &json!(board_id));
                 prop_assert_eq!(&a["boardId"], &json!(board_id));
                 prop_assert_eq!(&d["taskIds"], &json!(task_ids));

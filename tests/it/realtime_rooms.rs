@@ -23,7 +23,7 @@ every_transport!(backends: self_removal_revokes_too);
 
 every_transport!(
     route_task_created,
-    route_tasks_imported,
+    route_task_imported,
     route_task_updated,
     route_task_deleted,
     route_task_assigned,
@@ -474,7 +474,7 @@ async fn route_task_created(d: Deployment) {
 }
 
 /// A bulk import reaches the team and its board's rooms, as a creation does.
-async fn route_tasks_imported(d: Deployment) {
+async fn route_task_imported(d: Deployment) {
     let mut fx = fixture(d).await;
     let path = format!("/api/v1/teams/{}/tasks:batch", fx.team.id);
     let batch =
@@ -485,8 +485,8 @@ async fn route_tasks_imported(d: Deployment) {
         .ok(201);
     let got = fx
         .expect(
-            "tasks.imported on b1",
-            &[("tasks.imported", &["team", "b1", "multi", "assigneeRooms"])],
+            "task.imported on b1",
+            &[("task.imported", &["team", "b1", "multi", "assigneeRooms"])],
         )
         .await;
     let a = &got["b1"][0];
@@ -501,8 +501,8 @@ async fn route_tasks_imported(d: Deployment) {
         .await
         .ok(201);
     fx.expect(
-        "tasks.imported on b2",
-        &[("tasks.imported", &["team", "b2", "multi"])],
+        "task.imported on b2",
+        &[("task.imported", &["team", "b2", "multi"])],
     )
     .await;
     fx.assert_order();

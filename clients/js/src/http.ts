@@ -158,6 +158,13 @@ function idempotencyKey(headers: Record<string, string> | undefined): string | u
   return undefined;
 }
 
+/**
+ * POSTs whose answer the server never keeps for a key (it shows a secret once: a webhook's
+ * creation and secret rotation; the auth routes), so a retry would run them again: they get no
+ * key and are not retried.
+ */
+const UNKEYED_POST = [/^\/auth\//, /^\/teams\/[^/]+\/webhooks\/?$/, /^\/webhooks\/[^/]+\/rotate-secret\/?$/];
+
 /** A fresh key for one call (all its attempts). */
 function newIdempotencyKey(): string {
   return globalThis.crypto.randomUUID();
@@ -468,9 +475,9 @@ export interface TaskBatch {
   tasks: BatchTask[];
 }
 
-/** One task of a batch's answer, in the batch's order. */
+/** One task of a batch's answer, in the batch's order (its id: read it with `getTask`/`listTasks`). */
 export interface ImportedTask {
-  task: Task;
+  taskId: string;
   /** False when the team had the task under this import key already. */
   created: boolean;
 }
@@ -653,14 +660,16 @@ export class Session implements TokenSource {
    * An authenticated call. A 401 is retried once with a renewed token (the access token may have
    * expired between the check and the request). A POST carries an `Idempotency-Key` (a new one
    * per call unless `headers` name one), the same on every attempt: a retry after a lost answer
-   * gets the first answer and never creates twice.
+   * gets the first answer and never creates twice. Not the POSTs whose answers the server never
+   * keeps (a webhook's creation and secret rotation): those are sent once.
    */
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<ApiResponse<T>> {
     const { token } = await this.getAccessToken();
-    const headers =
-      method.toUpperCase() === 'POST' && idempotencyKey(opts.headers) === undefined
-        ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() }
-        : opts.headers;
+    const keyed =
+      method.toUpperCase() === 'POST' &&
+      idempotencyKey(opts.headers) === undefined &&
+      !UNKEYED_POST.some((p) => p.test(path));
+    const headers = keyed ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() } : opts.headers;
     const call = (t: string) =>
       apiRequest<T>(this.baseUrl, method, path, {
         ...opts,
@@ -756,7 +765,7 @@ export class Session implements TokenSource {
 
   /**
    * POST /teams/{teamId}/tasks:batch: up to 1,000 tasks on one board, with their comments, in one
-   * transaction and one `tasks.imported` activity. A task whose `importKey` the team has seen is
+   * transaction and one `task.imported` activity. A task whose `importKey` the team has seen is
    * answered (`created: false`), not written again.
    */
   importTasks(teamId: string, batch: TaskBatch): Promise<ApiResponse<{ items: ImportedTask[] }>> {

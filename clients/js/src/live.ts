@@ -40,7 +40,7 @@
 // boards can be deleted, and every activity that emptied it also reached the team room or the room
 // of the board a task moved to).
 //
-// Imports: a bulk import's `tasks.imported` names its tasks without carrying them; a task
+// Imports: a bulk import's `task.imported` names its tasks without carrying them; a task
 // collection it reaches loads again (as after a gap), and that load shows them.
 //
 // Labels: deleting a label takes it off every task without a new task version or a task.updated;
@@ -481,7 +481,7 @@ abstract class LiveBase<T> {
   protected onArrival(_a: Activity): void {}
 
   /**
-   * An activity that names changes without carrying them (`tasks.imported`: ids only): the data
+   * An activity that names changes without carrying them (`task.imported`: ids only): the data
    * after it can only be read, so the collection loads again, as after a gap.
    */
   protected needsReload(_a: Activity): boolean {
@@ -1000,7 +1000,7 @@ class LiveTasks extends LiveBase<Task> {
 
   protected override needsReload(a: Activity): boolean {
     // A bulk import names its tasks, it does not carry them (a thousand would be one huge frame).
-    return a.type === 'tasks.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
+    return a.type === 'task.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
   }
 
   protected override roomLost(room: Room, e: unknown): boolean {

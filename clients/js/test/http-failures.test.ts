@@ -221,6 +221,15 @@ describe('timeouts', { timeout: 60_000 }, () => {
     assert.notEqual(faulty.keysOf(`POST ${path}`).at(-1), keys[0]);
   });
 
+  test('a webhook creation (its secret is shown once, never kept) is sent without a key', async () => {
+    const session = new Session(faulty.baseUrl, await newAuth());
+    const team = (await session.createTeam('Hooks')).data;
+    const path = `/teams/${team.id}/webhooks`;
+    await outcome('create webhook', session.request('POST', path, { body: { url: 'https://example.com/hook' } }));
+    assert.deepEqual(faulty.keysOf(`POST ${path}`), [undefined]);
+    assert.ok(faulty.keysOf('POST /teams').every((k) => k !== undefined), 'other POSTs carry one');
+  });
+
   test('a POST without a key that never gets an answer times out once and is not sent again', async () => {
     const auth = await newAuth();
     faulty.fail('/teams', { kind: 'hang' });

@@ -286,7 +286,7 @@ describe('live tasks', { timeout: 60_000 }, () => {
     assert.deepEqual(todo.getSnapshot().items, await readTasks(ann, team.id, { status: 'todo' }));
   });
 
-  test('a bulk import (one tasks.imported naming its tasks) reaches board and team-wide collections', async () => {
+  test('a bulk import (one task.imported naming its tasks) reaches board and team-wide collections', async () => {
     const ann = await newUser(server, 'Ann');
     const team = (await ann.createTeam('Import')).data;
     const boardA = team.defaultBoardId;

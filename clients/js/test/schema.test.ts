@@ -104,6 +104,7 @@ test('every activity type the server logs fits the generated union', { timeout: 
   await ann.updateLabel(label.id, { name: 'Bugs' });
   await ann.updateTask(task.id, { labelIds: [label.id] });
   await ann.deleteLabel(label.id);
+  await ann.importTasks(team.id, { boardId: team.defaultBoardId, tasks: [{ title: 'imported', comments: [{ body: 'old' }] }] });
   await ann.deleteTask(task.id);
   await ann.request('DELETE', `/boards/${board.id}`);
   await ann.removeMember(team.id, bob.user.id);

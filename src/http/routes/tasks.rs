@@ -293,7 +293,7 @@ pub struct ImportedTasks {
 }
 
 /// Creates up to 1,000 tasks on one board, with their comments, in one transaction (not
-/// viewers), and emits one `tasks.imported` for them. Every task is checked first: one invalid
+/// viewers), and emits one `task.imported` for them. Every task is checked first: one invalid
 /// field refuses the whole batch (422 naming each, as `tasks[3].title`). A task whose `importKey`
 /// was imported into the team before is answered as it is now, with `created: false`, and not
 /// written again: a batch can be sent again after an interruption. 201 when the batch created a

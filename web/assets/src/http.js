@@ -44,6 +44,7 @@ function idempotencyKey(headers) {
     }
     return undefined;
 }
+const UNKEYED_POST = [/^\/auth\//, /^\/teams\/[^/]+\/webhooks\/?$/, /^\/webhooks\/[^/]+\/rotate-secret\/?$/];
 function newIdempotencyKey() {
     return globalThis.crypto.randomUUID();
 }
@@ -343,9 +344,10 @@ export class Session {
     }
     async request(method, path, opts = {}) {
         const { token } = await this.getAccessToken();
-        const headers = method.toUpperCase() === 'POST' && idempotencyKey(opts.headers) === undefined
-            ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() }
-            : opts.headers;
+        const keyed = method.toUpperCase() === 'POST' &&
+            idempotencyKey(opts.headers) === undefined &&
+            !UNKEYED_POST.some((p) => p.test(path));
+        const headers = keyed ? { ...opts.headers, [IDEMPOTENCY_KEY]: newIdempotencyKey() } : opts.headers;
         const call = (t) => apiRequest(this.baseUrl, method, path, {
             ...opts,
             ...(headers ? { headers } : {}),

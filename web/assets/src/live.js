@@ -688,7 +688,7 @@ class LiveTasks extends LiveBase {
         }
     }
     needsReload(a) {
-        return a.type === 'tasks.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
+        return a.type === 'task.imported' && (this.q.boardId === undefined || a.data.boardId === this.q.boardId);
     }
     roomLost(room, e) {
         return this.q.boardId === undefined && 'boardId' in room.scope && e instanceof RealtimeError && e.code === 'forbidden';

@@ -50,7 +50,12 @@ export async function writeTasks(
           }
           uncertain = false;
         }
-        const res = await session.createTask(teamId, { title, ...(opts.boardId ? { boardId: opts.boardId } : {}) });
+        // One attempt per call: the failures are counted here (the session would retry a keyed
+        // POST by itself), and an uncertain one is looked up before writing again.
+        const res = await session.request<Task>('POST', `/teams/${teamId}/tasks`, {
+          body: { title, ...(opts.boardId ? { boardId: opts.boardId } : {}) },
+          retries: 0,
+        });
         created.push(res.data);
         break;
       } catch (e) {
