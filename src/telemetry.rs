@@ -41,6 +41,11 @@ pub const GAP_REPAIRED_ACTIVITIES: &str = "taskforge_gap_repaired_activities_tot
 /// Dispatches that stopped repairing after 64 gaps in a row and left the rest to the periodic
 /// check (which carries on from the log). Any rise means the log answered in an unexpected way.
 pub const GAP_REPAIRS_ABANDONED: &str = "taskforge_gap_repairs_abandoned_total";
+/// Activities deleted from the log past its retention (by the instance holding the housekeeping
+/// lease).
+pub const LOG_PRUNED: &str = "taskforge_log_pruned_total";
+/// 1 while this instance holds the housekeeping lease (it prunes the log), else 0.
+pub const HOUSEKEEPING_LEASE: &str = "taskforge_housekeeping_lease";
 /// Background tasks (by `task`) that ended before shutdown, by returning or panicking; any rise
 /// also makes `/readyz` answer 503.
 pub const BACKGROUND_TASK_FAILURES: &str = "taskforge_background_task_failures_total";
@@ -153,6 +158,14 @@ impl Telemetry {
 
 fn describe() {
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(
+        LOG_PRUNED,
+        "Activities deleted from the log past its retention"
+    );
+    describe_gauge!(
+        HOUSEKEEPING_LEASE,
+        "1 while this instance holds the housekeeping lease"
+    );
     describe_counter!(WEBHOOK_ATTEMPTS, "Webhook requests sent, retries included");
     describe_counter!(
         WEBHOOK_FAILURES,

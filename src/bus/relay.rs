@@ -22,6 +22,7 @@ use crate::domain::activity::LogEntry;
 use crate::domain::{TeamId, UserId};
 use crate::store::{Store, StoreError};
 use crate::supervisor::Supervisor;
+use crate::telemetry;
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -35,6 +36,8 @@ pub struct RelaySettings {
     pub prune_every: Duration,
     /// How long a refresh token lives: sessions expired or revoked longer ago are purged.
     pub refresh_ttl: Duration,
+    /// Rows one prune statement deletes at most (a short transaction, whatever the backlog).
+    pub prune_chunk: i64,
     /// Test-only fault switch: abort the process after a commit, before publishing.
     pub crash_after_commit: bool,
 }
@@ -47,6 +50,7 @@ impl Default for RelaySettings {
             retention: Duration::from_secs(30 * 24 * 3600),
             prune_every: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            prune_chunk: 5_000,
             crash_after_commit: false,
         }
     }
@@ -60,8 +64,14 @@ const PUBLISH_STEPS: usize = 16;
 /// watermark is re-read from the store if it writes again), so the map holds the teams in use,
 /// not every team ever written.
 const IDLE_EVICT: Duration = Duration::from_secs(300);
-/// The shortest housekeeping interval: it runs in the relay's loop, which must not spin.
+/// The shortest housekeeping interval: its loop must not spin.
 const MIN_PRUNE_EVERY: Duration = Duration::from_millis(100);
+/// The lease that makes one instance at a time do the housekeeping.
+const HOUSEKEEPING_LEASE: &str = "housekeeping";
+/// Old activities looked at to find the teams to prune, per round (the oldest first).
+const PRUNE_SCAN: i64 = 10_000;
+/// Rounds of one housekeeping run; a larger backlog goes on at the next run.
+const PRUNE_ROUNDS: usize = 1_000;
 
 #[derive(Clone)]
 pub struct Relay {
@@ -96,6 +106,7 @@ impl Relay {
             wake: Notify::new(),
         });
         tasks.spawn("relay", run(inner.clone()));
+        tasks.spawn("housekeeping", housekeeping_loop(inner.clone()));
         Self { inner }
     }
 
@@ -174,12 +185,6 @@ async fn run(inner: Arc<Inner>) {
     let mut marks = Watermarks::default();
     let mut next_scan = Instant::now();
     let mut next_persist = Instant::now();
-    let mut next_prune = Instant::now() + inner.settings.scan_every;
-    let prune_every = inner
-        .settings
-        .prune_every
-        .min(inner.settings.retention)
-        .max(MIN_PRUNE_EVERY);
     loop {
         let now = Instant::now();
         if now >= next_scan {
@@ -208,14 +213,10 @@ async fn run(inner: Arc<Inner>) {
             }
             next_persist = Instant::now() + inner.settings.persist_every;
         }
-        if Instant::now() >= next_prune {
-            housekeeping(&inner).await;
-            next_prune = Instant::now() + prune_every;
-        }
         let wait = if marks.unsaved.is_empty() {
-            next_scan.min(next_prune)
+            next_scan
         } else {
-            next_scan.min(next_prune).min(next_persist)
+            next_scan.min(next_persist)
         };
         tokio::select! {
             _ = inner.wake.notified() => {}
@@ -323,67 +324,133 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
     Ok(())
 }
 
-/// The store's periodic cleanup, all in one place: the activity log beyond its retention,
-/// idempotency keys past their 24 hours, and refresh sessions that can no longer be used. Each in its own transaction, so one failing does
-/// not undo the other.
-async fn housekeeping(inner: &Inner) {
+/// The store's periodic cleanup, in its own task (a long prune never delays publishing), on one
+/// instance at a time: each run first takes (or renews) a lease in the store, for two intervals,
+/// so that when its holder dies another instance takes over within that time.
+async fn housekeeping_loop(inner: Arc<Inner>) {
+    let holder = uuid::Uuid::new_v4().to_string();
+    let every = inner
+        .settings
+        .prune_every
+        .min(inner.settings.retention)
+        .max(MIN_PRUNE_EVERY);
+    let mut next = Instant::now() + inner.settings.scan_every;
+    loop {
+        tokio::time::sleep_until(next).await;
+        next = Instant::now() + every;
+        match take_lease(&inner, &holder, every * 2).await {
+            Ok(true) => {
+                metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(1.0);
+                housekeeping(&inner, &holder, every * 2).await;
+            }
+            Ok(false) => metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(0.0),
+            Err(e) => tracing::warn!(error = %e, "taking the housekeeping lease failed"),
+        }
+    }
+}
+
+async fn take_lease(inner: &Inner, holder: &str, term: Duration) -> Result<bool, StoreError> {
+    let now = time::OffsetDateTime::now_utc();
+    let until = now + time::Duration::try_from(term).unwrap_or(time::Duration::HOUR);
+    let mut tx = inner.store.write().await?;
+    let held = tx
+        .take_lease(HOUSEKEEPING_LEASE, holder, now, until)
+        .await?;
+    tx.commit().await?;
+    Ok(held)
+}
+
+/// The cleanup itself: the activity log beyond its retention (in chunks), notifications as old,
+/// idempotency keys past their 24 hours, and refresh sessions that can no longer be used. Each
+/// step in its own transactions, so one failing does not undo another.
+async fn housekeeping(inner: &Inner, holder: &str, term: Duration) {
     let now = time::OffsetDateTime::now_utc();
     // A duration too large for `time` means nothing is old enough to go.
     if let Ok(retention) = time::Duration::try_from(inner.settings.retention) {
         let before = now - retention;
-        let result = async {
-            let mut tx = inner.store.write().await?;
-            let n = tx.prune_log(before).await?;
-            tx.commit().await?;
-            Ok::<u64, StoreError>(n)
-        }
-        .await;
-        match result {
-            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned the activity log"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning the activity log failed"),
-        }
-        let result = async {
-            let mut tx = inner.store.write().await?;
-            let n = tx.prune_inbox(before).await?;
-            tx.commit().await?;
-            Ok::<u64, StoreError>(n)
-        }
-        .await;
-        match result {
-            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned notifications"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning notifications failed"),
-        }
+        report(
+            "the activity log",
+            prune_log(inner, before, holder, term).await,
+        );
+        report(
+            "notifications",
+            in_one_tx(inner, |tx| Box::pin(tx.prune_inbox(before))).await,
+        );
     }
-    let result = async {
-        let mut tx = inner.store.write().await?;
-        let n = tx
-            .prune_idempotency_keys(now - crate::domain::idempotency::KEY_LIFETIME)
-            .await?;
-        tx.commit().await?;
-        Ok::<u64, StoreError>(n)
-    }
-    .await;
-    match result {
-        Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned idempotency keys"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
-    }
+    report(
+        "idempotency keys",
+        in_one_tx(inner, |tx| {
+            Box::pin(tx.prune_idempotency_keys(now - crate::domain::idempotency::KEY_LIFETIME))
+        })
+        .await,
+    );
     if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {
-        let result = async {
-            let mut tx = inner.store.write().await?;
-            let n = tx.purge_sessions(now, now - ttl).await?;
-            tx.commit().await?;
-            Ok::<u64, StoreError>(n)
+        report(
+            "expired refresh sessions",
+            in_one_tx(inner, |tx| Box::pin(tx.purge_sessions(now, now - ttl))).await,
+        );
+    }
+}
+
+fn report(what: &str, result: Result<u64, StoreError>) {
+    match result {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "pruned {what}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning {what} failed"),
+    }
+}
+
+type StoreStep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+
+/// One cleanup statement in a write transaction of its own.
+async fn in_one_tx(
+    inner: &Inner,
+    step: impl for<'a> FnOnce(&'a mut dyn crate::store::Tx) -> StoreStep<'a>,
+) -> Result<u64, StoreError> {
+    let mut tx = inner.store.write().await?;
+    let n = step(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// The log beyond its retention, team by team from the most overdue, `prune_chunk` rows per
+/// transaction, so that writers wait for no long delete. Stops when a round removes nothing
+/// (what is left among the oldest is unpublished or above a kept seq) or the lease is lost.
+async fn prune_log(
+    inner: &Inner,
+    before: time::OffsetDateTime,
+    holder: &str,
+    term: Duration,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for _ in 0..PRUNE_ROUNDS {
+        let teams = inner
+            .store
+            .read()
+            .await?
+            .teams_with_old_activities(before, PRUNE_SCAN)
+            .await?;
+        let mut removed = 0;
+        for team in teams {
+            loop {
+                let chunk = inner.settings.prune_chunk.max(1);
+                let n =
+                    in_one_tx(inner, |tx| Box::pin(tx.prune_team_log(team, before, chunk))).await?;
+                removed += n;
+                metrics::counter!(telemetry::LOG_PRUNED).increment(n);
+                if n < chunk as u64 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
         }
-        .await;
-        match result {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "purged expired refresh sessions"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "purging expired refresh sessions failed"),
+        total += removed;
+        if removed == 0 || !take_lease(inner, holder, term).await? {
+            break;
         }
     }
+    Ok(total)
 }
 
 #[cfg(test)]

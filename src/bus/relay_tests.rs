@@ -86,9 +86,12 @@ impl Rig {
     async fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url = format!("sqlite://{}", dir.path().join("relay.db").display());
-        let store = crate::store::connect(&url, 1)
-            .await
-            .expect("a sqlite store");
+        Self::on(&url, dir).await
+    }
+
+    /// A rig on the database at `url` (SQLite or PostgreSQL).
+    async fn on(url: &str, dir: tempfile::TempDir) -> Self {
+        let store = crate::store::connect(url, 2).await.expect("a store");
         let actor = User {
             id: new_id(),
             email: "relay@example.com".into(),
@@ -471,43 +474,126 @@ async fn pruning_runs_on_schedule_and_removes_only_the_old_published_prefix() {
     assert_eq!(carried, 5, "each published once");
 }
 
-/// The SQL housekeeping runs: old activities above the stored watermark (not published yet) are
-/// kept, and so is everything above a kept one.
+/// The SQL housekeeping runs, on SQLite and PostgreSQL: only a prefix of a team's seqs goes (old,
+/// published, below every kept one), in chunks of any size; the teams to visit are found among
+/// the oldest activities.
 #[tokio::test]
-async fn pruning_keeps_unpublished_activities() {
-    let rig = Rig::new().await;
+async fn pruning_takes_a_prefix_of_each_team_in_chunks() {
+    pruning_takes_a_prefix(&Rig::new().await).await;
+    if let Some(pg) = crate::store::scratch_tests::ScratchPg::create().await {
+        let rig = Rig::on(&pg.url, tempfile::tempdir().expect("a temp dir")).await;
+        pruning_takes_a_prefix(&rig).await;
+        drop(rig);
+        pg.drop_database().await;
+    }
+}
+
+async fn pruning_takes_a_prefix(rig: &Rig) {
     let team = rig.team().await;
+    let other = rig.team().await;
+    let quiet = rig.team().await;
     let now = OffsetDateTime::now_utc();
     let old = now - time::Duration::hours(2);
+    let before = now - time::Duration::hours(1);
     rig.commit_at(team, &[old, old, old, now, old, old]).await;
-    let prune = |watermark: i64| {
+    rig.commit_at(other, &[old; 7]).await;
+    rig.commit_at(quiet, &[now, now]).await;
+    let prune = |team: TeamId, watermark: i64, chunk: i64| {
         let store = rig.store.clone();
         async move {
             let mut tx = store.write().await.expect("write");
             tx.set_published_seq(team, watermark)
                 .await
                 .expect("watermark");
-            let n = tx
-                .prune_log(now - time::Duration::hours(1))
-                .await
-                .expect("prune");
+            let n = tx.prune_team_log(team, before, chunk).await.expect("prune");
             tx.commit().await.expect("commit");
             n
         }
     };
-    assert_eq!(prune(2).await, 2);
+    let overdue = || {
+        let store = rig.store.clone();
+        async move {
+            let mut tx = store.read().await.expect("read");
+            let mut teams = tx
+                .teams_with_old_activities(before, 100)
+                .await
+                .expect("teams");
+            teams.sort();
+            teams
+        }
+    };
+    let mut both = vec![team, other];
+    both.sort();
+    assert_eq!(overdue().await, both, "the quiet team has nothing old");
+
+    assert_eq!(prune(team, 2, 10).await, 2);
     assert_eq!(
         rig.logged(team).await,
         [3, 4, 5, 6],
         "seq 3 is old but unpublished"
     );
-    assert_eq!(prune(6).await, 1);
+    assert_eq!(prune(team, 6, 10).await, 1);
     assert_eq!(rig.logged(team).await, [4, 5, 6]);
     assert_eq!(
-        prune(6).await,
+        prune(team, 6, 10).await,
         0,
         "nothing else is old enough and below every kept seq"
     );
+    // Seven old published activities in chunks of three: 3, 3, 1, then none.
+    for (want, left) in [
+        (3, vec![4, 5, 6, 7]),
+        (3, vec![7]),
+        (1, vec![]),
+        (0, vec![]),
+    ] {
+        assert_eq!(prune(other, 7, 3).await, want);
+        assert_eq!(rig.logged(other).await, left);
+    }
+    assert_eq!(
+        overdue().await,
+        [team],
+        "seqs 5 and 6 are old, above a kept one"
+    );
+    assert_eq!(rig.logged(quiet).await, [1, 2]);
+}
+
+/// The housekeeping lease: one holder at a time, renewed by its holder, taken by another once it
+/// expired; on SQLite and PostgreSQL.
+#[tokio::test]
+async fn one_holder_at_a_time_takes_the_lease_until_it_expires() {
+    lease_rules(&Rig::new().await).await;
+    if let Some(pg) = crate::store::scratch_tests::ScratchPg::create().await {
+        let rig = Rig::on(&pg.url, tempfile::tempdir().expect("a temp dir")).await;
+        lease_rules(&rig).await;
+        drop(rig);
+        pg.drop_database().await;
+    }
+}
+
+async fn lease_rules(rig: &Rig) {
+    let t0 = crate::domain::model::timestamp::truncate(OffsetDateTime::now_utc());
+    let s = time::Duration::seconds;
+    let take = |holder: &'static str, now: OffsetDateTime, until: OffsetDateTime| {
+        let store = rig.store.clone();
+        async move {
+            let mut tx = store.write().await.expect("write");
+            let held = tx
+                .take_lease("housekeeping", holder, now, until)
+                .await
+                .expect("lease");
+            tx.commit().await.expect("commit");
+            held
+        }
+    };
+    assert!(take("a", t0, t0 + s(10)).await, "free: a takes it");
+    assert!(!take("b", t0 + s(1), t0 + s(11)).await, "a holds it");
+    assert!(take("a", t0 + s(5), t0 + s(15)).await, "a renews it");
+    assert!(!take("b", t0 + s(12), t0 + s(22)).await, "renewed until 15");
+    assert!(
+        take("b", t0 + s(16), t0 + s(26)).await,
+        "expired: b takes it"
+    );
+    assert!(!take("a", t0 + s(17), t0 + s(27)).await, "now b holds it");
 }
 
 /// The in-process bus is bounded and never drops: with room for one message and a consumer that

@@ -5,7 +5,8 @@
 //! delivered task by task is a thousand frames queued at once on every socket watching the team,
 //! past the live queue a socket may hold (`TASKFORGE_WS_QUEUE_LIMIT`, 1,024 frames), which cuts
 //! those sockets as slow consumers. An import notifies no one's inbox and makes no one follow the
-//! tasks: a migration of old work is not news.
+//! tasks: a migration of old work is not news. The rows are written by multi-row INSERTs (a few
+//! statements per 200 tasks, not six per task).
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,9 +44,10 @@ impl Services {
 
         let at = now();
         let mut answer = Vec::with_capacity(batch.tasks.len());
-        let mut created = Vec::new();
-        let mut comment_count = 0u32;
-        for item in batch.tasks {
+        let mut tasks: Vec<Task> = Vec::with_capacity(batch.tasks.len());
+        let mut keyed: Vec<(&str, TaskId)> = Vec::new();
+        let mut comments: Vec<Comment> = Vec::new();
+        for item in &batch.tasks {
             if let Some(id) = item.import_key.as_ref().and_then(|k| known.get(k)) {
                 answer.push(ImportedTask {
                     task_id: *id,
@@ -57,12 +59,13 @@ impl Services {
             let last = last_positions.entry(status).or_default();
             let position = position_after(*last);
             *last = Some(position);
-            let task = Task {
-                id: TaskId::from(Uuid::now_v7()),
+            let id = TaskId::from(Uuid::now_v7());
+            tasks.push(Task {
+                id,
                 team_id: team,
                 board_id: batch.board_id,
-                title: item.title,
-                description: item.description.unwrap_or_default(),
+                title: item.title.clone(),
+                description: item.description.clone().unwrap_or_default(),
                 status,
                 priority: item.priority.unwrap_or_default(),
                 assignee_user_id: item.assignee_user_id,
@@ -73,43 +76,40 @@ impl Services {
                 updated_at: at,
                 version: 1,
                 label_ids: label_set(item.label_ids.as_deref().unwrap_or_default()),
-            };
-            tx.insert_task(&task).await?;
+            });
             if let Some(key) = &item.import_key {
-                tx.insert_import_key(team, key, task.id)
-                    .await
-                    .map_err(|e| match e {
-                        // Another import of the same key committed first (PostgreSQL).
-                        StoreError::Duplicate => DomainError::Conflict(
-                            "another import of the same key ran at the same time; retry",
-                        )
-                        .into(),
-                        other => super::ServiceError::from(other),
-                    })?;
+                keyed.push((key, id));
             }
-            for c in item.comments {
-                let comment = Comment {
-                    id: CommentId::from(Uuid::now_v7()),
-                    task_id: task.id,
-                    team_id: team,
-                    author_user_id: actor,
-                    body: c.body,
-                    created_at: at,
-                    edited_at: None,
-                };
-                tx.insert_comment(&comment).await?;
-                comment_count += 1;
-            }
-            created.push(task.id);
+            comments.extend(item.comments.iter().map(|c| Comment {
+                id: CommentId::from(Uuid::now_v7()),
+                task_id: id,
+                team_id: team,
+                author_user_id: actor,
+                body: c.body.clone(),
+                created_at: at,
+                edited_at: None,
+            }));
             answer.push(ImportedTask {
-                task_id: task.id,
+                task_id: id,
                 created: true,
             });
         }
-        if created.is_empty() {
+        if tasks.is_empty() {
             // Every row was imported before: nothing to write, nothing to tell.
             return Ok(answer);
         }
+        tx.insert_imported(&tasks, &keyed, &comments)
+            .await
+            .map_err(|e| match e {
+                // Another import of one of the keys committed first (PostgreSQL).
+                StoreError::Duplicate => DomainError::Conflict(
+                    "another import of the same key ran at the same time; retry",
+                )
+                .into(),
+                other => super::ServiceError::from(other),
+            })?;
+        let comment_count = u32::try_from(comments.len()).unwrap_or(u32::MAX);
+        let created: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         let draft = ActivityDraft::new(
             ActivityData::TaskImported {
                 board_id: batch.board_id,

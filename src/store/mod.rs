@@ -10,7 +10,7 @@ mod label_race_tests;
 mod plans_tests;
 mod postgres;
 #[cfg(test)]
-mod scratch_tests;
+pub(crate) mod scratch_tests;
 #[cfg(test)]
 mod search_key_tests;
 mod sql;
@@ -205,9 +205,15 @@ pub trait Tx: WebhookTx + Send {
         team: TeamId,
         keys: &[&str],
     ) -> Result<Vec<(String, TaskId)>>;
-    /// Records that `task` was imported into the team under `key`; `StoreError::Duplicate` if
-    /// another transaction recorded the key first.
-    async fn insert_import_key(&mut self, team: TeamId, key: &str, task: TaskId) -> Result<()>;
+    /// Writes an import's new tasks (all of one team, with their labels and words), the keys
+    /// they were imported under, and their comments, in few statements; `StoreError::Duplicate`
+    /// if another transaction recorded one of the keys first.
+    async fn insert_imported(
+        &mut self,
+        tasks: &[Task],
+        keys: &[(&str, TaskId)],
+        comments: &[Comment],
+    ) -> Result<()>;
     async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// At most `limit` of the team's tasks passing `filter`, in `sort`'s order, after `after`.
     async fn tasks(
@@ -372,9 +378,32 @@ pub trait Tx: WebhookTx + Send {
         limit: i64,
     ) -> Result<(Vec<InboxEvent>, i64)>;
 
-    /// Deletes, per team, the published activities older than `before` that lie below every
-    /// activity still kept (a prefix of its seqs, so the log stays gapless); returns how many.
-    async fn prune_log(&mut self, before: OffsetDateTime) -> Result<u64>;
+    // retention
+    /// The teams among whose activities are some of the `scan` oldest older than `before`.
+    async fn teams_with_old_activities(
+        &mut self,
+        before: OffsetDateTime,
+        scan: i64,
+    ) -> Result<Vec<TeamId>>;
+    /// Deletes the team's lowest seqs that are older than `before` and published, up to the first
+    /// that is not (only a prefix goes: a resume never skips a kept seq), at most `chunk` rows.
+    async fn prune_team_log(
+        &mut self,
+        team: TeamId,
+        before: OffsetDateTime,
+        chunk: i64,
+    ) -> Result<u64>;
+
+    // leases
+    /// Takes the lease `name` for `holder` until `until`, or renews it, unless another holder's
+    /// runs past `now`; true when `holder` holds it now.
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool>;
 }
 
 /// What an idempotency key holds when a request comes with it.

@@ -23,6 +23,10 @@ pub(super) fn map_dup(e: sqlx::Error) -> StoreError {
 /// Ids per `IN (...)` list: well under both drivers' bound-parameter limits.
 pub(super) const IN_LIST_CHUNK: usize = 500;
 
+/// Rows per multi-row INSERT of an import (at most 17 parameters each: 3,400 per statement, under
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+pub(super) const BULK_ROWS: usize = 200;
+
 /// Notifications per multi-row INSERT (14 parameters each): under both drivers' limits.
 pub(super) const NOTIFICATION_ROWS_PER_INSERT: usize = 200;
 
@@ -949,14 +953,105 @@ macro_rules! impl_tx {
                 Ok(out)
             }
 
-            async fn insert_import_key(&mut self, team: TeamId, key: &str, task: TaskId) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO task_import_keys (team_id, key, task_id) VALUES ($1, $2, $3)")
-                    .bind(team)
-                    .bind(key)
-                    .bind(task)
-                    .execute(&mut *self.tx)
-                    .await
-                    .map_err(map_dup)?;
+            async fn insert_imported(
+                &mut self,
+                tasks: &[Task],
+                keys: &[(&str, TaskId)],
+                comments: &[Comment],
+            ) -> $crate::store::Result<()> {
+                use $crate::store::sql::BULK_ROWS;
+                let team = match tasks.first() {
+                    Some(t) => t.team_id,
+                    None => return Ok(()),
+                };
+                let sqlite = $dialect == $crate::store::task_query::Dialect::Sqlite;
+                // SQLite's word index is keyed by a number the writer hands out (see insert_task);
+                // the one writer holds the database, so the largest key stays the largest.
+                let mut next_key = if sqlite {
+                    let (max,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(search_key), 0) FROM tasks")
+                            .fetch_one(&mut *self.tx)
+                            .await?;
+                    max + 1
+                } else {
+                    0
+                };
+                for chunk in tasks.chunks(BULK_ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+                         assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
+                         label_ids, priority_rank",
+                    );
+                    insert.push(if sqlite { ", search_key) " } else { ") " });
+                    let first_key = next_key;
+                    insert.push_values(chunk.iter().enumerate(), |mut row, (i, t)| {
+                        row.push_bind(t.id)
+                            .push_bind(t.team_id)
+                            .push_bind(t.board_id)
+                            .push_bind(&t.title)
+                            .push_bind(&t.description)
+                            .push_bind(t.status.as_str())
+                            .push_bind(t.priority.as_str())
+                            .push_bind(t.assignee_user_id)
+                            .push_bind(t.due_date)
+                            .push_bind(t.position)
+                            .push_bind(t.created_by)
+                            .push_bind(t.created_at)
+                            .push_bind(StoredTime(t.updated_at))
+                            .push_bind(t.version)
+                            .push_bind(label_ids_text(&t.label_ids))
+                            .push_bind(t.priority.rank());
+                        if sqlite {
+                            row.push_bind(first_key + i as i64);
+                        }
+                    });
+                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                    if sqlite {
+                        use $crate::store::task_query::indexed_text;
+                        let mut words =
+                            sqlx::QueryBuilder::new("INSERT INTO task_words (rowid, title, description) ");
+                        words.push_values(chunk.iter().enumerate(), |mut row, (i, t)| {
+                            row.push_bind(first_key + i as i64)
+                                .push_bind(indexed_text(t.team_id, &t.title))
+                                .push_bind(indexed_text(t.team_id, &t.description));
+                        });
+                        words.build().persistent(false).execute(&mut *self.tx).await?;
+                        next_key += chunk.len() as i64;
+                    }
+                }
+                let labels: Vec<(LabelId, TaskId)> = tasks
+                    .iter()
+                    .flat_map(|t| t.label_ids.iter().map(move |l| (*l, t.id)))
+                    .collect();
+                for chunk in labels.chunks(BULK_ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
+                    insert.push_values(chunk, |mut row, (label, task)| {
+                        row.push_bind(*label).push_bind(*task);
+                    });
+                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                }
+                for chunk in keys.chunks(BULK_ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_import_keys (team_id, key, task_id) ");
+                    insert.push_values(chunk, |mut row, (key, task)| {
+                        row.push_bind(team).push_bind(*key).push_bind(*task);
+                    });
+                    insert.build().persistent(false).execute(&mut *self.tx).await.map_err(map_dup)?;
+                }
+                for chunk in comments.chunks(BULK_ROWS) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO comments (id, task_id, team_id, author_user_id, body, created_at, edited_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, c| {
+                        row.push_bind(c.id)
+                            .push_bind(c.task_id)
+                            .push_bind(c.team_id)
+                            .push_bind(c.author_user_id)
+                            .push_bind(&c.body)
+                            .push_bind(c.created_at)
+                            .push_bind(c.edited_at);
+                    });
+                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                }
                 Ok(())
             }
 
@@ -1469,30 +1564,76 @@ macro_rules! impl_tx {
                 Ok(rows)
             }
 
-            async fn prune_log(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
-                // Only a prefix of each team's seqs may go, or resuming would skip what is kept
-                // above a hole; and `ts` comes from each writer's clock, so it is not monotonic in
-                // seq. The candidates (old and published) are numbered per team in seq order: a
-                // candidate is in the prefix when it and every seq below it, down to the team's
-                // oldest, are candidates, i.e. when `seq - its number` is still `oldest - 1`.
-                // One statement, and the subquery is not correlated with the rows deleted, so each
-                // engine evaluates it once.
-                let done = sqlx::query(
-                    "DELETE FROM activities WHERE (team_id, seq) IN ( \
-                       SELECT c.team_id, c.seq FROM ( \
-                         SELECT a.team_id, a.seq, \
-                                a.seq - ROW_NUMBER() OVER (PARTITION BY a.team_id ORDER BY a.seq) AS run \
-                         FROM activities a JOIN team_outbox o ON o.team_id = a.team_id \
-                         WHERE a.ts < $1 AND a.seq <= o.published_seq \
-                       ) c \
-                       WHERE c.run = (SELECT MIN(f.seq) - 1 FROM activities f WHERE f.team_id = c.team_id) \
-                     )",
+            async fn teams_with_old_activities(
+                &mut self,
+                before: OffsetDateTime,
+                scan: i64,
+            ) -> $crate::store::Result<Vec<TeamId>> {
+                // The oldest activities first (the `ts` index), at most `scan` of them: bounded
+                // however large the log, and the teams most overdue come first.
+                let rows: Vec<(TeamId,)> = sqlx::query_as(
+                    "SELECT DISTINCT o.team_id FROM ( \
+                       SELECT team_id FROM activities WHERE ts < $1 ORDER BY ts LIMIT $2 \
+                     ) o",
                 )
                 .bind(before)
+                .bind(scan)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                Ok(rows.into_iter().map(|(t,)| t).collect())
+            }
+
+            async fn prune_team_log(
+                &mut self,
+                team: TeamId,
+                before: OffsetDateTime,
+                chunk: i64,
+            ) -> $crate::store::Result<u64> {
+                // Among the team's `chunk` lowest seqs, the first that must stay (too recent, or
+                // not published yet: `ts` comes from each writer's clock, so it is not monotonic
+                // in seq) and everything above it stay: only a prefix of the seqs goes, or a
+                // resume would skip what is kept above a hole. Both reads walk the team's
+                // (team_id, seq) key for at most `chunk` rows.
+                let done = sqlx::query(
+                    "DELETE FROM activities WHERE team_id = $1 AND seq < COALESCE( \
+                       (SELECT MIN(f.seq) FROM \
+                          (SELECT seq, ts FROM activities WHERE team_id = $1 ORDER BY seq LIMIT $3) f \
+                        WHERE f.ts >= $2 \
+                           OR f.seq > COALESCE((SELECT published_seq FROM team_outbox WHERE team_id = $1), 0)), \
+                       (SELECT MAX(f.seq) + 1 FROM \
+                          (SELECT seq FROM activities WHERE team_id = $1 ORDER BY seq LIMIT $3) f), \
+                       0)",
+                )
+                .bind(team)
+                .bind(before)
+                .bind(chunk)
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected())
             }
+
+            async fn take_lease(
+                &mut self,
+                name: &str,
+                holder: &str,
+                now: OffsetDateTime,
+                until: OffsetDateTime,
+            ) -> $crate::store::Result<bool> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+                     WHERE leases.holder = excluded.holder OR leases.until < $4 \
+                     RETURNING holder",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(StoredTime(until))
+                .bind(StoredTime(now))
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                Ok(row.is_some())
+            }
+
             async fn prune_inbox(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
                 let a = sqlx::query("DELETE FROM notifications WHERE created_at < $1")
                     .bind(before)

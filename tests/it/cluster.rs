@@ -908,3 +908,100 @@ async fn the_inbox_loses_nothing_when_redis_is_down_or_an_instance_dies_after_co
     }
     cluster.nodes[0].set_env("TASKFORGE_FAULT", None);
 }
+
+/// The log is pruned by one instance at a time: of three, exactly one holds the housekeeping
+/// lease and prunes; when it dies (SIGKILL) another takes the lease over once it expires (two
+/// prune intervals) and prunes what was written since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_at_a_time_prunes_the_log_and_another_takes_over() {
+    let Some(mut cluster) = Cluster::start(
+        3,
+        &[
+            ("TASKFORGE_LOG_RETENTION", "1s"),
+            ("TASKFORGE_PRUNE_INTERVAL", "500ms"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Pruned").await;
+    for i in 0..5 {
+        api.task(owner.token(), team.id, &format!("old {i}")).await;
+    }
+    // (lease held by, pruned per node) once something was pruned.
+    async fn state(cluster: &Cluster, alive: &[usize]) -> (Vec<usize>, Vec<f64>) {
+        let mut holders = Vec::new();
+        let mut pruned = Vec::new();
+        for &i in alive {
+            let m = cluster.node(i).client().metrics().await;
+            if m.get("taskforge_housekeeping_lease", &[]) == 1.0 {
+                holders.push(i);
+            }
+            pruned.push(m.get("taskforge_log_pruned_total", &[]));
+        }
+        (holders, pruned)
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let holder = loop {
+        let (holders, pruned) = state(&cluster, &[0, 1, 2]).await;
+        let total: f64 = pruned.iter().sum();
+        if total >= 5.0 {
+            assert_eq!(
+                holders.len(),
+                1,
+                "one holder: {holders:?}, pruned {pruned:?}"
+            );
+            let h = holders[0];
+            for (i, p) in pruned.iter().enumerate() {
+                if i != h {
+                    assert_eq!(*p, 0.0, "only the holder prunes: {pruned:?} (holder {h})");
+                }
+            }
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing pruned in 20 s: {pruned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    cluster.nodes[holder].stop().await;
+    let alive: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+    let api = cluster.node(alive[0]).client();
+    for i in 0..3 {
+        api.task(owner.token(), team.id, &format!("later {i}"))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (holders, pruned) = state(&cluster, &alive).await;
+        if pruned.iter().sum::<f64>() >= 3.0 {
+            assert_eq!(
+                holders.len(),
+                1,
+                "one new holder: {holders:?}, pruned {pruned:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance took the lease over in 20 s: {holders:?} {pruned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = api.activity(owner.token(), team.id).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new holder leaves the log unpruned: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

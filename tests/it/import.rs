@@ -115,6 +115,22 @@ async fn a_batch_creates_its_tasks_and_comments_in_order(b: Backend) {
         .ok(200)["items"]
         .clone();
     assert_eq!(found[0]["id"], json!(first_id), "{found}");
+    let labelled = api
+        .get(
+            &format!("/api/v1/teams/{}/tasks?labelId={}", team.id, bug.id),
+            tok,
+        )
+        .await
+        .ok(200)["items"]
+        .clone();
+    assert_eq!(labelled.as_array().map(Vec::len), Some(1), "{labelled}");
+    assert_eq!(labelled[0]["id"], json!(first_id));
+    let ranked = api
+        .get(&format!("/api/v1/teams/{}/search?q=migrated", team.id), tok)
+        .await
+        .ok(200)["items"]
+        .clone();
+    assert_eq!(ranked.as_array().map(Vec::len), Some(1), "{ranked}");
 
     // One activity for the batch, naming the tasks in order.
     let log = api.activity_since(tok, team.id, seq_before).await;
