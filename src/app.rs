@@ -108,6 +108,7 @@ pub struct App {
     tasks: Supervisor,
     realtime: Arc<Realtime>,
     deliverer: Deliverer,
+    relay: Relay,
     router: axum::Router,
 }
 
@@ -161,7 +162,7 @@ impl App {
         );
         let services = Services {
             store,
-            relay,
+            relay: relay.clone(),
             tokens,
             hashing: Arc::new(crate::service::PasswordHashing::for_this_machine()),
             webhooks: Arc::new(webhook_policy(&config, &secret)?),
@@ -221,6 +222,7 @@ impl App {
             tasks,
             realtime,
             deliverer,
+            relay,
             router,
         })
     }
@@ -238,6 +240,7 @@ impl App {
             tasks,
             realtime,
             deliverer,
+            relay,
             router,
         } = self;
         let addr = listener.local_addr()?;
@@ -268,6 +271,7 @@ impl App {
             realtime.retire().await;
             tasks.shutdown().await;
             deliverer.release().await;
+            relay.release_housekeeping().await;
         };
         if tokio::time::timeout_at(deadline, drained).await.is_err() {
             tracing::warn!("drain time is up; exiting with work in flight");

@@ -87,6 +87,8 @@ struct Inner {
     /// Inbox seqs committed since the relay last ran, by user (the highest).
     inboxes: Mutex<HashMap<UserId, i64>>,
     wake: Notify,
+    /// This process's name in the housekeeping lease.
+    holder: String,
 }
 
 impl Relay {
@@ -104,10 +106,26 @@ impl Relay {
             pending: Mutex::new(HashMap::new()),
             inboxes: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            holder: uuid::Uuid::new_v4().to_string(),
         });
         tasks.spawn("relay", run(inner.clone()));
         tasks.spawn("housekeeping", housekeeping_loop(inner.clone()));
         Self { inner }
+    }
+
+    /// Gives the housekeeping lease up, so that the next instance (or this one restarted) need
+    /// not wait for it to expire. Called at shutdown, after the background tasks stopped.
+    pub async fn release_housekeeping(&self) {
+        let result = async {
+            let mut tx = self.inner.store.write().await?;
+            tx.release_lease(HOUSEKEEPING_LEASE, &self.inner.holder)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "releasing the housekeeping lease failed");
+        }
     }
 
     /// Hands over entries that have just committed (any order, any teams).
@@ -326,35 +344,53 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
 
 /// The store's periodic cleanup, in its own task (a long prune never delays publishing), on one
 /// instance at a time: each run first takes (or renews) a lease in the store, for two intervals,
-/// so that when its holder dies another instance takes over within that time.
+/// so that when its holder dies another instance takes over within that time (a holder that stops
+/// gracefully gives it up: `Relay::release_housekeeping`). SQLite has one server process by
+/// design: no lease there.
 async fn housekeeping_loop(inner: Arc<Inner>) {
-    let holder = uuid::Uuid::new_v4().to_string();
     let every = inner
         .settings
         .prune_every
         .min(inner.settings.retention)
         .max(MIN_PRUNE_EVERY);
+    let shared = inner.store.backend() != "sqlite";
     let mut next = Instant::now() + inner.settings.scan_every;
     loop {
         tokio::time::sleep_until(next).await;
         next = Instant::now() + every;
-        match take_lease(&inner, &holder, every * 2).await {
-            Ok(true) => {
-                metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(1.0);
-                housekeeping(&inner, &holder, every * 2).await;
+        let held = if shared {
+            take_lease(&inner, every * 2).await
+        } else {
+            Ok(true)
+        };
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the housekeeping lease failed");
+                false
             }
-            Ok(false) => metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(0.0),
-            Err(e) => tracing::warn!(error = %e, "taking the housekeeping lease failed"),
+        };
+        metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(if held { 1.0 } else { 0.0 });
+        if held {
+            let lease = shared.then_some(every * 2);
+            if !housekeeping(&inner, lease).await {
+                metrics::gauge!(telemetry::HOUSEKEEPING_LEASE).set(0.0);
+            }
         }
     }
 }
 
-async fn take_lease(inner: &Inner, holder: &str, term: Duration) -> Result<bool, StoreError> {
+async fn take_lease(inner: &Inner, term: Duration) -> Result<bool, StoreError> {
     let now = time::OffsetDateTime::now_utc();
-    let until = now + time::Duration::try_from(term).unwrap_or(time::Duration::HOUR);
+    // A term too long for the calendar is a year: renewed at every run anyway.
+    let until = time::Duration::try_from(term)
+        .ok()
+        .and_then(|t| now.checked_add(t))
+        .or_else(|| now.checked_add(time::Duration::days(365)))
+        .unwrap_or(now);
     let mut tx = inner.store.write().await?;
     let held = tx
-        .take_lease(HOUSEKEEPING_LEASE, holder, now, until)
+        .take_lease(HOUSEKEEPING_LEASE, &inner.holder, now, until)
         .await?;
     tx.commit().await?;
     Ok(held)
@@ -362,16 +398,25 @@ async fn take_lease(inner: &Inner, holder: &str, term: Duration) -> Result<bool,
 
 /// The cleanup itself: the activity log beyond its retention (in chunks), notifications as old,
 /// idempotency keys past their 24 hours, and refresh sessions that can no longer be used. Each
-/// step in its own transactions, so one failing does not undo another.
-async fn housekeeping(inner: &Inner, holder: &str, term: Duration) {
+/// step in its own transactions, so one failing does not undo another. `lease`: the term to
+/// renew while pruning (None: no lease). False when the lease was lost on the way (the rest is
+/// left to its new holder).
+async fn housekeeping(inner: &Inner, lease: Option<Duration>) -> bool {
     let now = time::OffsetDateTime::now_utc();
     // A duration too large for `time` means nothing is old enough to go.
-    if let Ok(retention) = time::Duration::try_from(inner.settings.retention) {
-        let before = now - retention;
-        report(
-            "the activity log",
-            prune_log(inner, before, holder, term).await,
-        );
+    if let Some(before) = time::Duration::try_from(inner.settings.retention)
+        .ok()
+        .and_then(|r| now.checked_sub(r))
+    {
+        match prune_log(inner, before, lease).await {
+            Ok((n, held)) => {
+                report("the activity log", Ok(n));
+                if !held {
+                    return false;
+                }
+            }
+            Err(e) => report("the activity log", Err(e)),
+        }
         report(
             "notifications",
             in_one_tx(inner, |tx| Box::pin(tx.prune_inbox(before))).await,
@@ -384,12 +429,16 @@ async fn housekeeping(inner: &Inner, holder: &str, term: Duration) {
         })
         .await,
     );
-    if let Ok(ttl) = time::Duration::try_from(inner.settings.refresh_ttl) {
+    if let Some(expired) = time::Duration::try_from(inner.settings.refresh_ttl)
+        .ok()
+        .and_then(|ttl| now.checked_sub(ttl))
+    {
         report(
             "expired refresh sessions",
-            in_one_tx(inner, |tx| Box::pin(tx.purge_sessions(now, now - ttl))).await,
+            in_one_tx(inner, |tx| Box::pin(tx.purge_sessions(now, expired))).await,
         );
     }
+    true
 }
 
 fn report(what: &str, result: Result<u64, StoreError>) {
@@ -414,43 +463,61 @@ async fn in_one_tx(
     Ok(n)
 }
 
+/// Prune statements between renewals of the lease, within one team's backlog.
+const CHUNKS_PER_RENEWAL: usize = 20;
+
 /// The log beyond its retention, team by team from the most overdue, `prune_chunk` rows per
-/// transaction, so that writers wait for no long delete. Stops when a round removes nothing
-/// (what is left among the oldest is unpublished or above a kept seq) or the lease is lost.
+/// transaction, so that writers wait for no long delete. The teams come from windows of the
+/// oldest activities, each window after the last, so teams whose old rows must stay (unpublished,
+/// or above a recent seq) do not hide the others. Stops when no old activity is left past the
+/// last window, after `PRUNE_ROUNDS` windows, or when the lease is lost (then false).
 async fn prune_log(
     inner: &Inner,
     before: time::OffsetDateTime,
-    holder: &str,
-    term: Duration,
-) -> Result<u64, StoreError> {
+    lease: Option<Duration>,
+) -> Result<(u64, bool), StoreError> {
+    let renew = || async {
+        match lease {
+            Some(term) => take_lease(inner, term).await,
+            None => Ok(true),
+        }
+    };
+    let chunk = inner.settings.prune_chunk.max(1);
     let mut total = 0;
+    let mut after = None;
+    let mut chunks = 0usize;
     for _ in 0..PRUNE_ROUNDS {
-        let teams = inner
+        let (teams, last) = inner
             .store
             .read()
             .await?
-            .teams_with_old_activities(before, PRUNE_SCAN)
+            .teams_with_old_activities(before, after, PRUNE_SCAN)
             .await?;
-        let mut removed = 0;
+        if teams.is_empty() {
+            break;
+        }
         for team in teams {
             loop {
-                let chunk = inner.settings.prune_chunk.max(1);
                 let n =
                     in_one_tx(inner, |tx| Box::pin(tx.prune_team_log(team, before, chunk))).await?;
-                removed += n;
+                total += n;
                 metrics::counter!(telemetry::LOG_PRUNED).increment(n);
+                chunks += 1;
+                if chunks.is_multiple_of(CHUNKS_PER_RENEWAL) && !renew().await? {
+                    return Ok((total, false));
+                }
                 if n < chunk as u64 {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         }
-        total += removed;
-        if removed == 0 || !take_lease(inner, holder, term).await? {
-            break;
+        after = last;
+        if !renew().await? {
+            return Ok((total, false));
         }
     }
-    Ok(total)
+    Ok((total, true))
 }
 
 #[cfg(test)]

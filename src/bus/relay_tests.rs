@@ -514,8 +514,8 @@ async fn pruning_takes_a_prefix(rig: &Rig) {
         let store = rig.store.clone();
         async move {
             let mut tx = store.read().await.expect("read");
-            let mut teams = tx
-                .teams_with_old_activities(before, 100)
+            let (mut teams, _) = tx
+                .teams_with_old_activities(before, None, 100)
                 .await
                 .expect("teams");
             teams.sort();
@@ -555,6 +555,22 @@ async fn pruning_takes_a_prefix(rig: &Rig) {
         "seqs 5 and 6 are old, above a kept one"
     );
     assert_eq!(rig.logged(quiet).await, [1, 2]);
+
+    // Windows of the oldest activities: each after the newest `ts` of the one before.
+    let far = now - time::Duration::hours(5);
+    let late = rig.team().await;
+    rig.commit_at(late, &[far, far]).await;
+    let mut tx = rig.store.read().await.expect("read");
+    let (first, last) = tx
+        .teams_with_old_activities(before, None, 2)
+        .await
+        .expect("teams");
+    assert_eq!(first, [late], "the most overdue first");
+    let (next, _) = tx
+        .teams_with_old_activities(before, last, 100)
+        .await
+        .expect("teams");
+    assert_eq!(next, [team], "the window after the first");
 }
 
 /// The housekeeping lease: one holder at a time, renewed by its holder, taken by another once it

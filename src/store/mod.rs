@@ -379,12 +379,15 @@ pub trait Tx: WebhookTx + Send {
     ) -> Result<(Vec<InboxEvent>, i64)>;
 
     // retention
-    /// The teams among whose activities are some of the `scan` oldest older than `before`.
+    /// The teams of the `scan` oldest activities older than `before` (and newer than `after`),
+    /// the most overdue first, and the newest `ts` among those activities (where the next scan
+    /// starts).
     async fn teams_with_old_activities(
         &mut self,
         before: OffsetDateTime,
+        after: Option<OffsetDateTime>,
         scan: i64,
-    ) -> Result<Vec<TeamId>>;
+    ) -> Result<(Vec<TeamId>, Option<OffsetDateTime>)>;
     /// Deletes the team's lowest seqs that are older than `before` and published, up to the first
     /// that is not (only a prefix goes: a resume never skips a kept seq), at most `chunk` rows.
     async fn prune_team_log(
@@ -395,6 +398,8 @@ pub trait Tx: WebhookTx + Send {
     ) -> Result<u64>;
 
     // leases
+    /// Gives the lease `name` up if `holder` holds it.
+    async fn release_lease(&mut self, name: &str, holder: &str) -> Result<()>;
     /// Takes the lease `name` for `holder` until `until`, or renews it, unless another holder's
     /// runs past `now`; true when `holder` holds it now.
     async fn take_lease(

@@ -1008,8 +1008,11 @@ macro_rules! impl_tx {
                     insert.build().persistent(false).execute(&mut *self.tx).await?;
                     if sqlite {
                         use $crate::store::task_query::indexed_text;
-                        let mut words =
-                            sqlx::QueryBuilder::new("INSERT INTO task_words (rowid, title, description) ");
+                        // OR REPLACE, as `index_words`: a contentless table would not refuse a
+                        // duplicate rowid.
+                        let mut words = sqlx::QueryBuilder::new(
+                            "INSERT OR REPLACE INTO task_words (rowid, title, description) ",
+                        );
                         words.push_values(chunk.iter().enumerate(), |mut row, (i, t)| {
                             row.push_bind(first_key + i as i64)
                                 .push_bind(indexed_text(t.team_id, &t.title))
@@ -1567,20 +1570,24 @@ macro_rules! impl_tx {
             async fn teams_with_old_activities(
                 &mut self,
                 before: OffsetDateTime,
+                after: Option<OffsetDateTime>,
                 scan: i64,
-            ) -> $crate::store::Result<Vec<TeamId>> {
-                // The oldest activities first (the `ts` index), at most `scan` of them: bounded
-                // however large the log, and the teams most overdue come first.
-                let rows: Vec<(TeamId,)> = sqlx::query_as(
-                    "SELECT DISTINCT o.team_id FROM ( \
-                       SELECT team_id FROM activities WHERE ts < $1 ORDER BY ts LIMIT $2 \
-                     ) o",
+            ) -> $crate::store::Result<(Vec<TeamId>, Option<OffsetDateTime>)> {
+                // The oldest activities after `after` (the `ts` index), at most `scan` of them:
+                // bounded however large the log; the teams most overdue first.
+                let rows: Vec<(TeamId, OffsetDateTime)> = sqlx::query_as(
+                    "SELECT o.team_id, MAX(o.ts) FROM ( \
+                       SELECT team_id, ts FROM activities \
+                       WHERE ts < $1 AND ($2 IS NULL OR ts > $2) ORDER BY ts LIMIT $3 \
+                     ) o GROUP BY o.team_id ORDER BY MIN(o.ts)",
                 )
                 .bind(before)
+                .bind(after)
                 .bind(scan)
                 .fetch_all(&mut *self.tx)
                 .await?;
-                Ok(rows.into_iter().map(|(t,)| t).collect())
+                let last = rows.iter().map(|(_, ts)| *ts).max();
+                Ok((rows.into_iter().map(|(t, _)| t).collect(), last))
             }
 
             async fn prune_team_log(
@@ -1610,6 +1617,15 @@ macro_rules! impl_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn release_lease(&mut self, name: &str, holder: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
             }
 
             async fn take_lease(
