@@ -944,7 +944,11 @@ macro_rules! impl_tx {
                         "SELECT key, task_id FROM task_import_keys WHERE team_id = $1 AND key IN ({})",
                         $crate::store::sql::placeholders_from(2, chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (String, TaskId)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    // Planned for its values each time: a plan cached while the table was small
+                    // (a fresh import) scans the whole table for every batch after it grew.
+                    let mut query = sqlx::query_as::<_, (String, TaskId)>(sqlx::AssertSqlSafe(sql))
+                        .persistent(false)
+                        .bind(team);
                     for k in chunk {
                         query = query.bind(*k);
                     }
