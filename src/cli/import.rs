@@ -17,19 +17,17 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use taskforge::domain::import::{BATCH_COMMENTS_MAX, BATCH_TASKS_MAX, valid_import_key};
+use taskforge::domain::model::date;
+// Text longer than a task, comment or label may hold is cut rather than refusing the row.
+use taskforge::domain::rules::{
+    COMMENT_MAX, DESCRIPTION_MAX, LABEL_NAME_MAX, LABELS_PER_TASK, TITLE_MAX,
+};
+
 use super::remote::Remote;
 
-/// The server's limits of one batch (see the contract), and a body size under its default 1 MiB.
-const BATCH_TASKS_MAX: usize = 1_000;
-const BATCH_COMMENTS_MAX: usize = 5_000;
+/// A batch is also cut to keep its body under the server's default 1 MiB.
 const BATCH_BYTES_MAX: usize = 900 * 1024;
-/// Field limits of a task, a comment and a label, in characters: longer text is cut, with a
-/// warning, rather than refusing the row.
-const TITLE_MAX: usize = 200;
-const DESCRIPTION_MAX: usize = 20_000;
-const COMMENT_MAX: usize = 10_000;
-const LABEL_NAME_MAX: usize = 50;
-const LABELS_PER_TASK: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -433,7 +431,7 @@ fn parse_source(s: &str) -> Result<String, String> {
 /// An import key of a source's own id: kept as it is when it is a valid key part (visible ASCII,
 /// short enough), else replaced by its hash, so that any id gives a valid, distinct key.
 fn id_key(kind: &str, id: &str) -> String {
-    if (1..=120).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) {
+    if id.len() <= 120 && valid_import_key(id) {
         format!("{kind}:{id}")
     } else {
         format!("{kind}:h:{}", hex(&Sha256::digest(id.as_bytes())[..16]))
@@ -478,8 +476,7 @@ fn priority_of(s: &str) -> Option<&'static str> {
 /// (`2027-02-30`) is no date.
 fn date_of(s: &str) -> Option<String> {
     let d = s.trim().get(..10)?;
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(d, format).ok().map(|_| d.to_owned())
+    date::parse(d).map(|_| d.to_owned())
 }
 
 /// CSV with a header row: `title` (required), `description`, `status`, `priority`, `assignee`
@@ -809,20 +806,19 @@ mod tests {
         assert_eq!(rows[0].due_date, None, "February has no 30th");
         assert_eq!(rows[1].due_date.as_deref(), Some("2027-02-28"));
         for row in &rows {
-            assert!(valid_key(&row.key), "{} is not a valid import key", row.key);
+            assert!(
+                valid_import_key(&row.key),
+                "{} is not a valid import key",
+                row.key
+            );
         }
         assert_ne!(rows[1].key, rows[2].key);
         assert!(rows[1].key.starts_with("csv:h:"), "{}", rows[1].key);
         let other = parse(Format::Csv, text, Some("crm-2026")).expect("parses");
         assert_eq!(other[0].key, "csv:crm-2026:1");
         let long = "x".repeat(500);
-        assert!(valid_key(&id_key("csv", &long)));
+        assert!(valid_import_key(&id_key("csv", &long)));
         assert_ne!(id_key("csv", &long), id_key("csv", &"x".repeat(501)));
-    }
-
-    /// The server's rule for an import key.
-    fn valid_key(k: &str) -> bool {
-        (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
     }
 
     #[test]

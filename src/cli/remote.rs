@@ -81,13 +81,13 @@ impl Remote {
                     .with_context(|| format!("reading the answer of GET {url}"));
             }
             let problem: Value = resp.json().await.unwrap_or_default();
-            let detail = problem["detail"].as_str().unwrap_or("no detail");
             // Of the paths read here, only a team's (or its boards' and tasks') answer these.
             if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND
             {
+                let detail = problem["detail"].as_str().unwrap_or("no detail");
                 bail!("not a member of that team, or no such team ({status}: {detail})");
             }
-            bail!("GET {url} failed: {status}: {detail}");
+            return Err(failure(&format!("GET {url}"), status, &problem));
         }
     }
 
@@ -147,26 +147,7 @@ impl Remote {
                 backoff(attempt).await;
                 continue;
             }
-            let detail = problem["detail"].as_str().unwrap_or("no detail");
-            let fields: Vec<String> = problem["errors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| {
-                    format!(
-                        "{}: {}",
-                        e["field"].as_str().unwrap_or("?"),
-                        e["message"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect();
-            if fields.is_empty() {
-                bail!("POST {url} failed: {status}: {detail}");
-            }
-            bail!(
-                "POST {url} failed: {status}: {detail}\n  {}",
-                fields.join("\n  ")
-            );
+            return Err(failure(&format!("POST {url}"), status, &problem));
         }
     }
 
@@ -197,4 +178,16 @@ impl Remote {
 async fn backoff(n: u32) {
     let ms = 250u64 << n.saturating_sub(1).min(5);
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+/// A refused request as one message: the problem's detail, and each invalid field on a line.
+fn failure(request: &str, status: reqwest::StatusCode, problem: &Value) -> anyhow::Error {
+    let detail = problem["detail"].as_str().unwrap_or("no detail");
+    let mut message = format!("{request} failed: {status}: {detail}");
+    for e in problem["errors"].as_array().into_iter().flatten() {
+        let field = e["field"].as_str().unwrap_or("?");
+        let why = e["message"].as_str().unwrap_or("?");
+        message.push_str(&format!("\n  {field}: {why}"));
+    }
+    anyhow::anyhow!(message)
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::error::{Checks, DomainError, FieldError};
 use super::model::{BoardId, LabelId, Priority, TaskId, TaskStatus, UserId, date};
-use super::rules::{NewTask, check_comment_body};
+use super::rules::{check_comment_body, new_task_fields};
 
 /// Tasks one batch may create.
 pub const BATCH_TASKS_MAX: usize = 1_000;
@@ -80,23 +80,6 @@ pub struct ImportedTask {
     pub created: bool,
 }
 
-impl BatchTask {
-    /// The task as a single creation would take it (the batch names the board).
-    pub fn as_new_task(&self, board: BoardId) -> NewTask {
-        NewTask {
-            title: self.title.clone(),
-            description: self.description.clone(),
-            board_id: Some(board),
-            status: self.status,
-            priority: self.priority,
-            assignee_user_id: self.assignee_user_id,
-            due_date: self.due_date,
-            position: None,
-            label_ids: self.label_ids.clone(),
-        }
-    }
-}
-
 /// A valid import key: 1 to 200 visible ASCII characters (as an `Idempotency-Key`, it often comes
 /// from another system's ids and is echoed in errors).
 pub fn valid_import_key(key: &str) -> bool {
@@ -131,7 +114,14 @@ impl TaskBatch {
         let mut keys: HashMap<&str, usize> = HashMap::new();
         for (i, task) in self.tasks.iter().enumerate() {
             let at = |field: &str| format!("tasks[{i}].{field}");
-            if let Err(DomainError::Validation(errors)) = task.as_new_task(self.board_id).check() {
+            let mut fields = Checks::default();
+            new_task_fields(
+                &mut fields,
+                &task.title,
+                task.description.as_deref(),
+                task.label_ids.as_deref(),
+            );
+            if let Err(DomainError::Validation(errors)) = fields.finish() {
                 for e in errors {
                     c.push(FieldError::new(&at(&e.field), e.message));
                 }

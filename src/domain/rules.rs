@@ -232,17 +232,33 @@ pub struct NewTask {
     pub label_ids: Option<Vec<LabelId>>,
 }
 
+/// The rules of a new task's title, description and labels (a single creation's and each of a
+/// bulk import's).
+pub(super) fn new_task_fields(
+    c: &mut Checks,
+    title: &str,
+    description: Option<&str>,
+    label_ids: Option<&[LabelId]>,
+) {
+    text(c, "title", title, 1, TITLE_MAX);
+    if let Some(d) = description {
+        text(c, "description", d, 0, DESCRIPTION_MAX);
+        mention_limit(c, "description", d, DESCRIPTION_MAX);
+    }
+    if let Some(l) = label_ids {
+        label_set_checks(c, l);
+    }
+}
+
 impl NewTask {
     pub fn check(&self) -> Result<(), DomainError> {
         let mut c = Checks::default();
-        text(&mut c, "title", &self.title, 1, TITLE_MAX);
-        if let Some(d) = &self.description {
-            text(&mut c, "description", d, 0, DESCRIPTION_MAX);
-            mention_limit(&mut c, "description", d, DESCRIPTION_MAX);
-        }
-        if let Some(l) = &self.label_ids {
-            label_set_checks(&mut c, l);
-        }
+        new_task_fields(
+            &mut c,
+            &self.title,
+            self.description.as_deref(),
+            self.label_ids.as_deref(),
+        );
         c.check(
             self.position.is_none_or(f64::is_finite),
             "position",

@@ -45,9 +45,10 @@ impl Services {
         let at = now();
         let mut answer = Vec::with_capacity(batch.tasks.len());
         let mut tasks: Vec<Task> = Vec::with_capacity(batch.tasks.len());
-        let mut keyed: Vec<(&str, TaskId)> = Vec::new();
+        let mut keyed: Vec<(String, TaskId)> = Vec::new();
         let mut comments: Vec<Comment> = Vec::new();
-        for item in &batch.tasks {
+        let board_id = batch.board_id;
+        for item in batch.tasks {
             if let Some(id) = item.import_key.as_ref().and_then(|k| known.get(k)) {
                 answer.push(ImportedTask {
                     task_id: *id,
@@ -63,9 +64,9 @@ impl Services {
             tasks.push(Task {
                 id,
                 team_id: team,
-                board_id: batch.board_id,
-                title: item.title.clone(),
-                description: item.description.clone().unwrap_or_default(),
+                board_id,
+                title: item.title,
+                description: item.description.unwrap_or_default(),
                 status,
                 priority: item.priority.unwrap_or_default(),
                 assignee_user_id: item.assignee_user_id,
@@ -77,15 +78,15 @@ impl Services {
                 version: 1,
                 label_ids: label_set(item.label_ids.as_deref().unwrap_or_default()),
             });
-            if let Some(key) = &item.import_key {
+            if let Some(key) = item.import_key {
                 keyed.push((key, id));
             }
-            comments.extend(item.comments.iter().map(|c| Comment {
+            comments.extend(item.comments.into_iter().map(|c| Comment {
                 id: CommentId::from(Uuid::now_v7()),
                 task_id: id,
                 team_id: team,
                 author_user_id: actor,
-                body: c.body.clone(),
+                body: c.body,
                 created_at: at,
                 edited_at: None,
             }));
@@ -112,7 +113,7 @@ impl Services {
         let created: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         let draft = ActivityDraft::new(
             ActivityData::TaskImported {
-                board_id: batch.board_id,
+                board_id,
                 task_ids: created,
                 comment_count,
             },
@@ -171,10 +172,7 @@ async fn check_references(
         .await?
         .into_iter()
         .collect();
-    let mut team_labels: HashSet<LabelId> = HashSet::new();
-    for chunk in labels.chunks(500) {
-        team_labels.extend(tx.labels_among(team, chunk).await?);
-    }
+    let team_labels: HashSet<LabelId> = tx.labels_among(team, &labels).await?.into_iter().collect();
     let mut errors = Vec::new();
     for (i, t) in batch.tasks.iter().enumerate().filter(|(_, t)| is_new(t)) {
         if t.assignee_user_id.is_some_and(|a| !members.contains(&a)) {

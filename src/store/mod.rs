@@ -211,7 +211,7 @@ pub trait Tx: WebhookTx + Send {
     async fn insert_imported(
         &mut self,
         tasks: &[Task],
-        keys: &[(&str, TaskId)],
+        keys: &[(String, TaskId)],
         comments: &[Comment],
     ) -> Result<()>;
     async fn task(&mut self, id: TaskId) -> Result<Option<Task>>;

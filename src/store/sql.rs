@@ -960,7 +960,7 @@ macro_rules! impl_tx {
             async fn insert_imported(
                 &mut self,
                 tasks: &[Task],
-                keys: &[(&str, TaskId)],
+                keys: &[(String, TaskId)],
                 comments: &[Comment],
             ) -> $crate::store::Result<()> {
                 use $crate::store::sql::BULK_ROWS;
@@ -1040,7 +1040,7 @@ macro_rules! impl_tx {
                 for chunk in keys.chunks(BULK_ROWS) {
                     let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_import_keys (team_id, key, task_id) ");
                     insert.push_values(chunk, |mut row, (key, task)| {
-                        row.push_bind(team).push_bind(*key).push_bind(*task);
+                        row.push_bind(team).push_bind(key.as_str()).push_bind(*task);
                     });
                     insert.build().persistent(false).execute(&mut *self.tx).await.map_err(map_dup)?;
                 }
@@ -1289,19 +1289,20 @@ macro_rules! impl_tx {
             }
 
             async fn labels_among(&mut self, team: TeamId, ids: &[LabelId]) -> $crate::store::Result<Vec<LabelId>> {
-                if ids.is_empty() {
-                    return Ok(Vec::new());
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "SELECT id FROM labels WHERE team_id = $1 AND id IN ({}){}",
+                        placeholders_from(2, chunk.len()),
+                        $share_row
+                    );
+                    let mut q = sqlx::query_as::<_, (LabelId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    out.extend(q.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id));
                 }
-                let sql = format!(
-                    "SELECT id FROM labels WHERE team_id = $1 AND id IN ({}){}",
-                    placeholders_from(2, ids.len()),
-                    $share_row
-                );
-                let mut q = sqlx::query_as::<_, (LabelId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
-                for id in ids {
-                    q = q.bind(*id);
-                }
-                Ok(q.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id).collect())
+                Ok(out)
             }
 
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
