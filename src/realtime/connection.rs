@@ -23,7 +23,7 @@ use super::protocol::{
 use super::socket::{Inbound, Outbound};
 use crate::bus::Topic;
 use crate::domain::activity::LogEntry;
-use crate::domain::presence::{PresenceStatus, PresenceView};
+use crate::domain::presence::PresenceView;
 use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::limits::MessageLimit;
 use crate::service::AuthError;
@@ -636,9 +636,9 @@ impl Session {
                 .join_group(self.id, &joining, team, admin, bounds.last_seq, replayed)
             {
                 Join::Joined(_) => {
-                    for (scope, viewers) in &elsewhere {
+                    for (scope, _) in &elsewhere {
                         if let Scope::Task(task) = *scope {
-                            self.presence_joined_meanwhile(team, task, viewers).await;
+                            self.presence_after_join(team, task).await;
                         }
                     }
                     return Ok(refused);
@@ -652,46 +652,16 @@ impl Session {
         Err(SubscribeError::Busy)
     }
 
-    /// Shared presence: a viewer who joined on another instance between the snapshot read and the
-    /// join was announced before this socket was in the room. Read again and tell this socket.
-    async fn presence_joined_meanwhile(
-        &self,
-        team: TeamId,
-        task: TaskId,
-        snapshot: &[PresenceView],
-    ) {
+    /// Shared presence: what changed on other instances between the snapshot read and the join
+    /// was announced before this socket was in the room. Read again; the hub tells the socket
+    /// what it missed.
+    async fn presence_after_join(&self, team: TeamId, task: TaskId) {
         let Some(shared) = self.rt.bus.shared_presence() else {
             return;
         };
-        let Ok(now) = shared.viewers(task).await else {
-            return;
-        };
-        let local = self.rt.hub.local_viewers(task);
-        let other = |id: UserId| id != self.user && !local.contains(&id);
-        let push = |frame| self.outbox.push(Frame::Text(frame));
-        for PresenceView { user, stamped } in now.iter().filter(|v| other(v.user.user_id)) {
-            let before = snapshot.iter().find(|v| v.user.user_id == user.user_id);
-            if before.is_none() {
-                push(super::protocol::presence_frame(true, team, task, user));
-            }
-            // A state announced before the join (a `presence.updated` this socket missed) is
-            // otherwise shown wrong until the user changes it again.
-            let was = before.map_or(PresenceStatus::VIEWING, |v| v.stamped.status);
-            if stamped.status != was {
-                push(super::protocol::presence_updated_frame(
-                    team,
-                    task,
-                    user,
-                    stamped.status,
-                ));
-            }
-        }
-        for gone in snapshot.iter().filter(|v| other(v.user.user_id)) {
-            if !now.iter().any(|v| v.user.user_id == gone.user.user_id) {
-                push(super::protocol::presence_frame(
-                    false, team, task, &gone.user,
-                ));
-            }
+        match shared.viewers(task).await {
+            Ok(now) => self.rt.hub.reconcile_presence(self.id, team, task, &now),
+            Err(e) => tracing::debug!(error = %e, "presence re-read after a join"),
         }
     }
 

@@ -11,13 +11,14 @@
 //! rooms or is subscribing to one. The bus may lose messages: a seq that skips ahead, a bus
 //! `Resync` and the periodic `check` all repair from the log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
 // Tokio's clock (std's own unless a test pauses it), so that tests can move it.
 use tokio::time::Instant;
 
@@ -29,7 +30,7 @@ use super::protocol::{
 use super::viewers::{Change, Clock, Effect, Viewers};
 use crate::bus::{Bus, PresenceEvent, Topic};
 use crate::domain::activity::{ActivityKind, LogEntry};
-use crate::domain::presence::{PresenceKind, PresenceView};
+use crate::domain::presence::{PresenceKind, PresenceStatus, PresenceView};
 use crate::domain::{Role, Room, TaskId, TeamId, UserId};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -59,6 +60,31 @@ struct Conn {
     member: Arc<Member>,
     /// The rooms this connection joined, with their team.
     subs: HashMap<Room, TeamId>,
+    /// With shared presence: per task room, who this socket was told is there (other users) and
+    /// what they do. Bus events cross a socket's snapshot on the way (a change can be both in
+    /// the snapshot and still in flight), so each event is checked against this and only what
+    /// changes the socket's view is sent.
+    told: HashMap<TaskId, Told>,
+}
+
+/// What a socket was told of a task room's other viewers (shared presence).
+#[derive(Default)]
+struct Told {
+    users: HashMap<UserId, (PresenceUser, PresenceStatus)>,
+    /// Until the check after the join: the users whose shown presence a bus event changed since
+    /// the join. Such a change is newer than the snapshot, but may be newer than the check's read
+    /// too, so the check leaves them be.
+    since_join: Option<HashSet<UserId>>,
+}
+
+/// A presence event, as it changes what a socket was told.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// The user came (viewing); a repeat of what a socket was told is dropped.
+    Joined,
+    /// The user is there, doing this.
+    Now(PresenceStatus),
+    Left,
 }
 
 enum Phase {
@@ -232,6 +258,14 @@ impl Hub {
         }
     }
 
+    /// A hub that announces presence through a shared registry (as over Redis), for tests of
+    /// the hub's side of it without one.
+    #[cfg(test)]
+    pub fn with_shared_presence(self) -> Self {
+        self.state.lock().shared_presence = true;
+        self
+    }
+
     /// Editing and typing fall back to viewing after `ttl` without a repeat.
     pub fn with_presence_state_ttl(self, ttl: Duration) -> Self {
         self.state.lock().viewers.set_ttl(ttl);
@@ -277,6 +311,7 @@ impl Hub {
                 user,
                 member,
                 subs: HashMap::new(),
+                told: HashMap::new(),
             },
         );
         id
@@ -500,22 +535,56 @@ impl Hub {
     }
 
     /// A presence change from the bus (shared presence): the task's local sockets hear of it,
-    /// except the user's own.
+    /// except the user's own, each only if it changes what that socket was told.
     pub fn on_presence(&self, ev: &PresenceEvent) {
-        let frame = Frame::Text(match ev.kind {
-            PresenceKind::Joined | PresenceKind::Left => presence_frame(
-                ev.kind == PresenceKind::Joined,
-                ev.team_id,
-                ev.task_id,
-                &ev.user,
-            ),
-            PresenceKind::Updated => {
-                presence_updated_frame(ev.team_id, ev.task_id, &ev.user, ev.status)
-            }
-        });
+        let seen = match ev.kind {
+            PresenceKind::Joined => Seen::Joined,
+            PresenceKind::Updated => Seen::Now(ev.status),
+            PresenceKind::Left => Seen::Left,
+        };
         self.state
             .lock()
-            .broadcast_to_others(ev.task_id, &frame, ev.user.user_id);
+            .tell_presence(ev.team_id, ev.task_id, &ev.user, seen, None);
+    }
+
+    /// Shared presence, once after socket `id` joined `task`'s room: brings what it was told of
+    /// the room's other viewers up to `elsewhere` (other instances' viewers, read after the join).
+    /// A viewer who joined, changed or left on another instance between the snapshot read and
+    /// the join was announced before the socket was in the room. Users with a socket here are
+    /// the hub's to announce, and users a bus event told of since the join are left as it said.
+    pub fn reconcile_presence(
+        &self,
+        id: ConnId,
+        team: TeamId,
+        task: TaskId,
+        elsewhere: &[PresenceView],
+    ) {
+        self.with_state(|s| {
+            let local = s.viewers.users(task);
+            let Some(conn) = s.conns.get_mut(&id) else {
+                return;
+            };
+            let me = conn.user.user_id;
+            let Some(told) = conn.told.get_mut(&task) else {
+                return;
+            };
+            let settled = told.since_join.take().unwrap_or_default();
+            let open = |u: UserId| u != me && !local.contains(&u) && !settled.contains(&u);
+            let gone: Vec<PresenceUser> = told
+                .users
+                .values()
+                .filter(|(u, _)| {
+                    open(u.user_id) && !elsewhere.iter().any(|v| v.user.user_id == u.user_id)
+                })
+                .map(|(u, _)| u.clone())
+                .collect();
+            for v in elsewhere.iter().filter(|v| open(v.user.user_id)) {
+                s.tell_presence(team, task, &v.user, Seen::Now(v.stamped.status), Some(id));
+            }
+            for u in &gone {
+                s.tell_presence(team, task, u, Seen::Left, Some(id));
+            }
+        });
     }
 
     /// Tasks whose local viewers changed since the last call, with those viewers, their team and
@@ -656,6 +725,22 @@ impl Hub {
                             s.presence_effect(effect);
                         }
                         let snapshot = s.viewers.snapshot(task, elsewhere);
+                        if s.shared_presence
+                            && let Some(c) = s.conns.get_mut(&id)
+                        {
+                            let users = snapshot
+                                .iter()
+                                .filter(|v| v.user.user_id != user.user_id)
+                                .map(|v| (v.user.user_id, (v.user.clone(), v.stamped.status)))
+                                .collect();
+                            c.told.insert(
+                                task,
+                                Told {
+                                    users,
+                                    since_join: Some(HashSet::new()),
+                                },
+                            );
+                        }
                         Some(snapshot.iter().map(PresenceEntry::from).collect())
                     }
                     _ => None,
@@ -1065,10 +1150,13 @@ impl State {
         if let Some(k) = scope_slot(room) {
             self.subscriptions[k] = self.subscriptions[k].saturating_sub(1);
         }
-        if let Room::Task(task) = room
-            && let Some(effect) = self.viewers.leave(id, task, user)
-        {
-            self.presence_effect(effect);
+        if let Room::Task(task) = room {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.told.remove(&task);
+            }
+            if let Some(effect) = self.viewers.leave(id, task, user) {
+                self.presence_effect(effect);
+            }
         }
         self.release_team(team);
     }
@@ -1098,6 +1186,72 @@ impl State {
             Change::Joined(conn) => self.broadcast(Room::Task(e.task), &frame, Some(conn)),
             Change::Left => self.broadcast(Room::Task(e.task), &frame, None),
             _ => self.broadcast_to_others(e.task, &frame, e.user.user_id),
+        }
+    }
+
+    /// Shared presence: tells the sockets in `task`'s room (only `only`, when given), except
+    /// `user`'s own, what `seen` says of `user`, each socket only what changes what it was told.
+    fn tell_presence(
+        &mut self,
+        team: TeamId,
+        task: TaskId,
+        user: &PresenceUser,
+        seen: Seen,
+        only: Option<ConnId>,
+    ) {
+        let State { rooms, conns, .. } = self;
+        let Some(members) = rooms.get(&Room::Task(task)) else {
+            return;
+        };
+        // Each frame serialized once for the whole room.
+        let (mut joined, mut left, mut updated) = (None, None, None);
+        for (id, m) in members {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            let Some(conn) = conns.get_mut(id) else {
+                continue;
+            };
+            if conn.user.user_id == user.user_id {
+                continue;
+            }
+            let told = conn.told.entry(task).or_default();
+            let before = told.users.get(&user.user_id).map(|(_, status)| *status);
+            let push = |slot: &mut Option<Frame>, make: &dyn Fn() -> Utf8Bytes| {
+                m.outbox
+                    .push_live(slot.get_or_insert_with(|| Frame::Text(make())).clone());
+            };
+            match (seen, before) {
+                (Seen::Left, None) | (Seen::Joined, Some(_)) => continue,
+                (Seen::Now(now), Some(was)) if now == was => continue,
+                _ => {}
+            }
+            if only.is_none()
+                && let Some(since) = told.since_join.as_mut()
+            {
+                // A change from the bus is newer than the socket's snapshot (a repeat of it
+                // changes nothing), so the check after the join must not undo it.
+                since.insert(user.user_id);
+            }
+            let after = match seen {
+                Seen::Left => {
+                    push(&mut left, &|| presence_frame(false, team, task, user));
+                    told.users.remove(&user.user_id);
+                    continue;
+                }
+                Seen::Joined => PresenceStatus::VIEWING,
+                Seen::Now(now) => now,
+            };
+            if before.is_none() {
+                push(&mut joined, &|| presence_frame(true, team, task, user));
+            }
+            if after != before.unwrap_or(PresenceStatus::VIEWING) {
+                // One status per event, so one frame serves every socket it changes.
+                push(&mut updated, &|| {
+                    presence_updated_frame(team, task, user, after)
+                });
+            }
+            told.users.insert(user.user_id, (user.clone(), after));
         }
     }
 

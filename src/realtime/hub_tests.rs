@@ -435,10 +435,22 @@ pub(in crate::realtime) fn seqs(msgs: &[Msg], team: TeamId) -> Vec<i64> {
 /// Joins `conn` to `scope` as a subscribe does (without its access check): at a point of the
 /// team's dispatch that a fresh snapshot vouches for.
 async fn join(w: &World, hub: &Hub, conn: ConnId, scope: Scope, team: TeamId) -> i64 {
+    join_seeing(w, hub, conn, scope, team, &[]).await
+}
+
+/// `join` with `elsewhere` as the other instances' viewers read before it.
+async fn join_seeing(
+    w: &World,
+    hub: &Hub,
+    conn: ConnId,
+    scope: Scope,
+    team: TeamId,
+    elsewhere: &[PresenceView],
+) -> i64 {
     let _pin = hub.follow(team).await.expect("follow");
     for _ in 0..64 {
         let snapshot = w.last_seq(team).await;
-        match hub.join(conn, scope, team, snapshot, None, &[]) {
+        match hub.join(conn, scope, team, snapshot, None, elsewhere) {
             Join::Joined(seq) => return seq,
             Join::Behind => hub.catch_up(team, snapshot).await.expect("catch up"),
             Join::Stale => tokio::task::yield_now().await,
@@ -1028,4 +1040,133 @@ async fn a_follow_dropped_while_starting_leaves_the_team_free() {
         "the next follow waited on the abandoned start"
     );
     assert_eq!(hub.dispatched(team.id), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared presence
+// ---------------------------------------------------------------------------------------------
+
+/// The presence frames among `frames`: (type, user, state), in order.
+fn presence_of(frames: &[Frame]) -> Vec<(String, UserId, String)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let v: Value = serde_json::from_str(f.text()?.as_str()).ok()?;
+            let a = &v["activity"];
+            let kind = a["type"].as_str()?.strip_prefix("presence.")?.to_owned();
+            let user = uuid_at(&a["data"]["userId"])?.into();
+            let state = a["data"]["state"].as_str().unwrap_or_default().to_owned();
+            Some((kind, user, state))
+        })
+        .collect()
+}
+
+fn queued(outbox: &Outbox) -> Vec<Frame> {
+    let mut batch = Vec::new();
+    let _ = outbox.next_batch(&mut batch).now_or_never();
+    batch
+}
+
+/// Across instances a socket's snapshot and the bus events cross: an event can be in the
+/// snapshot and still on its way, or come between the snapshot read and the join. Each socket is
+/// told each change once: what its snapshot (or an earlier event) already told it is dropped, a
+/// change it missed comes from the check after the join, and that check leaves alone the users a
+/// bus event told of since the join (its read may be older than the event).
+#[tokio::test]
+async fn shared_presence_tells_each_socket_each_change_once() {
+    use crate::domain::presence::{PresenceField, PresenceState, Stamped};
+    let w = World::new().await;
+    let hub = w.hub(16).with_shared_presence();
+    let owner = w.user("owner").await;
+    let team = w.team(&owner).await;
+    let task = w.task(&owner, &team, None).await;
+    let [x, y, z, q] = [
+        w.user("x").await,
+        w.user("y").await,
+        w.user("z").await,
+        w.user("q").await,
+    ];
+    let editing =
+        PresenceStatus::new(PresenceState::Editing, Some(PresenceField::Title)).expect("a status");
+    let view = |u: &PresenceUser, status| PresenceView {
+        user: u.clone(),
+        stamped: Stamped::new(status, 1),
+    };
+    let event = |kind, u: &PresenceUser, status| {
+        hub.on_presence(&PresenceEvent {
+            kind,
+            team_id: team.id,
+            task_id: task.id,
+            user: u.clone(),
+            status,
+        });
+    };
+    let out = outbox(64);
+    let conn = hub.register(owner.clone(), out.clone());
+    // The snapshot shows x editing, y viewing; their announcements are still on the bus.
+    join_seeing(
+        &w,
+        &hub,
+        conn,
+        Scope::Task(task.id),
+        team.id,
+        &[view(&x, editing), view(&y, PresenceStatus::VIEWING)],
+    )
+    .await;
+    let subscribed = queued(&out);
+    assert_eq!(subscribed.len(), 1, "{:?}", parse_frames(&subscribed));
+    let viewing = String::from("viewing");
+    let ed = String::from("editing");
+    let told =
+        |kind: &str, u: &PresenceUser, state: &String| (kind.to_owned(), u.user_id, state.clone());
+
+    event(PresenceKind::Joined, &x, PresenceStatus::VIEWING);
+    event(PresenceKind::Updated, &x, editing);
+    event(PresenceKind::Joined, &y, PresenceStatus::VIEWING);
+    event(PresenceKind::Left, &q, PresenceStatus::VIEWING);
+    assert_eq!(
+        presence_of(&queued(&out)),
+        vec![],
+        "in the snapshot already"
+    );
+
+    // New: y edits, z comes.
+    event(PresenceKind::Updated, &y, editing);
+    event(PresenceKind::Joined, &z, PresenceStatus::VIEWING);
+    event(PresenceKind::Joined, &z, PresenceStatus::VIEWING);
+    assert_eq!(
+        presence_of(&queued(&out)),
+        vec![told("updated", &y, &ed), told("joined", &z, &String::new())]
+    );
+
+    // The check after the join read before those events (y viewing, no z) and sees that x left
+    // and q came meanwhile: it tells of x and q, and leaves y and z as the bus told.
+    hub.reconcile_presence(
+        conn,
+        team.id,
+        task.id,
+        &[view(&y, PresenceStatus::VIEWING), view(&q, editing)],
+    );
+    assert_eq!(
+        presence_of(&queued(&out)),
+        vec![
+            told("joined", &q, &String::new()),
+            told("updated", &q, &ed),
+            told("left", &x, &String::new()),
+        ]
+    );
+
+    // From then on each event counts once; the owner's own are not for them.
+    event(PresenceKind::Updated, &q, editing);
+    event(PresenceKind::Updated, &q, PresenceStatus::VIEWING);
+    event(PresenceKind::Left, &z, PresenceStatus::VIEWING);
+    event(PresenceKind::Left, &z, PresenceStatus::VIEWING);
+    event(PresenceKind::Joined, &owner, PresenceStatus::VIEWING);
+    assert_eq!(
+        presence_of(&queued(&out)),
+        vec![
+            told("updated", &q, &viewing),
+            told("left", &z, &String::new()),
+        ]
+    );
 }

@@ -142,16 +142,7 @@ async fn expect_update(
     field: Option<&str>,
 ) {
     let what = format!("presence.updated {state} {field:?}");
-    // Across instances the `presence.joined` of someone already listed in the `subscribed`
-    // snapshot may still arrive after it (a repeated join notice, which clients merge); the
-    // update is the next frame about them that is not a join.
-    let id = user.id();
-    let f = ws
-        .wait_for(&what, T, |f| {
-            about(f, id) && f["activity"]["type"] != "presence.joined"
-        })
-        .await
-        .0;
+    let f = next_about(ws, user.id(), &what).await;
     check_updated(&f, fx, user, state, field);
 }
 
@@ -390,15 +381,7 @@ async fn leaving_the_room_removes_the_state(d: Deployment) {
     expect_update(&mut wz, &fx, &fx.x, "editing", Some("description")).await;
     wx.close().await;
     for ws in [&mut wy, &mut wz] {
-        // Across instances the same state may be announced twice (the bus and the owner's
-        // refresh race); a repeat says nothing new and is not what this test is about.
-        let (f, _) = ws
-            .wait_for("presence.left about X", T, |f| {
-                about(f, fx.x.id())
-                    && !(f["activity"]["type"] == "presence.updated"
-                        && f["activity"]["data"]["state"] == "editing")
-            })
-            .await;
+        let f = next_about(ws, fx.x.id(), "presence.left").await;
         assert_eq!(f["activity"]["type"], "presence.left", "{}: {f}", ws.label);
     }
     // A newcomer does not list X.
