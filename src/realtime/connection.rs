@@ -659,10 +659,12 @@ impl Session {
         let Some(shared) = self.rt.bus.shared_presence() else {
             return;
         };
-        match shared.viewers(task).await {
-            Ok(now) => self.rt.hub.reconcile_presence(self.id, team, task, &now),
-            Err(e) => tracing::debug!(error = %e, "presence re-read after a join"),
+        let now = shared.viewers(task).await;
+        if let Err(e) = &now {
+            tracing::debug!(error = %e, "presence re-read after a join");
         }
+        let now = now.as_deref().ok();
+        self.rt.hub.reconcile_presence(self.id, team, task, now);
     }
 
     /// Queues the activities of `(from, upto]` that reach any of the scopes' rooms (and, for an

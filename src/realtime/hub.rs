@@ -71,17 +71,15 @@ struct Conn {
 #[derive(Default)]
 struct Told {
     users: HashMap<UserId, (PresenceUser, PresenceStatus)>,
-    /// Until the check after the join: the users whose shown presence a bus event changed since
-    /// the join. Such a change is newer than the snapshot, but may be newer than the check's read
-    /// too, so the check leaves them be.
+    /// Until the check after the join: the users a bus event stated since the join, whom the
+    /// check leaves as the event said (its read may be older than the event).
     since_join: Option<HashSet<UserId>>,
 }
 
-/// A presence event, as it changes what a socket was told.
+/// A presence event as a statement of where a user stands: each bus event states the user's
+/// whole presence (a join carries what they are shown doing), so the latest one is the truth.
 #[derive(Clone, Copy)]
 enum Seen {
-    /// The user came (viewing); a repeat of what a socket was told is dropped.
-    Joined,
     /// The user is there, doing this.
     Now(PresenceStatus),
     Left,
@@ -443,11 +441,6 @@ impl Hub {
         Ok(())
     }
 
-    /// The users with a local socket in `task`'s room.
-    pub fn local_viewers(&self, task: TaskId) -> Vec<UserId> {
-        self.state.lock().viewers.users(task)
-    }
-
     /// A `presence` message of connection `id`: what its user does in a task room it is in.
     /// Returns the error to answer when the message is malformed or the connection is not in
     /// that room. Shared by every transport.
@@ -538,8 +531,7 @@ impl Hub {
     /// except the user's own, each only if it changes what that socket was told.
     pub fn on_presence(&self, ev: &PresenceEvent) {
         let seen = match ev.kind {
-            PresenceKind::Joined => Seen::Joined,
-            PresenceKind::Updated => Seen::Now(ev.status),
+            PresenceKind::Joined | PresenceKind::Updated => Seen::Now(ev.status),
             PresenceKind::Left => Seen::Left,
         };
         self.state
@@ -548,19 +540,19 @@ impl Hub {
     }
 
     /// Shared presence, once after socket `id` joined `task`'s room: brings what it was told of
-    /// the room's other viewers up to `elsewhere` (other instances' viewers, read after the join).
-    /// A viewer who joined, changed or left on another instance between the snapshot read and
-    /// the join was announced before the socket was in the room. Users with a socket here are
-    /// the hub's to announce, and users a bus event told of since the join are left as it said.
+    /// the room's other viewers up to this instance's viewers merged with `elsewhere` (the other
+    /// instances', read after the join; None when that read failed: the socket keeps its
+    /// snapshot). A change announced between the snapshot read and the join reached the room
+    /// before the socket was in it. Users a bus event stated since the join are left as it said:
+    /// the team's channel is ordered, so that event is at least as new as anything missed.
     pub fn reconcile_presence(
         &self,
         id: ConnId,
         team: TeamId,
         task: TaskId,
-        elsewhere: &[PresenceView],
+        elsewhere: Option<&[PresenceView]>,
     ) {
         self.with_state(|s| {
-            let local = s.viewers.users(task);
             let Some(conn) = s.conns.get_mut(&id) else {
                 return;
             };
@@ -569,16 +561,20 @@ impl Hub {
                 return;
             };
             let settled = told.since_join.take().unwrap_or_default();
-            let open = |u: UserId| u != me && !local.contains(&u) && !settled.contains(&u);
+            let Some(elsewhere) = elsewhere else {
+                return;
+            };
+            let open = |u: UserId| u != me && !settled.contains(&u);
+            let now = s.viewers.snapshot(task, elsewhere);
             let gone: Vec<PresenceUser> = told
                 .users
                 .values()
                 .filter(|(u, _)| {
-                    open(u.user_id) && !elsewhere.iter().any(|v| v.user.user_id == u.user_id)
+                    open(u.user_id) && !now.iter().any(|v| v.user.user_id == u.user_id)
                 })
                 .map(|(u, _)| u.clone())
                 .collect();
-            for v in elsewhere.iter().filter(|v| open(v.user.user_id)) {
+            for v in now.iter().filter(|v| open(v.user.user_id)) {
                 s.tell_presence(team, task, &v.user, Seen::Now(v.stamped.status), Some(id));
             }
             for u in &gone {
@@ -1216,42 +1212,42 @@ impl State {
                 continue;
             }
             let told = conn.told.entry(task).or_default();
-            let before = told.users.get(&user.user_id).map(|(_, status)| *status);
+            if only.is_none()
+                && let Some(since) = told.since_join.as_mut()
+            {
+                // Even when it repeats what the socket was told: see `reconcile_presence`.
+                since.insert(user.user_id);
+            }
+            let before = told.users.get_mut(&user.user_id);
             let push = |slot: &mut Option<Frame>, make: &dyn Fn() -> Utf8Bytes| {
                 m.outbox
                     .push_live(slot.get_or_insert_with(|| Frame::Text(make())).clone());
             };
             match (seen, before) {
-                (Seen::Left, None) | (Seen::Joined, Some(_)) => continue,
-                (Seen::Now(now), Some(was)) if now == was => continue,
-                _ => {}
-            }
-            if only.is_none()
-                && let Some(since) = told.since_join.as_mut()
-            {
-                // A change from the bus is newer than the socket's snapshot (a repeat of it
-                // changes nothing), so the check after the join must not undo it.
-                since.insert(user.user_id);
-            }
-            let after = match seen {
-                Seen::Left => {
+                (Seen::Left, None) => {}
+                (Seen::Left, Some(_)) => {
                     push(&mut left, &|| presence_frame(false, team, task, user));
                     told.users.remove(&user.user_id);
-                    continue;
                 }
-                Seen::Joined => PresenceStatus::VIEWING,
-                Seen::Now(now) => now,
-            };
-            if before.is_none() {
-                push(&mut joined, &|| presence_frame(true, team, task, user));
+                (Seen::Now(now), Some((_, was))) => {
+                    if *was != now {
+                        *was = now;
+                        // One status per event: one frame serves every socket it changes.
+                        push(&mut updated, &|| {
+                            presence_updated_frame(team, task, user, now)
+                        });
+                    }
+                }
+                (Seen::Now(now), None) => {
+                    push(&mut joined, &|| presence_frame(true, team, task, user));
+                    if now != PresenceStatus::VIEWING {
+                        push(&mut updated, &|| {
+                            presence_updated_frame(team, task, user, now)
+                        });
+                    }
+                    told.users.insert(user.user_id, (user.clone(), now));
+                }
             }
-            if after != before.unwrap_or(PresenceStatus::VIEWING) {
-                // One status per event, so one frame serves every socket it changes.
-                push(&mut updated, &|| {
-                    presence_updated_frame(team, task, user, after)
-                });
-            }
-            told.users.insert(user.user_id, (user.clone(), after));
         }
     }
 

@@ -1071,7 +1071,8 @@ fn queued(outbox: &Outbox) -> Vec<Frame> {
 /// snapshot and still on its way, or come between the snapshot read and the join. Each socket is
 /// told each change once: what its snapshot (or an earlier event) already told it is dropped, a
 /// change it missed comes from the check after the join, and that check leaves alone the users a
-/// bus event told of since the join (its read may be older than the event).
+/// bus event stated since the join (the team's channel is ordered: such an event is at least as
+/// new as the check's read). Each socket has its own view of the room.
 #[tokio::test]
 async fn shared_presence_tells_each_socket_each_change_once() {
     use crate::domain::presence::{PresenceField, PresenceState, Stamped};
@@ -1080,14 +1081,14 @@ async fn shared_presence_tells_each_socket_each_change_once() {
     let owner = w.user("owner").await;
     let team = w.team(&owner).await;
     let task = w.task(&owner, &team, None).await;
-    let [x, y, z, q] = [
-        w.user("x").await,
-        w.user("y").await,
-        w.user("z").await,
-        w.user("q").await,
-    ];
+    let mut people = Vec::new();
+    for name in ["x", "y", "z", "q", "v", "w", "b"] {
+        people.push(w.user(name).await);
+    }
+    let [x, y, z, q, v, wu, b] = <[PresenceUser; 7]>::try_from(people).expect("seven");
     let editing =
         PresenceStatus::new(PresenceState::Editing, Some(PresenceField::Title)).expect("a status");
+    let viewing = PresenceStatus::VIEWING;
     let view = |u: &PresenceUser, status| PresenceView {
         user: u.clone(),
         stamped: Stamped::new(status, 1),
@@ -1101,72 +1102,93 @@ async fn shared_presence_tells_each_socket_each_change_once() {
             status,
         });
     };
+    let told =
+        |kind: &str, u: &PresenceUser, state: &str| (kind.to_owned(), u.user_id, state.to_owned());
     let out = outbox(64);
     let conn = hub.register(owner.clone(), out.clone());
-    // The snapshot shows x editing, y viewing; their announcements are still on the bus.
+    // The snapshot shows x editing, y and v viewing; their announcements are still on the bus.
     join_seeing(
         &w,
         &hub,
         conn,
         Scope::Task(task.id),
         team.id,
-        &[view(&x, editing), view(&y, PresenceStatus::VIEWING)],
+        &[view(&x, editing), view(&y, viewing), view(&v, viewing)],
     )
     .await;
-    let subscribed = queued(&out);
-    assert_eq!(subscribed.len(), 1, "{:?}", parse_frames(&subscribed));
-    let viewing = String::from("viewing");
-    let ed = String::from("editing");
-    let told =
-        |kind: &str, u: &PresenceUser, state: &String| (kind.to_owned(), u.user_id, state.clone());
+    assert_eq!(queued(&out).len(), 1, "subscribed");
 
-    event(PresenceKind::Joined, &x, PresenceStatus::VIEWING);
     event(PresenceKind::Updated, &x, editing);
-    event(PresenceKind::Joined, &y, PresenceStatus::VIEWING);
-    event(PresenceKind::Left, &q, PresenceStatus::VIEWING);
+    event(PresenceKind::Joined, &y, viewing);
+    event(PresenceKind::Left, &q, viewing);
     assert_eq!(
         presence_of(&queued(&out)),
         vec![],
         "in the snapshot already"
     );
 
-    // New: y edits, z comes.
+    // New: y edits, z comes (once).
     event(PresenceKind::Updated, &y, editing);
-    event(PresenceKind::Joined, &z, PresenceStatus::VIEWING);
-    event(PresenceKind::Joined, &z, PresenceStatus::VIEWING);
+    event(PresenceKind::Joined, &z, viewing);
+    event(PresenceKind::Joined, &z, viewing);
     assert_eq!(
         presence_of(&queued(&out)),
-        vec![told("updated", &y, &ed), told("joined", &z, &String::new())]
+        vec![told("updated", &y, "editing"), told("joined", &z, "")]
     );
 
-    // The check after the join read before those events (y viewing, no z) and sees that x left
-    // and q came meanwhile: it tells of x and q, and leaves y and z as the bus told.
+    // The check after the join read before those events (y viewing, q editing, no z) and shows
+    // that v left and w came meanwhile: it tells of v and w, and leaves x, y, q and z as the bus
+    // stated them.
     hub.reconcile_presence(
         conn,
         team.id,
         task.id,
-        &[view(&y, PresenceStatus::VIEWING), view(&q, editing)],
+        Some(&[view(&y, viewing), view(&q, editing), view(&wu, editing)]),
     );
     assert_eq!(
         presence_of(&queued(&out)),
         vec![
-            told("joined", &q, &String::new()),
-            told("updated", &q, &ed),
-            told("left", &x, &String::new()),
+            told("joined", &wu, ""),
+            told("updated", &wu, "editing"),
+            told("left", &v, ""),
         ]
     );
 
-    // From then on each event counts once; the owner's own are not for them.
-    event(PresenceKind::Updated, &q, editing);
-    event(PresenceKind::Updated, &q, PresenceStatus::VIEWING);
-    event(PresenceKind::Left, &z, PresenceStatus::VIEWING);
-    event(PresenceKind::Left, &z, PresenceStatus::VIEWING);
-    event(PresenceKind::Joined, &owner, PresenceStatus::VIEWING);
+    // A second socket (user b) joins seeing no one elsewhere: its snapshot lists the owner, who
+    // views here. Its arrival reaches the owner through the bus, not from the hub.
+    let out_b = outbox(64);
+    let conn_b = hub.register(b.clone(), out_b.clone());
+    join_seeing(&w, &hub, conn_b, Scope::Task(task.id), team.id, &[]).await;
+    hub.reconcile_presence(conn_b, team.id, task.id, Some(&[]));
+    assert_eq!(queued(&out_b).len(), 1, "subscribed");
+    assert_eq!(presence_of(&queued(&out)), vec![]);
+
+    // From then on each event counts once, for each socket by what it was told; a user's own
+    // are not for them. x joining while the owner's socket lists them editing (they left and
+    // came back, the leave missed) is x viewing.
+    event(PresenceKind::Joined, &b, viewing);
+    event(PresenceKind::Updated, &wu, editing);
+    event(PresenceKind::Updated, &wu, viewing);
+    event(PresenceKind::Left, &z, viewing);
+    event(PresenceKind::Left, &z, viewing);
+    event(PresenceKind::Joined, &owner, viewing);
+    event(PresenceKind::Joined, &x, viewing);
     assert_eq!(
         presence_of(&queued(&out)),
         vec![
-            told("updated", &q, &viewing),
-            told("left", &z, &String::new()),
+            told("joined", &b, ""),
+            told("updated", &wu, "viewing"),
+            told("left", &z, ""),
+            told("updated", &x, "viewing"),
+        ]
+    );
+    assert_eq!(
+        presence_of(&queued(&out_b)),
+        vec![
+            told("joined", &wu, ""),
+            told("updated", &wu, "editing"),
+            told("updated", &wu, "viewing"),
+            told("joined", &x, ""),
         ]
     );
 }

@@ -251,14 +251,6 @@ impl Viewers {
         effects
     }
 
-    /// The users with a connection in `task`'s room.
-    pub fn users(&self, task: TaskId) -> Vec<UserId> {
-        self.tasks
-            .get(&task)
-            .map(|t| t.users.keys().copied().collect())
-            .unwrap_or_default()
-    }
-
     /// What this instance shows of each user in `task`'s room.
     pub fn local(&self, task: TaskId) -> Vec<PresenceView> {
         self.tasks
