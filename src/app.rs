@@ -140,6 +140,7 @@ impl App {
             bus.clone(),
             RelaySettings {
                 scan_every: config.relay_scan_interval,
+                repair_after: config.relay_repair_after,
                 retention: config.log_retention,
                 prune_every: config.prune_interval,
                 refresh_ttl: config.refresh_token_ttl,
@@ -271,7 +272,7 @@ impl App {
             realtime.retire().await;
             tasks.shutdown().await;
             deliverer.release().await;
-            relay.release_housekeeping().await;
+            relay.release_leases().await;
         };
         if tokio::time::timeout_at(deadline, drained).await.is_err() {
             tracing::warn!("drain time is up; exiting with work in flight");

@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_RELAY_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub relay_scan_interval: Duration,
 
+    /// How old an unpublished commit must be before the relay scan (one instance at a time)
+    /// publishes it for the relay that did not: an instance that crashed between commit and
+    /// publish, or could not reach the bus.
+    #[arg(long, env = "TASKFORGE_RELAY_REPAIR_AFTER", default_value = "2s", value_parser = parse_duration)]
+    pub relay_repair_after: Duration,
+
     /// How often each followed team is compared with the log (repairs what the bus lost).
     #[arg(long, env = "TASKFORGE_BUS_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub bus_check_interval: Duration,

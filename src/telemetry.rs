@@ -41,6 +41,13 @@ pub const GAP_REPAIRED_ACTIVITIES: &str = "taskforge_gap_repaired_activities_tot
 /// Dispatches that stopped repairing after 64 gaps in a row and left the rest to the periodic
 /// check (which carries on from the log). Any rise means the log answered in an unexpected way.
 pub const GAP_REPAIRS_ABANDONED: &str = "taskforge_gap_repairs_abandoned_total";
+/// From an activity's hand-over to the relay (right after its commit) to its publish on the bus,
+/// seconds, per activity this instance committed and published.
+pub const RELAY_LAG: &str = "taskforge_relay_lag_seconds";
+/// Activities the relay's scan published for a relay that did not (an instance that crashed
+/// between commit and publish, or could not reach the bus): found by the instance holding the
+/// scan lease once their commit is `TASKFORGE_RELAY_REPAIR_AFTER` old.
+pub const RELAY_REPAIRED: &str = "taskforge_relay_repaired_activities_total";
 /// Activities deleted from the log past its retention (by the instance holding the housekeeping
 /// lease).
 pub const LOG_PRUNED: &str = "taskforge_log_pruned_total";
@@ -233,6 +240,15 @@ fn describe() {
         "HTTP request durations by method and route"
     );
     describe_histogram!(
+        RELAY_LAG,
+        Unit::Seconds,
+        "From an activity's commit to its publish by this instance's relay"
+    );
+    describe_counter!(
+        RELAY_REPAIRED,
+        "Activities the relay's scan published for a relay that did not"
+    );
+    describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
         "From an activity's commit to its frames queued on this instance's sockets"
@@ -250,6 +266,7 @@ fn describe() {
         GAP_REPAIRS,
         GAP_REPAIRED_ACTIVITIES,
         GAP_REPAIRS_ABANDONED,
+        RELAY_REPAIRED,
         STALLED_SOCKETS,
         HASHES_REFUSED,
     ] {

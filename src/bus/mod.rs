@@ -25,7 +25,7 @@ pub use memory::InProcessBus;
 pub use redis::{RedisBus, RedisSettings};
 pub use relay::{Relay, RelaySettings};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("the bus is closed")]
     Closed,
@@ -86,6 +86,14 @@ pub enum BusEvent {
     Resync,
 }
 
+/// One team's share of `Bus::publish_teams`: the arguments of a `publish`.
+#[derive(Debug, Clone, Copy)]
+pub struct TeamPublish<'a> {
+    pub team: TeamId,
+    pub published: i64,
+    pub entries: &'a [LogEntry],
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes activities of one team (ascending, contiguous seqs) on its channel, and each one
@@ -99,6 +107,16 @@ pub trait Bus: Send + Sync + 'static {
         published: i64,
         entries: &[LogEntry],
     ) -> Result<i64, BusError>;
+
+    /// `publish` for several teams, in one round trip where the bus can (the relay's runs carry
+    /// many teams): one answer per item, in order.
+    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<i64, BusError>> {
+        let mut answers = Vec::with_capacity(batch.len());
+        for p in batch {
+            answers.push(self.publish(p.team, p.published, p.entries).await);
+        }
+        answers
+    }
 
     /// Tells the instances with sockets of these users that their inbox streams reached these
     /// seqs (on each user's channel). At most once, like every publish: the inbox's periodic

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::wire::{self, Viewer};
-use super::{Bus, BusError, BusEvent, SharedPresence, Topic};
+use super::{Bus, BusError, BusEvent, SharedPresence, TeamPublish, Topic};
 use crate::domain::activity::LogEntry;
 use crate::domain::presence::{PresenceView, most_active};
 use crate::domain::{TaskId, TeamId, UserId};
@@ -596,27 +596,80 @@ impl Bus for RedisBus {
         published: i64,
         entries: &[LogEntry],
     ) -> Result<i64, BusError> {
-        if entries.is_empty() {
-            return Ok(published);
-        }
-        let mut con = self.commands()?;
-        let mut call = self.publish.key(format!("{KEYS}published:{team}"));
-        call.arg(published)
-            .arg(Topic::Team(team).channel())
-            .arg(PUBLISHED_KEY_TTL_SECS);
-        for e in entries {
-            call.arg(e.seq)
-                .arg(
-                    e.route
-                        .recipient()
-                        .map(|u| Topic::User(u).channel())
-                        .unwrap_or_default(),
-                )
-                .arg(wire::encode_activity(e));
-        }
-        call.invoke_async::<i64>(&mut con)
+        let one = TeamPublish {
+            team,
+            published,
+            entries,
+        };
+        self.publish_teams(&[one])
             .await
-            .map_err(unreachable)
+            .pop()
+            .unwrap_or(Ok(published))
+    }
+
+    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<i64, BusError>> {
+        let all = |r: Result<i64, BusError>| vec![r; batch.len()];
+        let mut con = match self.commands() {
+            Ok(con) => con,
+            Err(e) => return all(Err(e)),
+        };
+        // One script call per team, all in one pipeline: a round trip per relay run, not per
+        // team. Each call stands alone (its own EVALSHA and answer), as `publish` would run it.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for p in batch.iter().filter(|p| !p.entries.is_empty()) {
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(self.publish.get_hash())
+                .arg(1)
+                .arg(format!("{KEYS}published:{}", p.team))
+                .arg(p.published)
+                .arg(Topic::Team(p.team).channel())
+                .arg(PUBLISHED_KEY_TTL_SECS);
+            for e in p.entries {
+                call.arg(e.seq)
+                    .arg(
+                        e.route
+                            .recipient()
+                            .map(|u| Topic::User(u).channel())
+                            .unwrap_or_default(),
+                    )
+                    .arg(wire::encode_activity(e));
+            }
+            pipe.add_command(call);
+        }
+        let mut answers: Vec<redis::RedisResult<i64>> = Vec::new();
+        for attempt in 0..2 {
+            answers = match pipe.query_async(&mut con).await {
+                Ok(a) => a,
+                Err(e) => return all(Err(unreachable(e))),
+            };
+            let unknown = answers.iter().any(|a| {
+                a.as_ref().is_err_and(|e| {
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                })
+            });
+            if !unknown || attempt == 1 {
+                break;
+            }
+            // Redis restarted (or flushed its scripts): load it and send the batch again. The
+            // script skips what the first attempt published.
+            if let Err(e) = self.publish.prepare_invoke().load_async(&mut con).await {
+                return all(Err(unreachable(e)));
+            }
+        }
+        let mut answers = answers.into_iter();
+        batch
+            .iter()
+            .map(|p| {
+                if p.entries.is_empty() {
+                    return Ok(p.published);
+                }
+                match answers.next() {
+                    Some(a) => a.map_err(unreachable),
+                    None => Err(BusError::Unreachable("a publish went unanswered".into())),
+                }
+            })
+            .collect()
     }
 
     async fn publish_inbox(&self, marks: &[(UserId, i64)]) -> Result<(), BusError> {
@@ -986,6 +1039,109 @@ mod tests {
             seqs, prefix,
             "what was kept is the start of the burst, in order"
         );
+    }
+
+    /// The relay's pipelined publish: one answer per team in order, each as its own `publish`
+    /// would give it (a gap publishes nothing, a repeat is skipped), also right after Redis lost
+    /// its scripts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn teams_published_together_are_answered_each_as_alone() {
+        let Some(url) = redis_url() else { return };
+        let bus = RedisBus::start(
+            RedisSettings {
+                url,
+                check_every: Duration::from_millis(100),
+                presence_ttl: Duration::from_secs(10),
+                queue: 1_024,
+                queue_bytes: 1 << 20,
+            },
+            &Supervisor::new(),
+        )
+        .expect("start the bus");
+        assert!(bus.wait_up(Duration::from_secs(10)).await, "redis is up");
+        let mut events = bus.take_events().expect("the events");
+        let [a, b, c] = [(); 3].map(|()| TeamId::from(Uuid::now_v7()));
+        for team in [a, b, c] {
+            bus.watch(Topic::Team(team)).await.expect("watch");
+        }
+        let mut con = bus.commands().expect("commands");
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut con)
+            .await
+            .expect("flush the scripts");
+        let of = |team, seqs: std::ops::RangeInclusive<i64>| -> Vec<LogEntry> {
+            seqs.map(|s| activity(team, s, 8)).collect()
+        };
+        let (a13, b23, a14) = (of(a, 1..=3), of(b, 2..=3), of(a, 1..=4));
+        let first = bus
+            .publish_teams(&[
+                TeamPublish {
+                    team: a,
+                    published: 0,
+                    entries: &a13,
+                },
+                TeamPublish {
+                    team: b,
+                    published: 0,
+                    entries: &b23,
+                },
+                TeamPublish {
+                    team: c,
+                    published: 5,
+                    entries: &[],
+                },
+            ])
+            .await;
+        let first: Vec<i64> = first.into_iter().map(|r| r.expect("answered")).collect();
+        assert_eq!(
+            first,
+            vec![3, 0, 5],
+            "a published, b's gap left, c untouched"
+        );
+        let again = bus
+            .publish_teams(&[TeamPublish {
+                team: a,
+                published: 0,
+                entries: &a14,
+            }])
+            .await;
+        assert_eq!(
+            again.into_iter().map(|r| r.ok()).collect::<Vec<_>>(),
+            vec![Some(4)]
+        );
+
+        let mut seen: Vec<(TeamId, i64)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < 4 {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(BusEvent::Activities(got))) => {
+                    seen.extend(got.iter().map(|e| (e.team_id(), e.seq)));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Anything more (b's entries, a repeat of a's) would arrive with or before a marker.
+        let marker = of(c, 6..=6);
+        bus.publish(c, 5, &marker).await.expect("the marker");
+        while !seen.contains(&(c, 6)) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(BusEvent::Activities(got))) => {
+                    seen.extend(got.iter().map(|e| (e.team_id(), e.seq)));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert_eq!(seen, vec![(a, 1), (a, 2), (a, 3), (a, 4), (c, 6)]);
+        for team in [a, b, c] {
+            let _: () = redis::cmd("DEL")
+                .arg(format!("{KEYS}published:{team}"))
+                .query_async(&mut con)
+                .await
+                .expect("clean up");
+        }
     }
 
     /// The registry's scripts apply the aggregation rule across instances: a user is announced

@@ -7,7 +7,7 @@
 //! The watermark in the store lags the in-memory one by at most `persist_every`: after a crash,
 //! the relay republishes from the stored watermark (consumers drop seqs they already have).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 // must follow the clock the relay sleeps on.
 use tokio::time::Instant;
 
-use super::Bus;
+use super::{Bus, TeamPublish};
 use crate::domain::activity::LogEntry;
 use crate::domain::{TeamId, UserId};
 use crate::store::{Store, StoreError};
@@ -38,6 +38,9 @@ pub struct RelaySettings {
     pub refresh_ttl: Duration,
     /// Rows one prune statement deletes at most (a short transaction, whatever the backlog).
     pub prune_chunk: i64,
+    /// How old a commit must be, unpublished, before the scan publishes it for its relay (which
+    /// publishes and saves its own within `persist_every` while it lives).
+    pub repair_after: Duration,
     /// Test-only fault switch: abort the process after a commit, before publishing.
     pub crash_after_commit: bool,
 }
@@ -51,6 +54,7 @@ impl Default for RelaySettings {
             prune_every: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             prune_chunk: 5_000,
+            repair_after: Duration::from_secs(2),
             crash_after_commit: false,
         }
     }
@@ -58,8 +62,14 @@ impl Default for RelaySettings {
 
 /// Largest read of the log in one step.
 const READ_BATCH: i64 = 1_000;
-/// Publish steps per team per run (a backlog larger than this continues at the next scan).
+/// Publish steps per team per run (a backlog larger than this continues at the next scan tick).
 const PUBLISH_STEPS: usize = 16;
+/// Teams per bus call of a publish step.
+const TEAMS_PER_CALL: usize = 256;
+/// The lease that makes one instance at a time scan for teams other relays left behind.
+const SCAN_LEASE: &str = "relay-scan";
+/// The shortest term of the scan lease (three scan intervals otherwise).
+const MIN_SCAN_LEASE: Duration = Duration::from_secs(3);
 /// A team published and saved, and not touched for this long, leaves the relay's memory (its
 /// watermark is re-read from the store if it writes again), so the map holds the teams in use,
 /// not every team ever written.
@@ -83,7 +93,7 @@ struct Inner {
     bus: Arc<dyn Bus>,
     settings: RelaySettings,
     /// Entries committed since the relay last ran, by team.
-    pending: Mutex<HashMap<TeamId, Vec<LogEntry>>>,
+    pending: Mutex<HashMap<TeamId, Handover>>,
     /// Inbox seqs committed since the relay last ran, by user (the highest).
     inboxes: Mutex<HashMap<UserId, i64>>,
     wake: Notify,
@@ -113,18 +123,20 @@ impl Relay {
         Self { inner }
     }
 
-    /// Gives the housekeeping lease up, so that the next instance (or this one restarted) need
-    /// not wait for it to expire. Called at shutdown, after the background tasks stopped.
-    pub async fn release_housekeeping(&self) {
+    /// Gives the housekeeping and scan leases up, so that the next instance (or this one
+    /// restarted) need not wait for them to expire. Called at shutdown, after the background
+    /// tasks stopped.
+    pub async fn release_leases(&self) {
         let result = async {
             let mut tx = self.inner.store.write().await?;
-            tx.release_lease(HOUSEKEEPING_LEASE, &self.inner.holder)
-                .await?;
+            for name in [HOUSEKEEPING_LEASE, SCAN_LEASE] {
+                tx.release_lease(name, &self.inner.holder).await?;
+            }
             tx.commit().await
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(error = %e, "releasing the housekeeping lease failed");
+            tracing::warn!(error = %e, "releasing the relay's leases failed");
         }
     }
 
@@ -138,9 +150,17 @@ impl Relay {
             // Exit at once, as a crash would: no destructor runs, nothing else is published.
             std::process::exit(86);
         }
+        let now = Instant::now();
         let mut pending = self.inner.pending.lock();
         for e in entries {
-            pending.entry(e.team_id()).or_default().push(e);
+            pending
+                .entry(e.team_id())
+                .or_insert_with(|| Handover {
+                    since: now,
+                    entries: Vec::new(),
+                })
+                .entries
+                .push(e);
         }
         drop(pending);
         self.inner.wake.notify_one();
@@ -162,12 +182,21 @@ impl Relay {
     }
 }
 
+/// A team's entries handed over since the relay last ran.
+struct Handover {
+    /// When the first of them was handed over.
+    since: Instant,
+    entries: Vec<LogEntry>,
+}
+
 #[derive(Default)]
 struct Watermarks {
     /// What this relay has published, per team, and when the team was last touched.
     published: HashMap<TeamId, Mark>,
     /// Teams whose watermark moved since it was last written.
     unsaved: HashMap<TeamId, i64>,
+    /// Teams this relay could not publish to the end: retried at the next scan tick.
+    retry: HashSet<TeamId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,22 +232,40 @@ async fn run(inner: Arc<Inner>) {
     let mut marks = Watermarks::default();
     let mut next_scan = Instant::now();
     let mut next_persist = Instant::now();
+    let shared = inner.store.backend() != "sqlite";
+    let lease_term = (inner.settings.scan_every * 3).max(MIN_SCAN_LEASE);
     loop {
         let now = Instant::now();
         if now >= next_scan {
-            if let Err(e) = scan(&inner, &mut marks).await {
+            // Teams this relay could not finish (the bus was down, a backlog too long for one
+            // run) are its own to retry; teams other instances left behind are the lease
+            // holder's to find.
+            let retry: Vec<Handed> = std::mem::take(&mut marks.retry)
+                .into_iter()
+                .map(|team| (team, None, Vec::new()))
+                .collect();
+            publish_teams(&inner, &mut marks, retry).await;
+            let scan_here = if shared {
+                take_lease(&inner, SCAN_LEASE, lease_term)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "taking the relay scan lease failed");
+                        false
+                    })
+            } else {
+                true
+            };
+            if scan_here && let Err(e) = scan(&inner, &mut marks).await {
                 tracing::warn!(error = %e, "relay scan failed");
             }
             marks.evict_idle(Instant::now(), IDLE_EVICT);
             next_scan = now + inner.settings.scan_every;
         }
-        let pending = std::mem::take(&mut *inner.pending.lock());
-        for (team, mut fresh) in pending {
-            fresh.sort_by_key(|e| e.seq);
-            if let Err(e) = publish_team(&inner, &mut marks, team, fresh).await {
-                tracing::warn!(error = %e, %team, "relay publish failed; the scan will retry");
-            }
-        }
+        let pending: Vec<Handed> = std::mem::take(&mut *inner.pending.lock())
+            .into_iter()
+            .map(|(team, p)| (team, Some(p.since), p.entries))
+            .collect();
+        publish_teams(&inner, &mut marks, pending).await;
         let inboxes: Vec<(UserId, i64)> = inner.inboxes.lock().drain().collect();
         if !inboxes.is_empty()
             && let Err(e) = inner.bus.publish_inbox(&inboxes).await
@@ -243,84 +290,187 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// Publishes `fresh` (sorted) for `team`, first reading from the log whatever lies between the
-/// team's published seq and the first fresh entry. Without fresh entries (a scan), publishes what
-/// the log holds above the published seq. Another instance may have published some of it: the
-/// bus skips those and says how far the team is published.
-async fn publish_team(
-    inner: &Inner,
-    marks: &mut Watermarks,
+/// A team to publish: when its first fresh entry was handed over (None: from the log only),
+/// and the fresh entries (any order).
+type Handed = (TeamId, Option<Instant>, Vec<LogEntry>);
+
+/// One team's progress through a relay run.
+struct Backlog {
     team: TeamId,
-    fresh: Vec<LogEntry>,
-) -> Result<(), StoreError> {
-    let known = marks.get(&team);
-    let mut published = match known {
-        Some(p) => p,
-        None => inner.store.read().await?.published_seq(team).await?,
-    };
-    let target = fresh.last().map_or(i64::MAX, |e| e.seq);
-    let mut pending = fresh;
+    /// The watermark this relay knew before the run (None: read from the store).
+    known: Option<i64>,
+    published: i64,
+    /// The last fresh seq (`i64::MAX` for a team published from the log only).
+    target: i64,
+    /// What is still to publish, sorted.
+    pending: Vec<LogEntry>,
+    handed: Option<(Instant, usize)>,
+    /// Still publishing in this run.
+    open: bool,
+    /// The bus or the store failed for this team: retried at the next scan tick.
+    failed: bool,
+}
+
+/// Publishes each team's fresh entries (sorted here), first reading from the log whatever lies
+/// between the team's published seq and its first fresh entry; a team without fresh entries
+/// (a scan or a retry) gets what the log holds above its published seq. Every team's next run
+/// of contiguous seqs goes in one bus call per step (`Bus::publish_teams`). Another instance may
+/// have published some of it: the bus skips those and says how far the team is published.
+/// Returns how many activities were published.
+async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed>) -> u64 {
+    let mut teams = Vec::with_capacity(handed.len());
+    for (team, since, mut fresh) in handed {
+        fresh.sort_by_key(|e| e.seq);
+        let known = marks.get(&team);
+        let published = match known {
+            Some(p) => p,
+            None => match published_seq(inner, team).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, %team, "relay: reading a watermark failed");
+                    marks.retry.insert(team);
+                    continue;
+                }
+            },
+        };
+        teams.push(Backlog {
+            team,
+            known,
+            published,
+            target: fresh.last().map_or(i64::MAX, |e| e.seq),
+            handed: since.map(|at| (at, fresh.len())),
+            pending: fresh,
+            open: true,
+            failed: false,
+        });
+    }
+    let mut total = 0u64;
     for _ in 0..PUBLISH_STEPS {
-        pending.retain(|e| e.seq > published);
-        if published >= target {
+        let mut step = Vec::new();
+        for (i, b) in teams.iter_mut().enumerate().filter(|(_, b)| b.open) {
+            match next_run(inner, b).await {
+                Ok(Some(run)) => step.push((i, run)),
+                Ok(None) => b.open = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, team = %b.team, "relay: reading the log failed");
+                    (b.open, b.failed) = (false, true);
+                }
+            }
+        }
+        if step.is_empty() {
             break;
         }
-        if pending.first().is_none_or(|e| e.seq != published + 1) {
-            let upto = pending.first().map_or(target, |e| e.seq - 1);
-            let mut missing = inner
-                .store
-                .read()
-                .await?
-                .activities(team, published, upto, READ_BATCH)
-                .await?;
-            if missing.is_empty() {
-                break;
-            }
-            missing.append(&mut pending);
-            pending = missing;
-        }
-        // The bus takes contiguous seqs only: a hole further on (a later commit handed over
-        // before an earlier one, a log read cut short) is read from the log at the next step.
-        let run = pending
-            .windows(2)
-            .position(|w| w[1].seq != w[0].seq + 1)
-            .map_or(pending.len(), |i| i + 1);
-        match inner.bus.publish(team, published, &pending[..run]).await {
-            Ok(p) => {
-                if p > published {
-                    metrics::counter!(crate::telemetry::ACTIVITIES_PUBLISHED)
-                        .increment((p - published) as u64);
+        for chunk in step.chunks(TEAMS_PER_CALL) {
+            let calls: Vec<TeamPublish<'_>> = chunk
+                .iter()
+                .map(|&(i, run)| TeamPublish {
+                    team: teams[i].team,
+                    published: teams[i].published,
+                    entries: &teams[i].pending[..run],
+                })
+                .collect();
+            let answers = inner.bus.publish_teams(&calls).await;
+            for (&(i, _), answer) in chunk.iter().zip(answers) {
+                let b = &mut teams[i];
+                match answer {
+                    Ok(p) => {
+                        if p > b.published {
+                            total += (p - b.published) as u64;
+                        }
+                        b.published = b.published.max(p);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, team = %b.team, "publish failed; retried later");
+                        (b.open, b.failed) = (false, true);
+                    }
                 }
-                published = published.max(p);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %team, "publish failed; the scan retries");
-                break;
             }
         }
     }
-    marks.set(team, published, known != Some(published), Instant::now());
-    Ok(())
+    metrics::counter!(telemetry::ACTIVITIES_PUBLISHED).increment(total);
+    let now = Instant::now();
+    for b in teams {
+        if let Some((since, n)) = b.handed
+            && b.published >= b.target
+        {
+            // Commit to publish, for each fresh activity (the first one's hand-over time: an
+            // upper bound for the others of the run).
+            metrics::histogram!(telemetry::RELAY_LAG)
+                .record_many(now.saturating_duration_since(since).as_secs_f64(), n);
+        }
+        // Failed, cut short by the step limit, or short of fresh entries the log did not
+        // hold yet (a commit handed over before an earlier one).
+        if b.failed || b.open || (b.target != i64::MAX && b.published < b.target) {
+            marks.retry.insert(b.team);
+        }
+        marks.set(b.team, b.published, b.known != Some(b.published), now);
+    }
+    total
 }
 
-/// Finds teams with activities above their stored watermark and publishes them.
+/// The length of `b`'s next run of contiguous seqs above its published one (at the front of
+/// `b.pending` after this call), reading from the log what the fresh entries skip; None when
+/// nothing is left to publish now.
+async fn next_run(inner: &Inner, b: &mut Backlog) -> Result<Option<usize>, StoreError> {
+    let published = b.published;
+    b.pending.retain(|e| e.seq > published);
+    if published >= b.target {
+        return Ok(None);
+    }
+    if b.pending.first().is_none_or(|e| e.seq != published + 1) {
+        let upto = b.pending.first().map_or(b.target, |e| e.seq - 1);
+        let mut missing = inner
+            .store
+            .read()
+            .await?
+            .activities(b.team, published, upto, READ_BATCH)
+            .await?;
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        missing.append(&mut b.pending);
+        b.pending = missing;
+    }
+    // The bus takes contiguous seqs only: a hole further on (a later commit handed over before
+    // an earlier one, a log read cut short) is read from the log at the next step.
+    let run = b
+        .pending
+        .windows(2)
+        .position(|w| w[1].seq != w[0].seq + 1)
+        .map_or(b.pending.len(), |i| i + 1);
+    Ok(Some(run))
+}
+
+async fn published_seq(inner: &Inner, team: TeamId) -> Result<i64, StoreError> {
+    inner.store.read().await?.published_seq(team).await
+}
+
+/// Finds teams whose first unpublished activity is older than `repair_after` (left by a crashed
+/// instance, or by a relay that could not reach the bus) and publishes them.
 async fn scan(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError> {
+    let stale_before = time::OffsetDateTime::now_utc()
+        - time::Duration::try_from(inner.settings.repair_after).unwrap_or(time::Duration::ZERO);
     let behind = inner
         .store
         .read()
         .await?
-        .unpublished_teams(READ_BATCH)
+        .unpublished_teams(READ_BATCH, stale_before)
         .await?;
-    for (team, stored) in behind {
+    let mut work = Vec::with_capacity(behind.len());
+    for &(team, stored) in &behind {
         let known = marks.get(&team).unwrap_or(stored).max(stored);
         marks.set(team, known, false, Instant::now());
-        publish_team(inner, marks, team, Vec::new()).await?;
+        work.push((team, None, Vec::new()));
+    }
+    let repaired = publish_teams(inner, marks, work).await;
+    metrics::counter!(telemetry::RELAY_REPAIRED).increment(repaired);
+    for (team, stored) in behind {
         // What was already published still needs its watermark saved (which also clears the
         // team's unpublished record).
-        if known > stored && !marks.unsaved.contains_key(&team) {
-            marks
-                .unsaved
-                .insert(team, marks.get(&team).unwrap_or(known));
+        if let Some(known) = marks.get(&team)
+            && known > stored
+        {
+            marks.unsaved.entry(team).or_insert(known);
         }
     }
     Ok(())
@@ -332,9 +482,7 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
     batch.sort_unstable();
     let teams: Vec<TeamId> = batch.iter().map(|(t, _)| *t).collect();
     let mut tx = inner.store.write().await?;
-    for (team, seq) in batch {
-        tx.set_published_seq(team, seq).await?;
-    }
+    tx.set_published_seqs(&batch).await?;
     // Last: appends to these teams upsert the same rows.
     tx.clear_unpublished(&teams).await?;
     tx.commit().await?;
@@ -345,7 +493,7 @@ async fn persist(inner: &Inner, marks: &mut Watermarks) -> Result<(), StoreError
 /// The store's periodic cleanup, in its own task (a long prune never delays publishing), on one
 /// instance at a time: each run first takes (or renews) a lease in the store, for two intervals,
 /// so that when its holder dies another instance takes over within that time (a holder that stops
-/// gracefully gives it up: `Relay::release_housekeeping`). SQLite has one server process by
+/// gracefully gives it up: `Relay::release_leases`). SQLite has one server process by
 /// design: no lease there.
 async fn housekeeping_loop(inner: Arc<Inner>) {
     let every = inner
@@ -359,7 +507,7 @@ async fn housekeeping_loop(inner: Arc<Inner>) {
         tokio::time::sleep_until(next).await;
         next = Instant::now() + every;
         let held = if shared {
-            take_lease(&inner, every * 2).await
+            take_lease(&inner, HOUSEKEEPING_LEASE, every * 2).await
         } else {
             Ok(true)
         };
@@ -380,7 +528,7 @@ async fn housekeeping_loop(inner: Arc<Inner>) {
     }
 }
 
-async fn take_lease(inner: &Inner, term: Duration) -> Result<bool, StoreError> {
+async fn take_lease(inner: &Inner, name: &str, term: Duration) -> Result<bool, StoreError> {
     let now = time::OffsetDateTime::now_utc();
     // A term too long for the calendar is a year: renewed at every run anyway.
     let until = time::Duration::try_from(term)
@@ -389,9 +537,7 @@ async fn take_lease(inner: &Inner, term: Duration) -> Result<bool, StoreError> {
         .or_else(|| now.checked_add(time::Duration::days(365)))
         .unwrap_or(now);
     let mut tx = inner.store.write().await?;
-    let held = tx
-        .take_lease(HOUSEKEEPING_LEASE, &inner.holder, now, until)
-        .await?;
+    let held = tx.take_lease(name, &inner.holder, now, until).await?;
     tx.commit().await?;
     Ok(held)
 }
@@ -478,7 +624,7 @@ async fn prune_log(
 ) -> Result<(u64, bool), StoreError> {
     let renew = || async {
         match lease {
-            Some(term) => take_lease(inner, term).await,
+            Some(term) => take_lease(inner, HOUSEKEEPING_LEASE, term).await,
             None => Ok(true),
         }
     };

@@ -32,6 +32,9 @@ fn settings() -> RelaySettings {
         scan_every: SCAN,
         persist_every: PERSIST,
         prune_every: Duration::from_secs(3600),
+        // Commits are written by the wall clock and the tests move tokio's: any unpublished
+        // commit counts as left behind.
+        repair_after: Duration::ZERO,
         ..RelaySettings::default()
     }
 }
@@ -161,7 +164,9 @@ impl Rig {
 
     async fn unpublished(&self) -> Vec<(TeamId, i64)> {
         let mut tx = self.store.read().await.expect("read");
-        tx.unpublished_teams(100).await.expect("unpublished teams")
+        tx.unpublished_teams(100, time::OffsetDateTime::now_utc())
+            .await
+            .expect("unpublished teams")
     }
 
     /// The seqs the log holds for `team`.
@@ -502,7 +507,7 @@ async fn pruning_takes_a_prefix(rig: &Rig) {
         let store = rig.store.clone();
         async move {
             let mut tx = store.write().await.expect("write");
-            tx.set_published_seq(team, watermark)
+            tx.set_published_seqs(&[(team, watermark)])
                 .await
                 .expect("watermark");
             let n = tx.prune_team_log(team, before, chunk).await.expect("prune");
@@ -610,6 +615,88 @@ async fn lease_rules(rig: &Rig) {
         "expired: b takes it"
     );
     assert!(!take("a", t0 + s(17), t0 + s(27)).await, "now b holds it");
+}
+
+/// The relay's store calls, on SQLite and PostgreSQL: the scan finds a team only once its first
+/// unpublished activity is older than the cut (a live relay publishes and saves its own sooner),
+/// and watermarks of many teams are raised in one call, never lowered.
+#[tokio::test]
+async fn the_scan_finds_only_teams_left_behind_and_watermarks_move_together() {
+    scan_and_watermarks(&Rig::new().await).await;
+    if let Some(pg) = crate::store::scratch_tests::ScratchPg::create().await {
+        let rig = Rig::on(&pg.url, tempfile::tempdir().expect("a temp dir")).await;
+        scan_and_watermarks(&rig).await;
+        drop(rig);
+        pg.drop_database().await;
+    }
+}
+
+async fn scan_and_watermarks(rig: &Rig) {
+    let now = OffsetDateTime::now_utc();
+    let old = now - time::Duration::seconds(30);
+    let (stale, fresh, done) = (rig.team().await, rig.team().await, rig.team().await);
+    // stale: its first unpublished commit is old, a later one new; fresh: only new ones.
+    rig.commit_at(stale, &[old, now]).await;
+    rig.commit_at(fresh, &[now, now]).await;
+    rig.commit_at(done, &[old]).await;
+    let behind = |cut: OffsetDateTime| {
+        let store = rig.store.clone();
+        async move {
+            let mut tx = store.read().await.expect("read");
+            let mut teams = tx.unpublished_teams(100, cut).await.expect("scan");
+            teams.sort_unstable();
+            teams
+        }
+    };
+    let set = |marks: Vec<(TeamId, i64)>| {
+        let store = rig.store.clone();
+        async move {
+            let mut tx = store.write().await.expect("write");
+            tx.set_published_seqs(&marks).await.expect("watermarks");
+            let teams: Vec<TeamId> = marks.iter().map(|(t, _)| *t).collect();
+            tx.clear_unpublished(&teams).await.expect("clear");
+            tx.commit().await.expect("commit");
+        }
+    };
+    set(vec![(done, 1)]).await;
+    let cut = now - time::Duration::seconds(10);
+    let mut want = vec![(stale, 0)];
+    assert_eq!(behind(cut).await, want, "only the team left behind");
+    want.push((fresh, 0));
+    want.sort_unstable();
+    assert_eq!(
+        behind(now + time::Duration::seconds(1)).await,
+        want,
+        "every unpublished team once the cut passes its commits"
+    );
+    // Past the old commit the stale team's first unpublished one is new: not behind any more.
+    set(vec![(stale, 1), (fresh, 1), (done, 0)]).await;
+    assert_eq!(behind(cut).await, vec![]);
+    assert_eq!(
+        [
+            rig.watermark(stale).await,
+            rig.watermark(fresh).await,
+            rig.watermark(done).await
+        ],
+        [1, 1, 1],
+        "raised together, never lowered"
+    );
+    // A few hundred teams in one call (more than one statement's worth).
+    let mut many = Vec::new();
+    for _ in 0..300 {
+        let team = rig.team().await;
+        rig.commit(team, 2).await;
+        many.push((team, 2));
+    }
+    set(many.clone()).await;
+    for (team, seq) in [many[0], many[299]] {
+        assert_eq!(rig.watermark(team).await, seq);
+    }
+    assert_eq!(
+        behind(now + time::Duration::hours(1)).await,
+        want.iter().map(|&(t, _)| (t, 1)).collect::<Vec<_>>(),
+        "stale and fresh, each at 1 of 2; the many teams are done"
+    );
 }
 
 /// The in-process bus is bounded and never drops: with room for one message and a consumer that

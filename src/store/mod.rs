@@ -281,14 +281,20 @@ pub trait Tx: WebhookTx + Send {
         limit: i64,
     ) -> Result<Vec<LogEntry>>;
     async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
-    /// Raises the published watermark (never lowers it).
-    async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> Result<()>;
+    /// Raises the published watermarks of these teams (never lowers one): a statement per few
+    /// hundred teams.
+    async fn set_published_seqs(&mut self, marks: &[(TeamId, i64)]) -> Result<()>;
     /// Drops the unpublished records of `teams` that their stored watermark has reached (a record
     /// an append raised beyond it stays). Call it last in the transaction.
     async fn clear_unpublished(&mut self, teams: &[TeamId]) -> Result<()>;
-    /// Teams recorded as unpublished whose record is above the published watermark:
-    /// (team, watermark). Reads only those records, never every team.
-    async fn unpublished_teams(&mut self, limit: i64) -> Result<Vec<(TeamId, i64)>>;
+    /// Teams recorded as unpublished whose record is above the published watermark and whose
+    /// first activity above it was written before `stale_before` (a live relay publishes and saves
+    /// sooner): (team, watermark). Reads only those records, never every team.
+    async fn unpublished_teams(
+        &mut self,
+        limit: i64,
+        stale_before: OffsetDateTime,
+    ) -> Result<Vec<(TeamId, i64)>>;
     /// Deletes notifications and mark-reads older than `before`; returns how many.
     async fn prune_inbox(&mut self, before: OffsetDateTime) -> Result<u64>;
 

@@ -1529,14 +1529,25 @@ macro_rules! impl_tx {
                 Ok(row.map_or(0, |(s,)| s))
             }
 
-            async fn set_published_seq(&mut self, team: TeamId, seq: i64) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "UPDATE team_outbox SET published_seq = $2 WHERE team_id = $1 AND published_seq < $2",
-                )
-                .bind(team)
-                .bind(seq)
-                .execute(&mut *self.tx)
-                .await?;
+            async fn set_published_seqs(&mut self, marks: &[(TeamId, i64)]) -> $crate::store::Result<()> {
+                for chunk in marks.chunks($crate::store::sql::IN_LIST_CHUNK / 2) {
+                    let rows = (0..chunk.len())
+                        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = format!(
+                        "WITH m (team_id, seq) AS (VALUES {rows}) \
+                         UPDATE team_outbox SET published_seq = \
+                           (SELECT m.seq FROM m WHERE m.team_id = team_outbox.team_id) \
+                         WHERE team_id IN (SELECT team_id FROM m) AND published_seq < \
+                           (SELECT m.seq FROM m WHERE m.team_id = team_outbox.team_id)"
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (team, seq) in chunk {
+                        query = query.bind(*team).bind(*seq);
+                    }
+                    query.execute(&mut *self.tx).await?;
+                }
                 Ok(())
             }
 
@@ -1560,13 +1571,23 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
-            async fn unpublished_teams(&mut self, limit: i64) -> $crate::store::Result<Vec<(TeamId, i64)>> {
+            async fn unpublished_teams(
+                &mut self,
+                limit: i64,
+                stale_before: OffsetDateTime,
+            ) -> $crate::store::Result<Vec<(TeamId, i64)>> {
+                // The age of the first unpublished activity, one key lookup per record: a team
+                // written without pause always has a record, but a live relay keeps it young.
                 let rows: Vec<(TeamId, i64)> = sqlx::query_as(
                     "SELECT u.team_id, o.published_seq FROM team_unpublished u \
                      JOIN team_outbox o ON o.team_id = u.team_id \
-                     WHERE u.upto_seq > o.published_seq LIMIT $1",
+                     WHERE u.upto_seq > o.published_seq AND EXISTS ( \
+                       SELECT 1 FROM activities a \
+                       WHERE a.team_id = u.team_id AND a.seq = o.published_seq + 1 AND a.ts < $2) \
+                     LIMIT $1",
                 )
                 .bind(limit)
+                .bind(stale_before)
                 .fetch_all(&mut *self.tx)
                 .await?;
                 Ok(rows)
