@@ -18,6 +18,8 @@
 //!   steady write rate, catch-up after the receiver was down (see `webhooks`).
 //! - `search`: filters, sorts and full-text search of the task list on large teams: setup, seed
 //!   SQL, the latency table and the query plans (see `search`).
+//! - `relay-lag`: watches the activities the instances publish on Redis: each one's age at
+//!   arrival, repeats and skips per team (see `redis_tap`, `bench/relay.sh`).
 //!
 //! See `bench/README.md`, `bench/http-writes.sh`, `bench/comment-notify.sh`, `bench/fanout.sh`, `bench/sse-fanout.sh`, `bench/cluster-fanout.sh`,
 //! `bench/abuse.sh`, `bench/webhooks.sh` and `bench/search.sh`.
@@ -102,6 +104,9 @@ enum Command {
     /// Filters, sorts and full-text search on large teams: `setup` (HTTP), `seed` (SQL on
     /// stdout), `run` (the latency table against the p99 target), `explain` (the query plans)
     Search(search::SearchArgs),
+    /// Watches every team channel of a Redis for a while: each activity's age from its commit to
+    /// its arrival, repeats and skips of each team's seqs (prints a JSON line)
+    RelayLag(redis_tap::RelayLagArgs),
 }
 
 /// Exit status of a run that finished but created no task at all.
@@ -201,6 +206,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::RelayLag(args) => {
+            let run = async {
+                let addr = redis_tap::parse_redis_addr(&args.redis)?;
+                let window = std::time::Duration::from_secs_f64(args.duration.max(0.0));
+                redis_tap::watch_activities(&addr, window, std::time::Duration::from_secs(10)).await
+            };
+            match runtime(1)
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(run))
+            {
+                Ok(mut report) => {
+                    report.label = args.label.clone();
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).expect("report serializes")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskforge-bench relay-lag: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Writes(args) => {
             let threads = cli.threads.max(1);
             let runtime = match runtime(threads) {

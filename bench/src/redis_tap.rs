@@ -319,6 +319,131 @@ async fn run_tap(
     }
 }
 
+// ---------------------------------------------------------------- relay lag
+
+/// The `relay-lag` subcommand: a `PSUBSCRIBE team:*` watcher that reads each activity the
+/// instances publish for the length of a load (see bench/relay.sh).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RelayLagArgs {
+    /// The Redis the instances publish on (redis://127.0.0.1:PORT)
+    #[arg(long)]
+    pub redis: String,
+    /// How long to watch, seconds
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Free-form label copied into the report
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// What the watcher saw. An activity's age is the time from its `ts` (its commit, by the clock of
+/// the instance that wrote it: the same host here) to its arrival on the watcher's connection:
+/// the relay's lag plus Redis's delivery, for any relay version.
+#[derive(serde::Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayLagReport {
+    pub label: Option<String>,
+    pub duration_secs: f64,
+    /// Activity messages received (repeats included)
+    pub activities: u64,
+    pub teams: usize,
+    /// Messages whose seq the team's channel had already carried (published again)
+    pub repeats: u64,
+    /// Times a team's seq jumped past the next one (a subscriber repairs that from the log)
+    pub skips: u64,
+    pub age_p50_ms: f64,
+    pub age_p99_ms: f64,
+    pub age_p999_ms: f64,
+    pub age_max_ms: f64,
+}
+
+/// Watches `team:*` on `addr` for `window` and reports (see `RelayLagReport`).
+pub async fn watch_activities(
+    addr: &str,
+    window: Duration,
+    timeout: Duration,
+) -> Result<RelayLagReport> {
+    let mut stream = connect(addr, timeout).await?;
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    stream
+        .write_all(&command(&["PSUBSCRIBE", "team:*"]))
+        .await?;
+    match tokio::time::timeout(timeout, read_frame(&mut stream, &mut buf)).await {
+        Ok(Ok(Resp::Array(items))) if items.first() == Some(&Resp::Str(b"psubscribe".to_vec())) => {
+        }
+        other => bail!("PSUBSCRIBE was not confirmed: {other:?}"),
+    }
+    // Microseconds, up to an hour.
+    let mut ages = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut last: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+    let (mut activities, mut repeats, mut skips) = (0u64, 0u64, 0u64);
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        while let Some(frame) = take_frame(&mut buf)? {
+            let Resp::Array(items) = frame else { continue };
+            let [Resp::Str(kind), _, _, Resp::Str(payload)] = items.as_slice() else {
+                continue;
+            };
+            if kind != b"pmessage" || payload.first() != Some(&b'A') {
+                continue;
+            }
+            // `A{seq}|{kind}|{team}|...\n{json}`
+            let Some(nl) = memchr::memchr(b'\n', payload) else {
+                continue;
+            };
+            let mut header = payload[1..nl].split(|b| *b == b'|');
+            let seq = header
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse::<i64>().ok());
+            let team = header.nth(1).map(<[u8]>::to_vec);
+            let (Some(seq), Some(team)) = (seq, team) else {
+                continue;
+            };
+            activities += 1;
+            match last.get_mut(&team) {
+                Some(l) if seq <= *l => repeats += 1,
+                Some(l) => {
+                    if seq > *l + 1 {
+                        skips += 1;
+                    }
+                    *l = seq;
+                }
+                None => {
+                    last.insert(team, seq);
+                }
+            }
+            if let Some(age) = std::str::from_utf8(&payload[nl + 1..])
+                .ok()
+                .and_then(taskforge::telemetry::since_commit)
+            {
+                ages.saturating_record((age.max(0.0) * 1e6) as u64);
+            }
+        }
+        tokio::select! {
+            n = stream.read_buf(&mut buf) => {
+                if n.context("reading the watcher")? == 0 {
+                    bail!("Redis closed the watcher's connection");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let ms = |q: f64| ages.value_at_quantile(q) as f64 / 1000.0;
+    Ok(RelayLagReport {
+        label: None,
+        duration_secs: window.as_secs_f64(),
+        activities,
+        teams: last.len(),
+        repeats,
+        skips,
+        age_p50_ms: ms(0.5),
+        age_p99_ms: ms(0.99),
+        age_p999_ms: ms(0.999),
+        age_max_ms: ages.max() as f64 / 1000.0,
+    })
+}
+
 // ---------------------------------------------------------------- INFO
 
 /// What one `INFO all` says about the load.

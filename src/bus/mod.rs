@@ -94,6 +94,15 @@ pub struct TeamPublish<'a> {
     pub entries: &'a [LogEntry],
 }
 
+/// The answer to one team's share of `Bus::publish_teams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The team's published seq afterwards.
+    pub upto: i64,
+    /// How many of the entries this call published (the others another publisher had).
+    pub sent: u64,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes activities of one team (ascending, contiguous seqs) on its channel, and each one
@@ -108,12 +117,17 @@ pub trait Bus: Send + Sync + 'static {
         entries: &[LogEntry],
     ) -> Result<i64, BusError>;
 
-    /// `publish` for several teams, in one round trip where the bus can (the relay's runs carry
-    /// many teams): one answer per item, in order.
-    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<i64, BusError>> {
+    /// `publish` for several teams, in one round trip where the bus can (the relay's steps carry
+    /// many teams): one answer per item, in order, with how many entries this call sent.
+    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<Published, BusError>> {
         let mut answers = Vec::with_capacity(batch.len());
         for p in batch {
-            answers.push(self.publish(p.team, p.published, p.entries).await);
+            // The only publisher on a bus without an override: what it passed is what it sent.
+            let answer = self.publish(p.team, p.published, p.entries).await;
+            answers.push(answer.map(|upto| Published {
+                upto,
+                sent: u64::try_from(upto - p.published).unwrap_or(0),
+            }));
         }
         answers
     }

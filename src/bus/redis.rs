@@ -29,7 +29,7 @@ use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::wire::{self, Viewer};
-use super::{Bus, BusError, BusEvent, SharedPresence, TeamPublish, Topic};
+use super::{Bus, BusError, BusEvent, Published, SharedPresence, TeamPublish, Topic};
 use crate::domain::activity::LogEntry;
 use crate::domain::presence::{PresenceView, most_active};
 use crate::domain::{TaskId, TeamId, UserId};
@@ -57,11 +57,12 @@ const RESUBSCRIBE_CHUNK: usize = 500;
 
 /// KEYS: the team's published seq. ARGV: the caller's published seq (a floor: it is known to be
 /// published), the team channel, the key's TTL, then (seq, user channel or '', message) triples.
+/// Returns the published seq afterwards and how many of the triples this call published.
 const PUBLISH_LUA: &str = r"
 local p = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 if floor > p then p = floor end
-local i = 4
+local i, sent = 4, 0
 while i <= #ARGV do
   local seq = tonumber(ARGV[i])
   if seq > p + 1 then break end
@@ -69,11 +70,12 @@ while i <= #ARGV do
     redis.call('PUBLISH', ARGV[2], ARGV[i + 2])
     if ARGV[i + 1] ~= '' then redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2]) end
     p = seq
+    sent = sent + 1
   end
   i = i + 3
 end
 redis.call('SET', KEYS[1], p, 'EX', ARGV[3])
-return p
+return { p, sent }
 ";
 
 /// Shared by the presence scripts: what a user is shown doing in a task's presence hash, by
@@ -601,19 +603,26 @@ impl Bus for RedisBus {
             published,
             entries,
         };
-        self.publish_teams(&[one])
-            .await
-            .pop()
-            .unwrap_or(Ok(published))
+        match self.publish_teams(&[one]).await.pop() {
+            Some(answer) => answer.map(|p| p.upto),
+            None => Ok(published),
+        }
     }
 
-    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<i64, BusError>> {
-        let all = |r: Result<i64, BusError>| vec![r; batch.len()];
+    async fn publish_teams(&self, batch: &[TeamPublish<'_>]) -> Vec<Result<Published, BusError>> {
+        let unchanged = |p: &TeamPublish<'_>| Published {
+            upto: p.published,
+            sent: 0,
+        };
+        if batch.iter().all(|p| p.entries.is_empty()) {
+            return batch.iter().map(|p| Ok(unchanged(p))).collect();
+        }
+        let all = |e: BusError| batch.iter().map(|_| Err(e.clone())).collect();
         let mut con = match self.commands() {
             Ok(con) => con,
-            Err(e) => return all(Err(e)),
+            Err(e) => return all(e),
         };
-        // One script call per team, all in one pipeline: a round trip per relay run, not per
+        // One script call per team, all in one pipeline: a round trip per relay step, not per
         // team. Each call stands alone (its own EVALSHA and answer), as `publish` would run it.
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -637,11 +646,11 @@ impl Bus for RedisBus {
             }
             pipe.add_command(call);
         }
-        let mut answers: Vec<redis::RedisResult<i64>> = Vec::new();
+        let mut answers: Vec<redis::RedisResult<(i64, u64)>> = Vec::new();
         for attempt in 0..2 {
             answers = match pipe.query_async(&mut con).await {
                 Ok(a) => a,
-                Err(e) => return all(Err(unreachable(e))),
+                Err(e) => return all(unreachable(e)),
             };
             let unknown = answers.iter().any(|a| {
                 a.as_ref().is_err_and(|e| {
@@ -654,7 +663,7 @@ impl Bus for RedisBus {
             // Redis restarted (or flushed its scripts): load it and send the batch again. The
             // script skips what the first attempt published.
             if let Err(e) = self.publish.prepare_invoke().load_async(&mut con).await {
-                return all(Err(unreachable(e)));
+                return all(unreachable(e));
             }
         }
         let mut answers = answers.into_iter();
@@ -662,10 +671,11 @@ impl Bus for RedisBus {
             .iter()
             .map(|p| {
                 if p.entries.is_empty() {
-                    return Ok(p.published);
+                    return Ok(unchanged(p));
                 }
                 match answers.next() {
-                    Some(a) => a.map_err(unreachable),
+                    Some(Ok((upto, sent))) => Ok(Published { upto, sent }),
+                    Some(Err(e)) => Err(unreachable(e)),
                     None => Err(BusError::Unreachable("a publish went unanswered".into())),
                 }
             })
@@ -1093,22 +1103,31 @@ mod tests {
                 },
             ])
             .await;
-        let first: Vec<i64> = first.into_iter().map(|r| r.expect("answered")).collect();
+        let first: Vec<(i64, u64)> = first
+            .into_iter()
+            .map(|r| r.map(|p| (p.upto, p.sent)).expect("answered"))
+            .collect();
         assert_eq!(
             first,
-            vec![3, 0, 5],
+            vec![(3, 3), (0, 0), (5, 0)],
             "a published, b's gap left, c untouched"
         );
-        let again = bus
-            .publish_teams(&[TeamPublish {
-                team: a,
-                published: 0,
-                entries: &a14,
-            }])
-            .await;
+        let one = |team, published, entries| TeamPublish {
+            team,
+            published,
+            entries,
+        };
+        let again = bus.publish_teams(&[one(a, 0, &a14)]).await;
         assert_eq!(
             again.into_iter().map(|r| r.ok()).collect::<Vec<_>>(),
-            vec![Some(4)]
+            vec![Some(Published { upto: 4, sent: 1 })],
+            "only the new one is sent"
+        );
+        let nothing = bus.publish_teams(&[one(b, 2, &[])]).await;
+        assert_eq!(
+            nothing.into_iter().map(|r| r.ok()).collect::<Vec<_>>(),
+            vec![Some(Published { upto: 2, sent: 0 })],
+            "nothing to send is no call"
         );
 
         let mut seen: Vec<(TeamId, i64)> = Vec::new();

@@ -7,7 +7,7 @@
 //! The watermark in the store lags the in-memory one by at most `persist_every`: after a crash,
 //! the relay republishes from the stored watermark (consumers drop seqs they already have).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,8 @@ const READ_BATCH: i64 = 1_000;
 const PUBLISH_STEPS: usize = 16;
 /// Teams per bus call of a publish step.
 const TEAMS_PER_CALL: usize = 256;
+/// Entries per bus call of a publish step (a team's run is never split).
+const ENTRIES_PER_CALL: usize = 4_096;
 /// The lease that makes one instance at a time scan for teams other relays left behind.
 const SCAN_LEASE: &str = "relay-scan";
 /// The shortest term of the scan lease (three scan intervals otherwise).
@@ -195,8 +197,9 @@ struct Watermarks {
     published: HashMap<TeamId, Mark>,
     /// Teams whose watermark moved since it was last written.
     unsaved: HashMap<TeamId, i64>,
-    /// Teams this relay could not publish to the end: retried at the next scan tick.
-    retry: HashSet<TeamId>,
+    /// Teams this relay could not publish to the end, retried at the next scan tick, with when
+    /// their first unpublished hand-over came and how many entries it had (for the lag).
+    retry: HashMap<TeamId, Option<Handed>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +211,11 @@ struct Mark {
 impl Watermarks {
     fn get(&self, team: &TeamId) -> Option<i64> {
         self.published.get(team).map(|m| m.seq)
+    }
+
+    fn retry_later(&mut self, team: TeamId, handed: Option<Handed>) {
+        let was = self.retry.remove(&team).flatten();
+        self.retry.insert(team, Handed::merge(was, handed));
     }
 
     /// Records that `team` is published up to `seq` (as far as this relay knows), touching it.
@@ -240,12 +248,16 @@ async fn run(inner: Arc<Inner>) {
             // Teams this relay could not finish (the bus was down, a backlog too long for one
             // run) are its own to retry; teams other instances left behind are the lease
             // holder's to find.
-            let retry: Vec<Handed> = std::mem::take(&mut marks.retry)
+            let retry: Vec<Work> = std::mem::take(&mut marks.retry)
                 .into_iter()
-                .map(|team| (team, None, Vec::new()))
+                .map(|(team, handed)| (team, handed, Vec::new()))
                 .collect();
             publish_teams(&inner, &mut marks, retry).await;
-            let scan_here = if shared {
+            // A relay that cannot reach the bus would find teams and fail to publish them: it
+            // leaves the lease to expire for one that can.
+            let scan_here = if !shared {
+                true
+            } else if inner.bus.is_up() {
                 take_lease(&inner, SCAN_LEASE, lease_term)
                     .await
                     .unwrap_or_else(|e| {
@@ -253,7 +265,7 @@ async fn run(inner: Arc<Inner>) {
                         false
                     })
             } else {
-                true
+                false
             };
             if scan_here && let Err(e) = scan(&inner, &mut marks).await {
                 tracing::warn!(error = %e, "relay scan failed");
@@ -261,9 +273,15 @@ async fn run(inner: Arc<Inner>) {
             marks.evict_idle(Instant::now(), IDLE_EVICT);
             next_scan = now + inner.settings.scan_every;
         }
-        let pending: Vec<Handed> = std::mem::take(&mut *inner.pending.lock())
+        let pending: Vec<Work> = std::mem::take(&mut *inner.pending.lock())
             .into_iter()
-            .map(|(team, p)| (team, Some(p.since), p.entries))
+            .map(|(team, p)| {
+                let handed = Handed {
+                    since: p.since,
+                    count: p.entries.len(),
+                };
+                (team, Some(handed), p.entries)
+            })
             .collect();
         publish_teams(&inner, &mut marks, pending).await;
         let inboxes: Vec<(UserId, i64)> = inner.inboxes.lock().drain().collect();
@@ -290,9 +308,28 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// A team to publish: when its first fresh entry was handed over (None: from the log only),
-/// and the fresh entries (any order).
-type Handed = (TeamId, Option<Instant>, Vec<LogEntry>);
+/// Hand-overs not published yet: when the first came, and how many entries they had.
+#[derive(Debug, Clone, Copy)]
+struct Handed {
+    since: Instant,
+    count: usize,
+}
+
+impl Handed {
+    fn merge(a: Option<Handed>, b: Option<Handed>) -> Option<Handed> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Handed {
+                since: a.since.min(b.since),
+                count: a.count + b.count,
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A team to publish: its unpublished hand-overs (None: from the log only), and the fresh
+/// entries (any order).
+type Work = (TeamId, Option<Handed>, Vec<LogEntry>);
 
 /// One team's progress through a relay run.
 struct Backlog {
@@ -304,7 +341,7 @@ struct Backlog {
     target: i64,
     /// What is still to publish, sorted.
     pending: Vec<LogEntry>,
-    handed: Option<(Instant, usize)>,
+    handed: Option<Handed>,
     /// Still publishing in this run.
     open: bool,
     /// The bus or the store failed for this team: retried at the next scan tick.
@@ -316,10 +353,10 @@ struct Backlog {
 /// (a scan or a retry) gets what the log holds above its published seq. Every team's next run
 /// of contiguous seqs goes in one bus call per step (`Bus::publish_teams`). Another instance may
 /// have published some of it: the bus skips those and says how far the team is published.
-/// Returns how many activities were published.
-async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed>) -> u64 {
-    let mut teams = Vec::with_capacity(handed.len());
-    for (team, since, mut fresh) in handed {
+/// Returns how many activities this relay published.
+async fn publish_teams(inner: &Inner, marks: &mut Watermarks, work: Vec<Work>) -> u64 {
+    let mut teams = Vec::with_capacity(work.len());
+    for (team, handed, mut fresh) in work {
         fresh.sort_by_key(|e| e.seq);
         let known = marks.get(&team);
         let published = match known {
@@ -328,7 +365,7 @@ async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, %team, "relay: reading a watermark failed");
-                    marks.retry.insert(team);
+                    marks.retry_later(team, handed);
                     continue;
                 }
             },
@@ -338,7 +375,7 @@ async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed
             known,
             published,
             target: fresh.last().map_or(i64::MAX, |e| e.seq),
-            handed: since.map(|at| (at, fresh.len())),
+            handed,
             pending: fresh,
             open: true,
             failed: false,
@@ -360,7 +397,7 @@ async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed
         if step.is_empty() {
             break;
         }
-        for chunk in step.chunks(TEAMS_PER_CALL) {
+        for chunk in calls_of(&step) {
             let calls: Vec<TeamPublish<'_>> = chunk
                 .iter()
                 .map(|&(i, run)| TeamPublish {
@@ -374,10 +411,8 @@ async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed
                 let b = &mut teams[i];
                 match answer {
                     Ok(p) => {
-                        if p > b.published {
-                            total += (p - b.published) as u64;
-                        }
-                        b.published = b.published.max(p);
+                        total += p.sent;
+                        b.published = b.published.max(p.upto);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, team = %b.team, "publish failed; retried later");
@@ -390,22 +425,40 @@ async fn publish_teams(inner: &Inner, marks: &mut Watermarks, handed: Vec<Handed
     metrics::counter!(telemetry::ACTIVITIES_PUBLISHED).increment(total);
     let now = Instant::now();
     for b in teams {
-        if let Some((since, n)) = b.handed
-            && b.published >= b.target
-        {
-            // Commit to publish, for each fresh activity (the first one's hand-over time: an
-            // upper bound for the others of the run).
-            metrics::histogram!(telemetry::RELAY_LAG)
-                .record_many(now.saturating_duration_since(since).as_secs_f64(), n);
-        }
         // Failed, cut short by the step limit, or short of fresh entries the log did not
         // hold yet (a commit handed over before an earlier one).
         if b.failed || b.open || (b.target != i64::MAX && b.published < b.target) {
-            marks.retry.insert(b.team);
+            marks.retry_later(b.team, b.handed);
+        } else if let Some(h) = b.handed {
+            // Commit to publish, for each handed activity (the first one's hand-over time: an
+            // upper bound for the others).
+            metrics::histogram!(telemetry::RELAY_LAG).record_many(
+                now.saturating_duration_since(h.since).as_secs_f64(),
+                h.count,
+            );
         }
         marks.set(b.team, b.published, b.known != Some(b.published), now);
     }
     total
+}
+
+/// A step's runs cut into bus calls of at most `TEAMS_PER_CALL` teams and, past the first team
+/// of a call, `ENTRIES_PER_CALL` entries: a call's messages are held in memory at once and
+/// share the bus's connection with everything else.
+fn calls_of(step: &[(usize, usize)]) -> Vec<&[(usize, usize)]> {
+    let mut calls = Vec::new();
+    let (mut start, mut entries) = (0, 0);
+    for (k, &(_, run)) in step.iter().enumerate() {
+        if k > start && (k - start == TEAMS_PER_CALL || entries + run > ENTRIES_PER_CALL) {
+            calls.push(&step[start..k]);
+            (start, entries) = (k, 0);
+        }
+        entries += run;
+    }
+    if start < step.len() {
+        calls.push(&step[start..]);
+    }
+    calls
 }
 
 /// The length of `b`'s next run of contiguous seqs above its published one (at the front of

@@ -894,3 +894,24 @@ fn any_hand_over_order_crash_or_restart_publishes_every_seq_in_order() {
         panic!("{e}");
     }
 }
+
+/// A publish step is cut into bus calls bounded in teams and in entries; a team's run is never
+/// split, so a run longer than the bound goes alone.
+#[test]
+fn a_step_is_cut_into_bounded_calls() {
+    let sizes = |step: &[(usize, usize)]| -> Vec<Vec<usize>> {
+        calls_of(step)
+            .iter()
+            .map(|c| c.iter().map(|&(_, run)| run).collect())
+            .collect()
+    };
+    let many: Vec<(usize, usize)> = (0..300).map(|i| (i, 1)).collect();
+    let calls = calls_of(&many);
+    assert_eq!(calls.iter().map(|c| c.len()).collect::<Vec<_>>(), [256, 44]);
+    assert_eq!(calls.concat(), many, "every team once, in order");
+    assert_eq!(
+        sizes(&[(0, 5_000), (1, 10), (2, 4_090), (3, 6), (4, 1)]),
+        vec![vec![5_000], vec![10], vec![4_090, 6], vec![1]]
+    );
+    assert!(calls_of(&[]).is_empty());
+}

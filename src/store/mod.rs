@@ -281,8 +281,9 @@ pub trait Tx: WebhookTx + Send {
         limit: i64,
     ) -> Result<Vec<LogEntry>>;
     async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
-    /// Raises the published watermarks of these teams (never lowers one): a statement per few
-    /// hundred teams.
+
+    /// Raises the published watermarks of these teams (never lowers one), a statement or two
+    /// per few hundred teams. Each team once, in team order (the order rows are locked in).
     async fn set_published_seqs(&mut self, marks: &[(TeamId, i64)]) -> Result<()>;
     /// Drops the unpublished records of `teams` that their stored watermark has reached (a record
     /// an append raised beyond it stays). Call it last in the transaction.

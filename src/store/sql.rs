@@ -1530,7 +1530,22 @@ macro_rules! impl_tx {
             }
 
             async fn set_published_seqs(&mut self, marks: &[(TeamId, i64)]) -> $crate::store::Result<()> {
+                // Callers pass each team once, in team order; on PostgreSQL the rows are locked
+                // in that order first (an UPDATE's own order is the plan's), so that relays of
+                // several instances saving the same teams wait for each other, never deadlock.
                 for chunk in marks.chunks($crate::store::sql::IN_LIST_CHUNK / 2) {
+                    if $dialect != $crate::store::task_query::Dialect::Sqlite {
+                        let sql = format!(
+                            "SELECT team_id FROM team_outbox WHERE team_id IN ({}) ORDER BY team_id{}",
+                            $crate::store::sql::placeholders(chunk.len()),
+                            $lock_row
+                        );
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                        for (team, _) in chunk {
+                            query = query.bind(*team);
+                        }
+                        query.execute(&mut *self.tx).await?;
+                    }
                     let rows = (0..chunk.len())
                         .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
                         .collect::<Vec<_>>()
@@ -1542,7 +1557,7 @@ macro_rules! impl_tx {
                          WHERE team_id IN (SELECT team_id FROM m) AND published_seq < \
                            (SELECT m.seq FROM m WHERE m.team_id = team_outbox.team_id)"
                     );
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
                     for (team, seq) in chunk {
                         query = query.bind(*team).bind(*seq);
                     }
