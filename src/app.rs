@@ -116,7 +116,12 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let secret = jwt_secret(&config)?;
         let tasks = Supervisor::new();
-        let store = store::connect(&config.database_url, config.database_pool_size).await?;
+        let pg = store::PgOptions {
+            pool_size: config.database_pool_size,
+            pooler: config.database_pooler,
+            migration_url: config.migration_database_url.clone(),
+        };
+        let store = store::connect_with(&config.database_url, &pg).await?;
         tracing::info!(backend = store.backend(), "database ready");
         let bus: Arc<dyn Bus> = match &config.redis_url {
             None => Arc::new(InProcessBus::new(4096)),

@@ -95,6 +95,23 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_DATABASE_POOL_SIZE", default_value_t = 32)]
     pub database_pool_size: u32,
 
+    /// PostgreSQL: what stands between this instance and the database: `none` (the server, or a
+    /// pooler in session mode) or `transaction` (PgBouncer's `pool_mode = transaction`: no named
+    /// statements, nothing kept in the session).
+    #[arg(
+        long,
+        env = "TASKFORGE_DATABASE_POOLER",
+        value_enum,
+        default_value = "none"
+    )]
+    pub database_pooler: crate::store::Pooler,
+
+    /// PostgreSQL behind a transaction pooler: a direct connection (or a session pool) to run the
+    /// migrations over at start. Without it such an instance migrates nothing and refuses to
+    /// start on a schema older than its own (run `taskforge migrate` first).
+    #[arg(long, env = "TASKFORGE_MIGRATION_DATABASE_URL")]
+    pub migration_database_url: Option<String>,
+
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "TASKFORGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

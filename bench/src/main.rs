@@ -210,7 +210,9 @@ fn main() -> ExitCode {
             let run = async {
                 let addr = redis_tap::parse_redis_addr(&args.redis)?;
                 let window = std::time::Duration::from_secs_f64(args.duration.max(0.0));
-                redis_tap::watch_activities(&addr, window, std::time::Duration::from_secs(10)).await
+                let kind = args.kind.as_deref();
+                redis_tap::watch_activities(&addr, window, kind, std::time::Duration::from_secs(10))
+                    .await
             };
             match runtime(1)
                 .map_err(anyhow::Error::from)

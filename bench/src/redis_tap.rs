@@ -331,6 +331,9 @@ pub struct RelayLagArgs {
     /// How long to watch, seconds
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
+    /// Count only activities of this type (e.g. task.created: a load's own, not its setup's)
+    #[arg(long)]
+    pub kind: Option<String>,
     /// Free-form label copied into the report
     #[arg(long)]
     pub label: Option<String>,
@@ -344,7 +347,7 @@ pub struct RelayLagArgs {
 pub struct RelayLagReport {
     pub label: Option<String>,
     pub duration_secs: f64,
-    /// Activity messages received (repeats included)
+    /// Activity messages of `--kind` (any, without it) received, repeats included
     pub activities: u64,
     pub teams: usize,
     /// Messages whose seq the team's channel had already carried (published again)
@@ -361,6 +364,7 @@ pub struct RelayLagReport {
 pub async fn watch_activities(
     addr: &str,
     window: Duration,
+    kind: Option<&str>,
     timeout: Duration,
 ) -> Result<RelayLagReport> {
     let mut stream = connect(addr, timeout).await?;
@@ -381,10 +385,10 @@ pub async fn watch_activities(
     loop {
         while let Some(frame) = take_frame(&mut buf)? {
             let Resp::Array(items) = frame else { continue };
-            let [Resp::Str(kind), _, _, Resp::Str(payload)] = items.as_slice() else {
+            let [Resp::Str(message), _, _, Resp::Str(payload)] = items.as_slice() else {
                 continue;
             };
-            if kind != b"pmessage" || payload.first() != Some(&b'A') {
+            if message != b"pmessage" || payload.first() != Some(&b'A') {
                 continue;
             }
             // `A{seq}|{kind}|{team}|...\n{json}`
@@ -396,11 +400,13 @@ pub async fn watch_activities(
                 .next()
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .and_then(|s| s.parse::<i64>().ok());
-            let team = header.nth(1).map(<[u8]>::to_vec);
-            let (Some(seq), Some(team)) = (seq, team) else {
+            let of_kind = header.next();
+            let team = header.next().map(<[u8]>::to_vec);
+            let (Some(seq), Some(of_kind), Some(team)) = (seq, of_kind, team) else {
                 continue;
             };
-            activities += 1;
+            // Every activity counts for the order of its team's seqs; only those of `kind` for
+            // the ages.
             match last.get_mut(&team) {
                 Some(l) if seq <= *l => repeats += 1,
                 Some(l) => {
@@ -413,6 +419,10 @@ pub async fn watch_activities(
                     last.insert(team, seq);
                 }
             }
+            if kind.is_some_and(|k| k.as_bytes() != of_kind) {
+                continue;
+            }
+            activities += 1;
             if let Some(age) = std::str::from_utf8(&payload[nl + 1..])
                 .ok()
                 .and_then(taskforge::telemetry::since_commit)

@@ -52,6 +52,13 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("unsupported database url (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// Behind a transaction pooler without a direct URL to migrate over, the schema must be
+    /// migrated beforehand.
+    #[error(
+        "the database schema is at migration {have}, this build needs {need}: run `taskforge migrate` \
+         over a direct connection, or set TASKFORGE_MIGRATION_DATABASE_URL"
+    )]
+    SchemaBehind { have: i64, need: i64 },
 }
 
 /// The most payload characters one read of the log returns (past its first row): a replay, a
@@ -442,11 +449,48 @@ pub struct StoredAnswer {
 
 /// Opens the store named by a `sqlite://` or `postgres://` URL and runs its migrations.
 pub async fn connect(url: &str, pg_pool_size: u32) -> Result<std::sync::Arc<dyn Store>> {
+    connect_with(url, &PgOptions::pool(pg_pool_size)).await
+}
+
+/// `connect` with PostgreSQL's options.
+pub async fn connect_with(url: &str, pg: &PgOptions) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(std::sync::Arc::new(PgStore::open(url, pg_pool_size).await?))
+        Ok(std::sync::Arc::new(PgStore::open(url, pg).await?))
     } else {
         Err(StoreError::UnsupportedUrl)
     }
+}
+
+/// How an instance reaches PostgreSQL.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    pub pool_size: u32,
+    pub pooler: Pooler,
+    /// A connection that keeps its session (PostgreSQL itself, or a session pool) to run the
+    /// migrations over when `pooler` hands out connections per transaction.
+    pub migration_url: Option<String>,
+}
+
+impl PgOptions {
+    /// PostgreSQL directly, with a pool of `size` connections.
+    pub fn pool(size: u32) -> Self {
+        Self {
+            pool_size: size,
+            ..Self::default()
+        }
+    }
+}
+
+/// What stands between the instances and PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    /// PostgreSQL itself, or a pooler that keeps a server connection per client (session mode).
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`): a server connection
+    /// per transaction, so no statement is named (they would not be found, or would collide,
+    /// on the next transaction's connection) and nothing relies on the session.
+    Transaction,
 }

@@ -268,7 +268,7 @@ async fn postgres_can_answer_every_filter_and_sort_from_an_index() {
     };
     let url = db.url.clone();
     let outcome = async {
-        let store = super::PgStore::open(&url, 2)
+        let store = super::PgStore::open(&url, &crate::store::PgOptions::pool(2))
             .await
             .expect("opens and migrates");
         drop(store);

@@ -4,31 +4,173 @@
 //! COMMIT, so one team's writes serialize only for that short tail and teams write in parallel.
 //! Reads run in a REPEATABLE READ, READ ONLY transaction: one snapshot for the data and its seq.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Postgres;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult, PgRow, PgStatement,
+    PgTypeInfo,
+};
+use sqlx::{Either, Execute, Executor, Postgres};
 
-use super::{Result, Store, Tx};
+use super::{PgOptions, Pooler, Result, Store, StoreError, Tx};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PgStore {
     pool: PgPool,
+    /// Statements may be named and kept on the connection (not behind a transaction pooler).
+    keep: bool,
 }
 
 pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
+    keep: bool,
 }
 
 impl PgStore {
-    pub async fn open(url: &str, pool_size: u32) -> Result<Self> {
+    pub async fn open(url: &str, options: &PgOptions) -> Result<Self> {
+        let pooled = options.pooler == Pooler::Transaction;
+        let mut connect = PgConnectOptions::from_str(url)?;
+        if pooled {
+            connect = connect.statement_cache_capacity(0);
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(pool_size.max(2))
+            .max_connections(options.pool_size.max(2))
             .acquire_timeout(Duration::from_secs(30))
-            .connect(url)
+            .connect_with(connect)
             .await?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        match (&options.migration_url, pooled) {
+            (Some(direct), _) => {
+                let direct = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(direct)
+                    .await?;
+                MIGRATOR.run(&direct).await?;
+                direct.close().await;
+            }
+            // The migrator's lock is a session's advisory lock: not through a transaction pooler.
+            (None, false) => MIGRATOR.run(&pool).await?,
+            (None, true) => check_schema(&pool).await?,
+        }
+        Ok(Self {
+            pool,
+            keep: !pooled,
+        })
+    }
+}
+
+/// Behind a transaction pooler without a direct URL: the schema must already be this build's.
+async fn check_schema(pool: &PgPool) -> Result<()> {
+    let need = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let mut tx = pool.begin().await?;
+    let have: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .persistent(false)
+            .fetch_optional(&mut *tx)
+            .await
+            .ok()
+            .flatten();
+    tx.rollback().await?;
+    let have = have.and_then(|(v,)| v).unwrap_or(0);
+    if have < need {
+        return Err(StoreError::SchemaBehind { have, need });
+    }
+    Ok(())
+}
+
+impl PgTx {
+    /// The transaction's connection, as every statement of the store runs on it.
+    fn exec(&mut self) -> PgExec<'_> {
+        PgExec {
+            conn: &mut self.tx,
+            keep: self.keep,
+        }
+    }
+}
+
+/// A connection whose statements are prepared unnamed unless `keep` (see `Pooler::Transaction`).
+#[derive(Debug)]
+pub(super) struct PgExec<'c> {
+    conn: &'c mut PgConnection,
+    keep: bool,
+}
+
+/// A statement that is kept only if both it and its connection allow it.
+struct Kept<E> {
+    inner: E,
+    keep: bool,
+}
+
+impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Kept<E> {
+    fn sql(self) -> sqlx::SqlStr {
+        self.inner.sql()
+    }
+
+    fn statement(&self) -> Option<&PgStatement> {
+        self.inner.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> std::result::Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        self.inner.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        self.keep && self.inner.persistent()
+    }
+}
+
+impl<'c> Executor<'c> for PgExec<'c> {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, std::result::Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let keep = self.keep;
+        self.conn.fetch_many(Kept { inner: query, keep })
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, std::result::Result<Option<PgRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let keep = self.keep;
+        self.conn.fetch_optional(Kept { inner: query, keep })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, std::result::Result<PgStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.conn.prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, std::result::Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        self.conn.describe(sql)
     }
 }
 
@@ -49,13 +191,19 @@ impl PgStore {
         let begun = tokio::spawn(async move {
             let mut tx = pool.begin_with(statement).await?;
             if let Some(setting) = setting {
-                sqlx::query(setting).execute(&mut *tx).await?;
+                // The simple protocol: nothing prepared, nothing kept on the connection.
+                sqlx::raw_sql(sqlx::AssertSqlSafe(setting))
+                    .execute(&mut *tx)
+                    .await?;
             }
             Ok::<_, sqlx::Error>(tx)
         })
         .await
         .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
-        Ok(PgTx { tx: begun })
+        Ok(PgTx {
+            tx: begun,
+            keep: self.keep,
+        })
     }
 }
 
@@ -79,7 +227,10 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // The simple protocol: one round trip, nothing prepared.
+        sqlx::raw_sql(sqlx::AssertSqlSafe("SELECT 1"))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -87,7 +238,12 @@ impl Store for PgStore {
         &self,
         id: crate::domain::WebhookId,
     ) -> Result<Option<super::WebhookRecord>> {
-        super::webhooks::webhook_now!(&self.pool, id)
+        // In a transaction of its own: a statement's two round trips on one server connection
+        // also behind a transaction pooler.
+        let mut tx = self.begin("BEGIN", None).await?;
+        let row = super::webhooks::webhook_now!(tx.exec(), id);
+        tx.tx.commit().await?;
+        row
     }
 
     fn backend(&self) -> &'static str {
@@ -103,3 +259,54 @@ super::sql::impl_tx!(
     " FOR KEY SHARE"
 );
 super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::scratch_tests::ScratchPg;
+
+    /// Behind a transaction pooler the migrations run over the direct URL when one is given;
+    /// without it the store migrates nothing and refuses a schema older than its own, saying
+    /// which. The pooled store then runs (statements unnamed) on the migrated schema.
+    #[tokio::test]
+    async fn behind_a_transaction_pooler_the_schema_is_migrated_directly_or_must_be_current() {
+        let Some(pg) = ScratchPg::create().await else {
+            return;
+        };
+        let pooled = |migration_url: Option<String>| PgOptions {
+            pool_size: 2,
+            pooler: Pooler::Transaction,
+            migration_url,
+        };
+        let need = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        match PgStore::open(&pg.url, &pooled(None)).await {
+            Err(StoreError::SchemaBehind { have, need: n }) => {
+                assert_eq!((have, n), (0, need), "an empty database");
+            }
+            Err(e) => panic!("expected SchemaBehind, got {e}"),
+            Ok(_) => panic!("a pooled store opened an unmigrated database"),
+        }
+        let store = PgStore::open(&pg.url, &pooled(Some(pg.url.clone())))
+            .await
+            .expect("migrated over the direct URL");
+        store.ping().await.expect("ping");
+        drop(store);
+        let store = PgStore::open(&pg.url, &pooled(None))
+            .await
+            .expect("a current schema opens without migrating");
+        assert!(
+            !store.keep,
+            "statements are not kept behind a transaction pooler"
+        );
+        let mut tx = store.read().await.expect("read");
+        assert_eq!(
+            tx.last_seq(crate::domain::TeamId::from(uuid::Uuid::nil()))
+                .await
+                .expect("query"),
+            None
+        );
+        drop(tx);
+        drop(store);
+        pg.drop_database().await;
+    }
+}

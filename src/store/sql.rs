@@ -543,7 +543,7 @@ macro_rules! impl_tx {
                     .bind(key)
                     .bind(indexed_text(t.team_id, &t.title))
                     .bind(indexed_text(t.team_id, &t.description))
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -566,7 +566,7 @@ macro_rules! impl_tx {
                 .bind(password_hash)
                 .bind(&u.display_name)
                 .bind(u.created_at)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await
                 .map_err(map_dup)?;
                 Ok(())
@@ -577,7 +577,7 @@ macro_rules! impl_tx {
                     "SELECT id, email, display_name, created_at FROM users WHERE id = $1",
                 )
                 .bind(id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -587,7 +587,7 @@ macro_rules! impl_tx {
                     "SELECT id, email, display_name, created_at, password_hash FROM users WHERE email = $1",
                 )
                 .bind(email)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -599,7 +599,7 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(name)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -614,7 +614,7 @@ macro_rules! impl_tx {
                     .bind(family)
                     .bind(user)
                     .bind(now)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -629,7 +629,7 @@ macro_rules! impl_tx {
                     .bind(hash)
                     .bind(family)
                     .bind(expires_at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -641,7 +641,7 @@ macro_rules! impl_tx {
                      WHERE t.token_hash = $1",
                 )
                 .bind(hash)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -652,7 +652,7 @@ macro_rules! impl_tx {
                 )
                 .bind(hash)
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -661,7 +661,7 @@ macro_rules! impl_tx {
                 sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(family)
                     .bind(now)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -680,18 +680,18 @@ macro_rules! impl_tx {
                                      WHERE k.family_id = refresh_families.id AND k.expires_at > $1)",
                 )
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 // Expired tokens of families that still have a valid one (rotated-away tokens).
                 let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
                     .bind(now)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 let revoked = sqlx::query(
                     "DELETE FROM refresh_families WHERE revoked_at IS NOT NULL AND revoked_at < $1",
                 )
                 .bind(revoked_before)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(families.rows_affected() + tokens.rows_affected() + revoked.rows_affected())
             }
@@ -704,11 +704,11 @@ macro_rules! impl_tx {
                 .bind(&t.name)
                 .bind(t.created_at)
                 .bind(t.default_board_id)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 sqlx::query("INSERT INTO team_outbox (team_id, published_seq) VALUES ($1, 0)")
                     .bind(t.id)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -717,7 +717,7 @@ macro_rules! impl_tx {
                 let row: Option<TeamRow> =
                     sqlx::query_as("SELECT id, name, created_at, default_board_id FROM teams WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 Ok(row.map(Into::into))
             }
@@ -728,7 +728,7 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(name)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -746,7 +746,7 @@ macro_rules! impl_tx {
                 .bind(user)
                 .bind(after(page.after))
                 .bind(page.limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
@@ -756,7 +756,7 @@ macro_rules! impl_tx {
                     sqlx::query_as("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
                         .bind(team)
                         .bind(user)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 r.map(|(s,)| role(&s)).transpose()
             }
@@ -769,7 +769,7 @@ macro_rules! impl_tx {
                 )
                 .bind(team)
                 .bind(user)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 row.map(TryInto::try_into).transpose()
             }
@@ -787,7 +787,7 @@ macro_rules! impl_tx {
                 .bind(team)
                 .bind(after(page.after))
                 .bind(page.limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
@@ -804,7 +804,7 @@ macro_rules! impl_tx {
                     .bind(user)
                     .bind(r.as_str())
                     .bind(at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await
                     .map_err(map_dup)?;
                 Ok(())
@@ -818,7 +818,7 @@ macro_rules! impl_tx {
                 .bind(user)
                 .bind(from.as_str())
                 .bind(to.as_str())
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -827,7 +827,7 @@ macro_rules! impl_tx {
                 let done = sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
                     .bind(team)
                     .bind(user)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -838,7 +838,7 @@ macro_rules! impl_tx {
                     .bind(b.team_id)
                     .bind(&b.name)
                     .bind(b.created_at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -847,7 +847,7 @@ macro_rules! impl_tx {
                 let row: Option<BoardRow> =
                     sqlx::query_as("SELECT id, team_id, name, created_at FROM boards WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 Ok(row.map(Into::into))
             }
@@ -864,7 +864,7 @@ macro_rules! impl_tx {
                 .bind(team)
                 .bind(after(page.after))
                 .bind(page.limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -875,7 +875,7 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(name)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -883,7 +883,7 @@ macro_rules! impl_tx {
             async fn board_has_tasks(&mut self, id: BoardId) -> $crate::store::Result<bool> {
                 let row: Option<(TaskId,)> = sqlx::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
                     .bind(id)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                 Ok(row.is_some())
             }
@@ -891,7 +891,7 @@ macro_rules! impl_tx {
             async fn delete_board(&mut self, id: BoardId) -> $crate::store::Result<bool> {
                 let done = sqlx::query("DELETE FROM boards WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -919,7 +919,7 @@ macro_rules! impl_tx {
                 .bind(t.version)
                 .bind(label_ids_text(&t.label_ids))
                 .bind(t.priority.rank())
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 if $dialect == $crate::store::task_query::Dialect::Sqlite {
                     let (key,): (i64,) = sqlx::query_as(
@@ -927,7 +927,7 @@ macro_rules! impl_tx {
                          WHERE id = $1 RETURNING search_key",
                     )
                     .bind(t.id)
-                    .fetch_one(&mut *self.tx)
+                    .fetch_one(self.exec())
                     .await?;
                     self.index_words(key, t).await?;
                 }
@@ -952,7 +952,7 @@ macro_rules! impl_tx {
                     for k in chunk {
                         query = query.bind(*k);
                     }
-                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                    out.extend(query.fetch_all(self.exec()).await?);
                 }
                 Ok(out)
             }
@@ -974,7 +974,7 @@ macro_rules! impl_tx {
                 let mut next_key = if sqlite {
                     let (max,): (i64,) =
                         sqlx::query_as("SELECT COALESCE(MAX(search_key), 0) FROM tasks")
-                            .fetch_one(&mut *self.tx)
+                            .fetch_one(self.exec())
                             .await?;
                     max + 1
                 } else {
@@ -1009,7 +1009,7 @@ macro_rules! impl_tx {
                             row.push_bind(first_key + i as i64);
                         }
                     });
-                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                    insert.build().persistent(false).execute(self.exec()).await?;
                     if sqlite {
                         use $crate::store::task_query::indexed_text;
                         // OR REPLACE, as `index_words`: a contentless table would not refuse a
@@ -1022,7 +1022,7 @@ macro_rules! impl_tx {
                                 .push_bind(indexed_text(t.team_id, &t.title))
                                 .push_bind(indexed_text(t.team_id, &t.description));
                         });
-                        words.build().persistent(false).execute(&mut *self.tx).await?;
+                        words.build().persistent(false).execute(self.exec()).await?;
                         next_key += chunk.len() as i64;
                     }
                 }
@@ -1035,14 +1035,14 @@ macro_rules! impl_tx {
                     insert.push_values(chunk, |mut row, (label, task)| {
                         row.push_bind(*label).push_bind(*task);
                     });
-                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                    insert.build().persistent(false).execute(self.exec()).await?;
                 }
                 for chunk in keys.chunks(BULK_ROWS) {
                     let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_import_keys (team_id, key, task_id) ");
                     insert.push_values(chunk, |mut row, (key, task)| {
                         row.push_bind(team).push_bind(key.as_str()).push_bind(*task);
                     });
-                    insert.build().persistent(false).execute(&mut *self.tx).await.map_err(map_dup)?;
+                    insert.build().persistent(false).execute(self.exec()).await.map_err(map_dup)?;
                 }
                 for chunk in comments.chunks(BULK_ROWS) {
                     let mut insert = sqlx::QueryBuilder::new(
@@ -1057,7 +1057,7 @@ macro_rules! impl_tx {
                             .push_bind(c.created_at)
                             .push_bind(c.edited_at);
                     });
-                    insert.build().persistent(false).execute(&mut *self.tx).await?;
+                    insert.build().persistent(false).execute(self.exec()).await?;
                 }
                 Ok(())
             }
@@ -1066,7 +1066,7 @@ macro_rules! impl_tx {
                 let row: Option<TaskRow> =
                     sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 row.map(TryInto::try_into).transpose()
             }
@@ -1098,7 +1098,7 @@ macro_rules! impl_tx {
                         // (PostgreSQL's generic plans after five runs sorted every match).
                         let rows: Vec<TaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
                             .persistent(false)
-                            .fetch_all(&mut *self.tx)
+                            .fetch_all(self.exec())
                             .await?;
                         let last = i + 1 == accesses.len();
                         if last || rows.len() as i64 == left {
@@ -1125,7 +1125,7 @@ macro_rules! impl_tx {
                 // index for a frequent word and sorted 31,100 matches (395 ms against 3).
                 let rows: Vec<ScoredTaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
                     .persistent(false)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                 rows.into_iter()
                     .map(|r| Ok((r.task.try_into()?, r.score)))
@@ -1154,7 +1154,7 @@ macro_rules! impl_tx {
                 .bind(t.version)
                 .bind(t.version - 1)
                 .bind(t.priority.rank())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 let Some((labels,)) = stored else {
                     return Err(StoreError::Stale);
@@ -1163,7 +1163,7 @@ macro_rules! impl_tx {
                     let key: Option<(Option<i64>,)> =
                         sqlx::query_as("SELECT search_key FROM tasks WHERE id = $1")
                             .bind(t.id)
-                            .fetch_optional(&mut *self.tx)
+                            .fetch_optional(self.exec())
                             .await?;
                     if let Some((Some(key),)) = key {
                         self.index_words(key, t).await?;
@@ -1176,11 +1176,11 @@ macro_rules! impl_tx {
                 sqlx::query("UPDATE tasks SET label_ids = $2 WHERE id = $1")
                     .bind(task)
                     .bind(label_ids_text(labels))
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
                     .bind(task)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 if labels.is_empty() {
                     return Ok(());
@@ -1189,7 +1189,7 @@ macro_rules! impl_tx {
                 insert.push_values(labels, |mut row, label| {
                     row.push_bind(*label).push_bind(task);
                 });
-                insert.build().execute(&mut *self.tx).await?;
+                insert.build().execute(self.exec()).await?;
                 Ok(())
             }
 
@@ -1204,7 +1204,7 @@ macro_rules! impl_tx {
                 .bind($crate::domain::rules::label_name_key(&l.name))
                 .bind(&l.color)
                 .bind(l.created_at)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await
                 .map_err(map_dup)?;
                 Ok(())
@@ -1214,7 +1214,7 @@ macro_rules! impl_tx {
                 let row: Option<LabelRow> =
                     sqlx::query_as("SELECT id, team_id, name, color, created_at FROM labels WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 Ok(row.map(Into::into))
             }
@@ -1231,7 +1231,7 @@ macro_rules! impl_tx {
                 .bind(team)
                 .bind(after(page.after))
                 .bind(page.limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -1239,7 +1239,7 @@ macro_rules! impl_tx {
             async fn count_labels(&mut self, team: TeamId) -> $crate::store::Result<i64> {
                 let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM labels WHERE team_id = $1")
                     .bind(team)
-                    .fetch_one(&mut *self.tx)
+                    .fetch_one(self.exec())
                     .await?;
                 Ok(n)
             }
@@ -1250,7 +1250,7 @@ macro_rules! impl_tx {
                     .bind(&l.name)
                     .bind($crate::domain::rules::label_name_key(&l.name))
                     .bind(&l.color)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await
                     .map_err(map_dup)?;
                 Ok(done.rows_affected() == 1)
@@ -1262,7 +1262,7 @@ macro_rules! impl_tx {
                 let found: Option<(LabelId,)> =
                     sqlx::query_as(concat!("SELECT id FROM labels WHERE id = $1", $lock_row))
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 if found.is_none() {
                     return Ok(false);
@@ -1275,15 +1275,15 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(format!(",{},", uuid::Uuid::from(id).hyphenated()))
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 sqlx::query("DELETE FROM task_labels WHERE label_id = $1")
                     .bind(id)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 let done = sqlx::query("DELETE FROM labels WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -1300,7 +1300,7 @@ macro_rules! impl_tx {
                     for id in chunk {
                         q = q.bind(*id);
                     }
-                    out.extend(q.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id));
+                    out.extend(q.fetch_all(self.exec()).await?.into_iter().map(|(id,)| id));
                 }
                 Ok(out)
             }
@@ -1313,7 +1313,7 @@ macro_rules! impl_tx {
                     task_columns!()
                 ))
                 .bind(id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 row.map(TryInto::try_into).transpose()
             }
@@ -1338,7 +1338,7 @@ macro_rules! impl_tx {
                 .bind(user)
                 .bind(board)
                 .bind(status.as_str())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 row.map(|(r, board_id, last_position)| {
                     Ok($crate::store::TaskSlot { role: role(&r)?, board_id, last_position })
@@ -1358,7 +1358,7 @@ macro_rules! impl_tx {
                 .bind(&c.body)
                 .bind(c.created_at)
                 .bind(c.edited_at)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(())
             }
@@ -1369,7 +1369,7 @@ macro_rules! impl_tx {
                      FROM comments WHERE id = $1",
                 )
                 .bind(id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -1386,7 +1386,7 @@ macro_rules! impl_tx {
                 .bind(task)
                 .bind(after(page.after))
                 .bind(page.limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -1397,7 +1397,7 @@ macro_rules! impl_tx {
                     .bind(&c.body)
                     .bind(c.edited_at)
                     .bind(previous_body)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -1405,7 +1405,7 @@ macro_rules! impl_tx {
             async fn delete_comment(&mut self, id: CommentId) -> $crate::store::Result<bool> {
                 let done = sqlx::query("DELETE FROM comments WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -1420,7 +1420,7 @@ macro_rules! impl_tx {
                     sqlx::query_as("UPDATE teams SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq")
                         .bind(team)
                         .bind(drafts.len() as i64)
-                        .fetch_one(&mut *self.tx)
+                        .fetch_one(self.exec())
                         .await?;
                 let first = last - drafts.len() as i64 + 1;
                 let entries = entries(team, first, drafts)?;
@@ -1439,7 +1439,7 @@ macro_rules! impl_tx {
                     .bind(e.route.user_id)
                     .bind(ts)
                     .bind(&*e.json)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     out.push(e);
                 }
@@ -1451,7 +1451,7 @@ macro_rules! impl_tx {
                 )
                 .bind(team)
                 .bind(last)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(out)
             }
@@ -1459,7 +1459,7 @@ macro_rules! impl_tx {
             async fn last_seq(&mut self, team: TeamId) -> $crate::store::Result<Option<i64>> {
                 let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM teams WHERE id = $1")
                     .bind(team)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                 Ok(row.map(|(s,)| s))
             }
@@ -1475,7 +1475,7 @@ macro_rules! impl_tx {
                     for team in chunk {
                         query = query.bind(*team);
                     }
-                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                    out.extend(query.fetch_all(self.exec()).await?);
                 }
                 Ok(out)
             }
@@ -1486,7 +1486,7 @@ macro_rules! impl_tx {
                      FROM teams t WHERE t.id = $1",
                 )
                 .bind(team)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.map(|(last_seq, min)| LogBounds {
                     oldest_since: min.map_or(last_seq, |m| m - 1),
@@ -1516,7 +1516,7 @@ macro_rules! impl_tx {
                 .bind(upto)
                 .bind(limit)
                 .bind($crate::store::READ_BATCH_CHARS)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 rows.into_iter().map(|r| r.into_entry(team)).collect()
             }
@@ -1524,7 +1524,7 @@ macro_rules! impl_tx {
             async fn published_seq(&mut self, team: TeamId) -> $crate::store::Result<i64> {
                 let row: Option<(i64,)> = sqlx::query_as("SELECT published_seq FROM team_outbox WHERE team_id = $1")
                     .bind(team)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                 Ok(row.map_or(0, |(s,)| s))
             }
@@ -1544,7 +1544,7 @@ macro_rules! impl_tx {
                         for (team, _) in chunk {
                             query = query.bind(*team);
                         }
-                        query.execute(&mut *self.tx).await?;
+                        query.execute(self.exec()).await?;
                     }
                     let rows = (0..chunk.len())
                         .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
@@ -1561,7 +1561,7 @@ macro_rules! impl_tx {
                     for (team, seq) in chunk {
                         query = query.bind(*team).bind(*seq);
                     }
-                    query.execute(&mut *self.tx).await?;
+                    query.execute(self.exec()).await?;
                 }
                 Ok(())
             }
@@ -1581,7 +1581,7 @@ macro_rules! impl_tx {
                     for team in chunk {
                         query = query.bind(*team);
                     }
-                    query.execute(&mut *self.tx).await?;
+                    query.execute(self.exec()).await?;
                 }
                 Ok(())
             }
@@ -1603,7 +1603,7 @@ macro_rules! impl_tx {
                 )
                 .bind(limit)
                 .bind(stale_before)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 Ok(rows)
             }
@@ -1625,7 +1625,7 @@ macro_rules! impl_tx {
                 .bind(before)
                 .bind(after)
                 .bind(scan)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 let last = rows.iter().map(|(_, ts)| *ts).max();
                 Ok((rows.into_iter().map(|(t, _)| t).collect(), last))
@@ -1655,7 +1655,7 @@ macro_rules! impl_tx {
                 .bind(team)
                 .bind(before)
                 .bind(chunk)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -1664,7 +1664,7 @@ macro_rules! impl_tx {
                 sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
                     .bind(name)
                     .bind(holder)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -1686,7 +1686,7 @@ macro_rules! impl_tx {
                 .bind(holder)
                 .bind(StoredTime(until))
                 .bind(StoredTime(now))
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.is_some())
             }
@@ -1694,11 +1694,11 @@ macro_rules! impl_tx {
             async fn prune_inbox(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
                 let a = sqlx::query("DELETE FROM notifications WHERE created_at < $1")
                     .bind(before)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 let b = sqlx::query("DELETE FROM notification_reads WHERE created_at < $1")
                     .bind(before)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(a.rows_affected() + b.rows_affected())
             }
@@ -1721,7 +1721,7 @@ macro_rules! impl_tx {
                     .bind(key)
                     .bind(StoredTime(expired))
                     .bind(StoredTime(stale))
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 let taken = sqlx::query(
                     "INSERT INTO idempotency_keys (user_id, key, fingerprint, created_at) \
@@ -1731,7 +1731,7 @@ macro_rules! impl_tx {
                 .bind(key)
                 .bind(fingerprint)
                 .bind(StoredTime(now))
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 if taken.rows_affected() == 1 {
                     return Ok(KeyClaim::Claimed);
@@ -1741,7 +1741,7 @@ macro_rules! impl_tx {
                 )
                 .bind(user)
                 .bind(key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(match row {
                     // Released between the insert and the read: as if still running.
@@ -1778,7 +1778,7 @@ macro_rules! impl_tx {
                 .bind(&answer.body)
                 .bind(fingerprint)
                 .bind(StoredTime(at))
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(())
             }
@@ -1798,7 +1798,7 @@ macro_rules! impl_tx {
                 .bind(key)
                 .bind(fingerprint)
                 .bind(StoredTime(at))
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(())
             }
@@ -1806,7 +1806,7 @@ macro_rules! impl_tx {
             async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
                 let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
                     .bind(StoredTime(before))
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected())
             }
@@ -1815,7 +1815,7 @@ macro_rules! impl_tx {
                 let row: Option<(TaskId,)> =
                     sqlx::query_as(concat!("SELECT id FROM tasks WHERE id = $1", $lock_row))
                         .bind(task)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.exec())
                         .await?;
                 Ok(row.is_some())
             }
@@ -1824,7 +1824,7 @@ macro_rules! impl_tx {
                 let rows: Vec<(UserId, bool)> =
                     sqlx::query_as("SELECT user_id, following FROM task_followers WHERE task_id = $1")
                         .bind(task)
-                        .fetch_all(&mut *self.tx)
+                        .fetch_all(self.exec())
                         .await?;
                 let mut f = $crate::domain::notify::Followers::default();
                 for (user, following) in rows {
@@ -1843,7 +1843,7 @@ macro_rules! impl_tx {
                 )
                 .bind(task)
                 .bind(user)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.is_some_and(|(f,)| f))
             }
@@ -1868,7 +1868,7 @@ macro_rules! impl_tx {
                     .bind(user)
                     .bind(team)
                     .bind(following)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                 Ok(())
             }
@@ -1884,7 +1884,7 @@ macro_rules! impl_tx {
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    out.extend(query.fetch_all(&mut *self.tx).await?.into_iter().map(|(u,)| u));
+                    out.extend(query.fetch_all(self.exec()).await?.into_iter().map(|(u,)| u));
                 }
                 Ok(out)
             }
@@ -1912,7 +1912,7 @@ macro_rules! impl_tx {
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    seqs.extend(query.fetch_all(&mut *self.tx).await?);
+                    seqs.extend(query.fetch_all(self.exec()).await?);
                 }
                 let out = drafts
                     .iter()
@@ -1954,7 +1954,7 @@ macro_rules! impl_tx {
                             .bind(d.excerpt.as_deref())
                             .bind(d.created_at);
                     }
-                    query.execute(&mut *self.tx).await?;
+                    query.execute(self.exec()).await?;
                 }
                 Ok(out)
             }
@@ -1967,7 +1967,7 @@ macro_rules! impl_tx {
                      FROM users u WHERE u.id = $1",
                 )
                 .bind(user)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.exec())
                 .await?;
                 Ok(row.unwrap_or((0, 0)))
             }
@@ -1983,7 +1983,7 @@ macro_rules! impl_tx {
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    out.extend(query.fetch_all(&mut *self.tx).await?);
+                    out.extend(query.fetch_all(self.exec()).await?);
                 }
                 Ok(out)
             }
@@ -2006,7 +2006,7 @@ macro_rules! impl_tx {
                     .bind(q.before)
                     .bind(i64::from(q.unread_only))
                     .bind(q.limit)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
@@ -2027,7 +2027,7 @@ macro_rules! impl_tx {
                     "UPDATE users SET inbox_seq = inbox_seq WHERE id = $1 RETURNING inbox_seq",
                 )
                 .bind(user)
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.exec())
                 .await?;
                 let (ids, upto) = match mark {
                     MarkRead::Ids(ids) => {
@@ -2045,7 +2045,7 @@ macro_rules! impl_tx {
                             query = query.bind(*id);
                         }
                         let marked: Vec<NotificationId> =
-                            query.fetch_all(&mut *self.tx).await?.into_iter().map(|(id,)| id).collect();
+                            query.fetch_all(self.exec()).await?.into_iter().map(|(id,)| id).collect();
                         if marked.is_empty() {
                             return Ok(None);
                         }
@@ -2058,7 +2058,7 @@ macro_rules! impl_tx {
                             .bind(user)
                             .bind(at)
                             .bind(upto)
-                            .execute(&mut *self.tx)
+                            .execute(self.exec())
                             .await?;
                         if done.rows_affected() == 0 {
                             return Ok(None);
@@ -2070,7 +2070,7 @@ macro_rules! impl_tx {
                     "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
                 )
                 .bind(user)
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.exec())
                 .await?;
                 let (_, unread_count) = self.inbox_state(user).await?;
                 let ids_text = ids.as_ref().map(serde_json::to_string).transpose()?;
@@ -2084,7 +2084,7 @@ macro_rules! impl_tx {
                 .bind(upto)
                 .bind(unread_count)
                 .bind(at)
-                .execute(&mut *self.tx)
+                .execute(self.exec())
                 .await?;
                 Ok(Some(ReadMark {
                     seq,
@@ -2114,7 +2114,7 @@ macro_rules! impl_tx {
                     .bind(after)
                     .bind(upto)
                     .bind(limit)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                 let reads: Vec<$crate::store::sql::ReadRow> = sqlx::query_as(
                     "SELECT seq, ids, upto, unread_count FROM notification_reads \
@@ -2124,7 +2124,7 @@ macro_rules! impl_tx {
                 .bind(after)
                 .bind(upto)
                 .bind(limit)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.exec())
                 .await?;
                 // Each list is complete up to its last row when it was cut off at `limit`.
                 let full = |n: usize, last: Option<i64>| if n as i64 >= limit { last } else { None };

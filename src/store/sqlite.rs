@@ -24,6 +24,13 @@ pub struct SqliteTx {
     tx: sqlx::Transaction<'static, Sqlite>,
 }
 
+impl SqliteTx {
+    /// The transaction's connection, as every statement of the store runs on it.
+    fn exec(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?

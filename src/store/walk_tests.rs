@@ -290,7 +290,9 @@ async fn postgres_walks_give_the_matches_page() {
     let url = db.url.clone();
     // In a task of its own, so that the scratch database is dropped whatever the outcome.
     let outcome = tokio::spawn(async move {
-        let store = PgStore::open(&url, 2).await.expect("opens and migrates");
+        let store = PgStore::open(&url, &crate::store::PgOptions::pool(2))
+            .await
+            .expect("opens and migrates");
         let data = seed(&store, &mut Rng(1)).await;
         let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
         check_walks!(conn, Dialect::Postgres, &data);

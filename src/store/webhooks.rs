@@ -236,7 +236,7 @@ macro_rules! impl_webhook_tx {
                     .bind(w.created_by_user_id)
                     .bind(w.created_at)
                     .bind(w.updated_at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(())
                 }
@@ -246,7 +246,7 @@ macro_rules! impl_webhook_tx {
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1"
                     ))
                     .bind(id)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                     row.map(TryInto::try_into).transpose()
                 }
@@ -256,7 +256,7 @@ macro_rules! impl_webhook_tx {
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1", $lock_row
                     ))
                     .bind(id)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                     row.map(TryInto::try_into).transpose()
                 }
@@ -267,7 +267,7 @@ macro_rules! impl_webhook_tx {
                         " FROM webhooks WHERE team_id = $1 ORDER BY id LIMIT 1000"
                     ))
                     .bind(team)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                     rows.into_iter()
                         .map(|r| WebhookRecord::try_from(r).map(|r| r.webhook))
@@ -278,7 +278,7 @@ macro_rules! impl_webhook_tx {
                     let (n,): (i64,) =
                         sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE team_id = $1")
                             .bind(team)
-                            .fetch_one(&mut *self.tx)
+                            .fetch_one(self.exec())
                             .await?;
                     Ok(n)
                 }
@@ -303,7 +303,7 @@ macro_rules! impl_webhook_tx {
                     .bind(w.failing_since)
                     .bind(w.updated_at)
                     .bind(reset)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -323,7 +323,7 @@ macro_rules! impl_webhook_tx {
                     .bind(&s.previous)
                     .bind(s.previous_until)
                     .bind(at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -332,7 +332,7 @@ macro_rules! impl_webhook_tx {
                     sqlx::query("UPDATE webhooks SET delivered_seq = $2 WHERE id = $1")
                         .bind(id)
                         .bind(seq)
-                        .execute(&mut *self.tx)
+                        .execute(self.exec())
                         .await?;
                     Ok(())
                 }
@@ -340,11 +340,11 @@ macro_rules! impl_webhook_tx {
                 async fn delete_webhook(&mut self, id: WebhookId) -> Result<bool> {
                     sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
                         .bind(id)
-                        .execute(&mut *self.tx)
+                        .execute(self.exec())
                         .await?;
                     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
                         .bind(id)
-                        .execute(&mut *self.tx)
+                        .execute(self.exec())
                         .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -369,7 +369,7 @@ macro_rules! impl_webhook_tx {
                     ))
                     .bind(owner)
                     .bind(until)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     sqlx::query(concat!(
                         "UPDATE webhooks SET lease_owner = $1, lease_until = $2 \
@@ -383,14 +383,14 @@ macro_rules! impl_webhook_tx {
                     .bind(until)
                     .bind(now)
                     .bind(limit)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     let rows: Vec<WebhookRow> = sqlx::query_as(concat!(
                         "SELECT ", webhook_columns!(),
                         " FROM webhooks WHERE lease_owner = $1 AND enabled ORDER BY id"
                     ))
                     .bind(owner)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                     rows.into_iter().map(TryInto::try_into).collect()
                 }
@@ -401,7 +401,7 @@ macro_rules! impl_webhook_tx {
                          AND (lease_owner IS NULL OR lease_until < $1) LIMIT 1",
                     )
                     .bind(now)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.exec())
                     .await?;
                     Ok(row.is_some())
                 }
@@ -412,7 +412,7 @@ macro_rules! impl_webhook_tx {
                          WHERE lease_owner = $1",
                     )
                     .bind(owner)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(())
                 }
@@ -432,7 +432,7 @@ macro_rules! impl_webhook_tx {
                     .bind(id)
                     .bind(owner)
                     .bind(seq)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -453,7 +453,7 @@ macro_rules! impl_webhook_tx {
                     .bind(f.failures)
                     .bind(f.since)
                     .bind(f.next_attempt_at)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -475,7 +475,7 @@ macro_rules! impl_webhook_tx {
                     .bind(d.latency_ms)
                     .bind(d.ok)
                     .bind(&d.error)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(())
                 }
@@ -494,7 +494,7 @@ macro_rules! impl_webhook_tx {
                     .bind(webhook)
                     .bind(before.unwrap_or(Uuid::max()))
                     .bind(limit)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.exec())
                     .await?;
                     Ok(rows.into_iter().map(Into::into).collect())
                 }
@@ -507,7 +507,7 @@ macro_rules! impl_webhook_tx {
                     )
                     .bind(webhook)
                     .bind(keep - 1)
-                    .execute(&mut *self.tx)
+                    .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected())
                 }
@@ -515,7 +515,7 @@ macro_rules! impl_webhook_tx {
                 async fn count_disabled_webhooks(&mut self) -> Result<i64> {
                     let (n,): (i64,) =
                         sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE NOT enabled")
-                            .fetch_one(&mut *self.tx)
+                            .fetch_one(self.exec())
                             .await?;
                     Ok(n)
                 }

@@ -1016,3 +1016,57 @@ async fn one_instance_at_a_time_prunes_the_log_and_another_takes_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A commit whose instance died before publishing it is published by the one instance holding the
+/// relay's scan lease, once it is `TASKFORGE_RELAY_REPAIR_AFTER` old; the other instances scan
+/// nothing (their relays publish only their own commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_instance_left_unpublished_is_published_by_the_scan_lease_holder_alone() {
+    let Some(mut cluster) = Cluster::start(3, &[("TASKFORGE_RELAY_REPAIR_AFTER", "500ms")]).await
+    else {
+        return;
+    };
+    let api = cluster.node(0).client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Left behind").await;
+    api.task(owner.token(), team.id, "published by its writer")
+        .await;
+    // The third instance comes back with the fault switch: its next commit ends the process
+    // before the publish.
+    cluster.nodes[2].set_env("TASKFORGE_FAULT", Some("crash-after-commit"));
+    cluster.nodes[2].restart().await;
+    let url = format!("{}/api/v1/teams/{}/tasks", cluster.nodes[2].base, team.id);
+    let crashed = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(owner.token())
+        .json(&json!({"title": "committed, never published by its writer"}))
+        .send()
+        .await;
+    assert!(crashed.is_err(), "the process must die before answering");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut repaired = Vec::new();
+        for i in [0, 1] {
+            let m = cluster.node(i).client().metrics().await;
+            repaired.push(m.get("taskforge_relay_repaired_activities_total", &[]));
+        }
+        if repaired.iter().sum::<f64>() > 0.0 {
+            assert_eq!(
+                repaired.iter().filter(|r| **r > 0.0).count(),
+                1,
+                "one instance repairs: {repaired:?}"
+            );
+            assert_eq!(
+                repaired.iter().sum::<f64>(),
+                1.0,
+                "the one activity left, once"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing repaired in 20 s: {repaired:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

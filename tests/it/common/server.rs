@@ -32,6 +32,9 @@ pub enum Mode {
 /// The database a server (and its peers) use; dropped with the last of them.
 struct TestDatabase {
     url: String,
+    /// What the servers are given: `url` itself, or with `TASKFORGE_TEST_PGBOUNCER_URL` set the
+    /// same database through that PgBouncer (transaction mode), with `url` to migrate over.
+    served: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
     /// PostgreSQL: the admin URL and the database's name, dropped at the end.
     pg: Option<(String, String)>,
@@ -44,6 +47,7 @@ impl TestDatabase {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}/taskforge.db", dir.path().display());
                 TestDatabase {
+                    served: vec![("TASKFORGE_DATABASE_URL".into(), url.clone())],
                     url,
                     _dir: Some(dir),
                     pg: None,
@@ -54,8 +58,21 @@ impl TestDatabase {
                     .expect("TASKFORGE_TEST_DATABASE_URL must be set for PostgreSQL tests");
                 let name = format!("tf_{}", Uuid::new_v4().simple());
                 create_pg_database(&admin, &name).await;
+                let url = pg_url_with_db(&admin, &name);
+                let served = match std::env::var("TASKFORGE_TEST_PGBOUNCER_URL") {
+                    Ok(pooler) if !pooler.is_empty() => vec![
+                        (
+                            "TASKFORGE_DATABASE_URL".into(),
+                            pg_url_with_db(&pooler, &name),
+                        ),
+                        ("TASKFORGE_DATABASE_POOLER".into(), "transaction".into()),
+                        ("TASKFORGE_MIGRATION_DATABASE_URL".into(), url.clone()),
+                    ],
+                    _ => vec![("TASKFORGE_DATABASE_URL".into(), url.clone())],
+                };
                 TestDatabase {
-                    url: pg_url_with_db(&admin, &name),
+                    served,
+                    url,
                     _dir: None,
                     pg: Some((admin, name)),
                 }
@@ -185,7 +202,6 @@ impl TestServer {
         let db = Arc::new(TestDatabase::create(backend).await);
         let mut env: Vec<(String, String)> = vec![
             ("TASKFORGE_LISTEN".into(), "127.0.0.1:0".into()),
-            ("TASKFORGE_DATABASE_URL".into(), db.url.clone()),
             ("TASKFORGE_JWT_SECRET".into(), jwt_secret.clone()),
             ("TASKFORGE_LOG".into(), "info".into()),
             // Tests register users and open sockets by the hundred from one address: the
@@ -196,6 +212,7 @@ impl TestServer {
             // Tests run side by side (and clusters of three) on one PostgreSQL server.
             ("TASKFORGE_DATABASE_POOL_SIZE".into(), "10".into()),
         ];
+        env.extend(db.served.iter().cloned());
         override_env(&mut env, overrides);
         let mut srv = TestServer {
             backend,
