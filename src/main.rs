@@ -24,7 +24,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<Config>),
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (over `TASKFORGE_MIGRATION_DATABASE_URL` when it is
+    /// set: the database URL may be a transaction pooler, which cannot hold the migrator's lock).
     Migrate {
         #[arg(
             long,
@@ -32,6 +33,8 @@ enum Command {
             default_value = "sqlite://taskforge.db"
         )]
         database_url: String,
+        #[arg(long, env = "TASKFORGE_MIGRATION_DATABASE_URL")]
+        migration_database_url: Option<String>,
         #[arg(long, env = "TASKFORGE_LOG", default_value = "info")]
         log: String,
     },
@@ -121,9 +124,14 @@ async fn run() -> anyhow::Result<()> {
             init_logging(&config.log, config.log_format);
             taskforge::app::serve(*config).await?;
         }
-        Command::Migrate { database_url, log } => {
+        Command::Migrate {
+            database_url,
+            migration_database_url,
+            log,
+        } => {
             init_logging(&log, LogFormat::Text);
-            taskforge::app::migrate(&database_url).await?;
+            taskforge::app::migrate(migration_database_url.as_deref().unwrap_or(&database_url))
+                .await?;
         }
         Command::Login { url, email } => {
             let password = read_password()?;

@@ -53,12 +53,12 @@ pub enum StoreError {
     #[error("unsupported database url (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
     /// Behind a transaction pooler without a direct URL to migrate over, the schema must be
-    /// migrated beforehand.
+    /// exactly this build's (as the migrator would check it).
     #[error(
-        "the database schema is at migration {have}, this build needs {need}: run `taskforge migrate` \
-         over a direct connection, or set TASKFORGE_MIGRATION_DATABASE_URL"
+        "the database schema is not this build's ({0}): run `taskforge migrate` with \
+         TASKFORGE_MIGRATION_DATABASE_URL set to a direct connection, or set it for `serve`"
     )]
-    SchemaBehind { have: i64, need: i64 },
+    SchemaMismatch(String),
 }
 
 /// The most payload characters one read of the log returns (past its first row): a replay, a

@@ -63,21 +63,53 @@ impl PgStore {
     }
 }
 
-/// Behind a transaction pooler without a direct URL: the schema must already be this build's.
+/// Behind a transaction pooler without a direct URL: the schema must already be this build's,
+/// checked as the migrator would (every migration applied with its checksum, none unknown).
 async fn check_schema(pool: &PgPool) -> Result<()> {
-    let need = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let mut tx = pool.begin().await?;
-    let have: Option<(Option<i64>,)> =
-        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+    let applied: std::result::Result<Vec<(i64, Vec<u8>)>, sqlx::Error> =
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
             .persistent(false)
-            .fetch_optional(&mut *tx)
-            .await
-            .ok()
-            .flatten();
+            .fetch_all(&mut *tx)
+            .await;
     tx.rollback().await?;
-    let have = have.and_then(|(v,)| v).unwrap_or(0);
-    if have < need {
-        return Err(StoreError::SchemaBehind { have, need });
+    let applied = match applied {
+        Ok(rows) => rows,
+        // No migration table: nothing applied yet.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let known: std::collections::HashMap<i64, &[u8]> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| (m.version, &*m.checksum))
+        .collect();
+    for (version, checksum) in &applied {
+        match known.get(version) {
+            None => {
+                return Err(StoreError::SchemaMismatch(format!(
+                    "migration {version} is applied but unknown to this build"
+                )));
+            }
+            Some(c) if *c != checksum.as_slice() => {
+                return Err(StoreError::SchemaMismatch(format!(
+                    "migration {version} was applied with another checksum"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut missing: Vec<i64> = known
+        .keys()
+        .filter(|v| !applied.iter().any(|(a, _)| a == *v))
+        .copied()
+        .collect();
+    missing.sort_unstable();
+    if let Some(first) = missing.first() {
+        return Err(StoreError::SchemaMismatch(format!(
+            "{} migrations to apply, from {first}",
+            missing.len()
+        )));
     }
     Ok(())
 }
@@ -93,6 +125,9 @@ impl PgTx {
 }
 
 /// A connection whose statements are prepared unnamed unless `keep` (see `Pooler::Transaction`).
+/// Unnamed, a statement must not bind or return a type sqlx has to look up (an enum, a domain,
+/// `tsvector`): the lookup runs between its parse and its execution and ends the unnamed
+/// statement. The store's statements use built-in types only.
 #[derive(Debug)]
 pub(super) struct PgExec<'c> {
     conn: &'c mut PgConnection,
@@ -152,6 +187,8 @@ impl<'c> Executor<'c> for PgExec<'c> {
         self.conn.fetch_optional(Kept { inner: query, keep })
     }
 
+    // sqlx names an explicitly prepared statement whatever the cache: refused when statements are
+    // not kept (nothing in the store prepares explicitly).
     fn prepare_with<'e>(
         self,
         sql: sqlx::SqlStr,
@@ -160,6 +197,9 @@ impl<'c> Executor<'c> for PgExec<'c> {
     where
         'c: 'e,
     {
+        if !self.keep {
+            return Box::pin(async { Err(unnamed_only()) });
+        }
         self.conn.prepare_with(sql, parameters)
     }
 
@@ -170,8 +210,15 @@ impl<'c> Executor<'c> for PgExec<'c> {
     where
         'c: 'e,
     {
+        if !self.keep {
+            return Box::pin(async { Err(unnamed_only()) });
+        }
         self.conn.describe(sql)
     }
+}
+
+fn unnamed_only() -> sqlx::Error {
+    sqlx::Error::Protocol("behind a transaction pooler statements are not prepared apart".into())
 }
 
 impl PgStore {
@@ -238,8 +285,11 @@ impl Store for PgStore {
         &self,
         id: crate::domain::WebhookId,
     ) -> Result<Option<super::WebhookRecord>> {
+        if self.keep {
+            return super::webhooks::webhook_now!(&self.pool, id);
+        }
         // In a transaction of its own: a statement's two round trips on one server connection
-        // also behind a transaction pooler.
+        // behind a transaction pooler.
         let mut tx = self.begin("BEGIN", None).await?;
         let row = super::webhooks::webhook_now!(tx.exec(), id);
         tx.tx.commit().await?;
@@ -278,12 +328,12 @@ mod tests {
             pooler: Pooler::Transaction,
             migration_url,
         };
-        let need = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         match PgStore::open(&pg.url, &pooled(None)).await {
-            Err(StoreError::SchemaBehind { have, need: n }) => {
-                assert_eq!((have, n), (0, need), "an empty database");
+            Err(StoreError::SchemaMismatch(why)) => {
+                let first = MIGRATOR.iter().map(|m| m.version).min().unwrap_or(0);
+                assert!(why.contains(&format!("from {first}")), "{why}");
             }
-            Err(e) => panic!("expected SchemaBehind, got {e}"),
+            Err(e) => panic!("expected SchemaMismatch, got {e}"),
             Ok(_) => panic!("a pooled store opened an unmigrated database"),
         }
         let store = PgStore::open(&pg.url, &pooled(Some(pg.url.clone())))
@@ -306,6 +356,21 @@ mod tests {
             None
         );
         drop(tx);
+        // A schema a later build migrated is not this build's either.
+        let direct = PgPool::connect(&pg.url).await.expect("direct");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'later', TRUE, '\\x00', 0)",
+        ))
+        .execute(&direct)
+        .await
+        .expect("a later migration");
+        direct.close().await;
+        match PgStore::open(&pg.url, &pooled(None)).await {
+            Err(StoreError::SchemaMismatch(why)) => assert!(why.contains("unknown"), "{why}"),
+            Err(e) => panic!("expected SchemaMismatch, got {e}"),
+            Ok(_) => panic!("a pooled store opened a later schema"),
+        }
         drop(store);
         pg.drop_database().await;
     }
