@@ -937,8 +937,16 @@ test('labels and the filter bar: chips on cards, the panel adds labels, the filt
     // The chip: the label's name on its color, with text that contrasts.
     const bugChip = cardExact(ann, 'todo', 'Deploy failed').locator('.chip', { hasText: 'Bug' });
     await bugChip.waitFor();
-    const colors = await bugChip.evaluate((el) => [getComputedStyle(el).backgroundColor, getComputedStyle(el).color]);
-    assert.deepEqual(colors, ['rgb(215, 58, 74)', 'rgb(255, 255, 255)']);
+    // Polled: a live update may replace the card between finding the chip and reading its style,
+    // and a node out of the document has no computed style.
+    const painted = ['rgb(215, 58, 74)', 'rgb(255, 255, 255)'];
+    let colors: string[] = [];
+    await until('the Bug chip in its colors', async () => {
+      colors = await bugChip.evaluate((el) => [getComputedStyle(el).backgroundColor, getComputedStyle(el).color]);
+      return isDeepStrictEqual(colors, painted);
+    }).catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}; last read: ${colors.join(', ') || 'nothing'}`);
+    });
     assert.equal(await cardExact(ann, 'todo', 'Write docs').locator('.chip').count(), 0);
 
     // The panel: a new label (name and color) is created and ticked, Bug ticked too, then saved.
