@@ -50,11 +50,18 @@ async fn healthz() -> axum::Json<Health> {
     })
 }
 
+/// How long `/readyz` waits for the database's answer.
+const READY_DB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The database and the bus are reachable, and every background task runs.
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<Health>) {
-    let db = s.services.store.ping().await.is_ok();
+    // Bounded: a database that hangs (behind a pooler still trying to log in to it) is down for
+    // a probe, which must answer within its own timeout.
+    let db = tokio::time::timeout(READY_DB_WAIT, s.services.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
     let bus = s.bus.is_up();
     let failed_tasks = s.tasks.failed();
     let ready = db && bus && failed_tasks.is_empty();
