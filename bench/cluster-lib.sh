@@ -14,6 +14,8 @@ esac
 PG_DB=""
 REDIS_PID=""
 REDIS_PORT=""
+REDIS_CLUSTER_PIDS=()
+REDIS_CLUSTER_PORTS=()
 INSTANCE_PIDS=()
 INSTANCE_URLS=()
 INSTANCE_ERRS=()
@@ -45,8 +47,78 @@ stop_instances() {
 }
 
 stop_redis() {
+  local pid
   stop_pid "$REDIS_PID"
   REDIS_PID=""
+  for pid in "${REDIS_CLUSTER_PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  REDIS_CLUSTER_PIDS=()
+  REDIS_CLUSTER_PORTS=()
+}
+
+# free_port: a random loopback port in 20000-59999 that nothing answers on.
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+# start_redis_cluster: a Redis Cluster of 3 primaries and 3 replicas (redis-server nodes on free
+# loopback ports, joined by `redis-cli --cluster create`); sets REDIS_CLUSTER_PORTS/PIDS, and
+# REDIS_PORT to the first node. The instances then get TASKFORGE_REDIS_CLUSTER.
+start_redis_cluster() {
+  local k port bus args=() ok
+  for k in $(seq 0 5); do
+    port=$(free_port)
+    bus=$(free_port)
+    "$REDIS_SERVER" --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-port "$bus" \
+      --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 5000 --save "" \
+      --appendonly no --daemonize no --dir "$WORK" --logfile "$WORK/redis-$port.log" \
+      >/dev/null 2>&1 &
+    REDIS_CLUSTER_PIDS+=($!)
+    REDIS_CLUSTER_PORTS+=("$port")
+    args+=("127.0.0.1:$port")
+    for _ in $(seq 1 50); do
+      [[ "$(timeout 5 "$REDIS_CLI" -p "$port" ping 2>/dev/null)" == PONG ]] && break
+      sleep 0.1
+    done
+  done
+  timeout 60 "$REDIS_CLI" --cluster create "${args[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$WORK/cluster-create.log" 2>&1 || { tail -n 5 "$WORK/cluster-create.log" >&2; return 1; }
+  for _ in $(seq 1 300); do # 30 s
+    ok=1
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      timeout 5 "$REDIS_CLI" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || ok=0
+    done
+    ((ok)) && { REDIS_PORT=${REDIS_CLUSTER_PORTS[0]}; return 0; }
+    sleep 0.1
+  done
+  return 1
+}
+
+# redis_nodes_json: per Redis node (primaries only on a cluster) the publishes and script calls
+# it ran and its CPU seconds so far, as a JSON array.
+redis_nodes_json() {
+  local port ports=("${REDIS_CLUSTER_PORTS[@]}") out="[" sep=""
+  ((${#ports[@]})) || ports=("$REDIS_PORT")
+  for port in "${ports[@]}"; do
+    local info
+    info=$(timeout 5 "$REDIS_CLI" -p "$port" info all 2>/dev/null | tr -d '\r')
+    grep -q '^role:master' <<<"$info" || continue
+    out+=$(awk -F'[:=,]' -v port="$port" -v sep="$sep" '
+      /^cmdstat_publish:/ { pub += $3 }
+      /^cmdstat_spublish:/ { pub += $3 }
+      /^cmdstat_evalsha:/ { scripts += $3 }
+      /^used_cpu_sys:/ { cpu += $2 }
+      /^used_cpu_user:/ { cpu += $2 }
+      END { printf "%s{\"port\":%s,\"publishes\":%d,\"scripts\":%d,\"cpuSec\":%.3f}", sep, port, pub, scripts, cpu }
+    ' <<<"$info")
+    sep=","
+  done
+  echo "$out]"
 }
 
 drop_pg_db() {
@@ -93,8 +165,12 @@ start_redis() {
 start_instances() {
   local n=$1 name=$2 k
   for k in $(seq 0 $((n - 1))); do
-    if ! start_server "$DB_URL" "$name-i$k" TASKFORGE_JWT_SECRET="$JWT_SECRET" \
-      TASKFORGE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    local bus="TASKFORGE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT" port nodes=""
+    if ((${#REDIS_CLUSTER_PORTS[@]})); then
+      for port in "${REDIS_CLUSTER_PORTS[@]}"; do nodes+="${nodes:+,}redis://127.0.0.1:$port"; done
+      bus="TASKFORGE_REDIS_CLUSTER=$nodes"
+    fi
+    if ! start_server "$DB_URL" "$name-i$k" TASKFORGE_JWT_SECRET="$JWT_SECRET" "$bus" \
       TASKFORGE_WS_QUEUE_LIMIT="$WS_QUEUE_LIMIT" "${INSTANCE_ENV[@]}"; then
       log "instance $k of $name did not start"
       return 1

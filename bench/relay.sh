@@ -10,6 +10,13 @@
 # nothing here; the figures are the relay's. Loopback only; every run is bounded in time;
 # everything this script starts is stopped on exit. See bench/README.md.
 #
+# With REDIS_CLUSTER=1 the instances run on a Redis Cluster of 3 primaries and 3 replicas
+# (TASKFORGE_REDIS_CLUSTER, sharded pub/sub) instead of one redis-server. The watcher cannot
+# pattern-subscribe sharded channels, so there the age figures are the servers' own
+# (`taskforge_relay_lag_seconds`, from hand-over to the publish's answer; reported in both modes,
+# as the histogram bucket bound that holds the quantile), and per primary: the publishes and
+# script calls it ran (INFO commandstats) and its CPU seconds during the run.
+#
 # Each run: a fresh database, its own redis-server, INSTANCES fresh instances; INSTANCES
 # generators (`taskforge-bench writes`, each with its own user and TEAMS/INSTANCES teams, against
 # one instance, open loop at RATE/INSTANCES for WARMUP + DURATION s). One JSON line per run, and
@@ -43,6 +50,7 @@ PG_USER=${PG_USER:-postgres}
 PG_ADMIN_DB=${PG_ADMIN_DB:-test}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 REDIS_CLI=${REDIS_CLI:-redis-cli}
+REDIS_CLUSTER=${REDIS_CLUSTER:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TASKFORGE_BIN=${TASKFORGE_BIN:-$TARGET_DIR/release/taskforge}
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/taskforge-bench}
@@ -105,20 +113,48 @@ metric_sum() {
   echo "$total"
 }
 
+# lag_bound Q: over the instances' `taskforge_relay_lag_seconds` histograms, the smallest bucket
+# bound (ms) that holds the Q quantile (empty without samples).
+lag_bound() {
+  local url
+  for url in "${INSTANCE_URLS[@]}"; do
+    curl -fsS --max-time 5 "$url/metrics" || true
+  done | awk '
+    /^taskforge_relay_lag_seconds_bucket\{/ {
+      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+      if (le != "+Inf") n[le] += $2
+    }
+    /^taskforge_relay_lag_seconds_count/ { total += $2 }
+    END { for (le in n) print le, n[le], total }' |
+    sort -g | awk -v q="$1" '
+      $3 > 0 && !found && $2 >= q * $3 { printf "%g", $1 * 1000; found = 1 }
+      END { if (NR > 0 && !found) print "inf" }'
+}
+
 run_one() {
   local run=$1 results=$2 k per_rate per_teams reads0 reads1 rows status=0
   PG_DB="taskforge_relay_$(date +%s)_$$"
   psql_admin "CREATE DATABASE \"$PG_DB\"" >/dev/null
   DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
-  start_redis || { log "redis-server did not start"; return 1; }
+  if [[ "$REDIS_CLUSTER" == 1 ]]; then
+    start_redis_cluster || { log "the Redis Cluster did not start"; stop_redis; drop_pg_db; return 1; }
+  else
+    start_redis || { log "redis-server did not start"; return 1; }
+  fi
   start_instances "$INSTANCES" "relay-$run" || { stop_instances; stop_redis; drop_pg_db; return 1; }
   per_rate=$(awk -v r="$RATE" -v n="$INSTANCES" 'BEGIN { printf "%.3f", r / n }')
   per_teams=$(((TEAMS + INSTANCES - 1) / INSTANCES))
   log "run $run/$RUNS: $INSTANCES instances, $per_teams teams and $per_rate creations/s each (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-  timeout --signal=TERM --kill-after=5 "$RUN_CAP" "$BENCH_BIN" relay-lag \
-    --redis "redis://127.0.0.1:$REDIS_PORT" --duration "$WATCH_SECS" --kind task.created \
-    --label "$LABEL" >"$WORK/watch.json" 2>"$WORK/watch.stderr" &
-  WATCH_PID=$!
+  if [[ "$REDIS_CLUSTER" == 1 ]]; then
+    echo "{\"label\": \"$LABEL\", \"redisCluster\": true}" >"$WORK/watch.json"
+  else
+    timeout --signal=TERM --kill-after=5 "$RUN_CAP" "$BENCH_BIN" relay-lag \
+      --redis "redis://127.0.0.1:$REDIS_PORT" --duration "$WATCH_SECS" --kind task.created \
+      --label "$LABEL" >"$WORK/watch.json" 2>"$WORK/watch.stderr" &
+    WATCH_PID=$!
+  fi
+  local redis0
+  redis0=$(redis_nodes_json)
   reads0=$(log_reads)
   GEN_PIDS=()
   for k in $(seq 0 $((INSTANCES - 1))); do
@@ -132,8 +168,16 @@ run_one() {
     wait "${GEN_PIDS[$k]}" || { log "generator $k failed:"; tail -n 5 "$WORK/gen$k.stderr" >&2; status=1; }
   done
   GEN_PIDS=()
-  wait "$WATCH_PID" || { log "the watcher failed:"; tail -n 5 "$WORK/watch.stderr" >&2; status=1; }
+  if [[ -n "$WATCH_PID" ]]; then
+    wait "$WATCH_PID" || { log "the watcher failed:"; tail -n 5 "$WORK/watch.stderr" >&2; status=1; }
+  else
+    sleep 5 # the tail: what the relays still publish
+  fi
   WATCH_PID=""
+  local redis1 lag50 lag99
+  redis1=$(redis_nodes_json)
+  lag50=$(lag_bound 0.5)
+  lag99=$(lag_bound 0.99)
   reads1=$(log_reads)
   rows=$(psql_run "SELECT count(*) FROM activities WHERE kind = 'task.created'")
   local committed published repaired gaps created p99s
@@ -155,12 +199,22 @@ run_one() {
     --argjson rows "$rows" --argjson created "${created:-0}" \
     --arg committed "$committed" --arg published "$published" --arg repaired "$repaired" \
     --arg gaps "$gaps" --argjson genP99 "$p99s" \
+    --argjson redis0 "$redis0" --argjson redis1 "$redis1" \
+    --arg lag50 "$lag50" --arg lag99 "$lag99" \
     '. + {run: $run, rate: $rate, teams: $teams, instances: $instances, created: $created,
           taskCreatedRows: $rows, logRowsRead: $reads,
           logRowsReadPerActivity: (if $rows > 0 then ($reads / $rows) else null end),
           committed: ($committed | tonumber? // null), published: ($published | tonumber? // null),
           relayRepaired: ($repaired | tonumber? // null), gapRepairs: ($gaps | tonumber? // null),
-          generatorP99: $genP99}' "$WORK/watch.json" | tee -a "$results"
+          generatorP99: $genP99,
+          serverLagP50BoundMs: ($lag50 | tonumber? // null),
+          serverLagP99BoundMs: ($lag99 | tonumber? // null),
+          redisPrimaries: [range(0; $redis1 | length) as $i | $redis1[$i] as $b
+            | ($redis0 | map(select(.port == $b.port)) | first // {publishes: 0, scripts: 0, cpuSec: 0}) as $a
+            | {port: $b.port, publishes: ($b.publishes - $a.publishes),
+               scripts: ($b.scripts - $a.scripts),
+               cpuSec: (($b.cpuSec - $a.cpuSec) * 1000 | round / 1000)}]}' \
+    "$WORK/watch.json" | tee -a "$results"
   stop_instances
   stop_redis
   drop_pg_db
@@ -196,6 +250,10 @@ jq -s '
     ageP999Ms: (map(.ageP999Ms) | median), ageMaxMs: (map(.ageMaxMs) | median),
     repeats: (map(.repeats) | median), skips: (map(.skips) | median),
     logRowsReadPerActivity: (map(.logRowsReadPerActivity) | median),
-    relayRepaired: (map(.relayRepaired) | median), gapRepairs: (map(.gapRepairs) | median) }' \
+    relayRepaired: (map(.relayRepaired) | median), gapRepairs: (map(.gapRepairs) | median),
+    serverLagP50BoundMs: (map(.serverLagP50BoundMs) | median),
+    serverLagP99BoundMs: (map(.serverLagP99BoundMs) | median),
+    publishShares: (map(.redisPrimaries | (map(.publishes) | add) as $t
+      | map(if $t > 0 then (.publishes / $t * 100 | round) else null end) | sort)) }' \
   "$RESULTS"
 exit "$failed"

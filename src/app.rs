@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, InProcessBus, RedisBus, RedisSettings, Relay, RelaySettings};
+use crate::bus::{
+    Bus, BusError, InProcessBus, RedisBus, RedisSettings, RedisTarget, Relay, RelaySettings,
+};
 use crate::config::Config;
 use crate::http::serve::ServeSettings;
 use crate::http::{self, AppState, EdgeLimits};
@@ -25,7 +27,7 @@ pub enum StartError {
     MissingSecret,
     #[error("TASKFORGE_JWT_SECRET must be at least 32 bytes")]
     WeakSecret,
-    #[error("TASKFORGE_REDIS_URL: {0}")]
+    #[error("the Redis bus (TASKFORGE_REDIS_URL or TASKFORGE_REDIS_CLUSTER): {0}")]
     Redis(#[from] BusError),
     #[error("could not open the database: {0}")]
     Store(#[from] StoreError),
@@ -123,12 +125,17 @@ impl App {
         };
         let store = store::connect_with(&config.database_url, &pg).await?;
         tracing::info!(backend = store.backend(), "database ready");
-        let bus: Arc<dyn Bus> = match &config.redis_url {
+        let redis = match (&config.redis_url, config.redis_cluster.as_slice()) {
+            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+            (None, []) => None,
+            (None, nodes) => Some(RedisTarget::Cluster(nodes.to_vec())),
+        };
+        let bus: Arc<dyn Bus> = match redis {
             None => Arc::new(InProcessBus::new(4096)),
-            Some(url) => {
+            Some(target) => {
                 let bus = RedisBus::start(
                     RedisSettings {
-                        url: url.clone(),
+                        target,
                         check_every: config.bus_check_interval,
                         presence_ttl: config.presence_ttl,
                         queue: 65_536,

@@ -29,6 +29,17 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster nodes for the multi-instance bus (sharded pub/sub), comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; any of them, the rest is discovered).
+    /// Instead of `TASKFORGE_REDIS_URL`.
+    #[arg(
+        long,
+        env = "TASKFORGE_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
+
     /// HS256 secret for access tokens, at least 32 bytes. Required unless `--dev`.
     #[arg(long, env = "TASKFORGE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -22,7 +22,7 @@ use crate::domain::presence::{PresenceKind, PresenceStatus, PresenceView};
 use crate::domain::{TaskId, TeamId, UserId};
 
 pub use memory::InProcessBus;
-pub use redis::{RedisBus, RedisSettings};
+pub use redis::{RedisBus, RedisSettings, RedisTarget};
 pub use relay::{Relay, RelaySettings};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -184,7 +184,7 @@ pub trait SharedPresence: Send + Sync + 'static {
 
     /// Everyone viewing `task` on the other live instances, with what they are shown doing
     /// there (this instance's own viewers are the hub's to tell).
-    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceView>, BusError>;
+    async fn viewers(&self, team: TeamId, task: TaskId) -> Result<Vec<PresenceView>, BusError>;
 
     /// Renews this instance's heartbeat.
     async fn heartbeat(&self) -> Result<(), BusError>;

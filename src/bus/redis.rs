@@ -1,20 +1,26 @@
 //! The Redis bus of the scaled deployment: pub/sub on `team:{id}` and `user:{id}` channels, and
-//! presence shared between instances.
+//! presence shared between instances. It runs on one Redis (or one primary), or on a Redis
+//! Cluster with sharded pub/sub.
 //!
-//! - Publishing goes through one script per batch that keeps the team's published seq in Redis:
-//!   whichever instance's relay gets there first publishes an activity, exactly once and in seq
-//!   order; the others skip it. A batch that does not continue the published seq publishes nothing
-//!   and the relay first publishes the gap from the log.
+//! - Publishing goes through one script per team and step that keeps the team's published seq in
+//!   Redis: whichever instance's relay gets there first publishes an activity, exactly once and
+//!   in seq order; the others skip it. A batch that does not continue the published seq publishes
+//!   nothing and the relay first publishes the gap from the log.
 //! - Subscriptions are counted and applied in order by one task, so a quick unwatch/watch of the
 //!   same channel cannot end unsubscribed. `watch` returns once Redis confirmed the SUBSCRIBE.
 //! - Received messages go through a queue bounded in messages and in bytes (activities can be
 //!   large). Nothing here blocks the Redis connection: when the queue is full a message is dropped
 //!   and a `Resync` follows, and the hub repairs from the log, as it does after a reconnect.
 //! - Connecting never blocks the start: until Redis answers, the bus is down, publishing fails
-//!   (the relay's scan publishes later) and the hub's periodic check delivers from the log.
+//!   (the relay's retries publish later) and the hub's periodic check delivers from the log.
 //!
-//! Keys live under `taskforge:`; the scripts touch keys they compute, so this needs a standalone
-//! Redis (or one primary), not Redis Cluster.
+//! On a cluster every key of a team carries the hash tag `{team:<id>}`, which hashes like the
+//! team's channel name `team:<id>`: the publish and presence scripts run on the node that owns
+//! the team's channel and publish on it with `SPUBLISH`, and instances `SSUBSCRIBE` there (the
+//! cluster client routes each channel to its node and moves it after a failover or resharding).
+//! A user's channel lives in another slot, so an activity for a user's own sockets is published
+//! there after the script, for the entries the script published. The key layout is the same on
+//! one Redis; only `PUBLISH`/`SUBSCRIBE` differ.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,9 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Script, Value};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisFuture, Script, Value};
 use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -35,9 +43,18 @@ use crate::domain::presence::{PresenceView, most_active};
 use crate::domain::{TaskId, TeamId, UserId};
 use crate::supervisor::Supervisor;
 
+/// Where the bus's Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis (or one primary): `redis://host:port`.
+    Single(String),
+    /// A Redis Cluster, found from these nodes (any of them; the rest is discovered).
+    Cluster(Vec<String>),
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    pub target: RedisTarget,
     /// How often the connection is checked (and re-established).
     pub check_every: Duration,
     /// How long an instance's presence outlives its last heartbeat.
@@ -49,11 +66,60 @@ pub struct RedisSettings {
 }
 
 const KEYS: &str = "taskforge:";
+
+/// The key layout. A team's keys carry the hash tag `{team:<id>}`, which hashes like the team's
+/// channel `team:<id>`, so that on a cluster the team's scripts run on the node of its channel.
+mod key {
+    use super::KEYS;
+    use crate::domain::{TaskId, TeamId};
+
+    /// The team's published seq.
+    pub fn published(team: TeamId) -> String {
+        format!("{KEYS}{{team:{team}}}:published")
+    }
+
+    /// Who views `task`: `{instance}|{user}` -> viewer.
+    pub fn presence(team: TeamId, task: TaskId) -> String {
+        format!("{}{task}", presence_prefix(team))
+    }
+
+    pub fn presence_prefix(team: TeamId) -> String {
+        format!("{KEYS}{{team:{team}}}:presence:")
+    }
+
+    /// The tasks of `team` that `instance` has viewers of.
+    pub fn instance_tasks(team: TeamId, instance: &str) -> String {
+        format!("{KEYS}{{team:{team}}}:instance:{instance}")
+    }
+
+    /// The teams `instance` ever had viewers in (what a sweep of it visits).
+    pub fn instance_teams(instance: &str) -> String {
+        format!("{KEYS}instance:{instance}:teams")
+    }
+
+    /// The instance's heartbeat.
+    pub fn alive(instance: &str) -> String {
+        format!("{KEYS}alive:{instance}")
+    }
+
+    /// Every instance that has (or had, until swept) presence records.
+    pub fn instances() -> String {
+        format!("{KEYS}instances")
+    }
+}
 /// A team's published seq is kept this long after its last publish (then the store's watermark
 /// is the floor again).
 const PUBLISHED_KEY_TTL_SECS: u64 = 7 * 24 * 3600;
-/// Channels per SUBSCRIBE when resubscribing everything.
+/// Channels per SUBSCRIBE when resubscribing everything (one Redis).
 const RESUBSCRIBE_CHUNK: usize = 500;
+/// SSUBSCRIBEs in flight when resubscribing everything (a cluster: one channel per command,
+/// since the channels of one command must share a slot).
+const RESUBSCRIBE_CONCURRENCY: usize = 64;
+
+/// The scripts publish with `PUB`: `PUBLISH` on one Redis, `SPUBLISH` on a cluster.
+fn script(pub_command: &str, body: &[&str]) -> Script {
+    Script::new(&format!("local PUB = '{pub_command}'\n{}", body.concat()))
+}
 
 /// KEYS: the team's published seq. ARGV: the caller's published seq (a floor: it is known to be
 /// published), the team channel, the key's TTL, then (seq, user channel or '', message) triples.
@@ -67,8 +133,8 @@ while i <= #ARGV do
   local seq = tonumber(ARGV[i])
   if seq > p + 1 then break end
   if seq == p + 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[i + 2])
-    if ARGV[i + 1] ~= '' then redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2]) end
+    redis.call(PUB, ARGV[2], ARGV[i + 2])
+    if ARGV[i + 1] ~= '' then redis.call(PUB, ARGV[i + 1], ARGV[i + 2]) end
     p = seq
     sent = sent + 1
   end
@@ -116,8 +182,8 @@ end
 /// user present nowhere else before (and `P~` after it when they already do more than view),
 /// `P-` for one present nowhere anymore, `P~` with the winning record when what a user is shown
 /// doing across instances changed. Nothing is published without `announce`.
-/// KEYS: presence hash, the instance's task index, the instance set.
-/// ARGV: instance, team channel, announce ('1'/'0'), index member, then (user, viewer) pairs.
+/// KEYS: presence hash, the instance's task index of the team (both in the team's slot).
+/// ARGV: instance, team channel, announce ('1'/'0'), the task, then (user, viewer) pairs.
 const SYNC_LUA: &str = r"
 local prefix = ARGV[1] .. '|'
 local announce = ARGV[3] == '1'
@@ -134,12 +200,12 @@ local function put(user, v, old)
   if not announce then return end
   local after = shown(KEYS[1], user)
   if after == nil then
-    redis.call('PUBLISH', ARGV[2], 'P-' .. old)
+    redis.call(PUB, ARGV[2], 'P-' .. old)
   elseif before == nil then
-    redis.call('PUBLISH', ARGV[2], 'P+' .. after)
-    if shape(after) ~= 'viewing' then redis.call('PUBLISH', ARGV[2], 'P~' .. after) end
+    redis.call(PUB, ARGV[2], 'P+' .. after)
+    if shape(after) ~= 'viewing' then redis.call(PUB, ARGV[2], 'P~' .. after) end
   elseif shape(after) ~= shape(before) then
-    redis.call('PUBLISH', ARGV[2], 'P~' .. after)
+    redis.call(PUB, ARGV[2], 'P~' .. after)
   end
 end
 for user, v in pairs(have) do
@@ -149,23 +215,19 @@ for user, v in pairs(want) do
   if have[user] ~= v then put(user, v, v) end
 end
 if next(want) then redis.call('SADD', KEYS[2], ARGV[4]) else redis.call('SREM', KEYS[2], ARGV[4]) end
-redis.call('SADD', KEYS[3], ARGV[1])
 return 0
 ";
 
-/// Removes a dead (or retiring) instance's viewers, publishing `presence.left` for users that
-/// are present nowhere else, and `presence.updated` for the others whose shown state changes.
-/// Atomic, so of several sweepers only one finds anything to remove.
-/// KEYS: the instance set. ARGV: instance, its heartbeat key, the key prefix.
+/// Removes a dead (or retiring) instance's viewers of one team, publishing `presence.left` for
+/// users that are present nowhere else, and `presence.updated` for the others whose shown state
+/// changes. Atomic, so of several sweepers only one finds anything to remove.
+/// KEYS: the instance's task index of the team. ARGV: instance, the team's presence key prefix,
+/// the team channel.
 const SWEEP_LUA: &str = r"
-if redis.call('EXISTS', ARGV[2]) == 1 then return 0 end
 local prefix = ARGV[1] .. '|'
-local index = ARGV[3] .. 'instance:' .. ARGV[1] .. ':tasks'
-for _, m in ipairs(redis.call('SMEMBERS', index)) do
-  local sep = string.find(m, ':', 1, true)
-  local team, task = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
-  local key = ARGV[3] .. 'presence:' .. task
-  local channel = 'team:' .. team
+local removed = 0
+for _, task in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[2] .. task
   local flat = redis.call('HGETALL', key)
   local gone = {}
   for i = 1, #flat, 2 do
@@ -174,17 +236,17 @@ for _, m in ipairs(redis.call('SMEMBERS', index)) do
   for user, v in pairs(gone) do
     local before = shown(key, user)
     redis.call('HDEL', key, prefix .. user)
+    removed = removed + 1
     local after = shown(key, user)
     if after == nil then
-      redis.call('PUBLISH', channel, 'P-' .. v)
+      redis.call(PUB, ARGV[3], 'P-' .. v)
     elseif shape(after) ~= shape(before) then
-      redis.call('PUBLISH', channel, 'P~' .. after)
+      redis.call(PUB, ARGV[3], 'P~' .. after)
     end
   end
 end
-redis.call('DEL', index)
-redis.call('SREM', KEYS[1], ARGV[1])
-return 1
+redis.call('DEL', KEYS[1])
+return removed
 ";
 
 fn unreachable(e: impl std::fmt::Display) -> BusError {
@@ -197,6 +259,8 @@ struct Link {
     /// A received message was dropped (queue full): a `Resync` is owed.
     lost: AtomicBool,
     inbox: Inbox,
+    /// To the subscription task: a cluster node dropped a channel (its slot moved).
+    subs: mpsc::Sender<SubCommand>,
 }
 
 /// Received events on their way to the hub, bounded in count and in payload bytes. `forward`
@@ -279,18 +343,98 @@ async fn forward(link: Arc<Link>, hub: mpsc::Sender<BusEvent>) {
     }
 }
 
+/// A connection to one Redis or to a cluster; commands are routed by key on a cluster.
+#[derive(Clone)]
+enum Con {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::Single(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::Single(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Con {
+    /// `SUBSCRIBE`, or `SSUBSCRIBE` on a cluster (routed to the node of the channel's slot).
+    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Con::Single(c) => c.subscribe(channel).await,
+            Con::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Con::Single(c) => c.unsubscribe(channel).await,
+            Con::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Subscribes every channel; stops at the first failure.
+    async fn subscribe_all(&self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Con::Single(c) => {
+                let mut c = c.clone();
+                for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
+                    c.subscribe(chunk).await?;
+                }
+                Ok(())
+            }
+            // The channels of one SSUBSCRIBE must share a slot: one command each, many in flight.
+            Con::Cluster(c) => {
+                let c = c.clone();
+                futures_util::stream::iter(channels.to_vec())
+                    .map(move |channel| {
+                        let mut c = c.clone();
+                        async move { c.ssubscribe(channel).await }
+                    })
+                    .buffer_unordered(RESUBSCRIBE_CONCURRENCY)
+                    .try_collect::<()>()
+                    .await
+            }
+        }
+    }
+}
+
 struct Conns {
     /// Publishing, scripts, presence.
-    commands: ConnectionManager,
+    commands: Con,
     /// Subscriptions only: its pushes carry the messages.
-    subscriber: ConnectionManager,
+    subscriber: Con,
 }
 
 enum SubCommand {
     Watch(String, oneshot::Sender<Result<(), BusError>>),
     Unwatch(String),
-    /// The connection came back: subscribe every wanted channel again.
+    /// The connection came back: subscribe every wanted channel again, then resync.
     Resubscribe,
+    /// A cluster node dropped this channel (its slot moved to another node): subscribe it again
+    /// if it is still wanted, then resync (messages may have been missed meanwhile).
+    Rewatch(String),
 }
 
 pub struct RedisBus {
@@ -306,25 +450,27 @@ pub struct RedisBus {
 impl RedisBus {
     /// Starts connecting in the background and returns at once.
     pub fn start(settings: RedisSettings, tasks: &Supervisor) -> Result<Arc<Self>, BusError> {
-        let client = client(&settings.url)?;
+        let client = Client::of(&settings.target)?;
         // The bounds are the inbox's; this channel only hands the hub its next event.
         let (tx, rx) = mpsc::channel(1);
+        let (subs, sub_rx) = mpsc::channel(1024);
         let link = Arc::new(Link {
             up: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             inbox: Inbox::new(settings.queue.max(16), settings.queue_bytes.max(1)),
+            subs: subs.clone(),
         });
         tasks.spawn("redis inbox", forward(link.clone(), tx));
         let conns = Arc::new(OnceCell::new());
-        let (subs, sub_rx) = mpsc::channel(1024);
         let instance = Uuid::now_v7().to_string();
-        tracing::info!(%instance, "redis bus starting");
+        let pub_command = client.pub_command();
+        tracing::info!(%instance, sharded = client.is_cluster(), "redis bus starting");
         let presence = Arc::new(RedisPresence {
             instance,
             ttl: settings.presence_ttl,
             conns: conns.clone(),
-            sync: Script::new(&format!("{SHOWN_LUA}{SYNC_LUA}")),
-            sweep: Script::new(&format!("{SHOWN_LUA}{SWEEP_LUA}")),
+            sync: script(pub_command, &[SHOWN_LUA, SYNC_LUA]),
+            sweep: script(pub_command, &[SHOWN_LUA, SWEEP_LUA]),
         });
         let bus = Arc::new(Self {
             settings: settings.clone(),
@@ -332,7 +478,7 @@ impl RedisBus {
             conns: conns.clone(),
             rx: Mutex::new(Some(rx)),
             subs: subs.clone(),
-            publish: Script::new(PUBLISH_LUA),
+            publish: script(pub_command, &[PUBLISH_LUA]),
             presence,
         });
         tasks.spawn(
@@ -360,59 +506,174 @@ impl RedisBus {
         true
     }
 
-    fn commands(&self) -> Result<ConnectionManager, BusError> {
+    fn commands(&self) -> Result<Con, BusError> {
         self.conns
             .get()
             .map(|c| c.commands.clone())
             .ok_or_else(|| BusError::Unreachable("not connected yet".into()))
     }
+
+    /// A cluster's `publish_teams`: one script call per team on its own node, all in flight at
+    /// once (the cluster connection multiplexes them per node, so a step costs about one round
+    /// trip per node, not per team). A user's channel is in another slot than the team's: what
+    /// reaches a user's own sockets is published after the script, for the entries it sent.
+    async fn publish_sharded(
+        &self,
+        con: Con,
+        batch: &[TeamPublish<'_>],
+    ) -> Vec<Result<Published, BusError>> {
+        let calls = batch.iter().map(|p| {
+            let mut con = con.clone();
+            async move {
+                if p.entries.is_empty() {
+                    return Ok(Published {
+                        upto: p.published,
+                        sent: 0,
+                    });
+                }
+                let messages: Vec<Vec<u8>> = p.entries.iter().map(wire::encode_activity).collect();
+                let mut call = self.publish.key(key::published(p.team));
+                call.arg(p.published)
+                    .arg(Topic::Team(p.team).channel())
+                    .arg(PUBLISHED_KEY_TTL_SECS);
+                for (e, m) in p.entries.iter().zip(&messages) {
+                    call.arg(e.seq).arg("").arg(m);
+                }
+                let (upto, sent): (i64, u64) =
+                    call.invoke_async(&mut con).await.map_err(unreachable)?;
+                let first_sent = upto - i64::try_from(sent).unwrap_or(i64::MAX) + 1;
+                let personal = p
+                    .entries
+                    .iter()
+                    .zip(&messages)
+                    .filter(|(e, _)| e.seq >= first_sent && e.seq <= upto)
+                    .filter_map(|(e, m)| e.route.recipient().map(|u| (u, m)));
+                for (user, m) in personal {
+                    // Live only, like every user-channel message: a failure loses this one.
+                    let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
+                        .arg(Topic::User(user).channel())
+                        .arg(m)
+                        .query_async(&mut con)
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "a user-channel publish failed");
+                    }
+                }
+                Ok(Published { upto, sent })
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
 }
 
-fn client(url: &str) -> Result<redis::Client, BusError> {
-    use redis::IntoConnectionInfo;
-    let info = url.into_connection_info().map_err(unreachable)?;
-    // Pushes (the pub/sub messages on a normal connection) need RESP3.
-    let redis_settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(redis_settings)).map_err(unreachable)
+/// What the bus connects with: one Redis or a cluster (its seed nodes).
+enum Client {
+    Single(redis::Client),
+    Cluster(Vec<redis::ConnectionInfo>),
 }
 
-fn manager_config(check_every: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(check_every.max(Duration::from_millis(200))))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2))
-        .set_number_of_retries(3)
+impl Client {
+    fn of(target: &RedisTarget) -> Result<Client, BusError> {
+        use redis::IntoConnectionInfo;
+        // Pushes (the pub/sub messages on a normal connection) need RESP3.
+        let resp3 = |url: &str| -> Result<redis::ConnectionInfo, BusError> {
+            let info = url.into_connection_info().map_err(unreachable)?;
+            let redis_settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            Ok(info.set_redis_settings(redis_settings))
+        };
+        match target {
+            RedisTarget::Single(url) => redis::Client::open(resp3(url)?)
+                .map(Client::Single)
+                .map_err(unreachable),
+            RedisTarget::Cluster(nodes) if nodes.is_empty() => Err(BusError::Unreachable(
+                "a Redis Cluster needs at least one node".into(),
+            )),
+            RedisTarget::Cluster(nodes) => nodes
+                .iter()
+                .map(|n| resp3(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Client::Cluster),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Client::Cluster(_))
+    }
+
+    fn pub_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// A connection for commands, or (with `pushes`) for subscriptions.
+    async fn connect(
+        &self,
+        check_every: Duration,
+        pushes: Option<Arc<Link>>,
+    ) -> redis::RedisResult<Con> {
+        // The push handler runs on the connection's own task: it must not block and must not
+        // fail (a failing sender would stop redis-rs from reconnecting).
+        let on_push = pushes.map(|link| {
+            move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+                on_push(&link, info);
+                Ok(())
+            }
+        });
+        let connect_timeout = check_every.max(Duration::from_millis(200));
+        match self {
+            Client::Single(client) => {
+                let mut config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(2))
+                    .set_number_of_retries(3);
+                if let Some(on_push) = on_push {
+                    config = config
+                        .set_push_sender(on_push)
+                        .set_automatic_resubscription();
+                }
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map(Con::Single)
+            }
+            Client::Cluster(nodes) => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(Duration::from_secs(5))
+                    .retries(3)
+                    .min_retry_wait(50)
+                    .max_retry_wait(2000);
+                // A cluster connection tracks its subscriptions and moves them with their slots.
+                if let Some(on_push) = on_push {
+                    builder = builder.push_sender(on_push);
+                }
+                builder
+                    .build()?
+                    .get_async_connection()
+                    .await
+                    .map(Con::Cluster)
+            }
+        }
+    }
 }
 
 async fn connect(
-    client: &redis::Client,
+    client: &Client,
     link: &Arc<Link>,
     check_every: Duration,
 ) -> redis::RedisResult<Conns> {
-    let commands = client
-        .get_connection_manager_with_config(manager_config(check_every))
-        .await?;
-    let pushes = link.clone();
-    // The push handler runs on the connection's own task: it must not block and must not fail
-    // (a failing sender would stop redis-rs from reconnecting).
-    let on_push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-        on_push(&pushes, info);
-        Ok(())
-    };
-    let subscriber = client
-        .get_connection_manager_with_config(
-            manager_config(check_every)
-                .set_push_sender(on_push)
-                .set_automatic_resubscription(),
-        )
-        .await?;
     Ok(Conns {
-        commands,
-        subscriber,
+        commands: client.connect(check_every, None).await?,
+        subscriber: client.connect(check_every, Some(link.clone())).await?,
     })
 }
 
@@ -421,7 +682,7 @@ fn on_push(link: &Link, info: PushInfo) {
         PushKind::Disconnection if link.up.swap(false, Ordering::SeqCst) => {
             tracing::warn!("redis connection lost; delivering from the log until it is back");
         }
-        PushKind::Message => {
+        PushKind::Message | PushKind::SMessage => {
             let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
                 (info.data.first(), info.data.get(1))
             else {
@@ -432,6 +693,20 @@ fn on_push(link: &Link, info: PushInfo) {
             };
             if !link.inbox.push(event, payload.len()) {
                 link.lost.store(true, Ordering::SeqCst);
+            }
+        }
+        // A node gave up a channel whose slot it no longer serves (or confirms an unwatch): the
+        // subscription task subscribes it again where the slot is now if it is still wanted.
+        PushKind::SUnsubscribe => {
+            if let Some(Value::BulkString(channel)) = info.data.first()
+                && let Ok(channel) = std::str::from_utf8(channel)
+                && link
+                    .subs
+                    .try_send(SubCommand::Rewatch(channel.to_owned()))
+                    .is_err()
+            {
+                // The task is behind: subscribing everything again covers this channel too.
+                link.up.store(false, Ordering::SeqCst);
             }
         }
         _ => {}
@@ -463,10 +738,11 @@ fn event_of(channel: &[u8], payload: &[u8]) -> Option<BusEvent> {
     }
 }
 
-/// Connects, then checks the connection every `check_every`: when it comes back, every wanted
-/// channel is subscribed again and the hub is told to resync.
+/// Connects, then checks the connection every `check_every` (on a cluster: every primary
+/// answers, so a failed primary keeps the bus down until its replica took over): when it comes
+/// back, every wanted channel is subscribed again and then the hub is told to resync.
 async fn run_health(
-    client: redis::Client,
+    client: Client,
     conns: Arc<OnceCell<Conns>>,
     link: Arc<Link>,
     subs: mpsc::Sender<SubCommand>,
@@ -476,6 +752,8 @@ async fn run_health(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Coming up the first time is not a reconnect.
     let mut was_up = false;
+    // Which primary serves which slots, as last seen (a cluster).
+    let mut last_view: Option<String> = None;
     loop {
         tick.tick().await;
         if conns.get().is_none() {
@@ -493,23 +771,27 @@ async fn run_health(
         let Some(c) = conns.get() else {
             continue;
         };
-        let mut subscriber = c.subscriber.clone();
-        let ping = tokio::time::timeout(
-            check_every.max(Duration::from_millis(200)),
-            redis::cmd("PING").query_async::<String>(&mut subscriber),
+        let check = tokio::time::timeout(
+            check_every.max(Duration::from_millis(500)),
+            check(c.subscriber.clone()),
         )
         .await;
-        match ping {
-            Ok(Ok(_)) => {
+        match check {
+            Ok(Ok(view)) => {
+                let moved = view.is_some() && view != last_view;
+                last_view = view;
                 if !link.up.swap(true, Ordering::SeqCst) {
                     tracing::info!("redis bus is up");
                     if was_up {
                         metrics::counter!(crate::telemetry::BUS_RECONNECTS).increment(1);
                     }
                     was_up = true;
-                    let _ = subs.send(SubCommand::Resubscribe).await;
-                    link.inbox.push_resync();
                     link.lost.store(false, Ordering::SeqCst);
+                    // The resync follows once the channels are subscribed again.
+                    let _ = subs.send(SubCommand::Resubscribe).await;
+                } else if moved {
+                    tracing::info!("the cluster's slots moved; subscribing where they are now");
+                    let _ = subs.send(SubCommand::Resubscribe).await;
                 }
             }
             _ => {
@@ -523,6 +805,74 @@ async fn run_health(
             link.inbox.push_resync();
         }
     }
+}
+
+/// Whether Redis serves: a PING on one Redis. On a cluster, every slot has a primary and every
+/// primary answers (a PING to all primaries alone passes while a dead primary's slots have no
+/// one, before its replica took over); returns which primary serves which slots, so that a
+/// change (a failover, a resharding) subscribes the channels where they are now.
+async fn check(con: Con) -> redis::RedisResult<Option<String>> {
+    let mut con = match con {
+        Con::Single(mut c) => {
+            redis::cmd("PING").query_async::<Value>(&mut c).await?;
+            return Ok(None);
+        }
+        Con::Cluster(c) => c,
+    };
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut con)
+        .await?;
+    let mut ranges: Vec<(i64, i64, String, u16)> = Vec::new();
+    if let Value::Array(items) = slots {
+        for item in items {
+            let Value::Array(f) = item else { continue };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+                (f.first(), f.get(1), f.get(2))
+            else {
+                continue;
+            };
+            let host = match primary.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = primary.get(1) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            ranges.push((*start, *end, host, port));
+        }
+    }
+    ranges.sort();
+    let covered: i64 = ranges.iter().map(|(a, b, _, _)| b - a + 1).sum();
+    if covered != 16_384 {
+        return Err(redis::RedisError::from(std::io::Error::other(format!(
+            "the cluster serves {covered} of 16384 slots"
+        ))));
+    }
+    let primaries: HashSet<(String, u16)> =
+        ranges.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
+    let pings = primaries.into_iter().map(|(host, port)| {
+        let mut con = con.clone();
+        async move {
+            let at = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port };
+            con.route_command(
+                redis::cmd("PING"),
+                redis::cluster_routing::RoutingInfo::SingleNode(at),
+            )
+            .await
+        }
+    });
+    futures_util::future::try_join_all(pings).await?;
+    let view = ranges
+        .iter()
+        .map(|(a, b, h, p)| format!("{a}-{b}@{h}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Some(view))
 }
 
 /// Applies watches and unwatches in order, counting them per channel.
@@ -575,15 +925,41 @@ async fn run_subscriptions(
                 }
             }
             SubCommand::Resubscribe => {
-                let Some(mut s) = subscriber else { continue };
+                let Some(s) = subscriber else { continue };
                 confirmed.clear();
                 let all: Vec<String> = wanted.keys().cloned().collect();
-                for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
-                    if let Err(e) = s.subscribe(chunk).await {
-                        tracing::warn!(error = %e, "resubscribing failed; the next reconnect retries");
-                        break;
+                match tokio::time::timeout(timeout * 4, s.subscribe_all(&all)).await {
+                    Ok(Ok(())) => {
+                        confirmed.extend(all);
+                        link.inbox.push_resync();
                     }
-                    confirmed.extend(chunk.iter().cloned());
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        // Down again: the health check resubscribes when Redis answers.
+                        tracing::warn!(%error, "resubscribing failed; retrying");
+                        link.up.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            SubCommand::Rewatch(channel) => {
+                if !wanted.contains_key(&channel) {
+                    continue;
+                }
+                confirmed.remove(&channel);
+                let Some(mut s) = subscriber else { continue };
+                match tokio::time::timeout(timeout, s.subscribe(&channel)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(%channel, "a moved channel is subscribed again");
+                        confirmed.insert(channel);
+                        link.inbox.push_resync();
+                    }
+                    _ => {
+                        tracing::warn!(%channel, "subscribing a moved channel failed; retrying");
+                        link.up.store(false, Ordering::SeqCst);
+                    }
                 }
             }
         }
@@ -619,6 +995,7 @@ impl Bus for RedisBus {
         }
         let all = |e: BusError| batch.iter().map(|_| Err(e.clone())).collect();
         let mut con = match self.commands() {
+            Ok(con @ Con::Cluster(_)) => return self.publish_sharded(con, batch).await,
             Ok(con) => con,
             Err(e) => return all(e),
         };
@@ -630,7 +1007,7 @@ impl Bus for RedisBus {
             let mut call = redis::cmd("EVALSHA");
             call.arg(self.publish.get_hash())
                 .arg(1)
-                .arg(format!("{KEYS}published:{}", p.team))
+                .arg(key::published(p.team))
                 .arg(p.published)
                 .arg(Topic::Team(p.team).channel())
                 .arg(PUBLISHED_KEY_TTL_SECS);
@@ -686,7 +1063,25 @@ impl Bus for RedisBus {
         if marks.is_empty() {
             return Ok(());
         }
-        let mut con = self.commands()?;
+        let con = self.commands()?;
+        if let Con::Cluster(_) = con {
+            // Each user's channel is in its own slot: one command each, all in flight.
+            let sends = marks.iter().map(|(user, seq)| {
+                let mut con = con.clone();
+                async move {
+                    redis::cmd("SPUBLISH")
+                        .arg(Topic::User(*user).channel())
+                        .arg(wire::encode_inbox(*seq))
+                        .query_async::<()>(&mut con)
+                        .await
+                }
+            });
+            return futures_util::future::try_join_all(sends)
+                .await
+                .map(|_| ())
+                .map_err(unreachable);
+        }
+        let mut con = con;
         let mut pipe = redis::pipe();
         for (user, seq) in marks {
             pipe.cmd("PUBLISH")
@@ -706,7 +1101,11 @@ impl Bus for RedisBus {
         let mut con = self.commands()?;
         // The instances with a connection of the user listen on this channel; none means no
         // stream of theirs exists anywhere.
-        let receivers: i64 = redis::cmd("PUBLISH")
+        let command = match con {
+            Con::Single(_) => "PUBLISH",
+            Con::Cluster(_) => "SPUBLISH",
+        };
+        let receivers: i64 = redis::cmd(command)
             .arg(Topic::User(user).channel())
             .arg(wire::encode_stream_message(stream, text))
             .query_async(&mut con)
@@ -755,8 +1154,9 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-/// Presence in Redis: per task a hash of `{instance}|{user}` -> viewer, per instance the set of
-/// its tasks and a heartbeat key.
+/// Presence in Redis: per task a hash of `{instance}|{user}` -> viewer, per instance and team the
+/// set of its tasks there (all in the team's slot), per instance the set of its teams and a
+/// heartbeat key.
 struct RedisPresence {
     instance: String,
     ttl: Duration,
@@ -766,29 +1166,45 @@ struct RedisPresence {
 }
 
 impl RedisPresence {
-    fn commands(&self) -> Result<ConnectionManager, BusError> {
+    fn commands(&self) -> Result<Con, BusError> {
         self.conns
             .get()
             .map(|c| c.commands.clone())
             .ok_or_else(|| BusError::Unreachable("not connected yet".into()))
     }
 
-    fn alive_key(instance: &str) -> String {
-        format!("{KEYS}alive:{instance}")
-    }
-
+    /// Removes `instance`'s viewers, team by team (each team's removal is atomic, so of several
+    /// sweepers one publishes each change), then forgets the instance. True for the sweeper that
+    /// forgot it.
     async fn sweep_instance(&self, instance: &str) -> Result<bool, BusError> {
         let mut con = self.commands()?;
-        let swept: i64 = self
-            .sweep
-            .key(format!("{KEYS}instances"))
-            .arg(instance)
-            .arg(Self::alive_key(instance))
-            .arg(KEYS)
-            .invoke_async(&mut con)
+        let teams: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key::instance_teams(instance))
+            .query_async(&mut con)
             .await
             .map_err(unreachable)?;
-        Ok(swept == 1)
+        for team in teams.iter().filter_map(|t| t.parse::<TeamId>().ok()) {
+            self.sweep
+                .key(key::instance_tasks(team, instance))
+                .arg(instance)
+                .arg(key::presence_prefix(team))
+                .arg(Topic::Team(team).channel())
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map_err(unreachable)?;
+        }
+        redis::cmd("DEL")
+            .arg(key::instance_teams(instance))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)?;
+        let forgotten: i64 = redis::cmd("SREM")
+            .arg(key::instances())
+            .arg(instance)
+            .query_async(&mut con)
+            .await
+            .map_err(unreachable)?;
+        Ok(forgotten == 1)
     }
 }
 
@@ -801,28 +1217,42 @@ impl SharedPresence for RedisPresence {
         viewers: &[PresenceView],
         announce: bool,
     ) -> Result<(), BusError> {
-        let mut con = self.commands()?;
-        let mut call = self.sync.key(format!("{KEYS}presence:{task}"));
-        call.key(format!("{KEYS}instance:{}:tasks", self.instance))
-            .key(format!("{KEYS}instances"))
+        let con = self.commands()?;
+        // Where a sweep of this instance finds the team: recorded with the script (on a cluster
+        // in another slot, so beside it, not in it).
+        let mut known = con.clone();
+        let record = async move {
+            redis::cmd("SADD")
+                .arg(key::instance_teams(&self.instance))
+                .arg(team.to_string())
+                .query_async::<()>(&mut known)
+                .await?;
+            redis::cmd("SADD")
+                .arg(key::instances())
+                .arg(&self.instance)
+                .query_async::<()>(&mut known)
+                .await
+        };
+        let mut call = self.sync.key(key::presence(team, task));
+        call.key(key::instance_tasks(team, &self.instance))
             .arg(&self.instance)
             .arg(Topic::Team(team).channel())
             .arg(if announce { "1" } else { "0" })
-            .arg(format!("{team}:{task}"));
+            .arg(task.to_string());
         for v in viewers {
             call.arg(v.user.user_id.to_string())
                 .arg(Viewer::new(team, task, v).encode());
         }
-        call.invoke_async::<i64>(&mut con)
-            .await
-            .map(|_| ())
-            .map_err(unreachable)
+        let mut con = con;
+        let (recorded, synced) = tokio::join!(record, call.invoke_async::<i64>(&mut con));
+        recorded.map_err(unreachable)?;
+        synced.map(|_| ()).map_err(unreachable)
     }
 
-    async fn viewers(&self, task: TaskId) -> Result<Vec<PresenceView>, BusError> {
+    async fn viewers(&self, team: TeamId, task: TaskId) -> Result<Vec<PresenceView>, BusError> {
         let mut con = self.commands()?;
         let all: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{KEYS}presence:{task}"))
+            .arg(key::presence(team, task))
             .query_async(&mut con)
             .await
             .map_err(unreachable)?;
@@ -855,17 +1285,17 @@ impl SharedPresence for RedisPresence {
         let ttl_ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        redis::pipe()
-            .cmd("SET")
-            .arg(Self::alive_key(&self.instance))
+        redis::cmd("SET")
+            .arg(key::alive(&self.instance))
             .arg(1)
             .arg("PX")
             .arg(ttl_ms)
-            .ignore()
-            .cmd("SADD")
-            .arg(format!("{KEYS}instances"))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unreachable)?;
+        redis::cmd("SADD")
+            .arg(key::instances())
             .arg(&self.instance)
-            .ignore()
             .query_async::<()>(&mut con)
             .await
             .map_err(unreachable)
@@ -874,14 +1304,14 @@ impl SharedPresence for RedisPresence {
     async fn sweep(&self) -> Result<usize, BusError> {
         let mut con = self.commands()?;
         let instances: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{KEYS}instances"))
+            .arg(key::instances())
             .query_async(&mut con)
             .await
             .map_err(unreachable)?;
         let mut swept = 0;
         for other in instances.iter().filter(|i| **i != self.instance) {
             let alive: bool = redis::cmd("EXISTS")
-                .arg(Self::alive_key(other))
+                .arg(key::alive(other))
                 .query_async(&mut con)
                 .await
                 .map_err(unreachable)?;
@@ -896,7 +1326,7 @@ impl SharedPresence for RedisPresence {
     async fn retire(&self) -> Result<(), BusError> {
         let mut con = self.commands()?;
         redis::cmd("DEL")
-            .arg(Self::alive_key(&self.instance))
+            .arg(key::alive(&self.instance))
             .query_async::<()>(&mut con)
             .await
             .map_err(unreachable)?;
@@ -950,7 +1380,7 @@ mod tests {
         const BURST: i64 = 16; // four times the budget, far below the message bound
         let bus = RedisBus::start(
             RedisSettings {
-                url,
+                target: RedisTarget::Single(url),
                 check_every: Duration::from_millis(100),
                 presence_ttl: Duration::from_secs(10),
                 queue: 65_536,
@@ -991,7 +1421,7 @@ mod tests {
             .await
             .expect("publish the end marker");
         let _: () = redis::cmd("DEL")
-            .arg(format!("{KEYS}published:{team}"))
+            .arg(key::published(team))
             .query_async(&mut con)
             .await
             .expect("clean up");
@@ -1059,7 +1489,7 @@ mod tests {
         let Some(url) = redis_url() else { return };
         let bus = RedisBus::start(
             RedisSettings {
-                url,
+                target: RedisTarget::Single(url),
                 check_every: Duration::from_millis(100),
                 presence_ttl: Duration::from_secs(10),
                 queue: 1_024,
@@ -1156,7 +1586,7 @@ mod tests {
         assert_eq!(seen, vec![(a, 1), (a, 2), (a, 3), (a, 4), (c, 6)]);
         for team in [a, b, c] {
             let _: () = redis::cmd("DEL")
-                .arg(format!("{KEYS}published:{team}"))
+                .arg(key::published(team))
                 .query_async(&mut con)
                 .await
                 .expect("clean up");
@@ -1178,7 +1608,7 @@ mod tests {
         let start = || {
             RedisBus::start(
                 RedisSettings {
-                    url: url.clone(),
+                    target: RedisTarget::Single(url.clone()),
                     check_every: Duration::from_millis(100),
                     presence_ttl: Duration::from_secs(10),
                     queue: 1024,
@@ -1242,7 +1672,7 @@ mod tests {
             p.sync(team, task, viewers, true).await.expect("sync");
         }
         // Seen from A: the others' records only (B's), each user once.
-        let mut seen = pa.viewers(task).await.expect("viewers");
+        let mut seen = pa.viewers(team, task).await.expect("viewers");
         seen.sort_by_key(|v| v.user.display_name.clone());
         assert_eq!(
             seen,

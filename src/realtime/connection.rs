@@ -566,7 +566,7 @@ impl Session {
         for &scope in scopes {
             let viewers = match (scope, self.rt.bus.shared_presence()) {
                 (Scope::Task(task), Some(shared)) => {
-                    shared.viewers(task).await.unwrap_or_else(|e| {
+                    shared.viewers(team, task).await.unwrap_or_else(|e| {
                         tracing::debug!(error = %e, "presence snapshot without other instances");
                         Vec::new()
                     })
@@ -659,7 +659,7 @@ impl Session {
         let Some(shared) = self.rt.bus.shared_presence() else {
             return;
         };
-        let now = shared.viewers(task).await;
+        let now = shared.viewers(team, task).await;
         if let Err(e) = &now {
             tracing::debug!(error = %e, "presence re-read after a join");
         }

@@ -72,7 +72,7 @@ async fn readyz(api: &Api) -> Resp {
 
 /// Polls `/readyz` until its bus field is `bus` (bounded); returns how long it took and the
 /// last answer.
-async fn wait_bus(api: &Api, bus: &str, timeout: Duration) -> (Duration, Resp) {
+pub(crate) async fn wait_bus(api: &Api, bus: &str, timeout: Duration) -> (Duration, Resp) {
     let t0 = Instant::now();
     loop {
         let r = readyz(api).await;

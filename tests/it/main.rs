@@ -39,6 +39,7 @@ mod realtime_resume;
 mod realtime_rooms;
 mod realtime_sse;
 mod search;
+mod sharded_bus;
 mod store_defects;
 mod task_filters;
 mod tasks;
