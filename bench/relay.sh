@@ -242,7 +242,8 @@ for run in $(seq 1 "$RUNS"); do
 done
 log "medians over $RUNS runs ($RESULTS):"
 jq -s '
-  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+  def median: map(select(. != null)) | sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   { label: .[0].label, runs: length, rate: .[0].rate, teams: .[0].teams,
     created: (map(.created) | median),

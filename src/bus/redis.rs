@@ -258,6 +258,12 @@ struct Link {
     up: AtomicBool,
     /// A received message was dropped (queue full): a `Resync` is owed.
     lost: AtomicBool,
+    /// A cluster node's connection dropped, or a moved channel could not be handed to the
+    /// subscription task: every channel is subscribed again (and a `Resync` follows) at the next
+    /// check, without taking the bus down.
+    resubscribe: AtomicBool,
+    /// Whether this is a cluster (a dropped connection is one node's, not the bus's).
+    sharded: bool,
     inbox: Inbox,
     /// To the subscription task: a cluster node dropped a channel (its slot moved).
     subs: mpsc::Sender<SubCommand>,
@@ -457,6 +463,8 @@ impl RedisBus {
         let link = Arc::new(Link {
             up: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            resubscribe: AtomicBool::new(false),
+            sharded: client.is_cluster(),
             inbox: Inbox::new(settings.queue.max(16), settings.queue_bytes.max(1)),
             subs: subs.clone(),
         });
@@ -679,6 +687,11 @@ async fn connect(
 
 fn on_push(link: &Link, info: PushInfo) {
     match info.kind {
+        // One node of a cluster (a replica as well: its pushes do not say which): the check
+        // decides whether the bus is down; its subscriptions are made again either way.
+        PushKind::Disconnection if link.sharded => {
+            link.resubscribe.store(true, Ordering::SeqCst);
+        }
         PushKind::Disconnection if link.up.swap(false, Ordering::SeqCst) => {
             tracing::warn!("redis connection lost; delivering from the log until it is back");
         }
@@ -706,7 +719,7 @@ fn on_push(link: &Link, info: PushInfo) {
                     .is_err()
             {
                 // The task is behind: subscribing everything again covers this channel too.
-                link.up.store(false, Ordering::SeqCst);
+                link.resubscribe.store(true, Ordering::SeqCst);
             }
         }
         _ => {}
@@ -791,6 +804,10 @@ async fn run_health(
                     let _ = subs.send(SubCommand::Resubscribe).await;
                 } else if moved {
                     tracing::info!("the cluster's slots moved; subscribing where they are now");
+                    link.resubscribe.store(false, Ordering::SeqCst);
+                    let _ = subs.send(SubCommand::Resubscribe).await;
+                } else if link.resubscribe.swap(false, Ordering::SeqCst) {
+                    tracing::info!("a cluster node's connection dropped; subscribing again");
                     let _ = subs.send(SubCommand::Resubscribe).await;
                 }
             }
@@ -853,17 +870,20 @@ async fn check(con: Con) -> redis::RedisResult<Option<String>> {
             "the cluster serves {covered} of 16384 slots"
         ))));
     }
-    let primaries: HashSet<(String, u16)> =
-        ranges.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
-    let pings = primaries.into_iter().map(|(host, port)| {
+    // One PING per primary, routed by a slot it serves (the client's own view of the slots:
+    // an address as CLUSTER SLOTS spells it may be empty or `?`).
+    let mut first_slots: HashMap<(String, u16), i64> = HashMap::new();
+    for (start, _, host, port) in &ranges {
+        first_slots.entry((host.clone(), *port)).or_insert(*start);
+    }
+    let pings = first_slots.into_values().map(|slot| {
         let mut con = con.clone();
         async move {
-            let at = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port };
-            con.route_command(
-                redis::cmd("PING"),
-                redis::cluster_routing::RoutingInfo::SingleNode(at),
-            )
-            .await
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let slot = u16::try_from(slot).unwrap_or(0);
+            let at = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+            con.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(at))
+                .await
         }
     });
     futures_util::future::try_join_all(pings).await?;
@@ -886,6 +906,9 @@ async fn run_subscriptions(
     // Channels Redis confirmed on the current connection (redis-rs resubscribes them after a
     // reconnect; `Resubscribe` confirms them again).
     let mut confirmed: HashSet<String> = HashSet::new();
+    // Unsubscribes this task sent whose `sunsubscribe` push is still to come back as a
+    // `Rewatch` (not a channel moved by the cluster).
+    let mut dropping: HashMap<String, usize> = HashMap::new();
     let timeout = check_every.max(Duration::from_secs(1));
     while let Some(cmd) = commands.recv().await {
         let subscriber = conns.get().map(|c| c.subscriber.clone());
@@ -920,6 +943,9 @@ async fn run_subscriptions(
                     wanted.remove(&channel);
                     confirmed.remove(&channel);
                     if let Some(mut s) = subscriber {
+                        if matches!(s, Con::Cluster(_)) {
+                            *dropping.entry(channel.clone()).or_insert(0) += 1;
+                        }
                         let _ = tokio::time::timeout(timeout, s.unsubscribe(&channel)).await;
                     }
                 }
@@ -928,7 +954,10 @@ async fn run_subscriptions(
                 let Some(s) = subscriber else { continue };
                 confirmed.clear();
                 let all: Vec<String> = wanted.keys().cloned().collect();
-                match tokio::time::timeout(timeout * 4, s.subscribe_all(&all)).await {
+                // A millisecond per channel on top: many thousands take their time.
+                let limit = timeout * 4
+                    + Duration::from_millis(u64::try_from(all.len()).unwrap_or(u64::MAX));
+                match tokio::time::timeout(limit, s.subscribe_all(&all)).await {
                     Ok(Ok(())) => {
                         confirmed.extend(all);
                         link.inbox.push_resync();
@@ -945,6 +974,14 @@ async fn run_subscriptions(
                 }
             }
             SubCommand::Rewatch(channel) => {
+                if let Some(n) = dropping.get_mut(&channel) {
+                    // The confirmation of this task's own unsubscribe.
+                    *n -= 1;
+                    if *n == 0 {
+                        dropping.remove(&channel);
+                    }
+                    continue;
+                }
                 if !wanted.contains_key(&channel) {
                     continue;
                 }
@@ -958,7 +995,7 @@ async fn run_subscriptions(
                     }
                     _ => {
                         tracing::warn!(%channel, "subscribing a moved channel failed; retrying");
-                        link.up.store(false, Ordering::SeqCst);
+                        link.resubscribe.store(true, Ordering::SeqCst);
                     }
                 }
             }
@@ -1174,7 +1211,10 @@ impl RedisPresence {
     }
 
     /// Removes `instance`'s viewers, team by team (each team's removal is atomic, so of several
-    /// sweepers one publishes each change), then forgets the instance. True for the sweeper that
+    /// sweepers one publishes each change), then forgets the instance. Its heartbeat is checked
+    /// again before each team and before forgetting it: an instance that was only late and
+    /// beats again is left alone from there on (on a cluster its heartbeat is in another slot
+    /// than the teams' keys, so the check cannot be in the scripts). True for the sweeper that
     /// forgot it.
     async fn sweep_instance(&self, instance: &str) -> Result<bool, BusError> {
         let mut con = self.commands()?;
@@ -1184,6 +1224,9 @@ impl RedisPresence {
             .await
             .map_err(unreachable)?;
         for team in teams.iter().filter_map(|t| t.parse::<TeamId>().ok()) {
+            if self.alive(&mut con, instance).await? {
+                return Ok(false);
+            }
             self.sweep
                 .key(key::instance_tasks(team, instance))
                 .arg(instance)
@@ -1192,6 +1235,9 @@ impl RedisPresence {
                 .invoke_async::<i64>(&mut con)
                 .await
                 .map_err(unreachable)?;
+        }
+        if self.alive(&mut con, instance).await? {
+            return Ok(false);
         }
         redis::cmd("DEL")
             .arg(key::instance_teams(instance))
@@ -1205,6 +1251,18 @@ impl RedisPresence {
             .await
             .map_err(unreachable)?;
         Ok(forgotten == 1)
+    }
+
+    async fn alive(&self, con: &mut Con, instance: &str) -> Result<bool, BusError> {
+        if instance == self.instance {
+            // Retiring: its heartbeat was deleted first, and it writes nothing anymore.
+            return Ok(false);
+        }
+        redis::cmd("EXISTS")
+            .arg(key::alive(instance))
+            .query_async(con)
+            .await
+            .map_err(unreachable)
     }
 }
 

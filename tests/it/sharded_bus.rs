@@ -4,7 +4,9 @@
 //! - the publishes are spread over the primaries (a team's channel and keys share the team's
 //!   slot; `INFO commandstats` of each primary shows its share, and no unsharded `PUBLISH`);
 //! - a primary killed under writers: its replica takes over, and every socket still gets every
-//!   activity exactly once and in order.
+//!   activity exactly once and in order;
+//! - a team's slot moved to another primary (resharding) under writers: the instances follow its
+//!   channel there, and nothing is lost.
 //!
 //! Every multi-instance test also runs on a cluster of its own with
 //! `TASKFORGE_TEST_REDIS_CLUSTER=1` (see `Cluster` in `common`). Skipped (with a message)
@@ -250,6 +252,85 @@ async fn a_primary_failover_under_writers_loses_nothing() {
         assert!(
             Instant::now() < deadline,
             "no SPUBLISH on {promoted} after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharded_channel_is_followed_to_its_new_primary() {
+    let Some(mut cluster) = sharded_cluster().await else {
+        return;
+    };
+    let apis: Vec<Api> = (0..3).map(|i| cluster.node(i).client()).collect();
+    let owner = apis[0].new_user("Owner").await;
+    let tok = owner.token().to_owned();
+    let mut teams = Vec::new();
+    for i in 0..3 {
+        teams.push(apis[0].create_team(&tok, &format!("Moved {i}")).await.id);
+    }
+    let channel = format!("team:{}", teams[0]);
+    let mut socks = Vec::new();
+    let mut from = HashMap::new();
+    for node in [1, 2] {
+        let mut ws = cluster
+            .node(node)
+            .ws(&tok)
+            .await
+            .labeled(&format!("all@{node}"));
+        for &team in &teams {
+            from.insert(team, ws.subscribe(Scope::Team(team), None).await.seq);
+        }
+        socks.push(ws);
+    }
+    let mut writes = 0usize;
+    write_round(&apis, &tok, &teams, &mut writes).await;
+    let redis = redis_cluster(&mut cluster);
+    let before = redis.owner_of(&channel).await;
+    let to = *redis
+        .primaries()
+        .await
+        .iter()
+        .find(|p| **p != before)
+        .expect("another primary");
+    // Its keys (the published seq) go with the slot.
+    redis.move_slot_of(&channel, to).await;
+    assert_eq!(redis.owner_of(&channel).await, to);
+    for _ in 0..3 {
+        write_round(&apis, &tok, &teams, &mut writes).await;
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let moved = TestRedisCluster::shard_subscribers(to, &channel).await;
+        if moved >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: {moved} shard subscribers on its new primary {to}, not B's and C's"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want = logged(&apis[0], &tok, &from).await;
+    assert_eq!(want.len(), writes, "every write is logged");
+    wait_all(&mut socks, &[want.clone(), want.clone()], T).await;
+    for ws in &socks {
+        let got = in_order_once(&ws.label, &ws.frames);
+        let have: BTreeSet<(Uuid, i64)> = got
+            .iter()
+            .flat_map(|(t, seqs)| seqs.iter().map(move |s| (*t, *s)))
+            .collect();
+        let missing: Vec<_> = want.difference(&have).collect();
+        assert!(missing.is_empty(), "{}: lost {missing:?}", ws.label);
+    }
+    // The relays publish the team on its new primary.
+    let published = TestRedisCluster::calls(to, "spublish").await;
+    apis[0].task(&tok, teams[0], "after").await;
+    let deadline = Instant::now() + T;
+    while TestRedisCluster::calls(to, "spublish").await <= published {
+        assert!(
+            Instant::now() < deadline,
+            "no SPUBLISH on {to} after the move"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -365,6 +365,120 @@ impl TestRedisCluster {
         panic!("no primary serves the slot {slot} of {key}:\n{table}");
     }
 
+    /// Moves the slot of `key` (with its keys) from the primary that serves it to the primary on
+    /// `to`, as `redis-cli --cluster reshard` does: IMPORTING, MIGRATING, MIGRATE, then NODE on
+    /// every primary.
+    pub async fn move_slot_of(&self, key: &str, to: u16) {
+        let from = self.owner_of(key).await;
+        assert_ne!(from, to, "{key} is already on {to}");
+        let slot = match Self::command(from, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await {
+            Ok(redis::Value::Int(slot)) => slot,
+            other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+        };
+        let id = async |port: u16| {
+            Self::text(port, &redis::cmd("CLUSTER").arg("MYID").clone())
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let ok = |what: &str, r: redis::RedisResult<redis::Value>| {
+            r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        };
+        ok(
+            "IMPORTING",
+            Self::command(
+                to,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("IMPORTING")
+                    .arg(&from_id),
+            )
+            .await,
+        );
+        ok(
+            "MIGRATING",
+            Self::command(
+                from,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("MIGRATING")
+                    .arg(&to_id),
+            )
+            .await,
+        );
+        loop {
+            let keys: Vec<String> = match Self::command(
+                from,
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
+            )
+            .await
+            {
+                Ok(redis::Value::Array(keys)) => keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                        _ => None,
+                    })
+                    .collect(),
+                other => panic!("GETKEYSINSLOT: {other:?}"),
+            };
+            if keys.is_empty() {
+                break;
+            }
+            ok(
+                "MIGRATE",
+                Self::command(
+                    from,
+                    redis::cmd("MIGRATE")
+                        .arg("127.0.0.1")
+                        .arg(to)
+                        .arg("")
+                        .arg(0)
+                        .arg(5000)
+                        .arg("KEYS")
+                        .arg(&keys),
+                )
+                .await,
+            );
+        }
+        // The new owner first, then the old one (which then tells its shard subscribers).
+        for port in [to, from] {
+            ok(
+                "SETSLOT NODE",
+                Self::command(
+                    port,
+                    redis::cmd("CLUSTER")
+                        .arg("SETSLOT")
+                        .arg(slot)
+                        .arg("NODE")
+                        .arg(&to_id),
+                )
+                .await,
+            );
+        }
+        for port in self.primaries().await {
+            if port != to && port != from {
+                ok(
+                    "SETSLOT NODE",
+                    Self::command(
+                        port,
+                        redis::cmd("CLUSTER")
+                            .arg("SETSLOT")
+                            .arg(slot)
+                            .arg("NODE")
+                            .arg(&to_id),
+                    )
+                    .await,
+                );
+            }
+        }
+    }
+
     /// How many clients of the node on `port` follow the shard channel `channel`.
     pub async fn shard_subscribers(port: u16, channel: &str) -> i64 {
         let cmd = redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).clone();
