@@ -137,7 +137,13 @@ run_one() {
   psql_admin "CREATE DATABASE \"$PG_DB\"" >/dev/null
   DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
   if [[ "$REDIS_CLUSTER" == 1 ]]; then
-    start_redis_cluster || { log "the Redis Cluster did not start"; stop_redis; drop_pg_db; return 1; }
+    local attempt
+    for attempt in 1 2 3; do
+      start_redis_cluster && break
+      log "the Redis Cluster did not start (attempt $attempt)"
+      stop_redis
+      ((attempt < 3)) || { drop_pg_db; return 1; }
+    done
   else
     start_redis || { log "redis-server did not start"; return 1; }
   fi

@@ -118,7 +118,11 @@ const RESUBSCRIBE_CONCURRENCY: usize = 64;
 
 /// The scripts publish with `PUB`: `PUBLISH` on one Redis, `SPUBLISH` on a cluster.
 fn script(pub_command: &str, body: &[&str]) -> Script {
-    Script::new(&format!("local PUB = '{pub_command}'\n{}", body.concat()))
+    Script::new(&script_source(pub_command, body))
+}
+
+fn script_source(pub_command: &str, body: &[&str]) -> String {
+    format!("local PUB = '{pub_command}'\n{}", body.concat())
 }
 
 /// KEYS: the team's published seq. ARGV: the caller's published seq (a floor: it is known to be
@@ -264,6 +268,8 @@ struct Link {
     resubscribe: AtomicBool,
     /// Whether this is a cluster (a dropped connection is one node's, not the bus's).
     sharded: bool,
+    /// Which primary serves which slots, as the last check saw them (a cluster).
+    slots: Mutex<Vec<SlotRange>>,
     inbox: Inbox,
     /// To the subscription task: a cluster node dropped a channel (its slot moved).
     subs: mpsc::Sender<SubCommand>,
@@ -450,6 +456,8 @@ pub struct RedisBus {
     rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
     subs: mpsc::Sender<SubCommand>,
     publish: Script,
+    /// The publish script's text (`EVAL` where it is not loaded).
+    publish_source: String,
     presence: Arc<RedisPresence>,
 }
 
@@ -465,6 +473,7 @@ impl RedisBus {
             lost: AtomicBool::new(false),
             resubscribe: AtomicBool::new(false),
             sharded: client.is_cluster(),
+            slots: Mutex::new(Vec::new()),
             inbox: Inbox::new(settings.queue.max(16), settings.queue_bytes.max(1)),
             subs: subs.clone(),
         });
@@ -487,6 +496,7 @@ impl RedisBus {
             rx: Mutex::new(Some(rx)),
             subs: subs.clone(),
             publish: script(pub_command, &[PUBLISH_LUA]),
+            publish_source: script_source(pub_command, &[PUBLISH_LUA]),
             presence,
         });
         tasks.spawn(
@@ -521,57 +531,183 @@ impl RedisBus {
             .ok_or_else(|| BusError::Unreachable("not connected yet".into()))
     }
 
-    /// A cluster's `publish_teams`: one script call per team on its own node, all in flight at
-    /// once (the cluster connection multiplexes them per node, so a step costs about one round
-    /// trip per node, not per team). A user's channel is in another slot than the team's: what
-    /// reaches a user's own sockets is published after the script, for the entries it sent.
+    /// A cluster's `publish_teams`: the teams grouped by the primary that serves their slot (as
+    /// the last check saw the slots), one pipeline of script calls per primary, all primaries at
+    /// once. A call the pipeline could not answer (the slot moved, the script is not loaded
+    /// there) is made again alone through the cluster client, which follows redirections and
+    /// loads the script; the script skips what the first attempt published.
     async fn publish_sharded(
         &self,
         con: Con,
         batch: &[TeamPublish<'_>],
     ) -> Vec<Result<Published, BusError>> {
-        let calls = batch.iter().map(|p| {
-            let mut con = con.clone();
+        let Con::Cluster(cluster) = con else {
+            return Vec::new();
+        };
+        let slots = self.link.slots.lock().clone();
+        let mut groups: HashMap<(String, u16), Vec<usize>> = HashMap::new();
+        let mut alone = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            if p.entries.is_empty() {
+                continue;
+            }
+            let slot = i64::from(slot_of(&Topic::Team(p.team).channel()));
+            match slots.iter().find(|r| r.start <= slot && slot <= r.end) {
+                Some(r) => groups.entry((r.host.clone(), r.port)).or_default().push(i),
+                None => alone.push(i),
+            }
+        }
+        let mut answers: Vec<Option<Result<Published, BusError>>> = vec![None; batch.len()];
+        let pipelines = groups.into_values().map(|teams| {
+            let mut cluster = cluster.clone();
             async move {
-                if p.entries.is_empty() {
-                    return Ok(Published {
-                        upto: p.published,
-                        sent: 0,
-                    });
+                let mut pipe = redis::pipe();
+                for &i in &teams {
+                    pipe.add_command(self.publish_call(&batch[i], false));
                 }
-                let messages: Vec<Vec<u8>> = p.entries.iter().map(wire::encode_activity).collect();
-                let mut call = self.publish.key(key::published(p.team));
-                call.arg(p.published)
-                    .arg(Topic::Team(p.team).channel())
-                    .arg(PUBLISHED_KEY_TTL_SECS);
-                for (e, m) in p.entries.iter().zip(&messages) {
-                    call.arg(e.seq).arg("").arg(m);
-                }
-                let (upto, sent): (i64, u64) =
-                    call.invoke_async(&mut con).await.map_err(unreachable)?;
-                let first_sent = upto - i64::try_from(sent).unwrap_or(i64::MAX) + 1;
-                let personal = p
-                    .entries
-                    .iter()
-                    .zip(&messages)
-                    .filter(|(e, _)| e.seq >= first_sent && e.seq <= upto)
-                    .filter_map(|(e, m)| e.route.recipient().map(|u| (u, m)));
-                for (user, m) in personal {
-                    // Live only, like every user-channel message: a failure loses this one.
-                    let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
-                        .arg(Topic::User(user).channel())
-                        .arg(m)
-                        .query_async(&mut con)
-                        .await;
-                    if let Err(e) = sent {
-                        tracing::debug!(error = %e, "a user-channel publish failed");
-                    }
-                }
-                Ok(Published { upto, sent })
+                let slot = slot_of(&Topic::Team(batch[teams[0]].team).channel());
+                let at = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                    redis::cluster_routing::Route::new(
+                        slot,
+                        redis::cluster_routing::SlotAddr::Master,
+                    ),
+                );
+                let values = cluster
+                    .route_pipeline(pipe, 0, teams.len(), at)
+                    .await
+                    .unwrap_or_default();
+                let mut values = values.into_iter();
+                teams
+                    .into_iter()
+                    .map(|i| {
+                        let answer = values
+                            .next()
+                            .and_then(|v| redis::from_redis_value::<(i64, u64)>(v).ok());
+                        (i, answer)
+                    })
+                    .collect::<Vec<_>>()
             }
         });
-        futures_util::future::join_all(calls).await
+        let mut again = alone;
+        for group in futures_util::future::join_all(pipelines).await {
+            for (i, answer) in group {
+                match answer {
+                    Some((upto, sent)) => answers[i] = Some(Ok(Published { upto, sent })),
+                    None => again.push(i),
+                }
+            }
+        }
+        let retries = again.into_iter().map(|i| {
+            let mut con = Con::Cluster(cluster.clone());
+            async move {
+                let call = self.publish_call(&batch[i], true);
+                let answer: Result<(i64, u64), BusError> =
+                    call.query_async(&mut con).await.map_err(unreachable);
+                (i, answer.map(|(upto, sent)| Published { upto, sent }))
+            }
+        });
+        for (i, answer) in futures_util::future::join_all(retries).await {
+            answers[i] = Some(answer);
+        }
+        // What reaches a user's own sockets, for the entries each script published.
+        let mut copies = Vec::new();
+        for (p, answer) in batch.iter().zip(&answers) {
+            let Some(Ok(Published { upto, sent })) = answer else {
+                continue;
+            };
+            let first_sent = upto - i64::try_from(*sent).unwrap_or(i64::MAX) + 1;
+            for e in p.entries {
+                if let (true, Some(user)) =
+                    (e.seq >= first_sent && e.seq <= *upto, e.route.recipient())
+                {
+                    copies.push((user, wire::encode_activity(e)));
+                }
+            }
+        }
+        let copies = copies.into_iter().map(|(user, m)| {
+            let mut con = Con::Cluster(cluster.clone());
+            async move {
+                // Live only, like every user-channel message: a failure loses this one.
+                let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
+                    .arg(Topic::User(user).channel())
+                    .arg(m)
+                    .query_async(&mut con)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "a user-channel publish failed");
+                }
+            }
+        });
+        futures_util::future::join_all(copies).await;
+        batch
+            .iter()
+            .zip(answers)
+            .map(|(p, answer)| {
+                answer.unwrap_or(Ok(Published {
+                    upto: p.published,
+                    sent: 0,
+                }))
+            })
+            .collect()
     }
+
+    /// One team's publish script call: `EVALSHA`, or with `source` the script itself (`EVAL`,
+    /// which also works where it is not loaded). On a cluster the user channels are left out
+    /// (another slot).
+    fn publish_call(&self, p: &TeamPublish<'_>, source: bool) -> redis::Cmd {
+        let mut call = if source {
+            let mut c = redis::cmd("EVAL");
+            c.arg(&self.publish_source);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(self.publish.get_hash());
+            c
+        };
+        call.arg(1)
+            .arg(key::published(p.team))
+            .arg(p.published)
+            .arg(Topic::Team(p.team).channel())
+            .arg(PUBLISHED_KEY_TTL_SECS);
+        for e in p.entries {
+            call.arg(e.seq).arg("").arg(wire::encode_activity(e));
+        }
+        call
+    }
+}
+
+/// The hash slot of a key or channel (CRC16/XMODEM of its hash tag, or of all of it, modulo
+/// 16384), as Redis Cluster computes it.
+fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
+/// Slots `start..=end` served by the primary at `host:port` (from `CLUSTER SLOTS`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SlotRange {
+    start: i64,
+    end: i64,
+    host: String,
+    port: u16,
 }
 
 /// What the bus connects with: one Redis or a cluster (its seed nodes).
@@ -766,7 +902,7 @@ async fn run_health(
     // Coming up the first time is not a reconnect.
     let mut was_up = false;
     // Which primary serves which slots, as last seen (a cluster).
-    let mut last_view: Option<String> = None;
+    let mut last_view: Option<Vec<SlotRange>> = None;
     loop {
         tick.tick().await;
         if conns.get().is_none() {
@@ -786,12 +922,17 @@ async fn run_health(
         };
         let check = tokio::time::timeout(
             check_every.max(Duration::from_millis(500)),
-            check(c.subscriber.clone()),
+            // The command connection: a failed check may make the client rebuild its
+            // connections, which must not drop the subscriber's subscriptions.
+            check(c.commands.clone()),
         )
         .await;
         match check {
             Ok(Ok(view)) => {
                 let moved = view.is_some() && view != last_view;
+                if let Some(slots) = &view {
+                    link.slots.lock().clone_from(slots);
+                }
                 last_view = view;
                 if !link.up.swap(true, Ordering::SeqCst) {
                     tracing::info!("redis bus is up");
@@ -828,7 +969,7 @@ async fn run_health(
 /// primary answers (a PING to all primaries alone passes while a dead primary's slots have no
 /// one, before its replica took over); returns which primary serves which slots, so that a
 /// change (a failover, a resharding) subscribes the channels where they are now.
-async fn check(con: Con) -> redis::RedisResult<Option<String>> {
+async fn check(con: Con) -> redis::RedisResult<Option<Vec<SlotRange>>> {
     let mut con = match con {
         Con::Single(mut c) => {
             redis::cmd("PING").query_async::<Value>(&mut c).await?;
@@ -870,29 +1011,39 @@ async fn check(con: Con) -> redis::RedisResult<Option<String>> {
             "the cluster serves {covered} of 16384 slots"
         ))));
     }
-    // One PING per primary, routed by a slot it serves (the client's own view of the slots:
-    // an address as CLUSTER SLOTS spells it may be empty or `?`).
-    let mut first_slots: HashMap<(String, u16), i64> = HashMap::new();
+    // One PING per primary, to its address (routed by a slot it serves, the client would answer
+    // from another node while that primary is gone), or by a slot where CLUSTER SLOTS does not
+    // name the address (empty or `?`).
+    let mut primaries: HashMap<(String, u16), i64> = HashMap::new();
     for (start, _, host, port) in &ranges {
-        first_slots.entry((host.clone(), *port)).or_insert(*start);
+        primaries.entry((host.clone(), *port)).or_insert(*start);
     }
-    let pings = first_slots.into_values().map(|slot| {
+    let pings = primaries.into_iter().map(|((host, port), slot)| {
         let mut con = con.clone();
         async move {
             use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-            let slot = u16::try_from(slot).unwrap_or(0);
-            let at = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+            let at = if host.is_empty() || host == "?" {
+                let slot = u16::try_from(slot).unwrap_or(0);
+                SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))
+            } else {
+                SingleNodeRoutingInfo::ByAddress { host, port }
+            };
             con.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(at))
                 .await
         }
     });
     futures_util::future::try_join_all(pings).await?;
-    let view = ranges
-        .iter()
-        .map(|(a, b, h, p)| format!("{a}-{b}@{h}:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    Ok(Some(view))
+    Ok(Some(
+        ranges
+            .into_iter()
+            .map(|(start, end, host, port)| SlotRange {
+                start,
+                end,
+                host,
+                port,
+            })
+            .collect(),
+    ))
 }
 
 /// Applies watches and unwatches in order, counting them per channel.
@@ -1428,6 +1579,24 @@ mod tests {
                 r#"{{"type":"task.created","seq":{seq},"body":"{body}"}}"#
             )),
         }
+    }
+
+    /// The slot a publish is grouped by is the one Redis Cluster serves the key from (the
+    /// figures are `CLUSTER KEYSLOT`'s answers on Redis 7.0).
+    #[test]
+    fn slots_are_computed_as_redis_cluster_does() {
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of("team:abc"), 3670);
+        assert_eq!(slot_of("taskforge:{team:abc}:published"), 3670);
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(slot_of("foo{}{bar}"), 8363);
+        assert_eq!(slot_of("{user1000}.following"), 3443);
+        let team = TeamId::from(Uuid::now_v7());
+        let channel = Topic::Team(team).channel();
+        assert_eq!(slot_of(&key::published(team)), slot_of(&channel));
+        let task = TaskId::from(Uuid::now_v7());
+        assert_eq!(slot_of(&key::presence(team, task)), slot_of(&channel));
+        assert_eq!(slot_of(&key::instance_tasks(team, "i")), slot_of(&channel));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
