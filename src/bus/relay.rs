@@ -355,20 +355,33 @@ struct Backlog {
 /// have published some of it: the bus skips those and says how far the team is published.
 /// Returns how many activities this relay published.
 async fn publish_teams(inner: &Inner, marks: &mut Watermarks, work: Vec<Work>) -> u64 {
+    // The watermarks this relay does not know yet, in one read.
+    let unknown: Vec<TeamId> = work
+        .iter()
+        .map(|(team, _, _)| *team)
+        .filter(|team| marks.get(team).is_none())
+        .collect();
+    let stored: Result<HashMap<TeamId, i64>, StoreError> = if unknown.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        published_seqs(inner, &unknown)
+            .await
+            .map(|seqs| seqs.into_iter().collect())
+    };
+    if let Err(e) = &stored {
+        tracing::warn!(error = %e, teams = unknown.len(), "relay: reading watermarks failed");
+    }
     let mut teams = Vec::with_capacity(work.len());
     for (team, handed, mut fresh) in work {
         fresh.sort_by_key(|e| e.seq);
         let known = marks.get(&team);
-        let published = match known {
-            Some(p) => p,
-            None => match published_seq(inner, team).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, %team, "relay: reading a watermark failed");
-                    marks.retry_later(team, handed);
-                    continue;
-                }
-            },
+        let published = match (known, &stored) {
+            (Some(p), _) => p,
+            (None, Ok(stored)) => stored.get(&team).copied().unwrap_or(0),
+            (None, Err(_)) => {
+                marks.retry_later(team, handed);
+                continue;
+            }
         };
         teams.push(Backlog {
             team,
@@ -494,8 +507,8 @@ async fn next_run(inner: &Inner, b: &mut Backlog) -> Result<Option<usize>, Store
     Ok(Some(run))
 }
 
-async fn published_seq(inner: &Inner, team: TeamId) -> Result<i64, StoreError> {
-    inner.store.read().await?.published_seq(team).await
+async fn published_seqs(inner: &Inner, teams: &[TeamId]) -> Result<Vec<(TeamId, i64)>, StoreError> {
+    inner.store.read().await?.published_seqs(teams).await
 }
 
 /// Finds teams whose first unpublished activity is older than `repair_after` (left by a crashed

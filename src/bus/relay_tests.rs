@@ -159,7 +159,9 @@ impl Rig {
 
     async fn watermark(&self, team: TeamId) -> i64 {
         let mut tx = self.store.read().await.expect("read");
-        tx.published_seq(team).await.expect("published seq")
+        let seqs = tx.published_seqs(&[team]).await.expect("published seq");
+        assert_eq!(seqs.len(), 1);
+        seqs[0].1
     }
 
     async fn unpublished(&self) -> Vec<(TeamId, i64)> {
@@ -692,6 +694,22 @@ async fn scan_and_watermarks(rig: &Rig) {
     for (team, seq) in [many[0], many[299]] {
         assert_eq!(rig.watermark(team).await, seq);
     }
+    // Read back in one call: 600 ids (two statements), and a team without a row reads 0.
+    let nobody = TeamId::from(Uuid::now_v7());
+    let mut ids: Vec<TeamId> = many.iter().chain(&many).map(|&(t, _)| t).collect();
+    ids.push(nobody);
+    let mut tx = rig.store.read().await.expect("read");
+    let seqs = tx.published_seqs(&ids).await.expect("watermarks");
+    drop(tx);
+    assert_eq!(seqs.len(), 601);
+    assert!(
+        seqs[..600]
+            .iter()
+            .zip(&ids)
+            .all(|(&(t, s), &id)| t == id && s == 2),
+        "every team at 2, in the order asked"
+    );
+    assert_eq!(seqs[600], (nobody, 0));
     assert_eq!(
         behind(now + time::Duration::hours(1)).await,
         want.iter().map(|&(t, _)| (t, 1)).collect::<Vec<_>>(),

@@ -287,7 +287,8 @@ pub trait Tx: WebhookTx + Send {
         upto: i64,
         limit: i64,
     ) -> Result<Vec<LogEntry>>;
-    async fn published_seq(&mut self, team: TeamId) -> Result<i64>;
+    /// The published watermarks of these teams (0 for a team without one), in any order.
+    async fn published_seqs(&mut self, teams: &[TeamId]) -> Result<Vec<(TeamId, i64)>>;
 
     /// Raises the published watermarks of these teams (never lowers one), a statement or two
     /// per few hundred teams. Each team once, in team order (the order rows are locked in).

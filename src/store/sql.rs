@@ -1521,12 +1521,20 @@ macro_rules! impl_tx {
                 rows.into_iter().map(|r| r.into_entry(team)).collect()
             }
 
-            async fn published_seq(&mut self, team: TeamId) -> $crate::store::Result<i64> {
-                let row: Option<(i64,)> = sqlx::query_as("SELECT published_seq FROM team_outbox WHERE team_id = $1")
-                    .bind(team)
-                    .fetch_optional(self.exec())
-                    .await?;
-                Ok(row.map_or(0, |(s,)| s))
+            async fn published_seqs(&mut self, teams: &[TeamId]) -> $crate::store::Result<Vec<(TeamId, i64)>> {
+                let mut found = std::collections::HashMap::with_capacity(teams.len());
+                for chunk in teams.chunks($crate::store::sql::IN_LIST_CHUNK) {
+                    let sql = format!(
+                        "SELECT team_id, published_seq FROM team_outbox WHERE team_id IN ({})",
+                        $crate::store::sql::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (TeamId, i64)>(sqlx::AssertSqlSafe(sql));
+                    for team in chunk {
+                        query = query.bind(*team);
+                    }
+                    found.extend(query.fetch_all(self.exec()).await?);
+                }
+                Ok(teams.iter().map(|t| (*t, found.get(t).copied().unwrap_or(0))).collect())
             }
 
             async fn set_published_seqs(&mut self, marks: &[(TeamId, i64)]) -> $crate::store::Result<()> {
