@@ -538,12 +538,9 @@ impl RedisBus {
     /// loads the script; the script skips what the first attempt published.
     async fn publish_sharded(
         &self,
-        con: Con,
+        cluster: ClusterConnection,
         batch: &[TeamPublish<'_>],
     ) -> Vec<Result<Published, BusError>> {
-        let Con::Cluster(cluster) = con else {
-            return Vec::new();
-        };
         let slots = self.link.slots.lock().clone();
         let mut groups: HashMap<(String, u16), Vec<usize>> = HashMap::new();
         let mut alone = Vec::new();
@@ -1183,7 +1180,7 @@ impl Bus for RedisBus {
         }
         let all = |e: BusError| batch.iter().map(|_| Err(e.clone())).collect();
         let mut con = match self.commands() {
-            Ok(con @ Con::Cluster(_)) => return self.publish_sharded(con, batch).await,
+            Ok(Con::Cluster(cluster)) => return self.publish_sharded(cluster, batch).await,
             Ok(con) => con,
             Err(e) => return all(e),
         };

@@ -174,19 +174,7 @@ async fn a_primary_failover_under_writers_loses_nothing() {
         .owner_of(&format!("team:{}", teams[0]))
         .await;
     // Sockets on B and C follow every team.
-    let mut socks = Vec::new();
-    let mut from = HashMap::new();
-    for node in [1, 2] {
-        let mut ws = cluster
-            .node(node)
-            .ws(&tok)
-            .await
-            .labeled(&format!("all@{node}"));
-        for &team in &teams {
-            from.insert(team, ws.subscribe(Scope::Team(team), None).await.seq);
-        }
-        socks.push(ws);
-    }
+    let (mut socks, from) = following(&cluster, &tok, &teams).await;
     let mut writes = 0usize;
     // Before, while the primary is down and its replica takes over, after.
     write_round(&apis, &tok, &teams, &mut writes).await;
@@ -208,18 +196,7 @@ async fn a_primary_failover_under_writers_loses_nothing() {
     for _ in 0..3 {
         write_round(&apis, &tok, &teams, &mut writes).await;
     }
-    let want = logged(&apis[0], &tok, &from).await;
-    assert_eq!(want.len(), writes, "every write is logged");
-    wait_all(&mut socks, &[want.clone(), want.clone()], T).await;
-    for ws in &socks {
-        let got = in_order_once(&ws.label, &ws.frames);
-        let have: BTreeSet<(Uuid, i64)> = got
-            .iter()
-            .flat_map(|(t, seqs)| seqs.iter().map(move |s| (*t, *s)))
-            .collect();
-        let missing: Vec<_> = want.difference(&have).collect();
-        assert!(missing.is_empty(), "{}: lost {missing:?}", ws.label);
-    }
+    every_write_once(&apis[0], &tok, &from, writes, &mut socks).await;
     // The instances followed the channel to the promoted primary (B's and C's subscriptions),
     // and the relays publish there.
     let channel = format!("team:{}", teams[0]);
@@ -270,19 +247,7 @@ async fn a_resharded_channel_is_followed_to_its_new_primary() {
         teams.push(apis[0].create_team(&tok, &format!("Moved {i}")).await.id);
     }
     let channel = format!("team:{}", teams[0]);
-    let mut socks = Vec::new();
-    let mut from = HashMap::new();
-    for node in [1, 2] {
-        let mut ws = cluster
-            .node(node)
-            .ws(&tok)
-            .await
-            .labeled(&format!("all@{node}"));
-        for &team in &teams {
-            from.insert(team, ws.subscribe(Scope::Team(team), None).await.seq);
-        }
-        socks.push(ws);
-    }
+    let (mut socks, from) = following(&cluster, &tok, &teams).await;
     let mut writes = 0usize;
     write_round(&apis, &tok, &teams, &mut writes).await;
     let redis = redis_cluster(&mut cluster);
@@ -311,18 +276,7 @@ async fn a_resharded_channel_is_followed_to_its_new_primary() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let want = logged(&apis[0], &tok, &from).await;
-    assert_eq!(want.len(), writes, "every write is logged");
-    wait_all(&mut socks, &[want.clone(), want.clone()], T).await;
-    for ws in &socks {
-        let got = in_order_once(&ws.label, &ws.frames);
-        let have: BTreeSet<(Uuid, i64)> = got
-            .iter()
-            .flat_map(|(t, seqs)| seqs.iter().map(move |s| (*t, *s)))
-            .collect();
-        let missing: Vec<_> = want.difference(&have).collect();
-        assert!(missing.is_empty(), "{}: lost {missing:?}", ws.label);
-    }
+    every_write_once(&apis[0], &tok, &from, writes, &mut socks).await;
     // The relays publish the team on its new primary.
     let published = TestRedisCluster::calls(to, "spublish").await;
     apis[0].task(&tok, teams[0], "after").await;
@@ -333,6 +287,51 @@ async fn a_resharded_channel_is_followed_to_its_new_primary() {
             "no SPUBLISH on {to} after the move"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sockets on B and C that follow every team, and the seq each team was at when followed.
+async fn following(
+    cluster: &Cluster,
+    tok: &str,
+    teams: &[Uuid],
+) -> (Vec<WsClient>, HashMap<Uuid, i64>) {
+    let mut socks = Vec::new();
+    let mut from = HashMap::new();
+    for node in [1, 2] {
+        let mut ws = cluster
+            .node(node)
+            .ws(tok)
+            .await
+            .labeled(&format!("all@{node}"));
+        for &team in teams {
+            from.insert(team, ws.subscribe(Scope::Team(team), None).await.seq);
+        }
+        socks.push(ws);
+    }
+    (socks, from)
+}
+
+/// Every one of the `writes` logged since `from` reaches every socket, once and in order.
+async fn every_write_once(
+    api: &Api,
+    tok: &str,
+    from: &HashMap<Uuid, i64>,
+    writes: usize,
+    socks: &mut [WsClient],
+) {
+    let want = logged(api, tok, from).await;
+    assert_eq!(want.len(), writes, "every write is logged");
+    let wants = vec![want.clone(); socks.len()];
+    wait_all(socks, &wants, T).await;
+    for ws in socks.iter() {
+        let got = in_order_once(&ws.label, &ws.frames);
+        let have: BTreeSet<(Uuid, i64)> = got
+            .iter()
+            .flat_map(|(t, seqs)| seqs.iter().map(move |s| (*t, *s)))
+            .collect();
+        let missing: Vec<_> = want.difference(&have).collect();
+        assert!(missing.is_empty(), "{}: lost {missing:?}", ws.label);
     }
 }
 

@@ -446,8 +446,16 @@ impl TestRedisCluster {
                 .await,
             );
         }
-        // The new owner first, then the old one (which then tells its shard subscribers).
-        for port in [to, from] {
+        // The new owner first, then the old one (which then tells its shard subscribers), then
+        // the other primaries.
+        let mut order = vec![to, from];
+        order.extend(
+            self.primaries()
+                .await
+                .into_iter()
+                .filter(|p| *p != to && *p != from),
+        );
+        for port in order {
             ok(
                 "SETSLOT NODE",
                 Self::command(
@@ -460,22 +468,6 @@ impl TestRedisCluster {
                 )
                 .await,
             );
-        }
-        for port in self.primaries().await {
-            if port != to && port != from {
-                ok(
-                    "SETSLOT NODE",
-                    Self::command(
-                        port,
-                        redis::cmd("CLUSTER")
-                            .arg("SETSLOT")
-                            .arg(slot)
-                            .arg("NODE")
-                            .arg(&to_id),
-                    )
-                    .await,
-                );
-            }
         }
     }
 
