@@ -6,9 +6,12 @@
 # any server version), repeats and skips of each team's seqs on its channel; rows read from the
 # activity log per activity written (PostgreSQL's pg_stat_user_tables); and from each instance's
 # /metrics: activities committed and published, what the relay scan published for another
-# instance, gap repairs. No socket subscribes: the hubs follow no team, so their log check reads
-# nothing here; the figures are the relay's. Loopback only; every run is bounded in time;
-# everything this script starts is stopped on exit. See bench/README.md.
+# instance, gap repairs. With WATCHERS=1 (the default) each generator also opens one WebSocket per
+# team of its own on every instance (`writes --watch`), so every instance's hub follows every team
+# as it would with users on them: their log check, gap repairs and the activities those sockets
+# got (skips and repeats of each socket's seqs, closes) are part of the figures. WATCHERS=0 runs
+# the relay alone. Loopback only; every run is bounded in time; everything this script starts is
+# stopped on exit. See bench/README.md.
 #
 # With REDIS_CLUSTER=1 the instances run on a Redis Cluster of 3 primaries and 3 replicas
 # (TASKFORGE_REDIS_CLUSTER, sharded pub/sub) instead of one redis-server. The watcher cannot
@@ -24,6 +27,7 @@
 #
 # Environment (all optional):
 #   RUNS=3  RATE=600  TEAMS=999  INSTANCES=3  DURATION=20  WARMUP=3  CONCURRENCY=16  LABEL=relay
+#   WATCHERS=1
 #   PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_ADMIN_DB=test   (where to CREATE DATABASE)
 #   REDIS_SERVER=redis-server  REDIS_CLI=redis-cli
 #   KEEP_DB=1        keep the database and the temp dir (server and Redis logs) afterwards
@@ -44,6 +48,7 @@ DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-3}
 CONCURRENCY=${CONCURRENCY:-16}
 LABEL=${LABEL:-relay}
+WATCHERS=${WATCHERS:-1}
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
 PG_USER=${PG_USER:-postgres}
@@ -163,8 +168,12 @@ run_one() {
   redis0=$(redis_nodes_json)
   reads0=$(log_reads)
   GEN_PIDS=()
+  local watch_args=() url
+  if [[ "$WATCHERS" == 1 ]]; then
+    for url in "${INSTANCE_URLS[@]}"; do watch_args+=(--watch "$url"); done
+  fi
   for k in $(seq 0 $((INSTANCES - 1))); do
-    timeout --signal=TERM --kill-after=5 "$RUN_CAP" "$BENCH_BIN" writes \
+    timeout --signal=TERM --kill-after=5 "$RUN_CAP" "$BENCH_BIN" writes "${watch_args[@]}" \
       --url "${INSTANCE_URLS[$k]}" --teams "$per_teams" --rate "$per_rate" \
       --concurrency "$CONCURRENCY" --warmup "$WARMUP" --duration "$DURATION" --json \
       >"$WORK/gen$k.json" 2>"$WORK/gen$k.stderr" &
@@ -193,6 +202,12 @@ run_one() {
   gaps=$(metric_sum taskforge_gap_repairs_total)
   created=$(cat "$WORK"/gen*.json | jq -s 'map(.ok) | add')
   p99s=$(cat "$WORK"/gen*.json | jq -s 'map(.latency.p99Ms // .latencyMs.p99 // null)')
+  local watch
+  watch=$(cat "$WORK"/gen*.json | jq -sc 'map(.watch // empty) | if length == 0 then null else
+    {sockets: (map(.sockets) | add), deliveries: (map(.deliveries) | add),
+     skipped: (map(.skipped) | add), repeated: (map(.repeated) | add),
+     closes: (map(.closes | to_entries[]) | group_by(.key)
+              | map({key: .[0].key, value: (map(.value) | add)}) | from_entries)} end')
   for k in "${!INSTANCE_PIDS[@]}"; do
     if ! kill -0 "${INSTANCE_PIDS[$k]}" 2>/dev/null; then
       log "instance $k died; its stderr:"
@@ -204,7 +219,8 @@ run_one() {
     --argjson instances "$INSTANCES" --argjson reads "$((reads1 - reads0))" \
     --argjson rows "$rows" --argjson created "${created:-0}" \
     --arg committed "$committed" --arg published "$published" --arg repaired "$repaired" \
-    --arg gaps "$gaps" --argjson genP99 "$p99s" \
+    --arg gaps "$gaps" --argjson genP99 "$p99s" --argjson watch "$watch" \
+    --argjson minutes "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { printf "%.4f", (w + d) / 60 }')" \
     --argjson redis0 "$redis0" --argjson redis1 "$redis1" \
     --arg lag50 "$lag50" --arg lag99 "$lag99" \
     '. + {run: $run, rate: $rate, teams: $teams, instances: $instances, created: $created,
@@ -212,7 +228,9 @@ run_one() {
           logRowsReadPerActivity: (if $rows > 0 then ($reads / $rows) else null end),
           committed: ($committed | tonumber? // null), published: ($published | tonumber? // null),
           relayRepaired: ($repaired | tonumber? // null), gapRepairs: ($gaps | tonumber? // null),
+          gapRepairsPerMinute: ($gaps | tonumber? // null | if . == null then null else (. / $minutes * 10 | round / 10) end),
           generatorP99: $genP99,
+          watch: (if $watch == null then null else $watch + {expected: ($rows * $instances)} end),
           serverLagP50BoundMs: ($lag50 | tonumber? // null),
           serverLagP99BoundMs: ($lag99 | tonumber? // null),
           redisPrimaries: [range(0; $redis1 | length) as $i | $redis1[$i] as $b
@@ -258,6 +276,10 @@ jq -s '
     repeats: (map(.repeats) | median), skips: (map(.skips) | median),
     logRowsReadPerActivity: (map(.logRowsReadPerActivity) | median),
     relayRepaired: (map(.relayRepaired) | median), gapRepairs: (map(.gapRepairs) | median),
+    gapRepairsPerMinute: (map(.gapRepairsPerMinute) | median),
+    watchDeliveredShare: (map(.watch | if . == null or .expected == 0 then null
+      else .deliveries / .expected end) | median),
+    watchSkipped: (map(.watch.skipped) | median), watchRepeated: (map(.watch.repeated) | median),
     serverLagP50BoundMs: (map(.serverLagP50BoundMs) | median),
     serverLagP99BoundMs: (map(.serverLagP99BoundMs) | median),
     publishShares: (map(.redisPrimaries | (map(.publishes) | add) as $t

@@ -19,6 +19,10 @@
 //!   from the ticket's *scheduled* time, so time spent waiting for a free connection when the server
 //!   falls behind counts (no coordinated omission). `serviceTime` is measured from the actual send.
 //!
+//! With `--watch URL` (tasks only, repeatable) one WebSocket per team and URL subscribes to the
+//! team before the load and reads until 5 s after it (`team_watch`): the servers' hubs then follow
+//! the written teams as they would with users on them, and the report's `watch` says what arrived.
+//!
 //! Only requests whose send (closed loop) or scheduled time (open loop) falls inside the measured
 //! window, after `--warmup`, are counted.
 
@@ -41,6 +45,10 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::procfs::{self, Proc};
 use crate::stats::{LatencyHistogram, LatencySummary};
+use crate::team_watch::{TeamWatchers, WatchReport};
+
+/// With --watch: how long the sockets keep reading after the last answer (the relays' tail).
+const WATCH_TAIL: Duration = Duration::from_secs(5);
 
 /// What each request of `writes` creates.
 #[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +105,10 @@ pub struct WritesArgs {
     /// Print one JSON object line instead of the human-readable table
     #[arg(long)]
     pub json: bool,
+    /// Tasks: before the load, open one WebSocket per team on this server (base URL; repeat for
+    /// several servers) subscribed to the team, and report what they receive (`watch`)
+    #[arg(long = "watch")]
+    pub watch: Vec<String>,
 }
 
 /// The result of one `writes` run (the `--json` line).
@@ -162,6 +174,9 @@ pub struct WritesReport {
     pub server_peak_rss_kib: Option<u64>,
     /// Time spent registering the user and creating the teams, seconds
     pub setup_secs: f64,
+    /// With --watch: what the teams' sockets received
+    #[serde(default)]
+    pub watch: Option<WatchReport>,
 }
 
 /// The followers' inbox seqs after a comment run: with one notification per comment and no
@@ -723,6 +738,7 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
             "--members and --followers go with --write comment"
         ),
         WriteKind::Comment => {
+            ensure!(args.watch.is_empty(), "--watch goes with --write task");
             ensure!(args.teams == 1, "--write comment uses one team");
             ensure!(
                 args.followers <= args.members,
@@ -755,11 +771,24 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     let timeout = Duration::from_secs_f64(args.timeout);
 
     let setup_start = Instant::now();
+    let mut watchers = None;
     let (bearer, uris, followers) = match args.write {
         WriteKind::Task => {
             let (bearer, team_ids) = setup(&target, args.teams, timeout)
                 .await
                 .context("setup failed")?;
+            if !args.watch.is_empty() {
+                let token = bearer
+                    .to_str()
+                    .ok()
+                    .and_then(|b| b.strip_prefix("Bearer "))
+                    .ok_or_else(|| anyhow!("the bearer header is not `Bearer <token>`"))?;
+                watchers = Some(
+                    TeamWatchers::start(&args.watch, token, &team_ids)
+                        .await
+                        .context("opening the watchers")?,
+                );
+            }
             let uris = team_ids
                 .iter()
                 .map(|id| format!("{}/api/v1/teams/{id}/tasks", target.prefix).parse::<Uri>())
@@ -827,6 +856,11 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
         p.join().map_err(|_| anyhow!("pacer thread panicked"))?;
     }
     let cpu = sampler.await.context("sampler panicked")?;
+    // What the relays still publish after the last answer.
+    let watch = match watchers {
+        Some(w) => Some(w.finish(WATCH_TAIL).await),
+        None => None,
+    };
 
     // Read after every worker is done, so every answered comment has committed.
     let inbox = if followers.is_empty() {
@@ -882,6 +916,7 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
         server_rss_kib: cpu.rss.map(|r| r.0),
         server_peak_rss_kib: cpu.rss.map(|r| r.1),
         setup_secs,
+        watch,
     })
 }
 
@@ -961,6 +996,13 @@ pub fn print_human(r: &WritesReport) {
     }
     if let Some(us) = r.server_cpu_us_per_write {
         println!("  server CPU/write  {us:.0} µs");
+    }
+    if let Some(w) = &r.watch {
+        let closes = w.closes.values().sum::<u64>();
+        println!(
+            "  watchers          {} sockets, {} activities, {} skipped, {} repeated, {closes} closes",
+            w.sockets, w.deliveries, w.skipped, w.repeated
+        );
     }
     if let Some(i) = &r.inbox {
         println!(

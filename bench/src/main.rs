@@ -41,6 +41,7 @@ mod soak;
 mod sse;
 mod stats;
 mod summary;
+mod team_watch;
 mod transports;
 mod webhooks;
 

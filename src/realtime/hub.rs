@@ -195,6 +195,8 @@ pub struct Hub {
     pub(super) presence_changed: Notify,
     next_conn: AtomicU64,
     max_rooms: usize,
+    /// The log's last seq of each followed team at the previous periodic check (`check_settled`).
+    seen_at_last_check: parking_lot::Mutex<HashMap<TeamId, i64>>,
 }
 
 /// Keeps a team followed while a subscribe is in progress; dropping it releases the team.
@@ -253,6 +255,7 @@ impl Hub {
             presence_changed: Notify::new(),
             next_conn: AtomicU64::new(1),
             max_rooms,
+            seen_at_last_check: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -411,12 +414,25 @@ impl Hub {
             .collect()
     }
 
-    /// Compares every followed team with the log and delivers what the bus did not bring. Run
-    /// periodically (the last activity before a quiet spell is never stranded) and on a bus
-    /// resync.
+    /// Compares every followed team with the log and delivers, from the log, whatever the bus
+    /// has not brought yet. Run on a bus resync (the bus lost messages: no waiting).
     pub async fn check(&self) -> Result<(), StoreError> {
+        self.check_log(false).await
+    }
+
+    /// The periodic check: delivers from the log only what was committed before the previous
+    /// periodic check and has still not arrived, so the last activity before a quiet spell is
+    /// never stranded (it arrives within two check intervals) while an activity the bus is
+    /// about to bring is not read from the log too (under load, a check would otherwise find
+    /// every team with a write in flight behind and read it).
+    pub async fn check_settled(&self) -> Result<(), StoreError> {
+        self.check_log(true).await
+    }
+
+    async fn check_log(&self, settled: bool) -> Result<(), StoreError> {
         let followed = self.followed();
         if followed.is_empty() {
+            self.seen_at_last_check.lock().clear();
             return Ok(());
         }
         let ids: Vec<TeamId> = followed.iter().map(|(t, _)| *t).collect();
@@ -428,13 +444,27 @@ impl Hub {
             .await?
             .into_iter()
             .collect();
+        let previous = if settled {
+            std::mem::replace(&mut *self.seen_at_last_check.lock(), latest.clone())
+        } else {
+            HashMap::new()
+        };
         for (team, dispatched) in followed {
             let Some(&last) = latest.get(&team) else {
                 continue;
             };
-            if last > dispatched {
-                tracing::debug!(%team, dispatched, last, "catching up from the log");
-                let missing = self.read_log(team, dispatched, last).await?;
+            let upto = if settled {
+                match previous.get(&team) {
+                    Some(&before) => before.min(last),
+                    // Followed since the last check: its subscribe read the log.
+                    None => continue,
+                }
+            } else {
+                last
+            };
+            if upto > dispatched {
+                tracing::debug!(%team, dispatched, upto, "catching up from the log");
+                let missing = self.read_log(team, dispatched, upto).await?;
                 self.dispatch(missing).await;
             }
         }

@@ -498,6 +498,54 @@ async fn a_gap_left_by_the_bus_is_filled_from_the_log_in_order() {
     assert_eq!(hub.dispatched(team.id), Some(12));
 }
 
+/// The periodic check reads from the log only what was already committed at the previous
+/// check and has still not arrived: what the bus brings in between is not read twice, and what
+/// it lost arrives at the second check.
+#[tokio::test]
+async fn the_periodic_check_reads_only_what_stayed_missing_for_a_whole_interval() {
+    let w = World::new().await;
+    let mut events = w.events();
+    let owner = w.user("Owner").await;
+    let team = w.team(&owner).await;
+    let hub = w.hub(16);
+    let out = outbox(64);
+    let conn = hub.register(owner.clone(), out.clone());
+    assert_eq!(join(&w, &hub, conn, Scope::Team(team.id), team.id).await, 0);
+    drain(&out);
+    for _ in 0..3 {
+        w.task(&owner, &team, None).await;
+    }
+    let bus = team_entries(&receive(&mut events, &[(team.id, 3)]).await, team.id);
+
+    // 1 and 2 lost by the bus, 3 not yet arrived: the first check only notes the log's seq.
+    hub.check_settled().await.expect("check");
+    assert!(drain(&out).is_empty(), "nothing is read at the first look");
+    // 3 arrives between the checks, and brings 1 and 2 from the log with it (a gap).
+    hub.dispatch(vec![bus[&3].clone()]).await;
+    assert_eq!(seqs(&drain(&out), team.id), [1, 2, 3]);
+
+    // 4 is committed and never arrives; 5 is committed just before a check and arrives after.
+    w.task(&owner, &team, None).await;
+    hub.check_settled().await.expect("check");
+    assert!(
+        drain(&out).is_empty(),
+        "4 was committed after the previous check"
+    );
+    w.task(&owner, &team, None).await;
+    let bus = team_entries(&receive(&mut events, &[(team.id, 5)]).await, team.id);
+    hub.check_settled().await.expect("check");
+    assert_eq!(
+        seqs(&drain(&out), team.id),
+        [4],
+        "4 stayed missing a whole interval; 5 is left to the bus"
+    );
+    hub.dispatch(vec![bus[&5].clone()]).await;
+    assert_eq!(seqs(&drain(&out), team.id), [5]);
+    hub.check_settled().await.expect("check");
+    assert!(drain(&out).is_empty(), "nothing is delivered twice");
+    assert_eq!(hub.dispatched(team.id), Some(5));
+}
+
 #[derive(Debug, Clone)]
 enum Delivery {
     /// A bus message carrying these seqs (any order, repeats allowed).

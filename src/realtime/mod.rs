@@ -230,14 +230,14 @@ impl Realtime {
 }
 
 /// Compares the followed teams with the log, and the subscribed inboxes with the store, every
-/// `every`: what the bus lost, and the last event before a quiet spell, reach the sockets within
-/// that time.
+/// `every`: an activity the bus lost, and the last one before a quiet spell, reach the sockets
+/// within two intervals (`Hub::check_settled`), an inbox event within one.
 async fn run_checks(hub: Arc<Hub>, inbox: Arc<InboxFeed>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = hub.check().await {
+        if let Err(e) = hub.check_settled().await {
             tracing::warn!(error = %e, "checking followed teams against the log failed");
         }
         if let Err(e) = inbox.check().await {
