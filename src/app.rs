@@ -123,7 +123,8 @@ impl App {
             pooler: config.database_pooler,
             migration_url: config.migration_database_url.clone(),
         };
-        let store = store::connect_with(&config.database_url, &pg).await?;
+        let store =
+            store::connect_with(&config.database_url, &pg, config.write_batch.into()).await?;
         tracing::info!(backend = store.backend(), "database ready");
         let redis = match (&config.redis_url, config.redis_cluster.as_slice()) {
             (Some(url), _) => Some(RedisTarget::Single(url.clone())),

@@ -101,6 +101,13 @@ pub struct Config {
     #[arg(long, env = "TASKFORGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Group commit: the most write transactions committed together by one `COMMIT` (those that
+    /// queue for the SQLite writer, or for one PostgreSQL team, while one runs); 1 commits each
+    /// alone.
+    #[arg(long, env = "TASKFORGE_WRITE_BATCH", default_value_t = crate::store::DEFAULT_WRITE_BATCH,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub write_batch: u16,
+
     /// PostgreSQL: connections of this instance's pool (N instances hold up to N times this;
     /// keep it under the server's `max_connections`).
     #[arg(long, env = "TASKFORGE_DATABASE_POOL_SIZE", default_value_t = 32)]

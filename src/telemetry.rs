@@ -48,6 +48,10 @@ pub const RELAY_LAG: &str = "taskforge_relay_lag_seconds";
 /// between commit and publish, or could not reach the bus): found by the instance holding the
 /// scan lease once their commit is `TASKFORGE_RELAY_REPAIR_AFTER` old.
 pub const RELAY_REPAIRED: &str = "taskforge_relay_repaired_activities_total";
+/// Write transactions committed by one `COMMIT` (group commit): batches, and the requests they
+/// carried (their ratio is the mean batch size).
+pub const WRITE_BATCHES: &str = "taskforge_write_batches_total";
+pub const WRITE_BATCH_MEMBERS: &str = "taskforge_write_batch_members_total";
 /// Activities deleted from the log past its retention (by the instance holding the housekeeping
 /// lease).
 pub const LOG_PRUNED: &str = "taskforge_log_pruned_total";
@@ -248,6 +252,14 @@ fn describe() {
         RELAY_REPAIRED,
         "Activities the relay's scan published for a relay that did not"
     );
+    describe_counter!(
+        WRITE_BATCHES,
+        "Group commits: batches of write transactions committed together"
+    );
+    describe_counter!(
+        WRITE_BATCH_MEMBERS,
+        "Write transactions committed by the group commits"
+    );
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
@@ -267,6 +279,8 @@ fn describe() {
         GAP_REPAIRED_ACTIVITIES,
         GAP_REPAIRS_ABANDONED,
         RELAY_REPAIRED,
+        WRITE_BATCHES,
+        WRITE_BATCH_MEMBERS,
         STALLED_SOCKETS,
         HASHES_REFUSED,
     ] {

@@ -30,7 +30,7 @@ impl Services {
         batch: TaskBatch,
     ) -> Result<Vec<ImportedTask>> {
         batch.check()?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         let mut last_positions = column_ends(&mut *tx, team, actor, &batch).await?;
         let keys: Vec<&str> = batch
             .tasks

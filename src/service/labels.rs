@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{Page, PageRequest, Result, Seqd, Services, now, page_by_id, role_in, seq_of};
+use super::{OwnedBy, Page, PageRequest, Result, Seqd, Services, now, page_by_id, role_in, seq_of};
 use crate::domain::activity::{ActivityData, ActivityDraft};
 use crate::domain::rules::{Action, LabelPatch, NewLabel};
 use crate::domain::*;
@@ -27,7 +27,7 @@ impl Services {
         input: NewLabel,
     ) -> Result<Label> {
         let (name, color) = input.check()?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::WriteTasks)?;
@@ -79,7 +79,7 @@ impl Services {
         id: LabelId,
         patch: LabelPatch,
     ) -> Result<Label> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Label(id)).await?;
         let label = tx.label(id).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, label.team_id, actor)
             .await?
@@ -104,7 +104,7 @@ impl Services {
 
     /// Deletes a label and takes it off its tasks, in one transaction; emits `label.deleted`.
     pub async fn delete_label(&self, actor: UserId, id: LabelId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Label(id)).await?;
         let label = tx.label(id).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, label.team_id, actor)
             .await?

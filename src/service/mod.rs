@@ -47,6 +47,17 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 /// How often an optimistic write is retried after losing a race with a concurrent writer.
 const WRITE_ATTEMPTS: usize = 8;
 
+/// What a write by id names; its team is read first, so that the write opens in the team's lane
+/// (`Services::write_for`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OwnedBy {
+    Task(crate::domain::TaskId),
+    Comment(crate::domain::CommentId),
+    Label(crate::domain::LabelId),
+    Board(crate::domain::BoardId),
+    Webhook(crate::domain::WebhookId),
+}
+
 /// The services, sharing one store, relay and token service.
 #[derive(Clone)]
 pub struct Services {
@@ -189,6 +200,33 @@ impl Services {
         self.commit_appended(tx, entries.clone()).await?;
         self.relay.notified(notified);
         Ok(entries)
+    }
+
+    /// A write transaction of `team`: every write that appends to a team's log opens its
+    /// transaction here or in `write_for` (see `Store::write_team`).
+    async fn write_in(&self, team: TeamId) -> Result<Box<dyn Tx>> {
+        Ok(self.store.write_team(team).await?)
+    }
+
+    /// `write_in` the team that owns `what` (nothing changes team); 404 when it does not exist.
+    async fn write_for(&self, what: OwnedBy) -> Result<Box<dyn Tx>> {
+        if !self.store.lanes_by_team() {
+            return Ok(self.store.write().await?);
+        }
+        let team = self.team_of(what).await?.ok_or(DomainError::NotFound)?;
+        self.write_in(team).await
+    }
+
+    /// The team that owns `what`, if it exists.
+    async fn team_of(&self, what: OwnedBy) -> Result<Option<TeamId>> {
+        let mut tx = self.store.read().await?;
+        Ok(match what {
+            OwnedBy::Task(id) => tx.task(id).await?.map(|t| t.team_id),
+            OwnedBy::Comment(id) => tx.comment(id).await?.map(|c| c.team_id),
+            OwnedBy::Label(id) => tx.label(id).await?.map(|l| l.team_id),
+            OwnedBy::Board(id) => tx.board(id).await?.map(|b| b.team_id),
+            OwnedBy::Webhook(id) => tx.webhook(id).await?.map(|w| w.webhook.team_id),
+        })
     }
 
     /// Commits a transaction whose activities are appended, and hands them to the relay.

@@ -4,7 +4,8 @@ use uuid::Uuid;
 
 use super::inbox::{TaskChange, notify};
 use super::{
-    Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in, seq_of,
+    OwnedBy, Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in,
+    seq_of,
 };
 use crate::domain::activity::{ActivityData, ActivityDraft, ActivityKind};
 use crate::domain::notify::{Happening, Reason, mentions, new_mentions};
@@ -51,7 +52,7 @@ impl Services {
     pub async fn create_task(&self, actor: UserId, team: TeamId, input: NewTask) -> Result<Task> {
         input.check()?;
         let status = input.status.unwrap_or_default();
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         // One read for the role, the board and the column's last position: this is the hot path.
         let slot = tx
             .task_slot(team, actor, input.board_id, status)
@@ -212,7 +213,7 @@ impl Services {
     ) -> Result<Task> {
         patch.check()?;
         for _ in 0..WRITE_ATTEMPTS {
-            let mut tx = self.store.write().await?;
+            let mut tx = self.write_for(OwnedBy::Task(id)).await?;
             let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
             role_in(&mut *tx, task.team_id, actor)
                 .await?
@@ -311,7 +312,7 @@ impl Services {
     }
 
     pub async fn delete_task(&self, actor: UserId, id: TaskId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Task(id)).await?;
         let task = tx.task(id).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, task.team_id, actor)
             .await?
@@ -360,7 +361,7 @@ impl Services {
 
     pub async fn create_comment(&self, actor: UserId, task: TaskId, body: &str) -> Result<Comment> {
         check_comment_body(body)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Task(task)).await?;
         let found = tx.task(task).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, found.team_id, actor)
             .await?
@@ -426,7 +427,7 @@ impl Services {
     pub async fn edit_comment(&self, actor: UserId, id: CommentId, body: &str) -> Result<Comment> {
         check_comment_body(body)?;
         for _ in 0..WRITE_ATTEMPTS {
-            let mut tx = self.store.write().await?;
+            let mut tx = self.write_for(OwnedBy::Comment(id)).await?;
             let mut comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
             role_in(&mut *tx, comment.team_id, actor).await?;
             if comment.author_user_id != actor {
@@ -491,7 +492,7 @@ impl Services {
     }
 
     pub async fn delete_comment(&self, actor: UserId, id: CommentId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Comment(id)).await?;
         let comment = tx.comment(id).await?.ok_or(DomainError::NotFound)?;
         let role = role_in(&mut *tx, comment.team_id, actor).await?;
         if comment.author_user_id != actor {

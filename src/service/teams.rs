@@ -3,7 +3,8 @@
 use uuid::Uuid;
 
 use super::{
-    Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in, seq_of,
+    OwnedBy, Page, PageRequest, Result, Seqd, Services, WRITE_ATTEMPTS, now, page_by_id, role_in,
+    seq_of,
 };
 use crate::domain::activity::{ActivityData, ActivityDraft};
 use crate::domain::rules::{Action, check_assignable_role, check_name};
@@ -60,7 +61,7 @@ impl Services {
 
     pub async fn rename_team(&self, actor: UserId, team: TeamId, name: &str) -> Result<Team> {
         check_name("name", name)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::EditTeam)?;
@@ -104,7 +105,7 @@ impl Services {
         role: Role,
     ) -> Result<Member> {
         check_assignable_role(role)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::ManageMembers)?;
@@ -154,7 +155,7 @@ impl Services {
     ) -> Result<Member> {
         check_assignable_role(role)?;
         for _ in 0..WRITE_ATTEMPTS {
-            let mut tx = self.store.write().await?;
+            let mut tx = self.write_in(team).await?;
             role_in(&mut *tx, team, actor)
                 .await?
                 .ensure(Action::ManageMembers)?;
@@ -187,7 +188,7 @@ impl Services {
     /// Removes a member (owner/admin, or the member themself). Live subscriptions are revoked by
     /// the realtime layer when it sees the `member.removed` activity.
     pub async fn remove_member(&self, actor: UserId, team: TeamId, user: UserId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         let actor_role = role_in(&mut *tx, team, actor).await?;
         if actor != user {
             actor_role.ensure(Action::ManageMembers)?;
@@ -206,7 +207,7 @@ impl Services {
 
     pub async fn create_board(&self, actor: UserId, team: TeamId, name: &str) -> Result<Board> {
         check_name("name", name)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::WriteBoards)?;
@@ -247,7 +248,7 @@ impl Services {
 
     pub async fn rename_board(&self, actor: UserId, board: BoardId, name: &str) -> Result<Board> {
         check_name("name", name)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Board(board)).await?;
         let found = tx.board(board).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, found.team_id, actor)
             .await?
@@ -269,7 +270,7 @@ impl Services {
     }
 
     pub async fn delete_board(&self, actor: UserId, board: BoardId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Board(board)).await?;
         let found = tx.board(board).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, found.team_id, actor)
             .await?

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{Page, PageRequest, Result, ServiceError, Services, now, page_by_id, role_in, seq_of};
+use super::{
+    OwnedBy, Page, PageRequest, Result, ServiceError, Services, now, page_by_id, role_in, seq_of,
+};
 use crate::domain::activity::{ActivityData, ActivityDraft};
 use crate::domain::rules::Action;
 use crate::domain::webhook::{self, Delivery, EventFilter, Webhook};
@@ -111,7 +113,7 @@ impl Services {
         };
         let description = new.description.unwrap_or_default();
         webhook::check_description(&description)?;
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_in(team).await?;
         role_in(&mut *tx, team, actor)
             .await?
             .ensure(Action::ManageWebhooks)?;
@@ -195,7 +197,7 @@ impl Services {
         if let Some(d) = &patch.description {
             webhook::check_description(d)?;
         }
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Webhook(id)).await?;
         let mut w = managed(&mut *tx, actor, id, true).await?.webhook;
         let before = w.clone();
         let retarget = url.as_ref().is_some_and(|u| *u != w.url);
@@ -237,7 +239,7 @@ impl Services {
     }
 
     pub async fn delete_webhook(&self, actor: UserId, id: WebhookId) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Webhook(id)).await?;
         let w = managed(&mut *tx, actor, id, true).await?.webhook;
         if !tx.delete_webhook(id).await? {
             return Err(DomainError::NotFound.into());
@@ -253,7 +255,7 @@ impl Services {
 
     /// A new secret; the current one keeps signing beside it for `PREVIOUS_SECRET_TTL`.
     pub async fn rotate_webhook_secret(&self, actor: UserId, id: WebhookId) -> Result<WithSecret> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Webhook(id)).await?;
         let record = managed(&mut *tx, actor, id, true).await?;
         let at = now();
         let secret = Secret::generate()?;
@@ -334,7 +336,10 @@ impl Services {
     /// disabled, with the reason, and a `webhook.disabled` activity. Nothing if it is already
     /// disabled or gone.
     pub async fn disable_webhook(&self, id: WebhookId, reason: String) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let Some(team) = self.team_of(OwnedBy::Webhook(id)).await? else {
+            return Ok(());
+        };
+        let mut tx = self.write_in(team).await?;
         let Some(record) = tx.lock_webhook(id).await? else {
             return Ok(());
         };

@@ -17,7 +17,7 @@ async fn a_task_write_that_read_a_label_before_its_deletion_does_not_bring_it_ba
     let Some(db) = ScratchPg::create().await else {
         return;
     };
-    let store = PgStore::open(&db.url, &crate::store::PgOptions::pool(4))
+    let store = PgStore::open(&db.url, &crate::store::PgOptions::pool(4), 64)
         .await
         .expect("opens and migrates");
     let team = TeamId::from(Uuid::now_v7());

@@ -4,6 +4,9 @@
 //! applied by `service`), never publishes events (that is `bus`), and never speaks HTTP.
 //! Every change and the activities it emits are written in one transaction (`Store::write`).
 
+mod group_commit;
+#[cfg(test)]
+mod group_commit_tests;
 #[cfg(test)]
 mod label_race_tests;
 #[cfg(test)]
@@ -46,6 +49,9 @@ pub enum StoreError {
     /// An optimistic update lost a race with a concurrent writer; the caller may retry.
     #[error("concurrent update")]
     Stale,
+    /// The `COMMIT` of a batch of write transactions (group commit) failed: nothing of it is kept.
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("serialization failed: {0}")]
@@ -115,6 +121,18 @@ pub struct InboxQuery {
 pub trait Store: Send + Sync + 'static {
     async fn read(&self) -> Result<Box<dyn Tx>>;
     async fn write(&self) -> Result<Box<dyn Tx>>;
+    /// A write transaction of one team: all the writes that append to a team's log open theirs
+    /// here. It may be committed together with other writes of the team (group commit); its
+    /// `commit` returns once that has committed.
+    async fn write_team(&self, team: TeamId) -> Result<Box<dyn Tx>> {
+        let _ = team;
+        self.write().await
+    }
+    /// Whether `write_team` needs the team (PostgreSQL: a lane per team); if not, a write by id
+    /// need not read its team first.
+    fn lanes_by_team(&self) -> bool {
+        false
+    }
     async fn ping(&self) -> Result<()>;
     fn backend(&self) -> &'static str;
     /// One webhook's row, read alone outside any transaction: the delivery worker reads it
@@ -448,17 +466,33 @@ pub struct StoredAnswer {
     pub body: Vec<u8>,
 }
 
+/// The most write transactions one group commit takes by default (`TASKFORGE_WRITE_BATCH`).
+pub const DEFAULT_WRITE_BATCH: u16 = 64;
+
 /// Opens the store named by a `sqlite://` or `postgres://` URL and runs its migrations.
 pub async fn connect(url: &str, pg_pool_size: u32) -> Result<std::sync::Arc<dyn Store>> {
-    connect_with(url, &PgOptions::pool(pg_pool_size)).await
+    connect_with(
+        url,
+        &PgOptions::pool(pg_pool_size),
+        DEFAULT_WRITE_BATCH.into(),
+    )
+    .await
 }
 
-/// `connect` with PostgreSQL's options.
-pub async fn connect_with(url: &str, pg: &PgOptions) -> Result<std::sync::Arc<dyn Store>> {
+/// `connect` with PostgreSQL's options and the most write transactions committed together.
+pub async fn connect_with(
+    url: &str,
+    pg: &PgOptions,
+    write_batch: usize,
+) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+        Ok(std::sync::Arc::new(
+            SqliteStore::open(url, write_batch).await?,
+        ))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(std::sync::Arc::new(PgStore::open(url, pg).await?))
+        Ok(std::sync::Arc::new(
+            PgStore::open(url, pg, write_batch).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl)
     }

@@ -226,7 +226,7 @@ async fn sqlite_answers_every_filter_and_sort_from_an_index() {
         "sqlite://{}?mode=rwc",
         dir.path().join("plans.db").display()
     );
-    super::SqliteStore::open(&url)
+    super::SqliteStore::open(&url, 64)
         .await
         .expect("opens and migrates");
     let mut conn = sqlx::SqliteConnection::connect(&url)
@@ -268,7 +268,7 @@ async fn postgres_can_answer_every_filter_and_sort_from_an_index() {
     };
     let url = db.url.clone();
     let outcome = async {
-        let store = super::PgStore::open(&url, &crate::store::PgOptions::pool(2))
+        let store = super::PgStore::open(&url, &crate::store::PgOptions::pool(2), 64)
             .await
             .expect("opens and migrates");
         drop(store);

@@ -1,10 +1,16 @@
 //! PostgreSQL, for many instances sharing one database.
 //!
-//! Writes run at READ COMMITTED; the team row is locked by `append`, the last statement before
-//! COMMIT, so one team's writes serialize only for that short tail and teams write in parallel.
+//! Writes run at READ COMMITTED. A write of one team (`write_team`) goes through the team's lane
+//! (`group_commit`): the writes of a team that queue on this instance while one runs are committed
+//! together, and each batch locks the team row first, before any member touches another row, so
+//! batches (of this instance or another) and their members can never wait on each other in a
+//! cycle. Teams write in parallel. Writes outside a team (`write`) lock the team row, if they
+//! append, in `append`, as late as possible.
 //! Reads run in a REPEATABLE READ, READ ONLY transaction: one snapshot for the data and its seq.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +22,9 @@ use sqlx::postgres::{
 };
 use sqlx::{Either, Execute, Executor, Postgres};
 
+use super::group_commit::{Lane, WriteTx};
 use super::{PgOptions, Pooler, Result, Store, StoreError, Tx};
+use crate::domain::TeamId;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -24,15 +32,23 @@ pub struct PgStore {
     pool: PgPool,
     /// Statements may be named and kept on the connection (not behind a transaction pooler).
     keep: bool,
+    /// The lanes of the teams written lately (idle ones are forgotten past `LANES_KEPT`).
+    lanes: parking_lot::Mutex<HashMap<TeamId, Arc<Lane<Postgres>>>>,
+    write_batch: usize,
 }
 
+/// Lanes kept before the idle ones are dropped.
+const LANES_KEPT: usize = 1024;
+
 pub struct PgTx {
-    tx: sqlx::Transaction<'static, Postgres>,
+    tx: WriteTx<Postgres>,
     keep: bool,
 }
 
 impl PgStore {
-    pub async fn open(url: &str, options: &PgOptions) -> Result<Self> {
+    /// Connects and migrates (or checks the schema, behind a transaction pooler); at most
+    /// `write_batch` write transactions of a team are committed together.
+    pub async fn open(url: &str, options: &PgOptions, write_batch: usize) -> Result<Self> {
         let pooled = options.pooler == Pooler::Transaction;
         let mut connect = PgConnectOptions::from_str(url)?;
         if pooled {
@@ -59,7 +75,20 @@ impl PgStore {
         Ok(Self {
             pool,
             keep: !pooled,
+            lanes: parking_lot::Mutex::new(HashMap::new()),
+            write_batch,
         })
+    }
+
+    fn lane(&self, team: TeamId) -> Arc<Lane<Postgres>> {
+        let mut lanes = self.lanes.lock();
+        if lanes.len() >= LANES_KEPT {
+            lanes.retain(|_, lane| !lane.is_idle());
+        }
+        lanes
+            .entry(team)
+            .or_insert_with(|| Arc::new(Lane::new(self.write_batch)))
+            .clone()
     }
 }
 
@@ -118,7 +147,7 @@ impl PgTx {
     /// The transaction's connection, as every statement of the store runs on it.
     fn exec(&mut self) -> PgExec<'_> {
         PgExec {
-            conn: &mut self.tx,
+            conn: self.tx.conn(),
             keep: self.keep,
         }
     }
@@ -234,24 +263,31 @@ impl PgStore {
     /// text: should it fail, the transaction sqlx tracks is dropped and rolled back, where an
     /// error inside the `BEGIN`'s own round trip would leave an aborted transaction untracked).
     async fn begin(&self, statement: &'static str, setting: Option<&'static str>) -> Result<PgTx> {
-        let pool = self.pool.clone();
-        let begun = tokio::spawn(async move {
-            let mut tx = pool.begin_with(statement).await?;
-            if let Some(setting) = setting {
-                // The simple protocol: nothing prepared, nothing kept on the connection.
-                sqlx::raw_sql(sqlx::AssertSqlSafe(setting))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>(tx)
-        })
-        .await
-        .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
         Ok(PgTx {
-            tx: begun,
+            tx: WriteTx::Alone(begin_tx(self.pool.clone(), statement, setting).await?),
             keep: self.keep,
         })
     }
+}
+
+async fn begin_tx(
+    pool: PgPool,
+    statement: &'static str,
+    setting: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, Postgres>> {
+    let begun = tokio::spawn(async move {
+        let mut tx = pool.begin_with(statement).await?;
+        if let Some(setting) = setting {
+            // The simple protocol: nothing prepared, nothing kept on the connection.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(setting))
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok::<_, sqlx::Error>(tx)
+    })
+    .await
+    .map_err(|e| sqlx::Error::Protocol(format!("the BEGIN task failed: {e}")))??;
+    Ok(begun)
 }
 
 #[async_trait]
@@ -271,6 +307,34 @@ impl Store for PgStore {
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(self.begin("BEGIN", None).await?))
+    }
+
+    async fn write_team(&self, team: TeamId) -> Result<Box<dyn Tx>> {
+        let keep = self.keep;
+        let pool = self.pool.clone();
+        let member = self
+            .lane(team)
+            .join(move || async move {
+                let mut tx = begin_tx(pool, "BEGIN", None).await?;
+                // The team row first: see the module's doc.
+                sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR NO KEY UPDATE")
+                    .bind(team)
+                    .execute(PgExec {
+                        conn: &mut tx,
+                        keep,
+                    })
+                    .await?;
+                Ok(tx)
+            })
+            .await?;
+        Ok(Box::new(PgTx {
+            tx: WriteTx::Batched(member),
+            keep,
+        }))
+    }
+
+    fn lanes_by_team(&self) -> bool {
+        true
     }
 
     async fn ping(&self) -> Result<()> {
@@ -328,7 +392,7 @@ mod tests {
             pooler: Pooler::Transaction,
             migration_url,
         };
-        match PgStore::open(&pg.url, &pooled(None)).await {
+        match PgStore::open(&pg.url, &pooled(None), 64).await {
             Err(StoreError::SchemaMismatch(why)) => {
                 let first = MIGRATOR.iter().map(|m| m.version).min().unwrap_or(0);
                 assert!(why.contains(&format!("from {first}")), "{why}");
@@ -336,12 +400,12 @@ mod tests {
             Err(e) => panic!("expected SchemaMismatch, got {e}"),
             Ok(_) => panic!("a pooled store opened an unmigrated database"),
         }
-        let store = PgStore::open(&pg.url, &pooled(Some(pg.url.clone())))
+        let store = PgStore::open(&pg.url, &pooled(Some(pg.url.clone())), 64)
             .await
             .expect("migrated over the direct URL");
         store.ping().await.expect("ping");
         drop(store);
-        let store = PgStore::open(&pg.url, &pooled(None))
+        let store = PgStore::open(&pg.url, &pooled(None), 64)
             .await
             .expect("a current schema opens without migrating");
         assert!(
@@ -366,7 +430,7 @@ mod tests {
         .await
         .expect("a later migration");
         direct.close().await;
-        match PgStore::open(&pg.url, &pooled(None)).await {
+        match PgStore::open(&pg.url, &pooled(None), 64).await {
             Err(StoreError::SchemaMismatch(why)) => assert!(why.contains("unknown"), "{why}"),
             Err(e) => panic!("expected SchemaMismatch, got {e}"),
             Ok(_) => panic!("a pooled store opened a later schema"),

@@ -44,7 +44,9 @@ async fn found(store: &SqliteStore, team: TeamId, word: &str) -> Vec<String> {
 
 /// A fresh database at `url` holding one team, its board and tasks of these titles.
 async fn store_with(url: &str, titles: &[&str]) -> (SqliteStore, TeamId, BoardId, Vec<Task>) {
-    let store = SqliteStore::open(url).await.expect("opens and migrates");
+    let store = SqliteStore::open(url, 64)
+        .await
+        .expect("opens and migrates");
     let team = TeamId::from(Uuid::now_v7());
     let board = BoardId::from(Uuid::now_v7());
     let tasks: Vec<Task> = titles.iter().map(|t| task(team, board, t)).collect();
@@ -144,6 +146,6 @@ async fn tasks_without_a_search_key_are_indexed_when_the_database_opens() {
         .expect("clears the keys");
     raw.close().await.ok();
 
-    let store = SqliteStore::open(&url).await.expect("reopens");
+    let store = SqliteStore::open(&url, 64).await.expect("reopens");
     assert_eq!(found(&store, team, "delta").await, ["delta four"]);
 }

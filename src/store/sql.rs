@@ -523,7 +523,7 @@ macro_rules! task_columns {
 }
 pub(super) use task_columns;
 
-/// Implements `Tx` for a struct `$tx { tx: sqlx::Transaction<'static, $db> }`.
+/// Implements `Tx` for a struct `$tx { tx: group_commit::WriteTx<$db> }` with an `exec()`.
 macro_rules! impl_tx {
     ($tx:ident, $dialect:expr, $lock_row:literal, $share_row:literal) => {
         // An unnamed const gives the impl its own imports.
@@ -552,8 +552,7 @@ macro_rules! impl_tx {
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
             async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
-                self.tx.commit().await?;
-                Ok(())
+                self.tx.commit().await
             }
 
             async fn insert_user(&mut self, u: &User, password_hash: &str) -> $crate::store::Result<()> {

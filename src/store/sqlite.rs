@@ -5,6 +5,7 @@
 //! on a read-then-write; writers queue for that connection instead. Readers never block in WAL.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,26 +14,32 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::group_commit::{Lane, WriteTx};
 use super::{Result, Store, Tx};
 
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Every write transaction goes through this one lane: those that queue while one runs are
+    /// committed together (`group_commit`).
+    lane: Arc<Lane<Sqlite>>,
 }
 
 pub struct SqliteTx {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    tx: WriteTx<Sqlite>,
 }
 
 impl SqliteTx {
     /// The transaction's connection, as every statement of the store runs on it.
     fn exec(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.tx
+        self.tx.conn()
     }
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    /// Opens (creating it if missing) and migrates the database; at most `max_batch` write
+    /// transactions are committed together.
+    pub async fn open(url: &str, max_batch: usize) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -61,7 +68,11 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            lane: Arc::new(Lane::new(max_batch)),
+        })
     }
 }
 
@@ -69,13 +80,18 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn read(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqliteTx {
-            tx: self.readers.begin().await?,
+            tx: WriteTx::Alone(self.readers.begin().await?),
         }))
     }
 
     async fn write(&self) -> Result<Box<dyn Tx>> {
+        let writer = self.writer.clone();
+        let member = self
+            .lane
+            .join(move || async move { Ok(writer.begin_with("BEGIN IMMEDIATE").await?) })
+            .await?;
         Ok(Box::new(SqliteTx {
-            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            tx: WriteTx::Batched(member),
         }))
     }
 

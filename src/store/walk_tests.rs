@@ -274,7 +274,9 @@ macro_rules! check_walks {
 async fn sqlite_walks_give_the_matches_page() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("walk.db").display());
-    let store = SqliteStore::open(&url).await.expect("opens and migrates");
+    let store = SqliteStore::open(&url, 64)
+        .await
+        .expect("opens and migrates");
     let data = seed(&store, &mut Rng(1)).await;
     let mut conn = sqlx::SqliteConnection::connect(&url)
         .await
@@ -290,7 +292,7 @@ async fn postgres_walks_give_the_matches_page() {
     let url = db.url.clone();
     // In a task of its own, so that the scratch database is dropped whatever the outcome.
     let outcome = tokio::spawn(async move {
-        let store = PgStore::open(&url, &crate::store::PgOptions::pool(2))
+        let store = PgStore::open(&url, &crate::store::PgOptions::pool(2), 64)
             .await
             .expect("opens and migrates");
         let data = seed(&store, &mut Rng(1)).await;

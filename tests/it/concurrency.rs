@@ -1,6 +1,12 @@
 //! Concurrent mutations in two teams through a pool of connections; afterwards each team's
 //! activity log must be gapless (seq 1..N), complete (N = successful mutations + setup) and must
-//! contain every created task exactly once.
+//! contain every created task exactly once. Requests that fail inside their transaction (an
+//! assignee who is not a member: refused by the service; a member added twice: refused by the
+//! database) are mixed in, and leave nothing behind.
+//!
+//! Each test runs with the group commit as configured by default, with every write committing
+//! alone (`TASKFORGE_WRITE_BATCH=1`), and with batches as large as the queue
+//! (`TASKFORGE_WRITE_BATCH=1000`): requests that fail then sit between others in a batch.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,7 +16,27 @@ use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 
-both_backends!(concurrent_mutations_keep_the_log_gapless);
+both_backends!(
+    concurrent_mutations_keep_the_log_gapless,
+    concurrent_mutations_keep_the_log_gapless_committing_alone,
+    concurrent_mutations_keep_the_log_gapless_in_large_batches,
+);
+
+/// `TASKFORGE_WRITE_BATCH` forcing every write to commit alone, and batches as large as the queue.
+const ALONE: &[(&str, &str)] = &[("TASKFORGE_WRITE_BATCH", "1")];
+const LARGE: &[(&str, &str)] = &[("TASKFORGE_WRITE_BATCH", "1000")];
+
+async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
+    mutations_keep_the_log_gapless(b, &[]).await;
+}
+
+async fn concurrent_mutations_keep_the_log_gapless_committing_alone(b: Backend) {
+    mutations_keep_the_log_gapless(b, ALONE).await;
+}
+
+async fn concurrent_mutations_keep_the_log_gapless_in_large_batches(b: Backend) {
+    mutations_keep_the_log_gapless(b, LARGE).await;
+}
 
 #[derive(Clone, Debug)]
 enum Job {
@@ -30,6 +56,18 @@ enum Job {
         task: Uuid,
         n: usize,
     },
+    /// A creation naming an assignee outside the team: 422 from inside the transaction.
+    Refused {
+        team: Uuid,
+        token: String,
+        n: usize,
+    },
+    /// Adding a member again: the database refuses the row (409), inside the transaction.
+    Rejoin {
+        team: Uuid,
+        token: String,
+        user: Uuid,
+    },
 }
 
 #[derive(Default)]
@@ -43,8 +81,8 @@ struct Outcome {
 
 const WORKERS: usize = 24;
 
-async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
-    let srv = TestServer::start(b).await;
+async fn mutations_keep_the_log_gapless(b: Backend, settings: &[(&str, &str)]) {
+    let srv = TestServer::start_with(b, settings).await;
     let api = srv.client();
 
     // Setup, counted: team A with 3 members, team B with 1, 10 + 4 seed tasks.
@@ -110,6 +148,19 @@ async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
             n,
         });
     }
+    // 20 requests that fail inside their transaction, between the others.
+    for n in 0..10 {
+        a_jobs.push(Job::Refused {
+            team: team_a.id,
+            token: a_users[n % a_users.len()].access_token.clone(),
+            n,
+        });
+        a_jobs.push(Job::Rejoin {
+            team: team_a.id,
+            token: oa.access_token.clone(),
+            user: a_users[1 + n % 3].user.id,
+        });
+    }
     let mut b_jobs = Vec::new();
     for n in 0..30 {
         b_jobs.push(Job::Create {
@@ -155,7 +206,7 @@ async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
         queue.extend(b);
     }
     let total_jobs = queue.len();
-    assert_eq!(total_jobs, 280);
+    assert_eq!(total_jobs, 300);
     let team_of_task: HashMap<Uuid, Uuid> = seed_a
         .iter()
         .map(|t| (*t, team_a.id))
@@ -216,6 +267,28 @@ async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
                             .await;
                         (r.status, team_of_task[task], 1, None, None)
                     }
+                    Job::Refused { team, token, n } => {
+                        let r = api
+                            .post(
+                                &format!("/api/v1/teams/{team}/tasks"),
+                                token,
+                                json!({"title": format!("refused {n}"), "assigneeUserId": Uuid::new_v4()}),
+                            )
+                            .await;
+                        assert_eq!(r.status, 422, "an outsider as assignee: {}", r.text);
+                        (r.status, *team, 0, None, None)
+                    }
+                    Job::Rejoin { team, token, user } => {
+                        let r = api
+                            .post(
+                                &format!("/api/v1/teams/{team}/members"),
+                                token,
+                                json!({"userId": user, "role": "member"}),
+                            )
+                            .await;
+                        assert_eq!(r.status, 409, "a member added again: {}", r.text);
+                        (r.status, *team, 0, None, None)
+                    }
                 };
                 let mut o = outcome.lock().unwrap();
                 *o.statuses.entry(status).or_default() += 1;
@@ -253,6 +326,8 @@ async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
         "server errors under concurrency: {:?}",
         o.statuses
     );
+    assert_eq!(o.statuses.get(&422), Some(&10), "{:?}", o.statuses);
+    assert_eq!(o.statuses.get(&409), Some(&10), "{:?}", o.statuses);
     let ok: usize = o
         .statuses
         .iter()
@@ -323,12 +398,28 @@ async fn concurrent_mutations_keep_the_log_gapless(b: Backend) {
     }
 }
 
-both_backends!(racing_if_match_patches_let_exactly_one_win);
+both_backends!(
+    racing_if_match_patches_let_exactly_one_win,
+    racing_if_match_patches_let_exactly_one_win_committing_alone,
+    racing_if_match_patches_let_exactly_one_win_in_large_batches,
+);
+
+async fn racing_if_match_patches_let_exactly_one_win(b: Backend) {
+    if_match_race(b, &[]).await;
+}
+
+async fn racing_if_match_patches_let_exactly_one_win_committing_alone(b: Backend) {
+    if_match_race(b, ALONE).await;
+}
+
+async fn racing_if_match_patches_let_exactly_one_win_in_large_batches(b: Backend) {
+    if_match_race(b, LARGE).await;
+}
 
 /// 30 PATCHes carrying the same `If-Match` race: exactly one wins, the rest get 412 with the
 /// winner's version, and exactly one `task.updated` is logged.
-async fn racing_if_match_patches_let_exactly_one_win(b: Backend) {
-    let srv = TestServer::start(b).await;
+async fn if_match_race(b: Backend, settings: &[(&str, &str)]) {
+    let srv = TestServer::start_with(b, settings).await;
     let api = srv.client();
     let owner = api.new_user("Racer").await;
     let team = api.create_team(owner.token(), "Race").await;

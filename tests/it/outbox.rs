@@ -8,7 +8,10 @@ use crate::common::*;
 use serde_json::json;
 use uuid::Uuid;
 
-both_backends!(a_crash_between_commit_and_publish_is_republished_on_restart);
+both_backends!(
+    a_crash_between_commit_and_publish_is_republished_on_restart,
+    a_crash_after_a_group_commit_republishes_every_member,
+);
 
 /// (published watermark, latest seq) of a team, read straight from the database.
 async fn watermark(srv: &TestServer, team: Uuid) -> (i64, i64) {
@@ -159,4 +162,69 @@ async fn a_crash_between_commit_and_publish_is_republished_on_restart(b: Backend
     assert_eq!(seqs, vec![1, 2]);
     assert_eq!(log[0].task_id, Some(first.id));
     assert_eq!(log[1].kind, "task.created");
+}
+
+/// Concurrent creations with batches as large as the queue: the process dies right after the
+/// first `COMMIT` (which may carry several of them); on restart every activity it committed is
+/// published, seqs 1..=N, one `task.created` each.
+async fn a_crash_after_a_group_commit_republishes_every_member(b: Backend) {
+    let mut srv = TestServer::process_with(b, &[("TASKFORGE_WRITE_BATCH", "1000")]).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Batch crash").await;
+    srv.set_env("TASKFORGE_FAULT", Some("crash-after-commit"));
+    srv.restart().await;
+    let api = srv.client();
+    let login = api.login(&owner.user.email, PASSWORD).await;
+    let token = login.ok(200)["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let url = format!("{}/api/v1/teams/{}/tasks", srv.base, team.id);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let (url, token, barrier) = (url.clone(), token.clone(), barrier.clone());
+        sent.push(tokio::spawn(async move {
+            barrier.wait().await;
+            reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"title": format!("batched {i}")}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for s in sent {
+        if let Ok(Ok(status)) = s.await {
+            assert!(
+                status >= 500,
+                "nothing is answered before the process dies: {status}"
+            );
+        }
+    }
+    let exit = srv.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(86),
+        "the fault switch ended the process"
+    );
+    let (published, committed) = watermark(&srv, team.id).await;
+    assert_eq!(published, 0, "nothing was published before the crash");
+    assert!(committed >= 1, "the first batch committed before the crash");
+    eprintln!("{b:?}: the batch that crashed carried {committed} creations");
+
+    srv.set_env("TASKFORGE_FAULT", None);
+    srv.restart().await;
+    assert_eq!(
+        wait_published(&srv, team.id, committed).await,
+        (committed, committed),
+        "the relay republished the whole batch on start"
+    );
+    let api = srv.client();
+    let log = api.activity(&token, team.id).await;
+    let seqs: Vec<i64> = log.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, (1..=committed).collect::<Vec<_>>());
+    assert!(log.iter().all(|a| a.kind == "task.created"));
 }

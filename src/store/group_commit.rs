@@ -1,0 +1,367 @@
+//! Group commit: write transactions that queue for the same lane (SQLite: the one writer;
+//! PostgreSQL: one team) while another of the lane runs are run one after another inside one
+//! database transaction, each inside its own `SAVEPOINT`, and committed together by one `COMMIT`.
+//!
+//! A member that ends without committing (a validation error, a 404, a 412, a dropped request)
+//! is rolled back to its savepoint alone before the next member starts; the batch goes on. A
+//! member's `commit` returns once the batch's `COMMIT` has answered, with its outcome: a request is
+//! answered only after what it wrote is durable, as before.
+//!
+//! The lane owns nothing but the order of its members; it never holds the batch across anything
+//! but one member's own statements, and it never leaves a batch open without someone bound to
+//! commit it: each member that hands the batch on also queues a flush behind the members waiting
+//! at that moment, which commits the batch if nobody has by then.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+
+use super::{Result, StoreError};
+
+/// The statements a batch runs on its connection besides the members' own.
+#[async_trait]
+pub(super) trait BatchConnection: Send {
+    /// Runs one fixed statement (simple protocol, nothing prepared).
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error>;
+}
+
+#[async_trait]
+impl BatchConnection for sqlx::PgConnection {
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BatchConnection for sqlx::SqliteConnection {
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
+
+const SAVEPOINT: &str = "SAVEPOINT batch_member";
+const RELEASE: &str = "RELEASE SAVEPOINT batch_member";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT batch_member; RELEASE SAVEPOINT batch_member";
+
+/// What every member of a batch is told when its `COMMIT` has answered. `StoreError` is not
+/// `Clone`, so a failure reaches each member as its text.
+type Outcome = std::result::Result<(), Arc<str>>;
+
+struct Batch<DB: sqlx::Database>
+where
+    DB::Connection: BatchConnection,
+{
+    id: u64,
+    tx: sqlx::Transaction<'static, DB>,
+    /// Members whose savepoint is released, waiting for the `COMMIT`.
+    committed: Vec<oneshot::Sender<Outcome>>,
+    /// A member ended without committing: its savepoint must be rolled back before anything
+    /// else runs on the batch.
+    abandoned: bool,
+}
+
+/// One lane: at most one batch open, its members one after another.
+pub(super) struct Lane<DB: sqlx::Database>
+where
+    DB::Connection: BatchConnection,
+{
+    slot: Arc<Mutex<Option<Batch<DB>>>>,
+    /// Requests waiting for the lane: a member that commits hands the batch on while any wait.
+    queued: Arc<AtomicUsize>,
+    next_id: AtomicU64,
+    /// The most members one batch takes (1: every request commits alone).
+    max_batch: usize,
+}
+
+/// Counts a request as queued until it gets the lane or is dropped while waiting.
+struct Queued(Arc<AtomicUsize>);
+
+impl Queued {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<DB> Lane<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    pub(super) fn new(max_batch: usize) -> Self {
+        Self {
+            slot: Arc::new(Mutex::new(None)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            next_id: AtomicU64::new(1),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Whether nobody uses the lane now (it can be forgotten).
+    pub(super) fn is_idle(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+            && self.slot.try_lock().map(|s| s.is_none()).unwrap_or(false)
+    }
+
+    /// Joins the open batch, or opens one with `begin` (which also takes whatever the lane's
+    /// batches must hold first). The member's statements run inside its own savepoint.
+    ///
+    /// Runs in a task of its own: a caller dropped while it waits cannot leave the lane half
+    /// changed (the member it would have got is dropped, which hands the lane on).
+    pub(super) async fn join<F, Fut>(self: &Arc<Self>, begin: F) -> Result<Member<DB>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<sqlx::Transaction<'static, DB>>> + Send + 'static,
+    {
+        let lane = self.clone();
+        tokio::spawn(async move { lane.join_here(begin).await })
+            .await
+            .map_err(|e| StoreError::Commit(format!("joining a batch failed: {e}")))?
+    }
+
+    async fn join_here<F, Fut>(self: Arc<Self>, begin: F) -> Result<Member<DB>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<sqlx::Transaction<'static, DB>>>,
+    {
+        let queued = Queued::new(&self.queued);
+        let mut slot = self.slot.clone().lock_owned().await;
+        drop(queued);
+        if let Err(e) = settle_abandoned(&mut slot).await {
+            fail(&mut slot, &e);
+            return Err(e);
+        }
+        if slot.is_none() {
+            let tx = begin().await?;
+            *slot = Some(Batch {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                tx,
+                committed: Vec::new(),
+                abandoned: false,
+            });
+        }
+        let savepoint = match slot.as_mut() {
+            Some(batch) => batch.tx.run(SAVEPOINT).await.map_err(StoreError::from),
+            None => Err(StoreError::Corrupt("a batch vanished from its lane".into())),
+        };
+        if let Err(e) = savepoint {
+            fail(&mut slot, &e);
+            return Err(e);
+        }
+        Ok(Member {
+            lane: self,
+            slot: Some(slot),
+        })
+    }
+}
+
+/// Rolls back a savepoint a member left open.
+async fn settle_abandoned<DB>(slot: &mut Option<Batch<DB>>) -> Result<()>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    if let Some(batch) = slot.as_mut().filter(|b| b.abandoned) {
+        batch.tx.run(ROLLBACK_TO).await?;
+        batch.abandoned = false;
+    }
+    Ok(())
+}
+
+/// The batch's connection failed: every member waiting is told, the transaction is dropped
+/// (rolled back), and the lane is free for a new batch.
+fn fail<DB>(slot: &mut Option<Batch<DB>>, e: &StoreError)
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    if let Some(batch) = slot.take() {
+        let why: Arc<str> = format!("the batch failed: {e}").into();
+        for m in batch.committed {
+            let _ = m.send(Err(why.clone()));
+        }
+    }
+}
+
+/// Commits the batch in `slot` and tells its members.
+async fn commit_batch<DB>(slot: &mut Option<Batch<DB>>) -> Outcome
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    if let Err(e) = settle_abandoned(slot).await {
+        fail(slot, &e);
+        return Err(format!("{e}").into());
+    }
+    let Some(batch) = slot.take() else {
+        return Ok(());
+    };
+    let outcome: Outcome = match batch.tx.commit().await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("commit failed: {e}").into()),
+    };
+    metrics::counter!(crate::telemetry::WRITE_BATCHES).increment(1);
+    metrics::counter!(crate::telemetry::WRITE_BATCH_MEMBERS)
+        .increment(batch.committed.len() as u64);
+    for m in batch.committed {
+        let _ = m.send(outcome.clone());
+    }
+    outcome
+}
+
+/// One request's part of a batch: the connection is its own until it commits or is dropped.
+pub(super) struct Member<DB: sqlx::Database>
+where
+    DB::Connection: BatchConnection,
+{
+    lane: Arc<Lane<DB>>,
+    /// The lane, held; `None` once handed on.
+    slot: Option<OwnedMutexGuard<Option<Batch<DB>>>>,
+}
+
+impl<DB> Member<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    /// The batch's connection, on which the member's statements run.
+    pub(super) fn conn(&mut self) -> &mut DB::Connection {
+        let batch = self
+            .slot
+            .as_mut()
+            .and_then(|s| s.as_mut())
+            .expect("a member holds its batch until it ends");
+        &mut batch.tx
+    }
+
+    /// Releases the member's savepoint and waits for the batch's `COMMIT`: run now when nobody
+    /// waits for the lane (or the batch is full), else by a later member or the flush.
+    ///
+    /// Runs in a task of its own: a `COMMIT` that carries other members' writes must not be
+    /// interrupted because this member's caller went away.
+    pub(super) async fn commit(self) -> Result<()> {
+        tokio::spawn(self.commit_here())
+            .await
+            .map_err(|e| StoreError::Commit(format!("the commit task failed: {e}")))?
+    }
+
+    async fn commit_here(mut self) -> Result<()> {
+        let Some(mut slot) = self.slot.take() else {
+            return Err(StoreError::Corrupt("a member committed twice".into()));
+        };
+        let Some(batch) = slot.as_mut() else {
+            return Err(StoreError::Corrupt("a member lost its batch".into()));
+        };
+        if let Err(e) = batch.tx.run(RELEASE).await {
+            let e = StoreError::from(e);
+            fail(&mut slot, &e);
+            return Err(e);
+        }
+        let (done, outcome) = oneshot::channel();
+        batch.committed.push(done);
+        let full = batch.committed.len() >= self.lane.max_batch;
+        let id = batch.id;
+        if full || self.lane.queued.load(Ordering::SeqCst) == 0 {
+            return commit_batch(&mut slot)
+                .await
+                .map_err(|why| StoreError::Commit(why.to_string()));
+        }
+        drop(slot);
+        // Queued behind the members waiting now: by the time it holds the lane they have all
+        // run, and if the batch is still open, nobody else is bound to commit it.
+        let flush = self.lane.slot.clone();
+        tokio::spawn(async move {
+            let mut slot = flush.lock_owned().await;
+            if slot.as_ref().is_some_and(|b| b.id == id) {
+                let _ = commit_batch(&mut slot).await;
+            }
+        });
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StoreError::Commit(why.to_string())),
+            Err(_) => Err(StoreError::Commit("the batch was dropped".into())),
+        }
+    }
+}
+
+impl<DB> Drop for Member<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    fn drop(&mut self) {
+        // Ended without committing: the next holder of the lane rolls its savepoint back first.
+        // If nobody comes, the batch still has to end: a flush does it (and commits the members
+        // that did commit).
+        let Some(mut slot) = self.slot.take() else {
+            return;
+        };
+        let Some(batch) = slot.as_mut() else {
+            return;
+        };
+        batch.abandoned = true;
+        let id = batch.id;
+        let alone = batch.committed.is_empty();
+        drop(slot);
+        // Outside a runtime (its shutdown) nothing can run: the transaction is dropped with the
+        // lane, which rolls it back.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let flush = self.lane.slot.clone();
+        runtime.spawn(async move {
+            let mut slot = flush.lock_owned().await;
+            if slot.as_ref().is_some_and(|b| b.id == id) {
+                if alone && slot.as_ref().is_some_and(|b| b.committed.is_empty()) {
+                    // Nothing to keep: dropping the transaction rolls it back.
+                    slot.take();
+                } else {
+                    let _ = commit_batch(&mut slot).await;
+                }
+            }
+        });
+    }
+}
+
+/// A transaction of the store: its own, or a member of a lane's batch.
+pub(super) enum WriteTx<DB: sqlx::Database>
+where
+    DB::Connection: BatchConnection,
+{
+    Alone(sqlx::Transaction<'static, DB>),
+    Batched(Member<DB>),
+}
+
+impl<DB> WriteTx<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    pub(super) fn conn(&mut self) -> &mut DB::Connection {
+        match self {
+            Self::Alone(tx) => tx,
+            Self::Batched(m) => m.conn(),
+        }
+    }
+
+    pub(super) async fn commit(self) -> Result<()> {
+        match self {
+            Self::Alone(tx) => Ok(tx.commit().await?),
+            Self::Batched(m) => m.commit().await,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The group commit on real SQLite and PostgreSQL, step by step: writes that queue behind one
+//! are committed together, a member that fails (at the database, which aborts the transaction on
+//! PostgreSQL) is rolled back alone and leaves no seq behind, and a batch of one commits at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{PgOptions, PgStore, SqliteStore, Store, Tx};
+use crate::domain::activity::{ActivityData, ActivityDraft};
+use crate::domain::*;
+
+/// A user and a team with its board, committed.
+async fn team(store: &dyn Store) -> (UserId, Board, Team) {
+    let at = OffsetDateTime::now_utc();
+    let user = User {
+        id: UserId::from(Uuid::now_v7()),
+        email: format!("{}@example.com", Uuid::new_v4()),
+        display_name: "Batch".into(),
+        created_at: at,
+    };
+    let team = Team {
+        id: TeamId::from(Uuid::now_v7()),
+        name: "Batch".into(),
+        created_at: at,
+        default_board_id: BoardId::from(Uuid::now_v7()),
+    };
+    let board = Board {
+        id: team.default_board_id,
+        team_id: team.id,
+        name: "General".into(),
+        created_at: at,
+    };
+    let mut tx = store.write().await.expect("write");
+    tx.insert_user(&user, "hash").await.expect("user");
+    tx.insert_team(&team).await.expect("team");
+    tx.insert_board(&board).await.expect("board");
+    tx.commit().await.expect("commit");
+    (user.id, board, team)
+}
+
+/// Appends one `board.updated` naming `name`; returns its seq.
+async fn append(tx: &mut dyn Tx, user: UserId, board: &Board, name: &str) -> i64 {
+    let mut b = board.clone();
+    b.name = name.into();
+    let draft = ActivityDraft::new(
+        ActivityData::BoardUpdated { board: b },
+        user,
+        OffsetDateTime::now_utc(),
+    );
+    let entries = tx.append(board.team_id, vec![draft]).await.expect("append");
+    entries[0].seq
+}
+
+async fn last_seq(store: &dyn Store, team: TeamId) -> i64 {
+    let mut tx = store.read().await.expect("read");
+    tx.last_seq(team).await.expect("last seq").unwrap_or(0)
+}
+
+/// Lets spawned work reach its next wait.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+/// A holds the lane; B and C queue. A commits: its answer waits for the batch. B appends, then
+/// fails at the database and is dropped. C appends (B's seq again) and commits: A and C are
+/// answered together, B left nothing.
+async fn queued_writes_commit_together_and_a_failure_alone_rolls_back(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    assert_eq!(append(&mut *a, user, &board, "A").await, 1);
+
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    settle().await;
+    let s = store.clone();
+    let c = tokio::spawn(async move { s.write_team(t.id).await });
+    settle().await;
+
+    let a_commit = tokio::spawn(a.commit());
+    let mut b = b.await.expect("B joined").expect("B");
+    assert_eq!(append(&mut *b, user, &board, "B").await, 2);
+    assert!(
+        b.insert_team(&t).await.is_err(),
+        "a second row for the team must be refused"
+    );
+    drop(b);
+
+    let mut c = c.await.expect("C joined").expect("C");
+    assert_eq!(
+        append(&mut *c, user, &board, "C").await,
+        2,
+        "B's seq was rolled back with it"
+    );
+    settle().await;
+    assert!(
+        !a_commit.is_finished(),
+        "A is answered when its batch commits, not before"
+    );
+    assert_eq!(last_seq(&*store, t.id).await, 0, "nothing committed yet");
+    c.commit().await.expect("C commits the batch");
+    a_commit
+        .await
+        .expect("A's commit ran")
+        .expect("A committed with C");
+
+    let mut tx = store.read().await.expect("read");
+    let log = tx.activities(t.id, 0, 10, 1 << 20).await.expect("log");
+    let names: Vec<(i64, String)> = log
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+            (
+                e.seq,
+                v["data"]["board"]["name"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [(1, "A".into()), (2, "C".into())]);
+}
+
+/// With batches of one, A commits at once though B waits, and B gets a transaction of its own.
+async fn batches_of_one_commit_at_once(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    append(&mut *a, user, &board, "A").await;
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    settle().await;
+    tokio::time::timeout(Duration::from_secs(10), a.commit())
+        .await
+        .expect("A does not wait for B")
+        .expect("A commits");
+    assert_eq!(last_seq(&*store, t.id).await, 1, "A is committed alone");
+    let mut b = b.await.expect("B joined").expect("B");
+    assert_eq!(append(&mut *b, user, &board, "B").await, 2);
+    drop(b);
+    settle().await;
+    let mut c = store.write_team(t.id).await.expect("C after a dropped B");
+    assert_eq!(append(&mut *c, user, &board, "C").await, 2);
+    c.commit().await.expect("C commits");
+    assert_eq!(last_seq(&*store, t.id).await, 2);
+}
+
+async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("batch.db").display()
+    );
+    let store = SqliteStore::open(&url, max_batch)
+        .await
+        .expect("opens and migrates");
+    (dir, Arc::new(store))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queued_writes_commit_together() {
+    let (_dir, store) = sqlite(64).await;
+    queued_writes_commit_together_and_a_failure_alone_rolls_back(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_batches_of_one_commit_at_once() {
+    let (_dir, store) = sqlite(1).await;
+    batches_of_one_commit_at_once(store).await;
+}
+
+/// Runs `story` on a scratch PostgreSQL database (skipped, visibly, without one).
+async fn on_postgres<F, Fut>(max_batch: usize, story: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let Some(db) = super::scratch_tests::ScratchPg::create().await else {
+        return;
+    };
+    let url = db.url.clone();
+    // In a task of its own, so that the scratch database is dropped whatever the outcome.
+    let outcome = tokio::spawn(async move {
+        let store = PgStore::open(&url, &PgOptions::pool(4), max_batch)
+            .await
+            .expect("opens and migrates");
+        story(Arc::new(store)).await;
+    })
+    .await;
+    db.drop_database().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_queued_writes_commit_together() {
+    on_postgres(
+        64,
+        queued_writes_commit_together_and_a_failure_alone_rolls_back,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batches_of_one_commit_at_once() {
+    on_postgres(1, batches_of_one_commit_at_once).await;
+}
