@@ -253,6 +253,20 @@ redis.call('DEL', KEYS[1])
 return removed
 ";
 
+/// Runs a script call, once more when Redis lost the script between loading and running it (a
+/// restart or a `SCRIPT FLUSH` at that moment: redis-rs loads it once, then gives up).
+async fn invoke<T: redis::FromRedisValue>(
+    call: &redis::ScriptInvocation<'_>,
+    con: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<T> {
+    match call.invoke_async(con).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            call.invoke_async(con).await
+        }
+        other => other,
+    }
+}
+
 fn unreachable(e: impl std::fmt::Display) -> BusError {
     BusError::Unreachable(e.to_string())
 }
@@ -1375,14 +1389,11 @@ impl RedisPresence {
             if self.alive(&mut con, instance).await? {
                 return Ok(false);
             }
-            self.sweep
-                .key(key::instance_tasks(team, instance))
-                .arg(instance)
+            let mut call = self.sweep.key(key::instance_tasks(team, instance));
+            call.arg(instance)
                 .arg(key::presence_prefix(team))
-                .arg(Topic::Team(team).channel())
-                .invoke_async::<i64>(&mut con)
-                .await
-                .map_err(unreachable)?;
+                .arg(Topic::Team(team).channel());
+            invoke::<i64>(&call, &mut con).await.map_err(unreachable)?;
         }
         if self.alive(&mut con, instance).await? {
             return Ok(false);
@@ -1450,7 +1461,7 @@ impl SharedPresence for RedisPresence {
                 .arg(Viewer::new(team, task, v).encode());
         }
         let mut con = con;
-        let (recorded, synced) = tokio::join!(record, call.invoke_async::<i64>(&mut con));
+        let (recorded, synced) = tokio::join!(record, invoke::<i64>(&call, &mut con));
         recorded.map_err(unreachable)?;
         synced.map(|_| ()).map_err(unreachable)
     }
@@ -1698,10 +1709,13 @@ mod tests {
             !seqs.is_empty() && seqs.len() <= BUDGET / BODY + 1,
             "{seqs:?}"
         );
-        let prefix: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(
-            seqs, prefix,
-            "what was kept is the start of the burst, in order"
+        // In order, from the start of the burst (the first message always fits). Not always a
+        // prefix: once the hub has taken an event, a later message may fit again beside the
+        // ones dropped before it; the hub repairs that gap from the log.
+        assert_eq!(seqs.first(), Some(&1), "{seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "what was kept is in order: {seqs:?}"
         );
     }
 

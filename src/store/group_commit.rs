@@ -3,7 +3,9 @@
 //! database transaction, each inside its own `SAVEPOINT`, and committed together by one `COMMIT`.
 //!
 //! A member that ends without committing (a validation error, a 404, a 412, a dropped request)
-//! is rolled back to its savepoint alone before the next member starts; the batch goes on. A
+//! is rolled back to its savepoint alone before the next member starts; the batch goes on. The
+//! member that opens a batch needs no savepoint (should it fail, nothing else is in the
+//! transaction, which is dropped): a write that finds nobody ahead of it costs what it did. A
 //! member's `commit` returns once the batch's `COMMIT` has answered, with its outcome: a request is
 //! answered only after what it wrote is durable, as before.
 //!
@@ -63,9 +65,17 @@ where
     tx: sqlx::Transaction<'static, DB>,
     /// Members whose savepoint is released, waiting for the `COMMIT`.
     committed: Vec<oneshot::Sender<Outcome>>,
-    /// A member ended without committing: its savepoint must be rolled back before anything
-    /// else runs on the batch.
-    abandoned: bool,
+    /// What a member that ended without committing left to undo before anything else runs.
+    left: Left,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Nothing,
+    /// A member's savepoint: roll back to it.
+    Savepoint,
+    /// The member that opened the batch (no savepoint, nobody committed): drop the transaction.
+    Everything,
 }
 
 /// One lane: at most one batch open, its members one after another.
@@ -141,43 +151,56 @@ where
         let queued = Queued::new(&self.queued);
         let mut slot = self.slot.clone().lock_owned().await;
         drop(queued);
-        if let Err(e) = settle_abandoned(&mut slot).await {
+        if let Err(e) = settle(&mut slot).await {
             fail(&mut slot, &e);
             return Err(e);
         }
-        if slot.is_none() {
-            let tx = begin().await?;
-            *slot = Some(Batch {
-                id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                tx,
-                committed: Vec::new(),
-                abandoned: false,
-            });
-        }
-        let savepoint = match slot.as_mut() {
-            Some(batch) => batch.tx.run(SAVEPOINT).await.map_err(StoreError::from),
-            None => Err(StoreError::Corrupt("a batch vanished from its lane".into())),
+        let nested = match slot.as_mut() {
+            None => {
+                let tx = begin().await?;
+                *slot = Some(Batch {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    tx,
+                    committed: Vec::new(),
+                    left: Left::Nothing,
+                });
+                false
+            }
+            Some(batch) => {
+                if let Err(e) = batch.tx.run(SAVEPOINT).await {
+                    let e = StoreError::from(e);
+                    fail(&mut slot, &e);
+                    return Err(e);
+                }
+                true
+            }
         };
-        if let Err(e) = savepoint {
-            fail(&mut slot, &e);
-            return Err(e);
-        }
         Ok(Member {
             lane: self,
             slot: Some(slot),
+            nested,
         })
     }
 }
 
-/// Rolls back a savepoint a member left open.
-async fn settle_abandoned<DB>(slot: &mut Option<Batch<DB>>) -> Result<()>
+/// Undoes what a member that ended without committing left: its savepoint, or the whole
+/// transaction it opened (then the lane is free for a new batch).
+async fn settle<DB>(slot: &mut Option<Batch<DB>>) -> Result<()>
 where
     DB: sqlx::Database,
     DB::Connection: BatchConnection,
 {
-    if let Some(batch) = slot.as_mut().filter(|b| b.abandoned) {
-        batch.tx.run(ROLLBACK_TO).await?;
-        batch.abandoned = false;
+    let Some(batch) = slot.as_mut() else {
+        return Ok(());
+    };
+    match batch.left {
+        Left::Nothing => {}
+        Left::Savepoint => {
+            batch.tx.run(ROLLBACK_TO).await?;
+            batch.left = Left::Nothing;
+        }
+        // Dropping the transaction rolls it back; nobody in it committed.
+        Left::Everything => fail(slot, &StoreError::Commit("the batch was abandoned".into())),
     }
     Ok(())
 }
@@ -203,7 +226,7 @@ where
     DB: sqlx::Database,
     DB::Connection: BatchConnection,
 {
-    if let Err(e) = settle_abandoned(slot).await {
+    if let Err(e) = settle(slot).await {
         fail(slot, &e);
         return Err(format!("{e}").into());
     }
@@ -231,6 +254,8 @@ where
     lane: Arc<Lane<DB>>,
     /// The lane, held; `None` once handed on.
     slot: Option<OwnedMutexGuard<Option<Batch<DB>>>>,
+    /// Inside a savepoint (it joined an open batch), else it opened the batch.
+    nested: bool,
 }
 
 impl<DB> Member<DB>
@@ -266,7 +291,9 @@ where
         let Some(batch) = slot.as_mut() else {
             return Err(StoreError::Corrupt("a member lost its batch".into()));
         };
-        if let Err(e) = batch.tx.run(RELEASE).await {
+        if self.nested
+            && let Err(e) = batch.tx.run(RELEASE).await
+        {
             let e = StoreError::from(e);
             fail(&mut slot, &e);
             return Err(e);
@@ -304,18 +331,21 @@ where
     DB::Connection: BatchConnection,
 {
     fn drop(&mut self) {
-        // Ended without committing: the next holder of the lane rolls its savepoint back first.
-        // If nobody comes, the batch still has to end: a flush does it (and commits the members
-        // that did commit).
+        // Ended without committing: the next holder of the lane undoes it first. If nobody
+        // comes, the batch still has to end: a flush does it (and commits the members that did
+        // commit).
         let Some(mut slot) = self.slot.take() else {
             return;
         };
         let Some(batch) = slot.as_mut() else {
             return;
         };
-        batch.abandoned = true;
+        batch.left = if self.nested {
+            Left::Savepoint
+        } else {
+            Left::Everything
+        };
         let id = batch.id;
-        let alone = batch.committed.is_empty();
         drop(slot);
         // Outside a runtime (its shutdown) nothing can run: the transaction is dropped with the
         // lane, which rolls it back.
@@ -325,13 +355,14 @@ where
         let flush = self.lane.slot.clone();
         runtime.spawn(async move {
             let mut slot = flush.lock_owned().await;
-            if slot.as_ref().is_some_and(|b| b.id == id) {
-                if alone && slot.as_ref().is_some_and(|b| b.committed.is_empty()) {
-                    // Nothing to keep: dropping the transaction rolls it back.
-                    slot.take();
-                } else {
-                    let _ = commit_batch(&mut slot).await;
-                }
+            if slot.as_ref().is_none_or(|b| b.id != id) {
+                return;
+            }
+            if slot.as_ref().is_some_and(|b| b.committed.is_empty()) {
+                // Nothing to keep: dropping the transaction rolls it back.
+                slot.take();
+            } else {
+                let _ = commit_batch(&mut slot).await;
             }
         });
     }

@@ -1,6 +1,7 @@
 //! The group commit on real SQLite and PostgreSQL, step by step: writes that queue behind one
 //! are committed together, a member that fails (at the database, which aborts the transaction on
-//! PostgreSQL) is rolled back alone and leaves no seq behind, and a batch of one commits at once.
+//! PostgreSQL) is rolled back alone and leaves no seq behind, the member that opened a batch
+//! failing takes only its own writes along, and a batch of one commits at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,6 +145,26 @@ async fn batches_of_one_commit_at_once(store: Arc<dyn Store>) {
     assert_eq!(last_seq(&*store, t.id).await, 2);
 }
 
+/// The member that opens a batch has no savepoint: when it ends without committing, its whole
+/// transaction goes, and the member waiting behind it opens a new one.
+async fn an_opener_that_fails_takes_only_its_own_writes_along(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    assert_eq!(append(&mut *a, user, &board, "A").await, 1);
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    settle().await;
+    drop(a);
+    let mut b = b.await.expect("B joined").expect("B");
+    assert_eq!(
+        append(&mut *b, user, &board, "B").await,
+        1,
+        "A's seq went with it"
+    );
+    b.commit().await.expect("B commits");
+    assert_eq!(last_seq(&*store, t.id).await, 1);
+}
+
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!(
@@ -160,6 +181,12 @@ async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
 async fn sqlite_queued_writes_commit_together() {
     let (_dir, store) = sqlite(64).await;
     queued_writes_commit_together_and_a_failure_alone_rolls_back(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_opener_that_fails_takes_only_its_own_writes_along() {
+    let (_dir, store) = sqlite(64).await;
+    an_opener_that_fails_takes_only_its_own_writes_along(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,4 +231,9 @@ async fn postgres_queued_writes_commit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batches_of_one_commit_at_once() {
     on_postgres(1, batches_of_one_commit_at_once).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_opener_that_fails_takes_only_its_own_writes_along() {
+    on_postgres(64, an_opener_that_fails_takes_only_its_own_writes_along).await;
 }
