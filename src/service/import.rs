@@ -96,7 +96,10 @@ impl Services {
             });
         }
         if tasks.is_empty() {
-            // Every row was imported before: nothing to write, nothing to tell.
+            // Every row was imported before: nothing to write, nothing to tell. Committed all
+            // the same: the answer rests on what this transaction read, which may be another
+            // write of the same batch (group commit) that is durable only once it commits.
+            tx.commit().await?;
             return Ok(answer);
         }
         tx.insert_imported(&tasks, &keyed, &comments)

@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{PageRequest, Result, Services, now, role_in};
+use super::{OwnedBy, PageRequest, Result, Services, now, role_in};
 use crate::domain::activity::ActivityKind;
 use crate::domain::notify::{
     AutoFollow, Followers, Happening, MarkRead, Notification, NotificationDraft, ReadMark, excerpt,
@@ -141,7 +141,7 @@ pub struct InboxFilter {
 impl Services {
     /// Follows or unfollows a task explicitly.
     pub async fn set_following(&self, user: UserId, task: TaskId, following: bool) -> Result<()> {
-        let mut tx = self.store.write().await?;
+        let mut tx = self.write_for(OwnedBy::Task(task)).await?;
         let found = tx.task(task).await?.ok_or(DomainError::NotFound)?;
         role_in(&mut *tx, found.team_id, user).await?;
         tx.set_following(task, found.team_id, user, following, false)
@@ -211,7 +211,10 @@ impl Services {
         let mut tx = self.store.write().await?;
         let marked: Option<ReadMark> = tx.mark_read(user, &mark, now()).await?;
         let Some(m) = marked else {
-            return Ok(tx.inbox_state(user).await?);
+            let state = tx.inbox_state(user).await?;
+            // Committed though nothing changed: see `import_tasks`.
+            tx.commit().await?;
+            return Ok(state);
         };
         tx.commit().await?;
         self.relay.notified(vec![(user, m.seq)]);

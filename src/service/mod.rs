@@ -230,11 +230,17 @@ impl Services {
     }
 
     /// Commits a transaction whose activities are appended, and hands them to the relay.
+    /// Handed over in the `COMMIT`'s task, right after it: a batch's activities reach the relay
+    /// in seq order (woken callers would hand them over in any order).
     async fn commit_appended(&self, tx: Box<dyn Tx>, entries: Vec<LogEntry>) -> Result<()> {
-        tx.commit().await?;
-        metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED).increment(entries.len() as u64);
-        self.relay.committed(entries);
-        self.webhooks.wake.committed();
+        let (relay, webhooks) = (self.relay.clone(), self.webhooks.clone());
+        tx.commit_then(Box::new(move || {
+            metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED)
+                .increment(entries.len() as u64);
+            relay.committed(entries);
+            webhooks.wake.committed();
+        }))
+        .await?;
         Ok(())
     }
 }

@@ -238,6 +238,8 @@ impl Services {
             let at = now();
             let (mut next, changes) = patch.apply(&task, at);
             if changes.is_empty() {
+                // Committed though nothing changed: see `import_tasks`.
+                tx.commit().await?;
                 return Ok(task);
             }
             let labels_changed = changes.contains_key("labelIds");

@@ -223,6 +223,8 @@ impl Services {
             w.failing_since = None;
         }
         if w == before {
+            // Committed though nothing changed: see `import_tasks`.
+            tx.commit().await?;
             return Ok(w);
         }
         w.updated_at = now();

@@ -5,14 +5,23 @@
 //! A member that ends without committing (a validation error, a 404, a 412, a dropped request)
 //! is rolled back to its savepoint alone before the next member starts; the batch goes on. The
 //! member that opens a batch needs no savepoint (should it fail, nothing else is in the
-//! transaction, which is dropped): a write that finds nobody ahead of it costs what it did. A
+//! transaction, which is dropped). A
 //! member's `commit` returns once the batch's `COMMIT` has answered, with its outcome: a request is
 //! answered only after what it wrote is durable, as before.
+//!
+//! A member that locked rows other lanes' writers lock too (`holds_shared_rows`: users' inbox
+//! rows, webhook rows) commits its batch at once: a batch never waits for another while holding
+//! them, so batches cannot wait on each other in a cycle. A write waits at most 30 s for its lane.
 //!
 //! The lane owns nothing but the order of its members; it never holds the batch across anything
 //! but one member's own statements, and it never leaves a batch open without someone bound to
 //! commit it: each member that hands the batch on also queues a flush behind the members waiting
 //! at that moment, which commits the batch if nobody has by then.
+//!
+//! Members read what the members before them wrote, uncommitted: a write that changes nothing
+//! still commits (waits for the batch) before it answers. An error answer (404, 409, 412) is
+//! given at once and may rest on such a write; should the batch's `COMMIT` then fail, that
+//! write's own request is told so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,12 +59,24 @@ impl BatchConnection for sqlx::SqliteConnection {
 }
 
 const SAVEPOINT: &str = "SAVEPOINT batch_member";
+/// The longest a write waits for its lane before it fails (as for a pool connection).
+const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const RELEASE: &str = "RELEASE SAVEPOINT batch_member";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT batch_member; RELEASE SAVEPOINT batch_member";
 
 /// What every member of a batch is told when its `COMMIT` has answered. `StoreError` is not
 /// `Clone`, so a failure reaches each member as its text.
 type Outcome = std::result::Result<(), Arc<str>>;
+
+/// Run right after a transaction's `COMMIT` succeeded, before its caller is answered; in a batch,
+/// in the members' order (their seqs' order): the committed activities reach the relay in order.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// A member waiting for its batch's `COMMIT`.
+struct Committed {
+    done: oneshot::Sender<Outcome>,
+    then: Option<AfterCommit>,
+}
 
 struct Batch<DB: sqlx::Database>
 where
@@ -64,7 +85,7 @@ where
     id: u64,
     tx: sqlx::Transaction<'static, DB>,
     /// Members whose savepoint is released, waiting for the `COMMIT`.
-    committed: Vec<oneshot::Sender<Outcome>>,
+    committed: Vec<Committed>,
     /// What a member that ended without committing left to undo before anything else runs.
     left: Left,
 }
@@ -121,6 +142,12 @@ where
         }
     }
 
+    /// Writes waiting for the lane now.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
     /// Whether nobody uses the lane now (it can be forgotten).
     pub(super) fn is_idle(&self) -> bool {
         self.queued.load(Ordering::SeqCst) == 0
@@ -149,11 +176,20 @@ where
         Fut: Future<Output = Result<sqlx::Transaction<'static, DB>>>,
     {
         let queued = Queued::new(&self.queued);
-        let mut slot = self.slot.clone().lock_owned().await;
+        // As long as a writer used to wait for the one SQLite connection before it gave up.
+        let mut slot = tokio::time::timeout(LANE_WAIT, self.slot.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?;
         drop(queued);
+        // What a member left undone, and a failed savepoint, end the batch (its waiting members
+        // are told): this write is not part of it, and opens the next.
         if let Err(e) = settle(&mut slot).await {
             fail(&mut slot, &e);
-            return Err(e);
+        }
+        if let Some(batch) = slot.as_mut()
+            && let Err(e) = batch.tx.run(SAVEPOINT).await
+        {
+            fail(&mut slot, &StoreError::from(e));
         }
         let nested = match slot.as_mut() {
             None => {
@@ -166,19 +202,13 @@ where
                 });
                 false
             }
-            Some(batch) => {
-                if let Err(e) = batch.tx.run(SAVEPOINT).await {
-                    let e = StoreError::from(e);
-                    fail(&mut slot, &e);
-                    return Err(e);
-                }
-                true
-            }
+            Some(_) => true,
         };
         Ok(Member {
             lane: self,
             slot: Some(slot),
             nested,
+            shared: false,
         })
     }
 }
@@ -215,7 +245,7 @@ where
     if let Some(batch) = slot.take() {
         let why: Arc<str> = format!("the batch failed: {e}").into();
         for m in batch.committed {
-            let _ = m.send(Err(why.clone()));
+            let _ = m.done.send(Err(why.clone()));
         }
     }
 }
@@ -237,11 +267,18 @@ where
         Ok(()) => Ok(()),
         Err(e) => Err(format!("commit failed: {e}").into()),
     };
-    metrics::counter!(crate::telemetry::WRITE_BATCHES).increment(1);
-    metrics::counter!(crate::telemetry::WRITE_BATCH_MEMBERS)
-        .increment(batch.committed.len() as u64);
+    if outcome.is_ok() {
+        metrics::counter!(crate::telemetry::WRITE_BATCHES).increment(1);
+        metrics::counter!(crate::telemetry::WRITE_BATCH_MEMBERS)
+            .increment(batch.committed.len() as u64);
+    }
     for m in batch.committed {
-        let _ = m.send(outcome.clone());
+        if outcome.is_ok()
+            && let Some(then) = m.then
+        {
+            then();
+        }
+        let _ = m.done.send(outcome.clone());
     }
     outcome
 }
@@ -256,6 +293,8 @@ where
     slot: Option<OwnedMutexGuard<Option<Batch<DB>>>>,
     /// Inside a savepoint (it joined an open batch), else it opened the batch.
     nested: bool,
+    /// It locked rows other lanes' writers lock too: the batch commits right after it.
+    shared: bool,
 }
 
 impl<DB> Member<DB>
@@ -278,13 +317,13 @@ where
     ///
     /// Runs in a task of its own: a `COMMIT` that carries other members' writes must not be
     /// interrupted because this member's caller went away.
-    pub(super) async fn commit(self) -> Result<()> {
-        tokio::spawn(self.commit_here())
+    pub(super) async fn commit(self, then: Option<AfterCommit>) -> Result<()> {
+        tokio::spawn(self.commit_here(then))
             .await
             .map_err(|e| StoreError::Commit(format!("the commit task failed: {e}")))?
     }
 
-    async fn commit_here(mut self) -> Result<()> {
+    async fn commit_here(mut self, then: Option<AfterCommit>) -> Result<()> {
         let Some(mut slot) = self.slot.take() else {
             return Err(StoreError::Corrupt("a member committed twice".into()));
         };
@@ -299,10 +338,10 @@ where
             return Err(e);
         }
         let (done, outcome) = oneshot::channel();
-        batch.committed.push(done);
+        batch.committed.push(Committed { done, then });
         let full = batch.committed.len() >= self.lane.max_batch;
         let id = batch.id;
-        if full || self.lane.queued.load(Ordering::SeqCst) == 0 {
+        if full || self.shared || self.lane.queued.load(Ordering::SeqCst) == 0 {
             return commit_batch(&mut slot)
                 .await
                 .map_err(|why| StoreError::Commit(why.to_string()));
@@ -389,10 +428,24 @@ where
         }
     }
 
-    pub(super) async fn commit(self) -> Result<()> {
+    /// Commits, runs `then` once committed, and returns.
+    pub(super) async fn commit(self, then: Option<AfterCommit>) -> Result<()> {
         match self {
-            Self::Alone(tx) => Ok(tx.commit().await?),
-            Self::Batched(m) => m.commit().await,
+            Self::Alone(tx) => {
+                tx.commit().await?;
+                if let Some(then) = then {
+                    then();
+                }
+                Ok(())
+            }
+            Self::Batched(m) => m.commit(then).await,
+        }
+    }
+
+    /// The transaction locked rows that other lanes' writers lock too (see `Member::shared`).
+    pub(super) fn holds_shared_rows(&mut self) {
+        if let Self::Batched(m) = self {
+            m.shared = true;
         }
     }
 }

@@ -60,9 +60,21 @@ async fn last_seq(store: &dyn Store, team: TeamId) -> i64 {
     tx.last_seq(team).await.expect("last seq").unwrap_or(0)
 }
 
-/// Lets spawned work reach its next wait.
+/// Gives spawned work time to run (only where what is checked is that something did not happen).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+/// Waits until `n` writes queue for the lane of `team`.
+async fn queued(store: &dyn Store, team: TeamId, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.queued_writes(team) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} writes did not queue within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A holds the lane; B and C queue. A commits: its answer waits for the batch. B appends, then
@@ -75,10 +87,10 @@ async fn queued_writes_commit_together_and_a_failure_alone_rolls_back(store: Arc
 
     let s = store.clone();
     let b = tokio::spawn(async move { s.write_team(t.id).await });
-    settle().await;
+    queued(&*store, t.id, 1).await;
     let s = store.clone();
     let c = tokio::spawn(async move { s.write_team(t.id).await });
-    settle().await;
+    queued(&*store, t.id, 2).await;
 
     let a_commit = tokio::spawn(a.commit());
     let mut b = b.await.expect("B joined").expect("B");
@@ -129,7 +141,7 @@ async fn batches_of_one_commit_at_once(store: Arc<dyn Store>) {
     append(&mut *a, user, &board, "A").await;
     let s = store.clone();
     let b = tokio::spawn(async move { s.write_team(t.id).await });
-    settle().await;
+    queued(&*store, t.id, 1).await;
     tokio::time::timeout(Duration::from_secs(10), a.commit())
         .await
         .expect("A does not wait for B")
@@ -138,7 +150,6 @@ async fn batches_of_one_commit_at_once(store: Arc<dyn Store>) {
     let mut b = b.await.expect("B joined").expect("B");
     assert_eq!(append(&mut *b, user, &board, "B").await, 2);
     drop(b);
-    settle().await;
     let mut c = store.write_team(t.id).await.expect("C after a dropped B");
     assert_eq!(append(&mut *c, user, &board, "C").await, 2);
     c.commit().await.expect("C commits");
@@ -153,7 +164,7 @@ async fn an_opener_that_fails_takes_only_its_own_writes_along(store: Arc<dyn Sto
     assert_eq!(append(&mut *a, user, &board, "A").await, 1);
     let s = store.clone();
     let b = tokio::spawn(async move { s.write_team(t.id).await });
-    settle().await;
+    queued(&*store, t.id, 1).await;
     drop(a);
     let mut b = b.await.expect("B joined").expect("B");
     assert_eq!(
@@ -163,6 +174,31 @@ async fn an_opener_that_fails_takes_only_its_own_writes_along(store: Arc<dyn Sto
     );
     b.commit().await.expect("B commits");
     assert_eq!(last_seq(&*store, t.id).await, 1);
+}
+
+/// On PostgreSQL a member that locked rows other teams' writers lock too (here a webhook row)
+/// commits its batch at once, with a write waiting behind it: a batch never holds such rows
+/// while its later members wait for others.
+async fn a_member_holding_shared_rows_commits_its_batch_at_once(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    append(&mut *a, user, &board, "A").await;
+    let none = a
+        .lock_webhook(WebhookId::from(Uuid::now_v7()))
+        .await
+        .expect("lock");
+    assert!(none.is_none());
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    queued(&*store, t.id, 1).await;
+    tokio::time::timeout(Duration::from_secs(10), a.commit())
+        .await
+        .expect("A does not wait for B")
+        .expect("A commits");
+    assert_eq!(last_seq(&*store, t.id).await, 1, "A is committed at once");
+    let mut b = b.await.expect("B joined").expect("B");
+    assert_eq!(append(&mut *b, user, &board, "B").await, 2);
+    b.commit().await.expect("B commits");
 }
 
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -236,4 +272,9 @@ async fn postgres_batches_of_one_commit_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_opener_that_fails_takes_only_its_own_writes_along() {
     on_postgres(64, an_opener_that_fails_takes_only_its_own_writes_along).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_member_holding_shared_rows_commits_its_batch_at_once() {
+    on_postgres(64, a_member_holding_shared_rows_commits_its_batch_at_once).await;
 }

@@ -33,6 +33,7 @@ use crate::domain::notify::{
 use crate::domain::search::{TaskCursor, TaskFilter, TaskSort};
 use crate::domain::*;
 
+pub use group_commit::AfterCommit;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use webhooks::{Failing, SealedSecrets, WebhookRecord, WebhookTx};
@@ -128,6 +129,12 @@ pub trait Store: Send + Sync + 'static {
         let _ = team;
         self.write().await
     }
+    /// Writes waiting for the lane of `team` (tests: to know a write has queued).
+    #[cfg(test)]
+    fn queued_writes(&self, team: TeamId) -> usize {
+        let _ = team;
+        0
+    }
     /// Whether `write_team` needs the team (PostgreSQL: a lane per team); if not, a write by id
     /// need not read its team first.
     fn lanes_by_team(&self) -> bool {
@@ -145,6 +152,9 @@ pub trait Store: Send + Sync + 'static {
 #[async_trait]
 pub trait Tx: WebhookTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Commits and runs `then` right after the `COMMIT`, before returning: with the group commit,
+    /// the members of a batch run theirs in the batch's order.
+    async fn commit_then(self: Box<Self>, then: AfterCommit) -> Result<()>;
 
     // labels
     /// `StoreError::Duplicate` if the team has a label of that name (in any case).

@@ -2,9 +2,9 @@
 //!
 //! Writes run at READ COMMITTED. A write of one team (`write_team`) goes through the team's lane
 //! (`group_commit`): the writes of a team that queue on this instance while one runs are committed
-//! together, and each batch locks the team row first, before any member touches another row, so
-//! batches (of this instance or another) and their members can never wait on each other in a
-//! cycle. Teams write in parallel. Writes outside a team (`write`) lock the team row, if they
+//! together, and each batch locks the team row first, before any member touches another row; a
+//! member that locks rows shared with other teams' writers (inbox rows, webhook rows) ends its
+//! batch (`group_commit`). Teams write in parallel. Writes outside a team (`write`) lock the team row, if they
 //! append, in `append`, as late as possible.
 //! Reads run in a REPEATABLE READ, READ ONLY transaction: one snapshot for the data and its seq.
 
@@ -150,6 +150,13 @@ impl PgTx {
             conn: self.tx.conn(),
             keep: self.keep,
         }
+    }
+
+    /// The transaction has locked rows other teams' writers lock too (users' inbox rows, webhook
+    /// rows): a batch commits right after this member instead of running more members while it
+    /// holds them, so batches of different teams never wait on each other in a cycle.
+    fn holds_shared_rows(&mut self) {
+        self.tx.holds_shared_rows();
     }
 }
 
@@ -337,6 +344,11 @@ impl Store for PgStore {
         true
     }
 
+    #[cfg(test)]
+    fn queued_writes(&self, team: TeamId) -> usize {
+        self.lanes.lock().get(&team).map_or(0, |l| l.queued())
+    }
+
     async fn ping(&self) -> Result<()> {
         // The simple protocol: one round trip, nothing prepared.
         sqlx::raw_sql(sqlx::AssertSqlSafe("SELECT 1"))
@@ -356,7 +368,7 @@ impl Store for PgStore {
         // behind a transaction pooler.
         let mut tx = self.begin("BEGIN", None).await?;
         let row = super::webhooks::webhook_now!(tx.exec(), id);
-        tx.tx.commit().await?;
+        tx.tx.commit(None).await?;
         row
     }
 

@@ -552,7 +552,14 @@ macro_rules! impl_tx {
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
             async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
-                self.tx.commit().await
+                self.tx.commit(None).await
+            }
+
+            async fn commit_then(
+                self: Box<Self>,
+                then: $crate::store::AfterCommit,
+            ) -> $crate::store::Result<()> {
+                self.tx.commit(Some(then)).await
             }
 
             async fn insert_user(&mut self, u: &User, password_hash: &str) -> $crate::store::Result<()> {
@@ -1913,7 +1920,9 @@ macro_rules! impl_tx {
                            SELECT id FROM users WHERE id IN ({}) ORDER BY id{} \
                          ) RETURNING id, inbox_seq",
                         $crate::store::sql::placeholders(chunk.len()),
-                        $lock_row
+                        // The UPDATE's own strength: it does not wait for the key-share locks
+                        // that inserting a membership or a follow takes on the user row.
+                        if $lock_row.is_empty() { "" } else { " FOR NO KEY UPDATE" }
                     );
                     let mut query = sqlx::query_as::<_, (UserId, i64)>(sqlx::AssertSqlSafe(sql));
                     for u in chunk {
@@ -1921,6 +1930,8 @@ macro_rules! impl_tx {
                     }
                     seqs.extend(query.fetch_all(self.exec()).await?);
                 }
+                // Inbox rows are shared by every team of their users.
+                self.holds_shared_rows();
                 let out = drafts
                     .iter()
                     .map(|d| {

@@ -34,6 +34,9 @@ impl SqliteTx {
     fn exec(&mut self) -> &mut sqlx::SqliteConnection {
         self.tx.conn()
     }
+
+    /// One writer: no row locks, no lock cycles, nothing to do (see `PgTx`).
+    fn holds_shared_rows(&mut self) {}
 }
 
 impl SqliteStore {
@@ -109,6 +112,11 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    #[cfg(test)]
+    fn queued_writes(&self, _team: crate::domain::TeamId) -> usize {
+        self.lane.queued()
     }
 }
 

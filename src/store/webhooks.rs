@@ -252,6 +252,8 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn lock_webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
+                    // Webhook rows are also locked by the deliverer, across teams.
+                    self.holds_shared_rows();
                     let row: Option<WebhookRow> = sqlx::query_as(concat!(
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1", $lock_row
                     ))
