@@ -85,6 +85,8 @@ impl Services {
             .await?
             .ensure(Action::WriteTasks)?;
         let Some(next) = patch.apply(&label)? else {
+            // Committed though nothing changed: see `import_tasks`.
+            tx.commit().await?;
             return Ok(label);
         };
         if !tx.update_label(&next).await.map_err(name_taken)? {

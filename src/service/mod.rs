@@ -197,8 +197,8 @@ impl Services {
         notified: Vec<(UserId, i64)>,
     ) -> Result<Vec<LogEntry>> {
         let entries = tx.append(team, drafts).await?;
-        self.commit_appended(tx, entries.clone()).await?;
-        self.relay.notified(notified);
+        self.commit_handing_over(tx, entries.clone(), notified)
+            .await?;
         Ok(entries)
     }
 
@@ -233,11 +233,22 @@ impl Services {
     /// Handed over in the `COMMIT`'s task, right after it: a batch's activities reach the relay
     /// in seq order (woken callers would hand them over in any order).
     async fn commit_appended(&self, tx: Box<dyn Tx>, entries: Vec<LogEntry>) -> Result<()> {
+        self.commit_handing_over(tx, entries, Vec::new()).await
+    }
+
+    /// `commit_appended`, with the inbox seqs the transaction raised.
+    async fn commit_handing_over(
+        &self,
+        tx: Box<dyn Tx>,
+        entries: Vec<LogEntry>,
+        notified: Vec<(UserId, i64)>,
+    ) -> Result<()> {
         let (relay, webhooks) = (self.relay.clone(), self.webhooks.clone());
         tx.commit_then(Box::new(move || {
             metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED)
                 .increment(entries.len() as u64);
             relay.committed(entries);
+            relay.notified(notified);
             webhooks.wake.committed();
         }))
         .await?;

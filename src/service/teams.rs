@@ -166,6 +166,8 @@ impl Services {
                 );
             }
             if member.role == role {
+                // Committed though nothing changed: see `import_tasks`.
+                tx.commit().await?;
                 return Ok(member);
             }
             if !tx.set_role(team, user, member.role, role).await? {

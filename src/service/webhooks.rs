@@ -343,10 +343,13 @@ impl Services {
         };
         let mut tx = self.write_in(team).await?;
         let Some(record) = tx.lock_webhook(id).await? else {
+            tx.commit().await?;
             return Ok(());
         };
         let mut w = record.webhook;
         if !w.enabled {
+            // Committed though nothing changed: see `import_tasks`.
+            tx.commit().await?;
             return Ok(());
         }
         w.enabled = false;

@@ -11,7 +11,9 @@
 //!
 //! A member that locked rows other lanes' writers lock too (`holds_shared_rows`: users' inbox
 //! rows, webhook rows) commits its batch at once: a batch never waits for another while holding
-//! them, so batches cannot wait on each other in a cycle. A write waits at most 30 s for its lane.
+//! them; and the relay, which clears many teams' unpublished marks at once, skips the marks an
+//! open batch holds instead of waiting for them. So batches cannot wait on each other in a cycle.
+//! A write waits at most 30 s for its lane.
 //!
 //! The lane owns nothing but the order of its members; it never holds the batch across anything
 //! but one member's own statements, and it never leaves a batch open without someone bound to
@@ -70,6 +72,7 @@ type Outcome = std::result::Result<(), Arc<str>>;
 
 /// Run right after a transaction's `COMMIT` succeeded, before its caller is answered; in a batch,
 /// in the members' order (their seqs' order): the committed activities reach the relay in order.
+/// It runs while the lane is held: it must be quick and must not block or wait.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// A member waiting for its batch's `COMMIT`.
@@ -275,8 +278,10 @@ where
     for m in batch.committed {
         if outcome.is_ok()
             && let Some(then) = m.then
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(then)).is_err()
         {
-            then();
+            // Committed all the same: every member is still told so.
+            tracing::error!("a callback after a group commit panicked");
         }
         let _ = m.done.send(outcome.clone());
     }

@@ -1585,11 +1585,23 @@ macro_rules! impl_tx {
                 // are the ones `append` upserts, so they stay locked only briefly. A row an append
                 // raised above the watermark is not deleted (on PostgreSQL the condition is
                 // checked again on the row version the DELETE waited for).
+                // On PostgreSQL the rows an open write transaction holds (a batch of the group
+                // commit keeps its team's row until its COMMIT) are skipped, not waited for: such
+                // a row ends above the watermark, so it stays anyway, and waiting for it while
+                // holding other teams' rows could close a lock cycle with batches.
+                let skip_locked = if $dialect == $crate::store::task_query::Dialect::Sqlite {
+                    ""
+                } else {
+                    " FOR UPDATE SKIP LOCKED"
+                };
                 for chunk in teams.chunks($crate::store::sql::IN_LIST_CHUNK) {
                     let sql = format!(
-                        "DELETE FROM team_unpublished WHERE team_id IN ({}) AND upto_seq <= \
+                        "DELETE FROM team_unpublished WHERE team_id IN ( \
+                           SELECT team_id FROM team_unpublished WHERE team_id IN ({}){} \
+                         ) AND upto_seq <= \
                          (SELECT o.published_seq FROM team_outbox o WHERE o.team_id = team_unpublished.team_id)",
-                        $crate::store::sql::placeholders(chunk.len())
+                        $crate::store::sql::placeholders(chunk.len()),
+                        skip_locked
                     );
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for team in chunk {
@@ -1908,7 +1920,7 @@ macro_rules! impl_tx {
                 drafts: &[$crate::domain::notify::NotificationDraft],
             ) -> $crate::store::Result<Vec<(UserId, i64)>> {
                 // Each inbox's next seq, in one statement per chunk. The rows are locked in id
-                // order by the subquery (PostgreSQL: `FOR UPDATE` above its sort), the order every
+                // order by the subquery (PostgreSQL: `FOR NO KEY UPDATE` above its sort), the order every
                 // other writer of inbox rows uses, so two changes notifying the same users cannot
                 // deadlock. SQLite's single writer needs no lock.
                 let mut seqs: std::collections::HashMap<UserId, i64> =

@@ -723,6 +723,8 @@ async fn bus_delivery_and_presence_resume_after_redis_restart() {
 
     // What each socket was told before the restart (Y may have heard X join: X's presence can
     // reach Redis after Y's snapshot was read). From here on, nothing is announced again.
+    wx.barrier().await;
+    wy.barrier().await;
     let told_before = [wx.frames.len(), wy.frames.len()];
     cluster.redis.stop().await;
     for api in &apis {
@@ -781,7 +783,11 @@ async fn bus_delivery_and_presence_resume_after_redis_restart() {
             ws.label
         );
     }
-    // And nobody was announced as leaving or joining again by the rebuild.
+    // And nobody was announced as leaving or joining again by the rebuild (read to the end of
+    // what the server queued, after one more check interval).
+    tokio::time::sleep(CHECK).await;
+    wx.barrier().await;
+    wy.barrier().await;
     for (ws, before) in [(&mut wx, told_before[0]), (&mut wy, told_before[1])] {
         let p: Vec<(String, String)> = presence_of(&ws.frames[before..])
             .into_iter()
