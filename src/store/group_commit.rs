@@ -60,11 +60,24 @@ impl BatchConnection for sqlx::SqliteConnection {
     }
 }
 
-const SAVEPOINT: &str = "SAVEPOINT batch_member";
 /// The longest a write waits for its lane before it fails (as for a pool connection).
 const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-const RELEASE: &str = "RELEASE SAVEPOINT batch_member";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT batch_member; RELEASE SAVEPOINT batch_member";
+
+/// What readies the batch for its next member after what the last member `left`, in one call
+/// (one round trip, one hand-off to SQLite's thread): undo its savepoint if it ended without
+/// committing, or release it if it committed (a member's `RELEASE` waits for the next member, or
+/// for the `COMMIT`, which releases it), then open the new member's savepoint.
+fn before_member(left: Left) -> &'static str {
+    match left {
+        Left::Nothing | Left::Everything => "SAVEPOINT batch_member",
+        Left::Committed => "RELEASE SAVEPOINT batch_member; SAVEPOINT batch_member",
+        Left::Savepoint => {
+            "ROLLBACK TO SAVEPOINT batch_member; RELEASE SAVEPOINT batch_member; \
+             SAVEPOINT batch_member"
+        }
+    }
+}
 
 /// What every member of a batch is told when its `COMMIT` has answered. `StoreError` is not
 /// `Clone`, so a failure reaches each member as its text.
@@ -89,13 +102,15 @@ where
     tx: sqlx::Transaction<'static, DB>,
     /// Members whose savepoint is released, waiting for the `COMMIT`.
     committed: Vec<Committed>,
-    /// What a member that ended without committing left to undo before anything else runs.
+    /// What the last member left to undo or release before anything else runs.
     left: Left,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
     Nothing,
+    /// The savepoint of a member that committed: release it (or let the `COMMIT` do it).
+    Committed,
     /// A member's savepoint: roll back to it.
     Savepoint,
     /// The member that opened the batch (no savepoint, nobody committed): drop the transaction.
@@ -184,15 +199,19 @@ where
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?;
         drop(queued);
-        // What a member left undone, and a failed savepoint, end the batch (its waiting members
-        // are told): this write is not part of it, and opens the next.
-        if let Err(e) = settle(&mut slot).await {
-            fail(&mut slot, &e);
+        // A member that abandoned the batch it opened, and a failed savepoint, end the batch
+        // (its waiting members are told): this write is not part of it, and opens the next.
+        if slot.as_ref().is_some_and(|b| b.left == Left::Everything) {
+            fail(
+                &mut slot,
+                &StoreError::Commit("the batch was abandoned".into()),
+            );
         }
-        if let Some(batch) = slot.as_mut()
-            && let Err(e) = batch.tx.run(SAVEPOINT).await
-        {
-            fail(&mut slot, &StoreError::from(e));
+        if let Some(batch) = slot.as_mut() {
+            match batch.tx.run(before_member(batch.left)).await {
+                Ok(()) => batch.left = Left::Nothing,
+                Err(e) => fail(&mut slot, &StoreError::from(e)),
+            }
         }
         let nested = match slot.as_mut() {
             None => {
@@ -227,7 +246,8 @@ where
         return Ok(());
     };
     match batch.left {
-        Left::Nothing => {}
+        // The `COMMIT` releases it.
+        Left::Nothing | Left::Committed => {}
         Left::Savepoint => {
             batch.tx.run(ROLLBACK_TO).await?;
             batch.left = Left::Nothing;
@@ -317,8 +337,9 @@ where
         &mut batch.tx
     }
 
-    /// Releases the member's savepoint and waits for the batch's `COMMIT`: run now when nobody
-    /// waits for the lane (or the batch is full), else by a later member or the flush.
+    /// Ends the member (its savepoint stays open until the next member starts or the batch
+    /// commits) and waits for the batch's `COMMIT`: run now when nobody waits for the lane (or
+    /// the batch is full), else by a later member or the flush.
     ///
     /// Runs in a task of its own: a `COMMIT` that carries other members' writes must not be
     /// interrupted because this member's caller went away.
@@ -335,12 +356,9 @@ where
         let Some(batch) = slot.as_mut() else {
             return Err(StoreError::Corrupt("a member lost its batch".into()));
         };
-        if self.nested
-            && let Err(e) = batch.tx.run(RELEASE).await
-        {
-            let e = StoreError::from(e);
-            fail(&mut slot, &e);
-            return Err(e);
+        // Its savepoint is released by the next member's first call, or by the `COMMIT`.
+        if self.nested {
+            batch.left = Left::Committed;
         }
         let (done, outcome) = oneshot::channel();
         batch.committed.push(Committed { done, then });

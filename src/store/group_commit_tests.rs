@@ -119,10 +119,17 @@ async fn queued_writes_commit_together_and_a_failure_alone_rolls_back(store: Arc
         .expect("A's commit ran")
         .expect("A committed with C");
 
+    assert_eq!(
+        logged_names(&*store, t.id).await,
+        [(1, "A".into()), (2, "C".into())]
+    );
+}
+
+/// The team's log as (seq, board name) pairs.
+async fn logged_names(store: &dyn Store, team: TeamId) -> Vec<(i64, String)> {
     let mut tx = store.read().await.expect("read");
-    let log = tx.activities(t.id, 0, 10, 1 << 20).await.expect("log");
-    let names: Vec<(i64, String)> = log
-        .iter()
+    let log = tx.activities(team, 0, 10, 1 << 20).await.expect("log");
+    log.iter()
         .map(|e| {
             let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
             (
@@ -130,8 +137,63 @@ async fn queued_writes_commit_together_and_a_failure_alone_rolls_back(store: Arc
                 v["data"]["board"]["name"].as_str().unwrap_or("").into(),
             )
         })
-        .collect();
-    assert_eq!(names, [(1, "A".into()), (2, "C".into())]);
+        .collect()
+}
+
+/// O opens a batch; A, B and C queue. O and A commit (A's savepoint stays open until the next
+/// member starts); B appends, fails and is dropped; C appends and commits. B's rollback undoes
+/// B alone: O, A and C are logged with seqs 1, 2, 3.
+async fn a_failure_after_a_committed_member_undoes_only_itself(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut o = store.write_team(t.id).await.expect("O");
+    assert_eq!(append(&mut *o, user, &board, "O").await, 1);
+    let mut joining = Vec::new();
+    for n in 1..=3 {
+        let s = store.clone();
+        joining.push(tokio::spawn(async move { s.write_team(t.id).await }));
+        queued(&*store, t.id, n).await;
+    }
+    let mut joining = joining.into_iter();
+    let mut next = async || {
+        joining
+            .next()
+            .expect("a queued write")
+            .await
+            .expect("joined")
+            .expect("a member")
+    };
+
+    let o_commit = tokio::spawn(o.commit());
+    let mut a = next().await;
+    assert_eq!(append(&mut *a, user, &board, "A").await, 2);
+    let a_commit = tokio::spawn(a.commit());
+    let mut b = next().await;
+    assert_eq!(append(&mut *b, user, &board, "B").await, 3);
+    assert!(
+        b.insert_team(&t).await.is_err(),
+        "a second row for the team"
+    );
+    drop(b);
+    let mut c = next().await;
+    assert_eq!(
+        append(&mut *c, user, &board, "C").await,
+        3,
+        "B's seq is free again"
+    );
+    c.commit().await.expect("C commits the batch");
+    o_commit
+        .await
+        .expect("O's commit ran")
+        .expect("O committed");
+    a_commit
+        .await
+        .expect("A's commit ran")
+        .expect("A committed");
+    assert_eq!(last_seq(&*store, t.id).await, 3);
+    assert_eq!(
+        logged_names(&*store, t.id).await,
+        [(1, "O".into()), (2, "A".into()), (3, "C".into())]
+    );
 }
 
 /// With batches of one, A commits at once though B waits, and B gets a transaction of its own.
@@ -220,6 +282,12 @@ async fn sqlite_queued_writes_commit_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failure_after_a_committed_member_undoes_only_itself() {
+    let (_dir, store) = sqlite(64).await;
+    a_failure_after_a_committed_member_undoes_only_itself(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_an_opener_that_fails_takes_only_its_own_writes_along() {
     let (_dir, store) = sqlite(64).await;
     an_opener_that_fails_takes_only_its_own_writes_along(store).await;
@@ -262,6 +330,11 @@ async fn postgres_queued_writes_commit_together() {
         queued_writes_commit_together_and_a_failure_alone_rolls_back,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failure_after_a_committed_member_undoes_only_itself() {
+    on_postgres(64, a_failure_after_a_committed_member_undoes_only_itself).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

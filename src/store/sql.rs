@@ -514,6 +514,41 @@ pub(super) fn entries(
         .collect()
 }
 
+/// Activities per multi-row INSERT (8 parameters each besides the team and the last seq).
+pub(super) const ACTIVITY_ROWS_PER_INSERT: usize = 200;
+
+/// An INSERT of `rows` activities of team `$1` with the upsert of the team's unpublished mark up
+/// to `$2`: one call to the database.
+pub(super) fn activities_insert(dialect: super::task_query::Dialect, rows: usize) -> String {
+    let values = (0..rows)
+        .map(|r| {
+            let p = 3 + 8 * r;
+            format!(
+                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p,
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO activities (team_id, seq, kind, board_id, prev_board_id, task_id, user_id, ts, payload) \
+         VALUES {values}"
+    );
+    let upsert = "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
+                  ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq";
+    match dialect {
+        super::task_query::Dialect::Sqlite => format!("{insert}; {upsert}"),
+        super::task_query::Dialect::Postgres => format!("WITH logged AS ({insert}) {upsert}"),
+    }
+}
+
 /// The columns of a `TaskRow`, for `concat!` in every query that reads tasks.
 macro_rules! task_columns {
     () => {
@@ -903,40 +938,46 @@ macro_rules! impl_tx {
             }
 
             async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
-                sqlx::query(
+                use $crate::store::task_query::{indexed_text, Dialect};
+                // SQLite: the row, its search key (one above the highest) and its words in the
+                // search index, in one call to the connection's thread.
+                let sql = if $dialect == Dialect::Sqlite {
+                    "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
+                     label_ids, priority_rank, search_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks)); \
+                     INSERT OR REPLACE INTO task_words (rowid, title, description) \
+                     VALUES ((SELECT search_key FROM tasks WHERE id = $1), $17, $18)"
+                } else {
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                      label_ids, priority_rank) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-                )
-                .bind(t.id)
-                .bind(t.team_id)
-                .bind(t.board_id)
-                .bind(&t.title)
-                .bind(&t.description)
-                .bind(t.status.as_str())
-                .bind(t.priority.as_str())
-                .bind(t.assignee_user_id)
-                .bind(t.due_date)
-                .bind(t.position)
-                .bind(t.created_by)
-                .bind(t.created_at)
-                .bind(StoredTime(t.updated_at))
-                .bind(t.version)
-                .bind(label_ids_text(&t.label_ids))
-                .bind(t.priority.rank())
-                .execute(self.exec())
-                .await?;
-                if $dialect == $crate::store::task_query::Dialect::Sqlite {
-                    let (key,): (i64,) = sqlx::query_as(
-                        "UPDATE tasks SET search_key = (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks) \
-                         WHERE id = $1 RETURNING search_key",
-                    )
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                };
+                let mut query = sqlx::query(sql)
                     .bind(t.id)
-                    .fetch_one(self.exec())
-                    .await?;
-                    self.index_words(key, t).await?;
+                    .bind(t.team_id)
+                    .bind(t.board_id)
+                    .bind(&t.title)
+                    .bind(&t.description)
+                    .bind(t.status.as_str())
+                    .bind(t.priority.as_str())
+                    .bind(t.assignee_user_id)
+                    .bind(t.due_date)
+                    .bind(t.position)
+                    .bind(t.created_by)
+                    .bind(t.created_at)
+                    .bind(StoredTime(t.updated_at))
+                    .bind(t.version)
+                    .bind(label_ids_text(&t.label_ids))
+                    .bind(t.priority.rank());
+                if $dialect == Dialect::Sqlite {
+                    query = query
+                        .bind(indexed_text(t.team_id, &t.title))
+                        .bind(indexed_text(t.team_id, &t.description));
                 }
+                query.execute(self.exec()).await?;
                 if t.label_ids.is_empty() {
                     return Ok(());
                 }
@@ -1429,37 +1470,32 @@ macro_rules! impl_tx {
                         .fetch_one(self.exec())
                         .await?;
                 let first = last - drafts.len() as i64 + 1;
-                let entries = entries(team, first, drafts)?;
-                let mut out = Vec::with_capacity(entries.len());
-                for (e, ts) in entries {
-                    sqlx::query(
-                        "INSERT INTO activities (team_id, seq, kind, board_id, prev_board_id, task_id, user_id, ts, payload) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(team)
-                    .bind(e.seq)
-                    .bind(e.route.kind.as_str())
-                    .bind(e.route.board_id)
-                    .bind(e.route.prev_board_id)
-                    .bind(e.route.task_id)
-                    .bind(e.route.user_id)
-                    .bind(ts)
-                    .bind(&*e.json)
-                    .execute(self.exec())
-                    .await?;
-                    out.push(e);
+                let (entries, stamps): (Vec<LogEntry>, Vec<OffsetDateTime>) =
+                    entries(team, first, drafts)?.into_iter().unzip();
+                // The activities and the team's unpublished mark in one call (SQLite: two
+                // statements, PostgreSQL: one, the insert as a CTE). The mark tells the relay's
+                // scan which teams to read; the team row lock taken above orders the marks per team.
+                // (Each chunk of a long list sets the same mark.)
+                for (chunk, ts) in entries
+                    .chunks(ACTIVITY_ROWS_PER_INSERT)
+                    .zip(stamps.chunks(ACTIVITY_ROWS_PER_INSERT))
+                {
+                    let sql = activities_insert($dialect, chunk.len());
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
+                    for (e, ts) in chunk.iter().zip(ts) {
+                        query = query
+                            .bind(e.seq)
+                            .bind(e.route.kind.as_str())
+                            .bind(e.route.board_id)
+                            .bind(e.route.prev_board_id)
+                            .bind(e.route.task_id)
+                            .bind(e.route.user_id)
+                            .bind(*ts)
+                            .bind(&*e.json);
+                    }
+                    query.execute(self.exec()).await?;
                 }
-                // Marks the team as having unpublished activities (the relay's scan reads only
-                // these rows). The team row lock taken above orders these upserts per team.
-                sqlx::query(
-                    "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
-                     ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq",
-                )
-                .bind(team)
-                .bind(last)
-                .execute(self.exec())
-                .await?;
-                Ok(out)
+                Ok(entries)
             }
 
             async fn last_seq(&mut self, team: TeamId) -> $crate::store::Result<Option<i64>> {
