@@ -5,9 +5,14 @@
 //! A member that ends without committing (a validation error, a 404, a 412, a dropped request)
 //! is rolled back to its savepoint alone before the next member starts; the batch goes on. The
 //! member that opens a batch needs no savepoint (should it fail, nothing else is in the
-//! transaction, which is dropped). A
-//! member's `commit` returns once the batch's `COMMIT` has answered, with its outcome: a request is
-//! answered only after what it wrote is durable, as before.
+//! transaction, which is dropped). A member's `commit` returns once the batch's `COMMIT` has
+//! answered, with its outcome: a request is answered only after what it wrote is durable, as
+//! before.
+//!
+//! Round trips (on SQLite, hand-offs to the connection's thread) are what a batch costs: a
+//! member's `RELEASE` is sent with the next member's `SAVEPOINT`, and the batch remembers the
+//! last seq of each team its members appended to, so a member sets the seq row with its
+//! activities instead of reading it first (forgotten whenever a member is rolled back).
 //!
 //! A member that locked rows other lanes' writers lock too (`holds_shared_rows`: users' inbox
 //! rows, webhook rows) commits its batch at once: a batch never waits for another while holding
@@ -25,6 +30,7 @@
 //! given at once and may rest on such a write; should the batch's `COMMIT` then fail, that
 //! write's own request is told so.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -32,6 +38,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use super::{Result, StoreError};
+use crate::domain::TeamId;
 
 /// The statements a batch runs on its connection besides the members' own.
 #[async_trait]
@@ -104,6 +111,9 @@ where
     committed: Vec<Committed>,
     /// What the last member left to undo or release before anything else runs.
     left: Left,
+    /// The last seq of each team a member appended to, as the transaction holds it: the next
+    /// member sets its seqs without reading them (see `WriteTx::last_seq_known`).
+    last_seqs: HashMap<TeamId, i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +126,10 @@ enum Left {
     /// The member that opened the batch (no savepoint, nobody committed): drop the transaction.
     Everything,
 }
+
+/// A batch's transaction as its `begin` opened it, with the last seq of the team it locked, if
+/// it read it (PostgreSQL: the lane's team).
+pub(super) type Opened<DB> = (sqlx::Transaction<'static, DB>, Option<(TeamId, i64)>);
 
 /// One lane: at most one batch open, its members one after another.
 pub(super) struct Lane<DB: sqlx::Database>
@@ -180,7 +194,7 @@ where
     pub(super) async fn join<F, Fut>(self: &Arc<Self>, begin: F) -> Result<Member<DB>>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<sqlx::Transaction<'static, DB>>> + Send + 'static,
+        Fut: Future<Output = Result<Opened<DB>>> + Send + 'static,
     {
         let lane = self.clone();
         tokio::spawn(async move { lane.join_here(begin).await })
@@ -191,7 +205,7 @@ where
     async fn join_here<F, Fut>(self: Arc<Self>, begin: F) -> Result<Member<DB>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<sqlx::Transaction<'static, DB>>>,
+        Fut: Future<Output = Result<Opened<DB>>>,
     {
         let queued = Queued::new(&self.queued);
         // As long as a writer used to wait for the one SQLite connection before it gave up.
@@ -215,12 +229,13 @@ where
         }
         let nested = match slot.as_mut() {
             None => {
-                let tx = begin().await?;
+                let (tx, last_seq) = begin().await?;
                 *slot = Some(Batch {
                     id: self.next_id.fetch_add(1, Ordering::Relaxed),
                     tx,
                     committed: Vec::new(),
                     left: Left::Nothing,
+                    last_seqs: last_seq.into_iter().collect(),
                 });
                 false
             }
@@ -329,12 +344,14 @@ where
 {
     /// The batch's connection, on which the member's statements run.
     pub(super) fn conn(&mut self) -> &mut DB::Connection {
-        let batch = self
-            .slot
+        &mut self.batch().tx
+    }
+
+    fn batch(&mut self) -> &mut Batch<DB> {
+        self.slot
             .as_mut()
             .and_then(|s| s.as_mut())
-            .expect("a member holds its batch until it ends");
-        &mut batch.tx
+            .expect("a member holds its batch until it ends")
     }
 
     /// Ends the member (its savepoint stays open until the next member starts or the batch
@@ -407,6 +424,8 @@ where
         } else {
             Left::Everything
         };
+        // Its rollback may undo seqs it took.
+        batch.last_seqs.clear();
         let id = batch.id;
         drop(slot);
         // Outside a runtime (its shutdown) nothing can run: the transaction is dropped with the
@@ -448,6 +467,29 @@ where
         match self {
             Self::Alone(tx) => tx,
             Self::Batched(m) => m.conn(),
+        }
+    }
+
+    /// The last seq of `team` as this transaction holds it, if an earlier member of its batch
+    /// appended to the team: the lane excludes every other writer of the team's log until the
+    /// batch commits (SQLite: one writer; PostgreSQL: the batch holds the team row), so the seq
+    /// row need not be read again. `None` outside a batch.
+    pub(super) fn last_seq_known(&mut self, team: TeamId) -> Option<i64> {
+        match self {
+            Self::Alone(_) => None,
+            Self::Batched(m) => m.batch().last_seqs.get(&team).copied(),
+        }
+    }
+
+    /// Records (`Some`) or forgets (`None`: a write of it may have failed half-way) the team's
+    /// last seq for the members after this one.
+    pub(super) fn set_last_seq_known(&mut self, team: TeamId, seq: Option<i64>) {
+        if let Self::Batched(m) = self {
+            let seqs = &mut m.batch().last_seqs;
+            match seq {
+                Some(seq) => seqs.insert(team, seq),
+                None => seqs.remove(&team),
+            };
         }
     }
 

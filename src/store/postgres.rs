@@ -323,15 +323,17 @@ impl Store for PgStore {
             .lane(team)
             .join(move || async move {
                 let mut tx = begin_tx(pool, "BEGIN", None).await?;
-                // The team row first: see the module's doc.
-                sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR NO KEY UPDATE")
-                    .bind(team)
-                    .execute(PgExec {
-                        conn: &mut tx,
-                        keep,
-                    })
-                    .await?;
-                Ok(tx)
+                // The team row first (see the module's doc), and its last seq: the batch's first
+                // append need not read it (`WriteTx::last_seq_known`).
+                let last_seq: Option<(i64,)> =
+                    sqlx::query_as("SELECT last_seq FROM teams WHERE id = $1 FOR NO KEY UPDATE")
+                        .bind(team)
+                        .fetch_optional(PgExec {
+                            conn: &mut tx,
+                            keep,
+                        })
+                        .await?;
+                Ok((tx, last_seq.map(|(seq,)| (team, seq))))
             })
             .await?;
         Ok(Box::new(PgTx {

@@ -518,8 +518,12 @@ pub(super) fn entries(
 pub(super) const ACTIVITY_ROWS_PER_INSERT: usize = 200;
 
 /// An INSERT of `rows` activities of team `$1` with the upsert of the team's unpublished mark up
-/// to `$2`: one call to the database.
-pub(super) fn activities_insert(dialect: super::task_query::Dialect, rows: usize) -> String {
+/// to `$2` and (`set_seq`) the team's last seq set to `$2`: one call to the database.
+pub(super) fn activities_insert(
+    dialect: super::task_query::Dialect,
+    rows: usize,
+    set_seq: bool,
+) -> String {
     let values = (0..rows)
         .map(|r| {
             let p = 3 + 8 * r;
@@ -543,9 +547,16 @@ pub(super) fn activities_insert(dialect: super::task_query::Dialect, rows: usize
     );
     let upsert = "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
                   ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq";
-    match dialect {
-        super::task_query::Dialect::Sqlite => format!("{insert}; {upsert}"),
-        super::task_query::Dialect::Postgres => format!("WITH logged AS ({insert}) {upsert}"),
+    let seq = "UPDATE teams SET last_seq = $2 WHERE id = $1";
+    match (dialect, set_seq) {
+        (super::task_query::Dialect::Sqlite, false) => format!("{insert}; {upsert}"),
+        (super::task_query::Dialect::Sqlite, true) => format!("{seq}; {insert}; {upsert}"),
+        (super::task_query::Dialect::Postgres, false) => {
+            format!("WITH logged AS ({insert}) {upsert}")
+        }
+        (super::task_query::Dialect::Postgres, true) => {
+            format!("WITH seq AS ({seq}), logged AS ({insert}) {upsert}")
+        }
     }
 }
 
@@ -1461,15 +1472,26 @@ macro_rules! impl_tx {
                 if drafts.is_empty() {
                     return Ok(Vec::new());
                 }
+                let n = drafts.len() as i64;
                 // Taking the seqs locks the team row until commit: per-team writes serialize here,
-                // as late in the transaction as possible.
-                let (last,): (i64,) =
-                    sqlx::query_as("UPDATE teams SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq")
+                // as late in the transaction as possible. In a batch where an earlier member took
+                // the team's seqs, they are known: the row is written with the activities.
+                let known = self.tx.last_seq_known(team);
+                let last = match known {
+                    Some(known) => known + n,
+                    None => {
+                        let (last,): (i64,) = sqlx::query_as(
+                            "UPDATE teams SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+                        )
                         .bind(team)
-                        .bind(drafts.len() as i64)
+                        .bind(n)
                         .fetch_one(self.exec())
                         .await?;
-                let first = last - drafts.len() as i64 + 1;
+                        last
+                    }
+                };
+                self.tx.set_last_seq_known(team, None);
+                let first = last - n + 1;
                 let (entries, stamps): (Vec<LogEntry>, Vec<OffsetDateTime>) =
                     entries(team, first, drafts)?.into_iter().unzip();
                 // The activities and the team's unpublished mark in one call (SQLite: two
@@ -1480,7 +1502,7 @@ macro_rules! impl_tx {
                     .chunks(ACTIVITY_ROWS_PER_INSERT)
                     .zip(stamps.chunks(ACTIVITY_ROWS_PER_INSERT))
                 {
-                    let sql = activities_insert($dialect, chunk.len());
+                    let sql = activities_insert($dialect, chunk.len(), known.is_some());
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
                     for (e, ts) in chunk.iter().zip(ts) {
                         query = query
@@ -1495,6 +1517,7 @@ macro_rules! impl_tx {
                     }
                     query.execute(self.exec()).await?;
                 }
+                self.tx.set_last_seq_known(team, Some(last));
                 Ok(entries)
             }
 

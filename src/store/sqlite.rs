@@ -94,7 +94,7 @@ impl Store for SqliteStore {
         let writer = self.writer.clone();
         let member = self
             .lane
-            .join(move || async move { Ok(writer.begin_with("BEGIN IMMEDIATE").await?) })
+            .join(move || async move { Ok((writer.begin_with("BEGIN IMMEDIATE").await?, None)) })
             .await?;
         Ok(Box::new(SqliteTx {
             tx: WriteTx::Batched(member),
