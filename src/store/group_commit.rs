@@ -14,6 +14,11 @@
 //! last seq of each team its members appended to, so a member sets the seq row with its
 //! activities instead of reading it first (forgotten whenever a member is rolled back).
 //!
+//! A member whose statement failed must be dropped, not committed: on PostgreSQL the failure
+//! aborts the whole transaction, and the batch's `COMMIT` would then roll back every member
+//! while sqlx reports success. The services return on every store error (`?`); none commits
+//! after one.
+//!
 //! A member that locked rows other lanes' writers lock too (`holds_shared_rows`: users' inbox
 //! rows, webhook rows) commits its batch at once: a batch never waits for another while holding
 //! them; and the relay, which clears many teams' unpublished marks at once, skips the marks an
@@ -107,7 +112,8 @@ where
 {
     id: u64,
     tx: sqlx::Transaction<'static, DB>,
-    /// Members whose savepoint is released, waiting for the `COMMIT`.
+    /// Members that committed, waiting for the `COMMIT` (the last one's savepoint may still be
+    /// open: see `Left::Committed`).
     committed: Vec<Committed>,
     /// What the last member left to undo or release before anything else runs.
     left: Left,
@@ -470,8 +476,9 @@ where
         }
     }
 
-    /// The last seq of `team` as this transaction holds it, if an earlier member of its batch
-    /// appended to the team: the lane excludes every other writer of the team's log until the
+    /// The last seq of `team` as this transaction holds it, if its batch knows it (an earlier
+    /// member appended to the team, or, on PostgreSQL, the batch read it with the team row when
+    /// it opened): the lane excludes every other writer of the team's log until the
     /// batch commits (SQLite: one writer; PostgreSQL: the batch holds the team row), so the seq
     /// row need not be read again. `None` outside a batch.
     pub(super) fn last_seq_known(&mut self, team: TeamId) -> Option<i64> {

@@ -1473,9 +1473,10 @@ macro_rules! impl_tx {
                     return Ok(Vec::new());
                 }
                 let n = drafts.len() as i64;
-                // Taking the seqs locks the team row until commit: per-team writes serialize here,
-                // as late in the transaction as possible. In a batch where an earlier member took
-                // the team's seqs, they are known: the row is written with the activities.
+                // Taking the seqs locks the team row until commit: a write alone serializes with the
+                // team's other writers here, as late in the transaction as possible. In a batch
+                // the row is locked already (PostgreSQL: by the batch's opener; SQLite: one
+                // writer) and the seqs are usually known: the row is written with the activities.
                 let known = self.tx.last_seq_known(team);
                 let last = match known {
                     Some(known) => known + n,
@@ -1496,7 +1497,7 @@ macro_rules! impl_tx {
                     entries(team, first, drafts)?.into_iter().unzip();
                 // The activities and the team's unpublished mark in one call (SQLite: two
                 // statements, PostgreSQL: one, the insert as a CTE). The mark tells the relay's
-                // scan which teams to read; the team row lock taken above orders the marks per team.
+                // scan which teams to read; the team row lock (held by now) orders the marks per team.
                 // (Each chunk of a long list sets the same mark.)
                 for (chunk, ts) in entries
                     .chunks(ACTIVITY_ROWS_PER_INSERT)

@@ -48,15 +48,15 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            // Statement journals (each batch member's savepoint) in memory, not in temp files:
-            // they only serve a rollback of this transaction, and a crash discards them anyway.
-            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            // The writer's temporary files (the statement journals of the batch members'
+            // savepoints, which serve only a rollback of this transaction) in memory. Not the
+            // readers': a large sort may still spill to disk there.
+            .connect_with(options.clone().pragma("temp_store", "memory"))
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         // Statistics for the planner (which index serves a filtered, sorted list), gathered on a
