@@ -18,6 +18,8 @@
 //!   steady write rate, catch-up after the receiver was down (see `webhooks`).
 //! - `search`: filters, sorts and full-text search of the task list on large teams: setup, seed
 //!   SQL, the latency table and the query plans (see `search`).
+//! - `sqlite-writer`: a task creation's SQLite writes without HTTP, through the server's store and
+//!   on one synchronous thread with rusqlite (see `sqlite_writer`).
 //! - `relay-lag`: watches the activities the instances publish on Redis: each one's age at
 //!   arrival, repeats and skips per team (see `redis_tap`, `bench/relay.sh`).
 //!
@@ -38,6 +40,7 @@ mod search;
 mod search_data;
 mod search_sql;
 mod soak;
+mod sqlite_writer;
 mod sse;
 mod stats;
 mod summary;
@@ -94,6 +97,9 @@ enum Command {
     /// A bare server writing TaskForge's frames to its WebSocket subscribers, one write() per
     /// frame per socket: the kernel's own cost, to read the benchmark figures against
     Floor(floor::FloorArgs),
+    /// A task creation's SQLite writes without HTTP: through the server's store (sqlx) and on
+    /// one synchronous thread (rusqlite), alternated, on fresh files
+    SqliteWriter(sqlite_writer::SqliteWriterArgs),
     /// Hostile clients (stalled replays, silent readers, huge or many log-ins, slow heads,
     /// password guessing, floods) against a fresh server per attack while a normal user works:
     /// the user's worst request and delivery times, the server's RSS, cuts and lost commits
@@ -137,6 +143,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("taskforge-bench summarize: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::SqliteWriter(args) => match sqlite_writer::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskforge-bench sqlite-writer: {e:#}");
                 ExitCode::FAILURE
             }
         },
