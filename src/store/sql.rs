@@ -525,20 +525,7 @@ pub(super) fn activities_insert(
     set_seq: bool,
 ) -> String {
     let values = (0..rows)
-        .map(|r| {
-            let p = 3 + 8 * r;
-            format!(
-                "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p,
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7
-            )
-        })
+        .map(|r| format!("($1, {})", placeholders_from(3 + 8 * r, 8)))
         .collect::<Vec<_>>()
         .join(", ");
     let insert = format!(
