@@ -9,10 +9,11 @@
 //! answered, with its outcome: a request is answered only after what it wrote is durable, as
 //! before.
 //!
-//! Round trips (on SQLite, hand-offs to the connection's thread) are what a batch costs: a
-//! member's `RELEASE` is sent with the next member's `SAVEPOINT`, and the batch remembers the
-//! last seq of each team its members appended to, so a member sets the seq row with its
-//! activities instead of reading it first (forgotten whenever a member is rolled back).
+//! Round trips (on PostgreSQL; the SQLite writer runs its statements where the member runs) are
+//! what a batch costs: a member's `RELEASE` is sent with the next member's `SAVEPOINT`, and the
+//! batch remembers the last seq of each team its members appended to, so a member sets the seq
+//! row with its activities instead of reading it first (forgotten whenever a member is rolled
+//! back).
 //!
 //! A member whose statement failed must be dropped, not committed: on PostgreSQL the failure
 //! aborts the whole transaction, and the batch's `COMMIT` would then roll back every member
@@ -45,7 +46,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 use super::{Result, StoreError};
 use crate::domain::TeamId;
 
-/// The statements a batch runs on its connection besides the members' own.
+/// The statements a batch runs on a sqlx connection besides the members' own.
 #[async_trait]
 pub(super) trait BatchConnection: Send {
     /// Runs one fixed statement (simple protocol, nothing prepared).
@@ -72,12 +73,61 @@ impl BatchConnection for sqlx::SqliteConnection {
     }
 }
 
+/// A database transaction a batch runs in: a sqlx transaction, or the SQLite writer's.
+#[async_trait]
+pub(super) trait BatchTx: Send + Sized + 'static {
+    /// What the members' statements run on.
+    type Conn: ?Sized;
+    fn conn(&mut self) -> &mut Self::Conn;
+    /// Runs fixed statements (the savepoints), nothing bound.
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error>;
+    async fn commit(self) -> Result<(), sqlx::Error>;
+}
+
+#[async_trait]
+impl<DB> BatchTx for sqlx::Transaction<'static, DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: BatchConnection,
+{
+    type Conn = DB::Connection;
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        self
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        BatchConnection::run(&mut **self, sql).await
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        sqlx::Transaction::commit(self).await
+    }
+}
+
+#[async_trait]
+impl BatchTx for super::sqlite_writer::WriterTx {
+    type Conn = rusqlite::Connection;
+
+    fn conn(&mut self) -> &mut rusqlite::Connection {
+        super::sqlite_writer::WriterTx::conn(self)
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        super::sqlite_writer::WriterTx::run(self, sql)
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        super::sqlite_writer::WriterTx::commit(self).await
+    }
+}
+
 /// The longest a write waits for its lane before it fails (as for a pool connection).
 const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT batch_member; RELEASE SAVEPOINT batch_member";
 
 /// What readies the batch for its next member after what the last member `left`, in one call
-/// (one round trip, one hand-off to SQLite's thread): undo its savepoint if it ended without
+/// (one round trip): undo its savepoint if it ended without
 /// committing, or release it if it committed (a member's `RELEASE` waits for the next member, or
 /// for the `COMMIT`, which releases it), then open the new member's savepoint.
 fn before_member(left: Left) -> &'static str {
@@ -106,12 +156,9 @@ struct Committed {
     then: Option<AfterCommit>,
 }
 
-struct Batch<DB: sqlx::Database>
-where
-    DB::Connection: BatchConnection,
-{
+struct Batch<T: BatchTx> {
     id: u64,
-    tx: sqlx::Transaction<'static, DB>,
+    tx: T,
     /// Members that committed, waiting for the `COMMIT` (the last one's savepoint may still be
     /// open: see `Left::Committed`).
     committed: Vec<Committed>,
@@ -135,14 +182,11 @@ enum Left {
 
 /// A batch's transaction as its `begin` opened it, with the last seq of the team it locked, if
 /// it read it (PostgreSQL: the lane's team).
-pub(super) type Opened<DB> = (sqlx::Transaction<'static, DB>, Option<(TeamId, i64)>);
+pub(super) type Opened<T> = (T, Option<(TeamId, i64)>);
 
 /// One lane: at most one batch open, its members one after another.
-pub(super) struct Lane<DB: sqlx::Database>
-where
-    DB::Connection: BatchConnection,
-{
-    slot: Arc<Mutex<Option<Batch<DB>>>>,
+pub(super) struct Lane<T: BatchTx> {
+    slot: Arc<Mutex<Option<Batch<T>>>>,
     /// Requests waiting for the lane: a member that commits hands the batch on while any wait.
     queued: Arc<AtomicUsize>,
     next_id: AtomicU64,
@@ -166,11 +210,7 @@ impl Drop for Queued {
     }
 }
 
-impl<DB> Lane<DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+impl<T: BatchTx> Lane<T> {
     pub(super) fn new(max_batch: usize) -> Self {
         Self {
             slot: Arc::new(Mutex::new(None)),
@@ -197,10 +237,10 @@ where
     ///
     /// Runs in a task of its own: a caller dropped while it waits cannot leave the lane half
     /// changed (the member it would have got is dropped, which hands the lane on).
-    pub(super) async fn join<F, Fut>(self: &Arc<Self>, begin: F) -> Result<Member<DB>>
+    pub(super) async fn join<F, Fut>(self: &Arc<Self>, begin: F) -> Result<Member<T>>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Opened<DB>>> + Send + 'static,
+        Fut: Future<Output = Result<Opened<T>>> + Send + 'static,
     {
         let lane = self.clone();
         tokio::spawn(async move { lane.join_here(begin).await })
@@ -208,10 +248,10 @@ where
             .map_err(|e| StoreError::Commit(format!("joining a batch failed: {e}")))?
     }
 
-    async fn join_here<F, Fut>(self: Arc<Self>, begin: F) -> Result<Member<DB>>
+    async fn join_here<F, Fut>(self: Arc<Self>, begin: F) -> Result<Member<T>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Opened<DB>>>,
+        Fut: Future<Output = Result<Opened<T>>>,
     {
         let queued = Queued::new(&self.queued);
         // As long as a writer used to wait for the one SQLite connection before it gave up.
@@ -258,11 +298,7 @@ where
 
 /// Undoes what a member that ended without committing left: its savepoint, or the whole
 /// transaction it opened (then the lane is free for a new batch).
-async fn settle<DB>(slot: &mut Option<Batch<DB>>) -> Result<()>
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+async fn settle<T: BatchTx>(slot: &mut Option<Batch<T>>) -> Result<()> {
     let Some(batch) = slot.as_mut() else {
         return Ok(());
     };
@@ -281,11 +317,7 @@ where
 
 /// The batch's connection failed: every member waiting is told, the transaction is dropped
 /// (rolled back), and the lane is free for a new batch.
-fn fail<DB>(slot: &mut Option<Batch<DB>>, e: &StoreError)
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+fn fail<T: BatchTx>(slot: &mut Option<Batch<T>>, e: &StoreError) {
     if let Some(batch) = slot.take() {
         let why: Arc<str> = format!("the batch failed: {e}").into();
         for m in batch.committed {
@@ -295,11 +327,7 @@ where
 }
 
 /// Commits the batch in `slot` and tells its members.
-async fn commit_batch<DB>(slot: &mut Option<Batch<DB>>) -> Outcome
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+async fn commit_batch<T: BatchTx>(slot: &mut Option<Batch<T>>) -> Outcome {
     if let Err(e) = settle(slot).await {
         fail(slot, &e);
         return Err(format!("{e}").into());
@@ -330,30 +358,23 @@ where
 }
 
 /// One request's part of a batch: the connection is its own until it commits or is dropped.
-pub(super) struct Member<DB: sqlx::Database>
-where
-    DB::Connection: BatchConnection,
-{
-    lane: Arc<Lane<DB>>,
+pub(super) struct Member<T: BatchTx> {
+    lane: Arc<Lane<T>>,
     /// The lane, held; `None` once handed on.
-    slot: Option<OwnedMutexGuard<Option<Batch<DB>>>>,
+    slot: Option<OwnedMutexGuard<Option<Batch<T>>>>,
     /// Inside a savepoint (it joined an open batch), else it opened the batch.
     nested: bool,
     /// It locked rows other lanes' writers lock too: the batch commits right after it.
     shared: bool,
 }
 
-impl<DB> Member<DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+impl<T: BatchTx> Member<T> {
     /// The batch's connection, on which the member's statements run.
-    pub(super) fn conn(&mut self) -> &mut DB::Connection {
-        &mut self.batch().tx
+    pub(super) fn conn(&mut self) -> &mut T::Conn {
+        self.batch().tx.conn()
     }
 
-    fn batch(&mut self) -> &mut Batch<DB> {
+    fn batch(&mut self) -> &mut Batch<T> {
         self.slot
             .as_mut()
             .and_then(|s| s.as_mut())
@@ -410,11 +431,7 @@ where
     }
 }
 
-impl<DB> Drop for Member<DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
+impl<T: BatchTx> Drop for Member<T> {
     fn drop(&mut self) {
         // Ended without committing: the next holder of the lane undoes it first. If nobody
         // comes, the batch still has to end: a flush does it (and commits the members that did
@@ -456,22 +473,15 @@ where
 }
 
 /// A transaction of the store: its own, or a member of a lane's batch.
-pub(super) enum WriteTx<DB: sqlx::Database>
-where
-    DB::Connection: BatchConnection,
-{
-    Alone(sqlx::Transaction<'static, DB>),
-    Batched(Member<DB>),
+pub(super) enum WriteTx<T: BatchTx> {
+    Alone(T),
+    Batched(Member<T>),
 }
 
-impl<DB> WriteTx<DB>
-where
-    DB: sqlx::Database,
-    DB::Connection: BatchConnection,
-{
-    pub(super) fn conn(&mut self) -> &mut DB::Connection {
+impl<T: BatchTx> WriteTx<T> {
+    pub(super) fn conn(&mut self) -> &mut T::Conn {
         match self {
-            Self::Alone(tx) => tx,
+            Self::Alone(tx) => tx.conn(),
             Self::Batched(m) => m.conn(),
         }
     }
@@ -504,7 +514,7 @@ where
     pub(super) async fn commit(self, then: Option<AfterCommit>) -> Result<()> {
         match self {
             Self::Alone(tx) => {
-                tx.commit().await?;
+                BatchTx::commit(tx).await?;
                 if let Some(then) = then {
                     then();
                 }

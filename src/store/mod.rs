@@ -18,6 +18,7 @@ pub(crate) mod scratch_tests;
 mod search_key_tests;
 mod sql;
 mod sqlite;
+mod sqlite_writer;
 pub mod task_query;
 #[cfg(test)]
 mod walk_tests;

@@ -23,6 +23,9 @@ use sqlx::postgres::{
 use sqlx::{Either, Execute, Executor, Postgres};
 
 use super::group_commit::{Lane, WriteTx};
+
+/// A transaction on a PostgreSQL connection.
+type PgTransaction = sqlx::Transaction<'static, Postgres>;
 use super::{PgOptions, Pooler, Result, Store, StoreError, Tx};
 use crate::domain::TeamId;
 
@@ -33,7 +36,7 @@ pub struct PgStore {
     /// Statements may be named and kept on the connection (not behind a transaction pooler).
     keep: bool,
     /// The lanes of the teams written lately (idle ones are forgotten past `LANES_KEPT`).
-    lanes: parking_lot::Mutex<HashMap<TeamId, Arc<Lane<Postgres>>>>,
+    lanes: parking_lot::Mutex<HashMap<TeamId, Arc<Lane<PgTransaction>>>>,
     write_batch: usize,
 }
 
@@ -41,7 +44,7 @@ pub struct PgStore {
 const LANES_KEPT: usize = 1024;
 
 pub struct PgTx {
-    tx: WriteTx<Postgres>,
+    tx: WriteTx<PgTransaction>,
     keep: bool,
 }
 
@@ -80,7 +83,7 @@ impl PgStore {
         })
     }
 
-    fn lane(&self, team: TeamId) -> Arc<Lane<Postgres>> {
+    fn lane(&self, team: TeamId) -> Arc<Lane<PgTransaction>> {
         let mut lanes = self.lanes.lock();
         if lanes.len() >= LANES_KEPT {
             lanes.retain(|_, lane| !lane.is_idle());
@@ -281,7 +284,7 @@ async fn begin_tx(
     pool: PgPool,
     statement: &'static str,
     setting: Option<&'static str>,
-) -> Result<sqlx::Transaction<'static, Postgres>> {
+) -> Result<PgTransaction> {
     let begun = tokio::spawn(async move {
         let mut tx = pool.begin_with(statement).await?;
         if let Some(setting) = setting {
@@ -384,9 +387,10 @@ super::sql::impl_tx!(
     PgTx,
     super::task_query::Dialect::Postgres,
     " FOR UPDATE",
-    " FOR KEY SHARE"
+    " FOR KEY SHARE",
+    sql::sqlx_api
 );
-super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE");
+super::webhooks::impl_webhook_tx!(PgTx, " FOR UPDATE", sql::sqlx_api);
 
 #[cfg(test)]
 mod tests {

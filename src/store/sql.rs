@@ -48,16 +48,49 @@ pub(super) fn after<K: From<Uuid>>(key: Option<K>) -> K {
     key.unwrap_or_else(|| K::from(Uuid::nil()))
 }
 
+/// A row type of the store, decoded by name: by sqlx's drivers (`FromRow`) and by the SQLite
+/// writer (`sqlite_writer::FromRow`) alike. A `#[sqlx(flatten)]` field is a row type itself.
+macro_rules! row {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$field_meta:meta])* $field_vis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(sqlx::FromRow)]
+        $vis struct $name {
+            $($(#[$field_meta])* $field_vis $field: $ty),*
+        }
+
+        impl $crate::store::sqlite_writer::FromRow for $name {
+            fn from_row(row: &rusqlite::Row<'_>) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: $crate::store::sqlite_writer::Field::field(row, stringify!($field))?),*
+                })
+            }
+        }
+
+        impl $crate::store::sqlite_writer::Field for $name {
+            fn field(row: &rusqlite::Row<'_>, _: &str) -> Result<Self, sqlx::Error> {
+                <Self as $crate::store::sqlite_writer::FromRow>::from_row(row)
+            }
+        }
+    };
+}
+pub(super) use row;
+
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct UserRow {
-    id: UserId,
-    email: String,
-    display_name: String,
-    created_at: OffsetDateTime,
+row! {
+    pub(super) struct UserRow {
+        id: UserId,
+        email: String,
+        display_name: String,
+        created_at: OffsetDateTime,
+    }
 }
 
 impl From<UserRow> for User {
@@ -71,11 +104,12 @@ impl From<UserRow> for User {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct UserWithHashRow {
-    #[sqlx(flatten)]
-    user: UserRow,
-    password_hash: String,
+row! {
+    pub(super) struct UserWithHashRow {
+        #[sqlx(flatten)]
+        user: UserRow,
+        password_hash: String,
+    }
 }
 
 impl From<UserWithHashRow> for (User, String) {
@@ -84,13 +118,14 @@ impl From<UserWithHashRow> for (User, String) {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct RefreshRow {
-    family_id: SessionId,
-    user_id: UserId,
-    expires_at: OffsetDateTime,
-    used_at: Option<OffsetDateTime>,
-    revoked_at: Option<OffsetDateTime>,
+row! {
+    pub(super) struct RefreshRow {
+        family_id: SessionId,
+        user_id: UserId,
+        expires_at: OffsetDateTime,
+        used_at: Option<OffsetDateTime>,
+        revoked_at: Option<OffsetDateTime>,
+    }
 }
 
 impl From<RefreshRow> for RefreshToken {
@@ -105,12 +140,13 @@ impl From<RefreshRow> for RefreshToken {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct TeamRow {
-    id: TeamId,
-    name: String,
-    created_at: OffsetDateTime,
-    default_board_id: BoardId,
+row! {
+    pub(super) struct TeamRow {
+        id: TeamId,
+        name: String,
+        created_at: OffsetDateTime,
+        default_board_id: BoardId,
+    }
 }
 
 impl From<TeamRow> for Team {
@@ -128,11 +164,12 @@ pub(super) fn role(s: &str) -> Result<Role, StoreError> {
     Role::parse(s).ok_or_else(|| corrupt("role", s))
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct TeamRoleRow {
-    #[sqlx(flatten)]
-    team: TeamRow,
-    role: String,
+row! {
+    pub(super) struct TeamRoleRow {
+        #[sqlx(flatten)]
+        team: TeamRow,
+        role: String,
+    }
 }
 
 impl TryFrom<TeamRoleRow> for (Team, Role) {
@@ -142,13 +179,14 @@ impl TryFrom<TeamRoleRow> for (Team, Role) {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct MemberRow {
-    team_id: TeamId,
-    role: String,
-    joined_at: OffsetDateTime,
-    #[sqlx(flatten)]
-    user: UserRow,
+row! {
+    pub(super) struct MemberRow {
+        team_id: TeamId,
+        role: String,
+        joined_at: OffsetDateTime,
+        #[sqlx(flatten)]
+        user: UserRow,
+    }
 }
 
 impl TryFrom<MemberRow> for Member {
@@ -163,12 +201,13 @@ impl TryFrom<MemberRow> for Member {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct BoardRow {
-    id: BoardId,
-    team_id: TeamId,
-    name: String,
-    created_at: OffsetDateTime,
+row! {
+    pub(super) struct BoardRow {
+        id: BoardId,
+        team_id: TeamId,
+        name: String,
+        created_at: OffsetDateTime,
+    }
 }
 
 impl From<BoardRow> for Board {
@@ -182,23 +221,24 @@ impl From<BoardRow> for Board {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct TaskRow {
-    id: TaskId,
-    team_id: TeamId,
-    board_id: BoardId,
-    title: String,
-    description: String,
-    status: String,
-    priority: String,
-    assignee_user_id: Option<UserId>,
-    due_date: Option<time::Date>,
-    position: f64,
-    created_by: UserId,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
-    version: i64,
-    label_ids: String,
+row! {
+    pub(super) struct TaskRow {
+        id: TaskId,
+        team_id: TeamId,
+        board_id: BoardId,
+        title: String,
+        description: String,
+        status: String,
+        priority: String,
+        assignee_user_id: Option<UserId>,
+        due_date: Option<time::Date>,
+        position: f64,
+        created_by: UserId,
+        created_at: OffsetDateTime,
+        updated_at: OffsetDateTime,
+        version: i64,
+        label_ids: String,
+    }
 }
 
 /// `tasks.label_ids`: the ids in ascending order, comma-separated (hyphenated, lower case).
@@ -248,15 +288,35 @@ impl TryFrom<TaskRow> for Task {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ScoredTaskRow {
-    #[sqlx(flatten)]
-    pub(super) task: TaskRow,
-    pub(super) score: f64,
+row! {
+    pub(super) struct ScoredTaskRow {
+        #[sqlx(flatten)]
+        pub(super) task: TaskRow,
+        pub(super) score: f64,
+    }
+}
+
+/// A statement that may touch many rows (an import's inserts, a prune): the SQLite writer runs
+/// it where it may block (`tokio::task::block_in_place`) instead of on an async worker; sqlx's
+/// drivers run every statement off the async workers anyway.
+pub(crate) trait Heavy {
+    fn heavy(self) -> Self;
+}
+
+impl<'q, DB: sqlx::Database, A> Heavy for sqlx::query::Query<'q, DB, A> {
+    fn heavy(self) -> Self {
+        self
+    }
+}
+
+/// sqlx's query API, for `impl_tx!` on sqlx's drivers (the SQLite writer has its own).
+pub(crate) mod sqlx_api {
+    pub(crate) use super::bind_all;
+    pub(crate) use sqlx::{QueryBuilder, query, query_as};
 }
 
 /// Binds a built query's arguments in order.
-pub(super) fn bind_all<'q, DB, O>(
+pub(crate) fn bind_all<'q, DB, O>(
     mut q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>,
     args: Vec<super::task_query::Arg>,
 ) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>
@@ -321,13 +381,14 @@ impl sqlx::Encode<'_, sqlx::Postgres> for StoredTime {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct LabelRow {
-    id: LabelId,
-    team_id: TeamId,
-    name: String,
-    color: String,
-    created_at: OffsetDateTime,
+row! {
+    pub(super) struct LabelRow {
+        id: LabelId,
+        team_id: TeamId,
+        name: String,
+        color: String,
+        created_at: OffsetDateTime,
+    }
 }
 
 impl From<LabelRow> for Label {
@@ -342,15 +403,16 @@ impl From<LabelRow> for Label {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct CommentRow {
-    id: CommentId,
-    task_id: TaskId,
-    team_id: TeamId,
-    author_user_id: UserId,
-    body: String,
-    created_at: OffsetDateTime,
-    edited_at: Option<OffsetDateTime>,
+row! {
+    pub(super) struct CommentRow {
+        id: CommentId,
+        task_id: TaskId,
+        team_id: TeamId,
+        author_user_id: UserId,
+        body: String,
+        created_at: OffsetDateTime,
+        edited_at: Option<OffsetDateTime>,
+    }
 }
 
 impl From<CommentRow> for Comment {
@@ -367,15 +429,16 @@ impl From<CommentRow> for Comment {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ActivityRow {
-    seq: i64,
-    kind: String,
-    board_id: Option<BoardId>,
-    prev_board_id: Option<BoardId>,
-    task_id: Option<TaskId>,
-    user_id: Option<UserId>,
-    payload: String,
+row! {
+    pub(super) struct ActivityRow {
+        seq: i64,
+        kind: String,
+        board_id: Option<BoardId>,
+        prev_board_id: Option<BoardId>,
+        task_id: Option<TaskId>,
+        user_id: Option<UserId>,
+        payload: String,
+    }
 }
 
 impl ActivityRow {
@@ -397,22 +460,23 @@ impl ActivityRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct NotificationRow {
-    id: NotificationId,
-    seq: i64,
-    team_id: TeamId,
-    task_id: TaskId,
-    board_id: Option<BoardId>,
-    task_title: String,
-    activity_type: String,
-    reasons: String,
-    actor_user_id: UserId,
-    actor_display_name: String,
-    comment_id: Option<CommentId>,
-    excerpt: Option<String>,
-    created_at: OffsetDateTime,
-    read_at: Option<OffsetDateTime>,
+row! {
+    pub(super) struct NotificationRow {
+        id: NotificationId,
+        seq: i64,
+        team_id: TeamId,
+        task_id: TaskId,
+        board_id: Option<BoardId>,
+        task_title: String,
+        activity_type: String,
+        reasons: String,
+        actor_user_id: UserId,
+        actor_display_name: String,
+        comment_id: Option<CommentId>,
+        excerpt: Option<String>,
+        created_at: OffsetDateTime,
+        read_at: Option<OffsetDateTime>,
+    }
 }
 
 /// The columns `NotificationRow` reads, for every query of notifications.
@@ -462,12 +526,13 @@ impl TryFrom<NotificationRow> for Notification {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ReadRow {
-    seq: i64,
-    ids: Option<String>,
-    upto: Option<i64>,
-    unread_count: i64,
+row! {
+    pub(super) struct ReadRow {
+        seq: i64,
+        ids: Option<String>,
+        upto: Option<i64>,
+        unread_count: i64,
+    }
 }
 
 impl ReadRow {
@@ -558,7 +623,7 @@ pub(super) use task_columns;
 
 /// Implements `Tx` for a struct `$tx { tx: group_commit::WriteTx<$db> }` with an `exec()`.
 macro_rules! impl_tx {
-    ($tx:ident, $dialect:expr, $lock_row:literal, $share_row:literal) => {
+    ($tx:ident, $dialect:expr, $lock_row:literal, $share_row:literal, $($api:ident)::+) => {
         // An unnamed const gives the impl its own imports.
         const _: () = {
         use time::OffsetDateTime;
@@ -566,13 +631,15 @@ macro_rules! impl_tx {
         use $crate::domain::*;
         use $crate::store::sql::*;
         use $crate::store::{LogBounds, RefreshToken, StoreError};
+        // The query API of the driver: sqlx's, or the SQLite writer's.
+        use $crate::store::$($api)::+ as api;
 
         impl $tx {
             /// SQLite only: the task's words in the search index, under `key` (its `search_key`),
             /// replacing what the key held.
             async fn index_words(&mut self, key: i64, t: &Task) -> $crate::store::Result<()> {
                 use $crate::store::task_query::indexed_text;
-                sqlx::query("INSERT OR REPLACE INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
+                api::query("INSERT OR REPLACE INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
                     .bind(key)
                     .bind(indexed_text(t.team_id, &t.title))
                     .bind(indexed_text(t.team_id, &t.description))
@@ -596,7 +663,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_user(&mut self, u: &User, password_hash: &str) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "INSERT INTO users (id, email, password_hash, display_name, created_at) \
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -612,7 +679,7 @@ macro_rules! impl_tx {
             }
 
             async fn user(&mut self, id: UserId) -> $crate::store::Result<Option<User>> {
-                let row: Option<UserRow> = sqlx::query_as(
+                let row: Option<UserRow> = api::query_as(
                     "SELECT id, email, display_name, created_at FROM users WHERE id = $1",
                 )
                 .bind(id)
@@ -622,7 +689,7 @@ macro_rules! impl_tx {
             }
 
             async fn user_by_email(&mut self, email: &str) -> $crate::store::Result<Option<(User, String)>> {
-                let row: Option<UserWithHashRow> = sqlx::query_as(
+                let row: Option<UserWithHashRow> = api::query_as(
                     "SELECT id, email, display_name, created_at, password_hash FROM users WHERE email = $1",
                 )
                 .bind(email)
@@ -632,7 +699,7 @@ macro_rules! impl_tx {
             }
 
             async fn set_display_name(&mut self, id: UserId, name: &str) -> $crate::store::Result<Option<User>> {
-                let row: Option<UserRow> = sqlx::query_as(
+                let row: Option<UserRow> = api::query_as(
                     "UPDATE users SET display_name = $2 WHERE id = $1 \
                      RETURNING id, email, display_name, created_at",
                 )
@@ -649,7 +716,7 @@ macro_rules! impl_tx {
                 user: UserId,
                 now: OffsetDateTime,
             ) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO refresh_families (id, user_id, created_at) VALUES ($1, $2, $3)")
+                api::query("INSERT INTO refresh_families (id, user_id, created_at) VALUES ($1, $2, $3)")
                     .bind(family)
                     .bind(user)
                     .bind(now)
@@ -664,7 +731,7 @@ macro_rules! impl_tx {
                 family: SessionId,
                 expires_at: OffsetDateTime,
             ) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)")
+                api::query("INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES ($1, $2, $3)")
                     .bind(hash)
                     .bind(family)
                     .bind(expires_at)
@@ -674,7 +741,7 @@ macro_rules! impl_tx {
             }
 
             async fn refresh_token(&mut self, hash: &[u8]) -> $crate::store::Result<Option<RefreshToken>> {
-                let row: Option<RefreshRow> = sqlx::query_as(
+                let row: Option<RefreshRow> = api::query_as(
                     "SELECT t.family_id, f.user_id, t.expires_at, t.used_at, f.revoked_at \
                      FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
                      WHERE t.token_hash = $1",
@@ -686,7 +753,7 @@ macro_rules! impl_tx {
             }
 
             async fn use_refresh_token(&mut self, hash: &[u8], now: OffsetDateTime) -> $crate::store::Result<bool> {
-                let done = sqlx::query(
+                let done = api::query(
                     "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
                 )
                 .bind(hash)
@@ -697,7 +764,7 @@ macro_rules! impl_tx {
             }
 
             async fn revoke_refresh_family(&mut self, family: SessionId, now: OffsetDateTime) -> $crate::store::Result<()> {
-                sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                api::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(family)
                     .bind(now)
                     .execute(self.exec())
@@ -712,7 +779,7 @@ macro_rules! impl_tx {
             ) -> $crate::store::Result<u64> {
                 // Families all of whose tokens have expired, found through the tokens that have
                 // (indexed by expiry); their tokens go with them (ON DELETE CASCADE).
-                let families = sqlx::query(
+                let families = api::query(
                     "DELETE FROM refresh_families WHERE id IN \
                        (SELECT t.family_id FROM refresh_tokens t WHERE t.expires_at <= $1) \
                      AND NOT EXISTS (SELECT 1 FROM refresh_tokens k \
@@ -722,11 +789,11 @@ macro_rules! impl_tx {
                 .execute(self.exec())
                 .await?;
                 // Expired tokens of families that still have a valid one (rotated-away tokens).
-                let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
+                let tokens = api::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
                     .bind(now)
                     .execute(self.exec())
                     .await?;
-                let revoked = sqlx::query(
+                let revoked = api::query(
                     "DELETE FROM refresh_families WHERE revoked_at IS NOT NULL AND revoked_at < $1",
                 )
                 .bind(revoked_before)
@@ -736,7 +803,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_team(&mut self, t: &Team) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "INSERT INTO teams (id, name, created_at, default_board_id, last_seq) VALUES ($1, $2, $3, $4, 0)",
                 )
                 .bind(t.id)
@@ -745,7 +812,7 @@ macro_rules! impl_tx {
                 .bind(t.default_board_id)
                 .execute(self.exec())
                 .await?;
-                sqlx::query("INSERT INTO team_outbox (team_id, published_seq) VALUES ($1, 0)")
+                api::query("INSERT INTO team_outbox (team_id, published_seq) VALUES ($1, 0)")
                     .bind(t.id)
                     .execute(self.exec())
                     .await?;
@@ -754,7 +821,7 @@ macro_rules! impl_tx {
 
             async fn team(&mut self, id: TeamId) -> $crate::store::Result<Option<Team>> {
                 let row: Option<TeamRow> =
-                    sqlx::query_as("SELECT id, name, created_at, default_board_id FROM teams WHERE id = $1")
+                    api::query_as("SELECT id, name, created_at, default_board_id FROM teams WHERE id = $1")
                         .bind(id)
                         .fetch_optional(self.exec())
                         .await?;
@@ -762,7 +829,7 @@ macro_rules! impl_tx {
             }
 
             async fn set_team_name(&mut self, id: TeamId, name: &str) -> $crate::store::Result<Option<Team>> {
-                let row: Option<TeamRow> = sqlx::query_as(
+                let row: Option<TeamRow> = api::query_as(
                     "UPDATE teams SET name = $2 WHERE id = $1 RETURNING id, name, created_at, default_board_id",
                 )
                 .bind(id)
@@ -777,7 +844,7 @@ macro_rules! impl_tx {
                 user: UserId,
                 page: $crate::store::PageAfter<TeamId>,
             ) -> $crate::store::Result<Vec<(Team, Role)>> {
-                let rows: Vec<TeamRoleRow> = sqlx::query_as(
+                let rows: Vec<TeamRoleRow> = api::query_as(
                     "SELECT t.id, t.name, t.created_at, t.default_board_id, m.role \
                      FROM memberships m JOIN teams t ON t.id = m.team_id \
                      WHERE m.user_id = $1 AND m.team_id > $2 ORDER BY m.team_id LIMIT $3",
@@ -792,7 +859,7 @@ macro_rules! impl_tx {
 
             async fn role(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<Option<Role>> {
                 let r: Option<(String,)> =
-                    sqlx::query_as("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
+                    api::query_as("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
                         .bind(team)
                         .bind(user)
                         .fetch_optional(self.exec())
@@ -801,7 +868,7 @@ macro_rules! impl_tx {
             }
 
             async fn member(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<Option<Member>> {
-                let row: Option<MemberRow> = sqlx::query_as(
+                let row: Option<MemberRow> = api::query_as(
                     "SELECT m.team_id, m.role, m.joined_at, u.id, u.email, u.display_name, u.created_at \
                      FROM memberships m JOIN users u ON u.id = m.user_id \
                      WHERE m.team_id = $1 AND m.user_id = $2",
@@ -818,7 +885,7 @@ macro_rules! impl_tx {
                 team: TeamId,
                 page: $crate::store::PageAfter<UserId>,
             ) -> $crate::store::Result<Vec<Member>> {
-                let rows: Vec<MemberRow> = sqlx::query_as(
+                let rows: Vec<MemberRow> = api::query_as(
                     "SELECT m.team_id, m.role, m.joined_at, u.id, u.email, u.display_name, u.created_at \
                      FROM memberships m JOIN users u ON u.id = m.user_id \
                      WHERE m.team_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
@@ -838,7 +905,7 @@ macro_rules! impl_tx {
                 r: Role,
                 at: OffsetDateTime,
             ) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO memberships (team_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
+                api::query("INSERT INTO memberships (team_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
                     .bind(team)
                     .bind(user)
                     .bind(r.as_str())
@@ -850,7 +917,7 @@ macro_rules! impl_tx {
             }
 
             async fn set_role(&mut self, team: TeamId, user: UserId, from: Role, to: Role) -> $crate::store::Result<bool> {
-                let done = sqlx::query(
+                let done = api::query(
                     "UPDATE memberships SET role = $4 WHERE team_id = $1 AND user_id = $2 AND role = $3",
                 )
                 .bind(team)
@@ -863,7 +930,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_member(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
+                let done = api::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
                     .bind(team)
                     .bind(user)
                     .execute(self.exec())
@@ -872,7 +939,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_board(&mut self, b: &Board) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO boards (id, team_id, name, created_at) VALUES ($1, $2, $3, $4)")
+                api::query("INSERT INTO boards (id, team_id, name, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(b.id)
                     .bind(b.team_id)
                     .bind(&b.name)
@@ -884,7 +951,7 @@ macro_rules! impl_tx {
 
             async fn board(&mut self, id: BoardId) -> $crate::store::Result<Option<Board>> {
                 let row: Option<BoardRow> =
-                    sqlx::query_as("SELECT id, team_id, name, created_at FROM boards WHERE id = $1")
+                    api::query_as("SELECT id, team_id, name, created_at FROM boards WHERE id = $1")
                         .bind(id)
                         .fetch_optional(self.exec())
                         .await?;
@@ -896,7 +963,7 @@ macro_rules! impl_tx {
                 team: TeamId,
                 page: $crate::store::PageAfter<BoardId>,
             ) -> $crate::store::Result<Vec<Board>> {
-                let rows: Vec<BoardRow> = sqlx::query_as(
+                let rows: Vec<BoardRow> = api::query_as(
                     "SELECT id, team_id, name, created_at FROM boards \
                      WHERE team_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
@@ -909,7 +976,7 @@ macro_rules! impl_tx {
             }
 
             async fn set_board_name(&mut self, id: BoardId, name: &str) -> $crate::store::Result<Option<Board>> {
-                let row: Option<BoardRow> = sqlx::query_as(
+                let row: Option<BoardRow> = api::query_as(
                     "UPDATE boards SET name = $2 WHERE id = $1 RETURNING id, team_id, name, created_at",
                 )
                 .bind(id)
@@ -920,7 +987,7 @@ macro_rules! impl_tx {
             }
 
             async fn board_has_tasks(&mut self, id: BoardId) -> $crate::store::Result<bool> {
-                let row: Option<(TaskId,)> = sqlx::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
+                let row: Option<(TaskId,)> = api::query_as("SELECT id FROM tasks WHERE board_id = $1 LIMIT 1")
                     .bind(id)
                     .fetch_optional(self.exec())
                     .await?;
@@ -928,7 +995,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_board(&mut self, id: BoardId) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM boards WHERE id = $1")
+                let done = api::query("DELETE FROM boards WHERE id = $1")
                     .bind(id)
                     .execute(self.exec())
                     .await?;
@@ -953,7 +1020,7 @@ macro_rules! impl_tx {
                      label_ids, priority_rank) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 };
-                let mut query = sqlx::query(sql)
+                let mut query = api::query(sql)
                     .bind(t.id)
                     .bind(t.team_id)
                     .bind(t.board_id)
@@ -991,13 +1058,14 @@ macro_rules! impl_tx {
                     );
                     // Planned for its values each time: a plan cached while the table was small
                     // (a fresh import) scans the whole table for every batch after it grew.
-                    let mut query = sqlx::query_as::<_, (String, TaskId)>(sqlx::AssertSqlSafe(sql))
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql))
                         .persistent(false)
                         .bind(team);
                     for k in chunk {
                         query = query.bind(*k);
                     }
-                    out.extend(query.fetch_all(self.exec()).await?);
+                    let rows: Vec<(String, TaskId)> = query.fetch_all(self.exec()).await?;
+                    out.extend(rows);
                 }
                 Ok(out)
             }
@@ -1018,7 +1086,7 @@ macro_rules! impl_tx {
                 // the one writer holds the database, so the largest key stays the largest.
                 let mut next_key = if sqlite {
                     let (max,): (i64,) =
-                        sqlx::query_as("SELECT COALESCE(MAX(search_key), 0) FROM tasks")
+                        api::query_as("SELECT COALESCE(MAX(search_key), 0) FROM tasks")
                             .fetch_one(self.exec())
                             .await?;
                     max + 1
@@ -1026,7 +1094,7 @@ macro_rules! impl_tx {
                     0
                 };
                 for chunk in tasks.chunks(BULK_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::new(
+                    let mut insert = api::QueryBuilder::new(
                         "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                          assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                          label_ids, priority_rank",
@@ -1054,12 +1122,12 @@ macro_rules! impl_tx {
                             row.push_bind(first_key + i as i64);
                         }
                     });
-                    insert.build().persistent(false).execute(self.exec()).await?;
+                    insert.build().persistent(false).heavy().execute(self.exec()).await?;
                     if sqlite {
                         use $crate::store::task_query::indexed_text;
                         // OR REPLACE, as `index_words`: a contentless table would not refuse a
                         // duplicate rowid.
-                        let mut words = sqlx::QueryBuilder::new(
+                        let mut words = api::QueryBuilder::new(
                             "INSERT OR REPLACE INTO task_words (rowid, title, description) ",
                         );
                         words.push_values(chunk.iter().enumerate(), |mut row, (i, t)| {
@@ -1067,7 +1135,7 @@ macro_rules! impl_tx {
                                 .push_bind(indexed_text(t.team_id, &t.title))
                                 .push_bind(indexed_text(t.team_id, &t.description));
                         });
-                        words.build().persistent(false).execute(self.exec()).await?;
+                        words.build().persistent(false).heavy().execute(self.exec()).await?;
                         next_key += chunk.len() as i64;
                     }
                 }
@@ -1076,21 +1144,21 @@ macro_rules! impl_tx {
                     .flat_map(|t| t.label_ids.iter().map(move |l| (*l, t.id)))
                     .collect();
                 for chunk in labels.chunks(BULK_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
+                    let mut insert = api::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
                     insert.push_values(chunk, |mut row, (label, task)| {
                         row.push_bind(*label).push_bind(*task);
                     });
-                    insert.build().persistent(false).execute(self.exec()).await?;
+                    insert.build().persistent(false).heavy().execute(self.exec()).await?;
                 }
                 for chunk in keys.chunks(BULK_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_import_keys (team_id, key, task_id) ");
+                    let mut insert = api::QueryBuilder::new("INSERT INTO task_import_keys (team_id, key, task_id) ");
                     insert.push_values(chunk, |mut row, (key, task)| {
                         row.push_bind(team).push_bind(key.as_str()).push_bind(*task);
                     });
-                    insert.build().persistent(false).execute(self.exec()).await.map_err(map_dup)?;
+                    insert.build().persistent(false).heavy().execute(self.exec()).await.map_err(map_dup)?;
                 }
                 for chunk in comments.chunks(BULK_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::new(
+                    let mut insert = api::QueryBuilder::new(
                         "INSERT INTO comments (id, task_id, team_id, author_user_id, body, created_at, edited_at) ",
                     );
                     insert.push_values(chunk, |mut row, c| {
@@ -1102,14 +1170,14 @@ macro_rules! impl_tx {
                             .push_bind(c.created_at)
                             .push_bind(c.edited_at);
                     });
-                    insert.build().persistent(false).execute(self.exec()).await?;
+                    insert.build().persistent(false).heavy().execute(self.exec()).await?;
                 }
                 Ok(())
             }
 
             async fn task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
                 let row: Option<TaskRow> =
-                    sqlx::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))
+                    api::query_as(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(self.exec())
                 .await?;
@@ -1141,7 +1209,7 @@ macro_rules! impl_tx {
                         // Not kept prepared: the text varies with the filters, and a plan made
                         // for any value cannot tell a rare word or label from a frequent one
                         // (PostgreSQL's generic plans after five runs sorted every match).
-                        let rows: Vec<TaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
+                        let rows: Vec<TaskRow> = api::bind_all(api::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
                             .persistent(false)
                             .fetch_all(self.exec())
                             .await?;
@@ -1168,7 +1236,7 @@ macro_rules! impl_tx {
                 let built = task_query::search($dialect, &columns, team, words, limit);
                 // Planned for its words each time (see `tasks`): a generic plan took the word
                 // index for a frequent word and sorted 31,100 matches (395 ms against 3).
-                let rows: Vec<ScoredTaskRow> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
+                let rows: Vec<ScoredTaskRow> = api::bind_all(api::query_as(sqlx::AssertSqlSafe(built.sql)), built.args)
                     .persistent(false)
                     .fetch_all(self.exec())
                     .await?;
@@ -1180,7 +1248,7 @@ macro_rules! impl_tx {
             async fn update_task(&mut self, t: &Task) -> $crate::store::Result<Vec<LabelId>> {
                 // The labels are not written here (`set_task_labels` is): a label deleted since
                 // `t` was read must not come back with it. The stored set is returned instead.
-                let stored: Option<(String,)> = sqlx::query_as(
+                let stored: Option<(String,)> = api::query_as(
                     "UPDATE tasks SET board_id = $2, title = $3, description = $4, status = $5, priority = $6, \
                      assignee_user_id = $7, due_date = $8, position = $9, updated_at = $10, version = $11, \
                      priority_rank = $13 \
@@ -1206,7 +1274,7 @@ macro_rules! impl_tx {
                 };
                 if $dialect == $crate::store::task_query::Dialect::Sqlite {
                     let key: Option<(Option<i64>,)> =
-                        sqlx::query_as("SELECT search_key FROM tasks WHERE id = $1")
+                        api::query_as("SELECT search_key FROM tasks WHERE id = $1")
                             .bind(t.id)
                             .fetch_optional(self.exec())
                             .await?;
@@ -1218,19 +1286,19 @@ macro_rules! impl_tx {
             }
 
             async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> $crate::store::Result<()> {
-                sqlx::query("UPDATE tasks SET label_ids = $2 WHERE id = $1")
+                api::query("UPDATE tasks SET label_ids = $2 WHERE id = $1")
                     .bind(task)
                     .bind(label_ids_text(labels))
                     .execute(self.exec())
                     .await?;
-                sqlx::query("DELETE FROM task_labels WHERE task_id = $1")
+                api::query("DELETE FROM task_labels WHERE task_id = $1")
                     .bind(task)
                     .execute(self.exec())
                     .await?;
                 if labels.is_empty() {
                     return Ok(());
                 }
-                let mut insert = sqlx::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
+                let mut insert = api::QueryBuilder::new("INSERT INTO task_labels (label_id, task_id) ");
                 insert.push_values(labels, |mut row, label| {
                     row.push_bind(*label).push_bind(task);
                 });
@@ -1239,7 +1307,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_label(&mut self, l: &Label) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "INSERT INTO labels (id, team_id, name, name_key, color, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
@@ -1257,7 +1325,7 @@ macro_rules! impl_tx {
 
             async fn label(&mut self, id: LabelId) -> $crate::store::Result<Option<Label>> {
                 let row: Option<LabelRow> =
-                    sqlx::query_as("SELECT id, team_id, name, color, created_at FROM labels WHERE id = $1")
+                    api::query_as("SELECT id, team_id, name, color, created_at FROM labels WHERE id = $1")
                         .bind(id)
                         .fetch_optional(self.exec())
                         .await?;
@@ -1269,7 +1337,7 @@ macro_rules! impl_tx {
                 team: TeamId,
                 page: $crate::store::PageAfter<LabelId>,
             ) -> $crate::store::Result<Vec<Label>> {
-                let rows: Vec<LabelRow> = sqlx::query_as(
+                let rows: Vec<LabelRow> = api::query_as(
                     "SELECT id, team_id, name, color, created_at FROM labels \
                      WHERE team_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
@@ -1282,7 +1350,7 @@ macro_rules! impl_tx {
             }
 
             async fn count_labels(&mut self, team: TeamId) -> $crate::store::Result<i64> {
-                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM labels WHERE team_id = $1")
+                let (n,): (i64,) = api::query_as("SELECT COUNT(*) FROM labels WHERE team_id = $1")
                     .bind(team)
                     .fetch_one(self.exec())
                     .await?;
@@ -1290,7 +1358,7 @@ macro_rules! impl_tx {
             }
 
             async fn update_label(&mut self, l: &Label) -> $crate::store::Result<bool> {
-                let done = sqlx::query("UPDATE labels SET name = $2, name_key = $3, color = $4 WHERE id = $1")
+                let done = api::query("UPDATE labels SET name = $2, name_key = $3, color = $4 WHERE id = $1")
                     .bind(l.id)
                     .bind(&l.name)
                     .bind($crate::domain::rules::label_name_key(&l.name))
@@ -1305,7 +1373,7 @@ macro_rules! impl_tx {
                 // The label's row first: a task write that is giving a task this label holds it
                 // (`labels_among`), and the tasks are read after that write commits.
                 let found: Option<(LabelId,)> =
-                    sqlx::query_as(concat!("SELECT id FROM labels WHERE id = $1", $lock_row))
+                    api::query_as(concat!("SELECT id FROM labels WHERE id = $1", $lock_row))
                         .bind(id)
                         .fetch_optional(self.exec())
                         .await?;
@@ -1313,7 +1381,7 @@ macro_rules! impl_tx {
                     return Ok(false);
                 }
                 // `,a,b,c,` without `,b,` is `,a,c,`; the outer commas then go.
-                sqlx::query(
+                api::query(
                     "UPDATE tasks SET label_ids = \
                        ltrim(rtrim(replace(',' || label_ids || ',', $2, ','), ','), ',') \
                      WHERE id IN (SELECT task_id FROM task_labels WHERE label_id = $1)",
@@ -1322,11 +1390,11 @@ macro_rules! impl_tx {
                 .bind(format!(",{},", uuid::Uuid::from(id).hyphenated()))
                 .execute(self.exec())
                 .await?;
-                sqlx::query("DELETE FROM task_labels WHERE label_id = $1")
+                api::query("DELETE FROM task_labels WHERE label_id = $1")
                     .bind(id)
                     .execute(self.exec())
                     .await?;
-                let done = sqlx::query("DELETE FROM labels WHERE id = $1")
+                let done = api::query("DELETE FROM labels WHERE id = $1")
                     .bind(id)
                     .execute(self.exec())
                     .await?;
@@ -1341,11 +1409,12 @@ macro_rules! impl_tx {
                         placeholders_from(2, chunk.len()),
                         $share_row
                     );
-                    let mut q = sqlx::query_as::<_, (LabelId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    let mut q = api::query_as(sqlx::AssertSqlSafe(sql)).bind(team);
                     for id in chunk {
                         q = q.bind(*id);
                     }
-                    out.extend(q.fetch_all(self.exec()).await?.into_iter().map(|(id,)| id));
+                    let rows: Vec<(LabelId,)> = q.fetch_all(self.exec()).await?;
+                    out.extend(rows.into_iter().map(|(id,)| id));
                 }
                 Ok(out)
             }
@@ -1353,7 +1422,7 @@ macro_rules! impl_tx {
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
-                let row: Option<TaskRow> = sqlx::query_as(concat!(
+                let row: Option<TaskRow> = api::query_as(concat!(
                     "DELETE FROM tasks WHERE id = $1 RETURNING ",
                     task_columns!()
                 ))
@@ -1370,7 +1439,7 @@ macro_rules! impl_tx {
                 board: Option<BoardId>,
                 status: TaskStatus,
             ) -> $crate::store::Result<Option<$crate::store::TaskSlot>> {
-                let row: Option<(String, Option<BoardId>, Option<f64>)> = sqlx::query_as(
+                let row: Option<(String, Option<BoardId>, Option<f64>)> = api::query_as(
                     "SELECT m.role, \
                        (SELECT b.id FROM boards b WHERE b.id = COALESCE($3, t.default_board_id) AND b.team_id = t.id), \
                        (SELECT k.position FROM tasks k \
@@ -1392,7 +1461,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_comment(&mut self, c: &Comment) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "INSERT INTO comments (id, task_id, team_id, author_user_id, body, created_at, edited_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
@@ -1409,7 +1478,7 @@ macro_rules! impl_tx {
             }
 
             async fn comment(&mut self, id: CommentId) -> $crate::store::Result<Option<Comment>> {
-                let row: Option<CommentRow> = sqlx::query_as(
+                let row: Option<CommentRow> = api::query_as(
                     "SELECT id, task_id, team_id, author_user_id, body, created_at, edited_at \
                      FROM comments WHERE id = $1",
                 )
@@ -1424,7 +1493,7 @@ macro_rules! impl_tx {
                 task: TaskId,
                 page: $crate::store::PageAfter<CommentId>,
             ) -> $crate::store::Result<Vec<Comment>> {
-                let rows: Vec<CommentRow> = sqlx::query_as(
+                let rows: Vec<CommentRow> = api::query_as(
                     "SELECT id, task_id, team_id, author_user_id, body, created_at, edited_at \
                      FROM comments WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
@@ -1437,7 +1506,7 @@ macro_rules! impl_tx {
             }
 
             async fn update_comment(&mut self, c: &Comment, previous_body: &str) -> $crate::store::Result<bool> {
-                let done = sqlx::query("UPDATE comments SET body = $2, edited_at = $3 WHERE id = $1 AND body = $4")
+                let done = api::query("UPDATE comments SET body = $2, edited_at = $3 WHERE id = $1 AND body = $4")
                     .bind(c.id)
                     .bind(&c.body)
                     .bind(c.edited_at)
@@ -1448,7 +1517,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_comment(&mut self, id: CommentId) -> $crate::store::Result<bool> {
-                let done = sqlx::query("DELETE FROM comments WHERE id = $1")
+                let done = api::query("DELETE FROM comments WHERE id = $1")
                     .bind(id)
                     .execute(self.exec())
                     .await?;
@@ -1468,7 +1537,7 @@ macro_rules! impl_tx {
                 let last = match known {
                     Some(known) => known + n,
                     None => {
-                        let (last,): (i64,) = sqlx::query_as(
+                        let (last,): (i64,) = api::query_as(
                             "UPDATE teams SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
                         )
                         .bind(team)
@@ -1491,7 +1560,7 @@ macro_rules! impl_tx {
                     .zip(stamps.chunks(ACTIVITY_ROWS_PER_INSERT))
                 {
                     let sql = activities_insert($dialect, chunk.len(), known.is_some());
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
+                    let mut query = api::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
                     for (e, ts) in chunk.iter().zip(ts) {
                         query = query
                             .bind(e.seq)
@@ -1510,7 +1579,7 @@ macro_rules! impl_tx {
             }
 
             async fn last_seq(&mut self, team: TeamId) -> $crate::store::Result<Option<i64>> {
-                let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM teams WHERE id = $1")
+                let row: Option<(i64,)> = api::query_as("SELECT last_seq FROM teams WHERE id = $1")
                     .bind(team)
                     .fetch_optional(self.exec())
                     .await?;
@@ -1524,17 +1593,18 @@ macro_rules! impl_tx {
                         "SELECT id, last_seq FROM teams WHERE id IN ({})",
                         $crate::store::sql::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (TeamId, i64)>(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql));
                     for team in chunk {
                         query = query.bind(*team);
                     }
-                    out.extend(query.fetch_all(self.exec()).await?);
+                    let rows: Vec<(TeamId, i64)> = query.fetch_all(self.exec()).await?;
+                    out.extend(rows);
                 }
                 Ok(out)
             }
 
             async fn log_bounds(&mut self, team: TeamId) -> $crate::store::Result<Option<LogBounds>> {
-                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                let row: Option<(i64, Option<i64>)> = api::query_as(
                     "SELECT t.last_seq, (SELECT MIN(seq) FROM activities a WHERE a.team_id = t.id) \
                      FROM teams t WHERE t.id = $1",
                 )
@@ -1557,7 +1627,7 @@ macro_rules! impl_tx {
                 // Bounded in size as well as rows: the first row always, then rows while the
                 // payloads before them stay under the budget (counted in characters, which both
                 // dialects' LENGTH agree on; a character is at most 4 bytes).
-                let rows: Vec<ActivityRow> = sqlx::query_as(
+                let rows: Vec<ActivityRow> = api::query_as(
                     "SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload FROM ( \
                        SELECT seq, kind, board_id, prev_board_id, task_id, user_id, payload, \
                               SUM(LENGTH(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - LENGTH(payload) AS before_chars \
@@ -1581,11 +1651,12 @@ macro_rules! impl_tx {
                         "SELECT team_id, published_seq FROM team_outbox WHERE team_id IN ({})",
                         $crate::store::sql::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (TeamId, i64)>(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql));
                     for team in chunk {
                         query = query.bind(*team);
                     }
-                    found.extend(query.fetch_all(self.exec()).await?);
+                    let rows: Vec<(TeamId, i64)> = query.fetch_all(self.exec()).await?;
+                    found.extend(rows);
                 }
                 Ok(teams.iter().map(|t| (*t, found.get(t).copied().unwrap_or(0))).collect())
             }
@@ -1601,7 +1672,7 @@ macro_rules! impl_tx {
                             $crate::store::sql::placeholders(chunk.len()),
                             $lock_row
                         );
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                        let mut query = api::query(sqlx::AssertSqlSafe(sql)).persistent(false);
                         for (team, _) in chunk {
                             query = query.bind(*team);
                         }
@@ -1618,7 +1689,7 @@ macro_rules! impl_tx {
                          WHERE team_id IN (SELECT team_id FROM m) AND published_seq < \
                            (SELECT m.seq FROM m WHERE m.team_id = team_outbox.team_id)"
                     );
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                    let mut query = api::query(sqlx::AssertSqlSafe(sql)).persistent(false);
                     for (team, seq) in chunk {
                         query = query.bind(*team).bind(*seq);
                     }
@@ -1650,7 +1721,7 @@ macro_rules! impl_tx {
                         $crate::store::sql::placeholders(chunk.len()),
                         skip_locked
                     );
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query(sqlx::AssertSqlSafe(sql));
                     for team in chunk {
                         query = query.bind(*team);
                     }
@@ -1666,7 +1737,7 @@ macro_rules! impl_tx {
             ) -> $crate::store::Result<Vec<(TeamId, i64)>> {
                 // The age of the first unpublished activity, one key lookup per record: a team
                 // written without pause always has a record, but a live relay keeps it young.
-                let rows: Vec<(TeamId, i64)> = sqlx::query_as(
+                let rows: Vec<(TeamId, i64)> = api::query_as(
                     "SELECT u.team_id, o.published_seq FROM team_unpublished u \
                      JOIN team_outbox o ON o.team_id = u.team_id \
                      WHERE u.upto_seq > o.published_seq AND EXISTS ( \
@@ -1689,7 +1760,7 @@ macro_rules! impl_tx {
             ) -> $crate::store::Result<(Vec<TeamId>, Option<OffsetDateTime>)> {
                 // The oldest activities after `after` (the `ts` index), at most `scan` of them:
                 // bounded however large the log; the teams most overdue first.
-                let rows: Vec<(TeamId, OffsetDateTime)> = sqlx::query_as(
+                let rows: Vec<(TeamId, OffsetDateTime)> = api::query_as(
                     "SELECT o.team_id, MAX(o.ts) FROM ( \
                        SELECT team_id, ts FROM activities \
                        WHERE ts < $1 AND ($2 IS NULL OR ts > $2) ORDER BY ts LIMIT $3 \
@@ -1715,7 +1786,7 @@ macro_rules! impl_tx {
                 // in seq) and everything above it stay: only a prefix of the seqs goes, or a
                 // resume would skip what is kept above a hole. Both reads walk the team's
                 // (team_id, seq) key for at most `chunk` rows.
-                let done = sqlx::query(
+                let done = api::query(
                     "DELETE FROM activities WHERE team_id = $1 AND seq < COALESCE( \
                        (SELECT MIN(f.seq) FROM \
                           (SELECT seq, ts FROM activities WHERE team_id = $1 ORDER BY seq LIMIT $3) f \
@@ -1728,13 +1799,14 @@ macro_rules! impl_tx {
                 .bind(team)
                 .bind(before)
                 .bind(chunk)
+                .heavy()
                 .execute(self.exec())
                 .await?;
                 Ok(done.rows_affected())
             }
 
             async fn release_lease(&mut self, name: &str, holder: &str) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                api::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
                     .bind(name)
                     .bind(holder)
                     .execute(self.exec())
@@ -1749,7 +1821,7 @@ macro_rules! impl_tx {
                 now: OffsetDateTime,
                 until: OffsetDateTime,
             ) -> $crate::store::Result<bool> {
-                let row: Option<(String,)> = sqlx::query_as(
+                let row: Option<(String,)> = api::query_as(
                     "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) \
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
                      WHERE leases.holder = excluded.holder OR leases.until < $4 \
@@ -1765,12 +1837,14 @@ macro_rules! impl_tx {
             }
 
             async fn prune_inbox(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
-                let a = sqlx::query("DELETE FROM notifications WHERE created_at < $1")
+                let a = api::query("DELETE FROM notifications WHERE created_at < $1")
                     .bind(before)
+                    .heavy()
                     .execute(self.exec())
                     .await?;
-                let b = sqlx::query("DELETE FROM notification_reads WHERE created_at < $1")
+                let b = api::query("DELETE FROM notification_reads WHERE created_at < $1")
                     .bind(before)
+                    .heavy()
                     .execute(self.exec())
                     .await?;
                 Ok(a.rows_affected() + b.rows_affected())
@@ -1786,7 +1860,7 @@ macro_rules! impl_tx {
                 stale: OffsetDateTime,
             ) -> $crate::store::Result<$crate::store::KeyClaim> {
                 use $crate::store::{KeyClaim, StoredAnswer};
-                sqlx::query(
+                api::query(
                     "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
                      AND (created_at < $3 OR (status IS NULL AND created_at < $4))",
                 )
@@ -1796,7 +1870,7 @@ macro_rules! impl_tx {
                     .bind(StoredTime(stale))
                     .execute(self.exec())
                     .await?;
-                let taken = sqlx::query(
+                let taken = api::query(
                     "INSERT INTO idempotency_keys (user_id, key, fingerprint, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 )
@@ -1809,7 +1883,7 @@ macro_rules! impl_tx {
                 if taken.rows_affected() == 1 {
                     return Ok(KeyClaim::Claimed);
                 }
-                let row: Option<(Vec<u8>, Option<i32>, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+                let row: Option<(Vec<u8>, Option<i32>, Option<String>, Option<Vec<u8>>)> = api::query_as(
                     "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
                 )
                 .bind(user)
@@ -1839,7 +1913,7 @@ macro_rules! impl_tx {
                 at: OffsetDateTime,
                 answer: &$crate::store::StoredAnswer,
             ) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 \
                      WHERE user_id = $1 AND key = $2 AND status IS NULL \
                      AND fingerprint = $6 AND created_at = $7",
@@ -1863,7 +1937,7 @@ macro_rules! impl_tx {
                 fingerprint: &[u8],
                 at: OffsetDateTime,
             ) -> $crate::store::Result<()> {
-                sqlx::query(
+                api::query(
                     "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
                      AND status IS NULL AND fingerprint = $3 AND created_at = $4",
                 )
@@ -1877,8 +1951,9 @@ macro_rules! impl_tx {
             }
 
             async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> $crate::store::Result<u64> {
-                let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                let done = api::query("DELETE FROM idempotency_keys WHERE created_at < $1")
                     .bind(StoredTime(before))
+                    .heavy()
                     .execute(self.exec())
                     .await?;
                 Ok(done.rows_affected())
@@ -1886,7 +1961,7 @@ macro_rules! impl_tx {
 
             async fn lock_task(&mut self, task: TaskId) -> $crate::store::Result<bool> {
                 let row: Option<(TaskId,)> =
-                    sqlx::query_as(concat!("SELECT id FROM tasks WHERE id = $1", $lock_row))
+                    api::query_as(concat!("SELECT id FROM tasks WHERE id = $1", $lock_row))
                         .bind(task)
                         .fetch_optional(self.exec())
                         .await?;
@@ -1895,7 +1970,7 @@ macro_rules! impl_tx {
 
             async fn followers(&mut self, task: TaskId) -> $crate::store::Result<$crate::domain::notify::Followers> {
                 let rows: Vec<(UserId, bool)> =
-                    sqlx::query_as("SELECT user_id, following FROM task_followers WHERE task_id = $1")
+                    api::query_as("SELECT user_id, following FROM task_followers WHERE task_id = $1")
                         .bind(task)
                         .fetch_all(self.exec())
                         .await?;
@@ -1911,7 +1986,7 @@ macro_rules! impl_tx {
             }
 
             async fn follows(&mut self, task: TaskId, user: UserId) -> $crate::store::Result<bool> {
-                let row: Option<(bool,)> = sqlx::query_as(
+                let row: Option<(bool,)> = api::query_as(
                     "SELECT following FROM task_followers WHERE task_id = $1 AND user_id = $2",
                 )
                 .bind(task)
@@ -1936,7 +2011,7 @@ macro_rules! impl_tx {
                     "INSERT INTO task_followers (task_id, user_id, team_id, following) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (task_id, user_id) DO UPDATE SET following = excluded.following"
                 };
-                sqlx::query(sql)
+                api::query(sql)
                     .bind(task)
                     .bind(user)
                     .bind(team)
@@ -1953,11 +2028,12 @@ macro_rules! impl_tx {
                         "SELECT user_id FROM memberships WHERE team_id = $1 AND user_id IN ({})",
                         $crate::store::sql::placeholders_from(2, chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (UserId,)>(sqlx::AssertSqlSafe(sql)).bind(team);
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql)).bind(team);
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    out.extend(query.fetch_all(self.exec()).await?.into_iter().map(|(u,)| u));
+                    let rows: Vec<(UserId,)> = query.fetch_all(self.exec()).await?;
+                    out.extend(rows.into_iter().map(|(u,)| u));
                 }
                 Ok(out)
             }
@@ -1983,11 +2059,12 @@ macro_rules! impl_tx {
                         // that inserting a membership or a follow takes on the user row.
                         if $lock_row.is_empty() { "" } else { " FOR NO KEY UPDATE" }
                     );
-                    let mut query = sqlx::query_as::<_, (UserId, i64)>(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql));
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    seqs.extend(query.fetch_all(self.exec()).await?);
+                    let rows: Vec<(UserId, i64)> = query.fetch_all(self.exec()).await?;
+                    seqs.extend(rows);
                 }
                 // Inbox rows are shared by every team of their users.
                 self.holds_shared_rows();
@@ -2013,7 +2090,7 @@ macro_rules! impl_tx {
                            activity_type, reasons, actor_user_id, actor_display_name, comment_id, excerpt, created_at) \
                          VALUES {rows}"
                     );
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query(sqlx::AssertSqlSafe(sql));
                     for (d, (_, seq)) in chunk.iter().zip(seqs) {
                         query = query
                             .bind(d.user_id)
@@ -2037,7 +2114,7 @@ macro_rules! impl_tx {
             }
 
             async fn inbox_state(&mut self, user: UserId) -> $crate::store::Result<(i64, i64)> {
-                let row: Option<(i64, i64)> = sqlx::query_as(
+                let row: Option<(i64, i64)> = api::query_as(
                     "SELECT u.inbox_seq, (SELECT COUNT(*) FROM notifications n \
                        WHERE n.user_id = u.id AND n.read_at IS NULL AND EXISTS ( \
                          SELECT 1 FROM memberships m WHERE m.team_id = n.team_id AND m.user_id = u.id)) \
@@ -2056,11 +2133,12 @@ macro_rules! impl_tx {
                         "SELECT id, inbox_seq FROM users WHERE id IN ({})",
                         $crate::store::sql::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, (UserId, i64)>(sqlx::AssertSqlSafe(sql));
+                    let mut query = api::query_as(sqlx::AssertSqlSafe(sql));
                     for u in chunk {
                         query = query.bind(*u);
                     }
-                    out.extend(query.fetch_all(self.exec()).await?);
+                    let rows: Vec<(UserId, i64)> = query.fetch_all(self.exec()).await?;
+                    out.extend(rows);
                 }
                 Ok(out)
             }
@@ -2077,7 +2155,7 @@ macro_rules! impl_tx {
                      ORDER BY n.seq DESC LIMIT $5",
                     $crate::store::sql::NOTIFICATION_COLUMNS
                 );
-                let rows: Vec<$crate::store::sql::NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                let rows: Vec<$crate::store::sql::NotificationRow> = api::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(user)
                     .bind(q.since)
                     .bind(q.before)
@@ -2100,7 +2178,7 @@ macro_rules! impl_tx {
                 // The user's inbox row first, as every write to the stream takes it: marks and
                 // notifications of one user are serialized, and `upto` cannot reach a seq still
                 // being written by an open transaction.
-                let (latest,): (i64,) = sqlx::query_as(
+                let (latest,): (i64,) = api::query_as(
                     "UPDATE users SET inbox_seq = inbox_seq WHERE id = $1 RETURNING inbox_seq",
                 )
                 .bind(user)
@@ -2115,14 +2193,14 @@ macro_rules! impl_tx {
                             "UPDATE notifications SET read_at = $2 WHERE {MINE} AND id IN ({}) RETURNING id",
                             $crate::store::sql::placeholders_from(3, ids.len())
                         );
-                        let mut query = sqlx::query_as::<_, (NotificationId,)>(sqlx::AssertSqlSafe(sql))
+                        let mut query = api::query_as(sqlx::AssertSqlSafe(sql))
                             .bind(user)
                             .bind(at);
                         for id in ids {
                             query = query.bind(*id);
                         }
-                        let marked: Vec<NotificationId> =
-                            query.fetch_all(self.exec()).await?.into_iter().map(|(id,)| id).collect();
+                        let rows: Vec<(NotificationId,)> = query.fetch_all(self.exec()).await?;
+                        let marked: Vec<NotificationId> = rows.into_iter().map(|(id,)| id).collect();
                         if marked.is_empty() {
                             return Ok(None);
                         }
@@ -2131,7 +2209,7 @@ macro_rules! impl_tx {
                     MarkRead::Upto(upto) => {
                         let upto = (*upto).min(latest);
                         let sql = format!("UPDATE notifications SET read_at = $2 WHERE {MINE} AND seq <= $3");
-                        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        let done = api::query(sqlx::AssertSqlSafe(sql))
                             .bind(user)
                             .bind(at)
                             .bind(upto)
@@ -2143,7 +2221,7 @@ macro_rules! impl_tx {
                         (None, Some(upto))
                     }
                 };
-                let (seq,): (i64,) = sqlx::query_as(
+                let (seq,): (i64,) = api::query_as(
                     "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE id = $1 RETURNING inbox_seq",
                 )
                 .bind(user)
@@ -2151,7 +2229,7 @@ macro_rules! impl_tx {
                 .await?;
                 let (_, unread_count) = self.inbox_state(user).await?;
                 let ids_text = ids.as_ref().map(serde_json::to_string).transpose()?;
-                sqlx::query(
+                api::query(
                     "INSERT INTO notification_reads (user_id, seq, ids, upto, unread_count, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
@@ -2186,14 +2264,14 @@ macro_rules! impl_tx {
                      ORDER BY n.seq LIMIT $4",
                     $crate::store::sql::NOTIFICATION_COLUMNS
                 );
-                let created: Vec<$crate::store::sql::NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                let created: Vec<$crate::store::sql::NotificationRow> = api::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(user)
                     .bind(after)
                     .bind(upto)
                     .bind(limit)
                     .fetch_all(self.exec())
                     .await?;
-                let reads: Vec<$crate::store::sql::ReadRow> = sqlx::query_as(
+                let reads: Vec<$crate::store::sql::ReadRow> = api::query_as(
                     "SELECT seq, ids, upto, unread_count FROM notification_reads \
                      WHERE user_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
                 )

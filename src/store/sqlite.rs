@@ -1,8 +1,10 @@
 //! SQLite, the embedded default: one file in WAL mode, one writer connection and a few readers.
 //!
-//! All writes go through the single writer connection and begin with `BEGIN IMMEDIATE`, so a write
-//! transaction holds the write lock from its first statement and can never fail with SQLITE_BUSY
-//! on a read-then-write; writers queue for that connection instead. Readers never block in WAL.
+//! All writes go through the single writer connection (`sqlite_writer`: driven synchronously, no
+//! hand-off per statement) and begin with `BEGIN IMMEDIATE`, so a write transaction holds the
+//! write lock from its first statement and can never fail with SQLITE_BUSY on a read-then-write;
+//! writers queue for that connection instead (`group_commit`). Reads run on sqlx's readers, on
+//! their own threads: a long read never holds an async worker. Readers never block in WAL.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,23 +17,40 @@ use sqlx::sqlite::{
 };
 
 use super::group_commit::{Lane, WriteTx};
+use super::sqlite_writer::{Writer, WriterTx};
 use super::{Result, Store, Tx};
 
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Writer,
     readers: SqlitePool,
     /// Every write transaction goes through this one lane: those that queue while one runs are
     /// committed together (`group_commit`).
-    lane: Arc<Lane<Sqlite>>,
+    lane: Arc<Lane<WriterTx>>,
 }
 
+/// A read transaction, on one of sqlx's reader connections.
+pub struct SqliteReadTx {
+    tx: WriteTx<sqlx::Transaction<'static, Sqlite>>,
+}
+
+/// A write transaction, a member of the writer's batch.
 pub struct SqliteTx {
-    tx: WriteTx<Sqlite>,
+    tx: WriteTx<WriterTx>,
+}
+
+impl SqliteReadTx {
+    /// The transaction's connection, as every statement of the store runs on it.
+    fn exec(&mut self) -> &mut sqlx::SqliteConnection {
+        self.tx.conn()
+    }
+
+    /// Reads lock nothing (see `PgTx`).
+    fn holds_shared_rows(&mut self) {}
 }
 
 impl SqliteTx {
-    /// The transaction's connection, as every statement of the store runs on it.
-    fn exec(&mut self) -> &mut sqlx::SqliteConnection {
+    /// The writer's connection, as every statement of the store runs on it.
+    fn exec(&mut self) -> &mut rusqlite::Connection {
         self.tx.conn()
     }
 
@@ -69,6 +88,9 @@ impl SqliteStore {
             .execute(&writer)
             .await?;
         index_pending_words(&writer).await?;
+        // From here on the writer is driven synchronously (`sqlite_writer`).
+        writer.close().await;
+        let writer = Writer::open(options.get_filename())?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -85,7 +107,7 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn read(&self) -> Result<Box<dyn Tx>> {
-        Ok(Box::new(SqliteTx {
+        Ok(Box::new(SqliteReadTx {
             tx: WriteTx::Alone(self.readers.begin().await?),
         }))
     }
@@ -94,7 +116,7 @@ impl Store for SqliteStore {
         let writer = self.writer.clone();
         let member = self
             .lane
-            .join(move || async move { Ok((writer.begin_with("BEGIN IMMEDIATE").await?, None)) })
+            .join(move || async move { Ok((writer.begin()?, None)) })
             .await?;
         Ok(Box::new(SqliteTx {
             tx: WriteTx::Batched(member),
@@ -124,8 +146,22 @@ impl Store for SqliteStore {
 }
 
 // The single writer connection already excludes every other writer: no row locks.
-super::sql::impl_tx!(SqliteTx, super::task_query::Dialect::Sqlite, "", "");
-super::webhooks::impl_webhook_tx!(SqliteTx, "");
+super::sql::impl_tx!(
+    SqliteReadTx,
+    super::task_query::Dialect::Sqlite,
+    "",
+    "",
+    sql::sqlx_api
+);
+super::webhooks::impl_webhook_tx!(SqliteReadTx, "", sql::sqlx_api);
+super::sql::impl_tx!(
+    SqliteTx,
+    super::task_query::Dialect::Sqlite,
+    "",
+    "",
+    sqlite_writer::api
+);
+super::webhooks::impl_webhook_tx!(SqliteTx, "", sqlite_writer::api);
 
 /// Puts the words of tasks that have no search key yet into the search index (every task once
 /// after the migration that introduced the per-team index; rows written by other means later), a

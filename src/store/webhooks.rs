@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::domain::webhook::{Delivery, Webhook};
 use crate::domain::{TeamId, UserId, WebhookId};
 
+use super::sql::row;
 use super::{Result, StoreError};
 
 /// The secrets of a webhook, sealed with the server's webhook key.
@@ -93,25 +94,26 @@ pub trait WebhookTx: Send {
     async fn count_disabled_webhooks(&mut self) -> Result<i64>;
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct WebhookRow {
-    id: WebhookId,
-    team_id: TeamId,
-    url: String,
-    description: String,
-    events: String,
-    enabled: bool,
-    delivered_seq: i64,
-    secret: Vec<u8>,
-    previous_secret: Option<Vec<u8>>,
-    previous_secret_until: Option<OffsetDateTime>,
-    created_by: UserId,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
-    failures: i32,
-    failing_since: Option<OffsetDateTime>,
-    next_attempt_at: Option<OffsetDateTime>,
-    disabled_reason: Option<String>,
+row! {
+    pub(super) struct WebhookRow {
+        id: WebhookId,
+        team_id: TeamId,
+        url: String,
+        description: String,
+        events: String,
+        enabled: bool,
+        delivered_seq: i64,
+        secret: Vec<u8>,
+        previous_secret: Option<Vec<u8>>,
+        previous_secret_until: Option<OffsetDateTime>,
+        created_by: UserId,
+        created_at: OffsetDateTime,
+        updated_at: OffsetDateTime,
+        failures: i32,
+        failing_since: Option<OffsetDateTime>,
+        next_attempt_at: Option<OffsetDateTime>,
+        disabled_reason: Option<String>,
+    }
 }
 
 /// `SELECT webhook_columns!() FROM webhooks ...`: the columns of a `WebhookRow`.
@@ -156,18 +158,19 @@ impl TryFrom<WebhookRow> for WebhookRecord {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct DeliveryRow {
-    webhook_id: WebhookId,
-    id: Uuid,
-    seq: Option<i64>,
-    message_id: String,
-    attempt: i32,
-    attempted_at: OffsetDateTime,
-    status: Option<i32>,
-    latency_ms: i64,
-    ok: bool,
-    error: Option<String>,
+row! {
+    pub(super) struct DeliveryRow {
+        webhook_id: WebhookId,
+        id: Uuid,
+        seq: Option<i64>,
+        message_id: String,
+        attempt: i32,
+        attempted_at: OffsetDateTime,
+        status: Option<i32>,
+        latency_ms: i64,
+        ok: bool,
+        error: Option<String>,
+    }
 }
 
 impl From<DeliveryRow> for Delivery {
@@ -208,7 +211,7 @@ pub(super) fn events_json(w: &Webhook) -> Result<String> {
 }
 
 macro_rules! impl_webhook_tx {
-    ($tx:ident, $lock_row:literal) => {
+    ($tx:ident, $lock_row:literal, $($api:ident)::+) => {
         const _: () = {
             use time::OffsetDateTime;
             use uuid::Uuid;
@@ -216,11 +219,13 @@ macro_rules! impl_webhook_tx {
             use $crate::domain::{TeamId, WebhookId};
             use $crate::store::webhooks::*;
             use $crate::store::Result;
+            // The query API of the driver: sqlx's, or the SQLite writer's.
+            use $crate::store::$($api)::+ as api;
 
             #[async_trait::async_trait]
             impl $crate::store::webhooks::WebhookTx for $tx {
                 async fn insert_webhook(&mut self, w: &Webhook, secret: &[u8]) -> Result<()> {
-                    sqlx::query(
+                    api::query(
                         "INSERT INTO webhooks (id, team_id, url, description, events, enabled, \
                          delivered_seq, secret, created_by, created_at, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -242,7 +247,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
-                    let row: Option<WebhookRow> = sqlx::query_as(concat!(
+                    let row: Option<WebhookRow> = api::query_as(concat!(
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1"
                     ))
                     .bind(id)
@@ -254,7 +259,7 @@ macro_rules! impl_webhook_tx {
                 async fn lock_webhook(&mut self, id: WebhookId) -> Result<Option<WebhookRecord>> {
                     // Webhook rows are also locked by the deliverer, across teams.
                     self.holds_shared_rows();
-                    let row: Option<WebhookRow> = sqlx::query_as(concat!(
+                    let row: Option<WebhookRow> = api::query_as(concat!(
                         "SELECT ", webhook_columns!(), " FROM webhooks WHERE id = $1", $lock_row
                     ))
                     .bind(id)
@@ -264,7 +269,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn team_webhooks(&mut self, team: TeamId) -> Result<Vec<Webhook>> {
-                    let rows: Vec<WebhookRow> = sqlx::query_as(concat!(
+                    let rows: Vec<WebhookRow> = api::query_as(concat!(
                         "SELECT ", webhook_columns!(),
                         " FROM webhooks WHERE team_id = $1 ORDER BY id LIMIT 1000"
                     ))
@@ -278,7 +283,7 @@ macro_rules! impl_webhook_tx {
 
                 async fn count_webhooks(&mut self, team: TeamId) -> Result<i64> {
                     let (n,): (i64,) =
-                        sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE team_id = $1")
+                        api::query_as("SELECT COUNT(*) FROM webhooks WHERE team_id = $1")
                             .bind(team)
                             .fetch_one(self.exec())
                             .await?;
@@ -286,7 +291,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn update_webhook(&mut self, w: &Webhook, reset: bool) -> Result<bool> {
-                    let done = sqlx::query(
+                    let done = api::query(
                         "UPDATE webhooks SET url = $2, description = $3, events = $4, \
                          enabled = $5, disabled_reason = $6, failing_since = $7, \
                          updated_at = $8, \
@@ -316,7 +321,7 @@ macro_rules! impl_webhook_tx {
                     s: &SealedSecrets,
                     at: OffsetDateTime,
                 ) -> Result<bool> {
-                    let done = sqlx::query(
+                    let done = api::query(
                         "UPDATE webhooks SET secret = $2, previous_secret = $3, \
                          previous_secret_until = $4, updated_at = $5 WHERE id = $1",
                     )
@@ -331,7 +336,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn set_delivered_seq(&mut self, id: WebhookId, seq: i64) -> Result<()> {
-                    sqlx::query("UPDATE webhooks SET delivered_seq = $2 WHERE id = $1")
+                    api::query("UPDATE webhooks SET delivered_seq = $2 WHERE id = $1")
                         .bind(id)
                         .bind(seq)
                         .execute(self.exec())
@@ -340,11 +345,11 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn delete_webhook(&mut self, id: WebhookId) -> Result<bool> {
-                    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
+                    api::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
                         .bind(id)
                         .execute(self.exec())
                         .await?;
-                    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                    let done = api::query("DELETE FROM webhooks WHERE id = $1")
                         .bind(id)
                         .execute(self.exec())
                         .await?;
@@ -363,7 +368,7 @@ macro_rules! impl_webhook_tx {
                     // instance claimed meanwhile is read again after its commit.
                     // Rows are locked in id order here and below: a renewal and another
                     // instance's claim cannot wait on each other in a cycle (PostgreSQL).
-                    sqlx::query(concat!(
+                    api::query(concat!(
                         "UPDATE webhooks SET lease_until = $2 WHERE id IN \
                          (SELECT id FROM webhooks WHERE lease_owner = $1 AND enabled ORDER BY id",
                         $lock_row,
@@ -373,7 +378,7 @@ macro_rules! impl_webhook_tx {
                     .bind(until)
                     .execute(self.exec())
                     .await?;
-                    sqlx::query(concat!(
+                    api::query(concat!(
                         "UPDATE webhooks SET lease_owner = $1, lease_until = $2 \
                          WHERE enabled AND (lease_owner IS NULL OR lease_until < $3) \
                          AND id IN (SELECT id FROM webhooks WHERE enabled \
@@ -387,7 +392,7 @@ macro_rules! impl_webhook_tx {
                     .bind(limit)
                     .execute(self.exec())
                     .await?;
-                    let rows: Vec<WebhookRow> = sqlx::query_as(concat!(
+                    let rows: Vec<WebhookRow> = api::query_as(concat!(
                         "SELECT ", webhook_columns!(),
                         " FROM webhooks WHERE lease_owner = $1 AND enabled ORDER BY id"
                     ))
@@ -398,7 +403,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn unclaimed_webhooks(&mut self, now: OffsetDateTime) -> Result<bool> {
-                    let row: Option<(WebhookId,)> = sqlx::query_as(
+                    let row: Option<(WebhookId,)> = api::query_as(
                         "SELECT id FROM webhooks WHERE enabled \
                          AND (lease_owner IS NULL OR lease_until < $1) LIMIT 1",
                     )
@@ -409,7 +414,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn release_webhooks(&mut self, owner: Uuid) -> Result<()> {
-                    sqlx::query(
+                    api::query(
                         "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL \
                          WHERE lease_owner = $1",
                     )
@@ -425,7 +430,7 @@ macro_rules! impl_webhook_tx {
                     owner: Uuid,
                     seq: i64,
                 ) -> Result<bool> {
-                    let done = sqlx::query(
+                    let done = api::query(
                         "UPDATE webhooks SET \
                          delivered_seq = CASE WHEN delivered_seq < $3 THEN $3 ELSE delivered_seq END, \
                          failures = 0, failing_since = NULL, next_attempt_at = NULL \
@@ -445,7 +450,7 @@ macro_rules! impl_webhook_tx {
                     owner: Uuid,
                     f: Failing,
                 ) -> Result<bool> {
-                    let done = sqlx::query(
+                    let done = api::query(
                         "UPDATE webhooks SET failures = $3, failing_since = $4, \
                          next_attempt_at = $5 \
                          WHERE id = $1 AND lease_owner = $2 AND enabled",
@@ -461,7 +466,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn insert_delivery(&mut self, d: &Delivery) -> Result<()> {
-                    sqlx::query(
+                    api::query(
                         "INSERT INTO webhook_deliveries (webhook_id, id, seq, message_id, \
                          attempt, attempted_at, status, latency_ms, ok, error) \
                          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
@@ -488,7 +493,7 @@ macro_rules! impl_webhook_tx {
                     before: Option<Uuid>,
                     limit: i64,
                 ) -> Result<Vec<Delivery>> {
-                    let rows: Vec<DeliveryRow> = sqlx::query_as(
+                    let rows: Vec<DeliveryRow> = api::query_as(
                         "SELECT webhook_id, id, seq, message_id, attempt, attempted_at, status, \
                          latency_ms, ok, error FROM webhook_deliveries \
                          WHERE webhook_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
@@ -502,7 +507,7 @@ macro_rules! impl_webhook_tx {
                 }
 
                 async fn prune_deliveries(&mut self, webhook: WebhookId, keep: i64) -> Result<u64> {
-                    let done = sqlx::query(
+                    let done = api::query(
                         "DELETE FROM webhook_deliveries WHERE webhook_id = $1 AND id < \
                          (SELECT id FROM webhook_deliveries WHERE webhook_id = $1 \
                          ORDER BY id DESC LIMIT 1 OFFSET $2)",
@@ -516,7 +521,7 @@ macro_rules! impl_webhook_tx {
 
                 async fn count_disabled_webhooks(&mut self) -> Result<i64> {
                     let (n,): (i64,) =
-                        sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE NOT enabled")
+                        api::query_as("SELECT COUNT(*) FROM webhooks WHERE NOT enabled")
                             .fetch_one(self.exec())
                             .await?;
                     Ok(n)
