@@ -126,6 +126,9 @@ impl App {
         let store =
             store::connect_with(&config.database_url, &pg, config.write_batch.into()).await?;
         tracing::info!(backend = store.backend(), "database ready");
+        if let Some(upkeep) = store.upkeep() {
+            tasks.spawn("store upkeep", upkeep);
+        }
         let redis = match (&config.redis_url, config.redis_cluster.as_slice()) {
             (Some(url), _) => Some(RedisTarget::Single(url.clone())),
             (None, []) => None,

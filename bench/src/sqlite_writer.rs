@@ -1,24 +1,23 @@
 //! `sqlite-writer`: the SQLite write path of a task creation without HTTP, run two ways on the
 //! same schema (the server's migrations, a fresh file each), to tell how much of its cost is the
-//! hand-offs to sqlx's connection thread:
+//! store's path around SQLite:
 //!
 //! - `store`: through the server's own store (`Store::write_team`, `task_slot`, `insert_task`,
 //!   `set_following`, `append`, `commit`: the calls the service makes), from `--concurrency`
 //!   tasks on a 2-worker runtime, so that the group commit forms its batches as in the server.
-//!   Every call is a hand-off to the connection's thread and back.
+//!   Until 796a08c every call was a hand-off to sqlx's connection thread and back; since, the
+//!   store's writer runs the statements where the member runs.
 //! - `synchronous`: one thread running the same statements with rusqlite (same SQLite library),
 //!   `--batch` creations per `BEGIN IMMEDIATE ... COMMIT`, each in its own savepoint, statements
-//!   prepared once and cached. No hand-off at all: the floor a dedicated writer thread could reach.
+//!   prepared once and cached: no async task, no lane, no hand-off at all.
 //!
 //! Both write the same rows (task, search key, words, follower, seq, activity as the server
 //! serializes and routes it, unpublished mark); the synchronous writer copies the server's SQL, so
 //! it is a measurement, not a second store. Differences left: its batches are always `--batch`
 //! long (the store's are what the group commit forms from the queued writers, up to 64), and it
 //! writes `updated_at` as RFC 3339 text where the store writes fixed-width milliseconds.
-//! The gap between the two is the whole of the store's path, not only the hand-offs: the
-//! group commit's spawned tasks and channels, `async_trait` boxes and sqlx's argument copies are
-//! in it too; and the synchronous figure is a floor (a writer thread still takes a request and
-//! hands back its answer).
+//! The gap between the two is the whole of the store's path: the group commit's spawned tasks
+//! and channels, `async_trait` boxes, argument copies, and (before 796a08c) the hand-offs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -351,3 +351,34 @@ async fn postgres_an_opener_that_fails_takes_only_its_own_writes_along() {
 async fn postgres_a_member_holding_shared_rows_commits_its_batch_at_once() {
     on_postgres(64, a_member_holding_shared_rows_commits_its_batch_at_once).await;
 }
+
+/// The WAL is checkpointed by the store's upkeep, off the write lane, not by the writer's
+/// `COMMIT`: the database file takes the commits' pages only once the upkeep runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_upkeep_checkpoints_the_wal_off_the_lane() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("wal.db");
+    let store = SqliteStore::open(&format!("sqlite://{}?mode=rwc", path.display()), 64)
+        .await
+        .expect("opens and migrates");
+    let size = || std::fs::metadata(&path).expect("the database file").len();
+    let (user, board, t) = team(&store).await;
+    let before = size();
+    for i in 0..200 {
+        let mut tx = store.write_team(t.id).await.expect("write");
+        append(&mut *tx, user, &board, &format!("renamed {i}")).await;
+        tx.commit().await.expect("commit");
+    }
+    assert_eq!(size(), before, "the commits stay in the WAL");
+    let upkeep = tokio::spawn(store.upkeep().expect("SQLite has upkeep"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while size() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upkeep did not checkpoint within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    upkeep.abort();
+    assert_eq!(last_seq(&store, t.id).await, 200);
+}

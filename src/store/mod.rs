@@ -147,6 +147,11 @@ pub trait Store: Send + Sync + 'static {
     /// before every attempt, and a one-statement read costs a round trip where a transaction
     /// costs three.
     async fn webhook_now(&self, id: crate::domain::WebhookId) -> Result<Option<WebhookRecord>>;
+    /// Work the store needs done in the background until shutdown (SQLite: checkpoints of the
+    /// WAL, off the write lane), for the app's supervisor to run; `None` if there is none.
+    fn upkeep(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// One transaction. Dropping it without `commit` rolls it back.

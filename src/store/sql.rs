@@ -786,17 +786,20 @@ macro_rules! impl_tx {
                                      WHERE k.family_id = refresh_families.id AND k.expires_at > $1)",
                 )
                 .bind(now)
+                .heavy()
                 .execute(self.exec())
                 .await?;
                 // Expired tokens of families that still have a valid one (rotated-away tokens).
                 let tokens = api::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
                     .bind(now)
+                    .heavy()
                     .execute(self.exec())
                     .await?;
                 let revoked = api::query(
                     "DELETE FROM refresh_families WHERE revoked_at IS NOT NULL AND revoked_at < $1",
                 )
                 .bind(revoked_before)
+                .heavy()
                 .execute(self.exec())
                 .await?;
                 Ok(families.rows_affected() + tokens.rows_affected() + revoked.rows_affected())
@@ -1005,7 +1008,7 @@ macro_rules! impl_tx {
             async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
                 use $crate::store::task_query::{indexed_text, Dialect};
                 // SQLite: the row, its search key (one above the highest) and its words in the
-                // search index, in one call to the connection's thread.
+                // search index, in one query.
                 let sql = if $dialect == Dialect::Sqlite {
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
@@ -1388,10 +1391,12 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(format!(",{},", uuid::Uuid::from(id).hyphenated()))
+                .heavy()
                 .execute(self.exec())
                 .await?;
                 api::query("DELETE FROM task_labels WHERE label_id = $1")
                     .bind(id)
+                    .heavy()
                     .execute(self.exec())
                     .await?;
                 let done = api::query("DELETE FROM labels WHERE id = $1")
@@ -2213,6 +2218,7 @@ macro_rules! impl_tx {
                             .bind(user)
                             .bind(at)
                             .bind(upto)
+                            .heavy()
                             .execute(self.exec())
                             .await?;
                         if done.rows_affected() == 0 {

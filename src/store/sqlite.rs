@@ -22,6 +22,8 @@ use super::{Result, Store, Tx};
 
 pub struct SqliteStore {
     writer: Writer,
+    /// How the checkpointer connects (`upkeep`).
+    options: SqliteConnectOptions,
     readers: SqlitePool,
     /// Every write transaction goes through this one lane: those that queue while one runs are
     /// committed together (`group_commit`).
@@ -91,6 +93,7 @@ impl SqliteStore {
         // From here on the writer is driven synchronously (`sqlite_writer`).
         writer.close().await;
         let writer = Writer::open(options.get_filename())?;
+        let checkpointer = options.clone();
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -98,6 +101,7 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             writer,
+            options: checkpointer,
             readers,
             lane: Arc::new(Lane::new(max_batch)),
         })
@@ -116,7 +120,7 @@ impl Store for SqliteStore {
         let writer = self.writer.clone();
         let member = self
             .lane
-            .join(move || async move { Ok((writer.begin()?, None)) })
+            .join(move || async move { Ok((writer.begin().await?, None)) })
             .await?;
         Ok(Box::new(SqliteTx {
             tx: WriteTx::Batched(member),
@@ -137,6 +141,10 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn upkeep(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        Some(Box::pin(checkpoints(self.options.clone())))
     }
 
     #[cfg(test)]
@@ -162,6 +170,39 @@ super::sql::impl_tx!(
     sqlite_writer::api
 );
 super::webhooks::impl_webhook_tx!(SqliteTx, "", sqlite_writer::api);
+
+/// How often the checkpointer moves what the WAL holds into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Checkpoints the WAL every `CHECKPOINT_EVERY` from a connection of its own (on sqlx's thread),
+/// so that the writer's `COMMIT` seldom has to: a checkpoint copies pages and syncs the file, and
+/// in a `COMMIT` it would hold the write lane, every queued write waiting behind it. `PASSIVE`:
+/// it never waits for the writer or the readers; whatever it cannot copy now, it copies next
+/// time. The writer still checkpoints by itself should the WAL outgrow
+/// `sqlite_writer::WAL_BACKSTOP` pages.
+async fn checkpoints(options: SqliteConnectOptions) {
+    use sqlx::Connection;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    loop {
+        tick.tick().await;
+        if conn.is_none() {
+            conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "the WAL checkpointer cannot connect"))
+                .ok();
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *c)
+                .await
+        {
+            tracing::warn!(error = %e, "a WAL checkpoint failed");
+            conn = None;
+        }
+    }
+}
 
 /// Puts the words of tasks that have no search key yet into the search index (every task once
 /// after the migration that introduced the per-team index; rows written by other means later), a

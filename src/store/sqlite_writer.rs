@@ -28,6 +28,13 @@ use crate::domain::*;
 
 type BoxDynError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The WAL's length, in pages, past which the writer's own `COMMIT` checkpoints it (SQLite's
+/// default is 1,000; the store's checkpointer normally keeps it far shorter).
+pub(super) const WAL_BACKSTOP: i64 = 10_000;
+
+/// The longest the writer waits for a lock another connection holds (as sqlx's writer did).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
 /// Statements the writer keeps prepared: every fixed statement of the store, with room to spare.
 const STATEMENT_CACHE: usize = 512;
 
@@ -41,6 +48,14 @@ impl Writer {
     /// temporary files (the savepoints' statement journals) in memory.
     pub(super) fn open(path: &std::path::Path) -> Result<Self, sqlx::Error> {
         use rusqlite::OpenFlags;
+        // The writer and the readers are separate connections: an in-memory database would be
+        // a different, empty one for each.
+        let name = path.to_string_lossy();
+        if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+            return Err(sqlx::Error::Configuration(
+                format!("SQLite needs a database file, not {name:?} (in memory)").into(),
+            ));
+        }
         let conn = rusqlite::Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -49,20 +64,27 @@ impl Writer {
                 | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE,
         )
         .map_err(database)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(database)?;
+        conn.busy_timeout(BUSY_WAIT).map_err(database)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA temp_store = MEMORY;",
         )
         .map_err(database)?;
+        // The store's checkpointer keeps the WAL short (`sqlite::checkpoints`); the writer
+        // checkpoints in its own `COMMIT` only past this backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP)
+            .map_err(database)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self(Arc::new(Mutex::new(Some(conn)))))
     }
 
     /// Takes the connection and begins a write transaction on it (`BEGIN IMMEDIATE`: it holds the
     /// write lock from its first statement). The lane lets one transaction at a time begin.
-    pub(super) fn begin(&self) -> Result<WriterTx, sqlx::Error> {
+    ///
+    /// This process holds the one writer connection, so the write lock is almost always free:
+    /// it is tried where the member runs, without waiting. Held by another process (a migration,
+    /// a backup, a `sqlite3` shell), it is waited for (`BUSY_WAIT`) on the blocking pool.
+    pub(super) async fn begin(&self) -> Result<WriterTx, sqlx::Error> {
         let conn = self
             .0
             .lock()
@@ -75,10 +97,20 @@ impl Writer {
             conn: Some(conn),
             home: self.clone(),
         };
-        tx.connection()
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(database)?;
-        Ok(tx)
+        let busy = match tx.begin_immediate(Duration::ZERO) {
+            Ok(()) => return Ok(tx),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                e
+            }
+            Err(e) => return Err(database(e)),
+        };
+        tracing::debug!(error = %busy, "the SQLite write lock is held elsewhere: waiting for it");
+        tokio::task::spawn_blocking(move || tx.begin_immediate(BUSY_WAIT).map(|()| tx))
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("the begin task failed: {e}")))?
+            .map_err(database)
     }
 
     fn put_back(&self, conn: rusqlite::Connection) {
@@ -108,6 +140,16 @@ impl WriterTx {
         self.conn
             .as_mut()
             .expect("a writer transaction holds its connection until it ends")
+    }
+
+    /// `BEGIN IMMEDIATE`, waiting at most `wait` for the write lock; statements after it wait
+    /// at most `BUSY_WAIT` (in WAL mode a writer that holds the lock seldom waits at all).
+    fn begin_immediate(&self, wait: Duration) -> Result<(), rusqlite::Error> {
+        let conn = self.connection();
+        conn.busy_timeout(wait)?;
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        conn.busy_timeout(BUSY_WAIT)?;
+        begun
     }
 
     /// Runs fixed statements (savepoints), nothing bound.
@@ -255,6 +297,7 @@ impl Decode for i64 {
         match value {
             ValueRef::Integer(i) => Ok(i),
             ValueRef::Real(f) => Ok(f as i64),
+            ValueRef::Text(t) => Ok(std::str::from_utf8(t)?.trim().parse()?),
             v => Err(unexpected("an integer", v)),
         }
     }
@@ -301,6 +344,7 @@ impl Decode for f64 {
         match value {
             ValueRef::Real(f) => Ok(f),
             ValueRef::Integer(i) => Ok(i as f64),
+            ValueRef::Text(t) => Ok(std::str::from_utf8(t)?.trim().parse()?),
             v => Err(unexpected("a real", v)),
         }
     }
@@ -409,13 +453,45 @@ impl Decode for OffsetDateTime {
         match value {
             ValueRef::Text(t) => {
                 let text = std::str::from_utf8(t)?;
-                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| format!("invalid offset datetime: {text}").into())
+                timestamp_from_text(text)
+                    .ok_or_else(|| format!("invalid offset datetime: {text}").into())
             }
             ValueRef::Integer(seconds) => Ok(OffsetDateTime::from_unix_timestamp(seconds)?),
+            ValueRef::Real(julian_day) => {
+                // As sqlx: a Julian day number, as SQLite's `julianday()` gives.
+                let seconds = (julian_day - 2_440_587.5) * 86_400.0;
+                Ok(OffsetDateTime::from_unix_timestamp_nanos(
+                    (seconds * 1e9) as i128,
+                )?)
+            }
             v => Err(unexpected("a timestamp", v)),
         }
     }
+}
+
+/// A timestamp as text, in the forms sqlx's SQLite driver reads: RFC 3339 (what the store
+/// writes), or SQLite's own `YYYY-MM-DD HH:MM:SS[.SSS]` (`datetime()`, a `T` also allowed), in
+/// UTC unless an offset follows.
+fn timestamp_from_text(text: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Some(at);
+    }
+    let with_offset = format_description!(
+        version = 2,
+        "[year]-[month]-[day][first [ ][T]][hour]:[minute][optional [:[second][optional [.[subsecond]]]]][offset_hour sign:mandatory]:[offset_minute]"
+    );
+    if let Ok(at) = OffsetDateTime::parse(text, with_offset) {
+        return Some(at);
+    }
+    let utc = format_description!(
+        version = 2,
+        "[year]-[month]-[day][first [ ][T]][hour]:[minute][optional [:[second][optional [.[subsecond]]]]][optional [Z]]"
+    );
+    time::PrimitiveDateTime::parse(text, utc)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
 }
 
 /// The fixed-width text `StoredTime` stands for (see there).
@@ -584,7 +660,7 @@ fn run(
     sql: &str,
     args: &[Value],
     persistent: bool,
-    mut on_row: impl FnMut(&rusqlite::Row<'_>) -> Result<(), sqlx::Error>,
+    mut on_row: impl FnMut(&rusqlite::Row<'_>) -> Result<Flow, sqlx::Error>,
 ) -> Result<u64, sqlx::Error> {
     let mut changed = 0;
     let mut next = 0;
@@ -602,7 +678,11 @@ fn run(
         let readonly = statement.readonly();
         let mut rows = statement.raw_query();
         while let Some(row) = rows.next().map_err(database)? {
-            on_row(row)?;
+            if on_row(row)? == Flow::Stop {
+                // As sqlx's `fetch_optional`: the rest of the rows, and of the statements, are
+                // not run.
+                return Ok(changed);
+            }
         }
         drop(rows);
         if !readonly {
@@ -610,6 +690,13 @@ fn run(
         }
     }
     Ok(changed)
+}
+
+/// Whether a query goes on to its next row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Next,
+    Stop,
 }
 
 /// The query API of the writer, named as sqlx's, for `impl_tx!`.
@@ -670,7 +757,7 @@ impl Query {
     fn run(
         self,
         conn: &rusqlite::Connection,
-        on_row: impl FnMut(&rusqlite::Row<'_>) -> Result<(), sqlx::Error>,
+        on_row: impl FnMut(&rusqlite::Row<'_>) -> Result<Flow, sqlx::Error>,
     ) -> Result<u64, sqlx::Error> {
         if let Some(e) = self.failed {
             return Err(sqlx::Error::Encode(e));
@@ -691,7 +778,7 @@ impl Query {
         self,
         conn: &mut rusqlite::Connection,
     ) -> Result<QueryResult, sqlx::Error> {
-        let rows_affected = self.run(conn, |_| Ok(()))?;
+        let rows_affected = self.run(conn, |_| Ok(Flow::Next))?;
         Ok(QueryResult { rows_affected })
     }
 }
@@ -727,7 +814,7 @@ impl<O: FromRow> QueryAs<O> {
         let mut out = Vec::new();
         self.query.run(conn, |row| {
             out.push(O::from_row(row)?);
-            Ok(())
+            Ok(Flow::Next)
         })?;
         Ok(out)
     }
@@ -738,10 +825,8 @@ impl<O: FromRow> QueryAs<O> {
     ) -> Result<Option<O>, sqlx::Error> {
         let mut out = None;
         self.query.run(conn, |row| {
-            if out.is_none() {
-                out = Some(O::from_row(row)?);
-            }
-            Ok(())
+            out = Some(O::from_row(row)?);
+            Ok(Flow::Stop)
         })?;
         Ok(out)
     }
@@ -894,7 +979,7 @@ mod tests {
             .await
             .expect("sqlx writes");
         let writer = Writer::open(&path).expect("the writer opens");
-        let mut tx = writer.begin().expect("begins");
+        let mut tx = writer.begin().await.expect("begins");
         query("INSERT INTO t VALUES (2, $1)")
             .bind(value.clone())
             .execute(tx.conn())
@@ -955,6 +1040,92 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn timestamps_in_sqlites_own_forms_decode_as_sqlx_decodes_them() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("opens");
+        for text in [
+            "2026-12-06 14:48:19",
+            "2026-12-06 14:48:19.250",
+            "2026-12-06T14:48:19Z",
+            "2026-12-06 14:48",
+            "2026-12-06 14:48:19.5+02:00",
+        ] {
+            let (by_sqlx,): (OffsetDateTime,) = sqlx::query_as("SELECT $1")
+                .bind(text)
+                .fetch_one(&pool)
+                .await
+                .expect("sqlx decodes it");
+            let ours = OffsetDateTime::decode(ValueRef::Text(text.as_bytes()))
+                .expect("the writer decodes it");
+            assert_eq!(ours, by_sqlx, "{text}");
+        }
+        assert!(OffsetDateTime::decode(ValueRef::Text(b"yesterday")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_elsewhere_is_waited_for_off_the_async_thread() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("busy.db");
+        let other = rusqlite::Connection::open(&path).expect("opens");
+        other
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            .expect("a table");
+        let writer = Writer::open(&path).expect("the writer opens");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("holds the lock");
+        let begin = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.begin().await.map(drop) }
+        });
+        // This (current-thread) runtime keeps running while the writer waits.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!begin.is_finished(), "it waits for the lock");
+        other.execute_batch("COMMIT").expect("lets go");
+        begin
+            .await
+            .expect("the task")
+            .expect("begins once the lock is free");
+        writer.begin().await.expect("the connection came back");
+    }
+
+    #[tokio::test]
+    async fn fetch_optional_runs_no_further_than_its_first_row() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("first.db");
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            .expect("a table");
+        let writer = Writer::open(&path).expect("the writer opens");
+        let mut tx = writer.begin().await.expect("begins");
+        let first: Option<(i64,)> =
+            query_as("SELECT 7 UNION ALL SELECT 8; INSERT INTO t VALUES (1)")
+                .fetch_optional(tx.conn())
+                .await
+                .expect("reads");
+        assert_eq!(first, Some((7,)));
+        let (n,): (i64,) = query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(tx.conn())
+            .await
+            .expect("counts");
+        assert_eq!(n, 0, "the statement after the first row did not run");
+    }
+
+    #[test]
+    fn a_database_in_memory_is_refused() {
+        for name in [":memory:", "file:sqlx-in-memory-1"] {
+            assert!(
+                matches!(
+                    Writer::open(std::path::Path::new(name)),
+                    Err(sqlx::Error::Configuration(_))
+                ),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_failing_statement_reports_the_kind_sqlx_reports() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("kinds.db");
@@ -965,7 +1136,7 @@ mod tests {
             drop(conn);
             Writer::open(&path).expect("the writer opens")
         };
-        let mut tx = writer.begin().expect("begins");
+        let mut tx = writer.begin().await.expect("begins");
         query("INSERT INTO t VALUES ($1)")
             .bind(1_i64)
             .execute(tx.conn())
@@ -982,7 +1153,7 @@ mod tests {
         }
         drop(tx);
         // Dropped uncommitted: rolled back, and the connection is back for the next one.
-        let mut tx = writer.begin().expect("the connection came back");
+        let mut tx = writer.begin().await.expect("the connection came back");
         let (n,): (i64,) = query_as("SELECT COUNT(*) FROM t")
             .fetch_one(tx.conn())
             .await

@@ -221,6 +221,7 @@ macro_rules! impl_webhook_tx {
             use $crate::store::Result;
             // The query API of the driver: sqlx's, or the SQLite writer's.
             use $crate::store::$($api)::+ as api;
+            use $crate::store::sql::Heavy as _;
 
             #[async_trait::async_trait]
             impl $crate::store::webhooks::WebhookTx for $tx {
@@ -347,6 +348,7 @@ macro_rules! impl_webhook_tx {
                 async fn delete_webhook(&mut self, id: WebhookId) -> Result<bool> {
                     api::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
                         .bind(id)
+                        .heavy()
                         .execute(self.exec())
                         .await?;
                     let done = api::query("DELETE FROM webhooks WHERE id = $1")
@@ -514,6 +516,7 @@ macro_rules! impl_webhook_tx {
                     )
                     .bind(webhook)
                     .bind(keep - 1)
+                    .heavy()
                     .execute(self.exec())
                     .await?;
                     Ok(done.rows_affected())
