@@ -217,6 +217,9 @@ fn task(s: &Seeded, n: usize, position: f64) -> Task {
 
 async fn through_store(path: &Path, creations: usize, concurrency: usize) -> Result<Figures> {
     let store = open(path).await?;
+    // As in the server: the store's upkeep checkpoints the WAL beside the writes (its CPU
+    // counts), and ends with the run.
+    let upkeep = store.upkeep().map(tokio::spawn);
     let seeded = Arc::new(seed(&*store).await?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu = cpu_seconds(Proc::Current)?;
@@ -239,6 +242,9 @@ async fn through_store(path: &Path, creations: usize, concurrency: usize) -> Res
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(Proc::Current)? - cpu;
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     Ok(Figures {
         per_second: creations as f64 / seconds,
         cpu_us_per_creation: cpu * 1e6 / creations as f64,

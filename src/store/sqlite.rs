@@ -64,6 +64,14 @@ impl SqliteStore {
     /// Opens (creating it if missing) and migrates the database; at most `max_batch` write
     /// transactions are committed together.
     pub async fn open(url: &str, max_batch: usize) -> Result<Self> {
+        // The writer and the readers are separate connections: in memory, each would have a
+        // database of its own.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(sqlx::Error::Configuration(
+                format!("SQLite needs a database file, not an in-memory database ({url:?})").into(),
+            )
+            .into());
+        }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -179,7 +187,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// in a `COMMIT` it would hold the write lane, every queued write waiting behind it. `PASSIVE`:
 /// it never waits for the writer or the readers; whatever it cannot copy now, it copies next
 /// time. The writer still checkpoints by itself should the WAL outgrow
-/// `sqlite_writer::WAL_BACKSTOP` pages.
+/// `sqlite_writer::WAL_BACKSTOP` pages (which restarts the WAL from its start).
 async fn checkpoints(options: SqliteConnectOptions) {
     use sqlx::Connection;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
@@ -188,10 +196,14 @@ async fn checkpoints(options: SqliteConnectOptions) {
     loop {
         tick.tick().await;
         if conn.is_none() {
-            conn = sqlx::SqliteConnection::connect_with(&options)
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e, "the WAL checkpointer cannot connect"))
-                .ok();
+            match sqlx::SqliteConnection::connect_with(&options).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the WAL checkpointer cannot connect; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            }
         }
         if let Some(c) = conn.as_mut()
             && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")

@@ -29,8 +29,12 @@ use crate::domain::*;
 type BoxDynError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The WAL's length, in pages, past which the writer's own `COMMIT` checkpoints it (SQLite's
-/// default is 1,000; the store's checkpointer normally keeps it far shorter).
-pub(super) const WAL_BACKSTOP: i64 = 10_000;
+/// default is 1,000). The store's checkpointer copies the WAL into the database every 100 ms,
+/// but only the writer restarts the WAL from its start, and only when everything in it was
+/// copied; under a steady stream of commits that seldom happens, so the WAL grows to this
+/// length, where the writer's checkpoint (of the little the checkpointer has not copied yet)
+/// restarts it: 2,000 pages, 8 MiB.
+pub(super) const WAL_BACKSTOP: i64 = 2_000;
 
 /// The longest the writer waits for a lock another connection holds (as sqlx's writer did).
 const BUSY_WAIT: Duration = Duration::from_secs(10);
@@ -53,7 +57,7 @@ impl Writer {
         let name = path.to_string_lossy();
         if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
             return Err(sqlx::Error::Configuration(
-                format!("SQLite needs a database file, not {name:?} (in memory)").into(),
+                format!("SQLite needs the path of a database file, not {name:?}").into(),
             ));
         }
         let conn = rusqlite::Connection::open_with_flags(
@@ -297,7 +301,6 @@ impl Decode for i64 {
         match value {
             ValueRef::Integer(i) => Ok(i),
             ValueRef::Real(f) => Ok(f as i64),
-            ValueRef::Text(t) => Ok(std::str::from_utf8(t)?.trim().parse()?),
             v => Err(unexpected("an integer", v)),
         }
     }
@@ -344,7 +347,6 @@ impl Decode for f64 {
         match value {
             ValueRef::Real(f) => Ok(f),
             ValueRef::Integer(i) => Ok(i as f64),
-            ValueRef::Text(t) => Ok(std::str::from_utf8(t)?.trim().parse()?),
             v => Err(unexpected("a real", v)),
         }
     }
@@ -457,21 +459,14 @@ impl Decode for OffsetDateTime {
                     .ok_or_else(|| format!("invalid offset datetime: {text}").into())
             }
             ValueRef::Integer(seconds) => Ok(OffsetDateTime::from_unix_timestamp(seconds)?),
-            ValueRef::Real(julian_day) => {
-                // As sqlx: a Julian day number, as SQLite's `julianday()` gives.
-                let seconds = (julian_day - 2_440_587.5) * 86_400.0;
-                Ok(OffsetDateTime::from_unix_timestamp_nanos(
-                    (seconds * 1e9) as i128,
-                )?)
-            }
             v => Err(unexpected("a timestamp", v)),
         }
     }
 }
 
 /// A timestamp as text, in the forms sqlx's SQLite driver reads: RFC 3339 (what the store
-/// writes), or SQLite's own `YYYY-MM-DD HH:MM:SS[.SSS]` (`datetime()`, a `T` also allowed), in
-/// UTC unless an offset follows.
+/// writes), or SQLite's own `YYYY-MM-DD HH:MM[:SS[.SSS]]` (`datetime()`, or with a `T`) with an
+/// offset, or in UTC without one.
 fn timestamp_from_text(text: &str) -> Option<OffsetDateTime> {
     use time::format_description::well_known::Rfc3339;
     use time::macros::format_description;
@@ -480,18 +475,30 @@ fn timestamp_from_text(text: &str) -> Option<OffsetDateTime> {
     }
     let with_offset = format_description!(
         version = 2,
-        "[year]-[month]-[day][first [ ][T]][hour]:[minute][optional [:[second][optional [.[subsecond]]]]][offset_hour sign:mandatory]:[offset_minute]"
+        "[year]-[month]-[day][optional [ ]][optional [T]][hour]:[minute][optional [:]][optional [[second]]][optional [.]][optional [[subsecond]]][optional [[offset_hour sign:mandatory]]][optional [:]][optional [[offset_minute]]]"
     );
     if let Ok(at) = OffsetDateTime::parse(text, with_offset) {
         return Some(at);
     }
-    let utc = format_description!(
-        version = 2,
-        "[year]-[month]-[day][first [ ][T]][hour]:[minute][optional [:[second][optional [.[subsecond]]]]][optional [Z]]"
-    );
-    time::PrimitiveDateTime::parse(text, utc)
-        .ok()
-        .map(time::PrimitiveDateTime::assume_utc)
+    let utc = [
+        format_description!(
+            version = 2,
+            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]"
+        ),
+        format_description!(
+            version = 2,
+            "[year]-[month]-[day] [hour]:[minute][optional [:]][optional [[second]]][optional [.]][optional [[subsecond]]][optional [Z]]"
+        ),
+        format_description!(
+            version = 2,
+            "[year]-[month]-[day]T[hour]:[minute][optional [:]][optional [[second]]][optional [.]][optional [[subsecond]]][optional [Z]]"
+        ),
+    ];
+    utc.iter().find_map(|format| {
+        time::PrimitiveDateTime::parse(text, format)
+            .ok()
+            .map(time::PrimitiveDateTime::assume_utc)
+    })
 }
 
 /// The fixed-width text `StoredTime` stands for (see there).
@@ -1050,6 +1057,9 @@ mod tests {
             "2026-12-06T14:48:19Z",
             "2026-12-06 14:48",
             "2026-12-06 14:48:19.5+02:00",
+            "2026-12-06 14:48:19+0200",
+            "2026-12-06T14:48:19-02",
+            "2026-12-06T14:48:19.125",
         ] {
             let (by_sqlx,): (OffsetDateTime,) = sqlx::query_as("SELECT $1")
                 .bind(text)
