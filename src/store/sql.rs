@@ -296,14 +296,22 @@ row! {
     }
 }
 
-/// A statement that may touch many rows (an import's inserts, a prune): the SQLite writer runs
-/// it where it may block (`tokio::task::block_in_place`) instead of on an async worker; sqlx's
-/// drivers run every statement off the async workers anyway.
+/// A statement that may touch many rows (an import's inserts, a prune, a delete that cascades):
+/// the SQLite writer runs it where it may block (`tokio::task::block_in_place`) instead of on an
+/// async worker. Statements bounded by a chunk size (`IN` lists, multi-row inserts) are not
+/// heavy, even when a loop runs several. On sqlx's drivers it changes nothing: their statements
+/// wait on a connection thread (SQLite) or on the network (PostgreSQL), never on a worker.
 pub(crate) trait Heavy {
     fn heavy(self) -> Self;
 }
 
 impl<'q, DB: sqlx::Database, A> Heavy for sqlx::query::Query<'q, DB, A> {
+    fn heavy(self) -> Self {
+        self
+    }
+}
+
+impl<'q, DB: sqlx::Database, O, A> Heavy for sqlx::query::QueryAs<'q, DB, O, A> {
     fn heavy(self) -> Self {
         self
     }
@@ -1427,11 +1435,13 @@ macro_rules! impl_tx {
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
+                // Heavy: its comments and followers go with it (ON DELETE CASCADE), unbounded.
                 let row: Option<TaskRow> = api::query_as(concat!(
                     "DELETE FROM tasks WHERE id = $1 RETURNING ",
                     task_columns!()
                 ))
                 .bind(id)
+                .heavy()
                 .fetch_optional(self.exec())
                 .await?;
                 row.map(TryInto::try_into).transpose()

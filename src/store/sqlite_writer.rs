@@ -803,6 +803,13 @@ pub(crate) struct QueryAs<O> {
     row: PhantomData<fn() -> O>,
 }
 
+impl<O> super::sql::Heavy for QueryAs<O> {
+    fn heavy(mut self) -> Self {
+        self.query.heavy = true;
+        self
+    }
+}
+
 impl<O: FromRow> QueryAs<O> {
     pub(crate) fn bind<T: Encode>(mut self, value: T) -> Self {
         self.query.push(&value);
@@ -865,7 +872,7 @@ pub(crate) fn bind_all<O: FromRow>(
     q
 }
 
-/// SQL with its arguments built piece by piece, as sqlx's `QueryBuilder` (placeholders `?n`).
+/// SQL with its arguments built piece by piece, as sqlx's `QueryBuilder` (placeholders `?`).
 pub(crate) struct QueryBuilder {
     sql: String,
     query: Query,
@@ -885,10 +892,11 @@ impl QueryBuilder {
         self
     }
 
+    /// A plain `?`, as sqlx's builder writes: numbered placeholders would cost a lookup by name
+    /// each when bound (SQLite walks its list of names: quadratic in a 3,400-value insert).
     pub(crate) fn push_bind<T: Encode>(&mut self, value: T) -> &mut Self {
         self.query.push(&value);
-        let n = self.query.args.len();
-        self.push(format_args!("?{n}"))
+        self.push("?")
     }
 
     /// `VALUES (...), (...)`: one parenthesized row per item, its values pushed by `row`.
