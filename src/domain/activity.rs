@@ -142,6 +142,11 @@ impl ActivityKind {
     /// Kinds only a team's owners and admins may read (webhooks: their URLs are the team's
     /// integrations).
     pub fn admins_only(self) -> bool {
+        self.is_webhook_change()
+    }
+
+    /// A change of one of the team's webhooks.
+    pub fn is_webhook_change(self) -> bool {
         use ActivityKind::*;
         matches!(
             self,

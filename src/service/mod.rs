@@ -247,9 +247,10 @@ impl Services {
         tx.commit_then(Box::new(move || {
             metrics::counter!(crate::telemetry::ACTIVITIES_COMMITTED)
                 .increment(entries.len() as u64);
+            let webhooks_changed = entries.iter().any(|e| e.route.kind.is_webhook_change());
             relay.committed(entries);
             relay.notified(notified);
-            webhooks.wake.committed();
+            webhooks.wake.committed(webhooks_changed);
         }))
         .await?;
         Ok(())

@@ -28,8 +28,9 @@
 //!
 //! The lane owns nothing but the order of its members; it never holds the batch across anything
 //! but one member's own statements, and it never leaves a batch open without someone bound to
-//! commit it: each member that hands the batch on also queues a flush behind the members waiting
-//! at that moment, which commits the batch if nobody has by then.
+//! commit it: the first member that hands the batch on also queues a flush behind the members
+//! waiting at that moment, which commits the batch if nobody has by then (the batch's later
+//! members are all ahead of it).
 //!
 //! Members read what the members before them wrote, uncommitted: a write that changes nothing
 //! still commits (waits for the batch) before it answers. An error answer (404, 409, 412) is
@@ -167,6 +168,8 @@ struct Batch<T: BatchTx> {
     /// The last seq of each team a member appended to, as the transaction holds it: the next
     /// member sets its seqs without reading them (see `WriteTx::last_seq_known`).
     last_seqs: HashMap<TeamId, i64>,
+    /// A member that handed the batch on has queued its flush: the later ones need not.
+    flush_queued: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +285,7 @@ impl<T: BatchTx> Lane<T> {
                     committed: Vec::new(),
                     left: Left::Nothing,
                     last_seqs: last_seq.into_iter().collect(),
+                    flush_queued: false,
                 });
                 false
             }
@@ -413,16 +417,22 @@ impl<T: BatchTx> Member<T> {
                 .await
                 .map_err(|why| StoreError::Commit(why.to_string()));
         }
+        let queue_flush = !std::mem::replace(&mut batch.flush_queued, true);
         drop(slot);
         // Queued behind the members waiting now: by the time it holds the lane they have all
-        // run, and if the batch is still open, nobody else is bound to commit it.
-        let flush = self.lane.slot.clone();
-        tokio::spawn(async move {
-            let mut slot = flush.lock_owned().await;
-            if slot.as_ref().is_some_and(|b| b.id == id) {
-                let _ = commit_batch(&mut slot).await;
-            }
-        });
+        // run, and if the batch is still open, nobody else is bound to commit it. One flush per
+        // batch: every member that gets the lane before it is in the batch it commits, and every
+        // member after it finds the batch committed, so a second flush could only find it gone
+        // (and would cost the lane a hand-over between two members).
+        if queue_flush {
+            let flush = self.lane.slot.clone();
+            tokio::spawn(async move {
+                let mut slot = flush.lock_owned().await;
+                if slot.as_ref().is_some_and(|b| b.id == id) {
+                    let _ = commit_batch(&mut slot).await;
+                }
+            });
+        }
         match outcome.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(StoreError::Commit(why.to_string())),

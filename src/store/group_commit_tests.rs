@@ -60,7 +60,8 @@ async fn last_seq(store: &dyn Store, team: TeamId) -> i64 {
     tx.last_seq(team).await.expect("last seq").unwrap_or(0)
 }
 
-/// Gives spawned work time to run (only where what is checked is that something did not happen).
+/// Gives spawned work time to run (only where what is checked is that something did not happen,
+/// or where a task spawned inside the store must be given its turn first).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(150)).await;
 }
@@ -263,6 +264,72 @@ async fn a_member_holding_shared_rows_commits_its_batch_at_once(store: Arc<dyn S
     b.commit().await.expect("B commits");
 }
 
+/// Callers that go away leave the lane whole. B, cancelled while it waits for the lane, takes
+/// no part in the batch. A's caller, cancelled while A waits for its batch's `COMMIT` (A has
+/// handed the batch on by then: C holds it), is committed all the same, by C's commit.
+async fn callers_that_go_away_leave_the_lane_whole(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    assert_eq!(append(&mut *a, user, &board, "A").await, 1);
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    queued(&*store, t.id, 1).await;
+    b.abort();
+    assert!(
+        matches!(b.await, Err(e) if e.is_cancelled()),
+        "B was cancelled"
+    );
+    let s = store.clone();
+    let c = tokio::spawn(async move { s.write_team(t.id).await });
+    queued(&*store, t.id, 1).await;
+
+    let a_commit = tokio::spawn(a.commit());
+    let mut c = c.await.expect("C joined").expect("C");
+    a_commit.abort();
+    assert_eq!(
+        append(&mut *c, user, &board, "C").await,
+        2,
+        "C writes after A, in A's batch"
+    );
+    c.commit().await.expect("C commits the batch");
+    assert_eq!(
+        logged_names(&*store, t.id).await,
+        [(1, "A".into()), (2, "C".into())]
+    );
+}
+
+/// A batch has one flush, queued by the first member that hands it on (A): B, which hands it
+/// on to D, queues none, and is committed by A's, before D, which queued after it, runs.
+async fn the_first_members_flush_commits_those_after_it(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    assert_eq!(append(&mut *a, user, &board, "A").await, 1);
+    let s = store.clone();
+    let b = tokio::spawn(async move { s.write_team(t.id).await });
+    queued(&*store, t.id, 1).await;
+    let a_commit = tokio::spawn(a.commit());
+    let mut b = b.await.expect("B joined").expect("B");
+    assert_eq!(append(&mut *b, user, &board, "B").await, 2);
+    // A's flush, spawned when A handed on, queues for the lane meanwhile; D queues after it.
+    settle().await;
+    let s = store.clone();
+    let d = tokio::spawn(async move { s.write_team(t.id).await });
+    queued(&*store, t.id, 1).await;
+    tokio::time::timeout(Duration::from_secs(10), b.commit())
+        .await
+        .expect("B is committed by A's flush, not after D")
+        .expect("B commits");
+    a_commit
+        .await
+        .expect("A's commit ran")
+        .expect("A committed with B");
+    assert_eq!(last_seq(&*store, t.id).await, 2);
+    let mut d = d.await.expect("D joined").expect("D");
+    assert_eq!(append(&mut *d, user, &board, "D").await, 3);
+    d.commit().await.expect("D commits");
+    assert_eq!(last_seq(&*store, t.id).await, 3);
+}
+
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!(
@@ -291,6 +358,18 @@ async fn sqlite_a_failure_after_a_committed_member_undoes_only_itself() {
 async fn sqlite_an_opener_that_fails_takes_only_its_own_writes_along() {
     let (_dir, store) = sqlite(64).await;
     an_opener_that_fails_takes_only_its_own_writes_along(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_callers_that_go_away_leave_the_lane_whole() {
+    let (_dir, store) = sqlite(64).await;
+    callers_that_go_away_leave_the_lane_whole(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_first_members_flush_commits_those_after_it() {
+    let (_dir, store) = sqlite(64).await;
+    the_first_members_flush_commits_those_after_it(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +414,16 @@ async fn postgres_queued_writes_commit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_failure_after_a_committed_member_undoes_only_itself() {
     on_postgres(64, a_failure_after_a_committed_member_undoes_only_itself).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_callers_that_go_away_leave_the_lane_whole() {
+    on_postgres(64, callers_that_go_away_leave_the_lane_whole).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_first_members_flush_commits_those_after_it() {
+    on_postgres(64, the_first_members_flush_commits_those_after_it).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

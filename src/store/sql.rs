@@ -325,7 +325,7 @@ pub(crate) mod sqlx_api {
 
 /// Binds a built query's arguments in order.
 pub(crate) fn bind_all<'q, DB, O>(
-    mut q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>,
+    q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>,
     args: Vec<super::task_query::Arg>,
 ) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments>
 where
@@ -338,19 +338,7 @@ where
     time::Date: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     StoredTime: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    use super::task_query::Arg;
-    for a in args {
-        q = match a {
-            Arg::Id(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::SmallInt(v) => q.bind(v),
-            Arg::Int(v) => q.bind(v),
-            Arg::Real(v) => q.bind(v),
-            Arg::Date(v) => q.bind(v),
-            Arg::Time(v) => q.bind(StoredTime(v)),
-        };
-    }
-    q
+    super::task_query::bind_args!(q, args)
 }
 
 /// A timestamp a query sorts by: on SQLite written as fixed-width text (`…T17:25:55.000Z`) so that

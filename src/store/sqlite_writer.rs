@@ -853,23 +853,8 @@ impl<O: FromRow> QueryAs<O> {
 }
 
 /// Binds a built query's arguments in order (as `sql::bind_all` does for sqlx).
-pub(crate) fn bind_all<O: FromRow>(
-    mut q: QueryAs<O>,
-    args: Vec<super::task_query::Arg>,
-) -> QueryAs<O> {
-    use super::task_query::Arg;
-    for a in args {
-        q = match a {
-            Arg::Id(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::SmallInt(v) => q.bind(v),
-            Arg::Int(v) => q.bind(v),
-            Arg::Real(v) => q.bind(v),
-            Arg::Date(v) => q.bind(v),
-            Arg::Time(v) => q.bind(StoredTime(v)),
-        };
-    }
-    q
+pub(crate) fn bind_all<O: FromRow>(q: QueryAs<O>, args: Vec<super::task_query::Arg>) -> QueryAs<O> {
+    super::task_query::bind_args!(q, args)
 }
 
 /// SQL with its arguments built piece by piece, as sqlx's `QueryBuilder` (placeholders `?`).

@@ -42,6 +42,30 @@ pub enum Arg {
     Time(OffsetDateTime),
 }
 
+/// Binds a built query's arguments (`Vec<Arg>`) to a query, in order, and gives the query back:
+/// the Rust type each `Arg` binds as, written once for sqlx's queries (`sql::bind_all`) and the
+/// SQLite writer's (`sqlite_writer::bind_all`), whose `bind` methods are not one trait's.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        use $crate::store::sql::StoredTime;
+        use $crate::store::task_query::Arg;
+        let mut q = $query;
+        for a in $args {
+            q = match a {
+                Arg::Id(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+                Arg::SmallInt(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Real(v) => q.bind(v),
+                Arg::Date(v) => q.bind(v),
+                Arg::Time(v) => q.bind(StoredTime(v)),
+            };
+        }
+        q
+    }};
+}
+pub(super) use bind_args;
+
 /// SQL text with its arguments, `$1` … `$n` in order.
 #[derive(Debug, Default)]
 pub struct Built {

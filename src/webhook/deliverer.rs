@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,11 +57,25 @@ pub struct DelivererSettings {
 
 /// Wakes the deliverer when this instance commits (others' commits are found by polling).
 #[derive(Default)]
-pub struct Wake(Notify);
+pub struct Wake {
+    notify: Notify,
+    /// A webhook was created or changed since the deliverer last looked for unclaimed ones.
+    webhooks_changed: AtomicBool,
+}
 
 impl Wake {
-    pub fn committed(&self) {
-        self.0.notify_one();
+    /// Activities were committed: the workers move on. Only when `webhooks_changed` (a webhook
+    /// created, changed, deleted or disabled) does the deliverer look for webhooks nobody
+    /// holds before its next poll: looking at every commit cost a read per commit.
+    pub fn committed(&self, webhooks_changed: bool) {
+        if webhooks_changed {
+            self.webhooks_changed.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_webhooks_changed(&self) -> bool {
+        self.webhooks_changed.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -125,9 +140,17 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
     let mut held_until = Instant::now();
     let renew_every = settings.lease / 3;
     let mut next_claim = Instant::now();
+    // When to look for webhooks nobody holds even if no webhook changed here (one created on
+    // another instance, or whose holder is gone).
+    let mut next_look = Instant::now();
+    let mut changed = false;
     loop {
+        let look = changed || Instant::now() >= next_look;
+        if look {
+            next_look = Instant::now() + settings.poll;
+        }
         // A lease to renew, or a webhook nobody holds (new, enabled again, or its holder gone).
-        if Instant::now() >= next_claim || unclaimed(&services).await {
+        if Instant::now() >= next_claim || (look && unclaimed(&services).await) {
             let started = Instant::now();
             next_claim = started + renew_every;
             let room = MAX_HELD.saturating_sub(records.len());
@@ -212,9 +235,10 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
         }
         let until_claim = next_claim.saturating_duration_since(Instant::now());
         tokio::select! {
-            () = services.webhooks.wake.0.notified() => {}
+            () = services.webhooks.wake.notify.notified() => {}
             () = tokio::time::sleep(settings.poll.min(until_claim)) => {}
         }
+        changed = services.webhooks.wake.take_webhooks_changed();
     }
 }
 

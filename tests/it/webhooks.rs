@@ -33,6 +33,7 @@ both_backends!(
     private_and_plain_http_urls_are_refused,
     ip_literals_spelled_with_a_trailing_dot_are_refused,
     every_activity_is_delivered_signed_and_in_order,
+    a_webhook_made_here_is_claimed_without_waiting_for_the_poll,
     event_filters_skip_activities_and_still_advance_the_cursor,
     the_default_leaves_the_webhooks_own_activities_out,
     a_rotated_secret_signs_beside_the_old_one,
@@ -1314,6 +1315,39 @@ async fn every_activity_is_delivered_signed_and_in_order(b: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.rx.count(), n, "{}", h.rx.summary(5));
     assert_eq!(h.hook["enabled"], true);
+}
+
+/// The deliverer looks for webhooks nobody holds at its poll, and at once when a webhook of
+/// this instance changed (not at every commit): with the poll and the lease renewal a minute
+/// and more away, a webhook created here, and one enabled again, deliver within seconds.
+async fn a_webhook_made_here_is_claimed_without_waiting_for_the_poll(b: Backend) {
+    let (_srv, api, owner, team) = setup(
+        b,
+        &[
+            ("TASKFORGE_WEBHOOK_POLL_INTERVAL", "60s"),
+            ("TASKFORGE_WEBHOOK_LEASE", "300s"),
+        ],
+    )
+    .await;
+    // Commits before the webhook exists: none of them is a reason to look.
+    api.task(owner.token(), team.id, "before the webhook").await;
+    let h = hooked(&api, &owner, team.id, None).await;
+    api.task(owner.token(), team.id, "after it").await;
+    let last = api.team_seq(owner.token(), team.id).await;
+    let soon = Duration::from_secs(5);
+    wait_delivered(&h.rx, last, soon).await;
+
+    // Disabled, its worker stops; enabled again, it is claimed again at once.
+    api.patch(&hook_path(&h.id), owner.token(), json!({"enabled": false}))
+        .await
+        .ok(200);
+    api.task(owner.token(), team.id, "while disabled").await;
+    api.patch(&hook_path(&h.id), owner.token(), json!({"enabled": true}))
+        .await
+        .ok(200);
+    api.task(owner.token(), team.id, "enabled again").await;
+    let last = api.team_seq(owner.token(), team.id).await;
+    wait_delivered(&h.rx, last, soon).await;
 }
 
 async fn event_filters_skip_activities_and_still_advance_the_cursor(b: Backend) {
