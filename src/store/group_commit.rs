@@ -83,6 +83,10 @@ pub(super) trait BatchTx: Send + Sized + 'static {
     /// Runs fixed statements (the savepoints), nothing bound.
     async fn run(&mut self, sql: &'static str) -> Result<(), sqlx::Error>;
     async fn commit(self) -> Result<(), sqlx::Error>;
+    /// A member's savepoint was opened (the previous one released or rolled back first).
+    fn savepoint_opened(&mut self) {}
+    /// The transaction was rolled back to the member's savepoint.
+    fn rolled_back_to_savepoint(&mut self) {}
 }
 
 #[async_trait]
@@ -120,6 +124,14 @@ impl BatchTx for super::sqlite_writer::WriterTx {
 
     async fn commit(self) -> Result<(), sqlx::Error> {
         super::sqlite_writer::WriterTx::commit(self).await
+    }
+
+    fn savepoint_opened(&mut self) {
+        super::sqlite_writer::WriterTx::savepoint_opened(self);
+    }
+
+    fn rolled_back_to_savepoint(&mut self) {
+        super::sqlite_writer::WriterTx::rolled_back_to_savepoint(self);
     }
 }
 
@@ -272,7 +284,13 @@ impl<T: BatchTx> Lane<T> {
         }
         if let Some(batch) = slot.as_mut() {
             match batch.tx.run(before_member(batch.left)).await {
-                Ok(()) => batch.left = Left::Nothing,
+                Ok(()) => {
+                    if batch.left == Left::Savepoint {
+                        batch.tx.rolled_back_to_savepoint();
+                    }
+                    batch.tx.savepoint_opened();
+                    batch.left = Left::Nothing;
+                }
                 Err(e) => fail(&mut slot, &StoreError::from(e)),
             }
         }
@@ -311,6 +329,7 @@ async fn settle<T: BatchTx>(slot: &mut Option<Batch<T>>) -> Result<()> {
         Left::Nothing | Left::Committed => {}
         Left::Savepoint => {
             batch.tx.run(ROLLBACK_TO).await?;
+            batch.tx.rolled_back_to_savepoint();
             batch.left = Left::Nothing;
         }
         // Dropping the transaction rolls it back; nobody in it committed.
@@ -493,6 +512,14 @@ impl<T: BatchTx> WriteTx<T> {
         match self {
             Self::Alone(tx) => tx.conn(),
             Self::Batched(m) => m.conn(),
+        }
+    }
+
+    /// The database transaction: this one's own, or its batch's.
+    pub(super) fn db_tx(&mut self) -> &mut T {
+        match self {
+            Self::Alone(tx) => tx,
+            Self::Batched(m) => &mut m.batch().tx,
         }
     }
 

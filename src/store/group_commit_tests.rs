@@ -330,6 +330,100 @@ async fn the_first_members_flush_commits_those_after_it(store: Arc<dyn Store>) {
     assert_eq!(last_seq(&*store, t.id).await, 3);
 }
 
+/// A task of `board` titled `title`.
+fn task(user: UserId, board: &Board, title: &str) -> Task {
+    let at = OffsetDateTime::now_utc();
+    Task {
+        id: TaskId::from(Uuid::now_v7()),
+        team_id: board.team_id,
+        board_id: board.id,
+        title: title.into(),
+        description: String::new(),
+        status: TaskStatus::default(),
+        priority: Priority::default(),
+        assignee_user_id: None,
+        due_date: None,
+        position: 1.0,
+        created_by: user,
+        created_at: at,
+        updated_at: at,
+        version: 1,
+        label_ids: Vec::new(),
+    }
+}
+
+/// The titles of the team's tasks that the search finds for `word`.
+async fn found(store: &dyn Store, team: TeamId, word: &str) -> Vec<String> {
+    let mut tx = store.read().await.expect("read");
+    let hits = tx
+        .search_tasks(team, &[word.to_owned()], 10)
+        .await
+        .expect("search");
+    hits.into_iter().map(|(t, _)| t.title).collect()
+}
+
+/// On SQLite the words of a batch's tasks are indexed when it commits, not as each member
+/// writes them (see `WriterTx`): every committed member's task is found, a member rolled back
+/// leaves no words, a task deleted later in the same batch leaves none either, and a task
+/// renamed later in the batch is found by its last title only.
+async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut o = store.write_team(t.id).await.expect("O");
+    o.insert_task(&task(user, &board, "alpha"))
+        .await
+        .expect("alpha");
+    let mut joining = Vec::new();
+    for n in 1..=2 {
+        let s = store.clone();
+        joining.push(tokio::spawn(async move { s.write_team(t.id).await }));
+        queued(&*store, t.id, n).await;
+    }
+    let mut joining = joining.into_iter();
+    let mut next = async || {
+        joining
+            .next()
+            .expect("a queued write")
+            .await
+            .expect("joined")
+            .expect("a member")
+    };
+    let o_commit = tokio::spawn(o.commit());
+    let mut a = next().await;
+    a.insert_task(&task(user, &board, "bravo"))
+        .await
+        .expect("bravo");
+    assert!(
+        a.insert_team(&t).await.is_err(),
+        "a second row for the team"
+    );
+    drop(a);
+    let mut b = next().await;
+    let charlie = task(user, &board, "charlie");
+    b.insert_task(&charlie).await.expect("charlie");
+    assert!(b.delete_task(charlie.id).await.expect("delete").is_some());
+    let mut delta = task(user, &board, "delta");
+    b.insert_task(&delta).await.expect("delta");
+    // Renamed in the same batch: the last words count.
+    delta.title = "echo".into();
+    delta.version = 2;
+    b.update_task(&delta).await.expect("renamed");
+    assert!(
+        found(&*store, t.id, "alpha").await.is_empty(),
+        "nothing before the commit"
+    );
+    b.commit().await.expect("B commits the batch");
+    o_commit
+        .await
+        .expect("O's commit ran")
+        .expect("O committed");
+
+    assert_eq!(found(&*store, t.id, "alpha").await, ["alpha"]);
+    assert!(found(&*store, t.id, "bravo").await.is_empty());
+    assert!(found(&*store, t.id, "charlie").await.is_empty());
+    assert!(found(&*store, t.id, "delta").await.is_empty());
+    assert_eq!(found(&*store, t.id, "echo").await, ["echo"]);
+}
+
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!(
@@ -370,6 +464,17 @@ async fn sqlite_callers_that_go_away_leave_the_lane_whole() {
 async fn sqlite_the_first_members_flush_commits_those_after_it() {
     let (_dir, store) = sqlite(64).await;
     the_first_members_flush_commits_those_after_it(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_batchs_tasks_are_found_once_it_commits() {
+    let (_dir, store) = sqlite(64).await;
+    a_batchs_tasks_are_found_once_it_commits(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batchs_tasks_are_found_once_it_commits() {
+    on_postgres(64, a_batchs_tasks_are_found_once_it_commits).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

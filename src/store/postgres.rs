@@ -161,6 +161,11 @@ impl PgTx {
     fn holds_shared_rows(&mut self) {
         self.tx.holds_shared_rows();
     }
+
+    /// SQLite only: PostgreSQL makes a task's words from its row (the generated `search`).
+    async fn index_words(&mut self, _t: &crate::domain::Task, _new: bool) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A connection whose statements are prepared unnamed unless `keep` (see `Pooler::Transaction`).

@@ -630,21 +630,6 @@ macro_rules! impl_tx {
         // The query API of the driver: sqlx's, or the SQLite writer's.
         use $crate::store::$($api)::+ as api;
 
-        impl $tx {
-            /// SQLite only: the task's words in the search index, under `key` (its `search_key`),
-            /// replacing what the key held.
-            async fn index_words(&mut self, key: i64, t: &Task) -> $crate::store::Result<()> {
-                use $crate::store::task_query::indexed_text;
-                api::query("INSERT OR REPLACE INTO task_words (rowid, title, description) VALUES ($1, $2, $3)")
-                    .bind(key)
-                    .bind(indexed_text(t.team_id, &t.title))
-                    .bind(indexed_text(t.team_id, &t.description))
-                    .execute(self.exec())
-                    .await?;
-                Ok(())
-            }
-        }
-
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
             async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
@@ -1002,24 +987,22 @@ macro_rules! impl_tx {
             }
 
             async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
-                use $crate::store::task_query::{indexed_text, Dialect};
-                // SQLite: the row, its search key (one above the highest) and its words in the
-                // search index, in one query.
+                use $crate::store::task_query::Dialect;
+                // SQLite: the row with its search key (one above the highest); its words go to
+                // the search index under that key (`index_words`).
                 let sql = if $dialect == Dialect::Sqlite {
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                      label_ids, priority_rank, search_key) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks)); \
-                     INSERT OR REPLACE INTO task_words (rowid, title, description) \
-                     VALUES ((SELECT search_key FROM tasks WHERE id = $1), $17, $18)"
+                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks))"
                 } else {
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                      label_ids, priority_rank) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 };
-                let mut query = api::query(sql)
+                api::query(sql)
                     .bind(t.id)
                     .bind(t.team_id)
                     .bind(t.board_id)
@@ -1035,13 +1018,12 @@ macro_rules! impl_tx {
                     .bind(StoredTime(t.updated_at))
                     .bind(t.version)
                     .bind(label_ids_text(&t.label_ids))
-                    .bind(t.priority.rank());
+                    .bind(t.priority.rank())
+                    .execute(self.exec())
+                    .await?;
                 if $dialect == Dialect::Sqlite {
-                    query = query
-                        .bind(indexed_text(t.team_id, &t.title))
-                        .bind(indexed_text(t.team_id, &t.description));
+                    self.index_words(t, true).await?;
                 }
-                query.execute(self.exec()).await?;
                 if t.label_ids.is_empty() {
                     return Ok(());
                 }
@@ -1272,14 +1254,7 @@ macro_rules! impl_tx {
                     return Err(StoreError::Stale);
                 };
                 if $dialect == $crate::store::task_query::Dialect::Sqlite {
-                    let key: Option<(Option<i64>,)> =
-                        api::query_as("SELECT search_key FROM tasks WHERE id = $1")
-                            .bind(t.id)
-                            .fetch_optional(self.exec())
-                            .await?;
-                    if let Some((Some(key),)) = key {
-                        self.index_words(key, t).await?;
-                    }
+                    self.index_words(t, false).await?;
                 }
                 parse_label_ids(&labels)
             }

@@ -18,7 +18,9 @@ use sqlx::sqlite::{
 
 use super::group_commit::{Lane, WriteTx};
 use super::sqlite_writer::{Writer, WriterTx};
+use super::task_query::indexed_text;
 use super::{Result, Store, Tx};
+use crate::domain::Task;
 
 pub struct SqliteStore {
     writer: Writer,
@@ -48,6 +50,18 @@ impl SqliteReadTx {
 
     /// Reads lock nothing (see `PgTx`).
     fn holds_shared_rows(&mut self) {}
+
+    /// The task's words in the search index (on a read-only connection this fails, as every
+    /// write does).
+    async fn index_words(&mut self, t: &Task, _new: bool) -> Result<()> {
+        sqlx::query(super::sqlite_writer::INDEX_WORDS)
+            .bind(t.id)
+            .bind(indexed_text(t.team_id, &t.title))
+            .bind(indexed_text(t.team_id, &t.description))
+            .execute(self.exec())
+            .await?;
+        Ok(())
+    }
 }
 
 impl SqliteTx {
@@ -58,6 +72,19 @@ impl SqliteTx {
 
     /// One writer: no row locks, no lock cycles, nothing to do (see `PgTx`).
     fn holds_shared_rows(&mut self) {}
+
+    /// The task's words go to the search index when the transaction commits, under the search
+    /// key the task has then, outside the members' savepoints (see `WriterTx`); `new`: the task
+    /// is created in this transaction.
+    async fn index_words(&mut self, t: &Task, new: bool) -> Result<()> {
+        self.tx.db_tx().index_words_at_commit(
+            t.id,
+            indexed_text(t.team_id, &t.title),
+            indexed_text(t.team_id, &t.description),
+            new,
+        );
+        Ok(())
+    }
 }
 
 impl SqliteStore {

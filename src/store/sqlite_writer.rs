@@ -100,6 +100,8 @@ impl Writer {
         let tx = WriterTx {
             conn: Some(conn),
             home: self.clone(),
+            words: Vec::new(),
+            words_at_savepoint: 0,
         };
         let busy = match tx.begin_immediate(Duration::ZERO) {
             Ok(()) => return Ok(tx),
@@ -127,10 +129,37 @@ impl Writer {
 
 /// A write transaction on the writer connection: rolled back when dropped uncommitted; the
 /// connection goes back to the `Writer` either way.
+///
+/// It also holds the search words of the tasks its statements wrote, to index them in one go
+/// just before `COMMIT` (`index_words_at_commit`): FTS5 writes the words pending in its memory to
+/// the database, as a new segment, at every `SAVEPOINT`, and merges those segments as they pile
+/// up. Indexed as each member wrote them, a batch of 17 creations made 17 segments and their
+/// merges, a third of the writer's time; indexed at the end, one.
 pub(super) struct WriterTx {
     conn: Option<rusqlite::Connection>,
     home: Writer,
+    words: Vec<TaskWords>,
+    /// How many of `words` were there when the open member's savepoint was opened: a rollback
+    /// to the savepoint drops the ones after.
+    words_at_savepoint: usize,
 }
+
+/// The words of a task to index, as `task_query::indexed_text` makes them.
+struct TaskWords {
+    task: TaskId,
+    title: String,
+    description: String,
+    /// The task was created in this transaction: its search key holds no words yet.
+    new: bool,
+}
+
+/// Indexes a task's words under its search key; nothing if the task is gone (deleted later in
+/// the same transaction: its words must not come back under a key that may be handed out again).
+pub(super) const INDEX_WORDS: &str = "INSERT OR REPLACE INTO task_words (rowid, title, description) \
+     SELECT search_key, $2, $3 FROM tasks WHERE id = $1 AND search_key IS NOT NULL";
+
+/// Tasks whose words one statement indexes (3 values each).
+const WORDS_PER_INSERT: usize = 200;
 
 impl WriterTx {
     fn connection(&self) -> &rusqlite::Connection {
@@ -161,9 +190,83 @@ impl WriterTx {
         self.connection().execute_batch(sql).map_err(database)
     }
 
-    /// Commits on the blocking pool: a `COMMIT` may checkpoint the WAL (write and sync the
-    /// database file), which must not stall an async worker.
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
+    /// Indexes the task's words (already made by `task_query::indexed_text`) just before the
+    /// transaction commits, under the search key the task has then; `new`: the task was
+    /// created in this transaction.
+    pub(super) fn index_words_at_commit(
+        &mut self,
+        task: TaskId,
+        title: String,
+        description: String,
+        new: bool,
+    ) {
+        self.words.push(TaskWords {
+            task,
+            title,
+            description,
+            new,
+        });
+    }
+
+    /// Writes the words collected, each task's last, in few statements: FTS5 also writes its
+    /// pending words at the start of every statement that opens a statement journal, and before
+    /// each row it replaces (a contentless table deletes the old words first), so a statement per
+    /// task, or `OR REPLACE` for every task, would still make a segment per task. The tasks
+    /// created in this transaction have no words yet: a plain `INSERT` of all of them (200 per
+    /// statement); the others replace theirs. As `INDEX_WORDS`, a task deleted since is skipped.
+    fn index_words(&mut self) -> Result<(), sqlx::Error> {
+        let mut words: Vec<TaskWords> = Vec::new();
+        let mut at: std::collections::HashMap<TaskId, usize> = std::collections::HashMap::new();
+        for w in std::mem::take(&mut self.words) {
+            match at.get(&w.task) {
+                // The last words count; whether it was created here, the first tells.
+                Some(&i) => {
+                    words[i].title = w.title;
+                    words[i].description = w.description;
+                }
+                None => {
+                    at.insert(w.task, words.len());
+                    words.push(w);
+                }
+            }
+        }
+        let (new, changed): (Vec<TaskWords>, Vec<TaskWords>) =
+            words.into_iter().partition(|w| w.new);
+        for (mut words, insert) in [(new, "INSERT"), (changed, "INSERT OR REPLACE")] {
+            while !words.is_empty() {
+                let rest = words.split_off(words.len().min(WORDS_PER_INSERT));
+                let chunk = std::mem::replace(&mut words, rest);
+                let mut statement = QueryBuilder::new(insert);
+                statement.push(
+                    " INTO task_words (rowid, title, description) \
+                     SELECT t.search_key, v.column2, v.column3 FROM (",
+                );
+                statement.push_values(chunk, |mut row, w| {
+                    row.push_bind(w.task)
+                        .push_bind(w.title)
+                        .push_bind(w.description);
+                });
+                statement
+                    .push(") AS v JOIN tasks t ON t.id = v.column1 WHERE t.search_key IS NOT NULL");
+                statement.build().run(self.conn(), |_| Ok(Flow::Next))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn savepoint_opened(&mut self) {
+        self.words_at_savepoint = self.words.len();
+    }
+
+    pub(super) fn rolled_back_to_savepoint(&mut self) {
+        self.words.truncate(self.words_at_savepoint);
+    }
+
+    /// Indexes the words of the tasks written (in the order they were written: the last words
+    /// of a task win), then commits on the blocking pool: a `COMMIT` may checkpoint the WAL
+    /// (write and sync the database file), which must not stall an async worker.
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.index_words()?;
         tokio::task::spawn_blocking(move || self.connection().execute_batch("COMMIT"))
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("the commit task failed: {e}")))?
