@@ -28,9 +28,9 @@
 //!
 //! The lane owns nothing but the order of its members; it never holds the batch across anything
 //! but one member's own statements, and it never leaves a batch open without someone bound to
-//! commit it: the first member that hands the batch on also queues a flush behind the members
-//! waiting at that moment, which commits the batch if nobody has by then (the batch's later
-//! members are all ahead of it).
+//! commit it: the first member that hands the batch on also spawns a flush, which queues for the
+//! lane behind the members waiting when it first runs and commits the batch if nobody has by then
+//! (every later member of the batch is ahead of it).
 //!
 //! Members read what the members before them wrote, uncommitted: a write that changes nothing
 //! still commits (waits for the batch) before it answers. An error answer (404, 409, 412) is

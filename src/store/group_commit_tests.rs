@@ -364,14 +364,14 @@ async fn found(store: &dyn Store, team: TeamId, word: &str) -> Vec<String> {
 
 /// On SQLite the words of a batch's tasks are indexed when it commits, not as each member
 /// writes them (see `WriterTx`): every committed member's task is found, a member rolled back
-/// leaves no words, a task deleted later in the same batch leaves none either, and a task
-/// renamed later in the batch is found by its last title only.
+/// leaves no words (neither for the task it created nor for the one it renamed), a task deleted
+/// later in the same batch leaves none either, and a task renamed later in the batch is found
+/// by its last title only.
 async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     let (user, board, t) = team(&*store).await;
     let mut o = store.write_team(t.id).await.expect("O");
-    o.insert_task(&task(user, &board, "alpha"))
-        .await
-        .expect("alpha");
+    let alpha = task(user, &board, "alpha");
+    o.insert_task(&alpha).await.expect("alpha");
     let mut joining = Vec::new();
     for n in 1..=2 {
         let s = store.clone();
@@ -392,6 +392,10 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     a.insert_task(&task(user, &board, "bravo"))
         .await
         .expect("bravo");
+    let mut renamed = alpha.clone();
+    renamed.title = "foxtrot".into();
+    renamed.version = 2;
+    a.update_task(&renamed).await.expect("alpha renamed");
     assert!(
         a.insert_team(&t).await.is_err(),
         "a second row for the team"
@@ -418,6 +422,7 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
         .expect("O committed");
 
     assert_eq!(found(&*store, t.id, "alpha").await, ["alpha"]);
+    assert!(found(&*store, t.id, "foxtrot").await.is_empty());
     assert!(found(&*store, t.id, "bravo").await.is_empty());
     assert!(found(&*store, t.id, "charlie").await.is_empty());
     assert!(found(&*store, t.id, "delta").await.is_empty());

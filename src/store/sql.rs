@@ -1106,8 +1106,8 @@ macro_rules! impl_tx {
                     insert.build().persistent(false).heavy().execute(self.exec()).await?;
                     if sqlite {
                         use $crate::store::task_query::indexed_text;
-                        // OR REPLACE, as `index_words`: a contentless table would not refuse a
-                        // duplicate rowid.
+                        // OR REPLACE, as a changed task's words are written (`WriterTx`): a
+                        // contentless table would not refuse a duplicate rowid.
                         let mut words = api::QueryBuilder::new(
                             "INSERT OR REPLACE INTO task_words (rowid, title, description) ",
                         );

@@ -74,7 +74,7 @@ impl SqliteTx {
     fn holds_shared_rows(&mut self) {}
 
     /// The task's words go to the search index when the transaction commits, under the search
-    /// key the task has then, outside the members' savepoints (see `WriterTx`); `new`: the task
+    /// key the task has then, after the members' statements (see `WriterTx`); `new`: the task
     /// is created in this transaction.
     async fn index_words(&mut self, t: &Task, new: bool) -> Result<()> {
         self.tx.db_tx().index_words_at_commit(
