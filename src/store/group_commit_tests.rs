@@ -78,6 +78,32 @@ async fn queued(store: &dyn Store, team: TeamId, n: usize) {
     }
 }
 
+/// Writes of one team queued for its lane, in the order they queued.
+struct Joining(std::vec::IntoIter<tokio::task::JoinHandle<super::Result<Box<dyn Tx>>>>);
+
+impl Joining {
+    /// Queues `n` writes of `team`, each waiting for the lane before the next is started.
+    async fn queue(store: &Arc<dyn Store>, team: TeamId, n: usize) -> Self {
+        let mut joining = Vec::new();
+        for queued_now in 1..=n {
+            let s = store.clone();
+            joining.push(tokio::spawn(async move { s.write_team(team).await }));
+            queued(&**store, team, queued_now).await;
+        }
+        Self(joining.into_iter())
+    }
+
+    /// The next of them, once it holds the lane.
+    async fn next(&mut self) -> Box<dyn Tx> {
+        self.0
+            .next()
+            .expect("a queued write")
+            .await
+            .expect("joined")
+            .expect("a member")
+    }
+}
+
 /// A holds the lane; B and C queue. A commits: its answer waits for the batch. B appends, then
 /// fails at the database and is dropped. C appends (B's seq again) and commits: A and C are
 /// answered together, B left nothing.
@@ -148,34 +174,20 @@ async fn a_failure_after_a_committed_member_undoes_only_itself(store: Arc<dyn St
     let (user, board, t) = team(&*store).await;
     let mut o = store.write_team(t.id).await.expect("O");
     assert_eq!(append(&mut *o, user, &board, "O").await, 1);
-    let mut joining = Vec::new();
-    for n in 1..=3 {
-        let s = store.clone();
-        joining.push(tokio::spawn(async move { s.write_team(t.id).await }));
-        queued(&*store, t.id, n).await;
-    }
-    let mut joining = joining.into_iter();
-    let mut next = async || {
-        joining
-            .next()
-            .expect("a queued write")
-            .await
-            .expect("joined")
-            .expect("a member")
-    };
+    let mut joining = Joining::queue(&store, t.id, 3).await;
 
     let o_commit = tokio::spawn(o.commit());
-    let mut a = next().await;
+    let mut a = joining.next().await;
     assert_eq!(append(&mut *a, user, &board, "A").await, 2);
     let a_commit = tokio::spawn(a.commit());
-    let mut b = next().await;
+    let mut b = joining.next().await;
     assert_eq!(append(&mut *b, user, &board, "B").await, 3);
     assert!(
         b.insert_team(&t).await.is_err(),
         "a second row for the team"
     );
     drop(b);
-    let mut c = next().await;
+    let mut c = joining.next().await;
     assert_eq!(
         append(&mut *c, user, &board, "C").await,
         3,
@@ -372,23 +384,9 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     let mut o = store.write_team(t.id).await.expect("O");
     let alpha = task(user, &board, "alpha");
     o.insert_task(&alpha).await.expect("alpha");
-    let mut joining = Vec::new();
-    for n in 1..=2 {
-        let s = store.clone();
-        joining.push(tokio::spawn(async move { s.write_team(t.id).await }));
-        queued(&*store, t.id, n).await;
-    }
-    let mut joining = joining.into_iter();
-    let mut next = async || {
-        joining
-            .next()
-            .expect("a queued write")
-            .await
-            .expect("joined")
-            .expect("a member")
-    };
+    let mut joining = Joining::queue(&store, t.id, 2).await;
     let o_commit = tokio::spawn(o.commit());
-    let mut a = next().await;
+    let mut a = joining.next().await;
     a.insert_task(&task(user, &board, "bravo"))
         .await
         .expect("bravo");
@@ -401,7 +399,7 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
         "a second row for the team"
     );
     drop(a);
-    let mut b = next().await;
+    let mut b = joining.next().await;
     let charlie = task(user, &board, "charlie");
     b.insert_task(&charlie).await.expect("charlie");
     assert!(b.delete_task(charlie.id).await.expect("delete").is_some());

@@ -51,16 +51,10 @@ impl SqliteReadTx {
     /// Reads lock nothing (see `PgTx`).
     fn holds_shared_rows(&mut self) {}
 
-    /// The task's words in the search index (on a read-only connection this fails, as every
-    /// write does).
-    async fn index_words(&mut self, t: &Task, _new: bool) -> Result<()> {
-        sqlx::query(super::sqlite_writer::INDEX_WORDS)
-            .bind(t.id)
-            .bind(indexed_text(t.team_id, &t.title))
-            .bind(indexed_text(t.team_id, &t.description))
-            .execute(self.exec())
-            .await?;
-        Ok(())
+    /// A read transaction writes no task, so it has no words to index: refused, as the
+    /// read-only connection refuses every write.
+    async fn index_words(&mut self, _t: &Task, _new: bool) -> Result<()> {
+        Err(sqlx::Error::Protocol("a read transaction does not index words".into()).into())
     }
 }
 

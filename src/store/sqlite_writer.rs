@@ -153,11 +153,6 @@ struct TaskWords {
     new: bool,
 }
 
-/// Indexes a task's words under its search key at once, as `SqliteReadTx` would (the writer
-/// collects them: `WriterTx::index_words`); nothing if the task is gone.
-pub(super) const INDEX_WORDS: &str = "INSERT OR REPLACE INTO task_words (rowid, title, description) \
-     SELECT search_key, $2, $3 FROM tasks WHERE id = $1 AND search_key IS NOT NULL";
-
 /// Tasks whose words one statement indexes (3 values each).
 const WORDS_PER_INSERT: usize = 200;
 
@@ -212,8 +207,8 @@ impl WriterTx {
     /// per task gained nothing over indexing in the members, and `OR REPLACE` for every task
     /// little (a contentless table writes its pending words before each row it replaces). The
     /// tasks created in this transaction have no words yet: a plain `INSERT` of all of them (200
-    /// per statement); the others replace theirs. As `INDEX_WORDS`, a task deleted since is
-    /// skipped.
+    /// per statement); the others replace theirs. Joined to `tasks` by id: a task deleted since
+    /// gets no words (they must not come back under a key that may be handed out again).
     fn index_words(&mut self) -> Result<(), sqlx::Error> {
         let mut words: Vec<TaskWords> = Vec::new();
         let mut at: std::collections::HashMap<TaskId, usize> = std::collections::HashMap::new();
