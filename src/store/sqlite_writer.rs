@@ -156,6 +156,28 @@ struct TaskWords {
 /// Tasks whose words one statement indexes (3 values each).
 const WORDS_PER_INSERT: usize = 200;
 
+/// One statement indexing `chunk`'s words under their tasks' search keys, in key order.
+/// `CROSS JOIN` keeps the listed tasks the outer loop, each found by id: with a plain join and
+/// the `ORDER BY`, SQLite's planner walked every task in key order instead (to skip the sort),
+/// and each batch read the whole table (measured: 3,200 creations/s instead of 8,500).
+fn words_insert(insert: &str, chunk: Vec<TaskWords>) -> Query {
+    let mut statement = QueryBuilder::new(insert);
+    statement.push(
+        " INTO task_words (rowid, title, description) \
+         SELECT t.search_key, v.column2, v.column3 FROM (",
+    );
+    statement.push_values(chunk, |mut row, w| {
+        row.push_bind(w.task)
+            .push_bind(w.title)
+            .push_bind(w.description);
+    });
+    statement.push(
+        ") AS v CROSS JOIN tasks t ON t.id = v.column1 WHERE t.search_key IS NOT NULL \
+         ORDER BY t.search_key",
+    );
+    statement.build()
+}
+
 impl WriterTx {
     fn connection(&self) -> &rusqlite::Connection {
         self.conn
@@ -233,21 +255,7 @@ impl WriterTx {
             while !words.is_empty() {
                 let rest = words.split_off(words.len().min(WORDS_PER_INSERT));
                 let chunk = std::mem::replace(&mut words, rest);
-                let mut statement = QueryBuilder::new(insert);
-                statement.push(
-                    " INTO task_words (rowid, title, description) \
-                     SELECT t.search_key, v.column2, v.column3 FROM (",
-                );
-                statement.push_values(chunk, |mut row, w| {
-                    row.push_bind(w.task)
-                        .push_bind(w.title)
-                        .push_bind(w.description);
-                });
-                statement.push(
-                    ") AS v JOIN tasks t ON t.id = v.column1 WHERE t.search_key IS NOT NULL \
-                     ORDER BY t.search_key",
-                );
-                statement.build().run(self.conn(), |_| Ok(Flow::Next))?;
+                words_insert(insert, chunk).run(self.conn(), |_| Ok(Flow::Next))?;
             }
         }
         Ok(())
@@ -1104,6 +1112,55 @@ mod tests {
             .await
             .expect("sqlx reads what the writer wrote");
         assert_eq!(back, value);
+    }
+
+    /// A batch's words find each listed task by its id; a walk of the tasks would read the
+    /// whole table at every commit. Asked of SQLite's planner for one task, a batch's worth and
+    /// a full statement, both kinds of insert.
+    #[tokio::test]
+    async fn a_batchs_words_find_their_tasks_by_id() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("words.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        crate::store::SqliteStore::open(&url, 64)
+            .await
+            .expect("opens and migrates");
+        let writer = Writer::open(&path).expect("the writer opens");
+        let mut tx = writer.begin().await.expect("begins");
+        for n in [1, 32, WORDS_PER_INSERT] {
+            for insert in ["INSERT", "INSERT OR REPLACE"] {
+                let chunk = (0..n)
+                    .map(|_| TaskWords {
+                        task: TaskId::from(Uuid::now_v7()),
+                        title: "a title".into(),
+                        description: "words".into(),
+                        new: true,
+                    })
+                    .collect();
+                let mut statement = words_insert(insert, chunk);
+                statement.sql =
+                    sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", statement.sql.as_str()))
+                        .into_sql_str();
+                let mut plan: Vec<String> = Vec::new();
+                statement
+                    .run(tx.conn(), |row| {
+                        plan.push(row.get(3).map_err(database)?);
+                        Ok(Flow::Next)
+                    })
+                    .expect("explains");
+                let by_id = plan
+                    .iter()
+                    .any(|l| l.starts_with("SEARCH t USING INDEX sqlite_autoindex_tasks_1 (id=?)"));
+                let walks = plan.iter().any(|l| {
+                    (l.starts_with("SCAN t") || l.starts_with("SEARCH t ")) && !l.contains("(id=?)")
+                });
+                assert!(
+                    by_id && !walks,
+                    "{insert}, {n} tasks: not found by id:\n  {}",
+                    plan.join("\n  ")
+                );
+            }
+        }
     }
 
     #[tokio::test]
