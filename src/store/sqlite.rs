@@ -200,8 +200,11 @@ super::sql::impl_tx!(
 );
 super::webhooks::impl_webhook_tx!(SqliteTx, "", sqlite_writer::api);
 
-/// How often the checkpointer moves what the WAL holds into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often the checkpointer moves what the WAL holds into the database file. Often and small:
+/// while a checkpoint syncs the database file the writer's appends to the WAL stall, for longer
+/// the more the checkpoint copied (one team paced at 4,500 creations/s: p99 16 and 124 ms every
+/// 100 ms, 54 and 75 ms every second, 6.8 and 5.9 ms every 25 ms).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
 /// Checkpoints the WAL every `CHECKPOINT_EVERY` from a connection of its own (on sqlx's thread),
 /// so that the writer's `COMMIT` seldom has to: a checkpoint copies pages and syncs the file, and
