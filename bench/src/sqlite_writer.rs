@@ -259,8 +259,7 @@ async fn create_through(store: &dyn Store, s: &Seeded, n: usize) -> Result<()> {
         .await?
         .context("the seeded team's slot")?;
     let t = task(s, n, slot.last_position.unwrap_or(0.0) + 1.0);
-    tx.insert_task(&t).await?;
-    tx.set_following(t.id, s.team, s.user, true, true).await?;
+    tx.insert_task(&t, Some(s.user)).await?;
     let draft = ActivityDraft::new(
         ActivityData::TaskCreated { task: t.clone() },
         s.user,

@@ -23,7 +23,8 @@ pub(super) struct TaskChange<'a> {
     pub task: &'a Task,
     pub kind: ActivityKind,
     pub happening: Happening,
-    /// Whether the actor did something that makes them follow (created, commented).
+    /// Whether the actor did something that makes them follow (commented; a creation writes
+    /// its creator's follow with the task instead).
     pub acted: bool,
     pub comment: Option<(CommentId, &'a str)>,
     /// The followers, when the caller had to read them earlier (before deleting the task).

@@ -383,11 +383,11 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     let (user, board, t) = team(&*store).await;
     let mut o = store.write_team(t.id).await.expect("O");
     let alpha = task(user, &board, "alpha");
-    o.insert_task(&alpha).await.expect("alpha");
+    o.insert_task(&alpha, None).await.expect("alpha");
     let mut joining = Joining::queue(&store, t.id, 2).await;
     let o_commit = tokio::spawn(o.commit());
     let mut a = joining.next().await;
-    a.insert_task(&task(user, &board, "bravo"))
+    a.insert_task(&task(user, &board, "bravo"), None)
         .await
         .expect("bravo");
     let mut renamed = alpha.clone();
@@ -401,10 +401,10 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     drop(a);
     let mut b = joining.next().await;
     let charlie = task(user, &board, "charlie");
-    b.insert_task(&charlie).await.expect("charlie");
+    b.insert_task(&charlie, None).await.expect("charlie");
     assert!(b.delete_task(charlie.id).await.expect("delete").is_some());
     let mut delta = task(user, &board, "delta");
-    b.insert_task(&delta).await.expect("delta");
+    b.insert_task(&delta, None).await.expect("delta");
     // Renamed in the same batch: the last words count.
     delta.title = "echo".into();
     delta.version = 2;

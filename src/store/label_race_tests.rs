@@ -66,7 +66,7 @@ async fn a_task_write_that_read_a_label_before_its_deletion_does_not_bring_it_ba
         .await
         .expect("board");
     setup.insert_label(&label).await.expect("label");
-    setup.insert_task(&task).await.expect("task");
+    setup.insert_task(&task, None).await.expect("task");
     setup.commit().await.expect("commits");
 
     // A title edit reads the task (with its label)...

@@ -239,7 +239,10 @@ pub trait Tx: WebhookTx + Send {
     async fn delete_board(&mut self, id: BoardId) -> Result<bool>;
 
     // tasks
-    async fn insert_task(&mut self, task: &Task) -> Result<()>;
+    /// Writes a new task; `follower`, if any, follows it from its creation (the row
+    /// `set_following(.., true, false)` would write), in the same statement on PostgreSQL: a
+    /// creation's round trip fewer.
+    async fn insert_task(&mut self, task: &Task, follower: Option<UserId>) -> Result<()>;
     /// The tasks imported into the team under any of `keys`, as (key, task).
     async fn imported_tasks(
         &mut self,

@@ -69,7 +69,7 @@ async fn store_with(url: &str, titles: &[&str]) -> (SqliteStore, TeamId, BoardId
     .await
     .expect("board");
     for t in &tasks {
-        tx.insert_task(t).await.expect("a task");
+        tx.insert_task(t, None).await.expect("a task");
     }
     tx.commit().await.expect("commits");
     (store, team, board, tasks)
@@ -97,7 +97,7 @@ async fn search_survives_renumbered_rowids() {
     // A new task, an edit and a delete keep the index right.
     let c = task(team, board, "gamma three");
     let mut tx = store.write().await.expect("begins");
-    tx.insert_task(&c).await.expect("c");
+    tx.insert_task(&c, None).await.expect("c");
     let renamed = Task {
         title: "alpha renamed".into(),
         version: 2,
@@ -111,7 +111,7 @@ async fn search_survives_renumbered_rowids() {
     // team's bare prefix (which would match every task of the team).
     let circled = task(team, board, "ⓐⓑⓒ कि");
     let mut tx = store.write().await.expect("begins");
-    tx.insert_task(&circled).await.expect("circled");
+    tx.insert_task(&circled, None).await.expect("circled");
     tx.commit().await.expect("commits");
     assert_eq!(found(&store, team, "ⓧ").await, Vec::<String>::new());
     assert_eq!(found(&store, team, "ⓐⓑ").await, ["ⓐⓑⓒ कि"]);

@@ -986,21 +986,27 @@ macro_rules! impl_tx {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn insert_task(&mut self, t: &Task) -> $crate::store::Result<()> {
+            async fn insert_task(&mut self, t: &Task, follower: Option<UserId>) -> $crate::store::Result<()> {
                 use $crate::store::task_query::Dialect;
                 // SQLite: the row with its search key (one above the highest); its words go to
-                // the search index under that key (`index_words`).
+                // the search index under that key (`index_words`). The follower's row after it:
+                // on PostgreSQL in the same statement (its foreign key is checked at the
+                // statement's end, when the task is there), on SQLite in the same call.
                 let sql = if $dialect == Dialect::Sqlite {
                     "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                      label_ids, priority_rank, search_key) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks))"
+                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks)); \
+                     INSERT INTO task_followers (task_id, user_id, team_id, following) \
+                     SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL"
                 } else {
-                    "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+                    "WITH task AS (INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
                      assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
                      label_ids, priority_rank) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)) \
+                     INSERT INTO task_followers (task_id, user_id, team_id, following) \
+                     SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL"
                 };
                 api::query(sql)
                     .bind(t.id)
@@ -1019,6 +1025,7 @@ macro_rules! impl_tx {
                     .bind(t.version)
                     .bind(label_ids_text(&t.label_ids))
                     .bind(t.priority.rank())
+                    .bind(follower)
                     .execute(self.exec())
                     .await?;
                 if $dialect == Dialect::Sqlite {

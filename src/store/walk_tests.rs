@@ -124,7 +124,7 @@ async fn seed(store: &dyn Store, rng: &mut Rng) -> Data {
                 version: 1,
                 label_ids,
             };
-            tx.insert_task(&t).await.expect("a task");
+            tx.insert_task(&t, None).await.expect("a task");
             tasks.push(t);
         }
         if n == 0 {
