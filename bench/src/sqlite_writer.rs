@@ -2,8 +2,8 @@
 //! same schema (the server's migrations, a fresh file each), to tell how much of its cost is the
 //! store's path around SQLite:
 //!
-//! - `store`: through the server's own store (`Store::write_team`, `task_slot`, `insert_task`,
-//!   `set_following`, `append`, `commit`: the calls the service makes), from `--concurrency`
+//! - `store`: through the server's own store (`Store::write_team`, `task_slot`, `insert_task`
+//!   with the creator's follow, `append`, `commit`: the calls the service makes), from `--concurrency`
 //!   tasks on a 2-worker runtime, so that the group commit forms its batches as in the server.
 //!   Until 796a08c every call was a hand-off to sqlx's connection thread and back; since, the
 //!   store's writer runs the statements where the member runs.

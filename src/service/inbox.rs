@@ -23,9 +23,11 @@ pub(super) struct TaskChange<'a> {
     pub task: &'a Task,
     pub kind: ActivityKind,
     pub happening: Happening,
-    /// Whether the actor did something that makes them follow (commented; a creation writes
-    /// its creator's follow with the task instead).
+    /// Whether the actor did something that makes them follow (created, commented).
     pub acted: bool,
+    /// A user whose follow is written already (a task's creator: with the task, by
+    /// `insert_task`): no row is written for them here.
+    pub followed: Option<UserId>,
     pub comment: Option<(CommentId, &'a str)>,
     /// The followers, when the caller had to read them earlier (before deleting the task).
     pub followers: Option<Followers>,
@@ -42,6 +44,7 @@ pub(super) async fn notify(tx: &mut dyn Tx, change: TaskChange<'_>) -> Result<Ve
         kind,
         mut happening,
         acted,
+        followed,
         comment,
         followers,
         at,
@@ -81,7 +84,7 @@ pub(super) async fn notify(tx: &mut dyn Tx, change: TaskChange<'_>) -> Result<Ve
             let involved = how == AutoFollow::Involved;
             let decided = followers.following.contains(&user)
                 || (involved && followers.unfollowed.contains(&user));
-            if known && decided {
+            if (known && decided) || followed == Some(user) {
                 continue;
             }
             tx.set_following(task.id, task.team_id, user, true, involved)

@@ -89,7 +89,8 @@ impl Services {
             label_ids,
         };
         // The creator follows what they create (they acted: `follows_after`); their row is
-        // written with the task's, one round trip instead of two on PostgreSQL.
+        // written with the task's, one round trip instead of two on PostgreSQL, and `notify`
+        // is told so.
         tx.insert_task(&task, Some(actor)).await?;
         let notified = notify(
             &mut *tx,
@@ -102,7 +103,8 @@ impl Services {
                     mentioned: mentions(&task.description),
                     to_followers: None,
                 },
-                acted: false,
+                acted: true,
+                followed: Some(actor),
                 comment: None,
                 followers: None,
                 at,
@@ -287,6 +289,7 @@ impl Services {
                     kind,
                     happening,
                     acted: false,
+                    followed: None,
                     comment: None,
                     followers: None,
                     at,
@@ -343,6 +346,7 @@ impl Services {
                     ..Happening::default()
                 },
                 acted: false,
+                followed: None,
                 comment: None,
                 followers: Some(followers),
                 at,
@@ -392,6 +396,7 @@ impl Services {
                     to_followers: Some(Reason::Commented),
                 },
                 acted: true,
+                followed: None,
                 comment: Some((comment.id, body)),
                 followers: None,
                 at: comment.created_at,
@@ -474,6 +479,7 @@ impl Services {
                             ..Happening::default()
                         },
                         acted: false,
+                        followed: None,
                         comment: Some((comment.id, body)),
                         followers: None,
                         at: now(),

@@ -29,7 +29,7 @@ use crate::domain::*;
 type BoxDynError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The WAL's length, in pages, past which the writer's own `COMMIT` checkpoints it (SQLite's
-/// default is 1,000). The store's checkpointer copies the WAL into the database every 100 ms,
+/// default is 1,000). The store's checkpointer copies the WAL into the database every 25 ms,
 /// but only the writer restarts the WAL from its start, and only when everything in it was
 /// copied; under a steady stream of commits that seldom happens, so the WAL grows to this
 /// length, where the writer's checkpoint (of the little the checkpointer has not copied yet)
