@@ -549,6 +549,51 @@ async fn postgres_a_member_holding_shared_rows_commits_its_batch_at_once() {
     on_postgres(64, a_member_holding_shared_rows_commits_its_batch_at_once).await;
 }
 
+/// Without the upkeep, the writer checkpoints the WAL by itself once it passes
+/// `WAL_BACKSTOP` pages (after a `COMMIT`, never in it), and the WAL then starts again from its
+/// beginning: the file stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_writer_checkpoints_the_wal_past_its_backstop() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("backstop.db");
+    let store = SqliteStore::open(&format!("sqlite://{}?mode=rwc", path.display()), 64)
+        .await
+        .expect("opens and migrates");
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let wal = dir.path().join("backstop.db-wal");
+    let frames = || size(&wal).saturating_sub(32) / (4096 + 24);
+    let backstop = u64::try_from(super::sqlite_writer::WAL_BACKSTOP).expect("positive");
+    let (user, board, t) = team(&store).await;
+    let before = size(&path);
+    let mut commits = 0;
+    // Past the backstop once, then as many commits again: without a checkpoint and a restart
+    // the WAL would hold twice the backstop's frames.
+    while commits < 12_000 && size(&path) == before {
+        let mut tx = store.write_team(t.id).await.expect("write");
+        append(&mut *tx, user, &board, &format!("renamed {commits}")).await;
+        tx.commit().await.expect("commit");
+        commits += 1;
+    }
+    assert!(
+        size(&path) > before,
+        "{commits} commits and no checkpoint; the WAL holds {} frames",
+        frames()
+    );
+    let at_checkpoint = commits;
+    for n in 0..at_checkpoint {
+        let mut tx = store.write_team(t.id).await.expect("write");
+        append(&mut *tx, user, &board, &format!("again {n}")).await;
+        tx.commit().await.expect("commit");
+        commits += 1;
+    }
+    assert!(
+        frames() < backstop + backstop / 2,
+        "the WAL grew to {} frames (backstop {backstop})",
+        frames()
+    );
+    assert_eq!(last_seq(&store, t.id).await, commits);
+}
+
 /// The WAL is checkpointed by the store's upkeep, off the write lane, not by the writer's
 /// `COMMIT` at SQLite's default of 1,000 pages: the database file takes the commits' pages only
 /// once the upkeep runs.
