@@ -427,6 +427,146 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     assert_eq!(found(&*store, t.id, "echo").await, ["echo"]);
 }
 
+/// Whether the task is there, and its creator follows it, read after the fact.
+async fn stored(store: &dyn Store, t: &Task) -> (bool, bool) {
+    let mut tx = store.read().await.expect("read");
+    let there = tx.task(t.id).await.expect("task").is_some();
+    let follows = tx.follows(t.id, t.created_by).await.expect("follows");
+    (there, follows)
+}
+
+/// On PostgreSQL a task's insert is held for the transaction's next statement (`PgTx::held`):
+/// whatever comes next must send it first. Read back in its own transaction, written by a
+/// `COMMIT` with nothing after it, sent before a second task's insert and written with the
+/// activities, and dropped with a transaction that is dropped. (SQLite writes at once: the
+/// same story holds.)
+async fn a_held_task_is_sent_by_whatever_comes_next(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+
+    let read_back = task(user, &board, "read back");
+    let mut tx = store.write_team(t.id).await.expect("write");
+    tx.insert_task(&read_back, Some(user))
+        .await
+        .expect("insert");
+    let found = tx.task(read_back.id).await.expect("read");
+    assert_eq!(found.map(|f| f.title), Some("read back".to_owned()));
+    assert!(tx.follows(read_back.id, user).await.expect("follows"));
+    tx.commit().await.expect("commit");
+    assert_eq!(stored(&*store, &read_back).await, (true, true));
+
+    let committed = task(user, &board, "committed");
+    let mut tx = store.write_team(t.id).await.expect("write");
+    tx.insert_task(&committed, Some(user))
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(stored(&*store, &committed).await, (true, true));
+
+    let (first, second) = (task(user, &board, "first"), task(user, &board, "second"));
+    let mut tx = store.write_team(t.id).await.expect("write");
+    tx.insert_task(&first, Some(user)).await.expect("first");
+    tx.insert_task(&second, None).await.expect("second");
+    let seq = append(&mut *tx, user, &board, "two tasks").await;
+    tx.commit().await.expect("commit");
+    assert_eq!(stored(&*store, &first).await, (true, true));
+    assert_eq!(stored(&*store, &second).await, (true, false));
+    assert_eq!(last_seq(&*store, t.id).await, seq);
+
+    let dropped = task(user, &board, "dropped");
+    let mut tx = store.write_team(t.id).await.expect("write");
+    tx.insert_task(&dropped, Some(user)).await.expect("insert");
+    drop(tx);
+    settle().await;
+    assert_eq!(stored(&*store, &dropped).await, (false, false));
+}
+
+/// A task whose insert the database refuses (its board does not exist) fails its member when
+/// it is sent (PostgreSQL: with the member's activities, SQLite: at once), and only that
+/// member: the members before and after it commit, the seqs stay gapless.
+async fn a_held_task_that_fails_fails_its_member_alone(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    let kept = task(user, &board, "kept");
+    a.insert_task(&kept, Some(user)).await.expect("kept");
+    assert_eq!(append(&mut *a, user, &board, "A").await, 1);
+    let mut joining = Joining::queue(&store, t.id, 2).await;
+    let a_commit = tokio::spawn(a.commit());
+
+    let mut b = joining.next().await;
+    let mut orphan = task(user, &board, "orphan");
+    orphan.board_id = BoardId::from(Uuid::now_v7());
+    let draft = ActivityDraft::new(
+        ActivityData::BoardUpdated {
+            board: board.clone(),
+        },
+        user,
+        OffsetDateTime::now_utc(),
+    );
+    let failed = match b.insert_task(&orphan, Some(user)).await {
+        Err(e) => Err(e),
+        Ok(()) => b.append(t.id, vec![draft]).await.map(|_| ()),
+    };
+    assert!(failed.is_err(), "a task on no board was written");
+    drop(b);
+
+    let mut c = joining.next().await;
+    assert_eq!(append(&mut *c, user, &board, "C").await, 2);
+    c.commit().await.expect("C commits");
+    a_commit
+        .await
+        .expect("A's commit ran")
+        .expect("A committed");
+    assert_eq!(stored(&*store, &kept).await, (true, true));
+    assert_eq!(stored(&*store, &orphan).await, (false, false));
+    assert_eq!(
+        logged_names(&*store, t.id).await,
+        [(1, "A".to_owned()), (2, "C".to_owned())]
+    );
+}
+
+/// What PostgreSQL saw last from the one transaction open on the scratch database.
+async fn last_statement(url: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connects");
+    let (query,): (String,) = sqlx::query_as(
+        "SELECT query FROM pg_stat_activity \
+         WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("one transaction open");
+    query
+}
+
+/// A creation's task goes to PostgreSQL inside its activities' statement: nothing is sent
+/// when it is inserted, and the statement that appends the activities inserts the task too.
+async fn a_creations_task_goes_out_with_its_activities(store: Arc<dyn Store>, url: String) {
+    let (user, board, t) = team(&*store).await;
+    let mut tx = store.write_team(t.id).await.expect("write");
+    let before = last_statement(&url).await;
+    assert!(!before.contains("INSERT INTO tasks"), "{before}");
+    let created = task(user, &board, "with its activities");
+    tx.insert_task(&created, Some(user)).await.expect("insert");
+    assert_eq!(last_statement(&url).await, before, "sent on its own");
+    let draft = ActivityDraft::new(
+        ActivityData::TaskCreated {
+            task: created.clone(),
+        },
+        user,
+        OffsetDateTime::now_utc(),
+    );
+    tx.append(t.id, vec![draft]).await.expect("append");
+    let with = last_statement(&url).await;
+    assert!(
+        with.starts_with("WITH task AS (INSERT INTO tasks")
+            && with.contains("INSERT INTO task_followers")
+            && with.contains("INSERT INTO activities"),
+        "{with}"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(stored(&*store, &created).await, (true, true));
+}
+
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!(
@@ -492,6 +632,15 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    on_postgres_at(max_batch, |store, _url| story(store)).await;
+}
+
+/// `on_postgres`, the story also given the scratch database's URL.
+async fn on_postgres_at<F, Fut>(max_batch: usize, story: F)
+where
+    F: FnOnce(Arc<dyn Store>, String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let Some(db) = super::scratch_tests::ScratchPg::create().await else {
         return;
     };
@@ -501,13 +650,40 @@ where
         let store = PgStore::open(&url, &PgOptions::pool(4), max_batch)
             .await
             .expect("opens and migrates");
-        story(Arc::new(store)).await;
+        story(Arc::new(store), url).await;
     })
     .await;
     db.drop_database().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_held_task_is_sent_by_whatever_comes_next() {
+    let (_dir, store) = sqlite(64).await;
+    a_held_task_is_sent_by_whatever_comes_next(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_held_task_is_sent_by_whatever_comes_next() {
+    on_postgres(64, a_held_task_is_sent_by_whatever_comes_next).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_held_task_that_fails_fails_its_member_alone() {
+    let (_dir, store) = sqlite(64).await;
+    a_held_task_that_fails_fails_its_member_alone(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_held_task_that_fails_fails_its_member_alone() {
+    on_postgres(64, a_held_task_that_fails_fails_its_member_alone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_creations_task_goes_out_with_its_activities() {
+    on_postgres_at(64, a_creations_task_goes_out_with_its_activities).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,12 +578,95 @@ pub(super) fn entries(
 /// Activities per multi-row INSERT (8 parameters each besides the team and the last seq).
 pub(super) const ACTIVITY_ROWS_PER_INSERT: usize = 200;
 
+/// A task's row and its follower's (if `$(base+17)` is not null) in one PostgreSQL statement,
+/// or the first two parts of a longer one (`tail`): the task's 17 values are `$(base+1)` to
+/// `$(base+17)` in `bind_task!`'s order. The follower row's foreign key is checked at the
+/// statement's end, when the task is there.
+pub(super) fn pg_task_insert(base: usize, tail: Option<&str>) -> String {
+    let p = |i: usize| format!("${}", base + i);
+    let task = format!(
+        "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+         assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
+         label_ids, priority_rank) VALUES ({})",
+        placeholders_from(base + 1, 16)
+    );
+    let follow = format!(
+        "INSERT INTO task_followers (task_id, user_id, team_id, following) \
+         SELECT {id}, {f}, {team}, TRUE WHERE {f} IS NOT NULL",
+        id = p(1),
+        team = p(2),
+        f = p(17),
+    );
+    match tail {
+        None => format!("WITH task AS ({task}) {follow}"),
+        Some(tail) => format!("WITH task AS ({task}), followed AS ({follow}), {tail}"),
+    }
+}
+
+/// A task's insert held back to go out with the transaction's next statement, so a creation
+/// costs PostgreSQL one round trip fewer (see `PgTx`).
+#[derive(Debug)]
+pub(super) struct HeldTask {
+    pub task: Task,
+    pub follower: Option<UserId>,
+}
+
+/// Holding a task's insert for the next statement: only `PgTx` does (every statement it sends
+/// sends a held task first, its `append` inside its own statement); the SQLite transactions
+/// write at once.
+#[async_trait::async_trait]
+pub(super) trait HoldTasks {
+    /// Holds the insert of `t` (true), or leaves it to the caller to write now (false).
+    fn hold_task(&mut self, _t: &Task, _follower: Option<UserId>) -> bool {
+        false
+    }
+
+    /// The held task, if any, for the caller to send in its statement.
+    fn take_held_task(&mut self) -> Option<HeldTask> {
+        None
+    }
+
+    /// Sends the held task, if any, on its own (before a `COMMIT`).
+    async fn send_held_task(&mut self) -> super::Result<()> {
+        Ok(())
+    }
+}
+
+/// Binds a task's values in the order of `pg_task_insert` (and of SQLite's insert).
+macro_rules! bind_task {
+    ($query:expr, $t:expr, $follower:expr) => {{
+        let t = $t;
+        $query
+            .bind(t.id)
+            .bind(t.team_id)
+            .bind(t.board_id)
+            .bind(&t.title)
+            .bind(&t.description)
+            .bind(t.status.as_str())
+            .bind(t.priority.as_str())
+            .bind(t.assignee_user_id)
+            .bind(t.due_date)
+            .bind(t.position)
+            .bind(t.created_by)
+            .bind(t.created_at)
+            .bind($crate::store::sql::StoredTime(t.updated_at))
+            .bind(t.version)
+            .bind($crate::store::sql::label_ids_text(&t.label_ids))
+            .bind(t.priority.rank())
+            .bind($follower)
+    }};
+}
+pub(super) use bind_task;
+
 /// An INSERT of `rows` activities of team `$1` with the upsert of the team's unpublished mark up
-/// to `$2` and (`set_seq`) the team's last seq set to `$2`: one call to the database.
+/// to `$2` and (`set_seq`) the team's last seq set to `$2`: one call to the database. On
+/// PostgreSQL, `with_task` puts a held task's insert (`PgTx::hold_task`) in front, its values
+/// after the activities' (`pg_task_insert`).
 pub(super) fn activities_insert(
     dialect: super::task_query::Dialect,
     rows: usize,
     set_seq: bool,
+    with_task: bool,
 ) -> String {
     let values = (0..rows)
         .map(|r| format!("($1, {})", placeholders_from(3 + 8 * r, 8)))
@@ -599,11 +682,17 @@ pub(super) fn activities_insert(
     match (dialect, set_seq) {
         (super::task_query::Dialect::Sqlite, false) => format!("{insert}; {upsert}"),
         (super::task_query::Dialect::Sqlite, true) => format!("{seq}; {insert}; {upsert}"),
-        (super::task_query::Dialect::Postgres, false) => {
-            format!("WITH logged AS ({insert}) {upsert}")
-        }
-        (super::task_query::Dialect::Postgres, true) => {
-            format!("WITH seq AS ({seq}), logged AS ({insert}) {upsert}")
+        (super::task_query::Dialect::Postgres, set_seq) => {
+            let tail = if set_seq {
+                format!("seq AS ({seq}), logged AS ({insert}) {upsert}")
+            } else {
+                format!("logged AS ({insert}) {upsert}")
+            };
+            if with_task {
+                pg_task_insert(2 + 8 * rows, Some(&tail))
+            } else {
+                format!("WITH {tail}")
+            }
         }
     }
 }
@@ -632,14 +721,16 @@ macro_rules! impl_tx {
 
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
-            async fn commit(self: Box<Self>) -> $crate::store::Result<()> {
+            async fn commit(mut self: Box<Self>) -> $crate::store::Result<()> {
+                self.send_held_task().await?;
                 self.tx.commit(None).await
             }
 
             async fn commit_then(
-                self: Box<Self>,
+                mut self: Box<Self>,
                 then: $crate::store::AfterCommit,
             ) -> $crate::store::Result<()> {
+                self.send_held_task().await?;
                 self.tx.commit(Some(then)).await
             }
 
@@ -988,46 +1079,28 @@ macro_rules! impl_tx {
 
             async fn insert_task(&mut self, t: &Task, follower: Option<UserId>) -> $crate::store::Result<()> {
                 use $crate::store::task_query::Dialect;
+                // PostgreSQL: a task without labels is held and goes out with the transaction's
+                // next statement (usually inside its activities': `PgTx::hold_task`).
+                if t.label_ids.is_empty() && self.hold_task(t, follower) {
+                    return Ok(());
+                }
                 // SQLite: the row with its search key (one above the highest); its words go to
                 // the search index under that key (`index_words`). The follower's row after it:
-                // on PostgreSQL in the same statement (its foreign key is checked at the
-                // statement's end, when the task is there), on SQLite in the same call.
-                let sql = if $dialect == Dialect::Sqlite {
-                    "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
-                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
-                     label_ids, priority_rank, search_key) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks)); \
-                     INSERT INTO task_followers (task_id, user_id, team_id, following) \
-                     SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL"
+                // on PostgreSQL in the same statement (`pg_task_insert`), on SQLite in the same
+                // call.
+                if $dialect == Dialect::Sqlite {
+                    let sql = "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
+                         assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
+                         label_ids, priority_rank, search_key) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                         (SELECT COALESCE(MAX(search_key), 0) + 1 FROM tasks)); \
+                         INSERT INTO task_followers (task_id, user_id, team_id, following) \
+                         SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL";
+                    bind_task!(api::query(sql), t, follower).execute(self.exec()).await?;
                 } else {
-                    "WITH task AS (INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
-                     assignee_user_id, due_date, position, created_by, created_at, updated_at, version, \
-                     label_ids, priority_rank) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)) \
-                     INSERT INTO task_followers (task_id, user_id, team_id, following) \
-                     SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL"
-                };
-                api::query(sql)
-                    .bind(t.id)
-                    .bind(t.team_id)
-                    .bind(t.board_id)
-                    .bind(&t.title)
-                    .bind(&t.description)
-                    .bind(t.status.as_str())
-                    .bind(t.priority.as_str())
-                    .bind(t.assignee_user_id)
-                    .bind(t.due_date)
-                    .bind(t.position)
-                    .bind(t.created_by)
-                    .bind(t.created_at)
-                    .bind(StoredTime(t.updated_at))
-                    .bind(t.version)
-                    .bind(label_ids_text(&t.label_ids))
-                    .bind(t.priority.rank())
-                    .bind(follower)
-                    .execute(self.exec())
-                    .await?;
+                    let sql = sqlx::AssertSqlSafe(pg_task_insert(0, None));
+                    bind_task!(api::query(sql), t, follower).execute(self.exec()).await?;
+                }
                 if $dialect == Dialect::Sqlite {
                     self.index_words(t, true).await?;
                 }
@@ -1540,11 +1613,14 @@ macro_rules! impl_tx {
                 // statements, PostgreSQL: one, the insert as a CTE). The mark tells the relay's
                 // scan which teams to read; the team row lock (held by now) orders the marks per team.
                 // (Each chunk of a long list sets the same mark.)
+                // A task held for this statement (PostgreSQL) goes in front of the first chunk.
+                let mut held = self.take_held_task();
                 for (chunk, ts) in entries
                     .chunks(ACTIVITY_ROWS_PER_INSERT)
                     .zip(stamps.chunks(ACTIVITY_ROWS_PER_INSERT))
                 {
-                    let sql = activities_insert($dialect, chunk.len(), known.is_some());
+                    let task = held.take();
+                    let sql = activities_insert($dialect, chunk.len(), known.is_some(), task.is_some());
                     let mut query = api::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
                     for (e, ts) in chunk.iter().zip(ts) {
                         query = query
@@ -1556,6 +1632,9 @@ macro_rules! impl_tx {
                             .bind(e.route.user_id)
                             .bind(*ts)
                             .bind(&*e.json);
+                    }
+                    if let Some(held) = &task {
+                        query = bind_task!(query, &held.task, held.follower);
                     }
                     query.execute(self.exec()).await?;
                 }

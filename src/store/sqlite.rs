@@ -81,6 +81,9 @@ impl SqliteTx {
     }
 }
 
+impl super::sql::HoldTasks for SqliteReadTx {}
+impl super::sql::HoldTasks for SqliteTx {}
+
 impl SqliteStore {
     /// Opens (creating it if missing) and migrates the database; at most `max_batch` write
     /// transactions are committed together.
