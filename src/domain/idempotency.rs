@@ -10,9 +10,10 @@ pub const KEY_LIFETIME: Duration = Duration::hours(24);
 
 /// A claim without an answer this old is taken as lost: a keyed request runs to its end even when
 /// its client goes away (`http::idempotency`), and none runs longer than the server's 30 s
-/// timeout, so only a process that died leaves one. A request lost after its change committed but
-/// before its answer was kept then runs twice: the one window this does not close (the answer is
-/// not written in the change's own transaction).
+/// timeout, so only a process that died leaves one. Such a claim is freed for a retry only if its
+/// request changed nothing: a change marks its key applied in its own transaction
+/// (`store::ApplyingKey`), and an applied claim without an answer is lost for good
+/// (`KeyClaim::AnswerLost`), never run again.
 pub const CLAIM_STALE_AFTER: Duration = Duration::seconds(60);
 
 /// The longest key accepted (a UUID is 36 characters).

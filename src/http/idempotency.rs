@@ -3,7 +3,9 @@
 //! (with `Idempotent-Replayed: true`), a key reused with another request 422, a key whose first
 //! request is still running 409. Requests without the header, or without a valid access token
 //! (the handler answers those), pass through untouched. A keyed request runs to its end in a task
-//! of its own; only a process that dies mid-request leaves its key claimed until it is stale.
+//! of its own; only a process that dies mid-request leaves its key claimed until it is stale. The
+//! request's changes mark the key applied as they commit (`Services::run_keyed`): a stale claim
+//! whose change committed is answered 409 `idempotency_answer_lost`, never run again.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -111,6 +113,15 @@ pub async fn idempotency(
             )
             .into_response();
         }
+        Ok((KeyClaim::AnswerLost, _)) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_answer_lost",
+                "the first request with this Idempotency-Key was applied, but the server \
+                 stopped before its answer was kept: read the resource instead of retrying",
+            )
+            .into_response();
+        }
         Ok((KeyClaim::Answered(answer), _)) => return replay(answer),
         Ok((KeyClaim::Claimed, at)) => at,
     };
@@ -150,7 +161,11 @@ struct Claim {
 
 /// Runs the request and keeps its answer (or frees the key when there is none to keep).
 async fn run_and_keep(claim: Claim, next: Next, req: Request) -> Response {
-    let response = next.run(req).await;
+    let response = claim
+        .state
+        .services
+        .run_keyed(claim.user, claim.key.clone(), claim.at, next.run(req))
+        .await;
     let keep = response.extensions().get::<NotKept>().is_none()
         && axum::body::HttpBody::size_hint(response.body())
             .upper()

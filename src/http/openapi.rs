@@ -73,7 +73,9 @@ fn add_idempotency_key(op: &mut Operation) {
              example): for 24 hours a retry with the same key and request gets the first answer \
              again (with `Idempotent-Replayed: true`), the same key with another request 422 \
              `idempotency_key_reused`, and while the first request runs 409 \
-             `idempotency_key_in_use`. Keys are per user.",
+             `idempotency_key_in_use`. Should the server die after the first request's change \
+             committed and before its answer was kept, a retry past 60 s is 409 \
+             `idempotency_answer_lost` (the change is never made twice). Keys are per user.",
         ))
         .schema(Some(
             ObjectBuilder::new()

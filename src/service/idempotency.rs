@@ -9,9 +9,27 @@ use time::OffsetDateTime;
 use super::{Result, Services, now};
 use crate::domain::UserId;
 use crate::domain::idempotency::{CLAIM_STALE_AFTER, KEY_LIFETIME, keeps};
-use crate::store::{KeyClaim, StoredAnswer};
+use crate::store::{APPLYING_KEY, ApplyingKey, KeyClaim, StoredAnswer};
 
 impl Services {
+    /// Runs a keyed request's work (`handle`) as holding the claim `user` took on `key` at
+    /// `claimed_at`: each write transaction it commits marks the key applied in that same
+    /// transaction (`store::ApplyingKey`).
+    pub async fn run_keyed<F: Future>(
+        &self,
+        user: UserId,
+        key: String,
+        claimed_at: OffsetDateTime,
+        handle: F,
+    ) -> F::Output {
+        let claim = ApplyingKey {
+            user,
+            key,
+            claimed_at,
+        };
+        APPLYING_KEY.scope(claim, handle).await
+    }
+
     /// Takes `key` for `user`'s request, or says what it holds; with the claim's time, which
     /// names the claim when its answer is kept or it is given up.
     pub async fn claim_idempotency_key(

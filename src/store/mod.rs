@@ -474,6 +474,31 @@ pub enum KeyClaim {
     Mismatch,
     /// The key's first request answered this.
     Answered(StoredAnswer),
+    /// The key's first request changed something (`applying_key`) but its answer was never
+    /// kept, and it is stale: its process died in between. Running it again would act twice.
+    AnswerLost,
+}
+
+/// The idempotency key a keyed request holds while its handler runs: every write transaction
+/// the request commits marks the key `applied` in that same transaction (the store's `commit`),
+/// so a crash between a change's commit and the keeping of its answer cannot make a retry
+/// change it again (`KeyClaim::AnswerLost`).
+#[derive(Debug, Clone)]
+pub struct ApplyingKey {
+    pub user: UserId,
+    pub key: String,
+    /// When the request claimed the key: names its claim.
+    pub claimed_at: OffsetDateTime,
+}
+
+tokio::task_local! {
+    /// Set around a keyed request's handler (`Services::run_keyed`); read by the store's commit.
+    pub static APPLYING_KEY: ApplyingKey;
+}
+
+/// The key the current task's request holds, if it holds one.
+pub(crate) fn applying_key() -> Option<ApplyingKey> {
+    APPLYING_KEY.try_with(Clone::clone).ok()
 }
 
 /// An answer kept for an idempotency key: status, the headers worth replaying, body.

@@ -53,6 +53,8 @@ pub struct PgTx {
     /// A task's insert not sent yet: whatever the transaction sends next sends it first (its
     /// `append` inside the activities' statement), and a transaction dropped before drops it.
     held: Option<HeldTask>,
+    /// A write transaction (not READ ONLY): its `COMMIT` may carry a keyed request's mark.
+    writes: bool,
 }
 
 impl PgStore {
@@ -168,6 +170,11 @@ impl PgTx {
     /// holds them, so batches of different teams never wait on each other in a cycle.
     fn holds_shared_rows(&mut self) {
         self.tx.holds_shared_rows();
+    }
+
+    /// Whether the transaction may write (`before_commit` marks a keyed request's key only then).
+    fn writes(&self) -> bool {
+        self.writes
     }
 
     /// SQLite only: PostgreSQL makes a task's words from its row (the generated `search`).
@@ -358,6 +365,7 @@ impl PgStore {
             tx: WriteTx::Alone(begin_tx(self.pool.clone(), statement, setting).await?),
             keep: self.keep,
             held: None,
+            writes: !statement.contains("READ ONLY"),
         })
     }
 }
@@ -426,6 +434,7 @@ impl Store for PgStore {
             tx: WriteTx::Batched(member),
             keep,
             held: None,
+            writes: true,
         }))
     }
 

@@ -719,10 +719,34 @@ macro_rules! impl_tx {
         // The query API of the driver: sqlx's, or the SQLite writer's.
         use $crate::store::$($api)::+ as api;
 
+        impl $tx {
+            /// What a transaction sends before its `COMMIT`: a held task (PostgreSQL), and in a
+            /// write transaction of a keyed request, the mark that the request's key is applied
+            /// (`store::ApplyingKey`), so the mark commits with the change or not at all.
+            async fn before_commit(&mut self) -> $crate::store::Result<()> {
+                self.send_held_task().await?;
+                if !self.writes() {
+                    return Ok(());
+                }
+                if let Some(k) = $crate::store::applying_key() {
+                    api::query(
+                        "UPDATE idempotency_keys SET applied = TRUE \
+                         WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
+                    )
+                    .bind(k.user)
+                    .bind(&k.key)
+                    .bind(StoredTime(k.claimed_at))
+                    .execute(self.exec())
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Tx for $tx {
             async fn commit(mut self: Box<Self>) -> $crate::store::Result<()> {
-                self.send_held_task().await?;
+                self.before_commit().await?;
                 self.tx.commit(None).await
             }
 
@@ -730,7 +754,7 @@ macro_rules! impl_tx {
                 mut self: Box<Self>,
                 then: $crate::store::AfterCommit,
             ) -> $crate::store::Result<()> {
-                self.send_held_task().await?;
+                self.before_commit().await?;
                 self.tx.commit(Some(then)).await
             }
 
@@ -1926,7 +1950,7 @@ macro_rules! impl_tx {
                 use $crate::store::{KeyClaim, StoredAnswer};
                 api::query(
                     "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
-                     AND (created_at < $3 OR (status IS NULL AND created_at < $4))",
+                     AND (created_at < $3 OR (status IS NULL AND NOT applied AND created_at < $4))",
                 )
                     .bind(user)
                     .bind(key)
@@ -1947,25 +1971,30 @@ macro_rules! impl_tx {
                 if taken.rows_affected() == 1 {
                     return Ok(KeyClaim::Claimed);
                 }
-                let row: Option<(Vec<u8>, Option<i32>, Option<String>, Option<Vec<u8>>)> = api::query_as(
-                    "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                // `lost`: applied, and stale without an answer (its process died after the commit).
+                let row: Option<(Vec<u8>, Option<i32>, Option<String>, Option<Vec<u8>>, i32)> = api::query_as(
+                    "SELECT fingerprint, status, headers, body, \
+                     CASE WHEN applied AND created_at < $3 THEN 1 ELSE 0 END \
+                     FROM idempotency_keys WHERE user_id = $1 AND key = $2",
                 )
                 .bind(user)
                 .bind(key)
+                .bind(StoredTime(stale))
                 .fetch_optional(self.exec())
                 .await?;
                 Ok(match row {
                     // Released between the insert and the read: as if still running.
                     None => KeyClaim::InProgress,
-                    Some((stored, _, _, _)) if stored != fingerprint => KeyClaim::Mismatch,
-                    Some((_, Some(status), headers, body)) => KeyClaim::Answered(StoredAnswer {
+                    Some((stored, ..)) if stored != fingerprint => KeyClaim::Mismatch,
+                    Some((_, Some(status), headers, body, _)) => KeyClaim::Answered(StoredAnswer {
                         status: u16::try_from(status).map_err(|_| {
                             $crate::store::StoreError::Corrupt(format!("idempotency status {status}"))
                         })?,
                         headers: headers.unwrap_or_default(),
                         body: body.unwrap_or_default(),
                     }),
-                    Some((_, None, _, _)) => KeyClaim::InProgress,
+                    Some((_, None, _, _, 1)) => KeyClaim::AnswerLost,
+                    Some((_, None, ..)) => KeyClaim::InProgress,
                 })
             }
 

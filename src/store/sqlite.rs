@@ -51,6 +51,11 @@ impl SqliteReadTx {
     /// Reads lock nothing (see `PgTx`).
     fn holds_shared_rows(&mut self) {}
 
+    /// A read transaction: nothing to mark before its end (see `PgTx::writes`).
+    fn writes(&self) -> bool {
+        false
+    }
+
     /// A read transaction writes no task, so it has no words to index: refused, as the
     /// read-only connection refuses every write.
     async fn index_words(&mut self, _t: &Task, _new: bool) -> Result<()> {
@@ -66,6 +71,11 @@ impl SqliteTx {
 
     /// One writer: no row locks, no lock cycles, nothing to do (see `PgTx`).
     fn holds_shared_rows(&mut self) {}
+
+    /// Every transaction on the writer writes (see `PgTx::writes`).
+    fn writes(&self) -> bool {
+        true
+    }
 
     /// The task's words go to the search index when the transaction commits, under the search
     /// key the task has then, after the members' statements (see `WriterTx`); `new`: the task

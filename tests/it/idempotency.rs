@@ -1,6 +1,7 @@
 //! `Idempotency-Key` on POST (docs/contract-extensions.md): a retry with the same key and request
 //! gets the first answer and changes nothing; the same key with another request is 422; keys are
-//! per user; racing retries create once; answers that come and go (409) are not kept.
+//! per user; racing retries create once; answers that come and go (409) are not kept; a change
+//! committed by a process that died before keeping its answer is never run again.
 
 use crate::common::*;
 use futures_util::future::join_all;
@@ -13,6 +14,7 @@ both_backends!(
     racing_retries_create_once,
     answers_that_come_and_go_are_not_kept,
     secrets_are_never_kept,
+    a_change_whose_answer_was_lost_is_not_run_again,
 );
 
 async fn post_keyed(api: &Api, tok: &str, path: &str, key: &str, body: &Value) -> Resp {
@@ -222,4 +224,94 @@ async fn secrets_are_never_kept(b: Backend) {
     let l2 = post_keyed(&api, tok, "/api/v1/auth/login", "login-1", &login).await;
     assert_eq!(l2.header("idempotent-replayed"), None);
     assert_ne!(l1.ok(200)["refreshToken"], l2.ok(200)["refreshToken"]);
+}
+
+/// A fresh access token from the (restarted) server.
+async fn login(srv: &TestServer, user: &AuthResponse) -> String {
+    srv.client().login(&user.user.email, PASSWORD).await.ok(200)["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// Moves every claim of the database `minutes` back in time, as if they had waited that long.
+async fn age_claims(srv: &TestServer, minutes: i64) {
+    let at = time::OffsetDateTime::now_utc() - time::Duration::minutes(minutes);
+    match srv.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&srv.db_url)
+                .await
+                .expect("open sqlite");
+            sqlx::query("UPDATE idempotency_keys SET created_at = $1")
+                .bind(taskforge::domain::model::timestamp::format(&at))
+                .execute(&pool)
+                .await
+                .expect("ages the claims");
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&srv.db_url)
+                .await
+                .expect("open postgres");
+            sqlx::query("UPDATE idempotency_keys SET created_at = $1")
+                .bind(at)
+                .execute(&pool)
+                .await
+                .expect("ages the claims");
+            pool.close().await;
+        }
+    }
+}
+
+/// The process dies right after a keyed creation commits (the test-only fault switch), before
+/// its answer is kept. The retry is told the first request is still running, and once the
+/// claim is stale (aged here instead of waited for) that the change was applied and its answer
+/// lost: never a second task.
+async fn a_change_whose_answer_was_lost_is_not_run_again(b: Backend) {
+    let mut srv = TestServer::process(b).await;
+    let api = srv.client();
+    let owner = api.new_user("Owner").await;
+    let team = api.create_team(owner.token(), "Crash").await;
+    let path = format!("/api/v1/teams/{}/tasks", team.id);
+    let body = json!({"title": "applied once"});
+    let key = Uuid::new_v4().to_string();
+
+    srv.set_env("TASKFORGE_FAULT", Some("crash-after-commit"));
+    srv.restart().await;
+    let token = login(&srv, &owner).await;
+    let crashed = reqwest::Client::new()
+        .post(format!("{}{}", srv.base, path))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", &key)
+        .body(serde_json::to_vec(&body).expect("json"))
+        .send()
+        .await;
+    assert!(
+        crashed.is_err(),
+        "the process must die before answering: {crashed:?}"
+    );
+    srv.set_env("TASKFORGE_FAULT", None);
+    srv.restart().await;
+    let api = srv.client();
+    let token = login(&srv, &owner).await;
+    let tok = &token;
+    assert_eq!(
+        task_count(&api, tok, team.id).await,
+        1,
+        "the change committed"
+    );
+
+    post_keyed(&api, tok, &path, &key, &body)
+        .await
+        .problem(409, "idempotency_key_in_use");
+    age_claims(&srv, 5).await;
+    post_keyed(&api, tok, &path, &key, &body)
+        .await
+        .problem(409, "idempotency_answer_lost");
+    assert_eq!(
+        task_count(&api, tok, team.id).await,
+        1,
+        "never a second task"
+    );
 }
