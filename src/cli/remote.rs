@@ -94,7 +94,8 @@ impl Remote {
     /// `POST /api/v1{path}` with a JSON body and an `Idempotency-Key`, as the saved user. A lost
     /// answer, a timeout, a 5xx, a 429 or a 409 `idempotency_key_in_use` (the first attempt still
     /// running) is retried with the same body and key, so it is applied once; with
-    /// `retry_conflict`, any 409 too (a racing import of the same row).
+    /// `retry_conflict`, any 409 too (a racing import of the same row), but never
+    /// `idempotency_answer_lost` (the first attempt was applied; its answer is gone for good).
     pub async fn post_keyed(
         &mut self,
         path: &str,
@@ -142,6 +143,7 @@ impl Remote {
             let passing = status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 || (status == reqwest::StatusCode::CONFLICT
+                    && problem["code"] != "idempotency_answer_lost"
                     && (retry_conflict || problem["code"] == "idempotency_key_in_use"));
             if passing && attempt < ATTEMPTS {
                 backoff(attempt).await;

@@ -166,19 +166,20 @@ async fn run_and_keep(claim: Claim, next: Next, req: Request) -> Response {
         .services
         .run_keyed(claim.user, claim.key.clone(), claim.at, next.run(req))
         .await;
-    let keep = response.extensions().get::<NotKept>().is_none()
+    let secret = response.extensions().get::<NotKept>().is_some();
+    let keep = !secret
         && axum::body::HttpBody::size_hint(response.body())
             .upper()
             .is_some_and(|n| n <= MAX_ANSWER_BYTES as u64);
     if !keep {
-        release(&claim).await;
+        release(&claim, secret).await;
         return response;
     }
     let (head, body) = response.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
         Ok(b) => b,
         Err(e) => {
-            release(&claim).await;
+            release(&claim, false).await;
             tracing::warn!(error = %e, "an idempotent answer could not be read");
             return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -218,11 +219,12 @@ async fn run_and_keep(claim: Claim, next: Next, req: Request) -> Response {
     Response::from_parts(head, Body::from(bytes))
 }
 
-async fn release(claim: &Claim) {
+/// Frees the key of a request whose answer is not kept (see `Services::release_idempotency_key`).
+async fn release(claim: &Claim, secret: bool) {
     if let Err(e) = claim
         .state
         .services
-        .release_idempotency_key(claim.user, &claim.key, &claim.fingerprint, claim.at)
+        .release_idempotency_key(claim.user, &claim.key, &claim.fingerprint, claim.at, secret)
         .await
     {
         tracing::warn!(error = %e, "freeing an idempotency key failed");

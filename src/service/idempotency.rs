@@ -69,23 +69,26 @@ impl Services {
             tx.finish_idempotency_key(user, key, fingerprint, at, answer)
                 .await?;
         } else {
-            tx.release_idempotency_key(user, key, fingerprint, at)
+            tx.release_idempotency_key(user, key, fingerprint, at, false)
                 .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Frees the claim of `key` taken at `at`: its request has no answer to keep.
+    /// Frees the claim of `key` taken at `at`: its request has no answer to keep. A request
+    /// that changed something keeps its claim (a retry must not act twice) unless `secret`:
+    /// its answer is one never kept, and the request runs as if it had no key.
     pub async fn release_idempotency_key(
         &self,
         user: UserId,
         key: &str,
         fingerprint: &[u8],
         at: OffsetDateTime,
+        secret: bool,
     ) -> Result<()> {
         let mut tx = self.store.write().await?;
-        tx.release_idempotency_key(user, key, fingerprint, at)
+        tx.release_idempotency_key(user, key, fingerprint, at, secret)
             .await?;
         tx.commit().await?;
         Ok(())

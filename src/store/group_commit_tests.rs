@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{PgOptions, PgStore, SqliteStore, Store, Tx};
+use super::{KeyClaim, PgOptions, PgStore, SqliteStore, Store, Tx};
 use crate::domain::activity::{ActivityData, ActivityDraft};
 use crate::domain::*;
 
@@ -528,43 +528,192 @@ async fn a_held_task_that_fails_fails_its_member_alone(store: Arc<dyn Store>) {
 async fn last_statement(url: &str) -> String {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await.expect("connects");
-    let (query,): (String,) = sqlx::query_as(
+    let open: Vec<(String,)> = sqlx::query_as(
         "SELECT query FROM pg_stat_activity \
          WHERE datname = current_database() AND state = 'idle in transaction'",
     )
-    .fetch_one(&mut conn)
+    .fetch_all(&mut conn)
     .await
-    .expect("one transaction open");
-    query
+    .expect("pg_stat_activity");
+    match <[_; 1]>::try_from(open) {
+        Ok([(query,)]) => query,
+        Err(open) => panic!("one transaction open, not {}: {open:?}", open.len()),
+    }
 }
 
-/// A creation's task goes to PostgreSQL inside its activities' statement: nothing is sent
-/// when it is inserted, and the statement that appends the activities inserts the task too.
+/// A creation's task goes to PostgreSQL inside its activities' statement, with its keyed
+/// request's mark: nothing is sent when the task is inserted, and the statement that appends
+/// the activities inserts the task and marks the key too.
 async fn a_creations_task_goes_out_with_its_activities(store: Arc<dyn Store>, url: String) {
     let (user, board, t) = team(&*store).await;
-    let mut tx = store.write_team(t.id).await.expect("write");
-    let before = last_statement(&url).await;
-    assert!(!before.contains("INSERT INTO tasks"), "{before}");
-    let created = task(user, &board, "with its activities");
-    tx.insert_task(&created, Some(user)).await.expect("insert");
-    assert_eq!(last_statement(&url).await, before, "sent on its own");
-    let draft = ActivityDraft::new(
-        ActivityData::TaskCreated {
-            task: created.clone(),
-        },
+    let claimed_at = claim(&*store, user, "creation").await;
+    let key = super::ApplyingKey {
         user,
-        OffsetDateTime::now_utc(),
-    );
-    tx.append(t.id, vec![draft]).await.expect("append");
-    let with = last_statement(&url).await;
+        key: "creation".into(),
+        claimed_at,
+    };
+    let created = task(user, &board, "with its activities");
+    let with = super::APPLYING_KEY
+        .scope(key, async {
+            let mut tx = store.write_team(t.id).await.expect("write");
+            let before = last_statement(&url).await;
+            assert!(!before.contains("INSERT INTO tasks"), "{before}");
+            tx.insert_task(&created, Some(user)).await.expect("insert");
+            assert_eq!(last_statement(&url).await, before, "sent on its own");
+            let draft = ActivityDraft::new(
+                ActivityData::TaskCreated {
+                    task: created.clone(),
+                },
+                user,
+                OffsetDateTime::now_utc(),
+            );
+            tx.append(t.id, vec![draft]).await.expect("append");
+            let with = last_statement(&url).await;
+            tx.commit().await.expect("commit");
+            with
+        })
+        .await;
+    // The key's mark too (a keyed request's), in the same statement.
     assert!(
         with.starts_with("WITH task AS (INSERT INTO tasks")
             && with.contains("INSERT INTO task_followers")
+            && with.contains("marked AS (UPDATE idempotency_keys")
             && with.contains("INSERT INTO activities"),
         "{with}"
     );
-    tx.commit().await.expect("commit");
     assert_eq!(stored(&*store, &created).await, (true, true));
+    assert_eq!(
+        claimed_when_stale(&*store, user, "creation").await,
+        KeyClaim::AnswerLost
+    );
+}
+
+/// What `user`'s `key` holds when claimed again, its claim taken as stale (`stale` in the
+/// future): a claim whose request changed nothing is freed and taken anew.
+async fn claimed_when_stale(store: &dyn Store, user: UserId, key: &str) -> KeyClaim {
+    let now = OffsetDateTime::now_utc();
+    let mut tx = store.write().await.expect("write");
+    let claim = tx
+        .claim_idempotency_key(
+            user,
+            key,
+            b"print",
+            now,
+            now - time::Duration::hours(24),
+            now + time::Duration::minutes(1),
+        )
+        .await
+        .expect("claim");
+    tx.commit().await.expect("commit");
+    claim
+}
+
+/// Claims `key` for `user`; returns the claim's time.
+async fn claim(store: &dyn Store, user: UserId, key: &str) -> OffsetDateTime {
+    let now = crate::domain::model::timestamp::truncate(OffsetDateTime::now_utc());
+    let mut tx = store.write().await.expect("write");
+    let claim = tx
+        .claim_idempotency_key(user, key, b"print", now, now, now)
+        .await
+        .expect("claim");
+    tx.commit().await.expect("commit");
+    assert_eq!(claim, KeyClaim::Claimed);
+    now
+}
+
+/// A keyed request's write transactions mark its key applied as they commit, in their own
+/// statements (PostgreSQL: inside the activities' statement when there is one, else before the
+/// `COMMIT`): a read, a write that is dropped and a write outside the request's scope leave the
+/// claim free once stale; a committed write with activities, and one without, make it lost.
+/// A release keeps an applied claim unless told the answer is a secret.
+async fn a_keyed_requests_writes_mark_its_key_applied(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    let applying = |key: &str, claimed_at| super::ApplyingKey {
+        user,
+        key: key.to_owned(),
+        claimed_at,
+    };
+
+    let at = claim(&*store, user, "untouched").await;
+    super::APPLYING_KEY
+        .scope(applying("untouched", at), async {
+            let mut read = store.read().await.expect("read");
+            read.last_seq(t.id).await.expect("read");
+            read.commit().await.expect("commit a read");
+            let mut dropped = store.write_team(t.id).await.expect("write");
+            append(&mut *dropped, user, &board, "dropped").await;
+            drop(dropped);
+        })
+        .await;
+    let mut outside = store.write_team(t.id).await.expect("write");
+    append(&mut *outside, user, &board, "outside").await;
+    outside.commit().await.expect("commit");
+    settle().await;
+    assert_eq!(
+        claimed_when_stale(&*store, user, "untouched").await,
+        KeyClaim::Claimed
+    );
+
+    let at = claim(&*store, user, "appended").await;
+    super::APPLYING_KEY
+        .scope(applying("appended", at), async {
+            let mut tx = store.write_team(t.id).await.expect("write");
+            tx.insert_task(&task(user, &board, "keyed"), Some(user))
+                .await
+                .expect("task");
+            append(&mut *tx, user, &board, "keyed").await;
+            tx.commit().await.expect("commit");
+        })
+        .await;
+    assert_eq!(
+        claimed_when_stale(&*store, user, "appended").await,
+        KeyClaim::AnswerLost
+    );
+
+    let at = claim(&*store, user, "plain").await;
+    super::APPLYING_KEY
+        .scope(applying("plain", at), async {
+            let mut tx = store.write().await.expect("write");
+            tx.set_display_name(user, "Renamed").await.expect("rename");
+            tx.commit().await.expect("commit");
+        })
+        .await;
+    assert_eq!(
+        claimed_when_stale(&*store, user, "plain").await,
+        KeyClaim::AnswerLost
+    );
+
+    for (secret, after) in [(false, KeyClaim::InProgress), (true, KeyClaim::Claimed)] {
+        let key = format!("released {secret}");
+        let at = claim(&*store, user, &key).await;
+        super::APPLYING_KEY
+            .scope(applying(&key, at), async {
+                let mut tx = store.write_team(t.id).await.expect("write");
+                append(&mut *tx, user, &board, "released").await;
+                tx.commit().await.expect("commit");
+            })
+            .await;
+        let mut tx = store.write().await.expect("write");
+        tx.release_idempotency_key(user, &key, b"print", at, secret)
+            .await
+            .expect("release");
+        tx.commit().await.expect("commit");
+        let now = OffsetDateTime::now_utc();
+        let mut tx = store.write().await.expect("write");
+        let again = tx
+            .claim_idempotency_key(
+                user,
+                &key,
+                b"print",
+                now,
+                now - time::Duration::hours(24),
+                at,
+            )
+            .await
+            .expect("claim");
+        tx.commit().await.expect("commit");
+        assert_eq!(again, after, "released, secret: {secret}");
+    }
 }
 
 async fn sqlite(max_batch: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -684,6 +833,17 @@ async fn postgres_a_held_task_that_fails_fails_its_member_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_creations_task_goes_out_with_its_activities() {
     on_postgres_at(64, a_creations_task_goes_out_with_its_activities).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_keyed_requests_writes_mark_its_key_applied() {
+    let (_dir, store) = sqlite(64).await;
+    a_keyed_requests_writes_mark_its_key_applied(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_keyed_requests_writes_mark_its_key_applied() {
+    on_postgres(64, a_keyed_requests_writes_mark_its_key_applied).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

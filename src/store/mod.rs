@@ -367,13 +367,17 @@ pub trait Tx: WebhookTx + Send {
         at: OffsetDateTime,
         answer: &StoredAnswer,
     ) -> Result<()>;
-    /// Gives up that claim: its request has no answer to keep (a retry runs again).
+    /// Gives up that claim, its request having no answer to keep, so that a retry runs again:
+    /// unless the request changed something (its claim is `applied`: a retry must not act
+    /// twice, and finds the key in use, then lost), or `even_applied` (an answer that must not
+    /// be kept, such as a secret: the request runs as if it had no key).
     async fn release_idempotency_key(
         &mut self,
         user: UserId,
         key: &str,
         fingerprint: &[u8],
         at: OffsetDateTime,
+        even_applied: bool,
     ) -> Result<()>;
     /// Deletes keys created before `before`; returns how many.
     async fn prune_idempotency_keys(&mut self, before: OffsetDateTime) -> Result<u64>;

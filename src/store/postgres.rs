@@ -29,7 +29,7 @@ use super::group_commit::{Lane, WriteTx};
 
 /// A transaction on a PostgreSQL connection.
 type PgTransaction = sqlx::Transaction<'static, Postgres>;
-use super::sql::{self, HeldTask, HoldTasks};
+use super::sql::{self, HeldTask, HeldWrites};
 use super::{PgOptions, Pooler, Result, Store, StoreError, Tx};
 use crate::domain::{TeamId, UserId};
 
@@ -55,6 +55,8 @@ pub struct PgTx {
     held: Option<HeldTask>,
     /// A write transaction (not READ ONLY): its `COMMIT` may carry a keyed request's mark.
     writes: bool,
+    /// The keyed request's mark went out with an `append` (see `HeldWrites::take_key_mark`).
+    key_marked: bool,
 }
 
 impl PgStore {
@@ -184,7 +186,7 @@ impl PgTx {
 }
 
 #[async_trait]
-impl HoldTasks for PgTx {
+impl HeldWrites for PgTx {
     fn hold_task(&mut self, t: &crate::domain::Task, follower: Option<UserId>) -> bool {
         // One at a time: a second insert goes out at once, sending the first before it.
         if self.held.is_some() {
@@ -202,10 +204,24 @@ impl HoldTasks for PgTx {
     }
 
     async fn send_held_task(&mut self) -> Result<()> {
-        if let Some(held) = self.held.take() {
+        if let Some(held) = &self.held {
             send_held(self.tx.conn(), self.keep, held).await?;
+            self.held = None;
         }
         Ok(())
+    }
+
+    fn take_key_mark(&mut self) -> Option<super::ApplyingKey> {
+        if !self.writes || self.key_marked {
+            return None;
+        }
+        let key = super::applying_key()?;
+        self.key_marked = true;
+        Some(key)
+    }
+
+    fn key_marked(&self) -> bool {
+        self.key_marked
     }
 }
 
@@ -213,10 +229,10 @@ impl HoldTasks for PgTx {
 async fn send_held(
     conn: &mut PgConnection,
     keep: bool,
-    held: HeldTask,
+    held: &HeldTask,
 ) -> std::result::Result<(), sqlx::Error> {
     let query = sql::bind_task!(
-        sqlx::query(sqlx::AssertSqlSafe(sql::pg_task_insert(0, None))),
+        sqlx::query(sqlx::AssertSqlSafe(sql::pg_task_insert())),
         &held.task,
         held.follower
     );
@@ -279,13 +295,14 @@ impl<'c> Executor<'c> for PgExec<'c> {
         let Some(held) = self.held.filter(|h| h.is_some()) else {
             return conn.fetch_many(Kept { inner: query, keep });
         };
-        // Taken when the stream first runs: a statement never started leaves it held.
+        // Let go only once sent: a statement never started, or cut short, leaves it held.
         Box::pin(
             futures_util::stream::once(async move {
-                if let Some(task) = held.take()
-                    && let Err(e) = send_held(&mut *conn, keep, task).await
-                {
-                    return futures_util::stream::once(async move { Err(e) }).boxed();
+                if let Some(task) = held.as_ref() {
+                    if let Err(e) = send_held(&mut *conn, keep, task).await {
+                        return futures_util::stream::once(async move { Err(e) }).boxed();
+                    }
+                    *held = None;
                 }
                 conn.fetch_many(Kept { inner: query, keep })
             })
@@ -307,8 +324,9 @@ impl<'c> Executor<'c> for PgExec<'c> {
             return conn.fetch_optional(Kept { inner: query, keep });
         };
         Box::pin(async move {
-            if let Some(task) = held.take() {
+            if let Some(task) = held.as_ref() {
                 send_held(&mut *conn, keep, task).await?;
+                *held = None;
             }
             conn.fetch_optional(Kept { inner: query, keep }).await
         })
@@ -366,6 +384,7 @@ impl PgStore {
             keep: self.keep,
             held: None,
             writes: !statement.contains("READ ONLY"),
+            key_marked: false,
         })
     }
 }
@@ -435,6 +454,7 @@ impl Store for PgStore {
             keep,
             held: None,
             writes: true,
+            key_marked: false,
         }))
     }
 

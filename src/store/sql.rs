@@ -578,11 +578,10 @@ pub(super) fn entries(
 /// Activities per multi-row INSERT (8 parameters each besides the team and the last seq).
 pub(super) const ACTIVITY_ROWS_PER_INSERT: usize = 200;
 
-/// A task's row and its follower's (if `$(base+17)` is not null) in one PostgreSQL statement,
-/// or the first two parts of a longer one (`tail`): the task's 17 values are `$(base+1)` to
-/// `$(base+17)` in `bind_task!`'s order. The follower row's foreign key is checked at the
-/// statement's end, when the task is there.
-pub(super) fn pg_task_insert(base: usize, tail: Option<&str>) -> String {
+/// A task's row and its follower's (if `$(base+17)` is not null), for one PostgreSQL statement:
+/// the task's 17 values are `$(base+1)` to `$(base+17)` in `bind_task!`'s order. The follower
+/// row's foreign key is checked at the statement's end, when the task is there.
+fn pg_task_parts(base: usize) -> (String, String) {
     let p = |i: usize| format!("${}", base + i);
     let task = format!(
         "INSERT INTO tasks (id, team_id, board_id, title, description, status, priority, \
@@ -597,11 +596,38 @@ pub(super) fn pg_task_insert(base: usize, tail: Option<&str>) -> String {
         team = p(2),
         f = p(17),
     );
-    match tail {
-        None => format!("WITH task AS ({task}) {follow}"),
-        Some(tail) => format!("WITH task AS ({task}), followed AS ({follow}), {tail}"),
-    }
+    (task, follow)
 }
+
+/// A task and its follower in one PostgreSQL statement (`pg_task_parts`, from `$1`).
+pub(super) fn pg_task_insert() -> String {
+    let (task, follow) = pg_task_parts(0);
+    format!("WITH task AS ({task}) {follow}")
+}
+
+/// Marks a keyed request's claim applied (`store::ApplyingKey`): user `$(base+1)`, key
+/// `$(base+2)`, claimed at `$(base+3)` (`bind_key_mark!`).
+pub(super) fn key_mark(base: usize) -> String {
+    format!(
+        "UPDATE idempotency_keys SET applied = TRUE \
+         WHERE user_id = ${} AND key = ${} AND created_at = ${} AND status IS NULL",
+        base + 1,
+        base + 2,
+        base + 3
+    )
+}
+
+/// Binds a key mark's values in the order of `key_mark`.
+macro_rules! bind_key_mark {
+    ($query:expr, $k:expr) => {{
+        let k = $k;
+        $query
+            .bind(k.user)
+            .bind(&k.key)
+            .bind($crate::store::sql::StoredTime(k.claimed_at))
+    }};
+}
+pub(super) use bind_key_mark;
 
 /// A task's insert held back to go out with the transaction's next statement, so a creation
 /// costs PostgreSQL one round trip fewer (see `PgTx`).
@@ -611,11 +637,12 @@ pub(super) struct HeldTask {
     pub follower: Option<UserId>,
 }
 
-/// Holding a task's insert for the next statement: only `PgTx` does (every statement it sends
-/// sends a held task first, its `append` inside its own statement); the SQLite transactions
-/// write at once.
+/// Writes that ride on a later statement instead of costing a round trip of their own: only
+/// `PgTx` has any (every statement it sends sends a held task first, and its `append` carries
+/// the held task and the keyed request's mark inside its own statement); the SQLite
+/// transactions run their statements in place.
 #[async_trait::async_trait]
-pub(super) trait HoldTasks {
+pub(super) trait HeldWrites {
     /// Holds the insert of `t` (true), or leaves it to the caller to write now (false).
     fn hold_task(&mut self, _t: &Task, _follower: Option<UserId>) -> bool {
         false
@@ -629,6 +656,17 @@ pub(super) trait HoldTasks {
     /// Sends the held task, if any, on its own (before a `COMMIT`).
     async fn send_held_task(&mut self) -> super::Result<()> {
         Ok(())
+    }
+
+    /// The keyed request's mark (`store::ApplyingKey`), once per write transaction, for the
+    /// caller to send in its statement.
+    fn take_key_mark(&mut self) -> Option<super::ApplyingKey> {
+        None
+    }
+
+    /// Whether the mark went out in an earlier statement.
+    fn key_marked(&self) -> bool {
+        false
     }
 }
 
@@ -660,13 +698,15 @@ pub(super) use bind_task;
 
 /// An INSERT of `rows` activities of team `$1` with the upsert of the team's unpublished mark up
 /// to `$2` and (`set_seq`) the team's last seq set to `$2`: one call to the database. On
-/// PostgreSQL, `with_task` puts a held task's insert (`PgTx::hold_task`) in front, its values
-/// after the activities' (`pg_task_insert`).
+/// PostgreSQL the statement may carry more, its values after the activities' in this order: a
+/// held task's insert (`with_task`, `pg_task_parts`: `PgTx::hold_task`) and a keyed request's
+/// mark (`with_mark`, `key_mark`).
 pub(super) fn activities_insert(
     dialect: super::task_query::Dialect,
     rows: usize,
     set_seq: bool,
     with_task: bool,
+    with_mark: bool,
 ) -> String {
     let values = (0..rows)
         .map(|r| format!("($1, {})", placeholders_from(3 + 8 * r, 8)))
@@ -679,20 +719,32 @@ pub(super) fn activities_insert(
     let upsert = "INSERT INTO team_unpublished (team_id, upto_seq) VALUES ($1, $2) \
                   ON CONFLICT (team_id) DO UPDATE SET upto_seq = excluded.upto_seq";
     let seq = "UPDATE teams SET last_seq = $2 WHERE id = $1";
-    match (dialect, set_seq) {
-        (super::task_query::Dialect::Sqlite, false) => format!("{insert}; {upsert}"),
-        (super::task_query::Dialect::Sqlite, true) => format!("{seq}; {insert}; {upsert}"),
-        (super::task_query::Dialect::Postgres, set_seq) => {
-            let tail = if set_seq {
-                format!("seq AS ({seq}), logged AS ({insert}) {upsert}")
+    match dialect {
+        super::task_query::Dialect::Sqlite => {
+            debug_assert!(!with_task && !with_mark, "SQLite holds nothing back");
+            if set_seq {
+                format!("{seq}; {insert}; {upsert}")
             } else {
-                format!("logged AS ({insert}) {upsert}")
-            };
-            if with_task {
-                pg_task_insert(2 + 8 * rows, Some(&tail))
-            } else {
-                format!("WITH {tail}")
+                format!("{insert}; {upsert}")
             }
+        }
+        super::task_query::Dialect::Postgres => {
+            let mut ctes = Vec::with_capacity(5);
+            let mut next = 2 + 8 * rows;
+            if with_task {
+                let (task, follow) = pg_task_parts(next);
+                ctes.push(format!("task AS ({task})"));
+                ctes.push(format!("followed AS ({follow})"));
+                next += 17;
+            }
+            if with_mark {
+                ctes.push(format!("marked AS ({})", key_mark(next)));
+            }
+            if set_seq {
+                ctes.push(format!("seq AS ({seq})"));
+            }
+            ctes.push(format!("logged AS ({insert})"));
+            format!("WITH {} {upsert}", ctes.join(", "))
         }
     }
 }
@@ -721,23 +773,18 @@ macro_rules! impl_tx {
 
         impl $tx {
             /// What a transaction sends before its `COMMIT`: a held task (PostgreSQL), and in a
-            /// write transaction of a keyed request, the mark that the request's key is applied
-            /// (`store::ApplyingKey`), so the mark commits with the change or not at all.
+            /// write transaction of a keyed request, unless its `append` carried it, the mark that
+            /// the request's key is applied (`store::ApplyingKey`): the mark commits with the
+            /// change or not at all.
             async fn before_commit(&mut self) -> $crate::store::Result<()> {
                 self.send_held_task().await?;
-                if !self.writes() {
+                if !self.writes() || self.key_marked() {
                     return Ok(());
                 }
                 if let Some(k) = $crate::store::applying_key() {
-                    api::query(
-                        "UPDATE idempotency_keys SET applied = TRUE \
-                         WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
-                    )
-                    .bind(k.user)
-                    .bind(&k.key)
-                    .bind(StoredTime(k.claimed_at))
-                    .execute(self.exec())
-                    .await?;
+                    bind_key_mark!(api::query(sqlx::AssertSqlSafe(key_mark(0))), &k)
+                        .execute(self.exec())
+                        .await?;
                 }
                 Ok(())
             }
@@ -1122,7 +1169,7 @@ macro_rules! impl_tx {
                          SELECT $1, $17, $2, TRUE WHERE $17 IS NOT NULL";
                     bind_task!(api::query(sql), t, follower).execute(self.exec()).await?;
                 } else {
-                    let sql = sqlx::AssertSqlSafe(pg_task_insert(0, None));
+                    let sql = sqlx::AssertSqlSafe(pg_task_insert());
                     bind_task!(api::query(sql), t, follower).execute(self.exec()).await?;
                 }
                 if $dialect == Dialect::Sqlite {
@@ -1637,14 +1684,22 @@ macro_rules! impl_tx {
                 // statements, PostgreSQL: one, the insert as a CTE). The mark tells the relay's
                 // scan which teams to read; the team row lock (held by now) orders the marks per team.
                 // (Each chunk of a long list sets the same mark.)
-                // A task held for this statement (PostgreSQL) goes in front of the first chunk.
+                // What rides on this statement (PostgreSQL: a held task, a keyed request's mark)
+                // goes with the first chunk.
                 let mut held = self.take_held_task();
+                let mut mark = self.take_key_mark();
                 for (chunk, ts) in entries
                     .chunks(ACTIVITY_ROWS_PER_INSERT)
                     .zip(stamps.chunks(ACTIVITY_ROWS_PER_INSERT))
                 {
-                    let task = held.take();
-                    let sql = activities_insert($dialect, chunk.len(), known.is_some(), task.is_some());
+                    let (task, key) = (held.take(), mark.take());
+                    let sql = activities_insert(
+                        $dialect,
+                        chunk.len(),
+                        known.is_some(),
+                        task.is_some(),
+                        key.is_some(),
+                    );
                     let mut query = api::query(sqlx::AssertSqlSafe(sql)).bind(team).bind(last);
                     for (e, ts) in chunk.iter().zip(ts) {
                         query = query
@@ -1659,6 +1714,9 @@ macro_rules! impl_tx {
                     }
                     if let Some(held) = &task {
                         query = bind_task!(query, &held.task, held.follower);
+                    }
+                    if let Some(key) = &key {
+                        query = bind_key_mark!(query, key);
                     }
                     query.execute(self.exec()).await?;
                 }
@@ -2029,11 +2087,15 @@ macro_rules! impl_tx {
                 key: &str,
                 fingerprint: &[u8],
                 at: OffsetDateTime,
+                even_applied: bool,
             ) -> $crate::store::Result<()> {
-                api::query(
+                api::query(if even_applied {
                     "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
-                     AND status IS NULL AND fingerprint = $3 AND created_at = $4",
-                )
+                     AND status IS NULL AND fingerprint = $3 AND created_at = $4"
+                } else {
+                    "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
+                     AND status IS NULL AND fingerprint = $3 AND created_at = $4 AND NOT applied"
+                })
                 .bind(user)
                 .bind(key)
                 .bind(fingerprint)

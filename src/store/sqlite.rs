@@ -91,8 +91,8 @@ impl SqliteTx {
     }
 }
 
-impl super::sql::HoldTasks for SqliteReadTx {}
-impl super::sql::HoldTasks for SqliteTx {}
+impl super::sql::HeldWrites for SqliteReadTx {}
+impl super::sql::HeldWrites for SqliteTx {}
 
 impl SqliteStore {
     /// Opens (creating it if missing) and migrates the database; at most `max_batch` write
