@@ -13,7 +13,9 @@
 //! what a batch costs: a member's `RELEASE` is sent with the next member's `SAVEPOINT`, and the
 //! batch remembers the last seq of each team its members appended to, so a member sets the seq
 //! row with its activities instead of reading it first (forgotten whenever a member is rolled
-//! back).
+//! back); and a run of task creations reads what a creation needs (the role, the board, the
+//! column's end) once, not once per member (`KnownSlots`: forgotten before any member that does
+//! not follow a committed creation).
 //!
 //! A member whose statement failed must be dropped, not committed: on PostgreSQL the failure
 //! aborts the whole transaction, and the batch's `COMMIT` would then roll back every member
@@ -44,8 +46,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
-use super::{Result, StoreError};
-use crate::domain::TeamId;
+use super::{Result, StoreError, TaskSlot};
+use crate::domain::{BoardId, Role, Task, TaskStatus, TeamId, UserId};
 
 /// The statements a batch runs on a sqlx connection besides the members' own.
 #[async_trait]
@@ -182,6 +184,71 @@ struct Batch<T: BatchTx> {
     last_seqs: HashMap<TeamId, i64>,
     /// A member that handed the batch on has queued its flush: the later ones need not.
     flush_queued: bool,
+    /// What the batch's creations read of their columns (see `WriteTx::known_slot`).
+    slots: KnownSlots,
+    /// The member holding the lane created a task and nothing else that `slots` depends on
+    /// (see `WriteTx::created_task`): the next member may use them.
+    member_created: bool,
+}
+
+/// What creating a task needs (`Tx::task_slot`: the caller's role, the board, the column's
+/// last position), as the batch's transaction holds it. Only creations keep it from one member
+/// to the next: every member but one that follows a committed creation starts without it, so
+/// what it holds cannot have been changed since it was read, except by the creations after it,
+/// whose positions it takes in. A run of creations then reads its column once, not once per
+/// member (PostgreSQL: a round trip on the team's lane each).
+#[derive(Default)]
+struct KnownSlots {
+    roles: HashMap<(TeamId, UserId), Role>,
+    /// The board a creation names (None: the team's default), as found: None when it is not
+    /// one of the team's.
+    boards: HashMap<(TeamId, Option<BoardId>), Option<BoardId>>,
+    /// The last position of each column (board and status) read, None when it is empty.
+    ends: HashMap<(BoardId, TaskStatus), Option<f64>>,
+}
+
+impl KnownSlots {
+    fn get(
+        &self,
+        team: TeamId,
+        user: UserId,
+        board: Option<BoardId>,
+        status: TaskStatus,
+    ) -> Option<TaskSlot> {
+        let role = *self.roles.get(&(team, user))?;
+        let board_id = *self.boards.get(&(team, board))?;
+        let last_position = match board_id {
+            Some(b) => *self.ends.get(&(b, status))?,
+            None => None,
+        };
+        Some(TaskSlot {
+            role,
+            board_id,
+            last_position,
+        })
+    }
+
+    fn learn(
+        &mut self,
+        team: TeamId,
+        user: UserId,
+        board: Option<BoardId>,
+        status: TaskStatus,
+        slot: &TaskSlot,
+    ) {
+        self.roles.insert((team, user), slot.role);
+        self.boards.insert((team, board), slot.board_id);
+        if let Some(b) = slot.board_id {
+            self.ends.insert((b, status), slot.last_position);
+        }
+    }
+
+    /// `task` was written: its column ends at its position now, if not further.
+    fn take_in(&mut self, task: &Task) {
+        if let Some(end) = self.ends.get_mut(&(task.board_id, task.status)) {
+            *end = Some(end.map_or(task.position, |e| e.max(task.position)));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +357,10 @@ impl<T: BatchTx> Lane<T> {
                     }
                     batch.tx.savepoint_opened();
                     batch.left = Left::Nothing;
+                    // Kept only after a committed creation (see `KnownSlots`).
+                    if !std::mem::take(&mut batch.member_created) {
+                        batch.slots = KnownSlots::default();
+                    }
                 }
                 Err(e) => fail(&mut slot, &StoreError::from(e)),
             }
@@ -304,6 +375,8 @@ impl<T: BatchTx> Lane<T> {
                     left: Left::Nothing,
                     last_seqs: last_seq.into_iter().collect(),
                     flush_queued: false,
+                    slots: KnownSlots::default(),
+                    member_created: false,
                 });
                 false
             }
@@ -476,8 +549,10 @@ impl<T: BatchTx> Drop for Member<T> {
         } else {
             Left::Everything
         };
-        // Its rollback may undo seqs it took.
+        // Its rollback may undo seqs it took, and tasks it wrote.
         batch.last_seqs.clear();
+        batch.slots = KnownSlots::default();
+        batch.member_created = false;
         let id = batch.id;
         drop(slot);
         // Outside a runtime (its shutdown) nothing can run: the transaction is dropped with the
@@ -544,6 +619,47 @@ impl<T: BatchTx> WriteTx<T> {
                 Some(seq) => seqs.insert(team, seq),
                 None => seqs.remove(&team),
             };
+        }
+    }
+
+    /// What creating a task needs, if the batch knows it: an earlier member read it and every
+    /// member since was a creation that committed (see `KnownSlots`). `None` outside a batch.
+    pub(super) fn known_slot(
+        &mut self,
+        team: TeamId,
+        user: UserId,
+        board: Option<BoardId>,
+        status: TaskStatus,
+    ) -> Option<TaskSlot> {
+        match self {
+            Self::Alone(_) => None,
+            Self::Batched(m) => m.batch().slots.get(team, user, board, status),
+        }
+    }
+
+    /// Records what `Tx::task_slot` read, for the creations after this member.
+    pub(super) fn learn_slot(
+        &mut self,
+        team: TeamId,
+        user: UserId,
+        board: Option<BoardId>,
+        status: TaskStatus,
+        slot: &TaskSlot,
+    ) {
+        if let Self::Batched(m) = self {
+            m.batch().slots.learn(team, user, board, status, slot);
+        }
+    }
+
+    /// The member wrote `task`, a creation: what the batch knows of the columns stays good for
+    /// the next member, `task` taken in. Only a member that writes nothing else that a slot
+    /// depends on (memberships, boards, other tasks' columns or positions) may say so: the
+    /// service's task creation.
+    pub(super) fn created_task(&mut self, task: &Task) {
+        if let Self::Batched(m) = self {
+            let batch = m.batch();
+            batch.slots.take_in(task);
+            batch.member_created = true;
         }
     }
 

@@ -588,6 +588,126 @@ async fn a_creations_task_goes_out_with_its_activities(store: Arc<dyn Store>, ur
     );
 }
 
+/// `user` joins `team` as `role`, committed.
+async fn join(store: &dyn Store, team: TeamId, user: UserId, role: Role) {
+    let mut tx = store.write().await.expect("write");
+    tx.insert_member(team, user, role, OffsetDateTime::now_utc())
+        .await
+        .expect("member");
+    tx.commit().await.expect("commit");
+}
+
+/// What `user` creating a task on the team's default board, in the default status, is told.
+async fn slot(tx: &mut dyn Tx, team: TeamId, user: UserId) -> super::TaskSlot {
+    tx.task_slot(team, user, None, TaskStatus::default())
+        .await
+        .expect("slot")
+        .expect("a member")
+}
+
+/// A creation as the service writes one: the task, then its activity.
+async fn create(tx: &mut dyn Tx, user: UserId, board: &Board, title: &str, position: f64) -> Task {
+    let mut created = task(user, board, title);
+    created.position = position;
+    tx.insert_task(&created, Some(user)).await.expect("insert");
+    let draft = ActivityDraft::new(
+        ActivityData::TaskCreated {
+            task: created.clone(),
+        },
+        user,
+        OffsetDateTime::now_utc(),
+    );
+    tx.append(board.team_id, vec![draft]).await.expect("append");
+    created
+}
+
+/// A batch's members read what a creation needs (role, board, the column's end) as their
+/// transaction holds it, though a run of creations reads it once: after a creation the next
+/// member knows the column ends at that task; after a member that moved a task, one that was
+/// dropped, and one that changed the creator's role, it reads again and finds what they left.
+async fn a_batch_knows_its_columns_only_after_its_creations(store: Arc<dyn Store>) {
+    let (user, board, t) = team(&*store).await;
+    join(&*store, t.id, user, Role::Member).await;
+
+    let mut a = store.write_team(t.id).await.expect("A");
+    let opened = slot(&mut *a, t.id, user).await;
+    assert_eq!(
+        (opened.role, opened.board_id, opened.last_position),
+        (Role::Member, Some(board.id), None)
+    );
+    let first = create(&mut *a, user, &board, "first", 10.0).await;
+    let mut joining = Joining::queue(&store, t.id, 5).await;
+    let mut commits = vec![tokio::spawn(a.commit())];
+
+    // After a creation: the column ends at its task.
+    let mut b = joining.next().await;
+    assert_eq!(slot(&mut *b, t.id, user).await.last_position, Some(10.0));
+    create(&mut *b, user, &board, "second", 20.0).await;
+    commits.push(tokio::spawn(b.commit()));
+
+    // Not a creation: moves the first task to the end of the column.
+    let mut c = joining.next().await;
+    let mut moved = first.clone();
+    moved.position = 50.0;
+    moved.version = 2;
+    c.update_task(&moved).await.expect("moved");
+    commits.push(tokio::spawn(c.commit()));
+
+    // Reads the move, then creates a task and is dropped.
+    let mut d = joining.next().await;
+    assert_eq!(slot(&mut *d, t.id, user).await.last_position, Some(50.0));
+    create(&mut *d, user, &board, "dropped", 90.0).await;
+    drop(d);
+
+    // The dropped task is not in the column; this member changes the creator's role.
+    let mut e = joining.next().await;
+    assert_eq!(slot(&mut *e, t.id, user).await.last_position, Some(50.0));
+    assert!(
+        e.set_role(t.id, user, Role::Member, Role::Viewer)
+            .await
+            .expect("role")
+    );
+    commits.push(tokio::spawn(e.commit()));
+
+    let mut f = joining.next().await;
+    let after = slot(&mut *f, t.id, user).await;
+    assert_eq!(
+        (after.role, after.last_position),
+        (Role::Viewer, Some(50.0))
+    );
+    f.commit().await.expect("F commits");
+    for c in commits {
+        c.await.expect("ran").expect("committed");
+    }
+    assert_eq!(last_seq(&*store, t.id).await, 2);
+}
+
+/// On PostgreSQL the member after a creation sends nothing for its slot: the last statement
+/// PostgreSQL saw is still its savepoint.
+async fn a_run_of_creations_reads_its_column_once(store: Arc<dyn Store>, url: String) {
+    let (user, board, t) = team(&*store).await;
+    join(&*store, t.id, user, Role::Member).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    slot(&mut *a, t.id, user).await;
+    create(&mut *a, user, &board, "first", 1.0).await;
+    let mut joining = Joining::queue(&store, t.id, 1).await;
+    let a_commit = tokio::spawn(a.commit());
+
+    let mut b = joining.next().await;
+    let before = last_statement(&url).await;
+    assert!(before.contains("SAVEPOINT batch_member"), "{before}");
+    assert_eq!(slot(&mut *b, t.id, user).await.last_position, Some(1.0));
+    assert_eq!(
+        last_statement(&url).await,
+        before,
+        "the slot was read again"
+    );
+    create(&mut *b, user, &board, "second", 2.0).await;
+    b.commit().await.expect("B commits");
+    a_commit.await.expect("ran").expect("A committed");
+    assert_eq!(last_seq(&*store, t.id).await, 2);
+}
+
 /// What `user`'s `key` holds when claimed again, its claim taken as stale (`stale` in the
 /// future): a claim whose request changed nothing is freed and taken anew.
 async fn claimed_when_stale(store: &dyn Store, user: UserId, key: &str) -> KeyClaim {
@@ -833,6 +953,22 @@ async fn postgres_a_held_task_that_fails_fails_its_member_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_creations_task_goes_out_with_its_activities() {
     on_postgres_at(64, a_creations_task_goes_out_with_its_activities).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_batch_knows_its_columns_only_after_its_creations() {
+    let (_dir, store) = sqlite(64).await;
+    a_batch_knows_its_columns_only_after_its_creations(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_knows_its_columns_only_after_its_creations() {
+    on_postgres(64, a_batch_knows_its_columns_only_after_its_creations).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_run_of_creations_reads_its_column_once() {
+    on_postgres_at(64, a_run_of_creations_reads_its_column_once).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,7 +241,10 @@ pub trait Tx: WebhookTx + Send {
     // tasks
     /// Writes a new task; `follower`, if any, follows it from its creation (the row
     /// `set_following(.., true, false)` would write), in the same statement on PostgreSQL: a
-    /// creation's round trip fewer.
+    /// creation's round trip fewer. A transaction that inserts a task is a creation: besides
+    /// the task's own rows (its labels, followers, activities, notifications) it must write
+    /// nothing that a `task_slot` reads (memberships, boards, other tasks' columns or positions),
+    /// for the next member of its batch may take its slots as they were (`WriteTx::created_task`).
     async fn insert_task(&mut self, task: &Task, follower: Option<UserId>) -> Result<()>;
     /// The tasks imported into the team under any of `keys`, as (key, task).
     async fn imported_tasks(
@@ -289,7 +292,8 @@ pub trait Tx: WebhookTx + Send {
     async fn delete_task(&mut self, id: TaskId) -> Result<Option<Task>>;
     /// What creating a task needs, in one read: the caller's role, the board (`board` if it is
     /// one of the team's, else the team's default board when `board` is None), and the last
-    /// position in that column. None if the caller is not a member.
+    /// position in that column. None if the caller is not a member. In a batch, read once for a
+    /// run of creations (`WriteTx::known_slot`).
     async fn task_slot(
         &mut self,
         team: TeamId,

@@ -1152,7 +1152,10 @@ macro_rules! impl_tx {
                 use $crate::store::task_query::Dialect;
                 // PostgreSQL: a task without labels is held and goes out with the transaction's
                 // next statement (usually inside its activities': `PgTx::hold_task`).
+                // Written (or held: should it fail, so does the member, which the batch then
+                // forgets), the batch's creations after it know the column's end.
                 if t.label_ids.is_empty() && self.hold_task(t, follower) {
+                    self.tx.created_task(t);
                     return Ok(());
                 }
                 // SQLite: the row with its search key (one above the highest); its words go to
@@ -1175,10 +1178,11 @@ macro_rules! impl_tx {
                 if $dialect == Dialect::Sqlite {
                     self.index_words(t, true).await?;
                 }
-                if t.label_ids.is_empty() {
-                    return Ok(());
+                if !t.label_ids.is_empty() {
+                    self.set_task_labels(t.id, &t.label_ids).await?;
                 }
-                self.set_task_labels(t.id, &t.label_ids).await
+                self.tx.created_task(t);
+                Ok(())
             }
 
             async fn imported_tasks(&mut self, team: TeamId, keys: &[&str]) -> $crate::store::Result<Vec<(String, TaskId)>> {
@@ -1568,6 +1572,10 @@ macro_rules! impl_tx {
                 board: Option<BoardId>,
                 status: TaskStatus,
             ) -> $crate::store::Result<Option<$crate::store::TaskSlot>> {
+                // A run of creations in a batch reads it once (`WriteTx::known_slot`).
+                if let Some(known) = self.tx.known_slot(team, user, board, status) {
+                    return Ok(Some(known));
+                }
                 let row: Option<(String, Option<BoardId>, Option<f64>)> = api::query_as(
                     "SELECT m.role, \
                        (SELECT b.id FROM boards b WHERE b.id = COALESCE($3, t.default_board_id) AND b.team_id = t.id), \
@@ -1583,10 +1591,15 @@ macro_rules! impl_tx {
                 .bind(status.as_str())
                 .fetch_optional(self.exec())
                 .await?;
-                row.map(|(r, board_id, last_position)| {
-                    Ok($crate::store::TaskSlot { role: role(&r)?, board_id, last_position })
-                })
-                .transpose()
+                let slot = row
+                    .map(|(r, board_id, last_position)| {
+                        Ok::<_, $crate::store::StoreError>($crate::store::TaskSlot { role: role(&r)?, board_id, last_position })
+                    })
+                    .transpose()?;
+                if let Some(slot) = &slot {
+                    self.tx.learn_slot(team, user, board, status, slot);
+                }
+                Ok(slot)
             }
 
             async fn insert_comment(&mut self, c: &Comment) -> $crate::store::Result<()> {

@@ -356,13 +356,18 @@ async fn expired_refresh_sessions_are_purged(b: Backend) {
             .await
             .expect("insert token");
     });
-    assert_eq!(
-        db.count(
+    // The server's two families (registration, login) may already be gone here: the logged-out
+    // one is purged at the next pass (200 ms), the other a second after it was issued, and a
+    // loaded machine can take that long to get here. What must hold is the end state below.
+    let families_now = db
+        .count(
             "SELECT COUNT(*) FROM refresh_families WHERE user_id = $1",
-            u.user.id
+            u.user.id,
         )
-        .await,
-        3
+        .await;
+    assert!(
+        (1..=3).contains(&families_now),
+        "the kept family plus at most the server's two: {families_now}"
     );
 
     let tokens = "SELECT COUNT(*) FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
