@@ -652,14 +652,25 @@ impl<T: BatchTx> WriteTx<T> {
     }
 
     /// The member wrote `task`, a creation: what the batch knows of the columns stays good for
-    /// the next member, `task` taken in. Only a member that writes nothing else that a slot
-    /// depends on (memberships, boards, other tasks' columns or positions) may say so: the
-    /// service's task creation.
+    /// the next member, `task` taken in, unless the member then writes something else a slot
+    /// depends on (`slots_changed`).
     pub(super) fn created_task(&mut self, task: &Task) {
         if let Self::Batched(m) = self {
             let batch = m.batch();
             batch.slots.take_in(task);
             batch.member_created = true;
+        }
+    }
+
+    /// The member wrote something a slot depends on (a membership, a board, a task's column or
+    /// position, imported tasks): the batch forgets what it knows of the columns, and this
+    /// member no longer counts as a creation. Called by every such write of the store, so a
+    /// member that creates a task and then changes something else still makes the next read.
+    pub(super) fn slots_changed(&mut self) {
+        if let Self::Batched(m) = self {
+            let batch = m.batch();
+            batch.slots = KnownSlots::default();
+            batch.member_created = false;
         }
     }
 

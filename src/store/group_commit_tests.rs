@@ -623,8 +623,9 @@ async fn create(tx: &mut dyn Tx, user: UserId, board: &Board, title: &str, posit
 
 /// A batch's members read what a creation needs (role, board, the column's end) as their
 /// transaction holds it, though a run of creations reads it once: after a creation the next
-/// member knows the column ends at that task; after a member that moved a task, one that was
-/// dropped, and one that changed the creator's role, it reads again and finds what they left.
+/// member knows the column ends at that task; after a member that moved a task (a creation
+/// too), one that was dropped, and one that changed the creator's role, it reads again and
+/// finds what they left.
 async fn a_batch_knows_its_columns_only_after_its_creations(store: Arc<dyn Store>) {
     let (user, board, t) = team(&*store).await;
     join(&*store, t.id, user, Role::Member).await;
@@ -645,8 +646,10 @@ async fn a_batch_knows_its_columns_only_after_its_creations(store: Arc<dyn Store
     create(&mut *b, user, &board, "second", 20.0).await;
     commits.push(tokio::spawn(b.commit()));
 
-    // Not a creation: moves the first task to the end of the column.
+    // A creation that also moves the first task to the end of the column.
     let mut c = joining.next().await;
+    assert_eq!(slot(&mut *c, t.id, user).await.last_position, Some(20.0));
+    create(&mut *c, user, &board, "third", 30.0).await;
     let mut moved = first.clone();
     moved.position = 50.0;
     moved.version = 2;
@@ -679,7 +682,7 @@ async fn a_batch_knows_its_columns_only_after_its_creations(store: Arc<dyn Store
     for c in commits {
         c.await.expect("ran").expect("committed");
     }
-    assert_eq!(last_seq(&*store, t.id).await, 2);
+    assert_eq!(last_seq(&*store, t.id).await, 3);
 }
 
 /// On PostgreSQL the member after a creation sends nothing for its slot: the last statement

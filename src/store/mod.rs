@@ -241,10 +241,9 @@ pub trait Tx: WebhookTx + Send {
     // tasks
     /// Writes a new task; `follower`, if any, follows it from its creation (the row
     /// `set_following(.., true, false)` would write), in the same statement on PostgreSQL: a
-    /// creation's round trip fewer. A transaction that inserts a task is a creation: besides
-    /// the task's own rows (its labels, followers, activities, notifications) it must write
-    /// nothing that a `task_slot` reads (memberships, boards, other tasks' columns or positions),
-    /// for the next member of its batch may take its slots as they were (`WriteTx::created_task`).
+    /// creation's round trip fewer. In a batch, the next member may take what the batch read of
+    /// the columns, this task's position taken in (`WriteTx::created_task`), unless this member
+    /// also changes a membership, a board or a task's column (every such write forgets it).
     async fn insert_task(&mut self, task: &Task, follower: Option<UserId>) -> Result<()>;
     /// The tasks imported into the team under any of `keys`, as (key, task).
     async fn imported_tasks(

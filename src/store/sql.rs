@@ -1051,6 +1051,7 @@ macro_rules! impl_tx {
                 r: Role,
                 at: OffsetDateTime,
             ) -> $crate::store::Result<()> {
+                self.tx.slots_changed();
                 api::query("INSERT INTO memberships (team_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
                     .bind(team)
                     .bind(user)
@@ -1063,6 +1064,7 @@ macro_rules! impl_tx {
             }
 
             async fn set_role(&mut self, team: TeamId, user: UserId, from: Role, to: Role) -> $crate::store::Result<bool> {
+                self.tx.slots_changed();
                 let done = api::query(
                     "UPDATE memberships SET role = $4 WHERE team_id = $1 AND user_id = $2 AND role = $3",
                 )
@@ -1076,6 +1078,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_member(&mut self, team: TeamId, user: UserId) -> $crate::store::Result<bool> {
+                self.tx.slots_changed();
                 let done = api::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
                     .bind(team)
                     .bind(user)
@@ -1085,6 +1088,7 @@ macro_rules! impl_tx {
             }
 
             async fn insert_board(&mut self, b: &Board) -> $crate::store::Result<()> {
+                self.tx.slots_changed();
                 api::query("INSERT INTO boards (id, team_id, name, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(b.id)
                     .bind(b.team_id)
@@ -1141,6 +1145,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_board(&mut self, id: BoardId) -> $crate::store::Result<bool> {
+                self.tx.slots_changed();
                 let done = api::query("DELETE FROM boards WHERE id = $1")
                     .bind(id)
                     .execute(self.exec())
@@ -1213,6 +1218,7 @@ macro_rules! impl_tx {
                 comments: &[Comment],
             ) -> $crate::store::Result<()> {
                 use $crate::store::sql::BULK_ROWS;
+                self.tx.slots_changed();
                 let team = match tasks.first() {
                     Some(t) => t.team_id,
                     None => return Ok(()),
@@ -1382,6 +1388,7 @@ macro_rules! impl_tx {
             }
 
             async fn update_task(&mut self, t: &Task) -> $crate::store::Result<Vec<LabelId>> {
+                self.tx.slots_changed();
                 // The labels are not written here (`set_task_labels` is): a label deleted since
                 // `t` was read must not come back with it. The stored set is returned instead.
                 let stored: Option<(String,)> = api::query_as(
@@ -1551,6 +1558,7 @@ macro_rules! impl_tx {
             }
 
             async fn delete_task(&mut self, id: TaskId) -> $crate::store::Result<Option<Task>> {
+                self.tx.slots_changed();
                 // RETURNING gives the row as the DELETE found it: on PostgreSQL a concurrent update
                 // the DELETE waited for is the version deleted, not the one read before.
                 // Heavy: its comments and followers go with it (ON DELETE CASCADE), unbounded.
@@ -1593,6 +1601,8 @@ macro_rules! impl_tx {
                 .await?;
                 let slot = row
                     .map(|(r, board_id, last_position)| {
+                        // No column when the board is not the team's (as `KnownSlots` has it).
+                        let last_position = board_id.and(last_position);
                         Ok::<_, $crate::store::StoreError>($crate::store::TaskSlot { role: role(&r)?, board_id, last_position })
                     })
                     .transpose()?;
