@@ -197,6 +197,16 @@ struct Batch<T: BatchTx> {
 /// what it holds cannot have been changed since it was read, except by the creations after it,
 /// whose positions it takes in. A run of creations then reads its column once, not once per
 /// member (PostgreSQL: a round trip on the team's lane each).
+/// What a creation asks `Tx::task_slot` for: `user` creating in `team`, on `board` (None: the
+/// team's default), in `status`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotKey {
+    pub team: TeamId,
+    pub user: UserId,
+    pub board: Option<BoardId>,
+    pub status: TaskStatus,
+}
+
 #[derive(Default)]
 struct KnownSlots {
     roles: HashMap<(TeamId, UserId), Role>,
@@ -208,17 +218,11 @@ struct KnownSlots {
 }
 
 impl KnownSlots {
-    fn get(
-        &self,
-        team: TeamId,
-        user: UserId,
-        board: Option<BoardId>,
-        status: TaskStatus,
-    ) -> Option<TaskSlot> {
-        let role = *self.roles.get(&(team, user))?;
-        let board_id = *self.boards.get(&(team, board))?;
+    fn get(&self, k: SlotKey) -> Option<TaskSlot> {
+        let role = *self.roles.get(&(k.team, k.user))?;
+        let board_id = *self.boards.get(&(k.team, k.board))?;
         let last_position = match board_id {
-            Some(b) => *self.ends.get(&(b, status))?,
+            Some(b) => *self.ends.get(&(b, k.status))?,
             None => None,
         };
         Some(TaskSlot {
@@ -228,18 +232,11 @@ impl KnownSlots {
         })
     }
 
-    fn learn(
-        &mut self,
-        team: TeamId,
-        user: UserId,
-        board: Option<BoardId>,
-        status: TaskStatus,
-        slot: &TaskSlot,
-    ) {
-        self.roles.insert((team, user), slot.role);
-        self.boards.insert((team, board), slot.board_id);
+    fn learn(&mut self, k: SlotKey, slot: &TaskSlot) {
+        self.roles.insert((k.team, k.user), slot.role);
+        self.boards.insert((k.team, k.board), slot.board_id);
         if let Some(b) = slot.board_id {
-            self.ends.insert((b, status), slot.last_position);
+            self.ends.insert((b, k.status), slot.last_position);
         }
     }
 
@@ -248,6 +245,14 @@ impl KnownSlots {
         if let Some(end) = self.ends.get_mut(&(task.board_id, task.status)) {
             *end = Some(end.map_or(task.position, |e| e.max(task.position)));
         }
+    }
+}
+
+impl<T: BatchTx> Batch<T> {
+    /// What the batch knows of the columns may be stale: the next member reads them again.
+    fn forget_slots(&mut self) {
+        self.slots = KnownSlots::default();
+        self.member_created = false;
     }
 }
 
@@ -358,8 +363,10 @@ impl<T: BatchTx> Lane<T> {
                     batch.tx.savepoint_opened();
                     batch.left = Left::Nothing;
                     // Kept only after a committed creation (see `KnownSlots`).
-                    if !std::mem::take(&mut batch.member_created) {
-                        batch.slots = KnownSlots::default();
+                    if batch.member_created {
+                        batch.member_created = false;
+                    } else {
+                        batch.forget_slots();
                     }
                 }
                 Err(e) => fail(&mut slot, &StoreError::from(e)),
@@ -551,8 +558,7 @@ impl<T: BatchTx> Drop for Member<T> {
         };
         // Its rollback may undo seqs it took, and tasks it wrote.
         batch.last_seqs.clear();
-        batch.slots = KnownSlots::default();
-        batch.member_created = false;
+        batch.forget_slots();
         let id = batch.id;
         drop(slot);
         // Outside a runtime (its shutdown) nothing can run: the transaction is dropped with the
@@ -624,30 +630,17 @@ impl<T: BatchTx> WriteTx<T> {
 
     /// What creating a task needs, if the batch knows it: an earlier member read it and every
     /// member since was a creation that committed (see `KnownSlots`). `None` outside a batch.
-    pub(super) fn known_slot(
-        &mut self,
-        team: TeamId,
-        user: UserId,
-        board: Option<BoardId>,
-        status: TaskStatus,
-    ) -> Option<TaskSlot> {
+    pub(super) fn known_slot(&mut self, key: SlotKey) -> Option<TaskSlot> {
         match self {
             Self::Alone(_) => None,
-            Self::Batched(m) => m.batch().slots.get(team, user, board, status),
+            Self::Batched(m) => m.batch().slots.get(key),
         }
     }
 
     /// Records what `Tx::task_slot` read, for the creations after this member.
-    pub(super) fn learn_slot(
-        &mut self,
-        team: TeamId,
-        user: UserId,
-        board: Option<BoardId>,
-        status: TaskStatus,
-        slot: &TaskSlot,
-    ) {
+    pub(super) fn learn_slot(&mut self, key: SlotKey, slot: &TaskSlot) {
         if let Self::Batched(m) = self {
-            m.batch().slots.learn(team, user, board, status, slot);
+            m.batch().slots.learn(key, slot);
         }
     }
 
@@ -668,9 +661,7 @@ impl<T: BatchTx> WriteTx<T> {
     /// member that creates a task and then changes something else still makes the next read.
     pub(super) fn slots_changed(&mut self) {
         if let Self::Batched(m) = self {
-            let batch = m.batch();
-            batch.slots = KnownSlots::default();
-            batch.member_created = false;
+            m.batch().forget_slots();
         }
     }
 

@@ -1581,7 +1581,8 @@ macro_rules! impl_tx {
                 status: TaskStatus,
             ) -> $crate::store::Result<Option<$crate::store::TaskSlot>> {
                 // A run of creations in a batch reads it once (`WriteTx::known_slot`).
-                if let Some(known) = self.tx.known_slot(team, user, board, status) {
+                let key = $crate::store::group_commit::SlotKey { team, user, board, status };
+                if let Some(known) = self.tx.known_slot(key) {
                     return Ok(Some(known));
                 }
                 let row: Option<(String, Option<BoardId>, Option<f64>)> = api::query_as(
@@ -1607,7 +1608,7 @@ macro_rules! impl_tx {
                     })
                     .transpose()?;
                 if let Some(slot) = &slot {
-                    self.tx.learn_slot(team, user, board, status, slot);
+                    self.tx.learn_slot(key, slot);
                 }
                 Ok(slot)
             }
@@ -2112,17 +2113,16 @@ macro_rules! impl_tx {
                 at: OffsetDateTime,
                 even_applied: bool,
             ) -> $crate::store::Result<()> {
-                api::query(if even_applied {
+                api::query(
                     "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
-                     AND status IS NULL AND fingerprint = $3 AND created_at = $4"
-                } else {
-                    "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
-                     AND status IS NULL AND fingerprint = $3 AND created_at = $4 AND NOT applied"
-                })
+                     AND status IS NULL AND fingerprint = $3 AND created_at = $4 \
+                     AND (NOT applied OR $5)",
+                )
                 .bind(user)
                 .bind(key)
                 .bind(fingerprint)
                 .bind(StoredTime(at))
+                .bind(even_applied)
                 .execute(self.exec())
                 .await?;
                 Ok(())
