@@ -1,5 +1,6 @@
-//! Scenario `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`, or with
-//! `--write comment` of `POST /api/v1/tasks/{taskId}/comments`.
+//! Scenario `writes`: throughput and latency of `POST /api/v1/teams/{teamId}/tasks`, with
+//! `--write comment` of `POST /api/v1/tasks/{taskId}/comments`, or with `--write update` of
+//! `PATCH /api/v1/tasks/{taskId}`.
 //!
 //! Setup (over HTTP, not measured): register one fresh user, who creates `--teams` teams.
 //! Then `--concurrency` workers, each a tokio task with its own keep-alive HTTP/1.1 connection,
@@ -10,6 +11,10 @@
 //! request is the owner commenting on that task, so each comment owes one notification per
 //! follower. After the run each follower's inbox seq is read back: it must equal the comments
 //! created (one notification each, no mark-read), which shows the measured path notified them.
+//!
+//! With `--write update` the setup creates `UPDATED_TASKS` tasks spread over the teams, and request
+//! `n` changes the priority of task `n % UPDATED_TASKS` (to another value on each visit): an edit
+//! that keeps the task's words, as a script closing tasks or a drag across columns makes.
 //!
 //! Two modes:
 //! - closed loop (no `--rate`): every worker sends its next request as soon as the previous one is
@@ -59,7 +64,14 @@ pub enum WriteKind {
     Task,
     /// A comment on one task, by the owner of its team
     Comment,
+    /// A new priority for one of the tasks made in the setup (its words unchanged)
+    Update,
 }
+
+/// `--write update`: the tasks the requests edit, round-robin.
+const UPDATED_TASKS: usize = 256;
+/// The priorities an update cycles through: each visit of a task changes it.
+const PRIORITIES: [&str; 4] = ["low", "medium", "high", "urgent"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WritesArgs {
@@ -337,8 +349,18 @@ pub(crate) fn post_json(
     token: Option<&HeaderValue>,
     body: Bytes,
 ) -> Request<Full<Bytes>> {
+    json_request(Method::POST, target, uri, token, body)
+}
+
+fn json_request(
+    method: Method,
+    target: &Target,
+    uri: Uri,
+    token: Option<&HeaderValue>,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
-        .method(Method::POST)
+        .method(method)
         .uri(uri)
         .header(HOST, target.host_header.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -536,6 +558,34 @@ async fn setup(
     Ok((bearer, ids))
 }
 
+/// `--write update`: `UPDATED_TASKS` tasks over the teams, round-robin; their URIs.
+async fn setup_updated_tasks(
+    target: &Target,
+    bearer: &HeaderValue,
+    team_ids: &[String],
+    timeout: Duration,
+) -> Result<Vec<Uri>> {
+    let mut client = Client::new(target.addr.as_str().into());
+    let mut uris = Vec::with_capacity(UPDATED_TASKS);
+    for k in 0..UPDATED_TASKS {
+        let team = &team_ids[k % team_ids.len()];
+        let task = post_api(
+            &mut client,
+            target,
+            &format!("/api/v1/teams/{team}/tasks"),
+            Some(bearer),
+            json!({"title": format!("bench update {k}"), "description": "words that stay"}),
+            timeout,
+        )
+        .await?;
+        let id = task["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("task response has no id: {task}"))?;
+        uris.push(format!("{}/api/v1/tasks/{id}", target.prefix).parse()?);
+    }
+    Ok(uris)
+}
+
 struct Shared {
     target: Target,
     bearer: HeaderValue,
@@ -552,12 +602,23 @@ struct Shared {
 
 impl Shared {
     fn request(&self, n: u64) -> Request<Full<Bytes>> {
-        let uri = self.uris[(n % self.uris.len() as u64) as usize].clone();
-        let body = Bytes::from(match self.write {
-            WriteKind::Task => format!("{{\"title\":\"bench {n}\"}}"),
-            WriteKind::Comment => format!("{{\"body\":\"bench comment {n}\"}}"),
-        });
-        post_json(&self.target, uri, Some(&self.bearer), body)
+        let len = self.uris.len() as u64;
+        let uri = self.uris[(n % len) as usize].clone();
+        let (method, body) = match self.write {
+            WriteKind::Task => (Method::POST, format!("{{\"title\":\"bench {n}\"}}")),
+            WriteKind::Comment => (Method::POST, format!("{{\"body\":\"bench comment {n}\"}}")),
+            WriteKind::Update => {
+                let priority = PRIORITIES[((n / len) % PRIORITIES.len() as u64) as usize];
+                (Method::PATCH, format!("{{\"priority\":\"{priority}\"}}"))
+            }
+        };
+        json_request(
+            method,
+            &self.target,
+            uri,
+            Some(&self.bearer),
+            Bytes::from(body),
+        )
     }
 }
 
@@ -733,7 +794,7 @@ async fn sample_cpu(measure_start: Instant, end: Instant, server: Option<u32>) -
 pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     ensure!(args.teams >= 1, "--teams must be at least 1");
     match args.write {
-        WriteKind::Task => ensure!(
+        WriteKind::Task | WriteKind::Update => ensure!(
             args.members == 0 && args.followers == 0,
             "--members and --followers go with --write comment"
         ),
@@ -793,6 +854,16 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
                 .iter()
                 .map(|id| format!("{}/api/v1/teams/{id}/tasks", target.prefix).parse::<Uri>())
                 .collect::<Result<Vec<_>, _>>()?;
+            (bearer, uris, Vec::new())
+        }
+        WriteKind::Update => {
+            let (bearer, team_ids) = setup(&target, args.teams, timeout)
+                .await
+                .context("setup failed")?;
+            ensure!(args.watch.is_empty(), "--watch goes with --write task");
+            let uris = setup_updated_tasks(&target, &bearer, &team_ids, timeout)
+                .await
+                .context("setup failed")?;
             (bearer, uris, Vec::new())
         }
         WriteKind::Comment => {
@@ -937,14 +1008,19 @@ pub fn print_human(r: &WritesReport) {
     });
     let non_2xx: u64 = r.non_2xx.values().sum();
     let errors: u64 = r.errors.values().sum();
-    let (what, path) = match r.write {
-        WriteKind::Task => ("tasks", "/api/v1/teams/{teamId}/tasks"),
-        WriteKind::Comment => ("comments", "/api/v1/tasks/{taskId}/comments"),
+    let (what, method, path) = match r.write {
+        WriteKind::Task => ("tasks", "POST", "/api/v1/teams/{teamId}/tasks"),
+        WriteKind::Comment => ("comments", "POST", "/api/v1/tasks/{taskId}/comments"),
+        WriteKind::Update => ("updates", "PATCH", "/api/v1/tasks/{taskId}"),
     };
-    println!("POST {path}  {}", r.label.as_deref().unwrap_or(""));
+    println!("{method} {path}  {}", r.label.as_deref().unwrap_or(""));
     println!("  server            {}", r.url);
     match r.write {
         WriteKind::Task => println!("  teams             {}", r.teams),
+        WriteKind::Update => println!(
+            "  teams             {} ({UPDATED_TASKS} tasks, each request a new priority)",
+            r.teams
+        ),
         WriteKind::Comment => println!(
             "  team              owner + {} members, {} following the task",
             r.members, r.followers

@@ -215,6 +215,14 @@ pub struct Task {
     pub label_ids: Vec<LabelId>,
 }
 
+impl Task {
+    /// Whether `other` has other words to search by (its title or description differs): a
+    /// task's search index entry changes only then.
+    pub fn words_differ(&self, other: &Task) -> bool {
+        self.title != other.title || self.description != other.description
+    }
+}
+
 /// A team's label: a name unique in the team whatever its case, and a color.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -250,7 +250,7 @@ impl Services {
             if labels_changed {
                 check_labels(&mut *tx, task.team_id, &next.label_ids).await?;
             }
-            let stored_labels = match tx.update_task(&next).await {
+            let stored_labels = match tx.update_task(&next, next.words_differ(&task)).await {
                 Err(StoreError::Stale) => continue,
                 other => other?,
             };

@@ -393,7 +393,7 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     let mut renamed = alpha.clone();
     renamed.title = "foxtrot".into();
     renamed.version = 2;
-    a.update_task(&renamed).await.expect("alpha renamed");
+    a.update_task(&renamed, true).await.expect("alpha renamed");
     assert!(
         a.insert_team(&t).await.is_err(),
         "a second row for the team"
@@ -408,7 +408,7 @@ async fn a_batchs_tasks_are_found_once_it_commits(store: Arc<dyn Store>) {
     // Renamed in the same batch: the last words count.
     delta.title = "echo".into();
     delta.version = 2;
-    b.update_task(&delta).await.expect("renamed");
+    b.update_task(&delta, true).await.expect("renamed");
     assert!(
         found(&*store, t.id, "alpha").await.is_empty(),
         "nothing before the commit"
@@ -653,7 +653,7 @@ async fn a_batch_knows_its_columns_only_after_its_creations(store: Arc<dyn Store
     let mut moved = first.clone();
     moved.position = 50.0;
     moved.version = 2;
-    c.update_task(&moved).await.expect("moved");
+    c.update_task(&moved, false).await.expect("moved");
     commits.push(tokio::spawn(c.commit()));
 
     // Reads the move, then creates a task and is dropped.

@@ -83,7 +83,7 @@ async fn a_task_write_that_read_a_label_before_its_deletion_does_not_bring_it_ba
         version: read.version + 1,
         ..read
     };
-    let stored = edit.update_task(&next).await.expect("updates");
+    let stored = edit.update_task(&next, true).await.expect("updates");
     assert_eq!(stored, Vec::<LabelId>::new(), "the labels the task has now");
     edit.commit().await.expect("commits");
     let mut check = store.read().await.expect("begins");

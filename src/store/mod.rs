@@ -281,7 +281,9 @@ pub trait Tx: WebhookTx + Send {
     /// Writes `task` if the stored version is still `task.version - 1` (else `StoreError::Stale`)
     /// and returns the labels the task has. Its labels are not written: `set_task_labels` does
     /// that when they change (a label deleted since `task` was read stays deleted).
-    async fn update_task(&mut self, task: &Task) -> Result<Vec<LabelId>>;
+    /// `words_changed`: its title or description changed (`Task::words_differ`); only then
+    /// does SQLite's search index take its words again (PostgreSQL's follows the row).
+    async fn update_task(&mut self, task: &Task, words_changed: bool) -> Result<Vec<LabelId>>;
     /// Makes `labels` (ascending, each a label of the task's team that `labels_among` has
     /// locked in this transaction) the task's whole set of labels.
     async fn set_task_labels(&mut self, task: TaskId, labels: &[LabelId]) -> Result<()>;

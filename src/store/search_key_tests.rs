@@ -103,7 +103,7 @@ async fn search_survives_renumbered_rowids() {
         version: 2,
         ..a.clone()
     };
-    tx.update_task(&renamed).await.expect("renames");
+    tx.update_task(&renamed, true).await.expect("renames");
     tx.delete_task(b.id).await.expect("deletes");
     tx.commit().await.expect("commits");
     assert_eq!(found(&store, team, "gamma").await, ["gamma three"]);

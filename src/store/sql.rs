@@ -1387,7 +1387,7 @@ macro_rules! impl_tx {
                     .collect()
             }
 
-            async fn update_task(&mut self, t: &Task) -> $crate::store::Result<Vec<LabelId>> {
+            async fn update_task(&mut self, t: &Task, words_changed: bool) -> $crate::store::Result<Vec<LabelId>> {
                 self.tx.slots_changed();
                 // The labels are not written here (`set_task_labels` is): a label deleted since
                 // `t` was read must not come back with it. The stored set is returned instead.
@@ -1415,7 +1415,7 @@ macro_rules! impl_tx {
                 let Some((labels,)) = stored else {
                     return Err(StoreError::Stale);
                 };
-                if $dialect == $crate::store::task_query::Dialect::Sqlite {
+                if words_changed && $dialect == $crate::store::task_query::Dialect::Sqlite {
                     self.index_words(t, false).await?;
                 }
                 parse_label_ids(&labels)

@@ -427,10 +427,17 @@ async fn search_follows_writes(b: Backend) {
         .ok(200);
     assert!(search(&api, tok, team.id, "banana", "").await.is_empty());
     assert_eq!(ids(&search(&api, tok, team.id, "dams", "").await), [t.id]);
-    // Edits of other fields leave the words found.
+    // Edits of other fields leave the words found, and (SQLite) the index untouched: an edit
+    // that keeps the words does not index them again.
+    let index_before = sqlite_search_index(&srv).await;
     api.patch_task(tok, t.id, json!({"status": "done", "priority": "high"}))
         .await
         .ok(200);
+    assert_eq!(
+        sqlite_search_index(&srv).await,
+        index_before,
+        "an edit of the status and priority rewrote the search index"
+    );
     assert_eq!(
         ids(&search(&api, tok, team.id, "cherry damson", "").await),
         [t.id]
@@ -440,6 +447,22 @@ async fn search_follows_writes(b: Backend) {
         .ok(204);
     assert!(search(&api, tok, team.id, "cherry", "").await.is_empty());
     assert!(search(&api, tok, team.id, "damson", "").await.is_empty());
+}
+
+/// SQLite: the search index's stored blocks (FTS5's `_data` table), which any write to the
+/// index changes; PostgreSQL: nothing (its index follows the row).
+async fn sqlite_search_index(srv: &TestServer) -> Option<Vec<(i64, Vec<u8>)>> {
+    use sqlx::Connection;
+    let path = srv.db_url.strip_prefix("sqlite://")?;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}?mode=ro"))
+        .await
+        .expect("opens the database read-only");
+    let blocks = sqlx::query_as("SELECT id, block FROM task_words_data ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .expect("reads the index's blocks");
+    conn.close().await.ok();
+    Some(blocks)
 }
 
 /// Random texts of a small vocabulary: the search finds exactly the tasks the contract's rule
