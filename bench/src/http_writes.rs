@@ -794,10 +794,16 @@ async fn sample_cpu(measure_start: Instant, end: Instant, server: Option<u32>) -
 pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
     ensure!(args.teams >= 1, "--teams must be at least 1");
     match args.write {
-        WriteKind::Task | WriteKind::Update => ensure!(
-            args.members == 0 && args.followers == 0,
-            "--members and --followers go with --write comment"
-        ),
+        WriteKind::Task | WriteKind::Update => {
+            ensure!(
+                args.members == 0 && args.followers == 0,
+                "--members and --followers go with --write comment"
+            );
+            ensure!(
+                args.write == WriteKind::Task || args.watch.is_empty(),
+                "--watch goes with --write task"
+            );
+        }
         WriteKind::Comment => {
             ensure!(args.watch.is_empty(), "--watch goes with --write task");
             ensure!(args.teams == 1, "--write comment uses one team");
@@ -860,7 +866,6 @@ pub async fn run(args: &WritesArgs, threads: usize) -> Result<WritesReport> {
             let (bearer, team_ids) = setup(&target, args.teams, timeout)
                 .await
                 .context("setup failed")?;
-            ensure!(args.watch.is_empty(), "--watch goes with --write task");
             let uris = setup_updated_tasks(&target, &bearer, &team_ids, timeout)
                 .await
                 .context("setup failed")?;

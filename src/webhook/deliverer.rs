@@ -38,6 +38,9 @@ use crate::telemetry;
 const READ_BATCH: i64 = 100;
 /// Webhooks one instance holds at most (each is one request at a time).
 const MAX_HELD: usize = 256;
+/// How soon the leases are claimed again after a worker ended (a worker that ends at once every
+/// time, a panic at its start, restarts at most this often).
+const CLAIM_AFTER_A_WORKER_ENDS: Duration = Duration::from_millis(200);
 /// Attempts kept per webhook for its deliveries list.
 pub const KEEP_ATTEMPTS: i64 = 1000;
 /// How often (in attempts) a worker trims its webhook's attempts (and once when it starts).
@@ -228,6 +231,10 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
             if running.get(&id).is_some_and(|r| r.generation == g) {
                 running.remove(&id);
                 records.remove(&id);
+                // Its lease may be this instance's again already (disabled, then enabled and
+                // claimed before this worker saw it and stopped): nobody else would look for it
+                // before the next renewal, since the webhook is held.
+                next_claim = next_claim.min(Instant::now() + CLAIM_AFTER_A_WORKER_ENDS);
             }
             if !running.contains_key(&id) {
                 metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => id.to_string()).set(0.0);
@@ -262,12 +269,15 @@ async fn claim(
     Ok(held)
 }
 
+/// Whether a webhook waits for a holder. A look that fails says yes: the claim then finds out
+/// (and warns if it fails too), so a change made here is not lost to one failed read until the
+/// next poll.
 async fn unclaimed(services: &Services) -> bool {
     let now = OffsetDateTime::now_utc();
     let found = async { services.store.read().await?.unclaimed_webhooks(now).await }.await;
     found.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "looking for unclaimed webhooks failed");
-        false
+        true
     })
 }
 
