@@ -40,7 +40,7 @@ const READ_BATCH: i64 = 100;
 const MAX_HELD: usize = 256;
 /// How soon the leases are claimed again after a worker ended (a worker that ends at once every
 /// time, a panic at its start, restarts at most this often).
-const CLAIM_AFTER_A_WORKER_ENDS: Duration = Duration::from_millis(200);
+const CLAIM_AFTER_A_WORKER_ENDS: Duration = Duration::from_secs(1);
 /// Attempts kept per webhook for its deliveries list.
 pub const KEEP_ATTEMPTS: i64 = 1000;
 /// How often (in attempts) a worker trims its webhook's attempts (and once when it starts).
@@ -216,34 +216,22 @@ async fn run(services: Services, settings: DelivererSettings, owner: Uuid) {
         // A worker that ended (its webhook disabled, its lease lost, or a panic) is forgotten,
         // with its record: the next claim starts another if the lease is still this instance's.
         while let Some(done) = workers.try_join_next_with_id() {
-            let task = match done {
-                Ok((task, ())) => task,
-                Err(e) => {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "a webhook worker panicked");
-                    }
-                    e.id()
-                }
-            };
-            let Some((id, g)) = tasks.remove(&task) else {
-                continue;
-            };
-            if running.get(&id).is_some_and(|r| r.generation == g) {
-                running.remove(&id);
-                records.remove(&id);
-                // Its lease may be this instance's again already (disabled, then enabled and
-                // claimed before this worker saw it and stopped): nobody else would look for it
-                // before the next renewal, since the webhook is held.
-                next_claim = next_claim.min(Instant::now() + CLAIM_AFTER_A_WORKER_ENDS);
-            }
-            if !running.contains_key(&id) {
-                metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => id.to_string()).set(0.0);
-            }
+            forget_worker(
+                done,
+                &mut tasks,
+                &mut running,
+                &mut records,
+                &mut next_claim,
+            );
         }
         let until_claim = next_claim.saturating_duration_since(Instant::now());
         tokio::select! {
             () = services.webhooks.wake.notify.notified() => {}
             () = tokio::time::sleep(settings.poll.min(until_claim)) => {}
+            // A worker ending wakes the loop too (nothing else may, for a whole poll).
+            Some(done) = workers.join_next_with_id() => {
+                forget_worker(done, &mut tasks, &mut running, &mut records, &mut next_claim);
+            }
         }
         changed = services.webhooks.wake.take_webhooks_changed();
     }
@@ -267,6 +255,39 @@ async fn claim(
         .await?;
     tx.commit().await?;
     Ok(held)
+}
+
+/// Forgets a worker that ended, unless a newer one for its webhook runs already. Its lease may be
+/// this instance's again already (the webhook disabled, then enabled and claimed before this
+/// worker saw the disable and stopped): held, it is no look's "unclaimed", so the leases are
+/// claimed again soon instead of at the next renewal.
+fn forget_worker(
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    tasks: &mut HashMap<tokio::task::Id, (WebhookId, u64)>,
+    running: &mut HashMap<WebhookId, Running>,
+    records: &mut HashMap<WebhookId, TeamId>,
+    next_claim: &mut Instant,
+) {
+    let task = match done {
+        Ok((task, ())) => task,
+        Err(e) => {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a webhook worker panicked");
+            }
+            e.id()
+        }
+    };
+    let Some((id, g)) = tasks.remove(&task) else {
+        return;
+    };
+    if running.get(&id).is_some_and(|r| r.generation == g) {
+        running.remove(&id);
+        records.remove(&id);
+        *next_claim = (*next_claim).min(Instant::now() + CLAIM_AFTER_A_WORKER_ENDS);
+    }
+    if !running.contains_key(&id) {
+        metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => id.to_string()).set(0.0);
+    }
 }
 
 /// Whether a webhook waits for a holder. A look that fails says yes: the claim then finds out
