@@ -103,7 +103,7 @@ pub struct Config {
 
     /// Group commit: the most write transactions committed together by one `COMMIT` (those that
     /// queue for the SQLite writer, or for one PostgreSQL team, while one runs); 1 commits each
-    /// alone.
+    /// alone. PostgreSQL takes 65 at most (`store::postgres::MAX_BATCH`).
     #[arg(long, env = "TASKFORGE_WRITE_BATCH", default_value_t = crate::store::DEFAULT_WRITE_BATCH,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub write_batch: u16,

@@ -152,6 +152,50 @@ async fn queued_writes_commit_together_and_a_failure_alone_rolls_back(store: Arc
     );
 }
 
+/// A PostgreSQL batch stops at `MAX_BATCH` members, whatever the lane was opened with: A opens a
+/// batch and more writes queue than fit; the batch's `COMMIT` runs once its last member commits,
+/// while the others still wait, and the next member opens a batch of its own. (Past 64
+/// savepoints every snapshot on the server would have to read `pg_subtrans`.)
+async fn a_batch_stops_at_the_savepoints_postgres_tracks(store: Arc<dyn Store>) {
+    use super::postgres::MAX_BATCH;
+    let (user, board, t) = team(&*store).await;
+    let mut a = store.write_team(t.id).await.expect("A");
+    append(&mut *a, user, &board, "1").await;
+    let more = MAX_BATCH + 3;
+    let mut waiting = Joining::queue(&store, t.id, more).await;
+    let mut first = vec![tokio::spawn(a.commit())];
+    for n in 2..=MAX_BATCH {
+        let mut m = waiting.next().await;
+        assert_eq!(
+            append(&mut *m, user, &board, &n.to_string()).await,
+            n as i64
+        );
+        first.push(tokio::spawn(m.commit()));
+    }
+    for c in first {
+        tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .expect("a full batch commits without waiting for more members")
+            .expect("the commit ran")
+            .expect("committed");
+    }
+    assert_eq!(last_seq(&*store, t.id).await, MAX_BATCH as i64);
+
+    let mut second = Vec::new();
+    for n in MAX_BATCH + 1..=1 + more {
+        let mut m = waiting.next().await;
+        assert_eq!(
+            append(&mut *m, user, &board, &n.to_string()).await,
+            n as i64
+        );
+        second.push(tokio::spawn(m.commit()));
+    }
+    for c in second {
+        c.await.expect("the commit ran").expect("committed");
+    }
+    assert_eq!(last_seq(&*store, t.id).await, 1 + more as i64);
+}
+
 /// The team's log as (seq, board name) pairs.
 async fn logged_names(store: &dyn Store, team: TeamId) -> Vec<(i64, String)> {
     let mut tx = store.read().await.expect("read");
@@ -1007,6 +1051,11 @@ async fn postgres_callers_that_go_away_leave_the_lane_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_the_first_members_flush_commits_those_after_it() {
     on_postgres(64, the_first_members_flush_commits_those_after_it).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_stops_at_the_savepoints_postgres_tracks() {
+    on_postgres(1000, a_batch_stops_at_the_savepoints_postgres_tracks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,14 @@ pub struct PgStore {
 /// Lanes kept before the idle ones are dropped.
 const LANES_KEPT: usize = 1024;
 
+/// The most members of one PostgreSQL batch, whatever `TASKFORGE_WRITE_BATCH` says: a batch's
+/// members after the first each run in a savepoint, a subtransaction with an id of its own once
+/// it writes, and a backend keeps at most 64 of those ids in shared memory. Past them its
+/// transaction is "suboverflowed": every snapshot taken on the server while it runs must look
+/// transactions up in `pg_subtrans` (the SLRU contention of busy servers with many savepoints).
+/// 65 members use 64 savepoints at most (a member rolled back frees its id).
+pub(super) const MAX_BATCH: usize = 65;
+
 pub struct PgTx {
     tx: WriteTx<PgTransaction>,
     keep: bool,
@@ -61,7 +69,8 @@ pub struct PgTx {
 
 impl PgStore {
     /// Connects and migrates (or checks the schema, behind a transaction pooler); at most
-    /// `write_batch` write transactions of a team are committed together.
+    /// `write_batch` write transactions of a team are committed together (and never more than
+    /// `MAX_BATCH`).
     pub async fn open(url: &str, options: &PgOptions, write_batch: usize) -> Result<Self> {
         let pooled = options.pooler == Pooler::Transaction;
         let mut connect = PgConnectOptions::from_str(url)?;
@@ -90,7 +99,7 @@ impl PgStore {
             pool,
             keep: !pooled,
             lanes: parking_lot::Mutex::new(HashMap::new()),
-            write_batch,
+            write_batch: write_batch.min(MAX_BATCH),
         })
     }
 
