@@ -163,15 +163,21 @@ async fn a_batch_stops_at_the_savepoints_postgres_tracks(store: Arc<dyn Store>) 
     append(&mut *a, user, &board, "1").await;
     let more = MAX_BATCH + 3;
     let mut waiting = Joining::queue(&store, t.id, more).await;
+    // The next queued writes in turn: each appends seq `n` and commits without waiting.
+    let mut members = async |seqs: std::ops::RangeInclusive<usize>| {
+        let mut commits = Vec::new();
+        for n in seqs {
+            let mut m = waiting.next().await;
+            assert_eq!(
+                append(&mut *m, user, &board, &n.to_string()).await,
+                n as i64
+            );
+            commits.push(tokio::spawn(m.commit()));
+        }
+        commits
+    };
     let mut first = vec![tokio::spawn(a.commit())];
-    for n in 2..=MAX_BATCH {
-        let mut m = waiting.next().await;
-        assert_eq!(
-            append(&mut *m, user, &board, &n.to_string()).await,
-            n as i64
-        );
-        first.push(tokio::spawn(m.commit()));
-    }
+    first.extend(members(2..=MAX_BATCH).await);
     for c in first {
         tokio::time::timeout(Duration::from_secs(10), c)
             .await
@@ -181,16 +187,7 @@ async fn a_batch_stops_at_the_savepoints_postgres_tracks(store: Arc<dyn Store>) 
     }
     assert_eq!(last_seq(&*store, t.id).await, MAX_BATCH as i64);
 
-    let mut second = Vec::new();
-    for n in MAX_BATCH + 1..=1 + more {
-        let mut m = waiting.next().await;
-        assert_eq!(
-            append(&mut *m, user, &board, &n.to_string()).await,
-            n as i64
-        );
-        second.push(tokio::spawn(m.commit()));
-    }
-    for c in second {
+    for c in members(MAX_BATCH + 1..=1 + more).await {
         c.await.expect("the commit ran").expect("committed");
     }
     assert_eq!(last_seq(&*store, t.id).await, 1 + more as i64);
