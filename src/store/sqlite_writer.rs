@@ -58,26 +58,9 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// Statements the writer keeps prepared: every fixed statement of the store, with room to spare.
 const STATEMENT_CACHE: usize = 512;
 
-/// How often, at most, the writer has SQLite look for tables whose statistics are out of date
-/// (`PRAGMA optimize`, after a `COMMIT`, with the backstop's checkpoint on the blocking pool).
-///
-/// A connection loads the planner's statistics when it opens and keeps them. A database opened
-/// empty is analyzed empty: FTS5's data table of 2 rows, for which SQLite plans FTS5's own
-/// `DELETE … WHERE id >= ? AND id <= ?` (a merged segment's pages, at every merge) as a scan of
-/// the whole search index. One team's creations fell from 10,400/s to 4,250/s over its first
-/// 600,000 tasks in one process, and were back at 9,400/s after a restart. `PRAGMA optimize`
-/// re-analyzes only a table that grew or shrank tenfold since its statistics, on a bounded
-/// sample (`analysis_limit`), and loads the new ones into this connection; otherwise it only
-/// reads the tables' sizes.
-pub(super) const OPTIMIZE_EVERY: Duration = Duration::from_secs(1);
-
 /// The writer connection while no transaction holds it.
 #[derive(Clone)]
-pub(super) struct Writer {
-    conn: Arc<Mutex<Option<rusqlite::Connection>>>,
-    /// When the next `COMMIT` runs `PRAGMA optimize` (`OPTIMIZE_EVERY`).
-    optimize_at: Arc<Mutex<std::time::Instant>>,
-}
+pub(super) struct Writer(Arc<Mutex<Option<rusqlite::Connection>>>);
 
 impl Writer {
     /// Opens the database file (already created and migrated) for writing, with the settings
@@ -102,21 +85,16 @@ impl Writer {
         )
         .map_err(database)?;
         conn.busy_timeout(BUSY_WAIT).map_err(database)?;
-        // `analysis_limit`: the rows `PRAGMA optimize` samples per index (`OPTIMIZE_EVERY`), as at
-        // the store's opening.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA temp_store = MEMORY; PRAGMA analysis_limit = 1000;",
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(database)?;
         // The store's checkpointer keeps the WAL short (`sqlite::checkpoints`); the writer
         // checkpoints only past `WAL_BACKSTOP`, after its `COMMIT` (`WriterTx::commit`).
         conn.wal_hook(Some(wal_pages));
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Self {
-            conn: Arc::new(Mutex::new(Some(conn))),
-            optimize_at: Arc::new(Mutex::new(std::time::Instant::now() + OPTIMIZE_EVERY)),
-        })
+        Ok(Self(Arc::new(Mutex::new(Some(conn)))))
     }
 
     /// Takes the connection and begins a write transaction on it (`BEGIN IMMEDIATE`: it holds the
@@ -127,7 +105,7 @@ impl Writer {
     /// a backup, a `sqlite3` shell), it is waited for (`BUSY_WAIT`) on the blocking pool.
     pub(super) async fn begin(&self) -> Result<WriterTx, sqlx::Error> {
         let conn = self
-            .conn
+            .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
@@ -158,23 +136,9 @@ impl Writer {
 
     fn put_back(&self, conn: rusqlite::Connection) {
         *self
-            .conn
+            .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(conn);
-    }
-
-    /// Whether this `COMMIT` should run `PRAGMA optimize` (at most once per `OPTIMIZE_EVERY`).
-    fn optimize_due(&self) -> bool {
-        let now = std::time::Instant::now();
-        let mut at = self
-            .optimize_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if now < *at {
-            return false;
-        }
-        *at = now + OPTIMIZE_EVERY;
-        true
     }
 }
 
@@ -324,47 +288,30 @@ impl WriterTx {
     /// of a task win), then commits where the member runs: a `COMMIT` writes the batch's pages
     /// to the WAL and syncs nothing (`synchronous = NORMAL`), and it never checkpoints (the WAL
     /// hook replaces SQLite's automatic checkpoint). Measured: handing it to the blocking pool
-    /// cost 8-10 % of one team's rate. A WAL past `WAL_BACKSTOP` is checkpointed after, and
-    /// once per `OPTIMIZE_EVERY` the planner's statistics are brought up to date, on the blocking
-    /// pool (a checkpoint copies and syncs the database file; an analysis reads a sample of a
-    /// table), the lane still held.
+    /// cost 8-10 % of one team's rate. A WAL past `WAL_BACKSTOP` is checkpointed after, on the
+    /// blocking pool (it copies and syncs the database file), the lane still held.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         self.index_words()?;
         WAL_PAGES.set(0);
         self.connection()
             .execute_batch("COMMIT")
             .map_err(database)?;
-        let checkpoint = WAL_PAGES.get() >= WAL_BACKSTOP;
-        let optimize = self.home.optimize_due();
-        if !checkpoint && !optimize {
+        if WAL_PAGES.get() < WAL_BACKSTOP {
             return Ok(());
         }
-        // Committed whatever happens here: a failed checkpoint is retried after the next commit,
-        // a failed analysis at the next one due.
-        let upkeep = tokio::task::spawn_blocking(move || {
-            let conn = self.connection();
-            if optimize && let Err(e) = run_to_end(conn, "PRAGMA optimize = 0x10002") {
-                tracing::warn!(error = %e, "the writer's PRAGMA optimize failed");
-            }
-            if checkpoint
-                && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
-            }
-        });
-        if let Err(e) = upkeep.await {
-            tracing::warn!(error = %e, "the writer's upkeep after a commit failed");
+        // Committed whatever happens here: a failed checkpoint is retried after the next commit.
+        match tokio::task::spawn_blocking(move || {
+            self.connection()
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the writer's WAL checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "the writer's WAL checkpoint task failed"),
         }
         Ok(())
     }
-}
-
-/// Runs a statement through all its rows, whatever they are.
-fn run_to_end(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query([])?;
-    while rows.next()?.is_some() {}
-    Ok(())
 }
 
 impl Drop for WriterTx {
@@ -1329,31 +1276,51 @@ mod tests {
         details.join("; ")
     }
 
-    /// A database created empty is analyzed empty (as at a first start): with FTS5's data table
-    /// at 2 rows, SQLite plans the delete of a merged segment's pages as a scan of the whole
-    /// search index. Once the table has grown tenfold, the writer's `PRAGMA optimize` after a
-    /// `COMMIT` (`OPTIMIZE_EVERY`) analyzes it again, and the delete seeks by rowid.
+    /// The search index's own tables keep no statistics (`SqliteStore::open`): analyzed at a
+    /// first start, FTS5's data table counts 2 rows, and on that count SQLite plans FTS5's
+    /// delete of a merged segment's pages as a scan of the whole index. On a new database and
+    /// on one whose index grew, the writer's plan of that delete seeks by rowid.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_writer_plans_with_statistics_of_the_tables_as_they_grew() {
+    async fn the_search_index_keeps_no_statistics_and_its_segments_are_deleted_by_rowid() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("grown.db");
         let url = format!("sqlite://{}", path.display());
-        drop(
-            super::super::SqliteStore::open(&url, 64)
-                .await
-                .expect("created, migrated and analyzed"),
-        );
-        let writer = Writer::open(&path).expect("the writer opens");
-        let mut tx = writer.begin().await.expect("begins");
-        let before = segment_delete_plan(&mut tx);
-        assert!(before.contains("SCAN"), "empty statistics: {before}");
-        drop(tx);
-
-        let mut key = 0;
-        let mut write_words = async |rows: usize| {
+        let open_store = async || {
+            drop(
+                super::super::SqliteStore::open(&url, 64)
+                    .await
+                    .expect("created or opened, migrated and analyzed"),
+            )
+        };
+        let plan_and_statistics = async || {
+            let writer = Writer::open(&path).expect("the writer opens");
             let mut tx = writer.begin().await.expect("begins");
-            for _ in 0..rows {
-                key += 1;
+            let plan = segment_delete_plan(&mut tx);
+            let kept: Vec<String> = query_as("SELECT tbl FROM sqlite_stat1 ORDER BY tbl")
+                .fetch_all(tx.conn())
+                .await
+                .expect("the statistics")
+                .into_iter()
+                .map(|(tbl,)| tbl)
+                .collect();
+            (plan, kept)
+        };
+        open_store().await;
+        let (plan, kept) = plan_and_statistics().await;
+        assert!(
+            plan.contains("SEARCH") && plan.contains("INTEGER PRIMARY KEY"),
+            "a new database: {plan}"
+        );
+        assert!(
+            !kept.iter().any(|t| t.starts_with("task_words")),
+            "{kept:?}"
+        );
+
+        let writer = Writer::open(&path).expect("the writer opens");
+        for batch in 0..30 {
+            let mut tx = writer.begin().await.expect("begins");
+            for row in 0..20 {
+                let key = batch * 20 + row + 1;
                 let words = (0..40)
                     .map(|w| format!("word{key}x{w}"))
                     .collect::<Vec<_>>()
@@ -1366,18 +1333,17 @@ mod tests {
                     .expect("indexed");
             }
             tx.commit().await.expect("commits");
-        };
-        for _ in 0..30 {
-            write_words(20).await;
         }
-        tokio::time::sleep(OPTIMIZE_EVERY + Duration::from_millis(100)).await;
-        write_words(1).await;
-
-        let mut tx = writer.begin().await.expect("begins");
-        let after = segment_delete_plan(&mut tx);
+        drop(writer);
+        open_store().await;
+        let (plan, kept) = plan_and_statistics().await;
         assert!(
-            after.contains("SEARCH") && after.contains("INTEGER PRIMARY KEY"),
-            "after the table grew: {after}"
+            plan.contains("SEARCH") && plan.contains("INTEGER PRIMARY KEY"),
+            "after the index grew: {plan}"
+        );
+        assert!(
+            !kept.iter().any(|t| t.starts_with("task_words")),
+            "{kept:?}"
         );
     }
 
