@@ -1286,14 +1286,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("grown.db");
         let url = format!("sqlite://{}", path.display());
-        let open_store = async || {
+        // Opens the store (which analyzes), then reads the writer's plan and the statistics.
+        let open_and_check = async |when: &str| {
             drop(
                 super::super::SqliteStore::open(&url, 64)
                     .await
                     .expect("created or opened, migrated and analyzed"),
-            )
-        };
-        let plan_and_statistics = async || {
+            );
             let writer = Writer::open(&path).expect("the writer opens");
             let mut tx = writer.begin().await.expect("begins");
             let plan = segment_delete_plan(&mut tx);
@@ -1304,19 +1303,17 @@ mod tests {
                 .into_iter()
                 .map(|(tbl,)| tbl)
                 .collect();
-            (plan, kept)
+            assert!(
+                plan.contains("SEARCH") && plan.contains("INTEGER PRIMARY KEY"),
+                "{when}: {plan}"
+            );
+            assert!(
+                !kept.iter().any(|t| t.starts_with("task_words"))
+                    && kept.iter().any(|t| t == "_sqlx_migrations"),
+                "FTS5's statistics gone, the others kept: {kept:?}"
+            );
         };
-        open_store().await;
-        let (plan, kept) = plan_and_statistics().await;
-        assert!(
-            plan.contains("SEARCH") && plan.contains("INTEGER PRIMARY KEY"),
-            "a new database: {plan}"
-        );
-        assert!(
-            !kept.iter().any(|t| t.starts_with("task_words"))
-                && kept.iter().any(|t| t == "_sqlx_migrations"),
-            "FTS5's statistics gone, the others kept: {kept:?}"
-        );
+        open_and_check("a new database").await;
 
         let writer = Writer::open(&path).expect("the writer opens");
         for batch in 0..30 {
@@ -1337,17 +1334,7 @@ mod tests {
             tx.commit().await.expect("commits");
         }
         drop(writer);
-        open_store().await;
-        let (plan, kept) = plan_and_statistics().await;
-        assert!(
-            plan.contains("SEARCH") && plan.contains("INTEGER PRIMARY KEY"),
-            "after the index grew: {plan}"
-        );
-        assert!(
-            !kept.iter().any(|t| t.starts_with("task_words"))
-                && kept.iter().any(|t| t == "_sqlx_migrations"),
-            "FTS5's statistics gone, the others kept: {kept:?}"
-        );
+        open_and_check("after the index grew").await;
     }
 
     #[tokio::test]
