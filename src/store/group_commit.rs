@@ -42,6 +42,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
@@ -274,7 +275,8 @@ pub(super) type Opened<T> = (T, Option<(TeamId, i64)>);
 /// One lane: at most one batch open, its members one after another.
 pub(super) struct Lane<T: BatchTx> {
     slot: Arc<Mutex<Option<Batch<T>>>>,
-    /// Requests waiting for the lane: a member that commits hands the batch on while any wait.
+    /// Requests waiting for the lane, each counted once it is in the mutex's queue: a member
+    /// that commits hands the batch on while any wait.
     queued: Arc<AtomicUsize>,
     next_id: AtomicU64,
     /// The most members one batch takes (1: every request commits alone).
@@ -340,11 +342,21 @@ impl<T: BatchTx> Lane<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Opened<T>>>,
     {
-        let queued = Queued::new(&self.queued);
         // As long as a writer used to wait for the one SQLite connection before it gave up.
-        let mut slot = tokio::time::timeout(LANE_WAIT, self.slot.clone().lock_owned())
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?;
+        let mut lock = std::pin::pin!(tokio::time::timeout(
+            LANE_WAIT,
+            self.slot.clone().lock_owned()
+        ));
+        // Counted as queued only once its first poll has put it in the mutex's queue (or got
+        // the lane): a member that sees it counted and hands the batch on queues its flush
+        // behind it, never ahead (this task is new, so that poll is never refused for budget).
+        let first = std::future::poll_fn(|cx| Poll::Ready(lock.as_mut().poll(cx))).await;
+        let queued = Queued::new(&self.queued);
+        let mut slot = match first {
+            Poll::Ready(locked) => locked,
+            Poll::Pending => lock.await,
+        }
+        .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?;
         drop(queued);
         // A member that abandoned the batch it opened, and a failed savepoint, end the batch
         // (its waiting members are told): this write is not part of it, and opens the next.

@@ -106,7 +106,8 @@ impl PgStore {
     fn lane(&self, team: TeamId) -> Arc<Lane<PgTransaction>> {
         let mut lanes = self.lanes.lock();
         if lanes.len() >= LANES_KEPT {
-            lanes.retain(|_, lane| !lane.is_idle());
+            // A lane some request holds (about to queue on it, or a member) is not forgotten.
+            lanes.retain(|_, lane| Arc::strong_count(lane) > 1 || !lane.is_idle());
         }
         lanes
             .entry(team)
